@@ -1,0 +1,385 @@
+"""Frozen, validated run configuration loaded from TOML.
+
+Every section is a frozen dataclass whose ``__post_init__`` checks its values and
+raises :class:`~secure_ffm.errors.ConfigError` naming the offending key
+(``section.key``) and the fix. Unknown sections and keys are rejected with the
+nearest valid name suggested.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from secure_ffm.errors import ConfigError
+from secure_ffm.registry import nearest
+
+Scalar = bool | int | float | str
+
+
+def _positive(section: str, name: str, value: float, *, allow_zero: bool = False) -> None:
+    ok = value >= 0 if allow_zero else value > 0
+    if not ok or (isinstance(value, float) and not math.isfinite(value)):
+        bound = "non-negative" if allow_zero else "positive"
+        raise ConfigError(f"{section}.{name}", f"must be {bound}, got {value!r}", f"set {section}.{name} to a {bound} number")
+
+
+def _choice(section: str, name: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        hint = nearest(value, list(choices))
+        fix = f"did you mean {hint!r}?" if hint else f"choose one of: {', '.join(choices)}"
+        raise ConfigError(f"{section}.{name}", f"unknown value {value!r}", fix)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """``[run]``: identity and reproducibility of a run."""
+
+    seed: int = 0
+    name: str = "run"
+    threads: int = 0
+    """Torch CPU threads; 0 leaves torch's default."""
+
+    def __post_init__(self) -> None:
+        _positive("run", "seed", self.seed, allow_zero=True)
+        _positive("run", "threads", self.threads, allow_zero=True)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """``[data]``: which dataset, how much of it, and how it is split over clients."""
+
+    dataset: str = "movie_reviews"
+    """A built-in name (``fashion_mnist``, ``movie_reviews``, ``sms_spam``, ``trec``),
+    ``hf:<name>[:<config>]`` for a Hugging Face dataset, or a path to a local
+    ``.csv``, ``.jsonl`` or ``.parquet`` file."""
+    text_column: str = "text"
+    label_column: str = "label"
+    train_split: str = "train"
+    test_split: str = "test"
+    test_fraction: float = 0.2
+    """Share held out for testing when a source has no test split."""
+    max_train_examples: int = 0
+    """Stratified-random subset of the training split; 0 keeps all."""
+    max_test_examples: int = 0
+    num_clients: int = 8
+    partition: str = "dirichlet"
+    """``iid``, ``dirichlet`` (label skew), ``shards`` (k classes per client) or ``quantity`` (size skew)."""
+    alpha: float = 0.5
+    """Dirichlet concentration for ``dirichlet`` (label skew) and ``quantity`` (size skew); smaller is more skewed."""
+    min_partition_size: int = 2
+    shards_per_client: int = 2
+    public_fraction: float = 0.0
+    """Share of the training split held by the server as public data, never given to any client."""
+    max_length: int = 64
+    """Token limit for text inputs."""
+
+    def __post_init__(self) -> None:
+        if not self.dataset:
+            raise ConfigError("data.dataset", "is empty", "name a built-in dataset, hf:<name> or a file path")
+        _positive("data", "num_clients", self.num_clients)
+        _positive("data", "alpha", self.alpha)
+        _positive("data", "max_train_examples", self.max_train_examples, allow_zero=True)
+        _positive("data", "max_test_examples", self.max_test_examples, allow_zero=True)
+        _positive("data", "min_partition_size", self.min_partition_size, allow_zero=True)
+        _positive("data", "shards_per_client", self.shards_per_client)
+        _positive("data", "max_length", self.max_length)
+        if not 0.0 <= self.public_fraction < 1.0:
+            raise ConfigError("data.public_fraction", f"must be in [0, 1), got {self.public_fraction!r}", "use e.g. 0.1 for 10%")
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ConfigError("data.test_fraction", f"must be in (0, 1), got {self.test_fraction!r}", "use e.g. 0.2")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """``[model]``: the architecture and which of its parameters are trained (and sent)."""
+
+    arch: str = "hf-text"
+    """``hf-text`` (any Hugging Face encoder with a classification head), ``cnn`` or ``vit``."""
+    name_or_path: str = "all-MiniLM-L6-v2"
+    """Hugging Face model name or local path; ``all-MiniLM-L6-v2`` is the bundled offline copy."""
+    finetune: str = "lora"
+    """``full``, ``lora`` (adapters plus head) or ``head`` (classifier only)."""
+    pooling: str = "mean"
+    """``mean`` over tokens or ``cls`` token, for ``hf-text``."""
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_target_modules: tuple[str, ...] = ("query", "value")
+    vit_patch_size: int = 7
+    vit_dim: int = 64
+    vit_depth: int = 2
+    vit_heads: int = 4
+
+    def __post_init__(self) -> None:
+        _choice("model", "finetune", self.finetune, ("full", "lora", "head"))
+        _choice("model", "pooling", self.pooling, ("mean", "cls"))
+        _positive("model", "lora_rank", self.lora_rank)
+        _positive("model", "lora_alpha", self.lora_alpha)
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ConfigError("model.lora_dropout", f"must be in [0, 1), got {self.lora_dropout!r}")
+        if not self.lora_target_modules:
+            raise ConfigError("model.lora_target_modules", "is empty", 'name the modules to adapt, e.g. ["query", "value"]')
+        for key in ("vit_patch_size", "vit_dim", "vit_depth", "vit_heads"):
+            _positive("model", key, getattr(self, key))
+        if 28 % self.vit_patch_size:
+            raise ConfigError("model.vit_patch_size", f"{self.vit_patch_size} does not divide 28", "use 4, 7 or 14")
+        if self.vit_dim % self.vit_heads:
+            raise ConfigError("model.vit_dim", f"{self.vit_dim} is not a multiple of model.vit_heads={self.vit_heads}")
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """``[client]``: local training on each client."""
+
+    local_epochs: int = 1
+    local_steps: int = 0
+    """When positive, train exactly this many batches per round instead of ``local_epochs`` epochs."""
+    batch_size: int = 32
+    optimizer: str = "sgd"
+    """``sgd``, ``adam`` or ``adamw``."""
+    lr: float = 0.05
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    max_grad_norm: float = 0.0
+    """Clip the batch gradient's L2 norm before each step; 0 turns it off (not differential privacy)."""
+    trainer: str = "standard"
+    """The registered local trainer (``standard``; DP-SGD registers its own)."""
+
+    def __post_init__(self) -> None:
+        _positive("client", "local_epochs", self.local_epochs)
+        _positive("client", "local_steps", self.local_steps, allow_zero=True)
+        _positive("client", "batch_size", self.batch_size)
+        _choice("client", "optimizer", self.optimizer, ("sgd", "adam", "adamw"))
+        _positive("client", "lr", self.lr)
+        _positive("client", "momentum", self.momentum, allow_zero=True)
+        _positive("client", "weight_decay", self.weight_decay, allow_zero=True)
+        _positive("client", "max_grad_norm", self.max_grad_norm, allow_zero=True)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """``[server]``: rounds, client sampling, the aggregation strategy and evaluation."""
+
+    strategy: str = "fedavg"
+    """``fedavg``, ``fedprox``, ``fedadam`` or ``fedyogi``."""
+    rounds: int = 3
+    clients_per_round: int = 0
+    """Clients sampled each round, uniformly without replacement; 0 takes all."""
+    proximal_mu: float = 0.01
+    """FedProx proximal weight (Li et al., MLSys 2020)."""
+    server_lr: float = 0.01
+    """Server learning rate of FedAdam/FedYogi (Reddi et al., ICLR 2021)."""
+    beta_1: float = 0.9
+    beta_2: float = 0.99
+    tau: float = 1e-3
+    eval_every: int = 1
+    """Evaluate the global model on the test split every this many rounds (and always after the last)."""
+    evaluate_clients: bool = False
+    """Also evaluate the global model on each client's own data after the last round."""
+    eval_batch_size: int = 128
+
+    def __post_init__(self) -> None:
+        _positive("server", "rounds", self.rounds)
+        _positive("server", "clients_per_round", self.clients_per_round, allow_zero=True)
+        _positive("server", "proximal_mu", self.proximal_mu, allow_zero=True)
+        _positive("server", "server_lr", self.server_lr)
+        for key in ("beta_1", "beta_2"):
+            value = getattr(self, key)
+            if not 0.0 <= value < 1.0:
+                raise ConfigError(f"server.{key}", f"must be in [0, 1), got {value!r}")
+        _positive("server", "tau", self.tau)
+        _positive("server", "eval_every", self.eval_every)
+        _positive("server", "eval_batch_size", self.eval_batch_size)
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole run: one attribute per TOML section."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    client: ClientConfig = field(default_factory=ClientConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+
+    def __post_init__(self) -> None:
+        if self.server.clients_per_round > self.data.num_clients:
+            raise ConfigError(
+                "server.clients_per_round",
+                f"{self.server.clients_per_round} is more than data.num_clients={self.data.num_clients}",
+                "lower it, or 0 for all clients",
+            )
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {f.name: _section_to_dict(getattr(self, f.name)) for f in fields(self)}
+
+    def to_toml(self) -> str:
+        return dumps_toml(self.to_dict())
+
+    def replace(self, **overrides: str) -> Config:
+        """A copy with ``section.key`` overrides (values given as TOML literals or bare strings)."""
+        return config_from_dict(self.to_dict(), overrides=[f"{k}={v}" for k, v in overrides.items()])
+
+
+def _section_to_dict(section: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in fields(section):
+        value = getattr(section, f.name)
+        out[f.name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _section_types() -> dict[str, type]:
+    hints = typing.get_type_hints(Config)
+    return {f.name: hints[f.name] for f in fields(Config)}
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Check ``value`` against a field annotation; ints are accepted where floats are expected."""
+    origin = typing.get_origin(annotation)
+    if origin is tuple:
+        (item_type, _ellipsis) = typing.get_args(annotation)
+        if not isinstance(value, list | tuple):
+            raise ConfigError(key, f"must be a list of {item_type.__name__}, got {type(value).__name__} {value!r}")
+        return tuple(_coerce(key, item, item_type) for item in value)
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(key, f"must be true or false, got {type(value).__name__} {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(key, f"must be an integer, got {type(value).__name__} {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(key, f"must be a number, got {type(value).__name__} {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(key, f"must be a string, got {type(value).__name__} {value!r}", f'quote it: {key.split(".")[-1]} = "{value}"')
+        return value
+    raise TypeError(f"unsupported config annotation {annotation!r} for {key}")
+
+
+def parse_override(assignment: str) -> tuple[str, str, Any]:
+    """Split ``section.key=value``; the value is read as a TOML literal, else kept as a string."""
+    if "=" not in assignment:
+        raise ConfigError("--set", f"{assignment!r} is not section.key=value", "write e.g. --set client.lr=0.01")
+    dotted, raw = assignment.split("=", 1)
+    dotted = dotted.strip()
+    if dotted.count(".") != 1:
+        raise ConfigError("--set", f"{dotted!r} is not section.key", "write e.g. --set client.lr=0.01")
+    section, key = dotted.split(".")
+    raw = raw.strip()
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return section, key, value
+
+
+def config_from_dict(raw: Mapping[str, Any], *, overrides: Sequence[str] = ()) -> Config:
+    """Validate a parsed TOML document (plus ``section.key=value`` overrides) into a :class:`Config`."""
+    merged: dict[str, dict[str, Any]] = {}
+    section_types = _section_types()
+    for section, body in raw.items():
+        if section not in section_types:
+            hint = nearest(section, list(section_types))
+            fix = f"did you mean [{hint}]?" if hint else f"valid sections: {', '.join(section_types)}"
+            raise ConfigError(f"[{section}]", "unknown section", fix)
+        if not isinstance(body, Mapping):
+            raise ConfigError(section, "must be a table", f"write it as [{section}]")
+        merged[section] = dict(body)
+    for assignment in overrides:
+        section, key, value = parse_override(assignment)
+        if section not in section_types:
+            hint = nearest(section, list(section_types))
+            fix = f"did you mean {hint}.{key}?" if hint else f"valid sections: {', '.join(section_types)}"
+            raise ConfigError(f"{section}.{key}", "unknown section", fix)
+        merged.setdefault(section, {})[key] = value
+
+    built: dict[str, Any] = {}
+    for section, section_type in section_types.items():
+        body = merged.get(section, {})
+        hints = typing.get_type_hints(section_type)
+        valid = [f.name for f in fields(section_type)]
+        kwargs: dict[str, Any] = {}
+        for key, value in body.items():
+            if key not in hints:
+                hint = nearest(key, valid)
+                fix = f"did you mean {section}.{hint}?" if hint else f"valid keys: {', '.join(valid)}"
+                raise ConfigError(f"{section}.{key}", "unknown key", fix)
+            kwargs[key] = _coerce(f"{section}.{key}", value, hints[key])
+        built[section] = section_type(**kwargs)
+    return Config(**built)
+
+
+def load_config(path: str | Path, *, overrides: Sequence[str] = ()) -> Config:
+    """Read a TOML file and validate it; every problem is a :class:`ConfigError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("CONFIG", f"file {str(path)!r} does not exist", "pass the path of a .toml config, e.g. configs/quickstart.toml")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(str(path), f"is not valid TOML: {error}") from None
+    return config_from_dict(raw, overrides=overrides)
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        if math.isnan(value):
+            return "nan"
+        return repr(value)
+    if isinstance(value, str):
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        return f'"{escaped}"'
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} as TOML")
+
+
+def dumps_toml(document: Mapping[str, Mapping[str, Any]]) -> str:
+    """Write a two-level document (tables of scalars and lists) as TOML."""
+    lines: list[str] = []
+    for section, body in document.items():
+        if lines:
+            lines.append("")
+        lines.append(f"[{section}]")
+        for key, value in body.items():
+            lines.append(f"{key} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+__all__ = [
+    "ClientConfig",
+    "Config",
+    "DataConfig",
+    "ModelConfig",
+    "RunConfig",
+    "ServerConfig",
+    "config_from_dict",
+    "dumps_toml",
+    "load_config",
+    "parse_override",
+]
+_ = dataclasses  # re-exported for users who build configs programmatically

@@ -1,0 +1,29 @@
+"""Errors that the CLI turns into a one-line message and exit code 2."""
+
+from __future__ import annotations
+
+
+class SecureFFMError(Exception):
+    """Base class of every error secure-ffm raises on purpose."""
+
+
+class ConfigError(SecureFFMError, ValueError):
+    """A configuration value is wrong; the message names the key and the fix."""
+
+    def __init__(self, key: str, problem: str, fix: str | None = None) -> None:
+        self.key = key
+        self.problem = problem
+        self.fix = fix
+        message = f"{key}: {problem}"
+        if fix:
+            message += f" ({fix})"
+        super().__init__(message)
+
+
+class MissingResourceError(SecureFFMError, RuntimeError):
+    """An offline data or model package is not installed; the message names the command that installs it."""
+
+    def __init__(self, what: str, install_command: str) -> None:
+        self.what = what
+        self.install_command = install_command
+        super().__init__(f"{what} is not installed: run `{install_command}`")

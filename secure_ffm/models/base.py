@@ -1,0 +1,106 @@
+"""The model contract shared by local training, aggregation and (later) attacks.
+
+A :class:`FederatedModel` owns one ``torch.nn.Module`` whose ``forward(**batch.inputs)``
+returns class logits. Only its *trainable* parameters cross the wire, as named
+``float32`` numpy arrays (for LoRA: the adapters plus the classification head).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from secure_ffm.data.base import LabeledData
+
+NamedArrays = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Model inputs (keyword arguments of ``module.forward``) and integer labels.
+
+    Every tensor in ``inputs`` has one row per example (Opacus needs per-sample
+    ``position_ids``/``token_type_ids`` for BERT-family models).
+    """
+
+    inputs: dict[str, torch.Tensor]
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+@dataclass(frozen=True)
+class EncodedData:
+    """Data turned into model-ready form once (tokenized text, normalized images)."""
+
+    tensors: dict[str, Any]
+    """Per-example storage: image tensors of shape (N, C, H, W), or token-id arrays."""
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+class FederatedModel(ABC):
+    """A model whose trainable parameters are what a client sends and the server aggregates."""
+
+    module: torch.nn.Module
+    num_classes: int
+
+    @abstractmethod
+    def encode(self, data: LabeledData) -> EncodedData:
+        """Tokenize or normalize ``data`` once, so that batching is cheap."""
+
+    @abstractmethod
+    def make_batch(self, encoded: EncodedData, indices: np.ndarray) -> Batch:
+        """The batch of examples ``indices`` (text is padded to the longest in the batch)."""
+
+    def batches(
+        self,
+        encoded: EncodedData,
+        batch_size: int,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> Iterator[Batch]:
+        """Batches over ``encoded``: shuffled with ``generator`` when given, else in order."""
+        n = len(encoded)
+        order = torch.randperm(n, generator=generator).numpy() if generator is not None else np.arange(n)
+        for start in range(0, n, batch_size):
+            yield self.make_batch(encoded, order[start : start + batch_size])
+
+    def trainable_named_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
+        """The parameters that are trained and sent, in a fixed order."""
+        return [(name, p) for name, p in self.module.named_parameters() if p.requires_grad]
+
+    def trainable_names(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.trainable_named_parameters())
+
+    def get_trainable(self) -> NamedArrays:
+        """A copy of the trainable parameters as ``float32`` numpy arrays."""
+        return {name: p.detach().cpu().numpy().astype(np.float32, copy=True) for name, p in self.trainable_named_parameters()}
+
+    def set_trainable(self, arrays: NamedArrays) -> None:
+        """Load trainable parameters; the names and shapes must match exactly."""
+        params = dict(self.trainable_named_parameters())
+        if set(arrays) != set(params):
+            missing = sorted(set(params) - set(arrays))[:3]
+            extra = sorted(set(arrays) - set(params))[:3]
+            raise ValueError(f"trainable parameter names differ: missing {missing}, unexpected {extra}")
+        with torch.no_grad():
+            for name, param in params.items():
+                value = torch.from_numpy(np.ascontiguousarray(arrays[name]))
+                if value.shape != param.shape:
+                    raise ValueError(f"{name}: shape {tuple(value.shape)} != {tuple(param.shape)}")
+                param.copy_(value.to(param.dtype))
+
+    def trainable_parameter_count(self) -> int:
+        return sum(p.numel() for _, p in self.trainable_named_parameters())
+
+    def total_parameter_count(self) -> int:
+        return sum(p.numel() for p in self.module.parameters())
