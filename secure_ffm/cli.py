@@ -1,0 +1,136 @@
+"""The ``secure-ffm`` command line.
+
+Bad input ends with one line on stderr (``error: <key>: <problem> (<fix>)``) and exit
+code 2, before anything is written to the run directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from secure_ffm.errors import ConfigError, SecureFFMError  # noqa: E402
+
+EXIT_BAD_INPUT = 2
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+
+
+def command(name: str) -> Callable[[Callable[[argparse.Namespace], int]], Callable[[argparse.Namespace], int]]:
+    def decorator(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+        COMMANDS[name] = fn
+        return fn
+
+    return decorator
+
+
+class ProgressBars:
+    """Draws a rounds bar and a per-round clients bar with tqdm (on stderr)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.rounds: Any = None
+        self.clients: Any = None
+
+    def run_started(self, total_rounds: int, start_round: int) -> None:
+        if self.enabled:
+            from tqdm.auto import tqdm
+
+            self.rounds = tqdm(total=total_rounds, initial=start_round - 1, desc="rounds", unit="round", position=0)
+
+    def round_started(self, round: int, clients: Sequence[int]) -> None:
+        if self.enabled:
+            from tqdm.auto import tqdm
+
+            self.clients = tqdm(total=len(clients), desc=f"round {round} clients", unit="client", position=1, leave=False)
+
+    def client_finished(self, round: int, client_id: int) -> None:
+        if self.clients is not None:
+            self.clients.update(1)
+
+    def round_finished(self, round: int, metrics: Mapping[str, Any]) -> None:
+        if self.clients is not None:
+            self.clients.close()
+            self.clients = None
+        if self.rounds is not None:
+            acc = metrics.get("test_accuracy")
+            self.rounds.set_postfix(train_loss=f"{metrics['train_loss']:.4f}", test_acc="-" if acc is None else f"{acc:.4f}")
+            self.rounds.update(1)
+            if self.rounds.n >= self.rounds.total:
+                self.rounds.close()
+
+
+def _default_out_dir(name: str) -> Path:
+    return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+@command("train")
+def train_command(args: argparse.Namespace) -> int:
+    from secure_ffm.config import load_config
+    from secure_ffm.simulation import Simulation, prepare_run
+
+    config = load_config(args.config, overrides=args.set)
+    out_dir = Path(args.out) if args.out else _default_out_dir(config.run.name)
+    if args.resume:
+        if not args.out:
+            raise ConfigError("--resume", "needs the run directory", "pass --out RUN_DIR of the run to resume")
+        if not (out_dir / "config.toml").is_file():
+            raise ConfigError("--resume", f"{out_dir} is not a run directory", "pass --out RUN_DIR of a run started by `secure-ffm train`")
+    elif out_dir.exists() and any(out_dir.iterdir()):
+        raise ConfigError("--out", f"{out_dir} already exists and is not empty", "choose a new --out, or add --resume to continue that run")
+    prepared = prepare_run(config)  # every data/model error is raised here, before anything is written
+    simulation = Simulation(prepared, out_dir=out_dir, observer=ProgressBars(not args.quiet))
+    summary = simulation.run(resume=args.resume)
+    final = summary["final"]
+    logging.getLogger("secure_ffm").info("run directory: %s", out_dir)
+    print(
+        f"{config.run.name}: test_accuracy={_fmt(final.get('test_accuracy'))} "
+        f"test_macro_f1={_fmt(final.get('test_macro_f1'))} after {summary['rounds']} rounds "
+        f"({summary['update_parameters']:,} parameters sent per update)\n"
+        f"run directory: {out_dir}"
+    )
+    return 0
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="secure-ffm", description="Privacy-hardened federated learning for foundation models.")
+    parser.add_argument("--log-level", default="WARNING", help="logging level (DEBUG, INFO, WARNING)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="run federated training from a TOML config")
+    train.add_argument("config", help="path of the TOML config, e.g. configs/quickstart.toml")
+    train.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value (repeatable)")
+    train.add_argument("--out", help="run directory (default: runs/<run.name>-<timestamp>)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.WARNING), format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return COMMANDS[args.command](args)
+    except SecureFFMError as error:
+        print(f"secure-ffm {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted; resume with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

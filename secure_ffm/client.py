@@ -1,0 +1,94 @@
+"""The client half of a federated round, independent of any runner.
+
+A :class:`FederatedClient` trains the shared model object on its own examples,
+computes its delta, passes it through the update-transform pipeline and encodes it
+with the aggregation protocol's client half. The in-process simulation creates one
+per sampled client per round (clients are lazy: just an index array and a state
+dict); a Flower ``ClientApp`` can wrap the same class.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import MutableMapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from secure_ffm.aggregation import AggregationProtocol
+from secure_ffm.models.base import EncodedData, FederatedModel
+from secure_ffm.seeding import TRAINING, TRANSFORM, derive_seed, generator
+from secure_ffm.training import EvalResult, LocalTrainer, evaluate
+from secure_ffm.transforms import TransformContext, UpdatePipeline
+from secure_ffm.wire import ClientMessage, ClientUpdate, FitInstructions, subtract
+
+
+def client_weight(weighting: str, num_examples: int) -> float:
+    """A client's weight in the mean: ``examples`` (FedAvg) or ``uniform`` (DP-FedAvg)."""
+    if weighting == "examples":
+        return float(num_examples)
+    if weighting == "uniform":
+        return 1.0
+    raise ValueError(f"unknown weighting {weighting!r}; use 'examples' or 'uniform'")
+
+
+@dataclass
+class FederatedClient:
+    """One participant: an index set into a shared encoded pool, plus its persistent state."""
+
+    client_id: int
+    model: FederatedModel
+    encoded: EncodedData
+    indices: np.ndarray
+    trainer: LocalTrainer
+    protocol: AggregationProtocol
+    transforms: UpdatePipeline = field(default_factory=UpdatePipeline)
+    state: MutableMapping[str, Any] = field(default_factory=dict)
+    seed: int = 0
+
+    @property
+    def num_examples(self) -> int:
+        return len(self.indices)
+
+    def train(self, ins: FitInstructions) -> ClientUpdate:
+        """Local training from the global parameters; returns the untransformed update."""
+        self.model.set_trainable(ins.parameters)
+        training_seed = derive_seed(self.seed, TRAINING, ins.round, self.client_id)
+        torch.manual_seed(training_seed)  # dropout and any other torch-global draws
+        result = self.trainer.train(
+            self.model,
+            self.encoded,
+            self.indices,
+            fit_config=ins.config,
+            global_parameters=ins.parameters,
+            generator=torch.Generator().manual_seed(training_seed),
+            state=self.state,
+        )
+        delta = subtract(self.model.get_trainable(), ins.parameters)
+        metrics = {"train_loss": result.train_loss, "train_seconds": result.seconds, "steps": float(result.steps)}
+        metrics.update(result.extra or {})
+        return ClientUpdate(self.client_id, ins.round, delta, result.num_examples, metrics)
+
+    def fit(self, ins: FitInstructions) -> ClientMessage:
+        """Train, transform and encode: the message this client sends in round ``ins.round``."""
+        update = self.train(ins)
+        start = time.perf_counter()
+        context = TransformContext(
+            round=ins.round,
+            client_id=self.client_id,
+            rng=generator(self.seed, TRANSFORM, ins.round, self.client_id),
+            global_parameters=ins.parameters,
+            state=self.state,
+        )
+        update = self.transforms(update, context)
+        weight = client_weight(str(ins.config.get("weighting", "examples")), update.num_examples)
+        message = self.protocol.encode(update, weight=weight)
+        message.metrics["encode_seconds"] = time.perf_counter() - start  # type: ignore[index]
+        return message
+
+    def evaluate(self, ins: FitInstructions, *, batch_size: int = 128) -> EvalResult:
+        """The global model's loss, accuracy and macro F1 on this client's own examples."""
+        self.model.set_trainable(ins.parameters)
+        return evaluate(self.model, self.encoded, self.indices, batch_size=batch_size)

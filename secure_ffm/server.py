@@ -1,0 +1,56 @@
+"""The server half of a federated round, independent of any runner.
+
+The server samples clients, sends them the global trainable parameters with the
+strategy's settings, hands the clients' messages to the aggregation protocol's
+server half (which may be secure: the server then sees only masked or encrypted
+data) and lets the strategy turn the aggregate into new global parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from secure_ffm.aggregation import Aggregate, AggregationProtocol
+from secure_ffm.seeding import SAMPLING, generator
+from secure_ffm.strategies import Strategy
+from secure_ffm.wire import ClientMessage, FitInstructions, NamedArrays
+
+
+class Server:
+    """Holds the global parameters; samples, configures and aggregates each round."""
+
+    def __init__(
+        self,
+        *,
+        strategy: Strategy,
+        protocol: AggregationProtocol,
+        parameters: NamedArrays,
+        num_clients: int,
+        clients_per_round: int,
+        seed: int,
+    ) -> None:
+        self.strategy = strategy
+        self.protocol = protocol
+        self.parameters = {k: np.asarray(v, dtype=np.float32) for k, v in parameters.items()}
+        self.num_clients = num_clients
+        self.clients_per_round = clients_per_round or num_clients
+        self.seed = seed
+
+    def sample_clients(self, round: int) -> list[int]:
+        """Uniform sampling without replacement, drawn from a generator of (seed, round) alone."""
+        if self.clients_per_round >= self.num_clients:
+            return list(range(self.num_clients))
+        rng = generator(self.seed, SAMPLING, round)
+        return sorted(int(c) for c in rng.choice(self.num_clients, size=self.clients_per_round, replace=False))
+
+    def fit_instructions(self, round: int) -> FitInstructions:
+        config = {"weighting": self.strategy.weighting, **self.strategy.configure_fit(round)}
+        return FitInstructions(round=round, parameters=self.parameters, config=config)
+
+    def aggregate(self, round: int, messages: Sequence[ClientMessage]) -> Aggregate:
+        """Aggregate the round's messages and step the global model with the strategy."""
+        aggregate = self.protocol.aggregate(round, messages)
+        self.parameters = self.strategy.apply(round, self.parameters, aggregate.mean_delta)
+        return aggregate

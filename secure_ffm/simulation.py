@@ -1,0 +1,359 @@
+"""The in-process simulation runner: the embedded default.
+
+One model object and one encoded copy of the data serve every client: a client
+is materialized for its round only (an index array plus its state dict), so
+memory stays about one model plus the data whatever the number of clients.
+Runs are deterministic for a seed, checkpoint after every round, and a resumed run
+continues to exactly the result of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import platform
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.numpy import save_file
+
+from secure_ffm import __version__
+from secure_ffm.aggregation import PROTOCOLS, AggregationProtocol
+from secure_ffm.checkpoint import Checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint
+from secure_ffm.client import FederatedClient
+from secure_ffm.config import Config, config_from_dict
+from secure_ffm.data import load_federated_data
+from secure_ffm.data.base import FederatedData
+from secure_ffm.errors import ConfigError
+from secure_ffm.models import build_model
+from secure_ffm.models.base import EncodedData, FederatedModel
+from secure_ffm.seeding import INIT, derive_seed
+from secure_ffm.server import Server
+from secure_ffm.strategies import build_strategy
+from secure_ffm.training import build_trainer, evaluate
+from secure_ffm.transforms import UpdatePipeline
+from secure_ffm.wire import nbytes, num_parameters
+
+log = logging.getLogger(__name__)
+
+#: Metrics that measure time, so they differ between otherwise identical runs.
+TIMING_KEYS = frozenset({"seconds", "fit_seconds", "eval_seconds", "client_train_seconds", "aggregate_seconds", "encode_seconds"})
+
+
+class RunObserver:
+    """Receives progress events; the CLI draws progress bars from them. Methods are no-ops here."""
+
+    def run_started(self, total_rounds: int, start_round: int) -> None: ...
+
+    def round_started(self, round: int, clients: Sequence[int]) -> None: ...
+
+    def client_finished(self, round: int, client_id: int) -> None: ...
+
+    def round_finished(self, round: int, metrics: Mapping[str, Any]) -> None: ...
+
+
+@dataclass
+class PreparedRun:
+    """Everything a run needs, built and validated before anything is written to disk."""
+
+    config: Config
+    data: FederatedData
+    model: FederatedModel
+    encoded_private: EncodedData
+    encoded_test: EncodedData
+    initial_parameters: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def prepare_run(config: Config) -> PreparedRun:
+    """Load and partition the data, build the model and encode the data (raises ConfigError on bad input)."""
+    if config.run.threads:
+        torch.set_num_threads(config.run.threads)
+    data = load_federated_data(config.data, config.run.seed)
+    model = build_model(
+        config.model,
+        num_classes=data.dataset.num_classes,
+        data_kind=data.dataset.kind,
+        seed=derive_seed(config.run.seed, INIT),
+        max_length=config.data.max_length,
+    )
+    encoded_private = model.encode(data.private)
+    encoded_test = model.encode(data.test)
+    return PreparedRun(config, data, model, encoded_private, encoded_test, model.get_trainable())
+
+
+class Simulation:
+    """Runs the configured rounds in this process, writing a run directory when ``out_dir`` is given."""
+
+    def __init__(
+        self,
+        prepared: PreparedRun,
+        *,
+        out_dir: Path | None = None,
+        observer: RunObserver | None = None,
+        protocol: AggregationProtocol | None = None,
+        transforms: UpdatePipeline | None = None,
+    ) -> None:
+        self.prepared = prepared
+        self.config = prepared.config
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.observer = observer or RunObserver()
+        self.protocol = protocol or PROTOCOLS.get("none")()
+        self.transforms = transforms or UpdatePipeline()
+        self.trainer = build_trainer(self.config.client)
+        self.strategy = build_strategy(self.config.server)
+        self.server = Server(
+            strategy=self.strategy,
+            protocol=self.protocol,
+            parameters=prepared.initial_parameters,
+            num_clients=prepared.data.num_clients,
+            clients_per_round=self.config.server.clients_per_round,
+            seed=self.config.run.seed,
+        )
+        self.client_states: dict[int, dict[str, Any]] = {}
+        self.history: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------------ clients
+
+    def client(self, client_id: int) -> FederatedClient:
+        """Materialize client ``client_id`` for one round (cheap: indices and a state dict)."""
+        return FederatedClient(
+            client_id=client_id,
+            model=self.prepared.model,
+            encoded=self.prepared.encoded_private,
+            indices=self.prepared.data.client_indices[client_id],
+            trainer=self.trainer,
+            protocol=self.protocol,
+            transforms=self.transforms,
+            state=self.client_states.setdefault(client_id, {}),
+            seed=self.config.run.seed,
+        )
+
+    # ------------------------------------------------------------------ rounds
+
+    def run_round(self, round: int) -> dict[str, Any]:
+        """One round: sample, train every sampled client, aggregate, and (maybe) evaluate."""
+        round_start = time.perf_counter()
+        participants = self.server.sample_clients(round)
+        self.observer.round_started(round, participants)
+        self.protocol.begin_round(round, participants)
+        instructions = self.server.fit_instructions(round)
+        messages = []
+        for client_id in participants:
+            messages.append(self.client(client_id).fit(instructions))
+            self.observer.client_finished(round, client_id)
+        aggregate_start = time.perf_counter()
+        aggregate = self.server.aggregate(round, messages)
+        aggregate_seconds = time.perf_counter() - aggregate_start
+        fit_seconds = time.perf_counter() - round_start
+
+        examples = np.array([m.num_examples for m in messages], dtype=np.float64)
+        losses = np.array([m.metrics["train_loss"] for m in messages], dtype=np.float64)
+        row: dict[str, Any] = {
+            "round": round,
+            "train_loss": float(np.sum(examples * losses) / max(np.sum(examples), 1.0)),
+            "test_loss": None,
+            "test_accuracy": None,
+            "test_macro_f1": None,
+            "clients": participants,
+            "num_examples": int(examples.sum()),
+            "bytes_up": int(sum(m.nbytes for m in messages)),
+            "bytes_down": int(nbytes(instructions.parameters) * len(participants)),
+            "client_train_seconds": float(sum(m.metrics["train_seconds"] for m in messages)),
+            "encode_seconds": float(sum(m.metrics.get("encode_seconds", 0.0) for m in messages)),
+            "aggregate_seconds": aggregate_seconds + sum(aggregate.timings.values()),
+            "fit_seconds": fit_seconds,
+        }
+        last = round == self.config.server.rounds
+        eval_seconds = 0.0
+        if last or round % self.config.server.eval_every == 0:
+            eval_start = time.perf_counter()
+            result = self.evaluate_global()
+            eval_seconds = time.perf_counter() - eval_start
+            row.update(result.as_dict("test_"))
+        row["eval_seconds"] = eval_seconds
+        row["seconds"] = time.perf_counter() - round_start
+        return row
+
+    def evaluate_global(self):  # noqa: ANN201 - EvalResult
+        self.prepared.model.set_trainable(self.server.parameters)
+        return evaluate(
+            self.prepared.model,
+            self.prepared.encoded_test,
+            batch_size=self.config.server.eval_batch_size,
+        )
+
+    # ------------------------------------------------------------------ run
+
+    def run(self, *, resume: bool = False) -> dict[str, Any]:
+        """Run (or resume) all rounds; returns the summary (also written as ``summary.json``)."""
+        start_round = 1
+        if resume:
+            start_round = self._restore() + 1
+        elif self.out_dir is not None:
+            self._write_start_files()
+        total = self.config.server.rounds
+        self.observer.run_started(total, start_round)
+        for round in range(start_round, total + 1):
+            row = self.run_round(round)
+            self.history.append(row)
+            if self.out_dir is not None:
+                with (self.out_dir / "metrics.jsonl").open("a", encoding="utf-8") as handle:
+                    handle.write(json.dumps(_jsonable(row), sort_keys=True) + "\n")
+                save_checkpoint(
+                    self.out_dir / "checkpoints",
+                    Checkpoint(round, self.server.parameters, self.strategy.state_dict(), self.client_states, {}),
+                )
+            log.info(
+                "round %d/%d: train_loss=%.4f test_accuracy=%s (%.1fs)",
+                round, total, row["train_loss"], row["test_accuracy"], row["seconds"],
+            )
+            self.observer.round_finished(round, row)
+        client_eval = self.evaluate_clients() if self.config.server.evaluate_clients else None
+        summary = self.summary(client_eval)
+        if self.out_dir is not None:
+            self._write_end_files(summary, client_eval)
+        return summary
+
+    def evaluate_clients(self) -> dict[int, dict[str, float]]:
+        """The final global model on each client's own examples (Flower's federated evaluation)."""
+        from secure_ffm.wire import FitInstructions
+
+        ins = FitInstructions(round=self.config.server.rounds, parameters=self.server.parameters)
+        results = {}
+        for client_id in range(self.prepared.data.num_clients):
+            result = self.client(client_id).evaluate(ins, batch_size=self.config.server.eval_batch_size)
+            results[client_id] = {**result.as_dict(), "num_examples": result.num_examples}
+        return results
+
+    def summary(self, client_eval: Mapping[int, Mapping[str, float]] | None = None) -> dict[str, Any]:
+        c = self.config
+        evaluated = [r for r in self.history if r.get("test_accuracy") is not None]
+        final = evaluated[-1] if evaluated else {}
+        params = self.server.parameters
+        summary: dict[str, Any] = {
+            "name": c.run.name,
+            "seed": c.run.seed,
+            "dataset": c.data.dataset,
+            "num_clients": self.prepared.data.num_clients,
+            "partition": c.data.partition,
+            "model": {"arch": c.model.arch, "name_or_path": c.model.name_or_path, "finetune": c.model.finetune},
+            "strategy": c.server.strategy,
+            "rounds": c.server.rounds,
+            "final": {k: final.get(k) for k in ("round", "test_loss", "test_accuracy", "test_macro_f1", "train_loss")},
+            "best_test_accuracy": max((r["test_accuracy"] for r in evaluated), default=None),
+            "update_parameters": num_parameters(params),
+            "update_bytes": nbytes(params),
+            "total_parameters": self.prepared.model.total_parameter_count(),
+            "bytes_up_total": int(sum(r["bytes_up"] for r in self.history)),
+            "bytes_down_total": int(sum(r["bytes_down"] for r in self.history)),
+            "seconds_total": float(sum(r["seconds"] for r in self.history)),
+            "num_train_examples": len(self.prepared.data.private),
+            "num_public_examples": len(self.prepared.data.public) if self.prepared.data.public is not None else 0,
+            "num_test_examples": len(self.prepared.data.test),
+            "versions": {"secure_ffm": __version__, "torch": torch.__version__, "python": platform.python_version()},
+        }
+        if client_eval:
+            accs = np.array([v["accuracy"] for v in client_eval.values()])
+            summary["client_accuracy"] = {
+                "mean": float(accs.mean()),
+                "min": float(accs.min()),
+                "p10": float(np.percentile(accs, 10)),
+                "max": float(accs.max()),
+            }
+        return summary
+
+    # ------------------------------------------------------------------ files
+
+    def _write_start_files(self) -> None:
+        assert self.out_dir is not None
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        (self.out_dir / "config.toml").write_text(self.config.to_toml(), encoding="utf-8")
+        (self.out_dir / "metrics.jsonl").write_text("", encoding="utf-8")
+        self._write_clients(None)
+
+    def _write_clients(self, client_eval: Mapping[int, Mapping[str, float]] | None) -> None:
+        assert self.out_dir is not None
+        data = self.prepared.data
+        clients = []
+        for k in range(data.num_clients):
+            entry: dict[str, Any] = {
+                "client": k,
+                "num_examples": len(data.client_indices[k]),
+                "label_histogram": list(data.label_histograms[k]),
+            }
+            if client_eval is not None:
+                entry["final_eval"] = dict(client_eval[k])
+            clients.append(entry)
+        document = {
+            "class_names": list(data.dataset.class_names),
+            "partition": self.config.data.partition,
+            "public_examples": len(data.public) if data.public is not None else 0,
+            "clients": clients,
+        }
+        (self.out_dir / "clients.json").write_text(json.dumps(_jsonable(document), indent=1), encoding="utf-8")
+
+    def _write_end_files(self, summary: Mapping[str, Any], client_eval: Mapping[int, Mapping[str, float]] | None) -> None:
+        assert self.out_dir is not None
+        metadata = {"arch": self.config.model.arch, "finetune": self.config.model.finetune, "round": str(self.config.server.rounds)}
+        save_file(self.server.parameters, str(self.out_dir / "model.safetensors"), metadata=metadata)
+        if client_eval is not None:
+            self._write_clients(client_eval)
+        (self.out_dir / "summary.json").write_text(json.dumps(_jsonable(summary), indent=1, sort_keys=True), encoding="utf-8")
+
+    def _restore(self) -> int:
+        """Load the newest checkpoint and the metrics up to it; returns the round it holds."""
+        assert self.out_dir is not None
+        saved_config = self.out_dir / "config.toml"
+        if not saved_config.is_file():
+            raise ConfigError("--resume", f"{self.out_dir} holds no config.toml", "resume a run directory written by `secure-ffm train`")
+        import tomllib
+
+        saved = config_from_dict(tomllib.loads(saved_config.read_text(encoding="utf-8")))
+        differences = config_differences(saved, self.config, ignore={"server.rounds"})
+        if differences:
+            raise ConfigError("--resume", f"the config differs from the run's config.toml in {', '.join(differences)}", "resume with the same config and --set values")
+        path = latest_checkpoint(self.out_dir / "checkpoints")
+        if path is None:
+            raise ConfigError("--resume", f"{self.out_dir} has no checkpoint yet", "start the run again without --resume")
+        checkpoint = load_checkpoint(path)
+        self.server.parameters = checkpoint.parameters
+        self.strategy.load_state_dict(checkpoint.strategy_state)
+        self.client_states.clear()
+        self.client_states.update(checkpoint.client_states)
+        metrics_path = self.out_dir / "metrics.jsonl"
+        rows = [json.loads(line) for line in metrics_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        self.history = [r for r in rows if r["round"] <= checkpoint.round]
+        metrics_path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in self.history), encoding="utf-8")
+        if self.config.server.rounds != saved.server.rounds:
+            (self.out_dir / "config.toml").write_text(self.config.to_toml(), encoding="utf-8")
+        log.info("resumed %s from round %d", self.out_dir, checkpoint.round)
+        return checkpoint.round
+
+
+def config_differences(a: Config, b: Config, *, ignore: set[str] = frozenset()) -> list[str]:  # type: ignore[assignment]
+    """``section.key`` names whose values differ between two configs."""
+    da, db = a.to_dict(), b.to_dict()
+    return [
+        f"{section}.{key}"
+        for section in da
+        for key in da[section]
+        if f"{section}.{key}" not in ignore and da[section][key] != db[section][key]
+    ]
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

@@ -1,0 +1,61 @@
+"""Client-side update transforms: what a client does to its update before it sends it.
+
+DP-FedAvg clipping and noise shares, pruning, quantization and Soteria-style
+perturbation are all transforms; they compose as an :class:`UpdatePipeline`
+applied in order, after local training and before the aggregation protocol's
+client-side encoding. Each receives an explicit seeded generator, never a global one.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, MutableMapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from secure_ffm.registry import Registry
+from secure_ffm.wire import ClientUpdate, NamedArrays
+
+TRANSFORMS: Registry[type[UpdateTransform]] = Registry("update transform")
+
+
+@dataclass(frozen=True)
+class TransformContext:
+    """What a transform may use besides the update itself."""
+
+    round: int
+    client_id: int
+    rng: np.random.Generator
+    global_parameters: NamedArrays
+    state: MutableMapping[str, Any] = field(default_factory=dict)
+    """This client's persistent state (checkpointed with the run), e.g. an adaptive clipping norm."""
+
+
+class UpdateTransform(ABC):
+    """One step of the client's pre-send pipeline."""
+
+    name: str = ""
+
+    @abstractmethod
+    def __call__(self, update: ClientUpdate, context: TransformContext) -> ClientUpdate:
+        """Return the transformed update (never modify ``update`` in place)."""
+
+
+class UpdatePipeline:
+    """Transforms applied in order; an empty pipeline sends the update unchanged."""
+
+    def __init__(self, transforms: Iterable[UpdateTransform] = ()) -> None:
+        self.transforms: tuple[UpdateTransform, ...] = tuple(transforms)
+
+    def __call__(self, update: ClientUpdate, context: TransformContext) -> ClientUpdate:
+        for transform in self.transforms:
+            update = transform(update, context)
+        return update
+
+    def names(self) -> Sequence[str]:
+        return [t.name or type(t).__name__ for t in self.transforms]
+
+    def __len__(self) -> int:
+        return len(self.transforms)

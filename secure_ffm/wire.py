@@ -1,0 +1,94 @@
+"""What crosses the wire between server and clients: named arrays plus plain metadata.
+
+Nothing here is pickled. Arrays serialize with safetensors (:func:`arrays_to_bytes`),
+metadata is JSON-able scalars, so a Flower ``ClientApp``/``ServerApp`` can carry the
+same records as ``ArrayRecord``/``ConfigRecord``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+from safetensors.numpy import load as _st_load
+from safetensors.numpy import save as _st_save
+
+NamedArrays = dict[str, np.ndarray]
+Scalar = bool | int | float | str
+
+
+def nbytes(arrays: Mapping[str, np.ndarray]) -> int:
+    """Bytes of the raw array data (what an fp32 update costs on the wire, before framing)."""
+    return int(sum(np.asarray(a).nbytes for a in arrays.values()))
+
+
+def num_parameters(arrays: Mapping[str, np.ndarray]) -> int:
+    return int(sum(np.asarray(a).size for a in arrays.values()))
+
+
+def arrays_to_bytes(arrays: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None) -> bytes:
+    """Serialize named arrays with safetensors (no pickle)."""
+    return _st_save({k: np.ascontiguousarray(v) for k, v in arrays.items()}, metadata=dict(metadata or {}))
+
+
+def arrays_from_bytes(data: bytes) -> NamedArrays:
+    return dict(_st_load(data))
+
+
+def subtract(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> NamedArrays:
+    return {k: a[k] - b[k] for k in a}
+
+
+def add(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> NamedArrays:
+    return {k: a[k] + b[k] for k in a}
+
+
+@dataclass(frozen=True)
+class FitInstructions:
+    """Server -> client: the global trainable parameters and this round's settings."""
+
+    round: int
+    parameters: NamedArrays
+    config: Mapping[str, Scalar] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ClientUpdate:
+    """A client's result of local training, before it is encoded for aggregation.
+
+    ``delta`` is the local model minus the global model it started from (a
+    pseudo-gradient in the sense of Reddi et al., ICLR 2021), one array per
+    trainable parameter.
+    """
+
+    client_id: int
+    round: int
+    delta: NamedArrays
+    num_examples: int
+    metrics: Mapping[str, float] = field(default_factory=dict)
+
+    def replace_delta(self, delta: NamedArrays) -> ClientUpdate:
+        return ClientUpdate(self.client_id, self.round, delta, self.num_examples, dict(self.metrics))
+
+
+@dataclass(frozen=True)
+class ClientMessage:
+    """Client -> server: what the aggregation protocol lets the server see.
+
+    For plaintext aggregation ``payload`` holds the weighted delta; secure
+    aggregation protocols put masked or encrypted data there instead.
+    """
+
+    client_id: int
+    round: int
+    payload: Mapping[str, np.ndarray | bytes]
+    num_examples: int
+    metrics: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def nbytes(self) -> int:
+        total = 0
+        for value in self.payload.values():
+            total += len(value) if isinstance(value, bytes | bytearray) else int(np.asarray(value).nbytes)
+        return total

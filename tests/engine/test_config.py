@@ -1,0 +1,73 @@
+import pytest
+
+from secure_ffm.config import Config, config_from_dict, load_config
+from secure_ffm.errors import ConfigError
+
+
+def test_unknown_key_suggests_nearest():
+    with pytest.raises(ConfigError, match=r"client\.lrr: unknown key \(did you mean client\.lr\?\)"):
+        config_from_dict({"client": {"lrr": 0.1}})
+
+
+def test_unknown_key_names_the_key():
+    with pytest.raises(ConfigError) as info:
+        config_from_dict({"client": {"lrr": 0.1}})
+    assert info.value.key == "client.lrr"
+    assert "client.lr" in str(info.value)
+
+
+def test_unknown_section_suggests_nearest():
+    with pytest.raises(ConfigError, match=r"\[sever\]: unknown section \(did you mean \[server\]\?\)"):
+        config_from_dict({"sever": {"rounds": 2}})
+
+
+@pytest.mark.parametrize(
+    ("raw", "key"),
+    [
+        ({"client": {"lr": 0}}, "client.lr"),
+        ({"client": {"lr": -0.1}}, "client.lr"),
+        ({"data": {"alpha": 0.0}}, "data.alpha"),
+        ({"server": {"rounds": 0}}, "server.rounds"),
+        ({"client": {"lr": "fast"}}, "client.lr"),
+        ({"server": {"rounds": 2.5}}, "server.rounds"),
+        ({"server": {"evaluate_clients": 1}}, "server.evaluate_clients"),
+        ({"model": {"finetune": "lorra"}}, "model.finetune"),
+        ({"data": {"num_clients": 4}, "server": {"clients_per_round": 5}}, "server.clients_per_round"),
+    ],
+)
+def test_bad_values_name_their_key(raw, key):
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(raw)
+    assert info.value.key == key
+
+
+def test_overrides_parse_toml_literals_and_strings():
+    config = config_from_dict({}, overrides=["client.lr=0.5", "data.dataset=trec", "model.lora_target_modules=['query']"])
+    assert config.client.lr == 0.5
+    assert config.data.dataset == "trec"
+    assert config.model.lora_target_modules == ("query",)
+
+
+def test_int_is_accepted_for_float():
+    assert config_from_dict({"client": {"lr": 1}}).client.lr == 1.0
+
+
+def test_toml_round_trip(tmp_path):
+    config = config_from_dict({"data": {"dataset": "sms_spam", "alpha": 0.1}, "server": {"strategy": "fedadam"}})
+    path = tmp_path / "c.toml"
+    path.write_text(config.to_toml())
+    assert load_config(path) == config
+
+
+def test_missing_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.toml")
+
+
+def test_shipped_configs_are_valid():
+    from pathlib import Path
+
+    configs = sorted(Path(__file__).resolve().parents[2].joinpath("configs").glob("*.toml"))
+    assert configs, "configs/ holds no TOML file"
+    for path in configs:
+        assert isinstance(load_config(path), Config)
