@@ -1,0 +1,96 @@
+"""The ``[model] arch`` registry and the one front door, :func:`build_model`.
+
+Each architecture registers a :class:`ModelBuilder` that says which kind of data
+it reads (``image`` or ``text``) and how to build it. :func:`build_model` checks
+the architecture against the dataset and seeds every freshly initialised weight
+(classifier heads, LoRA adapters, small vision models) from ``seed`` without
+touching the caller's global torch RNG, so two builds with the same config and
+seed are identical and are the common starting point of a federation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from secure_ffm.config import ModelConfig
+from secure_ffm.data.base import DataKind
+from secure_ffm.errors import ConfigError
+from secure_ffm.models.base import FederatedModel
+from secure_ffm.registry import Registry
+
+DEFAULT_MAX_LENGTH = 64
+"""Token limit used when :func:`build_model` is not given ``max_length`` (``DataConfig.max_length``'s default)."""
+
+
+class BuildFunction(Protocol):
+    def __call__(self, config: ModelConfig, *, num_classes: int, max_length: int) -> FederatedModel: ...
+
+
+@dataclass(frozen=True)
+class ModelBuilder:
+    """A registered architecture: the data kind it reads and how to build it."""
+
+    data_kind: DataKind
+    build: BuildFunction
+
+
+MODELS: Registry[ModelBuilder] = Registry("model architecture")
+
+
+def register_model(name: str, *, data_kind: DataKind) -> Callable[[BuildFunction], BuildFunction]:
+    """Register ``build(config, *, num_classes, max_length)`` as architecture ``name``.
+
+    The build function runs under a seeded, forked torch RNG (see :func:`build_model`),
+    so it may initialise weights with the ordinary ``torch.nn.init`` functions.
+    """
+
+    def decorator(build: BuildFunction) -> BuildFunction:
+        MODELS.register(name)(ModelBuilder(data_kind=data_kind, build=build))
+        return build
+
+    return decorator
+
+
+def build_model(
+    config: ModelConfig,
+    *,
+    num_classes: int,
+    data_kind: DataKind,
+    seed: int,
+    max_length: int = DEFAULT_MAX_LENGTH,
+) -> FederatedModel:
+    """Build the ``[model]`` section's architecture for a dataset.
+
+    Parameters
+    ----------
+    config:
+        The ``[model]`` section.
+    num_classes:
+        Number of classes of the dataset (size of the classifier head), at least 2.
+    data_kind:
+        ``"image"`` or ``"text"``; an architecture for the other kind is a
+        :class:`~secure_ffm.errors.ConfigError` on ``model.arch``.
+    seed:
+        Seeds every newly initialised weight. The global torch RNG is left as it was.
+    max_length:
+        Token limit for text models (``DataConfig.max_length``); ignored by image models.
+    """
+    builder = MODELS.get(config.arch, key="model.arch")
+    if builder.data_kind != data_kind:
+        fitting = [name for name in MODELS.names() if MODELS.get(name).data_kind == data_kind]
+        raise ConfigError(
+            "model.arch",
+            f"{config.arch!r} reads {builder.data_kind} data but the dataset is {data_kind}",
+            f"use {' or '.join(repr(name) for name in fitting)}" if fitting else None,
+        )
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+    if max_length < 1:
+        raise ValueError(f"max_length must be positive, got {max_length}")
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)  # CPU only: accelerator RNGs are left alone
+        return builder.build(config, num_classes=num_classes, max_length=max_length)

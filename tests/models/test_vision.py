@@ -1,0 +1,105 @@
+"""The cnn and vit image models on real Fashion-MNIST images."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from opacus import GradSampleModule
+
+from secure_ffm.config import ModelConfig
+from secure_ffm.data.base import LabeledData
+from secure_ffm.models import FederatedModel, build_model
+from secure_ffm.models.vision import FASHION_MNIST_MEAN, FASHION_MNIST_STD
+
+ARCHS = ["cnn", "vit"]
+
+
+def image_model(arch: str, finetune: str = "full", seed: int = 0) -> FederatedModel:
+    return build_model(ModelConfig(arch=arch, finetune=finetune), num_classes=10, data_kind="image", seed=seed)
+
+
+def mean_loss(model: FederatedModel, encoded: object) -> float:
+    with torch.no_grad():
+        losses = [F.cross_entropy(model.module(**b.inputs), b.labels, reduction="sum") for b in model.batches(encoded, 256)]  # type: ignore[arg-type]
+    return float(sum(losses)) / len(encoded)  # type: ignore[arg-type]
+
+
+def test_encode_normalizes_to_one_channel_float(fashion_512: LabeledData) -> None:
+    encoded = image_model("cnn").encode(fashion_512)
+    pixels = encoded.tensors["pixels"]
+    assert pixels.shape == (512, 1, 28, 28) and pixels.dtype == torch.float32
+    assert pixels.min().item() == pytest.approx(-FASHION_MNIST_MEAN / FASHION_MNIST_STD, abs=1e-5)
+    assert pixels.mean().item() == pytest.approx(0.0, abs=0.1)  # standardised with the dataset statistics
+
+
+def test_encode_rejects_text() -> None:
+    text = LabeledData(kind="text", inputs=("a", "b"), labels=np.array([0, 1]))
+    with pytest.raises(ValueError, match="image model"):
+        image_model("cnn").encode(text)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_forward_gives_one_logit_row_per_image(arch: str, fashion_512: LabeledData) -> None:
+    model = image_model(arch)
+    batch = model.make_batch(model.encode(fashion_512), np.arange(5))
+    assert batch.inputs["pixels"].shape == (5, 1, 28, 28)
+    assert model.module(**batch.inputs).shape == (5, 10)
+    assert torch.equal(batch.labels, torch.from_numpy(fashion_512.labels[:5]))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_sgd_steps_lower_training_loss(arch: str, fashion_512: LabeledData) -> None:
+    model = image_model(arch)
+    encoded = model.encode(fashion_512)
+    before = mean_loss(model, encoded)
+    optimizer = torch.optim.SGD([p for _, p in model.trainable_named_parameters()], lr=0.05, momentum=0.9)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(2):
+        for batch in model.batches(encoded, 64, generator=generator):
+            optimizer.zero_grad()
+            F.cross_entropy(model.module(**batch.inputs), batch.labels).backward()
+            optimizer.step()
+    assert mean_loss(model, encoded) < 0.8 * before
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_head_mode_changes_only_the_last_layer(arch: str, fashion_512: LabeledData) -> None:
+    model = image_model(arch, "head")
+    assert model.trainable_names() == ("head.weight", "head.bias")
+    before = {name: p.detach().clone() for name, p in model.module.named_parameters()}
+    optimizer = torch.optim.SGD([p for _, p in model.trainable_named_parameters()], lr=0.1)
+    batch = model.make_batch(model.encode(fashion_512), np.arange(64))
+    F.cross_entropy(model.module(**batch.inputs), batch.labels).backward()
+    optimizer.step()
+    changed = {name for name, p in model.module.named_parameters() if not torch.equal(p, before[name])}
+    assert changed == {"head.weight", "head.bias"}
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_get_set_trainable_round_trip(arch: str, fashion_512: LabeledData) -> None:
+    source, target = image_model(arch, seed=1), image_model(arch, seed=2)
+    target.set_trainable(source.get_trainable())
+    batch = source.make_batch(source.encode(fashion_512), np.arange(8))
+    torch.testing.assert_close(target.module(**batch.inputs), source.module(**batch.inputs), rtol=0, atol=0)
+
+
+def test_vit_lora_trains_attention_adapters_and_head() -> None:
+    model = image_model("vit", "lora")
+    names = model.trainable_names()
+    assert names and all("lora_" in name or name.startswith("head.") for name in names)
+    assert any(".attention.query.lora_A" in name for name in names)
+    assert model.trainable_parameter_count() < 0.1 * model.total_parameter_count()
+
+
+@pytest.mark.filterwarnings("ignore:Full backward hook")
+@pytest.mark.parametrize(("arch", "finetune"), [("cnn", "full"), ("vit", "full"), ("vit", "lora")])
+def test_opacus_computes_per_sample_gradients(arch: str, finetune: str, fashion_512: LabeledData) -> None:
+    model = image_model(arch, finetune)
+    batch = model.make_batch(model.encode(fashion_512), np.arange(4))
+    wrapped = GradSampleModule(model.module)
+    F.cross_entropy(wrapped(**batch.inputs), batch.labels).backward()
+    for name, param in model.trainable_named_parameters():
+        assert param.grad_sample is not None, name
+        assert param.grad_sample.shape == (4, *param.shape), name
