@@ -9,6 +9,7 @@ replace both halves, so the server learns only the weighted sum.
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -33,6 +34,17 @@ class Aggregate:
     total_weight: float
     num_clients: int
     timings: dict[str, float] = field(default_factory=dict)
+    mean_statistics: NamedArrays = field(default_factory=dict)
+
+    def replace(self, **changes: object) -> Aggregate:
+        return dataclasses.replace(self, **changes)
+
+
+class AggregateStep(ABC):
+    """A server-side step between aggregation and the strategy (e.g. DP-FedAvg's central noise)."""
+
+    @abstractmethod
+    def __call__(self, round: int, aggregate: Aggregate) -> Aggregate: ...
 
 
 class AggregationProtocol(ABC):
@@ -74,9 +86,12 @@ class PlaintextAggregation(AggregationProtocol):
 
     name = "none"
     WEIGHT_KEY = "__weight__"
+    STAT_PREFIX = "__stat__/"
 
     def encode(self, update: ClientUpdate, *, weight: float) -> ClientMessage:
         payload: dict[str, np.ndarray | bytes] = {k: (weight * v).astype(np.float32) for k, v in update.delta.items()}
+        for k, v in update.statistics.items():
+            payload[self.STAT_PREFIX + k] = (weight * np.asarray(v, dtype=np.float64))
         payload[self.WEIGHT_KEY] = np.asarray([weight], dtype=np.float64)
         return ClientMessage(update.client_id, update.round, payload, update.num_examples, dict(update.metrics))
 
@@ -101,5 +116,6 @@ class PlaintextAggregation(AggregationProtocol):
                 sums[name] = sums[name] + array if name in sums else array.copy()
         if total_weight <= 0:
             raise AggregationError(f"round {round}: total client weight is {total_weight}")
-        mean = {k: (v / total_weight).astype(np.float32) for k, v in sums.items()}
-        return Aggregate(mean_delta=mean, total_weight=total_weight, num_clients=len(messages))
+        mean = {k: (v / total_weight).astype(np.float32) for k, v in sums.items() if not k.startswith(self.STAT_PREFIX)}
+        stats = {k[len(self.STAT_PREFIX) :]: v / total_weight for k, v in sums.items() if k.startswith(self.STAT_PREFIX)}
+        return Aggregate(mean_delta=mean, total_weight=total_weight, num_clients=len(messages), mean_statistics=stats)

@@ -61,8 +61,11 @@ class ProgressBars:
             self.clients.close()
             self.clients = None
         if self.rounds is not None:
-            acc = metrics.get("test_accuracy")
-            self.rounds.set_postfix(train_loss=f"{metrics['train_loss']:.4f}", test_acc="-" if acc is None else f"{acc:.4f}")
+            postfix = {"train_loss": _fmt(metrics.get("train_loss")), "test_acc": _fmt(metrics.get("test_accuracy"))}
+            for key in ("epsilon", "epsilon_max"):
+                if metrics.get(key) is not None:
+                    postfix["eps"] = f"{metrics[key]:.2f}"
+            self.rounds.set_postfix(postfix)
             self.rounds.update(1)
             if self.rounds.n >= self.rounds.total:
                 self.rounds.close()
@@ -100,6 +103,53 @@ def train_command(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("privacy")
+def privacy_command(args: argparse.Namespace) -> int:
+    """Print the noise multiplier a config implies and the ε it reaches, before any training."""
+    import json
+
+    from secure_ffm.config import load_config
+    from secure_ffm.data import load_federated_data
+    from secure_ffm.privacy.mechanisms import build_mechanism
+
+    config = load_config(args.config, overrides=args.set)
+    data = load_federated_data(config.data, config.run.seed)
+    plan = build_mechanism(config, data).plan()
+    if args.json:
+        print(json.dumps(plan, indent=1, default=str))
+        return 0
+    print(_format_plan(config, plan))
+    return 0
+
+
+def _format_plan(config: Any, plan: Mapping[str, Any]) -> str:
+    mechanism = plan["mechanism"]
+    if mechanism == "none":
+        return "privacy.mode = none: no differential privacy (ε = ∞). Set privacy.mode = \"dp-sgd\" or \"dp-fedavg\"."
+    lines = [f"mechanism: {mechanism}   accountant: {plan['accountant']}   target ε: {plan['target_epsilon']}"]
+    if mechanism == "dp-sgd":
+        lines.append(
+            f"per-client sample-level DP over {plan['planned_rounds']} planned rounds, "
+            f"max_grad_norm={config.privacy.max_grad_norm}, Poisson sampling at q = batch_size / n"
+        )
+        lines.append(f"{'client':>6} {'n':>7} {'q':>8} {'steps':>7} {'delta':>10} {'z':>8} {'epsilon':>8}")
+        for c in plan["clients"]:
+            lines.append(
+                f"{c['client']:>6} {c['num_examples']:>7} {c['sample_rate']:>8.4f} {c['planned_steps']:>7} "
+                f"{c['delta']:>10.3g} {c['noise_multiplier']:>8.4f} {c['planned_epsilon']:>8.4f}"
+            )
+        z, e = plan["noise_multiplier"], plan["epsilon"]
+        lines.append(f"noise multiplier z: min {z['min']:.4f}, median {z['median']:.4f}, max {z['max']:.4f}")
+        lines.append(f"ε reached: min {e['min']:.4f}, median {e['median']:.4f}, max {e['max']:.4f} (never above the target)")
+    else:
+        lines.append(
+            f"user-level DP: {plan['rounds']} rounds at client sampling rate q = {plan['sample_rate']:.4f}, δ = {plan['delta']:.3g}"
+        )
+        lines.append(f"noise multiplier z = {plan['noise_multiplier']:.4f} (updates: {plan['update_noise_multiplier']:.4f})")
+        lines.append(f"ε reached: {plan['epsilon']:.4f}; noise std on the mean update per coordinate: {plan['noise_std_on_mean']:.4g}")
+    return "\n".join(lines)
+
+
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
@@ -115,13 +165,22 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", help="run directory (default: runs/<run.name>-<timestamp>)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    privacy = sub.add_parser("privacy", help="print the noise multiplier and ε a config implies, before training")
+    privacy.add_argument("config", help="path of the TOML config")
+    privacy.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value (repeatable)")
+    privacy.add_argument("--json", action="store_true", help="print the plan as JSON")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.WARNING), format="%(levelname)s %(name)s: %(message)s")
+    level = getattr(logging, str(args.log_level).upper(), logging.WARNING)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    # Library warnings (Opacus' RDP order notice, torch hook notices) go to the log, shown with --log-level DEBUG.
+    logging.captureWarnings(True)
+    logging.getLogger("py.warnings").setLevel(logging.ERROR if level > logging.DEBUG else logging.DEBUG)
     try:
         return COMMANDS[args.command](args)
     except SecureFFMError as error:

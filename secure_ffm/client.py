@@ -81,6 +81,7 @@ class FederatedClient:
             rng=generator(self.seed, TRANSFORM, ins.round, self.client_id),
             global_parameters=ins.parameters,
             state=self.state,
+            config=ins.config,
         )
         update = self.transforms(update, context)
         weight = client_weight(str(ins.config.get("weighting", "examples")), update.num_examples)

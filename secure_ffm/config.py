@@ -200,6 +200,69 @@ class ServerConfig:
 
 
 @dataclass(frozen=True)
+class PrivacyConfig:
+    """``[privacy]``: differential privacy of the whole federated training.
+
+    ``dp-sgd`` is sample-level DP inside every client's local training (Abadi et
+    al., CCS 2016) with Opacus; ``dp-fedavg`` is user-level DP of whole client
+    updates (McMahan et al., ICLR 2018), optionally with adaptive clipping
+    (Andrew et al., NeurIPS 2021).
+    """
+
+    mode: str = "none"
+    """``none``, ``dp-sgd`` or ``dp-fedavg``."""
+    target_epsilon: float = 8.0
+    """The ε the whole run may spend (per client for dp-sgd, per user for dp-fedavg)."""
+    delta: float = 0.0
+    """δ of the guarantee; 0 picks 1/(10 n) with n the client's examples (dp-sgd) or the number of clients (dp-fedavg)."""
+    accountant: str = "prv"
+    """``prv`` (Gopi et al., NeurIPS 2021), ``rdp`` (Mironov, CSF 2017) or ``gdp`` (Dong et al., 2019)."""
+    max_grad_norm: float = 1.0
+    """dp-sgd: per-sample gradient clipping norm."""
+    grad_sample_mode: str = "auto"
+    """dp-sgd: ``ghost`` (ghost clipping, Li et al., ICLR 2022), ``hooks`` (per-sample gradients), or ``auto``
+    (ghost when every trainable layer has a ghost norm sampler, else hooks)."""
+    planned_rounds: int = 0
+    """dp-sgd: rounds a client is budgeted to take part in; 0 means every round (no client is ever skipped)."""
+    secure_mode: bool = False
+    """Draw DP noise from a cryptographically secure generator (needs torchcsprng for dp-sgd)."""
+    noise_multiplier: float = 0.0
+    """dp-fedavg: z, the server noise std divided by the clip norm; 0 calibrates it from target_epsilon."""
+    clip_norm: float = 1.0
+    """dp-fedavg: L2 bound C on each client's whole update (the initial bound with adaptive clipping)."""
+    noise_placement: str = "server"
+    """dp-fedavg: ``server`` adds N(0, (zC)^2) to the sum; ``clients`` has each of the m clients add its share
+    N(0, (zC)^2/m) before sending (distributed DP, for use with secure aggregation)."""
+    adaptive_clipping: bool = False
+    target_unclipped_quantile: float = 0.5
+    """Adaptive clipping: the fraction γ of updates that should fall under the clip norm."""
+    clip_learning_rate: float = 0.2
+    """Adaptive clipping: η in C <- C exp(-η (b - γ))."""
+    clipped_count_stddev: float = 0.0
+    """Adaptive clipping: σ_b of the noise on the count of unclipped updates; 0 picks m/20 (Andrew et al.)."""
+
+    def __post_init__(self) -> None:
+        _choice("privacy", "mode", self.mode, ("none", "dp-sgd", "dp-fedavg"))
+        if self.mode == "none":
+            return
+        if not (self.target_epsilon > 0):
+            raise ConfigError("privacy.target_epsilon", f"must be positive, got {self.target_epsilon!r}", "state the budget, e.g. 8.0")
+        if not 0.0 <= self.delta < 1.0:
+            raise ConfigError("privacy.delta", f"must be in [0, 1), got {self.delta!r}", "use 0 for the default 1/(10 n)")
+        _choice("privacy", "accountant", self.accountant, ("prv", "rdp", "gdp"))
+        _positive("privacy", "max_grad_norm", self.max_grad_norm)
+        _choice("privacy", "grad_sample_mode", self.grad_sample_mode, ("auto", "ghost", "hooks"))
+        _positive("privacy", "planned_rounds", self.planned_rounds, allow_zero=True)
+        _positive("privacy", "noise_multiplier", self.noise_multiplier, allow_zero=True)
+        _positive("privacy", "clip_norm", self.clip_norm)
+        _choice("privacy", "noise_placement", self.noise_placement, ("server", "clients"))
+        if not 0.0 < self.target_unclipped_quantile < 1.0:
+            raise ConfigError("privacy.target_unclipped_quantile", f"must be in (0, 1), got {self.target_unclipped_quantile!r}")
+        _positive("privacy", "clip_learning_rate", self.clip_learning_rate)
+        _positive("privacy", "clipped_count_stddev", self.clipped_count_stddev, allow_zero=True)
+
+
+@dataclass(frozen=True)
 class Config:
     """A whole run: one attribute per TOML section."""
 
@@ -208,8 +271,15 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     client: ClientConfig = field(default_factory=ClientConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 
     def __post_init__(self) -> None:
+        if self.privacy.planned_rounds > self.server.rounds:
+            raise ConfigError(
+                "privacy.planned_rounds",
+                f"{self.privacy.planned_rounds} is more than server.rounds={self.server.rounds}",
+                "lower it, or 0 to budget for every round",
+            )
         if self.server.clients_per_round > self.data.num_clients:
             raise ConfigError(
                 "server.clients_per_round",
@@ -375,6 +445,7 @@ __all__ = [
     "Config",
     "DataConfig",
     "ModelConfig",
+    "PrivacyConfig",
     "RunConfig",
     "ServerConfig",
     "config_from_dict",

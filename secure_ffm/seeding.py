@@ -16,6 +16,7 @@ TRAINING = 2
 TRANSFORM = 3
 INIT = 4
 PARTITION = 5
+DP_NOISE = 6
 
 
 def derive_seed(seed: int, *path: int) -> int:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from secure_ffm.aggregation import Aggregate, AggregationProtocol
+from secure_ffm.aggregation import Aggregate, AggregateStep, AggregationProtocol
 from secure_ffm.seeding import SAMPLING, generator
 from secure_ffm.strategies import Strategy
 from secure_ffm.wire import ClientMessage, FitInstructions, NamedArrays
@@ -30,6 +30,7 @@ class Server:
         num_clients: int,
         clients_per_round: int,
         seed: int,
+        aggregate_steps: Sequence[AggregateStep] = (),
     ) -> None:
         self.strategy = strategy
         self.protocol = protocol
@@ -37,6 +38,8 @@ class Server:
         self.num_clients = num_clients
         self.clients_per_round = clients_per_round or num_clients
         self.seed = seed
+        self.aggregate_steps = tuple(aggregate_steps)
+        self.extra_fit_config: list = []
 
     def sample_clients(self, round: int) -> list[int]:
         """Uniform sampling without replacement, drawn from a generator of (seed, round) alone."""
@@ -45,12 +48,17 @@ class Server:
         rng = generator(self.seed, SAMPLING, round)
         return sorted(int(c) for c in rng.choice(self.num_clients, size=self.clients_per_round, replace=False))
 
-    def fit_instructions(self, round: int) -> FitInstructions:
-        config = {"weighting": self.strategy.weighting, **self.strategy.configure_fit(round)}
+    def fit_instructions(self, round: int, participants: Sequence[int]) -> FitInstructions:
+        """The strategy's settings, then those of any extra configurer (e.g. a privacy mechanism's clip norm)."""
+        config = {"weighting": self.strategy.weighting, "participants": len(participants), **self.strategy.configure_fit(round)}
+        for configure in self.extra_fit_config:
+            config.update(configure(round, participants))
         return FitInstructions(round=round, parameters=self.parameters, config=config)
 
     def aggregate(self, round: int, messages: Sequence[ClientMessage]) -> Aggregate:
-        """Aggregate the round's messages and step the global model with the strategy."""
+        """Aggregate the round's messages, run the server-side steps, and step the global model."""
         aggregate = self.protocol.aggregate(round, messages)
+        for step in self.aggregate_steps:
+            aggregate = step(round, aggregate)
         self.parameters = self.strategy.apply(round, self.parameters, aggregate.mean_delta)
         return aggregate

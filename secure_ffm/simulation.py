@@ -33,10 +33,11 @@ from secure_ffm.data.base import FederatedData
 from secure_ffm.errors import ConfigError
 from secure_ffm.models import build_model
 from secure_ffm.models.base import EncodedData, FederatedModel
+from secure_ffm.privacy.mechanisms import PrivacyMechanism, build_mechanism
 from secure_ffm.seeding import INIT, derive_seed
 from secure_ffm.server import Server
 from secure_ffm.strategies import build_strategy
-from secure_ffm.training import build_trainer, evaluate
+from secure_ffm.training import ClientDeclined, build_trainer, evaluate
 from secure_ffm.transforms import UpdatePipeline
 from secure_ffm.wire import nbytes, num_parameters
 
@@ -67,6 +68,7 @@ class PreparedRun:
     model: FederatedModel
     encoded_private: EncodedData
     encoded_test: EncodedData
+    privacy: PrivacyMechanism
     initial_parameters: dict[str, np.ndarray] = field(default_factory=dict)
 
 
@@ -82,9 +84,11 @@ def prepare_run(config: Config) -> PreparedRun:
         seed=derive_seed(config.run.seed, INIT),
         max_length=config.data.max_length,
     )
+    privacy = build_mechanism(config, data)  # calibrates noise; an unmeetable budget raises here
+    privacy.check_model(model)
     encoded_private = model.encode(data.private)
     encoded_test = model.encode(data.test)
-    return PreparedRun(config, data, model, encoded_private, encoded_test, model.get_trainable())
+    return PreparedRun(config, data, model, encoded_private, encoded_test, privacy, model.get_trainable())
 
 
 class Simulation:
@@ -104,8 +108,11 @@ class Simulation:
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.observer = observer or RunObserver()
         self.protocol = protocol or PROTOCOLS.get("none")()
-        self.transforms = transforms or UpdatePipeline()
-        self.trainer = build_trainer(self.config.client)
+        self.privacy = prepared.privacy
+        extra = transforms.transforms if transforms is not None else ()
+        # privacy transforms (clipping, noise shares) come last, right before encoding
+        self.transforms = UpdatePipeline([*extra, *self.privacy.client_transforms()])
+        self.trainer = self.privacy.trainer(build_trainer(self.config.client))
         self.strategy = build_strategy(self.config.server)
         self.server = Server(
             strategy=self.strategy,
@@ -114,7 +121,9 @@ class Simulation:
             num_clients=prepared.data.num_clients,
             clients_per_round=self.config.server.clients_per_round,
             seed=self.config.run.seed,
+            aggregate_steps=self.privacy.aggregate_steps(),
         )
+        self.server.extra_fit_config.append(self.privacy.fit_config)
         self.client_states: dict[int, dict[str, Any]] = {}
         self.history: list[dict[str, Any]] = []
 
@@ -142,13 +151,21 @@ class Simulation:
         participants = self.server.sample_clients(round)
         self.observer.round_started(round, participants)
         self.protocol.begin_round(round, participants)
-        instructions = self.server.fit_instructions(round)
-        messages = []
+        instructions = self.server.fit_instructions(round, participants)
+        messages, declined = [], []
         for client_id in participants:
-            messages.append(self.client(client_id).fit(instructions))
+            try:
+                messages.append(self.client(client_id).fit(instructions))
+            except ClientDeclined as reason:
+                declined.append(client_id)
+                log.info("round %d: client %d skipped: %s", round, client_id, reason)
             self.observer.client_finished(round, client_id)
         aggregate_start = time.perf_counter()
-        aggregate = self.server.aggregate(round, messages)
+        timings: dict[str, float] = {}
+        if messages:
+            timings = self.server.aggregate(round, messages).timings
+        else:
+            log.warning("round %d: no client sent an update; the global model is unchanged", round)
         aggregate_seconds = time.perf_counter() - aggregate_start
         fit_seconds = time.perf_counter() - round_start
 
@@ -156,18 +173,20 @@ class Simulation:
         losses = np.array([m.metrics["train_loss"] for m in messages], dtype=np.float64)
         row: dict[str, Any] = {
             "round": round,
-            "train_loss": float(np.sum(examples * losses) / max(np.sum(examples), 1.0)),
+            "train_loss": float(np.sum(examples * losses) / np.sum(examples)) if messages else None,
             "test_loss": None,
             "test_accuracy": None,
             "test_macro_f1": None,
-            "clients": participants,
+            "clients": [m.client_id for m in messages],
+            "skipped_clients": declined,
             "num_examples": int(examples.sum()),
             "bytes_up": int(sum(m.nbytes for m in messages)),
             "bytes_down": int(nbytes(instructions.parameters) * len(participants)),
             "client_train_seconds": float(sum(m.metrics["train_seconds"] for m in messages)),
             "encode_seconds": float(sum(m.metrics.get("encode_seconds", 0.0) for m in messages)),
-            "aggregate_seconds": aggregate_seconds + sum(aggregate.timings.values()),
+            "aggregate_seconds": aggregate_seconds + sum(timings.values()),
             "fit_seconds": fit_seconds,
+            **self.privacy.round_metrics(round, self.client_states),
         }
         last = round == self.config.server.rounds
         eval_seconds = 0.0
@@ -207,10 +226,10 @@ class Simulation:
                     handle.write(json.dumps(_jsonable(row), sort_keys=True) + "\n")
                 save_checkpoint(
                     self.out_dir / "checkpoints",
-                    Checkpoint(round, self.server.parameters, self.strategy.state_dict(), self.client_states, {}),
+                    Checkpoint(round, self.server.parameters, self.strategy.state_dict(), self.client_states, {"privacy": self.privacy.state_dict()}),
                 )
             log.info(
-                "round %d/%d: train_loss=%.4f test_accuracy=%s (%.1fs)",
+                "round %d/%d: train_loss=%s test_accuracy=%s (%.1fs)",
                 round, total, row["train_loss"], row["test_accuracy"], row["seconds"],
             )
             self.observer.round_finished(round, row)
@@ -253,6 +272,7 @@ class Simulation:
             "bytes_up_total": int(sum(r["bytes_up"] for r in self.history)),
             "bytes_down_total": int(sum(r["bytes_down"] for r in self.history)),
             "seconds_total": float(sum(r["seconds"] for r in self.history)),
+            "privacy": self._privacy_summary(),
             "num_train_examples": len(self.prepared.data.private),
             "num_public_examples": len(self.prepared.data.public) if self.prepared.data.public is not None else 0,
             "num_test_examples": len(self.prepared.data.test),
@@ -267,6 +287,13 @@ class Simulation:
                 "max": float(accs.max()),
             }
         return summary
+
+    def _privacy_summary(self) -> dict[str, Any]:
+        ledger = self.privacy.ledger(self.client_states)
+        if ledger is None:
+            return {"mechanism": "none", "epsilon": None}
+        keep = ("mechanism", "level", "accountant", "target_epsilon", "epsilon", "delta", "noise_multiplier", "clip_norm", "max_grad_norm")
+        return {k: ledger[k] for k in keep if k in ledger}
 
     # ------------------------------------------------------------------ files
 
@@ -304,6 +331,9 @@ class Simulation:
         save_file(self.server.parameters, str(self.out_dir / "model.safetensors"), metadata=metadata)
         if client_eval is not None:
             self._write_clients(client_eval)
+        ledger = self.privacy.ledger(self.client_states)
+        if ledger is not None:
+            (self.out_dir / "privacy.json").write_text(json.dumps(_jsonable(ledger), indent=1, sort_keys=True), encoding="utf-8")
         (self.out_dir / "summary.json").write_text(json.dumps(_jsonable(summary), indent=1, sort_keys=True), encoding="utf-8")
 
     def _restore(self) -> int:
@@ -326,6 +356,7 @@ class Simulation:
         self.strategy.load_state_dict(checkpoint.strategy_state)
         self.client_states.clear()
         self.client_states.update(checkpoint.client_states)
+        self.privacy.load_state_dict(checkpoint.server_state.get("privacy", {}))
         metrics_path = self.out_dir / "metrics.jsonl"
         rows = [json.loads(line) for line in metrics_path.read_text(encoding="utf-8").splitlines() if line.strip()]
         self.history = [r for r in rows if r["round"] <= checkpoint.round]

@@ -25,6 +25,10 @@ from secure_ffm.wire import NamedArrays, Scalar
 TRAINERS: Registry[type[LocalTrainer]] = Registry("local trainer")
 
 
+class ClientDeclined(Exception):
+    """A client does not take part in a round (e.g. its privacy budget is spent); it sends nothing."""
+
+
 @dataclass(frozen=True)
 class TrainResult:
     num_examples: int

@@ -9,14 +9,14 @@ client-side encoding. Each receives an explicit seeded generator, never a global
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, MutableMapping, Sequence
+from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from secure_ffm.registry import Registry
-from secure_ffm.wire import ClientUpdate, NamedArrays
+from secure_ffm.wire import ClientUpdate, NamedArrays, Scalar
 
 TRANSFORMS: Registry[type[UpdateTransform]] = Registry("update transform")
 
@@ -30,7 +30,9 @@ class TransformContext:
     rng: np.random.Generator
     global_parameters: NamedArrays
     state: MutableMapping[str, Any] = field(default_factory=dict)
-    """This client's persistent state (checkpointed with the run), e.g. an adaptive clipping norm."""
+    """This client's persistent state (checkpointed with the run)."""
+    config: Mapping[str, Scalar] = field(default_factory=dict)
+    """The round's settings from the server (e.g. the current clip norm, the number of participants)."""
 
 
 class UpdateTransform(ABC):

@@ -67,9 +67,15 @@ class ClientUpdate:
     delta: NamedArrays
     num_examples: int
     metrics: Mapping[str, float] = field(default_factory=dict)
+    statistics: NamedArrays = field(default_factory=dict)
+    """Side statistics aggregated with the same weights as ``delta`` (and as privately, under secure
+    aggregation), e.g. the unclipped indicator of adaptive clipping (Andrew et al., NeurIPS 2021)."""
 
     def replace_delta(self, delta: NamedArrays) -> ClientUpdate:
-        return ClientUpdate(self.client_id, self.round, delta, self.num_examples, dict(self.metrics))
+        return ClientUpdate(self.client_id, self.round, delta, self.num_examples, dict(self.metrics), dict(self.statistics))
+
+    def with_statistics(self, **statistics: np.ndarray) -> ClientUpdate:
+        return ClientUpdate(self.client_id, self.round, self.delta, self.num_examples, dict(self.metrics), {**self.statistics, **statistics})
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,339 @@
+"""Sample-level DP-SGD inside every client's local training, with Opacus.
+
+DP-SGD (Abadi et al., CCS 2016): every step samples a Poisson batch (each example
+independently with probability q), clips each example's gradient to L2 norm
+``max_grad_norm``, sums, adds N(0, (z * max_grad_norm)^2) noise and divides by the
+expected batch size. Per-sample gradients come from Opacus hooks, or with ghost
+clipping (Li et al., ICLR 2022; Bu et al., 2022) only their norms.
+
+The budget covers the whole federated run (arXiv 2305.11414 section 4 discusses why
+per-round budgets are misleading): each client's noise multiplier is calibrated up
+front from the local steps it is planned to take over all rounds, it keeps its own
+:class:`~secure_ffm.privacy.accounting.PrivacyLedger` in its checkpointed state, and
+it declines a round whose steps would take it over its target ε.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, MutableMapping, Sequence
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from secure_ffm.config import ClientConfig, Config, PrivacyConfig
+from secure_ffm.data.base import FederatedData
+from secure_ffm.errors import ConfigError
+from secure_ffm.models.base import EncodedData, FederatedModel
+from secure_ffm.privacy.accounting import PrivacyLedger, calibrate_noise_multiplier, check_delta, compute_epsilon, GaussianSteps, default_delta
+from secure_ffm.privacy.mechanisms import MECHANISMS, PrivacyMechanism, spread
+from secure_ffm.training import ClientDeclined, LocalTrainer, TrainResult, make_optimizer
+from secure_ffm.wire import NamedArrays, Scalar
+
+log = logging.getLogger(__name__)
+
+#: Relative slack when comparing a ledger's ε with the target (float noise in the accountant).
+EPSILON_SLACK = 1e-9
+
+
+@dataclass(frozen=True)
+class ClientDPPlan:
+    """One client's DP-SGD parameters, fixed before training."""
+
+    num_examples: int
+    sample_rate: float
+    steps_per_round: int
+    planned_steps: int
+    delta: float
+    noise_multiplier: float
+    planned_epsilon: float
+
+
+def sample_rate(num_examples: int, batch_size: int) -> float:
+    """Poisson sampling rate q = B / n (capped at 1)."""
+    return min(1.0, batch_size / num_examples)
+
+
+def steps_per_round(num_examples: int, client: ClientConfig) -> int:
+    """Local DP-SGD steps per round: ``local_steps``, else ``local_epochs`` times n / B (Opacus' epoch length)."""
+    if client.local_steps > 0:
+        return client.local_steps
+    return client.local_epochs * max(1, round(num_examples / client.batch_size))
+
+
+@lru_cache(maxsize=4096)
+def _calibrated(target: float, delta: float, q: float, steps: int, accountant: str) -> tuple[float, float]:
+    z = calibrate_noise_multiplier(target_epsilon=target, delta=delta, sample_rate=q, steps=steps, accountant=accountant)
+    epsilon = compute_epsilon([GaussianSteps(z, q, steps)], accountant=accountant, delta=delta)
+    return z, epsilon
+
+
+def plan_client(num_examples: int, *, client: ClientConfig, privacy: PrivacyConfig, planned_rounds: int) -> ClientDPPlan:
+    """Calibrate a client's noise multiplier so that its planned steps spend exactly (not more than) the target."""
+    q = sample_rate(num_examples, client.batch_size)
+    per_round = steps_per_round(num_examples, client)
+    delta = privacy.delta or default_delta(num_examples)
+    z, epsilon = _calibrated(privacy.target_epsilon, delta, q, per_round * planned_rounds, privacy.accountant)
+    return ClientDPPlan(num_examples, q, per_round, per_round * planned_rounds, delta, z, epsilon)
+
+
+def ghost_supported(module: nn.Module) -> bool:
+    """True when every layer that owns a trainable parameter has an Opacus ghost-clipping norm sampler."""
+    from opacus.grad_sample import GradSampleModuleFastGradientClipping
+
+    samplers = GradSampleModuleFastGradientClipping.NORM_SAMPLERS
+    for sub in module.modules():
+        if any(p.requires_grad for p in sub.parameters(recurse=False)) and type(sub) not in samplers:
+            return False
+    return True
+
+
+def check_secure_mode() -> None:
+    try:
+        import torchcsprng  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            "privacy.secure_mode",
+            "needs the torchcsprng package, which has no build for this torch (2.13) on PyPI",
+            "set privacy.secure_mode = false, or install torchcsprng built for your torch",
+        ) from None
+
+
+class DPSGDTrainer(LocalTrainer):
+    """Local DP-SGD with Poisson sampling, a per-client ledger, and a budget it never exceeds."""
+
+    def __init__(self, config: ClientConfig, privacy: PrivacyConfig, *, plans: Mapping[int, ClientDPPlan]) -> None:
+        super().__init__(config)
+        self.privacy = privacy
+        self.plans = dict(plans)  # by number of examples
+
+    def grad_sample_mode(self, module: nn.Module) -> str:
+        if self.privacy.grad_sample_mode == "auto":
+            return "ghost" if ghost_supported(module) else "hooks"
+        return self.privacy.grad_sample_mode
+
+    def _noise_generator(self, generator: torch.Generator) -> torch.Generator:
+        if self.privacy.secure_mode:
+            import torchcsprng  # type: ignore[import-not-found]
+
+            return torchcsprng.create_random_device_generator("/dev/urandom")
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        return torch.Generator().manual_seed(seed)
+
+    def train(
+        self,
+        model: FederatedModel,
+        encoded: EncodedData,
+        indices: np.ndarray,
+        *,
+        fit_config: Mapping[str, Scalar],
+        global_parameters: NamedArrays,
+        generator: torch.Generator,
+        state: MutableMapping[str, Any],
+    ) -> TrainResult:
+        from opacus.grad_sample import GradSampleModule, GradSampleModuleFastGradientClipping
+        from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
+        from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
+
+        start = time.perf_counter()
+        n = len(indices)
+        plan = self.plans[n]
+        z, q, c = plan.noise_multiplier, plan.sample_rate, self.privacy.max_grad_norm
+        dp_state = state.setdefault("dp_sgd", {})
+        ledger = (
+            PrivacyLedger.from_json(dp_state["ledger"])
+            if "ledger" in dp_state
+            else PrivacyLedger(accountant=self.privacy.accountant, delta=plan.delta)
+        )
+        would_spend = ledger.epsilon_if(noise_multiplier=z, sample_rate=q, steps=plan.steps_per_round)
+        if would_spend > self.privacy.target_epsilon * (1 + EPSILON_SLACK):
+            raise ClientDeclined(
+                f"privacy budget: {plan.steps_per_round} more steps would spend ε={would_spend:.3f} > target {self.privacy.target_epsilon}"
+            )
+
+        named = model.trainable_named_parameters()
+        params = [p for _, p in named]
+        expected_batch = max(1, round(q * n))
+        mode = self.grad_sample_mode(model.module)
+        noise_generator = self._noise_generator(generator)
+        base = make_optimizer(params, self.config)
+        if mode == "ghost":
+            wrapped: Any = GradSampleModuleFastGradientClipping(model.module, batch_first=True, loss_reduction="mean", max_grad_norm=c, use_ghost_clipping=True)
+            optimizer: Any = DPOptimizerFastGradientClipping(
+                base, noise_multiplier=z, max_grad_norm=c, expected_batch_size=expected_batch,
+                loss_reduction="mean", generator=noise_generator, secure_mode=self.privacy.secure_mode,
+            )
+            criterion: Any = DPLossFastGradientClipping(wrapped, optimizer, nn.CrossEntropyLoss(), "mean")
+        else:
+            wrapped = GradSampleModule(model.module, batch_first=True, loss_reduction="mean")
+            optimizer = DPOptimizer(
+                base, noise_multiplier=z, max_grad_norm=c, expected_batch_size=expected_batch,
+                loss_reduction="mean", generator=noise_generator, secure_mode=self.privacy.secure_mode,
+            )
+            criterion = None
+        mu = float(fit_config.get("proximal_mu", 0.0))
+        anchors = [torch.from_numpy(global_parameters[name]) for name, _ in named] if mu > 0 else []
+        model.module.train()
+        total_loss, seen, empty = 0.0, 0, 0
+        try:
+            for _ in range(plan.steps_per_round):
+                chosen = indices[(torch.rand(n, generator=generator) < q).numpy()]
+                optimizer.zero_grad(set_to_none=True)
+                if len(chosen) == 0:
+                    # An empty Poisson batch still takes a (pure-noise) step: the analysis counts it.
+                    self._noise_only_step(params, z * c / expected_batch, noise_generator, base)
+                    empty += 1
+                    continue
+                batch = model.make_batch(encoded, chosen)
+                logits = wrapped(**batch.inputs)
+                if criterion is not None:
+                    loss = criterion(logits, batch.labels)
+                    loss.backward()
+                    mean_loss = float(F.cross_entropy(logits.detach(), batch.labels))
+                else:
+                    loss = F.cross_entropy(logits, batch.labels)
+                    loss.backward()
+                    mean_loss = float(loss.detach())
+                if optimizer.pre_step():
+                    if mu > 0:  # the proximal term depends on no example: adding it after privatization is post-processing
+                        for p, a in zip(params, anchors, strict=True):
+                            p.grad.add_(mu * (p.detach() - a))
+                    optimizer.original_optimizer.step()
+                total_loss += mean_loss * len(chosen)
+                seen += len(chosen)
+        finally:
+            wrapped.cleanup() if hasattr(wrapped, "cleanup") else wrapped._close()
+            for p in params:
+                for attr in ("grad_sample", "summed_grad", "_forward_counter"):
+                    if hasattr(p, attr):
+                        delattr(p, attr)
+        ledger.record(noise_multiplier=z, sample_rate=q, steps=plan.steps_per_round)
+        epsilon = ledger.epsilon()
+        dp_state.update(
+            ledger=ledger.to_json(),
+            epsilon=epsilon,
+            noise_multiplier=z,
+            sample_rate=q,
+            delta=plan.delta,
+            steps=ledger.steps,
+            rounds=int(dp_state.get("rounds", 0)) + 1,
+        )
+        return TrainResult(
+            num_examples=n,
+            steps=plan.steps_per_round,
+            train_loss=total_loss / max(seen, 1),
+            seconds=time.perf_counter() - start,
+            extra={"epsilon": epsilon, "empty_batches": float(empty), "ghost": float(mode == "ghost")},
+        )
+
+    @staticmethod
+    def _noise_only_step(params: Sequence[torch.nn.Parameter], std: float, noise_generator: torch.Generator, base: torch.optim.Optimizer) -> None:
+        for p in params:
+            p.grad = torch.normal(0.0, std, size=p.shape, generator=noise_generator).to(p.dtype)
+        base.step()
+
+
+@MECHANISMS.register("dp-sgd")
+class DPSGD(PrivacyMechanism):
+    """Sample-level (ε, δ)-DP for every client's examples over the whole run."""
+
+    name = "dp-sgd"
+
+    def __init__(self, config: Config, data: FederatedData) -> None:
+        super().__init__(config, data)
+        privacy = config.privacy
+        if privacy.secure_mode:
+            check_secure_mode()
+        self.planned_rounds = privacy.planned_rounds or config.server.rounds
+        sizes = sorted({len(ix) for ix in data.client_indices})
+        for n in sizes:
+            reason = check_delta(privacy.delta, n) if privacy.delta else None
+            if reason:
+                log.warning("privacy.delta: %s", reason)
+        self.plans = {
+            n: plan_client(n, client=config.client, privacy=privacy, planned_rounds=self.planned_rounds) for n in sizes
+        }
+
+    def check_model(self, model: FederatedModel) -> None:
+        from opacus.validators import ModuleValidator
+
+        errors = ModuleValidator.validate(model.module, strict=False)
+        if errors:
+            raise ConfigError(
+                "model.arch",
+                f"{self.config.model.arch} cannot be trained with DP-SGD: {errors[0]}",
+                "replace BatchNorm by GroupNorm (opacus.validators.ModuleValidator.fix) or use privacy.mode = \"dp-fedavg\"",
+            )
+
+    def trainer(self, base: LocalTrainer) -> LocalTrainer:
+        return DPSGDTrainer(self.config.client, self.config.privacy, plans=self.plans)
+
+    def client_plan(self, client_id: int) -> ClientDPPlan:
+        return self.plans[len(self.data.client_indices[client_id])]
+
+    def round_metrics(self, round: int, client_states: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
+        spent = [s["dp_sgd"]["epsilon"] for s in client_states.values() if "dp_sgd" in s]
+        zs = [s["dp_sgd"]["noise_multiplier"] for s in client_states.values() if "dp_sgd" in s]
+        eps = spread(spent)
+        return {
+            "epsilon_min": eps["min"],
+            "epsilon_median": eps["median"],
+            "epsilon_max": eps["max"],
+            "noise_multiplier": spread(zs)["median"],
+        }
+
+    def ledger(self, client_states: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
+        p = self.config.privacy
+        clients = []
+        for k in range(self.data.num_clients):
+            plan = self.client_plan(k)
+            dp = client_states.get(k, {}).get("dp_sgd", {})
+            clients.append(
+                {
+                    "client": k,
+                    "num_examples": plan.num_examples,
+                    "epsilon": float(dp.get("epsilon", 0.0)),
+                    "delta": plan.delta,
+                    "steps": int(dp.get("steps", 0)),
+                    "rounds": int(dp.get("rounds", 0)),
+                    "sample_rate": plan.sample_rate,
+                    "noise_multiplier": plan.noise_multiplier,
+                    "planned_steps": plan.planned_steps,
+                    "planned_epsilon": plan.planned_epsilon,
+                    "history": dp.get("ledger", {}).get("history", []),
+                }
+            )
+        eps = spread([c["epsilon"] for c in clients if c["rounds"] > 0])
+        return {
+            "mechanism": "dp-sgd",
+            "level": "sample",
+            "accountant": p.accountant,
+            "target_epsilon": p.target_epsilon,
+            "delta": p.delta or "1/(10 n) per client",
+            "max_grad_norm": p.max_grad_norm,
+            "sampling": "poisson",
+            "planned_rounds": self.planned_rounds,
+            "epsilon": eps,
+            "clients": clients,
+        }
+
+    def plan(self) -> dict[str, Any]:
+        plans = [self.client_plan(k) for k in range(self.data.num_clients)]
+        return {
+            "mechanism": "dp-sgd",
+            "accountant": self.config.privacy.accountant,
+            "target_epsilon": self.config.privacy.target_epsilon,
+            "planned_rounds": self.planned_rounds,
+            "clients": [{"client": k, **asdict(p)} for k, p in enumerate(plans)],
+            "noise_multiplier": spread([p.noise_multiplier for p in plans]),
+            "epsilon": spread([p.planned_epsilon for p in plans]),
+        }
+
+
+
