@@ -365,13 +365,33 @@ def calibrate_noise_multiplier(
     low, high = _bracket(epsilon_at, target, start, accountant=accountant, sample_rate=sample_rate, steps=steps, delta=delta)
     eps_high = epsilon_at(high)
     floor = (1.0 - epsilon_tolerance) * target
+    # Illinois false position on g(z) = log ε(z) - log target over log z, which is nearly
+    # linear, so it needs 3-5 accountant calls where bisection needs about 10 (PRV calls
+    # cost up to a second each); it bisects while the bracket's low end is 0 or ε there is infinite.
+    eps_low = epsilon_at(low) if low > 0 else math.inf
+    g_low = math.log(eps_low / target) if low > 0 and 0 < eps_low < math.inf else None
+    g_high = math.log(eps_high / target) if eps_high > 0 else None
+    replaced = ""
     while eps_high < floor and high - low > 1e-6 * high:
-        mid = 0.5 * (low + high)
-        eps_mid = epsilon_at(mid)
-        if eps_mid <= target:
-            high, eps_high = mid, eps_mid
+        if g_low is not None and g_high is not None and g_low != g_high:
+            x_low, x_high = math.log(low), math.log(high)
+            x = x_high - g_high * (x_high - x_low) / (g_high - g_low)
+            margin = 0.01 * (x_high - x_low)
+            mid = math.exp(min(max(x, x_low + margin), x_high - margin))
         else:
-            low = mid
+            mid = 0.5 * (low + high)
+        eps_mid = epsilon_at(mid)
+        g_mid = math.log(eps_mid / target) if 0 < eps_mid < math.inf else None
+        if eps_mid <= target:
+            high, eps_high, g_high = mid, eps_mid, g_mid
+            if replaced == "high" and g_low is not None:
+                g_low *= 0.5  # Illinois: the low end was kept twice, halve its weight
+            replaced = "high"
+        else:
+            low, eps_low, g_low = mid, eps_mid, g_mid
+            if replaced == "low" and g_high is not None:
+                g_high *= 0.5
+            replaced = "low"
     if eps_high < floor:
         logger.debug("ε(z) jumps across [%g, %g] near z=%g; returning ε=%g", floor, target, high, eps_high)
     return _verified(high, epsilon_at, target)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from typing import Any
@@ -30,7 +30,7 @@ from torch import nn
 from secure_ffm.config import ClientConfig, Config, PrivacyConfig
 from secure_ffm.data.base import FederatedData
 from secure_ffm.errors import ConfigError
-from secure_ffm.models.base import EncodedData, FederatedModel
+from secure_ffm.models.base import Batch, EncodedData, FederatedModel
 from secure_ffm.privacy.accounting import PrivacyLedger, calibrate_noise_multiplier, check_delta, compute_epsilon, GaussianSteps, default_delta
 from secure_ffm.privacy.mechanisms import MECHANISMS, PrivacyMechanism, spread
 from secure_ffm.training import ClientDeclined, LocalTrainer, TrainResult, make_optimizer
@@ -105,6 +105,85 @@ def check_secure_mode() -> None:
         ) from None
 
 
+class DPStep:
+    """DP-SGD optimizer steps on a model, with Opacus hooks (per-sample gradients) or ghost clipping.
+
+    ``step(batch)`` clips each example's gradient to ``max_grad_norm``, sums, adds
+    N(0, (z * max_grad_norm)^2) and divides by ``expected_batch_size`` (Abadi et al.,
+    CCS 2016), then applies the wrapped optimizer. ``noise_only_step()`` is the step
+    of an empty Poisson batch. ``close()`` removes every Opacus hook and attribute,
+    leaving the model as it was.
+    """
+
+    def __init__(
+        self,
+        model: FederatedModel,
+        optimizer: torch.optim.Optimizer,
+        *,
+        mode: str,
+        noise_multiplier: float,
+        max_grad_norm: float,
+        expected_batch_size: int,
+        noise_generator: torch.Generator | None,
+        secure_mode: bool = False,
+    ) -> None:
+        from opacus.grad_sample import GradSampleModule, GradSampleModuleFastGradientClipping
+        from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
+        from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
+
+        self.model = model
+        self.params = [p for _, p in model.trainable_named_parameters()]
+        self.base = optimizer
+        self.noise_std = noise_multiplier * max_grad_norm / expected_batch_size
+        self.noise_generator = noise_generator
+        kwargs = dict(
+            noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm, expected_batch_size=expected_batch_size,
+            loss_reduction="mean", generator=noise_generator, secure_mode=secure_mode,
+        )
+        self.criterion: Any = None
+        if mode == "ghost":
+            self.wrapped: Any = GradSampleModuleFastGradientClipping(
+                model.module, batch_first=True, loss_reduction="mean", max_grad_norm=max_grad_norm, use_ghost_clipping=True
+            )
+            self.optimizer: Any = DPOptimizerFastGradientClipping(optimizer, **kwargs)
+            self.criterion = DPLossFastGradientClipping(self.wrapped, self.optimizer, nn.CrossEntropyLoss(), "mean")
+        elif mode == "hooks":
+            self.wrapped = GradSampleModule(model.module, batch_first=True, loss_reduction="mean")
+            self.optimizer = DPOptimizer(optimizer, **kwargs)
+        else:
+            raise ValueError(f"grad_sample_mode must be 'ghost' or 'hooks', got {mode!r}")
+
+    def step(self, batch: Batch, *, extra_gradient: Callable[[], None] | None = None) -> float:
+        """One private step on ``batch``; ``extra_gradient`` may add data-independent terms after privatization."""
+        self.optimizer.zero_grad(set_to_none=True)
+        logits = self.wrapped(**batch.inputs)
+        if self.criterion is not None:
+            self.criterion(logits, batch.labels).backward()
+            loss = float(F.cross_entropy(logits.detach(), batch.labels))
+        else:
+            objective = F.cross_entropy(logits, batch.labels)
+            objective.backward()
+            loss = float(objective.detach())
+        if self.optimizer.pre_step():
+            if extra_gradient is not None:
+                extra_gradient()
+            self.optimizer.original_optimizer.step()
+        return loss
+
+    def noise_only_step(self) -> None:
+        """The step of an empty Poisson batch: noise only (the privacy analysis counts it)."""
+        for p in self.params:
+            p.grad = torch.normal(0.0, self.noise_std, size=p.shape, generator=self.noise_generator).to(p.dtype)
+        self.base.step()
+
+    def close(self) -> None:
+        self.wrapped.cleanup()
+        for p in self.params:
+            for attr in ("grad_sample", "summed_grad", "_forward_counter"):
+                if hasattr(p, attr):
+                    delattr(p, attr)
+
+
 class DPSGDTrainer(LocalTrainer):
     """Local DP-SGD with Poisson sampling, a per-client ledger, and a budget it never exceeds."""
 
@@ -137,10 +216,6 @@ class DPSGDTrainer(LocalTrainer):
         generator: torch.Generator,
         state: MutableMapping[str, Any],
     ) -> TrainResult:
-        from opacus.grad_sample import GradSampleModule, GradSampleModuleFastGradientClipping
-        from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
-        from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
-
         start = time.perf_counter()
         n = len(indices)
         plan = self.plans[n]
@@ -159,60 +234,38 @@ class DPSGDTrainer(LocalTrainer):
 
         named = model.trainable_named_parameters()
         params = [p for _, p in named]
-        expected_batch = max(1, round(q * n))
-        mode = self.grad_sample_mode(model.module)
-        noise_generator = self._noise_generator(generator)
-        base = make_optimizer(params, self.config)
-        if mode == "ghost":
-            wrapped: Any = GradSampleModuleFastGradientClipping(model.module, batch_first=True, loss_reduction="mean", max_grad_norm=c, use_ghost_clipping=True)
-            optimizer: Any = DPOptimizerFastGradientClipping(
-                base, noise_multiplier=z, max_grad_norm=c, expected_batch_size=expected_batch,
-                loss_reduction="mean", generator=noise_generator, secure_mode=self.privacy.secure_mode,
-            )
-            criterion: Any = DPLossFastGradientClipping(wrapped, optimizer, nn.CrossEntropyLoss(), "mean")
-        else:
-            wrapped = GradSampleModule(model.module, batch_first=True, loss_reduction="mean")
-            optimizer = DPOptimizer(
-                base, noise_multiplier=z, max_grad_norm=c, expected_batch_size=expected_batch,
-                loss_reduction="mean", generator=noise_generator, secure_mode=self.privacy.secure_mode,
-            )
-            criterion = None
         mu = float(fit_config.get("proximal_mu", 0.0))
         anchors = [torch.from_numpy(global_parameters[name]) for name, _ in named] if mu > 0 else []
+
+        def proximal_gradient() -> None:
+            # FedProx's term depends on no example: adding it after privatization is post-processing.
+            for p, a in zip(params, anchors, strict=True):
+                p.grad.add_(mu * (p.detach() - a))
+
+        stepper = DPStep(
+            model,
+            make_optimizer(params, self.config),
+            mode=self.grad_sample_mode(model.module),
+            noise_multiplier=z,
+            max_grad_norm=c,
+            expected_batch_size=max(1, round(q * n)),
+            noise_generator=self._noise_generator(generator),
+            secure_mode=self.privacy.secure_mode,
+        )
         model.module.train()
         total_loss, seen, empty = 0.0, 0, 0
         try:
             for _ in range(plan.steps_per_round):
                 chosen = indices[(torch.rand(n, generator=generator) < q).numpy()]
-                optimizer.zero_grad(set_to_none=True)
                 if len(chosen) == 0:
-                    # An empty Poisson batch still takes a (pure-noise) step: the analysis counts it.
-                    self._noise_only_step(params, z * c / expected_batch, noise_generator, base)
+                    stepper.noise_only_step()
                     empty += 1
                     continue
-                batch = model.make_batch(encoded, chosen)
-                logits = wrapped(**batch.inputs)
-                if criterion is not None:
-                    loss = criterion(logits, batch.labels)
-                    loss.backward()
-                    mean_loss = float(F.cross_entropy(logits.detach(), batch.labels))
-                else:
-                    loss = F.cross_entropy(logits, batch.labels)
-                    loss.backward()
-                    mean_loss = float(loss.detach())
-                if optimizer.pre_step():
-                    if mu > 0:  # the proximal term depends on no example: adding it after privatization is post-processing
-                        for p, a in zip(params, anchors, strict=True):
-                            p.grad.add_(mu * (p.detach() - a))
-                    optimizer.original_optimizer.step()
-                total_loss += mean_loss * len(chosen)
+                loss = stepper.step(model.make_batch(encoded, chosen), extra_gradient=proximal_gradient if mu > 0 else None)
+                total_loss += loss * len(chosen)
                 seen += len(chosen)
         finally:
-            wrapped.cleanup() if hasattr(wrapped, "cleanup") else wrapped._close()
-            for p in params:
-                for attr in ("grad_sample", "summed_grad", "_forward_counter"):
-                    if hasattr(p, attr):
-                        delattr(p, attr)
+            stepper.close()
         ledger.record(noise_multiplier=z, sample_rate=q, steps=plan.steps_per_round)
         epsilon = ledger.epsilon()
         dp_state.update(
@@ -229,14 +282,8 @@ class DPSGDTrainer(LocalTrainer):
             steps=plan.steps_per_round,
             train_loss=total_loss / max(seen, 1),
             seconds=time.perf_counter() - start,
-            extra={"epsilon": epsilon, "empty_batches": float(empty), "ghost": float(mode == "ghost")},
+            extra={"epsilon": epsilon, "empty_batches": float(empty)},
         )
-
-    @staticmethod
-    def _noise_only_step(params: Sequence[torch.nn.Parameter], std: float, noise_generator: torch.Generator, base: torch.optim.Optimizer) -> None:
-        for p in params:
-            p.grad = torch.normal(0.0, std, size=p.shape, generator=noise_generator).to(p.dtype)
-        base.step()
 
 
 @MECHANISMS.register("dp-sgd")
