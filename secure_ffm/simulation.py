@@ -43,8 +43,9 @@ from secure_ffm.wire import nbytes, num_parameters
 
 log = logging.getLogger(__name__)
 
-#: Metrics that measure time, so they differ between otherwise identical runs.
-TIMING_KEYS = frozenset({"seconds", "fit_seconds", "eval_seconds", "client_train_seconds", "aggregate_seconds", "encode_seconds"})
+def without_timings(row: Mapping[str, Any]) -> dict[str, Any]:
+    """``row`` less its wall-clock columns (``seconds`` and every ``*_seconds``), which differ between identical runs."""
+    return {k: v for k, v in row.items() if not k.endswith("seconds")}
 
 
 class RunObserver:
@@ -184,7 +185,8 @@ class Simulation:
             "bytes_down": int(nbytes(instructions.parameters) * len(participants)),
             "client_train_seconds": float(sum(m.metrics["train_seconds"] for m in messages)),
             "encode_seconds": float(sum(m.metrics.get("encode_seconds", 0.0) for m in messages)),
-            "aggregate_seconds": aggregate_seconds + sum(timings.values()),
+            "aggregate_seconds": aggregate_seconds,
+            **{f"aggregate_{phase}_seconds": value for phase, value in timings.items()},
             "fit_seconds": fit_seconds,
             **self.privacy.round_metrics(round, self.client_states),
         }

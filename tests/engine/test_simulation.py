@@ -7,7 +7,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from secure_ffm.config import config_from_dict
-from secure_ffm.simulation import TIMING_KEYS, RunObserver, Simulation, prepare_run
+from secure_ffm.simulation import RunObserver, Simulation, prepare_run, without_timings
 
 
 def cnn_config(**sections):
@@ -21,10 +21,6 @@ def cnn_config(**sections):
     for section, values in sections.items():
         raw.setdefault(section, {}).update(values)
     return config_from_dict(raw)
-
-
-def without_timings(rows):
-    return [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in rows]
 
 
 def read_metrics(run_dir):
@@ -65,7 +61,7 @@ def test_run_directory_holds_every_artifact(tmp_path):
 def test_same_seed_gives_identical_metrics_and_weights(tmp_path):
     a = Simulation(prepare_run(cnn_config()), out_dir=tmp_path / "a").run()
     b = Simulation(prepare_run(cnn_config()), out_dir=tmp_path / "b").run()
-    assert without_timings(read_metrics(tmp_path / "a")) == without_timings(read_metrics(tmp_path / "b"))
+    assert [without_timings(r) for r in read_metrics(tmp_path / "a")] == [without_timings(r) for r in read_metrics(tmp_path / "b")]
     wa, wb = load_file(str(tmp_path / "a" / "model.safetensors")), load_file(str(tmp_path / "b" / "model.safetensors"))
     assert all(np.array_equal(wa[k], wb[k]) for k in wa)
     assert a["final"] == b["final"]
@@ -94,7 +90,7 @@ def test_resume_after_round_two_matches_uninterrupted_run(tmp_path, strategy):
         Simulation(prepare_run(config), out_dir=tmp_path / "cut", observer=StopAfter(2)).run()
     assert len(read_metrics(tmp_path / "cut")) == 2
     Simulation(prepare_run(config), out_dir=tmp_path / "cut").run(resume=True)
-    assert without_timings(read_metrics(tmp_path / "cut")) == without_timings(read_metrics(tmp_path / "full"))
+    assert [without_timings(r) for r in read_metrics(tmp_path / "cut")] == [without_timings(r) for r in read_metrics(tmp_path / "full")]
     full = load_file(str(tmp_path / "full" / "model.safetensors"))
     resumed = load_file(str(tmp_path / "cut" / "model.safetensors"))
     assert all(np.array_equal(full[k], resumed[k]) for k in full)

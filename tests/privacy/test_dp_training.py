@@ -11,7 +11,7 @@ from secure_ffm.cli import main
 from secure_ffm.config import config_from_dict
 from secure_ffm.errors import ConfigError
 from secure_ffm.privacy.accounting import dp_fedavg_epsilon
-from secure_ffm.simulation import TIMING_KEYS, RunObserver, Simulation, prepare_run
+from secure_ffm.simulation import RunObserver, Simulation, prepare_run, without_timings
 
 
 def cnn(privacy, **sections):
@@ -73,8 +73,7 @@ def test_resume_keeps_the_privacy_ledger_exact(tmp_path, privacy):
         Simulation(prepare_run(config), out_dir=tmp_path / "cut", observer=StopAfter()).run()
     Simulation(prepare_run(config), out_dir=tmp_path / "cut").run(resume=True)
     assert read(tmp_path / "full", "privacy.json") == read(tmp_path / "cut", "privacy.json")
-    strip = lambda rows: [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]  # noqa: E731
-    assert strip(metrics(tmp_path / "full")) == strip(metrics(tmp_path / "cut"))
+    assert [without_timings(r) for r in metrics(tmp_path / "full")] == [without_timings(r) for r in metrics(tmp_path / "cut")]
 
 
 def test_ghost_clipping_and_hooks_give_the_same_update(tmp_path):
@@ -129,7 +128,7 @@ def test_dp_sgd_cnn_learns_well_above_chance_at_epsilon_8(tmp_path):
     assert summary["privacy"]["epsilon"]["max"] <= 8.0
 
 
-@pytest.mark.parametrize("finetune", ["full", "lora"])
+@pytest.mark.parametrize("finetune", ["full", "lora", "head"])
 def test_minilm_trains_under_dp_sgd(finetune):
     config = config_from_dict(
         {

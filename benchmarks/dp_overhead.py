@@ -1,0 +1,110 @@
+"""DP-SGD step time divided by non-private step time, same model, same batch.
+
+Cases: the Fashion-MNIST CNN at batch 64 and MiniLM LoRA at batch 32 with sequence
+length 64, each with Opacus hooks (per-sample gradients) and ghost clipping.
+Target: at most 1.5 (published Opacus figures: 2.6x to 8x a non-private step,
+about half that with ghost clipping).
+
+    python benchmarks/dp_overhead.py [--steps 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import _common  # noqa: F401
+import numpy as np
+import torch
+import torch.nn.functional as F
+from _common import median, print_table, write_result
+
+from secure_ffm.config import ModelConfig, config_from_dict
+from secure_ffm.data import load_dataset_splits
+from secure_ffm.models import build_model
+from secure_ffm.models.base import Batch
+from secure_ffm.privacy.dp_sgd import DPStep, ghost_supported
+
+
+def cnn_case():
+    config = config_from_dict({"data": {"dataset": "fashion_mnist", "max_train_examples": 640}})
+    splits = load_dataset_splits(config.data, 0)
+    model = build_model(ModelConfig(arch="cnn", finetune="full"), num_classes=10, data_kind="image", seed=0)
+    batch = model.make_batch(model.encode(splits.train), np.arange(64))
+    return model, batch
+
+
+def minilm_case():
+    config = config_from_dict({"data": {"dataset": "movie_reviews", "max_train_examples": 512}})
+    splits = load_dataset_splits(config.data, 0)
+    model = build_model(ModelConfig(arch="hf-text", finetune="lora"), num_classes=2, data_kind="text", seed=0, max_length=64)
+    texts = splits.train.inputs
+    # join four snippets per example so that every sequence fills the 64-token limit
+    long = splits.train.__class__("text", tuple(" ".join(texts[4 * i : 4 * i + 4]) for i in range(32)), splits.train.labels[:32])
+    batch = model.make_batch(model.encode(long), np.arange(32))
+    assert batch.inputs["input_ids"].shape == (32, 64), batch.inputs["input_ids"].shape
+    return model, batch
+
+
+def time_steps(step, steps: int, warmup: int = 3) -> list[float]:
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def measure(model, batch: Batch, mode: str, steps: int) -> list[float]:
+    params = [p for _, p in model.trainable_named_parameters()]
+    optimizer = torch.optim.SGD(params, lr=1e-4)
+    model.module.train()
+    if mode == "non-private":
+
+        def step():
+            optimizer.zero_grad(set_to_none=True)
+            F.cross_entropy(model.module(**batch.inputs), batch.labels).backward()
+            optimizer.step()
+
+        return time_steps(step, steps)
+    stepper = DPStep(
+        model, optimizer, mode=mode, noise_multiplier=1.0, max_grad_norm=1.0,
+        expected_batch_size=len(batch), noise_generator=torch.Generator().manual_seed(0),
+    )
+    try:
+        return time_steps(lambda: stepper.step(batch), steps)
+    finally:
+        stepper.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--steps", type=int, default=15)
+    args = parser.parse_args()
+    rows, raw = [], {}
+    for name, build in (("cnn-b64", cnn_case), ("minilm-lora-b32-len64", minilm_case)):
+        model, batch = build()
+        base = median(measure(model, batch, "non-private", args.steps))
+        for mode in ("hooks", "ghost"):
+            times = measure(model, batch, mode, args.steps)
+            rows.append(
+                {
+                    "case": name,
+                    "mode": mode,
+                    "ghost_norm_samplers_cover_model": ghost_supported(model.module),
+                    "non_private_ms": 1000 * base,
+                    "dp_ms": 1000 * median(times),
+                    "ratio": median(times) / base,
+                    "target": 1.5,
+                }
+            )
+            raw[f"{name}/{mode}"] = times
+        raw[f"{name}/non-private"] = base
+    print_table("DP-SGD step time / non-private step time (median of steps)", rows)
+    write_result("dp_overhead", {"rows": rows, "steps": args.steps, "raw_seconds": raw})
+
+
+if __name__ == "__main__":
+    main()
