@@ -10,6 +10,7 @@ replace both halves, so the server learns only the weighted sum.
 from __future__ import annotations
 
 import dataclasses
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -47,8 +48,25 @@ class AggregateStep(ABC):
     def __call__(self, round: int, aggregate: Aggregate) -> Aggregate: ...
 
 
+class Accumulator(ABC):
+    """The server's running state for one round: messages are folded in one at a time, as they arrive.
+
+    A message that fails validation raises :class:`AggregationError` naming its client and
+    leaves the state as it was, so the other clients' contributions are not lost. The
+    server never holds more than one client message at a time.
+    """
+
+    @abstractmethod
+    def add(self, message: ClientMessage) -> None:
+        """Validate ``message`` and fold it into the running aggregate."""
+
+    @abstractmethod
+    def result(self) -> Aggregate:
+        """The aggregate of everything added (raises AggregationError when nothing was)."""
+
+
 class AggregationProtocol(ABC):
-    """Client-side encoding plus server-side aggregation of client updates."""
+    """Client-side encoding plus server-side (streaming) aggregation of client updates."""
 
     name: str = ""
 
@@ -60,8 +78,15 @@ class AggregationProtocol(ABC):
         """Client side: turn a (transformed) update into the message the server receives."""
 
     @abstractmethod
+    def accumulator(self, round: int) -> Accumulator:
+        """Server side: a fresh running aggregate for ``round``."""
+
     def aggregate(self, round: int, messages: Sequence[ClientMessage]) -> Aggregate:
-        """Server side: the weighted mean of the clients' deltas, from their messages alone."""
+        """Server side, all at once: the weighted mean of the clients' deltas, from their messages alone."""
+        accumulator = self.accumulator(round)
+        for message in messages:
+            accumulator.add(message)
+        return accumulator.result()
 
 
 def weighted_mean(deltas: Sequence[NamedArrays], weights: Sequence[float]) -> NamedArrays:
@@ -95,27 +120,56 @@ class PlaintextAggregation(AggregationProtocol):
         payload[self.WEIGHT_KEY] = np.asarray([weight], dtype=np.float64)
         return ClientMessage(update.client_id, update.round, payload, update.num_examples, dict(update.metrics))
 
-    def aggregate(self, round: int, messages: Sequence[ClientMessage]) -> Aggregate:
-        if not messages:
-            raise AggregationError(f"round {round}: no client messages to aggregate")
-        seen: set[int] = set()
-        total_weight = 0.0
-        sums: dict[str, np.ndarray] = {}
-        for message in messages:
-            if message.client_id in seen:
-                raise AggregationError(f"round {round}: client {message.client_id} sent twice")
-            seen.add(message.client_id)
-            if message.round != round:
-                raise AggregationError(f"round {round}: client {message.client_id} sent a message of round {message.round}")
-            weight = float(np.asarray(message.payload[self.WEIGHT_KEY])[0])
-            total_weight += weight
-            for name, value in message.payload.items():
-                if name == self.WEIGHT_KEY:
-                    continue
-                array = np.asarray(value, dtype=np.float64)
-                sums[name] = sums[name] + array if name in sums else array.copy()
-        if total_weight <= 0:
-            raise AggregationError(f"round {round}: total client weight is {total_weight}")
-        mean = {k: (v / total_weight).astype(np.float32) for k, v in sums.items() if not k.startswith(self.STAT_PREFIX)}
-        stats = {k[len(self.STAT_PREFIX) :]: v / total_weight for k, v in sums.items() if k.startswith(self.STAT_PREFIX)}
-        return Aggregate(mean_delta=mean, total_weight=total_weight, num_clients=len(messages), mean_statistics=stats)
+    def accumulator(self, round: int) -> Accumulator:
+        return PlaintextAccumulator(round)
+
+
+class PlaintextAccumulator(Accumulator):
+    """Running float64 sums of the weighted deltas, the weighted statistics and the weights."""
+
+    def __init__(self, round: int) -> None:
+        self.round = round
+        self.seen: set[int] = set()
+        self.total_weight = 0.0
+        self.sums: dict[str, np.ndarray] = {}
+
+    def add(self, message: ClientMessage) -> None:
+        who = f"round {self.round}: client {message.client_id}"
+        if message.client_id in self.seen:
+            raise AggregationError(f"{who} sent twice")
+        if message.round != self.round:
+            raise AggregationError(f"{who} sent a message of round {message.round} (replayed or stale)")
+        payload = dict(message.payload)
+        if PlaintextAggregation.WEIGHT_KEY not in payload:
+            raise AggregationError(f"{who} sent no weight")
+        weight = float(np.asarray(payload.pop(PlaintextAggregation.WEIGHT_KEY)).reshape(-1)[0])
+        arrays = {name: np.asarray(value, dtype=np.float64) for name, value in payload.items()}
+        if not math.isfinite(weight) or weight < 0:
+            raise AggregationError(f"{who} sent weight {weight}")
+        if self.sums:
+            if set(arrays) != set(self.sums):
+                raise AggregationError(f"{who} sent arrays {sorted(set(arrays) ^ set(self.sums))[:3]} that differ from the others'")
+            for name, array in arrays.items():
+                if array.shape != self.sums[name].shape:
+                    raise AggregationError(f"{who} sent {name} of shape {array.shape}, expected {self.sums[name].shape}")
+        for name, array in arrays.items():
+            if not np.all(np.isfinite(array)):
+                raise AggregationError(f"{who} sent non-finite values in {name}")
+        # validated: fold in
+        for name, array in arrays.items():
+            if name in self.sums:
+                self.sums[name] += array
+            else:
+                self.sums[name] = array.copy()
+        self.total_weight += weight
+        self.seen.add(message.client_id)
+
+    def result(self) -> Aggregate:
+        if not self.seen:
+            raise AggregationError(f"round {self.round}: no client messages to aggregate")
+        if self.total_weight <= 0:
+            raise AggregationError(f"round {self.round}: total client weight is {self.total_weight}")
+        prefix = PlaintextAggregation.STAT_PREFIX
+        mean = {k: (v / self.total_weight).astype(np.float32) for k, v in self.sums.items() if not k.startswith(prefix)}
+        stats = {k[len(prefix) :]: v / self.total_weight for k, v in self.sums.items() if k.startswith(prefix)}
+        return Aggregate(mean_delta=mean, total_weight=self.total_weight, num_clients=len(self.seen), mean_statistics=stats)

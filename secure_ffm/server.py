@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from secure_ffm.aggregation import Aggregate, AggregateStep, AggregationProtocol
+from secure_ffm.aggregation import Accumulator, Aggregate, AggregateStep, AggregationProtocol
 from secure_ffm.seeding import SAMPLING, generator
 from secure_ffm.strategies import Strategy
 from secure_ffm.wire import ClientMessage, FitInstructions, NamedArrays
@@ -55,9 +55,16 @@ class Server:
             config.update(configure(round, participants))
         return FitInstructions(round=round, parameters=self.parameters, config=config)
 
+    def accumulator(self, round: int) -> Accumulator:
+        """The protocol's running aggregate for ``round``: add each client's message as it arrives."""
+        return self.protocol.accumulator(round)
+
     def aggregate(self, round: int, messages: Sequence[ClientMessage]) -> Aggregate:
-        """Aggregate the round's messages, run the server-side steps, and step the global model."""
-        aggregate = self.protocol.aggregate(round, messages)
+        """Aggregate a list of messages and apply the result (see :meth:`apply`)."""
+        return self.apply(round, self.protocol.aggregate(round, messages))
+
+    def apply(self, round: int, aggregate: Aggregate) -> Aggregate:
+        """Run the server-side steps on the aggregate, then step the global model with the strategy."""
         for step in self.aggregate_steps:
             aggregate = step(round, aggregate)
         self.parameters = self.strategy.apply(round, self.parameters, aggregate.mean_delta)

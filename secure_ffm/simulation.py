@@ -153,38 +153,48 @@ class Simulation:
         self.observer.round_started(round, participants)
         self.protocol.begin_round(round, participants)
         instructions = self.server.fit_instructions(round, participants)
-        messages, declined = [], []
+        accumulator = self.server.accumulator(round)
+        sent, declined = [], []
+        examples, losses, bytes_up, train_seconds, encode_seconds = [], [], 0, 0.0, 0.0
         for client_id in participants:
             try:
-                messages.append(self.client(client_id).fit(instructions))
+                message = self.client(client_id).fit(instructions)
             except ClientDeclined as reason:
                 declined.append(client_id)
                 log.info("round %d: client %d skipped: %s", round, client_id, reason)
+            else:
+                accumulator.add(message)  # streamed: the server holds one message at a time
+                sent.append(client_id)
+                examples.append(message.num_examples)
+                losses.append(message.metrics["train_loss"])
+                bytes_up += message.nbytes
+                train_seconds += message.metrics["train_seconds"]
+                encode_seconds += message.metrics.get("encode_seconds", 0.0)
+                del message
             self.observer.client_finished(round, client_id)
         aggregate_start = time.perf_counter()
         timings: dict[str, float] = {}
-        if messages:
-            timings = self.server.aggregate(round, messages).timings
+        if sent:
+            timings = self.server.apply(round, accumulator.result()).timings
         else:
             log.warning("round %d: no client sent an update; the global model is unchanged", round)
         aggregate_seconds = time.perf_counter() - aggregate_start
         fit_seconds = time.perf_counter() - round_start
 
-        examples = np.array([m.num_examples for m in messages], dtype=np.float64)
-        losses = np.array([m.metrics["train_loss"] for m in messages], dtype=np.float64)
+        weights = np.asarray(examples, dtype=np.float64)
         row: dict[str, Any] = {
             "round": round,
-            "train_loss": float(np.sum(examples * losses) / np.sum(examples)) if messages else None,
+            "train_loss": float(np.sum(weights * np.asarray(losses)) / np.sum(weights)) if sent else None,
             "test_loss": None,
             "test_accuracy": None,
             "test_macro_f1": None,
-            "clients": [m.client_id for m in messages],
+            "clients": sent,
             "skipped_clients": declined,
-            "num_examples": int(examples.sum()),
-            "bytes_up": int(sum(m.nbytes for m in messages)),
+            "num_examples": int(weights.sum()),
+            "bytes_up": int(bytes_up),
             "bytes_down": int(nbytes(instructions.parameters) * len(participants)),
-            "client_train_seconds": float(sum(m.metrics["train_seconds"] for m in messages)),
-            "encode_seconds": float(sum(m.metrics.get("encode_seconds", 0.0) for m in messages)),
+            "client_train_seconds": float(train_seconds),
+            "encode_seconds": float(encode_seconds),
             "aggregate_seconds": aggregate_seconds,
             **{f"aggregate_{phase}_seconds": value for phase, value in timings.items()},
             "fit_seconds": fit_seconds,

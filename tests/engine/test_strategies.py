@@ -104,3 +104,19 @@ def test_message_from_another_round_is_rejected():
     m = protocol.encode(_updates()[0], weight=1.0)
     with pytest.raises(AggregationError, match="round 1"):
         protocol.aggregate(2, [m])
+
+
+def test_bad_message_is_rejected_without_losing_the_others():
+    protocol = PlaintextAggregation()
+    good = [protocol.encode(u, weight=float(u.num_examples)) for u in _updates()]
+    bad_shape = ClientUpdate(client_id=7, round=1, delta={"w": np.zeros((2, 2), np.float32), "b": np.zeros(2, np.float32)}, num_examples=5)
+    bad_value = ClientUpdate(client_id=8, round=1, delta={"w": np.full((3, 2), np.nan, np.float32), "b": np.zeros(2, np.float32)}, num_examples=5)
+    accumulator = protocol.accumulator(1)
+    accumulator.add(good[0])
+    with pytest.raises(AggregationError, match="client 7 sent w of shape"):
+        accumulator.add(protocol.encode(bad_shape, weight=5.0))
+    with pytest.raises(AggregationError, match="client 8 sent non-finite"):
+        accumulator.add(protocol.encode(bad_value, weight=5.0))
+    accumulator.add(good[1])
+    accumulator.add(good[2])
+    np.testing.assert_allclose(accumulator.result().mean_delta["w"], protocol.aggregate(1, good).mean_delta["w"], rtol=1e-6)
