@@ -23,7 +23,7 @@ from secure_ffm.config import ModelConfig, config_from_dict
 from secure_ffm.data import load_dataset_splits
 from secure_ffm.models import build_model
 from secure_ffm.models.base import Batch
-from secure_ffm.privacy.dp_sgd import DPStep, ghost_supported
+from secure_ffm.privacy.dp_sgd import DPStep, auto_grad_sample_mode, ghost_supported
 
 
 def cnn_case():
@@ -94,6 +94,7 @@ def main() -> None:
                     "case": name,
                     "mode": mode,
                     "ghost_norm_samplers_cover_model": ghost_supported(model.module),
+                    "auto_picks": auto_grad_sample_mode(model),
                     "non_private_ms": 1000 * base,
                     "dp_ms": 1000 * median(times),
                     "ratio": median(times) / base,

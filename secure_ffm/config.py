@@ -221,7 +221,8 @@ class PrivacyConfig:
     """dp-sgd: per-sample gradient clipping norm."""
     grad_sample_mode: str = "auto"
     """dp-sgd: ``ghost`` (ghost clipping, Li et al., ICLR 2022), ``hooks`` (per-sample gradients), or ``auto``
-    (ghost when every trainable layer has a ghost norm sampler, else hooks)."""
+    (hooks when under 10% of the parameters are trained, as with LoRA or head-only, else ghost: the faster of the
+    two in benchmarks/dp_overhead.py)."""
     planned_rounds: int = 0
     """dp-sgd: rounds a client is budgeted to take part in; 0 means every round (no client is ever skipped)."""
     secure_mode: bool = False
