@@ -1,0 +1,132 @@
+"""Who masks with whom: the complete graph of SecAgg and the sparse Harary graphs of SecAgg+.
+
+In the original protocol (Bonawitz et al., CCS 2017) every client shares a pairwise
+mask and Shamir shares with every other client, which costs O(n) keys, shares and PRG
+expansions per client. SecAgg+ (Bell et al., CCS 2020, "Secure Single-Server
+Aggregation with (Poly)Logarithmic Overhead", Sec. 3-4) restricts both to a client's
+neighbours in a random ``k``-regular graph with ``k = O(log n)``: the Harary graph
+``H(n, k)`` (each position ``i`` joined to ``i +- 1, ..., i +- k/2`` mod ``n``) with
+its nodes randomly relabelled. Its randomness is what keeps the honest clients
+connected and the neighbourhoods mostly honest with high probability, so the
+relabelling here is drawn from a cryptographic PRG keyed by a seed, not from numpy.
+
+Graphs are ``dict[int, frozenset[int]]`` over nodes ``0 .. n - 1``: symmetric, no
+self-loops. Nodes are positions in the round's participant list; the protocol driver
+maps them to client ids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import operator
+
+from secure_ffm.secagg.masking import expand
+
+Graph = dict[int, frozenset[int]]
+"""Adjacency: each node's neighbours."""
+
+MIN_GRAPH_SEED_BYTES = 16
+_GRAPH_LABEL = b"secure-ffm/secagg/v1/harary-relabelling"
+
+
+def full_graph(n: int) -> Graph:
+    """The complete graph on ``0 .. n - 1`` (original SecAgg): every node has degree ``n - 1``."""
+    size = operator.index(n)
+    if size < 1:
+        raise ValueError(f"a graph needs at least 1 node, got n={size}")
+    nodes = frozenset(range(size))
+    return {i: nodes - {i} for i in range(size)}
+
+
+def harary_graph(n: int, k: int, *, seed: bytes) -> Graph:
+    """A randomly relabelled Harary graph ``H(n, k)``: ``k``-regular, ``k``-connected, symmetric.
+
+    Position ``p`` of a ring of ``n`` is joined to positions ``p +- 1, ..., p +- k/2``
+    (mod ``n``); position ``p`` then becomes node ``pi(p)`` for a uniformly random
+    permutation ``pi`` drawn (Fisher-Yates with rejection sampling, so without modulo bias)
+    from an AES-CTR stream keyed by ``SHA-256(label || seed)``. The same seed gives the same
+    graph, so all parties can rebuild it from a seed the server announces.
+
+    Parameters
+    ----------
+    n
+        Number of nodes, at least 3.
+    k
+        Degree: even, ``2 <= k <= n - 1`` (``k = n - 1`` with odd ``n`` is the complete graph).
+    seed
+        At least :data:`MIN_GRAPH_SEED_BYTES` bytes of unpredictable randomness, e.g.
+        ``secrets.token_bytes(32)``.
+
+    Raises
+    ------
+    ValueError
+        For ``n < 3``, an odd ``k``, ``k`` out of range, or a short seed.
+    """
+    size, degree = operator.index(n), operator.index(k)
+    if size < 3:
+        raise ValueError(f"a Harary graph needs at least 3 nodes, got n={size}; use full_graph")
+    if degree % 2 or not 2 <= degree <= size - 1:
+        raise ValueError(f"k must be even and between 2 and n - 1 = {size - 1}, got k={degree}")
+    if len(seed) < MIN_GRAPH_SEED_BYTES:
+        raise ValueError(f"the graph seed must have at least {MIN_GRAPH_SEED_BYTES} bytes, got {len(seed)}")
+    label = _permutation(size, hashlib.sha256(_GRAPH_LABEL + bytes(seed)).digest())
+    half = degree // 2
+    graph = {label[p]: frozenset(label[(p + d) % size] for d in range(-half, half + 1) if d != 0) for p in range(size)}
+    return dict(sorted(graph.items()))
+
+
+def recommended_threshold(num_shares: int, *, corrupt_fraction: float = 0.0) -> int:
+    """The smallest Shamir threshold at which the server cannot obtain both secrets of one client.
+
+    An honest client, asked about a peer, reveals shares of its self-mask seed *or* of its
+    private key, never both (Bonawitz et al., CCS 2017, Sec. 4 and 6). A server that claims
+    to some holders that the peer dropped and to others that it survived collects each kind
+    from a disjoint set of honest holders, plus up to ``c`` corrupt holders who answer both.
+    Getting ``t`` shares of each needs ``2t - c <= num_shares``, so ``t = floor((num_shares + c) / 2) + 1``
+    rules it out: a strict majority with no corrupt clients, ``t > 2n/3`` for ``c < n/3``
+    (Bonawitz et al.'s active-adversary setting). SecAgg+ applies the same count to each
+    neighbourhood (Bell et al., CCS 2020), with ``num_shares`` the neighbourhood size.
+
+    Since ``num_shares >= c`` this also gives ``t > c``: the corrupt holders alone never reach the
+    threshold. The protocol then tolerates ``num_shares - t`` holders dropping out.
+
+    Parameters
+    ----------
+    num_shares
+        How many holders each client's secrets are split among.
+    corrupt_fraction
+        Upper bound on the fraction of holders that collude with the server, in ``[0, 1)``.
+
+    Raises
+    ------
+    ValueError
+        For ``num_shares < 1`` or ``corrupt_fraction`` outside ``[0, 1)``.
+    """
+    m = operator.index(num_shares)
+    if m < 1:
+        raise ValueError(f"num_shares must be at least 1, got {m}")
+    if not (math.isfinite(corrupt_fraction) and 0.0 <= corrupt_fraction < 1.0):
+        raise ValueError(f"corrupt_fraction must lie in [0, 1), got {corrupt_fraction}")
+    corrupt = math.floor(corrupt_fraction * m)
+    return (m + corrupt) // 2 + 1  # at most m, since corrupt <= m - 1
+
+
+def _permutation(n: int, key: bytes) -> list[int]:
+    """A uniformly random permutation of ``0 .. n - 1`` from the AES-CTR stream of ``key``."""
+    order = list(range(n))
+    words = expand(key, n + 64)
+    used = 0
+    for i in range(n - 1, 0, -1):
+        bound = i + 1
+        limit = (1 << 32) - (1 << 32) % bound  # accept only words below a multiple of `bound`
+        while True:
+            if used == len(words):  # rejections are rare (probability < n / 2^32 each): extend the stream
+                words = expand(key, 2 * len(words))
+            word = int(words[used])
+            used += 1
+            if word < limit:
+                break
+        j = word % bound
+        order[i], order[j] = order[j], order[i]
+    return order
