@@ -24,7 +24,7 @@ import torch
 from safetensors.numpy import save_file
 
 from secure_ffm import __version__
-from secure_ffm.aggregation import PROTOCOLS, AggregationProtocol
+from secure_ffm.aggregation import PROTOCOLS, AggregationError, AggregationProtocol
 from secure_ffm.checkpoint import Checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint
 from secure_ffm.client import FederatedClient
 from secure_ffm.config import Config, config_from_dict
@@ -154,7 +154,7 @@ class Simulation:
         self.protocol.begin_round(round, participants)
         instructions = self.server.fit_instructions(round, participants)
         accumulator = self.server.accumulator(round)
-        sent, declined = [], []
+        sent, declined, rejected = [], [], []
         examples, losses, bytes_up, train_seconds, encode_seconds = [], [], 0, 0.0, 0.0
         for client_id in participants:
             try:
@@ -163,7 +163,13 @@ class Simulation:
                 declined.append(client_id)
                 log.info("round %d: client %d skipped: %s", round, client_id, reason)
             else:
-                accumulator.add(message)  # streamed: the server holds one message at a time
+                try:
+                    accumulator.add(message)  # streamed: the server holds one message at a time
+                except AggregationError as error:  # the others' contributions are kept
+                    rejected.append(client_id)
+                    log.warning("%s; its update is left out of the round", error)
+                    self.observer.client_finished(round, client_id)
+                    continue
                 sent.append(client_id)
                 examples.append(message.num_examples)
                 losses.append(message.metrics["train_loss"])
@@ -190,6 +196,7 @@ class Simulation:
             "test_macro_f1": None,
             "clients": sent,
             "skipped_clients": declined,
+            "rejected_clients": rejected,
             "num_examples": int(weights.sum()),
             "bytes_up": int(bytes_up),
             "bytes_down": int(nbytes(instructions.parameters) * len(participants)),

@@ -148,3 +148,22 @@ def test_minilm_lora_round_exchanges_only_adapters_and_head(tmp_path):
     row = read_metrics(tmp_path / "run")[0]
     assert row["bytes_up"] == 2 * (summary["update_bytes"] + 8)  # fp32 deltas plus one float64 weight each
     assert np.isfinite(row["test_loss"])
+
+
+def test_a_client_whose_update_is_rejected_is_left_out_and_the_round_goes_on(tmp_path):
+    from secure_ffm.transforms import TransformContext, UpdatePipeline, UpdateTransform
+
+    class PoisonClientOne(UpdateTransform):
+        name = "poison"
+
+        def __call__(self, update, context: TransformContext):
+            if update.client_id != 1:
+                return update
+            return update.replace_delta({k: np.full_like(v, np.nan) for k, v in update.delta.items()})
+
+    config = cnn_config(server={"rounds": 2, "clients_per_round": 0})
+    simulation = Simulation(prepare_run(config), out_dir=tmp_path / "run", transforms=UpdatePipeline([PoisonClientOne()]))
+    summary = simulation.run()
+    rows = read_metrics(tmp_path / "run")
+    assert all(r["rejected_clients"] == [1] and r["clients"] == [0, 2, 3] for r in rows)
+    assert np.isfinite(summary["final"]["test_loss"])

@@ -67,7 +67,7 @@ class StopAfter(RunObserver):
 
 @pytest.mark.parametrize("privacy", [{"mode": "dp-sgd", "target_epsilon": 3.0}, {"mode": "dp-fedavg", "target_epsilon": 3.0, "adaptive_clipping": True, "clipped_count_stddev": 2.0}])
 def test_resume_keeps_the_privacy_ledger_exact(tmp_path, privacy):
-    config = cnn(privacy, data={"num_clients": 6}, server={"rounds": 4, "clients_per_round": 3})
+    config = cnn(privacy, data={"num_clients": 6}, client={"lr": 0.05}, server={"rounds": 4, "clients_per_round": 3})
     Simulation(prepare_run(config), out_dir=tmp_path / "full").run()
     with pytest.raises(KeyboardInterrupt):
         Simulation(prepare_run(config), out_dir=tmp_path / "cut", observer=StopAfter()).run()
@@ -87,7 +87,7 @@ def test_ghost_clipping_and_hooks_give_the_same_update(tmp_path):
 
 
 def test_dp_fedavg_user_level_epsilon_matches_the_accountant(tmp_path):
-    config = cnn({"mode": "dp-fedavg", "target_epsilon": 50.0, "noise_multiplier": 1.1, "accountant": "rdp", "delta": 1e-3}, data={"num_clients": 8}, server={"rounds": 3, "clients_per_round": 4})
+    config = cnn({"mode": "dp-fedavg", "target_epsilon": 50.0, "noise_multiplier": 1.1, "accountant": "rdp", "delta": 1e-3}, data={"num_clients": 8}, client={"lr": 0.05}, server={"rounds": 3, "clients_per_round": 4})
     Simulation(prepare_run(config), out_dir=tmp_path / "run").run()
     ledger = read(tmp_path / "run", "privacy.json")
     expected = dp_fedavg_epsilon(noise_multiplier=1.1, sample_rate=0.5, rounds=3, delta=1e-3, accountant="rdp")
