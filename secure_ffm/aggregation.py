@@ -14,11 +14,15 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from secure_ffm.registry import Registry
 from secure_ffm.wire import ClientMessage, ClientUpdate, NamedArrays
+
+if TYPE_CHECKING:
+    from secure_ffm.config import SecureAggregationConfig
 
 PROTOCOLS: Registry[type[AggregationProtocol]] = Registry("aggregation protocol")
 
@@ -70,8 +74,17 @@ class AggregationProtocol(ABC):
 
     name: str = ""
 
-    def begin_round(self, round: int, participants: Sequence[int]) -> None:  # noqa: B027 - optional hook
-        """Called before any client trains; interactive protocols run their key set-up here."""
+    @classmethod
+    def from_config(cls, config: SecureAggregationConfig, *, seed: int) -> AggregationProtocol:
+        """The protocol a run's ``[secure_aggregation]`` section describes (plaintext takes no options)."""
+        return cls()
+
+    def begin_round(self, round: int, participants: Sequence[int], *, weight_bound: float | None = None) -> None:  # noqa: B027 - optional hook
+        """Called before any client trains; interactive protocols run their key set-up here.
+
+        ``weight_bound`` is the public bound on any participant's weight this round (the
+        largest example count under FedAvg weighting), for protocols that encode fixed-point.
+        """
 
     @abstractmethod
     def encode(self, update: ClientUpdate, *, weight: float) -> ClientMessage:

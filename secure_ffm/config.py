@@ -263,6 +263,44 @@ class PrivacyConfig:
         _positive("privacy", "clipped_count_stddev", self.clipped_count_stddev, allow_zero=True)
 
 
+SECURE_AGGREGATION_PROTOCOLS = ("none", "masking")
+"""Values of ``secure_aggregation.protocol`` (``ckks`` joins when it is implemented)."""
+
+
+@dataclass(frozen=True)
+class SecureAggregationConfig:
+    """``[secure_aggregation]``: how the server learns the sum of the clients' updates.
+
+    ``masking`` is pairwise-masking secure aggregation (Bonawitz et al., CCS 2017; SecAgg+,
+    Bell et al., CCS 2020): the server sees only masked vectors and learns the weighted sum.
+    """
+
+    protocol: str = "none"
+    """``none`` (plaintext) or ``masking``."""
+    clip_range: float = 1.0
+    """masking: per-coordinate bound on a client's delta; larger values are clipped before fixed-point encoding."""
+    threshold: int = 0
+    """masking: Shamir threshold t (survivors needed to unmask); 0 picks a strict majority of each neighbourhood."""
+    neighbours: int = 0
+    """masking: 0 masks every pair of clients (SecAgg); an even k > 0 uses a SecAgg+ graph of degree k."""
+    dropout_rate: float = 0.0
+    """Simulation: fraction of each round's participants that drop after sending nothing (their message is lost)."""
+    on_abort: str = "skip"
+    """When a round aborts (fewer survivors than the threshold): ``skip`` it and go on, or ``stop`` the run."""
+
+    def __post_init__(self) -> None:
+        _choice("secure_aggregation", "protocol", self.protocol, SECURE_AGGREGATION_PROTOCOLS)
+        if not (math.isfinite(self.clip_range) and self.clip_range > 0):
+            raise ConfigError("secure_aggregation.clip_range", f"must be positive, got {self.clip_range!r}", "use e.g. 1.0")
+        _positive("secure_aggregation", "threshold", self.threshold, allow_zero=True)
+        _positive("secure_aggregation", "neighbours", self.neighbours, allow_zero=True)
+        if self.neighbours % 2:
+            raise ConfigError("secure_aggregation.neighbours", f"must be even, got {self.neighbours}", "use 0 (all pairs) or an even degree such as 4")
+        if not (math.isfinite(self.dropout_rate) and 0.0 <= self.dropout_rate < 1.0):
+            raise ConfigError("secure_aggregation.dropout_rate", f"must be in [0, 1), got {self.dropout_rate!r}", "use e.g. 0.1 for 10%")
+        _choice("secure_aggregation", "on_abort", self.on_abort, ("skip", "stop"))
+
+
 @dataclass(frozen=True)
 class Config:
     """A whole run: one attribute per TOML section."""
@@ -273,6 +311,7 @@ class Config:
     client: ClientConfig = field(default_factory=ClientConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    secure_aggregation: SecureAggregationConfig = field(default_factory=SecureAggregationConfig)
 
     def __post_init__(self) -> None:
         if self.privacy.planned_rounds > self.server.rounds:
@@ -448,6 +487,7 @@ __all__ = [
     "ModelConfig",
     "PrivacyConfig",
     "RunConfig",
+    "SecureAggregationConfig",
     "ServerConfig",
     "config_from_dict",
     "dumps_toml",

@@ -27,3 +27,7 @@ class MissingResourceError(SecureFFMError, RuntimeError):
         self.what = what
         self.install_command = install_command
         super().__init__(f"{what} is not installed: run `{install_command}`")
+
+
+class RoundAbortedError(SecureFFMError, RuntimeError):
+    """Secure aggregation aborted a round (e.g. fewer survivors than the threshold) and the run is set to stop."""

@@ -17,6 +17,8 @@ TRANSFORM = 3
 INIT = 4
 PARTITION = 5
 DP_NOISE = 6
+SECAGG_ROUNDING = 7
+DROPOUT = 8
 
 
 def derive_seed(seed: int, *path: int) -> int:

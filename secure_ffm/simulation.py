@@ -23,18 +23,19 @@ import numpy as np
 import torch
 from safetensors.numpy import save_file
 
+import secure_ffm.secagg.protocol  # noqa: F401 - registers the "masking" aggregation protocol
 from secure_ffm import __version__
 from secure_ffm.aggregation import PROTOCOLS, AggregationError, AggregationProtocol
 from secure_ffm.checkpoint import Checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint
-from secure_ffm.client import FederatedClient
+from secure_ffm.client import FederatedClient, client_weight
 from secure_ffm.config import Config, config_from_dict
 from secure_ffm.data import load_federated_data
 from secure_ffm.data.base import FederatedData
-from secure_ffm.errors import ConfigError
+from secure_ffm.errors import ConfigError, RoundAbortedError
 from secure_ffm.models import build_model
 from secure_ffm.models.base import EncodedData, FederatedModel
 from secure_ffm.privacy.mechanisms import PrivacyMechanism, build_mechanism
-from secure_ffm.seeding import INIT, derive_seed
+from secure_ffm.seeding import DROPOUT, INIT, derive_seed, generator
 from secure_ffm.server import Server
 from secure_ffm.strategies import build_strategy
 from secure_ffm.training import ClientDeclined, build_trainer, evaluate
@@ -108,7 +109,8 @@ class Simulation:
         self.config = prepared.config
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.observer = observer or RunObserver()
-        self.protocol = protocol or PROTOCOLS.get("none")()
+        secure = self.config.secure_aggregation
+        self.protocol = protocol or PROTOCOLS.get(secure.protocol, key="secure_aggregation.protocol").from_config(secure, seed=self.config.run.seed)
         self.privacy = prepared.privacy
         extra = transforms.transforms if transforms is not None else ()
         # privacy transforms (clipping, noise shares) come last, right before encoding
@@ -151,10 +153,13 @@ class Simulation:
         round_start = time.perf_counter()
         participants = self.server.sample_clients(round)
         self.observer.round_started(round, participants)
-        self.protocol.begin_round(round, participants)
         instructions = self.server.fit_instructions(round, participants)
+        weighting = str(instructions.config.get("weighting", "examples"))
+        weight_bound = max(client_weight(weighting, len(self.prepared.data.client_indices[c])) for c in participants)
+        self.protocol.begin_round(round, participants, weight_bound=weight_bound)
         accumulator = self.server.accumulator(round)
-        sent, declined, rejected = [], [], []
+        dropping = self._dropouts(round, participants)
+        sent, declined, rejected, dropped = [], [], [], []
         examples, losses, bytes_up, train_seconds, encode_seconds = [], [], 0, 0.0, 0.0
         for client_id in participants:
             try:
@@ -163,6 +168,10 @@ class Simulation:
                 declined.append(client_id)
                 log.info("round %d: client %d skipped: %s", round, client_id, reason)
             else:
+                if client_id in dropping:  # trained and masked, but its message never arrives
+                    dropped.append(client_id)
+                    self.observer.client_finished(round, client_id)
+                    continue
                 try:
                     accumulator.add(message)  # streamed: the server holds one message at a time
                 except AggregationError as error:  # the others' contributions are kept
@@ -180,8 +189,17 @@ class Simulation:
             self.observer.client_finished(round, client_id)
         aggregate_start = time.perf_counter()
         timings: dict[str, float] = {}
-        if sent:
-            timings = self.server.apply(round, accumulator.result()).timings
+        aborted = None
+        if sent or dropped:
+            try:
+                aggregate = accumulator.result()
+            except AggregationError as error:
+                if self.config.secure_aggregation.on_abort == "stop":
+                    raise RoundAbortedError(f"{error} (secure_aggregation.on_abort = \"stop\")") from None
+                aborted = str(error)
+                log.warning("%s; the global model is unchanged", error)
+            else:
+                timings = self.server.apply(round, aggregate).timings
         else:
             log.warning("round %d: no client sent an update; the global model is unchanged", round)
         aggregate_seconds = time.perf_counter() - aggregate_start
@@ -197,6 +215,8 @@ class Simulation:
             "clients": sent,
             "skipped_clients": declined,
             "rejected_clients": rejected,
+            "dropped_clients": dropped,
+            "aborted": aborted,
             "num_examples": int(weights.sum()),
             "bytes_up": int(bytes_up),
             "bytes_down": int(nbytes(instructions.parameters) * len(participants)),
@@ -217,6 +237,15 @@ class Simulation:
         row["eval_seconds"] = eval_seconds
         row["seconds"] = time.perf_counter() - round_start
         return row
+
+    def _dropouts(self, round: int, participants: Sequence[int]) -> set[int]:
+        """The participants simulated to drop after masking: ``round(dropout_rate * n)`` of them, seeded per round."""
+        rate = self.config.secure_aggregation.dropout_rate
+        count = int(math.floor(rate * len(participants) + 0.5))
+        if count == 0:
+            return set()
+        rng = generator(self.config.run.seed, DROPOUT, round)
+        return {int(c) for c in rng.choice(np.asarray(participants), size=count, replace=False)}
 
     def evaluate_global(self):  # noqa: ANN201 - EvalResult
         self.prepared.model.set_trainable(self.server.parameters)

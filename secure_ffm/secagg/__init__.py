@@ -19,7 +19,7 @@ Machine Learning"; Bell et al., CCS 2020, "Secure Single-Server Aggregation with
 
 Everything here is a pure function of its inputs plus, where secrecy needs it, the
 operating system's CSPRNG (keys, self seeds, Shamir coefficients); the protocol driver
-that exchanges the messages lives elsewhere.
+that exchanges the messages is :mod:`~secure_ffm.secagg.protocol`.
 """
 
 from secure_ffm.secagg.graph import Graph, full_graph, harary_graph, recommended_threshold
