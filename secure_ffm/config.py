@@ -8,7 +8,6 @@ nearest valid name suggested.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import tomllib
 import typing
@@ -494,4 +493,3 @@ __all__ = [
     "load_config",
     "parse_override",
 ]
-_ = dataclasses  # re-exported for users who build configs programmatically
