@@ -21,12 +21,21 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from secure_ffm.errors import ConfigError, SecureFFMError  # noqa: E402
 
 EXIT_BAD_INPUT = 2
-COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+CommandFn = Callable[[argparse.Namespace], int]
+COMMANDS: dict[str, CommandFn] = {}
+COMMAND_PARSERS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {}
+"""Plugin commands (``attack``, ``sweep``, ``report``): name -> (help, function adding the arguments)."""
 
 
-def command(name: str) -> Callable[[Callable[[argparse.Namespace], int]], Callable[[argparse.Namespace], int]]:
-    def decorator(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+def command(
+    name: str, *, help: str | None = None, configure: Callable[[argparse.ArgumentParser], None] | None = None
+) -> Callable[[CommandFn], CommandFn]:
+    """Register a subcommand; plugins pass ``help`` and ``configure`` to add their own parser."""
+
+    def decorator(fn: CommandFn) -> CommandFn:
         COMMANDS[name] = fn
+        if configure is not None:
+            COMMAND_PARSERS[name] = (help or "", configure)
         return fn
 
     return decorator
@@ -170,6 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
     privacy.add_argument("config", help="path of the TOML config")
     privacy.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value (repeatable)")
     privacy.add_argument("--json", action="store_true", help="print the plan as JSON")
+
+    from secure_ffm.plugins import load_plugins
+
+    load_plugins()  # attacks, eval: their commands register themselves
+    for name, (help_text, configure) in sorted(COMMAND_PARSERS.items()):
+        configure(sub.add_parser(name, help=help_text))
     return parser
 
 

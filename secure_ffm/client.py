@@ -82,6 +82,9 @@ class FederatedClient:
             global_parameters=ins.parameters,
             state=self.state,
             config=ins.config,
+            model=self.model,
+            encoded=self.encoded,
+            indices=self.indices,
         )
         update = self.transforms(update, context)
         weight = client_weight(str(ins.config.get("weighting", "examples")), update.num_examples)

@@ -262,8 +262,10 @@ class PrivacyConfig:
         _positive("privacy", "clipped_count_stddev", self.clipped_count_stddev, allow_zero=True)
 
 
-SECURE_AGGREGATION_PROTOCOLS = ("none", "masking")
-"""Values of ``secure_aggregation.protocol`` (``ckks`` joins when it is implemented)."""
+SECURE_AGGREGATION_PROTOCOLS = ("none", "masking", "ckks")
+"""Values of ``secure_aggregation.protocol``."""
+
+CKKS_POLY_MODULUS_DEGREES = (4096, 8192, 16384)
 
 
 @dataclass(frozen=True)
@@ -272,10 +274,12 @@ class SecureAggregationConfig:
 
     ``masking`` is pairwise-masking secure aggregation (Bonawitz et al., CCS 2017; SecAgg+,
     Bell et al., CCS 2020): the server sees only masked vectors and learns the weighted sum.
+    ``ckks`` is additively homomorphic aggregation under CKKS (Cheon et al., ASIACRYPT 2017)
+    with TenSEAL: the server adds ciphertexts it cannot decrypt; the key holder decrypts the sum.
     """
 
     protocol: str = "none"
-    """``none`` (plaintext) or ``masking``."""
+    """``none`` (plaintext), ``masking`` or ``ckks``."""
     clip_range: float = 1.0
     """masking: per-coordinate bound on a client's delta; larger values are clipped before fixed-point encoding."""
     threshold: int = 0
@@ -286,6 +290,15 @@ class SecureAggregationConfig:
     """Simulation: fraction of each round's participants that drop after sending nothing (their message is lost)."""
     on_abort: str = "skip"
     """When a round aborts (fewer survivors than the threshold): ``skip`` it and go on, or ``stop`` the run."""
+    ckks_poly_modulus_degree: int = 8192
+    """ckks: ring dimension N (4096, 8192 or 16384); a ciphertext packs N/2 values."""
+    ckks_coeff_mod_bit_sizes: tuple[int, ...] = (60, 40, 40, 60)
+    """ckks: bit sizes of the coefficient modulus primes (their sum must fit N's 128-bit security bound)."""
+    ckks_scale_bits: int = 40
+    """ckks: log2 of the encoding scale; precision is about 2^-(scale_bits - log2 of the values' size)."""
+    ckks_key_holder: str = "clients"
+    """ckks: who holds the secret key: ``clients`` (a key shared by all clients, as NVIDIA FLARE does) or
+    ``authority`` (a separate key authority that decrypts only aggregates); see docs/threat_model.md."""
 
     def __post_init__(self) -> None:
         _choice("secure_aggregation", "protocol", self.protocol, SECURE_AGGREGATION_PROTOCOLS)
@@ -298,6 +311,93 @@ class SecureAggregationConfig:
         if not (math.isfinite(self.dropout_rate) and 0.0 <= self.dropout_rate < 1.0):
             raise ConfigError("secure_aggregation.dropout_rate", f"must be in [0, 1), got {self.dropout_rate!r}", "use e.g. 0.1 for 10%")
         _choice("secure_aggregation", "on_abort", self.on_abort, ("skip", "stop"))
+        if self.ckks_poly_modulus_degree not in CKKS_POLY_MODULUS_DEGREES:
+            raise ConfigError(
+                "secure_aggregation.ckks_poly_modulus_degree",
+                f"must be one of {', '.join(map(str, CKKS_POLY_MODULUS_DEGREES))}, got {self.ckks_poly_modulus_degree}",
+                "use 8192 (default) or 4096 for small updates",
+            )
+        bits = self.ckks_coeff_mod_bit_sizes
+        if len(bits) < 2 or any(not 20 <= b <= 60 for b in bits):
+            raise ConfigError(
+                "secure_aggregation.ckks_coeff_mod_bit_sizes",
+                f"needs at least 2 primes of 20 to 60 bits, got {list(bits)}",
+                "use e.g. [60, 40, 40, 60]",
+            )
+        # 128-bit security bounds on log2(q) from the HomomorphicEncryption.org standard (as SEAL enforces)
+        max_bits = {4096: 109, 8192: 218, 16384: 438}[self.ckks_poly_modulus_degree]
+        if sum(bits) > max_bits:
+            raise ConfigError(
+                "secure_aggregation.ckks_coeff_mod_bit_sizes",
+                f"sum {sum(bits)} exceeds {max_bits} bits, the 128-bit security bound for N={self.ckks_poly_modulus_degree}",
+                "use fewer or smaller primes, e.g. [40, 20, 40] for N=4096",
+            )
+        if not 20 <= self.ckks_scale_bits < max(bits):
+            raise ConfigError(
+                "secure_aggregation.ckks_scale_bits",
+                f"must be at least 20 and below the largest prime ({max(bits)} bits), got {self.ckks_scale_bits}",
+                "use 40 with [60, 40, 40, 60], or 20-25 with N=4096",
+            )
+        _choice("secure_aggregation", "ckks_key_holder", self.ckks_key_holder, ("clients", "authority"))
+
+
+@dataclass(frozen=True)
+class DefenseConfig:
+    """``[defense]``: update-level defenses a client applies before sending (package ``defenses``).
+
+    ``names`` lists registered update transforms, applied in order after local training and
+    before DP-FedAvg's clipping/noise and the aggregation protocol. Built-ins: ``clip``-style
+    L2 clipping (``l2-clip``), ``gaussian-noise``, ``prune`` (magnitude pruning, Zhu et al.,
+    NeurIPS 2019), ``quantize`` (``quantize_bits`` = 8, 4, ... or 1 for sign) and ``soteria``
+    (Sun et al., CVPR 2021).
+    """
+
+    names: tuple[str, ...] = ()
+    clip_norm: float = 1.0
+    """l2-clip: bound on the update's L2 norm."""
+    noise_std: float = 0.01
+    """gaussian-noise: per-coordinate standard deviation added to the update."""
+    prune_fraction: float = 0.9
+    """prune: fraction of each array's coordinates (the smallest in magnitude) set to zero."""
+    quantize_bits: int = 8
+    """quantize: bits per coordinate (1 = sign with a per-array scale)."""
+    soteria_fraction: float = 0.5
+    """soteria: fraction of the representation's features whose gradient columns are removed."""
+
+    def __post_init__(self) -> None:
+        for name in self.names:
+            if not isinstance(name, str) or not name:
+                raise ConfigError("defense.names", f"entries must be non-empty strings, got {name!r}", 'write e.g. names = ["prune"]')
+        _positive("defense", "clip_norm", self.clip_norm)
+        _positive("defense", "noise_std", self.noise_std, allow_zero=True)
+        if not (math.isfinite(self.prune_fraction) and 0.0 <= self.prune_fraction < 1.0):
+            raise ConfigError("defense.prune_fraction", f"must be in [0, 1), got {self.prune_fraction!r}", "use e.g. 0.9 to zero 90%")
+        if not 1 <= self.quantize_bits <= 16:
+            raise ConfigError("defense.quantize_bits", f"must be 1 to 16, got {self.quantize_bits}", "use 8, or 1 for sign")
+        if not (math.isfinite(self.soteria_fraction) and 0.0 < self.soteria_fraction < 1.0):
+            raise ConfigError("defense.soteria_fraction", f"must be in (0, 1), got {self.soteria_fraction!r}", "use e.g. 0.5")
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """``[audit]``: record what the server observed, so that a leakage audit can replay it after training.
+
+    For each (client, round) in ``capture_clients`` x ``capture_rounds`` the run writes
+    ``observations/round-R-client-K.safetensors`` (+ ``.json``): the message the server received
+    (the client's update under plaintext aggregation; only the aggregate under secure aggregation),
+    the global parameters the client started from, and, marked as ground truth the server never
+    sees, the client's example indices.
+    """
+
+    capture_clients: tuple[int, ...] = ()
+    capture_rounds: tuple[int, ...] = ()
+    """Rounds to capture; empty captures every round (only for the clients listed)."""
+
+    def __post_init__(self) -> None:
+        for key, values in (("capture_clients", self.capture_clients), ("capture_rounds", self.capture_rounds)):
+            for value in values:
+                if isinstance(value, bool) or not isinstance(value, int) or value < (0 if key == "capture_clients" else 1):
+                    raise ConfigError(f"audit.{key}", f"has invalid entry {value!r}", "use client ids >= 0 and rounds >= 1")
 
 
 @dataclass(frozen=True)
@@ -311,6 +411,8 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     secure_aggregation: SecureAggregationConfig = field(default_factory=SecureAggregationConfig)
+    defense: DefenseConfig = field(default_factory=DefenseConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
 
     def __post_init__(self) -> None:
         if self.privacy.planned_rounds > self.server.rounds:
@@ -325,6 +427,12 @@ class Config:
                 f"{self.server.clients_per_round} is more than data.num_clients={self.data.num_clients}",
                 "lower it, or 0 for all clients",
             )
+        for client in self.audit.capture_clients:
+            if client >= self.data.num_clients:
+                raise ConfigError("audit.capture_clients", f"client {client} does not exist (data.num_clients={self.data.num_clients})", "use ids 0 .. num_clients-1")
+        for round in self.audit.capture_rounds:
+            if round > self.server.rounds:
+                raise ConfigError("audit.capture_rounds", f"round {round} is after the last (server.rounds={self.server.rounds})", "use rounds 1 .. server.rounds")
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return {f.name: _section_to_dict(getattr(self, f.name)) for f in fields(self)}

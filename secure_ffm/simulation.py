@@ -26,6 +26,7 @@ from safetensors.numpy import save_file
 import secure_ffm.secagg.protocol  # noqa: F401 - registers the "masking" aggregation protocol
 from secure_ffm import __version__
 from secure_ffm.aggregation import PROTOCOLS, AggregationError, AggregationProtocol
+from secure_ffm.audit import ObservationRecorder
 from secure_ffm.checkpoint import Checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint
 from secure_ffm.client import FederatedClient, client_weight
 from secure_ffm.config import Config, config_from_dict
@@ -39,7 +40,7 @@ from secure_ffm.seeding import DROPOUT, INIT, derive_seed, generator
 from secure_ffm.server import Server
 from secure_ffm.strategies import build_strategy
 from secure_ffm.training import ClientDeclined, build_trainer, evaluate
-from secure_ffm.transforms import UpdatePipeline
+from secure_ffm.transforms import UpdatePipeline, build_defenses
 from secure_ffm.wire import nbytes, num_parameters
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,7 @@ class Simulation:
         secure = self.config.secure_aggregation
         self.protocol = protocol or PROTOCOLS.get(secure.protocol, key="secure_aggregation.protocol").from_config(secure, seed=self.config.run.seed)
         self.privacy = prepared.privacy
-        extra = transforms.transforms if transforms is not None else ()
+        extra = transforms.transforms if transforms is not None else build_defenses(self.config.defense).transforms
         # privacy transforms (clipping, noise shares) come last, right before encoding
         self.transforms = UpdatePipeline([*extra, *self.privacy.client_transforms()])
         self.trainer = self.privacy.trainer(build_trainer(self.config.client))
@@ -129,6 +130,7 @@ class Simulation:
         self.server.extra_fit_config.append(self.privacy.fit_config)
         self.client_states: dict[int, dict[str, Any]] = {}
         self.history: list[dict[str, Any]] = []
+        self.recorder = ObservationRecorder(self.config, self.out_dir)
 
     # ------------------------------------------------------------------ clients
 
@@ -172,6 +174,13 @@ class Simulation:
                     dropped.append(client_id)
                     self.observer.client_finished(round, client_id)
                     continue
+                if self.protocol.name == "none" and self.recorder.wants(round, client_id):
+                    self.recorder.record_message(
+                        message,
+                        global_parameters=instructions.parameters,
+                        indices=self.prepared.data.client_indices[client_id],
+                        fit_config=instructions.config,
+                    )
                 try:
                     accumulator.add(message)  # streamed: the server holds one message at a time
                 except AggregationError as error:  # the others' contributions are kept
@@ -199,6 +208,15 @@ class Simulation:
                 aborted = str(error)
                 log.warning("%s; the global model is unchanged", error)
             else:
+                if self.protocol.name != "none":
+                    self.recorder.record_aggregate(
+                        round,
+                        aggregate.mean_delta,
+                        clients=sent,
+                        global_parameters=instructions.parameters,
+                        indices=self.prepared.data.client_indices,
+                        fit_config=instructions.config,
+                    )
                 timings = self.server.apply(round, aggregate).timings
         else:
             log.warning("round %d: no client sent an update; the global model is unchanged", round)

@@ -11,12 +11,16 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from secure_ffm.registry import Registry
 from secure_ffm.wire import ClientUpdate, NamedArrays, Scalar
+
+if TYPE_CHECKING:
+    from secure_ffm.config import DefenseConfig
+    from secure_ffm.models.base import EncodedData, FederatedModel
 
 TRANSFORMS: Registry[type[UpdateTransform]] = Registry("update transform")
 
@@ -33,12 +37,22 @@ class TransformContext:
     """This client's persistent state (checkpointed with the run)."""
     config: Mapping[str, Scalar] = field(default_factory=dict)
     """The round's settings from the server (e.g. the current clip norm, the number of participants)."""
+    model: FederatedModel | None = None
+    """The client's model after local training (for defenses that need its representations, e.g. Soteria)."""
+    encoded: EncodedData | None = None
+    """The encoded example pool; the client's own examples are ``indices`` into it."""
+    indices: np.ndarray | None = None
 
 
 class UpdateTransform(ABC):
     """One step of the client's pre-send pipeline."""
 
     name: str = ""
+
+    @classmethod
+    def from_config(cls, config: DefenseConfig) -> UpdateTransform:
+        """The transform a run's ``[defense]`` section describes (for transforms listed in ``defense.names``)."""
+        return cls()
 
     @abstractmethod
     def __call__(self, update: ClientUpdate, context: TransformContext) -> ClientUpdate:
@@ -61,3 +75,12 @@ class UpdatePipeline:
 
     def __len__(self) -> int:
         return len(self.transforms)
+
+
+def build_defenses(config: DefenseConfig) -> UpdatePipeline:
+    """The pipeline of the transforms ``defense.names`` lists (plugins such as ``defenses`` are loaded first)."""
+    from secure_ffm.plugins import load_plugins
+
+    if config.names:
+        load_plugins()
+    return UpdatePipeline(TRANSFORMS.get(name, key="defense.names").from_config(config) for name in config.names)

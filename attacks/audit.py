@@ -1,0 +1,569 @@
+"""Leakage audits: build what the server observes under a run's protections, attack it, score it.
+
+Two entry points:
+
+- :func:`audit_config` builds a case from a training config: client ``case.client``'s first
+  ``case.batch_size`` examples, the gradient or local update it would compute, passed through
+  exactly the protections the config enables — DP-SGD (per-example clipping and Gaussian noise
+  with the client's calibrated noise multiplier), the ``[defense]`` update transforms, DP-FedAvg's
+  clipping and noise share — and then the configured aggregation protocol itself (plaintext,
+  masking or CKKS) with ``case.num_clients - 1`` other clients, so the observation is what the
+  server's accumulator really outputs.
+- :func:`audit_capture` replays an observation captured during training (``[audit]`` section).
+
+Both score the reconstruction against the true examples and write ``attack.json`` plus
+``reconstructions.png`` (images) or ``reconstructions.md`` (text).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from attacks.base import Budget, GroundTruth, NamedArrays, Observation, Reconstruction, ThreatModel, TrainingSetup, build_attack
+from attacks.case import batch_gradient, data_kind, local_minibatches
+from secure_ffm.aggregation import PROTOCOLS
+from secure_ffm.config import Config
+from secure_ffm.errors import ConfigError
+from secure_ffm.models.base import Batch, EncodedData, FederatedModel
+from secure_ffm.registry import nearest
+from secure_ffm.transforms import TransformContext, UpdatePipeline, build_defenses
+from secure_ffm.wire import ClientUpdate
+
+log = logging.getLogger(__name__)
+
+OBSERVES_CHOICES = ("auto", "gradient", "update")
+
+
+@dataclass(frozen=True)
+class AuditCase:
+    """``[audit_case]``: which client's data is attacked, and what kind of message the server sees."""
+
+    client: int = 0
+    """The target client (its first ``batch_size`` examples in a seeded order)."""
+    batch_size: int = 1
+    """Examples behind the target's message."""
+    observes: str = "auto"
+    """``gradient`` (FedSGD: one step), ``update`` (FedAvg: ``local_steps`` SGD steps), or ``auto``: gradient when
+    local_steps is 1, else update. Under secure aggregation the server only ever sees the aggregate."""
+    local_steps: int = 1
+    local_batch_size: int = 0
+    """Examples per local step (0: the whole batch each step)."""
+    learning_rate: float = 0.1
+    knows_labels: bool = False
+    num_clients: int = 0
+    """Clients in the aggregate under secure aggregation; 0 takes server.clients_per_round (or all clients), at most 8."""
+
+    def __post_init__(self) -> None:
+        if self.client < 0:
+            raise ConfigError("audit_case.client", f"must be >= 0, got {self.client}")
+        if self.batch_size < 1:
+            raise ConfigError("audit_case.batch_size", f"must be at least 1, got {self.batch_size}")
+        if self.observes not in OBSERVES_CHOICES:
+            hint = nearest(self.observes, OBSERVES_CHOICES)
+            raise ConfigError("audit_case.observes", f"unknown value {self.observes!r}", f"did you mean {hint!r}?" if hint else "use auto, gradient or update")
+        if self.local_steps < 1:
+            raise ConfigError("audit_case.local_steps", f"must be at least 1, got {self.local_steps}")
+        if self.local_batch_size < 0:
+            raise ConfigError("audit_case.local_batch_size", f"must be >= 0, got {self.local_batch_size}")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ConfigError("audit_case.learning_rate", f"must be positive, got {self.learning_rate}")
+        if self.num_clients < 0:
+            raise ConfigError("audit_case.num_clients", f"must be >= 0, got {self.num_clients}")
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> AuditCase:
+        valid = [f.name for f in fields(cls)]
+        for key in raw:
+            if key not in valid:
+                hint = nearest(key, valid)
+                raise ConfigError(f"audit_case.{key}", "unknown key", f"did you mean audit_case.{hint}?" if hint else f"valid keys: {', '.join(valid)}")
+        return cls(**dict(raw))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass
+class AuditResult:
+    """An audit's outcome: the threat model, the attack's settings, every metric per sample and the means."""
+
+    attack: str
+    settings: dict[str, Any]
+    threat_model: dict[str, Any]
+    setup: dict[str, Any]
+    protections: dict[str, Any]
+    metrics: dict[str, Any]
+    per_sample: list[dict[str, Any]]
+    primary_metric: str
+    seconds: float
+    iterations: int
+    reconstruction: Reconstruction | None = None
+    truth: GroundTruth | None = None
+    outputs: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def primary_value(self) -> float:
+        return float(self.metrics[self.primary_metric])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "attack": self.attack,
+            "settings": self.settings,
+            "threat_model": self.threat_model,
+            "setup": self.setup,
+            "protections": self.protections,
+            "primary_metric": self.primary_metric,
+            "primary_value": self.primary_value,
+            "mean": self.metrics,
+            "per_sample": self.per_sample,
+            "seconds": self.seconds,
+            "iterations": self.iterations,
+            "outputs": self.outputs,
+        }
+
+
+# --------------------------------------------------------------------------- client side of the case
+
+
+def _select(batch: Batch, indices: np.ndarray) -> Batch:
+    index = torch.from_numpy(np.asarray(indices, dtype=np.int64))
+    return Batch(inputs={k: v[index] for k, v in batch.inputs.items()}, labels=batch.labels[index])
+
+
+def dp_sgd_gradient(model: FederatedModel, batch: Batch, *, max_grad_norm: float, noise_multiplier: float, generator: torch.Generator) -> NamedArrays:
+    """DP-SGD's noisy mean gradient (Abadi et al., CCS 2016): per-example clipping to C, sum, N(0, (zC)^2), divide by B."""
+    total: NamedArrays | None = None
+    for i in range(len(batch)):
+        grad = batch_gradient(model, _select(batch, np.asarray([i])))
+        norm = math.sqrt(sum(float(np.sum(g.astype(np.float64) ** 2)) for g in grad.values()))
+        scale = min(1.0, max_grad_norm / max(norm, 1e-12))
+        if total is None:
+            total = {k: (v.astype(np.float64) * scale) for k, v in grad.items()}
+        else:
+            for k, v in grad.items():
+                total[k] += v.astype(np.float64) * scale
+    assert total is not None
+    std = noise_multiplier * max_grad_norm
+    out = {}
+    for k, v in total.items():
+        noise = torch.randn(v.shape, generator=generator, dtype=torch.float64).numpy() * std
+        out[k] = ((v + noise) / len(batch)).astype(np.float32)
+    return out
+
+
+class ClientSide:
+    """Computes a client's message content for the audit: gradient or local update, with DP-SGD if enabled."""
+
+    def __init__(self, model: FederatedModel, config: Config, *, dp_noise: Mapping[int, float], seed: int) -> None:
+        self.model = model
+        self.config = config
+        self.dp_noise = dp_noise
+        self.seed = seed
+
+    def gradient(self, client: int, batch: Batch, generator: torch.Generator) -> NamedArrays:
+        if self.config.privacy.mode == "dp-sgd":
+            return dp_sgd_gradient(
+                self.model, batch, max_grad_norm=self.config.privacy.max_grad_norm, noise_multiplier=self.dp_noise[client], generator=generator
+            )
+        return batch_gradient(self.model, batch)
+
+    def update(self, client: int, batch: Batch, setup: TrainingSetup, generator: torch.Generator) -> NamedArrays:
+        start = self.model.get_trainable()
+        named = self.model.trainable_named_parameters()
+        try:
+            for indices in local_minibatches(len(batch), setup.local_batch_size, setup.local_steps):
+                grad = self.gradient(client, _select(batch, indices), generator)
+                with torch.no_grad():
+                    for name, p in named:
+                        p.sub_(setup.learning_rate * torch.from_numpy(grad[name]).to(p.dtype))
+            end = self.model.get_trainable()
+        finally:
+            self.model.set_trainable(start)
+        return {k: end[k] - start[k] for k in start}
+
+
+# --------------------------------------------------------------------------- the case
+
+
+@dataclass
+class PreparedCase:
+    """Model, encoded client data and the privacy plan shared by every audit on one config."""
+
+    config: Config
+    model: FederatedModel
+    encoded: EncodedData
+    client_indices: list[np.ndarray]
+    dp_noise: dict[int, float]
+    initial_parameters: NamedArrays
+    tokenizer: Any = None
+
+
+def prepare_case(config: Config, *, clients: Sequence[int] | None = None) -> PreparedCase:
+    """Load data and model as the run would (raises ConfigError on bad input)."""
+    from secure_ffm.data import load_federated_data
+    from secure_ffm.models import build_model
+    from secure_ffm.privacy.mechanisms import build_mechanism
+    from secure_ffm.seeding import INIT, derive_seed
+
+    data = load_federated_data(config.data, config.run.seed)
+    model = build_model(
+        config.model, num_classes=data.dataset.num_classes, data_kind=data.dataset.kind, seed=derive_seed(config.run.seed, INIT), max_length=config.data.max_length
+    )
+    mechanism = build_mechanism(config, data)
+    dp_noise: dict[int, float] = {}
+    if config.privacy.mode == "dp-sgd":
+        for k in range(data.num_clients):
+            dp_noise[k] = float(mechanism.client_plan(k).noise_multiplier)  # type: ignore[attr-defined]
+    mechanism_transforms = mechanism.client_transforms()
+    prepared = PreparedCase(
+        config=config,
+        model=model,
+        encoded=model.encode(data.private),
+        client_indices=[np.asarray(ix) for ix in data.client_indices],
+        dp_noise=dp_noise,
+        initial_parameters=model.get_trainable(),
+        tokenizer=getattr(model, "tokenizer", None),
+    )
+    prepared.mechanism = mechanism  # type: ignore[attr-defined]
+    prepared.mechanism_transforms = mechanism_transforms  # type: ignore[attr-defined]
+    return prepared
+
+
+def _client_batch(prepared: PreparedCase, client: int, batch_size: int, seed: int) -> tuple[Batch, np.ndarray]:
+    indices = prepared.client_indices[client]
+    if len(indices) < batch_size:
+        raise ConfigError("audit_case.batch_size", f"client {client} has only {len(indices)} examples, fewer than {batch_size}", "lower audit_case.batch_size or pick another client")
+    rng = np.random.default_rng([seed, client, 0xA0D17])
+    chosen = np.sort(rng.choice(indices, size=batch_size, replace=False))
+    return prepared.model.make_batch(prepared.encoded, chosen), chosen
+
+
+def observe_config(prepared: PreparedCase, case: AuditCase, *, seed: int = 0, parameters: NamedArrays | None = None) -> tuple[Observation, GroundTruth]:
+    """What the server observes from ``case.client`` under ``prepared.config``'s protections, and the truth."""
+    config = prepared.config
+    model = prepared.model
+    num_clients_total = len(prepared.client_indices)
+    if case.client >= num_clients_total:
+        raise ConfigError("audit_case.client", f"client {case.client} does not exist (data.num_clients={num_clients_total})", f"use 0 .. {num_clients_total - 1}")
+    model.set_trainable(parameters if parameters is not None else prepared.initial_parameters)
+    protocol_name = config.secure_aggregation.protocol
+    secure = protocol_name != "none"
+    kind = "update" if case.observes == "update" or (case.observes == "auto" and case.local_steps > 1) else "gradient"
+    if secure:
+        per_round = config.server.clients_per_round or num_clients_total
+        n = case.num_clients or min(per_round, 8)
+        n = max(2, min(n, num_clients_total))
+        others = [k for k in range(num_clients_total) if k != case.client][: n - 1]
+    else:
+        others = []
+    participants = [case.client, *others]
+    setup = TrainingSetup(
+        num_examples=case.batch_size,
+        local_steps=case.local_steps if kind == "update" else 1,
+        local_batch_size=case.local_batch_size,
+        learning_rate=case.learning_rate,
+        num_clients=len(participants),
+    )
+    client_side = ClientSide(model, config, dp_noise=prepared.dp_noise, seed=seed)
+    defenses = build_defenses(config.defense)
+    pipeline = UpdatePipeline([*defenses.transforms, *getattr(prepared, "mechanism_transforms", [])])
+    fit_config: dict[str, Any] = {"participants": len(participants), "weighting": "examples"}
+    mechanism = getattr(prepared, "mechanism", None)
+    if mechanism is not None:
+        fit_config.update(mechanism.fit_config(1, participants))
+    global_parameters = model.get_trainable()
+    updates: list[ClientUpdate] = []
+    batches: list[Batch] = []
+    for position, client in enumerate(participants):
+        batch, chosen = _client_batch(prepared, client, case.batch_size, seed)
+        batches.append(batch)
+        generator = torch.Generator().manual_seed(int(seed * 1_000_003 + client))
+        if kind == "gradient":
+            content = client_side.gradient(client, batch, generator)
+        else:
+            content = client_side.update(client, batch, setup, generator)
+        update = ClientUpdate(client, 1, content, len(batch), {})
+        context = TransformContext(
+            round=1,
+            client_id=client,
+            rng=np.random.default_rng([seed, client, 0x7F]),
+            global_parameters=global_parameters,
+            state={},
+            config=fit_config,
+            model=model,
+            encoded=prepared.encoded,
+            indices=chosen,
+        )
+        update = pipeline(update, context)
+        model.set_trainable(global_parameters)  # a transform may have run the model
+        updates.append(update)
+        del position
+    observed = _server_view(config, updates, fit_config, seed=seed)
+    observation = Observation(
+        threat_model=ThreatModel(observes="aggregate" if secure else ("update" if kind == "update" else "gradient"), knows_labels=case.knows_labels),
+        setup=setup,
+        model=model,
+        parameters=global_parameters,
+        observed=observed,
+        data_kind=data_kind(model),
+        input_shape=tuple(next(iter(batches[0].inputs.values())).shape[1:]),
+        labels=batches[0].labels.clone() if case.knows_labels else None,
+        extras={k: v.clone() for k, v in batches[0].inputs.items() if k not in ("pixels", "input_ids")},
+    )
+    truth = _truth(prepared, batches)
+    return observation, truth
+
+
+def _truth(prepared: PreparedCase, batches: Sequence[Batch]) -> GroundTruth:
+    texts = None
+    if prepared.tokenizer is not None:
+        texts = [
+            prepared.tokenizer.decode(ids[mask.bool()].tolist(), skip_special_tokens=True)
+            for b in batches
+            for ids, mask in zip(b.inputs["input_ids"], b.inputs["attention_mask"], strict=True)
+        ]
+    inputs: dict[str, torch.Tensor] = {}
+    for key in batches[0].inputs:
+        widths = {tuple(b.inputs[key].shape[1:]) for b in batches}
+        if len(widths) == 1:
+            inputs[key] = torch.cat([b.inputs[key] for b in batches])
+        else:  # text batches padded to different lengths: pad to the longest
+            longest = max(b.inputs[key].shape[1] for b in batches)
+            inputs[key] = torch.cat([F.pad(b.inputs[key], (0, longest - b.inputs[key].shape[1])) for b in batches])
+    return GroundTruth(inputs=inputs, labels=torch.cat([b.labels for b in batches]), texts=texts)
+
+
+def _server_view(config: Config, updates: Sequence[ClientUpdate], fit_config: Mapping[str, Any], *, seed: int) -> NamedArrays:
+    """Run the configured aggregation protocol on the clients' updates: what the server's accumulator yields."""
+    secure = config.secure_aggregation
+    if secure.protocol == "none":
+        return {k: v.astype(np.float32) for k, v in updates[0].delta.items()}
+    import secure_ffm.secagg  # noqa: F401 - registers masking
+    try:
+        import secure_ffm.secagg.ckks  # noqa: F401 - registers ckks
+    except ImportError:  # pragma: no cover - ckks not built
+        pass
+    from secure_ffm.client import client_weight
+
+    protocol = PROTOCOLS.get(secure.protocol, key="secure_aggregation.protocol").from_config(secure, seed=seed)
+    weighting = str(fit_config.get("weighting", "examples"))
+    participants = [u.client_id for u in updates]
+    protocol.begin_round(1, participants, weight_bound=max(client_weight(weighting, u.num_examples) for u in updates))
+    accumulator = protocol.accumulator(1)
+    for update in updates:
+        update = ClientUpdate(update.client_id, update.round, update.delta, update.num_examples, dict(update.metrics), {})
+        accumulator.add(protocol.encode(update, weight=client_weight(weighting, update.num_examples)))
+    return {k: np.asarray(v, dtype=np.float32) for k, v in accumulator.result().mean_delta.items()}
+
+
+# --------------------------------------------------------------------------- scoring and outputs
+
+
+def score(observation: Observation, reconstruction: Reconstruction, truth: GroundTruth, *, tokenizer: Any = None) -> tuple[dict[str, Any], list[dict[str, Any]], str]:
+    """(mean metrics, per-sample metrics, primary metric name) for a reconstruction."""
+    if observation.data_kind == "image":
+        from attacks.metrics_image import score_images
+
+        scored = score_images(reconstruction, truth)
+        primary = "psnr"
+    else:
+        from attacks.metrics_text import score_texts
+
+        scored = score_texts(reconstruction, truth, tokenizer)
+        primary = "token_f1"
+    return dict(scored["mean"]), list(scored["per_sample"]), primary
+
+
+def run_attack(
+    observation: Observation,
+    truth: GroundTruth,
+    *,
+    attack: str,
+    settings: Mapping[str, Any] | None = None,
+    budget: Budget,
+    seed: int = 0,
+    tokenizer: Any = None,
+    protections: Mapping[str, Any] | None = None,
+    out_dir: Path | None = None,
+) -> AuditResult:
+    """Attack ``observation``, score it against ``truth`` and (with ``out_dir``) write attack.json and the pictures."""
+    instance = build_attack(attack, settings)
+    instance.check(observation)
+    start = time.perf_counter()
+    reconstruction = instance.reconstruct(observation, budget=budget, generator=torch.Generator().manual_seed(seed))
+    seconds = time.perf_counter() - start
+    reconstruction.seconds = reconstruction.seconds or seconds
+    mean, per_sample, primary = score(observation, reconstruction, truth, tokenizer=tokenizer)
+    result = AuditResult(
+        attack=attack,
+        settings=instance.settings.to_dict(),
+        threat_model=observation.threat_model.to_dict(),
+        setup=observation.setup.to_dict(),
+        protections=dict(protections or {}),
+        metrics=mean,
+        per_sample=per_sample,
+        primary_metric=primary,
+        seconds=seconds,
+        iterations=reconstruction.iterations,
+        reconstruction=reconstruction,
+        truth=truth,
+    )
+    if out_dir is not None:
+        write_outputs(result, observation, Path(out_dir), tokenizer=tokenizer)
+    return result
+
+
+def protections_of(config: Config) -> dict[str, Any]:
+    """The protections a config enables, as recorded in attack.json."""
+    p = config.privacy
+    out: dict[str, Any] = {
+        "privacy": p.mode,
+        "defenses": list(config.defense.names),
+        "secure_aggregation": config.secure_aggregation.protocol,
+    }
+    if p.mode != "none":
+        out["target_epsilon"] = p.target_epsilon
+    if p.mode == "dp-sgd":
+        out["max_grad_norm"] = p.max_grad_norm
+    if p.mode == "dp-fedavg":
+        out.update(clip_norm=p.clip_norm, noise_placement=p.noise_placement)
+    return out
+
+
+def audit_config(
+    config: Config,
+    *,
+    case: AuditCase,
+    attack: str,
+    settings: Mapping[str, Any] | None = None,
+    budget: Budget,
+    out_dir: Path | None = None,
+    seed: int = 0,
+    parameters: NamedArrays | None = None,
+    prepared: PreparedCase | None = None,
+) -> AuditResult:
+    """Build the case ``config`` implies (see the module docstring), attack it and score it."""
+    build_attack(attack, settings)  # validate the attack name and settings before any heavy work
+    prepared = prepared or prepare_case(config)
+    observation, truth = observe_config(prepared, case, seed=seed, parameters=parameters)
+    protections = protections_of(config)
+    if config.privacy.mode == "dp-sgd":
+        protections["noise_multiplier"] = prepared.dp_noise[case.client]
+    try:
+        return run_attack(
+            observation, truth, attack=attack, settings=settings, budget=budget, seed=seed, tokenizer=prepared.tokenizer, protections=protections, out_dir=out_dir
+        )
+    finally:
+        prepared.model.set_trainable(prepared.initial_parameters)
+
+
+def audit_capture(
+    run_dir: Path,
+    *,
+    round: int | None = None,
+    client: int | None = None,
+    attack: str,
+    settings: Mapping[str, Any] | None = None,
+    budget: Budget,
+    knows_labels: bool = False,
+    out_dir: Path | None = None,
+    seed: int = 0,
+) -> AuditResult:
+    """Replay an observation captured during training in ``run_dir`` (see :mod:`secure_ffm.audit`)."""
+    import tomllib
+
+    from secure_ffm.audit import load_observation
+    from secure_ffm.config import config_from_dict
+
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.toml"
+    if not config_path.is_file():
+        raise ConfigError("--run", f"{run_dir} is not a run directory (no config.toml)", "pass a directory written by `secure-ffm train`")
+    build_attack(attack, settings)
+    captured = load_observation(run_dir, round=round, client=client)
+    config = config_from_dict(tomllib.loads(config_path.read_text(encoding="utf-8")))
+    prepared = prepare_case(config)
+    model = prepared.model
+    model.set_trainable(captured.global_parameters)
+    indices = captured.indices
+    batch = model.make_batch(prepared.encoded, indices)
+    meta = captured.metadata
+    steps = int(meta.get("local_steps") or 1)
+    setup = TrainingSetup(
+        num_examples=len(indices),
+        local_steps=max(steps, 1),
+        local_batch_size=int(meta.get("local_batch_size") or 0),
+        learning_rate=float(meta.get("learning_rate") or 0.1),
+        num_clients=int(meta.get("num_clients") or 1),
+    )
+    observation = Observation(
+        threat_model=ThreatModel(observes=captured.observes, knows_labels=knows_labels),
+        setup=setup,
+        model=model,
+        parameters=captured.global_parameters,
+        observed=captured.observed,
+        data_kind=data_kind(model),
+        input_shape=tuple(next(iter(batch.inputs.values())).shape[1:]),
+        labels=batch.labels.clone() if knows_labels else None,
+        extras={k: v.clone() for k, v in batch.inputs.items() if k not in ("pixels", "input_ids")},
+    )
+    batches = [batch]
+    if captured.observes == "aggregate":
+        batches += [model.make_batch(prepared.encoded, prepared.client_indices[k]) for k in meta.get("aggregated_clients", []) if k != captured.client]
+    truth = _truth(prepared, batches)
+    protections = protections_of(config)
+    protections.update(captured_round=captured.round, captured_client=captured.client, optimizer=meta.get("optimizer"))
+    if meta.get("optimizer") not in (None, "sgd"):
+        log.warning("the client trained with %s; attacks that simulate local steps assume plain SGD", meta.get("optimizer"))
+    return run_attack(
+        observation, truth, attack=attack, settings=settings, budget=budget, seed=seed, tokenizer=prepared.tokenizer, protections=protections, out_dir=out_dir
+    )
+
+
+def write_outputs(result: AuditResult, observation: Observation, out_dir: Path, *, tokenizer: Any = None) -> None:
+    """``attack.json`` and ``reconstructions.png`` (images) or ``reconstructions.md`` (text) in ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    assert result.reconstruction is not None and result.truth is not None
+    if observation.data_kind == "image":
+        from attacks.pictures import write_image_grid
+
+        path = out_dir / "reconstructions.png"
+        write_image_grid(result.truth, result.reconstruction, result.per_sample, path)
+        np.save(out_dir / "reconstructions.npy", result.reconstruction.inputs.detach().cpu().numpy().astype(np.float32), allow_pickle=False)
+        result.outputs["picture"] = path.name
+        result.outputs["arrays"] = "reconstructions.npy"
+    else:
+        from attacks.pictures import write_text_table
+
+        path = out_dir / "reconstructions.md"
+        write_text_table(result.truth, result.reconstruction, result.per_sample, path, tokenizer=tokenizer)
+        result.outputs["table"] = path.name
+    document = result.to_dict()
+    tmp = out_dir / "attack.json.tmp"
+    tmp.write_text(json.dumps(_jsonable(document), indent=1, sort_keys=True), encoding="utf-8")
+    tmp.replace(out_dir / "attack.json")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

@@ -1,0 +1,82 @@
+"""Pictures of an audit: originals above reconstructions (images), or a side-by-side table (text)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from attacks.base import GroundTruth, Reconstruction
+
+FASHION_MNIST_MEAN = 0.2860
+FASHION_MNIST_STD = 0.3530
+
+
+def to_pixels(normalized: torch.Tensor) -> np.ndarray:
+    """Normalized model inputs (B, 1, H, W) back to [0, 1] pixels (B, H, W)."""
+    x = normalized.detach().cpu().float() * FASHION_MNIST_STD + FASHION_MNIST_MEAN
+    return x.clamp(0.0, 1.0)[:, 0].numpy()
+
+
+def _paired_index(sample: dict[str, Any], position: int) -> int:
+    for key in ("truth_index", "original_index", "paired_with", "match"):
+        if key in sample and sample[key] is not None:
+            return int(sample[key])
+    return position
+
+
+def write_image_grid(truth: GroundTruth, reconstruction: Reconstruction, per_sample: Sequence[dict[str, Any]], path: Path, *, max_columns: int = 16) -> Path:
+    """A PNG with each reconstruction under the original it was paired with, its PSNR beneath."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recon = to_pixels(reconstruction.inputs)
+    originals = to_pixels(truth.inputs["pixels"])
+    count = min(len(recon), max_columns)
+    fig, axes = plt.subplots(2, count, figsize=(1.3 * count + 0.6, 3.0), squeeze=False)
+    for i in range(count):
+        sample = per_sample[i] if i < len(per_sample) else {}
+        j = _paired_index(sample, i)
+        axes[0, i].imshow(originals[min(j, len(originals) - 1)], cmap="gray", vmin=0, vmax=1)
+        axes[1, i].imshow(recon[i], cmap="gray", vmin=0, vmax=1)
+        psnr = sample.get("psnr")
+        axes[1, i].set_xlabel("-" if psnr is None else f"{psnr:.1f} dB", fontsize=8)
+        for row in (0, 1):
+            axes[row, i].set_xticks([])
+            axes[row, i].set_yticks([])
+    axes[0, 0].set_ylabel("original", fontsize=8)
+    axes[1, 0].set_ylabel("reconstructed", fontsize=8)
+    fig.suptitle("Gradient inversion: originals (top), reconstructions (bottom), PSNR", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_text_table(truth: GroundTruth, reconstruction: Reconstruction, per_sample: Sequence[dict[str, Any]], path: Path, *, tokenizer: Any = None) -> Path:
+    """A Markdown table: original and recovered text side by side; recovered tokens that occur in the original in bold."""
+    originals = truth.texts or []
+    recovered = reconstruction.texts or []
+    lines = ["# Reconstructions", "", "Tokens of the recovered text that occur in the original are **bold**.", "", "| # | original | recovered | token F1 | ROUGE-L |", "|---|---|---|---|---|"]
+    for i, text in enumerate(recovered):
+        sample = per_sample[i] if i < len(per_sample) else {}
+        j = _paired_index(sample, i)
+        original = originals[j] if j < len(originals) else ""
+        vocabulary = set(original.lower().split())
+        marked = " ".join(f"**{w}**" if w.lower() in vocabulary else w for w in text.split())
+        f1 = sample.get("token_f1")
+        rouge_l = sample.get("rougeL", sample.get("rouge_l"))
+        lines.append(f"| {i} | {_cell(original)} | {_cell(marked)} | {'-' if f1 is None else f'{f1:.2f}'} | {'-' if rouge_l is None else f'{rouge_l:.2f}'} |")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
