@@ -59,7 +59,8 @@ class AuditCase:
     local_steps: int = 1
     local_batch_size: int = 0
     """Examples per local step (0: the whole batch each step)."""
-    learning_rate: float = 0.1
+    learning_rate: float = 0.0
+    """Step size of the local steps; 0 takes the config's client.lr."""
     knows_labels: bool = False
     num_clients: int = 0
     """Clients in the aggregate under secure aggregation; 0 takes server.clients_per_round (or all clients), at most 8."""
@@ -76,8 +77,8 @@ class AuditCase:
             raise ConfigError("audit_case.local_steps", f"must be at least 1, got {self.local_steps}")
         if self.local_batch_size < 0:
             raise ConfigError("audit_case.local_batch_size", f"must be >= 0, got {self.local_batch_size}")
-        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
-            raise ConfigError("audit_case.learning_rate", f"must be positive, got {self.learning_rate}")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate >= 0):
+            raise ConfigError("audit_case.learning_rate", f"must be >= 0, got {self.learning_rate}", "use 0 for the config's client.lr")
         if self.num_clients < 0:
             raise ConfigError("audit_case.num_clients", f"must be >= 0, got {self.num_clients}")
 
@@ -272,7 +273,7 @@ def observe_config(prepared: PreparedCase, case: AuditCase, *, seed: int = 0, pa
         num_examples=case.batch_size,
         local_steps=case.local_steps if kind == "update" else 1,
         local_batch_size=case.local_batch_size,
-        learning_rate=case.learning_rate,
+        learning_rate=case.learning_rate or config.client.lr,
         num_clients=len(participants),
     )
     client_side = ClientSide(model, config, dp_noise=prepared.dp_noise, seed=seed)
