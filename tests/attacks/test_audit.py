@@ -115,3 +115,19 @@ def test_unknown_attack_and_case_keys_are_named(tmp_path, capsys):
     assert not (tmp_path / "x").exists()
     with pytest.raises(ConfigError, match="audit_case.batch"):
         AuditCase.from_dict({"batch": 2})
+
+
+def test_shipped_attack_configs_are_valid():
+    import tomllib
+    from pathlib import Path
+
+    from attacks.base import build_attack
+
+    paths = sorted(Path(__file__).resolve().parents[2].joinpath("configs").glob("attack_*.toml"))
+    assert len(paths) >= 2
+    for path in paths:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        attack = raw.pop("attack")
+        build_attack(attack["name"], attack.get("settings"))
+        AuditCase.from_dict(raw.pop("audit_case", {}))
+        config_from_dict(raw)
