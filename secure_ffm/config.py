@@ -295,7 +295,8 @@ class SecureAggregationConfig:
     ckks_coeff_mod_bit_sizes: tuple[int, ...] = (60, 40, 40, 60)
     """ckks: bit sizes of the coefficient modulus primes (their sum must fit N's 128-bit security bound)."""
     ckks_scale_bits: int = 40
-    """ckks: log2 of the encoding scale; precision is about 2^-(scale_bits - log2 of the values' size)."""
+    """ckks: log2 of the encoding scale; each slot's absolute error is about N * 2^-scale_bits, and a sum's magnitude
+    must stay below 2^(data bits - scale_bits - 2), the data bits being the sum of all primes but the last."""
     ckks_key_holder: str = "clients"
     """ckks: who holds the secret key: ``clients`` (a key shared by all clients, as NVIDIA FLARE does) or
     ``authority`` (a separate key authority that decrypts only aggregates); see docs/threat_model.md."""
@@ -332,11 +333,15 @@ class SecureAggregationConfig:
                 f"sum {sum(bits)} exceeds {max_bits} bits, the 128-bit security bound for N={self.ckks_poly_modulus_degree}",
                 "use fewer or smaller primes, e.g. [40, 20, 40] for N=4096",
             )
-        if not 20 <= self.ckks_scale_bits < max(bits):
+        # fresh ciphertexts live modulo the data primes (all but the last, SEAL's special prime): the scale
+        # must leave headroom below them for the sums' magnitude (secure_ffm.secagg.ckks checks it per round)
+        data_bits = sum(bits[:-1])
+        if not 20 <= self.ckks_scale_bits <= data_bits - 3:
             raise ConfigError(
                 "secure_aggregation.ckks_scale_bits",
-                f"must be at least 20 and below the largest prime ({max(bits)} bits), got {self.ckks_scale_bits}",
-                "use 40 with [60, 40, 40, 60], or 20-25 with N=4096",
+                f"must be at least 20 and at most {data_bits - 3} (the data primes {list(bits[:-1])} hold {data_bits} bits, "
+                f"the sums need headroom), got {self.ckks_scale_bits}",
+                "use 40 with [60, 40, 40, 60], or [60, 49] with 40 for N=4096",
             )
         _choice("secure_aggregation", "ckks_key_holder", self.ckks_key_holder, ("clients", "authority"))
 
@@ -363,6 +368,9 @@ class DefenseConfig:
     """quantize: bits per coordinate (1 = sign with a per-array scale)."""
     soteria_fraction: float = 0.5
     """soteria: fraction of the representation's features whose gradient columns are removed."""
+    soteria_examples: int = 8
+    """soteria: how many of the client's examples (drawn with the client's seeded generator) score the features;
+    the cost is one backward pass per feature over these examples (cheap for cnn/vit; a few seconds per example for MiniLM)."""
 
     def __post_init__(self) -> None:
         for name in self.names:
@@ -376,6 +384,7 @@ class DefenseConfig:
             raise ConfigError("defense.quantize_bits", f"must be 1 to 16, got {self.quantize_bits}", "use 8, or 1 for sign")
         if not (math.isfinite(self.soteria_fraction) and 0.0 < self.soteria_fraction < 1.0):
             raise ConfigError("defense.soteria_fraction", f"must be in (0, 1), got {self.soteria_fraction!r}", "use e.g. 0.5")
+        _positive("defense", "soteria_examples", self.soteria_examples)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,95 @@
+"""Shared fixtures of the defense tests: a real SmallCNN, real Fashion-MNIST images, updates and contexts."""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from secure_ffm.config import ModelConfig
+from secure_ffm.data.base import LabeledData
+from secure_ffm.models import build_model
+from secure_ffm.models.base import EncodedData, FederatedModel
+from secure_ffm.transforms import TransformContext
+from secure_ffm.wire import ClientUpdate
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+def read_fashion_mnist(n: int) -> LabeledData:
+    """The first ``n`` Fashion-MNIST training images, read straight from the idx files."""
+    images_path = FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz"
+    labels_path = FASHION_MNIST_DIR / "train-labels-idx1-ubyte.gz"
+    if not images_path.exists() or not labels_path.exists():
+        pytest.skip(f"Fashion-MNIST idx files not found in {FASHION_MNIST_DIR}")
+    with gzip.open(images_path) as f:
+        f.read(16)
+        images = np.frombuffer(f.read(n * 28 * 28), dtype=np.uint8).reshape(n, 28, 28)
+    with gzip.open(labels_path) as f:
+        f.read(8)
+        labels = np.frombuffer(f.read(n), dtype=np.uint8).astype(np.int64)
+    return LabeledData(kind="image", inputs=images.copy(), labels=labels)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """Small models on one intra-op thread (two spinning OpenMP threads are slower on a shared 2-core machine)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def fashion_64() -> LabeledData:
+    return read_fashion_mnist(64)
+
+
+def build_cnn(seed: int = 0) -> FederatedModel:
+    return build_model(ModelConfig(arch="cnn", finetune="full"), num_classes=10, data_kind="image", seed=seed)
+
+
+@pytest.fixture
+def cnn() -> FederatedModel:
+    """A fresh SmallCNN (about 207k parameters, ``fc`` then ``head``) for each test."""
+    return build_cnn()
+
+
+@pytest.fixture(scope="session")
+def cnn_encoded(fashion_64: LabeledData) -> EncodedData:
+    return build_cnn().encode(fashion_64)
+
+
+def _random_update(model: FederatedModel, seed: int = 0) -> ClientUpdate:
+    """A dense update with one normal float32 array per trainable parameter, plus a side statistic."""
+    rng = np.random.default_rng(seed)
+    delta = {name: rng.normal(0.0, 0.01, size=tuple(p.shape)).astype(np.float32) for name, p in model.trainable_named_parameters()}
+    return ClientUpdate(3, 2, delta, 40, {"train_loss": 1.5}, {"unclipped": np.asarray([1.0])})
+
+
+def _make_context(model: FederatedModel, encoded: EncodedData, *, seed: int = 7, indices: np.ndarray | None = None) -> TransformContext:
+    return TransformContext(
+        round=2,
+        client_id=3,
+        rng=np.random.default_rng(seed),
+        global_parameters=model.get_trainable(),
+        model=model,
+        encoded=encoded,
+        indices=np.arange(40) if indices is None else indices,
+    )
+
+
+@pytest.fixture(scope="session")
+def random_update() -> Callable[..., ClientUpdate]:
+    """``random_update(model, seed=0)``: a dense update with one normal float32 array per trainable parameter."""
+    return _random_update
+
+
+@pytest.fixture(scope="session")
+def make_context() -> Callable[..., TransformContext]:
+    """``make_context(model, encoded, seed=7, indices=arange(40))``: a context with a seeded generator and the model."""
+    return _make_context
