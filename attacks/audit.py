@@ -28,10 +28,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from attacks.base import Budget, GroundTruth, NamedArrays, Observation, Reconstruction, ThreatModel, TrainingSetup, build_attack
-from attacks.case import batch_gradient, data_kind, local_minibatches
+from attacks.case import batch_gradient, data_kind, local_minibatches, stack_inputs
 from secure_ffm.aggregation import PROTOCOLS
 from secure_ffm.config import Config
 from secure_ffm.errors import ConfigError
@@ -334,15 +333,7 @@ def _truth(prepared: PreparedCase, batches: Sequence[Batch]) -> GroundTruth:
             for b in batches
             for ids, mask in zip(b.inputs["input_ids"], b.inputs["attention_mask"], strict=True)
         ]
-    inputs: dict[str, torch.Tensor] = {}
-    for key in batches[0].inputs:
-        widths = {tuple(b.inputs[key].shape[1:]) for b in batches}
-        if len(widths) == 1:
-            inputs[key] = torch.cat([b.inputs[key] for b in batches])
-        else:  # text batches padded to different lengths: pad to the longest
-            longest = max(b.inputs[key].shape[1] for b in batches)
-            inputs[key] = torch.cat([F.pad(b.inputs[key], (0, longest - b.inputs[key].shape[1])) for b in batches])
-    return GroundTruth(inputs=inputs, labels=torch.cat([b.labels for b in batches]), texts=texts)
+    return GroundTruth(inputs=stack_inputs(batches), labels=torch.cat([b.labels for b in batches]), texts=texts)
 
 
 def _server_view(config: Config, updates: Sequence[ClientUpdate], fit_config: Mapping[str, Any], *, seed: int) -> NamedArrays:
@@ -350,11 +341,8 @@ def _server_view(config: Config, updates: Sequence[ClientUpdate], fit_config: Ma
     secure = config.secure_aggregation
     if secure.protocol == "none":
         return {k: v.astype(np.float32) for k, v in updates[0].delta.items()}
-    import secure_ffm.secagg  # noqa: F401 - registers masking
-    try:
-        import secure_ffm.secagg.ckks  # noqa: F401 - registers ckks
-    except ImportError:  # pragma: no cover - ckks not built
-        pass
+    import secure_ffm.secagg.ckks  # noqa: F401 - registers ckks
+    import secure_ffm.secagg.protocol  # noqa: F401 - registers masking
     from secure_ffm.client import client_weight
 
     protocol = PROTOCOLS.get(secure.protocol, key="secure_aggregation.protocol").from_config(secure, seed=seed)

@@ -141,15 +141,20 @@ def observe(
         extras=extras,
     )
     truth = GroundTruth(
-        inputs={k: torch.cat([b.inputs[k] for b in truth_batches]) if _same_width(truth_batches, k) else batch.inputs[k] for k in batch.inputs},
-        labels=torch.cat([b.labels for b in truth_batches]) if _same_width(truth_batches, None) else batch.labels,
+        inputs=stack_inputs(truth_batches),
+        labels=torch.cat([b.labels for b in truth_batches]),
         texts=list(texts) if texts is not None else None,
     )
     return observation, truth
 
 
-def _same_width(batches: Sequence[Batch], key: str | None) -> bool:
-    if key is None:
-        return True
-    shapes = {tuple(b.inputs[key].shape[1:]) for b in batches}
-    return len(shapes) == 1
+def stack_inputs(batches: Sequence[Batch]) -> dict[str, torch.Tensor]:
+    """Every batch's inputs one after another; text batches of different lengths are right-padded with 0 to the longest."""
+    inputs: dict[str, torch.Tensor] = {}
+    for key in batches[0].inputs:
+        tensors = [b.inputs[key] for b in batches]
+        if len({tuple(t.shape[1:]) for t in tensors}) > 1:
+            longest = max(t.shape[1] for t in tensors)
+            tensors = [torch.nn.functional.pad(t, (0, longest - t.shape[1])) for t in tensors]
+        inputs[key] = torch.cat(tensors)
+    return inputs

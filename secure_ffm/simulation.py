@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from safetensors.numpy import save_file
 
+import secure_ffm.secagg.ckks  # noqa: F401 - registers the "ckks" aggregation protocol
 import secure_ffm.secagg.protocol  # noqa: F401 - registers the "masking" aggregation protocol
 from secure_ffm import __version__
 from secure_ffm.aggregation import PROTOCOLS, AggregationError, AggregationProtocol

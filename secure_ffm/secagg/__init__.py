@@ -20,7 +20,13 @@ Machine Learning"; Bell et al., CCS 2020, "Secure Single-Server Aggregation with
 Everything here is a pure function of its inputs plus, where secrecy needs it, the
 operating system's CSPRNG (keys, self seeds, Shamir coefficients); the protocol driver
 that exchanges the messages is :mod:`~secure_ffm.secagg.protocol`.
+
+CKKS homomorphic aggregation (Cheon et al., ASIACRYPT 2017, with TenSEAL) lives in
+:mod:`~secure_ffm.secagg.ckks`; its key holder, client, server and driver are exported here
+lazily, so importing the masking primitives does not load TenSEAL.
 """
+
+from typing import Any
 
 from secure_ffm.secagg.graph import Graph, full_graph, harary_graph, recommended_threshold
 from secure_ffm.secagg.keys import (
@@ -36,7 +42,27 @@ from secure_ffm.secagg.masking import expand, mask_vector, pairwise_mask, ring_s
 from secure_ffm.secagg.quantization import RING_BITS, decode_sum, encode, error_bound, levels_for, quantization_step
 from secure_ffm.secagg.shamir import combine, share_from_bytes, share_to_bytes, split
 
+_CKKS_EXPORTS = ("CKKSClient", "CKKSDecryptor", "CKKSEncodeError", "CKKSKeyHolder", "CKKSParameters", "CKKSProtocol", "CKKSServer", "EncryptedAggregate")
+
+
+def __getattr__(name: str) -> Any:
+    """The CKKS names, imported on first use (PEP 562)."""
+    if name in _CKKS_EXPORTS:
+        from secure_ffm.secagg import ckks
+
+        return getattr(ckks, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
+    "CKKSClient",
+    "CKKSDecryptor",
+    "CKKSEncodeError",
+    "CKKSKeyHolder",
+    "CKKSParameters",
+    "CKKSProtocol",
+    "CKKSServer",
+    "EncryptedAggregate",
     "RING_BITS",
     "Graph",
     "combine",

@@ -1,0 +1,297 @@
+"""Secure aggregation overhead: round time, bytes on the wire and precision, masking's scaling.
+
+Three sections, each selectable alone:
+
+``--round-time``
+    Median round time (training, encoding and aggregation; evaluation only after the last
+    round, excluded) with ``masking`` and with ``ckks`` divided by the plaintext round time, for
+    MiniLM LoRA on movie reviews with 8 clients (configs/quickstart.toml, fewer examples) and
+    the Fashion-MNIST CNN with 20 clients (configs/fashion_mnist_cnn.toml, fewer rounds). The
+    first round of ``ckks`` also draws the key set; the median over rounds leaves it out.
+``--bytes``
+    Bytes a client sends divided by its fp32 update's bytes, and the largest absolute error of
+    the secure mean against the float64 plaintext mean, for CKKS settings from the default
+    (8192, [60, 40, 40, 60], 2^40) down to small ones, in both key-holder modes (``clients``
+    encrypts with the secret key, ``authority`` with the public key), and for masking, on real
+    CNN deltas (5 local SGD steps of 10 clients) with FedAvg and uniform (DP-FedAvg) weights.
+    The smallest expansion whose error stays within ``--error-target`` (1e-4) under both
+    weightings is marked.
+``--masking-scale``
+    Pairwise masking as n grows (10, 50, 200 clients), complete graph (SecAgg) vs SecAgg+
+    graph of degree 2 ceil(log2 n): client set-up (key agreement and Shamir sharing, all
+    clients' set-up divided by n) and encoding seconds per client, server add and unmask
+    seconds, with random updates of ``--params`` values (protocol objects directly, no training),
+    with no dropouts and with 10% dropping after masking.
+
+Without a section flag all three run (about 15-25 minutes on 2 CPU cores).
+
+    python benchmarks/secagg_overhead.py [--round-time] [--bytes] [--masking-scale] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import _common  # noqa: F401
+import numpy as np
+from _common import median, print_table, write_result
+
+from secure_ffm.aggregation import PlaintextAggregation
+from secure_ffm.config import config_from_dict, load_config
+from secure_ffm.secagg.ckks import CKKSEncodeError, CKKSParameters, CKKSProtocol
+from secure_ffm.secagg.protocol import MaskingProtocol
+from secure_ffm.simulation import Simulation, prepare_run
+from secure_ffm.wire import ClientUpdate
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+CKKS_SETTINGS: list[tuple[int, tuple[int, ...], int]] = [
+    (8192, (60, 40, 40, 60), 40),  # the default
+    (8192, (60, 60), 40),
+    (4096, (40, 20, 40), 20),
+    (4096, (40, 20, 40), 21),
+    (4096, (60, 49), 40),
+    (4096, (50, 50), 30),
+    (4096, (40, 40), 25),
+    (4096, (35, 35), 22),
+    (4096, (30, 30), 20),
+]
+
+
+# --------------------------------------------------------------------------- (1) round time
+
+
+def round_times(prepared: Any, protocol: dict[str, Any]) -> dict[str, Any]:
+    config = dataclasses.replace(prepared.config, secure_aggregation=dataclasses.replace(prepared.config.secure_aggregation, **protocol))
+    simulation = Simulation(dataclasses.replace(prepared, config=config))
+    summary = simulation.run()
+    rows = simulation.history
+    clients = [max(1, len(r["clients"])) for r in rows]
+    return {
+        "fit_seconds": [r["fit_seconds"] for r in rows],
+        "encode_seconds_per_client": [r["encode_seconds"] / c for r, c in zip(rows, clients, strict=True)],
+        "aggregate_seconds": [r["aggregate_seconds"] for r in rows],
+        "bytes_up_per_client": rows[-1]["bytes_up"] / clients[-1],
+        "test_accuracy": summary["final"]["test_accuracy"],
+        "update_bytes": summary["update_bytes"],
+    }
+
+
+def section_round_time(args: argparse.Namespace) -> dict[str, Any]:
+    cases = {
+        "minilm-lora-8-clients": (
+            CONFIGS / "quickstart.toml",
+            [f"data.max_train_examples={args.lora_examples}", "data.max_test_examples=200", f"server.rounds={args.rounds}", f"server.eval_every={args.rounds}"],
+        ),
+        "cnn-20-clients": (
+            CONFIGS / "fashion_mnist_cnn.toml",
+            [f"data.max_train_examples={args.cnn_examples}", "data.max_test_examples=1000", f"server.rounds={args.rounds}", f"server.eval_every={args.rounds}"],
+        ),
+    }
+    protocols = {"none": {"protocol": "none"}, "masking": {"protocol": "masking"}, "ckks": {"protocol": "ckks"}}
+    rows, raw = [], {}
+    for case, (path, overrides) in cases.items():
+        prepared = prepare_run(load_config(path, overrides=overrides))
+        results = {name: round_times(prepared, settings) for name, settings in protocols.items()}
+        base = median(results["none"]["fit_seconds"])
+        for name, result in results.items():
+            rows.append(
+                {
+                    "case": case,
+                    "protocol": name,
+                    "round_s": median(result["fit_seconds"]),
+                    "ratio": median(result["fit_seconds"]) / base,
+                    "encode_s_per_client": median(result["encode_seconds_per_client"]),
+                    "aggregate_s": median(result["aggregate_seconds"]),
+                    "bytes_per_client_vs_fp32": result["bytes_up_per_client"] / result["update_bytes"],
+                    "test_accuracy": result["test_accuracy"],
+                }
+            )
+        raw[case] = results
+    print_table("Round time with secure aggregation / plaintext round time (median over rounds)", rows)
+    return {"rows": rows, "raw": raw, "rounds": args.rounds}
+
+
+# --------------------------------------------------------------------------- (2) bytes and precision
+
+
+def cnn_deltas(num_clients: int, steps: int) -> list[ClientUpdate]:
+    """Real SmallCNN deltas: ``steps`` SGD steps (momentum 0.9) of each client on Fashion-MNIST."""
+    config = config_from_dict(
+        {
+            "run": {"seed": 0},
+            "data": {"dataset": "fashion_mnist", "max_train_examples": 200 * num_clients, "max_test_examples": 100, "num_clients": num_clients, "alpha": 0.5},
+            "model": {"arch": "cnn", "finetune": "full"},
+            "client": {"local_steps": steps, "batch_size": 32, "lr": 0.05, "momentum": 0.9},
+        }
+    )
+    simulation = Simulation(prepare_run(config))
+    instructions = simulation.server.fit_instructions(1, list(range(num_clients)))
+    return [simulation.client(c).train(instructions) for c in range(num_clients)]
+
+
+def float64_mean(updates: list[ClientUpdate], weights: list[float]) -> dict[str, np.ndarray]:
+    total = sum(weights)
+    return {k: sum(w * u.delta[k].astype(np.float64) for u, w in zip(updates, weights, strict=True)) / total for k in updates[0].delta}
+
+
+def measure_ckks(parameters: CKKSParameters, key_holder: str, updates: list[ClientUpdate], weights: list[float]) -> dict[str, Any]:
+    protocol = CKKSProtocol(parameters=parameters, key_holder=key_holder)
+    protocol.begin_round(1, [u.client_id for u in updates])
+    accumulator = protocol.accumulator(1)
+    sizes, encode = [], []
+    for update, weight in zip(updates, weights, strict=True):
+        start = time.perf_counter()
+        message = protocol.encode(update, weight=weight)
+        encode.append(time.perf_counter() - start)
+        sizes.append(message.nbytes)
+        accumulator.add(message)
+    sums = protocol.decryptor().decrypt(accumulator.server.result())
+    reference = float64_mean(updates, weights)
+    error = max(float(np.max(np.abs(sums.delta[k] / sums.total_weight - reference[k]))) for k in reference)
+    return {"bytes": float(np.mean(sizes)), "max_error": error, "encode_s": float(np.median(encode))}
+
+
+def measure_masking(updates: list[ClientUpdate], weights: list[float]) -> dict[str, Any]:
+    protocol = MaskingProtocol(clip_range=1.0, seed=0)
+    protocol.begin_round(1, [u.client_id for u in updates], weight_bound=max(weights))
+    accumulator = protocol.accumulator(1)
+    sizes = []
+    for update, weight in zip(updates, weights, strict=True):
+        message = protocol.encode(update, weight=weight)
+        sizes.append(message.nbytes)
+        accumulator.add(message)
+    result = accumulator.result()
+    reference = float64_mean(updates, weights)
+    error = max(float(np.max(np.abs(result.mean_delta[k].astype(np.float64) - reference[k]))) for k in reference)
+    return {"bytes": float(np.mean(sizes)), "max_error": error}
+
+
+def section_bytes(args: argparse.Namespace) -> dict[str, Any]:
+    updates = cnn_deltas(args.bytes_clients, steps=5)
+    fp32 = 4 * sum(v.size for v in updates[0].delta.values())
+    weightings = {"examples": [float(u.num_examples) for u in updates], "uniform": [1.0] * len(updates)}
+    plain = PlaintextAggregation().encode(updates[0], weight=1.0).nbytes
+    rows: list[dict[str, Any]] = [{"protocol": "none", "setting": "fp32", "key_holder": "-", "bytes_ratio": plain / fp32, "err_examples": 0.0, "err_uniform": 0.0}]
+    masking = {w: measure_masking(updates, weights) for w, weights in weightings.items()}
+    rows.append({"protocol": "masking", "setting": "Z_2^32", "key_holder": "-", "bytes_ratio": masking["examples"]["bytes"] / fp32,
+                 "err_examples": masking["examples"]["max_error"], "err_uniform": masking["uniform"]["max_error"]})
+    settings = CKKS_SETTINGS[:4] if args.quick else CKKS_SETTINGS
+    for n, primes, scale in settings:
+        parameters = CKKSParameters(n, primes, scale)
+        for key_holder in ("clients", "authority"):
+            row: dict[str, Any] = {"protocol": "ckks", "setting": f"{n}/{list(primes)}/2^{scale}", "key_holder": key_holder}
+            for weighting, weights in weightings.items():
+                try:
+                    measured = measure_ckks(parameters, key_holder, updates, weights)
+                except CKKSEncodeError as error:  # beyond the headroom: the setting cannot carry these sums
+                    row[f"err_{weighting}"] = float("nan")
+                    row.setdefault("note", f"{weighting}: {str(error).split(' beyond ')[0].split('has ')[-1]} beyond headroom 2^{parameters.headroom_bits}")
+                    continue
+                row["bytes_ratio"] = measured["bytes"] / fp32
+                row[f"err_{weighting}"] = measured["max_error"]
+                row[f"encode_s_{weighting}"] = measured["encode_s"]
+            rows.append(row)
+    ok = [r for r in rows if r["protocol"] == "ckks" and all(r.get(f"err_{w}", math.nan) <= args.error_target for w in weightings)]
+    best = min(ok, key=lambda r: r["bytes_ratio"]) if ok else None
+    for row in rows:
+        row["within_target"] = any(row is r for r in ok)
+        row["smallest"] = row is best
+        row.setdefault("note", "")
+    columns = ("protocol", "setting", "key_holder", "bytes_ratio", "err_examples", "err_uniform", "within_target", "smallest", "note")
+    print_table(
+        f"Bytes per client / fp32 bytes, and max |secure mean - float64 mean| on {len(updates)} real CNN deltas "
+        f"({fp32 // 4} parameters; target {args.error_target:g})",
+        [{c: r.get(c) for c in columns} for r in rows],
+    )
+    return {"rows": rows, "fp32_bytes": fp32, "clients": len(updates), "error_target": args.error_target, "smallest": best}
+
+
+# --------------------------------------------------------------------------- (3) masking scale
+
+
+def masking_case(n: int, neighbours: int, size: int, dropout: float, rng: np.random.Generator) -> dict[str, Any]:
+    updates = [ClientUpdate(c, 1, {"w": rng.normal(0, 0.05, size).astype(np.float32)}, 10) for c in range(n)]
+    dropped = set(rng.choice(n, size=int(round(dropout * n)), replace=False).tolist()) if dropout else set()
+    protocol = MaskingProtocol(neighbours=neighbours, seed=0)
+    start = time.perf_counter()
+    protocol.begin_round(1, range(n), weight_bound=10.0)
+    setup = time.perf_counter() - start
+    accumulator = protocol.accumulator(1)
+    encode, add = [], 0.0
+    for update in updates:
+        start = time.perf_counter()
+        message = protocol.encode(update, weight=10.0)
+        encode.append(time.perf_counter() - start)
+        if update.client_id in dropped:
+            continue
+        start = time.perf_counter()
+        accumulator.add(message)
+        add += time.perf_counter() - start
+    result = accumulator.result()
+    return {
+        "clients": n,
+        "graph": "complete" if neighbours == 0 else f"SecAgg+ k={neighbours}",
+        "threshold": protocol.server.threshold,
+        "dropped": len(dropped),
+        "client_setup_s": setup / n,
+        "client_encode_s": float(np.median(encode)),
+        "server_add_s": add,
+        "server_unmask_s": result.timings["unmask"] + result.timings["decode"],
+    }
+
+
+def section_masking_scale(args: argparse.Namespace) -> dict[str, Any]:
+    rng = np.random.default_rng(0)
+    rows = []
+    for n in args.clients:
+        k = 2 * math.ceil(math.log2(n))
+        graphs = [0] if k >= n - 1 else [0, k]
+        for neighbours in graphs:
+            for dropout in args.dropout:
+                rows.append(masking_case(n, neighbours, args.params, dropout, rng))
+    print_table(f"Pairwise masking cost as n grows ({args.params} values per update)", rows)
+    return {"rows": rows, "params": args.params}
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--round-time", action="store_true", help="section 1: round time / plaintext round time")
+    parser.add_argument("--bytes", action="store_true", help="section 2: bytes per client / fp32 bytes and precision")
+    parser.add_argument("--masking-scale", action="store_true", help="section 3: masking cost as n grows")
+    parser.add_argument("--quick", action="store_true", help="a reduced run that checks the script works (minutes, not tens)")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--lora-examples", type=int, default=800)
+    parser.add_argument("--cnn-examples", type=int, default=6000)
+    parser.add_argument("--bytes-clients", type=int, default=10)
+    parser.add_argument("--error-target", type=float, default=1e-4)
+    parser.add_argument("--clients", type=lambda s: [int(v) for v in s.split(",")], default=[10, 50, 200])
+    parser.add_argument("--params", type=int, default=100_000)
+    parser.add_argument("--dropout", type=lambda s: [float(v) for v in s.split(",")], default=[0.0, 0.1])
+    args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.lora_examples, args.cnn_examples = 2, 400, 1000
+        args.bytes_clients, args.clients, args.params, args.dropout = 4, [10, 30], 20_000, [0.1]
+    everything = not (args.round_time or args.bytes or args.masking_scale)
+    results: dict[str, Any] = {"quick": args.quick}
+    if everything or args.round_time:
+        results["round_time"] = section_round_time(args)
+    if everything or args.bytes:
+        results["bytes"] = section_bytes(args)
+    if everything or args.masking_scale:
+        results["masking_scale"] = section_masking_scale(args)
+    sections = [s for s in ("round_time", "bytes", "masking_scale") if s in results]
+    name = "secagg_overhead" if everything and not args.quick else "secagg_overhead_" + "_".join(sections) + ("_quick" if args.quick else "")
+    write_result(name, results)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""``secure-ffm sweep`` and ``secure-ffm report``.
+
+    secure-ffm sweep SWEEP.toml [--out DIR] [--dry-run] [--quiet]
+    secure-ffm report SWEEP_DIR
+
+``sweep`` validates the whole sweep file first (bad input: one line, exit 2, nothing
+written), then trains and audits every point not finished yet, appending to
+``DIR/sweep.jsonl`` and rewriting ``DIR/sweep.csv``; it exits 1 when a point failed (the
+others still ran; a re-run retries the failed ones). ``report`` writes ``DIR/plots/`` and
+``DIR/report.html`` from those files and prints the report's path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from secure_ffm.cli import command
+
+
+
+def configure_sweep(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("sweep", help="sweep file, e.g. configs/sweep_tiny.toml")
+    parser.add_argument("--out", help="sweep directory (default: runs/sweep-<sweep.name>); an earlier sweep's directory resumes it")
+    parser.add_argument("--dry-run", action="store_true", help="validate the sweep and list its points, run nothing")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def configure_report(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("sweep_dir", help="a directory written by `secure-ffm sweep`")
+
+
+@command("sweep", help="train and audit a grid of privacy settings, writing sweep.jsonl/sweep.csv", configure=configure_sweep)
+def sweep_command(args: argparse.Namespace) -> int:
+    from eval.spec import load_sweep
+    from eval.sweep import run_sweep
+
+    spec = load_sweep(args.sweep)  # every point validated here: a bad setting exits 2 before anything is written
+    out_dir = Path(args.out) if args.out else Path("runs") / f"sweep-{spec.name}"
+    if args.dry_run:
+        for point in spec.points:
+            print(f"{point.id}\t{' '.join(point.overrides)}")
+        print(f"{len(spec.points)} points; results would go to {out_dir}")
+        return 0
+    try:
+        summary = run_sweep(spec, out_dir, quiet=args.quiet)
+    except KeyboardInterrupt:
+        print(f"interrupted; run the same command again to resume (finished points are kept in {out_dir})", file=sys.stderr)
+        return 130
+    print(
+        f"{spec.name}: {summary.total} points: {len(summary.ran)} ran, {len(summary.skipped)} already done, {len(summary.failed)} failed\n"
+        f"results: {summary.csv_path}\n"
+        f"report: secure-ffm report {out_dir}"
+    )
+    if summary.failed:
+        for row in summary.rows:
+            if row.get("status") == "failed":
+                print(f"failed: {row['point_id']}: {row.get('error')}", file=sys.stderr)
+        return 1
+    return 0
+
+
+@command("report", help="plots and a self-contained report.html from a sweep directory", configure=configure_report)
+def report_command(args: argparse.Namespace) -> int:
+    from eval.report import write_report
+
+    print(write_report(args.sweep_dir))
+    return 0

@@ -1,0 +1,490 @@
+"""Plots of a sweep, drawn only from its result files (``sweep.jsonl`` and the per-point reconstructions).
+
+- ``accuracy_vs_epsilon``: test accuracy against the privacy budget ε (each setting's target; the
+  accountant keeps the ε spent, listed in the report, at or below it), one line per DP mechanism and
+  setting of the other axes, the mean over seeds with a min-max band; ε on a log axis and runs
+  without DP (ε = ∞) at a separate position right of a broken axis. Lines are dodged a little
+  along x so that lines with equal values stay visible.
+- ``attack_vs_epsilon``: the audit's success (reconstruction PSNR in dB, or recovered-token F1)
+  against ε, laid out the same way.
+- ``privacy_utility_frontier``: utility against attack success, one point per setting (mean over
+  seeds, min-max whiskers), the Pareto front (highest utility for the least leakage) marked.
+- ``reconstructions``: the audit's reconstructions per setting (images: originals next to
+  reconstructions from the saved pixel arrays, else each point's ``reconstructions.png``; text:
+  original and recovered sentences).
+
+Each is written as PNG and SVG. Matplotlib is used through its object API with the Agg canvas
+(no pyplot state, no display needed).
+"""
+
+from __future__ import annotations
+
+import math
+import textwrap
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.transforms import Bbox, blended_transform_factory
+
+from eval.metrics import pareto_front
+from eval.results import read_results
+
+PLOTS = ("accuracy_vs_epsilon", "attack_vs_epsilon", "privacy_utility_frontier", "reconstructions")
+MECHANISM_NAMES = {"none": "no DP", "dp-sgd": "DP-SGD", "dp-fedavg": "DP-FedAvg"}
+MECHANISM_STYLES = {"dp-sgd": ("o", "-"), "dp-fedavg": ("s", "--")}
+METRIC_AXES: dict[str, tuple[str, float]] = {
+    "accuracy": ("test accuracy (%)", 100.0),
+    "macro_f1": ("test macro F1 (%)", 100.0),
+    "psnr": ("reconstruction PSNR (dB)", 1.0),
+    "ssim": ("reconstruction SSIM (0-1)", 1.0),
+    "mse": ("reconstruction MSE", 1.0),
+    "token_f1": ("recovered-token F1 (%)", 100.0),
+    "rouge1": ("ROUGE-1 F (%)", 100.0),
+    "rougeL": ("ROUGE-L F (%)", 100.0),
+}
+COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f", "#bcbd22")
+
+
+@dataclass
+class Setting:
+    """One grid setting (every axis chosen), aggregated over its seeds."""
+
+    settings: tuple[tuple[str, str], ...]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    label: str = ""
+
+    @property
+    def first(self) -> dict[str, Any]:
+        return self.rows[0]
+
+    @property
+    def mechanism(self) -> str:
+        return str(self.first.get("mechanism", "none"))
+
+    @property
+    def others(self) -> tuple[tuple[str, str], ...]:
+        """The settings of the axes that do not touch ``privacy.*``: what one ε line holds fixed."""
+        privacy_axes = set(self.first.get("privacy_axes", []))
+        return tuple((a, n) for a, n in self.settings if a not in privacy_axes)
+
+    @property
+    def epsilon(self) -> float:
+        """The setting's ε: its target (the accountant keeps the ε spent at or below it), else the mean spent over
+        the seeds; ``inf`` without DP, NaN when unknown."""
+        if self.mechanism == "none":
+            return math.inf
+        if self.first.get("target_epsilon") is not None:
+            return float(self.first["target_epsilon"])
+        values = [r["epsilon"] for r in self.rows if r.get("epsilon") is not None]
+        return float(np.mean(values)) if values else math.nan
+
+    def values(self, metric: str) -> np.ndarray:
+        out = []
+        for row in self.rows:
+            value = row.get(metric) if metric in ("accuracy", "macro_f1", "attack_value") else (row.get("attack_metrics") or {}).get(metric)
+            if value is not None:
+                out.append(float(value))
+        return np.asarray(out, dtype=float)
+
+    def stats(self, metric: str, scale: float = 1.0) -> tuple[float, float, float]:
+        """(mean, min, max) over seeds, scaled; NaNs when no seed has the metric."""
+        v = self.values(metric) * scale
+        if v.size == 0:
+            return (math.nan, math.nan, math.nan)
+        return (float(v.mean()), float(v.min()), float(v.max()))
+
+
+def group_settings(rows: Sequence[Mapping[str, Any]]) -> list[Setting]:
+    """The finished (status ok) rows grouped by setting, in first-seen order, with unique labels."""
+    groups: dict[tuple[tuple[str, str], ...], Setting] = {}
+    for row in rows:
+        if row.get("status") != "ok":
+            continue
+        key = tuple((str(a), str(n)) for a, n in (row.get("settings") or {}).items())
+        groups.setdefault(key, Setting(key)).rows.append(dict(row))
+    settings = list(groups.values())
+    counts: dict[str, int] = {}
+    for s in settings:
+        counts[s.first.get("protection", "")] = counts.get(s.first.get("protection", ""), 0) + 1
+    for s in settings:
+        protection = str(s.first.get("protection") or "no protection")
+        s.label = protection if counts[protection] == 1 else f"{protection} [{', '.join(n for _, n in s.settings)}]"
+    return settings
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Figure, stem: Path) -> tuple[Path, Path]:
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    png, svg = stem.with_suffix(".png"), stem.with_suffix(".svg")
+    fig.savefig(png, dpi=150)
+    fig.savefig(svg)
+    return png, svg
+
+
+def _empty(stem: Path, title: str, message: str = "no finished points yet") -> tuple[Path, Path]:
+    fig = _figure(6.4, 3.2)
+    ax = fig.add_subplot()
+    ax.set_axis_off()
+    ax.set_title(title)
+    ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, color="0.4")
+    fig.tight_layout()
+    return _save(fig, stem)
+
+
+def _metric_axis(metric: str) -> tuple[str, float]:
+    return METRIC_AXES.get(metric, (metric, 1.0))
+
+
+def _epsilon_text(value: float) -> str:
+    if math.isinf(value):
+        return "∞"
+    return f"{value:.2g}" if value < 100 else f"{value:.0f}"
+
+
+def _others_text(others: Sequence[tuple[str, str]]) -> str:
+    return ", ".join(f"{axis}={name}" for axis, name in others)
+
+
+def _attack_metric(settings: Sequence[Setting]) -> str | None:
+    for s in settings:
+        for row in s.rows:
+            if row.get("attack_metric"):
+                return str(row["attack_metric"])
+    return None
+
+
+# --------------------------------------------------------------------------- metric vs ε
+
+
+def metric_vs_epsilon(rows: Sequence[Mapping[str, Any]], stem: Path, *, metric: str, title: str, note: str = "") -> tuple[Path, Path]:
+    """``metric`` (row column or attack metric) against ε; see the module docstring."""
+    settings = [s for s in group_settings(rows) if not np.all(np.isnan(s.stats(metric)[0]))]
+    settings = [s for s in settings if not math.isnan(s.epsilon)]
+    if not settings:
+        return _empty(stem, title)
+    label, scale = _metric_axis(metric)
+    finite = sorted({s.epsilon for s in settings if math.isfinite(s.epsilon)})
+    inf_x = finite[-1] * 3.0 if finite else 1.0
+    colors: dict[tuple[tuple[str, str], ...], str] = {}
+    for s in settings:
+        colors.setdefault(s.others, COLORS[len(colors) % len(COLORS)])
+
+    fig = _figure(9.6, 4.8)
+    ax = fig.add_subplot()
+    ax.set_xscale("log")
+    lines: dict[tuple[str, tuple[tuple[str, str], ...]], list[Setting]] = {}
+    for s in settings:
+        lines.setdefault((s.mechanism, s.others), []).append(s)
+    no_dp = {s.others: s for s in settings if s.mechanism == "none"}
+    # dodge: shift each line a little along the (log) x axis, so that lines with equal values stay visible
+    dodge = {key: math.exp(0.05 * (i - (len(lines) - 1) / 2)) for i, key in enumerate(lines)}
+    inf_dodge = {others: math.exp(0.05 * (i - (len(no_dp) - 1) / 2)) for i, others in enumerate(no_dp)}
+    handles = []
+    for (mechanism, others), members in lines.items():
+        color = colors[others]
+        name = MECHANISM_NAMES.get(mechanism, mechanism) + (f" · {_others_text(others)}" if others else "")
+        if mechanism == "none":
+            for s in members:
+                mean, low, high = s.stats(metric, scale)
+                ax.errorbar([inf_x * inf_dodge[others]], [mean], yerr=[[mean - low], [high - mean]], fmt="*", ms=12, color=color, capsize=3, zorder=3)
+            handles.append(Line2D([], [], marker="*", ms=10, color=color, linestyle="none", label=name))
+            continue
+        marker, style = MECHANISM_STYLES.get(mechanism, ("^", ":"))
+        members = sorted(members, key=lambda s: s.epsilon)
+        xs = np.array([s.epsilon for s in members]) * dodge[(mechanism, others)]
+        stats = np.array([s.stats(metric, scale) for s in members])
+        ax.plot(xs, stats[:, 0], marker=marker, linestyle=style, color=color, zorder=3)
+        if len(members) > 1:
+            ax.fill_between(xs, stats[:, 1], stats[:, 2], color=color, alpha=0.15, linewidth=0)
+        else:
+            ax.errorbar(xs, stats[:, 0], yerr=[stats[:, 0] - stats[:, 1], stats[:, 2] - stats[:, 0]], fmt="none", color=color, capsize=3)
+        if others in no_dp:  # continue the line to the same setting without DP, across the break
+            mean = no_dp[others].stats(metric, scale)[0]
+            ax.plot([xs[-1], inf_x * inf_dodge[others]], [stats[-1, 0], mean], linestyle=":", color=color, linewidth=1)
+        handles.append(Line2D([], [], marker=marker, linestyle=style, color=color, label=name))
+
+    ticks = [*finite, inf_x]
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([_epsilon_text(t) for t in finite] + ["∞"])
+    ax.minorticks_off()
+    low, high = (finite[0] if finite else inf_x) / 1.8, inf_x * 1.8
+    ax.set_xlim(low, high)
+    if finite:  # broken-axis marks between the largest finite ε and ∞
+        brk = math.sqrt(finite[-1] * inf_x)
+        trans = blended_transform_factory(ax.transData, ax.transAxes)
+        for dx in (-0.045, 0.045):
+            x = brk * math.exp(dx * math.log(high / low))
+            ax.plot([x / 1.06, x * 1.06], [-0.025, 0.025], transform=trans, color="k", linewidth=1, clip_on=False, zorder=5)
+        ax.axvline(brk, color="0.85", linewidth=0.8, zorder=0)
+    ax.set_xlabel("privacy budget ε (target; log scale; ∞ = no differential privacy)")
+    ax.set_ylabel(label)
+    ax.set_title(title + (f"\n{note}" if note else ""), fontsize=11)
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="band / whiskers: min-max over seeds", title_fontsize=7)
+    fig.tight_layout()
+    return _save(fig, stem)
+
+
+def accuracy_vs_epsilon(rows: Sequence[Mapping[str, Any]], stem: Path) -> tuple[Path, Path]:
+    return metric_vs_epsilon(rows, stem, metric="accuracy", title="Utility vs privacy budget")
+
+
+def attack_vs_epsilon(rows: Sequence[Mapping[str, Any]], stem: Path) -> tuple[Path, Path]:
+    metric = _attack_metric(group_settings(rows))
+    if metric is None:
+        return _empty(stem, "Attack success vs privacy budget", "no audit results (the sweep has no [attack])")
+    attack = next((r.get("attack") for r in rows if r.get("attack")), "attack")
+    return metric_vs_epsilon(rows, stem, metric=metric, title=f"Attack success vs privacy budget ({attack})", note="higher = more leakage")
+
+
+# --------------------------------------------------------------------------- frontier
+
+
+def place_labels(fig: Figure, ax: Any, points: Sequence[tuple[float, float]], labels: Sequence[str], *, fontsize: float = 8) -> list[Any]:
+    """Annotate each point with its label where it overlaps no other label, point or the axes' edge.
+
+    Greedy: for each point, try offsets on rings of growing radius (right, left, above, below,
+    diagonals) and keep the first whose text box is free; else the least-overlapping one. Long
+    offsets get a leader line. Returns the annotations.
+    """
+    renderer = fig.canvas.get_renderer()
+    axes_box = ax.get_window_extent(renderer)
+    centers = [ax.transData.transform(p) for p in points]
+    taken: list[Bbox] = [Bbox.from_bounds(cx - 5, cy - 5, 10, 10) for cx, cy in centers]
+    directions = [(1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (-1, 1), (1, -1), (-1, -1)]
+    annotations = []
+    order = sorted(range(len(points)), key=lambda i: -centers[i][1])
+    for i in order:
+        best: tuple[float, Any, Bbox] | None = None
+        for radius in (7, 14, 24, 36, 50):
+            for dx, dy in directions:
+                ha = "left" if dx > 0 else "right" if dx < 0 else "center"
+                va = "bottom" if dy > 0 else "top" if dy < 0 else "center"
+                ann = ax.annotate(
+                    labels[i], points[i], xytext=(dx * radius, dy * radius), textcoords="offset points", ha=ha, va=va, fontsize=fontsize,
+                    arrowprops={"arrowstyle": "-", "color": "0.6", "linewidth": 0.6} if radius > 14 else None,
+                )  # fmt: skip
+                box = ann.get_window_extent(renderer).padded(2)
+                cost = sum(_overlap(box, other) for other in taken)
+                cost += box.width * box.height - _overlap(box, axes_box)  # outside the axes
+                if best is None or cost < best[0]:
+                    if best is not None:
+                        best[1].remove()
+                    best = (cost, ann, box)
+                else:
+                    ann.remove()
+                if cost == 0:
+                    break
+            if best is not None and best[0] == 0:
+                break
+        assert best is not None
+        taken.append(best[2])
+        annotations.append(best[1])
+    return annotations
+
+
+def _overlap(a: Bbox, b: Bbox) -> float:
+    w = min(a.x1, b.x1) - max(a.x0, b.x0)
+    h = min(a.y1, b.y1) - max(a.y0, b.y0)
+    return w * h if w > 0 and h > 0 else 0.0
+
+
+def privacy_utility_frontier(rows: Sequence[Mapping[str, Any]], stem: Path) -> tuple[Path, Path]:
+    """Utility (test accuracy) against attack success, one point per setting, Pareto front marked."""
+    title = "Privacy-utility frontier"
+    settings = group_settings(rows)
+    metric = _attack_metric(settings)
+    if metric is None:
+        return _empty(stem, title, "no audit results (the sweep has no [attack])")
+    x_label, x_scale = _metric_axis(metric)
+    y_label, y_scale = _metric_axis("accuracy")
+    data = [(s, s.stats("attack_value", x_scale), s.stats("accuracy", y_scale)) for s in settings]
+    data = [(s, x, y) for s, x, y in data if not (math.isnan(x[0]) or math.isnan(y[0]))]
+    if not data:
+        return _empty(stem, title)
+    points = [(x[0], y[0]) for _, x, y in data]
+    front = pareto_front(points)
+    fig = _figure(9.8, 5.4)
+    ax = fig.add_subplot()
+    for index, (s, x, y) in enumerate(data):
+        marker = MECHANISM_STYLES.get(s.mechanism, ("*", ""))[0]
+        ax.errorbar(
+            [x[0]], [y[0]], xerr=[[x[0] - x[1]], [x[2] - x[0]]], yerr=[[y[0] - y[1]], [y[2] - y[0]]],
+            fmt=marker, ms=8 if marker != "*" else 11, color=COLORS[index % len(COLORS)], ecolor="0.75", elinewidth=0.8, capsize=2, zorder=3,
+        )  # fmt: skip
+    fx = [points[i][0] for i in front]
+    fy = [points[i][1] for i in front]
+    ax.step(fx, fy, where="post", color="k", linewidth=1.2, alpha=0.6, zorder=2)
+    ax.scatter(fx, fy, s=190, facecolors="none", edgecolors="k", linewidths=1.2, zorder=4)
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    xpad = (max(xs) - min(xs)) * 0.25 or max(abs(xs[0]) * 0.25, 1.0)
+    ypad = (max(ys) - min(ys)) * 0.25 or max(abs(ys[0]) * 0.25, 1.0)
+    ax.set_xlim(min(xs) - xpad, max(xs) + xpad)
+    ax.set_ylim(min(ys) - ypad, max(ys) + ypad)
+    ax.set_xlabel(f"attack success: {x_label}  (→ more leakage)")
+    ax.set_ylabel(f"utility: {y_label}")
+    ax.set_title(f"{title}: better settings lie up and to the left", fontsize=11)
+    ax.grid(True, alpha=0.3)
+    legend = [
+        Line2D([], [], marker="o", linestyle="none", color="0.3", label="DP-SGD"),
+        Line2D([], [], marker="s", linestyle="none", color="0.3", label="DP-FedAvg"),
+        Line2D([], [], marker="*", ms=10, linestyle="none", color="0.3", label="no DP"),
+        Line2D([], [], marker="o", ms=12, markerfacecolor="none", markeredgecolor="k", linestyle="-", color="k", alpha=0.6, label="Pareto front"),
+    ]
+    present = {s.mechanism for s, _, _ in data}
+    legend = [h for h, m in zip(legend, ("dp-sgd", "dp-fedavg", "none", "front"), strict=True) if m in present or m == "front"]
+    ax.legend(handles=legend, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="mean over seeds;\nwhiskers min-max", title_fontsize=7)
+    fig.tight_layout()
+    place_labels(fig, ax, points, [s.label for s, _, _ in data])
+    return _save(fig, stem)
+
+
+# --------------------------------------------------------------------------- reconstructions
+
+
+def reconstructions(rows: Sequence[Mapping[str, Any]], sweep_dir: Path, stem: Path) -> tuple[Path, Path]:
+    """Each setting's reconstructions (first seed that has them): image panels, or a table of sentences."""
+    title = "Example reconstructions per setting"
+    settings = group_settings(rows)
+    images = []
+    texts = []
+    arrays = []
+    for s in settings:
+        row = next((r for r in s.rows if _has_pixels(r, sweep_dir)), None)
+        if row is not None:
+            arrays.append((s, row))
+            continue
+        row = next((r for r in s.rows if r.get("reconstruction") and (sweep_dir / r["reconstruction"]).is_file()), None)
+        if row is not None:
+            images.append((s, row))
+            continue
+        row = next((r for r in s.rows if r.get("texts")), None)
+        if row is not None:
+            texts.append((s, row))
+    if arrays:
+        return _pixel_grid(arrays, sweep_dir, stem, title)
+    if images:
+        return _image_panels(images, sweep_dir, stem, title)
+    if texts:
+        return _text_table(texts, stem, title)
+    return _empty(stem, title, "no reconstructions recorded")
+
+
+def _has_pixels(row: Mapping[str, Any], sweep_dir: Path) -> bool:
+    paths = row.get("reconstruction_pixels") or {}
+    return bool(row.get("reconstruction_pairs")) and all(paths.get(k) and (sweep_dir / paths[k]).is_file() for k in ("original", "reconstructed"))
+
+
+def _show(ax: Any, image: np.ndarray) -> None:
+    image = np.asarray(image, dtype=float)
+    if image.ndim == 3 and image.shape[0] in (1, 3):
+        image = image[0] if image.shape[0] == 1 else np.transpose(image, (1, 2, 0))
+    ax.imshow(np.clip(image, 0.0, 1.0), cmap="gray" if image.ndim == 2 else None, vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _pixel_grid(items: Sequence[tuple[Setting, Mapping[str, Any]]], sweep_dir: Path, stem: Path, title: str, *, max_pairs: int = 4) -> tuple[Path, Path]:
+    """One row per setting: up to ``max_pairs`` (original, reconstruction) pairs, PSNR under each reconstruction."""
+    pairs_shown = min(max_pairs, max(len(row["reconstruction_pairs"]) for _, row in items))
+    columns = 2 * pairs_shown
+    fig = _figure(max(5.5, 2.6 + 1.15 * columns), 1.25 * len(items) + 0.9)
+    for r, (s, row) in enumerate(items):
+        paths = row["reconstruction_pixels"]
+        originals = np.load(sweep_dir / paths["original"], allow_pickle=False)
+        reconstructed = np.load(sweep_dir / paths["reconstructed"], allow_pickle=False)
+        for c in range(pairs_shown):
+            ax_o = fig.add_subplot(len(items), columns, r * columns + 2 * c + 1)
+            ax_r = fig.add_subplot(len(items), columns, r * columns + 2 * c + 2)
+            if c >= len(row["reconstruction_pairs"]):
+                ax_o.set_axis_off()
+                ax_r.set_axis_off()
+                continue
+            pair = row["reconstruction_pairs"][c]
+            _show(ax_o, originals[pair["truth_index"]])
+            _show(ax_r, reconstructed[pair["index"]])
+            psnr = pair.get("psnr")
+            ax_r.set_xlabel("-" if psnr is None else f"{psnr:.1f} dB", fontsize=7, labelpad=1)
+            if r == 0:
+                ax_o.set_title("original", fontsize=8)
+                ax_r.set_title("reconstructed", fontsize=8)
+            if c == 0:
+                ax_o.set_ylabel("\n".join(textwrap.wrap(s.label, 24)), rotation=0, ha="right", va="center", fontsize=8, labelpad=6)
+    fig.suptitle("Reconstructions per setting (first seed)", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, stem)
+
+
+def _image_panels(items: Sequence[tuple[Setting, Mapping[str, Any]]], sweep_dir: Path, stem: Path, title: str) -> tuple[Path, Path]:
+    from matplotlib.image import imread
+
+    columns = min(3, len(items))
+    rows = math.ceil(len(items) / columns)
+    pictures = [imread(sweep_dir / row["reconstruction"]) for _, row in items]
+    aspect = max(p.shape[0] / p.shape[1] for p in pictures)
+    width = 4.2
+    fig = _figure(width * columns, (width * aspect + 0.7) * rows + 0.5)
+    for index, ((s, row), picture) in enumerate(zip(items, pictures, strict=True)):
+        ax = fig.add_subplot(rows, columns, index + 1)
+        ax.imshow(picture, interpolation="nearest")
+        ax.set_axis_off()
+        metric, value = row.get("attack_metric"), row.get("attack_value")
+        score = "" if value is None else f"\n{metric} {value:.1f} dB" if metric == "psnr" else f"\n{metric} {value:.3g}"
+        ax.set_title("\n".join(textwrap.wrap(s.label, 40)) + score + f" (seed {row.get('seed')})", fontsize=8)
+    fig.suptitle(title + ": originals (top row of each panel) and reconstructions", fontsize=11)
+    fig.tight_layout()
+    return _save(fig, stem)
+
+
+def _text_table(items: Sequence[tuple[Setting, Mapping[str, Any]]], stem: Path, title: str) -> tuple[Path, Path]:
+    columns = (("setting", 0.02, 26), ("original", 0.27, 44), ("recovered", 0.60, 44), ("token F1", 0.93, 8))
+    entries = []
+    for s, row in items:
+        sample = row["texts"][0]
+        cells = [s.label, str(sample.get("original") or ""), str(sample.get("recovered") or ""), "-" if sample.get("token_f1") is None else f"{sample['token_f1']:.2f}"]
+        wrapped = [textwrap.wrap(text, width)[:6] or [""] for text, (_, _, width) in zip(cells, columns, strict=True)]
+        entries.append(wrapped)
+    line = 0.17
+    height = 0.9 + sum(max(len(w) for w in wrapped) * line + 0.12 for wrapped in entries)
+    fig = _figure(12.0, height)
+    y = 1.0 - 0.55 / height
+    for name, x, _ in columns:
+        fig.text(x, y, name, fontsize=9, fontweight="bold", va="top")
+    y -= 0.3 / height
+    for wrapped in entries:
+        for (name, x, _), lines in zip(columns, wrapped, strict=True):
+            fig.text(x, y, "\n".join(lines), fontsize=8, va="top", family="monospace" if name == "recovered" else None)
+        y -= (max(len(w) for w in wrapped) * line + 0.12) / height
+        fig.add_artist(Line2D([0.02, 0.98], [y + 0.05 / height] * 2, color="0.85", linewidth=0.6, transform=fig.transFigure))
+    fig.suptitle(title + ": original and recovered sentence (first example)", fontsize=11, y=1.0 - 0.1 / height, va="top")
+    return _save(fig, stem)
+
+
+# --------------------------------------------------------------------------- all
+
+
+def write_plots(sweep_dir: str | Path, out_dir: str | Path | None = None, *, rows: Sequence[Mapping[str, Any]] | None = None) -> dict[str, tuple[Path, Path]]:
+    """Every plot of the sweep in ``sweep_dir`` into ``out_dir`` (default ``SWEEP_DIR/plots``): name -> (png, svg)."""
+    sweep_dir = Path(sweep_dir)
+    out = Path(out_dir) if out_dir is not None else sweep_dir / "plots"
+    rows = list(rows) if rows is not None else read_results(sweep_dir)
+    return {
+        "accuracy_vs_epsilon": accuracy_vs_epsilon(rows, out / "accuracy_vs_epsilon"),
+        "attack_vs_epsilon": attack_vs_epsilon(rows, out / "attack_vs_epsilon"),
+        "privacy_utility_frontier": privacy_utility_frontier(rows, out / "privacy_utility_frontier"),
+        "reconstructions": reconstructions(rows, sweep_dir, out / "reconstructions"),
+    }

@@ -1,0 +1,149 @@
+"""The result files of a sweep directory, and reading them back.
+
+``sweep.jsonl`` gets one JSON object appended per finished (or failed) point; a point run
+again appends a new row, and readers keep the latest row per ``point_id``. ``sweep.csv`` is
+rewritten after every point from the latest rows of the current sweep's points: one row per
+point and seed, one column per axis (``grid.<axis>``: the setting's name) and per overridden
+config key (``section.key``: its value in the point's config; lists as TOML literals), then the results.
+Plots and reports read only these files (plus ``sweep.toml`` and the per-point images the
+rows point to).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tomllib
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+JSONL = "sweep.jsonl"
+CSV = "sweep.csv"
+SWEEP_TOML = "sweep.toml"
+
+RESULT_COLUMNS = (
+    "protection", "mechanism", "epsilon", "delta", "noise_multiplier", "accountant", "defense", "secure_aggregation",
+    "accuracy", "macro_f1", "attack", "attack_metric", "attack_value", "attack_note",
+)  # fmt: skip
+TAIL_COLUMNS = ("train_seconds", "attack_seconds", "seconds", "status", "error")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file, so that a reader never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def append_row(sweep_dir: Path, row: Mapping[str, Any]) -> None:
+    with (sweep_dir / JSONL).open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(jsonable(row), sort_keys=False, ensure_ascii=False) + "\n")
+        handle.flush()
+
+
+def read_all_rows(sweep_dir: Path) -> list[dict[str, Any]]:
+    """Every row of ``sweep.jsonl`` in file order (a truncated last line, from an interrupted write, is ignored)."""
+    path = Path(sweep_dir) / JSONL
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def latest_rows(rows: Iterable[Mapping[str, Any]], point_ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """The last row of each point; in ``point_ids`` order (and only those) when given, else in first-seen order."""
+    latest: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        latest[row["point_id"]] = dict(row)
+    if point_ids is None:
+        return list(latest.values())
+    return [latest[p] for p in point_ids if p in latest]
+
+
+def current_point_ids(sweep_dir: Path) -> list[str] | None:
+    """The point ids of the sweep last run in ``sweep_dir`` (from its resolved ``sweep.toml``); None when absent."""
+    path = Path(sweep_dir) / SWEEP_TOML
+    if not path.is_file():
+        return None
+    from eval.spec import expand_grid, sweep_from_dict
+
+    raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    spec = sweep_from_dict(raw, root=path.parent)
+    return [p.id for p in expand_grid(spec.axes, spec.seeds, overrides=spec.overrides, exclude=spec.exclude)]
+
+
+def read_results(sweep_dir: str | Path) -> list[dict[str, Any]]:
+    """The latest row of every point of the sweep in ``sweep_dir`` (ok and failed alike)."""
+    sweep_dir = Path(sweep_dir)
+    return latest_rows(read_all_rows(sweep_dir), current_point_ids(sweep_dir))
+
+
+def csv_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    axes: dict[str, None] = {}
+    keys: dict[str, None] = {}
+    metrics: dict[str, None] = {}
+    for row in rows:
+        axes.update(dict.fromkeys(row.get("settings", {})))
+        keys.update(dict.fromkeys(row.get("config", {})))
+        metrics.update(dict.fromkeys(f"attack_{m}" for m in row.get("attack_metrics", {}) or {}))
+    return ["point_id", *(f"grid.{a}" for a in axes), "seed", *keys, *RESULT_COLUMNS, *metrics, *TAIL_COLUMNS]
+
+
+def csv_text(rows: Sequence[Mapping[str, Any]]) -> str:
+    """``rows`` as CSV: settings, config values, results; ε of a run without DP is ``inf``, a missing value empty."""
+    from eval.spec import toml_value
+
+    columns = csv_columns(rows)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        flat: dict[str, Any] = {c: row.get(c) for c in columns if c in row}
+        flat.update({f"grid.{a}": n for a, n in row.get("settings", {}).items()})
+        flat.update({k: v if isinstance(v, str) else toml_value(v) for k, v in (row.get("config") or {}).items()})
+        flat.update({f"attack_{m}": v for m, v in (row.get("attack_metrics") or {}).items()})
+        if row.get("status") == "ok" and row.get("mechanism") == "none":
+            flat["epsilon"] = "inf"
+        writer.writerow({c: _cell(flat.get(c)) for c in columns})
+    return buffer.getvalue()
+
+
+def _cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, list | dict):
+        return json.dumps(value, ensure_ascii=False)
+    return value
+
+
+def read_csv(path: str | Path) -> list[dict[str, str]]:
+    with Path(path).open(encoding="utf-8", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def jsonable(value: Any) -> Any:
+    """Plain JSON: numpy scalars as numbers, non-finite floats as null."""
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if hasattr(value, "item") and callable(value.item) and getattr(value, "shape", None) == ():
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Path):
+        return str(value)
+    return value

@@ -1,0 +1,665 @@
+"""Homomorphic secure aggregation under CKKS, with TenSEAL: key holder, clients, server, and an in-process driver.
+
+CKKS (Cheon, Kim, Kim and Song, "Homomorphic Encryption for Arithmetic of Approximate
+Numbers", ASIACRYPT 2017) encrypts a vector of ``N/2`` real numbers (``N`` the ring
+dimension, ``poly_modulus_degree``) in one ciphertext; adding two ciphertexts adds the
+vectors slot by slot. TenSEAL (Benaissa et al., "TenSEAL: A Library for Encrypted Tensor
+Operations Using Homomorphic Encryption", ICLR 2021 workshop on distributed and private
+ML, arXiv:2104.03152) wraps Microsoft SEAL's implementation. One round, between objects
+that share no more than the roles below allow:
+
+* :class:`CKKSKeyHolder` draws the CKKS secret key once per run and hands out
+  serialized TenSEAL contexts. Under ``key_holder = "clients"`` every client gets the
+  secret key (one key shared by all clients, as NVIDIA FLARE's homomorphic-encryption
+  aggregation does), and a client decrypts the aggregate; under ``"authority"`` clients get
+  only the public context (public-key encryption needs nothing more) and only the key
+  holder, a separate authority, decrypts, and only aggregates.
+* :class:`CKKSClient` flattens ``weight * delta`` over all arrays in sorted name order, then
+  ``weight * statistics`` (:class:`~secure_ffm.secagg.protocol.VectorLayout`, shared with
+  pairwise masking), then three check slots ``[weight, 1, round]``, and encrypts the vector
+  in as many ciphertexts as it needs (``N/2`` slots each). The message carries the
+  ciphertexts as TenSEAL ``serialize()`` bytes (never pickled), the round in the clear, the
+  public layout and the key set's fingerprint.
+* :class:`CKKSServer` holds only the public context (``serialize(save_secret_key=False)``,
+  re-loaded; it cannot decrypt) and adds the ciphertexts homomorphically as they arrive.
+  It hands the encrypted sum (:class:`EncryptedAggregate`, bytes again) to the decryptor.
+* :class:`CKKSDecryptor` (a client's under ``"clients"``, the key holder's under
+  ``"authority"``) decrypts the sum, checks that the count slot equals the number of clients
+  the server claims and that the round slot equals ``count * round``, and returns the
+  weighted sums and the total weight; the mean is their ratio.
+
+Under ``"clients"`` the context uses SEAL's symmetric (secret-key) encryption, whose fresh
+noise is about 8 times smaller than public-key encryption's; under ``"authority"`` clients
+must use public-key encryption.
+
+Validation. The server rejects, with :class:`~secure_ffm.aggregation.AggregationError`
+naming the client and leaving its running sum as it was: a message of another round (the
+clear round field and the round tag), a non-participant, a duplicate, a key fingerprint
+other than the round's (ciphertexts made under another key set), a layout that differs from
+the others', the wrong number of ciphertexts, a ciphertext that does not deserialize
+against the server's context (SEAL checks it belongs to the context's parameters), one of
+the wrong length or scale, or one that cannot be added. A client refuses to encrypt
+non-finite values or values beyond the ciphertext's headroom (:class:`CKKSEncodeError`).
+CKKS itself authenticates nothing: a ciphertext made under another key with the right
+parameters and a copied fingerprint, or garbage encrypted under the right key, is added and
+corrupts the sum (the decryptor's count and round checks catch some of it: stale or
+duplicated ciphertexts from honest clients). See ``docs/threat_model.md``.
+
+Precision. CKKS is approximate: fresh encryption adds Gaussian noise to every slot, which
+decryption returns scaled by ``2^-scale_bits``. Measured with TenSEAL 0.3.18: under public-key
+encryption the noise's standard deviation depends on the slot through the secret key (for one
+key, from about 0.005 to 0.5 ``N 2^-scale`` across slots, 0.17 on average); under symmetric
+encryption it is about 0.036 ``N 2^-scale`` in every slot (N = 4096; it grows like ``sqrt(N)``).
+Noise of independent ciphertexts adds like ``sqrt(n)``. :meth:`CKKSParameters.error_bound`
+states ``5 sqrt(n) N 2^-scale`` per coordinate of the weighted sum of ``n`` clients (about ten
+standard deviations of the noisiest slot under public-key encryption; very loose under
+symmetric encryption); the mean's error is that divided by the total weight (the decrypted
+total weight carries the same error). Measured max absolute error of the decrypted mean against
+the float64 plaintext mean, on real SmallCNN deltas of 4 clients after 5 SGD steps (momentum
+0.9) on Fashion-MNIST (|delta| up to 0.12; tests/secagg/test_secagg_ckks.py, worst of 3 key
+sets; ``benchmarks/secagg_overhead.py --bytes`` measures more settings):
+
+==============================  ==========  ===================  =================
+N / primes / scale              key holder  FedAvg weights       uniform weights
+                                            (79-254 examples)    (DP-FedAvg: 1)
+==============================  ==========  ===================  =================
+8192 / [60,40,40,60] / 2^40     authority   3e-11                7e-9
+8192 / [60,40,40,60] / 2^40     clients     2.5e-12              5e-10
+4096 / [40,20,40] / 2^20        authority   1.5e-5               3.1e-3
+4096 / [40,20,40] / 2^20        clients     1.9e-6               3.4e-4
+4096 / [40,20,40] / 2^21        authority   7e-6                 1.7e-3
+4096 / [40,20,40] / 2^21        clients     8e-7                 1.8e-4
+4096 / [60,49] / 2^40           authority   1.4e-11              3.2e-9
+==============================  ==========  ===================  =================
+
+The default is far below float32 rounding of the mean (about 1e-8 here). N = 4096 with a
+2^20 or 2^21 scale is too coarse for uniform weights; ``[60, 49]`` with 2^40 (one 60-bit data
+prime) is as precise as the default at 8 bytes per 4-byte value instead of 20.
+
+Headroom. A decrypted slot is correct only while ``|sum| * 2^scale_bits`` stays below half
+the data modulus (the product of all primes but the last, SEAL's special prime). A client
+checks ``|w * value| <= 2^headroom_bits / n`` for ``n`` participants, so no sum can wrap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import operator
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import tenseal as ts
+
+from secure_ffm.aggregation import PROTOCOLS, Accumulator, Aggregate, AggregationError, AggregationProtocol
+from secure_ffm.errors import ConfigError
+from secure_ffm.secagg.protocol import VectorLayout
+from secure_ffm.training import ClientDeclined
+from secure_ffm.wire import ClientMessage, ClientUpdate, NamedArrays
+
+if TYPE_CHECKING:
+    from secure_ffm.config import SecureAggregationConfig
+
+log = logging.getLogger(__name__)
+
+_FINGERPRINT_LABEL = b"secure-ffm/ckks/v1/key-set"
+KEY_HOLDERS = ("clients", "authority")
+ROUND_KEY = "round"
+LAYOUT_KEY = "layout"
+CONTEXT_KEY = "context"
+CIPHERTEXT_PREFIX = "ciphertext/"
+CHECK_SLOTS = 3
+"""Slots after the values: the weight, a count (1 per client) and the round number."""
+_ERROR_CONSTANT = 5.0
+"""``error_bound``'s constant: about ten standard deviations of the noisiest slot under public-key encryption (0.5)."""
+
+
+class CKKSEncodeError(AggregationError, ClientDeclined):
+    """A client refuses to encrypt its update (non-finite values, beyond the headroom): it sends nothing.
+
+    An :class:`~secure_ffm.aggregation.AggregationError` naming the client; also a
+    :class:`~secure_ffm.training.ClientDeclined`, so the simulation leaves the client out of
+    the round (the server never sees the update) instead of stopping the run.
+    """
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+@dataclass(frozen=True)
+class CKKSParameters:
+    """The CKKS encryption parameters: ring dimension, coefficient modulus primes and encoding scale."""
+
+    poly_modulus_degree: int = 8192
+    """``N``: a ciphertext holds ``N/2`` values."""
+    coeff_mod_bit_sizes: tuple[int, ...] = (60, 40, 40, 60)
+    """Bit sizes of the modulus primes; the last is SEAL's special (key-switching) prime."""
+    scale_bits: int = 40
+    """``log2`` of the encoding scale; the noise of a slot is about ``N 2^-scale_bits``."""
+
+    def __post_init__(self) -> None:
+        n = operator.index(self.poly_modulus_degree)
+        if n < 1024 or n & (n - 1):
+            raise ValueError(f"poly_modulus_degree must be a power of two of at least 1024, got {n}")
+        object.__setattr__(self, "coeff_mod_bit_sizes", tuple(operator.index(b) for b in self.coeff_mod_bit_sizes))
+        if len(self.coeff_mod_bit_sizes) < 2:
+            raise ValueError(f"coeff_mod_bit_sizes needs a data prime and the special prime, got {list(self.coeff_mod_bit_sizes)}")
+        if self.headroom_bits < 1:
+            raise ValueError(
+                f"scale 2^{self.scale_bits} leaves no headroom below the {self.data_bits}-bit data modulus "
+                f"(primes {list(self.coeff_mod_bit_sizes[:-1])}); use a smaller scale or larger primes"
+            )
+
+    @classmethod
+    def from_config(cls, config: SecureAggregationConfig) -> CKKSParameters:
+        return cls(config.ckks_poly_modulus_degree, tuple(config.ckks_coeff_mod_bit_sizes), config.ckks_scale_bits)
+
+    @property
+    def slots(self) -> int:
+        """Values per ciphertext."""
+        return self.poly_modulus_degree // 2
+
+    @property
+    def scale(self) -> float:
+        return float(2**self.scale_bits)
+
+    @property
+    def data_bits(self) -> int:
+        """Bits of the data modulus: every prime but the special one, the modulus fresh ciphertexts live at."""
+        return int(sum(self.coeff_mod_bit_sizes[:-1]))
+
+    @property
+    def headroom_bits(self) -> int:
+        """``log2`` of the bound on a decrypted slot's magnitude (one bit below half the modulus, one of margin)."""
+        return self.data_bits - self.scale_bits - 2
+
+    @property
+    def max_magnitude(self) -> float:
+        """The largest ``|sum|`` a slot holds without wrapping around the modulus."""
+        return float(2.0**self.headroom_bits)
+
+    def num_ciphertexts(self, length: int) -> int:
+        """Ciphertexts for a vector of ``length`` values."""
+        return max(1, math.ceil(length / self.slots))
+
+    def error_bound(self, num_clients: int) -> float:
+        """Stated bound on the absolute error per coordinate of a decrypted sum of ``num_clients`` fresh ciphertexts.
+
+        ``5 sqrt(n) N 2^-scale_bits``: about ten standard deviations of the noisiest slot under
+        public-key encryption (measured: at most about 0.5 ``N 2^-scale`` for one ciphertext,
+        growing like ``sqrt(n)``); far looser under symmetric encryption. Divide by the total
+        weight for the error of the mean.
+        """
+        return _ERROR_CONSTANT * math.sqrt(max(1, num_clients)) * self.poly_modulus_degree / self.scale
+
+    def new_context(self, *, symmetric: bool) -> ts.Context:
+        """A fresh TenSEAL CKKS context (a new secret key, drawn by SEAL from the OS CSPRNG)."""
+        encryption = ts.ENCRYPTION_TYPE.SYMMETRIC if symmetric else ts.ENCRYPTION_TYPE.ASYMMETRIC
+        context = ts.context(
+            ts.SCHEME_TYPE.CKKS,
+            poly_modulus_degree=self.poly_modulus_degree,
+            coeff_mod_bit_sizes=list(self.coeff_mod_bit_sizes),
+            encryption_type=encryption,
+            n_threads=1,
+        )
+        context.global_scale = self.scale
+        return context
+
+
+def load_context(data: bytes) -> ts.Context:
+    """A TenSEAL context from its serialized bytes (a protocol buffer; no pickle)."""
+    return ts.context_from(bytes(data), n_threads=1)
+
+
+def fingerprint(public_context: bytes, key_id: bytes) -> bytes:
+    """SHA-256 over the public context (parameters and, for public-key encryption, the public key) and the key id."""
+    return hashlib.sha256(_FINGERPRINT_LABEL + len(key_id).to_bytes(2, "big") + bytes(key_id) + bytes(public_context)).digest()
+
+
+# --------------------------------------------------------------------------- key holder
+
+
+class CKKSKeyHolder:
+    """Draws the CKKS secret key once and hands out contexts: the secret one to clients only under ``"clients"``.
+
+    Parameters
+    ----------
+    parameters
+        The encryption parameters.
+    key_holder
+        ``"clients"``: every client gets the secret key (and encrypts with it, symmetric
+        encryption), a client decrypts the aggregate. ``"authority"``: clients get the public
+        context only; this object is the authority and alone decrypts aggregates.
+
+    The server only ever gets :attr:`public_context` (no secret key, no relinearization or
+    Galois keys: aggregation only adds) and :attr:`key_id`.
+    """
+
+    def __init__(self, parameters: CKKSParameters, *, key_holder: str = "clients") -> None:
+        if key_holder not in KEY_HOLDERS:
+            raise ValueError(f"key_holder must be one of {KEY_HOLDERS}, got {key_holder!r}")
+        self.parameters = parameters
+        self.key_holder = key_holder
+        self.symmetric = key_holder == "clients"
+        self._context = parameters.new_context(symmetric=self.symmetric)
+        self.key_id = secrets.token_bytes(16)
+        self.public_context = self._context.serialize(
+            save_public_key=not self.symmetric, save_secret_key=False, save_galois_keys=False, save_relin_keys=False
+        )
+        self.fingerprint = fingerprint(self.public_context, self.key_id)
+        self._decryptor: CKKSDecryptor | None = None
+
+    def client_context(self) -> bytes:
+        """What a client gets: the secret context under ``"clients"``, the public one under ``"authority"``."""
+        if self.key_holder == "authority":
+            return self.public_context
+        return self._context.serialize(save_public_key=False, save_secret_key=True, save_galois_keys=False, save_relin_keys=False)
+
+    def decryptor(self) -> CKKSDecryptor:
+        """The authority's decryptor (the key holder keeps the secret key in both modes)."""
+        if self._decryptor is None:
+            self._decryptor = CKKSDecryptor(self._context, self.fingerprint, self.parameters)
+        return self._decryptor
+
+
+# --------------------------------------------------------------------------- wire records
+
+
+@dataclass(frozen=True)
+class EncryptedAggregate:
+    """Server -> decryptor: the homomorphic sum of a round's ciphertexts, as TenSEAL bytes."""
+
+    round: int
+    num_clients: int
+    layout: bytes
+    fingerprint: bytes
+    ciphertexts: tuple[bytes, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return int(sum(len(c) for c in self.ciphertexts))
+
+
+@dataclass(frozen=True)
+class DecryptedSums:
+    """What the decryptor returns: the weighted sums and the total weight."""
+
+    delta: NamedArrays
+    statistics: NamedArrays
+    total_weight: float
+    num_clients: int
+
+
+# --------------------------------------------------------------------------- client
+
+
+class CKKSClient:
+    """One participant: encrypts its weighted update; holds the secret key only under ``"clients"``.
+
+    Parameters
+    ----------
+    client_id
+        The client's id, named in every error.
+    parameters
+        The encryption parameters (public).
+    context
+        The serialized context the key holder handed out (:meth:`CKKSKeyHolder.client_context`).
+    fingerprint
+        The key set's fingerprint (:attr:`CKKSKeyHolder.fingerprint`), sent with every message.
+    """
+
+    def __init__(self, client_id: int, parameters: CKKSParameters, context: bytes, fingerprint: bytes) -> None:
+        self.client_id = operator.index(client_id)
+        self.parameters = parameters
+        self._context = load_context(context)
+        self.fingerprint = bytes(fingerprint)
+
+    @property
+    def holds_secret_key(self) -> bool:
+        return bool(self._context.is_private())
+
+    def encrypt(self, update: ClientUpdate, *, weight: float, round: int, num_participants: int) -> ClientMessage:
+        """The message for ``round``: ``[w * delta, w * statistics, w, 1, round]`` encrypted in ``N/2``-slot ciphertexts."""
+        who = f"round {round}: client {self.client_id}"
+        if update.client_id != self.client_id or update.round != round:
+            raise AggregationError(f"{who} was handed the update of client {update.client_id} for round {update.round}")
+        w = float(weight)
+        if not (math.isfinite(w) and w >= 0):
+            raise CKKSEncodeError(f"{who} has weight {w}; refusing to encrypt")
+        for kind, arrays in (("delta", update.delta), ("statistic", update.statistics)):
+            for name, array in arrays.items():
+                if not np.all(np.isfinite(np.asarray(array, dtype=np.float64))):
+                    raise CKKSEncodeError(f"{who} has non-finite values in {kind} {name}; refusing to encrypt")
+        layout = VectorLayout.of(update)
+        vector = np.concatenate([layout.flatten(update, w), [w, 1.0, float(round)]])
+        limit = self.parameters.max_magnitude / max(1, num_participants)
+        largest = float(np.max(np.abs(vector)))
+        if largest > limit:
+            raise CKKSEncodeError(
+                f"{who} has a weighted value of magnitude {largest:.4g} beyond the CKKS headroom "
+                f"2^{self.parameters.headroom_bits} / {num_participants} participants = {limit:.4g}; "
+                "use larger data primes or a smaller scale"
+            )
+        slots = self.parameters.slots
+        payload: dict[str, np.ndarray | bytes] = {
+            ROUND_KEY: np.asarray([round], dtype=np.int64),
+            LAYOUT_KEY: layout.to_bytes(),
+            CONTEXT_KEY: self.fingerprint,
+        }
+        for i in range(self.parameters.num_ciphertexts(vector.size)):
+            chunk = vector[i * slots : (i + 1) * slots]
+            payload[_ciphertext_key(i)] = ts.ckks_vector(self._context, chunk).serialize()
+        return ClientMessage(self.client_id, round, payload, update.num_examples, dict(update.metrics))
+
+    def decryptor(self) -> CKKSDecryptor:
+        """Under ``"clients"``: this client's decryptor for the aggregate the server sends back."""
+        if not self.holds_secret_key:
+            raise AggregationError(f"client {self.client_id} holds no CKKS secret key (key_holder = 'authority')")
+        return CKKSDecryptor(self._context, self.fingerprint, self.parameters)
+
+
+def _ciphertext_key(i: int) -> str:
+    return f"{CIPHERTEXT_PREFIX}{i:05d}"
+
+
+# --------------------------------------------------------------------------- server
+
+
+class CKKSServer:
+    """The server's side: the public context only, so it adds ciphertexts it cannot decrypt.
+
+    Parameters
+    ----------
+    parameters
+        The encryption parameters (public).
+    public_context
+        :attr:`CKKSKeyHolder.public_context`; a context that carries a secret key is refused.
+    key_id
+        :attr:`CKKSKeyHolder.key_id`; with the public context it gives the fingerprint that
+        every message must carry.
+    """
+
+    def __init__(self, parameters: CKKSParameters, public_context: bytes, key_id: bytes) -> None:
+        self.parameters = parameters
+        self.context = load_context(public_context)
+        if self.context.is_private():
+            raise ValueError("the server's CKKS context must not hold the secret key")
+        self.fingerprint = fingerprint(public_context, key_id)
+
+    def accumulator(self, round: int, participants: Sequence[int]) -> CKKSServerAccumulator:
+        return CKKSServerAccumulator(self, round, participants)
+
+
+class CKKSServerAccumulator:
+    """One round's running homomorphic sum; ``add`` validates a message fully before folding it in."""
+
+    def __init__(self, server: CKKSServer, round: int, participants: Sequence[int]) -> None:
+        self.server = server
+        self.round = operator.index(round)
+        self.participants = frozenset(operator.index(c) for c in participants)
+        self.layout: VectorLayout | None = None
+        self.layout_bytes = b""
+        self.sums: list[ts.CKKSVector] = []
+        self.received: list[int] = []
+        self.seconds = 0.0
+
+    def add(self, message: ClientMessage) -> None:
+        """Validate ``message`` and add its ciphertexts to the running sums; on error nothing changes."""
+        start = time.perf_counter()
+        try:
+            self._add(message)
+        finally:
+            self.seconds += time.perf_counter() - start
+
+    def _add(self, message: ClientMessage) -> None:
+        who = f"round {self.round}: client {message.client_id}"
+        if message.round != self.round:
+            raise AggregationError(f"{who} sent a message of round {message.round} (replayed or stale)")
+        if message.client_id not in self.participants:
+            raise AggregationError(f"{who} is not a participant of this round")
+        if message.client_id in self.received:
+            raise AggregationError(f"{who} sent twice")
+        payload = message.payload
+        for key in (ROUND_KEY, LAYOUT_KEY, CONTEXT_KEY):
+            if key not in payload:
+                raise AggregationError(f"{who} sent no {key!r} field")
+        tag = np.asarray(payload[ROUND_KEY])
+        if tag.shape != (1,) or tag.dtype.kind not in "iu" or int(tag[0]) != self.round:
+            raise AggregationError(f"{who} sent ciphertexts tagged for round {tag.reshape(-1)[:1].tolist()} (replayed or stale)")
+        if not isinstance(payload[CONTEXT_KEY], bytes) or payload[CONTEXT_KEY] != self.server.fingerprint:
+            raise AggregationError(f"{who} sent ciphertexts made under another CKKS key set (key fingerprint mismatch)")
+        raw_layout = payload[LAYOUT_KEY]
+        try:
+            layout = VectorLayout.from_bytes(raw_layout)  # type: ignore[arg-type]
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise AggregationError(f"{who} sent a malformed layout") from None
+        if self.layout is not None and layout != self.layout:
+            raise AggregationError(f"{who} sent a layout that differs from the other clients'")
+        length = layout.values_size + CHECK_SLOTS
+        params = self.server.parameters
+        expected = params.num_ciphertexts(length)
+        keys = [k for k in payload if k.startswith(CIPHERTEXT_PREFIX)]
+        if sorted(keys) != [_ciphertext_key(i) for i in range(expected)] or len(payload) != len(keys) + 3:
+            raise AggregationError(f"{who} sent {len(keys)} ciphertexts (payload keys {sorted(payload)[:4]}...), expected {expected}")
+        vectors = []
+        for i in range(expected):
+            data = payload[_ciphertext_key(i)]
+            if not isinstance(data, bytes):
+                raise AggregationError(f"{who} sent ciphertext {i} as {type(data).__name__}, not bytes")
+            try:
+                vector = ts.ckks_vector_from(self.server.context, data)
+                scale = vector.ciphertext()[0].scale
+            except (ValueError, RuntimeError, TypeError, IndexError) as error:
+                raise AggregationError(f"{who} sent ciphertext {i} that does not deserialize under the round's CKKS context ({error})") from None
+            size = min(params.slots, length - i * params.slots)
+            if vector.size() != size:
+                raise AggregationError(f"{who} sent ciphertext {i} of {vector.size()} values, expected {size}")
+            if scale != params.scale:
+                raise AggregationError(f"{who} sent ciphertext {i} at scale 2^{math.log2(scale):.4g}, expected 2^{params.scale_bits}")
+            vectors.append(vector)
+        try:
+            sums = vectors if not self.sums else [total + vector for total, vector in zip(self.sums, vectors, strict=True)]
+        except (ValueError, RuntimeError, TypeError) as error:
+            raise AggregationError(f"{who} sent ciphertexts that cannot be added to the others' ({error})") from None
+        # validated: fold in
+        self.sums = sums
+        self.layout, self.layout_bytes = layout, bytes(raw_layout)  # type: ignore[arg-type]
+        self.received.append(message.client_id)
+
+    def result(self) -> EncryptedAggregate:
+        """The encrypted sum, serialized for the decryptor."""
+        if not self.received:
+            raise AggregationError(f"round {self.round}: no client messages to aggregate")
+        start = time.perf_counter()
+        ciphertexts = tuple(total.serialize() for total in self.sums)
+        self.seconds += time.perf_counter() - start
+        return EncryptedAggregate(self.round, len(self.received), self.layout_bytes, self.server.fingerprint, ciphertexts)
+
+
+# --------------------------------------------------------------------------- decryptor
+
+
+class CKKSDecryptor:
+    """Decrypts aggregates (a client under ``"clients"``, the authority under ``"authority"``) and checks them.
+
+    The count slot must equal the number of clients the server claims (rounded: the slots
+    carry CKKS noise) and the round slot ``count * round``: a server that adds a client twice,
+    or a stale ciphertext replayed under a fresh round tag, is caught here (not which client).
+    A server that deviates on purpose can defeat both checks (it may add plaintexts), so
+    they guard an honest-but-curious server's mistakes, not a malicious one.
+    """
+
+    def __init__(self, context: ts.Context, fingerprint: bytes, parameters: CKKSParameters) -> None:
+        if not context.is_private():
+            raise ValueError("a CKKS decryptor needs the secret key")
+        self._context = context
+        self.fingerprint = bytes(fingerprint)
+        self.parameters = parameters
+
+    def decrypt(self, aggregate: EncryptedAggregate) -> DecryptedSums:
+        """The weighted sums, the total weight and the count from an encrypted aggregate."""
+        where = f"round {aggregate.round}"
+        if aggregate.fingerprint != self.fingerprint:
+            raise AggregationError(f"{where}: the aggregate was made under another CKKS key set")
+        try:
+            layout = VectorLayout.from_bytes(aggregate.layout)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise AggregationError(f"{where}: the aggregate's layout is malformed") from None
+        length = layout.values_size + CHECK_SLOTS
+        if len(aggregate.ciphertexts) != self.parameters.num_ciphertexts(length):
+            raise AggregationError(f"{where}: the aggregate has {len(aggregate.ciphertexts)} ciphertexts for {length} values")
+        parts = []
+        try:
+            for data in aggregate.ciphertexts:
+                parts.append(np.asarray(ts.ckks_vector_from(self._context, data).decrypt(), dtype=np.float64))
+        except (ValueError, RuntimeError, TypeError) as error:
+            raise AggregationError(f"{where}: the aggregate does not decrypt ({error})") from None
+        values = np.concatenate(parts)
+        if values.shape != (length,):
+            raise AggregationError(f"{where}: the aggregate decrypts to {values.size} values, expected {length}")
+        total_weight, count, round_sum = (float(v) for v in values[-CHECK_SLOTS:])
+        n = aggregate.num_clients
+        if abs(count - n) >= 0.5:
+            raise AggregationError(f"{where}: the aggregate holds {count:.2f} client contributions, the server claims {n}")
+        if abs(round_sum - n * aggregate.round) >= 0.5:
+            raise AggregationError(
+                f"{where}: the aggregate's round slots sum to {round_sum:.2f}, not {n} x {aggregate.round}: "
+                "it holds a ciphertext of another round (replayed or stale)"
+            )
+        # secure-ffm's weights are example counts or 1: a total within the error bound of an integer is that
+        # integer (so that e.g. DP-FedAvg's count of uniformly weighted clients is exact); this moves it by at
+        # most the bound, so a fractional total stays within twice the bound
+        nearest = float(round(total_weight))
+        if abs(total_weight - nearest) <= self.parameters.error_bound(n):
+            total_weight = nearest
+        delta, stats = layout.split(values[: layout.values_size])
+        return DecryptedSums(delta, stats, total_weight, n)
+
+
+# --------------------------------------------------------------------------- in-process facade
+
+
+@PROTOCOLS.register("ckks")
+class CKKSProtocol(AggregationProtocol):
+    """CKKS homomorphic aggregation, run in one process between a key holder, clients and a server.
+
+    Parameters
+    ----------
+    parameters
+        The encryption parameters; ``None`` for the defaults (8192, [60, 40, 40, 60], 2^40).
+    key_holder
+        ``"clients"`` (a secret key shared by all clients; a client decrypts) or
+        ``"authority"`` (clients hold the public key only; the authority decrypts).
+
+    The key set is drawn at the first ``begin_round`` and kept for the run (clients and the
+    server load their contexts once), as a provisioned deployment would.
+    """
+
+    name = "ckks"
+
+    def __init__(self, *, parameters: CKKSParameters | None = None, key_holder: str = "clients") -> None:
+        if key_holder not in KEY_HOLDERS:
+            raise ValueError(f"key_holder must be one of {KEY_HOLDERS}, got {key_holder!r}")
+        self.parameters = parameters if parameters is not None else CKKSParameters()
+        self.key_holder_mode = key_holder
+        self.key_holder: CKKSKeyHolder | None = None
+        self.server: CKKSServer | None = None
+        self.clients: dict[int, CKKSClient] = {}
+        self.round: int | None = None
+        self.participants: tuple[int, ...] = ()
+        self._setup_seconds = 0.0
+
+    @classmethod
+    def from_config(cls, config: SecureAggregationConfig, *, seed: int) -> CKKSProtocol:
+        """The protocol of a ``[secure_aggregation]`` section; parameters SEAL refuses raise ConfigError.
+
+        ``seed`` is unused: CKKS encryption draws its randomness from the OS CSPRNG, never from the run seed.
+        """
+        key = "secure_aggregation.ckks_coeff_mod_bit_sizes"
+        try:
+            parameters = CKKSParameters.from_config(config)
+            parameters.new_context(symmetric=True)  # SEAL checks the primes exist and fit the security bound
+        except (ValueError, RuntimeError) as error:
+            raise ConfigError(key, f"TenSEAL refuses N={config.ckks_poly_modulus_degree} with primes {list(config.ckks_coeff_mod_bit_sizes)}: {error}") from None
+        return cls(parameters=parameters, key_holder=config.ckks_key_holder)
+
+    def begin_round(self, round: int, participants: Sequence[int], *, weight_bound: float | None = None) -> None:
+        """Provision the key set on first use and load the contexts of clients not seen yet."""
+        start = time.perf_counter()
+        ids = tuple(sorted(operator.index(c) for c in participants))
+        if not ids or len(set(ids)) != len(ids):
+            raise ValueError(f"round {round}: participants must be distinct and non-empty, got {list(participants)}")
+        if self.key_holder is None:
+            self.key_holder = CKKSKeyHolder(self.parameters, key_holder=self.key_holder_mode)
+            self.server = CKKSServer(self.parameters, self.key_holder.public_context, self.key_holder.key_id)
+            log.debug("ckks: key set %s drawn (N=%d, key holder %s)", self.key_holder.fingerprint.hex()[:12], self.parameters.poly_modulus_degree, self.key_holder_mode)
+        context = None
+        for c in ids:
+            if c not in self.clients:
+                context = context if context is not None else self.key_holder.client_context()
+                self.clients[c] = CKKSClient(c, self.parameters, context, self.key_holder.fingerprint)
+        self.round = operator.index(round)
+        self.participants = ids
+        self._setup_seconds = time.perf_counter() - start
+
+    def encode(self, update: ClientUpdate, *, weight: float) -> ClientMessage:
+        client = self.clients.get(update.client_id)
+        if client is None or update.round != self.round or update.client_id not in self.participants:
+            raise ValueError(f"client {update.client_id} is not set up for round {update.round}; call begin_round first")
+        return client.encrypt(update, weight=weight, round=update.round, num_participants=len(self.participants))
+
+    def decryptor(self) -> CKKSDecryptor:
+        """Who decrypts: a participating client under ``"clients"``, the authority under ``"authority"``."""
+        if self.key_holder is None:
+            raise AggregationError("the CKKS key set has not been drawn (call begin_round)")
+        if self.key_holder_mode == "clients":
+            return self.clients[self.participants[0]].decryptor()
+        return self.key_holder.decryptor()
+
+    def accumulator(self, round: int) -> Accumulator:
+        if self.server is None or self.round != round:
+            raise AggregationError(f"round {round}: the CKKS round has not begun (call begin_round)")
+        return CKKSAccumulator(self.server.accumulator(round, self.participants), self.decryptor(), self._setup_seconds)
+
+
+class CKKSAccumulator(Accumulator):
+    """The server's homomorphic running sum; ``result`` has the decryptor decrypt it and divides by the total weight."""
+
+    def __init__(self, server: CKKSServerAccumulator, decryptor: CKKSDecryptor, setup_seconds: float) -> None:
+        self.server = server
+        self._decryptor = decryptor
+        self.setup_seconds = setup_seconds
+
+    def add(self, message: ClientMessage) -> None:
+        self.server.add(message)
+
+    def result(self) -> Aggregate:
+        encrypted = self.server.result()
+        start = time.perf_counter()
+        sums = self._decryptor.decrypt(encrypted)
+        if not sums.total_weight > 0:
+            raise AggregationError(f"round {encrypted.round}: total client weight is {sums.total_weight}")
+        mean = {k: (v / sums.total_weight).astype(np.float32) for k, v in sums.delta.items()}
+        mean_stats = {k: v / sums.total_weight for k, v in sums.statistics.items()}
+        timings = {"setup": self.setup_seconds, "aggregate": self.server.seconds, "decrypt": time.perf_counter() - start}
+        return Aggregate(mean, sums.total_weight, sums.num_clients, timings, mean_stats)
+
+
+__all__ = [
+    "CKKSAccumulator",
+    "CKKSClient",
+    "CKKSDecryptor",
+    "CKKSEncodeError",
+    "CKKSKeyHolder",
+    "CKKSParameters",
+    "CKKSProtocol",
+    "CKKSServer",
+    "CKKSServerAccumulator",
+    "DecryptedSums",
+    "EncryptedAggregate",
+]

@@ -1,0 +1,137 @@
+"""Plots and report.html from result files alone (hand-written sweep.jsonl rows: no training)."""
+
+import json
+import math
+import re
+
+import pytest
+
+from eval.plots import group_settings, write_plots
+from eval.report import write_report
+from eval.results import csv_columns, csv_text, latest_rows, read_results
+from secure_ffm.errors import ConfigError
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+MECHANISMS = {"none": ("none", None), "dp-sgd eps=1": ("dp-sgd", 1.0), "dp-sgd eps=8": ("dp-sgd", 8.0), "dp-fedavg eps=3": ("dp-fedavg", 3.0)}
+DEFENSES = {"none": ("none", 0.0, 0.0), "prune 90%": ("prune 90%", -0.03, -4.0)}
+
+
+def make_rows(seeds=(0, 1)):
+    rows = []
+    for privacy, (mechanism, epsilon) in MECHANISMS.items():
+        for defense, (label, d_acc, d_psnr) in DEFENSES.items():
+            for seed in seeds:
+                accuracy = 0.85 - (0.2 / epsilon if epsilon else 0.0) + d_acc + 0.01 * seed
+                psnr = 28.0 + d_psnr - (6.0 / epsilon if epsilon else 0.0) - 0.5 * seed
+                protection = " + ".join(p for p in (f"{mechanism.upper()} ε={epsilon:g}" if epsilon else "", label if defense != "none" else "") if p)
+                rows.append(
+                    {
+                        "point_id": f"privacy-{privacy}__defense-{defense}__seed-{seed}".replace(" ", "-"),
+                        "settings": {"privacy": privacy, "defense": defense},
+                        "seed": seed,
+                        "privacy_axes": ["privacy"],
+                        "config": {"privacy.mode": mechanism, "defense.names": ["prune"] if defense != "none" else []},
+                        "protection": protection or "no protection",
+                        "mechanism": mechanism,
+                        "target_epsilon": epsilon,
+                        "epsilon": None if epsilon is None else epsilon * 0.97,
+                        "delta": None if epsilon is None else 1e-5,
+                        "accountant": None if epsilon is None else "prv",
+                        "noise_multiplier": None if epsilon is None else 4.0 / epsilon,
+                        "privacy": {"mechanism": mechanism, "level": "sample", "target_epsilon": epsilon},
+                        "accuracy": accuracy,
+                        "macro_f1": accuracy - 0.02,
+                        "attack": "inverting-gradients",
+                        "attack_metric": "psnr",
+                        "attack_value": psnr,
+                        "attack_metrics": {"psnr": psnr, "ssim": 0.4},
+                        "status": "ok",
+                        "error": None,
+                        "seconds": 3.0,
+                    }
+                )
+    rows.append({"point_id": "privacy-dp-sgd-eps-0p001__defense-none__seed-0", "settings": {"privacy": "dp-sgd eps=0.001", "defense": "none"}, "seed": 0,
+                 "status": "failed", "error": "training: privacy.target_epsilon: cannot be met"})  # fmt: skip
+    return rows
+
+
+@pytest.fixture
+def sweep_dir(tmp_path):
+    rows = make_rows()
+    # an earlier, failed attempt of the first point: the latest row wins
+    lines = [json.dumps({**rows[0], "status": "failed", "error": "interrupted"})] + [json.dumps(r) for r in rows]
+    (tmp_path / "sweep.jsonl").write_text("\n".join(lines) + "\n" + '{"point_id": "trunc')  # a torn last line is ignored
+    return tmp_path
+
+
+def assert_png(path, min_bytes=5000):
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE, path
+    assert len(data) > min_bytes, (path, len(data))
+
+
+def test_latest_row_per_point_wins_and_torn_lines_are_ignored(sweep_dir):
+    rows = read_results(sweep_dir)
+    assert len(rows) == 4 * 2 * 2 + 1
+    assert rows[0]["status"] == "ok"
+    assert [r["point_id"] for r in latest_rows(rows, ["privacy-none__defense-none__seed-1"])] == ["privacy-none__defense-none__seed-1"]
+
+
+def test_settings_group_seeds_and_get_unique_labels(sweep_dir):
+    settings = group_settings(read_results(sweep_dir))
+    assert len(settings) == 8  # the failed point is left out
+    assert all(len(s.rows) == 2 for s in settings)
+    assert len({s.label for s in settings}) == 8
+    none = next(s for s in settings if s.settings == (("privacy", "none"), ("defense", "none")))
+    assert math.isinf(none.epsilon)
+    mean, low, high = none.stats("accuracy", 100.0)
+    assert low < mean < high
+
+
+def test_every_plot_is_written_as_png_and_svg(sweep_dir):
+    plots = write_plots(sweep_dir)
+    assert set(plots) == {"accuracy_vs_epsilon", "attack_vs_epsilon", "privacy_utility_frontier", "reconstructions"}
+    for png, svg in plots.values():
+        assert png.parent == sweep_dir / "plots"
+        assert_png(png)
+        assert svg.read_text().lstrip().startswith("<?xml") and "<svg" in svg.read_text()
+    svg = plots["accuracy_vs_epsilon"][1].read_text()
+    assert "∞" in svg or "221e" in svg.lower()  # the ∞ tick (as text or as a glyph reference)
+
+
+def test_plots_of_an_empty_sweep_say_so(tmp_path):
+    (tmp_path / "sweep.jsonl").write_text("")
+    for png, _ in write_plots(tmp_path).values():
+        assert_png(png, min_bytes=1000)
+
+
+def test_report_is_self_contained_and_lists_every_point(sweep_dir):
+    path = write_report(sweep_dir)
+    assert path == sweep_dir / "report.html"
+    text = path.read_text()
+    for row in make_rows():
+        assert row["point_id"] in text
+    assert "cannot be met" in text  # the failed point's error
+    assert text.count("data:image/png;base64,") == 4
+    assert not re.search(r"""(src|href)\s*=\s*["'](https?:)?//""", text)  # nothing fetched from elsewhere
+    assert "<script" not in text and "<link" not in text
+    assert "Privacy ledger" in text and "prv" in text
+    assert "∞" in text  # ε of the runs without DP
+
+
+def test_report_of_a_directory_that_is_not_a_sweep_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="not a sweep directory"):
+        write_report(tmp_path)
+
+
+def test_csv_has_a_column_per_axis_override_and_metric():
+    rows = make_rows(seeds=(0,))
+    columns = csv_columns(rows)
+    assert columns[:3] == ["point_id", "grid.privacy", "grid.defense"]
+    for column in ("seed", "privacy.mode", "defense.names", "accuracy", "macro_f1", "epsilon", "delta", "mechanism", "defense",
+                   "secure_aggregation", "attack_psnr", "attack_ssim", "seconds", "status", "error"):  # fmt: skip
+        assert column in columns
+    text = csv_text(rows)
+    first = text.splitlines()[1]
+    assert first.startswith("privacy-none__defense-none__seed-0,none,none,0,none,[],")
+    assert ",inf," in first  # ε without DP
