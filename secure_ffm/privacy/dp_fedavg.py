@@ -97,7 +97,7 @@ class CentralGaussianNoise(AggregateStep):
         m = aggregate.total_weight
         rng = mech.noise_rng(round)
         mean = add_gaussian_noise(aggregate.mean_delta, mech.update_noise_multiplier * mech.clip_norm / m, rng)
-        stats = add_gaussian_noise(aggregate.mean_statistics, mech.count_std(max(1, round(m))) / m, rng) if aggregate.mean_statistics else {}
+        stats = add_gaussian_noise(aggregate.mean_statistics, mech.count_std(max(1, int(m + 0.5))) / m, rng) if aggregate.mean_statistics else {}
         return aggregate.replace(mean_delta=mean, mean_statistics=stats)
 
 
