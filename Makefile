@@ -1,5 +1,6 @@
 # Two commands do all set-up on a fresh Debian machine with Python 3.11 and root:
-#   make demo   - install everything, then run the quickstart pipeline
+#   make demo   - install everything, then run the main job: federated MiniLM fine-tuning with DP-SGD
+#                 and secure aggregation, a leakage audit, and the privacy-utility report
 #   make test   - install everything, then run the test suite
 # Both are idempotent: a second run only re-installs when pyproject.toml changed.
 
@@ -26,7 +27,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: setup
-	$(OFFLINE) $(BIN)/secure-ffm train configs/quickstart.toml
+	$(OFFLINE) $(BIN)/secure-ffm sweep configs/sweep_demo.toml --out runs/demo --report
 
 test: setup
 	$(OFFLINE) $(BIN)/python -m pytest -q

