@@ -36,6 +36,12 @@ bench: setup
 	$(OFFLINE) $(BIN)/python benchmarks/engine_overhead.py
 	$(OFFLINE) $(BIN)/python benchmarks/scale_rss.py
 	$(OFFLINE) $(BIN)/python benchmarks/utility.py
+	$(OFFLINE) $(BIN)/python benchmarks/dp_overhead.py
+	$(OFFLINE) $(BIN)/python benchmarks/privacy_utility.py
+	$(OFFLINE) $(BIN)/python benchmarks/secagg_overhead.py
+	$(OFFLINE) $(BIN)/python benchmarks/attack_images.py
+	$(OFFLINE) $(BIN)/python benchmarks/attack_text.py
+	$(OFFLINE) $(BIN)/python benchmarks/privacy_sweeps.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
