@@ -61,6 +61,7 @@ from secure_ffm.aggregation import PROTOCOLS, Accumulator, Aggregate, Aggregatio
 from secure_ffm.secagg import graph as graphs
 from secure_ffm.secagg import keys, masking, quantization, shamir
 from secure_ffm.seeding import SECAGG_ROUNDING, generator
+from secure_ffm.training import ClientDeclined
 from secure_ffm.wire import ClientMessage, ClientUpdate, NamedArrays
 
 if TYPE_CHECKING:
@@ -74,6 +75,17 @@ LAYOUT_KEY = "layout"
 
 
 # --------------------------------------------------------------------------- messages
+
+
+class MaskingEncodeError(AggregationError, ClientDeclined):
+    """A client refuses to mask an update with NaN or infinite values: it sends no masked input.
+
+    An :class:`~secure_ffm.aggregation.AggregationError` naming the client; also a
+    :class:`~secure_ffm.training.ClientDeclined`, so the simulation leaves the client out of the
+    round, and the server removes its pairwise masks from the survivors' sum exactly as for a
+    client that dropped after the key set-up. (Fixed-point encoding clips finite values, but a
+    NaN has no place in the ring.)
+    """
 
 
 @dataclass(frozen=True)
@@ -275,6 +287,13 @@ class MaskingClient:
         if not (math.isfinite(w) and 0 <= w <= setup.weight_bound):
             raise ValueError(f"client {self.client_id}: weight {w} lies outside [0, weight_bound={setup.weight_bound}]")
         values = VectorLayout.of(update).flatten(update, w)
+        finite = np.isfinite(values)
+        if not finite.all():
+            nan = int(np.isnan(values).sum())
+            raise MaskingEncodeError(
+                f"client {self.client_id}: its update holds {nan} NaN and {int((~finite).sum()) - nan} infinite values; "
+                f"it is left out of round {setup.round} (secure aggregation can only encode finite values)"
+            )
         bound = setup.clip_range * setup.weight_bound
         encoded_values = quantization.encode(values, clip_range=bound, levels=setup.levels, rng=rng)
         half = setup.weight_bound / 2  # the weight lies in [0, W]: encode w - W/2 in [-W/2, W/2]

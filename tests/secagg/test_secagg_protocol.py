@@ -267,6 +267,43 @@ def test_aborted_round_is_skipped_or_stops_the_run(prepared_cnn):
         simulation(prepared_cnn, **sections).run()
 
 
+class PoisonClients:
+    """An update transform that turns the listed clients' deltas into NaN."""
+
+    name = "poison"
+
+    def __init__(self, clients):
+        self.clients = set(clients)
+
+    def __call__(self, update, context):
+        if update.client_id not in self.clients:
+            return update
+        return update.replace_delta({k: np.full_like(v, np.nan) for k, v in update.delta.items()})
+
+
+def test_a_client_with_a_non_finite_update_is_left_out_and_the_others_are_aggregated(prepared_cnn):
+    from secure_ffm.transforms import UpdatePipeline
+
+    config = cnn_config(data={"num_clients": 8}, client={"local_steps": 1}, server={"rounds": 1}, secure_aggregation={"protocol": "masking"})
+    run = Simulation(dataclasses.replace(prepared_cnn[8], config=config), transforms=UpdatePipeline([PoisonClients([1])]))
+    summary = run.run()
+    row = run.history[0]
+    assert row["skipped_clients"] == [1] and row["clients"] == [0, 2, 3, 4, 5, 6, 7] and row["aborted"] is None
+    assert all(np.isfinite(v).all() for v in run.server.parameters.values())
+    assert np.isfinite(summary["final"]["test_loss"])
+
+
+def test_a_round_where_every_update_is_non_finite_leaves_the_model_unchanged_and_the_run_goes_on(prepared_cnn):
+    from secure_ffm.transforms import UpdatePipeline
+
+    config = cnn_config(client={"local_steps": 1}, server={"rounds": 2}, secure_aggregation={"protocol": "masking"})
+    run = Simulation(dataclasses.replace(prepared_cnn[4], config=config), transforms=UpdatePipeline([PoisonClients(range(4))]))
+    before = {k: v.copy() for k, v in run.server.parameters.items()}
+    run.run()
+    assert [r["skipped_clients"] for r in run.history] == [[0, 1, 2, 3], [0, 1, 2, 3]]
+    assert all(np.array_equal(before[k], run.server.parameters[k]) for k in before)
+
+
 @pytest.mark.parametrize(
     ("key", "value"),
     [("protocol", "maskng"), ("clip_range", 0.0), ("threshold", -1), ("neighbours", 3), ("neighbours", -2), ("dropout_rate", 1.0), ("on_abort", "retry")],
