@@ -30,6 +30,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.text import Text
 from matplotlib.transforms import Bbox, blended_transform_factory
 
 from eval.metrics import pareto_front
@@ -257,7 +258,7 @@ def attack_vs_epsilon(rows: Sequence[Mapping[str, Any]], stem: Path) -> tuple[Pa
 def place_labels(fig: Figure, ax: Any, points: Sequence[tuple[float, float]], labels: Sequence[str], *, fontsize: float = 8) -> list[Any]:
     """Annotate each point with its label where it overlaps no other label, point or the axes' edge.
 
-    Greedy: for each point, try offsets on rings of growing radius (right, left, above, below,
+    Greedy: for each point, try offsets on rings of growing radius up to 160 points (right, left, above, below,
     diagonals) and keep the first whose text box is free; else the least-overlapping one. Long
     offsets get a leader line. Returns the annotations.
     """
@@ -270,7 +271,7 @@ def place_labels(fig: Figure, ax: Any, points: Sequence[tuple[float, float]], la
     order = sorted(range(len(points)), key=lambda i: -centers[i][1])
     for i in order:
         best: tuple[float, Any, Bbox] | None = None
-        for radius in (7, 14, 24, 36, 50):
+        for radius in (7, 14, 24, 36, 50, 70, 95, 125, 160):
             for dx, dy in directions:
                 ha = "left" if dx > 0 else "right" if dx < 0 else "center"
                 va = "bottom" if dy > 0 else "top" if dy < 0 else "center"
@@ -278,7 +279,8 @@ def place_labels(fig: Figure, ax: Any, points: Sequence[tuple[float, float]], la
                     labels[i], points[i], xytext=(dx * radius, dy * radius), textcoords="offset points", ha=ha, va=va, fontsize=fontsize,
                     arrowprops={"arrowstyle": "-", "color": "0.6", "linewidth": 0.6} if radius > 14 else None,
                 )  # fmt: skip
-                box = ann.get_window_extent(renderer).padded(2)
+                ann.update_positions(renderer)
+                box = Text.get_window_extent(ann, renderer).padded(2)  # the text only: an Annotation's own extent includes its leader line
                 cost = sum(_overlap(box, other) for other in taken)
                 cost += box.width * box.height - _overlap(box, axes_box)  # outside the axes
                 if best is None or cost < best[0]:
