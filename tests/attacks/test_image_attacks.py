@@ -7,7 +7,6 @@ every attack is seeded through its generator only.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -19,33 +18,15 @@ from attacks.dlg import build_lenet_zhu
 from attacks.metrics_image import score_images
 from attacks.objectives import simulate
 from attacks.priors import pixel_box
-from secure_ffm.config import DataConfig, ModelConfig
+from secure_ffm.config import ModelConfig
 from secure_ffm.data.base import LabeledData
-from secure_ffm.data.builtin import fashion_mnist
-from secure_ffm.errors import ConfigError, MissingResourceError
+from secure_ffm.errors import ConfigError
 from secure_ffm.models import build_model
 from secure_ffm.models.base import Batch, FederatedModel
 
 IMAGE_ATTACKS = ["dlg", "idlg", "inverting-gradients", "inverting-gradients-fedavg"]
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """Tiny ops on a shared 2-core machine run faster on one intra-op thread."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def test_images() -> LabeledData:
-    """The first 64 Fashion-MNIST test images."""
-    try:
-        splits = fashion_mnist(DataConfig(dataset="fashion_mnist"))
-    except MissingResourceError as error:
-        pytest.skip(str(error))
-    return splits.test.subset(np.arange(64))
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def image_model(arch: str) -> FederatedModel:

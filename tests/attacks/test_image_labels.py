@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -12,30 +11,12 @@ from attacks import ThreatModel, TrainingSetup
 from attacks.case import observe
 from attacks.labels import infer_labels
 from attacks.metrics_image import label_count_accuracy
-from secure_ffm.config import DataConfig, ModelConfig
+from secure_ffm.config import ModelConfig
 from secure_ffm.data.base import LabeledData
-from secure_ffm.data.builtin import fashion_mnist
-from secure_ffm.errors import MissingResourceError
 from secure_ffm.models import build_model
 from secure_ffm.models.base import FederatedModel
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def test_images() -> LabeledData:
-    """The first 64 Fashion-MNIST test images."""
-    try:
-        splits = fashion_mnist(DataConfig(dataset="fashion_mnist"))
-    except MissingResourceError as error:
-        pytest.skip(str(error))
-    return splits.test.subset(np.arange(64))
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def image_model(arch: str) -> FederatedModel:

