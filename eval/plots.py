@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import textwrap
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,8 +132,11 @@ def _figure(width: float, height: float) -> Figure:
 def _save(fig: Figure, stem: Path) -> tuple[Path, Path]:
     stem.parent.mkdir(parents=True, exist_ok=True)
     png, svg = stem.with_suffix(".png"), stem.with_suffix(".svg")
-    fig.savefig(png, dpi=150)
-    fig.savefig(svg)
+    with warnings.catch_warnings():
+        # recovered text may hold tokens of scripts the bundled DejaVu fonts lack: they render as boxes
+        warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from font", category=UserWarning)
+        fig.savefig(png, dpi=150)
+        fig.savefig(svg)
     return png, svg
 
 
