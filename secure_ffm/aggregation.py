@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -29,6 +29,19 @@ PROTOCOLS: Registry[type[AggregationProtocol]] = Registry("aggregation protocol"
 
 class AggregationError(RuntimeError):
     """A round's aggregation cannot complete (e.g. too few clients survive)."""
+
+
+def check_envelope(message: ClientMessage, *, round: int, participants: Collection[int], received: Collection[int]) -> str:
+    """Refuse a secure-aggregation message of another round (replayed or stale), of a non-participant,
+    or a second one from a client; returns ``"round R: client K"`` for the caller's own errors."""
+    who = f"round {round}: client {message.client_id}"
+    if message.round != round:
+        raise AggregationError(f"{who} sent a message of round {message.round} (replayed or stale)")
+    if message.client_id not in participants:
+        raise AggregationError(f"{who} is not a participant of this round")
+    if message.client_id in received:
+        raise AggregationError(f"{who} sent twice")
+    return who
 
 
 @dataclass(frozen=True)

@@ -96,7 +96,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import tenseal as ts
 
-from secure_ffm.aggregation import PROTOCOLS, Accumulator, Aggregate, AggregationError, AggregationProtocol
+from secure_ffm.aggregation import PROTOCOLS, Accumulator, Aggregate, AggregationError, AggregationProtocol, check_envelope
 from secure_ffm.errors import ConfigError
 from secure_ffm.secagg.protocol import VectorLayout
 from secure_ffm.training import ClientDeclined
@@ -417,13 +417,7 @@ class CKKSServerAccumulator:
             self.seconds += time.perf_counter() - start
 
     def _add(self, message: ClientMessage) -> None:
-        who = f"round {self.round}: client {message.client_id}"
-        if message.round != self.round:
-            raise AggregationError(f"{who} sent a message of round {message.round} (replayed or stale)")
-        if message.client_id not in self.participants:
-            raise AggregationError(f"{who} is not a participant of this round")
-        if message.client_id in self.received:
-            raise AggregationError(f"{who} sent twice")
+        who = check_envelope(message, round=self.round, participants=self.participants, received=self.received)
         payload = message.payload
         for key in (ROUND_KEY, LAYOUT_KEY, CONTEXT_KEY):
             if key not in payload:

@@ -57,7 +57,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from secure_ffm.aggregation import PROTOCOLS, Accumulator, Aggregate, AggregationError, AggregationProtocol
+from secure_ffm.aggregation import PROTOCOLS, Accumulator, Aggregate, AggregationError, AggregationProtocol, check_envelope
 from secure_ffm.secagg import graph as graphs
 from secure_ffm.secagg import keys, masking, quantization, shamir
 from secure_ffm.seeding import SECAGG_ROUNDING, generator
@@ -450,13 +450,7 @@ class MaskingServer:
     # stage 2
     def receive_masked(self, message: ClientMessage) -> None:
         """Validate one masked input and fold it into the ring sum; on error the state is unchanged."""
-        who = f"round {self.round}: client {message.client_id}"
-        if message.round != self.round:
-            raise AggregationError(f"{who} sent a message of round {message.round} (replayed or stale)")
-        if message.client_id not in self.participants:
-            raise AggregationError(f"{who} is not a participant of this round")
-        if message.client_id in self.received:
-            raise AggregationError(f"{who} sent twice")
+        who = check_envelope(message, round=self.round, participants=self.participants, received=self.received)
         payload = message.payload
         if set(payload) != {MASKED_KEY, ROUND_KEY, LAYOUT_KEY}:
             raise AggregationError(f"{who} sent payload keys {sorted(payload)}, expected {sorted({MASKED_KEY, ROUND_KEY, LAYOUT_KEY})}")
