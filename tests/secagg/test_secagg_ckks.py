@@ -7,6 +7,7 @@ import pytest
 import tenseal as ts
 
 from secure_ffm.aggregation import PROTOCOLS, AggregationError
+from cases import cnn_config  # tests/secagg/cases.py (on sys.path under pytest)
 from secure_ffm.config import config_from_dict
 from secure_ffm.errors import ConfigError
 from secure_ffm.privacy.mechanisms import build_mechanism
@@ -305,19 +306,6 @@ def test_client_refuses_to_encrypt_non_finite_values_and_the_others_still_sum(ba
 
 
 # --------------------------------------------------------------------------- real updates and runs
-
-
-def cnn_config(**sections):
-    raw = {
-        "run": {"seed": 3, "name": "tiny-cnn"},
-        "data": {"dataset": "fashion_mnist", "max_train_examples": 800, "max_test_examples": 400, "num_clients": 4, "partition": "dirichlet", "alpha": 0.5},
-        "model": {"arch": "cnn", "finetune": "full"},
-        "client": {"local_steps": 5, "batch_size": 32, "lr": 0.05, "momentum": 0.9},
-        "server": {"rounds": 2},
-    }
-    for section, values in sections.items():
-        raw.setdefault(section, {}).update(values)
-    return config_from_dict(raw)
 
 
 @pytest.fixture(scope="module")

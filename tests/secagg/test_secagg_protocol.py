@@ -8,6 +8,7 @@ import pytest
 from scipy import stats
 
 from secure_ffm.aggregation import PROTOCOLS, AggregationError, PlaintextAggregation
+from cases import cnn_config  # tests/secagg/cases.py (on sys.path under pytest)
 from secure_ffm.config import config_from_dict
 from secure_ffm.errors import ConfigError, RoundAbortedError
 from secure_ffm.secagg import keys
@@ -209,19 +210,6 @@ def test_secagg_plus_graph_gives_the_same_aggregate_as_the_full_graph():
 
 
 # --------------------------------------------------------------------------- runs and config
-
-
-def cnn_config(**sections):
-    raw = {
-        "run": {"seed": 3, "name": "tiny-cnn"},
-        "data": {"dataset": "fashion_mnist", "max_train_examples": 800, "max_test_examples": 400, "num_clients": 4, "partition": "dirichlet", "alpha": 0.5},
-        "model": {"arch": "cnn", "finetune": "full"},
-        "client": {"local_steps": 5, "batch_size": 32, "lr": 0.05, "momentum": 0.9},
-        "server": {"rounds": 2},
-    }
-    for section, values in sections.items():
-        raw.setdefault(section, {}).update(values)
-    return config_from_dict(raw)
 
 
 @pytest.fixture(scope="module")
