@@ -21,7 +21,7 @@ from typing import Any
 
 import attacks  # noqa: F401 - registers the attacks
 from secure_ffm.cli import command
-from secure_ffm.config import config_from_dict, parse_override
+from secure_ffm.config import config_from_dict, parse_override, read_toml
 from secure_ffm.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -136,13 +136,7 @@ def attack_command(args: argparse.Namespace) -> int:
         else:
             if not args.config:
                 raise ConfigError("CONFIG", "missing", "pass an attack config (e.g. configs/attack_fashion_mnist.toml) or --run RUN_DIR")
-            path = Path(args.config)
-            if not path.is_file():
-                raise ConfigError("CONFIG", f"file {str(path)!r} does not exist", "pass the path of an attack config .toml")
-            try:
-                raw = tomllib.loads(path.read_text(encoding="utf-8"))
-            except tomllib.TOMLDecodeError as error:
-                raise ConfigError(str(path), f"is not valid TOML: {error}", "fix the syntax at the position given") from None
+            raw = read_toml(args.config, key="CONFIG", fix="pass the path of an attack config .toml")
             table = {**raw.pop("attack", {}), **{k: v for k, v in set_attack.items() if k != "settings"}}
             table["settings"] = {**table.get("settings", {}), **set_attack.get("settings", {})}
             _check_known(table)

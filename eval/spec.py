@@ -41,12 +41,12 @@ import itertools
 import json
 import math
 import re
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from secure_ffm.config import read_toml
 from secure_ffm.errors import ConfigError
 from secure_ffm.registry import nearest
 
@@ -192,12 +192,7 @@ class SweepSpec:
 def load_sweep(path: str | Path, *, validate: bool = True) -> SweepSpec:
     """Read a sweep file, expand its grid and (by default) validate every point."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError("SWEEP", f"file {str(path)!r} does not exist", "pass the path of a sweep .toml, e.g. configs/sweep_tiny.toml")
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(str(path), f"is not valid TOML: {error}") from None
+    raw = read_toml(path, key="SWEEP", fix="pass the path of a sweep .toml, e.g. configs/sweep_tiny.toml")
     spec = sweep_from_dict(raw, root=path.parent, default_name=path.stem)
     spec.source = path
     if validate:
@@ -298,12 +293,7 @@ def _base(raw: Mapping[str, Any], sweep: Mapping[str, Any], root: Path | None) -
     path = Path(sweep["base"])
     if not path.is_absolute() and root is not None:
         path = root / path
-    if not path.is_file():
-        raise ConfigError("sweep.base", f"file {str(path)!r} does not exist", "give the config's path relative to the sweep file")
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError("sweep.base", f"{path} is not valid TOML: {error}") from None
+    return read_toml(path, key="sweep.base", fix="give the config's path relative to the sweep file")
 
 
 def _overrides(key: str, value: Any) -> tuple[str, ...]:

@@ -550,15 +550,20 @@ def config_from_dict(raw: Mapping[str, Any], *, overrides: Sequence[str] = ()) -
     return Config(**built)
 
 
-def load_config(path: str | Path, *, overrides: Sequence[str] = ()) -> Config:
-    """Read a TOML file and validate it; every problem is a :class:`ConfigError`."""
+def read_toml(path: str | Path, *, key: str, fix: str) -> dict[str, Any]:
+    """The TOML document at ``path``; a missing file (named by ``key``, with ``fix``) or bad syntax is a one-line ConfigError."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError("CONFIG", f"file {str(path)!r} does not exist", "pass the path of a .toml config, e.g. configs/quickstart.toml")
+        raise ConfigError(key, f"file {str(path)!r} does not exist", fix)
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as error:
-        raise ConfigError(str(path), f"is not valid TOML: {error}") from None
+        raise ConfigError(str(path), f"is not valid TOML: {error}", "fix the syntax at the position given") from None
+
+
+def load_config(path: str | Path, *, overrides: Sequence[str] = ()) -> Config:
+    """Read a TOML file and validate it; every problem is a :class:`ConfigError`."""
+    raw = read_toml(path, key="CONFIG", fix="pass the path of a .toml config, e.g. configs/quickstart.toml")
     return config_from_dict(raw, overrides=overrides)
 
 

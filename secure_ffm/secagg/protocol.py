@@ -287,15 +287,11 @@ class MaskingClient:
         if not (math.isfinite(w) and 0 <= w <= setup.weight_bound):
             raise ValueError(f"client {self.client_id}: weight {w} lies outside [0, weight_bound={setup.weight_bound}]")
         values = VectorLayout.of(update).flatten(update, w)
-        finite = np.isfinite(values)
-        if not finite.all():
-            nan = int(np.isnan(values).sum())
-            raise MaskingEncodeError(
-                f"client {self.client_id}: its update holds {nan} NaN and {int((~finite).sum()) - nan} infinite values; "
-                f"it is left out of round {setup.round} (secure aggregation can only encode finite values)"
-            )
         bound = setup.clip_range * setup.weight_bound
-        encoded_values = quantization.encode(values, clip_range=bound, levels=setup.levels, rng=rng)
+        try:
+            encoded_values = quantization.encode(values, clip_range=bound, levels=setup.levels, rng=rng)
+        except quantization.NonFiniteValuesError as error:
+            raise MaskingEncodeError(f"client {self.client_id}: its update is left out of round {setup.round}: {error}") from None
         half = setup.weight_bound / 2  # the weight lies in [0, W]: encode w - W/2 in [-W/2, W/2]
         encoded_weight = quantization.encode(np.asarray([w - half]), clip_range=half, levels=setup.levels, rng=rng)
         return np.concatenate([encoded_values, encoded_weight])

@@ -169,6 +169,10 @@ def decode_sum(total: np.ndarray, *, num_clients: int, clip_range: float, levels
     return total.astype(np.float64) * step - n * float(clip_range)
 
 
+class NonFiniteValuesError(ValueError):
+    """Values to encode hold NaN or infinite entries (no place in the ring)."""
+
+
 def _finite_real(values: np.ndarray, name: str) -> np.ndarray:
     array = np.asarray(values)
     if np.iscomplexobj(array):
@@ -178,7 +182,7 @@ def _finite_real(values: np.ndarray, name: str) -> np.ndarray:
     inf = np.isinf(x)
     if nan.any() or inf.any():
         first = int(np.flatnonzero(nan | inf)[0])
-        raise ValueError(
+        raise NonFiniteValuesError(
             f"{name} contain {int(nan.sum())} NaN and {int(inf.sum())} infinite entries "
             f"(first at flat index {first}); secure aggregation can only encode finite values"
         )
