@@ -421,7 +421,6 @@ def _check_attack(spec: SweepSpec) -> None:
     from attacks.base import Budget, build_attack
 
     attack = build_attack(spec.attack.name, spec.attack.settings)
-    AuditCase.from_dict(spec.audit_case)
     Budget(max_iterations=spec.attack.budget_iterations, max_seconds=spec.attack.budget_seconds)
     case = AuditCase.from_dict(spec.audit_case)
     spec.audit_skipped.clear()
