@@ -159,11 +159,13 @@ class Simulation:
         instructions = self.server.fit_instructions(round, participants)
         weighting = str(instructions.config.get("weighting", "examples"))
         weight_bound = max(client_weight(weighting, len(self.prepared.data.client_indices[c])) for c in participants)
+        setup_start = time.perf_counter()
         self.protocol.begin_round(round, participants, weight_bound=weight_bound)
+        setup_seconds = time.perf_counter() - setup_start
         accumulator = self.server.accumulator(round)
         dropping = self._dropouts(round, participants)
         sent, declined, rejected, dropped = [], [], [], []
-        examples, losses, bytes_up, train_seconds, encode_seconds = [], [], 0, 0.0, 0.0
+        examples, losses, bytes_up, train_seconds, encode_seconds, receive_seconds = [], [], 0, 0.0, 0.0, 0.0
         for client_id in participants:
             try:
                 message = self.client(client_id).fit(instructions)
@@ -182,13 +184,16 @@ class Simulation:
                         indices=self.prepared.data.client_indices[client_id],
                         fit_config=instructions.config,
                     )
+                receive_start = time.perf_counter()
                 try:
                     accumulator.add(message)  # streamed: the server holds one message at a time
                 except AggregationError as error:  # the others' contributions are kept
+                    receive_seconds += time.perf_counter() - receive_start
                     rejected.append(client_id)
                     log.warning("%s; its update is left out of the round", error)
                     self.observer.client_finished(round, client_id)
                     continue
+                receive_seconds += time.perf_counter() - receive_start
                 sent.append(client_id)
                 examples.append(message.num_examples)
                 losses.append(message.metrics["train_loss"])
@@ -221,7 +226,7 @@ class Simulation:
                 timings = self.server.apply(round, aggregate).timings
         else:
             log.warning("round %d: no client sent an update; the global model is unchanged", round)
-        aggregate_seconds = time.perf_counter() - aggregate_start
+        aggregate_seconds = receive_seconds + time.perf_counter() - aggregate_start
         fit_seconds = time.perf_counter() - round_start
 
         weights = np.asarray(examples, dtype=np.float64)
@@ -241,6 +246,7 @@ class Simulation:
             "bytes_down": int(nbytes(instructions.parameters) * len(participants)),
             "client_train_seconds": float(train_seconds),
             "encode_seconds": float(encode_seconds),
+            "setup_seconds": setup_seconds,
             "aggregate_seconds": aggregate_seconds,
             **{f"aggregate_{phase}_seconds": value for phase, value in timings.items()},
             "fit_seconds": fit_seconds,

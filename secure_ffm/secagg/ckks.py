@@ -447,7 +447,8 @@ class CKKSServerAccumulator:
                 raise AggregationError(f"{who} sent ciphertext {i} as {type(data).__name__}, not bytes")
             try:
                 vector = ts.ckks_vector_from(self.server.context, data)
-                scale = vector.ciphertext()[0].scale
+                (ciphertext,) = vector.ciphertext()
+                scale, level, polys = ciphertext.scale, ciphertext.coeff_modulus_size(), ciphertext.size()
             except (ValueError, RuntimeError, TypeError, IndexError) as error:
                 raise AggregationError(f"{who} sent ciphertext {i} that does not deserialize under the round's CKKS context ({error})") from None
             size = min(params.slots, length - i * params.slots)
@@ -455,13 +456,25 @@ class CKKSServerAccumulator:
                 raise AggregationError(f"{who} sent ciphertext {i} of {vector.size()} values, expected {size}")
             if scale != params.scale:
                 raise AggregationError(f"{who} sent ciphertext {i} at scale 2^{math.log2(scale):.4g}, expected 2^{params.scale_bits}")
+            if level != len(params.coeff_mod_bit_sizes) - 1 or polys != 2:
+                raise AggregationError(
+                    f"{who} sent ciphertext {i} with {polys} polynomials over {level} primes, expected a fresh "
+                    f"encryption (2 polynomials over {len(params.coeff_mod_bit_sizes) - 1} primes)"
+                )
             vectors.append(vector)
-        try:
-            sums = vectors if not self.sums else [total + vector for total, vector in zip(self.sums, vectors, strict=True)]
-        except (ValueError, RuntimeError, TypeError) as error:
-            raise AggregationError(f"{who} sent ciphertexts that cannot be added to the others' ({error})") from None
-        # validated: fold in
-        self.sums = sums
+        # validated: fold in, in place (exact modular arithmetic, so a failed add is rolled back exactly)
+        if not self.sums:
+            self.sums = vectors
+        else:
+            added = 0
+            try:
+                for total, vector in zip(self.sums, vectors, strict=True):
+                    total.add_(vector)
+                    added += 1
+            except (ValueError, RuntimeError, TypeError) as error:
+                for total, vector in zip(self.sums[:added], vectors[:added], strict=True):
+                    total.sub_(vector)
+                raise AggregationError(f"{who} sent ciphertexts that cannot be added to the others' ({error})") from None
         self.layout, self.layout_bytes = layout, bytes(raw_layout)  # type: ignore[arg-type]
         self.received.append(message.client_id)
 

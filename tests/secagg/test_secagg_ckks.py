@@ -242,6 +242,25 @@ def test_wrong_scale_or_length_is_rejected_before_anything_is_added():
     assert_close(accumulator.result(), updates, weights, SMALL)
 
 
+def test_a_ciphertext_that_is_not_a_fresh_encryption_is_rejected_before_anything_is_added():
+    protocol = CKKSProtocol(parameters=SMALL, key_holder="clients")
+    updates, weights = make_updates(2)
+    protocol.begin_round(1, [0, 1])
+    accumulator = protocol.accumulator(1)
+    good = protocol.encode(updates[1], weight=weights[1])
+    accumulator.add(protocol.encode(updates[0], weight=weights[0]))
+    length = 40 * 27 + 5 + 1 + 3
+    context = ts.context_from(protocol.clients[1]._context.serialize(save_secret_key=True))
+    context.auto_relin, context.auto_rescale = False, False
+    half = ts.ckks_vector(context, np.ones(length), scale=2.0 ** (SMALL.scale_bits / 2))
+    product = (half * half).serialize()  # scale 2^20 as expected, but 3 polynomials (never relinearized)
+    with pytest.raises(AggregationError, match=r"client 1 sent ciphertext 0 with 3 polynomials over 2 primes, expected a fresh encryption"):
+        accumulator.add(ClientMessage(1, 1, {**good.payload, "ciphertext/00000": product}, 10))
+    assert accumulator.server.received == [0]
+    accumulator.add(good)
+    assert_close(accumulator.result(), updates, weights, SMALL)
+
+
 def test_other_key_ciphertexts_under_a_copied_fingerprint_are_caught_when_decrypting():
     # the server cannot tell (ciphertexts look random under any key); decrypted under the wrong key the
     # check slots come out as noise, so the decryptor refuses the aggregate (without naming the client)
@@ -367,6 +386,11 @@ def test_ckks_run_matches_plaintext_accuracy(prepared_cnn):
     row = secure.history[-1]
     assert row["rejected_clients"] == [] and len(row["clients"]) == 4
     assert {"aggregate_setup_seconds", "aggregate_aggregate_seconds", "aggregate_decrypt_seconds"} <= set(row)
+    # the round's seconds are accounted for: the server's streamed adds count as aggregation, the set-up apart
+    assert row["aggregate_seconds"] >= row["aggregate_aggregate_seconds"] + row["aggregate_decrypt_seconds"]
+    assert row["setup_seconds"] >= row["aggregate_setup_seconds"] > 0
+    parts = row["setup_seconds"] + row["client_train_seconds"] + row["encode_seconds"] + row["aggregate_seconds"]
+    assert 0.8 * row["fit_seconds"] <= parts <= row["fit_seconds"]
     assert row["bytes_up"] > 5 * plain.history[-1]["bytes_up"]  # ciphertexts cost about 20x fp32 at the defaults
 
 
