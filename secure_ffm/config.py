@@ -295,7 +295,7 @@ class SecureAggregationConfig:
     ckks_coeff_mod_bit_sizes: tuple[int, ...] = (60, 40, 40, 60)
     """ckks: bit sizes of the coefficient modulus primes (their sum must fit N's 128-bit security bound).
     Aggregation never multiplies, so the middle primes only cost time and bytes: ``(60, 60)`` keeps the
-    default's precision at 8x instead of 20x the fp32 bytes and about a third of the encryption time."""
+    default's precision at 8x instead of 20x the fp32 bytes and about 40% of the encryption time."""
     ckks_scale_bits: int = 40
     """ckks: log2 of the encoding scale; each slot's absolute error is about N * 2^-scale_bits, and a sum's magnitude
     must stay below 2^(data bits - scale_bits - 2), the data bits being the sum of all primes but the last."""
