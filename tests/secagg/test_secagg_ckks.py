@@ -81,6 +81,14 @@ def assert_close(secure, updates, weights, parameters):
         assert np.max(np.abs(secure.mean_statistics[name] - mean)) <= 1.01 * bound * (1 + np.max(np.abs(mean))), name
 
 
+def begun_round(n: int, *, key_holder: str = "clients"):
+    """A CKKS protocol with round 1 begun for clients 0..n-1, their updates and weights, and the server's accumulator."""
+    protocol = CKKSProtocol(parameters=SMALL, key_holder=key_holder)
+    updates, weights = make_updates(n)
+    protocol.begin_round(1, range(n))
+    return protocol, updates, weights, protocol.accumulator(1)
+
+
 def test_registered_under_ckks_and_built_from_config():
     assert PROTOCOLS.get("ckks") is CKKSProtocol
     config = config_from_dict({"secure_aggregation": {"protocol": "ckks", "ckks_poly_modulus_degree": 4096, "ckks_coeff_mod_bit_sizes": [60, 49], "ckks_key_holder": "authority"}})
@@ -223,10 +231,7 @@ def test_ciphertexts_of_other_parameters_do_not_deserialize():
 
 
 def test_wrong_scale_or_length_is_rejected_before_anything_is_added():
-    protocol = CKKSProtocol(parameters=SMALL, key_holder="clients")
-    updates, weights = make_updates(2)
-    protocol.begin_round(1, [0, 1])
-    accumulator = protocol.accumulator(1)
+    protocol, updates, weights, accumulator = begun_round(2)
     good = protocol.encode(updates[1], weight=weights[1])
     length = 40 * 27 + 5 + 1 + 3  # conv.weight, fc.bias, the statistic, the check slots
     context = protocol.clients[1]._context
@@ -243,10 +248,7 @@ def test_wrong_scale_or_length_is_rejected_before_anything_is_added():
 
 
 def test_a_ciphertext_that_is_not_a_fresh_encryption_is_rejected_before_anything_is_added():
-    protocol = CKKSProtocol(parameters=SMALL, key_holder="clients")
-    updates, weights = make_updates(2)
-    protocol.begin_round(1, [0, 1])
-    accumulator = protocol.accumulator(1)
+    protocol, updates, weights, accumulator = begun_round(2)
     good = protocol.encode(updates[1], weight=weights[1])
     accumulator.add(protocol.encode(updates[0], weight=weights[0]))
     length = 40 * 27 + 5 + 1 + 3
@@ -264,10 +266,7 @@ def test_a_ciphertext_that_is_not_a_fresh_encryption_is_rejected_before_anything
 def test_other_key_ciphertexts_under_a_copied_fingerprint_are_caught_when_decrypting():
     # the server cannot tell (ciphertexts look random under any key); decrypted under the wrong key the
     # check slots come out as noise, so the decryptor refuses the aggregate (without naming the client)
-    protocol = CKKSProtocol(parameters=SMALL, key_holder="authority")
-    updates, weights = make_updates(3)
-    protocol.begin_round(1, range(3))
-    accumulator = protocol.accumulator(1)
+    protocol, updates, weights, accumulator = begun_round(3, key_holder="authority")
     forged = stranger_client(0, SMALL, protocol.key_holder.fingerprint).encrypt(updates[0], weight=weights[0], round=1, num_participants=3)
     accumulator.add(forged)
     for update, weight in zip(updates[1:], weights[1:], strict=True):
