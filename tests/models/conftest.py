@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import gzip
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import numpy as np
 import pytest
-import torch
 
 from secure_ffm.config import ModelConfig
-from secure_ffm.data.base import LabeledData
+from secure_ffm.data.base import DatasetSplits, LabeledData
 from secure_ffm.models import build_model
 from secure_ffm.models.text import TextModel
 
-FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 TEXT_MAX_LENGTH = 32
 
 POSITIVE = (
@@ -56,37 +52,15 @@ NEGATIVE = (
 )
 
 
-def read_fashion_mnist(n: int) -> LabeledData:
-    """The first ``n`` Fashion-MNIST training images, read straight from the idx files."""
-    images_path = FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz"
-    labels_path = FASHION_MNIST_DIR / "train-labels-idx1-ubyte.gz"
-    if not images_path.exists() or not labels_path.exists():
-        pytest.skip(f"Fashion-MNIST idx files not found in {FASHION_MNIST_DIR}")
-    with gzip.open(images_path) as f:
-        f.read(16)
-        images = np.frombuffer(f.read(n * 28 * 28), dtype=np.uint8).reshape(n, 28, 28)
-    with gzip.open(labels_path) as f:
-        f.read(8)
-        labels = np.frombuffer(f.read(n), dtype=np.uint8).astype(np.int64)
-    return LabeledData(kind="image", inputs=images.copy(), labels=labels)
-
-
 @pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """Run these small models on one intra-op thread, restoring the setting afterwards.
-
-    On a 2-core machine shared with other processes, two OpenMP threads spin at
-    every barrier of the many tiny ops here: the suite took 78 s instead of 12 s.
-    """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+def _models_on_one_torch_thread(one_torch_thread: None) -> None:
+    """Every model test runs on one intra-op thread (tests/conftest.py)."""
 
 
 @pytest.fixture(scope="session")
-def fashion_512() -> LabeledData:
-    return read_fashion_mnist(512)
+def fashion_512(fashion_mnist_splits: DatasetSplits) -> LabeledData:
+    """The first 512 Fashion-MNIST training images."""
+    return fashion_mnist_splits.train.subset(np.arange(512))
 
 
 @pytest.fixture(scope="session")
