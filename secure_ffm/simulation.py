@@ -188,12 +188,12 @@ class Simulation:
                 try:
                     accumulator.add(message)  # streamed: the server holds one message at a time
                 except AggregationError as error:  # the others' contributions are kept
-                    receive_seconds += time.perf_counter() - receive_start
                     rejected.append(client_id)
                     log.warning("%s; its update is left out of the round", error)
                     self.observer.client_finished(round, client_id)
                     continue
-                receive_seconds += time.perf_counter() - receive_start
+                finally:  # server time, rejected messages included
+                    receive_seconds += time.perf_counter() - receive_start
                 sent.append(client_id)
                 examples.append(message.num_examples)
                 losses.append(message.metrics["train_loss"])

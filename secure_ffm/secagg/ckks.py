@@ -440,6 +440,7 @@ class CKKSServerAccumulator:
         keys = [k for k in payload if k.startswith(CIPHERTEXT_PREFIX)]
         if sorted(keys) != [_ciphertext_key(i) for i in range(expected)] or len(payload) != len(keys) + 3:
             raise AggregationError(f"{who} sent {len(keys)} ciphertexts (payload keys {sorted(payload)[:4]}...), expected {expected}")
+        data_primes = len(params.coeff_mod_bit_sizes) - 1  # a fresh ciphertext sits at the data level
         vectors = []
         for i in range(expected):
             data = payload[_ciphertext_key(i)]
@@ -456,10 +457,10 @@ class CKKSServerAccumulator:
                 raise AggregationError(f"{who} sent ciphertext {i} of {vector.size()} values, expected {size}")
             if scale != params.scale:
                 raise AggregationError(f"{who} sent ciphertext {i} at scale 2^{math.log2(scale):.4g}, expected 2^{params.scale_bits}")
-            if level != len(params.coeff_mod_bit_sizes) - 1 or polys != 2:
+            if level != data_primes or polys != 2:
                 raise AggregationError(
-                    f"{who} sent ciphertext {i} with {polys} polynomials over {level} primes, expected a fresh "
-                    f"encryption (2 polynomials over {len(params.coeff_mod_bit_sizes) - 1} primes)"
+                    f"{who} sent ciphertext {i} with {polys} polynomials over {level} primes, "
+                    f"expected a fresh encryption (2 polynomials over {data_primes} primes)"
                 )
             vectors.append(vector)
         # validated: fold in, in place (exact modular arithmetic, so a failed add is rolled back exactly)
