@@ -19,7 +19,8 @@ import torch
 
 from secure_ffm.aggregation import AggregationProtocol
 from secure_ffm.models.base import EncodedData, FederatedModel
-from secure_ffm.seeding import TRAINING, TRANSFORM, derive_seed, generator
+from secure_ffm.privacy.noise import TRANSFORM, NoisePolicy, PrivateRandomness
+from secure_ffm.seeding import TRAINING, derive_seed
 from secure_ffm.training import EvalResult, LocalTrainer, evaluate
 from secure_ffm.transforms import TransformContext, UpdatePipeline
 from secure_ffm.wire import ClientMessage, ClientUpdate, FitInstructions, subtract
@@ -46,11 +47,18 @@ class FederatedClient:
     protocol: AggregationProtocol
     transforms: UpdatePipeline = field(default_factory=UpdatePipeline)
     state: MutableMapping[str, Any] = field(default_factory=dict)
+    """This client's private state (its noise secret, DP ledger, ...); checkpointed with the client, never sent."""
     seed: int = 0
+    noise: NoisePolicy = field(default_factory=NoisePolicy)
+    """Where the client's noise, DP sampling and defense randomness come from (its own secret by default)."""
 
     @property
     def num_examples(self) -> int:
         return len(self.indices)
+
+    def randomness(self) -> PrivateRandomness:
+        """This client's secret randomness (drawn from the OS CSPRNG into its state on first use)."""
+        return self.noise.client(self.client_id, self.state)
 
     def train(self, ins: FitInstructions) -> ClientUpdate:
         """Local training from the global parameters; returns the untransformed update."""
@@ -65,6 +73,7 @@ class FederatedClient:
             global_parameters=ins.parameters,
             generator=torch.Generator().manual_seed(training_seed),
             state=self.state,
+            randomness=self.randomness(),
         )
         delta = subtract(self.model.get_trainable(), ins.parameters)
         metrics = {"train_loss": result.train_loss, "train_seconds": result.seconds, "steps": float(result.steps)}
@@ -75,10 +84,12 @@ class FederatedClient:
         """Train, transform and encode: the message this client sends in round ``ins.round``."""
         update = self.train(ins)
         start = time.perf_counter()
+        randomness = self.randomness()
         context = TransformContext(
             round=ins.round,
             client_id=self.client_id,
-            rng=generator(self.seed, TRANSFORM, ins.round, self.client_id),
+            rng=randomness.generator(TRANSFORM, ins.round),
+            randomness=randomness,
             global_parameters=ins.parameters,
             state=self.state,
             config=ins.config,

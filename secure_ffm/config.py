@@ -224,8 +224,14 @@ class PrivacyConfig:
     two in benchmarks/dp_overhead.py)."""
     planned_rounds: int = 0
     """dp-sgd: rounds a client is budgeted to take part in; 0 means every round (no client is ever skipped)."""
-    secure_mode: bool = False
-    """Draw DP noise from a cryptographically secure generator (needs torchcsprng for dp-sgd)."""
+    secure_mode: bool = True
+    """Draw every noise value and DP-SGD's Poisson sampling from AES-128 in counter mode (a CSPRNG) with the
+    floating-point mitigation of Opacus' secure mode (a sum of four Gaussians); false uses NumPy's Philox
+    generator, still keyed by each party's secret (secure_ffm.privacy.noise; cost in benchmarks/dp_overhead.py)."""
+    reproducible_noise: bool = False
+    """Research only: derive all noise, sampling and defense randomness from run.seed instead of secrets drawn from
+    the OS CSPRNG. Gives NO protection against anyone who knows the seed (it is written to config.toml); marked as
+    such in privacy.json, summary.json and the report."""
     noise_multiplier: float = 0.0
     """dp-fedavg: z, the server noise std divided by the clip norm; 0 calibrates it from target_epsilon."""
     clip_norm: float = 1.0

@@ -8,7 +8,7 @@ data) and lets the strategy turn the aggregate into new global parameters.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -31,6 +31,7 @@ class Server:
         clients_per_round: int,
         seed: int,
         aggregate_steps: Sequence[AggregateStep] = (),
+        sampling: Callable[[int], np.random.Generator | None] | None = None,
     ) -> None:
         self.strategy = strategy
         self.protocol = protocol
@@ -40,12 +41,17 @@ class Server:
         self.seed = seed
         self.aggregate_steps = tuple(aggregate_steps)
         self.extra_fit_config: list = []
+        self.sampling = sampling
+        """Round -> generator for client sampling when it must be secret (DP-FedAvg's amplification); None: seeded."""
 
     def sample_clients(self, round: int) -> list[int]:
-        """Uniform sampling without replacement, drawn from a generator of (seed, round) alone."""
+        """Uniform sampling without replacement, from a generator of (seed, round), or of the server's secret
+        when a privacy mechanism's amplification by subsampling needs the choice hidden from outsiders."""
         if self.clients_per_round >= self.num_clients:
             return list(range(self.num_clients))
-        rng = generator(self.seed, SAMPLING, round)
+        rng = self.sampling(round) if self.sampling is not None else None
+        if rng is None:
+            rng = generator(self.seed, SAMPLING, round)
         return sorted(int(c) for c in rng.choice(self.num_clients, size=self.clients_per_round, replace=False))
 
     def fit_instructions(self, round: int, participants: Sequence[int]) -> FitInstructions:

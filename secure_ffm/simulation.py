@@ -37,6 +37,7 @@ from secure_ffm.errors import ConfigError, RoundAbortedError
 from secure_ffm.models import build_model
 from secure_ffm.models.base import EncodedData, FederatedModel
 from secure_ffm.privacy.mechanisms import PrivacyMechanism, build_mechanism
+from secure_ffm.privacy.noise import NoisePolicy
 from secure_ffm.seeding import DROPOUT, INIT, derive_seed, generator
 from secure_ffm.server import Server
 from secure_ffm.strategies import build_strategy
@@ -114,6 +115,7 @@ class Simulation:
         secure = self.config.secure_aggregation
         self.protocol = protocol or PROTOCOLS.get(secure.protocol, key="secure_aggregation.protocol").from_config(secure, seed=self.config.run.seed)
         self.privacy = prepared.privacy
+        self.noise_policy = NoisePolicy.from_config(self.config)
         extra = transforms.transforms if transforms is not None else build_defenses(self.config.defense).transforms
         # privacy transforms (clipping, noise shares) come last, right before encoding
         self.transforms = UpdatePipeline([*extra, *self.privacy.client_transforms()])
@@ -127,9 +129,13 @@ class Simulation:
             clients_per_round=self.config.server.clients_per_round,
             seed=self.config.run.seed,
             aggregate_steps=self.privacy.aggregate_steps(),
+            sampling=self.privacy.sampling_generator,
         )
         self.server.extra_fit_config.append(self.privacy.fit_config)
         self.client_states: dict[int, dict[str, Any]] = {}
+        # every client draws its secret before round 1, so the first checkpoint already holds it (exact --resume)
+        for client_id in range(prepared.data.num_clients):
+            self.noise_policy.client(client_id, self.client_states.setdefault(client_id, {}))
         self.history: list[dict[str, Any]] = []
         self.recorder = ObservationRecorder(self.config, self.out_dir)
 
@@ -147,6 +153,7 @@ class Simulation:
             transforms=self.transforms,
             state=self.client_states.setdefault(client_id, {}),
             seed=self.config.run.seed,
+            noise=self.noise_policy,
         )
 
     # ------------------------------------------------------------------ rounds
@@ -346,6 +353,7 @@ class Simulation:
             "bytes_down_total": int(sum(r["bytes_down"] for r in self.history)),
             "seconds_total": float(sum(r["seconds"] for r in self.history)),
             "privacy": self._privacy_summary(),
+            "noise": self.noise_policy.describe(),
             "num_train_examples": len(self.prepared.data.private),
             "num_public_examples": len(self.prepared.data.public) if self.prepared.data.public is not None else 0,
             "num_test_examples": len(self.prepared.data.test),
@@ -365,7 +373,7 @@ class Simulation:
         ledger = self.privacy.ledger(self.client_states)
         if ledger is None:
             return {"mechanism": "none", "epsilon": None}
-        keep = ("mechanism", "level", "accountant", "target_epsilon", "epsilon", "delta", "noise_multiplier", "clip_norm", "max_grad_norm")
+        keep = ("mechanism", "level", "accountant", "target_epsilon", "epsilon", "delta", "noise_multiplier", "clip_norm", "max_grad_norm", "noise")
         return {k: ledger[k] for k in keep if k in ledger}
 
     # ------------------------------------------------------------------ files
@@ -430,6 +438,8 @@ class Simulation:
         self.client_states.clear()
         self.client_states.update(checkpoint.client_states)
         self.privacy.load_state_dict(checkpoint.server_state.get("privacy", {}))
+        # no round may push ε past the target: refuse an extension the budget cannot pay for, before any round runs
+        self.privacy.check_budget(completed_rounds=checkpoint.round, total_rounds=self.config.server.rounds, client_states=self.client_states)
         metrics_path = self.out_dir / "metrics.jsonl"
         rows = [json.loads(line) for line in metrics_path.read_text(encoding="utf-8").splitlines() if line.strip()]
         self.history = [r for r in rows if r["round"] <= checkpoint.round]

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from secure_ffm.config import ClientConfig
 from secure_ffm.metrics import accuracy, macro_f1
 from secure_ffm.models.base import Batch, EncodedData, FederatedModel
+from secure_ffm.privacy.noise import PrivateRandomness
 from secure_ffm.registry import Registry
 from secure_ffm.wire import NamedArrays, Scalar
 
@@ -83,7 +84,9 @@ class LocalTrainer(ABC):
         global_parameters: NamedArrays,
         generator: torch.Generator,
         state: MutableMapping[str, Any],
-    ) -> TrainResult: ...
+        randomness: PrivateRandomness | None = None,
+    ) -> TrainResult:
+        """Train in place; ``generator`` (seeded) orders batches, ``randomness`` (the client's secret) feeds DP noise and sampling."""
 
 
 @TRAINERS.register("standard")
@@ -115,6 +118,7 @@ class StandardTrainer(LocalTrainer):
         global_parameters: NamedArrays,
         generator: torch.Generator,
         state: MutableMapping[str, Any],
+        randomness: PrivateRandomness | None = None,
     ) -> TrainResult:
         start = time.perf_counter()
         named = model.trainable_named_parameters()

@@ -3,7 +3,7 @@
 DP-FedAvg clipping and noise shares, pruning, quantization and Soteria-style
 perturbation are all transforms; they compose as an :class:`UpdatePipeline`
 applied in order, after local training and before the aggregation protocol's
-client-side encoding. Each receives an explicit seeded generator, never a global one.
+client-side encoding. Each receives an explicit generator keyed from the client's secret, never a global one.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from secure_ffm.wire import ClientUpdate, NamedArrays, Scalar
 if TYPE_CHECKING:
     from secure_ffm.config import DefenseConfig
     from secure_ffm.models.base import EncodedData, FederatedModel
+    from secure_ffm.privacy.noise import PrivateRandomness
 
 TRANSFORMS: Registry[type[UpdateTransform]] = Registry("update transform")
 
@@ -32,6 +33,7 @@ class TransformContext:
     round: int
     client_id: int
     rng: np.random.Generator
+    """Keyed from the client's secret (secure_ffm.privacy.noise): the server cannot reproduce it."""
     global_parameters: NamedArrays
     state: MutableMapping[str, Any] = field(default_factory=dict)
     """This client's persistent state (checkpointed with the run)."""
@@ -42,6 +44,8 @@ class TransformContext:
     encoded: EncodedData | None = None
     """The encoded example pool; the client's own examples are ``indices`` into it."""
     indices: np.ndarray | None = None
+    randomness: PrivateRandomness | None = None
+    """The client's secret randomness, for transforms that add DP noise (their own CSPRNG streams)."""
 
 
 class UpdateTransform(ABC):

@@ -322,6 +322,30 @@ class PrivacyLedger:
         return f"PrivacyLedger(accountant={self._accountant!r}, delta={self._delta!r}, steps={self.steps}, entries={len(self._history)})"
 
 
+def rounds_that_fit(
+    ledger: PrivacyLedger, *, noise_multiplier: float, sample_rate: float, steps_per_round: int, target_epsilon: float, limit: int, slack: float = 1e-9
+) -> int:
+    """The most rounds (at most ``limit``) of ``steps_per_round`` steps the ledger can still take without ε passing the target.
+
+    ε grows with every step, so a bisection over the number of rounds is exact.
+    """
+    def fits(rounds: int) -> bool:
+        if rounds == 0:
+            return ledger.epsilon() <= target_epsilon * (1 + slack)
+        return ledger.epsilon_if(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=rounds * steps_per_round) <= target_epsilon * (1 + slack)
+
+    if fits(limit):
+        return limit
+    low, high = 0, limit  # fits(low) or low == 0; not fits(high)
+    while high - low > 1:
+        middle = (low + high) // 2
+        if fits(middle):
+            low = middle
+        else:
+            high = middle
+    return low
+
+
 # --------------------------------------------------------------------------- calibration
 
 

@@ -15,16 +15,17 @@ aggregation, noised with std σ_b; the server sets C <- C exp(-η (b̄ - γ)). B
 et al. Theorem 1, the pair costs as much privacy as one Gaussian mechanism with
 z = (z_Δ^-2 + (2 σ_b)^-2)^(-1/2), so the update noise uses z_Δ = (z^-2 - (2 σ_b)^-2)^(-1/2).
 
-The noise comes from NumPy's generator (seeded for reproducibility, or from OS
-entropy with ``secure_mode``); neither is hardened against floating-point attacks
-on the Gaussian sampler (Mironov, CCS 2012).
+The noise comes from secrets the server cannot reproduce (secure_ffm.privacy.noise):
+each client's shares from its own secret drawn from the OS CSPRNG, the central noise
+from the server's secret; with ``secure_mode`` (the default) through an AES-CTR CSPRNG
+and the floating-point mitigation of Opacus' secure mode (Mironov, CCS 2012, showed
+that textbook floating-point noise leaks).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import secrets
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -34,10 +35,10 @@ from secure_ffm.aggregation import Aggregate, AggregateStep
 from secure_ffm.config import Config
 from secure_ffm.data.base import FederatedData
 from secure_ffm.errors import ConfigError
-from secure_ffm.privacy.accounting import PrivacyLedger, calibrate_noise_multiplier, check_delta, default_delta
+from secure_ffm.privacy.accounting import PrivacyLedger, calibrate_noise_multiplier, check_delta, default_delta, rounds_that_fit
 from secure_ffm.privacy.gaussian import add_gaussian_noise, clip_l2
 from secure_ffm.privacy.mechanisms import MECHANISMS, PrivacyMechanism
-from secure_ffm.seeding import DP_NOISE, generator
+from secure_ffm.privacy.noise import CENTRAL_NOISE, CLIENT_SAMPLING, NOISE_SHARE, NoisePolicy, NoiseStream
 from secure_ffm.transforms import TRANSFORMS, TransformContext, UpdateTransform
 from secure_ffm.wire import ClientUpdate, Scalar
 
@@ -71,18 +72,21 @@ class GaussianNoiseShare(UpdateTransform):
 
     name = "gaussian-share"
 
-    def __init__(self, *, noise_multiplier: float, clip_norm: float, statistics_std: float = 0.0, secure: bool = False) -> None:
+    def __init__(self, *, noise_multiplier: float, clip_norm: float, participants: int, statistics_std: float = 0.0) -> None:
         self.noise_multiplier = noise_multiplier
         self.clip_norm = clip_norm
+        self.participants = participants
+        """The round size the client's own config plans: a server claiming more participants cannot shrink the share."""
         self.statistics_std = statistics_std
-        self.secure = secure
 
     def __call__(self, update: ClientUpdate, context: TransformContext) -> ClientUpdate:
-        m = int(context.config["participants"])
+        if context.randomness is None:
+            raise ValueError("gaussian-share needs the client's private randomness (TransformContext.randomness): its noise must be secret")
+        m = min(int(context.config["participants"]), self.participants)
         c = float(context.config.get("clip_norm", self.clip_norm))
-        rng = np.random.default_rng(secrets.randbits(128)) if self.secure else context.rng
-        delta = add_gaussian_noise(update.delta, self.noise_multiplier * c / math.sqrt(m), rng)
-        stats = add_gaussian_noise(update.statistics, self.statistics_std / math.sqrt(m), rng) if update.statistics else {}
+        noise = context.randomness.stream(NOISE_SHARE, context.round)
+        delta = add_gaussian_noise(update.delta, self.noise_multiplier * c / math.sqrt(m), noise)
+        stats = add_gaussian_noise(update.statistics, self.statistics_std / math.sqrt(m), noise) if update.statistics else {}
         return ClientUpdate(update.client_id, update.round, delta, update.num_examples, dict(update.metrics), stats)
 
 
@@ -95,7 +99,7 @@ class CentralGaussianNoise(AggregateStep):
     def __call__(self, round: int, aggregate: Aggregate) -> Aggregate:
         mech = self.mechanism
         m = aggregate.total_weight
-        rng = mech.noise_rng(round)
+        rng = mech.noise_stream(round)
         mean = add_gaussian_noise(aggregate.mean_delta, mech.update_noise_multiplier * mech.clip_norm / m, rng)
         stats = add_gaussian_noise(aggregate.mean_statistics, mech.count_std(max(1, int(m + 0.5))) / m, rng) if aggregate.mean_statistics else {}
         return aggregate.replace(mean_delta=mean, mean_statistics=stats)
@@ -129,6 +133,7 @@ class DPFedAvg(PrivacyMechanism):
         self.participants = m
         self.sample_rate = m / n
         self.rounds = config.server.rounds
+        self.rounds_planned = config.server.rounds
         self.delta = p.delta or default_delta(n)
         if p.delta and (reason := check_delta(p.delta, n)):
             log.warning("privacy.delta: %s (n = number of clients)", reason)
@@ -159,6 +164,9 @@ class DPFedAvg(PrivacyMechanism):
         self.last_unclipped_fraction: float | None = None
         self.user_ledger = PrivacyLedger(accountant=p.accountant, delta=self.delta)
         self.clip_history: list[float] = []
+        self.noise_policy = NoisePolicy.from_config(config)
+        self.server_randomness = self.noise_policy.server()
+        self._shares: list[GaussianNoiseShare] = []
 
     def count_std(self, participants: int) -> float:
         """σ_b of the noise on the unclipped count (0 without adaptive clipping; default m/20 as in Andrew et al.)."""
@@ -172,10 +180,14 @@ class DPFedAvg(PrivacyMechanism):
         ledger.record(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate, steps=rounds)
         return ledger.epsilon()
 
-    def noise_rng(self, round: int) -> np.random.Generator:
-        if self.config.privacy.secure_mode:
-            return np.random.default_rng(secrets.randbits(128))
-        return generator(self.config.run.seed, DP_NOISE, round)
+    def sampling_generator(self, round: int) -> np.random.Generator:
+        """User-level amplification by subsampling (q = m / n) assumes outsiders do not know who took part:
+        the server samples from its secret, not from run.seed (which config.toml publishes)."""
+        return self.server_randomness.generator(CLIENT_SAMPLING, round)
+
+    def noise_stream(self, round: int) -> NoiseStream:
+        """The central noise of ``round``, from the server's secret (kept only in its checkpoint)."""
+        return self.server_randomness.stream(CENTRAL_NOISE, round)
 
     # ------------------------------------------------------------------ seams
 
@@ -183,14 +195,14 @@ class DPFedAvg(PrivacyMechanism):
         p = self.config.privacy
         transforms: list[UpdateTransform] = [ClipUpdate(clip_norm=p.clip_norm, report_unclipped=p.adaptive_clipping)]
         if p.noise_placement == "clients":
-            transforms.append(
-                GaussianNoiseShare(
-                    noise_multiplier=self.update_noise_multiplier,
-                    clip_norm=p.clip_norm,
-                    statistics_std=self.count_std(self.participants),
-                    secure=p.secure_mode,
-                )
+            share = GaussianNoiseShare(
+                noise_multiplier=self.update_noise_multiplier,
+                clip_norm=p.clip_norm,
+                participants=self.participants,
+                statistics_std=self.count_std(self.participants),
             )
+            self._shares.append(share)
+            transforms.append(share)
         return transforms
 
     def aggregate_steps(self) -> list[AggregateStep]:
@@ -234,6 +246,7 @@ class DPFedAvg(PrivacyMechanism):
             "adaptive_clipping": p.adaptive_clipping,
             "noise_placement": p.noise_placement,
             "history": self.user_ledger.to_json()["history"],
+            "noise": self.noise_policy.describe(),
         }
 
     def plan(self) -> dict[str, Any]:
@@ -251,11 +264,46 @@ class DPFedAvg(PrivacyMechanism):
             "noise_std_on_mean": self.update_noise_multiplier * p.clip_norm / self.participants,
         }
 
+    def check_budget(self, *, completed_rounds: int, total_rounds: int, client_states: Mapping[int, Mapping[str, Any]]) -> None:
+        remaining = total_rounds - completed_rounds
+        if remaining <= 0:
+            return
+        target = self.config.privacy.target_epsilon
+        would = self.user_ledger.epsilon_if(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate, steps=remaining)
+        if would <= target * (1 + 1e-9):
+            return
+        fit = rounds_that_fit(
+            self.user_ledger, noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate, steps_per_round=1, target_epsilon=target, limit=remaining
+        )
+        raise ConfigError(
+            "server.rounds",
+            f"{total_rounds} rounds would spend ε={would:.3f} > privacy.target_epsilon={target} "
+            f"(the run's noise multiplier z={self.noise_multiplier:.4g} was calibrated for {self.rounds_planned} rounds)",
+            f"resume with --set server.rounds={completed_rounds + fit} at most, or start a new run planned for more rounds",
+        )
+
     def state_dict(self) -> dict[str, Any]:
-        return {"ledger": self.user_ledger.to_json(), "clip_norm": self.clip_norm, "last_unclipped_fraction": self.last_unclipped_fraction}
+        return {
+            "ledger": self.user_ledger.to_json(),
+            "clip_norm": self.clip_norm,
+            "last_unclipped_fraction": self.last_unclipped_fraction,
+            "noise_multiplier": self.noise_multiplier,
+            "update_noise_multiplier": self.update_noise_multiplier,
+            "planned_rounds": self.rounds_planned,
+            # the server's own secret, so a resumed run draws the same noise; only in its checkpoint
+            "noise_secret": self.server_randomness.secret.hex() if self.noise_policy.reproducible_seed is None else None,
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if state:
             self.user_ledger = PrivacyLedger.from_json(state["ledger"])
             self.clip_norm = float(state["clip_norm"])
             self.last_unclipped_fraction = state.get("last_unclipped_fraction")
+            # the noise stays the one the run was calibrated with, whatever server.rounds says now
+            self.noise_multiplier = float(state.get("noise_multiplier", self.noise_multiplier))
+            self.update_noise_multiplier = float(state.get("update_noise_multiplier", self.update_noise_multiplier))
+            self.rounds_planned = int(state.get("planned_rounds", self.rounds_planned))
+            for share in self._shares:
+                share.noise_multiplier = self.update_noise_multiplier
+            if state.get("noise_secret"):
+                self.server_randomness = self.noise_policy.server(state["noise_secret"])

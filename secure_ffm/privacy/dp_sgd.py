@@ -31,8 +31,17 @@ from secure_ffm.config import ClientConfig, Config, PrivacyConfig
 from secure_ffm.data.base import FederatedData
 from secure_ffm.errors import ConfigError
 from secure_ffm.models.base import Batch, EncodedData, FederatedModel
-from secure_ffm.privacy.accounting import PrivacyLedger, calibrate_noise_multiplier, check_delta, compute_epsilon, GaussianSteps, default_delta
+from secure_ffm.privacy.accounting import (
+    GaussianSteps,
+    PrivacyLedger,
+    calibrate_noise_multiplier,
+    check_delta,
+    compute_epsilon,
+    default_delta,
+    rounds_that_fit,
+)
 from secure_ffm.privacy.mechanisms import MECHANISMS, PrivacyMechanism, spread
+from secure_ffm.privacy.noise import DP_SGD_NOISE, DP_SGD_SAMPLING, NoisePolicy, NoiseStream, PrivateRandomness
 from secure_ffm.training import ClientDeclined, LocalTrainer, TrainResult, make_optimizer
 from secure_ffm.wire import NamedArrays, Scalar
 
@@ -114,15 +123,25 @@ def auto_grad_sample_mode(model: FederatedModel) -> str:
     return "hooks" if share < PARAMETER_EFFICIENT_SHARE else "ghost"
 
 
-def check_secure_mode() -> None:
-    try:
-        import torchcsprng  # noqa: F401
-    except ImportError:
-        raise ConfigError(
-            "privacy.secure_mode",
-            "needs the torchcsprng package, which has no build for this torch (2.13) on PyPI",
-            "set privacy.secure_mode = false, or install torchcsprng built for your torch",
-        ) from None
+def _secret_noise_optimizer(base: type) -> type:
+    """``base`` (an Opacus DP optimizer) drawing its noise from a :class:`NoiseStream` instead of torch's generator.
+
+    Opacus draws noise from a ``torch.Generator`` (a Mersenne Twister with a 64-bit seed) or, in its secure mode,
+    from torchcsprng, which has no build for this torch. The stream here is keyed by the client's secret
+    (secure_ffm.privacy.noise): an AES-CTR CSPRNG with the sum-of-four-Gaussians mitigation by default.
+    """
+    from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
+
+    def add_noise(self: Any) -> None:
+        multiplier = getattr(self, "_adjusted_noise_multiplier", self.noise_multiplier)
+        std = multiplier * self.max_grad_norm
+        for p in self.params:
+            _check_processed_flag(p.summed_grad)
+            noise = torch.from_numpy(self.noise_stream.normal(tuple(p.summed_grad.shape), std)).to(p.summed_grad.dtype)
+            p.grad = (p.summed_grad + noise).view_as(p)
+            _mark_as_processed(p.summed_grad)
+
+    return type(f"SecretNoise{base.__name__}", (base,), {"add_noise": add_noise, "noise_stream": None})
 
 
 class DPStep:
@@ -144,8 +163,7 @@ class DPStep:
         noise_multiplier: float,
         max_grad_norm: float,
         expected_batch_size: int,
-        noise_generator: torch.Generator | None,
-        secure_mode: bool = False,
+        noise: NoiseStream,
     ) -> None:
         from opacus.grad_sample import GradSampleModule, GradSampleModuleFastGradientClipping
         from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
@@ -155,23 +173,24 @@ class DPStep:
         self.params = [p for _, p in model.trainable_named_parameters()]
         self.base = optimizer
         self.noise_std = noise_multiplier * max_grad_norm / expected_batch_size
-        self.noise_generator = noise_generator
+        self.noise = noise
         kwargs = dict(
             noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm, expected_batch_size=expected_batch_size,
-            loss_reduction="mean", generator=noise_generator, secure_mode=secure_mode,
+            loss_reduction="mean",
         )
         self.criterion: Any = None
         if mode == "ghost":
             self.wrapped: Any = GradSampleModuleFastGradientClipping(
                 model.module, batch_first=True, loss_reduction="mean", max_grad_norm=max_grad_norm, use_ghost_clipping=True
             )
-            self.optimizer: Any = DPOptimizerFastGradientClipping(optimizer, **kwargs)
+            self.optimizer: Any = _secret_noise_optimizer(DPOptimizerFastGradientClipping)(optimizer, **kwargs)
             self.criterion = DPLossFastGradientClipping(self.wrapped, self.optimizer, nn.CrossEntropyLoss(), "mean")
         elif mode == "hooks":
             self.wrapped = GradSampleModule(model.module, batch_first=True, loss_reduction="mean")
-            self.optimizer = DPOptimizer(optimizer, **kwargs)
+            self.optimizer = _secret_noise_optimizer(DPOptimizer)(optimizer, **kwargs)
         else:
             raise ValueError(f"grad_sample_mode must be 'ghost' or 'hooks', got {mode!r}")
+        self.optimizer.noise_stream = noise
 
     def step(self, batch: Batch, *, extra_gradient: Callable[[], None] | None = None) -> float:
         """One private step on ``batch``; ``extra_gradient`` may add data-independent terms after privatization."""
@@ -193,7 +212,7 @@ class DPStep:
     def noise_only_step(self) -> None:
         """The step of an empty Poisson batch: noise only (the privacy analysis counts it)."""
         for p in self.params:
-            p.grad = torch.normal(0.0, self.noise_std, size=p.shape, generator=self.noise_generator).to(p.dtype)
+            p.grad = torch.from_numpy(self.noise.normal(tuple(p.shape), self.noise_std)).to(p.dtype)
         self.base.step()
 
     def close(self) -> None:
@@ -210,20 +229,12 @@ class DPSGDTrainer(LocalTrainer):
     def __init__(self, config: ClientConfig, privacy: PrivacyConfig, *, plans: Mapping[int, ClientDPPlan]) -> None:
         super().__init__(config)
         self.privacy = privacy
-        self.plans = dict(plans)  # by number of examples
+        self.plans = plans  # by number of examples; the mechanism's own dict (a resume may restore older plans)
 
     def grad_sample_mode(self, model: FederatedModel) -> str:
         if self.privacy.grad_sample_mode == "auto":
             return auto_grad_sample_mode(model)
         return self.privacy.grad_sample_mode
-
-    def _noise_generator(self, generator: torch.Generator) -> torch.Generator:
-        if self.privacy.secure_mode:
-            import torchcsprng  # type: ignore[import-not-found]
-
-            return torchcsprng.create_random_device_generator("/dev/urandom")
-        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-        return torch.Generator().manual_seed(seed)
 
     def train(
         self,
@@ -235,7 +246,10 @@ class DPSGDTrainer(LocalTrainer):
         global_parameters: NamedArrays,
         generator: torch.Generator,
         state: MutableMapping[str, Any],
+        randomness: PrivateRandomness | None = None,
     ) -> TrainResult:
+        if randomness is None:
+            raise ValueError("DP-SGD needs the client's private randomness: its noise and sampling must be secret")
         start = time.perf_counter()
         n = len(indices)
         plan = self.plans[n]
@@ -269,14 +283,16 @@ class DPSGDTrainer(LocalTrainer):
             noise_multiplier=z,
             max_grad_norm=c,
             expected_batch_size=max(1, round(q * n)),
-            noise_generator=self._noise_generator(generator),
-            secure_mode=self.privacy.secure_mode,
+            noise=randomness.stream(DP_SGD_NOISE, ledger.steps),
         )
+        # Poisson sampling from the client's secret: amplification by subsampling assumes the adversary
+        # does not know which examples a step used
+        sampling = randomness.stream(DP_SGD_SAMPLING, ledger.steps)
         model.module.train()
         total_loss, seen, empty = 0.0, 0, 0
         try:
             for _ in range(plan.steps_per_round):
-                chosen = indices[(torch.rand(n, generator=generator) < q).numpy()]
+                chosen = indices[sampling.random(n) < q]
                 if len(chosen) == 0:
                     stepper.noise_only_step()
                     empty += 1
@@ -315,17 +331,20 @@ class DPSGD(PrivacyMechanism):
     def __init__(self, config: Config, data: FederatedData) -> None:
         super().__init__(config, data)
         privacy = config.privacy
-        if privacy.secure_mode:
-            check_secure_mode()
         self.planned_rounds = privacy.planned_rounds or config.server.rounds
         sizes = sorted({len(ix) for ix in data.client_indices})
         for n in sizes:
             reason = check_delta(privacy.delta, n) if privacy.delta else None
             if reason:
                 log.warning("privacy.delta: %s", reason)
-        self.plans = {
-            n: plan_client(n, client=config.client, privacy=privacy, planned_rounds=self.planned_rounds) for n in sizes
-        }
+        self.sizes = sizes
+        self.plans: dict[int, ClientDPPlan] = {}
+        self._make_plans()
+
+    def _make_plans(self) -> None:
+        c = self.config
+        self.plans.clear()
+        self.plans.update({n: plan_client(n, client=c.client, privacy=c.privacy, planned_rounds=self.planned_rounds) for n in self.sizes})
 
     def check_model(self, model: FederatedModel) -> None:
         from opacus.validators import ModuleValidator
@@ -388,7 +407,47 @@ class DPSGD(PrivacyMechanism):
             "planned_rounds": self.planned_rounds,
             "epsilon": eps,
             "clients": clients,
+            "noise": NoisePolicy.from_config(self.config).describe(),
         }
+
+    def check_budget(self, *, completed_rounds: int, total_rounds: int, client_states: Mapping[int, Mapping[str, Any]]) -> None:
+        if self.config.privacy.planned_rounds:  # clients budgeted for fewer rounds than the run decline when spent
+            return
+        remaining = total_rounds - completed_rounds
+        if remaining <= 0:
+            return
+        # planned_rounds = 0 promises that no client is ever skipped: every client must afford every remaining round
+        target = self.config.privacy.target_epsilon
+        worst: tuple[float, int, int] | None = None
+        for k in range(self.data.num_clients):
+            plan = self.client_plan(k)
+            dp = client_states.get(k, {}).get("dp_sgd", {})
+            ledger = PrivacyLedger.from_json(dp["ledger"]) if "ledger" in dp else PrivacyLedger(accountant=self.config.privacy.accountant, delta=plan.delta)
+            would = ledger.epsilon_if(noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate, steps=remaining * plan.steps_per_round)
+            if would > target * (1 + EPSILON_SLACK):
+                fit = rounds_that_fit(
+                    ledger, noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate,
+                    steps_per_round=plan.steps_per_round, target_epsilon=target, limit=remaining,
+                )
+                if worst is None or fit < worst[1]:
+                    worst = (would, fit, k)
+        if worst is not None:
+            would, fit, k = worst
+            raise ConfigError(
+                "server.rounds",
+                f"{total_rounds} rounds would spend ε={would:.3f} > privacy.target_epsilon={target} for client {k} "
+                f"(its noise was calibrated for {self.planned_rounds} rounds)",
+                f"resume with --set server.rounds={completed_rounds + fit} at most, or start a new run planned for more rounds",
+            )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"planned_rounds": self.planned_rounds}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        planned = int(state.get("planned_rounds", 0)) if state else 0
+        if planned and planned != self.planned_rounds:  # keep the noise the clients were calibrated with
+            self.planned_rounds = planned
+            self._make_plans()
 
     def plan(self) -> dict[str, Any]:
         plans = [self.client_plan(k) for k in range(self.data.num_clients)]

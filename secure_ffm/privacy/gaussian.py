@@ -7,6 +7,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from secure_ffm.privacy.noise import NoiseStream
 from secure_ffm.wire import NamedArrays
 
 
@@ -24,10 +25,15 @@ def clip_l2(arrays: Mapping[str, np.ndarray], max_norm: float) -> tuple[NamedArr
     return {k: (np.asarray(v) * factor).astype(np.asarray(v).dtype) for k, v in arrays.items()}, norm
 
 
-def add_gaussian_noise(arrays: Mapping[str, np.ndarray], std: float, rng: np.random.Generator) -> NamedArrays:
-    """``arrays + N(0, std^2)`` element-wise, drawn from ``rng``, keeping each array's dtype."""
+def add_gaussian_noise(arrays: Mapping[str, np.ndarray], std: float, rng: np.random.Generator | NoiseStream) -> NamedArrays:
+    """``arrays + N(0, std^2)`` element-wise, drawn from ``rng`` (a NumPy generator or a secret
+    :class:`~secure_ffm.privacy.noise.NoiseStream`), keeping each array's dtype."""
     if std < 0:
         raise ValueError(f"std must be non-negative, got {std}")
     if std == 0:
         return {k: np.array(v, copy=True) for k, v in arrays.items()}
-    return {k: (np.asarray(v, dtype=np.float64) + rng.normal(0.0, std, size=np.shape(v))).astype(np.asarray(v).dtype) for k, v in arrays.items()}
+    if isinstance(rng, np.random.Generator):
+        draw = lambda shape: rng.normal(0.0, std, size=shape)  # noqa: E731
+    else:
+        draw = lambda shape: rng.normal(tuple(shape), std)  # noqa: E731
+    return {k: (np.asarray(v, dtype=np.float64) + draw(np.shape(v))).astype(np.asarray(v).dtype) for k, v in arrays.items()}

@@ -14,6 +14,8 @@ from abc import ABC
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
 from secure_ffm.aggregation import AggregateStep
 from secure_ffm.config import Config
 from secure_ffm.data.base import FederatedData
@@ -50,6 +52,10 @@ class PrivacyMechanism(ABC):
     def fit_config(self, round: int, participants: Sequence[int]) -> dict[str, Scalar]:
         return {}
 
+    def sampling_generator(self, round: int) -> np.random.Generator | None:
+        """The server's generator for sampling round ``round``'s clients when it must be secret; None: seeded."""
+        return None
+
     def round_metrics(self, round: int, client_states: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
         """Privacy columns of the round's ``metrics.jsonl`` row."""
         return {}
@@ -61,6 +67,12 @@ class PrivacyMechanism(ABC):
     def plan(self) -> dict[str, Any]:
         """What the config implies before training: noise multipliers and the ε they reach."""
         return {"mechanism": self.name}
+
+    def check_budget(self, *, completed_rounds: int, total_rounds: int, client_states: Mapping[int, Mapping[str, Any]]) -> None:
+        """Refuse (ConfigError, before any round runs) a resumed run whose remaining rounds could push ε past the target.
+
+        Called after :meth:`load_state_dict` when a run is resumed, possibly with more rounds than it was planned for.
+        """
 
     def state_dict(self) -> dict[str, Any]:
         """Server-side state to checkpoint (JSON)."""

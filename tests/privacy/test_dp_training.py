@@ -65,9 +65,17 @@ class StopAfter(RunObserver):
             raise KeyboardInterrupt
 
 
-@pytest.mark.parametrize("privacy", [{"mode": "dp-sgd", "target_epsilon": 3.0}, {"mode": "dp-fedavg", "target_epsilon": 3.0, "adaptive_clipping": True, "clipped_count_stddev": 2.0}])
+RESUMED_PRIVACY = [
+    {"mode": "dp-sgd", "target_epsilon": 3.0},
+    {"mode": "dp-fedavg", "target_epsilon": 3.0, "adaptive_clipping": True, "clipped_count_stddev": 2.0},
+    {"mode": "dp-fedavg", "target_epsilon": 3.0, "noise_placement": "clients"},
+]
+
+
+@pytest.mark.parametrize("privacy", RESUMED_PRIVACY)
 def test_resume_keeps_the_privacy_ledger_exact(tmp_path, privacy):
-    config = cnn(privacy, data={"num_clients": 6}, client={"lr": 0.05}, server={"rounds": 4, "clients_per_round": 3})
+    # reproducible noise (research opt-in): a resumed run equals an uninterrupted one
+    config = cnn({**privacy, "reproducible_noise": True}, data={"num_clients": 6}, client={"lr": 0.05}, server={"rounds": 4, "clients_per_round": 3})
     Simulation(prepare_run(config), out_dir=tmp_path / "full").run()
     with pytest.raises(KeyboardInterrupt):
         Simulation(prepare_run(config), out_dir=tmp_path / "cut", observer=StopAfter()).run()
@@ -76,11 +84,31 @@ def test_resume_keeps_the_privacy_ledger_exact(tmp_path, privacy):
     assert [without_timings(r) for r in metrics(tmp_path / "full")] == [without_timings(r) for r in metrics(tmp_path / "cut")]
 
 
+@pytest.mark.parametrize("privacy", RESUMED_PRIVACY)
+def test_resume_draws_the_secret_noise_the_checkpoint_holds(tmp_path, privacy):
+    # secret noise: two resumes of one checkpoint agree exactly (the secrets come back from the checkpoint),
+    # while an independent run of the same config differs (its secrets are new)
+    import shutil
+
+    config = cnn(privacy, data={"num_clients": 6}, client={"lr": 0.05}, server={"rounds": 3, "clients_per_round": 3})
+    with pytest.raises(KeyboardInterrupt):
+        Simulation(prepare_run(config), out_dir=tmp_path / "cut", observer=StopAfter()).run()
+    shutil.copytree(tmp_path / "cut", tmp_path / "copy")
+    Simulation(prepare_run(config), out_dir=tmp_path / "cut").run(resume=True)
+    Simulation(prepare_run(config), out_dir=tmp_path / "copy").run(resume=True)
+    Simulation(prepare_run(config), out_dir=tmp_path / "other").run()
+    cut, copy, other = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("cut", "copy", "other"))
+    assert all(np.array_equal(cut[k], copy[k]) for k in cut)
+    assert not all(np.array_equal(cut[k], other[k]) for k in cut)
+    assert read(tmp_path / "cut", "privacy.json") == read(tmp_path / "copy", "privacy.json")
+
+
 def test_ghost_clipping_and_hooks_give_the_same_update(tmp_path):
     results = {}
     for mode in ("ghost", "hooks"):
         run_dir = tmp_path / mode
-        Simulation(prepare_run(cnn({"mode": "dp-sgd", "grad_sample_mode": mode}, server={"rounds": 1})), out_dir=run_dir).run()
+        config = cnn({"mode": "dp-sgd", "grad_sample_mode": mode, "reproducible_noise": True}, server={"rounds": 1})
+        Simulation(prepare_run(config), out_dir=run_dir).run()
         results[mode] = load_file(str(run_dir / "model.safetensors"))
     for name in results["ghost"]:
         np.testing.assert_allclose(results["ghost"][name], results["hooks"][name], rtol=1e-4, atol=1e-5)
@@ -160,10 +188,14 @@ def test_batchnorm_model_is_refused():
     assert info.value.key == "model.arch"
 
 
-def test_secure_mode_without_its_dependency_says_so():
-    with pytest.raises(ConfigError, match="torchcsprng") as info:
-        prepare_run(cnn({"mode": "dp-sgd", "secure_mode": True}))
-    assert info.value.key == "privacy.secure_mode"
+@pytest.mark.parametrize("secure_mode", [True, False])
+def test_dp_sgd_trains_with_either_noise_sampler(tmp_path, secure_mode):
+    # secure_mode needs no torchcsprng: its CSPRNG is ChaCha20 (cryptography), its sampler the sum of four Gaussians
+    config = cnn({"mode": "dp-sgd", "target_epsilon": 8.0, "secure_mode": secure_mode}, server={"rounds": 2})
+    Simulation(prepare_run(config), out_dir=tmp_path / "run").run()
+    ledger = read(tmp_path / "run", "privacy.json")
+    assert ledger["noise"]["secure_sampler"] is secure_mode and ledger["noise"]["source"] == "os-csprng"
+    assert 0 < ledger["epsilon"]["max"] <= 8.0
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,73 @@
+"""The noise core: secret-keyed streams, their distributions, and the secrets behind them."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from secure_ffm.privacy.noise import (
+    SECRET_BYTES,
+    FastStream,
+    NoisePolicy,
+    PrivateRandomness,
+    SecureStream,
+    derive_key,
+    new_secret,
+    seeded_secret,
+)
+
+KEY = bytes(range(32))
+
+
+@pytest.mark.parametrize("stream", [SecureStream, FastStream])
+def test_gaussian_has_the_requested_standard_deviation(stream):
+    draws = stream(KEY).normal((200_000,), 3.0)
+    # the standard error of a sample std of 200k draws is std / sqrt(2 n) = 0.0047
+    assert abs(draws.std() - 3.0) < 0.03 and abs(draws.mean()) < 0.03
+    assert abs(np.mean(np.abs(draws) > 6.0) - 0.0455) < 0.003  # the 2-sigma tail of a Gaussian
+
+
+@pytest.mark.parametrize("stream", [SecureStream, FastStream])
+def test_uniforms_lie_in_the_unit_interval(stream):
+    draws = stream(KEY).random(100_000)
+    assert draws.min() >= 0.0 and draws.max() < 1.0 and abs(draws.mean() - 0.5) < 0.01
+
+
+@pytest.mark.parametrize("stream", [SecureStream, FastStream])
+def test_a_key_gives_one_stream_and_another_key_another(stream):
+    assert np.array_equal(stream(KEY).normal((64,), 1.0), stream(KEY).normal((64,), 1.0))
+    assert not np.array_equal(stream(KEY).normal((64,), 1.0), stream(bytes(32)).normal((64,), 1.0))
+
+
+def test_successive_draws_continue_the_stream():
+    s = SecureStream(KEY)
+    assert not np.array_equal(s.normal((16,), 1.0), s.normal((16,), 1.0))
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.integers(0, 2**40), min_size=1, max_size=4), st.lists(st.integers(0, 2**40), min_size=1, max_size=4))
+def test_derived_keys_separate_purposes(path_a, path_b):
+    same = derive_key(KEY, *path_a) == derive_key(KEY, *path_b)
+    assert same == (path_a == path_b)
+
+
+def test_secrets_come_from_the_os_and_differ():
+    assert len({new_secret() for _ in range(8)}) == 8 and len(new_secret()) == SECRET_BYTES
+
+
+def test_seeded_secrets_are_reproducible_by_anyone_with_the_seed():
+    assert seeded_secret(0, 1) == seeded_secret(0, 1) != seeded_secret(1, 1)
+    policy = NoisePolicy(reproducible_seed=7)
+    assert policy.client(3, {}).secret == policy.client(3, {}).secret == seeded_secret(7, 0, 3)
+    assert policy.describe()["source"] == "seed" and "no protection" in policy.describe()["warning"]
+
+
+def test_a_corrupt_stored_secret_is_replaced_not_trusted():
+    state = {"noise_secret": "not hex"}
+    randomness = NoisePolicy().client(0, state)
+    assert len(randomness.secret) == SECRET_BYTES and state["noise_secret"] == randomness.secret.hex()
+
+
+def test_a_short_secret_is_refused():
+    with pytest.raises(ValueError, match="32 bytes"):
+        PrivateRandomness(b"short").stream(1)

@@ -1,0 +1,136 @@
+"""DP noise the server cannot recompute (issue 11): the audit's attack, replayed against the engine.
+
+The audit regenerated a client's DP noise from the public config (run.seed is written to
+config.toml) and subtracted it. The strongest form of that attack replays the very same
+client computation from public information: same config, same seed, same data, same code.
+If the noise came from the seed, the replay equals the client's message bit for bit, and
+subtracting it removes the noise. With each party's secret, the replay only adds noise.
+"""
+
+import json
+
+import numpy as np
+import pytest
+
+from secure_ffm.config import config_from_dict
+from secure_ffm.privacy.dp_fedavg import GaussianNoiseShare
+from secure_ffm.privacy.noise import CLIENT_SECRET_KEY, SEED_WARNING, TRANSFORM, NoisePolicy, PrivateRandomness
+from secure_ffm.simulation import Simulation, prepare_run
+from secure_ffm.transforms import TransformContext
+from secure_ffm.wire import ClientUpdate
+
+
+def config(privacy, **sections):
+    raw = {
+        "run": {"seed": 0},
+        "data": {"dataset": "fashion_mnist", "max_train_examples": 600, "max_test_examples": 100, "num_clients": 4, "partition": "iid"},
+        "model": {"arch": "cnn", "finetune": "full"},
+        "client": {"local_steps": 1, "batch_size": 32, "lr": 0.5},
+        "server": {"rounds": 1},
+        "privacy": privacy,
+    }
+    for section, values in sections.items():
+        raw.setdefault(section, {}).update(values)
+    return config_from_dict(raw)
+
+
+def first_update(cfg, client_id=0):
+    """Client ``client_id``'s update after its pre-send transforms in round 1: what a plaintext server receives."""
+    simulation = Simulation(prepare_run(cfg))
+    participants = simulation.server.sample_clients(1)
+    instructions = simulation.server.fit_instructions(1, participants)
+    client = simulation.client(client_id)
+    update = client.train(instructions)
+    randomness = client.randomness()
+    context = TransformContext(
+        round=1, client_id=client_id, rng=randomness.generator(TRANSFORM, 1), randomness=randomness,
+        global_parameters=instructions.parameters, state=client.state, config=instructions.config,
+    )
+    update = simulation.transforms(update, context)
+    return np.concatenate([a.ravel().astype(np.float64) for _, a in sorted(update.delta.items())])
+
+
+DP_MODES = [
+    pytest.param({"mode": "dp-sgd", "target_epsilon": 1.0}, id="dp-sgd"),
+    pytest.param({"mode": "dp-sgd", "target_epsilon": 1.0, "secure_mode": False}, id="dp-sgd-philox"),
+    pytest.param({"mode": "dp-fedavg", "target_epsilon": 1.0, "noise_placement": "clients", "clip_norm": 0.1}, id="dp-fedavg-shares"),
+]
+
+
+@pytest.mark.parametrize("privacy", DP_MODES)
+def test_replaying_the_client_from_the_public_config_does_not_remove_its_noise(privacy):
+    observed = first_update(config(privacy))
+    replayed = first_update(config(privacy))  # everything public: config, seed, data, code
+    residual = np.linalg.norm(observed - replayed)
+    # independent noise of equal size: the residual is about sqrt(2) times the observed update's norm
+    assert residual > 0.5 * np.linalg.norm(observed)
+
+
+@pytest.mark.parametrize("privacy", DP_MODES)
+def test_reproducible_noise_opt_in_is_exactly_what_the_attack_removes(privacy):
+    # the research opt-in shows the attack works whenever the noise comes from the seed (as it did before issue 11)
+    cfg = config({**privacy, "reproducible_noise": True})
+    assert np.array_equal(first_update(cfg), first_update(cfg))
+
+
+def test_server_central_noise_is_not_reproducible_from_the_config():
+    cfg = config({"mode": "dp-fedavg", "target_epsilon": 1.0})
+    draws = [prepare_run(cfg).privacy.noise_stream(1).normal((1000,), 1.0) for _ in range(2)]
+    assert np.linalg.norm(draws[0] - draws[1]) > 30  # two independent N(0, 1)^1000: about 44.7
+
+
+def test_dp_fedavg_client_sampling_is_not_reproducible_from_the_config():
+    cfg = config({"mode": "dp-fedavg", "target_epsilon": 1.0}, data={"num_clients": 40, "max_train_examples": 1200}, server={"clients_per_round": 5})
+    samples = {tuple(Simulation(prepare_run(cfg)).server.sample_clients(1)) for _ in range(4)}
+    assert len(samples) > 1  # 4 draws of 5 of 40 clients: all equal with probability < 1e-17
+
+
+def test_client_shares_do_not_shrink_when_the_server_claims_more_participants():
+    cfg = config({"mode": "dp-fedavg", "target_epsilon": 1.0, "noise_placement": "clients", "clip_norm": 0.1, "reproducible_noise": True})
+    share = next(t for t in prepare_run(cfg).privacy.client_transforms() if isinstance(t, GaussianNoiseShare))
+    assert share.participants == 4
+    zeros = ClientUpdate(0, 1, {"w": np.zeros(4000, dtype=np.float32)}, 10)
+    randomness = PrivateRandomness(b"k" * 32)
+
+    def noise_norm(claimed):
+        context = TransformContext(round=1, client_id=0, rng=np.random.default_rng(0), global_parameters={}, config={"participants": claimed, "clip_norm": 0.1}, randomness=randomness)
+        return float(np.linalg.norm(share(zeros, context).delta["w"]))
+
+    assert noise_norm(1_000_000) == pytest.approx(noise_norm(4), rel=1e-6)  # capped at its own planned round size
+    assert noise_norm(2) > 1.3 * noise_norm(4)  # fewer participants than planned: more noise each (safe)
+
+
+@pytest.mark.parametrize("privacy", [{"mode": "dp-sgd", "target_epsilon": 4.0}, {"mode": "dp-fedavg", "target_epsilon": 4.0, "noise_placement": "clients"}])
+def test_no_published_file_holds_a_client_or_server_secret(tmp_path, privacy):
+    cfg = config(privacy, server={"rounds": 2}, audit={"capture_clients": [0]})
+    Simulation(prepare_run(cfg), out_dir=tmp_path / "run").run()
+    state = json.loads(next((tmp_path / "run" / "checkpoints").glob("round_*/state.json")).read_text())
+    secrets = [s[CLIENT_SECRET_KEY] for s in state["client_states"].values()]
+    server_secret = state["server_state"].get("privacy", {}).get("noise_secret")
+    secrets += [server_secret] if server_secret else []
+    assert len(secrets) >= 4 and all(len(s) == 64 for s in secrets)
+    published = [p for p in (tmp_path / "run").rglob("*") if p.is_file() and "checkpoints" not in p.parts]
+    assert any(p.name == "privacy.json" for p in published) and any("observations" in p.parts for p in published)
+    for path in published:
+        content = path.read_bytes()
+        for secret in secrets:
+            assert secret.encode() not in content and bytes.fromhex(secret) not in content, path
+
+
+@pytest.mark.parametrize("reproducible", [False, True])
+def test_privacy_json_and_summary_say_where_the_noise_comes_from(tmp_path, reproducible):
+    cfg = config({"mode": "dp-fedavg", "target_epsilon": 4.0, "reproducible_noise": reproducible})
+    Simulation(prepare_run(cfg), out_dir=tmp_path / "run").run()
+    ledger = json.loads((tmp_path / "run" / "privacy.json").read_text())
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    for noise in (ledger["noise"], summary["privacy"]["noise"], summary["noise"]):
+        assert noise["source"] == ("seed" if reproducible else "os-csprng")
+        assert (noise.get("warning") == SEED_WARNING) is reproducible
+
+
+def test_a_client_keeps_the_secret_it_drew_and_clients_differ():
+    policy = NoisePolicy()
+    state_a, state_b = {}, {}
+    a1, a2, b = policy.client(0, state_a), policy.client(0, state_a), policy.client(1, state_b)
+    assert a1.secret == a2.secret != b.secret
+    assert a1.secret.hex() not in repr(a1) and str(a1.secret) not in repr(a1)
