@@ -23,6 +23,7 @@ from secure_ffm.wire import ClientMessage, ClientUpdate, NamedArrays
 
 if TYPE_CHECKING:
     from secure_ffm.config import SecureAggregationConfig
+    from secure_ffm.secagg.protocol import VectorLayout
 
 PROTOCOLS: Registry[type[AggregationProtocol]] = Registry("aggregation protocol")
 
@@ -92,11 +93,16 @@ class AggregationProtocol(ABC):
         """The protocol a run's ``[secure_aggregation]`` section describes (plaintext takes no options)."""
         return cls()
 
-    def begin_round(self, round: int, participants: Sequence[int], *, weight_bound: float | None = None) -> None:  # noqa: B027 - optional hook
+    def begin_round(  # noqa: B027 - optional hook
+        self, round: int, participants: Sequence[int], *, weight_bound: float | None = None, layout: VectorLayout | None = None
+    ) -> None:
         """Called before any client trains; interactive protocols run their key set-up here.
 
         ``weight_bound`` is the public bound on any participant's weight this round (the
         largest example count under FedAvg weighting), for protocols that encode fixed-point.
+        ``layout`` is the update layout the server expects, from its own model
+        (``VectorLayout.of_arrays(global trainable parameters, expected statistics)``): secure
+        protocols then refuse any other, instead of letting the first message they accept fix it.
         """
 
     @abstractmethod

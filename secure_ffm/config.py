@@ -289,7 +289,9 @@ class SecureAggregationConfig:
     clip_range: float = 1.0
     """masking: per-coordinate bound on a client's delta; larger values are clipped before fixed-point encoding."""
     threshold: int = 0
-    """masking: Shamir threshold t (survivors needed to unmask); 0 picks a strict majority of each neighbourhood."""
+    """masking: Shamir threshold t (survivors needed to unmask); 0 picks a strict majority of each neighbourhood.
+    An explicit t must be above half a neighbourhood and at most all of it (checked against the participants and
+    ``neighbours``); it is also the lowest t each client accepts from the server."""
     neighbours: int = 0
     """masking: 0 masks every pair of clients (SecAgg); an even k > 0 uses a SecAgg+ graph of degree k."""
     dropout_rate: float = 0.0
@@ -450,6 +452,36 @@ class Config:
         for round in self.audit.capture_rounds:
             if round > self.server.rounds:
                 raise ConfigError("audit.capture_rounds", f"round {round} is after the last (server.rounds={self.server.rounds})", "use rounds 1 .. server.rounds")
+        if self.secure_aggregation.protocol == "masking" and self.secure_aggregation.threshold:
+            self._check_masking_threshold()
+
+    def _check_masking_threshold(self) -> None:
+        """An explicit masking threshold must be a strict majority of a neighbourhood and at most all of it.
+
+        Each round has ``server.clients_per_round`` participants (0: ``data.num_clients``); a
+        client's secrets are shared among its neighbourhood: every participant under
+        ``neighbours = 0``, itself and its ``k`` graph neighbours under SecAgg+ (the same rule the
+        protocol uses, :func:`secure_ffm.secagg.graph.neighbourhood_size`).
+        """
+        from secure_ffm.secagg.graph import neighbourhood_size, threshold_range
+
+        secure = self.secure_aggregation
+        participants = self.server.clients_per_round or self.data.num_clients
+        holders = neighbourhood_size(participants, secure.neighbours)
+        lowest, highest = threshold_range(holders)
+        if lowest <= secure.threshold <= highest:
+            return
+        k = secure.neighbours
+        graph = "every pair masks" if holders == participants else f"secure_aggregation.neighbours={k}: a client and its {k} neighbours"
+        where = f"{holders} clients that hold each client's shares ({participants} participants per round, {graph})"
+        if secure.threshold > highest:
+            problem = f"t={secure.threshold} is more than the {where}, so no round could ever unmask"
+        else:
+            problem = (
+                f"t={secure.threshold} is at or below half of the {where}; "
+                "a threshold at or below half lets a server that lies about survivors unmask a single client's update"
+            )
+        raise ConfigError("secure_aggregation.threshold", problem, f"use {lowest} to {highest}, or 0 for a strict majority")
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return {f.name: _section_to_dict(getattr(self, f.name)) for f in fields(self)}

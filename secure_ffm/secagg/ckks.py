@@ -391,19 +391,24 @@ class CKKSServer:
             raise ValueError("the server's CKKS context must not hold the secret key")
         self.fingerprint = fingerprint(public_context, key_id)
 
-    def accumulator(self, round: int, participants: Sequence[int]) -> CKKSServerAccumulator:
-        return CKKSServerAccumulator(self, round, participants)
+    def accumulator(self, round: int, participants: Sequence[int], *, layout: VectorLayout | None = None) -> CKKSServerAccumulator:
+        return CKKSServerAccumulator(self, round, participants, layout=layout)
 
 
 class CKKSServerAccumulator:
-    """One round's running homomorphic sum; ``add`` validates a message fully before folding it in."""
+    """One round's running homomorphic sum; ``add`` validates a message fully before folding it in.
 
-    def __init__(self, server: CKKSServer, round: int, participants: Sequence[int]) -> None:
+    ``layout``, when given, is the layout the server expects from its own model; otherwise the
+    first accepted message fixes it (and a forged first message blocks every honest one).
+    """
+
+    def __init__(self, server: CKKSServer, round: int, participants: Sequence[int], *, layout: VectorLayout | None = None) -> None:
         self.server = server
         self.round = operator.index(round)
         self.participants = frozenset(operator.index(c) for c in participants)
-        self.layout: VectorLayout | None = None
-        self.layout_bytes = b""
+        self.layout: VectorLayout | None = layout
+        self.fixed_layout = layout is not None
+        self.layout_bytes = layout.to_bytes() if layout is not None else b""
         self.sums: list[ts.CKKSVector] = []
         self.received: list[int] = []
         self.seconds = 0.0
@@ -433,7 +438,8 @@ class CKKSServerAccumulator:
         except (ValueError, KeyError, TypeError, AttributeError):
             raise AggregationError(f"{who} sent a malformed layout") from None
         if self.layout is not None and layout != self.layout:
-            raise AggregationError(f"{who} sent a layout that differs from the other clients'")
+            fixed_by = "the server fixed for the round" if self.fixed_layout else "the first accepted client sent"
+            raise AggregationError(f"{who} sent a layout that differs from the one {fixed_by}")
         length = layout.values_size + CHECK_SLOTS
         params = self.server.parameters
         expected = params.num_ciphertexts(length)
@@ -476,7 +482,8 @@ class CKKSServerAccumulator:
                 for total, vector in zip(self.sums[:added], vectors[:added], strict=True):
                     total.sub_(vector)
                 raise AggregationError(f"{who} sent ciphertexts that cannot be added to the others' ({error})") from None
-        self.layout, self.layout_bytes = layout, bytes(raw_layout)  # type: ignore[arg-type]
+        if not self.fixed_layout:
+            self.layout, self.layout_bytes = layout, bytes(raw_layout)  # type: ignore[arg-type]
         self.received.append(message.client_id)
 
     def result(self) -> EncryptedAggregate:
@@ -580,6 +587,7 @@ class CKKSProtocol(AggregationProtocol):
         self.clients: dict[int, CKKSClient] = {}
         self.round: int | None = None
         self.participants: tuple[int, ...] = ()
+        self.layout: VectorLayout | None = None
         self._setup_seconds = 0.0
 
     @classmethod
@@ -596,8 +604,11 @@ class CKKSProtocol(AggregationProtocol):
             raise ConfigError(key, f"TenSEAL refuses N={config.ckks_poly_modulus_degree} with primes {list(config.ckks_coeff_mod_bit_sizes)}: {error}") from None
         return cls(parameters=parameters, key_holder=config.ckks_key_holder)
 
-    def begin_round(self, round: int, participants: Sequence[int], *, weight_bound: float | None = None) -> None:
-        """Provision the key set on first use and load the contexts of clients not seen yet."""
+    def begin_round(self, round: int, participants: Sequence[int], *, weight_bound: float | None = None, layout: VectorLayout | None = None) -> None:
+        """Provision the key set on first use and load the contexts of clients not seen yet.
+
+        ``layout``, the layout the server expects, fixes it for the round's accumulator.
+        """
         start = time.perf_counter()
         ids = tuple(sorted(operator.index(c) for c in participants))
         if not ids or len(set(ids)) != len(ids):
@@ -613,6 +624,7 @@ class CKKSProtocol(AggregationProtocol):
                 self.clients[c] = CKKSClient(c, self.parameters, context, self.key_holder.fingerprint)
         self.round = operator.index(round)
         self.participants = ids
+        self.layout = layout
         self._setup_seconds = time.perf_counter() - start
 
     def encode(self, update: ClientUpdate, *, weight: float) -> ClientMessage:
@@ -632,7 +644,7 @@ class CKKSProtocol(AggregationProtocol):
     def accumulator(self, round: int) -> Accumulator:
         if self.server is None or self.round != round:
             raise AggregationError(f"round {round}: the CKKS round has not begun (call begin_round)")
-        return CKKSAccumulator(self.server.accumulator(round, self.participants), self.decryptor(), self._setup_seconds)
+        return CKKSAccumulator(self.server.accumulator(round, self.participants, layout=self.layout), self.decryptor(), self._setup_seconds)
 
 
 class CKKSAccumulator(Accumulator):

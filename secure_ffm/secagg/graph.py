@@ -112,6 +112,40 @@ def recommended_threshold(num_shares: int, *, corrupt_fraction: float = 0.0) -> 
     return (m + corrupt) // 2 + 1  # at most m, since corrupt <= m - 1
 
 
+def uses_full_graph(n: int, k: int) -> bool:
+    """Whether ``n`` participants with configured degree ``k`` mask every pair (SecAgg) rather than a Harary graph.
+
+    ``k = 0`` asks for the complete graph; ``k >= n - 1`` or ``n < 3`` leaves no sparser graph to draw.
+    """
+    return operator.index(k) == 0 or operator.index(k) >= operator.index(n) - 1 or operator.index(n) < 3
+
+
+def neighbourhood_size(n: int, k: int) -> int:
+    """How many clients hold shares of each client's secrets: the client itself and its graph neighbours.
+
+    ``n`` under the complete graph, ``k + 1`` under a SecAgg+ Harary graph of degree ``k``
+    (see :func:`uses_full_graph`).
+    """
+    size = operator.index(n)
+    if size < 1:
+        raise ValueError(f"a round needs at least 1 participant, got n={size}")
+    return size if uses_full_graph(size, k) else operator.index(k) + 1
+
+
+def threshold_range(num_shares: int) -> tuple[int, int]:
+    """The Shamir thresholds ``(lowest, highest)`` that a client whose secrets go to ``num_shares`` holders accepts.
+
+    The lowest is a strict majority, :func:`recommended_threshold` with no corrupt holders:
+    a server that tells some holders a client dropped (so they reveal shares of its pair key) and
+    the others that it survived (so they reveal shares of its self seed) needs ``t`` honest
+    holders of each kind, and each honest holder answers one kind only, so ``2t <= num_shares``;
+    a threshold at or below half makes that possible and unmasks the client's single update
+    (``tests/secagg/test_secagg_active_server.py`` plays that server). The highest is the
+    number of holders: a larger ``t`` could never rebuild a secret.
+    """
+    return recommended_threshold(num_shares), operator.index(num_shares)
+
+
 def _permutation(n: int, key: bytes) -> list[int]:
     """A uniformly random permutation of ``0 .. n - 1`` from the AES-CTR stream of ``key``."""
     order = list(range(n))

@@ -8,13 +8,13 @@ Learning" (Sec. 4, the semi-honest protocol), with the sparse neighbourhoods of 
 0. **advertise keys** - each client draws two fresh X25519 key pairs and sends their public
    halves (:class:`AdvertiseKeys`): ``c`` for the pairwise masks, ``s`` for encrypting shares.
    The server answers with a :class:`RoundSetup`: every public key, the mask graph (complete,
-   or a SecAgg+ Harary graph), the Shamir threshold ``t``, the public weight bound and the
-   quantization parameters.
-1. **share keys** - each client draws a self-mask seed ``b_u``, Shamir-splits it and its pair
-   private key among its neighbourhood (its graph neighbours and itself, ``t`` of them rebuild
-   either secret) and sends each neighbour's two shares encrypted with ChaCha20-Poly1305 under
-   ``HKDF(X25519(s_u, s_v))`` (:class:`ShareKeys`). The server routes the ciphertexts; it cannot
-   read them.
+   or a SecAgg+ Harary graph), the Shamir threshold ``t``, the public weight bound, the
+   quantization parameters and the vector layout it fixed from its own model.
+1. **share keys** - each client checks ``t`` (see below), draws a self-mask seed ``b_u``,
+   Shamir-splits it and its pair private key among its neighbourhood (its graph neighbours and
+   itself, ``t`` of them rebuild either secret) and sends each neighbour's two shares encrypted
+   with ChaCha20-Poly1305 under ``HKDF(X25519(s_u, s_v))``, plus a hash commitment to ``b_u``
+   (:class:`ShareKeys`). The server routes the ciphertexts; it cannot read them.
 2. **masked input** - each client quantizes its weighted update (see :class:`MaskingClient`)
    and sends ``x_u + PRG(b_u) + sum_v +-PRG(s_uv)`` (a :class:`~secure_ffm.wire.ClientMessage`).
    The server ring-sums the vectors as they arrive.
@@ -26,6 +26,19 @@ Learning" (Sec. 4, the semi-honest protocol), with the sparse neighbourhoods of 
 
 A round needs at least ``t`` survivors (and, under SecAgg+, ``t`` surviving share holders in
 every neighbourhood); otherwise it aborts with :class:`~secure_ffm.aggregation.AggregationError`.
+
+Against an active server (one that sends different clients different messages) the clients
+keep Bonawitz et al.'s rules for the unmasking stage: a client refuses a set-up whose ``t`` is
+not a strict majority of its neighbourhood (or is below its own configured minimum), refuses
+to unmask when fewer than ``t`` of its neighbourhood are listed as survivors, and reveals one
+kind of share per neighbour, once. A server that tells some holders of client ``u``'s secrets
+that ``u`` dropped and the others that it survived then needs ``t`` honest holders of each
+kind, ``2t`` in all, more than the neighbourhood has (:func:`~secure_ffm.secagg.graph.threshold_range`).
+The server, for its part, rebuilds each secret from every share it gets: extra shares beyond
+``t`` find and drop a holder whose share is wrong (:func:`~secure_ffm.secagg.shamir.reconstruct`),
+and a rebuilt self seed must match its owner's commitment, as a rebuilt pair key must match the
+public key. What stays out of reach without node authentication (a server that substitutes
+public keys or invents clients) is described in ``docs/threat_model.md``.
 
 Fixed-point encoding (``quantization``): a client with weight ``w`` sends ``w * delta`` and
 ``w * statistic`` clipped to ``[-clip_range * W, clip_range * W]`` where ``W`` is the public
@@ -42,7 +55,9 @@ no secrecy (the masks hide its result).
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import math
 import operator
 import secrets
@@ -67,7 +82,10 @@ from secure_ffm.wire import ClientMessage, ClientUpdate, NamedArrays
 if TYPE_CHECKING:
     from secure_ffm.config import SecureAggregationConfig
 
+log = logging.getLogger(__name__)
+
 _SHARE_LABEL = b"secure-ffm/secagg/v1/share-encryption"
+_COMMITMENT_LABEL = b"secure-ffm/secagg/v1/self-seed-commitment"
 _NONCE_BYTES = 12
 MASKED_KEY = "masked"
 ROUND_KEY = "round"
@@ -113,6 +131,8 @@ class RoundSetup:
     weight_bound: float
     clip_range: float
     levels: int
+    layout: VectorLayout | None = None
+    """The vector layout the server fixed from its own model; ``None`` when the caller gave none."""
 
     @property
     def participants(self) -> tuple[int, ...]:
@@ -137,6 +157,9 @@ class ShareKeys:
     client_id: int
     round: int
     shares: tuple[EncryptedShare, ...]
+    seed_commitment: bytes = b""
+    """SHA-256 of the client's self seed (bound to the round and client): lets the server check the
+    seed it rebuilds from shares. The seed is 32 random bytes, so the hash reveals nothing about it."""
 
 
 @dataclass(frozen=True)
@@ -174,9 +197,15 @@ class VectorLayout:
 
     @classmethod
     def of(cls, update: ClientUpdate) -> VectorLayout:
+        return cls.of_arrays(update.delta, update.statistics)
+
+    @classmethod
+    def of_arrays(cls, delta: NamedArrays, statistics: NamedArrays | None = None) -> VectorLayout:
+        """The layout of updates with these delta arrays (e.g. the global trainable parameters) and statistics."""
+        stats = statistics or {}
         return cls(
-            tuple((k, tuple(np.shape(update.delta[k]))) for k in sorted(update.delta)),
-            tuple((k, tuple(np.shape(update.statistics[k]))) for k in sorted(update.statistics)),
+            tuple((k, tuple(np.shape(delta[k]))) for k in sorted(delta)),
+            tuple((k, tuple(np.shape(stats[k]))) for k in sorted(stats)),
         )
 
     @property
@@ -221,10 +250,26 @@ class MaskingClient:
     """One participant's side of one round; holds its private keys and the shares others sent it.
 
     Create a fresh object per round (new keys every round).
+
+    Parameters
+    ----------
+    client_id
+        This client's id.
+    min_threshold
+        The lowest Shamir threshold this client accepts from a server: the configured
+        ``secure_aggregation.threshold``, or the strict majority of the neighbourhood that the
+        configured round size and ``neighbours`` give. Whatever it is, the client also refuses a
+        ``t`` that is not a strict majority of the neighbourhood the set-up gives it, or larger.
+    min_neighbours
+        The fewest neighbours this client accepts (the configured graph's degree). Both minimums
+        come from the client's own configuration, not from the server: with 0 for both, a server
+        could isolate the client (a set-up with no neighbours and ``t = 1``) and unmask its update.
     """
 
-    def __init__(self, client_id: int) -> None:
+    def __init__(self, client_id: int, *, min_threshold: int = 0, min_neighbours: int = 0) -> None:
         self.client_id = operator.index(client_id)
+        self.min_threshold = operator.index(min_threshold)
+        self.min_neighbours = operator.index(min_neighbours)
         self._pair_key: X25519PrivateKey | None = None
         self._share_key: X25519PrivateKey | None = None
         self._self_seed: bytes | None = None
@@ -241,12 +286,13 @@ class MaskingClient:
 
     # stage 1
     def share_keys(self, setup: RoundSetup) -> ShareKeys:
-        """Split the pair private key and a fresh self seed among the neighbourhood; encrypt each share."""
+        """Check the set-up, then split the pair private key and a fresh self seed among the neighbourhood; encrypt each share."""
         if self._pair_key is None or setup.round != self._round:
             raise ValueError(f"client {self.client_id}: share_keys before advertise, or for another round")
         own = setup.public_keys.get(self.client_id)
         if own != (keys.public_bytes(self._pair_key), keys.public_bytes(self._share_key)):
-            raise ValueError(f"client {self.client_id}: the setup does not carry this client's public keys")
+            raise AggregationError(f"round {setup.round}: client {self.client_id} refuses a set-up that does not carry its public keys")
+        self._check_setup(setup)
         self._setup = setup
         self._self_seed = keys.random_seed()
         holders = sorted(setup.neighbours[self.client_id] | {self.client_id})
@@ -263,21 +309,63 @@ class MaskingClient:
             aad = _share_aad(setup.round, self.client_id, holder)
             ciphertext = ChaCha20Poly1305(self._share_cipher_key(holder)).encrypt(nonce, plaintext, aad)
             out.append(EncryptedShare(self.client_id, holder, setup.round, nonce, ciphertext))
-        return ShareKeys(self.client_id, setup.round, tuple(out))
+        return ShareKeys(self.client_id, setup.round, tuple(out), seed_commitment(setup.round, self.client_id, self._self_seed))
+
+    def _check_setup(self, setup: RoundSetup) -> None:
+        """Refuse a mask graph that leaves this client out, and a threshold a lying server could exploit.
+
+        The client's secrets go to its neighbourhood (its neighbours and itself); ``t`` must be a
+        strict majority of it (:func:`~secure_ffm.secagg.graph.threshold_range`), at least this
+        client's own minimum, and at most the neighbourhood's size.
+        """
+        who = f"round {setup.round}: client {self.client_id}"
+        neighbours = setup.neighbours.get(self.client_id)
+        if neighbours is None or self.client_id in neighbours or not neighbours <= set(setup.public_keys):
+            raise AggregationError(f"{who} refuses a set-up whose mask graph does not give it neighbours among the participants")
+        if len(neighbours) < self.min_neighbours:
+            raise AggregationError(
+                f"{who} refuses a set-up that gives it {len(neighbours)} neighbours, fewer than the {self.min_neighbours} "
+                f"its configuration expects (a server that isolates a client can unmask its update)"
+            )
+        holders = len(neighbours) + 1
+        lowest, highest = graphs.threshold_range(holders)
+        if self.min_threshold > lowest:
+            lowest = self.min_threshold
+        if not lowest <= setup.threshold <= highest:
+            raise AggregationError(
+                f"{who} refuses threshold t={setup.threshold}: its secrets are shared among {holders} clients (itself and its "
+                f"{holders - 1} neighbours) and it accepts t in {lowest}..{highest} (a strict majority, at least its configured "
+                f"minimum {self.min_threshold}); a t at or below half lets a server that lies about who survived unmask its update"
+            )
 
     def receive_shares(self, shares: Sequence[EncryptedShare]) -> None:
-        """Decrypt the shares the server routed here; a tampered or misrouted one raises ValueError."""
+        """Decrypt the shares the server routed here; a tampered, misrouted, repeated or malformed one raises AggregationError.
+
+        All are checked before any is kept, so on error this client holds what it held before.
+        """
         setup = self._require_setup()
+        who = f"round {setup.round}: client {self.client_id}"
+        received: dict[int, tuple[bytes, bytes]] = {}
         for share in shares:
-            if share.recipient != self.client_id or share.round != setup.round or share.sender not in setup.neighbours[self.client_id]:
-                raise ValueError(f"client {self.client_id}: got a share from {share.sender} for {share.recipient} in round {share.round}")
+            sender = share.sender
+            if share.recipient != self.client_id or share.round != setup.round or sender not in setup.neighbours[self.client_id]:
+                raise AggregationError(f"{who} got a share from {sender} for {share.recipient} in round {share.round}")
+            if sender in self._held or sender in received:
+                raise AggregationError(f"{who} got a second share from client {sender}")
             try:
-                plaintext = ChaCha20Poly1305(self._share_cipher_key(share.sender)).decrypt(
-                    share.nonce, share.ciphertext, _share_aad(setup.round, share.sender, self.client_id)
-                )
-            except InvalidTag:
-                raise ValueError(f"client {self.client_id}: the share from client {share.sender} fails authentication") from None
-            self._held[share.sender] = (plaintext[: shamir.SHARE_BYTES], plaintext[shamir.SHARE_BYTES :])
+                aad = _share_aad(setup.round, sender, self.client_id)
+                plaintext = ChaCha20Poly1305(self._share_cipher_key(sender)).decrypt(share.nonce, share.ciphertext, aad)
+            except (InvalidTag, ValueError, TypeError):
+                raise AggregationError(f"{who}: the share from client {sender} fails authentication") from None
+            pair_key_share, seed_share = plaintext[: shamir.SHARE_BYTES], plaintext[shamir.SHARE_BYTES :]
+            try:
+                ids = {shamir.share_from_bytes(pair_key_share)[0], shamir.share_from_bytes(seed_share)[0]}
+            except ValueError:
+                raise AggregationError(f"{who}: the share from client {sender} is malformed ({len(plaintext)} bytes)") from None
+            if ids != {self.client_id + 1}:
+                raise AggregationError(f"{who}: the share from client {sender} carries share ids {sorted(ids)}, not {self.client_id + 1}")
+            received[sender] = (pair_key_share, seed_share)
+        self._held.update(received)
 
     # stage 2
     def quantize(self, update: ClientUpdate, *, weight: float, rng: np.random.Generator) -> np.ndarray:
@@ -311,17 +399,25 @@ class MaskingClient:
         setup = self._require_setup()
         if update.client_id != self.client_id or update.round != setup.round:
             raise ValueError(f"client {self.client_id}: update of client {update.client_id}, round {update.round} in round {setup.round}")
+        layout = VectorLayout.of(update)
+        if setup.layout is not None and layout != setup.layout:
+            raise AggregationError(f"round {setup.round}: client {self.client_id}'s update does not have the layout the server fixed for the round")
         masked = self.mask(self.quantize(update, weight=weight, rng=rng))
         payload = {
             MASKED_KEY: masked,
             ROUND_KEY: np.asarray([setup.round], dtype=np.int64),
-            LAYOUT_KEY: VectorLayout.of(update).to_bytes(),
+            LAYOUT_KEY: layout.to_bytes(),
         }
         return ClientMessage(self.client_id, setup.round, payload, update.num_examples, dict(update.metrics))
 
     # stage 3
     def unmask(self, request: UnmaskRequest) -> UnmaskResponse:
-        """Reveal, per neighbour, the self-seed share (survivor) or the pair-key share (dropped); never both."""
+        """Reveal, per neighbour, the self-seed share (survivor) or the pair-key share (dropped); never both.
+
+        Refuses when fewer than ``t`` of this client's neighbourhood (itself included) are listed
+        as survivors: the server could not rebuild this client's own self seed from so few, so an
+        honest request never asks, and a lying one gets nothing.
+        """
         setup = self._require_setup()
         survivors, dropped = set(request.survivors), set(request.dropped)
         if request.round != setup.round:
@@ -330,8 +426,13 @@ class MaskingClient:
             raise AggregationError(f"round {setup.round}: client {self.client_id} is not listed as a survivor")
         if survivors & dropped or not (survivors | dropped) <= set(setup.participants):
             raise AggregationError(f"round {setup.round}: client {self.client_id} got an inconsistent unmask request")
-        if len(survivors) < setup.threshold:
-            raise AggregationError(f"round {setup.round}: client {self.client_id} refuses to unmask with {len(survivors)} survivors < t={setup.threshold}")
+        neighbourhood = setup.neighbours[self.client_id] | {self.client_id}
+        listed = len(survivors & neighbourhood)
+        if listed < setup.threshold:
+            raise AggregationError(
+                f"round {setup.round}: client {self.client_id} refuses to unmask: {listed} of its {len(neighbourhood)}-client "
+                f"neighbourhood are listed as survivors, fewer than t={setup.threshold}"
+            )
         answers: dict[int, str] = {}
         for peer in self._held:
             if peer in survivors:
@@ -364,6 +465,11 @@ def _share_aad(round: int, sender: int, recipient: int) -> bytes:
     return _SHARE_LABEL + struct.pack(">QQQ", round, sender, recipient)
 
 
+def seed_commitment(round: int, client_id: int, seed: bytes) -> bytes:
+    """SHA-256 of a self seed, bound to the round and its owner: what :class:`ShareKeys` commits to."""
+    return hashlib.sha256(_COMMITMENT_LABEL + struct.pack(">QQ", round, client_id) + bytes(seed)).digest()
+
+
 # --------------------------------------------------------------------------- server
 
 
@@ -372,6 +478,12 @@ class MaskingServer:
 
     It sees public keys, ciphertexts it cannot read, masked vectors, and in the end the
     survivors' self seeds and the dropped clients' pair keys - never both for one client.
+
+    ``layout``, when given, is the vector layout the server expects (from its own model, e.g.
+    :meth:`VectorLayout.of_arrays` of the global trainable parameters and the statistics its
+    strategy asks for): it is announced in the set-up and every masked input must have it.
+    Without it the first accepted masked input fixes the layout, so a forged first message with
+    another layout gets every honest client's input rejected; runners should pass it.
     """
 
     def __init__(
@@ -383,6 +495,7 @@ class MaskingServer:
         clip_range: float = 1.0,
         threshold: int = 0,
         neighbours: int = 0,
+        layout: VectorLayout | None = None,
     ) -> None:
         self.round = operator.index(round)
         self.participants = tuple(sorted(operator.index(c) for c in participants))
@@ -396,22 +509,30 @@ class MaskingServer:
         self.clip_range = float(clip_range)
         self.neighbours = self._graph(operator.index(neighbours))
         holders = 1 + min(len(v) for v in self.neighbours.values())
-        self.threshold = operator.index(threshold) or graphs.recommended_threshold(holders)
-        if not 1 <= self.threshold <= holders:
-            raise ValueError(f"threshold t={self.threshold} must lie in 1..{holders} (a neighbourhood's size, its client included)")
+        lowest, highest = graphs.threshold_range(holders)
+        self.threshold = operator.index(threshold) or lowest
+        if not lowest <= self.threshold <= highest:
+            raise ValueError(
+                f"threshold t={self.threshold} must lie in {lowest}..{highest}: above half of a neighbourhood ({holders} clients, "
+                f"its client included), so that a server that lies about who survived cannot unmask one client, and at most all of it"
+            )
         self.levels = quantization.levels_for(len(self.participants))
         self.setup: RoundSetup | None = None
-        self.layout: VectorLayout | None = None
+        self.layout: VectorLayout | None = layout
+        self.fixed_layout = layout is not None
         self.masked_total: np.ndarray | None = None
         self.received: list[int] = []
+        self.seed_commitments: dict[int, bytes] = {}
         self.self_seeds: dict[int, bytes] = {}
         self.dropped_keys: dict[int, bytes] = {}
+        self.left_out: dict[int, str] = {}
+        """Share holders whose unmask responses were not used, and why (malformed, or a share off the polynomial)."""
 
     def _graph(self, k: int) -> dict[int, frozenset[int]]:
         n = len(self.participants)
         if k < 0 or k % 2:
             raise ValueError(f"neighbours must be 0 (complete graph) or an even degree, got {k}")
-        positions = graphs.full_graph(n) if k == 0 or k >= n - 1 or n < 3 else graphs.harary_graph(n, k, seed=secrets.token_bytes(32))
+        positions = graphs.full_graph(n) if graphs.uses_full_graph(n, k) else graphs.harary_graph(n, k, seed=secrets.token_bytes(32))
         ids = self.participants
         return {ids[p]: frozenset(ids[q] for q in nbrs) for p, nbrs in positions.items()}
 
@@ -427,20 +548,31 @@ class MaskingServer:
         missing = sorted(set(self.participants) - set(public))
         if missing:
             raise AggregationError(f"round {self.round}: clients {missing} advertised no keys")
-        self.setup = RoundSetup(self.round, public, self.neighbours, self.threshold, self.weight_bound, self.clip_range, self.levels)
+        self.setup = RoundSetup(self.round, public, self.neighbours, self.threshold, self.weight_bound, self.clip_range, self.levels, self.layout)
         return self.setup
 
     # stage 1
     def route_shares(self, messages: Sequence[ShareKeys]) -> dict[int, tuple[EncryptedShare, ...]]:
         """Each recipient's inbox of ciphertexts (the server forwards what it cannot read)."""
         inbox: dict[int, list[EncryptedShare]] = {c: [] for c in self.participants}
+        commitments: dict[int, bytes] = {}
         for message in messages:
-            expected = self.neighbours.get(message.client_id, frozenset())
-            got = {s.recipient for s in message.shares}
-            if message.round != self.round or got != expected or any(s.sender != message.client_id for s in message.shares):
+            if message.client_id not in self.participants or message.client_id in commitments:
+                raise AggregationError(f"round {self.round}: share keys from client {message.client_id}, not a participant or twice")
+            expected = self.neighbours[message.client_id]
+            got = [s.recipient for s in message.shares]
+            if (
+                message.round != self.round
+                or len(got) != len(expected)
+                or set(got) != expected
+                or any(s.sender != message.client_id for s in message.shares)
+                or len(message.seed_commitment) != hashlib.sha256().digest_size
+            ):
                 raise AggregationError(f"round {self.round}: client {message.client_id} sent malformed share keys")
+            commitments[message.client_id] = bytes(message.seed_commitment)
             for share in message.shares:
                 inbox[share.recipient].append(share)
+        self.seed_commitments = commitments
         return {c: tuple(v) for c, v in inbox.items()}
 
     # stage 2
@@ -458,7 +590,8 @@ class MaskingServer:
         except (ValueError, KeyError, TypeError, AttributeError):
             raise AggregationError(f"{who} sent a malformed layout") from None
         if self.layout is not None and layout != self.layout:
-            raise AggregationError(f"{who} sent a layout that differs from the other clients'")
+            fixed_by = "the server fixed for the round" if self.fixed_layout else "the first accepted client sent"
+            raise AggregationError(f"{who} sent a layout that differs from the one {fixed_by}")
         masked = payload[MASKED_KEY]
         if not isinstance(masked, np.ndarray) or masked.dtype != np.uint32:
             dtype = getattr(masked, "dtype", type(masked).__name__)
@@ -472,6 +605,7 @@ class MaskingServer:
 
     # stage 3
     def unmask_request(self) -> UnmaskRequest:
+        """Who survived and who dropped; aborts when some secret the server needs has fewer than ``t`` surviving holders."""
         survivors = tuple(sorted(self.received))
         dropped = tuple(c for c in self.participants if c not in self.received)
         if len(survivors) < self.threshold:
@@ -479,34 +613,71 @@ class MaskingServer:
                 f"round {self.round}: only {len(survivors)} of {len(self.participants)} clients survived, "
                 f"fewer than the threshold t={self.threshold}; aborting the round"
             )
+        alive = set(survivors)
+        for u in survivors:  # its self seed; each survivor also refuses to unmask below this
+            holders = len((self.neighbours[u] | {u}) & alive)
+            if holders < self.threshold:
+                raise AggregationError(
+                    f"round {self.round}: only {holders} surviving neighbours hold shares of client {u}'s self seed, "
+                    f"fewer than the threshold t={self.threshold}; aborting the round"
+                )
+        for d in dropped:  # its pair key, when a survivor masked with it
+            holders = len(self.neighbours[d] & alive)
+            if holders and holders < self.threshold:
+                raise AggregationError(
+                    f"round {self.round}: only {holders} surviving neighbours hold shares of client {d}'s pair key, "
+                    f"fewer than the threshold t={self.threshold}; aborting the round"
+                )
         return UnmaskRequest(self.round, survivors, dropped)
 
     def unmask(self, request: UnmaskRequest, responses: Sequence[UnmaskResponse]) -> np.ndarray:
-        """Rebuild the secrets from the responses and return the survivors' quantized sum (``uint32``)."""
+        """Rebuild the secrets from the responses and return the survivors' quantized sum (``uint32``).
+
+        A response that fails validation (another round, a responder that is not a survivor, a
+        second answer, a malformed share or one its sender should not hold) is left out whole, and
+        so are all shares of a holder whose share of some secret lies off the polynomial the other
+        holders agree on (:func:`~secure_ffm.secagg.shamir.reconstruct`); each is logged and kept in
+        :attr:`left_out`. The round aborts with :class:`~secure_ffm.aggregation.AggregationError`
+        when a secret is left with fewer than ``t`` shares, when the wrong shares cannot be told
+        from the right ones, or when a rebuilt secret does not match its commitment (the pair key
+        its public key, the self seed the hash its owner sent) - never with a silently wrong sum.
+        """
         assert self.setup is not None
         if self.masked_total is None:
             raise AggregationError(f"round {self.round}: no masked input to unmask")
         seed_shares: dict[int, dict[int, int]] = {u: {} for u in request.survivors}
         key_shares: dict[int, dict[int, int]] = {d: {} for d in request.dropped}
+        self.left_out = {}
+        answered: set[int] = set()
         for response in responses:
-            if response.round != self.round or response.client_id not in request.survivors:
-                raise AggregationError(f"round {self.round}: unexpected unmask response from client {response.client_id}")
-            for kind, target in ((response.self_seed_shares, seed_shares), (response.pair_key_shares, key_shares)):
-                for owner, data in kind.items():
-                    if owner not in target or owner not in self.neighbours[response.client_id] | {response.client_id}:
-                        raise AggregationError(f"round {self.round}: client {response.client_id} sent a share it should not hold ({owner})")
-                    share_id, value = shamir.share_from_bytes(data)
-                    if share_id != response.client_id + 1:
-                        raise AggregationError(f"round {self.round}: client {response.client_id} sent a share with id {share_id}")
-                    target[owner][share_id] = value
-        self.self_seeds = {u: self._combine(u, shares, "self seed") for u, shares in seed_shares.items()}
+            try:
+                seeds, pair_keys = self._read_response(request, response, answered)
+            except AggregationError as error:
+                self._leave_out(response.client_id, str(error))
+                continue
+            answered.add(response.client_id)
+            for found, target in ((seeds, seed_shares), (pair_keys, key_shares)):
+                for owner, value in found.items():
+                    target[owner][response.client_id + 1] = value
+        self.self_seeds = {}
+        for u, shares in seed_shares.items():
+            seed = self._combine(u, shares, "self seed")
+            if seed_commitment(self.round, u, seed) != self.seed_commitments.get(u):
+                raise AggregationError(
+                    f"round {self.round}: the shares of client {u}'s self seed rebuild a seed that does not match its commitment "
+                    f"(a holder sent a wrong share and too few shares were left to find it); aborting the round"
+                )
+            self.self_seeds[u] = seed
         dropped_pair_seeds: dict[int, dict[int, bytes]] = {}
         for d, shares in key_shares.items():
             if not self.neighbours[d] & set(request.survivors):
                 continue  # no survivor masked with d: nothing to remove
             raw = self._combine(d, shares, "pair key")
-            private = keys.private_key_from_bytes(raw)
-            if keys.public_bytes(private) != self.setup.public_keys[d][0]:
+            try:
+                private = keys.private_key_from_bytes(raw)
+            except ValueError:
+                private = None
+            if private is None or keys.public_bytes(private) != self.setup.public_keys[d][0]:
                 raise AggregationError(f"round {self.round}: the shares of dropped client {d}'s key rebuild a different key")
             self.dropped_keys[d] = raw
             dropped_pair_seeds[d] = {
@@ -515,6 +686,56 @@ class MaskingServer:
                 if u in self.received
             }
         return masking.unmask_sum(self.masked_total, self_seeds=self.self_seeds, dropped_pair_seeds=dropped_pair_seeds)
+
+    def _read_response(self, request: UnmaskRequest, response: UnmaskResponse, answered: set[int]) -> tuple[dict[int, int], dict[int, int]]:
+        """``({survivor: self-seed share value}, {dropped: pair-key share value})`` of one response, or AggregationError."""
+        who = f"round {self.round}: client {response.client_id}"
+        if response.round != self.round:
+            raise AggregationError(f"{who} answered the unmask request of round {response.round}")
+        if response.client_id not in request.survivors:
+            raise AggregationError(f"{who} answered the unmask request but is not a survivor")
+        if response.client_id in answered:
+            raise AggregationError(f"{who} answered the unmask request twice")
+        holds = self.neighbours[response.client_id] | {response.client_id}
+        out: tuple[dict[int, int], dict[int, int]] = ({}, {})
+        for found, kind, owners, what in (
+            (out[0], response.self_seed_shares, request.survivors, "self seed"),
+            (out[1], response.pair_key_shares, request.dropped, "pair key"),
+        ):
+            for owner, data in kind.items():
+                if owner not in owners or owner not in holds:
+                    raise AggregationError(f"{who} sent a share it should not hold (of client {owner}'s {what})")
+                try:
+                    share_id, value = shamir.share_from_bytes(data)
+                except (ValueError, TypeError):
+                    raise AggregationError(f"{who} sent a malformed share of client {owner}'s {what}") from None
+                if share_id != response.client_id + 1:
+                    raise AggregationError(f"{who} sent a share of client {owner}'s {what} with id {share_id}, not {response.client_id + 1}")
+                found[owner] = value
+        return out
+
+    def _leave_out(self, holder: int, reason: str) -> None:
+        if holder not in self.left_out:
+            self.left_out[holder] = reason
+            log.warning("%s; its unmask shares are left out", reason)
+
+    def _combine(self, owner: int, shares: Mapping[int, int], what: str) -> bytes:
+        """Rebuild one secret from the shares of holders not left out; leave out any whose share is wrong."""
+        usable = {i: v for i, v in shares.items() if i - 1 not in self.left_out}
+        if len(usable) < self.threshold:
+            raise AggregationError(
+                f"round {self.round}: only {len(usable)} surviving neighbours hold shares of client {owner}'s {what}, "
+                f"fewer than the threshold t={self.threshold}; aborting the round"
+            )
+        try:
+            rebuilt = shamir.reconstruct(usable, threshold=self.threshold)
+        except ValueError as error:
+            raise AggregationError(f"round {self.round}: cannot rebuild client {owner}'s {what}: {error}; aborting the round") from None
+        for share_id in sorted(rebuilt.wrong):
+            holder = share_id - 1
+            reason = f"round {self.round}: client {holder} sent a share of client {owner}'s {what} that disagrees with the other holders'"
+            self._leave_out(holder, reason)
+        return rebuilt.secret
 
     def decode(self, total: np.ndarray) -> tuple[NamedArrays, NamedArrays, float]:
         """``(weighted delta sum, weighted statistic sums, total weight)`` from the unmasked ring sum."""
@@ -526,17 +747,6 @@ class MaskingServer:
         total_weight = float(quantization.decode_sum(total[-1:], num_clients=n, clip_range=half, levels=self.levels)[0] + n * half)
         delta, stats = self.layout.split(values)
         return delta, stats, total_weight
-
-    def _combine(self, owner: int, shares: Mapping[int, int], what: str) -> bytes:
-        if len(shares) < self.threshold:
-            raise AggregationError(
-                f"round {self.round}: only {len(shares)} surviving neighbours hold shares of client {owner}'s {what}, "
-                f"fewer than the threshold t={self.threshold}; aborting the round"
-            )
-        try:
-            return shamir.combine(shares, threshold=self.threshold)
-        except ValueError as error:
-            raise AggregationError(f"round {self.round}: cannot rebuild client {owner}'s {what}: {error}") from None
 
 
 # --------------------------------------------------------------------------- in-process facade
@@ -553,7 +763,9 @@ class MaskingProtocol(AggregationProtocol):
         ``[-clip_range * weight_bound, clip_range * weight_bound]`` before quantization.
     threshold
         Shamir threshold ``t``; 0 picks :func:`~secure_ffm.secagg.graph.recommended_threshold`
-        of the neighbourhood size. A round with fewer than ``t`` survivors aborts.
+        of the neighbourhood size. A round with fewer than ``t`` survivors aborts. An explicit
+        ``t`` must be a strict majority of the neighbourhood, and it is also each client's
+        minimum: a client refuses a set-up with a lower one.
     neighbours
         0 for the complete graph (SecAgg), an even ``k > 0`` for a SecAgg+ Harary graph of degree ``k``.
     seed
@@ -578,14 +790,23 @@ class MaskingProtocol(AggregationProtocol):
     def from_config(cls, config: SecureAggregationConfig, *, seed: int) -> MaskingProtocol:
         return cls(clip_range=config.clip_range, threshold=config.threshold, neighbours=config.neighbours, seed=seed)
 
-    def begin_round(self, round: int, participants: Sequence[int], *, weight_bound: float | None = None) -> None:
-        """Advertise keys and share keys between fresh clients and a fresh server (new keys every round)."""
+    def begin_round(self, round: int, participants: Sequence[int], *, weight_bound: float | None = None, layout: VectorLayout | None = None) -> None:
+        """Advertise keys and share keys between fresh clients and a fresh server (new keys every round).
+
+        ``layout``, the vector layout the server expects, fixes it before any masked input
+        arrives (see :class:`MaskingServer`); without it the first accepted input fixes it.
+        """
         start = time.perf_counter()
         bound = weight_bound if weight_bound is not None else self.weight_bound
         if bound is None:
             raise ValueError("masking aggregation needs a public weight_bound (the largest client weight) in begin_round")
-        self.server = MaskingServer(round, participants, weight_bound=bound, clip_range=self.clip_range, threshold=self.threshold, neighbours=self.neighbours)
-        self.clients = {c: MaskingClient(c) for c in self.server.participants}
+        self.server = MaskingServer(
+            round, participants, weight_bound=bound, clip_range=self.clip_range, threshold=self.threshold, neighbours=self.neighbours, layout=layout
+        )
+        # what each client expects from its own configuration, whatever the set-up says
+        holders = graphs.neighbourhood_size(len(self.server.participants), self.neighbours)
+        expected_t = self.threshold or graphs.threshold_range(holders)[0]
+        self.clients = {c: MaskingClient(c, min_threshold=expected_t, min_neighbours=holders - 1) for c in self.server.participants}
         setup = self.server.collect_keys([client.advertise(round) for client in self.clients.values()])
         inbox = self.server.route_shares([client.share_keys(setup) for client in self.clients.values()])
         for c, client in self.clients.items():
@@ -646,4 +867,5 @@ __all__ = [
     "UnmaskRequest",
     "UnmaskResponse",
     "VectorLayout",
+    "seed_commitment",
 ]

@@ -14,8 +14,12 @@ share is one ``(id, value)`` pair. The secret is embedded as the integer
 The coefficients of the sharing polynomial come from :mod:`secrets`.
 
 Shares carry no authentication: a wrong share makes :func:`combine` return a wrong
-secret or, most of the time, fail to decode. Protocols that face malicious share
-holders must authenticate shares (e.g. send them encrypted and signed).
+secret or, most of the time, fail to decode. :func:`reconstruct` uses every share it is
+given: Shamir shares are a Reed-Solomon codeword (McEliece and Sarwate, "On Sharing Secrets
+and Reed-Solomon Codes", CACM 1981), so ``m > t`` shares reveal a wrong one (it lies off the
+polynomial the others agree on) and ``m >= t + 2e`` shares find and drop up to ``e`` wrong ones
+(Berlekamp-Welch decoding). With exactly ``t`` shares nothing can be checked: a protocol that
+must detect a wrong share then needs a commitment to the secret (a public key, a hash).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 import operator
 import secrets
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 PRIME = (1 << 521) - 1
 """The Mersenne prime 2^521 - 1: the field the shares live in."""
@@ -114,6 +119,69 @@ def combine(shares: Mapping[int, int], *, threshold: int) -> bytes:
     return _decode_secret(_interpolate_at_zero(points))
 
 
+class InconsistentSharesError(ValueError):
+    """The shares lie on no single polynomial of degree below the threshold, and too many are off to tell which."""
+
+
+@dataclass(frozen=True)
+class Reconstruction:
+    """What :func:`reconstruct` rebuilt, and which shares it left out as wrong."""
+
+    secret: bytes
+    wrong: frozenset[int]
+    """Ids of the shares that lie off the polynomial all the others agree on."""
+
+
+def reconstruct(shares: Mapping[int, int], *, threshold: int) -> Reconstruction:
+    """Rebuild the secret from all of ``shares``, using those beyond ``threshold`` to find wrong ones.
+
+    The polynomial through the ``threshold`` shares with the smallest ids is checked against
+    every other share (any ``threshold``-subset of consistent shares gives the same polynomial).
+    When one disagrees, Berlekamp-Welch decoding finds the polynomial that all but at most
+    ``e = (m - threshold) // 2`` of the ``m`` shares lie on, and those ``e`` are reported as
+    :attr:`Reconstruction.wrong`. With exactly ``threshold`` shares nothing is checked.
+
+    Parameters
+    ----------
+    shares
+        ``{share_id: value}`` as produced by :func:`split`, at least ``threshold`` of them.
+    threshold
+        The ``threshold`` the secret was split with.
+
+    Beyond ``e`` wrong shares the result is not reliable: most often the shares fit no
+    polynomial with so few exceptions (InconsistentSharesError), but wrong shares chosen to line up
+    with some right ones can decode to a wrong secret. Callers that face such holders check the
+    rebuilt secret against a commitment (a public key, a hash), as the masking server does.
+
+    Raises
+    ------
+    InconsistentSharesError
+        When the shares disagree and more than ``(m - threshold) // 2`` of them would have to be
+        wrong (the wrong ones cannot be told from the right ones).
+    ValueError
+        For too few or malformed shares, or a polynomial whose value at 0 is not an encoded secret.
+    """
+    t = operator.index(threshold)
+    if t < 1:
+        raise ValueError(f"threshold must be at least 1, got {t}")
+    if len(shares) < t:
+        raise ValueError(f"{len(shares)} shares cannot rebuild a secret split with threshold {t}; at least {t} are needed")
+    points = [(_share_id(i), _field_value(v)) for i, v in sorted(shares.items())]
+    polynomial = _polynomial_through(points[:t])
+    if all(_evaluate(polynomial, x) == y for x, y in points[t:]):
+        return Reconstruction(_decode_secret(polynomial[0]), frozenset())
+    most_wrong = (len(points) - t) // 2
+    decoded = _berlekamp_welch(points, t, most_wrong) if most_wrong else None
+    if decoded is not None:
+        wrong = frozenset(x for x, y in points if _evaluate(decoded, x) != y)
+        if len(wrong) <= most_wrong:
+            return Reconstruction(_decode_secret(decoded[0]), wrong)
+    raise InconsistentSharesError(
+        f"the {len(points)} shares lie on no single polynomial of degree below {t}, and telling the wrong ones "
+        f"from the right ones needs at least {t} + 2 x (number wrong) shares"
+    )
+
+
 def share_to_bytes(share_id: int, value: int) -> bytes:
     """A share as :data:`SHARE_BYTES` bytes: 4-byte id then 66-byte value, both big-endian."""
     return _share_id(share_id).to_bytes(ID_BYTES, "big") + _field_value(value).to_bytes(FIELD_BYTES, "big")
@@ -151,6 +219,102 @@ def _interpolate_at_zero(points: Sequence[tuple[int, int]]) -> int:
                 den = den * (xj - xi) % PRIME
         total = (total + yi * num * pow(den, -1, PRIME)) % PRIME
     return total
+
+
+def _polynomial_through(points: Sequence[tuple[int, int]]) -> list[int]:
+    """Coefficients (constant first) of the polynomial of degree below ``len(points)`` through ``points``.
+
+    Lagrange's form expanded: ``sum_i y_i * L(x) / ((x - x_i) * L'(x_i))`` with ``L = prod_j (x - x_j)``;
+    one inversion per point, then any other point is checked in ``O(len(points))`` by Horner's rule.
+    """
+    vanishing = [1]
+    for x, _ in points:
+        vanishing = _times_linear(vanishing, x)
+    coefficients = [0] * len(points)
+    for x, y in points:
+        basis = _divide_by_linear(vanishing, x)  # prod_{j != i} (X - x_j)
+        scale = y * pow(_evaluate(basis, x), -1, PRIME) % PRIME
+        for j, c in enumerate(basis):
+            coefficients[j] = (coefficients[j] + scale * c) % PRIME
+    return coefficients
+
+
+def _times_linear(polynomial: Sequence[int], root: int) -> list[int]:
+    """``polynomial * (X - root)``, coefficients constant first."""
+    out = [0] * (len(polynomial) + 1)
+    for j, c in enumerate(polynomial):
+        out[j + 1] = (out[j + 1] + c) % PRIME
+        out[j] = (out[j] - root * c) % PRIME
+    return out
+
+
+def _divide_by_linear(polynomial: Sequence[int], root: int) -> list[int]:
+    """``polynomial / (X - root)`` for a polynomial that ``root`` is a zero of (synthetic division)."""
+    out = [0] * (len(polynomial) - 1)
+    carry = 0
+    for k in range(len(polynomial) - 1, 0, -1):
+        carry = (polynomial[k] + root * carry) % PRIME
+        out[k - 1] = carry
+    return out
+
+
+def _berlekamp_welch(points: Sequence[tuple[int, int]], t: int, e: int) -> list[int] | None:
+    """The polynomial of degree below ``t`` that all but at most ``e`` of ``points`` lie on, or None.
+
+    Finds a monic error locator ``E`` of degree ``e`` and ``Q`` of degree below ``t + e`` with
+    ``Q(x_i) = y_i E(x_i)`` at every point (linear in their coefficients); when at most ``e``
+    points are wrong, ``Q / E`` is the polynomial (Berlekamp and Welch, US patent 4,633,470, 1986).
+    Needs ``len(points) >= t + 2e``.
+    """
+    rows = []
+    for x, y in points:
+        powers = [pow(x, j, PRIME) for j in range(t + e + 1)]
+        rows.append([*powers[: t + e], *((-y * powers[j]) % PRIME for j in range(e)), y * powers[e] % PRIME])
+    solution = _solve(rows, t + 2 * e)
+    if solution is None:
+        return None
+    quotient, remainder = _divide_monic(solution[: t + e], [*solution[t + e :], 1])
+    return None if any(remainder) else quotient
+
+
+def _solve(rows: list[list[int]], unknowns: int) -> list[int] | None:
+    """One solution of the augmented linear system ``rows`` over GF(PRIME) (free unknowns 0), or None."""
+    rows = [list(r) for r in rows]
+    pivots: list[int] = []
+    r = 0
+    for col in range(unknowns):
+        pivot = next((i for i in range(r, len(rows)) if rows[i][col]), None)
+        if pivot is None:
+            continue
+        rows[r], rows[pivot] = rows[pivot], rows[r]
+        inverse = pow(rows[r][col], -1, PRIME)
+        rows[r] = [v * inverse % PRIME for v in rows[r]]
+        for i in range(len(rows)):
+            if i != r and rows[i][col]:
+                factor = rows[i][col]
+                rows[i] = [(a - factor * b) % PRIME for a, b in zip(rows[i], rows[r], strict=True)]
+        pivots.append(col)
+        r += 1
+    if any(row[unknowns] for row in rows[r:]):
+        return None  # 0 = nonzero: no solution
+    solution = [0] * unknowns
+    for i, col in enumerate(pivots):
+        solution[col] = rows[i][unknowns]
+    return solution
+
+
+def _divide_monic(numerator: Sequence[int], denominator: Sequence[int]) -> tuple[list[int], list[int]]:
+    """Quotient and remainder of polynomial division by a monic ``denominator`` (constant first)."""
+    rest = list(numerator)
+    degree = len(denominator) - 1
+    quotient = [0] * max(1, len(rest) - degree)
+    for k in range(len(rest) - 1, degree - 1, -1):
+        c = rest[k]
+        if c:
+            quotient[k - degree] = c
+            for j, d in enumerate(denominator):
+                rest[k - degree + j] = (rest[k - degree + j] - c * d) % PRIME
+    return quotient, rest[:degree]
 
 
 def _encode_secret(secret: bytes) -> int:

@@ -157,7 +157,7 @@ def test_server_never_holds_both_secrets_of_a_client():
 
 def test_unmask_policy_never_reveals_both_shares_for_one_client():
     updates, weights = make_updates(6)
-    protocol = MaskingProtocol(threshold=3)
+    protocol = MaskingProtocol(threshold=4)
     protocol.begin_round(1, range(6), weight_bound=max(weights))
     client = protocol.clients[0]
     first = client.unmask(UnmaskRequest(1, survivors=(0, 1, 2, 3), dropped=(4, 5)))
