@@ -35,7 +35,7 @@ th,td{border:1px solid #ddd;padding:.25em .45em;text-align:left;vertical-align:t
 th{background:#f4f4f4;position:sticky;top:0} td.n{text-align:right;font-variant-numeric:tabular-nums}
 tr.failed td{background:#fff0f0} tr.missing td{color:#999}
 figure{margin:1.2em 0} figure img{max-width:100%;border:1px solid #eee} figcaption{font-size:.85em;color:#555}
-pre{background:#f7f7f7;padding:.8em;overflow-x:auto;font-size:.8em} .muted{color:#777}
+pre{background:#f7f7f7;padding:.8em;overflow-x:auto;font-size:.8em} .muted{color:#777} .warning{color:#a00000}
 """
 
 
@@ -96,8 +96,9 @@ def _points_table(rows: Sequence[Mapping[str, Any]], missing: Sequence[str]) -> 
 
 
 def _ledger_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    header = ["point", "mechanism", "level", "accountant", "target ε", "ε spent", "δ", "noise multiplier z", "sampling rate", "clip norm", "rounds"]
+    header = ["point", "mechanism", "level", "accountant", "target ε", "ε spent", "δ", "noise multiplier z", "sampling rate", "clip norm", "rounds", "noise source"]
     body = []
+    reproducible = []
     for row in rows:
         if row.get("status") != "ok":
             continue
@@ -111,14 +112,33 @@ def _ledger_table(rows: Sequence[Mapping[str, Any]]) -> str:
             _cell(row["point_id"]), _cell(row.get("mechanism")), _cell(p.get("level")), _cell(row.get("accountant")),
             _cell(p.get("target_epsilon"), numeric=True), f'<td class="n">{html.escape(spent)}</td>', _cell(row.get("delta"), numeric=True, digits=3),
             f'<td class="n">{html.escape(noise_text)}</td>', _cell(p.get("sample_rate"), numeric=True, digits=3), _cell(clip, numeric=True), _cell(p.get("rounds"), numeric=True),
+            _noise_source_cell(p.get("noise")),
         ]  # fmt: skip
+        if (p.get("noise") or {}).get("source") == "seed":
+            reproducible.append(str(row["point_id"]))
         body.append(f"<tr>{''.join(cells)}</tr>")
     note = (
         "<p class='muted'>DP-SGD is accounted per client: ε and δ are the largest over the clients that trained (the guarantee every "
         "client has), z the smallest noise multiplier. DP-FedAvg is accounted once for the federation (user-level). "
-        "Without differential privacy ε = ∞.</p>"
+        "Without differential privacy ε = ∞. Noise source: each party's secret drawn from the OS CSPRNG (the server cannot "
+        "recompute the noise), or run.seed when a run opted into reproducible noise.</p>"
     )
+    if reproducible:
+        note = (
+            f"<p class='warning'><strong>Reproducible noise</strong> (privacy.reproducible_noise) in {html.escape(', '.join(reproducible))}: "
+            "its noise and sampling derive from run.seed, which config.toml publishes. Its ε gives no protection against anyone "
+            "who knows the seed; use it for research reproducibility only.</p>" + note
+        )
     return _table(header, body) + note
+
+
+def _noise_source_cell(noise: Mapping[str, Any] | None) -> str:
+    if not noise:
+        return "<td></td>"
+    if noise.get("source") == "seed":
+        return "<td class='warning'>run.seed: no protection against anyone who knows the seed</td>"
+    sampler = "AES-CTR, 4-Gaussian sum" if noise.get("secure_sampler") else "Philox"
+    return f"<td>secret per party (OS CSPRNG; {sampler})</td>"
 
 
 def _texts_table(rows: Sequence[Mapping[str, Any]]) -> str:

@@ -114,7 +114,7 @@ def privacy_columns(mode: str, ledger: Mapping[str, Any] | None) -> dict[str, An
     if mode == "none" or not ledger:
         return {"epsilon": None, "delta": None, "accountant": None, "noise_multiplier": None, "privacy": {"mechanism": mode}}
     keep = ("mechanism", "level", "accountant", "target_epsilon", "sampling", "sample_rate", "rounds", "planned_rounds", "max_grad_norm",
-            "clip_norm", "final_clip_norm", "adaptive_clipping", "noise_placement", "update_noise_multiplier")  # fmt: skip
+            "clip_norm", "final_clip_norm", "adaptive_clipping", "noise_placement", "update_noise_multiplier", "noise")  # fmt: skip
     summary = {k: ledger[k] for k in keep if k in ledger}
     epsilon, delta, noise = ledger.get("epsilon"), ledger.get("delta"), ledger.get("noise_multiplier")
     clients = [c for c in ledger.get("clients", []) if c.get("rounds", 0) > 0]

@@ -135,3 +135,21 @@ def test_csv_has_a_column_per_axis_override_and_metric():
     first = text.splitlines()[1]
     assert first.startswith("privacy-none__defense-none__seed-0,none,none,0,none,[],")
     assert ",inf," in first  # ε without DP
+
+
+def test_report_marks_reproducible_noise_as_no_protection(tmp_path):
+    rows = make_rows(seeds=(0,))
+    seeded = {"source": "seed", "secure_sampler": True, "warning": "reproducible from run.seed: no protection against anyone who knows the seed"}
+    secret = {"source": "os-csprng", "secure_sampler": True}
+    dp_rows = [r for r in rows if r.get("mechanism") == "dp-sgd"]
+    dp_rows[0]["privacy"]["noise"] = seeded
+    dp_rows[1]["privacy"] = {**dp_rows[1]["privacy"], "noise": secret}
+    (tmp_path / "sweep.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    text = write_report(tmp_path).read_text()
+    assert text.count("<td class='warning'>run.seed: no protection against anyone who knows the seed") == 1  # the seeded point's cell
+    assert "Reproducible noise" in text and dp_rows[0]["point_id"] in text.split("Reproducible noise")[1].split("</p>")[0]
+    assert "secret per party (OS CSPRNG" in text
+
+
+def test_report_without_reproducible_noise_has_no_warning(sweep_dir):
+    assert "Reproducible noise" not in write_report(sweep_dir).read_text()
