@@ -3,9 +3,11 @@
 Cases: the Fashion-MNIST CNN at batch 64 and MiniLM LoRA at batch 32 with sequence
 length 64, each with Opacus hooks (per-sample gradients) and ghost clipping.
 Target: at most 1.5 (published Opacus figures: 2.6x to 8x a non-private step,
-about half that with ghost clipping).
+about half that with ghost clipping). Each DP case runs with both noise samplers
+(secure_mode true: AES-CTR CSPRNG and the sum of four Gaussians; false: Philox),
+alternating in blocks on one stepper so that the machine's load hits both alike.
 
-    python benchmarks/dp_overhead.py [--steps 15]
+    python benchmarks/dp_overhead.py [--steps 5] [--repetitions 4]
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from secure_ffm.data import load_dataset_splits
 from secure_ffm.models import build_model
 from secure_ffm.models.base import Batch
 from secure_ffm.privacy.dp_sgd import DPStep, auto_grad_sample_mode, ghost_supported
+from secure_ffm.privacy.noise import PrivateRandomness, new_secret
 
 
 def cnn_case():
@@ -57,7 +60,8 @@ def time_steps(step, steps: int, warmup: int = 3) -> list[float]:
     return times
 
 
-def measure(model, batch: Batch, mode: str, steps: int) -> list[float]:
+def measure(model, batch: Batch, mode: str, steps: int, repetitions: int) -> dict[str, list[float]]:
+    """Step times per noise sampler; the samplers alternate in blocks on one DP stepper (interleaved, so load hits both)."""
     params = [p for _, p in model.trainable_named_parameters()]
     optimizer = torch.optim.SGD(params, lr=1e-4)
     model.module.train()
@@ -68,43 +72,73 @@ def measure(model, batch: Batch, mode: str, steps: int) -> list[float]:
             F.cross_entropy(model.module(**batch.inputs), batch.labels).backward()
             optimizer.step()
 
-        return time_steps(step, steps)
-    stepper = DPStep(
-        model, optimizer, mode=mode, noise_multiplier=1.0, max_grad_norm=1.0,
-        expected_batch_size=len(batch), noise_generator=torch.Generator().manual_seed(0),
-    )
+        return {"non-private": time_steps(step, steps * repetitions)}
+    streams = {sampler: PrivateRandomness(new_secret(), secure=secure).stream(1) for sampler, secure in SAMPLERS.items()}
+    stepper = DPStep(model, optimizer, mode=mode, noise_multiplier=1.0, max_grad_norm=1.0, expected_batch_size=len(batch), noise=streams["secure"])
+    times: dict[str, list[float]] = {sampler: [] for sampler in SAMPLERS}
     try:
-        return time_steps(lambda: stepper.step(batch), steps)
+        for repetition in range(repetitions):
+            order = list(SAMPLERS) if repetition % 2 == 0 else list(reversed(SAMPLERS))
+            for sampler in order:
+                stepper.noise = stepper.optimizer.noise_stream = streams[sampler]
+                times[sampler] += time_steps(lambda: stepper.step(batch), steps, warmup=1 if repetition else 3)
+        return times
     finally:
         stepper.close()
 
 
+#: secure_mode = true (the default): AES-CTR and the sum of four Gaussians; false: Philox, one Gaussian.
+SAMPLERS = {"secure": True, "philox": False}
+
+
+def sampler_ns_per_value(values: int = 1_000_000, repetitions: int = 5) -> dict[str, float]:
+    """Nanoseconds to draw one noise value, per sampler (interleaved, median of repetitions)."""
+    out: dict[str, list[float]] = {sampler: [] for sampler in SAMPLERS}
+    for _ in range(repetitions):
+        for sampler, secure in SAMPLERS.items():
+            stream = PrivateRandomness(new_secret(), secure=secure).stream(1)
+            start = time.perf_counter()
+            stream.normal((values,), 1.0)
+            out[sampler].append(1e9 * (time.perf_counter() - start) / values)
+    return {sampler: median(times) for sampler, times in out.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--steps", type=int, default=15)
+    parser.add_argument("--steps", type=int, default=5, help="steps per block")
+    parser.add_argument("--repetitions", type=int, default=4, help="blocks per sampler, interleaved")
     args = parser.parse_args()
     rows, raw = [], {}
     for name, build in (("cnn-b64", cnn_case), ("minilm-lora-b32-len64", minilm_case)):
         model, batch = build()
-        base = median(measure(model, batch, "non-private", args.steps))
+        base = median(measure(model, batch, "non-private", args.steps, args.repetitions)["non-private"])
         for mode in ("hooks", "ghost"):
-            times = measure(model, batch, mode, args.steps)
-            rows.append(
-                {
-                    "case": name,
-                    "mode": mode,
-                    "ghost_norm_samplers_cover_model": ghost_supported(model.module),
-                    "auto_picks": auto_grad_sample_mode(model),
-                    "non_private_ms": 1000 * base,
-                    "dp_ms": 1000 * median(times),
-                    "ratio": median(times) / base,
-                    "target": 1.5,
-                }
-            )
-            raw[f"{name}/{mode}"] = times
+            by_sampler = measure(model, batch, mode, args.steps, args.repetitions)
+            for sampler, times in by_sampler.items():
+                rows.append(
+                    {
+                        "case": name,
+                        "mode": mode,
+                        "noise_sampler": sampler,
+                        "trainable_parameters": model.trainable_parameter_count(),
+                        "ghost_norm_samplers_cover_model": ghost_supported(model.module),
+                        "auto_picks": auto_grad_sample_mode(model),
+                        "non_private_ms": 1000 * base,
+                        "dp_ms": 1000 * median(times),
+                        "ratio": median(times) / base,
+                        "secure_over_philox": median(by_sampler["secure"]) / median(by_sampler["philox"]),
+                        "target": 1.5,
+                    }
+                )
+                raw[f"{name}/{mode}/{sampler}"] = times
         raw[f"{name}/non-private"] = base
     print_table("DP-SGD step time / non-private step time (median of steps)", rows)
-    write_result("dp_overhead", {"rows": rows, "steps": args.steps, "raw_seconds": raw})
+    samplers = sampler_ns_per_value()
+    print_table("Noise sampler cost (ns per noise value, median of 5)", [{"sampler": k, "ns_per_value": v} for k, v in samplers.items()])
+    write_result(
+        "dp_overhead",
+        {"rows": rows, "steps_per_block": args.steps, "repetitions": args.repetitions, "sampler_ns_per_value": samplers, "raw_seconds": raw},
+    )
 
 
 if __name__ == "__main__":

@@ -35,7 +35,15 @@ from secure_ffm.aggregation import Aggregate, AggregateStep
 from secure_ffm.config import Config
 from secure_ffm.data.base import FederatedData
 from secure_ffm.errors import ConfigError
-from secure_ffm.privacy.accounting import PrivacyLedger, calibrate_noise_multiplier, check_delta, default_delta, rounds_that_fit
+from secure_ffm.privacy.accounting import (
+    GaussianSteps,
+    PrivacyLedger,
+    calibrate_noise_multiplier,
+    check_delta,
+    compute_epsilon,
+    default_delta,
+    rounds_that_fit,
+)
 from secure_ffm.privacy.gaussian import add_gaussian_noise, clip_l2
 from secure_ffm.privacy.mechanisms import MECHANISMS, PrivacyMechanism
 from secure_ffm.privacy.noise import CENTRAL_NOISE, CLIENT_SAMPLING, NOISE_SHARE, NoisePolicy, NoiseStream
@@ -167,6 +175,8 @@ class DPFedAvg(PrivacyMechanism):
         self.noise_policy = NoisePolicy.from_config(config)
         self.server_randomness = self.noise_policy.server()
         self._shares: list[GaussianNoiseShare] = []
+        self.participations: dict[int, int] = {}
+        """Rounds each client was sampled for: the server knows them, so against it there is no amplification."""
 
     def count_std(self, participants: int) -> float:
         """σ_b of the noise on the unclipped count (0 without adaptive clipping; default m/20 as in Andrew et al.)."""
@@ -215,6 +225,8 @@ class DPFedAvg(PrivacyMechanism):
 
     def fit_config(self, round: int, participants: Sequence[int]) -> dict[str, Scalar]:
         self.clip_history.append(self.clip_norm)
+        for client in participants:
+            self.participations[int(client)] = self.participations.get(int(client), 0) + 1
         return {"weighting": "uniform", "clip_norm": self.clip_norm}
 
     def round_metrics(self, round: int, client_states: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
@@ -236,6 +248,8 @@ class DPFedAvg(PrivacyMechanism):
             "accountant": p.accountant,
             "target_epsilon": p.target_epsilon,
             "epsilon": self.user_ledger.epsilon(),
+            "epsilon_against_server": self.epsilon_against_server(),
+            "epsilon_against_server_note": self._against_server_note(),
             "delta": self.delta,
             "rounds": self.user_ledger.steps,
             "sample_rate": self.sample_rate,
@@ -264,6 +278,27 @@ class DPFedAvg(PrivacyMechanism):
             "noise_std_on_mean": self.update_noise_multiplier * p.clip_norm / self.participants,
         }
 
+    def epsilon_against_server(self) -> float | None:
+        """ε of the worst-off client against the server itself (None: the server sees the exact sum).
+
+        ``epsilon`` assumes amplification by subsampling (q = m / n), which holds against whoever sees only
+        the released model. The server knows whom it sampled, so against it each round a client took part
+        in is a plain Gaussian mechanism (q = 1): with client-side noise (distributed DP under secure
+        aggregation) that is the guarantee the server cannot break. Dropped or rejected clients' shares
+        are missing from the sum, which this figure does not account for (docs/threat_model.md).
+        """
+        if self.config.privacy.noise_placement != "clients":
+            return None
+        most = max(self.participations.values(), default=0)
+        if most == 0:
+            return 0.0
+        return compute_epsilon([GaussianSteps(self.noise_multiplier, 1.0, most)], accountant=self.config.privacy.accountant, delta=self.delta)
+
+    def _against_server_note(self) -> str:
+        if self.config.privacy.noise_placement != "clients":
+            return "noise_placement = server: the server sees the exact sum before it adds the noise; DP protects the released model only"
+        return "q = 1 over the rounds the most-sampled client took part in; assumes every sampled client's noise share reached the sum"
+
     def check_budget(self, *, completed_rounds: int, total_rounds: int, client_states: Mapping[int, Mapping[str, Any]]) -> None:
         remaining = total_rounds - completed_rounds
         if remaining <= 0:
@@ -290,6 +325,7 @@ class DPFedAvg(PrivacyMechanism):
             "noise_multiplier": self.noise_multiplier,
             "update_noise_multiplier": self.update_noise_multiplier,
             "planned_rounds": self.rounds_planned,
+            "participations": {str(k): v for k, v in sorted(self.participations.items())},
             # the server's own secret, so a resumed run draws the same noise; only in its checkpoint
             "noise_secret": self.server_randomness.secret.hex() if self.noise_policy.reproducible_seed is None else None,
         }
@@ -303,6 +339,7 @@ class DPFedAvg(PrivacyMechanism):
             self.noise_multiplier = float(state.get("noise_multiplier", self.noise_multiplier))
             self.update_noise_multiplier = float(state.get("update_noise_multiplier", self.update_noise_multiplier))
             self.rounds_planned = int(state.get("planned_rounds", self.rounds_planned))
+            self.participations = {int(k): int(v) for k, v in state.get("participations", {}).items()}
             for share in self._shares:
                 share.noise_multiplier = self.update_noise_multiplier
             if state.get("noise_secret"):

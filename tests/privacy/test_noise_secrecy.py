@@ -134,3 +134,25 @@ def test_a_client_keeps_the_secret_it_drew_and_clients_differ():
     a1, a2, b = policy.client(0, state_a), policy.client(0, state_a), policy.client(1, state_b)
     assert a1.secret == a2.secret != b.secret
     assert a1.secret.hex() not in repr(a1) and str(a1.secret) not in repr(a1)
+
+
+def test_dp_fedavg_reports_epsilon_against_the_server_without_amplification(tmp_path):
+    from secure_ffm.privacy.accounting import GaussianSteps, compute_epsilon
+
+    cfg = config(
+        {"mode": "dp-fedavg", "target_epsilon": 8.0, "noise_placement": "clients", "accountant": "rdp"},
+        data={"num_clients": 8, "max_train_examples": 800}, server={"rounds": 3, "clients_per_round": 4},
+    )
+    Simulation(prepare_run(cfg), out_dir=tmp_path / "run").run()
+    ledger = json.loads((tmp_path / "run" / "privacy.json").read_text())
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    most = max(sum(c in r["clients"] for r in rows) for c in range(8))
+    expected = compute_epsilon([GaussianSteps(ledger["noise_multiplier"], 1.0, most)], accountant="rdp", delta=ledger["delta"])
+    assert ledger["epsilon_against_server"] == pytest.approx(expected, rel=1e-9)
+    assert ledger["epsilon_against_server"] > ledger["epsilon"]  # the server knows whom it sampled
+
+
+def test_dp_fedavg_with_server_noise_gives_no_epsilon_against_the_server(tmp_path):
+    Simulation(prepare_run(config({"mode": "dp-fedavg", "target_epsilon": 8.0})), out_dir=tmp_path / "run").run()
+    ledger = json.loads((tmp_path / "run" / "privacy.json").read_text())
+    assert ledger["epsilon_against_server"] is None and "exact sum" in ledger["epsilon_against_server_note"]
