@@ -1,8 +1,10 @@
-"""Per-round checkpoints: global parameters, server-optimizer state and client states.
+"""Per-round checkpoints, and the atomic file writes every file that ``--resume`` reads goes through.
 
-A checkpoint is a folder ``checkpoints/round_NNNN/`` written to a temporary name and
-renamed into place, so a crash leaves either the previous checkpoint or the new one,
-never half of one. Arrays are safetensors; client states are JSON (a later privacy
+A checkpoint is a folder ``checkpoints/round_NNNN/`` written to a temporary name, flushed
+to disk and renamed into place, so a crash leaves either the previous checkpoint or the
+new one, never half of one. The two newest are kept: should the newest still be
+unreadable (a disk that lost unflushed data, a copy cut short), ``--resume`` falls back
+to the one before. Arrays are safetensors; client states are JSON (a privacy
 accountant keeps its ledger there, so ``--resume`` keeps it exact).
 """
 
@@ -11,15 +13,63 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
+from secure_ffm.errors import CheckpointError
 from secure_ffm.wire import NamedArrays
 
 FORMAT_VERSION = 1
+KEEP = 2
+"""Checkpoints kept: the newest and one to fall back to."""
+
+
+# --------------------------------------------------------------------------- atomic files
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """Have ``write`` fill a temporary file beside ``path``, flush it, and rename it over ``path``.
+
+    Readers (and a ``--resume`` after a crash) see the old file or the new one, never a torn one.
+    """
+    path = Path(path)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        _fsync(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """``path.write_text(text)`` through a temporary file and a rename."""
+    write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def save_arrays_atomically(path: Path, arrays: NamedArrays, metadata: dict[str, str] | None = None) -> None:
+    """``safetensors.numpy.save_file`` through a temporary file and a rename."""
+    write_atomically(path, lambda tmp: save_file(arrays, str(tmp), metadata=metadata))
+
+
+# --------------------------------------------------------------------------- checkpoints
 
 
 @dataclass(frozen=True)
@@ -35,8 +85,10 @@ def _round_dir(root: Path, round: int) -> Path:
     return root / f"round_{round:04d}"
 
 
-def save_checkpoint(root: Path, checkpoint: Checkpoint, *, keep: int = 1) -> Path:
+def save_checkpoint(root: Path, checkpoint: Checkpoint, *, keep: int = KEEP) -> Path:
     """Write ``checkpoint`` atomically under ``root`` and keep the newest ``keep`` checkpoints."""
+    if keep < 1:
+        raise ValueError(f"keep must be at least 1, got {keep}")
     root.mkdir(parents=True, exist_ok=True)
     final = _round_dir(root, checkpoint.round)
     tmp = root / f".tmp_round_{checkpoint.round:04d}"
@@ -52,27 +104,66 @@ def save_checkpoint(root: Path, checkpoint: Checkpoint, *, keep: int = 1) -> Pat
         "server_state": checkpoint.server_state,
     }
     (tmp / "state.json").write_text(json.dumps(state, indent=1, sort_keys=True), encoding="utf-8")
+    for name in ("global.safetensors", "strategy.safetensors", "state.json"):
+        _fsync(tmp / name)
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    for old in sorted(root.glob("round_*"))[:-keep]:
+    for old in checkpoint_dirs(root)[keep:]:
         shutil.rmtree(old)
     return final
 
 
+def checkpoint_dirs(root: Path) -> list[Path]:
+    """The ``round_NNNN`` folders under ``root``, newest first (whether or not they are readable)."""
+    if not root.is_dir():
+        return []
+    found = [p for p in root.glob("round_*") if p.is_dir() and p.name[len("round_") :].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[len("round_") :]), reverse=True)
+
+
 def latest_checkpoint(root: Path) -> Path | None:
-    found = sorted(p for p in root.glob("round_*") if (p / "state.json").is_file())
-    return found[-1] if found else None
+    """The newest checkpoint folder under ``root`` (not checked for readability; see :func:`load_checkpoint`)."""
+    found = checkpoint_dirs(root)
+    return found[0] if found else None
 
 
 def load_checkpoint(path: Path) -> Checkpoint:
-    state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    """Read the checkpoint in ``path``; anything missing, truncated or malformed raises :class:`CheckpointError`."""
+    state_path = path / "state.json"
+    try:
+        state = json.loads(state_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{state_path} is missing") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{state_path} cannot be read: {error}") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{state_path} holds a JSON {type(state).__name__}, not a checkpoint's table")
     if state.get("format") != FORMAT_VERSION:
-        raise ValueError(f"{path}: checkpoint format {state.get('format')} is not {FORMAT_VERSION}")
+        raise CheckpointError(f"{state_path}: checkpoint format {state.get('format')!r} is not {FORMAT_VERSION}")
+    round = state.get("round")
+    expected = path.name[len("round_") :]
+    if isinstance(round, bool) or not isinstance(round, int) or round < 1 or (expected.isdigit() and int(expected) != round):
+        raise CheckpointError(f"{state_path}: round {round!r} does not match the folder {path.name}")
+    client_states = state.get("client_states")
+    server_state = state.get("server_state", {})
+    if not isinstance(client_states, dict) or not all(k.isdigit() and isinstance(v, dict) for k, v in client_states.items()):
+        raise CheckpointError(f"{state_path}: client_states is not a table of client id -> state")
+    if not isinstance(server_state, dict):
+        raise CheckpointError(f"{state_path}: server_state is not a table")
+    arrays = {}
+    for name in ("global", "strategy"):
+        file = path / f"{name}.safetensors"
+        try:
+            arrays[name] = load_file(str(file))
+        except FileNotFoundError:
+            raise CheckpointError(f"{file} is missing") from None
+        except (OSError, SafetensorError) as error:
+            raise CheckpointError(f"{file} cannot be read: {error}") from None
     return Checkpoint(
-        round=int(state["round"]),
-        parameters=load_file(str(path / "global.safetensors")),
-        strategy_state=load_file(str(path / "strategy.safetensors")),
-        client_states={int(k): v for k, v in state["client_states"].items()},
-        server_state=state.get("server_state", {}),
+        round=round,
+        parameters=arrays["global"],
+        strategy_state=arrays["strategy"],
+        client_states={int(k): v for k, v in client_states.items()},
+        server_state=server_state,
     )

@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -84,20 +84,38 @@ def _default_out_dir(name: str) -> Path:
     return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-@command("train")
-def train_command(args: argparse.Namespace) -> int:
-    from secure_ffm.config import load_config
-    from secure_ffm.simulation import Simulation, prepare_run
-
-    config = load_config(args.config, overrides=args.set)
-    out_dir = Path(args.out) if args.out else _default_out_dir(config.run.name)
-    if args.resume:
-        if not args.out:
-            raise ConfigError("--resume", "needs the run directory", "pass --out RUN_DIR of the run to resume")
+def check_out_dir(out_dir: Path, *, resume: bool) -> None:
+    """Refuse a run directory that cannot be written, that is not a run (``--resume``) or that holds files (a new run)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError("--out", f"{out_dir} is a file, not a directory", "choose a new --out")
+    existing = out_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError("--out", f"{out_dir} cannot be created: {existing} is a file", "choose a --out whose parents are directories")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError("--out", f"{out_dir} cannot be written: {existing} is not writable", "choose a --out you can write to")
+    if resume:
         if not (out_dir / "config.toml").is_file():
             raise ConfigError("--resume", f"{out_dir} is not a run directory", "pass --out RUN_DIR of a run started by `secure-ffm train`")
     elif out_dir.exists() and any(out_dir.iterdir()):
         raise ConfigError("--out", f"{out_dir} already exists and is not empty", "choose a new --out, or add --resume to continue that run")
+
+
+@command("train")
+def train_command(args: argparse.Namespace) -> int:
+    from secure_ffm.config import load_config
+    from secure_ffm.simulation import Simulation, prepare_run, read_run_config
+
+    if args.resume and args.out is None:
+        raise ConfigError("--resume", "needs the run directory", "pass --out RUN_DIR of the run to resume")
+    if args.out is not None and not args.out.strip():
+        raise ConfigError("--out", "is empty", "pass a directory, e.g. --out runs/my-run")
+    config = load_config(args.config, overrides=args.set)
+    out_dir = Path(args.out) if args.out else _default_out_dir(config.run.name)
+    check_out_dir(out_dir, resume=args.resume)
+    if args.resume:
+        read_run_config(out_dir, config)  # a damaged or different config.toml is refused before the data loads
     prepared = prepare_run(config)  # every data/model error is raised here, before anything is written
     simulation = Simulation(prepared, out_dir=out_dir, observer=ProgressBars(not args.quiet))
     summary = simulation.run(resume=args.resume)
@@ -163,9 +181,29 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
+class UsageError(SecureFFMError):
+    """A command line argparse refuses (unknown flag, missing argument); ``prog`` is the (sub)command it was for."""
+
+    def __init__(self, prog: str, message: str) -> None:
+        self.prog = prog
+        super().__init__(f"{message} (see `{prog} --help`)")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with the house contract: a bad command line is one ``error:`` line (not the usage block) and exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(self.prog, message)
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="secure-ffm", description="Privacy-hardened federated learning for foundation models.")
-    parser.add_argument("--log-level", default="WARNING", help="logging level (DEBUG, INFO, WARNING)")
+    parser = OneLineParser(prog="secure-ffm", description="Privacy-hardened federated learning for foundation models.")
+    parser.add_argument(
+        "--log-level", default="WARNING", type=str.upper, choices=LOG_LEVELS, help="logging level (DEBUG, INFO, WARNING, ERROR)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="run federated training from a TOML config")
@@ -188,10 +226,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(text: str) -> str:
+    """``text`` on one line: the contract is one ``error:`` line, whatever a path or a library message holds."""
+    return " ".join(text.splitlines())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    level = getattr(logging, str(args.log_level).upper(), logging.WARNING)
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as error:
+        print(f"{error.prog}: error: {_one_line(str(error))}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except SystemExit as done:  # --help, --version
+        return done.code if isinstance(done.code, int) else 0
+    level = getattr(logging, args.log_level, logging.WARNING)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     # Library warnings (Opacus' RDP order notice, torch hook notices) go to the log, shown with --log-level DEBUG.
     logging.captureWarnings(True)
@@ -199,7 +248,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except SecureFFMError as error:
-        print(f"secure-ffm {args.command}: error: {error}", file=sys.stderr)
+        print(f"secure-ffm {args.command}: error: {_one_line(str(error))}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as error:
+        # last resort: every path the user names is checked up front; should one still fail (a disk that
+        # fills, a folder made read-only mid-run), name the path in one line rather than print a traceback
+        if error.filename is None:
+            raise
+        print(f"secure-ffm {args.command}: error: {error.filename}: {error.strerror or error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("interrupted; resume with --resume", file=sys.stderr)

@@ -29,6 +29,20 @@ def _positive(section: str, name: str, value: float, *, allow_zero: bool = False
         raise ConfigError(f"{section}.{name}", f"must be {bound}, got {value!r}", f"set {section}.{name} to a {bound} number")
 
 
+MAX_ALPHA = 1e6
+"""``data.alpha`` above this draws equal shares (and far above it the Dirichlet draw overflows)."""
+MAX_THREADS = 1024
+"""``run.threads`` above this is a typo (torch takes a C int and would try to start them all)."""
+FLOAT32_MAX = 3.4028234663852886e38
+"""Torch trains in float32: a hyperparameter above this overflows inside the optimizer step."""
+
+
+def _float32(section: str, name: str, value: float) -> None:
+    """Refuse a value torch cannot convert to float32 (``client.lr = 1e308`` fails in the first optimizer step)."""
+    if value > FLOAT32_MAX:
+        raise ConfigError(f"{section}.{name}", f"{value!r} overflows float32 (max {FLOAT32_MAX:.4g})", f"set {section}.{name} to a realistic value")
+
+
 def _choice(section: str, name: str, value: str, choices: Sequence[str]) -> None:
     if value not in choices:
         hint = nearest(value, list(choices))
@@ -42,12 +56,17 @@ class RunConfig:
 
     seed: int = 0
     name: str = "run"
+    """Names the default run directory ``runs/<name>-<timestamp>``: one path component, no separators."""
     threads: int = 0
-    """Torch CPU threads; 0 leaves torch's default."""
+    """Torch CPU threads (at most ``MAX_THREADS``); 0 leaves torch's default."""
 
     def __post_init__(self) -> None:
         _positive("run", "seed", self.seed, allow_zero=True)
         _positive("run", "threads", self.threads, allow_zero=True)
+        if self.threads > MAX_THREADS:
+            raise ConfigError("run.threads", f"{self.threads} is more than {MAX_THREADS}", "use the number of CPU cores, or 0 for torch's default")
+        if not self.name or self.name in (".", "..") or any(c in self.name for c in "/\\") or len(self.name) > 100:
+            raise ConfigError("run.name", f"{self.name!r} is not a plain name", 'use up to 100 characters without / or \\, e.g. name = "my-run"')
 
 
 @dataclass(frozen=True)
@@ -84,6 +103,8 @@ class DataConfig:
             raise ConfigError("data.dataset", "is empty", "name a built-in dataset, hf:<name> or a file path")
         _positive("data", "num_clients", self.num_clients)
         _positive("data", "alpha", self.alpha)
+        if self.alpha > MAX_ALPHA:
+            raise ConfigError("data.alpha", f"{self.alpha!r} is more than {MAX_ALPHA:g} (no skew left to draw)", 'use data.partition = "iid" for equal label mixes')
         _positive("data", "max_train_examples", self.max_train_examples, allow_zero=True)
         _positive("data", "max_test_examples", self.max_test_examples, allow_zero=True)
         _positive("data", "min_partition_size", self.min_partition_size, allow_zero=True)
@@ -121,12 +142,17 @@ class ModelConfig:
         _choice("model", "pooling", self.pooling, ("mean", "cls"))
         _positive("model", "lora_rank", self.lora_rank)
         _positive("model", "lora_alpha", self.lora_alpha)
+        _float32("model", "lora_alpha", self.lora_alpha)
         if not 0.0 <= self.lora_dropout < 1.0:
             raise ConfigError("model.lora_dropout", f"must be in [0, 1), got {self.lora_dropout!r}")
         if not self.lora_target_modules:
             raise ConfigError("model.lora_target_modules", "is empty", 'name the modules to adapt, e.g. ["query", "value"]')
         for key in ("vit_patch_size", "vit_dim", "vit_depth", "vit_heads"):
             _positive("model", key, getattr(self, key))
+        # sizes that cannot be allocated end in a torch traceback at build time: bound them here
+        for key, limit in (("lora_rank", 1024), ("vit_dim", 1024), ("vit_depth", 48)):
+            if getattr(self, key) > limit:
+                raise ConfigError(f"model.{key}", f"{getattr(self, key)} is more than {limit}", f"use at most {limit}")
         if 28 % self.vit_patch_size:
             raise ConfigError("model.vit_patch_size", f"{self.vit_patch_size} does not divide 28", "use 4, 7 or 14")
         if self.vit_dim % self.vit_heads:
@@ -160,6 +186,8 @@ class ClientConfig:
         _positive("client", "momentum", self.momentum, allow_zero=True)
         _positive("client", "weight_decay", self.weight_decay, allow_zero=True)
         _positive("client", "max_grad_norm", self.max_grad_norm, allow_zero=True)
+        for key in ("lr", "momentum", "weight_decay", "max_grad_norm"):
+            _float32("client", key, getattr(self, key))
 
 
 @dataclass(frozen=True)
@@ -196,6 +224,8 @@ class ServerConfig:
         _positive("server", "tau", self.tau)
         _positive("server", "eval_every", self.eval_every)
         _positive("server", "eval_batch_size", self.eval_batch_size)
+        for key in ("proximal_mu", "server_lr", "tau"):
+            _float32("server", key, getattr(self, key))
 
 
 @dataclass(frozen=True)
@@ -533,6 +563,8 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
     if annotation is str:
         if not isinstance(value, str):
             raise ConfigError(key, f"must be a string, got {type(value).__name__} {value!r}", f'quote it: {key.split(".")[-1]} = "{value}"')
+        if any(ord(c) < 32 or ord(c) == 127 for c in value):  # a NUL in a path fails deep inside os calls
+            raise ConfigError(key, f"holds a control character: {value!r}", "remove it")
         return value
     raise TypeError(f"unsupported config annotation {annotation!r} for {key}")
 
@@ -591,19 +623,38 @@ def config_from_dict(raw: Mapping[str, Any], *, overrides: Sequence[str] = ()) -
 
 
 def read_toml(path: str | Path, *, key: str, fix: str) -> dict[str, Any]:
-    """The TOML document at ``path``; a missing file (named by ``key``, with ``fix``) or bad syntax is a one-line ConfigError."""
+    """The TOML document at ``path``; a missing, unreadable or non-UTF-8 file (named by ``key``, with ``fix``) or bad
+    syntax is a one-line ConfigError. A UTF-8 byte-order mark (as some Windows editors write) is accepted."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(key, f"{str(path)!r} is a directory, not a file", fix)
     if not path.is_file():
         raise ConfigError(key, f"file {str(path)!r} does not exist", fix)
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        data = path.read_bytes()
+    except OSError as error:
+        raise ConfigError(key, f"file {str(path)!r} cannot be read: {error.strerror or error}", "check its permissions") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            str(path), f"is not UTF-8 text (byte 0x{data[error.start]:02x} at offset {error.start})", "save it as UTF-8 TOML"
+        ) from None
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(str(path), f"is not valid TOML: {error}", "fix the syntax at the position given") from None
 
 
 def load_config(path: str | Path, *, overrides: Sequence[str] = ()) -> Config:
-    """Read a TOML file and validate it; every problem is a :class:`ConfigError`."""
+    """Read a TOML file and validate it; every problem is a :class:`ConfigError`.
+
+    An empty file (or one of comments only) is refused rather than run with every default:
+    the defaults alone are a long MiniLM run, never what an empty file meant.
+    """
     raw = read_toml(path, key="CONFIG", fix="pass the path of a .toml config, e.g. configs/quickstart.toml")
+    if not raw:
+        raise ConfigError("CONFIG", f"{str(path)!r} holds no settings", "start from a shipped config, e.g. configs/quickstart.toml")
     return config_from_dict(raw, overrides=overrides)
 
 

@@ -31,3 +31,7 @@ class MissingResourceError(SecureFFMError, RuntimeError):
 
 class RoundAbortedError(SecureFFMError, RuntimeError):
     """Secure aggregation aborted a round (e.g. fewer survivors than the threshold) and the run is set to stop."""
+
+
+class CheckpointError(SecureFFMError, ValueError):
+    """A checkpoint on disk cannot be read back (truncated, corrupt, or from another model); the message names the file."""

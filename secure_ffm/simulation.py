@@ -21,23 +21,29 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.numpy import save_file
 
-import secure_ffm.secagg.ckks  # noqa: F401 - registers the "ckks" aggregation protocol
 import secure_ffm.secagg.protocol  # noqa: F401 - registers the "masking" aggregation protocol
 from secure_ffm import __version__
 from secure_ffm.aggregation import PROTOCOLS, AggregationError, AggregationProtocol
 from secure_ffm.audit import ObservationRecorder
-from secure_ffm.checkpoint import Checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint
+from secure_ffm.checkpoint import (
+    Checkpoint,
+    checkpoint_dirs,
+    load_checkpoint,
+    save_arrays_atomically,
+    save_checkpoint,
+    write_text_atomically,
+)
 from secure_ffm.client import FederatedClient, client_weight
-from secure_ffm.config import Config, config_from_dict
+from secure_ffm.config import Config, config_from_dict, read_toml
 from secure_ffm.data import load_federated_data
 from secure_ffm.data.base import FederatedData
-from secure_ffm.errors import ConfigError, RoundAbortedError
+from secure_ffm.errors import CheckpointError, ConfigError, RoundAbortedError
 from secure_ffm.models import build_model
 from secure_ffm.models.base import EncodedData, FederatedModel
 from secure_ffm.privacy.mechanisms import PrivacyMechanism, build_mechanism
 from secure_ffm.privacy.noise import NoisePolicy
+from secure_ffm.secagg.ckks import CKKSParameters, CKKSProtocol  # importing registers the "ckks" aggregation protocol
 from secure_ffm.seeding import DROPOUT, INIT, derive_seed, generator
 from secure_ffm.server import Server
 from secure_ffm.strategies import build_strategy
@@ -82,6 +88,7 @@ def prepare_run(config: Config) -> PreparedRun:
     if config.run.threads:
         torch.set_num_threads(config.run.threads)
     data = load_federated_data(config.data, config.run.seed)
+    check_ckks_headroom(config, data)
     model = build_model(
         config.model,
         num_classes=data.dataset.num_classes,
@@ -94,6 +101,43 @@ def prepare_run(config: Config) -> PreparedRun:
     encoded_private = model.encode(data.private)
     encoded_test = model.encode(data.test)
     return PreparedRun(config, data, model, encoded_private, encoded_test, privacy, model.get_trainable())
+
+
+def check_ckks_headroom(config: Config, data: FederatedData) -> None:
+    """Refuse CKKS parameters whose headroom every client would exceed, before anything is written.
+
+    Each CKKS client checks ``|w * value| <= 2^headroom_bits / n`` for its slots ``[w * delta, w, 1, round]``
+    (:meth:`secure_ffm.secagg.ckks.CKKSClient.encrypt`) and declines otherwise. The weight ``w`` is at most the
+    largest client's example count (FedAvg weighting; 1 under uniform weighting), a delta coordinate is taken
+    to be within ``secure_aggregation.clip_range``, and the round slot reaches ``server.rounds``. A scale that
+    leaves less headroom than that bound would have every client decline every round: a run that exits 0 untrained.
+    """
+    protocol_class = PROTOCOLS.get(config.secure_aggregation.protocol, key="secure_aggregation.protocol")
+    if not issubclass(protocol_class, CKKSProtocol):
+        return
+    secure = config.secure_aggregation
+    parameters = CKKSParameters.from_config(secure)
+    participants = config.server.clients_per_round or data.num_clients
+    largest_weight = max(client_weight("examples", len(indices)) for indices in data.client_indices)
+    slot = max(largest_weight * secure.clip_range, largest_weight, float(config.server.rounds))
+    needed = participants * slot
+    if needed <= parameters.max_magnitude:
+        return
+    needed_bits = math.ceil(math.log2(needed))
+    best_scale = parameters.data_bits - 2 - needed_bits
+    fix = (
+        f"lower secure_aggregation.ckks_scale_bits to at most {best_scale}"
+        if best_scale >= 20
+        else "use larger data primes in secure_aggregation.ckks_coeff_mod_bit_sizes, e.g. [60, 40, 40, 60] with scale 40"
+    )
+    raise ConfigError(
+        "secure_aggregation.ckks_scale_bits",
+        f"scale 2^{secure.ckks_scale_bits} leaves 2^{parameters.headroom_bits} of headroom below the data primes "
+        f"{list(secure.ckks_coeff_mod_bit_sizes[:-1])}, but a sum of {participants} clients can reach {needed:.4g} "
+        f"({participants} x max(weight {largest_weight:g} x clip_range {secure.clip_range:g}, round {config.server.rounds})): "
+        "every client would decline",
+        fix,
+    )
 
 
 class Simulation:
@@ -302,8 +346,8 @@ class Simulation:
             row = self.run_round(round)
             self.history.append(row)
             if self.out_dir is not None:
-                with (self.out_dir / "metrics.jsonl").open("a", encoding="utf-8") as handle:
-                    handle.write(json.dumps(_jsonable(row), sort_keys=True) + "\n")
+                # metrics first, then the checkpoint: a crash between them leaves a row that --resume drops
+                self._write_metrics()
                 save_checkpoint(
                     self.out_dir / "checkpoints",
                     Checkpoint(round, self.server.parameters, self.strategy.state_dict(), self.client_states, {"privacy": self.privacy.state_dict()}),
@@ -379,11 +423,18 @@ class Simulation:
     # ------------------------------------------------------------------ files
 
     def _write_start_files(self) -> None:
+        """Create the run directory. ``config.toml`` comes first: once it exists, ``--resume`` can finish the run."""
         assert self.out_dir is not None
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        (self.out_dir / "config.toml").write_text(self.config.to_toml(), encoding="utf-8")
-        (self.out_dir / "metrics.jsonl").write_text("", encoding="utf-8")
+        write_text_atomically(self.out_dir / "config.toml", self.config.to_toml())
+        self._write_metrics()
         self._write_clients(None)
+
+    def _write_metrics(self) -> None:
+        """``metrics.jsonl``: one row per round of ``history``, rewritten whole and atomically (never a torn line)."""
+        assert self.out_dir is not None
+        text = "".join(json.dumps(_jsonable(row), sort_keys=True) + "\n" for row in self.history)
+        write_text_atomically(self.out_dir / "metrics.jsonl", text)
 
     def _write_clients(self, client_eval: Mapping[int, Mapping[str, float]] | None) -> None:
         assert self.out_dir is not None
@@ -404,50 +455,150 @@ class Simulation:
             "public_examples": len(data.public) if data.public is not None else 0,
             "clients": clients,
         }
-        (self.out_dir / "clients.json").write_text(json.dumps(_jsonable(document), indent=1), encoding="utf-8")
+        write_text_atomically(self.out_dir / "clients.json", json.dumps(_jsonable(document), indent=1))
 
     def _write_end_files(self, summary: Mapping[str, Any], client_eval: Mapping[int, Mapping[str, float]] | None) -> None:
         assert self.out_dir is not None
         metadata = {"arch": self.config.model.arch, "finetune": self.config.model.finetune, "round": str(self.config.server.rounds)}
-        save_file(self.server.parameters, str(self.out_dir / "model.safetensors"), metadata=metadata)
+        save_arrays_atomically(self.out_dir / "model.safetensors", self.server.parameters, metadata)
         if client_eval is not None:
             self._write_clients(client_eval)
         ledger = self.privacy.ledger(self.client_states)
         if ledger is not None:
-            (self.out_dir / "privacy.json").write_text(json.dumps(_jsonable(ledger), indent=1, sort_keys=True), encoding="utf-8")
-        (self.out_dir / "summary.json").write_text(json.dumps(_jsonable(summary), indent=1, sort_keys=True), encoding="utf-8")
+            write_text_atomically(self.out_dir / "privacy.json", json.dumps(_jsonable(ledger), indent=1, sort_keys=True))
+        write_text_atomically(self.out_dir / "summary.json", json.dumps(_jsonable(summary), indent=1, sort_keys=True))
 
     def _restore(self) -> int:
-        """Load the newest checkpoint and the metrics up to it; returns the round it holds."""
-        assert self.out_dir is not None
-        saved_config = self.out_dir / "config.toml"
-        if not saved_config.is_file():
-            raise ConfigError("--resume", f"{self.out_dir} holds no config.toml", "resume a run directory written by `secure-ffm train`")
-        import tomllib
+        """Load the newest readable checkpoint and the metrics up to it; returns the round it holds (0: none yet).
 
-        saved = config_from_dict(tomllib.loads(saved_config.read_text(encoding="utf-8")))
-        differences = config_differences(saved, self.config, ignore={"server.rounds"})
-        if differences:
-            raise ConfigError("--resume", f"the config differs from the run's config.toml in {', '.join(differences)}", "resume with the same config and --set values")
-        path = latest_checkpoint(self.out_dir / "checkpoints")
-        if path is None:
-            raise ConfigError("--resume", f"{self.out_dir} has no checkpoint yet", "start the run again without --resume")
-        checkpoint = load_checkpoint(path)
-        self.server.parameters = checkpoint.parameters
-        self.strategy.load_state_dict(checkpoint.strategy_state)
-        self.client_states.clear()
-        self.client_states.update(checkpoint.client_states)
-        self.privacy.load_state_dict(checkpoint.server_state.get("privacy", {}))
-        # no round may push ε past the target: refuse an extension the budget cannot pay for, before any round runs
-        self.privacy.check_budget(completed_rounds=checkpoint.round, total_rounds=self.config.server.rounds, client_states=self.client_states)
-        metrics_path = self.out_dir / "metrics.jsonl"
-        rows = [json.loads(line) for line in metrics_path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        self.history = [r for r in rows if r["round"] <= checkpoint.round]
-        metrics_path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in self.history), encoding="utf-8")
+        Everything is read and checked before anything is written, so a refused resume leaves the run
+        directory as it was. A run killed before its first checkpoint restarts from round 1; a newest
+        checkpoint that cannot be read falls back to the one before it, with a warning.
+        """
+        assert self.out_dir is not None
+        saved = read_run_config(self.out_dir, self.config)
+        checkpoint = self._newest_readable_checkpoint()
+        done = checkpoint.round if checkpoint is not None else 0
+        if self.config.server.rounds < done:
+            raise ConfigError(
+                "server.rounds",
+                f"{self.config.server.rounds} is fewer than the {done} rounds {self.out_dir} has already run",
+                f"resume with server.rounds >= {done}, or start a new run",
+            )
+        history = read_metrics(self.out_dir / "metrics.jsonl", rounds=done)
+        if checkpoint is not None:
+            self.server.parameters = checkpoint.parameters
+            self.strategy.load_state_dict(checkpoint.strategy_state)
+            self.client_states.clear()
+            self.client_states.update(checkpoint.client_states)
+            self.privacy.load_state_dict(checkpoint.server_state.get("privacy", {}))
+            # no round may push ε past the target: refuse an extension the budget cannot pay for, before any round runs
+            self.privacy.check_budget(completed_rounds=checkpoint.round, total_rounds=self.config.server.rounds, client_states=self.client_states)
+        self.history = history
+        # every check passed: now bring the files in line with the round resumed from
+        self._write_metrics()
+        if checkpoint is None:
+            self._write_clients(None)
         if self.config.server.rounds != saved.server.rounds:
-            (self.out_dir / "config.toml").write_text(self.config.to_toml(), encoding="utf-8")
-        log.info("resumed %s from round %d", self.out_dir, checkpoint.round)
-        return checkpoint.round
+            write_text_atomically(self.out_dir / "config.toml", self.config.to_toml())
+        if checkpoint is None:
+            log.warning("%s has no checkpoint yet: starting it again from round 1", self.out_dir)
+        else:
+            log.info("resumed %s from round %d", self.out_dir, checkpoint.round)
+        return done
+
+    def _newest_readable_checkpoint(self) -> Checkpoint | None:
+        """The newest checkpoint that loads and fits this run's model; None when there is none at all."""
+        assert self.out_dir is not None
+        root = self.out_dir / "checkpoints"
+        if root.exists() and not root.is_dir():
+            raise ConfigError("--resume", f"{root} is not a directory", f"move it away; {self.out_dir} then restarts from its checkpoints")
+        candidates = checkpoint_dirs(root)
+        problems: list[str] = []
+        for path in candidates:
+            try:
+                checkpoint = load_checkpoint(path)
+                self._check_checkpoint(checkpoint, path)
+            except CheckpointError as error:
+                problems.append(str(error))
+                continue
+            for problem in problems:
+                log.warning("%s; resuming from the earlier checkpoint %s", problem, path.name)
+            return checkpoint
+        if candidates:
+            raise ConfigError(
+                "--resume",
+                f"no readable checkpoint in {root}: {problems[0]}",
+                f"delete {root} to start the run again from round 1",
+            )
+        return None
+
+    def _check_checkpoint(self, checkpoint: Checkpoint, path: Path) -> None:
+        """Refuse a checkpoint whose arrays do not fit this run's model and strategy (a damaged or foreign file)."""
+        expected = {k: (v.shape, v.dtype) for k, v in self.server.parameters.items()}
+        found = {k: (v.shape, v.dtype) for k, v in checkpoint.parameters.items()}
+        if found != expected:
+            wrong = sorted(set(expected) ^ set(found)) or sorted(k for k in expected if expected[k] != found[k])
+            raise CheckpointError(f"{path / 'global.safetensors'} does not fit the model (first mismatch: {wrong[0]})")
+        try:
+            build_strategy(self.config.server).load_state_dict(checkpoint.strategy_state)
+        except (ValueError, KeyError) as error:
+            raise CheckpointError(f"{path / 'strategy.safetensors'} does not fit server.strategy: {error}") from None
+
+
+def read_run_config(out_dir: Path, config: Config) -> Config:
+    """The config a run directory was started with; refuse a resume whose config differs (but for ``server.rounds``)."""
+    path = Path(out_dir) / "config.toml"
+    if not path.is_file():
+        raise ConfigError("--resume", f"{out_dir} holds no config.toml", "pass --out RUN_DIR of a run started by `secure-ffm train`")
+    fix = "restore it from a copy, or start a new run in a new --out"
+    try:
+        raw = read_toml(path, key="--resume", fix=fix)
+        if not raw:
+            raise ConfigError(str(path), "is empty")
+        saved = config_from_dict(raw)
+    except ConfigError as error:
+        where = "" if error.key == str(path) else f" at {error.key}"
+        raise ConfigError("--resume", f"the run's {path} cannot be used{where}: {error.problem}", fix) from None
+    differences = config_differences(saved, config, ignore={"server.rounds"})
+    if differences:
+        raise ConfigError("--resume", f"the config differs from the run's config.toml in {', '.join(differences)}", "resume with the same config and --set values")
+    return saved
+
+
+def read_metrics(path: Path, *, rounds: int) -> list[dict[str, Any]]:
+    """The rows of ``metrics.jsonl`` for rounds ``1..rounds``; later rows are dropped (their checkpoint was never written).
+
+    An unfinished last line (a write cut short by a crash, from before metrics were written atomically)
+    is dropped with a warning; any other line that is not a JSON row is refused.
+    """
+    fix = "restore it from a copy, or start a new run in a new --out"
+    if not path.exists() and rounds == 0:
+        return []
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError("--resume", f"{path} cannot be read: {getattr(error, 'strerror', None) or error}", fix) from None
+    lines = text.split("\n")
+    unfinished = lines.pop()  # "" when the file ends with a newline
+    if unfinished.strip():
+        log.warning("%s: dropping its unfinished last line (a write cut short)", path)
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if not isinstance(row, dict) or isinstance(row.get("round"), bool) or not isinstance(row.get("round"), int):
+            raise ConfigError("--resume", f"{path} line {number} is not a metrics row: {line[:40]!r}", fix)
+        rows.append(row)
+    history = [row for row in rows if row["round"] <= rounds]
+    if [row["round"] for row in history] != list(range(1, rounds + 1)):
+        found = [row["round"] for row in history]
+        raise ConfigError("--resume", f"{path} holds rounds {found} but the checkpoint is at round {rounds}", fix)
+    return history
 
 
 def config_differences(a: Config, b: Config, *, ignore: set[str] = frozenset()) -> list[str]:  # type: ignore[assignment]
