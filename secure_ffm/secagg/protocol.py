@@ -328,14 +328,14 @@ class MaskingClient:
                 f"its configuration expects (a server that isolates a client can unmask its update)"
             )
         holders = len(neighbours) + 1
-        lowest, highest = graphs.threshold_range(holders)
-        if self.min_threshold > lowest:
-            lowest = self.min_threshold
+        majority, highest = graphs.threshold_range(holders)
+        lowest = max(majority, self.min_threshold)
         if not lowest <= setup.threshold <= highest:
+            minimum = f", its configured minimum being {self.min_threshold}" if self.min_threshold > majority else ""
             raise AggregationError(
                 f"{who} refuses threshold t={setup.threshold}: its secrets are shared among {holders} clients (itself and its "
-                f"{holders - 1} neighbours) and it accepts t in {lowest}..{highest} (a strict majority, at least its configured "
-                f"minimum {self.min_threshold}); a t at or below half lets a server that lies about who survived unmask its update"
+                f"{holders - 1} neighbours) and it accepts t in {lowest}..{highest}{minimum}; a t at or below half lets a server "
+                f"that lies about who survived unmask its update"
             )
 
     def receive_shares(self, shares: Sequence[EncryptedShare]) -> None:
