@@ -89,6 +89,11 @@ def _checkpoints_as_a_file(run: Path) -> None:
     (run / "checkpoints").write_text("not a folder")
 
 
+def _state_of_round_nine(path: Path) -> None:
+    state = json.loads((path / "state.json").read_text())
+    (path / "state.json").write_text(json.dumps({**state, "round": 9}))
+
+
 def _foreign_weights(path: Path) -> None:
     import numpy as np
     from safetensors.numpy import save_file
@@ -138,6 +143,12 @@ CASES = [
         lambda s: s.train("--set", "secure_aggregation.protocol=ckks", "--set", "secure_aggregation.ckks_coeff_mod_bit_sizes=[60, 60]", "--set", "secure_aggregation.ckks_scale_bits=57"),
         "secure_aggregation.ckks_scale_bits: scale 2^57 leaves 2^1 of headroom",
     ),
+    Case(
+        "masking threshold above the participants",
+        lambda s: s.train("--set", "secure_aggregation.protocol=masking", "--set", "secure_aggregation.threshold=5"),
+        "secure_aggregation.threshold: t=5 is more than the 2 clients",
+    ),
+    Case("dataset file that does not exist", lambda s: s.train("--set", f"data.dataset={s.root / 'nope.csv'}"), "data.dataset: file"),
     # ------------------------------------------------------------ overrides
     Case("--set without =", lambda s: s.train("--set", "client.lr"), "--set: 'client.lr' is not section.key=value"),
     Case("--set on an unknown section", lambda s: s.train("--set", "sever.rounds=2"), "sever.rounds: unknown section (did you mean server.rounds?)"),
@@ -176,6 +187,11 @@ CASES = [
     Case("--resume with state.json of another format", lambda s: s.resume(_every_checkpoint(lambda p: _overwrite("state.json", b'{"format": 2}')(p))), "checkpoint format 2 is not 1"),
     Case("--resume with state.json a list", lambda s: s.resume(_every_checkpoint(lambda p: _overwrite("state.json", b"[]")(p))), "holds a JSON list, not a checkpoint's table"),
     Case("--resume with state.json not JSON", lambda s: s.resume(_every_checkpoint(lambda p: _overwrite("state.json", b'{"round": ')(p))), "state.json cannot be read"),
+    Case(
+        "--resume with state.json naming another round",
+        lambda s: s.resume(_every_checkpoint(_state_of_round_nine)),
+        "does not match the folder",
+    ),
     Case("--resume with weights of another model", lambda s: s.resume(_every_checkpoint(_foreign_weights)), "does not fit the model"),
     Case("--resume with checkpoints a file", lambda s: s.resume(_checkpoints_as_a_file), "checkpoints is not a directory"),
 ]
