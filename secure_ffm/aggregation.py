@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -145,6 +145,20 @@ class PlaintextAggregation(AggregationProtocol):
     WEIGHT_KEY = "__weight__"
     STAT_PREFIX = "__stat__/"
 
+    def __init__(self) -> None:
+        self.expected: dict[str, tuple[int, ...]] | None = None
+
+    def begin_round(
+        self, round: int, participants: Sequence[int], *, weight_bound: float | None = None, layout: VectorLayout | None = None
+    ) -> None:
+        """With a ``layout`` the server expects exactly these arrays, so a first message of another shape is refused
+        (instead of fixing the shapes and getting every honest client refused after it)."""
+        if layout is None:
+            self.expected = None
+            return
+        self.expected = {name: tuple(shape) for name, shape in layout.delta}
+        self.expected.update({self.STAT_PREFIX + name: tuple(shape) for name, shape in layout.statistics})
+
     def encode(self, update: ClientUpdate, *, weight: float) -> ClientMessage:
         payload: dict[str, np.ndarray | bytes] = {k: (weight * v).astype(np.float32) for k, v in update.delta.items()}
         for k, v in update.statistics.items():
@@ -153,14 +167,15 @@ class PlaintextAggregation(AggregationProtocol):
         return ClientMessage(update.client_id, update.round, payload, update.num_examples, dict(update.metrics))
 
     def accumulator(self, round: int) -> Accumulator:
-        return PlaintextAccumulator(round)
+        return PlaintextAccumulator(round, expected=self.expected)
 
 
 class PlaintextAccumulator(Accumulator):
     """Running float64 sums of the weighted deltas, the weighted statistics and the weights."""
 
-    def __init__(self, round: int) -> None:
+    def __init__(self, round: int, *, expected: Mapping[str, tuple[int, ...]] | None = None) -> None:
         self.round = round
+        self.expected = dict(expected) if expected is not None else None
         self.seen: set[int] = set()
         self.total_weight = 0.0
         self.sums: dict[str, np.ndarray] = {}
@@ -178,12 +193,13 @@ class PlaintextAccumulator(Accumulator):
         arrays = {name: np.asarray(value, dtype=np.float64) for name, value in payload.items()}
         if not math.isfinite(weight) or weight < 0:
             raise AggregationError(f"{who} sent weight {weight}")
-        if self.sums:
-            if set(arrays) != set(self.sums):
-                raise AggregationError(f"{who} sent arrays {sorted(set(arrays) ^ set(self.sums))[:3]} that differ from the others'")
+        reference = self.expected if self.expected is not None else {name: s.shape for name, s in self.sums.items()} if self.sums else None
+        if reference is not None:
+            if set(arrays) != set(reference):
+                raise AggregationError(f"{who} sent arrays {sorted(set(arrays) ^ set(reference))[:3]} that differ from the expected ones")
             for name, array in arrays.items():
-                if array.shape != self.sums[name].shape:
-                    raise AggregationError(f"{who} sent {name} of shape {array.shape}, expected {self.sums[name].shape}")
+                if array.shape != tuple(reference[name]):
+                    raise AggregationError(f"{who} sent {name} of shape {array.shape}, expected {tuple(reference[name])}")
         for name, array in arrays.items():
             if not np.all(np.isfinite(array)):
                 raise AggregationError(f"{who} sent non-finite values in {name}")

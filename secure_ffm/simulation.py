@@ -44,6 +44,7 @@ from secure_ffm.models.base import EncodedData, FederatedModel
 from secure_ffm.privacy.mechanisms import PrivacyMechanism, build_mechanism
 from secure_ffm.privacy.noise import NoisePolicy
 from secure_ffm.secagg.ckks import CKKSParameters, CKKSProtocol  # importing registers the "ckks" aggregation protocol
+from secure_ffm.secagg.protocol import VectorLayout
 from secure_ffm.seeding import DROPOUT, INIT, derive_seed, generator
 from secure_ffm.server import Server
 from secure_ffm.strategies import build_strategy
@@ -211,7 +212,9 @@ class Simulation:
         weighting = str(instructions.config.get("weighting", "examples"))
         weight_bound = max(client_weight(weighting, len(self.prepared.data.client_indices[c])) for c in participants)
         setup_start = time.perf_counter()
-        self.protocol.begin_round(round, participants, weight_bound=weight_bound)
+        # the server fixes the layout it expects from its own model, never from the first message it receives
+        layout = VectorLayout.of_arrays(instructions.parameters, self.privacy.update_statistics())
+        self.protocol.begin_round(round, participants, weight_bound=weight_bound, layout=layout)
         setup_seconds = time.perf_counter() - setup_start
         accumulator = self.server.accumulator(round)
         dropping = self._dropouts(round, participants)

@@ -190,6 +190,9 @@ class DPFedAvg(PrivacyMechanism):
         ledger.record(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate, steps=rounds)
         return ledger.epsilon()
 
+    def update_statistics(self) -> dict[str, np.ndarray]:
+        return {UNCLIPPED: np.zeros(1)} if self.config.privacy.adaptive_clipping else {}
+
     def sampling_generator(self, round: int) -> np.random.Generator:
         """User-level amplification by subsampling (q = m / n) assumes outsiders do not know who took part:
         the server samples from its secret, not from run.seed (which config.toml publishes)."""

@@ -52,6 +52,10 @@ class PrivacyMechanism(ABC):
     def fit_config(self, round: int, participants: Sequence[int]) -> dict[str, Scalar]:
         return {}
 
+    def update_statistics(self) -> dict[str, np.ndarray]:
+        """The side statistics every client's update carries (names and shapes), for the server's expected layout."""
+        return {}
+
     def sampling_generator(self, round: int) -> np.random.Generator | None:
         """The server's generator for sampling round ``round``'s clients when it must be secret; None: seeded."""
         return None

@@ -401,7 +401,8 @@ class MaskingClient:
             raise ValueError(f"client {self.client_id}: update of client {update.client_id}, round {update.round} in round {setup.round}")
         layout = VectorLayout.of(update)
         if setup.layout is not None and layout != setup.layout:
-            raise AggregationError(f"round {setup.round}: client {self.client_id}'s update does not have the layout the server fixed for the round")
+            # declining (like a dropout) rather than failing: its pair masks are then removed from the others' sum
+            raise MaskingEncodeError(f"round {setup.round}: client {self.client_id}'s update does not have the layout the server fixed for the round")
         masked = self.mask(self.quantize(update, weight=weight, rng=rng))
         payload = {
             MASKED_KEY: masked,

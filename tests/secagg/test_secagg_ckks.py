@@ -396,13 +396,13 @@ def test_ckks_run_matches_plaintext_accuracy(prepared_cnn):
 def test_dp_fedavg_adaptive_clipping_works_under_ckks(prepared_cnn):
     privacy = {
         "mode": "dp-fedavg", "target_epsilon": 100.0, "accountant": "rdp", "clip_norm": 0.001, "noise_placement": "clients",
-        "adaptive_clipping": True, "clipped_count_stddev": 0.5, "clip_learning_rate": 0.5,
+        "adaptive_clipping": True, "clipped_count_stddev": 0.5, "clip_learning_rate": 0.5, "reproducible_noise": True,
     }
     plain = simulation(prepared_cnn, privacy=privacy)
     plain.run()
     secure = simulation(prepared_cnn, privacy=privacy, secure_aggregation={"protocol": "ckks", "ckks_key_holder": "authority"})
     secure.run()
-    # the clients' noise shares are seeded, so the runs differ only by CKKS noise (about 1e-9 here)
+    # reproducible noise (research opt-in): the two runs share their clients' noise and differ only by CKKS noise (about 1e-9 here)
     for a, b in zip(plain.history, secure.history, strict=True):
         assert b["unclipped_fraction"] == pytest.approx(a["unclipped_fraction"], abs=1e-6)
         assert b["clip_norm"] == pytest.approx(a["clip_norm"], rel=1e-6)

@@ -16,6 +16,7 @@ from secure_ffm.config import config_from_dict
 from secure_ffm.data import load_federated_data
 from secure_ffm.privacy.dp_fedavg import CentralGaussianNoise
 from secure_ffm.privacy.mechanisms import build_mechanism
+from secure_ffm.privacy.noise import PrivateRandomness, new_secret
 from secure_ffm.simulation import Simulation, prepare_run
 from secure_ffm.transforms import TransformContext, UpdatePipeline
 from secure_ffm.wire import ClientUpdate
@@ -54,7 +55,8 @@ def aggregate_after_client_transforms(cfg, updates):
     protocol.begin_round(1, list(range(NUM_CLIENTS)), weight_bound=1.0)
     accumulator = protocol.accumulator(1)
     for u in updates:
-        context = TransformContext(round=1, client_id=u.client_id, rng=np.random.default_rng([9, u.client_id]), global_parameters={}, config=fit_config)
+        randomness = PrivateRandomness(new_secret())  # each client's own secret
+        context = TransformContext(round=1, client_id=u.client_id, rng=randomness.generator(9), global_parameters={}, config=fit_config, randomness=randomness)
         accumulator.add(protocol.encode(pipeline(u, context), weight=1.0))
     return mechanism, accumulator.result()
 
@@ -102,7 +104,9 @@ def test_dp_fedavg_clients_noise_run_under_secure_aggregation(protocol, tmp_path
 
 @pytest.fixture(scope="module")
 def dp_sgd_prepared():
-    cfg = config("server", "none", privacy={"mode": "dp-sgd", "target_epsilon": 8.0, "max_grad_norm": 1.0}, client={"local_steps": 0, "local_epochs": 1})
+    # reproducible noise (research opt-in) so that both runs draw the same DP-SGD noise and sampling
+    privacy = {"mode": "dp-sgd", "target_epsilon": 8.0, "max_grad_norm": 1.0, "reproducible_noise": True}
+    cfg = config("server", "none", privacy=privacy, client={"local_steps": 0, "local_epochs": 1})
     return prepare_run(cfg)
 
 
