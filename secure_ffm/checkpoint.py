@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,9 +47,9 @@ def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
     Readers (and a ``--resume`` after a crash) see the old file or the new one, never a torn one.
     """
     path = Path(path)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(name)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+    # created as open() would (mode 0o666 less the umask), unlike mkstemp's 0o600, so the renamed file reads as before
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
         write(tmp)
         _fsync(tmp)

@@ -102,5 +102,11 @@ def test_a_failed_atomic_write_leaves_the_old_file_and_no_temporary(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]
 
 
+def test_an_atomic_write_keeps_the_usual_file_mode(tmp_path):
+    write_text_atomically(tmp_path / "atomic.txt", "x")
+    (tmp_path / "plain.txt").write_text("x")
+    assert (tmp_path / "atomic.txt").stat().st_mode == (tmp_path / "plain.txt").stat().st_mode
+
+
 def test_a_run_directory_holds_no_temporary_files(finished_run):
     assert not [p for p in finished_run.rglob("*") if p.name.startswith(".") or p.name.endswith(".tmp")]
