@@ -106,8 +106,11 @@ class AggregationProtocol(ABC):
         """
 
     @abstractmethod
-    def encode(self, update: ClientUpdate, *, weight: float) -> ClientMessage:
-        """Client side: turn a (transformed) update into the message the server receives."""
+    def encode(self, update: ClientUpdate, *, weight: float, rng: np.random.Generator | None = None) -> ClientMessage:
+        """Client side: turn a (transformed) update into the message the server receives.
+
+        ``rng`` is the client's secret generator for any randomness of the encoding (e.g. stochastic rounding);
+        without one a protocol may fall back to a generator seeded from the run's seed (reproducible, public)."""
 
     @abstractmethod
     def accumulator(self, round: int) -> Accumulator:
@@ -159,7 +162,7 @@ class PlaintextAggregation(AggregationProtocol):
         self.expected = {name: tuple(shape) for name, shape in layout.delta}
         self.expected.update({self.STAT_PREFIX + name: tuple(shape) for name, shape in layout.statistics})
 
-    def encode(self, update: ClientUpdate, *, weight: float) -> ClientMessage:
+    def encode(self, update: ClientUpdate, *, weight: float, rng: np.random.Generator | None = None) -> ClientMessage:
         payload: dict[str, np.ndarray | bytes] = {k: (weight * v).astype(np.float32) for k, v in update.delta.items()}
         for k, v in update.statistics.items():
             payload[self.STAT_PREFIX + k] = (weight * np.asarray(v, dtype=np.float64))

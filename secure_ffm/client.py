@@ -19,7 +19,7 @@ import torch
 
 from secure_ffm.aggregation import AggregationProtocol
 from secure_ffm.models.base import EncodedData, FederatedModel
-from secure_ffm.privacy.noise import TRANSFORM, NoisePolicy, PrivateRandomness
+from secure_ffm.privacy.noise import SECAGG_ROUNDING, TRANSFORM, NoisePolicy, PrivateRandomness
 from secure_ffm.seeding import TRAINING, derive_seed
 from secure_ffm.training import EvalResult, LocalTrainer, evaluate
 from secure_ffm.transforms import TransformContext, UpdatePipeline
@@ -99,7 +99,8 @@ class FederatedClient:
         )
         update = self.transforms(update, context)
         weight = client_weight(str(ins.config.get("weighting", "examples")), update.num_examples)
-        message = self.protocol.encode(update, weight=weight)
+        # stochastic rounding (masking) from the client's secret, so the server cannot replay it either
+        message = self.protocol.encode(update, weight=weight, rng=randomness.generator(SECAGG_ROUNDING, ins.round))
         message.metrics["encode_seconds"] = time.perf_counter() - start  # type: ignore[index]
         return message
 

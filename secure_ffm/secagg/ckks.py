@@ -627,7 +627,7 @@ class CKKSProtocol(AggregationProtocol):
         self.layout = layout
         self._setup_seconds = time.perf_counter() - start
 
-    def encode(self, update: ClientUpdate, *, weight: float) -> ClientMessage:
+    def encode(self, update: ClientUpdate, *, weight: float, rng: np.random.Generator | None = None) -> ClientMessage:
         client = self.clients.get(update.client_id)
         if client is None or update.round != self.round or update.client_id not in self.participants:
             raise ValueError(f"client {update.client_id} is not set up for round {update.round}; call begin_round first")

@@ -814,11 +814,12 @@ class MaskingProtocol(AggregationProtocol):
             client.receive_shares(inbox[c])
         self._setup_seconds = time.perf_counter() - start
 
-    def encode(self, update: ClientUpdate, *, weight: float) -> ClientMessage:
+    def encode(self, update: ClientUpdate, *, weight: float, rng: np.random.Generator | None = None) -> ClientMessage:
         client = self.clients.get(update.client_id)
         if self.server is None or client is None or update.round != self.server.round:
             raise ValueError(f"client {update.client_id} is not set up for round {update.round}; call begin_round first")
-        rng = generator(self.seed, SECAGG_ROUNDING, update.round, update.client_id)
+        if rng is None:  # the client's secret generator is preferred: a seeded one is public
+            rng = generator(self.seed, SECAGG_ROUNDING, update.round, update.client_id)
         return client.masked_input(update, weight=weight, rng=rng)
 
     def accumulator(self, round: int) -> Accumulator:

@@ -32,8 +32,8 @@ def run_and_capture(config, tmp_path):
     received = []
     encode = simulation.protocol.encode
 
-    def spy(update, *, weight):
-        message = encode(update, weight=weight)
+    def spy(update, *, weight, rng=None):
+        message = encode(update, weight=weight, rng=rng)
         received.append(message)
         return message
 

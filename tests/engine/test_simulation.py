@@ -134,9 +134,9 @@ def test_minilm_lora_round_exchanges_only_adapters_and_head(tmp_path):
     simulation = Simulation(prepared, out_dir=tmp_path / "run", observer=Spy())
     original_encode = simulation.protocol.encode
 
-    def spy_encode(update, *, weight):
+    def spy_encode(update, *, weight, rng=None):
         sent.append(update)
-        return original_encode(update, weight=weight)
+        return original_encode(update, weight=weight, rng=rng)
 
     simulation.protocol.encode = spy_encode
     summary = simulation.run()

@@ -29,3 +29,18 @@ def test_a_forged_first_layout_is_rejected_and_every_honest_client_is_aggregated
     row = simulation.run_round(1)
     assert row["rejected_clients"] == [0] or (protocol == "masking" and 0 in row["rejected_clients"] + row["skipped_clients"])
     assert row["clients"] == [1, 2, 3] and row["aborted"] is None
+
+
+def test_masking_rounds_stochastically_from_the_clients_secret_not_the_seed():
+    # two runs of one config: with each client's secret, the rounding (and so the masked sum) differs in its last bits
+    from secure_ffm.simulation import Simulation as Run
+
+    config = cnn_config(secure_aggregation={"protocol": "masking"}, server={"rounds": 1})
+    prepared = prepare_run(config)
+    results = []
+    for _ in range(2):
+        run = Run(prepared)
+        run.run_round(1)
+        results.append(run.server.parameters)
+        prepared.model.set_trainable(prepared.initial_parameters)
+    assert any(not np.array_equal(results[0][k], results[1][k]) for k in results[0])
