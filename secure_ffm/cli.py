@@ -98,8 +98,13 @@ def check_out_dir(out_dir: Path, *, resume: bool) -> None:
     if resume:
         if not (out_dir / "config.toml").is_file():
             raise ConfigError("--resume", f"{out_dir} is not a run directory", "pass --out RUN_DIR of a run started by `secure-ffm train`")
-    elif out_dir.exists() and any(out_dir.iterdir()):
+    elif out_dir.exists() and any(not _atomic_leftover(p) for p in out_dir.iterdir()):
         raise ConfigError("--out", f"{out_dir} already exists and is not empty", "choose a new --out, or add --resume to continue that run")
+
+
+def _atomic_leftover(path: Path) -> bool:
+    """A temporary file of an atomic write (``.NAME.XXXXXXXX.tmp``) left by a process killed mid-write: not a run's file."""
+    return path.is_file() and path.name.startswith(".") and path.name.endswith(".tmp")
 
 
 @command("train")

@@ -110,3 +110,11 @@ def test_an_atomic_write_keeps_the_usual_file_mode(tmp_path):
 
 def test_a_run_directory_holds_no_temporary_files(finished_run):
     assert not [p for p in finished_run.rglob("*") if p.name.startswith(".") or p.name.endswith(".tmp")]
+
+
+def test_a_fresh_start_ignores_the_temporary_file_of_a_process_killed_mid_write(tiny_config, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".config.toml.0a1b2c3d.tmp").write_text("[run]\nseed =")  # SIGKILL between create and rename
+    assert train(tiny_config, out) == 0
+    assert (out / "summary.json").is_file()
