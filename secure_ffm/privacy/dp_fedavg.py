@@ -45,7 +45,7 @@ from secure_ffm.privacy.accounting import (
     rounds_that_fit,
 )
 from secure_ffm.privacy.gaussian import add_gaussian_noise, clip_l2
-from secure_ffm.privacy.mechanisms import MECHANISMS, PrivacyMechanism
+from secure_ffm.privacy.mechanisms import MECHANISMS, PrivacyMechanism, extension_refused
 from secure_ffm.privacy.noise import CENTRAL_NOISE, CLIENT_SAMPLING, NOISE_SHARE, NoisePolicy, NoiseStream
 from secure_ffm.transforms import TRANSFORMS, TransformContext, UpdateTransform
 from secure_ffm.wire import ClientUpdate, Scalar
@@ -279,6 +279,7 @@ class DPFedAvg(PrivacyMechanism):
             "update_noise_multiplier": self.update_noise_multiplier,
             "epsilon": self._epsilon_after(self.rounds),
             "noise_std_on_mean": self.update_noise_multiplier * p.clip_norm / self.participants,
+            "noise": self.noise_policy.describe(),
         }
 
     def epsilon_against_server(self) -> float | None:
@@ -313,11 +314,9 @@ class DPFedAvg(PrivacyMechanism):
         fit = rounds_that_fit(
             self.user_ledger, noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate, steps_per_round=1, target_epsilon=target, limit=remaining
         )
-        raise ConfigError(
-            "server.rounds",
-            f"{total_rounds} rounds would spend ε={would:.3f} > privacy.target_epsilon={target} "
-            f"(the run's noise multiplier z={self.noise_multiplier:.4g} was calibrated for {self.rounds_planned} rounds)",
-            f"resume with --set server.rounds={completed_rounds + fit} at most, or start a new run planned for more rounds",
+        raise extension_refused(
+            total_rounds=total_rounds, completed_rounds=completed_rounds, epsilon=would, target=target,
+            planned=f"the run's noise multiplier z={self.noise_multiplier:.4g} was calibrated for {self.rounds_planned} rounds", rounds_fit=fit,
         )
 
     def state_dict(self) -> dict[str, Any]:

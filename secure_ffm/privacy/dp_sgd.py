@@ -40,7 +40,7 @@ from secure_ffm.privacy.accounting import (
     default_delta,
     rounds_that_fit,
 )
-from secure_ffm.privacy.mechanisms import MECHANISMS, PrivacyMechanism, spread
+from secure_ffm.privacy.mechanisms import MECHANISMS, PrivacyMechanism, extension_refused, spread
 from secure_ffm.privacy.noise import DP_SGD_NOISE, DP_SGD_SAMPLING, NoisePolicy, NoiseStream, PrivateRandomness
 from secure_ffm.training import ClientDeclined, LocalTrainer, TrainResult, make_optimizer
 from secure_ffm.wire import NamedArrays, Scalar
@@ -113,10 +113,8 @@ def auto_grad_sample_mode(model: FederatedModel) -> str:
 
     Ghost clipping avoids materializing per-sample gradients but pays a second backward
     pass through the whole network; per-sample gradients of small adapters are cheap.
-    Measured here (benchmarks/dp_overhead.py, 2 CPU cores): MiniLM LoRA at batch 32 and
-    length 64 costs 1.04x a non-private step with hooks and 1.44x with ghost; the
-    Fashion-MNIST CNN (all parameters trained) at batch 64 costs 4.5x with hooks and 1.7x
-    with ghost. Full fine-tuning of a transformer with hooks would also hold
+    benchmarks/dp_overhead.py measures both on MiniLM LoRA (hooks the cheaper) and on the
+    Fashion-MNIST CNN with all parameters trained (ghost the cheaper). Full fine-tuning of a transformer with hooks would also hold
     batch x parameters floats of per-sample gradients (2.9 GB for MiniLM at batch 32).
     """
     share = model.trainable_parameter_count() / max(model.total_parameter_count(), 1)
@@ -433,11 +431,9 @@ class DPSGD(PrivacyMechanism):
                     worst = (would, fit, k)
         if worst is not None:
             would, fit, k = worst
-            raise ConfigError(
-                "server.rounds",
-                f"{total_rounds} rounds would spend ε={would:.3f} > privacy.target_epsilon={target} for client {k} "
-                f"(its noise was calibrated for {self.planned_rounds} rounds)",
-                f"resume with --set server.rounds={completed_rounds + fit} at most, or start a new run planned for more rounds",
+            raise extension_refused(
+                total_rounds=total_rounds, completed_rounds=completed_rounds, epsilon=would, target=target,
+                planned=f"client {k}; its noise was calibrated for {self.planned_rounds} rounds", rounds_fit=fit,
             )
 
     def state_dict(self) -> dict[str, Any]:
@@ -459,6 +455,7 @@ class DPSGD(PrivacyMechanism):
             "clients": [{"client": k, **asdict(p)} for k, p in enumerate(plans)],
             "noise_multiplier": spread([p.noise_multiplier for p in plans]),
             "epsilon": spread([p.planned_epsilon for p in plans]),
+            "noise": NoisePolicy.from_config(self.config).describe(),
         }
 
 

@@ -19,6 +19,7 @@ import numpy as np
 from secure_ffm.aggregation import AggregateStep
 from secure_ffm.config import Config
 from secure_ffm.data.base import FederatedData
+from secure_ffm.errors import ConfigError
 from secure_ffm.models.base import FederatedModel
 from secure_ffm.registry import Registry
 from secure_ffm.training import LocalTrainer
@@ -94,6 +95,15 @@ class NoPrivacy(PrivacyMechanism):
 
     def plan(self) -> dict[str, Any]:
         return {"mechanism": "none", "epsilon": float("inf")}
+
+
+def extension_refused(*, total_rounds: int, completed_rounds: int, epsilon: float, target: float, planned: str, rounds_fit: int) -> ConfigError:
+    """The error of a resume whose extra rounds would push ε past the target (``planned`` says what the noise was calibrated for)."""
+    return ConfigError(
+        "server.rounds",
+        f"{total_rounds} rounds would spend ε={epsilon:.3f} > privacy.target_epsilon={target} ({planned})",
+        f"resume with --set server.rounds={completed_rounds + rounds_fit} at most, or start a new run planned for more rounds",
+    )
 
 
 def spread(values: Sequence[float]) -> dict[str, float | None]:

@@ -6,22 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from tiny_run import TINY as TINY_TWO_ROUNDS  # tests/engine/tiny_run.py (on sys.path under pytest)
+
 from secure_ffm.cli import main
 
-TINY = """
-[data]
-dataset = "fashion_mnist"
-max_train_examples = 200
-max_test_examples = 100
-num_clients = 2
-[model]
-arch = "cnn"
-finetune = "full"
-[client]
-local_steps = 1
-[server]
-rounds = 1
-"""
+TINY = TINY_TWO_ROUNDS.replace("rounds = 2", "rounds = 1")
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ from secure_ffm.secagg import graph, keys, masking, shamir
 from secure_ffm.secagg.protocol import MaskingClient, MaskingProtocol, RoundSetup, UnmaskRequest, UnmaskResponse, VectorLayout
 from secure_ffm.secagg.quantization import levels_for
 from secure_ffm.wire import ClientMessage, ClientUpdate
+from tests.engine.tiny_run import TINY as TINY_RUN
 
 ROUND = 1
 DIM = 40
@@ -396,22 +397,7 @@ def test_every_threshold_the_config_accepts_the_protocol_accepts_and_no_other():
             assert accepted == ran, (n, k, t)
 
 
-TINY = """
-[data]
-dataset = "fashion_mnist"
-max_train_examples = 200
-max_test_examples = 100
-num_clients = 2
-[model]
-arch = "cnn"
-finetune = "full"
-[client]
-local_steps = 1
-[server]
-rounds = 1
-[secure_aggregation]
-protocol = "masking"
-"""
+TINY = TINY_RUN.replace("rounds = 2", "rounds = 1") + '[secure_aggregation]\nprotocol = "masking"\n'
 
 
 @pytest.mark.parametrize("threshold", [3, 1])
