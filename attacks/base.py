@@ -20,8 +20,7 @@ import torch
 from secure_ffm.errors import ConfigError
 from secure_ffm.models.base import FederatedModel
 from secure_ffm.registry import Registry, nearest
-
-NamedArrays = dict[str, np.ndarray]
+from secure_ffm.wire import NamedArrays
 
 OBSERVATIONS = ("gradient", "update", "aggregate")
 """What the attacker observes: one client's gradient of one step, one client's whole local

@@ -15,7 +15,7 @@ import numpy as np
 from secure_ffm.aggregation import Accumulator, Aggregate, AggregateStep, AggregationProtocol
 from secure_ffm.seeding import SAMPLING, generator
 from secure_ffm.strategies import Strategy
-from secure_ffm.wire import ClientMessage, FitInstructions, NamedArrays
+from secure_ffm.wire import FitInstructions, NamedArrays
 
 
 class Server:
@@ -64,10 +64,6 @@ class Server:
     def accumulator(self, round: int) -> Accumulator:
         """The protocol's running aggregate for ``round``: add each client's message as it arrives."""
         return self.protocol.accumulator(round)
-
-    def aggregate(self, round: int, messages: Sequence[ClientMessage]) -> Aggregate:
-        """Aggregate a list of messages and apply the result (see :meth:`apply`)."""
-        return self.apply(round, self.protocol.aggregate(round, messages))
 
     def apply(self, round: int, aggregate: Aggregate) -> Aggregate:
         """Run the server-side steps on the aggregate, then step the global model with the strategy."""

@@ -60,13 +60,6 @@ def make_optimizer(params: list[torch.nn.Parameter], config: ClientConfig) -> to
     return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
-def planned_steps(num_examples: int, config: ClientConfig) -> int:
-    """Optimizer steps one round of local training takes."""
-    if config.local_steps > 0:
-        return config.local_steps
-    return config.local_epochs * max(1, -(-num_examples // config.batch_size))
-
-
 class LocalTrainer(ABC):
     """Trains the model in place on one client's examples for one round."""
 

@@ -28,8 +28,11 @@ def num_parameters(arrays: Mapping[str, np.ndarray]) -> int:
 
 
 def arrays_to_bytes(arrays: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None) -> bytes:
-    """Serialize named arrays with safetensors (no pickle)."""
-    return _st_save({k: np.ascontiguousarray(v) for k, v in arrays.items()}, metadata=dict(metadata or {}))
+    """Serialize named arrays with safetensors (no pickle); 0-d arrays keep their shape, an empty mapping is valid."""
+    # np.ascontiguousarray makes 0-d arrays 1-d; and safetensors 0.x writes a malformed header for no tensors
+    # with an empty metadata table, so metadata is passed only when there is some
+    contiguous = {k: np.ascontiguousarray(v).reshape(np.shape(v)) for k, v in arrays.items()}
+    return _st_save(contiguous, metadata=dict(metadata) if metadata else None)
 
 
 def arrays_from_bytes(data: bytes) -> NamedArrays:

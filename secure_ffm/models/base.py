@@ -16,8 +16,7 @@ import numpy as np
 import torch
 
 from secure_ffm.data.base import LabeledData
-
-NamedArrays = dict[str, np.ndarray]
+from secure_ffm.wire import NamedArrays
 
 
 @dataclass(frozen=True)
