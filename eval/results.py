@@ -16,10 +16,11 @@ import io
 import json
 import math
 import os
-import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from secure_ffm.config import read_toml
 
 JSONL = "sweep.jsonl"
 CSV = "sweep.csv"
@@ -78,7 +79,7 @@ def current_point_ids(sweep_dir: Path) -> list[str] | None:
         return None
     from eval.spec import expand_grid, sweep_from_dict
 
-    raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    raw = read_toml(path, key="SWEEP_DIR", fix="run the sweep again, or pass the folder `secure-ffm sweep` wrote")
     spec = sweep_from_dict(raw, root=path.parent)
     return [p.id for p in expand_grid(spec.axes, spec.seeds, overrides=spec.overrides, exclude=spec.exclude)]
 
