@@ -11,6 +11,10 @@ Two entry points:
   server's accumulator really outputs.
 - :func:`audit_capture` replays an observation captured during training (``[audit]`` section).
 
+:func:`audit_config_many` and :func:`audit_capture_many` run either over several clients (and, for a
+config, several disjoint batches of each) with the model loaded once, and summarise the per-batch
+values by their mean and a 95% Student t interval (:class:`AuditSummary`).
+
 Both score the reconstruction against the true examples and write ``attack.json`` plus
 ``reconstructions.png`` (images) or ``reconstructions.md`` (text).
 """
@@ -21,8 +25,8 @@ import json
 import logging
 import math
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +115,12 @@ class AuditResult:
     reconstruction: Reconstruction | None = None
     truth: GroundTruth | None = None
     outputs: dict[str, str] = field(default_factory=dict)
+    budget: dict[str, Any] = field(default_factory=dict)
+    """The budget given (``max_iterations``, ``max_seconds``) and how it ended: ``iterations_reached`` and
+    ``stopped_by`` (``iterations``: the iteration budget; ``time``: the time budget cut it short; ``attack``: it
+    finished on its own, e.g. a one-shot attack or early stopping)."""
+    case: dict[str, Any] = field(default_factory=dict)
+    """Which data was attacked: ``client``, ``sample`` (the client's batch number) and the examples' ``indices``."""
 
     @property
     def primary_value(self) -> float:
@@ -129,6 +139,8 @@ class AuditResult:
             "per_sample": self.per_sample,
             "seconds": self.seconds,
             "iterations": self.iterations,
+            "budget": self.budget,
+            "case": self.case,
             "outputs": self.outputs,
         }
 
@@ -210,12 +222,14 @@ class PreparedCase:
 
 
 def prepare_case(config: Config, *, clients: Sequence[int] | None = None) -> PreparedCase:
-    """Load data and model as the run would (raises ConfigError on bad input)."""
+    """Load data and model as the run would (raises ConfigError on bad input); ``run.threads`` sets torch's threads as in training."""
     from secure_ffm.data import load_federated_data
     from secure_ffm.models import build_model
     from secure_ffm.privacy.mechanisms import build_mechanism
     from secure_ffm.seeding import INIT, derive_seed
 
+    if config.run.threads:
+        torch.set_num_threads(config.run.threads)
     data = load_federated_data(config.data, config.run.seed)
     model = build_model(
         config.model, num_classes=data.dataset.num_classes, data_kind=data.dataset.kind, seed=derive_seed(config.run.seed, INIT), max_length=config.data.max_length
@@ -240,17 +254,39 @@ def prepare_case(config: Config, *, clients: Sequence[int] | None = None) -> Pre
     return prepared
 
 
-def _client_batch(prepared: PreparedCase, client: int, batch_size: int, seed: int) -> tuple[Batch, np.ndarray]:
+def check_samples(prepared: PreparedCase, clients: Sequence[int], batch_size: int, samples: int) -> None:
+    """Refuse, before any attack runs, a client that does not exist or holds too few examples for ``samples`` disjoint batches."""
+    total = len(prepared.client_indices)
+    for client in clients:
+        if not 0 <= client < total:
+            raise ConfigError("--clients/audit_case.client", f"client {client} does not exist (data.num_clients={total})", f"use 0 .. {total - 1}")
+        have = len(prepared.client_indices[client])
+        if have < batch_size:
+            raise ConfigError("audit_case.batch_size", f"client {client} has only {have} examples, fewer than {batch_size}", "lower audit_case.batch_size or pick another client")
+        if have < batch_size * samples:
+            raise ConfigError(
+                "--samples/attack.samples",
+                f"client {client} has {have} examples, too few for {samples} disjoint batches of {batch_size}",
+                f"use at most {have // batch_size} samples, or lower audit_case.batch_size",
+            )
+
+
+def _client_batch(prepared: PreparedCase, client: int, batch_size: int, seed: int, sample: int = 0) -> tuple[Batch, np.ndarray]:
+    """The client's batch number ``sample``: batch 0 is a seeded draw; later batches are disjoint slices of a seeded order of the rest."""
+    check_samples(prepared, [client], batch_size, sample + 1)
     indices = prepared.client_indices[client]
-    if len(indices) < batch_size:
-        raise ConfigError("audit_case.batch_size", f"client {client} has only {len(indices)} examples, fewer than {batch_size}", "lower audit_case.batch_size or pick another client")
     rng = np.random.default_rng([seed, client, 0xA0D17])
     chosen = np.sort(rng.choice(indices, size=batch_size, replace=False))
+    if sample:
+        rest = np.random.default_rng([seed, client, 0xA0D17, 1]).permutation(np.setdiff1d(indices, chosen))
+        chosen = np.sort(rest[(sample - 1) * batch_size : sample * batch_size])
     return prepared.model.make_batch(prepared.encoded, chosen), chosen
 
 
-def observe_config(prepared: PreparedCase, case: AuditCase, *, seed: int = 0, parameters: NamedArrays | None = None) -> tuple[Observation, GroundTruth]:
-    """What the server observes from ``case.client`` under ``prepared.config``'s protections, and the truth."""
+def observe_config(
+    prepared: PreparedCase, case: AuditCase, *, seed: int = 0, parameters: NamedArrays | None = None, sample: int = 0
+) -> tuple[Observation, GroundTruth]:
+    """What the server observes from ``case.client``'s batch number ``sample`` under ``prepared.config``'s protections, and the truth."""
     config = prepared.config
     model = prepared.model
     num_clients_total = len(prepared.client_indices)
@@ -286,9 +322,10 @@ def observe_config(prepared: PreparedCase, case: AuditCase, *, seed: int = 0, pa
     updates: list[ClientUpdate] = []
     batches: list[Batch] = []
     for position, client in enumerate(participants):
-        batch, chosen = _client_batch(prepared, client, case.batch_size, seed)
+        batch, chosen = _client_batch(prepared, client, case.batch_size, seed, sample)
         batches.append(batch)
-        generator = torch.Generator().manual_seed(int(seed * 1_000_003 + client))
+        # batch 0 keeps the draw of a single-batch audit; each later batch gets fresh DP noise and transform randomness
+        generator = torch.Generator().manual_seed(int(seed * 1_000_003 + client) if not sample else int(np.random.SeedSequence([seed, client, sample]).generate_state(1)[0]))
         if kind == "gradient":
             content = client_side.gradient(client, batch, generator)
         else:
@@ -297,7 +334,7 @@ def observe_config(prepared: PreparedCase, case: AuditCase, *, seed: int = 0, pa
         context = TransformContext(
             round=1,
             client_id=client,
-            rng=np.random.default_rng([seed, client, 0x7F]),
+            rng=np.random.default_rng([seed, client, 0x7F, sample] if sample else [seed, client, 0x7F]),
             global_parameters=global_parameters,
             state={},
             config=fit_config,
@@ -385,14 +422,26 @@ def run_attack(
     tokenizer: Any = None,
     protections: Mapping[str, Any] | None = None,
     out_dir: Path | None = None,
+    case: Mapping[str, Any] | None = None,
 ) -> AuditResult:
-    """Attack ``observation``, score it against ``truth`` and (with ``out_dir``) write attack.json and the pictures."""
+    """Attack ``observation``, score it against ``truth`` and (with ``out_dir``) write attack.json and the pictures.
+
+    A time budget that stops the attack before its iteration budget is logged as a warning and recorded
+    (``budget.stopped_by = "time"``, beside ``iterations_reached``): such a result understates the attack.
+    """
     instance = build_attack(attack, settings)
     instance.check(observation)
     start = time.perf_counter()
     reconstruction = instance.reconstruct(observation, budget=budget, generator=torch.Generator().manual_seed(seed))
     seconds = time.perf_counter() - start
     reconstruction.seconds = reconstruction.seconds or seconds
+    spent = budget_outcome(budget, reconstruction.iterations, max(seconds, reconstruction.seconds))
+    if spent["stopped_by"] == "time":
+        where = f" (client {case['client']}, batch {case.get('sample', 0)})" if case and "client" in case else ""
+        log.warning(
+            "%s%s stopped by its time budget of %gs after %d of %d iterations; raise --seconds or attack.max_seconds (0: no limit)",
+            attack, where, budget.max_seconds, reconstruction.iterations, budget.max_iterations,
+        )
     mean, per_sample, primary = score(observation, reconstruction, truth, tokenizer=tokenizer)
     result = AuditResult(
         attack=attack,
@@ -407,10 +456,23 @@ def run_attack(
         iterations=reconstruction.iterations,
         reconstruction=reconstruction,
         truth=truth,
+        budget=spent,
+        case=dict(case or {}),
     )
     if out_dir is not None:
         write_outputs(result, observation, Path(out_dir), tokenizer=tokenizer)
     return result
+
+
+def budget_outcome(budget: Budget, iterations: int, seconds: float) -> dict[str, Any]:
+    """The budget given, the iterations reached, and what stopped the attack (``iterations``, ``time`` or ``attack``)."""
+    if iterations >= budget.max_iterations:
+        stopped_by = "iterations"
+    elif budget.max_seconds and seconds >= budget.max_seconds:
+        stopped_by = "time"
+    else:
+        stopped_by = "attack"  # it finished on its own: a one-shot attack, early stopping, restarts that divide the budget
+    return {"max_iterations": budget.max_iterations, "max_seconds": budget.max_seconds, "iterations_reached": iterations, "stopped_by": stopped_by}
 
 
 def protections_of(config: Config) -> dict[str, Any]:
@@ -441,17 +503,28 @@ def audit_config(
     seed: int = 0,
     parameters: NamedArrays | None = None,
     prepared: PreparedCase | None = None,
+    sample: int = 0,
 ) -> AuditResult:
-    """Build the case ``config`` implies (see the module docstring), attack it and score it."""
+    """Build the case ``config`` implies for ``case.client``'s batch number ``sample`` (see the module docstring), attack it and score it."""
     build_attack(attack, settings)  # validate the attack name and settings before any heavy work
     prepared = prepared or prepare_case(config)
-    observation, truth = observe_config(prepared, case, seed=seed, parameters=parameters)
+    observation, truth = observe_config(prepared, case, seed=seed, parameters=parameters, sample=sample)
+    chosen = _client_batch(prepared, case.client, case.batch_size, seed, sample)[1]
     protections = protections_of(config)
     if config.privacy.mode == "dp-sgd":
         protections["noise_multiplier"] = prepared.dp_noise[case.client]
     try:
         return run_attack(
-            observation, truth, attack=attack, settings=settings, budget=budget, seed=seed, tokenizer=prepared.tokenizer, protections=protections, out_dir=out_dir
+            observation,
+            truth,
+            attack=attack,
+            settings=settings,
+            budget=budget,
+            seed=seed,
+            tokenizer=prepared.tokenizer,
+            protections=protections,
+            out_dir=out_dir,
+            case={"client": case.client, "sample": sample, "indices": [int(i) for i in chosen]},
         )
     finally:
         prepared.model.set_trainable(prepared.initial_parameters)
@@ -468,21 +541,16 @@ def audit_capture(
     knows_labels: bool = False,
     out_dir: Path | None = None,
     seed: int = 0,
+    prepared: PreparedCase | None = None,
 ) -> AuditResult:
-    """Replay an observation captured during training in ``run_dir`` (see :mod:`secure_ffm.audit`)."""
-    import tomllib
-
+    """Replay an observation captured during training in ``run_dir`` (see :mod:`secure_ffm.audit`); ``prepared``: its config's case, loaded once."""
     from secure_ffm.audit import load_observation
-    from secure_ffm.config import config_from_dict
 
     run_dir = Path(run_dir)
-    config_path = run_dir / "config.toml"
-    if not config_path.is_file():
-        raise ConfigError("--run", f"{run_dir} is not a run directory (no config.toml)", "pass a directory written by `secure-ffm train`")
+    config = read_run_config(run_dir) if prepared is None else prepared.config
     build_attack(attack, settings)
     captured = load_observation(run_dir, round=round, client=client)
-    config = config_from_dict(tomllib.loads(config_path.read_text(encoding="utf-8")))
-    prepared = prepare_case(config)
+    prepared = prepared or prepare_case(config)
     model = prepared.model
     model.set_trainable(captured.global_parameters)
     indices = captured.indices
@@ -516,8 +584,254 @@ def audit_capture(
     if meta.get("optimizer") not in (None, "sgd"):
         log.warning("the client trained with %s; attacks that simulate local steps assume plain SGD", meta.get("optimizer"))
     return run_attack(
-        observation, truth, attack=attack, settings=settings, budget=budget, seed=seed, tokenizer=prepared.tokenizer, protections=protections, out_dir=out_dir
+        observation,
+        truth,
+        attack=attack,
+        settings=settings,
+        budget=budget,
+        seed=seed,
+        tokenizer=prepared.tokenizer,
+        protections=protections,
+        out_dir=out_dir,
+        case={"client": captured.client, "round": captured.round, "sample": 0, "indices": [int(i) for i in indices]},
     )
+
+
+def read_run_config(run_dir: Path) -> Config:
+    """The training config a run directory was written with."""
+    import tomllib
+
+    from secure_ffm.config import config_from_dict
+
+    config_path = Path(run_dir) / "config.toml"
+    if not config_path.is_file():
+        raise ConfigError("--run", f"{run_dir} is not a run directory (no config.toml)", "pass a directory written by `secure-ffm train`")
+    return config_from_dict(tomllib.loads(config_path.read_text(encoding="utf-8")))
+
+
+# --------------------------------------------------------------------------- many batches in one call
+
+INTERVAL_LEVEL = 0.95
+INTERVAL_METHOD = "Student t"
+
+
+def t_interval(values: Sequence[float], level: float = INTERVAL_LEVEL) -> tuple[float, float] | None:
+    """The Student t confidence interval of the mean of ``values`` (None for fewer than two, or a non-finite value).
+
+    mean ± t_{(1+level)/2, n-1} · s / √n with s the sample standard deviation: it treats the values as
+    independent draws, which holds for disjoint batches attacked separately, not for examples of one batch.
+    """
+    array = np.asarray(list(values), dtype=np.float64)
+    if len(array) < 2 or not np.all(np.isfinite(array)):
+        return None
+    from scipy import stats
+
+    mean = float(array.mean())
+    half = float(stats.t.ppf((1 + level) / 2, len(array) - 1) * array.std(ddof=1) / math.sqrt(len(array)))
+    return mean - half, mean + half
+
+
+@dataclass
+class AuditSummary:
+    """Several audits of one attack (clients x batches): per-batch values, their mean and its confidence interval.
+
+    The unit is the attacked batch: each audit's value is the mean over its examples, the summary's mean
+    is the mean of those values (every batch counts the same), and the interval is a 95% Student t
+    interval over them (:func:`t_interval`).
+    """
+
+    results: list[AuditResult]
+
+    @property
+    def primary_metric(self) -> str:
+        return self.results[0].primary_metric
+
+    def metric_names(self) -> list[str]:
+        first = self.results[0].metrics
+        return [k for k, v in first.items() if isinstance(v, int | float) and not isinstance(v, bool) and all(k in r.metrics for r in self.results)]
+
+    @property
+    def mean(self) -> dict[str, float]:
+        return {k: float(np.mean([float(r.metrics[k]) for r in self.results])) for k in self.metric_names()}
+
+    @property
+    def intervals(self) -> dict[str, tuple[float, float] | None]:
+        return {k: t_interval([float(r.metrics[k]) for r in self.results]) for k in self.metric_names()}
+
+    @property
+    def primary_value(self) -> float:
+        return self.mean[self.primary_metric]
+
+    def to_dict(self) -> dict[str, Any]:
+        """attack.json of the call: a single audit's keys, with ``mean``, ``per_sample`` and ``iterations`` over every batch, plus
+        ``interval`` and one entry per batch in ``audits``."""
+        first = self.results[0]
+        per_sample = [{"client": r.case.get("client"), "sample": r.case.get("sample", 0), **s} for r in self.results for s in r.per_sample]
+        intervals = self.intervals
+        return {
+            "attack": first.attack,
+            "settings": first.settings,
+            "threat_model": first.threat_model,
+            "setup": first.setup,
+            "protections": first.protections,
+            "primary_metric": self.primary_metric,
+            "primary_value": self.primary_value,
+            "mean": self.mean,
+            "interval": {
+                "method": INTERVAL_METHOD,
+                "level": INTERVAL_LEVEL,
+                "unit": "attacked batch (its mean over examples)",
+                "n": len(self.results),
+                "bounds": {k: (list(v) if v is not None else None) for k, v in intervals.items()},
+            },
+            "per_sample": per_sample,
+            "audits": [
+                {
+                    "client": r.case.get("client"),
+                    "sample": r.case.get("sample", 0),
+                    **({"round": r.case["round"]} if "round" in r.case else {}),
+                    "indices": r.case.get("indices", []),
+                    "primary_value": r.primary_value,
+                    "mean": r.metrics,
+                    "iterations": r.iterations,
+                    "budget": r.budget,
+                    "seconds": r.seconds,
+                    **({"noise_multiplier": r.protections["noise_multiplier"]} if "noise_multiplier" in r.protections else {}),
+                    "outputs": {k: f"{r.case['dir']}/{v}" if r.case.get("dir") else v for k, v in r.outputs.items()},
+                }
+                for r in self.results
+            ],
+            "budget": {"max_iterations": first.budget.get("max_iterations"), "max_seconds": first.budget.get("max_seconds")},
+            "iterations": sum(r.iterations for r in self.results),
+            "seconds": sum(r.seconds for r in self.results),
+            "outputs": dict(first.outputs) if len(self.results) == 1 else {},
+        }
+
+    def write(self, out_dir: Path) -> Path:
+        path = Path(out_dir) / "attack.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(_jsonable(self.to_dict()), indent=1, sort_keys=True), encoding="utf-8")
+        tmp.replace(path)
+        return path
+
+
+CaseHook = Callable[[int, int, int, int], None]
+"""Called before each audit as ``hook(client, sample, position, total)`` (the CLI labels its progress bar with it)."""
+
+
+def _case_dir(out_dir: Path | None, many: bool, name: str) -> Path | None:
+    if out_dir is None:
+        return None
+    return Path(out_dir) / name if many else Path(out_dir)
+
+
+def audit_config_many(
+    config: Config,
+    *,
+    case: AuditCase,
+    clients: Sequence[int],
+    samples: int = 1,
+    attack: str,
+    settings: Mapping[str, Any] | None = None,
+    budget: Budget,
+    out_dir: Path | None = None,
+    seed: int = 0,
+    on_case: CaseHook | None = None,
+) -> AuditSummary:
+    """``samples`` disjoint batches of each of ``clients``, each audited as :func:`audit_config` does, the model loaded once.
+
+    With one batch in all, the outputs go to ``out_dir`` itself; with more, each batch's to
+    ``out_dir/client-K-sample-S/`` and the summary (:class:`AuditSummary`) to ``out_dir/attack.json``.
+    """
+    if not clients:
+        raise ConfigError("--clients", "is empty", "name at least one client, e.g. --clients 0,3")
+    if samples < 1:
+        raise ConfigError("--samples", f"must be at least 1, got {samples}")
+    build_attack(attack, settings)
+    prepared = prepare_case(config)
+    check_samples(prepared, clients, case.batch_size, samples)
+    jobs = [(client, sample) for client in clients for sample in range(samples)]
+    many = len(jobs) > 1
+    results = []
+    for position, (client, sample) in enumerate(jobs):
+        if on_case is not None:
+            on_case(client, sample, position, len(jobs))
+        name = f"client-{client}-sample-{sample}"
+        result = audit_config(
+            config,
+            case=replace(case, client=client),
+            attack=attack,
+            settings=settings,
+            budget=budget,
+            out_dir=_case_dir(out_dir, many, name),
+            seed=seed,
+            prepared=prepared,
+            sample=sample,
+        )
+        if many:
+            result.case["dir"] = name
+        results.append(result)
+    summary = AuditSummary(results)
+    if out_dir is not None:
+        summary.write(out_dir)
+    return summary
+
+
+def audit_capture_many(
+    run_dir: Path,
+    *,
+    clients: Sequence[int] | None,
+    round: int | None = None,
+    attack: str,
+    settings: Mapping[str, Any] | None = None,
+    budget: Budget,
+    knows_labels: bool = False,
+    out_dir: Path | None = None,
+    seed: int = 0,
+    on_case: CaseHook | None = None,
+) -> AuditSummary:
+    """The captures of ``clients`` (None: the first capture) in ``round`` (None: each client's first), the model loaded once."""
+    from secure_ffm.audit import list_observations
+
+    run_dir = Path(run_dir)
+    config = read_run_config(run_dir)
+    build_attack(attack, settings)
+    available = list_observations(run_dir)
+    if not available:
+        raise ConfigError("--run", f"{run_dir} holds no captured observations", "train with e.g. --set audit.capture_clients=[0] --set audit.capture_rounds=[1]")
+    targets: list[int | None] = list(clients) if clients else [None]
+    missing = [k for k in targets if not any((round is None or r == round) and (k is None or c == k) for r, c in available)]
+    if missing:
+        listing = ", ".join(f"round {r} client {c}" for r, c in available[:8])
+        where = f" in round {round}" if round is not None else ""
+        raise ConfigError("--clients/--round", f"no capture of client(s) {', '.join(str(k) for k in missing)}{where} in {run_dir}", f"captured: {listing}")
+    prepared = prepare_case(config)
+    many = len(targets) > 1
+    results = []
+    for position, client in enumerate(targets):
+        if on_case is not None:
+            on_case(-1 if client is None else client, 0, position, len(targets))
+        name = f"client-{client}"
+        result = audit_capture(
+            run_dir,
+            round=round,
+            client=client,
+            attack=attack,
+            settings=settings,
+            budget=budget,
+            knows_labels=knows_labels,
+            out_dir=_case_dir(out_dir, many, name),
+            seed=seed,
+            prepared=prepared,
+        )
+        if many:
+            result.case["dir"] = name
+        results.append(result)
+    summary = AuditSummary(results)
+    if out_dir is not None:
+        summary.write(out_dir)
+    return summary
 
 
 def write_outputs(result: AuditResult, observation: Observation, out_dir: Path, *, tokenizer: Any = None) -> None:

@@ -131,3 +131,142 @@ def test_shipped_attack_configs_are_valid():
         build_attack(attack["name"], attack.get("settings"))
         AuditCase.from_dict(raw.pop("audit_case", {}))
         config_from_dict(raw)
+
+
+# --------------------------------------------------------------------------- `secure-ffm attack` as users run it (issue 12)
+
+
+def attack_config(tmp_path, extra=""):
+    path = tmp_path / "attack.toml"
+    path.write_text(cnn().to_toml() + '\n[attack]\nname = "inverting-gradients"\niterations = 2\n' + extra, encoding="utf-8")
+    return str(path)
+
+
+def run_cli(tmp_path, *flags):
+    out = tmp_path / "out"
+    assert main(["attack", attack_config(tmp_path), "--out", str(out), "--quiet", *flags]) == 0
+    return json.loads((out / "attack.json").read_text())
+
+
+def test_client_flag_attacks_that_client(tmp_path, prepared):
+    document = run_cli(tmp_path, "--client", "3")
+    (audit,) = document["audits"]
+    assert audit["client"] == 3
+    assert set(audit["indices"]) <= set(prepared.client_indices[3].tolist())
+
+
+def test_knows_labels_flag_gives_the_attack_the_labels(tmp_path):
+    document = run_cli(tmp_path, "--knows-labels")
+    assert document["threat_model"]["knows_labels"] is True
+
+
+def test_clients_and_samples_attack_every_batch_with_the_model_loaded_once(tmp_path, monkeypatch, capsys):
+    import attacks.audit
+
+    loads = []
+    real = attacks.audit.prepare_case
+    monkeypatch.setattr(attacks.audit, "prepare_case", lambda config, **kw: loads.append(1) or real(config, **kw))
+    document = run_cli(tmp_path, "--clients", "0,3", "--samples", "2")
+    assert len(loads) == 1
+    assert [(a["client"], a["sample"]) for a in document["audits"]] == [(0, 0), (0, 1), (3, 0), (3, 1)]
+    assert not set(document["audits"][0]["indices"]) & set(document["audits"][1]["indices"])  # disjoint batches
+    psnrs = [a["mean"]["psnr"] for a in document["audits"]]
+    assert document["mean"]["psnr"] == pytest.approx(np.mean(psnrs))
+    assert len(document["per_sample"]) == 4 and {s["client"] for s in document["per_sample"]} == {0, 3}
+    interval = document["interval"]
+    assert interval["method"] == "Student t" and interval["level"] == 0.95 and interval["n"] == 4
+    low, high = interval["bounds"]["psnr"]
+    assert low < document["mean"]["psnr"] < high
+    assert (tmp_path / "out" / "client-3-sample-1" / "reconstructions.png").is_file()
+    printed = capsys.readouterr().out
+    assert "95% CI" in printed and "Student t" in printed and len([line for line in printed.splitlines() if line.lstrip().startswith(("0 ", "3 "))]) == 4
+
+
+def test_attack_config_clients_and_samples_keys_take_effect(tmp_path):
+    path = tmp_path / "attack.toml"
+    path.write_text(cnn().to_toml() + '\n[attack]\nname = "dlg"\niterations = 2\nclients = [5]\nsamples = 2\n', encoding="utf-8")
+    assert main(["attack", str(path), "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    document = json.loads((tmp_path / "out" / "attack.json").read_text())
+    assert [(a["client"], a["sample"]) for a in document["audits"]] == [(5, 0), (5, 1)]
+
+
+def test_t_interval_has_the_textbook_value():
+    from attacks.audit import t_interval
+
+    low, high = t_interval([1.0, 2.0, 3.0, 4.0])  # 2.5 -+ t(0.975, 3) * s / 2 = 2.5 -+ 3.1824 * 1.2910 / 2
+    assert low == pytest.approx(0.4457, abs=1e-4) and high == pytest.approx(4.5543, abs=1e-4)
+    assert t_interval([3.0]) is None
+
+
+def test_a_time_budget_that_cuts_the_attack_short_is_warned_and_recorded(prepared, caplog):
+    with caplog.at_level("WARNING", logger="attacks.audit"):
+        result = audit_config(prepared.config, case=AuditCase(), attack="inverting-gradients", budget=Budget(max_iterations=50, max_seconds=1e-9), prepared=prepared)
+    assert result.budget["stopped_by"] == "time" and result.budget["iterations_reached"] < 50 and result.budget["max_iterations"] == 50
+    assert "stopped by its time budget" in caplog.text
+
+
+def test_an_attack_that_spends_its_iterations_is_not_warned(prepared, caplog):
+    with caplog.at_level("WARNING", logger="attacks.audit"):
+        result = audit_config(prepared.config, case=AuditCase(), attack="dlg", budget=Budget(max_iterations=2), prepared=prepared)
+    assert result.budget == {"max_iterations": 2, "max_seconds": 0.0, "iterations_reached": 2, "stopped_by": "iterations"}
+    assert "time budget" not in caplog.text
+
+
+def test_run_threads_sets_torch_threads(monkeypatch):
+    import torch
+
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    prepare_case(cnn(run={"threads": 3}))
+    assert calls == [3]
+
+
+def test_relative_data_path_error_says_where_it_resolved_from(tmp_path, capsys):
+    import os
+
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    (folder / "reviews.csv").write_text("text,label\n", encoding="utf-8")
+    path = folder / "attack.toml"
+    path.write_text(cnn(data={"dataset": "reviews.csv"}).to_toml(), encoding="utf-8")
+    assert main(["attack", str(path), "--out", str(tmp_path / "out")]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "'reviews.csv'" in line and f"current directory {os.getcwd()}" in line and str(folder / "reviews.csv") in line
+
+
+@pytest.mark.parametrize(
+    ("flags", "extra", "message"),
+    [
+        (["--round", "1"], "", "--round: only applies with --run"),
+        (["--client", "1", "--clients", "2,3"], "", "--client: given together with --clients"),
+        (["--clients", "1,1"], "", "--clients: client 1 is listed twice"),
+        (["--clients", "0,a"], "", "not a comma-separated list"),
+        (["--samples", "0"], "", "--samples: must be at least 1"),
+        (["--iterations", "0"], "", "--iterations: must be at least 1"),
+        (["--seconds", "-1"], "", "--seconds: must be >= 0"),
+        ([], 'seed = "x"\n', "attack.seed: must be a whole number"),
+        ([], "samples = 0\n", "attack.samples: must be a whole number >= 1"),
+        (["--clients", "0,99"], "", "client 99 does not exist"),
+    ],
+)
+def test_attack_flags_and_keys_that_cannot_apply_are_refused_in_one_line(tmp_path, capsys, flags, extra, message):
+    assert main(["attack", attack_config(tmp_path, extra), "--out", str(tmp_path / "out"), "--quiet", *flags]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert message in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_samples_is_refused_when_replaying_a_capture(capsys):
+    assert main(["attack", "--run", "nowhere", "--samples", "2"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "--samples: does not apply with --run" in line
+
+
+def test_clients_flag_replays_every_named_capture_of_a_run(tmp_path):
+    run_dir = tmp_path / "run"
+    config = cnn(client={"batch_size": 2, "local_steps": 1}, data={"max_train_examples": 64, "num_clients": 16}, audit={"capture_clients": [2, 5], "capture_rounds": [1]})
+    Simulation(prepare_run(config), out_dir=run_dir).run()
+    assert main(["attack", "--run", str(run_dir), "--clients", "5,2", "--attack", "dlg", "--iterations", "2", "--out", str(tmp_path / "b"), "--quiet"]) == 0
+    document = json.loads((tmp_path / "b" / "attack.json").read_text())
+    assert [a["client"] for a in document["audits"]] == [5, 2] and document["interval"]["n"] == 2
+    assert (tmp_path / "b" / "client-5" / "attack.json").is_file()
