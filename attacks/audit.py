@@ -35,12 +35,12 @@ import torch
 
 from attacks.base import Budget, GroundTruth, NamedArrays, Observation, Reconstruction, ThreatModel, TrainingSetup, build_attack
 from attacks.case import batch_gradient, data_kind, local_minibatches, stack_inputs
-from secure_ffm.aggregation import PROTOCOLS
 from secure_ffm.config import Config
 from secure_ffm.errors import ConfigError
 from secure_ffm.models.base import Batch, EncodedData, FederatedModel
 from secure_ffm.registry import nearest
 from secure_ffm.transforms import TransformContext, UpdatePipeline, build_defenses
+from secure_ffm.variants import MECHANISMS, PROTOCOLS
 from secure_ffm.wire import ClientUpdate
 
 log = logging.getLogger(__name__)
@@ -175,7 +175,8 @@ def dp_sgd_gradient(model: FederatedModel, batch: Batch, *, max_grad_norm: float
 
 
 class ClientSide:
-    """Computes a client's message content for the audit: gradient or local update, with DP-SGD if enabled."""
+    """Computes a client's message content for the audit: gradient or local update, with DP-SGD's noisy steps when
+    the privacy mechanism replaces the trainer (``dp_noise`` then holds every client's noise multiplier)."""
 
     def __init__(self, model: FederatedModel, config: Config, *, dp_noise: Mapping[int, float], seed: int) -> None:
         self.model = model
@@ -184,7 +185,7 @@ class ClientSide:
         self.seed = seed
 
     def gradient(self, client: int, batch: Batch, generator: torch.Generator) -> NamedArrays:
-        if self.config.privacy.mode == "dp-sgd":
+        if self.dp_noise:
             return dp_sgd_gradient(
                 self.model, batch, max_grad_norm=self.config.privacy.max_grad_norm, noise_multiplier=self.dp_noise[client], generator=generator
             )
@@ -236,9 +237,9 @@ def prepare_case(config: Config, *, clients: Sequence[int] | None = None) -> Pre
     )
     mechanism = build_mechanism(config, data)
     dp_noise: dict[int, float] = {}
-    if config.privacy.mode == "dp-sgd":
+    if mechanism.replaces_trainer:
         for k in range(data.num_clients):
-            dp_noise[k] = float(mechanism.client_plan(k).noise_multiplier)  # type: ignore[attr-defined]
+            dp_noise[k] = mechanism.client_noise_multiplier(k)
     mechanism_transforms = mechanism.client_transforms()
     prepared = PreparedCase(
         config=config,
@@ -293,8 +294,7 @@ def observe_config(
     if case.client >= num_clients_total:
         raise ConfigError("audit_case.client", f"client {case.client} does not exist (data.num_clients={num_clients_total})", f"use 0 .. {num_clients_total - 1}")
     model.set_trainable(parameters if parameters is not None else prepared.initial_parameters)
-    protocol_name = config.secure_aggregation.protocol
-    secure = protocol_name != "none"
+    secure = PROTOCOLS.get(config.secure_aggregation.protocol, key="secure_aggregation.protocol").hides_updates
     kind = "update" if case.observes == "update" or (case.observes == "auto" and case.local_steps > 1) else "gradient"
     if secure:
         per_round = config.server.clients_per_round or num_clients_total
@@ -376,13 +376,12 @@ def _truth(prepared: PreparedCase, batches: Sequence[Batch]) -> GroundTruth:
 def _server_view(config: Config, updates: Sequence[ClientUpdate], fit_config: Mapping[str, Any], *, seed: int) -> NamedArrays:
     """Run the configured aggregation protocol on the clients' updates: what the server's accumulator yields."""
     secure = config.secure_aggregation
-    if secure.protocol == "none":
+    protocol_class = PROTOCOLS.get(secure.protocol, key="secure_aggregation.protocol")
+    if not protocol_class.hides_updates:
         return {k: v.astype(np.float32) for k, v in updates[0].delta.items()}
-    import secure_ffm.secagg.ckks  # noqa: F401 - registers ckks
-    import secure_ffm.secagg.protocol  # noqa: F401 - registers masking
     from secure_ffm.client import client_weight
 
-    protocol = PROTOCOLS.get(secure.protocol, key="secure_aggregation.protocol").from_config(secure, seed=seed)
+    protocol = protocol_class.from_config(secure, seed=seed)
     weighting = str(fit_config.get("weighting", "examples"))
     participants = [u.client_id for u in updates]
     protocol.begin_round(1, participants, weight_bound=max(client_weight(weighting, u.num_examples) for u in updates))
@@ -483,12 +482,7 @@ def protections_of(config: Config) -> dict[str, Any]:
         "defenses": list(config.defense.names),
         "secure_aggregation": config.secure_aggregation.protocol,
     }
-    if p.mode != "none":
-        out["target_epsilon"] = p.target_epsilon
-    if p.mode == "dp-sgd":
-        out["max_grad_norm"] = p.max_grad_norm
-    if p.mode == "dp-fedavg":
-        out.update(clip_norm=p.clip_norm, noise_placement=p.noise_placement)
+    out.update(MECHANISMS.get(p.mode, key="privacy.mode").protections(p))
     return out
 
 
@@ -511,7 +505,7 @@ def audit_config(
     observation, truth = observe_config(prepared, case, seed=seed, parameters=parameters, sample=sample)
     chosen = _client_batch(prepared, case.client, case.batch_size, seed, sample)[1]
     protections = protections_of(config)
-    if config.privacy.mode == "dp-sgd":
+    if prepared.dp_noise:  # the mechanism replaces the trainer (DP-SGD)
         protections["noise_multiplier"] = prepared.dp_noise[case.client]
     try:
         return run_attack(

@@ -200,6 +200,10 @@ class Soteria(UpdateTransform):
         self.max_examples = max_examples
 
     @classmethod
+    def label(cls, config: DefenseConfig) -> str:
+        return f"Soteria {config.soteria_fraction * 100:g}%"
+
+    @classmethod
     def from_config(cls, config: DefenseConfig) -> Soteria:
         return cls(fraction=config.soteria_fraction, max_examples=config.soteria_examples)
 

@@ -42,6 +42,10 @@ class L2Clip(UpdateTransform):
         self.clip_norm = clip_norm
 
     @classmethod
+    def label(cls, config: DefenseConfig) -> str:
+        return f"L2 clip {config.clip_norm:g}"
+
+    @classmethod
     def from_config(cls, config: DefenseConfig) -> L2Clip:
         return cls(clip_norm=config.clip_norm)
 
@@ -65,6 +69,10 @@ class GaussianNoise(UpdateTransform):
         if not std >= 0:
             raise ValueError(f"std must be non-negative, got {std}")
         self.std = std
+
+    @classmethod
+    def label(cls, config: DefenseConfig) -> str:
+        return f"noise σ={config.noise_std:g}"
 
     @classmethod
     def from_config(cls, config: DefenseConfig) -> GaussianNoise:
@@ -95,6 +103,10 @@ class Prune(UpdateTransform):
         self.fraction = fraction
 
     @classmethod
+    def label(cls, config: DefenseConfig) -> str:
+        return f"prune {config.prune_fraction * 100:g}%"
+
+    @classmethod
     def from_config(cls, config: DefenseConfig) -> Prune:
         return cls(fraction=config.prune_fraction)
 
@@ -122,6 +134,10 @@ class Quantize(UpdateTransform):
         if not 1 <= bits <= 32:
             raise ValueError(f"bits must be 1 to 32, got {bits}")
         self.bits = bits
+
+    @classmethod
+    def label(cls, config: DefenseConfig) -> str:
+        return "sign" if config.quantize_bits == 1 else f"{config.quantize_bits}-bit quantize"
 
     @classmethod
     def from_config(cls, config: DefenseConfig) -> Quantize:

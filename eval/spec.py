@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 from secure_ffm.config import read_toml
 from secure_ffm.errors import ConfigError
 from secure_ffm.registry import nearest
+from secure_ffm.variants import PROTOCOLS
 
 if TYPE_CHECKING:
     from secure_ffm.config import Config
@@ -374,15 +375,13 @@ def data_kind(config: Config) -> str:
 def observation_kind(config: Config, *, observes: str = "auto", local_steps: int = 1) -> str:
     """What the audit's server observes under ``config`` (as :func:`attacks.audit.observe_config` decides):
     only the ``aggregate`` under secure aggregation, else one client's ``gradient`` or multi-step ``update``."""
-    if config.secure_aggregation.protocol != "none":
+    if PROTOCOLS.get(config.secure_aggregation.protocol, key="secure_aggregation.protocol").hides_updates:
         return "aggregate"
     return "update" if observes == "update" or (observes == "auto" and local_steps > 1) else "gradient"
 
 
 def _check_buildable(config: Config) -> None:
     """What ``config_from_dict`` leaves to run time but fails in seconds: defense names and the aggregation protocol."""
-    import secure_ffm.simulation  # noqa: F401 - registers the built-in aggregation protocols
-    from secure_ffm.aggregation import PROTOCOLS
     from secure_ffm.transforms import build_defenses
 
     build_defenses(config.defense)

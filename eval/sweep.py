@@ -36,15 +36,12 @@ from typing import TYPE_CHECKING, Any
 from eval.results import CSV, JSONL, SWEEP_TOML, append_row, csv_text, latest_rows, read_all_rows, write_text_atomic
 from eval.spec import SweepPoint, SweepSpec, ensure_attacks_registered, load_sweep
 from secure_ffm.errors import ConfigError
+from secure_ffm.variants import MECHANISMS, PROTOCOLS
 
 if TYPE_CHECKING:
     from secure_ffm.config import Config, DefenseConfig
 
 log = logging.getLogger(__name__)
-
-MECHANISM_LABELS = {"none": "no DP", "dp-sgd": "DP-SGD", "dp-fedavg": "DP-FedAvg"}
-SECURE_AGGREGATION_LABELS = {"none": "none", "masking": "SecAgg (masking)", "ckks": "CKKS aggregation"}
-
 
 @dataclass
 class SweepSummary:
@@ -76,32 +73,22 @@ def _number(value: float) -> str:
 
 
 def defense_labels(defense: DefenseConfig) -> list[str]:
-    """One short label per update defense, with its main setting."""
-    labels = []
-    for name in defense.names:
-        if name == "prune":
-            labels.append(f"prune {_number(defense.prune_fraction * 100)}%")
-        elif name == "l2-clip":
-            labels.append(f"L2 clip {_number(defense.clip_norm)}")
-        elif name == "gaussian-noise":
-            labels.append(f"noise σ={_number(defense.noise_std)}")
-        elif name == "quantize":
-            labels.append("sign" if defense.quantize_bits == 1 else f"{defense.quantize_bits}-bit quantize")
-        elif name == "soteria":
-            labels.append(f"Soteria {_number(defense.soteria_fraction * 100)}%")
-        else:
-            labels.append(name)
-    return labels
+    """One short label per update defense, with its main setting (each transform's own ``label``)."""
+    from secure_ffm.transforms import defense_labels as labels
+
+    return labels(defense)
 
 
 def protection_label(config: Config) -> str:
     """E.g. ``"DP-SGD ε=1 + prune 90% + SecAgg (masking)"``, or ``"no protection"``."""
+    mechanism = MECHANISMS.get(config.privacy.mode, key="privacy.mode")
+    protocol = PROTOCOLS.get(config.secure_aggregation.protocol, key="secure_aggregation.protocol")
     parts = []
-    if config.privacy.mode != "none":
-        parts.append(f"{MECHANISM_LABELS.get(config.privacy.mode, config.privacy.mode)} ε={_number(config.privacy.target_epsilon)}")
+    if mechanism.spends_budget:
+        parts.append(f"{mechanism.label or mechanism.name} ε={_number(config.privacy.target_epsilon)}")
     parts.extend(defense_labels(config.defense))
-    if config.secure_aggregation.protocol != "none":
-        parts.append(SECURE_AGGREGATION_LABELS.get(config.secure_aggregation.protocol, config.secure_aggregation.protocol))
+    if protocol.hides_updates:
+        parts.append(protocol.label or protocol.name)
     return " + ".join(parts) or "no protection"
 
 
@@ -111,7 +98,7 @@ def privacy_columns(mode: str, ledger: Mapping[str, Any] | None) -> dict[str, An
     DP-SGD keeps one ledger per client: ε and δ are the largest over the clients that trained
     (the guarantee that holds for every client) and the noise multiplier the smallest.
     """
-    if mode == "none" or not ledger:
+    if not MECHANISMS.get(mode, key="privacy.mode").spends_budget or not ledger:
         return {"epsilon": None, "delta": None, "accountant": None, "noise_multiplier": None, "privacy": {"mechanism": mode}}
     keep = ("mechanism", "level", "accountant", "target_epsilon", "sampling", "sample_rate", "rounds", "planned_rounds", "max_grad_norm",
             "clip_norm", "final_clip_norm", "adaptive_clipping", "noise_placement", "update_noise_multiplier", "noise")  # fmt: skip
@@ -269,7 +256,7 @@ def run_point(spec: SweepSpec, point: SweepPoint, out_dir: Path, *, fingerprint:
         "config": _config_values(config, spec.override_keys()),
         "protection": protection_label(config),
         "mechanism": config.privacy.mode,
-        "target_epsilon": config.privacy.target_epsilon if config.privacy.mode != "none" else None,
+        "target_epsilon": config.privacy.target_epsilon if MECHANISMS.get(config.privacy.mode, key="privacy.mode").spends_budget else None,
         "defense": " + ".join(defense_labels(config.defense)) or "none",
         "secure_aggregation": config.secure_aggregation.protocol,
         "data_kind": "text" if config.model.arch == "hf-text" else "image",

@@ -14,18 +14,17 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
-from secure_ffm.registry import Registry
+from secure_ffm.variants import PROTOCOLS
 from secure_ffm.wire import ClientMessage, ClientUpdate, NamedArrays
 
 if TYPE_CHECKING:
-    from secure_ffm.config import SecureAggregationConfig
+    from secure_ffm.config import Config, SecureAggregationConfig
+    from secure_ffm.data.base import FederatedData
     from secure_ffm.secagg.protocol import VectorLayout
-
-PROTOCOLS: Registry[type[AggregationProtocol]] = Registry("aggregation protocol")
 
 
 class AggregationError(RuntimeError):
@@ -84,14 +83,29 @@ class Accumulator(ABC):
 
 
 class AggregationProtocol(ABC):
-    """Client-side encoding plus server-side (streaming) aggregation of client updates."""
+    """Client-side encoding plus server-side (streaming) aggregation of client updates.
+
+    Registered by name in :data:`secure_ffm.variants.PROTOCOLS`; callers branch on the class
+    properties below, never on the name.
+    """
 
     name: str = ""
+    label: ClassVar[str] = ""
+    """How reports name the protocol (e.g. ``"SecAgg (masking)"``); empty: the name."""
+    hides_updates: ClassVar[bool] = False
+    """True when the server learns only the aggregate, never a single client's update: the simulation then
+    records the aggregate for the leakage audit (instead of each message) and the audit attacks the aggregate.
+    False (the safe default) treats every message as a client's update in the clear."""
 
     @classmethod
     def from_config(cls, config: SecureAggregationConfig, *, seed: int) -> AggregationProtocol:
         """The protocol a run's ``[secure_aggregation]`` section describes (plaintext takes no options)."""
         return cls()
+
+    @classmethod
+    def check_run(cls, config: Config, data: FederatedData) -> None:  # noqa: B027 - optional hook
+        """Refuse (ConfigError) settings this protocol cannot run with on ``data``, before anything is written
+        (e.g. CKKS parameters whose headroom every client's sum would exceed)."""
 
     def begin_round(  # noqa: B027 - optional hook
         self, round: int, participants: Sequence[int], *, weight_bound: float | None = None, layout: VectorLayout | None = None
@@ -140,11 +154,11 @@ def weighted_mean(deltas: Sequence[NamedArrays], weights: Sequence[float]) -> Na
     return out
 
 
-@PROTOCOLS.register("none")
 class PlaintextAggregation(AggregationProtocol):
     """No protection: each client sends ``weight * delta`` and its weight; the server sums and divides."""
 
     name = "none"
+    label = "none"
     WEIGHT_KEY = "__weight__"
     STAT_PREFIX = "__stat__/"
 

@@ -146,40 +146,13 @@ def privacy_command(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, overrides=args.set)
     data = load_federated_data(config.data, config.run.seed)
-    plan = build_mechanism(config, data).plan()
+    mechanism = build_mechanism(config, data)
+    plan = mechanism.plan()
     if args.json:
         print(json.dumps(plan, indent=1, default=str))
         return 0
-    print(_format_plan(config, plan))
+    print(mechanism.format_plan(plan))
     return 0
-
-
-def _format_plan(config: Any, plan: Mapping[str, Any]) -> str:
-    mechanism = plan["mechanism"]
-    if mechanism == "none":
-        return "privacy.mode = none: no differential privacy (ε = ∞). Set privacy.mode = \"dp-sgd\" or \"dp-fedavg\"."
-    lines = [f"mechanism: {mechanism}   accountant: {plan['accountant']}   target ε: {plan['target_epsilon']}"]
-    if mechanism == "dp-sgd":
-        lines.append(
-            f"per-client sample-level DP over {plan['planned_rounds']} planned rounds, "
-            f"max_grad_norm={config.privacy.max_grad_norm}, Poisson sampling at q = batch_size / n"
-        )
-        lines.append(f"{'client':>6} {'n':>7} {'q':>8} {'steps':>7} {'delta':>10} {'z':>8} {'epsilon':>8}")
-        for c in plan["clients"]:
-            lines.append(
-                f"{c['client']:>6} {c['num_examples']:>7} {c['sample_rate']:>8.4f} {c['planned_steps']:>7} "
-                f"{c['delta']:>10.3g} {c['noise_multiplier']:>8.4f} {c['planned_epsilon']:>8.4f}"
-            )
-        z, e = plan["noise_multiplier"], plan["epsilon"]
-        lines.append(f"noise multiplier z: min {z['min']:.4f}, median {z['median']:.4f}, max {z['max']:.4f}")
-        lines.append(f"ε reached: min {e['min']:.4f}, median {e['median']:.4f}, max {e['max']:.4f} (never above the target)")
-    else:
-        lines.append(
-            f"user-level DP: {plan['rounds']} rounds at client sampling rate q = {plan['sample_rate']:.4f}, δ = {plan['delta']:.3g}"
-        )
-        lines.append(f"noise multiplier z = {plan['noise_multiplier']:.4f} (updates: {plan['update_noise_multiplier']:.4f})")
-        lines.append(f"ε reached: {plan['epsilon']:.4f}; noise std on the mean update per coordinate: {plan['noise_std_on_mean']:.4g}")
-    return "\n".join(lines)
 
 
 def _fmt(value: float | None) -> str:

@@ -18,6 +18,7 @@ from typing import Any
 
 from secure_ffm.errors import ConfigError
 from secure_ffm.registry import nearest
+from secure_ffm.variants import MECHANISMS, PROTOCOLS
 
 Scalar = bool | int | float | str
 
@@ -239,7 +240,7 @@ class PrivacyConfig:
     """
 
     mode: str = "none"
-    """``none``, ``dp-sgd`` or ``dp-fedavg``."""
+    """A registered privacy mechanism (:data:`secure_ffm.variants.MECHANISMS`): built-ins ``none``, ``dp-sgd`` and ``dp-fedavg``."""
     target_epsilon: float = 8.0
     """The ε the whole run may spend (per client for dp-sgd, per user for dp-fedavg)."""
     delta: float = 0.0
@@ -278,7 +279,7 @@ class PrivacyConfig:
     """Adaptive clipping: σ_b of the noise on the count of unclipped updates; 0 picks m/20 (Andrew et al.)."""
 
     def __post_init__(self) -> None:
-        _choice("privacy", "mode", self.mode, ("none", "dp-sgd", "dp-fedavg"))
+        _choice("privacy", "mode", self.mode, MECHANISMS.names())
         if self.mode == "none":
             return
         if not (self.target_epsilon > 0):
@@ -298,9 +299,6 @@ class PrivacyConfig:
         _positive("privacy", "clipped_count_stddev", self.clipped_count_stddev, allow_zero=True)
 
 
-SECURE_AGGREGATION_PROTOCOLS = ("none", "masking", "ckks")
-"""Values of ``secure_aggregation.protocol``."""
-
 CKKS_POLY_MODULUS_DEGREES = (4096, 8192, 16384)
 
 
@@ -315,7 +313,7 @@ class SecureAggregationConfig:
     """
 
     protocol: str = "none"
-    """``none`` (plaintext), ``masking`` or ``ckks``."""
+    """A registered aggregation protocol (:data:`secure_ffm.variants.PROTOCOLS`): built-ins ``none`` (plaintext), ``masking`` and ``ckks``."""
     clip_range: float = 1.0
     """masking: per-coordinate bound on a client's delta; larger values are clipped before fixed-point encoding."""
     threshold: int = 0
@@ -342,7 +340,7 @@ class SecureAggregationConfig:
     ``authority`` (a separate key authority that decrypts only aggregates); see docs/threat_model.md."""
 
     def __post_init__(self) -> None:
-        _choice("secure_aggregation", "protocol", self.protocol, SECURE_AGGREGATION_PROTOCOLS)
+        _choice("secure_aggregation", "protocol", self.protocol, PROTOCOLS.names())
         if not (math.isfinite(self.clip_range) and self.clip_range > 0):
             raise ConfigError("secure_aggregation.clip_range", f"must be positive, got {self.clip_range!r}", "use e.g. 1.0")
         _positive("secure_aggregation", "threshold", self.threshold, allow_zero=True)

@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 import torch
 
-import secure_ffm.secagg.protocol  # noqa: F401 - registers the "masking" aggregation protocol
 from secure_ffm import __version__
 from secure_ffm.aggregation import PROTOCOLS, AggregationError, AggregationProtocol
 from secure_ffm.audit import ObservationRecorder
@@ -43,7 +42,6 @@ from secure_ffm.models import build_model
 from secure_ffm.models.base import EncodedData, FederatedModel
 from secure_ffm.privacy.mechanisms import PrivacyMechanism, build_mechanism
 from secure_ffm.privacy.noise import NoisePolicy
-from secure_ffm.secagg.ckks import CKKSParameters, CKKSProtocol  # importing registers the "ckks" aggregation protocol
 from secure_ffm.secagg.protocol import VectorLayout
 from secure_ffm.seeding import DROPOUT, INIT, derive_seed, generator
 from secure_ffm.server import Server
@@ -89,7 +87,7 @@ def prepare_run(config: Config) -> PreparedRun:
     if config.run.threads:
         torch.set_num_threads(config.run.threads)
     data = load_federated_data(config.data, config.run.seed)
-    check_ckks_headroom(config, data)
+    PROTOCOLS.get(config.secure_aggregation.protocol, key="secure_aggregation.protocol").check_run(config, data)
     model = build_model(
         config.model,
         num_classes=data.dataset.num_classes,
@@ -102,43 +100,6 @@ def prepare_run(config: Config) -> PreparedRun:
     encoded_private = model.encode(data.private)
     encoded_test = model.encode(data.test)
     return PreparedRun(config, data, model, encoded_private, encoded_test, privacy, model.get_trainable())
-
-
-def check_ckks_headroom(config: Config, data: FederatedData) -> None:
-    """Refuse CKKS parameters whose headroom every client would exceed, before anything is written.
-
-    Each CKKS client checks ``|w * value| <= 2^headroom_bits / n`` for its slots ``[w * delta, w, 1, round]``
-    (:meth:`secure_ffm.secagg.ckks.CKKSClient.encrypt`) and declines otherwise. The weight ``w`` is at most the
-    largest client's example count (FedAvg weighting; 1 under uniform weighting), a delta coordinate is taken
-    to be within ``secure_aggregation.clip_range``, and the round slot reaches ``server.rounds``. A scale that
-    leaves less headroom than that bound would have every client decline every round: a run that exits 0 untrained.
-    """
-    protocol_class = PROTOCOLS.get(config.secure_aggregation.protocol, key="secure_aggregation.protocol")
-    if not issubclass(protocol_class, CKKSProtocol):
-        return
-    secure = config.secure_aggregation
-    parameters = CKKSParameters.from_config(secure)
-    participants = config.server.clients_per_round or data.num_clients
-    largest_weight = max(client_weight("examples", len(indices)) for indices in data.client_indices)
-    slot = max(largest_weight * secure.clip_range, largest_weight, float(config.server.rounds))
-    needed = participants * slot
-    if needed <= parameters.max_magnitude:
-        return
-    needed_bits = math.ceil(math.log2(needed))
-    best_scale = parameters.data_bits - 2 - needed_bits
-    fix = (
-        f"lower secure_aggregation.ckks_scale_bits to at most {best_scale}"
-        if best_scale >= 20
-        else "use larger data primes in secure_aggregation.ckks_coeff_mod_bit_sizes, e.g. [60, 40, 40, 60] with scale 40"
-    )
-    raise ConfigError(
-        "secure_aggregation.ckks_scale_bits",
-        f"scale 2^{secure.ckks_scale_bits} leaves 2^{parameters.headroom_bits} of headroom below the data primes "
-        f"{list(secure.ckks_coeff_mod_bit_sizes[:-1])}, but a sum of {participants} clients can reach {needed:.4g} "
-        f"({participants} x max(weight {largest_weight:g} x clip_range {secure.clip_range:g}, round {config.server.rounds})): "
-        "every client would decline",
-        fix,
-    )
 
 
 class Simulation:
@@ -231,7 +192,7 @@ class Simulation:
                     dropped.append(client_id)
                     self.observer.client_finished(round, client_id)
                     continue
-                if self.protocol.name == "none" and self.recorder.wants(round, client_id):
+                if not self.protocol.hides_updates and self.recorder.wants(round, client_id):
                     self.recorder.record_message(
                         message,
                         global_parameters=instructions.parameters,
@@ -268,7 +229,7 @@ class Simulation:
                 aborted = str(error)
                 log.warning("%s; the global model is unchanged", error)
             else:
-                if self.protocol.name != "none":
+                if self.protocol.hides_updates:
                     self.recorder.record_aggregate(
                         round,
                         aggregate.mean_delta,

@@ -15,15 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from secure_ffm.registry import Registry
+from secure_ffm.variants import TRANSFORMS
 from secure_ffm.wire import ClientUpdate, NamedArrays, Scalar
 
 if TYPE_CHECKING:
     from secure_ffm.config import DefenseConfig
     from secure_ffm.models.base import EncodedData, FederatedModel
     from secure_ffm.privacy.noise import PrivateRandomness
-
-TRANSFORMS: Registry[type[UpdateTransform]] = Registry("update transform")
 
 
 @dataclass(frozen=True)
@@ -58,6 +56,11 @@ class UpdateTransform(ABC):
         """The transform a run's ``[defense]`` section describes (for transforms listed in ``defense.names``)."""
         return cls()
 
+    @classmethod
+    def label(cls, config: DefenseConfig) -> str:
+        """How reports name this defense under ``config``, with its main setting (e.g. ``"prune 90%"``)."""
+        return cls.name
+
     @abstractmethod
     def __call__(self, update: ClientUpdate, context: TransformContext) -> ClientUpdate:
         """Return the transformed update (never modify ``update`` in place)."""
@@ -79,6 +82,15 @@ class UpdatePipeline:
 
     def __len__(self) -> int:
         return len(self.transforms)
+
+
+def defense_labels(config: DefenseConfig) -> list[str]:
+    """One short label per transform ``defense.names`` lists, each from its class (:meth:`UpdateTransform.label`)."""
+    from secure_ffm.plugins import load_plugins
+
+    if config.names:
+        load_plugins()
+    return [TRANSFORMS.get(name, key="defense.names").label(config) for name in config.names]
 
 
 def build_defenses(config: DefenseConfig) -> UpdatePipeline:

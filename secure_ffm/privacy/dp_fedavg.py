@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from secure_ffm.aggregation import Aggregate, AggregateStep
-from secure_ffm.config import Config
+from secure_ffm.config import Config, PrivacyConfig
 from secure_ffm.data.base import FederatedData
 from secure_ffm.errors import ConfigError
 from secure_ffm.privacy.accounting import (
@@ -45,9 +45,9 @@ from secure_ffm.privacy.accounting import (
     rounds_that_fit,
 )
 from secure_ffm.privacy.gaussian import add_gaussian_noise, clip_l2
-from secure_ffm.privacy.mechanisms import MECHANISMS, PrivacyMechanism, extension_refused
+from secure_ffm.privacy.mechanisms import PrivacyMechanism, extension_refused, plan_header
 from secure_ffm.privacy.noise import CENTRAL_NOISE, CLIENT_SAMPLING, NOISE_SHARE, NoisePolicy, NoiseStream
-from secure_ffm.transforms import TRANSFORMS, TransformContext, UpdateTransform
+from secure_ffm.transforms import TransformContext, UpdateTransform
 from secure_ffm.wire import ClientUpdate, Scalar
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,6 @@ log = logging.getLogger(__name__)
 UNCLIPPED = "unclipped"
 
 
-@TRANSFORMS.register("clip")
 class ClipUpdate(UpdateTransform):
     """Scale the whole update to L2 norm at most C (the round's ``clip_norm`` setting, else ``clip_norm``)."""
 
@@ -74,7 +73,6 @@ class ClipUpdate(UpdateTransform):
         return out
 
 
-@TRANSFORMS.register("gaussian-share")
 class GaussianNoiseShare(UpdateTransform):
     """Distributed DP: add this client's share N(0, σ² / m) of the sum's noise N(0, σ²), with m the round's participants."""
 
@@ -127,11 +125,24 @@ class AdaptClipNorm(AggregateStep):
         return aggregate
 
 
-@MECHANISMS.register("dp-fedavg")
 class DPFedAvg(PrivacyMechanism):
     """User-level (ε, δ)-DP of every client's whole contribution over the run."""
 
     name = "dp-fedavg"
+    label = "DP-FedAvg"
+
+    @classmethod
+    def protections(cls, privacy: PrivacyConfig) -> dict[str, Any]:
+        return {**super().protections(privacy), "clip_norm": privacy.clip_norm, "noise_placement": privacy.noise_placement}
+
+    def format_plan(self, plan: Mapping[str, Any]) -> str:
+        lines = [plan_header(plan)]
+        lines.append(
+            f"user-level DP: {plan['rounds']} rounds at client sampling rate q = {plan['sample_rate']:.4f}, δ = {plan['delta']:.3g}"
+        )
+        lines.append(f"noise multiplier z = {plan['noise_multiplier']:.4f} (updates: {plan['update_noise_multiplier']:.4f})")
+        lines.append(f"ε reached: {plan['epsilon']:.4f}; noise std on the mean update per coordinate: {plan['noise_std_on_mean']:.4g}")
+        return "\n".join(lines)
 
     def __init__(self, config: Config, data: FederatedData) -> None:
         super().__init__(config, data)

@@ -40,7 +40,7 @@ from secure_ffm.privacy.accounting import (
     default_delta,
     rounds_that_fit,
 )
-from secure_ffm.privacy.mechanisms import MECHANISMS, PrivacyMechanism, extension_refused, spread
+from secure_ffm.privacy.mechanisms import PrivacyMechanism, extension_refused, plan_header, spread
 from secure_ffm.privacy.noise import DP_SGD_NOISE, DP_SGD_SAMPLING, NoisePolicy, NoiseStream, PrivateRandomness
 from secure_ffm.training import ClientDeclined, LocalTrainer, TrainResult, make_optimizer
 from secure_ffm.wire import NamedArrays, Scalar
@@ -320,11 +320,36 @@ class DPSGDTrainer(LocalTrainer):
         )
 
 
-@MECHANISMS.register("dp-sgd")
 class DPSGD(PrivacyMechanism):
     """Sample-level (ε, δ)-DP for every client's examples over the whole run."""
 
     name = "dp-sgd"
+    label = "DP-SGD"
+    replaces_trainer = True
+
+    @classmethod
+    def protections(cls, privacy: PrivacyConfig) -> dict[str, Any]:
+        return {**super().protections(privacy), "max_grad_norm": privacy.max_grad_norm}
+
+    def client_noise_multiplier(self, client: int) -> float:
+        return float(self.client_plan(client).noise_multiplier)
+
+    def format_plan(self, plan: Mapping[str, Any]) -> str:
+        lines = [plan_header(plan)]
+        lines.append(
+            f"per-client sample-level DP over {plan['planned_rounds']} planned rounds, "
+            f"max_grad_norm={self.config.privacy.max_grad_norm}, Poisson sampling at q = batch_size / n"
+        )
+        lines.append(f"{'client':>6} {'n':>7} {'q':>8} {'steps':>7} {'delta':>10} {'z':>8} {'epsilon':>8}")
+        for c in plan["clients"]:
+            lines.append(
+                f"{c['client']:>6} {c['num_examples']:>7} {c['sample_rate']:>8.4f} {c['planned_steps']:>7} "
+                f"{c['delta']:>10.3g} {c['noise_multiplier']:>8.4f} {c['planned_epsilon']:>8.4f}"
+            )
+        z, e = plan["noise_multiplier"], plan["epsilon"]
+        lines.append(f"noise multiplier z: min {z['min']:.4f}, median {z['median']:.4f}, max {z['max']:.4f}")
+        lines.append(f"ε reached: min {e['min']:.4f}, median {e['median']:.4f}, max {e['max']:.4f} (never above the target)")
+        return "\n".join(lines)
 
     def __init__(self, config: Config, data: FederatedData) -> None:
         super().__init__(config, data)

@@ -12,27 +12,51 @@ from __future__ import annotations
 import statistics
 from abc import ABC
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from secure_ffm.aggregation import AggregateStep
-from secure_ffm.config import Config
+from secure_ffm.config import Config, PrivacyConfig
 from secure_ffm.data.base import FederatedData
 from secure_ffm.errors import ConfigError
 from secure_ffm.models.base import FederatedModel
-from secure_ffm.registry import Registry
 from secure_ffm.training import LocalTrainer
 from secure_ffm.transforms import UpdateTransform
+from secure_ffm.variants import MECHANISMS
 from secure_ffm.wire import Scalar
-
-MECHANISMS: Registry[type[PrivacyMechanism]] = Registry("privacy mode")
 
 
 class PrivacyMechanism(ABC):
-    """No-op defaults; each mechanism overrides the seams it uses."""
+    """No-op defaults; each mechanism overrides the seams it uses.
+
+    Registered by name in :data:`secure_ffm.variants.MECHANISMS`; callers branch on the class
+    properties below, never on the name.
+    """
 
     name: str = ""
+    label: ClassVar[str] = ""
+    """How reports name the mechanism (e.g. ``"DP-SGD"``); empty: the name."""
+    spends_budget: ClassVar[bool] = True
+    """True when the mechanism gives a formal (ε, δ) guarantee: its ``privacy.*`` settings apply and reports show ε."""
+    replaces_trainer: ClassVar[bool] = False
+    """True when :meth:`trainer` swaps the local trainer for a private one (DP-SGD): the leakage audit then
+    emulates that trainer's noisy steps with the per-client noise multiplier of :meth:`client_noise_multiplier`."""
+
+    @classmethod
+    def protections(cls, privacy: PrivacyConfig) -> dict[str, Any]:
+        """The settings of ``[privacy]`` this mechanism uses, as recorded in the leakage audit's ``attack.json``."""
+        return {"target_epsilon": privacy.target_epsilon} if cls.spends_budget else {}
+
+    def client_noise_multiplier(self, client: int) -> float:
+        """For mechanisms that replace the trainer: the noise multiplier of ``client``'s private steps."""
+        raise NotImplementedError(f"privacy mode {self.name!r} does not train with per-client noise")
+
+    def format_plan(self, plan: Mapping[str, Any]) -> str:
+        """:meth:`plan` for people (``secure-ffm privacy-plan``)."""
+        lines = [f"mechanism: {plan['mechanism']}"]
+        lines.extend(f"{key}: {value}" for key, value in plan.items() if key != "mechanism")
+        return "\n".join(lines)
 
     def __init__(self, config: Config, data: FederatedData) -> None:
         self.config = config
@@ -87,14 +111,18 @@ class PrivacyMechanism(ABC):
         """Restore :meth:`state_dict`."""
 
 
-@MECHANISMS.register("none")
 class NoPrivacy(PrivacyMechanism):
     """No formal privacy: updates are sent as trained."""
 
     name = "none"
+    label = "no DP"
+    spends_budget = False
 
     def plan(self) -> dict[str, Any]:
         return {"mechanism": "none", "epsilon": float("inf")}
+
+    def format_plan(self, plan: Mapping[str, Any]) -> str:
+        return "privacy.mode = none: no differential privacy (ε = ∞). Set privacy.mode = \"dp-sgd\" or \"dp-fedavg\"."
 
 
 def extension_refused(*, total_rounds: int, completed_rounds: int, epsilon: float, target: float, planned: str, rounds_fit: int) -> ConfigError:
@@ -106,6 +134,11 @@ def extension_refused(*, total_rounds: int, completed_rounds: int, epsilon: floa
     )
 
 
+def plan_header(plan: Mapping[str, Any]) -> str:
+    """The first line of a DP mechanism's :meth:`PrivacyMechanism.format_plan`."""
+    return f"mechanism: {plan['mechanism']}   accountant: {plan['accountant']}   target ε: {plan['target_epsilon']}"
+
+
 def spread(values: Sequence[float]) -> dict[str, float | None]:
     """min, median and max (None for no values)."""
     if not values:
@@ -114,7 +147,4 @@ def spread(values: Sequence[float]) -> dict[str, float | None]:
 
 
 def build_mechanism(config: Config, data: FederatedData) -> PrivacyMechanism:
-    # importing the modules registers the mechanisms
-    from secure_ffm.privacy import dp_fedavg, dp_sgd  # noqa: F401
-
     return MECHANISMS.get(config.privacy.mode, key="privacy.mode")(config, data)

@@ -96,14 +96,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 import tenseal as ts
 
-from secure_ffm.aggregation import PROTOCOLS, Accumulator, Aggregate, AggregationError, AggregationProtocol, check_envelope
+from secure_ffm.aggregation import Accumulator, Aggregate, AggregationError, AggregationProtocol, check_envelope
 from secure_ffm.errors import ConfigError
 from secure_ffm.secagg.protocol import VectorLayout
 from secure_ffm.training import ClientDeclined
 from secure_ffm.wire import ClientMessage, ClientUpdate, NamedArrays
 
 if TYPE_CHECKING:
-    from secure_ffm.config import SecureAggregationConfig
+    from secure_ffm.config import Config, SecureAggregationConfig
+    from secure_ffm.data.base import FederatedData
 
 log = logging.getLogger(__name__)
 
@@ -559,7 +560,6 @@ class CKKSDecryptor:
 # --------------------------------------------------------------------------- in-process facade
 
 
-@PROTOCOLS.register("ckks")
 class CKKSProtocol(AggregationProtocol):
     """CKKS homomorphic aggregation, run in one process between a key holder, clients and a server.
 
@@ -576,6 +576,8 @@ class CKKSProtocol(AggregationProtocol):
     """
 
     name = "ckks"
+    label = "CKKS aggregation"
+    hides_updates = True
 
     def __init__(self, *, parameters: CKKSParameters | None = None, key_holder: str = "clients") -> None:
         if key_holder not in KEY_HOLDERS:
@@ -589,6 +591,42 @@ class CKKSProtocol(AggregationProtocol):
         self.participants: tuple[int, ...] = ()
         self.layout: VectorLayout | None = None
         self._setup_seconds = 0.0
+
+    @classmethod
+    def check_run(cls, config: Config, data: FederatedData) -> None:
+        """Refuse CKKS parameters whose headroom every client would exceed, before anything is written.
+
+        Each CKKS client checks ``|w * value| <= 2^headroom_bits / n`` for its slots ``[w * delta, w, 1, round]``
+        (:meth:`secure_ffm.secagg.ckks.CKKSClient.encrypt`) and declines otherwise. The weight ``w`` is at most the
+        largest client's example count (FedAvg weighting; 1 under uniform weighting), a delta coordinate is taken
+        to be within ``secure_aggregation.clip_range``, and the round slot reaches ``server.rounds``. A scale that
+        leaves less headroom than that bound would have every client decline every round: a run that exits 0 untrained.
+        """
+        from secure_ffm.client import client_weight
+
+        secure = config.secure_aggregation
+        parameters = CKKSParameters.from_config(secure)
+        participants = config.server.clients_per_round or data.num_clients
+        largest_weight = max(client_weight("examples", len(indices)) for indices in data.client_indices)
+        slot = max(largest_weight * secure.clip_range, largest_weight, float(config.server.rounds))
+        needed = participants * slot
+        if needed <= parameters.max_magnitude:
+            return
+        needed_bits = math.ceil(math.log2(needed))
+        best_scale = parameters.data_bits - 2 - needed_bits
+        fix = (
+            f"lower secure_aggregation.ckks_scale_bits to at most {best_scale}"
+            if best_scale >= 20
+            else "use larger data primes in secure_aggregation.ckks_coeff_mod_bit_sizes, e.g. [60, 40, 40, 60] with scale 40"
+        )
+        raise ConfigError(
+            "secure_aggregation.ckks_scale_bits",
+            f"scale 2^{secure.ckks_scale_bits} leaves 2^{parameters.headroom_bits} of headroom below the data primes "
+            f"{list(secure.ckks_coeff_mod_bit_sizes[:-1])}, but a sum of {participants} clients can reach {needed:.4g} "
+            f"({participants} x max(weight {largest_weight:g} x clip_range {secure.clip_range:g}, round {config.server.rounds})): "
+            "every client would decline",
+            fix,
+        )
 
     @classmethod
     def from_config(cls, config: SecureAggregationConfig, *, seed: int) -> CKKSProtocol:

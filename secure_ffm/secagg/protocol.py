@@ -72,7 +72,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from secure_ffm.aggregation import PROTOCOLS, Accumulator, Aggregate, AggregationError, AggregationProtocol, check_envelope
+from secure_ffm.aggregation import Accumulator, Aggregate, AggregationError, AggregationProtocol, check_envelope
 from secure_ffm.secagg import graph as graphs
 from secure_ffm.secagg import keys, masking, quantization, shamir
 from secure_ffm.seeding import SECAGG_ROUNDING, generator
@@ -753,7 +753,6 @@ class MaskingServer:
 # --------------------------------------------------------------------------- in-process facade
 
 
-@PROTOCOLS.register("masking")
 class MaskingProtocol(AggregationProtocol):
     """Pairwise-masking secure aggregation, run in one process between fresh client objects and a server.
 
@@ -776,6 +775,8 @@ class MaskingProtocol(AggregationProtocol):
     """
 
     name = "masking"
+    label = "SecAgg (masking)"
+    hides_updates = True
 
     def __init__(self, *, clip_range: float = 1.0, threshold: int = 0, neighbours: int = 0, seed: int = 0, weight_bound: float | None = None) -> None:
         self.clip_range = float(clip_range)

@@ -5,7 +5,7 @@ import pytest
 from secure_ffm.config import config_from_dict, load_config
 from secure_ffm.data import load_federated_data
 from secure_ffm.errors import ConfigError
-from secure_ffm.simulation import check_ckks_headroom
+from secure_ffm.secagg.ckks import CKKSProtocol
 
 SMALL = {
     "data": {"dataset": "fashion_mnist", "max_train_examples": 200, "max_test_examples": 100, "num_clients": 2},
@@ -42,9 +42,9 @@ def small_data():
 def test_ckks_scale_without_headroom_for_the_sum_is_refused_before_the_run(small_data):
     # [60, 60] with 2^57 validated, then every client declined every round and the run exited 0 untrained
     with pytest.raises(ConfigError, match=r"secure_aggregation\.ckks_scale_bits: .* every client would decline \(lower secure_aggregation\.ckks_scale_bits to at most 50\)"):
-        check_ckks_headroom(ckks([60, 60], 57), small_data)
+        CKKSProtocol.check_run(ckks([60, 60], 57), small_data)
 
 
 @pytest.mark.parametrize(("bits", "scale"), [([60, 40, 40, 60], 40), ([60, 60], 40), ([60, 60], 50)])
 def test_ckks_scales_with_headroom_pass(small_data, bits, scale):
-    check_ckks_headroom(ckks(bits, scale), small_data)
+    CKKSProtocol.check_run(ckks(bits, scale), small_data)
