@@ -26,8 +26,6 @@ from secure_ffm.transforms import TransformContext, UpdateTransform
 from secure_ffm.variants import MECHANISMS, PROTOCOLS, TRANSFORMS
 from secure_ffm.wire import ClientUpdate
 
-pytestmark = pytest.mark.slow
-
 
 class HalveUpdate(UpdateTransform):
     """Sends half of the update."""
