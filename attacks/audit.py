@@ -745,24 +745,34 @@ def audit_config_many(
     build_attack(attack, settings)
     prepared = prepare_case(config)
     check_samples(prepared, clients, case.batch_size, samples)
-    jobs = [(client, sample) for client in clients for sample in range(samples)]
+    jobs = [(client, sample, f"client-{client}-sample-{sample}") for client in clients for sample in range(samples)]
+
+    def run_one(client: int | None, sample: int, directory: Path | None) -> AuditResult:
+        case_of_client = replace(case, client=client)
+        return audit_config(
+            config, case=case_of_client, attack=attack, settings=settings, budget=budget, out_dir=directory, seed=seed, prepared=prepared, sample=sample
+        )
+
+    return _audit_each(jobs, run_one, out_dir=out_dir, on_case=on_case)
+
+
+def _audit_each(
+    jobs: Sequence[tuple[int | None, int, str]],
+    run_one: Callable[[int | None, int, Path | None], AuditResult],
+    *,
+    out_dir: Path | None,
+    on_case: CaseHook | None,
+) -> AuditSummary:
+    """Run ``run_one(client, sample, its folder)`` for each ``(client, sample, folder name)`` job and summarize.
+
+    With one job its outputs go to ``out_dir`` itself; with more, each job's to ``out_dir/<folder name>/``.
+    """
     many = len(jobs) > 1
     results = []
-    for position, (client, sample) in enumerate(jobs):
+    for position, (client, sample, name) in enumerate(jobs):
         if on_case is not None:
-            on_case(client, sample, position, len(jobs))
-        name = f"client-{client}-sample-{sample}"
-        result = audit_config(
-            config,
-            case=replace(case, client=client),
-            attack=attack,
-            settings=settings,
-            budget=budget,
-            out_dir=_case_dir(out_dir, many, name),
-            seed=seed,
-            prepared=prepared,
-            sample=sample,
-        )
+            on_case(-1 if client is None else client, sample, position, len(jobs))
+        result = run_one(client, sample, _case_dir(out_dir, many, name))
         if many:
             result.case["dir"] = name
         results.append(result)
@@ -801,31 +811,14 @@ def audit_capture_many(
         where = f" in round {round}" if round is not None else ""
         raise ConfigError("--clients/--round", f"no capture of client(s) {', '.join(str(k) for k in missing)}{where} in {run_dir}", f"captured: {listing}")
     prepared = prepare_case(config)
-    many = len(targets) > 1
-    results = []
-    for position, client in enumerate(targets):
-        if on_case is not None:
-            on_case(-1 if client is None else client, 0, position, len(targets))
-        name = f"client-{client}"
-        result = audit_capture(
-            run_dir,
-            round=round,
-            client=client,
-            attack=attack,
-            settings=settings,
-            budget=budget,
-            knows_labels=knows_labels,
-            out_dir=_case_dir(out_dir, many, name),
-            seed=seed,
-            prepared=prepared,
+
+    def run_one(client: int | None, sample: int, directory: Path | None) -> AuditResult:
+        return audit_capture(
+            run_dir, round=round, client=client, attack=attack, settings=settings, budget=budget,
+            knows_labels=knows_labels, out_dir=directory, seed=seed, prepared=prepared,
         )
-        if many:
-            result.case["dir"] = name
-        results.append(result)
-    summary = AuditSummary(results)
-    if out_dir is not None:
-        summary.write(out_dir)
-    return summary
+
+    return _audit_each([(client, 0, f"client-{client}") for client in targets], run_one, out_dir=out_dir, on_case=on_case)
 
 
 def write_outputs(result: AuditResult, observation: Observation, out_dir: Path, *, tokenizer: Any = None) -> None:

@@ -35,15 +35,8 @@ from secure_ffm.aggregation import Aggregate, AggregateStep
 from secure_ffm.config import Config, PrivacyConfig
 from secure_ffm.data.base import FederatedData
 from secure_ffm.errors import ConfigError
-from secure_ffm.privacy.accounting import (
-    GaussianSteps,
-    PrivacyLedger,
-    calibrate_noise_multiplier,
-    check_delta,
-    compute_epsilon,
-    default_delta,
-    rounds_that_fit,
-)
+from secure_ffm.privacy.accounting import GaussianSteps, PrivacyLedger, calibrate_noise_multiplier, check_delta
+from secure_ffm.privacy.accounting import compute_epsilon, default_delta, rounds_that_fit
 from secure_ffm.privacy.gaussian import add_gaussian_noise, clip_l2
 from secure_ffm.privacy.mechanisms import PrivacyMechanism, extension_refused, plan_header
 from secure_ffm.privacy.noise import CENTRAL_NOISE, CLIENT_SAMPLING, NOISE_SHARE, NoisePolicy, NoiseStream

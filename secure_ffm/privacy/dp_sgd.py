@@ -31,15 +31,8 @@ from secure_ffm.config import ClientConfig, Config, PrivacyConfig
 from secure_ffm.data.base import FederatedData
 from secure_ffm.errors import ConfigError
 from secure_ffm.models.base import Batch, EncodedData, FederatedModel
-from secure_ffm.privacy.accounting import (
-    GaussianSteps,
-    PrivacyLedger,
-    calibrate_noise_multiplier,
-    check_delta,
-    compute_epsilon,
-    default_delta,
-    rounds_that_fit,
-)
+from secure_ffm.privacy import accounting
+from secure_ffm.privacy.accounting import GaussianSteps, PrivacyLedger, rounds_that_fit
 from secure_ffm.privacy.mechanisms import PrivacyMechanism, extension_refused, plan_header, spread
 from secure_ffm.privacy.noise import DP_SGD_NOISE, DP_SGD_SAMPLING, NoisePolicy, NoiseStream, PrivateRandomness
 from secure_ffm.training import ClientDeclined, LocalTrainer, TrainResult, make_optimizer
@@ -78,8 +71,8 @@ def steps_per_round(num_examples: int, client: ClientConfig) -> int:
 
 @lru_cache(maxsize=4096)
 def _calibrated(target: float, delta: float, q: float, steps: int, accountant: str) -> tuple[float, float]:
-    z = calibrate_noise_multiplier(target_epsilon=target, delta=delta, sample_rate=q, steps=steps, accountant=accountant)
-    epsilon = compute_epsilon([GaussianSteps(z, q, steps)], accountant=accountant, delta=delta)
+    z = accounting.calibrate_noise_multiplier(target_epsilon=target, delta=delta, sample_rate=q, steps=steps, accountant=accountant)
+    epsilon = accounting.compute_epsilon([GaussianSteps(z, q, steps)], accountant=accountant, delta=delta)
     return z, epsilon
 
 
@@ -87,7 +80,7 @@ def plan_client(num_examples: int, *, client: ClientConfig, privacy: PrivacyConf
     """Calibrate a client's noise multiplier so that its planned steps spend exactly (not more than) the target."""
     q = sample_rate(num_examples, client.batch_size)
     per_round = steps_per_round(num_examples, client)
-    delta = privacy.delta or default_delta(num_examples)
+    delta = privacy.delta or accounting.default_delta(num_examples)
     z, epsilon = _calibrated(privacy.target_epsilon, delta, q, per_round * planned_rounds, privacy.accountant)
     return ClientDPPlan(num_examples, q, per_round, per_round * planned_rounds, delta, z, epsilon)
 
@@ -357,7 +350,7 @@ class DPSGD(PrivacyMechanism):
         self.planned_rounds = privacy.planned_rounds or config.server.rounds
         sizes = sorted({len(ix) for ix in data.client_indices})
         for n in sizes:
-            reason = check_delta(privacy.delta, n) if privacy.delta else None
+            reason = accounting.check_delta(privacy.delta, n) if privacy.delta else None
             if reason:
                 log.warning("privacy.delta: %s", reason)
         self.sizes = sizes
