@@ -31,6 +31,14 @@ class AggregationError(RuntimeError):
     """A round's aggregation cannot complete (e.g. too few clients survive)."""
 
 
+class EncodingDeclined(AggregationError):
+    """A client refuses to encode its update (e.g. non-finite values): it sends nothing this round.
+
+    The runner leaves the client out of the round, as it does a client whose trainer declines;
+    the protocol's server then treats it like a client that dropped after the set-up.
+    """
+
+
 def check_envelope(message: ClientMessage, *, round: int, participants: Collection[int], received: Collection[int]) -> str:
     """Refuse a secure-aggregation message of another round (replayed or stale), of a non-participant,
     or a second one from a client; returns ``"round R: client K"`` for the caller's own errors."""

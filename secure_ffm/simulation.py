@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from secure_ffm import __version__
-from secure_ffm.aggregation import PROTOCOLS, AggregationError, AggregationProtocol
+from secure_ffm.aggregation import PROTOCOLS, AggregationError, AggregationProtocol, EncodingDeclined
 from secure_ffm.audit import ObservationRecorder
 from secure_ffm.checkpoint import (
     Checkpoint,
@@ -184,7 +184,7 @@ class Simulation:
         for client_id in participants:
             try:
                 message = self.client(client_id).fit(instructions)
-            except ClientDeclined as reason:
+            except (ClientDeclined, EncodingDeclined) as reason:
                 declined.append(client_id)
                 log.info("round %d: client %d skipped: %s", round, client_id, reason)
             else:

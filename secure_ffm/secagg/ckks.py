@@ -96,10 +96,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import tenseal as ts
 
-from secure_ffm.aggregation import Accumulator, Aggregate, AggregationError, AggregationProtocol, check_envelope
+from secure_ffm.aggregation import Accumulator, Aggregate, AggregationError, AggregationProtocol, EncodingDeclined, check_envelope
 from secure_ffm.errors import ConfigError
 from secure_ffm.secagg.protocol import VectorLayout
-from secure_ffm.training import ClientDeclined
 from secure_ffm.wire import ClientMessage, ClientUpdate, NamedArrays
 
 if TYPE_CHECKING:
@@ -120,12 +119,11 @@ _ERROR_CONSTANT = 5.0
 """``error_bound``'s constant: about ten standard deviations of the noisiest slot under public-key encryption (0.5)."""
 
 
-class CKKSEncodeError(AggregationError, ClientDeclined):
+class CKKSEncodeError(EncodingDeclined):
     """A client refuses to encrypt its update (non-finite values, beyond the headroom): it sends nothing.
 
-    An :class:`~secure_ffm.aggregation.AggregationError` naming the client; also a
-    :class:`~secure_ffm.training.ClientDeclined`, so the simulation leaves the client out of
-    the round (the server never sees the update) instead of stopping the run.
+    An :class:`~secure_ffm.aggregation.EncodingDeclined` naming the client, so the runner leaves
+    the client out of the round (the server never sees the update) instead of stopping the run.
     """
 
 

@@ -72,11 +72,10 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from secure_ffm.aggregation import Accumulator, Aggregate, AggregationError, AggregationProtocol, check_envelope
+from secure_ffm.aggregation import Accumulator, Aggregate, AggregationError, AggregationProtocol, EncodingDeclined, check_envelope
 from secure_ffm.secagg import graph as graphs
 from secure_ffm.secagg import keys, masking, quantization, shamir
 from secure_ffm.seeding import SECAGG_ROUNDING, generator
-from secure_ffm.training import ClientDeclined
 from secure_ffm.wire import ClientMessage, ClientUpdate, NamedArrays
 
 if TYPE_CHECKING:
@@ -95,12 +94,11 @@ LAYOUT_KEY = "layout"
 # --------------------------------------------------------------------------- messages
 
 
-class MaskingEncodeError(AggregationError, ClientDeclined):
+class MaskingEncodeError(EncodingDeclined):
     """A client refuses to mask an update with NaN or infinite values: it sends no masked input.
 
-    An :class:`~secure_ffm.aggregation.AggregationError` naming the client; also a
-    :class:`~secure_ffm.training.ClientDeclined`, so the simulation leaves the client out of the
-    round, and the server removes its pairwise masks from the survivors' sum exactly as for a
+    An :class:`~secure_ffm.aggregation.EncodingDeclined` naming the client, so the runner leaves the
+    client out of the round, and the server removes its pairwise masks from the survivors' sum exactly as for a
     client that dropped after the key set-up. (Fixed-point encoding clips finite values, but a
     NaN has no place in the ring.)
     """

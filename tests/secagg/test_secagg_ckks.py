@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tenseal as ts
 
-from secure_ffm.aggregation import PROTOCOLS, AggregationError
+from secure_ffm.aggregation import PROTOCOLS, AggregationError, EncodingDeclined
 from cases import cnn_config  # tests/secagg/cases.py (on sys.path under pytest)
 from secure_ffm.config import config_from_dict
 from secure_ffm.errors import ConfigError
@@ -21,7 +21,6 @@ from secure_ffm.secagg.ckks import (
     load_context,
 )
 from secure_ffm.simulation import Simulation, prepare_run
-from secure_ffm.training import ClientDeclined
 from secure_ffm.wire import ClientMessage, ClientUpdate
 
 DEFAULT = CKKSParameters()  # 8192, [60, 40, 40, 60], 2^40
@@ -311,7 +310,7 @@ def test_client_refuses_to_encrypt_non_finite_values_and_the_others_still_sum(ba
     poisoned = updates[2].replace_delta({**updates[2].delta, "fc.bias": np.full(5, bad, np.float32)})
     with pytest.raises(CKKSEncodeError, match="round 1: client 2 has non-finite values in delta fc.bias; refusing to encrypt") as info:
         protocol.encode(poisoned, weight=weights[2])
-    assert isinstance(info.value, AggregationError) and isinstance(info.value, ClientDeclined)
+    assert isinstance(info.value, EncodingDeclined) and isinstance(info.value, AggregationError)
     bad_stat = updates[2].with_statistics(unclipped=np.asarray([bad]))
     with pytest.raises(CKKSEncodeError, match="client 2 has non-finite values in statistic unclipped"):
         protocol.encode(bad_stat, weight=weights[2])
