@@ -41,7 +41,7 @@ from secure_ffm.models.base import Batch, EncodedData, FederatedModel
 from secure_ffm.registry import nearest
 from secure_ffm.transforms import TransformContext, UpdatePipeline, build_defenses
 from secure_ffm.variants import MECHANISMS, PROTOCOLS
-from secure_ffm.wire import ClientUpdate
+from secure_ffm.wire import ClientUpdate, to_jsonable
 
 log = logging.getLogger(__name__)
 
@@ -705,7 +705,7 @@ class AuditSummary:
         path = Path(out_dir) / "attack.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(_jsonable(self.to_dict()), indent=1, sort_keys=True), encoding="utf-8")
+        tmp.write_text(json.dumps(to_jsonable(self.to_dict()), indent=1, sort_keys=True), encoding="utf-8")
         tmp.replace(path)
         return path
 
@@ -841,19 +841,5 @@ def write_outputs(result: AuditResult, observation: Observation, out_dir: Path, 
         result.outputs["table"] = path.name
     document = result.to_dict()
     tmp = out_dir / "attack.json.tmp"
-    tmp.write_text(json.dumps(_jsonable(document), indent=1, sort_keys=True), encoding="utf-8")
+    tmp.write_text(json.dumps(to_jsonable(document), indent=1, sort_keys=True), encoding="utf-8")
     tmp.replace(out_dir / "attack.json")
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, torch.Tensor):
-        return value.tolist()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value

@@ -48,7 +48,7 @@ from secure_ffm.server import Server
 from secure_ffm.strategies import build_strategy
 from secure_ffm.training import ClientDeclined, build_trainer, evaluate
 from secure_ffm.transforms import UpdatePipeline, build_defenses
-from secure_ffm.wire import nbytes, num_parameters
+from secure_ffm.wire import nbytes, num_parameters, to_jsonable
 
 log = logging.getLogger(__name__)
 
@@ -397,7 +397,7 @@ class Simulation:
     def _write_metrics(self) -> None:
         """``metrics.jsonl``: one row per round of ``history``, rewritten whole and atomically (never a torn line)."""
         assert self.out_dir is not None
-        text = "".join(json.dumps(_jsonable(row), sort_keys=True) + "\n" for row in self.history)
+        text = "".join(json.dumps(to_jsonable(row), sort_keys=True) + "\n" for row in self.history)
         write_text_atomically(self.out_dir / "metrics.jsonl", text)
 
     def _write_clients(self, client_eval: Mapping[int, Mapping[str, float]] | None) -> None:
@@ -419,7 +419,7 @@ class Simulation:
             "public_examples": len(data.public) if data.public is not None else 0,
             "clients": clients,
         }
-        write_text_atomically(self.out_dir / "clients.json", json.dumps(_jsonable(document), indent=1))
+        write_text_atomically(self.out_dir / "clients.json", json.dumps(to_jsonable(document), indent=1))
 
     def _write_end_files(self, summary: Mapping[str, Any], client_eval: Mapping[int, Mapping[str, float]] | None) -> None:
         assert self.out_dir is not None
@@ -429,8 +429,8 @@ class Simulation:
             self._write_clients(client_eval)
         ledger = self.privacy.ledger(self.client_states)
         if ledger is not None:
-            write_text_atomically(self.out_dir / "privacy.json", json.dumps(_jsonable(ledger), indent=1, sort_keys=True))
-        write_text_atomically(self.out_dir / "summary.json", json.dumps(_jsonable(summary), indent=1, sort_keys=True))
+            write_text_atomically(self.out_dir / "privacy.json", json.dumps(to_jsonable(ledger), indent=1, sort_keys=True))
+        write_text_atomically(self.out_dir / "summary.json", json.dumps(to_jsonable(summary), indent=1, sort_keys=True))
 
     def _restore(self) -> int:
         """Load the newest readable checkpoint and the metrics up to it; returns the round it holds (0: none yet).
@@ -574,15 +574,3 @@ def config_differences(a: Config, b: Config, *, ignore: set[str] = frozenset()) 
         for key in da[section]
         if f"{section}.{key}" not in ignore and da[section][key] != db[section][key]
     ]
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value

@@ -7,8 +7,10 @@ same records as ``ArrayRecord``/``ConfigRecord``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from safetensors.numpy import load as _st_load
@@ -101,3 +103,19 @@ class ClientMessage:
         for value in self.payload.values():
             total += len(value) if isinstance(value, bytes | bytearray) else int(np.asarray(value).nbytes)
         return total
+
+
+def to_jsonable(value: Any) -> Any:
+    """``value`` as JSON holds it: string keys, lists for tuples and arrays or tensors (``tolist``), Python
+    scalars for NumPy scalars, and None for a non-finite float (JSON has no NaN or infinity)."""
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    elif hasattr(value, "tolist") and not isinstance(value, str | bytes):
+        return to_jsonable(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

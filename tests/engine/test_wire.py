@@ -38,3 +38,14 @@ def test_the_bytes_are_safetensors_not_a_pickle():
 def test_non_contiguous_arrays_are_written_as_their_values():
     matrix = np.arange(12, dtype=np.float32).reshape(3, 4)
     np.testing.assert_array_equal(arrays_from_bytes(arrays_to_bytes({"t": matrix.T}))["t"], matrix.T)
+
+
+def test_to_jsonable_gives_what_json_can_hold():
+    import json
+
+    import torch
+
+    from secure_ffm.wire import to_jsonable
+
+    value = {1: (np.float32(2.5), float("nan"), np.arange(3), torch.tensor([1.5, float("inf")]), "text")}
+    assert json.loads(json.dumps(to_jsonable(value))) == {"1": [2.5, None, [0, 1, 2], [1.5, None], "text"]}
