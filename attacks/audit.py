@@ -592,15 +592,13 @@ def audit_capture(
 
 
 def read_run_config(run_dir: Path) -> Config:
-    """The training config a run directory was written with."""
-    import tomllib
-
-    from secure_ffm.config import config_from_dict
+    """The training config a run directory was written with (read through the project's reader: one line when damaged)."""
+    from secure_ffm.config import config_from_dict, read_toml
 
     config_path = Path(run_dir) / "config.toml"
     if not config_path.is_file():
         raise ConfigError("--run", f"{run_dir} is not a run directory (no config.toml)", "pass a directory written by `secure-ffm train`")
-    return config_from_dict(tomllib.loads(config_path.read_text(encoding="utf-8")))
+    return config_from_dict(read_toml(config_path, key="--run", fix="pass a directory written by `secure-ffm train`"))
 
 
 # --------------------------------------------------------------------------- many batches in one call

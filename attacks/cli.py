@@ -21,7 +21,6 @@ import argparse
 import logging
 import math
 import time
-import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -328,5 +327,5 @@ def _default_for_run(run_dir: Path) -> str:
     config_path = run_dir / "config.toml"
     if not config_path.is_file():
         raise ConfigError("--run", f"{run_dir} is not a run directory (no config.toml)", "pass a directory written by `secure-ffm train`")
-    arch = tomllib.loads(config_path.read_text(encoding="utf-8")).get("model", {}).get("arch", "hf-text")
+    arch = read_toml(config_path, key="--run", fix="pass a directory written by `secure-ffm train`").get("model", {}).get("arch", "hf-text")
     return DEFAULT_ATTACK["image" if arch in ("cnn", "vit") else "text"]
