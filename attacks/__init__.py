@@ -8,5 +8,4 @@ itself in :data:`attacks.base.ATTACKS`.
 from attacks.base import ATTACKS, Attack, Budget, GroundTruth, Observation, Reconstruction, ThreatModel, TrainingSetup, build_attack
 
 __all__ = ["ATTACKS", "Attack", "Budget", "GroundTruth", "Observation", "Reconstruction", "ThreatModel", "TrainingSetup", "build_attack"]
-from attacks import dlg, inverting  # noqa: E402, F401 - register the image attacks
-from attacks import lamp, tag, text_embedding  # noqa: E402, F401 - register the text attacks
+from attacks import dlg, inverting, lamp, tag, text_embedding  # noqa: E402, F401 - register the image attacks  # noqa: E402, F401 - register the text attacks

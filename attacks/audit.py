@@ -75,7 +75,11 @@ class AuditCase:
             raise ConfigError("audit_case.batch_size", f"must be at least 1, got {self.batch_size}")
         if self.observes not in OBSERVES_CHOICES:
             hint = nearest(self.observes, OBSERVES_CHOICES)
-            raise ConfigError("audit_case.observes", f"unknown value {self.observes!r}", f"did you mean {hint!r}?" if hint else "use auto, gradient or update")
+            raise ConfigError(
+                "audit_case.observes",
+                f"unknown value {self.observes!r}",
+                f"did you mean {hint!r}?" if hint else "use auto, gradient or update",
+            )
         if self.local_steps < 1:
             raise ConfigError("audit_case.local_steps", f"must be at least 1, got {self.local_steps}")
         if self.local_batch_size < 0:
@@ -91,7 +95,9 @@ class AuditCase:
         for key in raw:
             if key not in valid:
                 hint = nearest(key, valid)
-                raise ConfigError(f"audit_case.{key}", "unknown key", f"did you mean audit_case.{hint}?" if hint else f"valid keys: {', '.join(valid)}")
+                raise ConfigError(
+                    f"audit_case.{key}", "unknown key", f"did you mean audit_case.{hint}?" if hint else f"valid keys: {', '.join(valid)}"
+                )
         return cls(**dict(raw))
 
     def to_dict(self) -> dict[str, Any]:
@@ -153,7 +159,9 @@ def _select(batch: Batch, indices: np.ndarray) -> Batch:
     return Batch(inputs={k: v[index] for k, v in batch.inputs.items()}, labels=batch.labels[index])
 
 
-def dp_sgd_gradient(model: FederatedModel, batch: Batch, *, max_grad_norm: float, noise_multiplier: float, generator: torch.Generator) -> NamedArrays:
+def dp_sgd_gradient(
+    model: FederatedModel, batch: Batch, *, max_grad_norm: float, noise_multiplier: float, generator: torch.Generator
+) -> NamedArrays:
     """DP-SGD's noisy mean gradient (Abadi et al., CCS 2016): per-example clipping to C, sum, N(0, (zC)^2), divide by B."""
     total: NamedArrays | None = None
     for i in range(len(batch)):
@@ -178,16 +186,19 @@ class ClientSide:
     """Computes a client's message content for the audit: gradient or local update, with DP-SGD's noisy steps when
     the privacy mechanism replaces the trainer (``dp_noise`` then holds every client's noise multiplier)."""
 
-    def __init__(self, model: FederatedModel, config: Config, *, dp_noise: Mapping[int, float], seed: int) -> None:
+    def __init__(self, model: FederatedModel, config: Config, *, dp_noise: Mapping[int, float]) -> None:
         self.model = model
         self.config = config
         self.dp_noise = dp_noise
-        self.seed = seed
 
     def gradient(self, client: int, batch: Batch, generator: torch.Generator) -> NamedArrays:
         if self.dp_noise:
             return dp_sgd_gradient(
-                self.model, batch, max_grad_norm=self.config.privacy.max_grad_norm, noise_multiplier=self.dp_noise[client], generator=generator
+                self.model,
+                batch,
+                max_grad_norm=self.config.privacy.max_grad_norm,
+                noise_multiplier=self.dp_noise[client],
+                generator=generator,
             )
         return batch_gradient(self.model, batch)
 
@@ -233,7 +244,11 @@ def prepare_case(config: Config, *, clients: Sequence[int] | None = None) -> Pre
         torch.set_num_threads(config.run.threads)
     data = load_federated_data(config.data, config.run.seed)
     model = build_model(
-        config.model, num_classes=data.dataset.num_classes, data_kind=data.dataset.kind, seed=derive_seed(config.run.seed, INIT), max_length=config.data.max_length
+        config.model,
+        num_classes=data.dataset.num_classes,
+        data_kind=data.dataset.kind,
+        seed=derive_seed(config.run.seed, INIT),
+        max_length=config.data.max_length,
     )
     mechanism = build_mechanism(config, data)
     dp_noise: dict[int, float] = {}
@@ -260,10 +275,16 @@ def check_samples(prepared: PreparedCase, clients: Sequence[int], batch_size: in
     total = len(prepared.client_indices)
     for client in clients:
         if not 0 <= client < total:
-            raise ConfigError("--clients/audit_case.client", f"client {client} does not exist (data.num_clients={total})", f"use 0 .. {total - 1}")
+            raise ConfigError(
+                "--clients/audit_case.client", f"client {client} does not exist (data.num_clients={total})", f"use 0 .. {total - 1}"
+            )
         have = len(prepared.client_indices[client])
         if have < batch_size:
-            raise ConfigError("audit_case.batch_size", f"client {client} has only {have} examples, fewer than {batch_size}", "lower audit_case.batch_size or pick another client")
+            raise ConfigError(
+                "audit_case.batch_size",
+                f"client {client} has only {have} examples, fewer than {batch_size}",
+                "lower audit_case.batch_size or pick another client",
+            )
         if have < batch_size * samples:
             raise ConfigError(
                 "--samples/attack.samples",
@@ -292,7 +313,11 @@ def observe_config(
     model = prepared.model
     num_clients_total = len(prepared.client_indices)
     if case.client >= num_clients_total:
-        raise ConfigError("audit_case.client", f"client {case.client} does not exist (data.num_clients={num_clients_total})", f"use 0 .. {num_clients_total - 1}")
+        raise ConfigError(
+            "audit_case.client",
+            f"client {case.client} does not exist (data.num_clients={num_clients_total})",
+            f"use 0 .. {num_clients_total - 1}",
+        )
     model.set_trainable(parameters if parameters is not None else prepared.initial_parameters)
     secure = PROTOCOLS.get(config.secure_aggregation.protocol, key="secure_aggregation.protocol").hides_updates
     kind = "update" if case.observes == "update" or (case.observes == "auto" and case.local_steps > 1) else "gradient"
@@ -311,7 +336,7 @@ def observe_config(
         learning_rate=case.learning_rate or config.client.lr,
         num_clients=len(participants),
     )
-    client_side = ClientSide(model, config, dp_noise=prepared.dp_noise, seed=seed)
+    client_side = ClientSide(model, config, dp_noise=prepared.dp_noise)
     defenses = build_defenses(config.defense)
     pipeline = UpdatePipeline([*defenses.transforms, *getattr(prepared, "mechanism_transforms", [])])
     fit_config: dict[str, Any] = {"participants": len(participants), "weighting": "examples"}
@@ -325,7 +350,9 @@ def observe_config(
         batch, chosen = _client_batch(prepared, client, case.batch_size, seed, sample)
         batches.append(batch)
         # batch 0 keeps the draw of a single-batch audit; each later batch gets fresh DP noise and transform randomness
-        generator = torch.Generator().manual_seed(int(seed * 1_000_003 + client) if not sample else int(np.random.SeedSequence([seed, client, sample]).generate_state(1)[0]))
+        generator = torch.Generator().manual_seed(
+            int(seed * 1_000_003 + client) if not sample else int(np.random.SeedSequence([seed, client, sample]).generate_state(1)[0])
+        )
         if kind == "gradient":
             content = client_side.gradient(client, batch, generator)
         else:
@@ -348,7 +375,9 @@ def observe_config(
         del position
     observed = _server_view(config, updates, fit_config, seed=seed)
     observation = Observation(
-        threat_model=ThreatModel(observes="aggregate" if secure else ("update" if kind == "update" else "gradient"), knows_labels=case.knows_labels),
+        threat_model=ThreatModel(
+            observes="aggregate" if secure else ("update" if kind == "update" else "gradient"), knows_labels=case.knows_labels
+        ),
         setup=setup,
         model=model,
         parameters=global_parameters,
@@ -395,7 +424,9 @@ def _server_view(config: Config, updates: Sequence[ClientUpdate], fit_config: Ma
 # --------------------------------------------------------------------------- scoring and outputs
 
 
-def score(observation: Observation, reconstruction: Reconstruction, truth: GroundTruth, *, tokenizer: Any = None) -> tuple[dict[str, Any], list[dict[str, Any]], str]:
+def score(
+    observation: Observation, reconstruction: Reconstruction, truth: GroundTruth, *, tokenizer: Any = None
+) -> tuple[dict[str, Any], list[dict[str, Any]], str]:
     """(mean metrics, per-sample metrics, primary metric name) for a reconstruction."""
     if observation.data_kind == "image":
         from attacks.metrics_image import score_images
@@ -439,7 +470,11 @@ def run_attack(
         where = f" (client {case['client']}, batch {case.get('sample', 0)})" if case and "client" in case else ""
         log.warning(
             "%s%s stopped by its time budget of %gs after %d of %d iterations; raise --seconds or attack.max_seconds (0: no limit)",
-            attack, where, budget.max_seconds, reconstruction.iterations, budget.max_iterations,
+            attack,
+            where,
+            budget.max_seconds,
+            reconstruction.iterations,
+            budget.max_iterations,
         )
     mean, per_sample, primary = score(observation, reconstruction, truth, tokenizer=tokenizer)
     result = AuditResult(
@@ -471,7 +506,12 @@ def budget_outcome(budget: Budget, iterations: int, seconds: float) -> dict[str,
         stopped_by = "time"
     else:
         stopped_by = "attack"  # it finished on its own: a one-shot attack, early stopping, restarts that divide the budget
-    return {"max_iterations": budget.max_iterations, "max_seconds": budget.max_seconds, "iterations_reached": iterations, "stopped_by": stopped_by}
+    return {
+        "max_iterations": budget.max_iterations,
+        "max_seconds": budget.max_seconds,
+        "iterations_reached": iterations,
+        "stopped_by": stopped_by,
+    }
 
 
 def protections_of(config: Config) -> dict[str, Any]:
@@ -499,7 +539,8 @@ def audit_config(
     prepared: PreparedCase | None = None,
     sample: int = 0,
 ) -> AuditResult:
-    """Build the case ``config`` implies for ``case.client``'s batch number ``sample`` (see the module docstring), attack it and score it."""
+    """Build the case ``config`` implies for ``case.client``'s batch number ``sample`` (see the module docstring),
+    attack it and score it."""
     build_attack(attack, settings)  # validate the attack name and settings before any heavy work
     prepared = prepared or prepare_case(config)
     observation, truth = observe_config(prepared, case, seed=seed, parameters=parameters, sample=sample)
@@ -537,7 +578,8 @@ def audit_capture(
     seed: int = 0,
     prepared: PreparedCase | None = None,
 ) -> AuditResult:
-    """Replay an observation captured during training in ``run_dir`` (see :mod:`secure_ffm.audit`); ``prepared``: its config's case, loaded once."""
+    """Replay an observation captured during training in ``run_dir`` (see :mod:`secure_ffm.audit`);
+    ``prepared``: its config's case, loaded once."""
     from secure_ffm.audit import load_observation
 
     run_dir = Path(run_dir)
@@ -571,7 +613,11 @@ def audit_capture(
     )
     batches = [batch]
     if captured.observes == "aggregate":
-        batches += [model.make_batch(prepared.encoded, prepared.client_indices[k]) for k in meta.get("aggregated_clients", []) if k != captured.client]
+        batches += [
+            model.make_batch(prepared.encoded, prepared.client_indices[k])
+            for k in meta.get("aggregated_clients", [])
+            if k != captured.client
+        ]
     truth = _truth(prepared, batches)
     protections = protections_of(config)
     protections.update(captured_round=captured.round, captured_client=captured.client, optimizer=meta.get("optimizer"))
@@ -640,7 +686,11 @@ class AuditSummary:
 
     def metric_names(self) -> list[str]:
         first = self.results[0].metrics
-        return [k for k, v in first.items() if isinstance(v, int | float) and not isinstance(v, bool) and all(k in r.metrics for r in self.results)]
+        return [
+            k
+            for k, v in first.items()
+            if isinstance(v, int | float) and not isinstance(v, bool) and all(k in r.metrics for r in self.results)
+        ]
 
     @property
     def mean(self) -> dict[str, float]:
@@ -748,7 +798,15 @@ def audit_config_many(
     def run_one(client: int | None, sample: int, directory: Path | None) -> AuditResult:
         case_of_client = replace(case, client=client)
         return audit_config(
-            config, case=case_of_client, attack=attack, settings=settings, budget=budget, out_dir=directory, seed=seed, prepared=prepared, sample=sample
+            config,
+            case=case_of_client,
+            attack=attack,
+            settings=settings,
+            budget=budget,
+            out_dir=directory,
+            seed=seed,
+            prepared=prepared,
+            sample=sample,
         )
 
     return _audit_each(jobs, run_one, out_dir=out_dir, on_case=on_case)
@@ -801,19 +859,33 @@ def audit_capture_many(
     build_attack(attack, settings)
     available = list_observations(run_dir)
     if not available:
-        raise ConfigError("--run", f"{run_dir} holds no captured observations", "train with e.g. --set audit.capture_clients=[0] --set audit.capture_rounds=[1]")
+        raise ConfigError(
+            "--run",
+            f"{run_dir} holds no captured observations",
+            "train with e.g. --set audit.capture_clients=[0] --set audit.capture_rounds=[1]",
+        )
     targets: list[int | None] = list(clients) if clients else [None]
     missing = [k for k in targets if not any((round is None or r == round) and (k is None or c == k) for r, c in available)]
     if missing:
         listing = ", ".join(f"round {r} client {c}" for r, c in available[:8])
         where = f" in round {round}" if round is not None else ""
-        raise ConfigError("--clients/--round", f"no capture of client(s) {', '.join(str(k) for k in missing)}{where} in {run_dir}", f"captured: {listing}")
+        raise ConfigError(
+            "--clients/--round", f"no capture of client(s) {', '.join(str(k) for k in missing)}{where} in {run_dir}", f"captured: {listing}"
+        )
     prepared = prepare_case(config)
 
     def run_one(client: int | None, sample: int, directory: Path | None) -> AuditResult:
         return audit_capture(
-            run_dir, round=round, client=client, attack=attack, settings=settings, budget=budget,
-            knows_labels=knows_labels, out_dir=directory, seed=seed, prepared=prepared,
+            run_dir,
+            round=round,
+            client=client,
+            attack=attack,
+            settings=settings,
+            budget=budget,
+            knows_labels=knows_labels,
+            out_dir=directory,
+            seed=seed,
+            prepared=prepared,
         )
 
     return _audit_each([(client, 0, f"client-{client}") for client in targets], run_one, out_dir=out_dir, on_case=on_case)

@@ -48,7 +48,11 @@ class ThreatModel:
     def __post_init__(self) -> None:
         if self.observes not in OBSERVATIONS:
             hint = nearest(self.observes, OBSERVATIONS)
-            raise ConfigError("threat_model.observes", f"unknown value {self.observes!r}", f"did you mean {hint!r}?" if hint else f"choose one of: {', '.join(OBSERVATIONS)}")
+            raise ConfigError(
+                "threat_model.observes",
+                f"unknown value {self.observes!r}",
+                f"did you mean {hint!r}?" if hint else f"choose one of: {', '.join(OBSERVATIONS)}",
+            )
         if self.server != "honest-but-curious":
             raise ConfigError("threat_model.server", f"unsupported server {self.server!r}", 'only "honest-but-curious" is modelled')
 
@@ -196,7 +200,9 @@ class AttackSettings:
         for key in raw:
             if key not in valid:
                 hint = nearest(key, valid)
-                raise ConfigError(f"{section}.{key}", "unknown key", f"did you mean {section}.{hint}?" if hint else f"valid keys: {', '.join(valid)}")
+                raise ConfigError(
+                    f"{section}.{key}", "unknown key", f"did you mean {section}.{hint}?" if hint else f"valid keys: {', '.join(valid)}"
+                )
         return cls(**dict(raw))
 
     def to_dict(self) -> dict[str, Any]:
@@ -218,10 +224,16 @@ class Attack(ABC):
     def check(self, observation: Observation) -> None:
         """Raise ConfigError when this attack does not apply to ``observation``."""
         if observation.data_kind not in self.data_kinds:
-            raise ConfigError("attack.name", f"{self.name} attacks {'/'.join(self.data_kinds)} models, not {observation.data_kind}", "choose an attack for this data kind")
+            raise ConfigError(
+                "attack.name",
+                f"{self.name} attacks {'/'.join(self.data_kinds)} models, not {observation.data_kind}",
+                "choose an attack for this data kind",
+            )
         if observation.threat_model.observes not in self.observes:
             raise ConfigError(
-                "threat_model.observes", f"{self.name} does not handle observations of kind {observation.threat_model.observes!r}", f"use one of: {', '.join(self.observes)}"
+                "threat_model.observes",
+                f"{self.name} does not handle observations of kind {observation.threat_model.observes!r}",
+                f"use one of: {', '.join(self.observes)}",
             )
 
     @abstractmethod

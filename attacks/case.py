@@ -110,7 +110,10 @@ def observe(
         sums = {k: v.astype(np.float64) * len(batch) for k, v in observed.items()}
         for other in other_clients:
             other_setup = TrainingSetup(
-                num_examples=len(other), local_steps=setup.local_steps, local_batch_size=setup.local_batch_size, learning_rate=setup.learning_rate
+                num_examples=len(other),
+                local_steps=setup.local_steps,
+                local_batch_size=setup.local_batch_size,
+                learning_rate=setup.learning_rate,
             )
             one = local_update(model, other, other_setup)
             for k, v in one.items():

@@ -1,7 +1,8 @@
 """``secure-ffm attack``: replay an audit on captured observations, or build cases from a config and attack them.
 
     secure-ffm attack --run RUN_DIR [--client K | --clients K,L,...] [--round R] [--attack NAME] [--set attack.KEY=VALUE ...]
-    secure-ffm attack CONFIG.toml [--client K | --clients K,L,...] [--samples N] [--knows-labels] [--attack NAME] [--set SECTION.KEY=VALUE ...]
+    secure-ffm attack CONFIG.toml [--client K | --clients K,L,...] [--samples N] [--knows-labels]
+                                  [--attack NAME] [--set SECTION.KEY=VALUE ...]
 
 An attack config is a training config (``[data]``, ``[model]``, ``[privacy]``, ``[defense]``,
 ``[secure_aggregation]`` ...) plus ``[attack]`` (``name``, ``iterations``, ``max_seconds``,
@@ -50,12 +51,27 @@ def _client_list(text: str) -> list[int]:
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", nargs="?", help="an attack config (training sections + [attack] + [audit_case]); omit with --run")
     parser.add_argument("--run", help="a run directory with captured observations ([audit] section of the training config)")
-    parser.add_argument("--client", type=int, help="the target client (overrides audit_case.client; with --run: default the first captured)")
-    parser.add_argument("--clients", type=_client_list, metavar="K,L,...", help="several target clients, audited in one call (overrides attack.clients)")
-    parser.add_argument("--samples", type=int, metavar="N", help="disjoint batches attacked per client (overrides attack.samples; default 1; not with --run)")
+    parser.add_argument(
+        "--client", type=int, help="the target client (overrides audit_case.client; with --run: default the first captured)"
+    )
+    parser.add_argument(
+        "--clients", type=_client_list, metavar="K,L,...", help="several target clients, audited in one call (overrides attack.clients)"
+    )
+    parser.add_argument(
+        "--samples",
+        type=int,
+        metavar="N",
+        help="disjoint batches attacked per client (overrides attack.samples; default 1; not with --run)",
+    )
     parser.add_argument("--round", type=int, help="--run only: the captured round (default: each client's first)")
     parser.add_argument("--attack", help="attack name (default: inverting-gradients for images, tag for text)")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a value; attack.KEY sets an attack setting (repeatable)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a value; attack.KEY sets an attack setting (repeatable)",
+    )
     parser.add_argument("--iterations", type=int, help="iteration budget per batch (overrides attack.iterations)")
     parser.add_argument("--seconds", type=float, help="time budget in seconds per batch, 0 for none (overrides attack.max_seconds)")
     parser.add_argument("--knows-labels", action="store_true", help="give the attack the true labels (sets audit_case.knows_labels)")
@@ -96,7 +112,9 @@ def _check_table(table: Mapping[str, Any]) -> None:
     """Unknown keys and values of the wrong kind in ``[attack]`` (plus ``--set attack.KEY``), each named."""
     for key in table:
         if key not in ATTACK_KEYS:
-            raise ConfigError(f"attack.{key}", "unknown key", f"valid keys: {', '.join(ATTACK_KEYS)}; attack settings go in [attack.settings]")
+            raise ConfigError(
+                f"attack.{key}", "unknown key", f"valid keys: {', '.join(ATTACK_KEYS)}; attack settings go in [attack.settings]"
+            )
     if "name" in table and not (isinstance(table["name"], str) and table["name"]):
         raise ConfigError("attack.name", f"must be an attack name, got {table['name']!r}", 'write e.g. name = "dlg"')
     if "iterations" in table and not (_is_int(table["iterations"]) and table["iterations"] >= 1):
@@ -122,7 +140,9 @@ def _targets(args: argparse.Namespace, table: Mapping[str, Any], case_table: Map
     if args.client is not None and args.clients is not None:
         raise ConfigError("--client", "given together with --clients", "name every target in --clients")
     if args.clients is None and args.client is None and "clients" in table and "client" in case_table:
-        raise ConfigError("attack.clients", "given together with audit_case.client", "name the targets once: drop audit_case.client, or pass --clients")
+        raise ConfigError(
+            "attack.clients", "given together with audit_case.client", "name the targets once: drop audit_case.client, or pass --clients"
+        )
     clients = args.clients if args.clients is not None else [args.client] if args.client is not None else table.get("clients")
     if clients is None:
         return None
@@ -131,7 +151,9 @@ def _targets(args: argparse.Namespace, table: Mapping[str, Any], case_table: Map
             raise ConfigError("--clients", f"client {client} is negative", "clients are numbered from 0")
     repeated = sorted({k for k in clients if clients.count(k) > 1})
     if repeated:
-        raise ConfigError("--clients", f"client {repeated[0]} is listed twice", "list each client once; use --samples for more batches of one client")
+        raise ConfigError(
+            "--clients", f"client {repeated[0]} is listed twice", "list each client once; use --samples for more batches of one client"
+        )
     return list(clients)
 
 
@@ -162,8 +184,14 @@ def _check_local_paths(config: Any, *, beside: Path, what: str) -> None:
         if path.is_absolute() or path.exists():
             continue
         there = beside / path
-        fix = f"it exists at {there}: write that path, or an absolute one" if there.exists() else f"write an absolute path, or one relative to {Path.cwd()}"
-        raise ConfigError(key, f"{value!r} does not exist: relative paths resolve from the current directory {Path.cwd()}, not from {what} {beside}", fix)
+        fix = (
+            f"it exists at {there}: write that path, or an absolute one"
+            if there.exists()
+            else f"write an absolute path, or one relative to {Path.cwd()}"
+        )
+        raise ConfigError(
+            key, f"{value!r} does not exist: relative paths resolve from the current directory {Path.cwd()}, not from {what} {beside}", fix
+        )
 
 
 class _Progress:
@@ -211,12 +239,20 @@ def attack_command(args: argparse.Namespace) -> int:
             if args.config:
                 raise ConfigError("CONFIG", "give either a config or --run, not both", "drop one of them")
             if overrides or set_case:
-                raise ConfigError("--set", "only attack.KEY values can be set when replaying a capture", "the run's own config.toml describes the training")
+                raise ConfigError(
+                    "--set",
+                    "only attack.KEY values can be set when replaying a capture",
+                    "the run's own config.toml describes the training",
+                )
             run_dir = Path(args.run)
             table = dict(set_attack)
             _check_table(table)
             if (args.samples or table.get("samples", 1)) > 1:
-                raise ConfigError("--samples", "does not apply with --run: a capture is one batch per client and round", "capture more clients and pass them with --clients")
+                raise ConfigError(
+                    "--samples",
+                    "does not apply with --run: a capture is one batch per client and round",
+                    "capture more clients and pass them with --clients",
+                )
             clients = _targets(args, table, {})
             name = args.attack or table.get("name") or _default_for_run(run_dir)
             _check_local_paths(read_run_config(run_dir), beside=run_dir, what="the run directory")
@@ -238,7 +274,11 @@ def attack_command(args: argparse.Namespace) -> int:
             if not args.config:
                 raise ConfigError("CONFIG", "missing", "pass an attack config (e.g. configs/attack_fashion_mnist.toml) or --run RUN_DIR")
             if args.round is not None:
-                raise ConfigError("--round", "only applies with --run: a config builds a fresh case", "drop --round, or replay a captured run with --run RUN_DIR")
+                raise ConfigError(
+                    "--round",
+                    "only applies with --run: a config builds a fresh case",
+                    "drop --round, or replay a captured run with --run RUN_DIR",
+                )
             raw = read_toml(args.config, key="CONFIG", fix="pass the path of an attack config .toml")
             file_attack = raw.pop("attack", {})
             file_case = raw.pop("audit_case", {})
@@ -286,9 +326,15 @@ def format_table(document: Mapping[str, Any]) -> str:
     metrics.sort(key=lambda m: m != primary)
     budget = document["budget"]
     limit = f", {budget['max_seconds']:g}s" if budget.get("max_seconds") else ""
-    lines = [f"{document['attack']} on {document['threat_model']['observes']} (budget {budget['max_iterations']} iterations{limit} per batch)"]
+    lines = [
+        f"{document['attack']} on {document['threat_model']['observes']} (budget {budget['max_iterations']} iterations{limit} per batch)"
+    ]
     width = {m: max(len(m), 12) for m in metrics}
-    header = f"{'client':>6} {'batch':>5} {'examples':>8} " + " ".join(f"{m:>{width[m]}}" for m in metrics) + f" {'iterations':>13} {'seconds':>8}"
+    header = (
+        f"{'client':>6} {'batch':>5} {'examples':>8} "
+        + " ".join(f"{m:>{width[m]}}" for m in metrics)
+        + f" {'iterations':>13} {'seconds':>8}"
+    )
     lines.append(header)
     for audit in document["audits"]:
         spent = audit["budget"]
@@ -311,7 +357,10 @@ def format_table(document: Mapping[str, Any]) -> str:
         lines.append("(one batch: no interval; attack more with --clients or --samples)")
     stopped = sum(1 for a in document["audits"] if a["budget"].get("stopped_by") == "time")
     if stopped:
-        lines.append(f"{stopped} of {len(document['audits'])} attacks were stopped by the time budget before their iteration budget (see `time` above)")
+        lines.append(
+            f"{stopped} of {len(document['audits'])} attacks were stopped by the time budget "
+            "before their iteration budget (see `time` above)"
+        )
     return "\n".join(lines)
 
 

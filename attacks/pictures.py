@@ -28,7 +28,9 @@ def _paired_index(sample: dict[str, Any], position: int) -> int:
     return position
 
 
-def write_image_grid(truth: GroundTruth, reconstruction: Reconstruction, per_sample: Sequence[dict[str, Any]], path: Path, *, max_columns: int = 16) -> Path:
+def write_image_grid(
+    truth: GroundTruth, reconstruction: Reconstruction, per_sample: Sequence[dict[str, Any]], path: Path, *, max_columns: int = 16
+) -> Path:
     """A PNG with each reconstruction under the original it was paired with, its PSNR beneath."""
     import matplotlib
 
@@ -59,11 +61,20 @@ def write_image_grid(truth: GroundTruth, reconstruction: Reconstruction, per_sam
     return path
 
 
-def write_text_table(truth: GroundTruth, reconstruction: Reconstruction, per_sample: Sequence[dict[str, Any]], path: Path, *, tokenizer: Any = None) -> Path:
+def write_text_table(
+    truth: GroundTruth, reconstruction: Reconstruction, per_sample: Sequence[dict[str, Any]], path: Path, *, tokenizer: Any = None
+) -> Path:
     """A Markdown table: original and recovered text side by side; recovered tokens that occur in the original in bold."""
     originals = truth.texts or []
     recovered = reconstruction.texts or []
-    lines = ["# Reconstructions", "", "Tokens of the recovered text that occur in the original are **bold**.", "", "| # | original | recovered | token F1 | ROUGE-L |", "|---|---|---|---|---|"]
+    lines = [
+        "# Reconstructions",
+        "",
+        "Tokens of the recovered text that occur in the original are **bold**.",
+        "",
+        "| # | original | recovered | token F1 | ROUGE-L |",
+        "|---|---|---|---|---|",
+    ]
     for i, text in enumerate(recovered):
         sample = per_sample[i] if i < len(per_sample) else {}
         j = _paired_index(sample, i)
@@ -72,7 +83,10 @@ def write_text_table(truth: GroundTruth, reconstruction: Reconstruction, per_sam
         marked = " ".join(f"**{w}**" if w.lower() in vocabulary else w for w in text.split())
         f1 = sample.get("token_f1")
         rouge_l = sample.get("rougeL", sample.get("rouge_l"))
-        lines.append(f"| {i} | {_cell(original)} | {_cell(marked)} | {'-' if f1 is None else f'{f1:.2f}'} | {'-' if rouge_l is None else f'{rouge_l:.2f}'} |")
+        lines.append(
+            f"| {i} | {_cell(original)} | {_cell(marked)} | {'-' if f1 is None else f'{f1:.2f}'} "
+            f"| {'-' if rouge_l is None else f'{rouge_l:.2f}'} |"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path

@@ -45,10 +45,10 @@ def print_table(title: str, rows: Sequence[Mapping[str, Any]]) -> None:
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
     out = sys.stdout
     out.write(f"\n{title}\n")
-    out.write("  ".join(c.ljust(w) for c, w in zip(columns, widths)) + "\n")
+    out.write("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)) + "\n")
     out.write("  ".join("-" * w for w in widths) + "\n")
     for row in cells:
-        out.write("  ".join(v.ljust(w) for v, w in zip(row, widths)) + "\n")
+        out.write("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) + "\n")
     out.flush()
 
 

@@ -116,7 +116,10 @@ def main() -> None:
                         continue
                     rows.append(run_case(arch, attack, observes, batch_size, data, args))
                     r = rows[-1]
-                    print(f"{arch} {observes} {r['attack']} batch {batch_size}: PSNR {r['psnr_mean']:.1f} dB, {r['s_per_image']:.1f} s/image", flush=True)
+                    print(
+                        f"{arch} {observes} {r['attack']} batch {batch_size}: PSNR {r['psnr_mean']:.1f} dB, {r['s_per_image']:.1f} s/image",
+                        flush=True,
+                    )
     table = [{k: v for k, v in r.items() if k != "per_image_psnr"} for r in rows]
     print_table(f"Gradient inversion of Fashion-MNIST test images ({args.iterations} iterations, labels not given)", table)
     print(f"anchor: {ANCHOR}")

@@ -35,10 +35,9 @@ from collections import Counter
 from typing import Any
 
 import _common  # noqa: F401
-from _common import print_table, write_result
-
 import numpy as np
 import torch
+from _common import print_table, write_result
 
 from attacks.base import Budget, ThreatModel, build_attack
 from attacks.case import observe

@@ -74,7 +74,9 @@ def measure(model, batch: Batch, mode: str, steps: int, repetitions: int) -> dic
 
         return {"non-private": time_steps(step, steps * repetitions)}
     streams = {sampler: PrivateRandomness(new_secret(), secure=secure).stream(1) for sampler, secure in SAMPLERS.items()}
-    stepper = DPStep(model, optimizer, mode=mode, noise_multiplier=1.0, max_grad_norm=1.0, expected_batch_size=len(batch), noise=streams["secure"])
+    stepper = DPStep(
+        model, optimizer, mode=mode, noise_multiplier=1.0, max_grad_norm=1.0, expected_batch_size=len(batch), noise=streams["secure"]
+    )
     times: dict[str, list[float]] = {sampler: [] for sampler in SAMPLERS}
     try:
         for repetition in range(repetitions):
@@ -137,7 +139,13 @@ def main() -> None:
     print_table("Noise sampler cost (ns per noise value, median of 5)", [{"sampler": k, "ns_per_value": v} for k, v in samplers.items()])
     write_result(
         "dp_overhead",
-        {"rows": rows, "steps_per_block": args.steps, "repetitions": args.repetitions, "sampler_ns_per_value": samplers, "raw_seconds": raw},
+        {
+            "rows": rows,
+            "steps_per_block": args.steps,
+            "repetitions": args.repetitions,
+            "sampler_ns_per_value": samplers,
+            "raw_seconds": raw,
+        },
     )
 
 

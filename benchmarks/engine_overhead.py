@@ -25,7 +25,14 @@ CASES = {
         "client": {"local_epochs": 1, "batch_size": 32, "lr": 0.05, "momentum": 0.9},
     },
     "minilm-lora-movie-8clients": {
-        "data": {"dataset": "movie_reviews", "num_clients": 8, "alpha": 0.5, "max_train_examples": 800, "max_test_examples": 200, "max_length": 64},
+        "data": {
+            "dataset": "movie_reviews",
+            "num_clients": 8,
+            "alpha": 0.5,
+            "max_train_examples": 800,
+            "max_test_examples": 200,
+            "max_length": 64,
+        },
         "model": {"arch": "hf-text", "finetune": "lora"},
         "client": {"local_epochs": 1, "batch_size": 32, "optimizer": "adamw", "lr": 0.0005},
     },
@@ -55,7 +62,12 @@ def main() -> None:
             "last_round_eval_seconds": simulation.history[-1]["eval_seconds"],
         }
         rows.append(row)
-        results[name] = {**row, "per_round": [{k: r[k] for k in ("round", "fit_seconds", "client_train_seconds", "aggregate_seconds", "encode_seconds")} for r in history]}
+        results[name] = {
+            **row,
+            "per_round": [
+                {k: r[k] for k in ("round", "fit_seconds", "client_train_seconds", "aggregate_seconds", "encode_seconds")} for r in history
+            ],
+        }
     print_table("Engine overhead (round fit wall time / sum of client training times)", rows)
     write_result("engine_overhead", results)
 

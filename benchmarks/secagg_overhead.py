@@ -116,7 +116,10 @@ def section_round_time(args: argparse.Namespace) -> dict[str, Any]:
     rounds = [f"server.rounds={args.rounds}", f"server.eval_every={args.rounds}"]
     cnn_full = [f"data.max_train_examples={args.cnn_examples}"] if args.cnn_examples else []
     cases = {
-        "minilm-lora-8-clients": (CONFIGS / "quickstart.toml", [f"data.max_train_examples={args.lora_examples}", "data.max_test_examples=200", *rounds]),
+        "minilm-lora-8-clients": (
+            CONFIGS / "quickstart.toml",
+            [f"data.max_train_examples={args.lora_examples}", "data.max_test_examples=200", *rounds],
+        ),
         "cnn-20-clients": (CONFIGS / "fashion_mnist_cnn.toml", [*cnn_full, "data.max_test_examples=1000", *rounds]),
         "cnn-20-clients-light": (
             CONFIGS / "fashion_mnist_cnn.toml",
@@ -172,7 +175,13 @@ def cnn_deltas(num_clients: int, steps: int) -> list[ClientUpdate]:
     config = config_from_dict(
         {
             "run": {"seed": 0},
-            "data": {"dataset": "fashion_mnist", "max_train_examples": 200 * num_clients, "max_test_examples": 100, "num_clients": num_clients, "alpha": 0.5},
+            "data": {
+                "dataset": "fashion_mnist",
+                "max_train_examples": 200 * num_clients,
+                "max_test_examples": 100,
+                "num_clients": num_clients,
+                "alpha": 0.5,
+            },
             "model": {"arch": "cnn", "finetune": "full"},
             "client": {"local_steps": steps, "batch_size": 32, "lr": 0.05, "momentum": 0.9},
         }
@@ -224,10 +233,20 @@ def section_bytes(args: argparse.Namespace) -> dict[str, Any]:
     fp32 = 4 * sum(v.size for v in updates[0].delta.values())
     weightings = {"examples": [float(u.num_examples) for u in updates], "uniform": [1.0] * len(updates)}
     plain = PlaintextAggregation().encode(updates[0], weight=1.0).nbytes
-    rows: list[dict[str, Any]] = [{"protocol": "none", "setting": "fp32", "key_holder": "-", "bytes_ratio": plain / fp32, "err_examples": 0.0, "err_uniform": 0.0}]
+    rows: list[dict[str, Any]] = [
+        {"protocol": "none", "setting": "fp32", "key_holder": "-", "bytes_ratio": plain / fp32, "err_examples": 0.0, "err_uniform": 0.0}
+    ]
     masking = {w: measure_masking(updates, weights) for w, weights in weightings.items()}
-    rows.append({"protocol": "masking", "setting": "Z_2^32", "key_holder": "-", "bytes_ratio": masking["examples"]["bytes"] / fp32,
-                 "err_examples": masking["examples"]["max_error"], "err_uniform": masking["uniform"]["max_error"]})
+    rows.append(
+        {
+            "protocol": "masking",
+            "setting": "Z_2^32",
+            "key_holder": "-",
+            "bytes_ratio": masking["examples"]["bytes"] / fp32,
+            "err_examples": masking["examples"]["max_error"],
+            "err_uniform": masking["uniform"]["max_error"],
+        }
+    )
     settings = CKKS_SETTINGS[:4] if args.quick else CKKS_SETTINGS
     for n, primes, scale in settings:
         parameters = CKKSParameters(n, primes, scale)
@@ -238,7 +257,10 @@ def section_bytes(args: argparse.Namespace) -> dict[str, Any]:
                     measured = measure_ckks(parameters, key_holder, updates, weights)
                 except CKKSEncodeError as error:  # beyond the headroom: the setting cannot carry these sums
                     row[f"err_{weighting}"] = float("nan")
-                    row.setdefault("note", f"{weighting}: {str(error).split(' beyond ')[0].split('has ')[-1]} beyond headroom 2^{parameters.headroom_bits}")
+                    row.setdefault(
+                        "note",
+                        f"{weighting}: {str(error).split(' beyond ')[0].split('has ')[-1]} beyond headroom 2^{parameters.headroom_bits}",
+                    )
                     continue
                 row["bytes_ratio"] = measured["bytes"] / fp32
                 row[f"err_{weighting}"] = measured["max_error"]
@@ -317,9 +339,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a reduced run that checks the script works (minutes, not tens)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--lora-examples", type=int, default=800)
-    parser.add_argument("--cnn-examples", type=int, default=0, help="training images for the CNN case (0: all 60,000, as configs/fashion_mnist_cnn.toml)")
+    parser.add_argument(
+        "--cnn-examples", type=int, default=0, help="training images for the CNN case (0: all 60,000, as configs/fashion_mnist_cnn.toml)"
+    )
     parser.add_argument("--cnn-light-examples", type=int, default=6000, help="training images for the light CNN case")
-    parser.add_argument("--cases", nargs="+", default=["minilm-lora-8-clients", "cnn-20-clients", "cnn-20-clients-light"], help="round-time cases to run")
+    parser.add_argument(
+        "--cases", nargs="+", default=["minilm-lora-8-clients", "cnn-20-clients", "cnn-20-clients-light"], help="round-time cases to run"
+    )
     parser.add_argument("--bytes-clients", type=int, default=10)
     parser.add_argument("--error-target", type=float, default=1e-4)
     parser.add_argument("--clients", type=lambda s: [int(v) for v in s.split(",")], default=[10, 50, 200])
@@ -338,7 +364,9 @@ def main() -> None:
     if everything or args.masking_scale:
         results["masking_scale"] = section_masking_scale(args)
     sections = [s for s in ("round_time", "bytes", "masking_scale") if s in results]
-    name = "secagg_overhead" if everything and not args.quick else "secagg_overhead_" + "_".join(sections) + ("_quick" if args.quick else "")
+    name = (
+        "secagg_overhead" if everything and not args.quick else "secagg_overhead_" + "_".join(sections) + ("_quick" if args.quick else "")
+    )
     write_result(name, results)
 
 

@@ -58,7 +58,10 @@ def main() -> None:
         ]
         results["movie-minilm-lora-federated-8"] = run(CONFIGS / "quickstart.toml", base)
         results["movie-minilm-lora-centralized"] = run(CONFIGS / "quickstart.toml", base + CENTRALIZED)
-    rows = [{"case": k, **{c: v[c] for c in ("clients", "rounds", "train_examples", "test_accuracy", "test_macro_f1", "seconds")}} for k, v in results.items()]
+    rows = [
+        {"case": k, **{c: v[c] for c in ("clients", "rounds", "train_examples", "test_accuracy", "test_macro_f1", "seconds")}}
+        for k, v in results.items()
+    ]
     print_table("Utility: federated vs centralized (same data, same epochs)", rows)
     name = "utility" if args.only is None else f"utility_{args.only}"
     write_result(name, {"results": results, "fmnist_target_accuracy": 0.85})

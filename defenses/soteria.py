@@ -48,13 +48,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from defenses.core import top_fraction
 from secure_ffm.config import DefenseConfig
 from secure_ffm.errors import ConfigError
 from secure_ffm.models.base import Batch, FederatedModel
 from secure_ffm.transforms import TRANSFORMS, TransformContext, UpdateTransform
 from secure_ffm.wire import ClientUpdate
-
-from defenses.core import top_fraction
 
 HEAD = "head"
 """The attribute of ``model.module`` that must be the classifier: an ``nn.Linear`` fed the representation."""
@@ -223,7 +222,9 @@ class Soteria(UpdateTransform):
         representation, gradient_norms = representation_sensitivity(model, batch)
         if weight.ndim != 2 or weight.shape[1] != representation.shape[1]:
             features = representation.shape[1]
-            raise ConfigError("defense.names", f"soteria: {weight_name} of shape {weight.shape} does not take the {features} representation features")
+            raise ConfigError(
+                "defense.names", f"soteria: {weight_name} of shape {weight.shape} does not take the {features} representation features"
+            )
         columns = top_fraction(feature_scores(representation, gradient_norms), self.fraction)
         pruned = weight.copy()
         pruned[:, columns] = 0

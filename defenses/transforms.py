@@ -17,11 +17,10 @@ leave any DP guarantee of the update intact.
 
 from __future__ import annotations
 
+from defenses.core import add_gaussian_noise, clip_l2, prune_by_magnitude, quantize_sign, quantize_uniform
 from secure_ffm.config import DefenseConfig
 from secure_ffm.transforms import TRANSFORMS, TransformContext, UpdateTransform
 from secure_ffm.wire import ClientUpdate
-
-from defenses.core import add_gaussian_noise, clip_l2, prune_by_magnitude, quantize_sign, quantize_uniform
 
 
 @TRANSFORMS.register("l2-clip")

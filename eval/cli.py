@@ -20,11 +20,12 @@ from pathlib import Path
 from secure_ffm.cli import command
 
 
-
 def configure_sweep(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("sweep", help="sweep file, e.g. configs/sweep_tiny.toml")
     parser.add_argument("--out", help="sweep directory (default: runs/sweep-<sweep.name>); an earlier sweep's directory resumes it")
-    parser.add_argument("--report", action="store_true", help="write DIR/report.html and the plots when the points are done (as `secure-ffm report DIR`)")
+    parser.add_argument(
+        "--report", action="store_true", help="write DIR/report.html and the plots when the points are done (as `secure-ffm report DIR`)"
+    )
     parser.add_argument("--dry-run", action="store_true", help="validate the sweep and list its points, run nothing")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 

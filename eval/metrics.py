@@ -12,7 +12,19 @@ import math
 from collections.abc import Sequence
 
 IMAGE_METRICS = ("mse", "psnr", "ssim", "label_accuracy", "label_count_accuracy", "pair_images", "score_images", "to_pixels")
-TEXT_METRICS = ("words", "token_prf", "ngrams", "rouge_n", "rouge_l", "lcs_length", "exact_match", "score_pair", "score_token_ids", "score_texts", "bag_of_tokens_scores")
+TEXT_METRICS = (
+    "words",
+    "token_prf",
+    "ngrams",
+    "rouge_n",
+    "rouge_l",
+    "lcs_length",
+    "exact_match",
+    "score_pair",
+    "score_token_ids",
+    "score_texts",
+    "bag_of_tokens_scores",
+)
 
 try:
     from attacks.metrics_image import label_accuracy, label_count_accuracy, mse, pair_images, psnr, score_images, ssim, to_pixels

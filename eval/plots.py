@@ -205,7 +205,16 @@ def metric_vs_epsilon(rows: Sequence[Mapping[str, Any]], stem: Path, *, metric: 
         if mechanism == "none":
             for s in members:
                 mean, low, high = s.stats(metric, scale)
-                ax.errorbar([inf_x * inf_dodge[others]], [mean], yerr=[[mean - low], [high - mean]], fmt="*", ms=12, color=color, capsize=3, zorder=3)
+                ax.errorbar(
+                    [inf_x * inf_dodge[others]],
+                    [mean],
+                    yerr=[[mean - low], [high - mean]],
+                    fmt="*",
+                    ms=12,
+                    color=color,
+                    capsize=3,
+                    zorder=3,
+                )
             handles.append(Line2D([], [], marker="*", ms=10, color=color, linestyle="none", label=name))
             continue
         marker, style = MECHANISM_STYLES.get(mechanism, ("^", ":"))
@@ -239,7 +248,14 @@ def metric_vs_epsilon(rows: Sequence[Mapping[str, Any]], stem: Path, *, metric: 
     ax.set_ylabel(label)
     ax.set_title(title + (f"\n{note}" if note else ""), fontsize=11)
     ax.grid(True, axis="y", alpha=0.3)
-    ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="band / whiskers: min-max over seeds", title_fontsize=7)
+    ax.legend(
+        handles=handles,
+        fontsize=8,
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        title="band / whiskers: min-max over seeds",
+        title_fontsize=7,
+    )
     fig.tight_layout()
     return _save(fig, stem)
 
@@ -330,7 +346,8 @@ def privacy_utility_frontier(rows: Sequence[Mapping[str, Any]], stem: Path) -> t
         marker = MECHANISM_STYLES.get(s.mechanism, ("*", ""))[0]
         ax.errorbar(
             [x[0]], [y[0]], xerr=[[x[0] - x[1]], [x[2] - x[0]]], yerr=[[y[0] - y[1]], [y[2] - y[0]]],
-            fmt=marker, ms=8 if marker != "*" else 11, color=COLORS[index % len(COLORS)], ecolor="0.75", elinewidth=0.8, capsize=2, zorder=3,
+            fmt=marker, ms=8 if marker != "*" else 11, color=COLORS[index % len(COLORS)],
+            ecolor="0.75", elinewidth=0.8, capsize=2, zorder=3,
         )  # fmt: skip
     fx = [points[i][0] for i in front]
     fy = [points[i][1] for i in front]
@@ -349,11 +366,29 @@ def privacy_utility_frontier(rows: Sequence[Mapping[str, Any]], stem: Path) -> t
         Line2D([], [], marker="o", linestyle="none", color="0.3", label="DP-SGD"),
         Line2D([], [], marker="s", linestyle="none", color="0.3", label="DP-FedAvg"),
         Line2D([], [], marker="*", ms=10, linestyle="none", color="0.3", label="no DP"),
-        Line2D([], [], marker="o", ms=12, markerfacecolor="none", markeredgecolor="k", linestyle="-", color="k", alpha=0.6, label="Pareto front"),
+        Line2D(
+            [],
+            [],
+            marker="o",
+            ms=12,
+            markerfacecolor="none",
+            markeredgecolor="k",
+            linestyle="-",
+            color="k",
+            alpha=0.6,
+            label="Pareto front",
+        ),
     ]
     present = {s.mechanism for s, _, _ in data}
     legend = [h for h, m in zip(legend, ("dp-sgd", "dp-fedavg", "none", "front"), strict=True) if m in present or m == "front"]
-    ax.legend(handles=legend, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="mean over seeds;\nwhiskers min-max", title_fontsize=7)
+    ax.legend(
+        handles=legend,
+        fontsize=8,
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        title="mean over seeds;\nwhiskers min-max",
+        title_fontsize=7,
+    )
     fig.tight_layout()
     place_labels(fig, ax, points, [s.label for s, _, _ in data])
     return _save(fig, stem)
@@ -392,7 +427,9 @@ def reconstructions(rows: Sequence[Mapping[str, Any]], sweep_dir: Path, stem: Pa
 
 def _has_pixels(row: Mapping[str, Any], sweep_dir: Path) -> bool:
     paths = row.get("reconstruction_pixels") or {}
-    return bool(row.get("reconstruction_pairs")) and all(paths.get(k) and (sweep_dir / paths[k]).is_file() for k in ("original", "reconstructed"))
+    return bool(row.get("reconstruction_pairs")) and all(
+        paths.get(k) and (sweep_dir / paths[k]).is_file() for k in ("original", "reconstructed")
+    )
 
 
 def _show(ax: Any, image: np.ndarray) -> None:
@@ -404,7 +441,9 @@ def _show(ax: Any, image: np.ndarray) -> None:
     ax.set_yticks([])
 
 
-def _pixel_grid(items: Sequence[tuple[Setting, Mapping[str, Any]]], sweep_dir: Path, stem: Path, title: str, *, max_pairs: int = 4) -> tuple[Path, Path]:
+def _pixel_grid(
+    items: Sequence[tuple[Setting, Mapping[str, Any]]], sweep_dir: Path, stem: Path, title: str, *, max_pairs: int = 4
+) -> tuple[Path, Path]:
     """One row per setting: up to ``max_pairs`` (original, reconstruction) pairs, PSNR under each reconstruction."""
     pairs_shown = min(max_pairs, max(len(row["reconstruction_pairs"]) for _, row in items))
     columns = 2 * pairs_shown
@@ -461,7 +500,12 @@ def _text_table(items: Sequence[tuple[Setting, Mapping[str, Any]]], stem: Path, 
     entries = []
     for s, row in items:
         sample = row["texts"][0]
-        cells = [s.label, str(sample.get("original") or ""), str(sample.get("recovered") or ""), "-" if sample.get("token_f1") is None else f"{sample['token_f1']:.2f}"]
+        cells = [
+            s.label,
+            str(sample.get("original") or ""),
+            str(sample.get("recovered") or ""),
+            "-" if sample.get("token_f1") is None else f"{sample['token_f1']:.2f}",
+        ]
         wrapped = [textwrap.wrap(text, width)[:6] or [""] for text, (_, _, width) in zip(cells, columns, strict=True)]
         entries.append(wrapped)
     line = 0.17
@@ -483,7 +527,9 @@ def _text_table(items: Sequence[tuple[Setting, Mapping[str, Any]]], stem: Path, 
 # --------------------------------------------------------------------------- all
 
 
-def write_plots(sweep_dir: str | Path, out_dir: str | Path | None = None, *, rows: Sequence[Mapping[str, Any]] | None = None) -> dict[str, tuple[Path, Path]]:
+def write_plots(
+    sweep_dir: str | Path, out_dir: str | Path | None = None, *, rows: Sequence[Mapping[str, Any]] | None = None
+) -> dict[str, tuple[Path, Path]]:
     """Every plot of the sweep in ``sweep_dir`` into ``out_dir`` (default ``SWEEP_DIR/plots``): name -> (png, svg)."""
     sweep_dir = Path(sweep_dir)
     out = Path(out_dir) if out_dir is not None else sweep_dir / "plots"

@@ -77,12 +77,29 @@ def _points_table(rows: Sequence[Mapping[str, Any]], missing: Sequence[str]) -> 
     for row in rows:
         axes.update(dict.fromkeys(row.get("settings", {})))
         metrics.update(dict.fromkeys(row.get("attack_metrics") or {}))
-    header = ["point", *axes, "seed", "protection", "status", "accuracy", "macro F1", "ε", "δ", *(f"attack {m}" for m in metrics), "seconds", "error / note"]
+    header = [
+        "point",
+        *axes,
+        "seed",
+        "protection",
+        "status",
+        "accuracy",
+        "macro F1",
+        "ε",
+        "δ",
+        *(f"attack {m}" for m in metrics),
+        "seconds",
+        "error / note",
+    ]
     body = []
     for row in rows:
         cells = [_cell(row["point_id"]), *(_cell((row.get("settings") or {}).get(a)) for a in axes), _cell(row.get("seed"))]
         cells += [_cell(row.get("protection")), _cell(row.get("status"))]
-        cells += [_cell(row.get("accuracy"), numeric=True), _cell(row.get("macro_f1"), numeric=True), _cell(_epsilon(row), numeric=True, digits=3)]
+        cells += [
+            _cell(row.get("accuracy"), numeric=True),
+            _cell(row.get("macro_f1"), numeric=True),
+            _cell(_epsilon(row), numeric=True, digits=3),
+        ]
         cells += [_cell(row.get("delta"), numeric=True, digits=3)]
         cells += [_cell((row.get("attack_metrics") or {}).get(m), numeric=True) for m in metrics]
         cells += [_cell(row.get("seconds"), numeric=True, digits=3), _cell(row.get("error") or row.get("attack_note"))]
@@ -96,7 +113,20 @@ def _points_table(rows: Sequence[Mapping[str, Any]], missing: Sequence[str]) -> 
 
 
 def _ledger_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    header = ["point", "mechanism", "level", "accountant", "target ε", "ε spent", "δ", "noise multiplier z", "sampling rate", "clip norm", "rounds", "noise source"]
+    header = [
+        "point",
+        "mechanism",
+        "level",
+        "accountant",
+        "target ε",
+        "ε spent",
+        "δ",
+        "noise multiplier z",
+        "sampling rate",
+        "clip norm",
+        "rounds",
+        "noise source",
+    ]
     body = []
     reproducible = []
     for row in rows:
@@ -104,14 +134,17 @@ def _ledger_table(rows: Sequence[Mapping[str, Any]]) -> str:
             continue
         p = row.get("privacy") or {}
         spread = p.get("epsilon_spread")
-        spent = _fmt(_epsilon(row), 4) + (f" (clients: min {_fmt(spread.get('min'))}, median {_fmt(spread.get('median'))})" if spread else "")
+        spent = _fmt(_epsilon(row), 4) + (
+            f" (clients: min {_fmt(spread.get('min'))}, median {_fmt(spread.get('median'))})" if spread else ""
+        )
         noise = row.get("noise_multiplier")
         noise_text = _fmt(noise) + (f" (max {_fmt(p['noise_multiplier_spread']['max'])})" if p.get("noise_multiplier_spread") else "")
         clip = p.get("max_grad_norm", p.get("clip_norm"))
         cells = [
             _cell(row["point_id"]), _cell(row.get("mechanism")), _cell(p.get("level")), _cell(row.get("accountant")),
-            _cell(p.get("target_epsilon"), numeric=True), f'<td class="n">{html.escape(spent)}</td>', _cell(row.get("delta"), numeric=True, digits=3),
-            f'<td class="n">{html.escape(noise_text)}</td>', _cell(p.get("sample_rate"), numeric=True, digits=3), _cell(clip, numeric=True), _cell(p.get("rounds"), numeric=True),
+            _cell(p.get("target_epsilon"), numeric=True), f'<td class="n">{html.escape(spent)}</td>',
+            _cell(row.get("delta"), numeric=True, digits=3), f'<td class="n">{html.escape(noise_text)}</td>',
+            _cell(p.get("sample_rate"), numeric=True, digits=3), _cell(clip, numeric=True), _cell(p.get("rounds"), numeric=True),
             _noise_source_cell(p.get("noise")),
         ]  # fmt: skip
         if (p.get("noise") or {}).get("source") == "seed":
@@ -125,7 +158,8 @@ def _ledger_table(rows: Sequence[Mapping[str, Any]]) -> str:
     )
     if reproducible:
         note = (
-            f"<p class='warning'><strong>Reproducible noise</strong> (privacy.reproducible_noise) in {html.escape(', '.join(reproducible))}: "
+            "<p class='warning'><strong>Reproducible noise</strong> (privacy.reproducible_noise) in "
+            f"{html.escape(', '.join(reproducible))}: "
             "its noise and sampling derive from run.seed, which config.toml publishes. Its ε gives no protection against anyone "
             "who knows the seed; use it for research reproducibility only.</p>" + note
         )
@@ -147,7 +181,8 @@ def _texts_table(rows: Sequence[Mapping[str, Any]]) -> str:
         for i, sample in enumerate(row.get("texts") or []):
             body.append(
                 f"<tr>{_cell(row['point_id'] if i == 0 else '')}{_cell(row.get('protection') if i == 0 else '')}"
-                f"{_cell(sample.get('original'))}{_cell(sample.get('recovered'))}{_cell(sample.get('token_f1'), numeric=True, digits=3)}</tr>"
+                f"{_cell(sample.get('original'))}{_cell(sample.get('recovered'))}"
+                f"{_cell(sample.get('token_f1'), numeric=True, digits=3)}</tr>"
             )
     return _table(["point", "protection", "original", "recovered", "token F1"], body) if body else ""
 
@@ -163,7 +198,9 @@ def write_report(sweep_dir: str | Path) -> Path:
 
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir() or not ((sweep_dir / JSONL).is_file() or (sweep_dir / SWEEP_TOML).is_file()):
-        raise ConfigError("SWEEP_DIR", f"{sweep_dir} is not a sweep directory (no sweep.jsonl)", "pass the --out directory of `secure-ffm sweep`")
+        raise ConfigError(
+            "SWEEP_DIR", f"{sweep_dir} is not a sweep directory (no sweep.jsonl)", "pass the --out directory of `secure-ffm sweep`"
+        )
     ids = current_point_ids(sweep_dir)
     rows = latest_rows(read_all_rows(sweep_dir), ids)
     missing = [p for p in (ids or []) if p not in {r["point_id"] for r in rows}]

@@ -131,7 +131,11 @@ class SweepSpec:
 
     def privacy_axes(self) -> tuple[str, ...]:
         """Axes whose settings change a ``privacy.*`` key (the ε axes of the plots)."""
-        return tuple(axis for axis, settings in self.axes.items() if any(o.split("=", 1)[0].strip().startswith("privacy.") for s in settings.values() for o in s))
+        return tuple(
+            axis
+            for axis, settings in self.axes.items()
+            if any(o.split("=", 1)[0].strip().startswith("privacy.") for s in settings.values() for o in s)
+        )
 
     def override_keys(self) -> tuple[str, ...]:
         """Every ``section.key`` any point overrides (a CSV column each), in first-use order."""
@@ -167,7 +171,8 @@ class SweepSpec:
         return header + " (the base config is inlined).\n" + dumps_toml(self.to_document())
 
     def validate(self) -> None:
-        """Build every point's config, partition its data, check the defenses, protocol and attack; raise ConfigError on the first problem."""
+        """Build every point's config, partition its data, check the defenses, protocol and attack;
+        raise ConfigError on the first problem."""
         from secure_ffm.config import config_from_dict
 
         self.configs.clear()
@@ -214,7 +219,9 @@ def sweep_from_dict(raw: Mapping[str, Any], *, root: Path | None = None, default
     if seeds is None:
         seeds = [int(base.get("run", {}).get("seed", 0))]
     if not isinstance(seeds, list) or not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
-        raise ConfigError("sweep.seeds", f"must be a non-empty list of non-negative integers, got {seeds!r}", "write e.g. seeds = [0, 1, 2]")
+        raise ConfigError(
+            "sweep.seeds", f"must be a non-empty list of non-negative integers, got {seeds!r}", "write e.g. seeds = [0, 1, 2]"
+        )
     if len(set(seeds)) != len(seeds):
         raise ConfigError("sweep.seeds", f"lists a seed twice: {seeds!r}")
     overrides = _overrides("sweep.overrides", sweep.get("overrides", []))
@@ -247,12 +254,16 @@ def expand_grid(
             continue
         setting_overrides = [o for axis, setting in settings for o in axes[axis][setting]]
         for seed in seeds:
-            points.append(SweepPoint(settings=settings, seed=int(seed), overrides=(*overrides, *setting_overrides, f"run.seed={int(seed)}")))
+            points.append(
+                SweepPoint(settings=settings, seed=int(seed), overrides=(*overrides, *setting_overrides, f"run.seed={int(seed)}"))
+            )
     ids: dict[str, SweepPoint] = {}
     for point in points:
         if point.id in ids:
             raise ConfigError(
-                "grid", f"points {ids[point.id].label!r} and {point.label!r} get the same id {point.id!r}", "rename a setting so that they differ in letters or digits"
+                "grid",
+                f"points {ids[point.id].label!r} and {point.label!r} get the same id {point.id!r}",
+                "rename a setting so that they differ in letters or digits",
             )
         ids[point.id] = point
     return points
@@ -288,7 +299,9 @@ def _base(raw: Mapping[str, Any], sweep: Mapping[str, Any], root: Path | None) -
         base = _table(raw, "base")
         return {section: dict(body) if isinstance(body, Mapping) else body for section, body in base.items()}
     if "base" not in sweep:
-        raise ConfigError("sweep.base", "is missing", 'name the training config, e.g. base = "../configs/fashion_mnist_cnn.toml", or add a [base] table')
+        raise ConfigError(
+            "sweep.base", "is missing", 'name the training config, e.g. base = "../configs/fashion_mnist_cnn.toml", or add a [base] table'
+        )
     if not isinstance(sweep["base"], str):
         raise ConfigError("sweep.base", f"must be a path string, got {sweep['base']!r}")
     path = Path(sweep["base"])
@@ -299,11 +312,13 @@ def _base(raw: Mapping[str, Any], sweep: Mapping[str, Any], root: Path | None) -
 
 def _overrides(key: str, value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or any(not isinstance(v, str) for v in value):
-        raise ConfigError(key, f"must be a list of \"section.key=value\" strings, got {value!r}", 'write e.g. ["server.rounds=3"]')
+        raise ConfigError(key, f'must be a list of "section.key=value" strings, got {value!r}', 'write e.g. ["server.rounds=3"]')
     for assignment in value:
         target = assignment.split("=", 1)[0].strip()
         if "=" not in assignment or target.count(".") != 1:
-            raise ConfigError(key, f"{assignment!r} is not section.key=value", 'write e.g. "client.lr=0.01" (quote strings: \'privacy.mode="dp-sgd"\')')
+            raise ConfigError(
+                key, f"{assignment!r} is not section.key=value", 'write e.g. "client.lr=0.01" (quote strings: \'privacy.mode="dp-sgd"\')'
+            )
         if target == "run.seed":
             raise ConfigError(key, "sets run.seed", "list the seeds in sweep.seeds instead")
     return tuple(value)
@@ -313,14 +328,20 @@ def _axes(grid: Mapping[str, Any]) -> dict[str, dict[str, tuple[str, ...]]]:
     axes: dict[str, dict[str, tuple[str, ...]]] = {}
     for axis, settings in grid.items():
         if not isinstance(settings, Mapping) or not settings:
-            raise ConfigError(f"grid.{axis}", "must be a non-empty table of setting name = [overrides]", f'write e.g. [grid.{axis}] then "none" = []')
+            raise ConfigError(
+                f"grid.{axis}", "must be a non-empty table of setting name = [overrides]", f'write e.g. [grid.{axis}] then "none" = []'
+            )
         axes[axis] = {name: _overrides(f"grid.{axis}.{name}", value) for name, value in settings.items()}
     return axes
 
 
 def _exclude(value: Any, axes: Mapping[str, Mapping[str, Any]]) -> tuple[dict[str, tuple[str, ...]], ...]:
     if not isinstance(value, list):
-        raise ConfigError("sweep.exclude", f"must be a list of tables, got {value!r}", 'write e.g. exclude = [{ privacy = "none", defense = "prune 90%" }]')
+        raise ConfigError(
+            "sweep.exclude",
+            f"must be a list of tables, got {value!r}",
+            'write e.g. exclude = [{ privacy = "none", defense = "prune 90%" }]',
+        )
     entries = []
     for entry in value:
         if not isinstance(entry, Mapping) or not entry:
@@ -329,14 +350,20 @@ def _exclude(value: Any, axes: Mapping[str, Mapping[str, Any]]) -> tuple[dict[st
         for axis, names in entry.items():
             if axis not in axes:
                 hint = nearest(axis, list(axes))
-                raise ConfigError("sweep.exclude", f"unknown axis {axis!r}", f"did you mean {hint!r}?" if hint else f"axes: {', '.join(axes) or 'none'}")
+                raise ConfigError(
+                    "sweep.exclude", f"unknown axis {axis!r}", f"did you mean {hint!r}?" if hint else f"axes: {', '.join(axes) or 'none'}"
+                )
             chosen = (names,) if isinstance(names, str) else names
             if not isinstance(chosen, list | tuple) or any(not isinstance(n, str) for n in chosen):
                 raise ConfigError("sweep.exclude", f"{axis} must be a setting name or a list of names, got {names!r}")
             for name in chosen:
                 if name not in axes[axis]:
                     hint = nearest(name, list(axes[axis]))
-                    raise ConfigError("sweep.exclude", f"axis {axis!r} has no setting {name!r}", f"did you mean {hint!r}?" if hint else f"settings: {', '.join(axes[axis])}")
+                    raise ConfigError(
+                        "sweep.exclude",
+                        f"axis {axis!r} has no setting {name!r}",
+                        f"did you mean {hint!r}?" if hint else f"settings: {', '.join(axes[axis])}",
+                    )
             parsed[axis] = tuple(chosen)
         entries.append(parsed)
     return tuple(entries)
@@ -361,7 +388,9 @@ def _attack(raw: Any) -> AttackSpec:
     settings = raw.get("settings", {})
     if not isinstance(settings, Mapping):
         raise ConfigError("attack.settings", "must be a table", "write e.g. settings = { tv_weight = 1e-4 }")
-    return AttackSpec(name=name, budget_iterations=iterations, budget_seconds=float(seconds), parameters=parameters, settings=dict(settings))
+    return AttackSpec(
+        name=name, budget_iterations=iterations, budget_seconds=float(seconds), parameters=parameters, settings=dict(settings)
+    )
 
 
 # --------------------------------------------------------------------------- validation
@@ -427,12 +456,15 @@ def _check_attack(spec: SweepSpec) -> None:
         config = spec.configs[point.id]
         observed = observation_kind(config, observes=case.observes, local_steps=case.local_steps)
         if observed not in attack.observes:
-            spec.audit_skipped[point.id] = f"{spec.attack.name} does not attack {observed!r} observations (it handles: {', '.join(attack.observes)})"
+            spec.audit_skipped[point.id] = (
+                f"{spec.attack.name} does not attack {observed!r} observations (it handles: {', '.join(attack.observes)})"
+            )
         kind = data_kind(config)
         if kind not in attack.data_kinds:
             raise ConfigError(
                 f"attack.name (sweep point {point.label})",
-                f"{spec.attack.name} attacks {'/'.join(attack.data_kinds)} models, but model.arch={spec.configs[point.id].model.arch!r} is a {kind} model",
+                f"{spec.attack.name} attacks {'/'.join(attack.data_kinds)} models, "
+                f"but model.arch={spec.configs[point.id].model.arch!r} is a {kind} model",
                 "choose an attack for this data kind",
             )
 

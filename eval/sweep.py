@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+
 @dataclass
 class SweepSummary:
     """What one ``run_sweep`` call did."""
@@ -186,7 +187,11 @@ def prepare_out_dir(spec: SweepSpec, out_dir: Path) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError("--out", f"{out_dir} is a file", "choose a directory")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / SWEEP_TOML).is_file():
-        raise ConfigError("--out", f"{out_dir} is not empty and holds no sweep.toml", "choose a new --out, or the directory of an earlier sweep to resume it")
+        raise ConfigError(
+            "--out",
+            f"{out_dir} is not empty and holds no sweep.toml",
+            "choose a new --out, or the directory of an earlier sweep to resume it",
+        )
     (out_dir / "points").mkdir(parents=True, exist_ok=True)
     write_text_atomic(out_dir / SWEEP_TOML, spec.to_toml())
 
@@ -208,7 +213,11 @@ def run_sweep(
         spec.validate()
     if spec.audit_skipped:
         log.warning(
-            "sweep %s: %d of %d points will be trained but not audited: %s", spec.name, len(spec.audit_skipped), len(spec.points), next(iter(spec.audit_skipped.values()))
+            "sweep %s: %d of %d points will be trained but not audited: %s",
+            spec.name,
+            len(spec.audit_skipped),
+            len(spec.points),
+            next(iter(spec.audit_skipped.values())),
         )
     out_dir = Path(out_dir)
     prepare_out_dir(spec, out_dir)
@@ -314,7 +323,12 @@ def _train(config: Config, point: SweepPoint, point_dir: Path, progress: _Progre
     run_dir = point_dir / "run"
     initial = point_dir / "initial.safetensors"
     saved_config = run_dir / "config.toml"
-    if (run_dir / "summary.json").is_file() and initial.is_file() and saved_config.is_file() and saved_config.read_text(encoding="utf-8") == config.to_toml():
+    if (
+        (run_dir / "summary.json").is_file()
+        and initial.is_file()
+        and saved_config.is_file()
+        and saved_config.read_text(encoding="utf-8") == config.to_toml()
+    ):
         log.info("point %s: reusing the finished training in %s", point.id, run_dir)
         return True
     progress.stage(f"{point.id}: train", config.server.rounds, "round")
@@ -341,7 +355,11 @@ def _audit(spec: SweepSpec, config: Config, point: SweepPoint, point_dir: Path, 
     source = point_dir / ("initial.safetensors" if spec.attack.parameters == "initial" else "run/model.safetensors")
     parameters = load_file(str(source))
     progress.stage(f"{point.id}: attack", spec.attack.budget_iterations, "it")
-    budget = Budget(max_iterations=spec.attack.budget_iterations, max_seconds=spec.attack.budget_seconds, progress=lambda done, total: progress.advance(done))
+    budget = Budget(
+        max_iterations=spec.attack.budget_iterations,
+        max_seconds=spec.attack.budget_seconds,
+        progress=lambda done, total: progress.advance(done),
+    )
     result = audit_config(
         config,
         case=AuditCase.from_dict(spec.audit_case),
@@ -371,7 +389,11 @@ def _audit(spec: SweepSpec, config: Config, point: SweepPoint, point_dir: Path, 
     if "table" in outputs:
         row["reconstruction_table"] = f"points/{point.id}/attack/{outputs['table']}"
     texts = [
-        {"original": s.get("reference_text", s.get("truth_text")), "recovered": s.get("candidate_text", s.get("text")), "token_f1": s.get("token_f1")}
+        {
+            "original": s.get("reference_text", s.get("truth_text")),
+            "recovered": s.get("candidate_text", s.get("text")),
+            "token_f1": s.get("token_f1"),
+        }
         for s in result.per_sample
         if "candidate_text" in s or "text" in s
     ]
@@ -393,7 +415,11 @@ def _save_pixels(result: Any, attack_dir: Path, relative: str) -> dict[str, Any]
     np.save(attack_dir / "original_pixels.npy", to_pixels(truth.inputs["pixels"]).numpy().astype(np.float32), allow_pickle=False)
     np.save(attack_dir / "reconstructed_pixels.npy", to_pixels(reconstruction.inputs).numpy().astype(np.float32), allow_pickle=False)
     pairs = [
-        {"index": int(s.get("index", i)), "truth_index": int(s.get("truth_index", i)), "psnr": _finite(s["psnr"]) if s.get("psnr") is not None else None}
+        {
+            "index": int(s.get("index", i)),
+            "truth_index": int(s.get("truth_index", i)),
+            "psnr": _finite(s["psnr"]) if s.get("psnr") is not None else None,
+        }
         for i, s in enumerate(result.per_sample[:16])
     ]
     return {

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
-from secure_ffm.variants import PROTOCOLS
+from secure_ffm.variants import PROTOCOLS  # noqa: F401 (re-exported: the registry of aggregation protocols)
 from secure_ffm.wire import ClientMessage, ClientUpdate, NamedArrays
 
 if TYPE_CHECKING:
@@ -110,12 +110,12 @@ class AggregationProtocol(ABC):
         """The protocol a run's ``[secure_aggregation]`` section describes (plaintext takes no options)."""
         return cls()
 
-    @classmethod
-    def check_run(cls, config: Config, data: FederatedData) -> None:  # noqa: B027 - optional hook
+    @classmethod  # noqa: B027 (optional hook)
+    def check_run(cls, config: Config, data: FederatedData) -> None:
         """Refuse (ConfigError) settings this protocol cannot run with on ``data``, before anything is written
         (e.g. CKKS parameters whose headroom every client's sum would exceed)."""
 
-    def begin_round(  # noqa: B027 - optional hook
+    def begin_round(  # noqa: B027 (optional hook)
         self, round: int, participants: Sequence[int], *, weight_bound: float | None = None, layout: VectorLayout | None = None
     ) -> None:
         """Called before any client trains; interactive protocols run their key set-up here.
@@ -187,7 +187,7 @@ class PlaintextAggregation(AggregationProtocol):
     def encode(self, update: ClientUpdate, *, weight: float, rng: np.random.Generator | None = None) -> ClientMessage:
         payload: dict[str, np.ndarray | bytes] = {k: (weight * v).astype(np.float32) for k, v in update.delta.items()}
         for k, v in update.statistics.items():
-            payload[self.STAT_PREFIX + k] = (weight * np.asarray(v, dtype=np.float64))
+            payload[self.STAT_PREFIX + k] = weight * np.asarray(v, dtype=np.float64)
         payload[self.WEIGHT_KEY] = np.asarray([weight], dtype=np.float64)
         return ClientMessage(update.client_id, update.round, payload, update.num_examples, dict(update.metrics))
 

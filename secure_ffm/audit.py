@@ -85,7 +85,10 @@ class ObservationRecorder:
             "optimizer": c.optimizer,
             "learning_rate": c.lr,
             "fit_config": {k: v for k, v in fit_config.items() if isinstance(v, bool | int | float | str)},
-            "ground_truth": {"note": "the auditor's key to score reconstructions; not part of the server's view", "indices": [int(i) for i in indices]},
+            "ground_truth": {
+                "note": "the auditor's key to score reconstructions; not part of the server's view",
+                "indices": [int(i) for i in indices],
+            },
         }
 
     def record_message(
@@ -102,7 +105,9 @@ class ObservationRecorder:
             if not name.startswith(PlaintextAggregation.STAT_PREFIX) and isinstance(value, np.ndarray)
         }
         settings = self._settings(message.round, message.client_id, indices, fit_config, message.metrics.get("steps"))
-        self._write(message.round, message.client_id, "update", observed, global_parameters, {**settings, "weight": weight, "num_clients": 1})
+        self._write(
+            message.round, message.client_id, "update", observed, global_parameters, {**settings, "weight": weight, "num_clients": 1}
+        )
 
     def record_aggregate(
         self,
@@ -119,16 +124,27 @@ class ObservationRecorder:
             if not self.wants(round, client):
                 continue
             settings = self._settings(round, client, indices[client], fit_config, None)
-            self._write(round, client, "aggregate", mean_delta, global_parameters, {**settings, "num_clients": len(clients), "aggregated_clients": list(clients)})
+            self._write(
+                round,
+                client,
+                "aggregate",
+                mean_delta,
+                global_parameters,
+                {**settings, "num_clients": len(clients), "aggregated_clients": list(clients)},
+            )
 
-    def _write(self, round: int, client: int, observes: str, observed: NamedArrays, global_parameters: NamedArrays, metadata: dict[str, Any]) -> None:
+    def _write(
+        self, round: int, client: int, observes: str, observed: NamedArrays, global_parameters: NamedArrays, metadata: dict[str, Any]
+    ) -> None:
         assert self.directory is not None
         self.directory.mkdir(parents=True, exist_ok=True)
         stem = observation_stem(round, client)
         arrays = {OBSERVED_PREFIX + k: np.ascontiguousarray(v, dtype=np.float32) for k, v in observed.items()}
         arrays.update({GLOBAL_PREFIX + k: np.ascontiguousarray(v, dtype=np.float32) for k, v in global_parameters.items()})
         save_file(arrays, str(self.directory / f"{stem}.safetensors"))
-        (self.directory / f"{stem}.json").write_text(json.dumps({"observes": observes, **metadata}, indent=1, sort_keys=True), encoding="utf-8")
+        (self.directory / f"{stem}.json").write_text(
+            json.dumps({"observes": observes, **metadata}, indent=1, sort_keys=True), encoding="utf-8"
+        )
         log.info("captured the server's view of round %d, client %d (%s)", round, client, observes)
 
 
@@ -146,7 +162,11 @@ def load_observation(run_dir: Path, *, round: int | None = None, client: int | N
     run_dir = Path(run_dir)
     available = list_observations(run_dir)
     if not available:
-        raise ConfigError("--run", f"{run_dir} holds no captured observations", "train with e.g. --set audit.capture_clients=[0] --set audit.capture_rounds=[1]")
+        raise ConfigError(
+            "--run",
+            f"{run_dir} holds no captured observations",
+            "train with e.g. --set audit.capture_clients=[0] --set audit.capture_rounds=[1]",
+        )
     matches = [(r, k) for r, k in available if (round is None or r == round) and (client is None or k == client)]
     if not matches:
         listing = ", ".join(f"round {r} client {k}" for r, k in available[:8])

@@ -41,7 +41,9 @@ FLOAT32_MAX = 3.4028234663852886e38
 def _float32(section: str, name: str, value: float) -> None:
     """Refuse a value torch cannot convert to float32 (``client.lr = 1e308`` fails in the first optimizer step)."""
     if value > FLOAT32_MAX:
-        raise ConfigError(f"{section}.{name}", f"{value!r} overflows float32 (max {FLOAT32_MAX:.4g})", f"set {section}.{name} to a realistic value")
+        raise ConfigError(
+            f"{section}.{name}", f"{value!r} overflows float32 (max {FLOAT32_MAX:.4g})", f"set {section}.{name} to a realistic value"
+        )
 
 
 def _choice(section: str, name: str, value: str, choices: Sequence[str]) -> None:
@@ -65,9 +67,13 @@ class RunConfig:
         _positive("run", "seed", self.seed, allow_zero=True)
         _positive("run", "threads", self.threads, allow_zero=True)
         if self.threads > MAX_THREADS:
-            raise ConfigError("run.threads", f"{self.threads} is more than {MAX_THREADS}", "use the number of CPU cores, or 0 for torch's default")
+            raise ConfigError(
+                "run.threads", f"{self.threads} is more than {MAX_THREADS}", "use the number of CPU cores, or 0 for torch's default"
+            )
         if not self.name or self.name in (".", "..") or any(c in self.name for c in "/\\") or len(self.name) > 100:
-            raise ConfigError("run.name", f"{self.name!r} is not a plain name", 'use up to 100 characters without / or \\, e.g. name = "my-run"')
+            raise ConfigError(
+                "run.name", f"{self.name!r} is not a plain name", 'use up to 100 characters without / or \\, e.g. name = "my-run"'
+            )
 
 
 @dataclass(frozen=True)
@@ -105,7 +111,11 @@ class DataConfig:
         _positive("data", "num_clients", self.num_clients)
         _positive("data", "alpha", self.alpha)
         if self.alpha > MAX_ALPHA:
-            raise ConfigError("data.alpha", f"{self.alpha!r} is more than {MAX_ALPHA:g} (no skew left to draw)", 'use data.partition = "iid" for equal label mixes')
+            raise ConfigError(
+                "data.alpha",
+                f"{self.alpha!r} is more than {MAX_ALPHA:g} (no skew left to draw)",
+                'use data.partition = "iid" for equal label mixes',
+            )
         _positive("data", "max_train_examples", self.max_train_examples, allow_zero=True)
         _positive("data", "max_test_examples", self.max_test_examples, allow_zero=True)
         _positive("data", "min_partition_size", self.min_partition_size, allow_zero=True)
@@ -313,7 +323,8 @@ class SecureAggregationConfig:
     """
 
     protocol: str = "none"
-    """A registered aggregation protocol (:data:`secure_ffm.variants.PROTOCOLS`): built-ins ``none`` (plaintext), ``masking`` and ``ckks``."""
+    """A registered aggregation protocol (:data:`secure_ffm.variants.PROTOCOLS`):
+    built-ins ``none`` (plaintext), ``masking`` and ``ckks``."""
     clip_range: float = 1.0
     """masking: per-coordinate bound on a client's delta; larger values are clipped before fixed-point encoding."""
     threshold: int = 0
@@ -346,7 +357,9 @@ class SecureAggregationConfig:
         _positive("secure_aggregation", "threshold", self.threshold, allow_zero=True)
         _positive("secure_aggregation", "neighbours", self.neighbours, allow_zero=True)
         if self.neighbours % 2:
-            raise ConfigError("secure_aggregation.neighbours", f"must be even, got {self.neighbours}", "use 0 (all pairs) or an even degree such as 4")
+            raise ConfigError(
+                "secure_aggregation.neighbours", f"must be even, got {self.neighbours}", "use 0 (all pairs) or an even degree such as 4"
+            )
         if not (math.isfinite(self.dropout_rate) and 0.0 <= self.dropout_rate < 1.0):
             raise ConfigError("secure_aggregation.dropout_rate", f"must be in [0, 1), got {self.dropout_rate!r}", "use e.g. 0.1 for 10%")
         _choice("secure_aggregation", "on_abort", self.on_abort, ("skip", "stop"))
@@ -476,10 +489,18 @@ class Config:
             )
         for client in self.audit.capture_clients:
             if client >= self.data.num_clients:
-                raise ConfigError("audit.capture_clients", f"client {client} does not exist (data.num_clients={self.data.num_clients})", "use ids 0 .. num_clients-1")
+                raise ConfigError(
+                    "audit.capture_clients",
+                    f"client {client} does not exist (data.num_clients={self.data.num_clients})",
+                    "use ids 0 .. num_clients-1",
+                )
         for round in self.audit.capture_rounds:
             if round > self.server.rounds:
-                raise ConfigError("audit.capture_rounds", f"round {round} is after the last (server.rounds={self.server.rounds})", "use rounds 1 .. server.rounds")
+                raise ConfigError(
+                    "audit.capture_rounds",
+                    f"round {round} is after the last (server.rounds={self.server.rounds})",
+                    "use rounds 1 .. server.rounds",
+                )
         if self.secure_aggregation.protocol == "masking" and self.secure_aggregation.threshold:
             self._check_masking_threshold()
 

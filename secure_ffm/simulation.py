@@ -52,6 +52,7 @@ from secure_ffm.wire import nbytes, num_parameters, to_jsonable
 
 log = logging.getLogger(__name__)
 
+
 def without_timings(row: Mapping[str, Any]) -> dict[str, Any]:
     """``row`` less its wall-clock columns (``seconds`` and every ``*_seconds``), which differ between identical runs."""
     return {k: v for k, v in row.items() if not k.endswith("seconds")}
@@ -119,7 +120,9 @@ class Simulation:
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.observer = observer or RunObserver()
         secure = self.config.secure_aggregation
-        self.protocol = protocol or PROTOCOLS.get(secure.protocol, key="secure_aggregation.protocol").from_config(secure, seed=self.config.run.seed)
+        self.protocol = protocol or PROTOCOLS.get(secure.protocol, key="secure_aggregation.protocol").from_config(
+            secure, seed=self.config.run.seed
+        )
         self.privacy = prepared.privacy
         self.noise_policy = NoisePolicy.from_config(self.config)
         extra = transforms.transforms if transforms is not None else build_defenses(self.config.defense).transforms
@@ -225,7 +228,7 @@ class Simulation:
                 aggregate = accumulator.result()
             except AggregationError as error:
                 if self.config.secure_aggregation.on_abort == "stop":
-                    raise RoundAbortedError(f"{error} (secure_aggregation.on_abort = \"stop\")") from None
+                    raise RoundAbortedError(f'{error} (secure_aggregation.on_abort = "stop")') from None
                 aborted = str(error)
                 log.warning("%s; the global model is unchanged", error)
             else:
@@ -314,11 +317,21 @@ class Simulation:
                 self._write_metrics()
                 save_checkpoint(
                     self.out_dir / "checkpoints",
-                    Checkpoint(round, self.server.parameters, self.strategy.state_dict(), self.client_states, {"privacy": self.privacy.state_dict()}),
+                    Checkpoint(
+                        round,
+                        self.server.parameters,
+                        self.strategy.state_dict(),
+                        self.client_states,
+                        {"privacy": self.privacy.state_dict()},
+                    ),
                 )
             log.info(
                 "round %d/%d: train_loss=%s test_accuracy=%s (%.1fs)",
-                round, total, row["train_loss"], row["test_accuracy"], row["seconds"],
+                round,
+                total,
+                row["train_loss"],
+                row["test_accuracy"],
+                row["seconds"],
             )
             self.observer.round_finished(round, row)
         client_eval = self.evaluate_clients() if self.config.server.evaluate_clients else None
@@ -381,7 +394,18 @@ class Simulation:
         ledger = self.privacy.ledger(self.client_states)
         if ledger is None:
             return {"mechanism": "none", "epsilon": None}
-        keep = ("mechanism", "level", "accountant", "target_epsilon", "epsilon", "delta", "noise_multiplier", "clip_norm", "max_grad_norm", "noise")
+        keep = (
+            "mechanism",
+            "level",
+            "accountant",
+            "target_epsilon",
+            "epsilon",
+            "delta",
+            "noise_multiplier",
+            "clip_norm",
+            "max_grad_norm",
+            "noise",
+        )
         return {k: ledger[k] for k in keep if k in ledger}
 
     # ------------------------------------------------------------------ files
@@ -457,7 +481,9 @@ class Simulation:
             self.client_states.update(checkpoint.client_states)
             self.privacy.load_state_dict(checkpoint.server_state.get("privacy", {}))
             # no round may push ε past the target: refuse an extension the budget cannot pay for, before any round runs
-            self.privacy.check_budget(completed_rounds=checkpoint.round, total_rounds=self.config.server.rounds, client_states=self.client_states)
+            self.privacy.check_budget(
+                completed_rounds=checkpoint.round, total_rounds=self.config.server.rounds, client_states=self.client_states
+            )
         self.history = history
         # every check passed: now bring the files in line with the round resumed from
         self._write_metrics()
@@ -526,7 +552,11 @@ def read_run_config(out_dir: Path, config: Config) -> Config:
         raise ConfigError("--resume", f"the run's {path} cannot be used{where}: {error.problem}", fix) from None
     differences = config_differences(saved, config, ignore={"server.rounds"})
     if differences:
-        raise ConfigError("--resume", f"the config differs from the run's config.toml in {', '.join(differences)}", "resume with the same config and --set values")
+        raise ConfigError(
+            "--resume",
+            f"the config differs from the run's config.toml in {', '.join(differences)}",
+            "resume with the same config and --set values",
+        )
     return saved
 
 

@@ -80,7 +80,9 @@ class ClientUpdate:
         return ClientUpdate(self.client_id, self.round, delta, self.num_examples, dict(self.metrics), dict(self.statistics))
 
     def with_statistics(self, **statistics: np.ndarray) -> ClientUpdate:
-        return ClientUpdate(self.client_id, self.round, self.delta, self.num_examples, dict(self.metrics), {**self.statistics, **statistics})
+        return ClientUpdate(
+            self.client_id, self.round, self.delta, self.num_examples, dict(self.metrics), {**self.statistics, **statistics}
+        )
 
 
 @dataclass(frozen=True)

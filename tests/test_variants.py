@@ -148,7 +148,14 @@ batch_size = 1
 
 def test_the_audit_observes_them(tmp_path):
     config = tiny(privacy={"mode": "test-dp"}, secure_aggregation={"protocol": "test-agg"}, defense={"names": ["test-halve"]})
-    result = audit_config(config, case=AuditCase(batch_size=1), attack="inverting-gradients", budget=Budget(max_iterations=2), out_dir=tmp_path)
+    result = audit_config(
+        config, case=AuditCase(batch_size=1), attack="inverting-gradients", budget=Budget(max_iterations=2), out_dir=tmp_path
+    )
     document = json.loads((tmp_path / "attack.json").read_text())
-    assert document["protections"] == {"privacy": "test-dp", "defenses": ["test-halve"], "secure_aggregation": "test-agg", "target_epsilon": 8.0}
+    assert document["protections"] == {
+        "privacy": "test-dp",
+        "defenses": ["test-halve"],
+        "secure_aggregation": "test-agg",
+        "target_epsilon": 8.0,
+    }
     assert result.threat_model["observes"] == "aggregate"  # the protocol hides single updates

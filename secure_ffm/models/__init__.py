@@ -4,10 +4,10 @@ Registered architectures: ``cnn`` and ``vit`` for 28x28 images, ``hf-text`` for
 text. Build one with :func:`build_model`.
 """
 
+from secure_ffm.models import text, vision  # noqa: E402,F401  (register the built-in architectures)
 from secure_ffm.models.base import Batch, EncodedData, FederatedModel, NamedArrays
 from secure_ffm.models.registry import MODELS, ModelBuilder, build_model, register_model
 from secure_ffm.models.size import update_nbytes, update_parameter_count
-from secure_ffm.models import text, vision  # noqa: E402,F401  (register the built-in architectures)
 
 __all__ = [
     "MODELS",

@@ -122,13 +122,17 @@ def _finite_number(value: object) -> bool:
 
 def _check_target_epsilon(target_epsilon: float) -> float:
     if not _finite_number(target_epsilon) or target_epsilon <= 0:
-        raise ConfigError("privacy.target_epsilon", f"must be a positive finite number, got {target_epsilon!r}", "set e.g. privacy.target_epsilon = 8.0")
+        raise ConfigError(
+            "privacy.target_epsilon", f"must be a positive finite number, got {target_epsilon!r}", "set e.g. privacy.target_epsilon = 8.0"
+        )
     return float(target_epsilon)
 
 
 def _check_delta(delta: float) -> float:
     if not _finite_number(delta) or not 0 < delta < 1:
-        raise ConfigError("privacy.delta", f"must lie strictly between 0 and 1, got {delta!r}", "use a value below 1/num_examples, e.g. default_delta(n)")
+        raise ConfigError(
+            "privacy.delta", f"must lie strictly between 0 and 1, got {delta!r}", "use a value below 1/num_examples, e.g. default_delta(n)"
+        )
     return float(delta)
 
 
@@ -164,9 +168,17 @@ class GaussianSteps:
     def __post_init__(self) -> None:
         z, q = self.noise_multiplier, self.sample_rate
         if not _finite_number(z) or z <= 0:
-            raise ConfigError("privacy.noise_multiplier", f"must be a positive finite number, got {z!r}", "a noise multiplier of 0 gives no privacy; use e.g. 1.0")
+            raise ConfigError(
+                "privacy.noise_multiplier",
+                f"must be a positive finite number, got {z!r}",
+                "a noise multiplier of 0 gives no privacy; use e.g. 1.0",
+            )
         if not _finite_number(q) or not 0 < q <= 1:
-            raise ConfigError("privacy.sample_rate", f"must lie in (0, 1], got {q!r}", "the sample rate is batch_size / num_examples (or clients_per_round / num_clients)")
+            raise ConfigError(
+                "privacy.sample_rate",
+                f"must lie in (0, 1], got {q!r}",
+                "the sample rate is batch_size / num_examples (or clients_per_round / num_clients)",
+            )
         object.__setattr__(self, "noise_multiplier", float(z))
         object.__setattr__(self, "sample_rate", float(q))
         object.__setattr__(self, "steps", _check_steps(self.steps, "privacy.steps"))
@@ -208,7 +220,9 @@ def _cached_epsilon(accountant: str, delta: float, history: OpacusHistory) -> fl
         # Known failure modes: PRV's "Discrete mean differs significantly" for very
         # large ε (opacus#601) or delta too small for its float64 grid; GDP's root
         # bracket [0, 500]. The RDP bound is always a valid (looser) upper bound.
-        logger.warning("%s accountant failed (%s) on %d history entries; using the %s upper bound", accountant, exc, len(history), FALLBACK_ACCOUNTANT)
+        logger.warning(
+            "%s accountant failed (%s) on %d history entries; using the %s upper bound", accountant, exc, len(history), FALLBACK_ACCOUNTANT
+        )
         return _cached_epsilon(FALLBACK_ACCOUNTANT, delta, history)
     return epsilon
 
@@ -305,7 +319,9 @@ class PrivacyLedger:
     def from_json(cls, data: Mapping[str, Any]) -> PrivacyLedger:
         """The ledger that :meth:`to_json` wrote; ValueError when ``data`` is not one."""
         if data.get("format") != LEDGER_FORMAT or data.get("version") != LEDGER_VERSION:
-            raise ValueError(f"not a version-{LEDGER_VERSION} {LEDGER_FORMAT} record: format={data.get('format')!r}, version={data.get('version')!r}")
+            raise ValueError(
+                f"not a version-{LEDGER_VERSION} {LEDGER_FORMAT} record: format={data.get('format')!r}, version={data.get('version')!r}"
+            )
         try:
             ledger = cls(accountant=data["accountant"], delta=data["delta"])
             ledger._history = tuple(GaussianSteps(e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in data["history"])
@@ -323,16 +339,26 @@ class PrivacyLedger:
 
 
 def rounds_that_fit(
-    ledger: PrivacyLedger, *, noise_multiplier: float, sample_rate: float, steps_per_round: int, target_epsilon: float, limit: int, slack: float = 1e-9
+    ledger: PrivacyLedger,
+    *,
+    noise_multiplier: float,
+    sample_rate: float,
+    steps_per_round: int,
+    target_epsilon: float,
+    limit: int,
+    slack: float = 1e-9,
 ) -> int:
     """The most rounds (at most ``limit``) of ``steps_per_round`` steps the ledger can still take without ε passing the target.
 
     ε grows with every step, so a bisection over the number of rounds is exact.
     """
+
     def fits(rounds: int) -> bool:
         if rounds == 0:
             return ledger.epsilon() <= target_epsilon * (1 + slack)
-        return ledger.epsilon_if(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=rounds * steps_per_round) <= target_epsilon * (1 + slack)
+        return ledger.epsilon_if(
+            noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=rounds * steps_per_round
+        ) <= target_epsilon * (1 + slack)
 
     if fits(limit):
         return limit
@@ -449,7 +475,9 @@ def _clt_guess(target: float, *, delta: float, sample_rate: float, steps: int) -
     return math.exp(high)
 
 
-def _bracket(epsilon_at: Callable[[float], float], target: float, start: float, *, accountant: str, sample_rate: float, steps: int, delta: float) -> tuple[float, float]:
+def _bracket(
+    epsilon_at: Callable[[float], float], target: float, start: float, *, accountant: str, sample_rate: float, steps: int, delta: float
+) -> tuple[float, float]:
     """``(low, high)`` with ε(high) <= target < ε(low) (``low`` may be 0) and high <= 2·low, searched outwards from ``start``."""
     high = start
     if epsilon_at(high) > target:
@@ -457,7 +485,8 @@ def _bracket(epsilon_at: Callable[[float], float], target: float, start: float, 
             if high >= MAX_NOISE_MULTIPLIER:
                 raise ConfigError(
                     "privacy.target_epsilon",
-                    f"ε = {target:g} at δ = {delta:g} cannot be met with the {accountant} accountant over {steps} steps at sample rate {sample_rate:g}: "
+                    f"ε = {target:g} at δ = {delta:g} cannot be met with the {accountant} accountant "
+                    f"over {steps} steps at sample rate {sample_rate:g}: "
                     f"even noise multiplier {MAX_NOISE_MULTIPLIER:g} gives ε = {epsilon_at(MAX_NOISE_MULTIPLIER):.4g}",
                     "raise privacy.target_epsilon or lower the number of rounds/steps (or the sample rate)",
                 )
@@ -514,7 +543,8 @@ def check_delta(delta: float, num_examples: int) -> str | None:
 
 
 def dp_fedavg_epsilon(*, noise_multiplier: float, sample_rate: float, rounds: int, delta: float, accountant: str = "rdp") -> float:
-    """User-level ε of DP-FedAvg after ``rounds`` rounds (McMahan et al., "Learning Differentially Private Recurrent Language Models", ICLR 2018).
+    """User-level ε of DP-FedAvg after ``rounds`` rounds
+    (McMahan et al., "Learning Differentially Private Recurrent Language Models", ICLR 2018).
 
     Each round is one step of the subsampled Gaussian mechanism whose unit is a
     whole client: ``sample_rate = clients_per_round / num_clients`` and

@@ -35,8 +35,15 @@ from secure_ffm.aggregation import Aggregate, AggregateStep
 from secure_ffm.config import Config, PrivacyConfig
 from secure_ffm.data.base import FederatedData
 from secure_ffm.errors import ConfigError
-from secure_ffm.privacy.accounting import GaussianSteps, PrivacyLedger, calibrate_noise_multiplier, check_delta
-from secure_ffm.privacy.accounting import compute_epsilon, default_delta, rounds_that_fit
+from secure_ffm.privacy.accounting import (
+    GaussianSteps,
+    PrivacyLedger,
+    calibrate_noise_multiplier,
+    check_delta,
+    compute_epsilon,
+    default_delta,
+    rounds_that_fit,
+)
 from secure_ffm.privacy.gaussian import add_gaussian_noise, clip_l2
 from secure_ffm.privacy.mechanisms import PrivacyMechanism, extension_refused, plan_header
 from secure_ffm.privacy.noise import CENTRAL_NOISE, CLIENT_SAMPLING, NOISE_SHARE, NoisePolicy, NoiseStream
@@ -60,7 +67,9 @@ class ClipUpdate(UpdateTransform):
     def __call__(self, update: ClientUpdate, context: TransformContext) -> ClientUpdate:
         c = float(context.config.get("clip_norm", self.clip_norm))
         clipped, norm = clip_l2(update.delta, c)
-        out = ClientUpdate(update.client_id, update.round, clipped, update.num_examples, {**update.metrics, "update_norm": norm}, dict(update.statistics))
+        out = ClientUpdate(
+            update.client_id, update.round, clipped, update.num_examples, {**update.metrics, "update_norm": norm}, dict(update.statistics)
+        )
         if self.report_unclipped:
             out = out.with_statistics(**{UNCLIPPED: np.asarray([1.0 if norm <= c else 0.0])})
         return out
@@ -100,7 +109,11 @@ class CentralGaussianNoise(AggregateStep):
         m = aggregate.total_weight
         rng = mech.noise_stream(round)
         mean = add_gaussian_noise(aggregate.mean_delta, mech.update_noise_multiplier * mech.clip_norm / m, rng)
-        stats = add_gaussian_noise(aggregate.mean_statistics, mech.count_std(max(1, int(m + 0.5))) / m, rng) if aggregate.mean_statistics else {}
+        stats = (
+            add_gaussian_noise(aggregate.mean_statistics, mech.count_std(max(1, int(m + 0.5))) / m, rng)
+            if aggregate.mean_statistics
+            else {}
+        )
         return aggregate.replace(mean_delta=mean, mean_statistics=stats)
 
 
@@ -300,7 +313,9 @@ class DPFedAvg(PrivacyMechanism):
         most = max(self.participations.values(), default=0)
         if most == 0:
             return 0.0
-        return compute_epsilon([GaussianSteps(self.noise_multiplier, 1.0, most)], accountant=self.config.privacy.accountant, delta=self.delta)
+        return compute_epsilon(
+            [GaussianSteps(self.noise_multiplier, 1.0, most)], accountant=self.config.privacy.accountant, delta=self.delta
+        )
 
     def _against_server_note(self) -> str:
         if self.config.privacy.noise_placement != "clients":
@@ -316,11 +331,20 @@ class DPFedAvg(PrivacyMechanism):
         if would <= target * (1 + 1e-9):
             return
         fit = rounds_that_fit(
-            self.user_ledger, noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate, steps_per_round=1, target_epsilon=target, limit=remaining
+            self.user_ledger,
+            noise_multiplier=self.noise_multiplier,
+            sample_rate=self.sample_rate,
+            steps_per_round=1,
+            target_epsilon=target,
+            limit=remaining,
         )
         raise extension_refused(
-            total_rounds=total_rounds, completed_rounds=completed_rounds, epsilon=would, target=target,
-            planned=f"the run's noise multiplier z={self.noise_multiplier:.4g} was calibrated for {self.rounds_planned} rounds", rounds_fit=fit,
+            total_rounds=total_rounds,
+            completed_rounds=completed_rounds,
+            epsilon=would,
+            target=target,
+            planned=f"the run's noise multiplier z={self.noise_multiplier:.4g} was calibrated for {self.rounds_planned} rounds",
+            rounds_fit=fit,
         )
 
     def state_dict(self) -> dict[str, Any]:

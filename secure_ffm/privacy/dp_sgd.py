@@ -166,7 +166,9 @@ class DPStep:
         self.noise_std = noise_multiplier * max_grad_norm / expected_batch_size
         self.noise = noise
         kwargs = dict(
-            noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm, expected_batch_size=expected_batch_size,
+            noise_multiplier=noise_multiplier,
+            max_grad_norm=max_grad_norm,
+            expected_batch_size=expected_batch_size,
             loss_reduction="mean",
         )
         self.criterion: Any = None
@@ -370,7 +372,7 @@ class DPSGD(PrivacyMechanism):
             raise ConfigError(
                 "model.arch",
                 f"{self.config.model.arch} cannot be trained with DP-SGD: {errors[0]}",
-                "replace BatchNorm by GroupNorm (opacus.validators.ModuleValidator.fix) or use privacy.mode = \"dp-fedavg\"",
+                'replace BatchNorm by GroupNorm (opacus.validators.ModuleValidator.fix) or use privacy.mode = "dp-fedavg"',
             )
 
     def trainer(self, base: LocalTrainer) -> LocalTrainer:
@@ -438,20 +440,34 @@ class DPSGD(PrivacyMechanism):
         for k in range(self.data.num_clients):
             plan = self.client_plan(k)
             dp = client_states.get(k, {}).get("dp_sgd", {})
-            ledger = PrivacyLedger.from_json(dp["ledger"]) if "ledger" in dp else PrivacyLedger(accountant=self.config.privacy.accountant, delta=plan.delta)
-            would = ledger.epsilon_if(noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate, steps=remaining * plan.steps_per_round)
+            ledger = (
+                PrivacyLedger.from_json(dp["ledger"])
+                if "ledger" in dp
+                else PrivacyLedger(accountant=self.config.privacy.accountant, delta=plan.delta)
+            )
+            would = ledger.epsilon_if(
+                noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate, steps=remaining * plan.steps_per_round
+            )
             if would > target * (1 + EPSILON_SLACK):
                 fit = rounds_that_fit(
-                    ledger, noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate,
-                    steps_per_round=plan.steps_per_round, target_epsilon=target, limit=remaining,
+                    ledger,
+                    noise_multiplier=plan.noise_multiplier,
+                    sample_rate=plan.sample_rate,
+                    steps_per_round=plan.steps_per_round,
+                    target_epsilon=target,
+                    limit=remaining,
                 )
                 if worst is None or fit < worst[1]:
                     worst = (would, fit, k)
         if worst is not None:
             would, fit, k = worst
             raise extension_refused(
-                total_rounds=total_rounds, completed_rounds=completed_rounds, epsilon=would, target=target,
-                planned=f"client {k}; its noise was calibrated for {self.planned_rounds} rounds", rounds_fit=fit,
+                total_rounds=total_rounds,
+                completed_rounds=completed_rounds,
+                epsilon=would,
+                target=target,
+                planned=f"client {k}; its noise was calibrated for {self.planned_rounds} rounds",
+                rounds_fit=fit,
             )
 
     def state_dict(self) -> dict[str, Any]:
@@ -475,6 +491,3 @@ class DPSGD(PrivacyMechanism):
             "epsilon": spread([p.planned_epsilon for p in plans]),
             "noise": NoisePolicy.from_config(self.config).describe(),
         }
-
-
-

@@ -27,7 +27,7 @@ from secure_ffm.variants import MECHANISMS
 from secure_ffm.wire import Scalar
 
 
-class PrivacyMechanism(ABC):
+class PrivacyMechanism(ABC):  # noqa: B024 (every seam has a no-op default)
     """No-op defaults; each mechanism overrides the seams it uses.
 
     Registered by name in :data:`secure_ffm.variants.MECHANISMS`; callers branch on the class
@@ -62,7 +62,7 @@ class PrivacyMechanism(ABC):
         self.config = config
         self.data = data
 
-    def check_model(self, model: FederatedModel) -> None:
+    def check_model(self, model: FederatedModel) -> None:  # noqa: B027 (optional hook)
         """Refuse a model the mechanism cannot train privately (raise ConfigError)."""
 
     def trainer(self, base: LocalTrainer) -> LocalTrainer:
@@ -97,7 +97,9 @@ class PrivacyMechanism(ABC):
         """What the config implies before training: noise multipliers and the ε they reach."""
         return {"mechanism": self.name}
 
-    def check_budget(self, *, completed_rounds: int, total_rounds: int, client_states: Mapping[int, Mapping[str, Any]]) -> None:
+    def check_budget(  # noqa: B027 (optional hook)
+        self, *, completed_rounds: int, total_rounds: int, client_states: Mapping[int, Mapping[str, Any]]
+    ) -> None:
         """Refuse (ConfigError, before any round runs) a resumed run whose remaining rounds could push ε past the target.
 
         Called after :meth:`load_state_dict` when a run is resumed, possibly with more rounds than it was planned for.
@@ -107,7 +109,7 @@ class PrivacyMechanism(ABC):
         """Server-side state to checkpoint (JSON)."""
         return {}
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:  # noqa: B027 - optional
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:  # noqa: B027 (optional)
         """Restore :meth:`state_dict`."""
 
 
@@ -122,10 +124,12 @@ class NoPrivacy(PrivacyMechanism):
         return {"mechanism": "none", "epsilon": float("inf")}
 
     def format_plan(self, plan: Mapping[str, Any]) -> str:
-        return "privacy.mode = none: no differential privacy (ε = ∞). Set privacy.mode = \"dp-sgd\" or \"dp-fedavg\"."
+        return 'privacy.mode = none: no differential privacy (ε = ∞). Set privacy.mode = "dp-sgd" or "dp-fedavg".'
 
 
-def extension_refused(*, total_rounds: int, completed_rounds: int, epsilon: float, target: float, planned: str, rounds_fit: int) -> ConfigError:
+def extension_refused(
+    *, total_rounds: int, completed_rounds: int, epsilon: float, target: float, planned: str, rounds_fit: int
+) -> ConfigError:
     """The error of a resume whose extra rounds would push ε past the target (``planned`` says what the noise was calibrated for)."""
     return ConfigError(
         "server.rounds",

@@ -42,7 +42,16 @@ from secure_ffm.secagg.masking import expand, mask_vector, pairwise_mask, ring_s
 from secure_ffm.secagg.quantization import RING_BITS, decode_sum, encode, error_bound, levels_for, quantization_step
 from secure_ffm.secagg.shamir import combine, share_from_bytes, share_to_bytes, split
 
-_CKKS_EXPORTS = ("CKKSClient", "CKKSDecryptor", "CKKSEncodeError", "CKKSKeyHolder", "CKKSParameters", "CKKSProtocol", "CKKSServer", "EncryptedAggregate")
+_CKKS_EXPORTS = (
+    "CKKSClient",
+    "CKKSDecryptor",
+    "CKKSEncodeError",
+    "CKKSKeyHolder",
+    "CKKSParameters",
+    "CKKSProtocol",
+    "CKKSServer",
+    "EncryptedAggregate",
+)
 
 
 def __getattr__(name: str) -> Any:

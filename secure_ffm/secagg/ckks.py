@@ -456,7 +456,9 @@ class CKKSServerAccumulator:
                 (ciphertext,) = vector.ciphertext()
                 scale, level, polys = ciphertext.scale, ciphertext.coeff_modulus_size(), ciphertext.size()
             except (ValueError, RuntimeError, TypeError, IndexError) as error:
-                raise AggregationError(f"{who} sent ciphertext {i} that does not deserialize under the round's CKKS context ({error})") from None
+                raise AggregationError(
+                    f"{who} sent ciphertext {i} that does not deserialize under the round's CKKS context ({error})"
+                ) from None
             size = min(params.slots, length - i * params.slots)
             if vector.size() != size:
                 raise AggregationError(f"{who} sent ciphertext {i} of {vector.size()} values, expected {size}")
@@ -637,10 +639,14 @@ class CKKSProtocol(AggregationProtocol):
             parameters = CKKSParameters.from_config(config)
             parameters.new_context(symmetric=True)  # SEAL checks the primes exist and fit the security bound
         except (ValueError, RuntimeError) as error:
-            raise ConfigError(key, f"TenSEAL refuses N={config.ckks_poly_modulus_degree} with primes {list(config.ckks_coeff_mod_bit_sizes)}: {error}") from None
+            raise ConfigError(
+                key, f"TenSEAL refuses N={config.ckks_poly_modulus_degree} with primes {list(config.ckks_coeff_mod_bit_sizes)}: {error}"
+            ) from None
         return cls(parameters=parameters, key_holder=config.ckks_key_holder)
 
-    def begin_round(self, round: int, participants: Sequence[int], *, weight_bound: float | None = None, layout: VectorLayout | None = None) -> None:
+    def begin_round(
+        self, round: int, participants: Sequence[int], *, weight_bound: float | None = None, layout: VectorLayout | None = None
+    ) -> None:
         """Provision the key set on first use and load the contexts of clients not seen yet.
 
         ``layout``, the layout the server expects, fixes it for the round's accumulator.
@@ -652,7 +658,12 @@ class CKKSProtocol(AggregationProtocol):
         if self.key_holder is None:
             self.key_holder = CKKSKeyHolder(self.parameters, key_holder=self.key_holder_mode)
             self.server = CKKSServer(self.parameters, self.key_holder.public_context, self.key_holder.key_id)
-            log.debug("ckks: key set %s drawn (N=%d, key holder %s)", self.key_holder.fingerprint.hex()[:12], self.parameters.poly_modulus_degree, self.key_holder_mode)
+            log.debug(
+                "ckks: key set %s drawn (N=%d, key holder %s)",
+                self.key_holder.fingerprint.hex()[:12],
+                self.parameters.poly_modulus_degree,
+                self.key_holder_mode,
+            )
         context = None
         for c in ids:
             if c not in self.clients:

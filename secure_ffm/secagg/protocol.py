@@ -299,7 +299,9 @@ class MaskingClient:
         seed_shares = shamir.split(self._self_seed, threshold=setup.threshold, share_ids=ids)
         out = []
         for holder in holders:
-            plaintext = shamir.share_to_bytes(holder + 1, key_shares[holder + 1]) + shamir.share_to_bytes(holder + 1, seed_shares[holder + 1])
+            plaintext = shamir.share_to_bytes(holder + 1, key_shares[holder + 1]) + shamir.share_to_bytes(
+                holder + 1, seed_shares[holder + 1]
+            )
             if holder == self.client_id:
                 self._held[holder] = (plaintext[: shamir.SHARE_BYTES], plaintext[shamir.SHARE_BYTES :])
                 continue
@@ -387,7 +389,9 @@ class MaskingClient:
         setup = self._require_setup()
         assert self._pair_key is not None and self._self_seed is not None
         pair_seeds = {
-            v: keys.shared_seed(self._pair_key, setup.public_keys[v][0], context=keys.pair_context(round=setup.round, client_a=self.client_id, client_b=v))
+            v: keys.shared_seed(
+                self._pair_key, setup.public_keys[v][0], context=keys.pair_context(round=setup.round, client_a=self.client_id, client_b=v)
+            )
             for v in setup.neighbours[self.client_id]
         }
         return masking.mask_vector(x, client_id=self.client_id, pair_seeds=pair_seeds, self_seed=self._self_seed)
@@ -400,7 +404,9 @@ class MaskingClient:
         layout = VectorLayout.of(update)
         if setup.layout is not None and layout != setup.layout:
             # declining (like a dropout) rather than failing: its pair masks are then removed from the others' sum
-            raise MaskingEncodeError(f"round {setup.round}: client {self.client_id}'s update does not have the layout the server fixed for the round")
+            raise MaskingEncodeError(
+                f"round {setup.round}: client {self.client_id}'s update does not have the layout the server fixed for the round"
+            )
         masked = self.mask(self.quantize(update, weight=weight, rng=rng))
         payload = {
             MASKED_KEY: masked,
@@ -541,13 +547,19 @@ class MaskingServer:
         for advert in adverts:
             if advert.round != self.round or advert.client_id not in self.participants or advert.client_id in public:
                 raise AggregationError(f"round {self.round}: bad key advertisement from client {advert.client_id}")
-            if len(advert.pair_public) != keys.KEY_BYTES or len(advert.share_public) != keys.KEY_BYTES or advert.pair_public == advert.share_public:
+            if (
+                len(advert.pair_public) != keys.KEY_BYTES
+                or len(advert.share_public) != keys.KEY_BYTES
+                or advert.pair_public == advert.share_public
+            ):
                 raise AggregationError(f"round {self.round}: client {advert.client_id} advertised malformed keys")
             public[advert.client_id] = (bytes(advert.pair_public), bytes(advert.share_public))
         missing = sorted(set(self.participants) - set(public))
         if missing:
             raise AggregationError(f"round {self.round}: clients {missing} advertised no keys")
-        self.setup = RoundSetup(self.round, public, self.neighbours, self.threshold, self.weight_bound, self.clip_range, self.levels, self.layout)
+        self.setup = RoundSetup(
+            self.round, public, self.neighbours, self.threshold, self.weight_bound, self.clip_range, self.levels, self.layout
+        )
         return self.setup
 
     # stage 1
@@ -680,7 +692,9 @@ class MaskingServer:
                 raise AggregationError(f"round {self.round}: the shares of dropped client {d}'s key rebuild a different key")
             self.dropped_keys[d] = raw
             dropped_pair_seeds[d] = {
-                u: keys.shared_seed(private, self.setup.public_keys[u][0], context=keys.pair_context(round=self.round, client_a=d, client_b=u))
+                u: keys.shared_seed(
+                    private, self.setup.public_keys[u][0], context=keys.pair_context(round=self.round, client_a=d, client_b=u)
+                )
                 for u in self.neighbours[d]
                 if u in self.received
             }
@@ -709,7 +723,9 @@ class MaskingServer:
                 except (ValueError, TypeError):
                     raise AggregationError(f"{who} sent a malformed share of client {owner}'s {what}") from None
                 if share_id != response.client_id + 1:
-                    raise AggregationError(f"{who} sent a share of client {owner}'s {what} with id {share_id}, not {response.client_id + 1}")
+                    raise AggregationError(
+                        f"{who} sent a share of client {owner}'s {what} with id {share_id}, not {response.client_id + 1}"
+                    )
                 found[owner] = value
         return out
 
@@ -776,7 +792,9 @@ class MaskingProtocol(AggregationProtocol):
     label = "SecAgg (masking)"
     hides_updates = True
 
-    def __init__(self, *, clip_range: float = 1.0, threshold: int = 0, neighbours: int = 0, seed: int = 0, weight_bound: float | None = None) -> None:
+    def __init__(
+        self, *, clip_range: float = 1.0, threshold: int = 0, neighbours: int = 0, seed: int = 0, weight_bound: float | None = None
+    ) -> None:
         self.clip_range = float(clip_range)
         self.threshold = int(threshold)
         self.neighbours = int(neighbours)
@@ -790,7 +808,9 @@ class MaskingProtocol(AggregationProtocol):
     def from_config(cls, config: SecureAggregationConfig, *, seed: int) -> MaskingProtocol:
         return cls(clip_range=config.clip_range, threshold=config.threshold, neighbours=config.neighbours, seed=seed)
 
-    def begin_round(self, round: int, participants: Sequence[int], *, weight_bound: float | None = None, layout: VectorLayout | None = None) -> None:
+    def begin_round(
+        self, round: int, participants: Sequence[int], *, weight_bound: float | None = None, layout: VectorLayout | None = None
+    ) -> None:
         """Advertise keys and share keys between fresh clients and a fresh server (new keys every round).
 
         ``layout``, the vector layout the server expects, fixes it before any masked input
@@ -801,7 +821,13 @@ class MaskingProtocol(AggregationProtocol):
         if bound is None:
             raise ValueError("masking aggregation needs a public weight_bound (the largest client weight) in begin_round")
         self.server = MaskingServer(
-            round, participants, weight_bound=bound, clip_range=self.clip_range, threshold=self.threshold, neighbours=self.neighbours, layout=layout
+            round,
+            participants,
+            weight_bound=bound,
+            clip_range=self.clip_range,
+            threshold=self.threshold,
+            neighbours=self.neighbours,
+            layout=layout,
         )
         # what each client expects from its own configuration, whatever the set-up says
         holders = graphs.neighbourhood_size(len(self.server.participants), self.neighbours)

@@ -162,8 +162,7 @@ def decode_sum(total: np.ndarray, *, num_clients: int, clip_range: float, levels
     n = _positive_int(num_clients, "num_clients")
     if n * (_levels(levels) - 1) >= RING_MODULUS:
         raise ValueError(
-            f"{n} clients with {levels} levels can wrap around the 2^{RING_BITS} ring; "
-            f"use at most levels_for({n}) = {levels_for(n)} levels"
+            f"{n} clients with {levels} levels can wrap around the 2^{RING_BITS} ring; use at most levels_for({n}) = {levels_for(n)} levels"
         )
     step = quantization_step(clip_range=clip_range, levels=levels)
     return total.astype(np.float64) * step - n * float(clip_range)

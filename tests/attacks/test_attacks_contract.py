@@ -25,7 +25,14 @@ CONFIGS = {
         "model": {"arch": "cnn", "finetune": "full"},
     },
     "text": {
-        "data": {"dataset": "movie_reviews", "max_train_examples": 100, "max_test_examples": 50, "num_clients": 2, "partition": "iid", "max_length": 12},
+        "data": {
+            "dataset": "movie_reviews",
+            "max_train_examples": 100,
+            "max_test_examples": 50,
+            "num_clients": 2,
+            "partition": "iid",
+            "max_length": 12,
+        },
         "model": {"arch": "hf-text", "finetune": "full"},
     },
 }
@@ -37,7 +44,9 @@ def prepared():
 
     def get(kind: str):
         if kind not in cases:
-            cases[kind] = prepare_case(config_from_dict({**CONFIGS[kind], "client": {"batch_size": 1, "local_steps": 1}, "server": {"rounds": 1}}))
+            cases[kind] = prepare_case(
+                config_from_dict({**CONFIGS[kind], "client": {"batch_size": 1, "local_steps": 1}, "server": {"rounds": 1}})
+            )
         return cases[kind]
 
     return get
@@ -62,7 +71,9 @@ def test_reconstructs_one_input_per_example_and_restores_the_model(name, prepare
     observes = "gradient" if "gradient" in cls.observes else cls.observes[0]
     observation, _truth = observe_config(case, AuditCase(batch_size=1, observes=observes))
     before = {k: v.copy() for k, v in observation.model.get_trainable().items()}
-    reconstruction = build_attack(name, {}).reconstruct(observation, budget=Budget(max_iterations=2), generator=torch.Generator().manual_seed(0))
+    reconstruction = build_attack(name, {}).reconstruct(
+        observation, budget=Budget(max_iterations=2), generator=torch.Generator().manual_seed(0)
+    )
     assert isinstance(reconstruction, Reconstruction)
     assert reconstruction.inputs.shape[0] == observation.batch_size
     after = observation.model.get_trainable()

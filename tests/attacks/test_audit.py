@@ -66,7 +66,14 @@ def test_dp_sgd_observation_is_clipped_and_noised(prepared):
 
 
 def test_audit_writes_attack_json_and_picture(prepared, tmp_path):
-    result = audit_config(prepared.config, case=AuditCase(batch_size=1), attack="inverting-gradients", budget=Budget(max_iterations=5), out_dir=tmp_path, prepared=prepared)
+    result = audit_config(
+        prepared.config,
+        case=AuditCase(batch_size=1),
+        attack="inverting-gradients",
+        budget=Budget(max_iterations=5),
+        out_dir=tmp_path,
+        prepared=prepared,
+    )
     document = json.loads((tmp_path / "attack.json").read_text())
     assert document["attack"] == "inverting-gradients" and document["primary_metric"] == "psnr"
     assert document["threat_model"]["observes"] == "gradient" and document["protections"]["privacy"] == "none"
@@ -77,16 +84,20 @@ def test_audit_writes_attack_json_and_picture(prepared, tmp_path):
 
 def test_cli_attack_from_config_and_from_captured_run(tmp_path, capsys):
     config_path = tmp_path / "attack.toml"
-    config_path.write_text(
-        cnn().to_toml() + '\n[attack]\nname = "dlg"\niterations = 3\n\n[audit_case]\nbatch_size = 1\n', encoding="utf-8"
-    )
+    config_path.write_text(cnn().to_toml() + '\n[attack]\nname = "dlg"\niterations = 3\n\n[audit_case]\nbatch_size = 1\n', encoding="utf-8")
     assert main(["attack", str(config_path), "--out", str(tmp_path / "a"), "--quiet"]) == 0
     assert json.loads((tmp_path / "a" / "attack.json").read_text())["attack"] == "dlg"
 
     run_dir = tmp_path / "run"
-    config = cnn(client={"batch_size": 4, "local_steps": 1}, data={"max_train_examples": 64, "num_clients": 16}, audit={"capture_clients": [2], "capture_rounds": [1]})
+    config = cnn(
+        client={"batch_size": 4, "local_steps": 1},
+        data={"max_train_examples": 64, "num_clients": 16},
+        audit={"capture_clients": [2], "capture_rounds": [1]},
+    )
     Simulation(prepare_run(config), out_dir=run_dir).run()
-    code = main(["attack", "--run", str(run_dir), "--attack", "inverting-gradients", "--iterations", "3", "--out", str(tmp_path / "b"), "--quiet"])
+    code = main(
+        ["attack", "--run", str(run_dir), "--attack", "inverting-gradients", "--iterations", "3", "--out", str(tmp_path / "b"), "--quiet"]
+    )
     assert code == 0
     document = json.loads((tmp_path / "b" / "attack.json").read_text())
     assert document["threat_model"]["observes"] == "update" and document["protections"]["captured_client"] == 2
@@ -179,7 +190,11 @@ def test_clients_and_samples_attack_every_batch_with_the_model_loaded_once(tmp_p
     assert low < document["mean"]["psnr"] < high
     assert (tmp_path / "out" / "client-3-sample-1" / "reconstructions.png").is_file()
     printed = capsys.readouterr().out
-    assert "95% CI" in printed and "Student t" in printed and len([line for line in printed.splitlines() if line.lstrip().startswith(("0 ", "3 "))]) == 4
+    assert (
+        "95% CI" in printed
+        and "Student t" in printed
+        and len([line for line in printed.splitlines() if line.lstrip().startswith(("0 ", "3 "))]) == 4
+    )
 
 
 def test_attack_config_clients_and_samples_keys_take_effect(tmp_path):
@@ -200,7 +215,13 @@ def test_t_interval_has_the_textbook_value():
 
 def test_a_time_budget_that_cuts_the_attack_short_is_warned_and_recorded(prepared, caplog):
     with caplog.at_level("WARNING", logger="attacks.audit"):
-        result = audit_config(prepared.config, case=AuditCase(), attack="inverting-gradients", budget=Budget(max_iterations=50, max_seconds=1e-9), prepared=prepared)
+        result = audit_config(
+            prepared.config,
+            case=AuditCase(),
+            attack="inverting-gradients",
+            budget=Budget(max_iterations=50, max_seconds=1e-9),
+            prepared=prepared,
+        )
     assert result.budget["stopped_by"] == "time" and result.budget["iterations_reached"] < 50 and result.budget["max_iterations"] == 50
     assert "stopped by its time budget" in caplog.text
 
@@ -264,9 +285,31 @@ def test_samples_is_refused_when_replaying_a_capture(capsys):
 
 def test_clients_flag_replays_every_named_capture_of_a_run(tmp_path):
     run_dir = tmp_path / "run"
-    config = cnn(client={"batch_size": 2, "local_steps": 1}, data={"max_train_examples": 64, "num_clients": 16}, audit={"capture_clients": [2, 5], "capture_rounds": [1]})
+    config = cnn(
+        client={"batch_size": 2, "local_steps": 1},
+        data={"max_train_examples": 64, "num_clients": 16},
+        audit={"capture_clients": [2, 5], "capture_rounds": [1]},
+    )
     Simulation(prepare_run(config), out_dir=run_dir).run()
-    assert main(["attack", "--run", str(run_dir), "--clients", "5,2", "--attack", "dlg", "--iterations", "2", "--out", str(tmp_path / "b"), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "attack",
+                "--run",
+                str(run_dir),
+                "--clients",
+                "5,2",
+                "--attack",
+                "dlg",
+                "--iterations",
+                "2",
+                "--out",
+                str(tmp_path / "b"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     document = json.loads((tmp_path / "b" / "attack.json").read_text())
     assert [a["client"] for a in document["audits"]] == [5, 2] and document["interval"]["n"] == 2
     assert (tmp_path / "b" / "client-5" / "attack.json").is_file()

@@ -8,10 +8,10 @@ SSIM 0.06; masking over 8 clients 13.4 dB / SSIM 0.26.
 """
 
 import pytest
+from test_audit import cnn  # the same CNN case (tests/attacks is on sys.path under pytest's default import mode)
 
 from attacks.audit import AuditCase, audit_config
 from attacks.base import Budget
-from test_audit import cnn  # the same CNN case (tests/attacks is on sys.path under pytest's default import mode)
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:Optimal order is the largest alpha")]
 

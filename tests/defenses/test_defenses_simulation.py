@@ -102,7 +102,9 @@ def test_cli_rejects_an_unknown_defense_with_exit_2_and_writes_nothing(tmp_path,
     assert not out.exists()
 
 
-@pytest.mark.parametrize(("key", "value"), [("soteria_examples", 0), ("soteria_fraction", 1.0), ("prune_fraction", 1.0), ("quantize_bits", 0)])
+@pytest.mark.parametrize(
+    ("key", "value"), [("soteria_examples", 0), ("soteria_fraction", 1.0), ("prune_fraction", 1.0), ("quantize_bits", 0)]
+)
 def test_bad_defense_settings_are_config_errors_naming_the_key(key, value):
     with pytest.raises(ConfigError, match=rf"^defense\.{key}: "):
         cnn_config(**{key: value})

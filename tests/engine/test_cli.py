@@ -5,7 +5,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from tiny_run import TINY as TINY_TWO_ROUNDS  # tests/engine/tiny_run.py (on sys.path under pytest)
 
 from secure_ffm.cli import main
@@ -65,7 +64,9 @@ def test_console_script_trains_and_reports(config_file, tmp_path):
     out = tmp_path / "run"
     result = subprocess.run(
         [sys.executable, "-m", "secure_ffm.cli", "train", str(config_file), "--out", str(out), "--quiet"],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr
     assert "run directory:" in result.stdout
@@ -75,7 +76,9 @@ def test_console_script_trains_and_reports(config_file, tmp_path):
 def test_console_script_exit_code_on_bad_input(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "secure_ffm.cli", "train", str(tmp_path / "missing.toml")],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 2
     assert result.stderr.strip().endswith("(pass the path of a .toml config, e.g. configs/quickstart.toml)")

@@ -30,7 +30,9 @@ def test_an_empty_config_is_refused_with_a_hint(tmp_path):
 
 
 def ckks(bits, scale):
-    return config_from_dict({**SMALL, "secure_aggregation": {"protocol": "ckks", "ckks_coeff_mod_bit_sizes": bits, "ckks_scale_bits": scale}})
+    return config_from_dict(
+        {**SMALL, "secure_aggregation": {"protocol": "ckks", "ckks_coeff_mod_bit_sizes": bits, "ckks_scale_bits": scale}}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +43,11 @@ def small_data():
 
 def test_ckks_scale_without_headroom_for_the_sum_is_refused_before_the_run(small_data):
     # [60, 60] with 2^57 validated, then every client declined every round and the run exited 0 untrained
-    with pytest.raises(ConfigError, match=r"secure_aggregation\.ckks_scale_bits: .* every client would decline \(lower secure_aggregation\.ckks_scale_bits to at most 50\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"secure_aggregation\.ckks_scale_bits: .* every client would decline "
+        r"\(lower secure_aggregation\.ckks_scale_bits to at most 50\)",
+    ):
         CKKSProtocol.check_run(ckks([60, 60], 57), small_data)
 
 

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from tiny_run import TINY, snapshot  # tests/engine/tiny_run.py (on sys.path under pytest)
 
 from secure_ffm.cli import main
-from tiny_run import TINY, snapshot  # tests/engine/tiny_run.py (on sys.path under pytest)
 
 
 @dataclass(frozen=True)
@@ -104,43 +104,100 @@ def _foreign_weights(path: Path) -> None:
 CASES = [
     # ------------------------------------------------------------ config files
     Case("binary config", lambda s: s.train(config=s.config(b"\xff\xfe\x00\x01bad")), "is not UTF-8 text (byte 0xff at offset 0)"),
-    Case("latin-1 config", lambda s: s.train(config=s.config('[run]\nname = "caf\xe9"\n'.encode("latin-1"))), "is not UTF-8 text (byte 0xe9"),
+    Case(
+        "latin-1 config", lambda s: s.train(config=s.config('[run]\nname = "caf\xe9"\n'.encode("latin-1"))), "is not UTF-8 text (byte 0xe9"
+    ),
     Case("empty config", lambda s: s.train(config=s.config("")), "holds no settings (start from a shipped config"),
     Case("comments-only config", lambda s: s.train(config=s.config("# nothing here\n\n")), "holds no settings"),
     Case("bad TOML syntax", lambda s: s.train(config=s.config("[data\nnum_clients = 2\n")), "is not valid TOML"),
     Case("duplicate key", lambda s: s.train(config=s.config("[client]\nlr = 0.1\nlr = 0.2\n")), "is not valid TOML"),
     Case("directory as CONFIG", lambda s: s.train(config=str(s.root)), "is a directory, not a file"),
     Case("missing CONFIG file", lambda s: s.train(config=str(s.root / "nope.toml")), "does not exist"),
-    Case("unknown section", lambda s: s.train(config=s.config(TINY + "[sever]\nrounds = 2\n")), "[sever]: unknown section (did you mean [server]?)"),
+    Case(
+        "unknown section",
+        lambda s: s.train(config=s.config(TINY + "[sever]\nrounds = 2\n")),
+        "[sever]: unknown section (did you mean [server]?)",
+    ),
     Case("top-level key", lambda s: s.train(config=s.config("seed = 3\n" + TINY)), "[seed]: unknown section"),
     Case("section given a scalar", lambda s: s.train(config=s.config("run = 3\n" + TINY)), "run: must be a table"),
-    Case("nested table for a number", lambda s: s.train(config=s.config(TINY + "[client.lr]\nvalue = 0.1\n")), "client.lr: must be a number, got dict"),
-    Case("list for a scalar", lambda s: s.train(config=s.config(TINY.replace("local_steps = 1", "local_steps = [1]"))), "client.local_steps: must be an integer, got list"),
-    Case("string for an int", lambda s: s.train(config=s.config(TINY.replace("rounds = 2", 'rounds = "2"'))), "server.rounds: must be an integer, got str"),
-    Case("float for an int", lambda s: s.train(config=s.config(TINY.replace("rounds = 2", "rounds = 2.5"))), "server.rounds: must be an integer, got float"),
-    Case("bool for an int", lambda s: s.train(config=s.config(TINY.replace("rounds = 2", "rounds = true"))), "server.rounds: must be an integer, got bool"),
-    Case("scalar for a list", lambda s: s.train("--set", "model.lora_target_modules=query"), "model.lora_target_modules: must be a list of str"),
-    Case("nan learning rate", lambda s: s.train(config=s.config(TINY.replace("local_steps = 1", "local_steps = 1\nlr = nan"))), "client.lr: must be positive, got nan"),
+    Case(
+        "nested table for a number",
+        lambda s: s.train(config=s.config(TINY + "[client.lr]\nvalue = 0.1\n")),
+        "client.lr: must be a number, got dict",
+    ),
+    Case(
+        "list for a scalar",
+        lambda s: s.train(config=s.config(TINY.replace("local_steps = 1", "local_steps = [1]"))),
+        "client.local_steps: must be an integer, got list",
+    ),
+    Case(
+        "string for an int",
+        lambda s: s.train(config=s.config(TINY.replace("rounds = 2", 'rounds = "2"'))),
+        "server.rounds: must be an integer, got str",
+    ),
+    Case(
+        "float for an int",
+        lambda s: s.train(config=s.config(TINY.replace("rounds = 2", "rounds = 2.5"))),
+        "server.rounds: must be an integer, got float",
+    ),
+    Case(
+        "bool for an int",
+        lambda s: s.train(config=s.config(TINY.replace("rounds = 2", "rounds = true"))),
+        "server.rounds: must be an integer, got bool",
+    ),
+    Case(
+        "scalar for a list",
+        lambda s: s.train("--set", "model.lora_target_modules=query"),
+        "model.lora_target_modules: must be a list of str",
+    ),
+    Case(
+        "nan learning rate",
+        lambda s: s.train(config=s.config(TINY.replace("local_steps = 1", "local_steps = 1\nlr = nan"))),
+        "client.lr: must be positive, got nan",
+    ),
     Case("inf alpha", lambda s: s.train("--set", "data.alpha=inf"), "data.alpha: must be positive, got inf"),
     Case("-inf momentum", lambda s: s.train("--set", "client.momentum=-inf"), "client.momentum: must be non-negative"),
     Case("negative clients", lambda s: s.train("--set", "data.num_clients=-2"), "data.num_clients: must be positive, got -2"),
     Case("negative seed", lambda s: s.train("--set", "run.seed=-1"), "run.seed: must be non-negative"),
     Case("threads beyond a C int", lambda s: s.train("--set", "run.threads=4294967296"), "run.threads: 4294967296 is more than 1024"),
     Case("lr beyond float32", lambda s: s.train("--set", "client.lr=1e308"), "client.lr: 1e+308 overflows float32"),
-    Case("weight decay beyond float32", lambda s: s.train("--set", "client.weight_decay=1e39"), "client.weight_decay: 1e+39 overflows float32"),
+    Case(
+        "weight decay beyond float32",
+        lambda s: s.train("--set", "client.weight_decay=1e39"),
+        "client.weight_decay: 1e+39 overflows float32",
+    ),
     Case("server lr beyond float32", lambda s: s.train("--set", "server.server_lr=1e39"), "server.server_lr: 1e+39 overflows float32"),
     Case("alpha that overflows Dirichlet", lambda s: s.train("--set", "data.alpha=1e308"), "data.alpha: 1e+308 is more than 1e+06"),
-    Case("ViT too large to allocate", lambda s: s.train("--set", "model.arch=vit", "--set", "model.vit_dim=4294967296", "--set", "model.vit_heads=1"), "model.vit_dim: 4294967296 is more than 1024"),
+    Case(
+        "ViT too large to allocate",
+        lambda s: s.train("--set", "model.arch=vit", "--set", "model.vit_dim=4294967296", "--set", "model.vit_heads=1"),
+        "model.vit_dim: 4294967296 is more than 1024",
+    ),
     Case("run name escaping runs/", lambda s: s.train("--set", 'run.name="../../escape"'), "run.name: '../../escape' is not a plain name"),
     Case("empty run name", lambda s: s.train("--set", 'run.name=""'), "run.name: '' is not a plain name"),
     Case("NUL in a dataset path", lambda s: s.train("--set", 'data.dataset="data\\u0000.csv"'), "data.dataset: holds a control character"),
     Case("unknown key", lambda s: s.train("--set", "client.lrr=0.1"), "client.lrr: unknown key (did you mean client.lr?)"),
     Case("int for a bool", lambda s: s.train("--set", "server.evaluate_clients=1"), "server.evaluate_clients: must be true or false"),
-    Case("more clients per round than clients", lambda s: s.train("--set", "server.clients_per_round=3"), "server.clients_per_round: 3 is more than data.num_clients=2"),
-    Case("capture of a client that does not exist", lambda s: s.train("--set", "audit.capture_clients=[7]"), "audit.capture_clients: client 7 does not exist"),
+    Case(
+        "more clients per round than clients",
+        lambda s: s.train("--set", "server.clients_per_round=3"),
+        "server.clients_per_round: 3 is more than data.num_clients=2",
+    ),
+    Case(
+        "capture of a client that does not exist",
+        lambda s: s.train("--set", "audit.capture_clients=[7]"),
+        "audit.capture_clients: client 7 does not exist",
+    ),
     Case(
         "CKKS scale with no headroom",
-        lambda s: s.train("--set", "secure_aggregation.protocol=ckks", "--set", "secure_aggregation.ckks_coeff_mod_bit_sizes=[60, 60]", "--set", "secure_aggregation.ckks_scale_bits=57"),
+        lambda s: s.train(
+            "--set",
+            "secure_aggregation.protocol=ckks",
+            "--set",
+            "secure_aggregation.ckks_coeff_mod_bit_sizes=[60, 60]",
+            "--set",
+            "secure_aggregation.ckks_scale_bits=57",
+        ),
         "secure_aggregation.ckks_scale_bits: scale 2^57 leaves 2^1 of headroom",
     ),
     Case(
@@ -151,7 +208,11 @@ CASES = [
     Case("dataset file that does not exist", lambda s: s.train("--set", f"data.dataset={s.root / 'nope.csv'}"), "data.dataset: file"),
     # ------------------------------------------------------------ overrides
     Case("--set without =", lambda s: s.train("--set", "client.lr"), "--set: 'client.lr' is not section.key=value"),
-    Case("--set on an unknown section", lambda s: s.train("--set", "sever.rounds=2"), "sever.rounds: unknown section (did you mean server.rounds?)"),
+    Case(
+        "--set on an unknown section",
+        lambda s: s.train("--set", "sever.rounds=2"),
+        "sever.rounds: unknown section (did you mean server.rounds?)",
+    ),
     Case("--set with three parts", lambda s: s.train("--set", "client.lr.x=1"), "--set: 'client.lr.x' is not section.key"),
     Case("--set with an empty key", lambda s: s.train("--set", "client.=1"), "client.: unknown key"),
     Case("--set with a list for a number", lambda s: s.train("--set", "client.lr=[1]"), "client.lr: must be a number, got list"),
@@ -170,23 +231,81 @@ CASES = [
     Case("--out inside a file", lambda s: s.train("--out", s.config("x", name="file") + "/run"), "cannot be created: "),
     Case("--out not empty without --resume", lambda s: s.train("--out", s.run()), "already exists and is not empty"),
     # ------------------------------------------------------------ run directories (--resume)
-    Case("--resume on a folder that is not a run", lambda s: (s.root / "plain").mkdir() or s.train("--out", str(s.root / "plain"), "--resume"), "is not a run directory"),
+    Case(
+        "--resume on a folder that is not a run",
+        lambda s: (s.root / "plain").mkdir() or s.train("--out", str(s.root / "plain"), "--resume"),
+        "is not a run directory",
+    ),
     Case("--resume on a missing folder", lambda s: s.train("--out", str(s.root / "nowhere"), "--resume"), "is not a run directory"),
-    Case("--resume with a binary config.toml", lambda s: s.resume(_overwrite("config.toml", b"\x00\xff\xfe")), "config.toml cannot be used: is not UTF-8"),
-    Case("--resume with a cut config.toml", lambda s: s.resume(_overwrite("config.toml", b'[run]\nseed = 0\nname = "ru')), "config.toml cannot be used: is not valid TOML"),
+    Case(
+        "--resume with a binary config.toml",
+        lambda s: s.resume(_overwrite("config.toml", b"\x00\xff\xfe")),
+        "config.toml cannot be used: is not UTF-8",
+    ),
+    Case(
+        "--resume with a cut config.toml",
+        lambda s: s.resume(_overwrite("config.toml", b'[run]\nseed = 0\nname = "ru')),
+        "config.toml cannot be used: is not valid TOML",
+    ),
     Case("--resume with an empty config.toml", lambda s: s.resume(_overwrite("config.toml", b"")), "config.toml cannot be used: is empty"),
-    Case("--resume with an unknown key in config.toml", lambda s: s.resume(_replace_config_value("[run]\n", "[run]\nbogus = 1\n")), "config.toml cannot be used at run.bogus: unknown key"),
-    Case("--resume with different settings", lambda s: s.resume(_replace_config_value("lr = 0.05", "lr = 0.5")), "the config differs from the run's config.toml in client.lr"),
-    Case("--resume with different --set", lambda s: s.resume(None, "--set", "client.lr=0.5"), "the config differs from the run's config.toml in client.lr"),
-    Case("--resume with fewer rounds than done", lambda s: s.resume(None, "--set", "server.rounds=1"), "server.rounds: 1 is fewer than the 2 rounds"),
-    Case("--resume with garbage in metrics.jsonl", lambda s: s.resume(_overwrite("metrics.jsonl", b"garbage\n{}\n")), "metrics.jsonl line 1 is not a metrics row"),
-    Case("--resume with a metrics row missing", lambda s: s.resume(_drop_metrics_row), "metrics.jsonl holds rounds [1] but the checkpoint is at round 2"),
-    Case("--resume with binary metrics.jsonl", lambda s: s.resume(_overwrite("metrics.jsonl", b"\xff\xfe\n")), "metrics.jsonl cannot be read"),
-    Case("--resume with every checkpoint truncated", lambda s: s.resume(_every_checkpoint(lambda p: _truncate("global.safetensors", 100)(p))), "no readable checkpoint in"),
-    Case("--resume with every checkpoint's arrays missing", lambda s: s.resume(_every_checkpoint(lambda p: (p / "global.safetensors").unlink())), "global.safetensors is missing"),
-    Case("--resume with state.json of another format", lambda s: s.resume(_every_checkpoint(lambda p: _overwrite("state.json", b'{"format": 2}')(p))), "checkpoint format 2 is not 1"),
-    Case("--resume with state.json a list", lambda s: s.resume(_every_checkpoint(lambda p: _overwrite("state.json", b"[]")(p))), "holds a JSON list, not a checkpoint's table"),
-    Case("--resume with state.json not JSON", lambda s: s.resume(_every_checkpoint(lambda p: _overwrite("state.json", b'{"round": ')(p))), "state.json cannot be read"),
+    Case(
+        "--resume with an unknown key in config.toml",
+        lambda s: s.resume(_replace_config_value("[run]\n", "[run]\nbogus = 1\n")),
+        "config.toml cannot be used at run.bogus: unknown key",
+    ),
+    Case(
+        "--resume with different settings",
+        lambda s: s.resume(_replace_config_value("lr = 0.05", "lr = 0.5")),
+        "the config differs from the run's config.toml in client.lr",
+    ),
+    Case(
+        "--resume with different --set",
+        lambda s: s.resume(None, "--set", "client.lr=0.5"),
+        "the config differs from the run's config.toml in client.lr",
+    ),
+    Case(
+        "--resume with fewer rounds than done",
+        lambda s: s.resume(None, "--set", "server.rounds=1"),
+        "server.rounds: 1 is fewer than the 2 rounds",
+    ),
+    Case(
+        "--resume with garbage in metrics.jsonl",
+        lambda s: s.resume(_overwrite("metrics.jsonl", b"garbage\n{}\n")),
+        "metrics.jsonl line 1 is not a metrics row",
+    ),
+    Case(
+        "--resume with a metrics row missing",
+        lambda s: s.resume(_drop_metrics_row),
+        "metrics.jsonl holds rounds [1] but the checkpoint is at round 2",
+    ),
+    Case(
+        "--resume with binary metrics.jsonl", lambda s: s.resume(_overwrite("metrics.jsonl", b"\xff\xfe\n")), "metrics.jsonl cannot be read"
+    ),
+    Case(
+        "--resume with every checkpoint truncated",
+        lambda s: s.resume(_every_checkpoint(lambda p: _truncate("global.safetensors", 100)(p))),
+        "no readable checkpoint in",
+    ),
+    Case(
+        "--resume with every checkpoint's arrays missing",
+        lambda s: s.resume(_every_checkpoint(lambda p: (p / "global.safetensors").unlink())),
+        "global.safetensors is missing",
+    ),
+    Case(
+        "--resume with state.json of another format",
+        lambda s: s.resume(_every_checkpoint(lambda p: _overwrite("state.json", b'{"format": 2}')(p))),
+        "checkpoint format 2 is not 1",
+    ),
+    Case(
+        "--resume with state.json a list",
+        lambda s: s.resume(_every_checkpoint(lambda p: _overwrite("state.json", b"[]")(p))),
+        "holds a JSON list, not a checkpoint's table",
+    ),
+    Case(
+        "--resume with state.json not JSON",
+        lambda s: s.resume(_every_checkpoint(lambda p: _overwrite("state.json", b'{"round": ')(p))),
+        "state.json cannot be read",
+    ),
     Case(
         "--resume with state.json naming another round",
         lambda s: s.resume(_every_checkpoint(_state_of_round_nine)),
@@ -234,7 +353,9 @@ def test_console_script_binary_config_is_exit_2_without_traceback(tmp_path):
     (tmp_path / "c.toml").write_bytes(b"\xff\xfe\x00\x01")
     result = _console("train", "c.toml", "--quiet", cwd=tmp_path)
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == ["secure-ffm train: error: c.toml: is not UTF-8 text (byte 0xff at offset 0) (save it as UTF-8 TOML)"]
+    assert result.stderr.strip().splitlines() == [
+        "secure-ffm train: error: c.toml: is not UTF-8 text (byte 0xff at offset 0) (save it as UTF-8 TOML)"
+    ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.toml"]
 
 

@@ -13,7 +13,14 @@ from secure_ffm.simulation import RunObserver, Simulation, prepare_run, without_
 def cnn_config(**sections):
     raw = {
         "run": {"seed": 3, "name": "tiny-cnn"},
-        "data": {"dataset": "fashion_mnist", "max_train_examples": 800, "max_test_examples": 400, "num_clients": 4, "partition": "dirichlet", "alpha": 0.5},
+        "data": {
+            "dataset": "fashion_mnist",
+            "max_train_examples": 800,
+            "max_test_examples": 400,
+            "num_clients": 4,
+            "partition": "dirichlet",
+            "alpha": 0.5,
+        },
         "model": {"arch": "cnn", "finetune": "full"},
         "client": {"local_steps": 5, "batch_size": 32, "lr": 0.05, "momentum": 0.9},
         "server": {"rounds": 4, "clients_per_round": 3},
@@ -119,7 +126,14 @@ def test_per_client_evaluation_is_recorded(tmp_path):
 def test_minilm_lora_round_exchanges_only_adapters_and_head(tmp_path):
     config = config_from_dict(
         {
-            "data": {"dataset": "movie_reviews", "max_train_examples": 96, "max_test_examples": 48, "num_clients": 2, "partition": "iid", "max_length": 32},
+            "data": {
+                "dataset": "movie_reviews",
+                "max_train_examples": 96,
+                "max_test_examples": 48,
+                "num_clients": 2,
+                "partition": "iid",
+                "max_length": 32,
+            },
             "model": {"arch": "hf-text", "finetune": "lora", "lora_rank": 4},
             "client": {"local_steps": 2, "batch_size": 8, "optimizer": "adamw", "lr": 0.001},
             "server": {"rounds": 1},

@@ -10,7 +10,12 @@ from secure_ffm.wire import ClientUpdate
 def _updates():
     rng = np.random.default_rng(0)
     return [
-        ClientUpdate(client_id=k, round=1, delta={"w": rng.normal(size=(3, 2)).astype(np.float32), "b": rng.normal(size=2).astype(np.float32)}, num_examples=n)
+        ClientUpdate(
+            client_id=k,
+            round=1,
+            delta={"w": rng.normal(size=(3, 2)).astype(np.float32), "b": rng.normal(size=2).astype(np.float32)},
+            num_examples=n,
+        )
         for k, n in enumerate([10, 30, 60])
     ]
 
@@ -32,7 +37,7 @@ def test_fedavg_equals_weighted_mean_of_client_models():
     mean = weighted_mean([u.delta for u in updates], [u.num_examples for u in updates])
     new = FedAvg(ServerConfig()).apply(1, global_params, mean)
     client_models = [{k: global_params[k] + u.delta[k] for k in global_params} for u in updates]
-    expected = sum(u.num_examples * m["w"] for u, m in zip(updates, client_models)) / 100
+    expected = sum(u.num_examples * m["w"] for u, m in zip(updates, client_models, strict=True)) / 100
     np.testing.assert_allclose(new["w"], expected, rtol=1e-6, atol=1e-6)
 
 
@@ -110,7 +115,9 @@ def test_bad_message_is_rejected_without_losing_the_others():
     protocol = PlaintextAggregation()
     good = [protocol.encode(u, weight=float(u.num_examples)) for u in _updates()]
     bad_shape = ClientUpdate(client_id=7, round=1, delta={"w": np.zeros((2, 2), np.float32), "b": np.zeros(2, np.float32)}, num_examples=5)
-    bad_value = ClientUpdate(client_id=8, round=1, delta={"w": np.full((3, 2), np.nan, np.float32), "b": np.zeros(2, np.float32)}, num_examples=5)
+    bad_value = ClientUpdate(
+        client_id=8, round=1, delta={"w": np.full((3, 2), np.nan, np.float32), "b": np.zeros(2, np.float32)}, num_examples=5
+    )
     accumulator = protocol.accumulator(1)
     accumulator.add(good[0])
     with pytest.raises(AggregationError, match="client 7 sent w of shape"):

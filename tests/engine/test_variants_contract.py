@@ -24,7 +24,9 @@ pytestmark = pytest.mark.filterwarnings("ignore:Optimal order is the largest alp
 def updates(count: int) -> list[ClientUpdate]:
     rng = np.random.default_rng(0)
     return [
-        ClientUpdate(k, 1, {"w": rng.uniform(-0.5, 0.5, (3, 4)).astype(np.float32), "b": rng.uniform(-0.5, 0.5, 4).astype(np.float32)}, 10 + k)
+        ClientUpdate(
+            k, 1, {"w": rng.uniform(-0.5, 0.5, (3, 4)).astype(np.float32), "b": rng.uniform(-0.5, 0.5, 4).astype(np.float32)}, 10 + k
+        )
         for k in range(count)
     ]
 

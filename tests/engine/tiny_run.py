@@ -28,7 +28,4 @@ def train(config: Path, out: Path, *extra: str) -> int:
 
 def snapshot(root: Path) -> dict[str, str]:
     """Every file and folder under ``root``: relative path -> content hash (``dir`` for folders)."""
-    return {
-        str(p.relative_to(root)): "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-    }
+    return {str(p.relative_to(root)): "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*"))}

@@ -12,7 +12,12 @@ from eval.results import csv_columns, csv_text, latest_rows, read_results
 from secure_ffm.errors import ConfigError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-MECHANISMS = {"none": ("none", None), "dp-sgd eps=1": ("dp-sgd", 1.0), "dp-sgd eps=8": ("dp-sgd", 8.0), "dp-fedavg eps=3": ("dp-fedavg", 3.0)}
+MECHANISMS = {
+    "none": ("none", None),
+    "dp-sgd eps=1": ("dp-sgd", 1.0),
+    "dp-sgd eps=8": ("dp-sgd", 8.0),
+    "dp-fedavg eps=3": ("dp-fedavg", 3.0),
+}
 DEFENSES = {"none": ("none", 0.0, 0.0), "prune 90%": ("prune 90%", -0.03, -4.0)}
 
 
@@ -23,7 +28,9 @@ def make_rows(seeds=(0, 1)):
             for seed in seeds:
                 accuracy = 0.85 - (0.2 / epsilon if epsilon else 0.0) + d_acc + 0.01 * seed
                 psnr = 28.0 + d_psnr - (6.0 / epsilon if epsilon else 0.0) - 0.5 * seed
-                protection = " + ".join(p for p in (f"{mechanism.upper()} ε={epsilon:g}" if epsilon else "", label if defense != "none" else "") if p)
+                protection = " + ".join(
+                    p for p in (f"{mechanism.upper()} ε={epsilon:g}" if epsilon else "", label if defense != "none" else "") if p
+                )
                 rows.append(
                     {
                         "point_id": f"privacy-{privacy}__defense-{defense}__seed-{seed}".replace(" ", "-"),
@@ -50,7 +57,8 @@ def make_rows(seeds=(0, 1)):
                         "seconds": 3.0,
                     }
                 )
-    rows.append({"point_id": "privacy-dp-sgd-eps-0p001__defense-none__seed-0", "settings": {"privacy": "dp-sgd eps=0.001", "defense": "none"}, "seed": 0,
+    rows.append({"point_id": "privacy-dp-sgd-eps-0p001__defense-none__seed-0",
+                 "settings": {"privacy": "dp-sgd eps=0.001", "defense": "none"}, "seed": 0,
                  "status": "failed", "error": "training: privacy.target_epsilon: cannot be met"})  # fmt: skip
     return rows
 
@@ -139,7 +147,11 @@ def test_csv_has_a_column_per_axis_override_and_metric():
 
 def test_report_marks_reproducible_noise_as_no_protection(tmp_path):
     rows = make_rows(seeds=(0,))
-    seeded = {"source": "seed", "secure_sampler": True, "warning": "reproducible from run.seed: no protection against anyone who knows the seed"}
+    seeded = {
+        "source": "seed",
+        "secure_sampler": True,
+        "warning": "reproducible from run.seed: no protection against anyone who knows the seed",
+    }
     secret = {"source": "os-csprng", "secure_sampler": True}
     dp_rows = [r for r in rows if r.get("mechanism") == "dp-sgd"]
     dp_rows[0]["privacy"]["noise"] = seeded

@@ -11,7 +11,11 @@ from secure_ffm.errors import ConfigError
 ROOT = Path(__file__).resolve().parents[2]
 AXES = {
     "privacy": {"none": [], "dp-sgd eps=1": ['privacy.mode="dp-sgd"', "privacy.target_epsilon=1.0"]},
-    "defense": {"none": [], "prune 90%": ['defense.names=["prune"]', "defense.prune_fraction=0.9"], "secure aggregation": ['secure_aggregation.protocol="masking"']},
+    "defense": {
+        "none": [],
+        "prune 90%": ['defense.names=["prune"]', "defense.prune_fraction=0.9"],
+        "secure aggregation": ['secure_aggregation.protocol="masking"'],
+    },
 }
 BASE = {
     "data": {"dataset": "fashion_mnist", "max_train_examples": 200, "max_test_examples": 50, "num_clients": 2},
@@ -104,7 +108,9 @@ def write_sweep(tmp_path, text):
 
 def test_base_path_is_relative_to_the_sweep_file_and_resolved_copy_round_trips(tmp_path):
     (tmp_path / "configs").mkdir()
-    (tmp_path / "configs" / "base.toml").write_text('[data]\ndataset = "fashion_mnist"\nnum_clients = 2\n[model]\narch = "cnn"\nfinetune = "full"\n')
+    (tmp_path / "configs" / "base.toml").write_text(
+        '[data]\ndataset = "fashion_mnist"\nnum_clients = 2\n[model]\narch = "cnn"\nfinetune = "full"\n'
+    )
     (tmp_path / "sweeps").mkdir()
     path = tmp_path / "sweeps" / "s.toml"
     path.write_text('[sweep]\nbase = "../configs/base.toml"\n[grid.lr]\n"small" = ["client.lr=0.01"]\n"large" = ["client.lr=0.1"]\n')
@@ -155,7 +161,7 @@ def test_shipped_sweep_files_validate(name):
 
 
 def test_data_that_cannot_be_partitioned_is_rejected_up_front(tmp_path):
-    text = TINY_SWEEP.replace("partition = \"iid\"", "partition = \"dirichlet\"\nalpha = 0.5\nmin_partition_size = 400")
+    text = TINY_SWEEP.replace('partition = "iid"', 'partition = "dirichlet"\nalpha = 0.5\nmin_partition_size = 400')
     with pytest.raises(ConfigError, match="data.min_partition_size"):
         load_sweep(write_sweep(tmp_path, text))
 

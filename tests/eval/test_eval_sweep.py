@@ -22,7 +22,7 @@ UNREACHABLE = """
 "dp-sgd unreachable" = ['privacy.mode="dp-sgd"', "privacy.target_epsilon=1e-6", "privacy.delta=1e-5"]
 """
 SWEEP = TINY.replace('"none" = []\n', '"none" = []\n' + UNREACHABLE.lstrip(), 1).replace(
-    'seeds = [0]', 'seeds = [0]\nexclude = [{ privacy = "dp-sgd unreachable", defense = "prune 90%" }]'
+    "seeds = [0]", 'seeds = [0]\nexclude = [{ privacy = "dp-sgd unreachable", defense = "prune 90%" }]'
 )
 
 
@@ -47,9 +47,10 @@ def test_every_point_is_trained_audited_and_recorded(sweep):
     assert len(first.ran) == 4 and first.skipped == []
     rows = read_csv(out / "sweep.csv")
     assert [r["point_id"] for r in rows] == [r["point_id"] for r in first.rows]
-    expected = {"point_id", "grid.privacy", "grid.defense", "seed", "privacy.mode", "privacy.target_epsilon", "privacy.delta", "defense.names",
-                "defense.prune_fraction", "protection", "mechanism", "epsilon", "delta", "accuracy", "macro_f1", "defense", "secure_aggregation",
-                "attack", "attack_metric", "attack_value", "attack_psnr", "attack_ssim", "seconds", "status", "error"}  # fmt: skip
+    expected = {"point_id", "grid.privacy", "grid.defense", "seed", "privacy.mode", "privacy.target_epsilon", "privacy.delta",
+                "defense.names", "defense.prune_fraction", "protection", "mechanism", "epsilon", "delta", "accuracy", "macro_f1",
+                "defense", "secure_aggregation", "attack", "attack_metric", "attack_value", "attack_psnr", "attack_ssim", "seconds",
+                "status", "error"}  # fmt: skip
     assert expected <= set(rows[0])
     ok = [r for r in rows if r["status"] == "ok"]
     assert len(ok) == 4

@@ -71,7 +71,9 @@ def test_lora_builds_are_identical_for_a_seed_and_differ_across_seeds(minilm_lor
 
 
 def test_make_batch_pads_to_the_longest_example(minilm_lora: TextModel) -> None:
-    data = LabeledData(kind="text", inputs=("Short.", "A somewhat longer sentence than that.", "Mid length one."), labels=np.array([0, 1, 0]))
+    data = LabeledData(
+        kind="text", inputs=("Short.", "A somewhat longer sentence than that.", "Mid length one."), labels=np.array([0, 1, 0])
+    )
     encoded = minilm_lora.encode(data)
     lengths = [len(ids) for ids in encoded.tensors["input_ids"]]
     batch = minilm_lora.make_batch(encoded, np.array([0, 2]))
@@ -123,7 +125,7 @@ def test_set_trainable_on_a_fresh_build_reproduces_logits(sentiment: LabeledData
     source = minilm("lora", seed=3)
     batch = source.make_batch(source.encode(sentiment), np.arange(8))
     with torch.no_grad():  # move the adapters away from their zero-initialised B
-        for name, param in source.trainable_named_parameters():
+        for _name, param in source.trainable_named_parameters():
             param.add_(0.01 * torch.randn_like(param))
     target = minilm("lora", seed=4)
     assert not torch.equal(eval_logits(target, batch.inputs), eval_logits(source, batch.inputs))

@@ -24,10 +24,22 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     tokenizer = AutoTokenizer.from_pretrained(resolve_name_or_path("all-MiniLM-L6-v2"))
     vocab = len(tokenizer)
     configs = {
-        "distilbert": (DistilBertModel, DistilBertConfig(vocab_size=vocab, dim=32, n_layers=1, n_heads=2, hidden_dim=64, max_position_embeddings=64)),
+        "distilbert": (
+            DistilBertModel,
+            DistilBertConfig(vocab_size=vocab, dim=32, n_layers=1, n_heads=2, hidden_dim=64, max_position_embeddings=64),
+        ),
         "roberta": (
             RobertaModel,
-            RobertaConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, max_position_embeddings=34, pad_token_id=1, type_vocab_size=1),
+            RobertaConfig(
+                vocab_size=vocab,
+                hidden_size=32,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                intermediate_size=64,
+                max_position_embeddings=34,
+                pad_token_id=1,
+                type_vocab_size=1,
+            ),
         ),
     }
     folders = {}

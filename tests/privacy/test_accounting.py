@@ -90,7 +90,9 @@ def test_gdp_matches_opacus_published_range():
 )
 def test_calibration_agrees_with_opacus_published_noise_multipliers(accountant, steps, opacus_z):
     # Opacus stops within an absolute 0.01 of ε=8, i.e. a relative 0.00125; ask for the same band.
-    z = calibrate_noise_multiplier(target_epsilon=8.0, delta=1e-5, sample_rate=0.04, steps=steps, accountant=accountant, epsilon_tolerance=0.00125)
+    z = calibrate_noise_multiplier(
+        target_epsilon=8.0, delta=1e-5, sample_rate=0.04, steps=steps, accountant=accountant, epsilon_tolerance=0.00125
+    )
     assert z == pytest.approx(opacus_z, abs=2e-3)
 
 
@@ -341,7 +343,9 @@ def test_dp_fedavg_epsilon_is_a_ledger_and_opacus_rdp():
         opacus.step(noise_multiplier=z, sample_rate=q)
     assert epsilon == opacus.get_epsilon(delta=delta)
     assert epsilon == ledger_epsilon("rdp", (z, q, rounds), delta=delta)
-    assert dp_fedavg_epsilon(noise_multiplier=z, sample_rate=q, rounds=rounds, delta=delta, accountant="prv") == ledger_epsilon("prv", (z, q, rounds), delta=delta)
+    assert dp_fedavg_epsilon(noise_multiplier=z, sample_rate=q, rounds=rounds, delta=delta, accountant="prv") == ledger_epsilon(
+        "prv", (z, q, rounds), delta=delta
+    )
 
 
 def test_dp_fedavg_rounds_must_be_positive():

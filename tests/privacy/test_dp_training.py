@@ -75,7 +75,9 @@ RESUMED_PRIVACY = [
 @pytest.mark.parametrize("privacy", RESUMED_PRIVACY)
 def test_resume_keeps_the_privacy_ledger_exact(tmp_path, privacy):
     # reproducible noise (research opt-in): a resumed run equals an uninterrupted one
-    config = cnn({**privacy, "reproducible_noise": True}, data={"num_clients": 6}, client={"lr": 0.05}, server={"rounds": 4, "clients_per_round": 3})
+    config = cnn(
+        {**privacy, "reproducible_noise": True}, data={"num_clients": 6}, client={"lr": 0.05}, server={"rounds": 4, "clients_per_round": 3}
+    )
     Simulation(prepare_run(config), out_dir=tmp_path / "full").run()
     with pytest.raises(KeyboardInterrupt):
         Simulation(prepare_run(config), out_dir=tmp_path / "cut", observer=StopAfter()).run()
@@ -115,7 +117,12 @@ def test_ghost_clipping_and_hooks_give_the_same_update(tmp_path):
 
 
 def test_dp_fedavg_user_level_epsilon_matches_the_accountant(tmp_path):
-    config = cnn({"mode": "dp-fedavg", "target_epsilon": 50.0, "noise_multiplier": 1.1, "accountant": "rdp", "delta": 1e-3}, data={"num_clients": 8}, client={"lr": 0.05}, server={"rounds": 3, "clients_per_round": 4})
+    config = cnn(
+        {"mode": "dp-fedavg", "target_epsilon": 50.0, "noise_multiplier": 1.1, "accountant": "rdp", "delta": 1e-3},
+        data={"num_clients": 8},
+        client={"lr": 0.05},
+        server={"rounds": 3, "clients_per_round": 4},
+    )
     Simulation(prepare_run(config), out_dir=tmp_path / "run").run()
     ledger = read(tmp_path / "run", "privacy.json")
     expected = dp_fedavg_epsilon(noise_multiplier=1.1, sample_rate=0.5, rounds=3, delta=1e-3, accountant="rdp")
@@ -130,7 +137,15 @@ def test_dp_fedavg_noise_multiplier_over_budget_is_refused():
 
 
 def test_adaptive_clipping_moves_the_clip_norm_toward_the_quantile(tmp_path):
-    privacy = {"mode": "dp-fedavg", "target_epsilon": 100.0, "accountant": "rdp", "clip_norm": 0.001, "adaptive_clipping": True, "clipped_count_stddev": 0.5, "clip_learning_rate": 0.5}
+    privacy = {
+        "mode": "dp-fedavg",
+        "target_epsilon": 100.0,
+        "accountant": "rdp",
+        "clip_norm": 0.001,
+        "adaptive_clipping": True,
+        "clipped_count_stddev": 0.5,
+        "clip_learning_rate": 0.5,
+    }
     config = cnn(privacy, client={"lr": 0.05}, server={"rounds": 3})
     Simulation(prepare_run(config), out_dir=tmp_path / "run").run()
     rows = metrics(tmp_path / "run")
@@ -160,7 +175,14 @@ def test_dp_sgd_cnn_learns_well_above_chance_at_epsilon_8(tmp_path):
 def test_minilm_trains_under_dp_sgd(finetune):
     config = config_from_dict(
         {
-            "data": {"dataset": "movie_reviews", "max_train_examples": 64, "max_test_examples": 16, "num_clients": 2, "partition": "iid", "max_length": 24},
+            "data": {
+                "dataset": "movie_reviews",
+                "max_train_examples": 64,
+                "max_test_examples": 16,
+                "num_clients": 2,
+                "partition": "iid",
+                "max_length": 24,
+            },
             "model": {"arch": "hf-text", "finetune": finetune, "lora_rank": 4},
             "client": {"local_steps": 2, "batch_size": 8, "optimizer": "adamw", "lr": 0.001},
             "server": {"rounds": 1},

@@ -43,8 +43,13 @@ def first_update(cfg, client_id=0):
     update = client.train(instructions)
     randomness = client.randomness()
     context = TransformContext(
-        round=1, client_id=client_id, rng=randomness.generator(TRANSFORM, 1), randomness=randomness,
-        global_parameters=instructions.parameters, state=client.state, config=instructions.config,
+        round=1,
+        client_id=client_id,
+        rng=randomness.generator(TRANSFORM, 1),
+        randomness=randomness,
+        global_parameters=instructions.parameters,
+        state=client.state,
+        config=instructions.config,
     )
     update = simulation.transforms(update, context)
     return np.concatenate([a.ravel().astype(np.float64) for _, a in sorted(update.delta.items())])
@@ -80,7 +85,9 @@ def test_server_central_noise_is_not_reproducible_from_the_config():
 
 
 def test_dp_fedavg_client_sampling_is_not_reproducible_from_the_config():
-    cfg = config({"mode": "dp-fedavg", "target_epsilon": 1.0}, data={"num_clients": 40, "max_train_examples": 1200}, server={"clients_per_round": 5})
+    cfg = config(
+        {"mode": "dp-fedavg", "target_epsilon": 1.0}, data={"num_clients": 40, "max_train_examples": 1200}, server={"clients_per_round": 5}
+    )
     samples = {tuple(Simulation(prepare_run(cfg)).server.sample_clients(1)) for _ in range(4)}
     assert len(samples) > 1  # 4 draws of 5 of 40 clients: all equal with probability < 1e-17
 
@@ -93,14 +100,23 @@ def test_client_shares_do_not_shrink_when_the_server_claims_more_participants():
     randomness = PrivateRandomness(b"k" * 32)
 
     def noise_norm(claimed):
-        context = TransformContext(round=1, client_id=0, rng=np.random.default_rng(0), global_parameters={}, config={"participants": claimed, "clip_norm": 0.1}, randomness=randomness)
+        context = TransformContext(
+            round=1,
+            client_id=0,
+            rng=np.random.default_rng(0),
+            global_parameters={},
+            config={"participants": claimed, "clip_norm": 0.1},
+            randomness=randomness,
+        )
         return float(np.linalg.norm(share(zeros, context).delta["w"]))
 
     assert noise_norm(1_000_000) == pytest.approx(noise_norm(4), rel=1e-6)  # capped at its own planned round size
     assert noise_norm(2) > 1.3 * noise_norm(4)  # fewer participants than planned: more noise each (safe)
 
 
-@pytest.mark.parametrize("privacy", [{"mode": "dp-sgd", "target_epsilon": 4.0}, {"mode": "dp-fedavg", "target_epsilon": 4.0, "noise_placement": "clients"}])
+@pytest.mark.parametrize(
+    "privacy", [{"mode": "dp-sgd", "target_epsilon": 4.0}, {"mode": "dp-fedavg", "target_epsilon": 4.0, "noise_placement": "clients"}]
+)
 def test_no_published_file_holds_a_client_or_server_secret(tmp_path, privacy):
     cfg = config(privacy, server={"rounds": 2}, audit={"capture_clients": [0]})
     Simulation(prepare_run(cfg), out_dir=tmp_path / "run").run()
@@ -141,7 +157,8 @@ def test_dp_fedavg_reports_epsilon_against_the_server_without_amplification(tmp_
 
     cfg = config(
         {"mode": "dp-fedavg", "target_epsilon": 8.0, "noise_placement": "clients", "accountant": "rdp"},
-        data={"num_clients": 8, "max_train_examples": 800}, server={"rounds": 3, "clients_per_round": 4},
+        data={"num_clients": 8, "max_train_examples": 800},
+        server={"rounds": 3, "clients_per_round": 4},
     )
     Simulation(prepare_run(cfg), out_dir=tmp_path / "run").run()
     ledger = json.loads((tmp_path / "run" / "privacy.json").read_text())

@@ -29,7 +29,9 @@ DIM = 40
 
 def update_of(client_id, round=ROUND):
     rng = np.random.default_rng(100 + client_id)
-    return ClientUpdate(client_id, round, {"w": rng.normal(0, 0.1, DIM).astype(np.float32), "b": rng.normal(0, 0.1, 3).astype(np.float32)}, 10)
+    return ClientUpdate(
+        client_id, round, {"w": rng.normal(0, 0.1, DIM).astype(np.float32), "b": rng.normal(0, 0.1, 3).astype(np.float32)}, 10
+    )
 
 
 # --------------------------------------------------------------------------- a lying server against the real clients
@@ -88,7 +90,9 @@ class LyingServer:
             v: keys.shared_seed(private, self.setup.public_keys[v][0], context=keys.pair_context(round=ROUND, client_a=target, client_b=v))
             for v in self.setup.neighbours[target]
         }
-        masks = masking.mask_vector(np.zeros(self.masked[target].shape, np.uint32), client_id=target, pair_seeds=pair_seeds, self_seed=self_seed)
+        masks = masking.mask_vector(
+            np.zeros(self.masked[target].shape, np.uint32), client_id=target, pair_seeds=pair_seeds, self_seed=self_seed
+        )
         return self.masked[target] - masks
 
 
@@ -357,7 +361,11 @@ def test_a_threshold_outside_a_strict_majority_of_a_neighbourhood_is_refused_wit
     with pytest.raises(ConfigError, match=reason) as error:
         config_from_dict({"data": data, "server": server, "secure_aggregation": {"protocol": "masking", **secure}})
     assert error.value.key == "secure_aggregation.threshold"
-    why = "lets a server that lies about survivors unmask a single client's update" if "below half" in reason else "no round could ever unmask"
+    why = (
+        "lets a server that lies about survivors unmask a single client's update"
+        if "below half" in reason
+        else "no round could ever unmask"
+    )
     assert why in error.value.problem
     assert "use " in error.value.fix and "or 0 for a strict majority" in error.value.fix
 
@@ -383,7 +391,9 @@ def test_every_threshold_the_config_accepts_the_protocol_accepts_and_no_other():
         holders = graph.neighbourhood_size(n, k)
         for t in range(1, holders + 2):
             try:
-                config_from_dict({"data": {"num_clients": n}, "secure_aggregation": {"protocol": "masking", "threshold": t, "neighbours": k}})
+                config_from_dict(
+                    {"data": {"num_clients": n}, "secure_aggregation": {"protocol": "masking", "threshold": t, "neighbours": k}}
+                )
             except ConfigError:
                 accepted = False
             else:

@@ -5,9 +5,9 @@ import dataclasses
 import numpy as np
 import pytest
 import tenseal as ts
+from cases import cnn_config  # tests/secagg/cases.py (on sys.path under pytest)
 
 from secure_ffm.aggregation import PROTOCOLS, AggregationError, EncodingDeclined
-from cases import cnn_config  # tests/secagg/cases.py (on sys.path under pytest)
 from secure_ffm.config import config_from_dict
 from secure_ffm.errors import ConfigError
 from secure_ffm.privacy.mechanisms import build_mechanism
@@ -90,7 +90,16 @@ def begun_round(n: int, *, key_holder: str = "clients"):
 
 def test_registered_under_ckks_and_built_from_config():
     assert PROTOCOLS.get("ckks") is CKKSProtocol
-    config = config_from_dict({"secure_aggregation": {"protocol": "ckks", "ckks_poly_modulus_degree": 4096, "ckks_coeff_mod_bit_sizes": [60, 49], "ckks_key_holder": "authority"}})
+    config = config_from_dict(
+        {
+            "secure_aggregation": {
+                "protocol": "ckks",
+                "ckks_poly_modulus_degree": 4096,
+                "ckks_coeff_mod_bit_sizes": [60, 49],
+                "ckks_key_holder": "authority",
+            }
+        }
+    )
     protocol = CKKSProtocol.from_config(config.secure_aggregation, seed=0)
     assert protocol.parameters == CKKSParameters(4096, (60, 49), 40) and protocol.key_holder_mode == "authority"
     assert protocol.parameters.headroom_bits == 18 and protocol.parameters.slots == 2048
@@ -104,10 +113,14 @@ def test_server_holds_no_secret_key_and_cannot_decrypt(key_holder):
     holder = CKKSKeyHolder(SMALL, key_holder=key_holder)
     server = CKKSServer(SMALL, holder.public_context, holder.key_id)
     assert not server.context.is_private() and server.context.is_public()
-    assert b"" != holder.public_context and len(holder.public_context) < len(holder._context.serialize(save_secret_key=True, save_relin_keys=False, save_galois_keys=False))
+    assert b"" != holder.public_context and len(holder.public_context) < len(
+        holder._context.serialize(save_secret_key=True, save_relin_keys=False, save_galois_keys=False)
+    )
     client = CKKSClient(0, SMALL, holder.client_context(), holder.fingerprint)
     assert client.holds_secret_key == (key_holder == "clients")
-    ciphertext = client.encrypt(ClientUpdate(0, 1, {"w": np.ones(3, np.float32)}, 1), weight=1.0, round=1, num_participants=1).payload["ciphertext/00000"]
+    ciphertext = client.encrypt(ClientUpdate(0, 1, {"w": np.ones(3, np.float32)}, 1), weight=1.0, round=1, num_participants=1).payload[
+        "ciphertext/00000"
+    ]
     on_server = ts.ckks_vector_from(server.context, ciphertext)
     with pytest.raises(ValueError, match="secret"):
         on_server.decrypt()
@@ -161,7 +174,10 @@ def test_client_checks_the_headroom_so_sums_cannot_wrap():
     protocol = CKKSProtocol(parameters=tight)
     update = ClientUpdate(0, 1, {"w": np.full(4, 0.5, np.float32)}, 100)
     protocol.begin_round(1, [0, 1, 2, 3])
-    with pytest.raises(CKKSEncodeError, match=r"round 1: client 0 has a weighted value of magnitude 100 beyond the CKKS headroom 2\^8 / 4 participants = 64"):
+    with pytest.raises(
+        CKKSEncodeError,
+        match=r"round 1: client 0 has a weighted value of magnitude 100 beyond the CKKS headroom 2\^8 / 4 participants = 64",
+    ):
         protocol.encode(update, weight=100.0)
     protocol.encode(update, weight=10.0)  # 5 * 4 < 256
     with pytest.raises(ValueError, match="no headroom"):
@@ -196,8 +212,14 @@ def test_hostile_messages_are_rejected_naming_the_client_and_the_others_still_su
     garbage = bytes(np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8))
     hostile = [
         (ClientMessage(1, 2, {**good.payload, first: garbage}, 10), "client 1 sent ciphertext 0 that does not deserialize"),
-        (ClientMessage(1, 2, {**good.payload, first: good.payload[first][:-64]}, 10), "client 1 sent ciphertext 0 that does not deserialize"),
-        (ClientMessage(1, 2, {**good.payload, first: np.frombuffer(good.payload[first], np.uint8)}, 10), "client 1 sent ciphertext 0 as ndarray"),
+        (
+            ClientMessage(1, 2, {**good.payload, first: good.payload[first][:-64]}, 10),
+            "client 1 sent ciphertext 0 that does not deserialize",
+        ),
+        (
+            ClientMessage(1, 2, {**good.payload, first: np.frombuffer(good.payload[first], np.uint8)}, 10),
+            "client 1 sent ciphertext 0 as ndarray",
+        ),
         (stranger, "client 1 sent ciphertexts made under another CKKS key set"),
         (foreign, "client 1 sent ciphertext 0 that does not deserialize under the round's CKKS context"),
         (ClientMessage(1, 2, {k: v for k, v in good.payload.items() if k != first}, 10), "client 1 sent 0 ciphertexts"),
@@ -285,7 +307,9 @@ def test_replay_under_a_forged_round_tag_is_caught_when_decrypting():
     accumulator.add(ClientMessage(0, 2, {**stale.payload, "round": np.asarray([2], np.int64)}, 10))  # the server cannot tell
     for update, weight in zip(updates[1:], weights[1:], strict=True):
         accumulator.add(protocol.encode(update, weight=weight))
-    with pytest.raises(AggregationError, match=r"round 2: the aggregate's round slots sum to 5.00, not 3 x 2: it holds a ciphertext of another round"):
+    with pytest.raises(
+        AggregationError, match=r"round 2: the aggregate's round slots sum to 5.00, not 3 x 2: it holds a ciphertext of another round"
+    ):
         accumulator.result()
 
 
@@ -394,8 +418,15 @@ def test_ckks_run_matches_plaintext_accuracy(prepared_cnn):
 
 def test_dp_fedavg_adaptive_clipping_works_under_ckks(prepared_cnn):
     privacy = {
-        "mode": "dp-fedavg", "target_epsilon": 100.0, "accountant": "rdp", "clip_norm": 0.001, "noise_placement": "clients",
-        "adaptive_clipping": True, "clipped_count_stddev": 0.5, "clip_learning_rate": 0.5, "reproducible_noise": True,
+        "mode": "dp-fedavg",
+        "target_epsilon": 100.0,
+        "accountant": "rdp",
+        "clip_norm": 0.001,
+        "noise_placement": "clients",
+        "adaptive_clipping": True,
+        "clipped_count_stddev": 0.5,
+        "clip_learning_rate": 0.5,
+        "reproducible_noise": True,
     }
     plain = simulation(prepared_cnn, privacy=privacy)
     plain.run()
@@ -419,7 +450,11 @@ def test_a_client_with_a_non_finite_update_is_left_out_of_a_ckks_run(prepared_cn
                 return update
             return update.replace_delta({k: np.full_like(v, np.nan) for k, v in update.delta.items()})
 
-    config = cnn_config(server={"rounds": 1}, client={"local_steps": 1}, secure_aggregation={"protocol": "ckks", "ckks_poly_modulus_degree": 4096, "ckks_coeff_mod_bit_sizes": [60, 49]})
+    config = cnn_config(
+        server={"rounds": 1},
+        client={"local_steps": 1},
+        secure_aggregation={"protocol": "ckks", "ckks_poly_modulus_degree": 4096, "ckks_coeff_mod_bit_sizes": [60, 49]},
+    )
     run = Simulation(dataclasses.replace(prepared_cnn, config=config), transforms=UpdatePipeline([PoisonClientOne()]))
     summary = run.run()
     row = run.history[0]
@@ -445,7 +480,16 @@ def test_bad_ckks_config_values_name_their_key(key, value):
 
 
 def test_primes_seal_cannot_find_are_a_config_error():
-    config = config_from_dict({"secure_aggregation": {"protocol": "ckks", "ckks_poly_modulus_degree": 16384, "ckks_coeff_mod_bit_sizes": [20, 20, 20, 20, 20, 20], "ckks_scale_bits": 20}})
+    config = config_from_dict(
+        {
+            "secure_aggregation": {
+                "protocol": "ckks",
+                "ckks_poly_modulus_degree": 16384,
+                "ckks_coeff_mod_bit_sizes": [20, 20, 20, 20, 20, 20],
+                "ckks_scale_bits": 20,
+            }
+        }
+    )
     with pytest.raises(ConfigError, match="secure_aggregation.ckks_coeff_mod_bit_sizes: TenSEAL refuses"):
         CKKSProtocol.from_config(config.secure_aggregation, seed=0)
 
@@ -454,7 +498,9 @@ def test_context_round_trips_through_bytes_without_pickle():
     holder = CKKSKeyHolder(SMALL, key_holder="clients")
     context = load_context(holder.client_context())
     assert context.is_private() and load_context(holder.public_context).is_public()
-    config = config_from_dict({"secure_aggregation": {"protocol": "ckks", "ckks_coeff_mod_bit_sizes": [60, 40, 60], "ckks_key_holder": "authority"}})
+    config = config_from_dict(
+        {"secure_aggregation": {"protocol": "ckks", "ckks_coeff_mod_bit_sizes": [60, 40, 60], "ckks_key_holder": "authority"}}
+    )
     import tomllib
 
     assert config_from_dict(tomllib.loads(config.to_toml())) == config

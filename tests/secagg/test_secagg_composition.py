@@ -30,7 +30,13 @@ SIZE = 20_000
 def config(placement, protocol, **extra):
     raw = {
         "run": {"seed": 5},
-        "data": {"dataset": "fashion_mnist", "max_train_examples": 400, "max_test_examples": 100, "num_clients": NUM_CLIENTS, "partition": "iid"},
+        "data": {
+            "dataset": "fashion_mnist",
+            "max_train_examples": 400,
+            "max_test_examples": 100,
+            "num_clients": NUM_CLIENTS,
+            "partition": "iid",
+        },
         "model": {"arch": "cnn", "finetune": "full"},
         "client": {"local_steps": 2, "batch_size": 16, "lr": 0.05},
         "server": {"rounds": 3},
@@ -57,7 +63,9 @@ def aggregate_after_client_transforms(cfg, updates):
     accumulator = protocol.accumulator(1)
     for u in updates:
         randomness = PrivateRandomness(new_secret())  # each client's own secret
-        context = TransformContext(round=1, client_id=u.client_id, rng=randomness.generator(9), global_parameters={}, config=fit_config, randomness=randomness)
+        context = TransformContext(
+            round=1, client_id=u.client_id, rng=randomness.generator(9), global_parameters={}, config=fit_config, randomness=randomness
+        )
         accumulator.add(protocol.encode(pipeline(u, context), weight=1.0))
     return mechanism, accumulator.result()
 
@@ -116,7 +124,9 @@ def test_dp_sgd_then_secure_aggregation_matches_plaintext(dp_sgd_prepared, proto
     """DP-SGD local training is unchanged by secure aggregation: same ε, same model up to the encoding error."""
     plain = Simulation(dp_sgd_prepared)
     plain_summary = plain.run()
-    secure_config = config_from_dict(dp_sgd_prepared.config.to_dict(), overrides=[f'secure_aggregation.protocol="{protocol}"', "secure_aggregation.clip_range=2.0"])
+    secure_config = config_from_dict(
+        dp_sgd_prepared.config.to_dict(), overrides=[f'secure_aggregation.protocol="{protocol}"', "secure_aggregation.clip_range=2.0"]
+    )
     secure = Simulation(dataclasses.replace(dp_sgd_prepared, config=secure_config))
     secure_summary = secure.run()
     assert secure_summary["privacy"]["epsilon"] == pytest.approx(plain_summary["privacy"]["epsilon"], rel=1e-9)

@@ -5,10 +5,10 @@ import itertools
 
 import numpy as np
 import pytest
+from cases import cnn_config  # tests/secagg/cases.py (on sys.path under pytest)
 from scipy import stats
 
 from secure_ffm.aggregation import PROTOCOLS, AggregationError, PlaintextAggregation
-from cases import cnn_config  # tests/secagg/cases.py (on sys.path under pytest)
 from secure_ffm.config import config_from_dict
 from secure_ffm.errors import ConfigError, RoundAbortedError
 from secure_ffm.secagg import keys
@@ -86,7 +86,14 @@ def test_stochastic_rounding_is_reproducible_for_a_seed():
     assert all(np.array_equal(a.mean_delta[k], b.mean_delta[k]) for k in a.mean_delta)
 
 
-@pytest.mark.parametrize("drop", [(0, 1, 2, 3), (6, 7, 8, 9), *[tuple(s) for s in np.random.default_rng(11).permutation(list(itertools.combinations(range(10), 4)))[:3]]])
+@pytest.mark.parametrize(
+    "drop",
+    [
+        (0, 1, 2, 3),
+        (6, 7, 8, 9),
+        *[tuple(s) for s in np.random.default_rng(11).permutation(list(itertools.combinations(range(10), 4)))[:3]],
+    ],
+)
 def test_any_four_of_ten_may_drop_after_masking(drop):
     updates, weights = make_updates(10, seed=2)
     protocol = MaskingProtocol(clip_range=CLIP, threshold=6, seed=3)
@@ -183,7 +190,10 @@ def test_hostile_messages_are_rejected_and_the_others_still_sum_correctly():
     good = messages[1]
     hostile = [
         (ClientMessage(1, 2, {**good.payload, "masked": good.payload["masked"][:-1]}, 10), "client 1 sent a masked vector of shape"),
-        (ClientMessage(1, 2, {**good.payload, "masked": good.payload["masked"].astype(np.int64)}, 10), "client 1 sent a masked vector of dtype int64"),
+        (
+            ClientMessage(1, 2, {**good.payload, "masked": good.payload["masked"].astype(np.int64)}, 10),
+            "client 1 sent a masked vector of dtype int64",
+        ),
         (replay, "client 0 sent a message of round 1"),
         (ClientMessage(0, 2, dict(replay.payload), 10), "client 0 sent a masked vector tagged for round"),
         (ClientMessage(7, 2, dict(good.payload), 10), "client 7 is not a participant"),
@@ -235,7 +245,13 @@ def test_masked_run_matches_plaintext_accuracy(prepared_cnn):
 
 
 def test_run_with_dropouts_completes(prepared_cnn):
-    run = simulation(prepared_cnn, data={"num_clients": 8}, client={"local_steps": 1}, server={"rounds": 1}, secure_aggregation={"protocol": "masking", "dropout_rate": 0.25})
+    run = simulation(
+        prepared_cnn,
+        data={"num_clients": 8},
+        client={"local_steps": 1},
+        server={"rounds": 1},
+        secure_aggregation={"protocol": "masking", "dropout_rate": 0.25},
+    )
     summary = run.run()
     row = run.history[0]
     assert len(row["dropped_clients"]) == 2 and len(row["clients"]) == 6 and row["aborted"] is None
@@ -243,7 +259,11 @@ def test_run_with_dropouts_completes(prepared_cnn):
 
 
 def test_aborted_round_is_skipped_or_stops_the_run(prepared_cnn):
-    sections = {"client": {"local_steps": 1}, "server": {"rounds": 1}, "secure_aggregation": {"protocol": "masking", "threshold": 4, "dropout_rate": 0.25}}
+    sections = {
+        "client": {"local_steps": 1},
+        "server": {"rounds": 1},
+        "secure_aggregation": {"protocol": "masking", "threshold": 4, "dropout_rate": 0.25},
+    }
     run = simulation(prepared_cnn, **sections)
     before = {k: v.copy() for k, v in run.server.parameters.items()}
     run.run()
@@ -272,7 +292,9 @@ class PoisonClients:
 def test_a_client_with_a_non_finite_update_is_left_out_and_the_others_are_aggregated(prepared_cnn):
     from secure_ffm.transforms import UpdatePipeline
 
-    config = cnn_config(data={"num_clients": 8}, client={"local_steps": 1}, server={"rounds": 1}, secure_aggregation={"protocol": "masking"})
+    config = cnn_config(
+        data={"num_clients": 8}, client={"local_steps": 1}, server={"rounds": 1}, secure_aggregation={"protocol": "masking"}
+    )
     run = Simulation(dataclasses.replace(prepared_cnn[8], config=config), transforms=UpdatePipeline([PoisonClients([1])]))
     summary = run.run()
     row = run.history[0]
@@ -294,7 +316,15 @@ def test_a_round_where_every_update_is_non_finite_leaves_the_model_unchanged_and
 
 @pytest.mark.parametrize(
     ("key", "value"),
-    [("protocol", "maskng"), ("clip_range", 0.0), ("threshold", -1), ("neighbours", 3), ("neighbours", -2), ("dropout_rate", 1.0), ("on_abort", "retry")],
+    [
+        ("protocol", "maskng"),
+        ("clip_range", 0.0),
+        ("threshold", -1),
+        ("neighbours", 3),
+        ("neighbours", -2),
+        ("dropout_rate", 1.0),
+        ("on_abort", "retry"),
+    ],
 )
 def test_bad_config_values_name_their_key(key, value):
     with pytest.raises(ConfigError, match=f"secure_aggregation.{key}"):

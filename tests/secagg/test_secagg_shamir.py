@@ -4,7 +4,16 @@ import itertools
 
 import pytest
 
-from secure_ffm.secagg.shamir import PRIME, SHARE_BYTES, InconsistentSharesError, combine, reconstruct, share_from_bytes, share_to_bytes, split
+from secure_ffm.secagg.shamir import (
+    PRIME,
+    SHARE_BYTES,
+    InconsistentSharesError,
+    combine,
+    reconstruct,
+    share_from_bytes,
+    share_to_bytes,
+    split,
+)
 
 SECRET = bytes.fromhex("00007f") + bytes(range(29))  # 32 bytes with leading zeros, which must survive
 N, T = 6, 4
