@@ -35,15 +35,8 @@ from secure_ffm.aggregation import Aggregate, AggregateStep
 from secure_ffm.config import Config, PrivacyConfig
 from secure_ffm.data.base import FederatedData
 from secure_ffm.errors import ConfigError
-from secure_ffm.privacy.accounting import (
-    GaussianSteps,
-    PrivacyLedger,
-    calibrate_noise_multiplier,
-    check_delta,
-    compute_epsilon,
-    default_delta,
-    rounds_that_fit,
-)
+from secure_ffm.privacy import accounting
+from secure_ffm.privacy.accounting import GaussianSteps, PrivacyLedger, rounds_that_fit
 from secure_ffm.privacy.gaussian import add_gaussian_noise, clip_l2
 from secure_ffm.privacy.mechanisms import PrivacyMechanism, extension_refused, plan_header
 from secure_ffm.privacy.noise import CENTRAL_NOISE, CLIENT_SAMPLING, NOISE_SHARE, NoisePolicy, NoiseStream
@@ -159,8 +152,8 @@ class DPFedAvg(PrivacyMechanism):
         self.sample_rate = m / n
         self.rounds = config.server.rounds
         self.rounds_planned = config.server.rounds
-        self.delta = p.delta or default_delta(n)
-        if p.delta and (reason := check_delta(p.delta, n)):
+        self.delta = p.delta or accounting.default_delta(n)
+        if p.delta and (reason := accounting.check_delta(p.delta, n)):
             log.warning("privacy.delta: %s (n = number of clients)", reason)
         if p.noise_multiplier > 0:
             self.noise_multiplier = p.noise_multiplier
@@ -172,7 +165,7 @@ class DPFedAvg(PrivacyMechanism):
                     "raise it, or set 0 to calibrate it from the target",
                 )
         else:
-            self.noise_multiplier = calibrate_noise_multiplier(
+            self.noise_multiplier = accounting.calibrate_noise_multiplier(
                 target_epsilon=p.target_epsilon, delta=self.delta, sample_rate=self.sample_rate, steps=self.rounds, accountant=p.accountant
             )
         self.update_noise_multiplier = self.noise_multiplier
@@ -313,7 +306,7 @@ class DPFedAvg(PrivacyMechanism):
         most = max(self.participations.values(), default=0)
         if most == 0:
             return 0.0
-        return compute_epsilon(
+        return accounting.compute_epsilon(
             [GaussianSteps(self.noise_multiplier, 1.0, most)], accountant=self.config.privacy.accountant, delta=self.delta
         )
 
