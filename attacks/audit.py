@@ -852,18 +852,12 @@ def audit_capture_many(
     on_case: CaseHook | None = None,
 ) -> AuditSummary:
     """The captures of ``clients`` (None: the first capture) in ``round`` (None: each client's first), the model loaded once."""
-    from secure_ffm.audit import list_observations
+    from secure_ffm.audit import captured_observations
 
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
     build_attack(attack, settings)
-    available = list_observations(run_dir)
-    if not available:
-        raise ConfigError(
-            "--run",
-            f"{run_dir} holds no captured observations",
-            "train with e.g. --set audit.capture_clients=[0] --set audit.capture_rounds=[1]",
-        )
+    available = captured_observations(run_dir)
     targets: list[int | None] = list(clients) if clients else [None]
     missing = [k for k in targets if not any((round is None or r == round) and (k is None or c == k) for r, c in available)]
     if missing:

@@ -157,16 +157,22 @@ def list_observations(run_dir: Path) -> list[tuple[int, int]]:
     return found
 
 
-def load_observation(run_dir: Path, *, round: int | None = None, client: int | None = None) -> CapturedObservation:
-    """Read one capture; with ``round``/``client`` omitted, the first capture matching the others."""
-    run_dir = Path(run_dir)
-    available = list_observations(run_dir)
+def captured_observations(run_dir: Path) -> list[tuple[int, int]]:
+    """The ``(round, client)`` captures of ``run_dir``; a run with none is refused (ConfigError naming --run)."""
+    available = list_observations(Path(run_dir))
     if not available:
         raise ConfigError(
             "--run",
             f"{run_dir} holds no captured observations",
             "train with e.g. --set audit.capture_clients=[0] --set audit.capture_rounds=[1]",
         )
+    return available
+
+
+def load_observation(run_dir: Path, *, round: int | None = None, client: int | None = None) -> CapturedObservation:
+    """Read one capture; with ``round``/``client`` omitted, the first capture matching the others."""
+    run_dir = Path(run_dir)
+    available = captured_observations(run_dir)
     matches = [(r, k) for r, k in available if (round is None or r == round) and (client is None or k == client)]
     if not matches:
         listing = ", ".join(f"round {r} client {k}" for r, k in available[:8])
