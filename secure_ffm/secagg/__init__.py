@@ -63,15 +63,8 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = [
-    "CKKSClient",
-    "CKKSDecryptor",
-    "CKKSEncodeError",
-    "CKKSKeyHolder",
-    "CKKSParameters",
-    "CKKSProtocol",
-    "CKKSServer",
-    "EncryptedAggregate",
+__all__ = [  # the CKKS names resolve lazily through __getattr__
+    *_CKKS_EXPORTS,
     "RING_BITS",
     "Graph",
     "combine",
