@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import platform
 import time
 from collections.abc import Mapping, Sequence
@@ -314,7 +315,7 @@ class Simulation:
             self.history.append(row)
             if self.out_dir is not None:
                 # metrics first, then the checkpoint: a crash between them leaves a row that --resume drops
-                self._write_metrics()
+                self._append_metrics(row)
                 save_checkpoint(
                     self.out_dir / "checkpoints",
                     Checkpoint(
@@ -418,8 +419,16 @@ class Simulation:
         self._write_metrics()
         self._write_clients(None)
 
+    def _append_metrics(self, row: Mapping[str, Any]) -> None:
+        """Add one round's row to ``metrics.jsonl`` (flushed to disk; a line torn by a crash is dropped on resume)."""
+        assert self.out_dir is not None
+        with (self.out_dir / "metrics.jsonl").open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(to_jsonable(row), sort_keys=True) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
     def _write_metrics(self) -> None:
-        """``metrics.jsonl``: one row per round of ``history``, rewritten whole and atomically (never a torn line)."""
+        """``metrics.jsonl``: one row per round of ``history``, rewritten whole and atomically (at the start and on resume)."""
         assert self.out_dir is not None
         text = "".join(json.dumps(to_jsonable(row), sort_keys=True) + "\n" for row in self.history)
         write_text_atomically(self.out_dir / "metrics.jsonl", text)
@@ -563,8 +572,7 @@ def read_run_config(out_dir: Path, config: Config) -> Config:
 def read_metrics(path: Path, *, rounds: int) -> list[dict[str, Any]]:
     """The rows of ``metrics.jsonl`` for rounds ``1..rounds``; later rows are dropped (their checkpoint was never written).
 
-    An unfinished last line (a write cut short by a crash, from before metrics were written atomically)
-    is dropped with a warning; any other line that is not a JSON row is refused.
+    An unfinished last line (an append cut short by a crash) is dropped with a warning; any other line that is not a JSON row is refused.
     """
     fix = "restore it from a copy, or start a new run in a new --out"
     if not path.exists() and rounds == 0:
