@@ -177,10 +177,6 @@ class NoisePolicy:
         p = config.privacy
         return cls(secure=p.secure_mode, reproducible_seed=config.run.seed if p.reproducible_noise else None)
 
-    @property
-    def source(self) -> str:
-        return SOURCE_SECRET if self.reproducible_seed is None else SOURCE_SEED
-
     def client(self, client_id: int, state: MutableMapping[str, Any]) -> PrivateRandomness:
         """Client ``client_id``'s randomness; a new secret is drawn into ``state`` on first use and kept there."""
         if self.reproducible_seed is not None:
