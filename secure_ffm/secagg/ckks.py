@@ -54,27 +54,14 @@ Noise of independent ciphertexts adds like ``sqrt(n)``. :meth:`CKKSParameters.er
 states ``5 sqrt(n) N 2^-scale`` per coordinate of the weighted sum of ``n`` clients (about ten
 standard deviations of the noisiest slot under public-key encryption; very loose under
 symmetric encryption); the mean's error is that divided by the total weight (the decrypted
-total weight carries the same error). Measured max absolute error of the decrypted mean against
-the float64 plaintext mean, on real SmallCNN deltas of 4 clients after 5 SGD steps (momentum
-0.9) on Fashion-MNIST (|delta| up to 0.12; tests/secagg/test_secagg_ckks.py, worst of 3 key
-sets; ``benchmarks/secagg_overhead.py --bytes`` measures more settings):
-
-==============================  ==========  ===================  =================
-N / primes / scale              key holder  FedAvg weights       uniform weights
-                                            (79-254 examples)    (DP-FedAvg: 1)
-==============================  ==========  ===================  =================
-8192 / [60,40,40,60] / 2^40     authority   3e-11                7e-9
-8192 / [60,40,40,60] / 2^40     clients     2.5e-12              5e-10
-4096 / [40,20,40] / 2^20        authority   1.5e-5               3.1e-3
-4096 / [40,20,40] / 2^20        clients     1.9e-6               3.4e-4
-4096 / [40,20,40] / 2^21        authority   7e-6                 1.7e-3
-4096 / [40,20,40] / 2^21        clients     8e-7                 1.8e-4
-4096 / [60,49] / 2^40           authority   1.4e-11              3.2e-9
-==============================  ==========  ===================  =================
-
-The default is far below float32 rounding of the mean (about 1e-8 here). N = 4096 with a
-2^20 or 2^21 scale is too coarse for uniform weights; ``[60, 49]`` with 2^40 (one 60-bit data
-prime) is as precise as the default at 8 bytes per 4-byte value instead of 20.
+total weight carries the same error). The measured error of the decrypted mean against the
+float64 plaintext mean per setting (N, primes, scale, key holder; FedAvg and uniform weights on
+real CNN deltas) is not quoted here, since figures go stale: run
+``benchmarks/secagg_overhead.py --bytes`` (results in
+``benchmarks/results/secagg_overhead_bytes.json``) and see the README's secure aggregation
+benchmark section; ``tests/secagg/test_secagg_ckks.py`` checks the bound. Aggregation only adds
+ciphertexts, so the middle primes buy no precision; N = 4096 with a 2^20 or 2^21 scale is too
+coarse for uniform weights.
 
 Headroom. A decrypted slot is correct only while ``|sum| * 2^scale_bits`` stays below half
 the data modulus (the product of all primes but the last, SEAL's special prime). A client
