@@ -14,16 +14,17 @@ gradient of its weight row c is ``mean_i (p_ic - y_ic) h_i`` (``h_i`` the layer'
   From the bias, ``n_c = B (pbar_c - g_c)`` where ``pbar_c = mean_i p_ic``; like LLG+, the
   offset ``pbar`` is estimated by running the model on dummy inputs (:func:`dummy_images`). This
   is accurate while the model's output hardly depends on its input (early training, when attacks
-  are strongest), and degrades for a trained model. Measured on real Fashion-MNIST test batches
-  at initialization (8 batches each): the CNN's gradients 100% of labels at B = 4, 8 and 16; the
-  ViT's 100%, 98%, 95%.
+  are strongest), and degrades for a trained model. Its accuracy is measured, not quoted here
+  (figures go stale): ``benchmarks/attack_images.py`` reports the label-count accuracy per model
+  and batch size (the README's gradient-inversion benchmark), and
+  ``tests/attacks/test_image_labels.py`` checks it on real Fashion-MNIST test batches.
 
 A local update or an aggregate holds ``delta = -lr * sum_t g_t``, the opposite sign: it is
 turned back into the mean gradient it approximates, ``-delta / (lr * local_steps)``. That treats
 every example as used equally often; when the local steps cover the batch unevenly (5 steps of
-half the batch use one half 3 times, the other twice) the counts are biased (CNN: 94-98%
-instead of 100%), and a model that learns fast during the steps (the ViT at lr 0.1: 74-88%)
-moves its predictions away from the offset.
+half the batch use one half 3 times, the other twice) the counts are biased, and a model that
+learns fast during the steps (such as the ViT at a large learning rate) moves its predictions
+away from the offset, so the counts from an update are less accurate than from a gradient.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def dummy_images(shape: tuple[int, ...], count: int, generator: torch.Generator)
     """Smooth random images in the valid pixel box: Gaussian noise at a quarter of the resolution, upsampled.
 
     Their mean prediction is much closer to the model's mean prediction on real images than that of
-    pixel-wise noise (for the ViT at initialization: at most 0.03 off per class instead of 0.11).
+    pixel-wise noise (on the ViT at initialization), which is what the offset estimate needs.
     """
     low, high = pixel_box()
     channels, height, width = shape
