@@ -46,9 +46,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from secure_ffm.config import read_toml
+from secure_ffm.config import check_keys, read_toml, unknown_section
 from secure_ffm.errors import ConfigError
-from secure_ffm.registry import nearest
+from secure_ffm.registry import did_you_mean
 from secure_ffm.variants import PROTOCOLS
 
 if TYPE_CHECKING:
@@ -276,13 +276,13 @@ def slug(text: str) -> str:
 
 
 def _known_keys(section: str, body: Mapping[str, Any], valid: Sequence[str], *, table: bool = False) -> None:
+    """Refuse an unknown table (``table``) or key of ``section`` as config files do (:mod:`secure_ffm.config`)."""
+    if not table:
+        check_keys(section, body, valid, listing="valid")
+        return
     for key in body:
         if key not in valid:
-            hint = nearest(key, list(valid))
-            where = f"[{key}]" if table else f"{section}.{key}"
-            kind = "unknown section" if table else "unknown key"
-            fix = (f"did you mean [{hint}]?" if table else f"did you mean {section}.{hint}?") if hint else f"valid: {', '.join(valid)}"
-            raise ConfigError(where, kind, fix)
+            raise unknown_section(key, valid, listing="valid")
 
 
 def _table(raw: Mapping[str, Any], key: str) -> Mapping[str, Any]:
@@ -349,21 +349,15 @@ def _exclude(value: Any, axes: Mapping[str, Mapping[str, Any]]) -> tuple[dict[st
         parsed: dict[str, tuple[str, ...]] = {}
         for axis, names in entry.items():
             if axis not in axes:
-                hint = nearest(axis, list(axes))
-                raise ConfigError(
-                    "sweep.exclude", f"unknown axis {axis!r}", f"did you mean {hint!r}?" if hint else f"axes: {', '.join(axes) or 'none'}"
-                )
+                fix = did_you_mean(axis, list(axes), listing="axes") if axes else "axes: none"
+                raise ConfigError("sweep.exclude", f"unknown axis {axis!r}", fix)
             chosen = (names,) if isinstance(names, str) else names
             if not isinstance(chosen, list | tuple) or any(not isinstance(n, str) for n in chosen):
                 raise ConfigError("sweep.exclude", f"{axis} must be a setting name or a list of names, got {names!r}")
             for name in chosen:
                 if name not in axes[axis]:
-                    hint = nearest(name, list(axes[axis]))
-                    raise ConfigError(
-                        "sweep.exclude",
-                        f"axis {axis!r} has no setting {name!r}",
-                        f"did you mean {hint!r}?" if hint else f"settings: {', '.join(axes[axis])}",
-                    )
+                    fix = did_you_mean(name, list(axes[axis]), listing="settings")
+                    raise ConfigError("sweep.exclude", f"axis {axis!r} has no setting {name!r}", fix)
             parsed[axis] = tuple(chosen)
         entries.append(parsed)
     return tuple(entries)

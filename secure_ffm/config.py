@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from secure_ffm.errors import ConfigError
-from secure_ffm.registry import nearest
+from secure_ffm.registry import did_you_mean
 from secure_ffm.variants import MECHANISMS, PROTOCOLS
 
 Scalar = bool | int | float | str
@@ -48,9 +48,24 @@ def _float32(section: str, name: str, value: float) -> None:
 
 def _choice(section: str, name: str, value: str, choices: Sequence[str]) -> None:
     if value not in choices:
-        hint = nearest(value, list(choices))
-        fix = f"did you mean {hint!r}?" if hint else f"choose one of: {', '.join(choices)}"
-        raise ConfigError(f"{section}.{name}", f"unknown value {value!r}", fix)
+        raise ConfigError(f"{section}.{name}", f"unknown value {value!r}", did_you_mean(value, choices))
+
+
+def unknown_section(section: str, valid: Sequence[str], *, listing: str = "valid sections") -> ConfigError:
+    """The error of a TOML table ``[section]`` that is not one of ``valid`` (the nearest suggested)."""
+    return ConfigError(f"[{section}]", "unknown section", did_you_mean(section, valid, show=lambda hint: f"[{hint}]", listing=listing))
+
+
+def unknown_key(section: str, key: str, valid: Sequence[str], *, listing: str = "valid keys") -> ConfigError:
+    """The error of a key ``section.key`` that is not one of ``valid`` (the nearest suggested)."""
+    return ConfigError(f"{section}.{key}", "unknown key", did_you_mean(key, valid, show=lambda hint: f"{section}.{hint}", listing=listing))
+
+
+def check_keys(section: str, body: Mapping[str, Any], valid: Sequence[str], *, listing: str = "valid keys") -> None:
+    """Refuse the first key of ``body`` that is not one of ``valid`` (:func:`unknown_key`)."""
+    for key in body:
+        if key not in valid:
+            raise unknown_key(section, key, valid, listing=listing)
 
 
 @dataclass(frozen=True)
@@ -611,17 +626,14 @@ def config_from_dict(raw: Mapping[str, Any], *, overrides: Sequence[str] = ()) -
     section_types = _section_types()
     for section, body in raw.items():
         if section not in section_types:
-            hint = nearest(section, list(section_types))
-            fix = f"did you mean [{hint}]?" if hint else f"valid sections: {', '.join(section_types)}"
-            raise ConfigError(f"[{section}]", "unknown section", fix)
+            raise unknown_section(section, list(section_types))
         if not isinstance(body, Mapping):
             raise ConfigError(section, "must be a table", f"write it as [{section}]")
         merged[section] = dict(body)
     for assignment in overrides:
         section, key, value = parse_override(assignment)
         if section not in section_types:
-            hint = nearest(section, list(section_types))
-            fix = f"did you mean {hint}.{key}?" if hint else f"valid sections: {', '.join(section_types)}"
+            fix = did_you_mean(section, list(section_types), show=lambda hint, key=key: f"{hint}.{key}", listing="valid sections")
             raise ConfigError(f"{section}.{key}", "unknown section", fix)
         merged.setdefault(section, {})[key] = value
 
@@ -629,14 +641,8 @@ def config_from_dict(raw: Mapping[str, Any], *, overrides: Sequence[str] = ()) -
     for section, section_type in section_types.items():
         body = merged.get(section, {})
         hints = typing.get_type_hints(section_type)
-        valid = [f.name for f in fields(section_type)]
-        kwargs: dict[str, Any] = {}
-        for key, value in body.items():
-            if key not in hints:
-                hint = nearest(key, valid)
-                fix = f"did you mean {section}.{hint}?" if hint else f"valid keys: {', '.join(valid)}"
-                raise ConfigError(f"{section}.{key}", "unknown key", fix)
-            kwargs[key] = _coerce(f"{section}.{key}", value, hints[key])
+        check_keys(section, body, [f.name for f in fields(section_type)])
+        kwargs = {key: _coerce(f"{section}.{key}", value, hints[key]) for key, value in body.items()}
         built[section] = section_type(**kwargs)
     return Config(**built)
 

@@ -10,17 +10,24 @@ from __future__ import annotations
 
 import difflib
 import importlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
 
-def nearest(name: str, choices: list[str] | tuple[str, ...]) -> str | None:
+def nearest(name: str, choices: Sequence[str]) -> str | None:
     """The closest valid name to ``name``, or None when nothing is close."""
     found = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
     return found[0] if found else None
+
+
+def did_you_mean(name: str, choices: Sequence[str], *, show: Callable[[str], str] = repr, listing: str = "choose one of") -> str:
+    """The fix for an unknown ``name``: ``did you mean X?`` with X the nearest choice as ``show`` writes it (quoted by
+    default), else ``listing: every, choice``. Every "unknown name" error (config keys, registries, sweep files) uses it."""
+    hint = nearest(name, choices)
+    return f"did you mean {show(hint)}?" if hint is not None else f"{listing}: {', '.join(choices)}"
 
 
 class Registry(Generic[T]):
@@ -71,9 +78,7 @@ class Registry(Generic[T]):
         except KeyError:
             from secure_ffm.errors import ConfigError
 
-            hint = nearest(name, self.names())
-            fix = f"did you mean {hint!r}?" if hint else f"choose one of: {', '.join(self.names())}"
-            raise ConfigError(key or self.kind, f"unknown {self.kind} {name!r}", fix) from None
+            raise ConfigError(key or self.kind, f"unknown {self.kind} {name!r}", did_you_mean(name, self.names())) from None
 
     def names(self) -> tuple[str, ...]:
         """Every registered name, lazy ones included (nothing is imported)."""

@@ -73,3 +73,17 @@ def test_shipped_configs_are_valid():
     assert training
     for path in training:
         assert isinstance(load_config(path), Config)
+
+
+def test_config_and_sweep_files_refuse_unknown_names_with_the_one_shared_suggestion():
+    from eval.spec import sweep_from_dict
+    from secure_ffm.registry import did_you_mean
+
+    assert did_you_mean("lrr", ["lr", "momentum"]) == "did you mean 'lr'?"
+    assert did_you_mean("zzz", ["lr", "momentum"], listing="valid keys") == "valid keys: lr, momentum"
+    assert did_you_mean("sever", ["server"], show=lambda hint: f"[{hint}]") == "did you mean [server]?"
+    with pytest.raises(ConfigError, match=r"client\.zzz: unknown key \(valid keys: local_epochs, ") as config_error:
+        config_from_dict({"client": {"zzz": 1}})
+    with pytest.raises(ConfigError, match=r"sweep\.nmae: unknown key \(did you mean sweep\.name\?\)") as sweep_error:
+        sweep_from_dict({"sweep": {"nmae": "x"}})
+    assert config_error.value.key == "client.zzz" and sweep_error.value.key == "sweep.nmae"
