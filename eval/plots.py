@@ -35,11 +35,13 @@ from matplotlib.text import Text
 from matplotlib.transforms import Bbox, blended_transform_factory
 
 from eval.metrics import pareto_front
-from eval.results import read_results
+from eval.results import budget_mechanisms, mechanism_label, read_results, row_mechanism, spends_budget
 
 PLOTS = ("accuracy_vs_epsilon", "attack_vs_epsilon", "privacy_utility_frontier", "reconstructions")
-MECHANISM_NAMES = {"none": "no DP", "dp-sgd": "DP-SGD", "dp-fedavg": "DP-FedAvg"}
-MECHANISM_STYLES = {"dp-sgd": ("o", "-"), "dp-fedavg": ("s", "--")}
+MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+"""Markers of the mechanisms that spend a budget, in registry order; runs without DP (ε = ∞) are stars."""
+LINE_STYLES = ("-", "--", "-.", ":")
+NO_DP_MARKER = "*"
 METRIC_AXES: dict[str, tuple[str, float]] = {
     "accuracy": ("test accuracy (%)", 100.0),
     "macro_f1": ("test macro F1 (%)", 100.0),
@@ -67,7 +69,12 @@ class Setting:
 
     @property
     def mechanism(self) -> str:
-        return str(self.first.get("mechanism", "none"))
+        return row_mechanism(self.first)
+
+    @property
+    def spends_budget(self) -> bool:
+        """Whether the setting's mechanism gives an ε (its registered class's ``spends_budget``); else ε = ∞."""
+        return spends_budget(self.first)
 
     @property
     def others(self) -> tuple[tuple[str, str], ...]:
@@ -79,7 +86,7 @@ class Setting:
     def epsilon(self) -> float:
         """The setting's ε: its target (the accountant keeps the ε spent at or below it), else the mean spent over
         the seeds; ``inf`` without DP, NaN when unknown."""
-        if self.mechanism == "none":
+        if not self.spends_budget:
             return math.inf
         if self.first.get("target_epsilon") is not None:
             return float(self.first["target_epsilon"])
@@ -164,6 +171,14 @@ def _others_text(others: Sequence[tuple[str, str]]) -> str:
     return ", ".join(f"{axis}={name}" for axis, name in others)
 
 
+def _style(mechanism: str) -> tuple[str, str]:
+    """(marker, line style) of a mechanism that spends a budget: by its place in the registry, so that it keeps its look
+    across sweeps; one this installation does not know gets the last ones."""
+    names = budget_mechanisms()
+    index = names.index(mechanism) if mechanism in names else len(MARKERS) - 1
+    return MARKERS[index % len(MARKERS)], LINE_STYLES[index % len(LINE_STYLES)]
+
+
 def _attack_metric(settings: Sequence[Setting]) -> str | None:
     for s in settings:
         for row in s.rows:
@@ -194,30 +209,30 @@ def metric_vs_epsilon(rows: Sequence[Mapping[str, Any]], stem: Path, *, metric: 
     lines: dict[tuple[str, tuple[tuple[str, str], ...]], list[Setting]] = {}
     for s in settings:
         lines.setdefault((s.mechanism, s.others), []).append(s)
-    no_dp = {s.others: s for s in settings if s.mechanism == "none"}
+    no_dp = {s.others: s for s in settings if not s.spends_budget}
     # dodge: shift each line a little along the (log) x axis, so that lines with equal values stay visible
     dodge = {key: math.exp(0.05 * (i - (len(lines) - 1) / 2)) for i, key in enumerate(lines)}
     inf_dodge = {others: math.exp(0.05 * (i - (len(no_dp) - 1) / 2)) for i, others in enumerate(no_dp)}
     handles = []
     for (mechanism, others), members in lines.items():
         color = colors[others]
-        name = MECHANISM_NAMES.get(mechanism, mechanism) + (f" · {_others_text(others)}" if others else "")
-        if mechanism == "none":
+        name = mechanism_label(mechanism) + (f" · {_others_text(others)}" if others else "")
+        if not members[0].spends_budget:
             for s in members:
                 mean, low, high = s.stats(metric, scale)
                 ax.errorbar(
                     [inf_x * inf_dodge[others]],
                     [mean],
                     yerr=[[mean - low], [high - mean]],
-                    fmt="*",
+                    fmt=NO_DP_MARKER,
                     ms=12,
                     color=color,
                     capsize=3,
                     zorder=3,
                 )
-            handles.append(Line2D([], [], marker="*", ms=10, color=color, linestyle="none", label=name))
+            handles.append(Line2D([], [], marker=NO_DP_MARKER, ms=10, color=color, linestyle="none", label=name))
             continue
-        marker, style = MECHANISM_STYLES.get(mechanism, ("^", ":"))
+        marker, style = _style(mechanism)
         members = sorted(members, key=lambda s: s.epsilon)
         xs = np.array([s.epsilon for s in members]) * dodge[(mechanism, others)]
         stats = np.array([s.stats(metric, scale) for s in members])
@@ -343,7 +358,7 @@ def privacy_utility_frontier(rows: Sequence[Mapping[str, Any]], stem: Path) -> t
     fig = _figure(9.8, 5.4)
     ax = fig.add_subplot()
     for index, (s, x, y) in enumerate(data):
-        marker = MECHANISM_STYLES.get(s.mechanism, ("*", ""))[0]
+        marker = _style(s.mechanism)[0] if s.spends_budget else NO_DP_MARKER
         ax.errorbar(
             [x[0]], [y[0]], xerr=[[x[0] - x[1]], [x[2] - x[0]]], yerr=[[y[0] - y[1]], [y[2] - y[0]]],
             fmt=marker, ms=8 if marker != "*" else 11, color=COLORS[index % len(COLORS)],
@@ -362,10 +377,21 @@ def privacy_utility_frontier(rows: Sequence[Mapping[str, Any]], stem: Path) -> t
     ax.set_ylabel(f"utility: {y_label}")
     ax.set_title(f"{title}: better settings lie up and to the left", fontsize=11)
     ax.grid(True, alpha=0.3)
+    present = {s.mechanism: s.spends_budget for s, _, _ in data}
+    order = {name: i for i, name in enumerate(budget_mechanisms())}
     legend = [
-        Line2D([], [], marker="o", linestyle="none", color="0.3", label="DP-SGD"),
-        Line2D([], [], marker="s", linestyle="none", color="0.3", label="DP-FedAvg"),
-        Line2D([], [], marker="*", ms=10, linestyle="none", color="0.3", label="no DP"),
+        Line2D(
+            [],
+            [],
+            marker=_style(m)[0] if spends else NO_DP_MARKER,
+            ms=6 if spends else 10,
+            linestyle="none",
+            color="0.3",
+            label=mechanism_label(m),
+        )
+        for m, spends in sorted(present.items(), key=lambda item: (not item[1], order.get(item[0], len(order)), item[0]))
+    ]
+    legend += [
         Line2D(
             [],
             [],
@@ -379,8 +405,6 @@ def privacy_utility_frontier(rows: Sequence[Mapping[str, Any]], stem: Path) -> t
             label="Pareto front",
         ),
     ]
-    present = {s.mechanism for s, _, _ in data}
-    legend = [h for h, m in zip(legend, ("dp-sgd", "dp-fedavg", "none", "front"), strict=True) if m in present or m == "front"]
     ax.legend(
         handles=legend,
         fontsize=8,

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from eval.results import JSONL, SWEEP_TOML, current_point_ids, latest_rows, read_all_rows, write_text_atomic
+from eval.results import JSONL, SWEEP_TOML, current_point_ids, latest_rows, read_all_rows, spends_budget, write_text_atomic
 from secure_ffm.errors import ConfigError
 
 CAPTIONS = {
@@ -66,9 +66,21 @@ def _table(header: Sequence[str], body: Sequence[str]) -> str:
 
 
 def _epsilon(row: Mapping[str, Any]) -> Any:
-    if row.get("status") == "ok" and row.get("mechanism") == "none":
+    if row.get("status") == "ok" and not spends_budget(row):
         return math.inf
     return row.get("epsilon")
+
+
+def _note(row: Mapping[str, Any]) -> str | None:
+    """The point's error, else the audit's note; says so when the attack's time budget cut it short (it then understates the leakage)."""
+    if row.get("error"):
+        return str(row["error"])
+    notes = [str(row["attack_note"])] if row.get("attack_note") else []
+    if row.get("attack_stopped_by") == "time":
+        notes.append(
+            f"attack stopped by its time budget after {row.get('attack_iterations')} iterations: the result understates the leakage"
+        )
+    return "; ".join(notes) or None
 
 
 def _points_table(rows: Sequence[Mapping[str, Any]], missing: Sequence[str]) -> str:
@@ -102,7 +114,7 @@ def _points_table(rows: Sequence[Mapping[str, Any]], missing: Sequence[str]) -> 
         ]
         cells += [_cell(row.get("delta"), numeric=True, digits=3)]
         cells += [_cell((row.get("attack_metrics") or {}).get(m), numeric=True) for m in metrics]
-        cells += [_cell(row.get("seconds"), numeric=True, digits=3), _cell(row.get("error") or row.get("attack_note"))]
+        cells += [_cell(row.get("seconds"), numeric=True, digits=3), _cell(_note(row))]
         body.append(f'<tr class="{html.escape(str(row.get("status")))}">{"".join(cells)}</tr>')
     status_column = header.index("status")
     for point_id in missing:

@@ -18,9 +18,13 @@ import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from secure_ffm.config import read_toml
+from secure_ffm.config import PrivacyConfig, read_toml
+from secure_ffm.variants import MECHANISMS
+
+if TYPE_CHECKING:
+    from secure_ffm.privacy.mechanisms import PrivacyMechanism
 
 JSONL = "sweep.jsonl"
 CSV = "sweep.csv"
@@ -28,9 +32,48 @@ SWEEP_TOML = "sweep.toml"
 
 RESULT_COLUMNS = (
     "protection", "mechanism", "epsilon", "delta", "noise_multiplier", "accountant", "defense", "secure_aggregation",
-    "accuracy", "macro_f1", "attack", "attack_metric", "attack_value", "attack_note",
+    "accuracy", "macro_f1", "attack", "attack_metric", "attack_value", "attack_iterations", "attack_stopped_by", "attack_note",
 )  # fmt: skip
 TAIL_COLUMNS = ("train_seconds", "attack_seconds", "seconds", "status", "error")
+
+
+# --------------------------------------------------------------------------- the privacy mechanism of a row
+
+
+def row_mechanism(row: Mapping[str, Any]) -> str:
+    """The ``privacy.mode`` a row was run with (the config's default when the row does not say)."""
+    return str(row.get("mechanism") or PrivacyConfig().mode)
+
+
+def mechanism_class(name: str) -> type[PrivacyMechanism] | None:
+    """The privacy mechanism registered as ``name`` (plugins loaded first); None when none is (a plugin's
+    mechanism whose plugin is not installed here)."""
+    if name not in MECHANISMS:
+        from secure_ffm.plugins import load_plugins
+
+        load_plugins()
+    return MECHANISMS.get(name) if name in MECHANISMS else None
+
+
+def spends_budget(row: Mapping[str, Any]) -> bool:
+    """Whether the row's mechanism gives an (ε, δ) guarantee (its registered class's ``spends_budget``); without it
+    ε = ∞. A mechanism this installation does not know is taken to spend one: the ε the row recorded is shown."""
+    cls = mechanism_class(row_mechanism(row))
+    return cls is None or cls.spends_budget
+
+
+def mechanism_label(name: str) -> str:
+    """How plots name a mechanism: its registered class's ``label`` (e.g. ``DP-SGD``), else the name."""
+    cls = mechanism_class(name)
+    return (cls.label or cls.name or name) if cls is not None else name
+
+
+def budget_mechanisms() -> tuple[str, ...]:
+    """The registered mechanisms that spend a budget, in registry order (plots give each its own style)."""
+    return tuple(name for name in MECHANISMS.names() if (cls := mechanism_class(name)) is not None and cls.spends_budget)
+
+
+# --------------------------------------------------------------------------- files
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -98,6 +141,7 @@ def csv_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
         axes.update(dict.fromkeys(row.get("settings", {})))
         keys.update(dict.fromkeys(row.get("config", {})))
         metrics.update(dict.fromkeys(f"attack_{m}" for m in row.get("attack_metrics", {}) or {}))
+    metrics = {m: None for m in metrics if m not in RESULT_COLUMNS and m not in TAIL_COLUMNS}
     return ["point_id", *(f"grid.{a}" for a in axes), "seed", *keys, *RESULT_COLUMNS, *metrics, *TAIL_COLUMNS]
 
 
@@ -113,8 +157,9 @@ def csv_text(rows: Sequence[Mapping[str, Any]]) -> str:
         flat: dict[str, Any] = {c: row.get(c) for c in columns if c in row}
         flat.update({f"grid.{a}": n for a, n in row.get("settings", {}).items()})
         flat.update({k: v if isinstance(v, str) else toml_value(v) for k, v in (row.get("config") or {}).items()})
-        flat.update({f"attack_{m}": v for m, v in (row.get("attack_metrics") or {}).items()})
-        if row.get("status") == "ok" and row.get("mechanism") == "none":
+        for metric, value in (row.get("attack_metrics") or {}).items():
+            flat.setdefault(f"attack_{metric}", value)  # a result column of the same name wins (csv_columns lists it once)
+        if row.get("status") == "ok" and not spends_budget(row):
             flat["epsilon"] = "inf"
         writer.writerow({c: _cell(flat.get(c)) for c in columns})
     return buffer.getvalue()

@@ -9,7 +9,11 @@ For each point (see :mod:`eval.spec`), in ``SWEEP_DIR/points/<point id>/``:
 3. ``attack/``: the leakage audit (:func:`attacks.audit.audit_config`) of the observation the
    server would get under the point's protections; it attacks the initial model by default
    (``[attack] parameters = "initial"``: every point of a seed then shares the weights, so
-   differences in leakage come from the protections alone) or the trained one (``"final"``);
+   differences in leakage come from the protections alone) or the trained one (``"final"``).
+   The row records how the attack's budget ended, as ``attack.json``'s ``budget`` does:
+   ``attack_iterations`` (the iterations reached) and ``attack_stopped_by`` (``iterations``,
+   ``time``: the time budget cut it short and the result understates the attack, or ``attack``:
+   it finished on its own);
 4. one row appended to ``sweep.jsonl`` and ``sweep.csv`` rewritten.
 
 Points where the attack does not apply (e.g. an attack that does not handle the aggregate secure
@@ -378,7 +382,8 @@ def _audit(spec: SweepSpec, config: Config, point: SweepPoint, point_dir: Path, 
         "attack_metric": result.primary_metric,
         "attack_value": _finite(result.primary_value),
         "attack_metrics": {k: _finite(v) for k, v in metrics.items()},
-        "attack_iterations": result.iterations,
+        "attack_iterations": int(result.budget.get("iterations_reached", result.iterations)),
+        "attack_stopped_by": result.budget.get("stopped_by"),
         "attack_seconds": result.seconds,
         "attack_dir": f"points/{point.id}/attack",
     }

@@ -1,5 +1,7 @@
 """Plots and report.html from result files alone (hand-written sweep.jsonl rows: no training)."""
 
+import csv
+import io
 import json
 import math
 import re
@@ -8,8 +10,10 @@ import pytest
 
 from eval.plots import group_settings, write_plots
 from eval.report import write_report
-from eval.results import csv_columns, csv_text, latest_rows, read_results
+from eval.results import csv_columns, csv_text, latest_rows, mechanism_label, read_results, spends_budget
 from secure_ffm.errors import ConfigError
+from secure_ffm.privacy.mechanisms import NoPrivacy
+from secure_ffm.variants import MECHANISMS as MECHANISM_REGISTRY
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MECHANISMS = {
@@ -165,3 +169,50 @@ def test_report_marks_reproducible_noise_as_no_protection(tmp_path):
 
 def test_report_without_reproducible_noise_has_no_warning(sweep_dir):
     assert "Reproducible noise" not in write_report(sweep_dir).read_text()
+
+
+class UnaccountedMechanism(NoPrivacy):
+    """A mechanism without a formal guarantee under another name: ε = ∞ follows its class, not the name "none"."""
+
+    name = "test-unaccounted"
+    label = "test unaccounted"
+
+
+def test_epsilon_is_infinite_where_the_registered_class_spends_no_budget(tmp_path):
+    rows = [dict(r, mechanism="test-unaccounted") if r.get("mechanism") == "none" else r for r in make_rows(seeds=(0,))]
+    (tmp_path / "sweep.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    with MECHANISM_REGISTRY.registered("test-unaccounted", UnaccountedMechanism):
+        first = csv_text(rows).splitlines()[1]
+        assert first.startswith("privacy-none__defense-none__seed-0,") and ",inf," in first
+        unaccounted = next(s for s in group_settings(rows) if s.mechanism == "test-unaccounted")
+        assert math.isinf(unaccounted.epsilon) and not unaccounted.spends_budget
+        assert mechanism_label("test-unaccounted") == "test unaccounted" and mechanism_label("dp-sgd") == "DP-SGD"
+        write_plots(tmp_path)  # the unaccounted setting is drawn at ε = ∞
+    # a mechanism this installation does not know: the ε its rows recorded is kept
+    assert spends_budget({"mechanism": "test-not-installed"}) and not spends_budget({"mechanism": "none"})
+
+
+def test_sweep_rows_say_how_the_attack_budget_ended(tmp_path):
+    rows = make_rows(seeds=(0,))
+    ok = [r for r in rows if r["status"] == "ok"]
+    for row in ok:
+        row.update(attack_iterations=20, attack_stopped_by="iterations")
+    ok[1].update(attack_iterations=7, attack_stopped_by="time")
+    columns = csv_columns(rows)
+    assert {"attack_iterations", "attack_stopped_by"} <= set(columns)
+    parsed = list(csv.DictReader(io.StringIO(csv_text(rows))))
+    assert [(r["attack_iterations"], r["attack_stopped_by"]) for r in parsed[:2]] == [("20", "iterations"), ("7", "time")]
+    assert parsed[-1]["attack_stopped_by"] == ""  # the failed point was not audited
+    (tmp_path / "sweep.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    text = write_report(tmp_path).read_text()
+    assert text.count("stopped by its time budget") == 1
+    assert "attack stopped by its time budget after 7 iterations" in text
+
+
+def test_an_attack_metric_named_like_a_result_column_does_not_repeat_the_column():
+    rows = make_rows(seeds=(0,))
+    rows[0]["attack_metrics"] = {**rows[0]["attack_metrics"], "iterations": 3.0}
+    rows[0]["attack_iterations"] = 20
+    columns = csv_columns(rows)
+    assert columns.count("attack_iterations") == 1
+    assert next(csv.DictReader(io.StringIO(csv_text(rows))))["attack_iterations"] == "20"

@@ -58,6 +58,13 @@ def test_every_point_is_trained_audited_and_recorded(sweep):
         assert 0.0 <= float(row["accuracy"]) <= 1.0
         assert float(row["attack_psnr"]) > 0
         assert row["attack_metric"] == "psnr"
+        # how the attack's budget ended, as attack.json records it (budget.iterations_reached, budget.stopped_by)
+        audit = json.loads((out / "points" / row["point_id"] / "attack" / "attack.json").read_text())
+        assert row["attack_stopped_by"] == audit["budget"]["stopped_by"] in ("iterations", "time", "attack")
+        assert int(row["attack_iterations"]) == audit["budget"]["iterations_reached"] >= 1
+    for row in first.rows:
+        if row["status"] == "ok":
+            assert row["attack_stopped_by"] in ("iterations", "time", "attack") and row["attack_iterations"] >= 1
     by_setting = {(r["grid.privacy"], r["grid.defense"]): r for r in rows}
     assert by_setting[("none", "none")]["epsilon"] == "inf"
     assert by_setting[("none", "none")]["protection"] == "no protection"
