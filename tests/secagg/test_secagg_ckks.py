@@ -7,7 +7,7 @@ import pytest
 import tenseal as ts
 from cases import cnn_config  # tests/secagg/cases.py (on sys.path under pytest)
 
-from secure_ffm.aggregation import PROTOCOLS, AggregationError, EncodingDeclined
+from secure_ffm.aggregation import PROTOCOLS, AggregationError
 from secure_ffm.config import config_from_dict
 from secure_ffm.errors import ConfigError
 from secure_ffm.privacy.mechanisms import build_mechanism
@@ -193,12 +193,10 @@ def stranger_client(client_id, parameters, fingerprint=None):
     return CKKSClient(client_id, parameters, other.client_context(), fingerprint if fingerprint is not None else other.fingerprint)
 
 
-def test_hostile_messages_are_rejected_naming_the_client_and_the_others_still_sum_correctly():
+def test_forged_ciphertexts_are_rejected_naming_the_client_and_the_others_still_sum_correctly():
+    # replayed, stale, repeated, non-participant, wrong-layout and non-finite messages: tests/engine/test_protocol_hostile_messages.py
     n = 5
     protocol = CKKSProtocol(parameters=SMALL, key_holder="authority")
-    old, old_weights = make_updates(n, round=1, seed=4)
-    protocol.begin_round(1, range(n))
-    replay = protocol.encode(old[0], weight=old_weights[0])
     updates, weights = make_updates(n, round=2, seed=5)
     protocol.begin_round(2, range(n))
     accumulator = protocol.accumulator(2)
@@ -224,9 +222,6 @@ def test_hostile_messages_are_rejected_naming_the_client_and_the_others_still_su
         (foreign, "client 1 sent ciphertext 0 that does not deserialize under the round's CKKS context"),
         (ClientMessage(1, 2, {k: v for k, v in good.payload.items() if k != first}, 10), "client 1 sent 0 ciphertexts"),
         (ClientMessage(1, 2, {**good.payload, "ciphertext/00001": good.payload[first]}, 10), "client 1 sent 2 ciphertexts"),
-        (replay, "client 0 sent a message of round 1"),
-        (ClientMessage(0, 2, dict(replay.payload), 10), "client 0 sent ciphertexts tagged for round"),
-        (ClientMessage(7, 2, dict(good.payload), 10), "client 7 is not a participant"),
         (ClientMessage(1, 2, {k: v for k, v in good.payload.items() if k != "context"}, 10), "client 1 sent no 'context' field"),
     ]
     for message, expected in hostile:
@@ -234,8 +229,6 @@ def test_hostile_messages_are_rejected_naming_the_client_and_the_others_still_su
             accumulator.add(message)
     for message in messages:
         accumulator.add(message)
-    with pytest.raises(AggregationError, match="client 0 sent twice"):
-        accumulator.add(messages[0])
     assert_close(accumulator.result(), updates, weights, SMALL)
 
 
@@ -323,27 +316,6 @@ def test_a_server_that_miscounts_is_caught_when_decrypting():
     accumulator.server.received.append(9)  # claims a fourth client
     with pytest.raises(AggregationError, match="the aggregate holds 3.00 client contributions, the server claims 4"):
         accumulator.result()
-
-
-@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
-def test_client_refuses_to_encrypt_non_finite_values_and_the_others_still_sum(bad):
-    protocol = CKKSProtocol(parameters=SMALL)
-    updates, weights = make_updates(4)
-    protocol.begin_round(1, range(4))
-    accumulator = protocol.accumulator(1)
-    poisoned = updates[2].replace_delta({**updates[2].delta, "fc.bias": np.full(5, bad, np.float32)})
-    with pytest.raises(CKKSEncodeError, match="round 1: client 2 has non-finite values in delta fc.bias; refusing to encrypt") as info:
-        protocol.encode(poisoned, weight=weights[2])
-    assert isinstance(info.value, EncodingDeclined) and isinstance(info.value, AggregationError)
-    bad_stat = updates[2].with_statistics(unclipped=np.asarray([bad]))
-    with pytest.raises(CKKSEncodeError, match="client 2 has non-finite values in statistic unclipped"):
-        protocol.encode(bad_stat, weight=weights[2])
-    with pytest.raises(CKKSEncodeError, match="client 2 has weight"):
-        protocol.encode(updates[2], weight=bad)
-    kept = [0, 1, 3]
-    for c in kept:
-        accumulator.add(protocol.encode(updates[c], weight=weights[c]))
-    assert_close(accumulator.result(), [updates[c] for c in kept], [weights[c] for c in kept], SMALL)
 
 
 # --------------------------------------------------------------------------- real updates and runs

@@ -177,13 +177,11 @@ def test_unmask_policy_never_reveals_both_shares_for_one_client():
         protocol.clients[1].unmask(UnmaskRequest(1, survivors=(0, 1, 2, 3), dropped=(3, 4, 5)))
 
 
-def test_hostile_messages_are_rejected_and_the_others_still_sum_correctly():
+def test_forged_masked_vectors_are_rejected_and_the_others_still_sum_correctly():
+    # replayed, stale, repeated, non-participant, wrong-layout and non-finite messages: tests/engine/test_protocol_hostile_messages.py
     n = 5
-    old, weights = make_updates(n, round=1, seed=4)
-    protocol = MaskingProtocol(seed=2)
-    protocol.begin_round(1, range(n), weight_bound=max(weights))
-    replay = protocol.encode(old[0], weight=weights[0])
     updates, weights = make_updates(n, round=2, seed=5)
+    protocol = MaskingProtocol(seed=2)
     protocol.begin_round(2, range(n), weight_bound=max(weights))
     accumulator = protocol.accumulator(2)
     messages = [protocol.encode(u, weight=w) for u, w in zip(updates, weights, strict=True)]
@@ -194,17 +192,12 @@ def test_hostile_messages_are_rejected_and_the_others_still_sum_correctly():
             ClientMessage(1, 2, {**good.payload, "masked": good.payload["masked"].astype(np.int64)}, 10),
             "client 1 sent a masked vector of dtype int64",
         ),
-        (replay, "client 0 sent a message of round 1"),
-        (ClientMessage(0, 2, dict(replay.payload), 10), "client 0 sent a masked vector tagged for round"),
-        (ClientMessage(7, 2, dict(good.payload), 10), "client 7 is not a participant"),
     ]
     for message, expected in hostile:
         with pytest.raises(AggregationError, match=expected):
             accumulator.add(message)
     for message in messages:
         accumulator.add(message)
-    with pytest.raises(AggregationError, match="client 0 sent twice"):
-        accumulator.add(messages[0])
     assert_close(accumulator.result(), plaintext(updates, weights), num_participants=n, weight_bound=max(weights))
 
 
