@@ -28,7 +28,7 @@ from typing import Any
 
 import attacks  # noqa: F401 - registers the attacks
 from secure_ffm.cli import command
-from secure_ffm.config import config_from_dict, parse_override, read_toml
+from secure_ffm.config import check_local_paths, config_from_dict, parse_override, read_toml
 from secure_ffm.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -169,31 +169,6 @@ def _budget(table: Mapping[str, Any], args: argparse.Namespace, progress: Any) -
     return Budget(max_iterations=iterations, max_seconds=seconds, progress=progress)
 
 
-def _check_local_paths(config: Any, *, beside: Path, what: str) -> None:
-    """A relative data or model path that does not exist: say it resolves from the current directory, and where it does exist."""
-    from secure_ffm.data.external import looks_like_path
-
-    candidates = []
-    if not config.data.dataset.startswith("hf:") and looks_like_path(config.data.dataset):
-        candidates.append(("data.dataset", config.data.dataset))
-    name = str(getattr(config.model, "name_or_path", ""))
-    if name.startswith(("./", "../")) or name.count("/") > 1:
-        candidates.append(("model.name_or_path", name))
-    for key, value in candidates:
-        path = Path(value).expanduser()
-        if path.is_absolute() or path.exists():
-            continue
-        there = beside / path
-        fix = (
-            f"it exists at {there}: write that path, or an absolute one"
-            if there.exists()
-            else f"write an absolute path, or one relative to {Path.cwd()}"
-        )
-        raise ConfigError(
-            key, f"{value!r} does not exist: relative paths resolve from the current directory {Path.cwd()}, not from {what} {beside}", fix
-        )
-
-
 class _Progress:
     """One tqdm bar of attack iterations, relabelled (and restarted) for each audited batch."""
 
@@ -255,7 +230,7 @@ def attack_command(args: argparse.Namespace) -> int:
                 )
             clients = _targets(args, table, {})
             name = args.attack or table.get("name") or _default_for_run(run_dir)
-            _check_local_paths(read_run_config(run_dir), beside=run_dir, what="the run directory")
+            check_local_paths(read_run_config(run_dir), beside=run_dir, what="the run directory")
             result_dir = Path(args.out) if args.out else run_dir / "audit" / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
             _fresh_out(result_dir)
             summary = audit_capture_many(
@@ -296,7 +271,7 @@ def attack_command(args: argparse.Namespace) -> int:
                 case_table["knows_labels"] = True
             case = AuditCase.from_dict(case_table)
             config = config_from_dict(raw, overrides=overrides)
-            _check_local_paths(config, beside=Path(args.config).parent, what="the config's folder")
+            check_local_paths(config, beside=Path(args.config).parent, what="the config's folder")
             name = args.attack or table.get("name") or DEFAULT_ATTACK["image" if config.model.arch in ("cnn", "vit") else "text"]
             result_dir = Path(args.out) if args.out else Path("runs") / f"attack-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
             _fresh_out(result_dir)

@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from secure_ffm.config import check_keys, read_toml, unknown_section
+from secure_ffm.config import check_keys, check_local_paths, read_toml, unknown_section
 from secure_ffm.errors import ConfigError
 from secure_ffm.registry import did_you_mean
 from secure_ffm.variants import PROTOCOLS
@@ -122,6 +122,9 @@ class SweepSpec:
     attack: AttackSpec | None
     audit_case: dict[str, Any]
     source: Path | None = None
+    base_dir: Path | None = None
+    """The folder of the base config file (of the sweep file for an inline ``[base]``): relative data and model
+    paths that exist only there are refused naming it, as ``train`` and ``attack`` do (they resolve from the current directory)."""
     points: list[SweepPoint] = field(default_factory=list)
     configs: dict[str, Config] = field(default_factory=dict)
     """Point id -> built config (filled by :meth:`validate`)."""
@@ -180,6 +183,7 @@ class SweepSpec:
         for point in self.points:
             try:
                 config = config_from_dict(self.base, overrides=point.overrides)
+                check_local_paths(config, beside=self.base_dir, what="the base config's folder")
                 _check_buildable(config)
                 key = (repr(config.data), config.run.seed)
                 if key not in partitioned:  # the dataset loads and partitions (each distinct data section and seed once)
@@ -232,6 +236,7 @@ def sweep_from_dict(raw: Mapping[str, Any], *, root: Path | None = None, default
     spec = SweepSpec(
         name=name, base=base, axes=axes, seeds=tuple(seeds), overrides=overrides, exclude=exclude, attack=attack, audit_case=audit_case
     )
+    spec.base_dir = _base_dir(sweep, root)
     spec.points = expand_grid(axes, spec.seeds, overrides=overrides, exclude=exclude)
     if not spec.points:
         raise ConfigError("sweep.exclude", "excludes every point of the grid", "exclude fewer combinations")
@@ -308,6 +313,14 @@ def _base(raw: Mapping[str, Any], sweep: Mapping[str, Any], root: Path | None) -
     if not path.is_absolute() and root is not None:
         path = root / path
     return read_toml(path, key="sweep.base", fix="give the config's path relative to the sweep file")
+
+
+def _base_dir(sweep: Mapping[str, Any], root: Path | None) -> Path | None:
+    """The folder of the base config: that of ``sweep.base`` when it names a file, else the sweep file's (``root``)."""
+    if not isinstance(sweep.get("base"), str):
+        return root
+    path = Path(sweep["base"])
+    return (path if path.is_absolute() or root is None else root / path).parent
 
 
 def _overrides(key: str, value: Any) -> tuple[str, ...]:

@@ -109,7 +109,7 @@ def _atomic_leftover(path: Path) -> bool:
 
 @command("train")
 def train_command(args: argparse.Namespace) -> int:
-    from secure_ffm.config import load_config
+    from secure_ffm.config import check_local_paths, load_config
     from secure_ffm.simulation import Simulation, prepare_run, read_run_config
 
     if args.resume and args.out is None:
@@ -117,6 +117,7 @@ def train_command(args: argparse.Namespace) -> int:
     if args.out is not None and not args.out.strip():
         raise ConfigError("--out", "is empty", "pass a directory, e.g. --out runs/my-run")
     config = load_config(args.config, overrides=args.set)
+    check_local_paths(config, beside=Path(args.config).parent)
     out_dir = Path(args.out) if args.out else _default_out_dir(config.run.name)
     check_out_dir(out_dir, resume=args.resume)
     if args.resume:
@@ -140,11 +141,12 @@ def privacy_command(args: argparse.Namespace) -> int:
     """Print the noise multiplier a config implies and the ε it reaches, before any training."""
     import json
 
-    from secure_ffm.config import load_config
+    from secure_ffm.config import check_local_paths, load_config
     from secure_ffm.data import load_federated_data
     from secure_ffm.privacy.mechanisms import build_mechanism
 
     config = load_config(args.config, overrides=args.set)
+    check_local_paths(config, beside=Path(args.config).parent)
     data = load_federated_data(config.data, config.run.seed)
     mechanism = build_mechanism(config, data)
     plan = mechanism.plan()

@@ -683,6 +683,58 @@ def load_config(path: str | Path, *, overrides: Sequence[str] = ()) -> Config:
     return config_from_dict(raw, overrides=overrides)
 
 
+# --------------------------------------------------------------------------- local paths
+
+HF_PREFIX = "hf:"
+"""``data.dataset = "hf:<name>[:<config>]"``: a Hugging Face dataset, by Hub name or local folder."""
+
+
+def _surely_local(path: str) -> bool:
+    """Whether a path can only mean a local file or folder (a Hub name is ``name`` or ``owner/name``)."""
+    return path.startswith(("/", "./", "../", "~", "\\", ".\\")) or path.count("/") > 1
+
+
+def local_paths(config: Config) -> list[tuple[str, str, str, bool]]:
+    """The local files and folders ``config`` names, as ``(key, value, path, surely_local)``: a data file, the folder of an
+    ``hf:`` dataset and a model folder (``surely_local`` False: the value may as well be a Hugging Face Hub name)."""
+    from secure_ffm.data.external import looks_like_path
+
+    found = []
+    dataset = config.data.dataset
+    if dataset.startswith(HF_PREFIX):
+        folder = dataset[len(HF_PREFIX) :].partition(":")[0]
+        if folder:
+            found.append(("data.dataset", dataset, folder, _surely_local(folder)))
+    elif looks_like_path(dataset):
+        found.append(("data.dataset", dataset, dataset, True))
+    name = config.model.name_or_path
+    if name:
+        found.append(("model.name_or_path", name, name, _surely_local(name)))
+    return found
+
+
+def check_local_paths(config: Config, *, beside: Path | None = None, what: str = "the config's folder") -> None:
+    """Refuse a relative data file, ``hf:`` dataset folder or model folder that does not exist, before anything loads.
+
+    Every command (``train``, ``privacy``, ``sweep``, ``attack``) resolves relative paths the same way: from the current
+    directory, never from the config file's folder. When the path exists in ``beside`` (the config's folder, named by
+    ``what``) instead, the error says so; a value that may be a Hub name is refused only then.
+    """
+    for key, value, text, surely_local in local_paths(config):
+        path = Path(text).expanduser()
+        if path.is_absolute() or path.exists():
+            continue
+        there = beside / path if beside is not None else None
+        if not surely_local and not (there is not None and there.exists()):
+            continue  # a Hugging Face Hub name
+        where = f", not from {what} {beside}" if beside is not None else ""
+        if there is not None and there.exists():
+            fix = f"it exists at {there}: write {value.replace(text, str(there), 1)!r}, or run from {beside}"
+        else:
+            fix = f"write an absolute path, or one relative to {Path.cwd()}"
+        raise ConfigError(key, f"{value!r} does not exist: relative paths resolve from the current directory {Path.cwd()}{where}", fix)
+
+
 # --------------------------------------------------------------------------- writing
 
 
@@ -726,6 +778,7 @@ __all__ = [
     "RunConfig",
     "SecureAggregationConfig",
     "ServerConfig",
+    "check_local_paths",
     "config_from_dict",
     "dumps_toml",
     "load_config",

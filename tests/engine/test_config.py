@@ -87,3 +87,63 @@ def test_config_and_sweep_files_refuse_unknown_names_with_the_one_shared_suggest
     with pytest.raises(ConfigError, match=r"sweep\.nmae: unknown key \(did you mean sweep\.name\?\)") as sweep_error:
         sweep_from_dict({"sweep": {"nmae": "x"}})
     assert config_error.value.key == "client.zzz" and sweep_error.value.key == "sweep.nmae"
+
+
+@pytest.fixture
+def beside_the_config(tmp_path, monkeypatch):
+    """configs/run.toml names hf:./reviews, a dataset folder beside it; the current directory is another folder."""
+    configs = tmp_path / "configs"
+    (configs / "reviews").mkdir(parents=True)
+    (configs / "reviews" / "train.csv").write_text("text,label\nhello,0\n", encoding="utf-8")
+    (configs / "run.toml").write_text('[data]\ndataset = "hf:./reviews"\n\n[model]\narch = "cnn"\n', encoding="utf-8")
+    (configs / "sweep.toml").write_text('[sweep]\nbase = "run.toml"\nseeds = [0]\n', encoding="utf-8")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    return configs, elsewhere
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["train", "configs/run.toml", "--out", "out"],
+        ["privacy", "configs/run.toml"],
+        ["attack", "configs/run.toml", "--out", "out"],
+        ["sweep", "configs/sweep.toml", "--out", "out", "--quiet"],
+    ],
+    ids=lambda command: command[0],
+)
+def test_a_relative_hf_folder_resolves_from_the_current_directory_in_every_command(command, beside_the_config, capsys):
+    from secure_ffm.cli import main
+
+    configs, elsewhere = beside_the_config
+    args = [str(configs.parent / a) if a.startswith("configs/") else str(elsewhere / a) if a == "out" else a for a in command]
+    assert main(args) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "data.dataset" in line and "'hf:./reviews' does not exist" in line
+    assert f"relative paths resolve from the current directory {elsewhere}" in line
+    assert f"it exists at {configs / 'reviews'}: write 'hf:{configs / 'reviews'}'" in line
+    assert not (elsewhere / "out").exists()
+
+
+def test_local_paths_resolve_from_the_current_directory(beside_the_config, monkeypatch):
+    from secure_ffm.config import check_local_paths, local_paths
+
+    configs, elsewhere = beside_the_config
+    config = load_config(configs / "run.toml")
+    assert ("data.dataset", "hf:./reviews", "./reviews", True) in local_paths(config)
+    monkeypatch.chdir(configs)
+    check_local_paths(config, beside=configs)  # ./reviews is there
+    monkeypatch.chdir(elsewhere)
+    with pytest.raises(ConfigError, match=r"data\.dataset: 'hf:\./reviews' does not exist") as info:
+        check_local_paths(config, beside=configs)
+    assert str(configs / "reviews") in str(info.value)
+    # a name that may be a Hub dataset or model is left to the loaders unless it exists only beside the config
+    check_local_paths(config.replace(**{"data.dataset": "hf:someone/reviews:plain", "model.name_or_path": "someone/model"}), beside=configs)
+    with pytest.raises(ConfigError, match=r"'hf:reviews:plain' does not exist.*write 'hf:.*reviews:plain'"):
+        check_local_paths(config.replace(**{"data.dataset": "hf:reviews:plain"}), beside=configs)
+    (configs / "encoder").mkdir()
+    with pytest.raises(ConfigError, match=r"model\.name_or_path: '\./encoder' does not exist"):
+        check_local_paths(config.replace(**{"data.dataset": "fashion_mnist", "model.name_or_path": "./encoder"}), beside=configs)
+    with pytest.raises(ConfigError, match=r"'hf:\./missing' does not exist.*write an absolute path, or one relative to"):
+        check_local_paths(config.replace(**{"data.dataset": "hf:./missing"}))
