@@ -28,7 +28,7 @@ from typing import Any
 
 import attacks  # noqa: F401 - registers the attacks
 from secure_ffm.cli import command
-from secure_ffm.config import check_local_paths, config_from_dict, parse_override, read_toml
+from secure_ffm.config import ModelConfig, check_local_paths, config_from_dict, parse_override, read_toml
 from secure_ffm.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -272,7 +272,7 @@ def attack_command(args: argparse.Namespace) -> int:
             case = AuditCase.from_dict(case_table)
             config = config_from_dict(raw, overrides=overrides)
             check_local_paths(config, beside=Path(args.config).parent, what="the config's folder")
-            name = args.attack or table.get("name") or DEFAULT_ATTACK["image" if config.model.arch in ("cnn", "vit") else "text"]
+            name = args.attack or table.get("name") or _default_attack(config.model.arch)
             result_dir = Path(args.out) if args.out else Path("runs") / f"attack-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
             _fresh_out(result_dir)
             summary = audit_config_many(
@@ -351,5 +351,12 @@ def _default_for_run(run_dir: Path) -> str:
     config_path = run_dir / "config.toml"
     if not config_path.is_file():
         raise ConfigError("--run", f"{run_dir} is not a run directory (no config.toml)", "pass a directory written by `secure-ffm train`")
-    arch = read_toml(config_path, key="--run", fix="pass a directory written by `secure-ffm train`").get("model", {}).get("arch", "hf-text")
-    return DEFAULT_ATTACK["image" if arch in ("cnn", "vit") else "text"]
+    model = read_toml(config_path, key="--run", fix="pass a directory written by `secure-ffm train`").get("model", {})
+    return _default_attack(model.get("arch", ModelConfig().arch) if isinstance(model, Mapping) else ModelConfig().arch)
+
+
+def _default_attack(arch: str) -> str:
+    """The default attack for the data kind (``image``, ``text``) the registered architecture ``arch`` reads."""
+    from secure_ffm.models import MODELS
+
+    return DEFAULT_ATTACK[MODELS.get(str(arch), key="model.arch").data_kind]

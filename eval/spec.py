@@ -404,8 +404,10 @@ def _attack(raw: Any) -> AttackSpec:
 
 
 def data_kind(config: Config) -> str:
-    """``text`` for Hugging Face text models, else ``image``."""
-    return "text" if config.model.arch == "hf-text" else "image"
+    """The kind of data (``image``, ``text``) the point's model reads: its registered architecture's ``data_kind``."""
+    from secure_ffm.models import MODELS
+
+    return MODELS.get(config.model.arch, key="model.arch").data_kind
 
 
 def observation_kind(config: Config, *, observes: str = "auto", local_steps: int = 1) -> str:

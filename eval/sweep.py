@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from eval.results import CSV, JSONL, SWEEP_TOML, append_row, csv_text, latest_rows, read_all_rows, write_text_atomic
-from eval.spec import SweepPoint, SweepSpec, ensure_attacks_registered, load_sweep
+from eval.spec import SweepPoint, SweepSpec, data_kind, ensure_attacks_registered, load_sweep
 from secure_ffm.errors import ConfigError
 from secure_ffm.variants import MECHANISMS, PROTOCOLS
 
@@ -272,7 +272,7 @@ def run_point(spec: SweepSpec, point: SweepPoint, out_dir: Path, *, fingerprint:
         "target_epsilon": config.privacy.target_epsilon if MECHANISMS.get(config.privacy.mode, key="privacy.mode").spends_budget else None,
         "defense": " + ".join(defense_labels(config.defense)) or "none",
         "secure_aggregation": config.secure_aggregation.protocol,
-        "data_kind": "text" if config.model.arch == "hf-text" else "image",
+        "data_kind": data_kind(config),
         "run_dir": f"points/{point.id}/run",
         "status": "failed",
         "error": None,
