@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from secure_ffm.data.normalization import ImageNormalization
 from secure_ffm.errors import ConfigError
 from secure_ffm.models.base import FederatedModel
 from secure_ffm.registry import Registry, nearest
@@ -146,6 +147,9 @@ class Reconstruction:
     seconds: float = 0.0
     iterations: int = 0
     details: dict[str, Any] = field(default_factory=dict)
+    normalization: ImageNormalization | None = None
+    """Images: the attacked model's pixel normalization (of ``inputs`` and of the ground truth's
+    pixels), which the metrics and pictures undo; set by the image attacks from ``observation.model``."""
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from attacks.base import Attack, AttackSettings, Budget, BudgetClock, Observatio
 from attacks.labels import infer_labels
 from attacks.objectives import LAYER_WEIGHTS, OBJECTIVES, layer_weights, matching_target, simulate
 from attacks.optimizers import OPTIMIZERS, OptimizerSpec
-from attacks.priors import PRIORS, pixel_box
+from attacks.priors import PRIORS, Box, normalization_of, pixel_box
 from secure_ffm.errors import ConfigError
 
 INITS = ("randn", "rand", "zeros")
@@ -103,6 +103,8 @@ class _Problem:
     """What every restart of one attack shares."""
 
     observation: Observation
+    box: Box
+    """The valid range of a normalized pixel (:func:`attacks.priors.pixel_box` of the model's normalization)."""
     parameters: dict[str, torch.Tensor]
     """The global trainable parameters, as leaves that require grad."""
     target: dict[str, torch.Tensor]
@@ -158,7 +160,12 @@ class GradientInversion(Attack):
             "history": chosen.history,
         }
         return Reconstruction(
-            inputs=chosen.inputs, labels=chosen.labels, seconds=clock.elapsed(), iterations=clock.iterations, details=details
+            inputs=chosen.inputs,
+            labels=chosen.labels,
+            seconds=clock.elapsed(),
+            iterations=clock.iterations,
+            details=details,
+            normalization=normalization_of(model),
         )
 
     def _problem(self, observation: Observation, generator: torch.Generator) -> tuple[_Problem, str]:
@@ -181,7 +188,8 @@ class GradientInversion(Attack):
         parameters = {n: torch.from_numpy(np.array(v, dtype=np.float32)).requires_grad_(True) for n, v in observation.parameters.items()}
         target = matching_target(observation, local_steps=local_steps)
         weights = layer_weights(list(target), patterns=s.layers, scheme=s.layer_weights)
-        return _Problem(observation, parameters, target, weights, labels, batch_size, local_steps), source
+        box = pixel_box(normalization_of(observation.model))
+        return _Problem(observation, box, parameters, target, weights, labels, batch_size, local_steps), source
 
     def _batch_size(self, observation: Observation) -> int:
         if observation.labels is not None:
@@ -193,8 +201,8 @@ class GradientInversion(Attack):
         fix = "set attack.batch_size to the attacker's guess"
         raise ConfigError("attack.batch_size", "the threat model hides the batch size and no guess is set", fix)
 
-    def _initial(self, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
-        low, high = pixel_box()
+    def _initial(self, shape: tuple[int, ...], box: Box, generator: torch.Generator) -> torch.Tensor:
+        low, high = box
         if self.settings.init == "randn":
             x = torch.randn(shape, generator=generator)
         elif self.settings.init == "rand":
@@ -206,8 +214,8 @@ class GradientInversion(Attack):
     def _trial(self, problem: _Problem, steps: int, clock: BudgetClock, generator: torch.Generator) -> _Trial:
         """One random start: up to ``steps`` optimizer steps; the iterate with the lowest objective is kept."""
         s = self.settings
-        low, high = pixel_box()
-        x = self._initial((problem.batch_size, *problem.observation.input_shape), generator).requires_grad_(True)
+        low, high = problem.box
+        x = self._initial((problem.batch_size, *problem.observation.input_shape), problem.box, generator).requires_grad_(True)
         soft = None
         if problem.labels is None:
             soft = torch.randn((problem.batch_size, problem.observation.model.num_classes), generator=generator).requires_grad_(True)

@@ -1,7 +1,9 @@
 """Image reconstruction metrics: pure functions on pixel tensors in [0, 1].
 
 Reconstructions and ground truth live in the model's normalized pixel space
-(``(x / 255 - mean) / std``); :func:`to_pixels` maps them back to [0, 1] before scoring.
+(``(x / 255 - mean) / std`` with the dataset's :class:`~secure_ffm.data.normalization.ImageNormalization`,
+which the model carries and the image attacks record in ``Reconstruction.normalization``);
+:func:`to_pixels` maps them back to [0, 1] before scoring.
 PSNR and SSIM follow the definitions breaching (Geiping et al.) reports: PSNR with a data
 range of 1, and SSIM of Wang et al. (IEEE TIP 2004) with an 11x11 Gaussian window
 (sigma 1.5), ``K1 = 0.01``, ``K2 = 0.03``, computed over the valid part of each image.
@@ -21,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
-from secure_ffm.models.vision import FASHION_MNIST_MEAN, FASHION_MNIST_STD
+from secure_ffm.data.normalization import ImageNormalization
+from secure_ffm.models.vision import UNDECLARED_NORMALIZATION
 
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
@@ -48,9 +51,13 @@ def _images(x: ArrayLike) -> torch.Tensor:
     return t
 
 
-def to_pixels(normalized: ArrayLike, *, mean: float = FASHION_MNIST_MEAN, std: float = FASHION_MNIST_STD) -> torch.Tensor:
-    """Undo the model's normalization (``x * std + mean``) and clip to the valid range [0, 1]."""
-    return (_tensor(normalized) * std + mean).clamp(0.0, 1.0)
+def to_pixels(normalized: ArrayLike, *, normalization: ImageNormalization | None = None) -> torch.Tensor:
+    """Undo the model's normalization (``x * std + mean`` per channel) and clip to the valid range [0, 1] (float64).
+
+    ``normalization`` is the attacked model's (``Reconstruction.normalization``); when omitted,
+    :data:`~secure_ffm.models.vision.UNDECLARED_NORMALIZATION`.
+    """
+    return (normalization or UNDECLARED_NORMALIZATION).denormalize(_tensor(normalized)).clamp(0.0, 1.0)
 
 
 def mse(a: ArrayLike, b: ArrayLike) -> torch.Tensor:
@@ -158,7 +165,7 @@ def pair_images(reconstructed: ArrayLike, originals: ArrayLike, *, by: str = "ps
     return pairing
 
 
-def score_images(reconstruction: Any, truth: Any, *, by: str = "psnr") -> dict[str, Any]:
+def score_images(reconstruction: Any, truth: Any, *, by: str = "psnr", normalization: ImageNormalization | None = None) -> dict[str, Any]:
     """PSNR, SSIM and MSE of each reconstruction against its paired original, their means and medians.
 
     ``reconstruction`` is an :class:`attacks.base.Reconstruction` (normalized ``inputs``, optional
@@ -168,10 +175,12 @@ def score_images(reconstruction: Any, truth: Any, *, by: str = "psnr") -> dict[s
     (identical images) so that means stay finite. With labels, ``label_accuracy`` compares each
     reconstruction's label with its paired original's, and the order-free ``label_count_accuracy``
     the label multiset with the target client's labels (the first ``len(reconstruction)`` of the
-    ground truth; :func:`attacks.case.observe` puts the target first).
+    ground truth; :func:`attacks.case.observe` puts the target first). Pixels are un-normalized
+    with ``normalization``, by default the reconstruction's (the attacked model's).
     """
-    rec = to_pixels(reconstruction.inputs)
-    orig = to_pixels(truth.inputs["pixels"])
+    normalization = normalization or getattr(reconstruction, "normalization", None)
+    rec = to_pixels(reconstruction.inputs, normalization=normalization)
+    orig = to_pixels(truth.inputs["pixels"], normalization=normalization)
     pairing = pair_images(rec, orig, by=by)
     paired = orig[torch.from_numpy(pairing)]
     values = {

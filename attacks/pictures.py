@@ -10,15 +10,18 @@ import numpy as np
 import torch
 
 from attacks.base import GroundTruth, Reconstruction
+from secure_ffm.data.normalization import ImageNormalization
+from secure_ffm.models.vision import UNDECLARED_NORMALIZATION
 
-FASHION_MNIST_MEAN = 0.2860
-FASHION_MNIST_STD = 0.3530
 
+def to_pixels(normalized: torch.Tensor, normalization: ImageNormalization | None = None) -> np.ndarray:
+    """Normalized model inputs (B, C, H, W) back to [0, 1] pixels: (B, H, W) for greyscale, (B, H, W, C) otherwise.
 
-def to_pixels(normalized: torch.Tensor) -> np.ndarray:
-    """Normalized model inputs (B, 1, H, W) back to [0, 1] pixels (B, H, W)."""
-    x = normalized.detach().cpu().float() * FASHION_MNIST_STD + FASHION_MNIST_MEAN
-    return x.clamp(0.0, 1.0)[:, 0].numpy()
+    ``normalization`` is the attacked model's (``Reconstruction.normalization``); when omitted,
+    :data:`~secure_ffm.models.vision.UNDECLARED_NORMALIZATION`.
+    """
+    x = (normalization or UNDECLARED_NORMALIZATION).denormalize(normalized.detach().cpu().float()).clamp(0.0, 1.0)
+    return x[:, 0].numpy() if x.shape[1] == 1 else x.permute(0, 2, 3, 1).numpy()
 
 
 def _paired_index(sample: dict[str, Any], position: int) -> int:
@@ -29,16 +32,26 @@ def _paired_index(sample: dict[str, Any], position: int) -> int:
 
 
 def write_image_grid(
-    truth: GroundTruth, reconstruction: Reconstruction, per_sample: Sequence[dict[str, Any]], path: Path, *, max_columns: int = 16
+    truth: GroundTruth,
+    reconstruction: Reconstruction,
+    per_sample: Sequence[dict[str, Any]],
+    path: Path,
+    *,
+    max_columns: int = 16,
+    normalization: ImageNormalization | None = None,
 ) -> Path:
-    """A PNG with each reconstruction under the original it was paired with, its PSNR beneath."""
+    """A PNG with each reconstruction under the original it was paired with, its PSNR beneath.
+
+    Pixels are un-normalized with ``normalization``, by default the reconstruction's (the attacked model's).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    recon = to_pixels(reconstruction.inputs)
-    originals = to_pixels(truth.inputs["pixels"])
+    normalization = normalization or reconstruction.normalization
+    recon = to_pixels(reconstruction.inputs, normalization)
+    originals = to_pixels(truth.inputs["pixels"], normalization)
     count = min(len(recon), max_columns)
     fig, axes = plt.subplots(2, count, figsize=(1.3 * count + 0.6, 3.0), squeeze=False)
     for i in range(count):

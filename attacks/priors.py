@@ -8,16 +8,19 @@ Registered in :data:`PRIORS`:
 * ``none``: no prior (Deep Leakage from Gradients, Zhu et al., NeurIPS 2019).
 
 :func:`pixel_box` is the hard constraint that goes with them: Geiping et al. project ("box")
-the candidate onto the valid pixel range after every step.
+the candidate onto the valid pixel range after every step. The range follows from the attacked
+model's pixel normalization (:func:`normalization_of`), which comes from its dataset.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
-from secure_ffm.models.vision import FASHION_MNIST_MEAN, FASHION_MNIST_STD
+from secure_ffm.data.normalization import ImageNormalization
+from secure_ffm.models.vision import UNDECLARED_NORMALIZATION
 from secure_ffm.registry import Registry
 
 Prior = Callable[[torch.Tensor], torch.Tensor]
@@ -39,6 +42,27 @@ def no_prior(images: torch.Tensor) -> torch.Tensor:
     return images.new_zeros(())
 
 
-def pixel_box(*, mean: float = FASHION_MNIST_MEAN, std: float = FASHION_MNIST_STD) -> tuple[float, float]:
-    """The valid range of a normalized pixel: ``(0 - mean) / std`` to ``(1 - mean) / std``."""
-    return (0.0 - mean) / std, (1.0 - mean) / std
+def normalization_of(model: Any) -> ImageNormalization:
+    """The pixel normalization of an image model (:attr:`secure_ffm.models.vision.ImageModel.normalization`).
+
+    A model that carries none gets :data:`~secure_ffm.models.vision.UNDECLARED_NORMALIZATION`, what
+    :class:`~secure_ffm.models.vision.ImageModel` standardises undeclared images with.
+    """
+    normalization = getattr(model, "normalization", None)
+    return normalization if isinstance(normalization, ImageNormalization) else UNDECLARED_NORMALIZATION
+
+
+Box = tuple[float, float] | tuple[torch.Tensor, torch.Tensor]
+"""``(low, high)``: floats for greyscale, ``(C, 1, 1)`` tensors (broadcasting over ``(B, C, H, W)``) for C channels."""
+
+
+def pixel_box(normalization: ImageNormalization | None = None) -> Box:
+    """The valid range of a normalized pixel: ``(0 - mean) / std`` to ``(1 - mean) / std``, per channel.
+
+    ``normalization`` is the attacked model's (:func:`normalization_of`); when omitted,
+    :data:`~secure_ffm.models.vision.UNDECLARED_NORMALIZATION`.
+    """
+    low, high = (normalization or UNDECLARED_NORMALIZATION).bounds()
+    if len(low) == 1:
+        return low[0], high[0]
+    return torch.tensor(low).view(-1, 1, 1), torch.tensor(high).view(-1, 1, 1)

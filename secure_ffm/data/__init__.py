@@ -9,6 +9,7 @@ from secure_ffm.data.base import DatasetSplits, FederatedData, LabeledData, labe
 from secure_ffm.data.builtin import DATASETS
 from secure_ffm.data.federate import federate, load_federated_data
 from secure_ffm.data.load import load_dataset_splits
+from secure_ffm.data.normalization import ImageNormalization
 from secure_ffm.data.partition import PARTITIONERS, PartitionSpec
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "PARTITIONERS",
     "DatasetSplits",
     "FederatedData",
+    "ImageNormalization",
     "LabeledData",
     "PartitionSpec",
     "federate",

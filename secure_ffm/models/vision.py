@@ -1,14 +1,19 @@
-"""Small image classifiers for 1x28x28 greyscale inputs (Fashion-MNIST): ``cnn`` and ``vit``.
+"""Small image classifiers for 1x28x28 greyscale inputs (Fashion-MNIST, digits): ``cnn`` and ``vit``.
 
 Both are built only from layers that Opacus computes per-sample gradients for
 (``Conv2d``, ``Linear``, ``LayerNorm``, ``Embedding``): no BatchNorm, whose batch
 statistics mix examples and break DP-SGD, and no ``nn.MultiheadAttention``.
 Their last layer is called ``head``, so ``finetune = "head"`` trains and sends
 exactly ``head.weight`` and ``head.bias``.
+
+Pixels are standardised with the dataset's :class:`~secure_ffm.data.normalization.ImageNormalization`,
+which the data carries and the model keeps (:attr:`ImageModel.normalization`), so that an attack
+given only the model maps its reconstructions back to pixels the same way.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
@@ -18,14 +23,20 @@ from torch import nn
 
 from secure_ffm.config import ModelConfig
 from secure_ffm.data.base import LabeledData
+from secure_ffm.data.builtin import FASHION_MNIST_NORMALIZATION
+from secure_ffm.data.normalization import ImageNormalization
 from secure_ffm.errors import ConfigError
 from secure_ffm.models.base import Batch, EncodedData, FederatedModel
 from secure_ffm.models.finetune import configure_finetune
 from secure_ffm.models.registry import register_model
 
+logger = logging.getLogger(__name__)
+
 IMAGE_SIZE = 28
-FASHION_MNIST_MEAN = 0.2860
-FASHION_MNIST_STD = 0.3530
+IMAGE_CHANNELS = 1
+UNDECLARED_NORMALIZATION = FASHION_MNIST_NORMALIZATION
+"""Used for images that declare no normalization (built by hand) when the model has none yet: the
+Fashion-MNIST statistics, the reference dataset of these models."""
 
 
 class SmallCNN(nn.Module):
@@ -127,24 +138,58 @@ class SmallViT(nn.Module):
 
 
 class ImageModel(FederatedModel):
-    """A classifier of 28x28 ``uint8`` greyscale images; ``module.forward(pixels)`` gives logits."""
+    """A classifier of 28x28 ``uint8`` greyscale images; ``module.forward(pixels)`` gives logits.
+
+    :attr:`normalization` is how the model standardises pixels. It is given at construction, or
+    taken from the first data the model encodes (the dataset's
+    :attr:`~secure_ffm.data.base.LabeledData.normalization`, or :data:`UNDECLARED_NORMALIZATION`
+    for images that declare none). From the first encoding on it is fixed: data normalized
+    differently is refused, since the model's inputs would no longer mean the same.
+    """
 
     data_kind = "image"
 
-    def __init__(self, module: nn.Module, *, num_classes: int) -> None:
+    def __init__(self, module: nn.Module, *, num_classes: int, normalization: ImageNormalization | None = None) -> None:
         self.module = module
         self.num_classes = num_classes
+        self._normalization = normalization
+        self._fixed = False
+
+    @property
+    def normalization(self) -> ImageNormalization:
+        """The pixel normalization of the model's inputs (:data:`UNDECLARED_NORMALIZATION` until one is known)."""
+        return self._normalization if self._normalization is not None else UNDECLARED_NORMALIZATION
+
+    @normalization.setter
+    def normalization(self, value: ImageNormalization) -> None:
+        if self._fixed and value != self.normalization:
+            raise ValueError(f"the model already encoded data normalized with {self.normalization}; cannot switch to {value}")
+        self._normalization = value
+
+    def _adopt(self, declared: ImageNormalization | None) -> ImageNormalization:
+        """The normalization to encode with: the model's, or (before the first encoding) the data's."""
+        if declared is not None and declared.channels != IMAGE_CHANNELS:
+            raise ValueError(f"the model reads {IMAGE_CHANNELS}-channel images; the data's normalization has {declared.channels} channels")
+        if not self._fixed and self._normalization is None:
+            if declared is None:
+                logger.debug("images without a declared normalization: standardising with %s", UNDECLARED_NORMALIZATION)
+            self._normalization = declared
+        elif declared is not None and declared != self.normalization:
+            raise ValueError(f"the data is normalized with {declared} but the model with {self.normalization}")
+        self._fixed = True
+        return self.normalization
 
     def encode(self, data: LabeledData) -> EncodedData:
-        """Scale to [0, 1] and standardise with the Fashion-MNIST mean and std: ``(N, 1, 28, 28)`` float32."""
+        """Scale to [0, 1] and standardise with :attr:`normalization`: ``(N, 1, 28, 28)`` float32."""
         if data.kind != "image":
             raise ValueError(f"an image model cannot encode {data.kind} data")
         images = np.asarray(data.inputs)
         if images.dtype != np.uint8 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
             raise ValueError(f"expected uint8 images of shape (N, {IMAGE_SIZE}, {IMAGE_SIZE}), got {images.dtype} {images.shape}")
         _check_labels(data.labels, self.num_classes)
+        normalization = self._adopt(data.normalization)
         pixels = torch.from_numpy(images.astype(np.float32)).div_(255.0)
-        pixels = pixels.sub_(FASHION_MNIST_MEAN).div_(FASHION_MNIST_STD).unsqueeze(1)
+        pixels = normalization.normalize(pixels, inplace=True).unsqueeze(1)
         return EncodedData(tensors={"pixels": pixels}, labels=torch.from_numpy(data.labels.copy()))
 
     def make_batch(self, encoded: EncodedData, indices: np.ndarray) -> Batch:

@@ -84,7 +84,7 @@ def test_inverting_gradients_on_the_cnn(test_images: LabeledData) -> None:
     reconstruction = attack("inverting-gradients", observation, 200)
     scores = score_images(reconstruction, truth)
     assert reconstruction.labels.tolist() == batch.labels.tolist()
-    assert scores["mean"]["psnr"] >= 20.0  # measured 24.5 dB (SSIM 0.75) in about 2 s
+    assert scores["mean"]["psnr"] >= 20.0  # measured 24.5 dB (SSIM 0.75) in about 2 s (init seed 0; the CLI's init for run seed 0: 19.9 dB)
 
 
 def test_fedavg_variant_beats_random_images_on_a_five_step_update(test_images: LabeledData) -> None:

@@ -21,7 +21,7 @@ from attacks.metrics_image import (
     ssim,
     to_pixels,
 )
-from secure_ffm.models.vision import FASHION_MNIST_MEAN, FASHION_MNIST_STD
+from secure_ffm.data.builtin import FASHION_MNIST_NORMALIZATION
 
 
 def images(n: int, seed: int = 0) -> torch.Tensor:
@@ -32,7 +32,7 @@ def images(n: int, seed: int = 0) -> torch.Tensor:
 
 
 def normalize(pixels: torch.Tensor) -> torch.Tensor:
-    return (pixels - FASHION_MNIST_MEAN) / FASHION_MNIST_STD
+    return FASHION_MNIST_NORMALIZATION.normalize(pixels)
 
 
 def test_psnr_of_a_known_error() -> None:

@@ -24,8 +24,8 @@ def load(name: str, seed: int = 0, **overrides: object) -> DatasetSplits:
         pytest.skip(str(error))
 
 
-def test_registry_lists_the_four_builtins() -> None:
-    assert DATASETS.names() == ("fashion_mnist", "movie_reviews", "sms_spam", "trec")
+def test_registry_lists_the_five_builtins() -> None:
+    assert DATASETS.names() == ("digits", "fashion_mnist", "movie_reviews", "sms_spam", "trec")
 
 
 def test_fashion_mnist_has_60000_train_and_10000_test_uint8_images() -> None:

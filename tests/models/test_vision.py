@@ -8,10 +8,14 @@ import torch
 import torch.nn.functional as F
 from opacus import GradSampleModule
 
-from secure_ffm.config import ModelConfig
+from secure_ffm.config import DataConfig, ModelConfig
+from secure_ffm.data import load_dataset_splits
 from secure_ffm.data.base import LabeledData
+from secure_ffm.data.builtin import DIGITS_NORMALIZATION, FASHION_MNIST_NORMALIZATION
+from secure_ffm.data.normalization import ImageNormalization
+from secure_ffm.errors import MissingResourceError
 from secure_ffm.models import FederatedModel, build_model
-from secure_ffm.models.vision import FASHION_MNIST_MEAN, FASHION_MNIST_STD
+from secure_ffm.models.vision import ImageModel, SmallCNN
 
 ARCHS = ["cnn", "vit"]
 
@@ -30,7 +34,8 @@ def test_encode_normalizes_to_one_channel_float(fashion_512: LabeledData) -> Non
     encoded = image_model("cnn").encode(fashion_512)
     pixels = encoded.tensors["pixels"]
     assert pixels.shape == (512, 1, 28, 28) and pixels.dtype == torch.float32
-    assert pixels.min().item() == pytest.approx(-FASHION_MNIST_MEAN / FASHION_MNIST_STD, abs=1e-5)
+    (mean,), (std,) = FASHION_MNIST_NORMALIZATION.mean, FASHION_MNIST_NORMALIZATION.std
+    assert pixels.min().item() == pytest.approx(-mean / std, abs=1e-5)
     assert pixels.mean().item() == pytest.approx(0.0, abs=0.1)  # standardised with the dataset statistics
 
 
@@ -103,3 +108,59 @@ def test_opacus_computes_per_sample_gradients(arch: str, finetune: str, fashion_
     for name, param in model.trainable_named_parameters():
         assert param.grad_sample is not None, name
         assert param.grad_sample.shape == (4, *param.shape), name
+
+
+# --------------------------------------------------------------------------- normalization
+
+
+def digits_train() -> LabeledData:
+    try:
+        return load_dataset_splits(DataConfig(dataset="digits"), seed=0).train
+    except MissingResourceError as error:
+        pytest.skip(str(error))
+
+
+def test_the_model_keeps_the_normalization_of_the_data_it_encodes(fashion_512: LabeledData) -> None:
+    model = image_model("cnn")
+    model.encode(fashion_512)
+    assert model.normalization == FASHION_MNIST_NORMALIZATION
+
+    digits = digits_train()
+    model = image_model("cnn")
+    pixels = model.encode(digits).tensors["pixels"]
+    assert model.normalization == DIGITS_NORMALIZATION  # the digits' own statistics, not Fashion-MNIST's
+    (mean,), (std,) = DIGITS_NORMALIZATION.mean, DIGITS_NORMALIZATION.std
+    assert pixels.min().item() == pytest.approx(-mean / std, abs=1e-5)
+    assert pixels.max().item() == pytest.approx((1 - mean) / std, abs=1e-5)
+    assert pixels.mean().item() == pytest.approx(0.0, abs=0.05) and pixels.std().item() == pytest.approx(1.0, abs=0.05)
+
+
+def test_a_model_refuses_data_normalized_differently_from_what_it_encoded(fashion_512: LabeledData) -> None:
+    digits = digits_train()
+    model = image_model("cnn")
+    model.encode(fashion_512)
+    with pytest.raises(ValueError, match="normalized with"):
+        model.encode(digits)
+    with pytest.raises(ValueError, match="already encoded"):
+        model.normalization = DIGITS_NORMALIZATION  # type: ignore[attr-defined]
+
+
+def test_images_without_a_declared_normalization_use_the_models(fashion_512: LabeledData) -> None:
+    bare = LabeledData(kind="image", inputs=fashion_512.inputs[:4], labels=fashion_512.labels[:4])
+    assert bare.normalization is None
+    model = image_model("cnn")
+    assert torch.equal(model.encode(bare).tensors["pixels"], image_model("cnn").encode(fashion_512.subset(np.arange(4))).tensors["pixels"])
+    assert model.normalization == FASHION_MNIST_NORMALIZATION  # UNDECLARED_NORMALIZATION
+
+    given = ImageModel(SmallCNN(10), num_classes=10, normalization=DIGITS_NORMALIZATION)
+    pixels = given.encode(bare).tensors["pixels"]
+    assert torch.equal(pixels, DIGITS_NORMALIZATION.normalize(torch.from_numpy(bare.inputs).float().div(255).unsqueeze(1)))
+    with pytest.raises(ValueError, match="normalized with"):
+        given.encode(fashion_512)
+
+
+def test_a_colour_normalization_is_refused_by_the_greyscale_models(fashion_512: LabeledData) -> None:
+    colour = ImageNormalization(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    data = LabeledData(kind="image", inputs=fashion_512.inputs[:2], labels=fashion_512.labels[:2], normalization=colour)
+    with pytest.raises(ValueError, match="1-channel"):
+        image_model("cnn").encode(data)
