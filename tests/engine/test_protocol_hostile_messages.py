@@ -6,7 +6,9 @@ a round-1 payload relabelled as round 2, a second message from a client, one fro
 participant, an update of another shape, non-finite values) raises :class:`~secure_ffm.aggregation.AggregationError`
 naming the client, either from ``encode`` (the client refuses to encode it: an ``EncodingDeclined``, which a run
 treats as a client that sends nothing) or from ``accumulator(round).add``, and changes nothing: the honest
-messages added afterwards still give the weighted mean of the honest updates.
+messages added afterwards still give the weighted mean of the honest updates. A client whose update is refused
+sends nothing else that round (it encodes once, as in a run): the mean is then that of the others, as for a client
+that dropped out.
 
 Protocol-specific forgeries (a truncated masked vector, a ciphertext that does not deserialize...) stay in
 ``tests/secagg``.
@@ -59,18 +61,26 @@ def make_updates(round: int, seed: int) -> tuple[list[ClientUpdate], list[float]
 
 @dataclass
 class Round:
-    """Round 2 of ``protocol`` begun for clients 0..4, their honest messages, and a message client 0 sent in round 1."""
+    """Round 2 of ``protocol`` begun for clients 0..4, their honest updates, and a message client 0 sent in round 1."""
 
     protocol: AggregationProtocol
     updates: list[ClientUpdate]
     weights: list[float]
-    messages: list[ClientMessage]
     replay: ClientMessage
     accumulator: object
+    encoded: dict[int, ClientMessage] = field(default_factory=dict)
     added: set[int] = field(default_factory=set)
+    left_out: set[int] = field(default_factory=set)
+    """Clients whose hostile update was refused: they send nothing else this round."""
+
+    def message(self, client: int) -> ClientMessage:
+        """``client``'s honest message, encoded once (on first use)."""
+        if client not in self.encoded:
+            self.encoded[client] = self.protocol.encode(self.updates[client], weight=self.weights[client])
+        return self.encoded[client]
 
     def add_honest(self, client: int) -> None:
-        self.accumulator.add(self.messages[client])
+        self.accumulator.add(self.message(client))
         self.added.add(client)
 
     def refused(self, attempt: Callable[[], object], client: int) -> AggregationError:
@@ -80,8 +90,10 @@ class Round:
         return raised.value
 
     def add_hostile_update(self, update: ClientUpdate, *, weight: float | None = None) -> AggregationError:
-        """The client encodes ``update`` and sends it: refused by the client (``encode`` raises EncodingDeclined, so that
-        a run leaves the client out of the round) or by the server (``add`` raises AggregationError)."""
+        """The client encodes ``update`` (instead of its honest one) and sends it: refused by the client (``encode`` raises
+        EncodingDeclined, so that a run leaves the client out of the round) or by the server (``add`` raises AggregationError)."""
+        assert update.client_id not in self.encoded
+        self.left_out.add(update.client_id)
         weight = self.weights[update.client_id] if weight is None else weight
         try:
             message = self.protocol.encode(update, weight=weight)
@@ -91,20 +103,22 @@ class Round:
         return self.refused(lambda: self.accumulator.add(message), update.client_id)
 
     def finish_and_check(self) -> None:
-        """Every honest message not added yet is added; the result is the weighted mean of all honest updates."""
-        for client in range(NUM_CLIENTS):
+        """Every honest message not added yet is added; the result is the weighted mean of the honest updates sent."""
+        kept = [c for c in range(NUM_CLIENTS) if c not in self.left_out]
+        for client in kept:
             if client not in self.added:
                 self.add_honest(client)
         result = self.accumulator.result()
-        total = sum(self.weights)
-        assert result.num_clients == NUM_CLIENTS
+        updates, weights = [self.updates[c] for c in kept], [self.weights[c] for c in kept]
+        total = sum(weights)
+        assert result.num_clients == len(kept)
         assert result.total_weight == pytest.approx(total, abs=1e-3)
-        for name in self.updates[0].delta:
-            expected = sum(w * u.delta[name].astype(np.float64) for u, w in zip(self.updates, self.weights, strict=True)) / total
+        for name in updates[0].delta:
+            expected = sum(w * u.delta[name].astype(np.float64) for u, w in zip(updates, weights, strict=True)) / total
             assert result.mean_delta[name].shape == expected.shape
             np.testing.assert_allclose(result.mean_delta[name], expected, rtol=0, atol=TOLERANCE, err_msg=name)
-        for name in self.updates[0].statistics:
-            expected = sum(w * u.statistics[name] for u, w in zip(self.updates, self.weights, strict=True)) / total
+        for name in updates[0].statistics:
+            expected = sum(w * u.statistics[name] for u, w in zip(updates, weights, strict=True)) / total
             np.testing.assert_allclose(result.mean_statistics[name], expected, rtol=0, atol=TOLERANCE, err_msg=name)
 
 
@@ -121,8 +135,7 @@ def begin(name: str) -> Round:
     replay = protocol.encode(old[0], weight=old_weights[0])
     updates, weights = make_updates(ROUND, seed=5)
     protocol.begin_round(ROUND, range(NUM_CLIENTS), weight_bound=WEIGHT_BOUND, layout=layout)
-    messages = [protocol.encode(u, weight=w) for u, w in zip(updates, weights, strict=True)]
-    return Round(protocol, updates, weights, messages, replay, protocol.accumulator(ROUND))
+    return Round(protocol, updates, weights, replay, protocol.accumulator(ROUND))
 
 
 @pytest.fixture(params=PROTOCOL_NAMES)
@@ -154,7 +167,7 @@ def test_a_stale_payload_relabelled_as_this_round_is_refused(round):
 
 def test_a_second_message_from_a_client_is_refused(round):
     round.add_honest(0)
-    error = round.refused(lambda: round.accumulator.add(round.messages[0]), 0)
+    error = round.refused(lambda: round.accumulator.add(round.message(0)), 0)
     assert "twice" in str(error)
     round.finish_and_check()
 
@@ -163,7 +176,7 @@ def test_a_message_from_a_client_that_is_not_a_participant_is_refused(round):
     if not round.protocol.hides_updates:
         pytest.skip(SECURE_ONLY)
     stranger = NUM_CLIENTS + 2
-    forged = ClientMessage(stranger, ROUND, dict(round.messages[1].payload), round.messages[1].num_examples)
+    forged = ClientMessage(stranger, ROUND, dict(round.message(1).payload), round.message(1).num_examples)
     error = round.refused(lambda: round.accumulator.add(forged), stranger)
     assert "not a participant" in str(error)
     round.finish_and_check()
@@ -180,9 +193,9 @@ WRONG_SHAPES: dict[str, Callable[[ClientUpdate], ClientUpdate]] = {
 
 @pytest.mark.parametrize("change", sorted(WRONG_SHAPES))
 def test_an_update_of_another_layout_than_the_announced_one_is_refused(round, change):
-    for client in (0, 1):  # the first message of the round too: the announced layout, not the first sender, decides
-        round.add_hostile_update(WRONG_SHAPES[change](round.updates[client]))
-        round.add_honest(client)
+    round.add_hostile_update(WRONG_SHAPES[change](round.updates[0]))  # the first of the round: the announced layout decides
+    round.add_honest(1)
+    round.add_hostile_update(WRONG_SHAPES[change](round.updates[2]))
     round.finish_and_check()
 
 
