@@ -207,7 +207,7 @@ def measure_ckks(parameters: CKKSParameters, key_holder: str, updates: list[Clie
         encode.append(time.perf_counter() - start)
         sizes.append(message.nbytes)
         accumulator.add(message)
-    sums = protocol.decryptor().decrypt(accumulator.server.result())
+    sums = protocol.decryptor().decrypt(protocol.in_process.server.accumulator.result())
     reference = float64_mean(updates, weights)
     error = max(float(np.max(np.abs(sums.delta[k] / sums.total_weight - reference[k]))) for k in reference)
     return {"bytes": float(np.mean(sizes)), "max_error": error, "encode_s": float(np.median(encode))}
@@ -306,7 +306,7 @@ def masking_case(n: int, neighbours: int, size: int, dropout: float, rng: np.ran
     return {
         "clients": n,
         "graph": "complete" if neighbours == 0 else f"SecAgg+ k={neighbours}",
-        "threshold": protocol.server.threshold,
+        "threshold": protocol.in_process.server.threshold,
         "dropped": len(dropped),
         "client_setup_s": setup / n,
         "client_encode_s": float(np.median(encode)),

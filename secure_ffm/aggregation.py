@@ -1,10 +1,21 @@
-"""The server's aggregation step, as a protocol with a client half and a server half.
+"""The server's aggregation step, as a protocol with a client half and a server half that talk only in messages.
 
-``encode`` runs on the client after its update transforms and produces the
-:class:`~secure_ffm.wire.ClientMessage` it sends; ``aggregate`` runs on the server
-and sees only those messages. Plaintext aggregation sends weighted deltas in the
-clear; secure aggregation protocols (pairwise masking, CKKS) register here and
-replace both halves, so the server learns only the weighted sum.
+Each round a protocol makes a :class:`ServerRound` (the server half) and, on every
+participant, a :class:`ClientRound` (the client half). They never share objects: the
+server half yields :class:`Stage` requests (e.g. masking's "advertise keys", "share
+keys", "unmask"), a transport delivers each request to its client's
+:meth:`ClientRound.handle` and brings back the replies (or the client's dropout), and
+the fit stage carries each client's update encoded by :meth:`ClientRound.encode`, which the server
+half folds in as it arrives. Plaintext aggregation sends weighted deltas in the clear;
+secure aggregation protocols (pairwise masking, CKKS) register in
+:data:`secure_ffm.variants.PROTOCOLS` and replace both halves, so the server learns only
+the weighted sum (Federated Foundation Models, arXiv 2305.11414, Sec. 4: privacy of the
+updates exchanged during FFM fine-tuning).
+
+The round orchestrator (:mod:`secure_ffm.orchestrator`) drives the stages through a
+transport; :meth:`AggregationProtocol.begin_round` / :meth:`~AggregationProtocol.encode` /
+:meth:`~AggregationProtocol.accumulator` drive them in this process, for tests, benchmarks
+and direct use.
 """
 
 from __future__ import annotations
@@ -12,9 +23,9 @@ from __future__ import annotations
 import dataclasses
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import numpy as np
 
@@ -90,6 +101,125 @@ class Accumulator(ABC):
         """The aggregate of everything added (raises AggregationError when nothing was)."""
 
 
+@dataclass(frozen=True)
+class Stage:
+    """One message exchange of a protocol's round: ``requests[c]`` goes to client ``c``, whose
+    :meth:`ClientRound.handle` answers it (``name`` says which handler)."""
+
+    name: str
+    requests: Mapping[int, Any]
+
+
+@dataclass(frozen=True)
+class StageReplies:
+    """What came back from a :class:`Stage`: each answering client's reply, and who did not answer."""
+
+    replies: Mapping[int, Any]
+    dropped: frozenset[int] = frozenset()
+    """Clients that sent no reply (they left, timed out, or refused the request)."""
+
+
+_T = TypeVar("_T")
+Stages = Generator[Stage, StageReplies, _T]
+"""A protocol's message stages: yields each :class:`Stage`, receives its :class:`StageReplies`, returns a result."""
+
+
+class ServerRound(ABC):
+    """The server half of one round: its stages before training, the clients' messages folded in one at a time
+    as they arrive, and its stages after them, which end in the :class:`Aggregate`.
+
+    It holds no client object: everything it learns arrives as replies to its stages and as messages. A message
+    that fails validation raises :class:`AggregationError` naming its client and leaves the state as it was.
+    """
+
+    def setup(self) -> Stages[Mapping[int, Any]]:
+        """Stages before any client trains (e.g. masking's key agreement); returns each participant's protocol
+        payload for its fit request (e.g. the encrypted shares routed to it). Default: no stage, no payload."""
+        return {}
+        yield  # a generator without stages
+
+    @abstractmethod
+    def add(self, message: ClientMessage) -> None:
+        """Validate one client's message and fold it into the running aggregate."""
+
+    @abstractmethod
+    def finish(self) -> Stages[Aggregate]:
+        """Stages after the messages (e.g. masking's unmasking, CKKS decryption by a key-holding client), then the
+        aggregate (raises AggregationError when it cannot be computed)."""
+
+
+class ClientRound(ABC):
+    """The client half of one round, for one client: it answers the server half's stages and encodes the update.
+
+    Created on the client (by the transport's client side) and discarded after the round: it may hold
+    round secrets (masking keys), which are never checkpointed and never sent.
+    """
+
+    def handle(self, stage: str, request: Any) -> Any:
+        """The reply to one stage request; raise :class:`AggregationError` to refuse it (the server sees a dropout)."""
+        raise AggregationError(f"{type(self).__name__} has no stage {stage!r}")
+
+    @abstractmethod
+    def encode(self, update: ClientUpdate, *, weight: float, rng: np.random.Generator | None = None, payload: Any = None) -> ClientMessage:
+        """Turn a (transformed) update into the message the server receives.
+
+        ``rng`` is the client's secret generator for any randomness of the encoding (e.g. stochastic rounding);
+        ``payload`` is this client's part of the fit request from :meth:`ServerRound.setup` (None without one)."""
+
+
+def run_stages(stages: Stages[_T], answer: Any) -> _T:
+    """Drive ``stages`` to their result; ``answer(stage) -> StageReplies`` delivers each stage (a transport's job)."""
+    try:
+        stage = next(stages)
+        while True:
+            stage = stages.send(answer(stage))
+    except StopIteration as done:
+        return done.value
+
+
+class InProcessRound:
+    """A protocol round run in this process: every participant's :class:`ClientRound` and the :class:`ServerRound`,
+    with each stage delivered by a direct call. Used by :meth:`AggregationProtocol.begin_round` (tests, benchmarks,
+    direct use); a run goes through the orchestrator and a transport instead. A client that refuses a request
+    raises here, so the caller sees why."""
+
+    def __init__(
+        self,
+        protocol: AggregationProtocol,
+        round: int,
+        participants: Sequence[int],
+        *,
+        weight_bound: float | None = None,
+        layout: VectorLayout | None = None,
+    ) -> None:
+        self.round = round
+        self.server = protocol.server_round(round, participants, weight_bound=weight_bound, layout=layout)
+        self.clients = {int(c): protocol.client_round(int(c), round) for c in participants}
+        self.payloads = run_stages(self.server.setup(), self.deliver)
+
+    def deliver(self, stage: Stage) -> StageReplies:
+        return StageReplies({c: self.clients[c].handle(stage.name, request) for c, request in stage.requests.items()})
+
+    def encode(self, update: ClientUpdate, *, weight: float, rng: np.random.Generator | None = None) -> ClientMessage:
+        client = self.clients.get(update.client_id)
+        if client is None or update.round != self.round:
+            raise ValueError(f"client {update.client_id} is not set up for round {update.round}; call begin_round first")
+        return client.encode(update, weight=weight, rng=rng, payload=self.payloads.get(update.client_id))
+
+
+class _InProcessAccumulator(Accumulator):
+    """The server half's running aggregate; ``result`` runs its closing stages in this process."""
+
+    def __init__(self, local: InProcessRound) -> None:
+        self.local = local
+
+    def add(self, message: ClientMessage) -> None:
+        self.local.server.add(message)
+
+    def result(self) -> Aggregate:
+        return run_stages(self.local.server.finish(), self.local.deliver)
+
+
 class AggregationProtocol(ABC):
     """Client-side encoding plus server-side (streaming) aggregation of client updates.
 
@@ -111,14 +241,20 @@ class AggregationProtocol(ABC):
         return cls()
 
     @classmethod  # noqa: B027 (optional hook)
+    def check_config(cls, config: Config) -> None:
+        """Refuse (ConfigError) settings of this protocol that contradict the rest of ``config`` (called by config
+        validation, before any data is loaded; e.g. a masking threshold that no round size could meet)."""
+
+    @classmethod  # noqa: B027 (optional hook)
     def check_run(cls, config: Config, data: FederatedData) -> None:
         """Refuse (ConfigError) settings this protocol cannot run with on ``data``, before anything is written
         (e.g. CKKS parameters whose headroom every client's sum would exceed)."""
 
-    def begin_round(  # noqa: B027 (optional hook)
+    @abstractmethod
+    def server_round(
         self, round: int, participants: Sequence[int], *, weight_bound: float | None = None, layout: VectorLayout | None = None
-    ) -> None:
-        """Called before any client trains; interactive protocols run their key set-up here.
+    ) -> ServerRound:
+        """The server half of round ``round`` with these participants.
 
         ``weight_bound`` is the public bound on any participant's weight this round (the
         largest example count under FedAvg weighting), for protocols that encode fixed-point.
@@ -128,15 +264,32 @@ class AggregationProtocol(ABC):
         """
 
     @abstractmethod
+    def client_round(self, client_id: int, round: int) -> ClientRound:
+        """The client half of round ``round`` for client ``client_id`` (runs on the client)."""
+
+    # ---------------------------------------------------------------- in this process
+
+    in_process: InProcessRound | None = None
+    """The round :meth:`begin_round` set up (its client halves and server half), for tests and direct use."""
+
+    def begin_round(
+        self, round: int, participants: Sequence[int], *, weight_bound: float | None = None, layout: VectorLayout | None = None
+    ) -> None:
+        """Set up round ``round`` in this process: create the halves and run the set-up stages (see :class:`InProcessRound`)."""
+        self.in_process = InProcessRound(self, round, participants, weight_bound=weight_bound, layout=layout)
+
     def encode(self, update: ClientUpdate, *, weight: float, rng: np.random.Generator | None = None) -> ClientMessage:
-        """Client side: turn a (transformed) update into the message the server receives.
+        """Client side of the round :meth:`begin_round` set up: ``update``'s client encodes it (a protocol without set-up
+        stages needs no :meth:`begin_round`)."""
+        if self.in_process is None or self.in_process.round != update.round:
+            return self.client_round(update.client_id, update.round).encode(update, weight=weight, rng=rng)
+        return self.in_process.encode(update, weight=weight, rng=rng)
 
-        ``rng`` is the client's secret generator for any randomness of the encoding (e.g. stochastic rounding);
-        without one a protocol may fall back to a generator seeded from the run's seed (reproducible, public)."""
-
-    @abstractmethod
     def accumulator(self, round: int) -> Accumulator:
-        """Server side: a fresh running aggregate for ``round``."""
+        """Server side of the round :meth:`begin_round` set up: a running aggregate whose ``result`` runs the closing stages."""
+        if self.in_process is None or self.in_process.round != round:
+            raise AggregationError(f"round {round}: the {self.name} round has not begun (call begin_round)")
+        return _InProcessAccumulator(self.in_process)
 
     def aggregate(self, round: int, messages: Sequence[ClientMessage]) -> Aggregate:
         """Server side, all at once: the weighted mean of the clients' deltas, from their messages alone."""
@@ -170,37 +323,48 @@ class PlaintextAggregation(AggregationProtocol):
     WEIGHT_KEY = "__weight__"
     STAT_PREFIX = "__stat__/"
 
-    def __init__(self) -> None:
-        self.expected: dict[str, tuple[int, ...]] | None = None
-
-    def begin_round(
+    def server_round(
         self, round: int, participants: Sequence[int], *, weight_bound: float | None = None, layout: VectorLayout | None = None
-    ) -> None:
+    ) -> ServerRound:
         """With a ``layout`` the server expects exactly these arrays, so a first message of another shape is refused
         (instead of fixing the shapes and getting every honest client refused after it)."""
-        if layout is None:
-            self.expected = None
-            return
-        self.expected = {name: tuple(shape) for name, shape in layout.delta}
-        self.expected.update({self.STAT_PREFIX + name: tuple(shape) for name, shape in layout.statistics})
+        expected = None
+        if layout is not None:
+            expected = {name: tuple(shape) for name, shape in layout.delta}
+            expected.update({self.STAT_PREFIX + name: tuple(shape) for name, shape in layout.statistics})
+        return PlaintextAccumulator(round, expected=expected, participants=participants)
 
-    def encode(self, update: ClientUpdate, *, weight: float, rng: np.random.Generator | None = None) -> ClientMessage:
-        payload: dict[str, np.ndarray | bytes] = {k: (weight * v).astype(np.float32) for k, v in update.delta.items()}
-        for k, v in update.statistics.items():
-            payload[self.STAT_PREFIX + k] = weight * np.asarray(v, dtype=np.float64)
-        payload[self.WEIGHT_KEY] = np.asarray([weight], dtype=np.float64)
-        return ClientMessage(update.client_id, update.round, payload, update.num_examples, dict(update.metrics))
+    def client_round(self, client_id: int, round: int) -> ClientRound:
+        return PlaintextClientRound()
 
     def accumulator(self, round: int) -> Accumulator:
-        return PlaintextAccumulator(round, expected=self.expected)
+        """The round :meth:`begin_round` set up, or (without one) a running sum that takes the first message's arrays."""
+        if self.in_process is None or self.in_process.round != round:
+            return PlaintextAccumulator(round)
+        return super().accumulator(round)
 
 
-class PlaintextAccumulator(Accumulator):
+class PlaintextClientRound(ClientRound):
+    """Sends ``weight * delta``, ``weight * statistics`` and the weight in the clear."""
+
+    def encode(self, update: ClientUpdate, *, weight: float, rng: np.random.Generator | None = None, payload: Any = None) -> ClientMessage:
+        message: dict[str, np.ndarray | bytes] = {k: (weight * v).astype(np.float32) for k, v in update.delta.items()}
+        for k, v in update.statistics.items():
+            message[PlaintextAggregation.STAT_PREFIX + k] = weight * np.asarray(v, dtype=np.float64)
+        message[PlaintextAggregation.WEIGHT_KEY] = np.asarray([weight], dtype=np.float64)
+        return ClientMessage(update.client_id, update.round, message, update.num_examples, dict(update.metrics))
+
+
+class PlaintextAccumulator(Accumulator, ServerRound):
     """Running float64 sums of the weighted deltas, the weighted statistics and the weights."""
 
-    def __init__(self, round: int, *, expected: Mapping[str, tuple[int, ...]] | None = None) -> None:
+    def __init__(
+        self, round: int, *, expected: Mapping[str, tuple[int, ...]] | None = None, participants: Collection[int] | None = None
+    ) -> None:
+        """``expected``: the arrays the server expects (else the first message fixes them); ``participants``: who may send."""
         self.round = round
         self.expected = dict(expected) if expected is not None else None
+        self.participants = frozenset(int(c) for c in participants) if participants is not None else None
         self.seen: set[int] = set()
         self.total_weight = 0.0
         self.sums: dict[str, np.ndarray] = {}
@@ -211,6 +375,8 @@ class PlaintextAccumulator(Accumulator):
             raise AggregationError(f"{who} sent twice")
         if message.round != self.round:
             raise AggregationError(f"{who} sent a message of round {message.round} (replayed or stale)")
+        if self.participants is not None and message.client_id not in self.participants:
+            raise AggregationError(f"{who} is not a participant of this round")
         payload = dict(message.payload)
         if PlaintextAggregation.WEIGHT_KEY not in payload:
             raise AggregationError(f"{who} sent no weight")
@@ -246,3 +412,8 @@ class PlaintextAccumulator(Accumulator):
         mean = {k: (v / self.total_weight).astype(np.float32) for k, v in self.sums.items() if not k.startswith(prefix)}
         stats = {k[len(prefix) :]: v / self.total_weight for k, v in self.sums.items() if k.startswith(prefix)}
         return Aggregate(mean_delta=mean, total_weight=self.total_weight, num_clients=len(self.seen), mean_statistics=stats)
+
+    def finish(self) -> Stages[Aggregate]:
+        """No closing stage: the sums are in the clear."""
+        return self.result()
+        yield  # a generator without stages

@@ -2,8 +2,8 @@
 
 A :class:`FederatedClient` trains the shared model object on its own examples,
 computes its delta, passes it through the update-transform pipeline and encodes it
-with the aggregation protocol's client half. The in-process simulation creates one
-per sampled client per round (clients are lazy: just an index array and a state
+with its half of the aggregation protocol's round. The in-process transport creates one
+per sampled client per call (clients are lazy: just an index array and a state
 dict); a Flower ``ClientApp`` can wrap the same class.
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from secure_ffm.aggregation import AggregationProtocol
+from secure_ffm.aggregation import AggregationProtocol, ClientRound
 from secure_ffm.models.base import EncodedData, FederatedModel
 from secure_ffm.privacy.noise import SECAGG_ROUNDING, TRANSFORM, NoisePolicy, PrivateRandomness
 from secure_ffm.seeding import TRAINING, derive_seed
@@ -80,8 +80,13 @@ class FederatedClient:
         metrics.update(result.extra or {})
         return ClientUpdate(self.client_id, ins.round, delta, result.num_examples, metrics)
 
-    def fit(self, ins: FitInstructions) -> ClientMessage:
-        """Train, transform and encode: the message this client sends in round ``ins.round``."""
+    def fit(self, ins: FitInstructions, *, encoder: ClientRound | None = None, payload: Any = None) -> ClientMessage:
+        """Train, transform and encode: the message this client sends in round ``ins.round``.
+
+        ``encoder`` is this client's half of the protocol's round, which answered the set-up stages (made here
+        when there is none, for protocols without set-up); ``payload`` is its part of the fit request."""
+        if encoder is None:
+            encoder = self.protocol.client_round(self.client_id, ins.round)
         update = self.train(ins)
         start = time.perf_counter()
         randomness = self.randomness()
@@ -100,7 +105,7 @@ class FederatedClient:
         update = self.transforms(update, context)
         weight = client_weight(str(ins.config.get("weighting", "examples")), update.num_examples)
         # stochastic rounding (masking) from the client's secret, so the server cannot replay it either
-        message = self.protocol.encode(update, weight=weight, rng=randomness.generator(SECAGG_ROUNDING, ins.round))
+        message = encoder.encode(update, weight=weight, rng=randomness.generator(SECAGG_ROUNDING, ins.round), payload=payload)
         message.metrics["encode_seconds"] = time.perf_counter() - start  # type: ignore[index]
         return message
 

@@ -516,36 +516,10 @@ class Config:
                     f"round {round} is after the last (server.rounds={self.server.rounds})",
                     "use rounds 1 .. server.rounds",
                 )
-        if self.secure_aggregation.protocol == "masking" and self.secure_aggregation.threshold:
-            self._check_masking_threshold()
+        from secure_ffm.variants import PROTOCOLS
 
-    def _check_masking_threshold(self) -> None:
-        """An explicit masking threshold must be a strict majority of a neighbourhood and at most all of it.
-
-        Each round has ``server.clients_per_round`` participants (0: ``data.num_clients``); a
-        client's secrets are shared among its neighbourhood: every participant under
-        ``neighbours = 0``, itself and its ``k`` graph neighbours under SecAgg+ (the same rule the
-        protocol uses, :func:`secure_ffm.secagg.graph.neighbourhood_size`).
-        """
-        from secure_ffm.secagg.graph import neighbourhood_size, threshold_range
-
-        secure = self.secure_aggregation
-        participants = self.server.clients_per_round or self.data.num_clients
-        holders = neighbourhood_size(participants, secure.neighbours)
-        lowest, highest = threshold_range(holders)
-        if lowest <= secure.threshold <= highest:
-            return
-        k = secure.neighbours
-        graph = "every pair masks" if holders == participants else f"secure_aggregation.neighbours={k}: a client and its {k} neighbours"
-        where = f"{holders} clients that hold each client's shares ({participants} participants per round, {graph})"
-        if secure.threshold > highest:
-            problem = f"t={secure.threshold} is more than the {where}, so no round could ever unmask"
-        else:
-            problem = (
-                f"t={secure.threshold} is at or below half of the {where}; "
-                "a threshold at or below half lets a server that lies about survivors unmask a single client's update"
-            )
-        raise ConfigError("secure_aggregation.threshold", problem, f"use {lowest} to {highest}, or 0 for a strict majority")
+        # each protocol checks its own settings against the rest of the config (e.g. masking's threshold against the round size)
+        PROTOCOLS.get(self.secure_aggregation.protocol, key="secure_aggregation.protocol").check_config(self)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return {f.name: _section_to_dict(getattr(self, f.name)) for f in fields(self)}

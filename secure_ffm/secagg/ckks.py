@@ -78,12 +78,22 @@ import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import tenseal as ts
 
-from secure_ffm.aggregation import Accumulator, Aggregate, AggregationError, AggregationProtocol, EncodingDeclined, check_envelope
+from secure_ffm.aggregation import (
+    Aggregate,
+    AggregationError,
+    AggregationProtocol,
+    ClientRound,
+    EncodingDeclined,
+    ServerRound,
+    Stage,
+    Stages,
+    check_envelope,
+)
 from secure_ffm.errors import ConfigError
 from secure_ffm.secagg.protocol import VectorLayout
 from secure_ffm.wire import ClientMessage, ClientUpdate, NamedArrays
@@ -544,11 +554,11 @@ class CKKSDecryptor:
         return DecryptedSums(delta, stats, total_weight, n)
 
 
-# --------------------------------------------------------------------------- in-process facade
+# --------------------------------------------------------------------------- the registered protocol
 
 
 class CKKSProtocol(AggregationProtocol):
-    """CKKS homomorphic aggregation, run in one process between a key holder, clients and a server.
+    """CKKS homomorphic aggregation between a key holder, the clients and the server.
 
     Parameters
     ----------
@@ -558,8 +568,11 @@ class CKKSProtocol(AggregationProtocol):
         ``"clients"`` (a secret key shared by all clients; a client decrypts) or
         ``"authority"`` (clients hold the public key only; the authority decrypts).
 
-    The key set is drawn at the first ``begin_round`` and kept for the run (clients and the
-    server load their contexts once), as a provisioned deployment would.
+    The key set is drawn by the key holder at the first round and kept for the run (clients and
+    the server load their contexts once), as a provisioned deployment would. Each round the
+    server half (:class:`CKKSServerRound`) sums ciphertexts; under ``"clients"`` it sends the
+    encrypted sum to one surviving participant's :class:`CKKSClientRound` to decrypt (stage
+    ``decrypt``), so the server never holds the secret key.
     """
 
     name = "ckks"
@@ -574,10 +587,7 @@ class CKKSProtocol(AggregationProtocol):
         self.key_holder: CKKSKeyHolder | None = None
         self.server: CKKSServer | None = None
         self.clients: dict[int, CKKSClient] = {}
-        self.round: int | None = None
-        self.participants: tuple[int, ...] = ()
-        self.layout: VectorLayout | None = None
-        self._setup_seconds = 0.0
+        """Client side: each client's context, loaded once from the key holder and reused every round."""
 
     @classmethod
     def check_run(cls, config: Config, data: FederatedData) -> None:
@@ -631,17 +641,8 @@ class CKKSProtocol(AggregationProtocol):
             ) from None
         return cls(parameters=parameters, key_holder=config.ckks_key_holder)
 
-    def begin_round(
-        self, round: int, participants: Sequence[int], *, weight_bound: float | None = None, layout: VectorLayout | None = None
-    ) -> None:
-        """Provision the key set on first use and load the contexts of clients not seen yet.
-
-        ``layout``, the layout the server expects, fixes it for the round's accumulator.
-        """
-        start = time.perf_counter()
-        ids = tuple(sorted(operator.index(c) for c in participants))
-        if not ids or len(set(ids)) != len(ids):
-            raise ValueError(f"round {round}: participants must be distinct and non-empty, got {list(participants)}")
+    def _provision(self) -> CKKSKeyHolder:
+        """Draw the key set on first use (the key holder deals it; neither the server nor a client draws it)."""
         if self.key_holder is None:
             self.key_holder = CKKSKeyHolder(self.parameters, key_holder=self.key_holder_mode)
             self.server = CKKSServer(self.parameters, self.key_holder.public_context, self.key_holder.key_id)
@@ -651,62 +652,108 @@ class CKKSProtocol(AggregationProtocol):
                 self.parameters.poly_modulus_degree,
                 self.key_holder_mode,
             )
-        context = None
-        for c in ids:
-            if c not in self.clients:
-                context = context if context is not None else self.key_holder.client_context()
-                self.clients[c] = CKKSClient(c, self.parameters, context, self.key_holder.fingerprint)
-        self.round = operator.index(round)
-        self.participants = ids
-        self.layout = layout
-        self._setup_seconds = time.perf_counter() - start
+        return self.key_holder
 
-    def encode(self, update: ClientUpdate, *, weight: float, rng: np.random.Generator | None = None) -> ClientMessage:
-        client = self.clients.get(update.client_id)
-        if client is None or update.round != self.round or update.client_id not in self.participants:
-            raise ValueError(f"client {update.client_id} is not set up for round {update.round}; call begin_round first")
-        return client.encrypt(update, weight=weight, round=update.round, num_participants=len(self.participants))
+    def server_round(
+        self, round: int, participants: Sequence[int], *, weight_bound: float | None = None, layout: VectorLayout | None = None
+    ) -> CKKSServerRound:
+        """The server's homomorphic sum for the round; ``layout``, the layout the server expects, fixes it."""
+        start = time.perf_counter()
+        ids = tuple(sorted(operator.index(c) for c in participants))
+        if not ids or len(set(ids)) != len(ids):
+            raise ValueError(f"round {round}: participants must be distinct and non-empty, got {list(participants)}")
+        holder = self._provision()
+        assert self.server is not None
+        authority = holder.decryptor() if self.key_holder_mode == "authority" else None
+        accumulator = self.server.accumulator(operator.index(round), ids, layout=layout)
+        return CKKSServerRound(accumulator, authority=authority, setup_seconds=time.perf_counter() - start)
+
+    def client_round(self, client_id: int, round: int) -> CKKSClientRound:
+        """The client's half: its context, loaded once from the key holder and reused every round."""
+        holder = self._provision()
+        client = self.clients.get(client_id)
+        if client is None:
+            client = self.clients[client_id] = CKKSClient(client_id, self.parameters, holder.client_context(), holder.fingerprint)
+        return CKKSClientRound(client, round)
 
     def decryptor(self) -> CKKSDecryptor:
-        """Who decrypts: a participating client under ``"clients"``, the authority under ``"authority"``."""
+        """Who decrypts: a client of the last round begun in this process under ``"clients"``, the authority under ``"authority"``."""
         if self.key_holder is None:
             raise AggregationError("the CKKS key set has not been drawn (call begin_round)")
         if self.key_holder_mode == "clients":
-            return self.clients[self.participants[0]].decryptor()
+            if self.in_process is None:
+                raise AggregationError("no CKKS round has begun in this process (call begin_round)")
+            return self.clients[min(self.in_process.clients)].decryptor()
         return self.key_holder.decryptor()
 
-    def accumulator(self, round: int) -> Accumulator:
-        if self.server is None or self.round != round:
-            raise AggregationError(f"round {round}: the CKKS round has not begun (call begin_round)")
-        return CKKSAccumulator(self.server.accumulator(round, self.participants, layout=self.layout), self.decryptor(), self._setup_seconds)
+
+DECRYPT = "decrypt"
+"""The stage in which, under ``key_holder = "clients"``, the server sends the encrypted aggregate to one participant to decrypt."""
 
 
-class CKKSAccumulator(Accumulator):
-    """The server's homomorphic running sum; ``result`` has the decryptor decrypt it and divides by the total weight."""
+class CKKSClientRound(ClientRound):
+    """A client's half of one round: encrypts its update; under ``"clients"`` it also answers the ``decrypt`` stage."""
 
-    def __init__(self, server: CKKSServerAccumulator, decryptor: CKKSDecryptor, setup_seconds: float) -> None:
-        self.server = server
-        self._decryptor = decryptor
+    def __init__(self, client: CKKSClient, round: int) -> None:
+        self.client = client
+        self.round = round
+
+    def encode(self, update: ClientUpdate, *, weight: float, rng: np.random.Generator | None = None, payload: Any = None) -> ClientMessage:
+        """``payload`` is the round's number of participants (for the headroom check), from the server's set-up."""
+        num_participants = operator.index(payload) if payload is not None else 1
+        return self.client.encrypt(update, weight=weight, round=self.round, num_participants=num_participants)
+
+    def handle(self, stage: str, request: Any) -> Any:
+        if stage == DECRYPT and isinstance(request, EncryptedAggregate) and request.round == self.round:
+            return self.client.decryptor().decrypt(request)
+        raise AggregationError(
+            f"round {self.round}: client {self.client.client_id} refuses a {type(request).__name__} as CKKS stage {stage!r}"
+        )
+
+
+class CKKSServerRound(ServerRound):
+    """The server's homomorphic running sum; :meth:`finish` has the aggregate decrypted and divides by the total weight.
+
+    Under ``"clients"`` the decryption is a message stage to one surviving participant (the server holds no secret
+    key); under ``"authority"`` the authority's decryptor is called directly.
+    """
+
+    def __init__(self, accumulator: CKKSServerAccumulator, *, authority: CKKSDecryptor | None, setup_seconds: float) -> None:
+        self.accumulator = accumulator
+        self._authority = authority
         self.setup_seconds = setup_seconds
 
-    def add(self, message: ClientMessage) -> None:
-        self.server.add(message)
+    def setup(self) -> Stages[dict[int, int]]:
+        """No stage: each participant's fit request carries the round size, which bounds every client's headroom."""
+        return {c: len(self.accumulator.participants) for c in self.accumulator.participants}
+        yield  # a generator without stages
 
-    def result(self) -> Aggregate:
-        encrypted = self.server.result()
+    def add(self, message: ClientMessage) -> None:
+        self.accumulator.add(message)
+
+    def finish(self) -> Stages[Aggregate]:
+        encrypted = self.accumulator.result()
         start = time.perf_counter()
-        sums = self._decryptor.decrypt(encrypted)
+        if self._authority is not None:
+            sums = self._authority.decrypt(encrypted)
+        else:
+            decrypting = min(self.accumulator.received)
+            answer = yield Stage(DECRYPT, {decrypting: encrypted})
+            sums = answer.replies.get(decrypting)
+            if not isinstance(sums, DecryptedSums):
+                raise AggregationError(f"round {encrypted.round}: client {decrypting} did not decrypt the aggregate")
         if not sums.total_weight > 0:
             raise AggregationError(f"round {encrypted.round}: total client weight is {sums.total_weight}")
         mean = {k: (v / sums.total_weight).astype(np.float32) for k, v in sums.delta.items()}
         mean_stats = {k: v / sums.total_weight for k, v in sums.statistics.items()}
-        timings = {"setup": self.setup_seconds, "aggregate": self.server.seconds, "decrypt": time.perf_counter() - start}
+        timings = {"setup": self.setup_seconds, "aggregate": self.accumulator.seconds, "decrypt": time.perf_counter() - start}
         return Aggregate(mean, sums.total_weight, sums.num_clients, timings, mean_stats)
 
 
 __all__ = [
-    "CKKSAccumulator",
+    "DECRYPT",
     "CKKSClient",
+    "CKKSClientRound",
     "CKKSDecryptor",
     "CKKSEncodeError",
     "CKKSKeyHolder",
@@ -714,6 +761,7 @@ __all__ = [
     "CKKSProtocol",
     "CKKSServer",
     "CKKSServerAccumulator",
+    "CKKSServerRound",
     "DecryptedSums",
     "EncryptedAggregate",
 ]

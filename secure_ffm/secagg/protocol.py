@@ -65,27 +65,42 @@ import struct
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from secure_ffm.aggregation import Accumulator, Aggregate, AggregationError, AggregationProtocol, EncodingDeclined, check_envelope
+from secure_ffm.aggregation import (
+    Aggregate,
+    AggregationError,
+    AggregationProtocol,
+    ClientRound,
+    EncodingDeclined,
+    ServerRound,
+    Stage,
+    Stages,
+    check_envelope,
+)
+from secure_ffm.errors import ConfigError
 from secure_ffm.secagg import graph as graphs
 from secure_ffm.secagg import keys, masking, quantization, shamir
 from secure_ffm.seeding import SECAGG_ROUNDING, generator
 from secure_ffm.wire import ClientMessage, ClientUpdate, NamedArrays
 
 if TYPE_CHECKING:
-    from secure_ffm.config import SecureAggregationConfig
+    from secure_ffm.config import Config, SecureAggregationConfig
 
 log = logging.getLogger(__name__)
 
 _SHARE_LABEL = b"secure-ffm/secagg/v1/share-encryption"
 _COMMITMENT_LABEL = b"secure-ffm/secagg/v1/self-seed-commitment"
 _NONCE_BYTES = 12
+ADVERTISE_KEYS = "advertise_keys"
+SHARE_KEYS = "share_keys"
+UNMASK = "unmask"
+"""The names of masking's stages (the masked input travels in the fit stage, with the routed shares as its payload)."""
 MASKED_KEY = "masked"
 ROUND_KEY = "round"
 LAYOUT_KEY = "layout"
@@ -102,6 +117,14 @@ class MaskingEncodeError(EncodingDeclined):
     client that dropped after the key set-up. (Fixed-point encoding clips finite values, but a
     NaN has no place in the ring.)
     """
+
+
+@dataclass(frozen=True)
+class KeyRequest:
+    """Stage 0, server -> each participant: the round and who takes part (the request to advertise keys)."""
+
+    round: int
+    participants: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -244,10 +267,12 @@ class VectorLayout:
 # --------------------------------------------------------------------------- client
 
 
-class MaskingClient:
+class MaskingClient(ClientRound):
     """One participant's side of one round; holds its private keys and the shares others sent it.
 
-    Create a fresh object per round (new keys every round).
+    Create a fresh object per round (new keys every round). As a :class:`~secure_ffm.aggregation.ClientRound`
+    it answers the stages ``advertise_keys`` (a :class:`KeyRequest`), ``share_keys`` (the :class:`RoundSetup`)
+    and ``unmask`` (an :class:`UnmaskRequest`), and masks its update with the shares routed to it as payload.
 
     Parameters
     ----------
@@ -262,12 +287,27 @@ class MaskingClient:
         The fewest neighbours this client accepts (the configured graph's degree). Both minimums
         come from the client's own configuration, not from the server: with 0 for both, a server
         could isolate the client (a set-up with no neighbours and ``t = 1``) and unmask its update.
+    rounding_seed
+        Seeds the stochastic rounding when :meth:`encode` gets no (secret) generator.
+    configured
+        ``(threshold, neighbours)`` of the client's own ``[secure_aggregation]`` configuration: the minimums are
+        then derived from them and the round size of the :class:`KeyRequest` (see :meth:`expect`).
     """
 
-    def __init__(self, client_id: int, *, min_threshold: int = 0, min_neighbours: int = 0) -> None:
+    def __init__(
+        self,
+        client_id: int,
+        *,
+        min_threshold: int = 0,
+        min_neighbours: int = 0,
+        configured: tuple[int, int] | None = None,
+        rounding_seed: int = 0,
+    ) -> None:
         self.client_id = operator.index(client_id)
+        self.rounding_seed = rounding_seed
         self.min_threshold = operator.index(min_threshold)
         self.min_neighbours = operator.index(min_neighbours)
+        self.configured = configured
         self._pair_key: X25519PrivateKey | None = None
         self._share_key: X25519PrivateKey | None = None
         self._self_seed: bytes | None = None
@@ -275,6 +315,33 @@ class MaskingClient:
         self._held: dict[int, tuple[bytes, bytes]] = {}  # sender -> (pair key share, self seed share)
         self._revealed: dict[int, str] = {}  # peer -> "self_seed" | "pair_key": what this client gave away
         self._round = -1
+
+    def expect(self, num_participants: int, *, threshold: int, neighbours: int) -> None:
+        """Set the minimums from the client's configuration (``threshold``, ``neighbours``) for a round of this size:
+        the neighbourhood the configured graph gives, and the configured ``t`` or else its strict majority."""
+        holders = graphs.neighbourhood_size(num_participants, neighbours)
+        self.min_threshold = threshold or graphs.threshold_range(holders)[0]
+        self.min_neighbours = holders - 1
+
+    def handle(self, stage: str, request: Any) -> Any:
+        """Answer the server's stage requests (anything else is refused)."""
+        if stage == ADVERTISE_KEYS and isinstance(request, KeyRequest):
+            if self.configured is not None:
+                self.expect(len(request.participants), threshold=self.configured[0], neighbours=self.configured[1])
+            return self.advertise(request.round)
+        if stage == SHARE_KEYS and isinstance(request, RoundSetup):
+            return self.share_keys(request)
+        if stage == UNMASK and isinstance(request, UnmaskRequest):
+            return self.unmask(request)
+        raise AggregationError(f"client {self.client_id} refuses a {type(request).__name__} as the {stage!r} stage of masking")
+
+    def encode(self, update: ClientUpdate, *, weight: float, rng: np.random.Generator | None = None, payload: Any = None) -> ClientMessage:
+        """Keep the shares routed here (``payload``), then send the masked input."""
+        if payload is not None:
+            self.receive_shares(payload)
+        if rng is None:  # the client's secret generator is preferred: a seeded one is public
+            rng = generator(self.rounding_seed, SECAGG_ROUNDING, update.round, update.client_id)
+        return self.masked_input(update, weight=weight, rng=rng)
 
     # stage 0
     def advertise(self, round: int) -> AdvertiseKeys:
@@ -372,8 +439,8 @@ class MaskingClient:
         """The ring encoding of ``weight * delta``, ``weight * statistics`` and ``weight`` (layout: :class:`VectorLayout`)."""
         setup = self._require_setup()
         w = float(weight)
-        if not (math.isfinite(w) and 0 <= w <= setup.weight_bound):
-            raise ValueError(f"client {self.client_id}: weight {w} lies outside [0, weight_bound={setup.weight_bound}]")
+        if not (math.isfinite(w) and 0 <= w <= setup.weight_bound):  # it cannot be encoded: the client sends nothing
+            raise MaskingEncodeError(f"client {self.client_id}: weight {w} lies outside [0, weight_bound={setup.weight_bound}]")
         values = VectorLayout.of(update).flatten(update, w)
         bound = setup.clip_range * setup.weight_bound
         try:
@@ -478,8 +545,12 @@ def seed_commitment(round: int, client_id: int, seed: bytes) -> bytes:
 # --------------------------------------------------------------------------- server
 
 
-class MaskingServer:
+class MaskingServer(ServerRound):
     """The server's side of one round: routes messages, sums masked vectors, unmasks and decodes.
+
+    As a :class:`~secure_ffm.aggregation.ServerRound`, :meth:`setup` runs stages 0 and 1 as messages and returns
+    each client's inbox of encrypted shares (delivered with its fit request), :meth:`add` takes masked inputs, and
+    :meth:`finish` runs stage 3 and decodes.
 
     It sees public keys, ciphertexts it cannot read, masked vectors, and in the end the
     survivors' self seeds and the dropped clients' pair keys - never both for one client.
@@ -522,7 +593,7 @@ class MaskingServer:
                 f"its client included), so that a server that lies about who survived cannot unmask one client, and at most all of it"
             )
         self.levels = quantization.levels_for(len(self.participants))
-        self.setup: RoundSetup | None = None
+        self.round_setup: RoundSetup | None = None
         self.layout: VectorLayout | None = layout
         self.fixed_layout = layout is not None
         self.masked_total: np.ndarray | None = None
@@ -532,6 +603,46 @@ class MaskingServer:
         self.dropped_keys: dict[int, bytes] = {}
         self.left_out: dict[int, str] = {}
         """Share holders whose unmask responses were not used, and why (malformed, or a share off the polynomial)."""
+        self.setup_seconds = 0.0
+
+    # ------------------------------------------------------------ as message stages
+
+    def setup(self) -> Stages[dict[int, tuple[EncryptedShare, ...]]]:
+        """Stages 0 and 1: every participant advertises keys, then shares them; returns each one's inbox of shares."""
+        start = time.perf_counter()
+        request = KeyRequest(self.round, self.participants)
+        adverts = yield Stage(ADVERTISE_KEYS, {c: request for c in self.participants})
+        setup = self.collect_keys([self._typed(reply, AdvertiseKeys, c) for c, reply in adverts.replies.items()])
+        shared = yield Stage(SHARE_KEYS, {c: setup for c in setup.participants})
+        inbox = self.route_shares([self._typed(reply, ShareKeys, c) for c, reply in shared.replies.items()])
+        self.setup_seconds = time.perf_counter() - start
+        return inbox
+
+    def add(self, message: ClientMessage) -> None:
+        self.receive_masked(message)
+
+    def finish(self) -> Stages[Aggregate]:
+        """Stage 3: ask the survivors for their shares, rebuild the secrets, unmask and decode the weighted mean."""
+        if not self.received:
+            raise AggregationError(f"round {self.round}: no client messages to aggregate")
+        start = time.perf_counter()
+        request = self.unmask_request()
+        answers = yield Stage(UNMASK, {u: request for u in request.survivors})
+        responses = [reply for reply in answers.replies.values() if isinstance(reply, UnmaskResponse)]
+        total = self.unmask(request, responses)
+        unmasked = time.perf_counter()
+        delta, stats, total_weight = self.decode(total)
+        if not total_weight > 0:
+            raise AggregationError(f"round {self.round}: total client weight is {total_weight}")
+        mean = {k: (v / total_weight).astype(np.float32) for k, v in delta.items()}
+        mean_stats = {k: v / total_weight for k, v in stats.items()}
+        timings = {"setup": self.setup_seconds, "unmask": unmasked - start, "decode": time.perf_counter() - unmasked}
+        return Aggregate(mean, total_weight, len(self.received), timings, mean_stats)
+
+    def _typed(self, reply: Any, kind: type, client: int) -> Any:
+        if not isinstance(reply, kind):
+            raise AggregationError(f"round {self.round}: client {client} answered with a {type(reply).__name__}, not {kind.__name__}")
+        return reply
 
     def _graph(self, k: int) -> dict[int, frozenset[int]]:
         n = len(self.participants)
@@ -557,10 +668,10 @@ class MaskingServer:
         missing = sorted(set(self.participants) - set(public))
         if missing:
             raise AggregationError(f"round {self.round}: clients {missing} advertised no keys")
-        self.setup = RoundSetup(
+        self.round_setup = RoundSetup(
             self.round, public, self.neighbours, self.threshold, self.weight_bound, self.clip_range, self.levels, self.layout
         )
-        return self.setup
+        return self.round_setup
 
     # stage 1
     def route_shares(self, messages: Sequence[ShareKeys]) -> dict[int, tuple[EncryptedShare, ...]]:
@@ -653,7 +764,7 @@ class MaskingServer:
         from the right ones, or when a rebuilt secret does not match its commitment (the pair key
         its public key, the self seed the hash its owner sent) - never with a silently wrong sum.
         """
-        assert self.setup is not None
+        assert self.round_setup is not None
         if self.masked_total is None:
             raise AggregationError(f"round {self.round}: no masked input to unmask")
         seed_shares: dict[int, dict[int, int]] = {u: {} for u in request.survivors}
@@ -688,12 +799,12 @@ class MaskingServer:
                 private = keys.private_key_from_bytes(raw)
             except ValueError:
                 private = None
-            if private is None or keys.public_bytes(private) != self.setup.public_keys[d][0]:
+            if private is None or keys.public_bytes(private) != self.round_setup.public_keys[d][0]:
                 raise AggregationError(f"round {self.round}: the shares of dropped client {d}'s key rebuild a different key")
             self.dropped_keys[d] = raw
             dropped_pair_seeds[d] = {
                 u: keys.shared_seed(
-                    private, self.setup.public_keys[u][0], context=keys.pair_context(round=self.round, client_a=d, client_b=u)
+                    private, self.round_setup.public_keys[u][0], context=keys.pair_context(round=self.round, client_a=d, client_b=u)
                 )
                 for u in self.neighbours[d]
                 if u in self.received
@@ -764,11 +875,12 @@ class MaskingServer:
         return delta, stats, total_weight
 
 
-# --------------------------------------------------------------------------- in-process facade
+# --------------------------------------------------------------------------- the registered protocol
 
 
 class MaskingProtocol(AggregationProtocol):
-    """Pairwise-masking secure aggregation, run in one process between fresh client objects and a server.
+    """Pairwise-masking secure aggregation: a fresh :class:`MaskingServer` and a fresh :class:`MaskingClient` per participant every round,
+    which talk only through the stages of :meth:`MaskingServer.setup` and :meth:`MaskingServer.finish`.
 
     Parameters
     ----------
@@ -808,19 +920,44 @@ class MaskingProtocol(AggregationProtocol):
     def from_config(cls, config: SecureAggregationConfig, *, seed: int) -> MaskingProtocol:
         return cls(clip_range=config.clip_range, threshold=config.threshold, neighbours=config.neighbours, seed=seed)
 
-    def begin_round(
-        self, round: int, participants: Sequence[int], *, weight_bound: float | None = None, layout: VectorLayout | None = None
-    ) -> None:
-        """Advertise keys and share keys between fresh clients and a fresh server (new keys every round).
+    @classmethod
+    def check_config(cls, config: Config) -> None:
+        """An explicit masking threshold must be a strict majority of a neighbourhood and at most all of it.
 
-        ``layout``, the vector layout the server expects, fixes it before any masked input
-        arrives (see :class:`MaskingServer`); without it the first accepted input fixes it.
+        Each round has ``server.clients_per_round`` participants (0: ``data.num_clients``); a
+        client's secrets are shared among its neighbourhood: every participant under
+        ``neighbours = 0``, itself and its ``k`` graph neighbours under SecAgg+ (the same rule the
+        protocol uses, :func:`secure_ffm.secagg.graph.neighbourhood_size`).
         """
-        start = time.perf_counter()
+        secure = config.secure_aggregation
+        if not secure.threshold:
+            return
+        participants = config.server.clients_per_round or config.data.num_clients
+        holders = graphs.neighbourhood_size(participants, secure.neighbours)
+        lowest, highest = graphs.threshold_range(holders)
+        if lowest <= secure.threshold <= highest:
+            return
+        k = secure.neighbours
+        graph = "every pair masks" if holders == participants else f"secure_aggregation.neighbours={k}: a client and its {k} neighbours"
+        where = f"{holders} clients that hold each client's shares ({participants} participants per round, {graph})"
+        if secure.threshold > highest:
+            problem = f"t={secure.threshold} is more than the {where}, so no round could ever unmask"
+        else:
+            problem = (
+                f"t={secure.threshold} is at or below half of the {where}; "
+                "a threshold at or below half lets a server that lies about survivors unmask a single client's update"
+            )
+        raise ConfigError("secure_aggregation.threshold", problem, f"use {lowest} to {highest}, or 0 for a strict majority")
+
+    def server_round(
+        self, round: int, participants: Sequence[int], *, weight_bound: float | None = None, layout: VectorLayout | None = None
+    ) -> MaskingServer:
+        """A fresh server for the round (new keys every round); ``layout`` fixes the vector layout before any masked
+        input arrives (see :class:`MaskingServer`)."""
         bound = weight_bound if weight_bound is not None else self.weight_bound
         if bound is None:
             raise ValueError("masking aggregation needs a public weight_bound (the largest client weight) in begin_round")
-        self.server = MaskingServer(
+        return MaskingServer(
             round,
             participants,
             weight_bound=bound,
@@ -829,63 +966,19 @@ class MaskingProtocol(AggregationProtocol):
             neighbours=self.neighbours,
             layout=layout,
         )
-        # what each client expects from its own configuration, whatever the set-up says
-        holders = graphs.neighbourhood_size(len(self.server.participants), self.neighbours)
-        expected_t = self.threshold or graphs.threshold_range(holders)[0]
-        self.clients = {c: MaskingClient(c, min_threshold=expected_t, min_neighbours=holders - 1) for c in self.server.participants}
-        setup = self.server.collect_keys([client.advertise(round) for client in self.clients.values()])
-        inbox = self.server.route_shares([client.share_keys(setup) for client in self.clients.values()])
-        for c, client in self.clients.items():
-            client.receive_shares(inbox[c])
-        self._setup_seconds = time.perf_counter() - start
 
-    def encode(self, update: ClientUpdate, *, weight: float, rng: np.random.Generator | None = None) -> ClientMessage:
-        client = self.clients.get(update.client_id)
-        if self.server is None or client is None or update.round != self.server.round:
-            raise ValueError(f"client {update.client_id} is not set up for round {update.round}; call begin_round first")
-        if rng is None:  # the client's secret generator is preferred: a seeded one is public
-            rng = generator(self.seed, SECAGG_ROUNDING, update.round, update.client_id)
-        return client.masked_input(update, weight=weight, rng=rng)
-
-    def accumulator(self, round: int) -> Accumulator:
-        if self.server is None or self.server.round != round:
-            raise AggregationError(f"round {round}: the masking key set-up has not run (call begin_round)")
-        return MaskingAccumulator(self.server, self.clients, self._setup_seconds)
-
-
-class MaskingAccumulator(Accumulator):
-    """Folds masked vectors into the server's ring sum; ``result`` runs unmasking and decoding."""
-
-    def __init__(self, server: MaskingServer, clients: Mapping[int, MaskingClient], setup_seconds: float) -> None:
-        self.server = server
-        self.clients = clients
-        self.setup_seconds = setup_seconds
-
-    def add(self, message: ClientMessage) -> None:
-        self.server.receive_masked(message)
-
-    def result(self) -> Aggregate:
-        server = self.server
-        if not server.received:
-            raise AggregationError(f"round {server.round}: no client messages to aggregate")
-        start = time.perf_counter()
-        request = server.unmask_request()
-        responses = [self.clients[u].unmask(request) for u in request.survivors]
-        total = server.unmask(request, responses)
-        unmasked = time.perf_counter()
-        delta, stats, total_weight = server.decode(total)
-        if not total_weight > 0:
-            raise AggregationError(f"round {server.round}: total client weight is {total_weight}")
-        mean = {k: (v / total_weight).astype(np.float32) for k, v in delta.items()}
-        mean_stats = {k: v / total_weight for k, v in stats.items()}
-        timings = {"setup": self.setup_seconds, "unmask": unmasked - start, "decode": time.perf_counter() - unmasked}
-        return Aggregate(mean, total_weight, len(server.received), timings, mean_stats)
+    def client_round(self, client_id: int, round: int) -> MaskingClient:
+        """A fresh client half that checks every set-up against this configuration's threshold and graph degree."""
+        return MaskingClient(client_id, configured=(self.threshold, self.neighbours), rounding_seed=self.seed)
 
 
 __all__ = [
+    "ADVERTISE_KEYS",
+    "SHARE_KEYS",
+    "UNMASK",
     "AdvertiseKeys",
     "EncryptedShare",
-    "MaskingAccumulator",
+    "KeyRequest",
     "MaskingClient",
     "MaskingProtocol",
     "MaskingServer",

@@ -9,6 +9,7 @@ import pytest
 
 from secure_ffm.cli import main
 from secure_ffm.config import config_from_dict
+from secure_ffm.engine.orchestrator import RoundHooks
 from secure_ffm.errors import ConfigError
 from secure_ffm.simulation import Simulation, prepare_run
 
@@ -28,16 +29,13 @@ def cnn_config(**defense):
 
 def run_and_capture(config, tmp_path):
     """Run; return the summary and the messages the server received (the plaintext payloads)."""
-    simulation = Simulation(prepare_run(config), out_dir=tmp_path / "run")
     received = []
-    encode = simulation.protocol.encode
 
-    def spy(update, *, weight, rng=None):
-        message = encode(update, weight=weight, rng=rng)
-        received.append(message)
-        return message
+    class Received(RoundHooks):
+        def message_received(self, round, message, instructions):
+            received.append(message)
 
-    simulation.protocol.encode = spy
+    simulation = Simulation(prepare_run(config), out_dir=tmp_path / "run", hooks=[Received()])
     return simulation.run(), received
 
 

@@ -170,10 +170,10 @@ def test_an_isolated_client_without_expectations_of_its_own_would_give_its_updat
 def test_the_protocol_gives_each_client_the_minimums_of_its_configuration():
     protocol = MaskingProtocol(neighbours=4)
     protocol.begin_round(ROUND, range(12), weight_bound=1.0)
-    assert {(c.min_threshold, c.min_neighbours) for c in protocol.clients.values()} == {(3, 4)}
+    assert {(c.min_threshold, c.min_neighbours) for c in protocol.in_process.clients.values()} == {(3, 4)}
     protocol = MaskingProtocol(threshold=5)
     protocol.begin_round(ROUND, range(6), weight_bound=1.0)
-    assert {(c.min_threshold, c.min_neighbours) for c in protocol.clients.values()} == {(5, 5)}
+    assert {(c.min_threshold, c.min_neighbours) for c in protocol.in_process.clients.values()} == {(5, 5)}
 
 
 def test_a_client_accepts_a_strict_majority_of_its_secagg_plus_neighbourhood():
@@ -187,7 +187,7 @@ def test_a_client_refuses_to_unmask_when_fewer_than_t_of_its_neighbourhood_are_l
     n = 12
     protocol = MaskingProtocol(neighbours=4 if secagg_plus else 0)
     protocol.begin_round(ROUND, range(n), weight_bound=10.0)
-    t, near = protocol.server.threshold, sorted(protocol.server.neighbours[0])
+    t, near = protocol.in_process.server.threshold, sorted(protocol.in_process.server.neighbours[0])
     gone = set(near[: len(near) + 1 - (t - 1)])  # client 0 and t - 2 neighbours remain listed
     survivors = tuple(c for c in range(n) if c not in gone)
     request = UnmaskRequest(ROUND, survivors=survivors, dropped=tuple(sorted(gone)))
@@ -195,7 +195,7 @@ def test_a_client_refuses_to_unmask_when_fewer_than_t_of_its_neighbourhood_are_l
         assert len(survivors) >= t  # the old check counted every survivor and revealed
     # execute / assert
     with pytest.raises(AggregationError, match=f"refuses to unmask: {t - 1} of its"):
-        protocol.clients[0].unmask(request)
+        protocol.in_process.clients[0].unmask(request)
 
 
 # --------------------------------------------------------------------------- hostile share holders against the real server
@@ -208,10 +208,10 @@ def honest_round(n, *, drop=(), threshold=0):
     for c in range(n):
         message = protocol.encode(update_of(c), weight=10.0)
         if c not in drop:
-            protocol.server.receive_masked(message)
-    request = protocol.server.unmask_request()
-    responses = {u: protocol.clients[u].unmask(request) for u in request.survivors}
-    return protocol.server, request, responses
+            protocol.in_process.server.receive_masked(message)
+    request = protocol.in_process.server.unmask_request()
+    responses = {u: protocol.in_process.clients[u].unmask(request) for u in request.survivors}
+    return protocol.in_process.server, request, responses
 
 
 def replace_share(response, owner, data, kind="self_seed_shares"):

@@ -255,7 +255,7 @@ def test_wrong_scale_or_length_is_rejected_before_anything_is_added():
         accumulator.add(ClientMessage(1, 1, {**good.payload, "ciphertext/00000": rescaled}, 10))
     with pytest.raises(AggregationError, match=f"client 1 sent ciphertext 0 of {length - 1} values, expected {length}"):
         accumulator.add(ClientMessage(1, 1, {**good.payload, "ciphertext/00000": short}, 10))
-    assert accumulator.server.received == []
+    assert protocol.in_process.server.accumulator.received == []
     accumulator.add(good)
     accumulator.add(protocol.encode(updates[0], weight=weights[0]))
     assert_close(accumulator.result(), updates, weights, SMALL)
@@ -272,7 +272,7 @@ def test_a_ciphertext_that_is_not_a_fresh_encryption_is_rejected_before_anything
     product = (half * half).serialize()  # scale 2^20 as expected, but 3 polynomials (never relinearized)
     with pytest.raises(AggregationError, match=r"client 1 sent ciphertext 0 with 3 polynomials over 2 primes, expected a fresh encryption"):
         accumulator.add(ClientMessage(1, 1, {**good.payload, "ciphertext/00000": product}, 10))
-    assert accumulator.server.received == [0]
+    assert protocol.in_process.server.accumulator.received == [0]
     accumulator.add(good)
     assert_close(accumulator.result(), updates, weights, SMALL)
 
@@ -313,7 +313,7 @@ def test_a_server_that_miscounts_is_caught_when_decrypting():
     accumulator = protocol.accumulator(1)
     for update, weight in zip(updates, weights, strict=True):
         accumulator.add(protocol.encode(update, weight=weight))
-    accumulator.server.received.append(9)  # claims a fourth client
+    protocol.in_process.server.accumulator.received.append(9)  # claims a fourth client
     with pytest.raises(AggregationError, match="the aggregate holds 3.00 client contributions, the server claims 4"):
         accumulator.result()
 
@@ -361,7 +361,7 @@ def test_real_cnn_update_matches_the_float64_mean(cnn_updates, parameters, key_h
     accumulator = protocol.accumulator(1)
     for update, weight in zip(updates, weights, strict=True):
         accumulator.add(protocol.encode(update, weight=weight))
-    sums = protocol.decryptor().decrypt(accumulator.server.result())
+    sums = protocol.decryptor().decrypt(protocol.in_process.server.accumulator.result())
     reference = float64_mean(updates, weights)
     error = max(float(np.max(np.abs(sums.delta[k] / sums.total_weight - reference[k]))) for k in reference)
     assert error <= parameters.error_bound(4) / sum(weights) * (1 + max(np.max(np.abs(v)) for v in reference.values()))

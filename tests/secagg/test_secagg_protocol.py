@@ -112,7 +112,7 @@ def test_default_threshold_is_a_strict_majority_of_the_neighbourhood():
     updates, weights = make_updates(10)
     protocol = MaskingProtocol()
     protocol.begin_round(1, range(10), weight_bound=max(weights))
-    assert protocol.server.threshold == 6
+    assert protocol.in_process.server.threshold == 6
 
 
 def test_server_sees_uniform_masked_vectors_uncorrelated_with_the_input():
@@ -123,7 +123,7 @@ def test_server_sees_uniform_masked_vectors_uncorrelated_with_the_input():
     protocol.begin_round(1, range(5), weight_bound=50.0)
     for update, weight in zip(updates, weights, strict=True):
         masked = protocol.encode(update, weight=weight).payload["masked"]
-        client = protocol.clients[update.client_id]
+        client = protocol.in_process.clients[update.client_id]
         quantized = client.quantize(update, weight=weight, rng=generator(9, SECAGG_ROUNDING, 1, update.client_id))
         assert stats.chisquare(np.bincount(masked.view(np.uint8), minlength=256)).pvalue > 1e-4
         assert stats.chisquare(np.bincount(quantized.view(np.uint8), minlength=256)).pvalue < 1e-6  # the test has power
@@ -153,10 +153,10 @@ def test_server_never_holds_both_secrets_of_a_client():
     protocol = MaskingProtocol(threshold=5)
     drop = {2, 5}
     secure_run(protocol, updates, weights, drop=drop)
-    server = protocol.server
+    server = protocol.in_process.server
     assert set(server.self_seeds) == set(range(8)) - drop
     assert set(server.dropped_keys) == drop
-    for c, client in protocol.clients.items():
+    for c, client in protocol.in_process.clients.items():
         private = keys.private_bytes(client._pair_key)
         assert _holds(server, private) == (c in drop)  # survivors' pair keys never reach the server
         assert _holds(server, client._self_seed) == (c not in drop)  # dropped clients' self seeds never do
@@ -166,7 +166,9 @@ def test_unmask_policy_never_reveals_both_shares_for_one_client():
     updates, weights = make_updates(6)
     protocol = MaskingProtocol(threshold=4)
     protocol.begin_round(1, range(6), weight_bound=max(weights))
-    client = protocol.clients[0]
+    for c, inbox in protocol.in_process.payloads.items():  # the shares routed to each client come with its fit request
+        protocol.in_process.clients[c].receive_shares(inbox)
+    client = protocol.in_process.clients[0]
     first = client.unmask(UnmaskRequest(1, survivors=(0, 1, 2, 3), dropped=(4, 5)))
     assert set(first.self_seed_shares) == {0, 1, 2, 3} and set(first.pair_key_shares) == {4, 5}
     assert not set(first.self_seed_shares) & set(first.pair_key_shares)
@@ -174,7 +176,7 @@ def test_unmask_policy_never_reveals_both_shares_for_one_client():
     with pytest.raises(AggregationError, match="already revealed"):
         client.unmask(UnmaskRequest(1, survivors=(0, 2, 3, 4), dropped=(1, 5)))
     with pytest.raises(AggregationError, match="inconsistent"):
-        protocol.clients[1].unmask(UnmaskRequest(1, survivors=(0, 1, 2, 3), dropped=(3, 4, 5)))
+        protocol.in_process.clients[1].unmask(UnmaskRequest(1, survivors=(0, 1, 2, 3), dropped=(3, 4, 5)))
 
 
 def test_forged_masked_vectors_are_rejected_and_the_others_still_sum_correctly():
@@ -205,7 +207,7 @@ def test_secagg_plus_graph_gives_the_same_aggregate_as_the_full_graph():
     updates, weights = make_updates(12, seed=6)
     sparse = MaskingProtocol(neighbours=4, seed=1)
     result = secure_run(sparse, updates, weights, drop={3})
-    assert all(len(v) == 4 for v in sparse.server.neighbours.values())
+    assert all(len(v) == 4 for v in sparse.in_process.server.neighbours.values())
     full = secure_run(MaskingProtocol(seed=1), updates, weights, drop={3})
     reference = plaintext(updates, weights, drop={3})
     assert_close(result, reference, num_participants=12, weight_bound=max(weights))

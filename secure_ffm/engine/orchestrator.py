@@ -1,0 +1,228 @@
+"""The round orchestrator: the server's side of a federated round, whatever the transport.
+
+One round (Federated Foundation Models, arXiv 2305.11414, Sec. 3: the server coordinates
+local training on private data and aggregates the updates):
+
+1. sample the participants (:meth:`Server.sample_clients`) and fix the fit instructions;
+2. run the protocol's set-up stages (:meth:`ServerRound.setup`, e.g. masking's key
+   agreement) through the transport;
+3. send the fit requests and fold each client's message into the protocol's running
+   aggregate as it arrives (the server holds one message at a time); a message that fails
+   validation is rejected alone, a declined or dropped client is left out;
+4. run the protocol's closing stages (:meth:`ServerRound.finish`: unmasking, decryption) and
+   apply the server steps and the strategy to the aggregate;
+5. evaluate the global model when due.
+
+It knows clients only by id, through a :class:`~secure_ffm.transports.base.Transport`; it
+writes no file (the run writer does) and holds no client state. What the server receives
+is also handed to :class:`RoundHooks` (the leakage audit records it there).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from secure_ffm.aggregation import Aggregate, AggregationError, AggregationProtocol, Stage, StageReplies, run_stages
+from secure_ffm.client import client_weight
+from secure_ffm.errors import RoundAbortedError
+from secure_ffm.secagg.protocol import VectorLayout
+from secure_ffm.server import Server
+from secure_ffm.training import EvalResult
+from secure_ffm.transports.base import FitRequest, Transport
+from secure_ffm.wire import ClientMessage, FitInstructions, NamedArrays, nbytes
+
+log = logging.getLogger(__name__)
+
+
+class RunObserver:
+    """Receives progress events; the CLI draws progress bars from them. Methods are no-ops here."""
+
+    def run_started(self, total_rounds: int, start_round: int) -> None: ...
+
+    def round_started(self, round: int, clients: Sequence[int]) -> None: ...
+
+    def client_finished(self, round: int, client_id: int) -> None: ...
+
+    def round_finished(self, round: int, metrics: Mapping[str, Any]) -> None: ...
+
+
+class RoundHooks:
+    """What the server receives, as it receives it (no-ops here; the leakage audit's recorder overrides them)."""
+
+    def message_received(self, round: int, message: ClientMessage, instructions: FitInstructions) -> None:
+        """A client's message, before the protocol's server half folds it in."""
+
+    def aggregate_computed(self, round: int, aggregate: Aggregate, clients: Sequence[int], instructions: FitInstructions) -> None:
+        """The round's aggregate, before the server steps (e.g. central noise) and the strategy."""
+
+
+class RoundOrchestrator:
+    """Runs rounds: the server and the protocol's server half on one side, clients behind a transport.
+
+    Parameters
+    ----------
+    server
+        Holds the global parameters; samples, configures and applies the strategy.
+    protocol
+        The aggregation protocol (only its server half runs here).
+    transport
+        Reaches the clients.
+    statistics
+        The statistics the server expects beside each delta (e.g. DP-FedAvg's clipped-update counts), for the layout.
+    evaluate
+        Evaluates global parameters on the server's test data; None: no server-side evaluation.
+    eval_every, rounds
+        Evaluate every ``eval_every`` rounds and after round ``rounds``.
+    on_abort
+        ``"skip"``: a round whose aggregation fails leaves the model unchanged; ``"stop"``: raise RoundAbortedError.
+    round_metrics
+        Extra columns for a round's row (e.g. the privacy ledger's epsilon).
+    hooks
+        Told what the server receives (the leakage audit's recorder; a test's spy).
+    """
+
+    def __init__(
+        self,
+        *,
+        server: Server,
+        protocol: AggregationProtocol,
+        transport: Transport,
+        statistics: NamedArrays | None = None,
+        evaluate: Callable[[NamedArrays], EvalResult] | None = None,
+        eval_every: int = 1,
+        rounds: int = 1,
+        on_abort: str = "skip",
+        round_metrics: Callable[[int], Mapping[str, Any]] | None = None,
+        hooks: Sequence[RoundHooks] = (),
+        observer: RunObserver | None = None,
+    ) -> None:
+        self.server = server
+        self.protocol = protocol
+        self.transport = transport
+        self.statistics = dict(statistics or {})
+        self.evaluate = evaluate
+        self.eval_every = eval_every
+        self.rounds = rounds
+        self.on_abort = on_abort
+        self.round_metrics = round_metrics
+        self.hooks = tuple(hooks)
+        self.observer = observer or RunObserver()
+
+    def _deliver(self, round: int) -> Callable[[Stage], StageReplies]:
+        return lambda stage: self.transport.exchange(round, stage)
+
+    def run_round(self, round: int) -> dict[str, Any]:
+        """One round; returns its metrics row (the keys of ``metrics.jsonl``)."""
+        try:
+            return self._run_round(round)
+        finally:
+            self.transport.end_round(round)
+
+    def _run_round(self, round: int) -> dict[str, Any]:
+        round_start = time.perf_counter()
+        participants = self.server.sample_clients(round)
+        self.observer.round_started(round, participants)
+        instructions = self.server.fit_instructions(round, participants)
+        weighting = str(instructions.config.get("weighting", "examples"))
+        counts = self.transport.example_counts(participants)
+        weight_bound = max(client_weight(weighting, counts[c]) for c in participants)
+        setup_start = time.perf_counter()
+        # the server fixes the layout it expects from its own model, never from the first message it receives
+        layout = VectorLayout.of_arrays(instructions.parameters, self.statistics)
+        server_round = self.protocol.server_round(round, participants, weight_bound=weight_bound, layout=layout)
+        aborted = None
+        try:
+            payloads = run_stages(server_round.setup(), self._deliver(round))
+        except AggregationError as error:
+            aborted = self._abort(error)
+            payloads = None
+        setup_seconds = time.perf_counter() - setup_start
+        sent, declined, rejected, dropped = [], [], [], []
+        examples, losses, bytes_up, train_seconds, encode_seconds, receive_seconds = [], [], 0, 0.0, 0.0, 0.0
+        requests = {c: FitRequest(instructions, payloads.get(c)) for c in participants} if payloads is not None else {}
+        for reply in self.transport.fit(round, requests):
+            client_id, message = reply.client_id, reply.message
+            if reply.declined is not None:
+                declined.append(client_id)
+                log.info("round %d: client %d skipped: %s", round, client_id, reply.declined)
+            elif message is None:
+                dropped.append(client_id)
+            else:
+                for hook in self.hooks:
+                    hook.message_received(round, message, instructions)
+                receive_start = time.perf_counter()
+                try:
+                    server_round.add(message)  # streamed: the server holds one message at a time
+                except AggregationError as error:  # the others' contributions are kept
+                    rejected.append(client_id)
+                    log.warning("%s; its update is left out of the round", error)
+                else:
+                    sent.append(client_id)
+                    examples.append(message.num_examples)
+                    losses.append(message.metrics["train_loss"])
+                    bytes_up += message.nbytes
+                    train_seconds += message.metrics["train_seconds"]
+                    encode_seconds += message.metrics.get("encode_seconds", 0.0)
+                finally:  # server time, rejected messages included
+                    receive_seconds += time.perf_counter() - receive_start
+            self.observer.client_finished(round, client_id)
+            del message, reply
+        aggregate_start = time.perf_counter()
+        timings: dict[str, float] = {}
+        if aborted is None and (sent or dropped):
+            try:
+                aggregate = run_stages(server_round.finish(), self._deliver(round))
+            except AggregationError as error:
+                aborted = self._abort(error)
+            else:
+                for hook in self.hooks:
+                    hook.aggregate_computed(round, aggregate, sent, instructions)
+                timings = self.server.apply(round, aggregate).timings
+        elif aborted is None:
+            log.warning("round %d: no client sent an update; the global model is unchanged", round)
+        aggregate_seconds = receive_seconds + time.perf_counter() - aggregate_start
+        fit_seconds = time.perf_counter() - round_start
+
+        weights = np.asarray(examples, dtype=np.float64)
+        row: dict[str, Any] = {
+            "round": round,
+            "train_loss": float(np.sum(weights * np.asarray(losses)) / np.sum(weights)) if sent else None,
+            "test_loss": None,
+            "test_accuracy": None,
+            "test_macro_f1": None,
+            "clients": sent,
+            "skipped_clients": declined,
+            "rejected_clients": rejected,
+            "dropped_clients": dropped,
+            "aborted": aborted,
+            "num_examples": int(weights.sum()),
+            "bytes_up": int(bytes_up),
+            "bytes_down": int(nbytes(instructions.parameters) * len(participants)),
+            "client_train_seconds": float(train_seconds),
+            "encode_seconds": float(encode_seconds),
+            "setup_seconds": setup_seconds,
+            "aggregate_seconds": aggregate_seconds,
+            **{f"aggregate_{phase}_seconds": value for phase, value in timings.items()},
+            "fit_seconds": fit_seconds,
+            **(self.round_metrics(round) if self.round_metrics is not None else {}),
+        }
+        eval_seconds = 0.0
+        if self.evaluate is not None and (round == self.rounds or round % self.eval_every == 0):
+            eval_start = time.perf_counter()
+            result = self.evaluate(self.server.parameters)
+            eval_seconds = time.perf_counter() - eval_start
+            row.update(result.as_dict("test_"))
+        row["eval_seconds"] = eval_seconds
+        row["seconds"] = time.perf_counter() - round_start
+        return row
+
+    def _abort(self, error: AggregationError) -> str:
+        if self.on_abort == "stop":
+            raise RoundAbortedError(f'{error} (secure_aggregation.on_abort = "stop")') from None
+        log.warning("%s; the global model is unchanged", error)
+        return str(error)

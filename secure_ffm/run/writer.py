@@ -1,0 +1,172 @@
+"""The run directory: what a run writes, and what ``--resume`` reads back.
+
+``config.toml`` (first: once it exists, ``--resume`` can finish the run), ``metrics.jsonl``
+(one row per round, appended and fsynced), ``clients.json``, ``checkpoints/`` (the newest
+two, written atomically), and at the end ``model.safetensors``, ``privacy.json`` and
+``summary.json``. The writer knows nothing of rounds or transports: the runner hands it rows,
+checkpoints and documents.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from secure_ffm.checkpoint import (
+    Checkpoint,
+    checkpoint_dirs,
+    load_checkpoint,
+    save_arrays_atomically,
+    save_checkpoint,
+    write_text_atomically,
+)
+from secure_ffm.config import Config, config_from_dict, read_toml
+from secure_ffm.errors import CheckpointError, ConfigError
+from secure_ffm.wire import NamedArrays, to_jsonable
+
+log = logging.getLogger(__name__)
+
+_FIX = "restore it from a copy, or start a new run in a new --out"
+
+
+class RunWriter:
+    """Writes one run directory ``out_dir``; every file but ``metrics.jsonl``'s appended rows is written atomically."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = Path(out_dir)
+
+    def start(self, config: Config, clients: Mapping[str, Any]) -> None:
+        """Create the run directory. ``config.toml`` comes first: once it exists, ``--resume`` can finish the run."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomically(self.out_dir / "config.toml", config.to_toml())
+        self.rewrite_metrics([])
+        self.write_clients(clients)
+
+    def append_metrics(self, row: Mapping[str, Any]) -> None:
+        """Add one round's row to ``metrics.jsonl`` (flushed to disk; a line torn by a crash is dropped on resume)."""
+        with (self.out_dir / "metrics.jsonl").open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(to_jsonable(row), sort_keys=True) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def rewrite_metrics(self, history: list[dict[str, Any]]) -> None:
+        """``metrics.jsonl``: one row per round of ``history``, rewritten whole and atomically (at the start and on resume)."""
+        text = "".join(json.dumps(to_jsonable(row), sort_keys=True) + "\n" for row in history)
+        write_text_atomically(self.out_dir / "metrics.jsonl", text)
+
+    def write_clients(self, document: Mapping[str, Any]) -> None:
+        write_text_atomically(self.out_dir / "clients.json", json.dumps(to_jsonable(document), indent=1))
+
+    def write_config(self, config: Config) -> None:
+        write_text_atomically(self.out_dir / "config.toml", config.to_toml())
+
+    def checkpoint(self, checkpoint: Checkpoint) -> None:
+        save_checkpoint(self.out_dir / "checkpoints", checkpoint)
+
+    def finish(
+        self, *, parameters: NamedArrays, metadata: Mapping[str, str], summary: Mapping[str, Any], ledger: Mapping[str, Any] | None
+    ) -> None:
+        """The end files: the final model, the privacy ledger (when a mechanism keeps one), then the summary."""
+        save_arrays_atomically(self.out_dir / "model.safetensors", parameters, dict(metadata))
+        if ledger is not None:
+            write_text_atomically(self.out_dir / "privacy.json", json.dumps(to_jsonable(ledger), indent=1, sort_keys=True))
+        write_text_atomically(self.out_dir / "summary.json", json.dumps(to_jsonable(summary), indent=1, sort_keys=True))
+
+    # ---------------------------------------------------------------- resume
+
+    def newest_readable_checkpoint(self, fits: Callable[[Checkpoint, Path], None]) -> Checkpoint | None:
+        """The newest checkpoint that loads and that ``fits`` accepts (it raises CheckpointError otherwise); None when
+        there is none at all. A newest checkpoint that cannot be used falls back to the one before it, with a warning."""
+        root = self.out_dir / "checkpoints"
+        if root.exists() and not root.is_dir():
+            raise ConfigError("--resume", f"{root} is not a directory", f"move it away; {self.out_dir} then restarts from its checkpoints")
+        candidates = checkpoint_dirs(root)
+        problems: list[str] = []
+        for path in candidates:
+            try:
+                checkpoint = load_checkpoint(path)
+                fits(checkpoint, path)
+            except CheckpointError as error:
+                problems.append(str(error))
+                continue
+            for problem in problems:
+                log.warning("%s; resuming from the earlier checkpoint %s", problem, path.name)
+            return checkpoint
+        if candidates:
+            raise ConfigError(
+                "--resume",
+                f"no readable checkpoint in {root}: {problems[0]}",
+                f"delete {root} to start the run again from round 1",
+            )
+        return None
+
+
+def read_run_config(out_dir: Path, config: Config) -> Config:
+    """The config a run directory was started with; refuse a resume whose config differs (but for ``server.rounds``)."""
+    path = Path(out_dir) / "config.toml"
+    if not path.is_file():
+        raise ConfigError("--resume", f"{out_dir} holds no config.toml", "pass --out RUN_DIR of a run started by `secure-ffm train`")
+    try:
+        raw = read_toml(path, key="--resume", fix=_FIX)
+        if not raw:
+            raise ConfigError(str(path), "is empty")
+        saved = config_from_dict(raw)
+    except ConfigError as error:
+        where = "" if error.key == str(path) else f" at {error.key}"
+        raise ConfigError("--resume", f"the run's {path} cannot be used{where}: {error.problem}", _FIX) from None
+    differences = config_differences(saved, config, ignore={"server.rounds"})
+    if differences:
+        raise ConfigError(
+            "--resume",
+            f"the config differs from the run's config.toml in {', '.join(differences)}",
+            "resume with the same config and --set values",
+        )
+    return saved
+
+
+def read_metrics(path: Path, *, rounds: int) -> list[dict[str, Any]]:
+    """The rows of ``metrics.jsonl`` for rounds ``1..rounds``; later rows are dropped (their checkpoint was never written).
+
+    An unfinished last line (an append cut short by a crash) is dropped with a warning; any other line that is not a JSON row is refused.
+    """
+    if not path.exists() and rounds == 0:
+        return []
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError("--resume", f"{path} cannot be read: {getattr(error, 'strerror', None) or error}", _FIX) from None
+    lines = text.split("\n")
+    unfinished = lines.pop()  # "" when the file ends with a newline
+    if unfinished.strip():
+        log.warning("%s: dropping its unfinished last line (a write cut short)", path)
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if not isinstance(row, dict) or isinstance(row.get("round"), bool) or not isinstance(row.get("round"), int):
+            raise ConfigError("--resume", f"{path} line {number} is not a metrics row: {line[:40]!r}", _FIX)
+        rows.append(row)
+    history = [row for row in rows if row["round"] <= rounds]
+    if [row["round"] for row in history] != list(range(1, rounds + 1)):
+        found = [row["round"] for row in history]
+        raise ConfigError("--resume", f"{path} holds rounds {found} but the checkpoint is at round {rounds}", _FIX)
+    return history
+
+
+def config_differences(a: Config, b: Config, *, ignore: set[str] = frozenset()) -> list[str]:  # type: ignore[assignment]
+    """``section.key`` names whose values differ between two configs."""
+    da, db = a.to_dict(), b.to_dict()
+    return [
+        f"{section}.{key}"
+        for section in da
+        for key in da[section]
+        if f"{section}.{key}" not in ignore and da[section][key] != db[section][key]
+    ]
