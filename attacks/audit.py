@@ -36,12 +36,12 @@ import torch
 from attacks.base import Budget, GroundTruth, NamedArrays, Observation, Reconstruction, ThreatModel, TrainingSetup, build_attack
 from attacks.case import batch_gradient, data_kind, local_minibatches, stack_inputs
 from secure_ffm.config import Config
+from secure_ffm.engine.transforms import TransformContext, UpdatePipeline, build_defenses
+from secure_ffm.engine.wire import ClientUpdate, to_jsonable
 from secure_ffm.errors import ConfigError
 from secure_ffm.models.base import Batch, EncodedData, FederatedModel
 from secure_ffm.registry import nearest
-from secure_ffm.transforms import TransformContext, UpdatePipeline, build_defenses
 from secure_ffm.variants import MECHANISMS, PROTOCOLS
-from secure_ffm.wire import ClientUpdate, to_jsonable
 
 log = logging.getLogger(__name__)
 
@@ -408,7 +408,7 @@ def _server_view(config: Config, updates: Sequence[ClientUpdate], fit_config: Ma
     protocol_class = PROTOCOLS.get(secure.protocol, key="secure_aggregation.protocol")
     if not protocol_class.hides_updates:
         return {k: v.astype(np.float32) for k, v in updates[0].delta.items()}
-    from secure_ffm.client import client_weight
+    from secure_ffm.engine.client import client_weight
 
     protocol = protocol_class.from_config(secure, seed=seed)
     weighting = str(fit_config.get("weighting", "examples"))
@@ -578,9 +578,9 @@ def audit_capture(
     seed: int = 0,
     prepared: PreparedCase | None = None,
 ) -> AuditResult:
-    """Replay an observation captured during training in ``run_dir`` (see :mod:`secure_ffm.audit`);
+    """Replay an observation captured during training in ``run_dir`` (see :mod:`secure_ffm.run.audit`);
     ``prepared``: its config's case, loaded once."""
-    from secure_ffm.audit import load_observation
+    from secure_ffm.run.audit import load_observation
 
     run_dir = Path(run_dir)
     config = read_run_config(run_dir) if prepared is None else prepared.config
@@ -852,7 +852,7 @@ def audit_capture_many(
     on_case: CaseHook | None = None,
 ) -> AuditSummary:
     """The captures of ``clients`` (None: the first capture) in ``round`` (None: each client's first), the model loaded once."""
-    from secure_ffm.audit import captured_observations
+    from secure_ffm.run.audit import captured_observations
 
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)

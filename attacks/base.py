@@ -18,10 +18,10 @@ import numpy as np
 import torch
 
 from secure_ffm.data.normalization import ImageNormalization
+from secure_ffm.engine.wire import NamedArrays
 from secure_ffm.errors import ConfigError
 from secure_ffm.models.base import FederatedModel
 from secure_ffm.registry import Registry, nearest
-from secure_ffm.wire import NamedArrays
 
 OBSERVATIONS = ("gradient", "update", "aggregate")
 """What the attacker observes: one client's gradient of one step, one client's whole local

@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Any
 
 import attacks  # noqa: F401 - registers the attacks
-from secure_ffm.cli import command
 from secure_ffm.config import ModelConfig, check_local_paths, config_from_dict, parse_override, read_toml
 from secure_ffm.errors import ConfigError
+from secure_ffm.run.cli import command
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import _common  # noqa: F401  (sets the offline environment)
 from _common import median, print_table, write_result
 
 from secure_ffm.config import config_from_dict
-from secure_ffm.simulation import Simulation, prepare_run
+from secure_ffm.run.simulation import Simulation, prepare_run
 
 CASES = {
     "cnn-fmnist-20clients": {

@@ -21,7 +21,7 @@ from _common import print_table, write_result
 CHILD = r"""
 import json, resource, sys, time
 from secure_ffm.config import config_from_dict
-from secure_ffm.simulation import Simulation, prepare_run
+from secure_ffm.run.simulation import Simulation, prepare_run
 num_clients, steps = int(sys.argv[1]), int(sys.argv[2])
 config = config_from_dict({
     "data": {"dataset": "fashion_mnist", "num_clients": num_clients, "partition": "iid"},

@@ -49,12 +49,12 @@ import _common  # noqa: F401
 import numpy as np
 from _common import median, print_table, write_result
 
-from secure_ffm.aggregation import PlaintextAggregation
 from secure_ffm.config import config_from_dict, load_config
+from secure_ffm.engine.aggregation import PlaintextAggregation
+from secure_ffm.engine.wire import ClientUpdate
+from secure_ffm.run.simulation import Simulation, prepare_run
 from secure_ffm.secagg.ckks import CKKSEncodeError, CKKSParameters, CKKSProtocol
 from secure_ffm.secagg.protocol import MaskingProtocol
-from secure_ffm.simulation import Simulation, prepare_run
-from secure_ffm.wire import ClientUpdate
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

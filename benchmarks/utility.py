@@ -16,7 +16,7 @@ import _common  # noqa: F401
 from _common import print_table, write_result
 
 from secure_ffm.config import load_config
-from secure_ffm.simulation import Simulation, prepare_run
+from secure_ffm.run.simulation import Simulation, prepare_run
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 CENTRALIZED = ["data.num_clients=1", "data.partition=iid"]

@@ -1,6 +1,6 @@
 """Update-level defenses: transforms a client applies to its update before sending it.
 
-Importing this package registers, in :data:`secure_ffm.transforms.TRANSFORMS`:
+Importing this package registers, in :data:`secure_ffm.engine.transforms.TRANSFORMS`:
 
 ========================  ==============================================================
 ``l2-clip``               whole-update L2 clipping (:class:`defenses.transforms.L2Clip`)

@@ -50,10 +50,10 @@ from torch import nn
 
 from defenses.core import top_fraction
 from secure_ffm.config import DefenseConfig
+from secure_ffm.engine.transforms import TRANSFORMS, TransformContext, UpdateTransform
+from secure_ffm.engine.wire import ClientUpdate
 from secure_ffm.errors import ConfigError
 from secure_ffm.models.base import Batch, FederatedModel
-from secure_ffm.transforms import TRANSFORMS, TransformContext, UpdateTransform
-from secure_ffm.wire import ClientUpdate
 
 HEAD = "head"
 """The attribute of ``model.module`` that must be the classifier: an ``nn.Linear`` fed the representation."""

@@ -1,7 +1,7 @@
 """Update-level defenses that need only the update: ``l2-clip``, ``gaussian-noise``, ``prune``, ``quantize``.
 
-Each is an :class:`~secure_ffm.transforms.UpdateTransform` registered in
-:data:`secure_ffm.transforms.TRANSFORMS`, built from the ``[defense]`` section by
+Each is an :class:`~secure_ffm.engine.transforms.UpdateTransform` registered in
+:data:`secure_ffm.engine.transforms.TRANSFORMS`, built from the ``[defense]`` section by
 ``from_config`` and listed in ``defense.names``. They change only ``update.delta`` (never the
 side ``statistics`` of DP-FedAvg), return new arrays of the same names, shapes and dtypes, and
 draw randomness only from ``context.rng``.
@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from defenses.core import add_gaussian_noise, clip_l2, prune_by_magnitude, quantize_sign, quantize_uniform
 from secure_ffm.config import DefenseConfig
-from secure_ffm.transforms import TRANSFORMS, TransformContext, UpdateTransform
-from secure_ffm.wire import ClientUpdate
+from secure_ffm.engine.transforms import TRANSFORMS, TransformContext, UpdateTransform
+from secure_ffm.engine.wire import ClientUpdate
 
 
 @TRANSFORMS.register("l2-clip")

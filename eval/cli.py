@@ -17,7 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from secure_ffm.cli import command
+from secure_ffm.run.cli import command
 
 
 def configure_sweep(parser: argparse.ArgumentParser) -> None:

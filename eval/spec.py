@@ -420,7 +420,7 @@ def observation_kind(config: Config, *, observes: str = "auto", local_steps: int
 
 def _check_buildable(config: Config) -> None:
     """What ``config_from_dict`` leaves to run time but fails in seconds: defense names and the aggregation protocol."""
-    from secure_ffm.transforms import build_defenses
+    from secure_ffm.engine.transforms import build_defenses
 
     build_defenses(config.defense)
     PROTOCOLS.get(config.secure_aggregation.protocol, key="secure_aggregation.protocol")

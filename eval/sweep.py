@@ -79,7 +79,7 @@ def _number(value: float) -> str:
 
 def defense_labels(defense: DefenseConfig) -> list[str]:
     """One short label per update defense, with its main setting (each transform's own ``label``)."""
-    from secure_ffm.transforms import defense_labels as labels
+    from secure_ffm.engine.transforms import defense_labels as labels
 
     return labels(defense)
 
@@ -172,7 +172,7 @@ class _Progress:
 
 
 def _observer(progress: _Progress) -> Any:
-    from secure_ffm.simulation import RunObserver
+    from secure_ffm.run.simulation import RunObserver
 
     class RoundsObserver(RunObserver):
         def run_started(self, total_rounds: int, start_round: int) -> None: ...
@@ -322,7 +322,7 @@ def _train(config: Config, point: SweepPoint, point_dir: Path, progress: _Progre
     """Train the point into ``point_dir/run`` unless a finished run of the same config is there (then True)."""
     from safetensors.numpy import save_file
 
-    from secure_ffm.simulation import Simulation, prepare_run
+    from secure_ffm.run.simulation import Simulation, prepare_run
 
     run_dir = point_dir / "run"
     initial = point_dir / "initial.safetensors"

@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING
 from secure_ffm.registry import Registry
 
 if TYPE_CHECKING:
-    from secure_ffm.aggregation import AggregationProtocol
+    from secure_ffm.engine.aggregation import AggregationProtocol
+    from secure_ffm.engine.transforms import UpdateTransform
     from secure_ffm.privacy.mechanisms import PrivacyMechanism
-    from secure_ffm.transforms import UpdateTransform
 
 PROTOCOLS: Registry[type[AggregationProtocol]] = Registry("aggregation protocol")
 """``secure_aggregation.protocol``: how the server learns the sum of the clients' updates."""
@@ -33,7 +33,7 @@ TRANSFORMS: Registry[type[UpdateTransform]] = Registry("update transform")
 
 
 def _register_builtins() -> None:
-    PROTOCOLS.register_lazy("none", "secure_ffm.aggregation:PlaintextAggregation")
+    PROTOCOLS.register_lazy("none", "secure_ffm.engine.aggregation:PlaintextAggregation")
     PROTOCOLS.register_lazy("masking", "secure_ffm.secagg.protocol:MaskingProtocol")
     PROTOCOLS.register_lazy("ckks", "secure_ffm.secagg.ckks:CKKSProtocol")
     MECHANISMS.register_lazy("none", "secure_ffm.privacy.mechanisms:NoPrivacy")

@@ -17,14 +17,14 @@ import pytest
 from attacks.audit import AuditCase, audit_config
 from attacks.base import Budget
 from eval.sweep import run_sweep
-from secure_ffm.aggregation import PlaintextAggregation
-from secure_ffm.cli import main
 from secure_ffm.config import config_from_dict
+from secure_ffm.engine.aggregation import PlaintextAggregation
+from secure_ffm.engine.transforms import TransformContext, UpdateTransform
+from secure_ffm.engine.wire import ClientUpdate
 from secure_ffm.errors import ConfigError
 from secure_ffm.privacy.mechanisms import PrivacyMechanism
-from secure_ffm.transforms import TransformContext, UpdateTransform
+from secure_ffm.run.cli import main
 from secure_ffm.variants import MECHANISMS, PROTOCOLS, TRANSFORMS
-from secure_ffm.wire import ClientUpdate
 
 
 class HalveUpdate(UpdateTransform):

@@ -27,14 +27,14 @@ from typing import Any
 
 import numpy as np
 
-from secure_ffm.aggregation import Aggregate, AggregationError, AggregationProtocol, Stage, StageReplies, run_stages
-from secure_ffm.client import client_weight
+from secure_ffm.engine.aggregation import Aggregate, AggregationError, AggregationProtocol, Stage, StageReplies, run_stages
+from secure_ffm.engine.client import client_weight
+from secure_ffm.engine.server import Server
+from secure_ffm.engine.training import EvalResult
+from secure_ffm.engine.wire import ClientMessage, FitInstructions, NamedArrays, nbytes
 from secure_ffm.errors import RoundAbortedError
 from secure_ffm.secagg.protocol import VectorLayout
-from secure_ffm.server import Server
-from secure_ffm.training import EvalResult
 from secure_ffm.transports.base import FitRequest, Transport
-from secure_ffm.wire import ClientMessage, FitInstructions, NamedArrays, nbytes
 
 log = logging.getLogger(__name__)
 
@@ -116,16 +116,18 @@ class RoundOrchestrator:
     def _deliver(self, round: int) -> Callable[[Stage], StageReplies]:
         return lambda stage: self.transport.exchange(round, stage)
 
-    def run_round(self, round: int) -> dict[str, Any]:
-        """One round; returns its metrics row (the keys of ``metrics.jsonl``)."""
+    def run_round(self, round: int, *, participants: Sequence[int] | None = None) -> dict[str, Any]:
+        """One round; returns its metrics row (the keys of ``metrics.jsonl``).
+
+        ``participants`` replaces the server's sampling (the leakage audit picks its target and the others)."""
         try:
-            return self._run_round(round)
+            return self._run_round(round, participants)
         finally:
             self.transport.end_round(round)
 
-    def _run_round(self, round: int) -> dict[str, Any]:
+    def _run_round(self, round: int, chosen: Sequence[int] | None) -> dict[str, Any]:
         round_start = time.perf_counter()
-        participants = self.server.sample_clients(round)
+        participants = sorted(int(c) for c in chosen) if chosen is not None else self.server.sample_clients(round)
         self.observer.round_started(round, participants)
         instructions = self.server.fit_instructions(round, participants)
         weighting = str(instructions.config.get("weighting", "examples"))

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from secure_ffm.data.base import LabeledData
-from secure_ffm.wire import NamedArrays
+from secure_ffm.engine.wire import NamedArrays
 
 
 @dataclass(frozen=True)

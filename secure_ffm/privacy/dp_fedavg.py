@@ -31,17 +31,17 @@ from typing import Any
 
 import numpy as np
 
-from secure_ffm.aggregation import Aggregate, AggregateStep
 from secure_ffm.config import Config, PrivacyConfig
 from secure_ffm.data.base import FederatedData
+from secure_ffm.engine.aggregation import Aggregate, AggregateStep
+from secure_ffm.engine.transforms import TransformContext, UpdateTransform
+from secure_ffm.engine.wire import ClientUpdate, Scalar
 from secure_ffm.errors import ConfigError
 from secure_ffm.privacy import accounting
 from secure_ffm.privacy.accounting import GaussianSteps, PrivacyLedger, rounds_that_fit
 from secure_ffm.privacy.gaussian import add_gaussian_noise, clip_l2
 from secure_ffm.privacy.mechanisms import PrivacyMechanism, extension_refused, plan_header
 from secure_ffm.privacy.noise import CENTRAL_NOISE, CLIENT_SAMPLING, NOISE_SHARE, NoisePolicy, NoiseStream
-from secure_ffm.transforms import TransformContext, UpdateTransform
-from secure_ffm.wire import ClientUpdate, Scalar
 
 log = logging.getLogger(__name__)
 

@@ -29,14 +29,14 @@ from torch import nn
 
 from secure_ffm.config import ClientConfig, Config, PrivacyConfig
 from secure_ffm.data.base import FederatedData
+from secure_ffm.engine.training import ClientDeclined, LocalTrainer, TrainResult, make_optimizer
+from secure_ffm.engine.wire import NamedArrays, Scalar
 from secure_ffm.errors import ConfigError
 from secure_ffm.models.base import Batch, EncodedData, FederatedModel
 from secure_ffm.privacy import accounting
 from secure_ffm.privacy.accounting import GaussianSteps, PrivacyLedger, rounds_that_fit
 from secure_ffm.privacy.mechanisms import PrivacyMechanism, extension_refused, plan_header, spread
 from secure_ffm.privacy.noise import DP_SGD_NOISE, DP_SGD_SAMPLING, NoisePolicy, NoiseStream, PrivateRandomness
-from secure_ffm.training import ClientDeclined, LocalTrainer, TrainResult, make_optimizer
-from secure_ffm.wire import NamedArrays, Scalar
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from secure_ffm.engine.wire import NamedArrays
 from secure_ffm.privacy.noise import NoiseStream
-from secure_ffm.wire import NamedArrays
 
 
 def l2_norm(arrays: Mapping[str, np.ndarray]) -> float:

@@ -16,15 +16,15 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from secure_ffm.aggregation import AggregateStep
 from secure_ffm.config import Config, PrivacyConfig
 from secure_ffm.data.base import FederatedData
+from secure_ffm.engine.aggregation import AggregateStep
+from secure_ffm.engine.training import LocalTrainer
+from secure_ffm.engine.transforms import UpdateTransform
+from secure_ffm.engine.wire import Scalar
 from secure_ffm.errors import ConfigError
 from secure_ffm.models.base import FederatedModel
-from secure_ffm.training import LocalTrainer
-from secure_ffm.transforms import UpdateTransform
 from secure_ffm.variants import MECHANISMS
-from secure_ffm.wire import Scalar
 
 
 class PrivacyMechanism(ABC):  # noqa: B024 (every seam has a no-op default)

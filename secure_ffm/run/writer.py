@@ -16,7 +16,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from secure_ffm.checkpoint import (
+from secure_ffm.config import Config, config_from_dict, read_toml
+from secure_ffm.engine.wire import NamedArrays, to_jsonable
+from secure_ffm.errors import CheckpointError, ConfigError
+from secure_ffm.run.checkpoint import (
     Checkpoint,
     checkpoint_dirs,
     load_checkpoint,
@@ -24,9 +27,6 @@ from secure_ffm.checkpoint import (
     save_checkpoint,
     write_text_atomically,
 )
-from secure_ffm.config import Config, config_from_dict, read_toml
-from secure_ffm.errors import CheckpointError, ConfigError
-from secure_ffm.wire import NamedArrays, to_jsonable
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ Under ``"clients"`` the context uses SEAL's symmetric (secret-key) encryption, w
 noise is about 8 times smaller than public-key encryption's; under ``"authority"`` clients
 must use public-key encryption.
 
-Validation. The server rejects, with :class:`~secure_ffm.aggregation.AggregationError`
+Validation. The server rejects, with :class:`~secure_ffm.engine.aggregation.AggregationError`
 naming the client and leaving its running sum as it was: a message of another round (the
 clear round field and the round tag), a non-participant, a duplicate, a key fingerprint
 other than the round's (ciphertexts made under another key set), a layout that differs from
@@ -83,7 +83,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import tenseal as ts
 
-from secure_ffm.aggregation import (
+from secure_ffm.engine.aggregation import (
     Aggregate,
     AggregationError,
     AggregationProtocol,
@@ -94,9 +94,9 @@ from secure_ffm.aggregation import (
     Stages,
     check_envelope,
 )
+from secure_ffm.engine.wire import ClientMessage, ClientUpdate, NamedArrays
 from secure_ffm.errors import ConfigError
 from secure_ffm.secagg.protocol import VectorLayout
-from secure_ffm.wire import ClientMessage, ClientUpdate, NamedArrays
 
 if TYPE_CHECKING:
     from secure_ffm.config import Config, SecureAggregationConfig
@@ -119,7 +119,7 @@ _ERROR_CONSTANT = 5.0
 class CKKSEncodeError(EncodingDeclined):
     """A client refuses to encrypt its update (non-finite values, beyond the headroom): it sends nothing.
 
-    An :class:`~secure_ffm.aggregation.EncodingDeclined` naming the client, so the runner leaves
+    An :class:`~secure_ffm.engine.aggregation.EncodingDeclined` naming the client, so the runner leaves
     the client out of the round (the server never sees the update) instead of stopping the run.
     """
 
@@ -599,7 +599,7 @@ class CKKSProtocol(AggregationProtocol):
         to be within ``secure_aggregation.clip_range``, and the round slot reaches ``server.rounds``. A scale that
         leaves less headroom than that bound would have every client decline every round: a run that exits 0 untrained.
         """
-        from secure_ffm.client import client_weight
+        from secure_ffm.engine.client import client_weight
 
         secure = config.secure_aggregation
         parameters = CKKSParameters.from_config(secure)

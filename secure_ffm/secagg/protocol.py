@@ -16,7 +16,7 @@ Learning" (Sec. 4, the semi-honest protocol), with the sparse neighbourhoods of 
    with ChaCha20-Poly1305 under ``HKDF(X25519(s_u, s_v))``, plus a hash commitment to ``b_u``
    (:class:`ShareKeys`). The server routes the ciphertexts; it cannot read them.
 2. **masked input** - each client quantizes its weighted update (see :class:`MaskingClient`)
-   and sends ``x_u + PRG(b_u) + sum_v +-PRG(s_uv)`` (a :class:`~secure_ffm.wire.ClientMessage`).
+   and sends ``x_u + PRG(b_u) + sum_v +-PRG(s_uv)`` (a :class:`~secure_ffm.engine.wire.ClientMessage`).
    The server ring-sums the vectors as they arrive.
 3. **unmasking** - the server announces who survived and who dropped (:class:`UnmaskRequest`).
    Each surviving client returns, for every neighbour, its share of the neighbour's self seed
@@ -25,7 +25,7 @@ Learning" (Sec. 4, the semi-honest protocol), with the sparse neighbourhoods of 
    survivors' self seeds and the dropped clients' keys, removes the masks and decodes the sum.
 
 A round needs at least ``t`` survivors (and, under SecAgg+, ``t`` surviving share holders in
-every neighbourhood); otherwise it aborts with :class:`~secure_ffm.aggregation.AggregationError`.
+every neighbourhood); otherwise it aborts with :class:`~secure_ffm.engine.aggregation.AggregationError`.
 
 Against an active server (one that sends different clients different messages) the clients
 keep Bonawitz et al.'s rules for the unmasking stage: a client refuses a set-up whose ``t`` is
@@ -72,7 +72,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from secure_ffm.aggregation import (
+from secure_ffm.engine.aggregation import (
     Aggregate,
     AggregationError,
     AggregationProtocol,
@@ -83,11 +83,11 @@ from secure_ffm.aggregation import (
     Stages,
     check_envelope,
 )
+from secure_ffm.engine.wire import ClientMessage, ClientUpdate, NamedArrays
 from secure_ffm.errors import ConfigError
 from secure_ffm.secagg import graph as graphs
 from secure_ffm.secagg import keys, masking, quantization, shamir
 from secure_ffm.seeding import SECAGG_ROUNDING, generator
-from secure_ffm.wire import ClientMessage, ClientUpdate, NamedArrays
 
 if TYPE_CHECKING:
     from secure_ffm.config import Config, SecureAggregationConfig
@@ -112,7 +112,7 @@ LAYOUT_KEY = "layout"
 class MaskingEncodeError(EncodingDeclined):
     """A client refuses to mask an update with NaN or infinite values: it sends no masked input.
 
-    An :class:`~secure_ffm.aggregation.EncodingDeclined` naming the client, so the runner leaves the
+    An :class:`~secure_ffm.engine.aggregation.EncodingDeclined` naming the client, so the runner leaves the
     client out of the round, and the server removes its pairwise masks from the survivors' sum exactly as for a
     client that dropped after the key set-up. (Fixed-point encoding clips finite values, but a
     NaN has no place in the ring.)
@@ -270,7 +270,7 @@ class VectorLayout:
 class MaskingClient(ClientRound):
     """One participant's side of one round; holds its private keys and the shares others sent it.
 
-    Create a fresh object per round (new keys every round). As a :class:`~secure_ffm.aggregation.ClientRound`
+    Create a fresh object per round (new keys every round). As a :class:`~secure_ffm.engine.aggregation.ClientRound`
     it answers the stages ``advertise_keys`` (a :class:`KeyRequest`), ``share_keys`` (the :class:`RoundSetup`)
     and ``unmask`` (an :class:`UnmaskRequest`), and masks its update with the shares routed to it as payload.
 
@@ -548,7 +548,7 @@ def seed_commitment(round: int, client_id: int, seed: bytes) -> bytes:
 class MaskingServer(ServerRound):
     """The server's side of one round: routes messages, sums masked vectors, unmasks and decodes.
 
-    As a :class:`~secure_ffm.aggregation.ServerRound`, :meth:`setup` runs stages 0 and 1 as messages and returns
+    As a :class:`~secure_ffm.engine.aggregation.ServerRound`, :meth:`setup` runs stages 0 and 1 as messages and returns
     each client's inbox of encrypted shares (delivered with its fit request), :meth:`add` takes masked inputs, and
     :meth:`finish` runs stage 3 and decodes.
 
@@ -759,7 +759,7 @@ class MaskingServer(ServerRound):
         second answer, a malformed share or one its sender should not hold) is left out whole, and
         so are all shares of a holder whose share of some secret lies off the polynomial the other
         holders agree on (:func:`~secure_ffm.secagg.shamir.reconstruct`); each is logged and kept in
-        :attr:`left_out`. The round aborts with :class:`~secure_ffm.aggregation.AggregationError`
+        :attr:`left_out`. The round aborts with :class:`~secure_ffm.engine.aggregation.AggregationError`
         when a secret is left with fewer than ``t`` shares, when the wrong shares cannot be told
         from the right ones, or when a rebuilt secret does not match its commitment (the pair key
         its public key, the self seed the hash its owner sent) - never with a silently wrong sum.

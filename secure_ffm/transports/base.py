@@ -2,11 +2,11 @@
 
 The orchestrator (:class:`secure_ffm.engine.orchestrator.RoundOrchestrator`) never holds a
 client object. It hands a transport the requests of one stage - a protocol's stage
-(:class:`~secure_ffm.aggregation.Stage`: keys, shares, unmasking, decryption) or the fit
+(:class:`~secure_ffm.engine.aggregation.Stage`: keys, shares, unmasking, decryption) or the fit
 stage (:class:`FitRequest`: the global model and settings, with the protocol's payload) -
 and gets back each client's reply, or learns that the client dropped. The in-process
 transport (:mod:`secure_ffm.transports.in_process`) calls the clients directly; a network
-transport (Flower) serializes the same requests and replies (:mod:`secure_ffm.wire`).
+transport (Flower) serializes the same requests and replies (:mod:`secure_ffm.engine.wire`).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from secure_ffm.aggregation import Stage, StageReplies
-from secure_ffm.wire import ClientMessage, FitInstructions
+from secure_ffm.engine.aggregation import Stage, StageReplies
+from secure_ffm.engine.wire import ClientMessage, FitInstructions
 
 FIT = "fit"
 """The stage that trains: the request is a :class:`FitRequest`, the reply a :class:`FitReply`."""

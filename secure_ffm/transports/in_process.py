@@ -1,9 +1,9 @@
 """The in-process transport: the simulation's clients, called directly, one at a time.
 
-Clients are lazy: ``make_client(client_id)`` materializes a :class:`~secure_ffm.client.FederatedClient`
+Clients are lazy: ``make_client(client_id)`` materializes a :class:`~secure_ffm.engine.client.FederatedClient`
 for the call (an index array and its state dict), so memory stays about one model plus the
 data whatever the number of clients. Each client's protocol half for the round
-(:class:`~secure_ffm.aggregation.ClientRound`) lives here between stages, as it would on the
+(:class:`~secure_ffm.engine.aggregation.ClientRound`) lives here between stages, as it would on the
 client's own machine, and is forgotten when the round ends: its round secrets are never
 checkpointed and never reach the server. Dropouts are simulated: the chosen clients train
 and encode, but their message never arrives and they answer no later stage.
@@ -14,9 +14,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
-from secure_ffm.aggregation import AggregationError, AggregationProtocol, ClientRound, EncodingDeclined, Stage, StageReplies
-from secure_ffm.client import FederatedClient
-from secure_ffm.training import ClientDeclined
+from secure_ffm.engine.aggregation import AggregationError, AggregationProtocol, ClientRound, EncodingDeclined, Stage, StageReplies
+from secure_ffm.engine.client import FederatedClient
+from secure_ffm.engine.training import ClientDeclined
 from secure_ffm.transports.base import FitReply, FitRequest, Transport
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ class InProcessTransport(Transport):
     make_client
         Materializes client ``k`` for one call.
     protocol
-        The aggregation protocol; its :meth:`~secure_ffm.aggregation.AggregationProtocol.client_round` makes each
+        The aggregation protocol; its :meth:`~secure_ffm.engine.aggregation.AggregationProtocol.client_round` makes each
         client's half of a round (on the client side: the server half never sees it).
     example_counts
         Each client's number of examples.

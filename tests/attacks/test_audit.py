@@ -7,10 +7,10 @@ import pytest
 
 from attacks.audit import AuditCase, audit_config, observe_config, prepare_case
 from attacks.base import Budget
-from secure_ffm.cli import main
 from secure_ffm.config import config_from_dict
 from secure_ffm.errors import ConfigError
-from secure_ffm.simulation import Simulation, prepare_run
+from secure_ffm.run.cli import main
+from secure_ffm.run.simulation import Simulation, prepare_run
 
 
 def cnn(**sections):

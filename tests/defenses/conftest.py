@@ -9,10 +9,10 @@ import pytest
 
 from secure_ffm.config import ModelConfig
 from secure_ffm.data.base import DatasetSplits, LabeledData
+from secure_ffm.engine.transforms import TransformContext
+from secure_ffm.engine.wire import ClientUpdate
 from secure_ffm.models import build_model
 from secure_ffm.models.base import EncodedData, FederatedModel
-from secure_ffm.transforms import TransformContext
-from secure_ffm.wire import ClientUpdate
 
 
 @pytest.fixture(scope="module", autouse=True)

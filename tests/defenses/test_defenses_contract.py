@@ -14,7 +14,7 @@ import torch
 
 import defenses
 from secure_ffm.config import DefenseConfig
-from secure_ffm.transforms import TRANSFORMS, UpdateTransform, build_defenses
+from secure_ffm.engine.transforms import TRANSFORMS, UpdateTransform, build_defenses
 
 NAMES = [name for name in TRANSFORMS.names() if TRANSFORMS.get(name).__module__.split(".")[0] == "defenses"]
 """Every transform the ``defenses`` package registered (read from the registry, not from a hand-kept list)."""

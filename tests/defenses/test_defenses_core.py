@@ -18,8 +18,8 @@ from defenses.core import (
     top_fraction,
 )
 from defenses.transforms import GaussianNoise, L2Clip, Prune, Quantize
-from secure_ffm.transforms import TransformContext
-from secure_ffm.wire import ClientUpdate
+from secure_ffm.engine.transforms import TransformContext
+from secure_ffm.engine.wire import ClientUpdate
 
 finite = st.floats(-1e3, 1e3, allow_nan=False, width=32)
 # a few repeated magnitudes make ties (and +-x pairs) common

@@ -7,11 +7,11 @@ import math
 import numpy as np
 import pytest
 
-from secure_ffm.cli import main
 from secure_ffm.config import config_from_dict
 from secure_ffm.engine.orchestrator import RoundHooks
 from secure_ffm.errors import ConfigError
-from secure_ffm.simulation import Simulation, prepare_run
+from secure_ffm.run.cli import main
+from secure_ffm.run.simulation import Simulation, prepare_run
 
 
 def cnn_config(**defense):

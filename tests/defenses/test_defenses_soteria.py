@@ -9,10 +9,10 @@ from torch import nn
 
 from defenses.core import pruned_count, top_fraction
 from defenses.soteria import Soteria, feature_scores, representation_sensitivity, sample_examples, soteria_columns
+from secure_ffm.engine.transforms import TransformContext
+from secure_ffm.engine.wire import ClientUpdate
 from secure_ffm.errors import ConfigError
 from secure_ffm.models.vision import ImageModel
-from secure_ffm.transforms import TransformContext
-from secure_ffm.wire import ClientUpdate
 
 
 def test_zeroes_exactly_the_chosen_columns_of_the_head_weight_and_nothing_else(cnn, cnn_encoded, random_update, make_context):

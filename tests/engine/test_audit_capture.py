@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from secure_ffm.audit import list_observations, load_observation
 from secure_ffm.config import config_from_dict
 from secure_ffm.errors import ConfigError
-from secure_ffm.simulation import Simulation, prepare_run
+from secure_ffm.run.audit import list_observations, load_observation
+from secure_ffm.run.simulation import Simulation, prepare_run
 
 
 def tiny_config(**sections):
@@ -35,7 +35,7 @@ def test_plaintext_capture_is_the_clients_update(tmp_path):
     assert captured.metadata["num_examples"] == len(simulation.prepared.data.client_indices[1])
     np.testing.assert_array_equal(captured.indices, simulation.prepared.data.client_indices[1])
     # replaying client 1's round-2 training from the captured global parameters gives the captured update
-    from secure_ffm.wire import FitInstructions
+    from secure_ffm.engine.wire import FitInstructions
 
     ins = FitInstructions(round=2, parameters=captured.global_parameters, config=captured.metadata["fit_config"])
     update = simulation.client(1).train(ins)

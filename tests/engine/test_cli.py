@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from tiny_run import TINY as TINY_TWO_ROUNDS  # tests/engine/tiny_run.py (on sys.path under pytest)
 
-from secure_ffm.cli import main
+from secure_ffm.run.cli import main
 
 TINY = TINY_TWO_ROUNDS.replace("rounds = 2", "rounds = 1")
 
@@ -63,7 +63,7 @@ def test_resume_with_changed_config_is_refused(config_file, tmp_path, capsys):
 def test_console_script_trains_and_reports(config_file, tmp_path):
     out = tmp_path / "run"
     result = subprocess.run(
-        [sys.executable, "-m", "secure_ffm.cli", "train", str(config_file), "--out", str(out), "--quiet"],
+        [sys.executable, "-m", "secure_ffm.run.cli", "train", str(config_file), "--out", str(out), "--quiet"],
         capture_output=True,
         text=True,
         timeout=300,
@@ -75,7 +75,7 @@ def test_console_script_trains_and_reports(config_file, tmp_path):
 
 def test_console_script_exit_code_on_bad_input(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "secure_ffm.cli", "train", str(tmp_path / "missing.toml")],
+        [sys.executable, "-m", "secure_ffm.run.cli", "train", str(tmp_path / "missing.toml")],
         capture_output=True,
         text=True,
         timeout=120,

@@ -114,7 +114,7 @@ def beside_the_config(tmp_path, monkeypatch):
     ids=lambda command: command[0],
 )
 def test_a_relative_hf_folder_resolves_from_the_current_directory_in_every_command(command, beside_the_config, capsys):
-    from secure_ffm.cli import main
+    from secure_ffm.run.cli import main
 
     configs, elsewhere = beside_the_config
     args = [str(configs.parent / a) if a.startswith("configs/") else str(elsewhere / a) if a == "out" else a for a in command]

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from tiny_run import TINY, snapshot  # tests/engine/tiny_run.py (on sys.path under pytest)
 
-from secure_ffm.cli import main
+from secure_ffm.run.cli import main
 
 
 @dataclass(frozen=True)
@@ -346,7 +346,7 @@ def test_unreadable_config_is_one_line(tmp_path, capsys):
 
 
 def _console(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "secure_ffm.cli", *argv], capture_output=True, text=True, timeout=300, cwd=cwd)
+    return subprocess.run([sys.executable, "-m", "secure_ffm.run.cli", *argv], capture_output=True, text=True, timeout=300, cwd=cwd)
 
 
 def test_console_script_binary_config_is_exit_2_without_traceback(tmp_path):

@@ -3,7 +3,7 @@
 For each name in :data:`secure_ffm.variants.PROTOCOLS`, round 2 is begun with the layout the server expects
 (``begin_round(round, participants, weight_bound=..., layout=...)``). A hostile message (one replayed from round 1,
 a round-1 payload relabelled as round 2, a second message from a client, one from a client that is not a
-participant, an update of another shape, non-finite values) raises :class:`~secure_ffm.aggregation.AggregationError`
+participant, an update of another shape, non-finite values) raises :class:`~secure_ffm.engine.aggregation.AggregationError`
 naming the client, either from ``encode`` (the client refuses to encode it: an ``EncodingDeclined``, which a run
 treats as a client that sends nothing) or from ``accumulator(round).add``, and changes nothing: the honest
 messages added afterwards still give the weighted mean of the honest updates. A client whose update is refused
@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
-from secure_ffm.aggregation import AggregationError, AggregationProtocol, EncodingDeclined
 from secure_ffm.config import config_from_dict
+from secure_ffm.engine.aggregation import AggregationError, AggregationProtocol, EncodingDeclined
+from secure_ffm.engine.wire import ClientMessage, ClientUpdate
 from secure_ffm.secagg.protocol import VectorLayout
 from secure_ffm.variants import PROTOCOLS
-from secure_ffm.wire import ClientMessage, ClientUpdate
 
 NUM_CLIENTS = 5
 ROUND = 2

@@ -9,9 +9,9 @@ import pytest
 from safetensors.numpy import load_file
 from tiny_run import train  # tests/engine/tiny_run.py (on sys.path under pytest)
 
-from secure_ffm.checkpoint import Checkpoint, checkpoint_dirs, save_checkpoint, write_text_atomically
 from secure_ffm.config import load_config
-from secure_ffm.simulation import RunObserver, Simulation, prepare_run, without_timings
+from secure_ffm.run.checkpoint import Checkpoint, checkpoint_dirs, save_checkpoint, write_text_atomically
+from secure_ffm.run.simulation import RunObserver, Simulation, prepare_run, without_timings
 
 
 def rows(run):
@@ -43,7 +43,7 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before_with_a_warning
     shutil.copytree(finished_run, out)
     newest = out / "checkpoints" / "round_0002" / "global.safetensors"
     newest.write_bytes(newest.read_bytes()[:100])
-    with caplog.at_level(logging.WARNING, logger="secure_ffm.simulation"):
+    with caplog.at_level(logging.WARNING, logger="secure_ffm.run.simulation"):
         assert train(tiny_config, out, "--resume") == 0
     assert "round_0002/global.safetensors cannot be read" in caplog.text
     assert "resuming from the earlier checkpoint round_0001" in caplog.text
@@ -58,7 +58,7 @@ def test_an_unfinished_metrics_line_is_dropped_on_resume(tiny_config, finished_r
     shutil.rmtree(out / "checkpoints" / "round_0002")
     first, second = (out / "metrics.jsonl").read_text().splitlines(keepends=True)
     (out / "metrics.jsonl").write_text(first + second[:30])
-    with caplog.at_level(logging.WARNING, logger="secure_ffm.simulation"):
+    with caplog.at_level(logging.WARNING, logger="secure_ffm.run.simulation"):
         assert train(tiny_config, out, "--resume") == 0
     assert "dropping its unfinished last line" in caplog.text
     assert rows(out) == rows(finished_run)
@@ -91,7 +91,7 @@ def test_a_failed_atomic_write_leaves_the_old_file_and_no_temporary(tmp_path):
         tmp.write_text("ne")
         raise DiskFull(28, "No space left on device")
 
-    from secure_ffm.checkpoint import write_atomically
+    from secure_ffm.run.checkpoint import write_atomically
 
     with pytest.raises(DiskFull):
         write_atomically(path, write_half)

@@ -8,7 +8,7 @@ from safetensors.numpy import load_file
 
 from secure_ffm.config import config_from_dict
 from secure_ffm.engine.orchestrator import RoundHooks
-from secure_ffm.simulation import RunObserver, Simulation, prepare_run, without_timings
+from secure_ffm.run.simulation import RunObserver, Simulation, prepare_run, without_timings
 
 
 def cnn_config(**sections):
@@ -163,7 +163,7 @@ def test_minilm_lora_round_exchanges_only_adapters_and_head(tmp_path):
 
 
 def test_a_client_whose_update_is_rejected_is_left_out_and_the_round_goes_on(tmp_path):
-    from secure_ffm.transforms import TransformContext, UpdatePipeline, UpdateTransform
+    from secure_ffm.engine.transforms import TransformContext, UpdatePipeline, UpdateTransform
 
     class PoisonClientOne(UpdateTransform):
         name = "poison"

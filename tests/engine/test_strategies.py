@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-from secure_ffm.aggregation import AggregationError, PlaintextAggregation, weighted_mean
 from secure_ffm.config import ServerConfig
-from secure_ffm.strategies import STRATEGIES, FedAdam, FedAvg, FedYogi, build_strategy
-from secure_ffm.wire import ClientUpdate
+from secure_ffm.engine.aggregation import AggregationError, PlaintextAggregation, weighted_mean
+from secure_ffm.engine.strategies import STRATEGIES, FedAdam, FedAvg, FedYogi, build_strategy
+from secure_ffm.engine.wire import ClientUpdate
 
 
 def _updates():

@@ -8,14 +8,14 @@ have theirs in ``tests/defenses/test_defenses_contract.py``, attacks in ``tests/
 import numpy as np
 import pytest
 
-from secure_ffm.aggregation import AggregationProtocol
 from secure_ffm.config import config_from_dict
 from secure_ffm.data import load_federated_data
+from secure_ffm.engine.aggregation import AggregationProtocol
+from secure_ffm.engine.training import StandardTrainer
+from secure_ffm.engine.wire import ClientUpdate
 from secure_ffm.privacy.mechanisms import PrivacyMechanism
 from secure_ffm.secagg.protocol import VectorLayout
-from secure_ffm.training import StandardTrainer
 from secure_ffm.variants import MECHANISMS, PROTOCOLS
-from secure_ffm.wire import ClientUpdate
 
 # a tiny federation with a small budget: Opacus' RDP search ends at its largest order
 pytestmark = pytest.mark.filterwarnings("ignore:Optimal order is the largest alpha")

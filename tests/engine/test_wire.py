@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from secure_ffm.wire import arrays_from_bytes, arrays_to_bytes
+from secure_ffm.engine.wire import arrays_from_bytes, arrays_to_bytes
 
 arrays = st.dictionaries(
     st.text(st.characters(codec="ascii", min_codepoint=48, max_codepoint=122), min_size=1, max_size=12),
@@ -45,7 +45,7 @@ def test_to_jsonable_gives_what_json_can_hold():
 
     import torch
 
-    from secure_ffm.wire import to_jsonable
+    from secure_ffm.engine.wire import to_jsonable
 
     value = {1: (np.float32(2.5), float("nan"), np.arange(3), torch.tensor([1.5, float("inf")]), "text")}
     assert json.loads(json.dumps(to_jsonable(value))) == {"1": [2.5, None, [0, 1, 2], [1.5, None], "text"]}

@@ -3,7 +3,7 @@
 import hashlib
 from pathlib import Path
 
-from secure_ffm.cli import main
+from secure_ffm.run.cli import main
 
 TINY = """\
 [data]

@@ -9,7 +9,7 @@ import pytest
 from eval.report import write_report
 from eval.spec import load_sweep
 from eval.sweep import run_sweep
-from secure_ffm.cli import main
+from secure_ffm.run.cli import main
 
 # the unreachable DP-SGD budget makes Opacus' RDP search warn while it gives up
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:Optimal order is the largest alpha")]

@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from secure_ffm.cli import main
+from secure_ffm.run.cli import main
 
 TINY = """
 [run]

@@ -7,11 +7,11 @@ import pytest
 import torch
 from safetensors.numpy import load_file
 
-from secure_ffm.cli import main
 from secure_ffm.config import config_from_dict
 from secure_ffm.errors import ConfigError
 from secure_ffm.privacy.accounting import dp_fedavg_epsilon
-from secure_ffm.simulation import RunObserver, Simulation, prepare_run, without_timings
+from secure_ffm.run.cli import main
+from secure_ffm.run.simulation import RunObserver, Simulation, prepare_run, without_timings
 
 
 def cnn(privacy, **sections):

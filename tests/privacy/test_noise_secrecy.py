@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 
 from secure_ffm.config import config_from_dict
+from secure_ffm.engine.transforms import TransformContext
+from secure_ffm.engine.wire import ClientUpdate
 from secure_ffm.privacy.dp_fedavg import GaussianNoiseShare
 from secure_ffm.privacy.noise import CLIENT_SECRET_KEY, SEED_WARNING, TRANSFORM, NoisePolicy, PrivateRandomness
-from secure_ffm.simulation import Simulation, prepare_run
-from secure_ffm.transforms import TransformContext
-from secure_ffm.wire import ClientUpdate
+from secure_ffm.run.simulation import Simulation, prepare_run
 
 
 def config(privacy, **sections):

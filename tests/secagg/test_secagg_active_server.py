@@ -13,14 +13,14 @@ import logging
 import numpy as np
 import pytest
 
-from secure_ffm.aggregation import AggregationError
-from secure_ffm.cli import main
 from secure_ffm.config import config_from_dict
+from secure_ffm.engine.aggregation import AggregationError
+from secure_ffm.engine.wire import ClientMessage, ClientUpdate
 from secure_ffm.errors import ConfigError
+from secure_ffm.run.cli import main
 from secure_ffm.secagg import graph, keys, masking, shamir
 from secure_ffm.secagg.protocol import MaskingClient, MaskingProtocol, RoundSetup, UnmaskRequest, UnmaskResponse, VectorLayout
 from secure_ffm.secagg.quantization import levels_for
-from secure_ffm.wire import ClientMessage, ClientUpdate
 from tests.engine.tiny_run import TINY as TINY_RUN
 
 ROUND = 1

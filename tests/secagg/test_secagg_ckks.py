@@ -7,10 +7,12 @@ import pytest
 import tenseal as ts
 from cases import cnn_config  # tests/secagg/cases.py (on sys.path under pytest)
 
-from secure_ffm.aggregation import PROTOCOLS, AggregationError
 from secure_ffm.config import config_from_dict
+from secure_ffm.engine.aggregation import PROTOCOLS, AggregationError
+from secure_ffm.engine.wire import ClientMessage, ClientUpdate
 from secure_ffm.errors import ConfigError
 from secure_ffm.privacy.mechanisms import build_mechanism
+from secure_ffm.run.simulation import Simulation, prepare_run
 from secure_ffm.secagg.ckks import (
     CKKSClient,
     CKKSEncodeError,
@@ -20,8 +22,6 @@ from secure_ffm.secagg.ckks import (
     CKKSServer,
     load_context,
 )
-from secure_ffm.simulation import Simulation, prepare_run
-from secure_ffm.wire import ClientMessage, ClientUpdate
 
 DEFAULT = CKKSParameters()  # 8192, [60, 40, 40, 60], 2^40
 SMALL = CKKSParameters(4096, (40, 20, 40), 20)
@@ -412,7 +412,7 @@ def test_dp_fedavg_adaptive_clipping_works_under_ckks(prepared_cnn):
 
 
 def test_a_client_with_a_non_finite_update_is_left_out_of_a_ckks_run(prepared_cnn):
-    from secure_ffm.transforms import TransformContext, UpdatePipeline, UpdateTransform
+    from secure_ffm.engine.transforms import TransformContext, UpdatePipeline, UpdateTransform
 
     class PoisonClientOne(UpdateTransform):
         name = "poison"

@@ -11,15 +11,15 @@ import math
 import numpy as np
 import pytest
 
-from secure_ffm.aggregation import PROTOCOLS, PlaintextAggregation
 from secure_ffm.config import config_from_dict
 from secure_ffm.data import load_federated_data
+from secure_ffm.engine.aggregation import PROTOCOLS, PlaintextAggregation
+from secure_ffm.engine.transforms import TransformContext, UpdatePipeline
+from secure_ffm.engine.wire import ClientUpdate
 from secure_ffm.privacy.dp_fedavg import CentralGaussianNoise
 from secure_ffm.privacy.mechanisms import build_mechanism
 from secure_ffm.privacy.noise import PrivateRandomness, new_secret
-from secure_ffm.simulation import Simulation, prepare_run
-from secure_ffm.transforms import TransformContext, UpdatePipeline
-from secure_ffm.wire import ClientUpdate
+from secure_ffm.run.simulation import Simulation, prepare_run
 
 PROTOCOL_NAMES = [name for name, protocol in PROTOCOLS.items() if protocol.hides_updates]
 """Every registered protocol that hides single updates (read from the registry, not from a hand-kept list)."""

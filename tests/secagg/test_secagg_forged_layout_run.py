@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from secure_ffm.simulation import Simulation, prepare_run
-from secure_ffm.transforms import TransformContext, UpdatePipeline, UpdateTransform
+from secure_ffm.engine.transforms import TransformContext, UpdatePipeline, UpdateTransform
+from secure_ffm.run.simulation import Simulation, prepare_run
 from tests.secagg.cases import cnn_config
 
 
@@ -33,7 +33,7 @@ def test_a_forged_first_layout_is_rejected_and_every_honest_client_is_aggregated
 
 def test_masking_rounds_stochastically_from_the_clients_secret_not_the_seed():
     # two runs of one config: with each client's secret, the rounding (and so the masked sum) differs in its last bits
-    from secure_ffm.simulation import Simulation as Run
+    from secure_ffm.run.simulation import Simulation as Run
 
     config = cnn_config(secure_aggregation={"protocol": "masking"}, server={"rounds": 1})
     prepared = prepare_run(config)

@@ -8,15 +8,15 @@ import pytest
 from cases import cnn_config  # tests/secagg/cases.py (on sys.path under pytest)
 from scipy import stats
 
-from secure_ffm.aggregation import PROTOCOLS, AggregationError, PlaintextAggregation
 from secure_ffm.config import config_from_dict
+from secure_ffm.engine.aggregation import PROTOCOLS, AggregationError, PlaintextAggregation
+from secure_ffm.engine.wire import ClientMessage, ClientUpdate
 from secure_ffm.errors import ConfigError, RoundAbortedError
+from secure_ffm.run.simulation import Simulation, prepare_run
 from secure_ffm.secagg import keys
 from secure_ffm.secagg.protocol import MaskingProtocol, UnmaskRequest
 from secure_ffm.secagg.quantization import error_bound, levels_for
 from secure_ffm.seeding import SECAGG_ROUNDING, generator
-from secure_ffm.simulation import Simulation, prepare_run
-from secure_ffm.wire import ClientMessage, ClientUpdate
 
 CLIP = 1.0
 
@@ -285,7 +285,7 @@ class PoisonClients:
 
 
 def test_a_client_with_a_non_finite_update_is_left_out_and_the_others_are_aggregated(prepared_cnn):
-    from secure_ffm.transforms import UpdatePipeline
+    from secure_ffm.engine.transforms import UpdatePipeline
 
     config = cnn_config(
         data={"num_clients": 8}, client={"local_steps": 1}, server={"rounds": 1}, secure_aggregation={"protocol": "masking"}
@@ -299,7 +299,7 @@ def test_a_client_with_a_non_finite_update_is_left_out_and_the_others_are_aggreg
 
 
 def test_a_round_where_every_update_is_non_finite_leaves_the_model_unchanged_and_the_run_goes_on(prepared_cnn):
-    from secure_ffm.transforms import UpdatePipeline
+    from secure_ffm.engine.transforms import UpdatePipeline
 
     config = cnn_config(client={"local_steps": 1}, server={"rounds": 2}, secure_aggregation={"protocol": "masking"})
     run = Simulation(dataclasses.replace(prepared_cnn[4], config=config), transforms=UpdatePipeline([PoisonClients(range(4))]))

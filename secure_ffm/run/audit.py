@@ -27,10 +27,10 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from secure_ffm.aggregation import PlaintextAggregation
 from secure_ffm.config import Config
+from secure_ffm.engine.aggregation import PlaintextAggregation
+from secure_ffm.engine.wire import ClientMessage, NamedArrays
 from secure_ffm.errors import ConfigError
-from secure_ffm.wire import ClientMessage, NamedArrays
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from secure_ffm.engine.wire import ClientUpdate, NamedArrays, Scalar
 from secure_ffm.variants import TRANSFORMS
-from secure_ffm.wire import ClientUpdate, NamedArrays, Scalar
 
 if TYPE_CHECKING:
     from secure_ffm.config import DefenseConfig

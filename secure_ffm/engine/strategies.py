@@ -1,7 +1,7 @@
 """Server strategies: how a round's aggregated update changes the global model.
 
 Every strategy receives the example-weighted mean of the client deltas (computed
-by an :class:`~secure_ffm.aggregation.AggregationProtocol`, which may be secure)
+by an :class:`~secure_ffm.engine.aggregation.AggregationProtocol`, which may be secure)
 and never an individual client's update. That is what lets secure aggregation and
 DP-FedAvg's server noise slot in underneath any strategy.
 """
@@ -14,8 +14,8 @@ from collections.abc import Mapping
 import numpy as np
 
 from secure_ffm.config import ServerConfig
+from secure_ffm.engine.wire import NamedArrays, Scalar
 from secure_ffm.registry import Registry
-from secure_ffm.wire import NamedArrays, Scalar
 
 STRATEGIES: Registry[type[Strategy]] = Registry("strategy")
 

@@ -22,8 +22,8 @@ from typing import Any
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
+from secure_ffm.engine.wire import NamedArrays
 from secure_ffm.errors import CheckpointError
-from secure_ffm.wire import NamedArrays
 
 FORMAT_VERSION = 1
 KEEP = 2

@@ -17,13 +17,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from secure_ffm.aggregation import AggregationProtocol, ClientRound
+from secure_ffm.engine.aggregation import AggregationProtocol, ClientRound
+from secure_ffm.engine.training import EvalResult, LocalTrainer, evaluate
+from secure_ffm.engine.transforms import TransformContext, UpdatePipeline
+from secure_ffm.engine.wire import ClientMessage, ClientUpdate, FitInstructions, subtract
 from secure_ffm.models.base import EncodedData, FederatedModel
 from secure_ffm.privacy.noise import SECAGG_ROUNDING, TRANSFORM, NoisePolicy, PrivateRandomness
 from secure_ffm.seeding import TRAINING, derive_seed
-from secure_ffm.training import EvalResult, LocalTrainer, evaluate
-from secure_ffm.transforms import TransformContext, UpdatePipeline
-from secure_ffm.wire import ClientMessage, ClientUpdate, FitInstructions, subtract
 
 
 def client_weight(weighting: str, num_examples: int) -> float:

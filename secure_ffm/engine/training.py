@@ -17,11 +17,11 @@ import torch
 import torch.nn.functional as F
 
 from secure_ffm.config import ClientConfig
+from secure_ffm.engine.wire import NamedArrays, Scalar
 from secure_ffm.metrics import accuracy, macro_f1
 from secure_ffm.models.base import Batch, EncodedData, FederatedModel
 from secure_ffm.privacy.noise import PrivateRandomness
 from secure_ffm.registry import Registry
-from secure_ffm.wire import NamedArrays, Scalar
 
 TRAINERS: Registry[type[LocalTrainer]] = Registry("local trainer")
 

@@ -24,27 +24,27 @@ import numpy as np
 import torch
 
 from secure_ffm import __version__
-from secure_ffm.aggregation import PROTOCOLS, Aggregate, AggregationProtocol
-from secure_ffm.audit import ObservationRecorder
-from secure_ffm.checkpoint import Checkpoint
-from secure_ffm.client import FederatedClient
 from secure_ffm.config import Config
 from secure_ffm.data import load_federated_data
 from secure_ffm.data.base import FederatedData
+from secure_ffm.engine.aggregation import PROTOCOLS, Aggregate, AggregationProtocol
+from secure_ffm.engine.client import FederatedClient
 from secure_ffm.engine.orchestrator import RoundHooks, RoundOrchestrator, RunObserver
+from secure_ffm.engine.server import Server
+from secure_ffm.engine.strategies import build_strategy
+from secure_ffm.engine.training import build_trainer, evaluate
+from secure_ffm.engine.transforms import UpdatePipeline, build_defenses
+from secure_ffm.engine.wire import ClientMessage, FitInstructions, nbytes, num_parameters
 from secure_ffm.errors import CheckpointError, ConfigError
 from secure_ffm.models import build_model
 from secure_ffm.models.base import EncodedData, FederatedModel
 from secure_ffm.privacy.mechanisms import PrivacyMechanism, build_mechanism
 from secure_ffm.privacy.noise import NoisePolicy
+from secure_ffm.run.audit import ObservationRecorder
+from secure_ffm.run.checkpoint import Checkpoint
 from secure_ffm.run.writer import RunWriter, config_differences, read_metrics, read_run_config
 from secure_ffm.seeding import DROPOUT, INIT, derive_seed, generator
-from secure_ffm.server import Server
-from secure_ffm.strategies import build_strategy
-from secure_ffm.training import build_trainer, evaluate
-from secure_ffm.transforms import UpdatePipeline, build_defenses
 from secure_ffm.transports.in_process import InProcessTransport
-from secure_ffm.wire import ClientMessage, FitInstructions, nbytes, num_parameters
 
 log = logging.getLogger(__name__)
 

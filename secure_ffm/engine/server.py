@@ -12,10 +12,10 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from secure_ffm.aggregation import Accumulator, Aggregate, AggregateStep, AggregationProtocol
+from secure_ffm.engine.aggregation import Accumulator, Aggregate, AggregateStep, AggregationProtocol
+from secure_ffm.engine.strategies import Strategy
+from secure_ffm.engine.wire import FitInstructions, NamedArrays
 from secure_ffm.seeding import SAMPLING, generator
-from secure_ffm.strategies import Strategy
-from secure_ffm.wire import FitInstructions, NamedArrays
 
 
 class Server:

@@ -110,7 +110,7 @@ def _atomic_leftover(path: Path) -> bool:
 @command("train")
 def train_command(args: argparse.Namespace) -> int:
     from secure_ffm.config import check_local_paths, load_config
-    from secure_ffm.simulation import Simulation, prepare_run, read_run_config
+    from secure_ffm.run.simulation import Simulation, prepare_run, read_run_config
 
     if args.resume and args.out is None:
         raise ConfigError("--resume", "needs the run directory", "pass --out RUN_DIR of the run to resume")
