@@ -4,11 +4,14 @@ Two entry points:
 
 - :func:`audit_config` builds a case from a training config: client ``case.client``'s first
   ``case.batch_size`` examples, the gradient or local update it would compute, passed through
-  exactly the protections the config enables — DP-SGD (per-example clipping and Gaussian noise
-  with the client's calibrated noise multiplier), the ``[defense]`` update transforms, DP-FedAvg's
-  clipping and noise share — and then the configured aggregation protocol itself (plaintext,
-  masking or CKKS) with ``case.num_clients - 1`` other clients, so the observation is what the
-  server's accumulator really outputs.
+  exactly the protections the config enables, by the engine's own code path: one round of the
+  round orchestrator over the in-process transport, in which each participant is a
+  :class:`~secure_ffm.engine.client.FederatedClient` whose data is its audit batch, trained by
+  :class:`AuditCaseTrainer` (DP-SGD's steps are the engine's ``DPStep``), transformed by the
+  run's ``UpdatePipeline`` (the ``[defense]`` transforms, DP-FedAvg's clipping and noise share)
+  and aggregated through the configured protocol's message stages (plaintext, masking or CKKS)
+  with ``case.num_clients - 1`` other clients. The observation is the aggregate the server
+  computes, recorded by a :class:`~secure_ffm.engine.orchestrator.RoundHooks`.
 - :func:`audit_capture` replays an observation captured during training (``[audit]`` section).
 
 :func:`audit_config_many` and :func:`audit_capture_many` run either over several clients (and, for a
@@ -25,22 +28,33 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from attacks.base import Budget, GroundTruth, NamedArrays, Observation, Reconstruction, ThreatModel, TrainingSetup, build_attack
-from attacks.case import batch_gradient, data_kind, local_minibatches, stack_inputs
-from secure_ffm.config import Config
-from secure_ffm.engine.transforms import TransformContext, UpdatePipeline, build_defenses
-from secure_ffm.engine.wire import ClientUpdate, to_jsonable
+from attacks.case import data_kind, local_minibatches, stack_inputs
+from secure_ffm.config import ClientConfig, Config
+from secure_ffm.engine.aggregation import Aggregate
+from secure_ffm.engine.client import FederatedClient
+from secure_ffm.engine.orchestrator import RoundHooks, RoundOrchestrator
+from secure_ffm.engine.server import Server
+from secure_ffm.engine.strategies import build_strategy
+from secure_ffm.engine.training import LocalTrainer, TrainResult
+from secure_ffm.engine.transforms import UpdatePipeline, build_defenses
+from secure_ffm.engine.wire import FitInstructions, to_jsonable
 from secure_ffm.errors import ConfigError
 from secure_ffm.models.base import Batch, EncodedData, FederatedModel
+from secure_ffm.privacy.dp_sgd import DPStep, auto_grad_sample_mode
+from secure_ffm.privacy.mechanisms import PrivacyMechanism, build_mechanism
+from secure_ffm.privacy.noise import DP_SGD_NOISE, NoisePolicy, PrivateRandomness
 from secure_ffm.registry import nearest
+from secure_ffm.transports.in_process import InProcessTransport
 from secure_ffm.variants import MECHANISMS, PROTOCOLS
 
 log = logging.getLogger(__name__)
@@ -151,70 +165,93 @@ class AuditResult:
         }
 
 
-# --------------------------------------------------------------------------- client side of the case
+# --------------------------------------------------------------------------- the audited clients
 
 
-def _select(batch: Batch, indices: np.ndarray) -> Batch:
-    index = torch.from_numpy(np.asarray(indices, dtype=np.int64))
-    return Batch(inputs={k: v[index] for k, v in batch.inputs.items()}, labels=batch.labels[index])
+class AuditCaseTrainer(LocalTrainer):
+    """How the audited clients train: ``local_steps`` plain-SGD steps over consecutive minibatches of their batch.
 
+    The minibatches are :func:`attacks.case.local_minibatches` (the order the FedAvg attack of Geiping et al.
+    simulates) and the model runs in eval mode (no dropout): the attacker's most favourable case, so leakage is an
+    upper bound. Under a mechanism that replaces the trainer (DP-SGD) each step is the engine's DP-SGD step
+    (:class:`secure_ffm.privacy.dp_sgd.DPStep`: per-example clipping to ``max_grad_norm``, Gaussian noise of the
+    client's calibrated multiplier from its randomness, division by the step's batch size), on the whole minibatch
+    (no Poisson sampling: the attacker knows which examples the step used).
+    """
 
-def dp_sgd_gradient(
-    model: FederatedModel, batch: Batch, *, max_grad_norm: float, noise_multiplier: float, generator: torch.Generator
-) -> NamedArrays:
-    """DP-SGD's noisy mean gradient (Abadi et al., CCS 2016): per-example clipping to C, sum, N(0, (zC)^2), divide by B."""
-    total: NamedArrays | None = None
-    for i in range(len(batch)):
-        grad = batch_gradient(model, _select(batch, np.asarray([i])))
-        norm = math.sqrt(sum(float(np.sum(g.astype(np.float64) ** 2)) for g in grad.values()))
-        scale = min(1.0, max_grad_norm / max(norm, 1e-12))
-        if total is None:
-            total = {k: (v.astype(np.float64) * scale) for k, v in grad.items()}
-        else:
-            for k, v in grad.items():
-                total[k] += v.astype(np.float64) * scale
-    assert total is not None
-    std = noise_multiplier * max_grad_norm
-    out = {}
-    for k, v in total.items():
-        noise = torch.randn(v.shape, generator=generator, dtype=torch.float64).numpy() * std
-        out[k] = ((v + noise) / len(batch)).astype(np.float32)
-    return out
+    def __init__(
+        self, setup: TrainingSetup, *, noise_multiplier: float | None = None, max_grad_norm: float = 0.0, grad_sample_mode: str = "hooks"
+    ) -> None:
+        super().__init__(ClientConfig(local_steps=setup.local_steps, lr=setup.learning_rate))
+        self.setup = setup
+        self.noise_multiplier = noise_multiplier
+        self.max_grad_norm = max_grad_norm
+        self.grad_sample_mode = grad_sample_mode
 
-
-class ClientSide:
-    """Computes a client's message content for the audit: gradient or local update, with DP-SGD's noisy steps when
-    the privacy mechanism replaces the trainer (``dp_noise`` then holds every client's noise multiplier)."""
-
-    def __init__(self, model: FederatedModel, config: Config, *, dp_noise: Mapping[int, float]) -> None:
-        self.model = model
-        self.config = config
-        self.dp_noise = dp_noise
-
-    def gradient(self, client: int, batch: Batch, generator: torch.Generator) -> NamedArrays:
-        if self.dp_noise:
-            return dp_sgd_gradient(
-                self.model,
-                batch,
-                max_grad_norm=self.config.privacy.max_grad_norm,
-                noise_multiplier=self.dp_noise[client],
-                generator=generator,
+    def train(
+        self,
+        model: FederatedModel,
+        encoded: EncodedData,
+        indices: np.ndarray,
+        *,
+        fit_config: Mapping[str, Any],
+        global_parameters: NamedArrays,
+        generator: torch.Generator,
+        state: MutableMapping[str, Any],
+        randomness: PrivateRandomness | None = None,
+    ) -> TrainResult:
+        start = time.perf_counter()
+        params = [p for _, p in model.trainable_named_parameters()]
+        optimizer = torch.optim.SGD(params, lr=self.setup.learning_rate)
+        stepper = None
+        if self.noise_multiplier is not None:
+            if randomness is None:
+                raise ValueError("DP-SGD needs the client's randomness for its noise")
+            stepper = DPStep(
+                model,
+                optimizer,
+                mode=self.grad_sample_mode,
+                noise_multiplier=self.noise_multiplier,
+                max_grad_norm=self.max_grad_norm,
+                expected_batch_size=min(self.setup.step_batch_size, len(indices)),
+                noise=randomness.stream(DP_SGD_NOISE, 0),
             )
-        return batch_gradient(self.model, batch)
-
-    def update(self, client: int, batch: Batch, setup: TrainingSetup, generator: torch.Generator) -> NamedArrays:
-        start = self.model.get_trainable()
-        named = self.model.trainable_named_parameters()
+        was_training = model.module.training
+        model.module.eval()
+        if stepper is not None:  # Opacus records activations only in training mode: train mode, dropout off
+            model.module.train()
+            for module in model.module.modules():
+                if isinstance(module, torch.nn.modules.dropout._DropoutNd):
+                    module.eval()
+        steps = local_minibatches(len(indices), self.setup.local_batch_size, self.setup.local_steps)
+        total_loss = 0.0
         try:
-            for indices in local_minibatches(len(batch), setup.local_batch_size, setup.local_steps):
-                grad = self.gradient(client, _select(batch, indices), generator)
-                with torch.no_grad():
-                    for name, p in named:
-                        p.sub_(setup.learning_rate * torch.from_numpy(grad[name]).to(p.dtype))
-            end = self.model.get_trainable()
+            for step in steps:
+                batch = model.make_batch(encoded, indices[step])
+                if stepper is not None:
+                    total_loss += stepper.step(batch)
+                    continue
+                optimizer.zero_grad(set_to_none=True)
+                loss = F.cross_entropy(model.module(**batch.inputs), batch.labels)
+                loss.backward()
+                optimizer.step()
+                total_loss += float(loss.detach())
         finally:
-            self.model.set_trainable(start)
-        return {k: end[k] - start[k] for k in start}
+            if stepper is not None:
+                stepper.close()
+            model.module.train(was_training)
+        return TrainResult(len(indices), len(steps), total_loss / len(steps), time.perf_counter() - start)
+
+
+class _ServerView(RoundHooks):
+    """Records the aggregate the server computes: what it learns from the round (before its own steps)."""
+
+    def __init__(self) -> None:
+        self.aggregate: Aggregate | None = None
+        self.clients: list[int] = []
+
+    def aggregate_computed(self, round: int, aggregate: Aggregate, clients: Sequence[int], instructions: FitInstructions) -> None:
+        self.aggregate, self.clients = aggregate, list(clients)
 
 
 # --------------------------------------------------------------------------- the case
@@ -229,7 +266,9 @@ class PreparedCase:
     encoded: EncodedData
     client_indices: list[np.ndarray]
     dp_noise: dict[int, float]
+    """Each client's DP-SGD noise multiplier when the mechanism replaces the trainer; empty otherwise."""
     initial_parameters: NamedArrays
+    mechanism: PrivacyMechanism
     tokenizer: Any = None
 
 
@@ -237,7 +276,6 @@ def prepare_case(config: Config, *, clients: Sequence[int] | None = None) -> Pre
     """Load data and model as the run would (raises ConfigError on bad input); ``run.threads`` sets torch's threads as in training."""
     from secure_ffm.data import load_federated_data
     from secure_ffm.models import build_model
-    from secure_ffm.privacy.mechanisms import build_mechanism
     from secure_ffm.seeding import INIT, derive_seed
 
     if config.run.threads:
@@ -255,19 +293,16 @@ def prepare_case(config: Config, *, clients: Sequence[int] | None = None) -> Pre
     if mechanism.replaces_trainer:
         for k in range(data.num_clients):
             dp_noise[k] = mechanism.client_noise_multiplier(k)
-    mechanism_transforms = mechanism.client_transforms()
-    prepared = PreparedCase(
+    return PreparedCase(
         config=config,
         model=model,
         encoded=model.encode(data.private),
         client_indices=[np.asarray(ix) for ix in data.client_indices],
         dp_noise=dp_noise,
         initial_parameters=model.get_trainable(),
+        mechanism=mechanism,
         tokenizer=getattr(model, "tokenizer", None),
     )
-    prepared.mechanism = mechanism  # type: ignore[attr-defined]
-    prepared.mechanism_transforms = mechanism_transforms  # type: ignore[attr-defined]
-    return prepared
 
 
 def check_samples(prepared: PreparedCase, clients: Sequence[int], batch_size: int, samples: int) -> None:
@@ -336,44 +371,15 @@ def observe_config(
         learning_rate=case.learning_rate or config.client.lr,
         num_clients=len(participants),
     )
-    client_side = ClientSide(model, config, dp_noise=prepared.dp_noise)
-    defenses = build_defenses(config.defense)
-    pipeline = UpdatePipeline([*defenses.transforms, *getattr(prepared, "mechanism_transforms", [])])
-    fit_config: dict[str, Any] = {"participants": len(participants), "weighting": "examples"}
-    mechanism = getattr(prepared, "mechanism", None)
-    if mechanism is not None:
-        fit_config.update(mechanism.fit_config(1, participants))
-    global_parameters = model.get_trainable()
-    updates: list[ClientUpdate] = []
-    batches: list[Batch] = []
-    for position, client in enumerate(participants):
-        batch, chosen = _client_batch(prepared, client, case.batch_size, seed, sample)
+    batches, indices = [], {}
+    for client in participants:
+        batch, indices[client] = _client_batch(prepared, client, case.batch_size, seed, sample)
         batches.append(batch)
-        # batch 0 keeps the draw of a single-batch audit; each later batch gets fresh DP noise and transform randomness
-        generator = torch.Generator().manual_seed(
-            int(seed * 1_000_003 + client) if not sample else int(np.random.SeedSequence([seed, client, sample]).generate_state(1)[0])
-        )
-        if kind == "gradient":
-            content = client_side.gradient(client, batch, generator)
-        else:
-            content = client_side.update(client, batch, setup, generator)
-        update = ClientUpdate(client, 1, content, len(batch), {})
-        context = TransformContext(
-            round=1,
-            client_id=client,
-            rng=np.random.default_rng([seed, client, 0x7F, sample] if sample else [seed, client, 0x7F]),
-            global_parameters=global_parameters,
-            state={},
-            config=fit_config,
-            model=model,
-            encoded=prepared.encoded,
-            indices=chosen,
-        )
-        update = pipeline(update, context)
-        model.set_trainable(global_parameters)  # a transform may have run the model
-        updates.append(update)
-        del position
-    observed = _server_view(config, updates, fit_config, seed=seed)
+    global_parameters = model.get_trainable()
+    observed = _server_view(
+        prepared, participants, indices, setup, kind=kind, global_parameters=global_parameters, seed=seed, sample=sample
+    )
+    model.set_trainable(global_parameters)
     observation = Observation(
         threat_model=ThreatModel(
             observes="aggregate" if secure else ("update" if kind == "update" else "gradient"), knows_labels=case.knows_labels
@@ -402,23 +408,89 @@ def _truth(prepared: PreparedCase, batches: Sequence[Batch]) -> GroundTruth:
     return GroundTruth(inputs=stack_inputs(batches), labels=torch.cat([b.labels for b in batches]), texts=texts)
 
 
-def _server_view(config: Config, updates: Sequence[ClientUpdate], fit_config: Mapping[str, Any], *, seed: int) -> NamedArrays:
-    """Run the configured aggregation protocol on the clients' updates: what the server's accumulator yields."""
-    secure = config.secure_aggregation
-    protocol_class = PROTOCOLS.get(secure.protocol, key="secure_aggregation.protocol")
-    if not protocol_class.hides_updates:
-        return {k: v.astype(np.float32) for k, v in updates[0].delta.items()}
-    from secure_ffm.engine.client import client_weight
+def _server_view(
+    prepared: PreparedCase,
+    participants: Sequence[int],
+    indices: Mapping[int, np.ndarray],
+    setup: TrainingSetup,
+    *,
+    kind: str,
+    global_parameters: NamedArrays,
+    seed: int,
+    sample: int,
+) -> NamedArrays:
+    """One round of the engine (orchestrator, in-process transport, FederatedClient, UpdatePipeline, the protocol's
+    stages) in which each participant's data is its audit batch; returns what the server learns: the aggregate of
+    the participants' updates (one participant: its own update), as a gradient for ``kind == "gradient"``.
 
-    protocol = protocol_class.from_config(secure, seed=seed)
-    weighting = str(fit_config.get("weighting", "examples"))
-    participants = [u.client_id for u in updates]
-    protocol.begin_round(1, participants, weight_bound=max(client_weight(weighting, u.num_examples) for u in updates))
-    accumulator = protocol.accumulator(1)
-    for update in updates:
-        update = ClientUpdate(update.client_id, update.round, update.delta, update.num_examples, dict(update.metrics), {})
-        accumulator.add(protocol.encode(update, weight=client_weight(weighting, update.num_examples)))
-    return {k: np.asarray(v, dtype=np.float32) for k, v in accumulator.result().mean_delta.items()}
+    A gradient is observed as a one-step update at learning rate 1 (``-delta``). The clients' randomness (DP noise,
+    defenses, stochastic rounding) is seeded from ``(seed, sample)``: the audit is reproducible, and each batch of
+    a many-batch audit gets fresh draws.
+    """
+    config = prepared.config
+    mechanism = prepared.mechanism
+    protocol = PROTOCOLS.get(config.secure_aggregation.protocol, key="secure_aggregation.protocol").from_config(
+        config.secure_aggregation, seed=config.run.seed
+    )
+    transforms = UpdatePipeline([*build_defenses(config.defense).transforms, *mechanism.client_transforms()])
+    noise = NoisePolicy(secure=False, reproducible_seed=int(np.random.SeedSequence([seed, sample, 0xA0D17]).generate_state(1)[0]))
+    grad_sample_mode = config.privacy.grad_sample_mode
+    if grad_sample_mode == "auto":
+        grad_sample_mode = auto_grad_sample_mode(prepared.model)
+    states: dict[int, dict[str, Any]] = {}
+
+    # a gradient is a one-step update at learning rate 1, read back as -delta
+    trained = replace(setup, learning_rate=1.0) if kind == "gradient" else setup
+
+    def make_client(client_id: int) -> FederatedClient:
+        trainer = AuditCaseTrainer(
+            trained,
+            noise_multiplier=prepared.dp_noise.get(client_id) if prepared.dp_noise else None,
+            max_grad_norm=config.privacy.max_grad_norm,
+            grad_sample_mode=grad_sample_mode,
+        )
+        return FederatedClient(
+            client_id=client_id,
+            model=prepared.model,
+            encoded=prepared.encoded,
+            indices=indices[client_id],
+            trainer=trainer,
+            protocol=protocol,
+            transforms=transforms,
+            state=states.setdefault(client_id, {}),
+            seed=seed,
+            noise=noise,
+        )
+
+    total = len(prepared.client_indices)
+    counts = [len(indices.get(k, ())) for k in range(total)]
+    server = Server(
+        strategy=build_strategy(config.server),
+        protocol=protocol,
+        parameters=global_parameters,
+        num_clients=total,
+        clients_per_round=len(participants),
+        seed=seed,
+    )
+    server.extra_fit_config.append(mechanism.fit_config)
+    view = _ServerView()
+    orchestrator = RoundOrchestrator(
+        server=server,
+        protocol=protocol,
+        transport=InProcessTransport(make_client, protocol, example_counts=counts),
+        statistics=mechanism.update_statistics(),
+        on_abort="stop",
+        hooks=[view],
+    )
+    row = orchestrator.run_round(1, participants=participants)
+    target = participants[0]
+    if view.aggregate is None or target not in view.clients:
+        why = "declined" if target in row["skipped_clients"] else "was rejected" if target in row["rejected_clients"] else "sent nothing"
+        raise ConfigError("audit_case.client", f"client {target} {why} in the audited round, so the server observes nothing of it")
+    observed = {k: np.asarray(v, dtype=np.float32) for k, v in view.aggregate.mean_delta.items()}
+    if kind == "gradient":
+        observed = {k: -v for k, v in observed.items()}
+    return observed
 
 
 # --------------------------------------------------------------------------- scoring and outputs

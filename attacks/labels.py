@@ -34,7 +34,8 @@ import torch
 import torch.nn.functional as F
 
 from attacks.base import Observation
-from attacks.priors import pixel_box
+from attacks.priors import normalization_of, pixel_box
+from secure_ffm.data.normalization import ImageNormalization
 
 DUMMY_EXAMPLES = 64
 """Dummy inputs behind the offset estimate."""
@@ -64,13 +65,16 @@ def _as_gradient(observation: Observation, value: np.ndarray) -> tuple[np.ndarra
     return -value / (setup.learning_rate * setup.local_steps), True
 
 
-def dummy_images(shape: tuple[int, ...], count: int, generator: torch.Generator) -> torch.Tensor:
+def dummy_images(
+    shape: tuple[int, ...], count: int, generator: torch.Generator, *, normalization: ImageNormalization | None = None
+) -> torch.Tensor:
     """Smooth random images in the valid pixel box: Gaussian noise at a quarter of the resolution, upsampled.
 
     Their mean prediction is much closer to the model's mean prediction on real images than that of
     pixel-wise noise (on the ViT at initialization), which is what the offset estimate needs.
+    ``normalization`` is the attacked model's (its pixel box).
     """
-    low, high = pixel_box()
+    low, high = pixel_box(normalization)
     channels, height, width = shape
     coarse = torch.randn((count, channels, max(1, height // 4), max(1, width // 4)), generator=generator)
     return F.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=False).clamp(low, high)
@@ -124,7 +128,7 @@ def infer_labels(observation: Observation, *, generator: torch.Generator | None 
     present = np.argsort(g)[: int((g < 0).sum())]  # most negative first
     if bias and scale_known:
         gen = generator if generator is not None else torch.Generator().manual_seed(0)
-        dummy = dummy_images(tuple(observation.input_shape), DUMMY_EXAMPLES, gen)
+        dummy = dummy_images(tuple(observation.input_shape), DUMMY_EXAMPLES, gen, normalization=normalization_of(observation.model))
         offset = mean_prediction(observation, dummy)
         counts = _allocate(batch_size * (offset - g), present, batch_size, divisor=False)
     else:  # unknown scale (or weight rows of unknown impact): shares proportional to -g (LLG's simple variant)

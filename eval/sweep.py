@@ -417,8 +417,11 @@ def _save_pixels(result: Any, attack_dir: Path, relative: str) -> dict[str, Any]
     from attacks.metrics_image import to_pixels
 
     attack_dir.mkdir(parents=True, exist_ok=True)
-    np.save(attack_dir / "original_pixels.npy", to_pixels(truth.inputs["pixels"]).numpy().astype(np.float32), allow_pickle=False)
-    np.save(attack_dir / "reconstructed_pixels.npy", to_pixels(reconstruction.inputs).numpy().astype(np.float32), allow_pickle=False)
+    normalization = reconstruction.normalization  # the attacked model's, from its dataset
+    originals = to_pixels(truth.inputs["pixels"], normalization=normalization)
+    np.save(attack_dir / "original_pixels.npy", originals.numpy().astype(np.float32), allow_pickle=False)
+    reconstructed = to_pixels(reconstruction.inputs, normalization=normalization)
+    np.save(attack_dir / "reconstructed_pixels.npy", reconstructed.numpy().astype(np.float32), allow_pickle=False)
     pairs = [
         {
             "index": int(s.get("index", i)),

@@ -96,7 +96,7 @@ class DataConfig:
     """``[data]``: which dataset, how much of it, and how it is split over clients."""
 
     dataset: str = "movie_reviews"
-    """A built-in name (``fashion_mnist``, ``movie_reviews``, ``sms_spam``, ``trec``),
+    """A built-in name (``fashion_mnist``, ``digits``, ``movie_reviews``, ``sms_spam``, ``trec``),
     ``hf:<name>[:<config>]`` for a Hugging Face dataset, or a path to a local
     ``.csv``, ``.jsonl`` or ``.parquet`` file."""
     text_column: str = "text"
@@ -305,8 +305,7 @@ class PrivacyConfig:
 
     def __post_init__(self) -> None:
         _choice("privacy", "mode", self.mode, MECHANISMS.names())
-        if self.mode == "none":
-            return
+        # every mechanism's settings are checked, whichever is chosen: one a sweep switches on later is then valid too
         if not (self.target_epsilon > 0):
             raise ConfigError("privacy.target_epsilon", f"must be positive, got {self.target_epsilon!r}", "state the budget, e.g. 8.0")
         if not 0.0 <= self.delta < 1.0:
