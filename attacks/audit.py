@@ -273,21 +273,10 @@ class PreparedCase:
 
 
 def prepare_case(config: Config, *, clients: Sequence[int] | None = None) -> PreparedCase:
-    """Load data and model as the run would (raises ConfigError on bad input); ``run.threads`` sets torch's threads as in training."""
-    from secure_ffm.data import load_federated_data
-    from secure_ffm.models import build_model
-    from secure_ffm.seeding import INIT, derive_seed
+    """Load data and model as the run does (raises ConfigError on bad input); ``run.threads`` sets torch's threads as in training."""
+    from secure_ffm.run.simulation import load_data_and_model
 
-    if config.run.threads:
-        torch.set_num_threads(config.run.threads)
-    data = load_federated_data(config.data, config.run.seed)
-    model = build_model(
-        config.model,
-        num_classes=data.dataset.num_classes,
-        data_kind=data.dataset.kind,
-        seed=derive_seed(config.run.seed, INIT),
-        max_length=config.data.max_length,
-    )
+    data, model = load_data_and_model(config)
     mechanism = build_mechanism(config, data)
     dp_noise: dict[int, float] = {}
     if mechanism.replaces_trainer:

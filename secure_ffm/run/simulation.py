@@ -78,12 +78,13 @@ class PreparedRun:
     initial_parameters: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-def prepare_run(config: Config) -> PreparedRun:
-    """Load and partition the data, build the model and encode the data (raises ConfigError on bad input)."""
+def load_data_and_model(config: Config) -> tuple[FederatedData, FederatedModel]:
+    """The run's partitioned data and its model, initialized from the run's seed (``run.threads`` sets torch's threads).
+
+    Every command builds them here, so what ``secure-ffm attack`` audits is the model ``secure-ffm train`` trains."""
     if config.run.threads:
         torch.set_num_threads(config.run.threads)
     data = load_federated_data(config.data, config.run.seed)
-    PROTOCOLS.get(config.secure_aggregation.protocol, key="secure_aggregation.protocol").check_run(config, data)
     model = build_model(
         config.model,
         num_classes=data.dataset.num_classes,
@@ -91,6 +92,13 @@ def prepare_run(config: Config) -> PreparedRun:
         seed=derive_seed(config.run.seed, INIT),
         max_length=config.data.max_length,
     )
+    return data, model
+
+
+def prepare_run(config: Config) -> PreparedRun:
+    """Load and partition the data, build the model and encode the data (raises ConfigError on bad input)."""
+    data, model = load_data_and_model(config)
+    PROTOCOLS.get(config.secure_aggregation.protocol, key="secure_aggregation.protocol").check_run(config, data)
     privacy = build_mechanism(config, data)  # calibrates noise; an unmeetable budget raises here
     privacy.check_model(model)
     encoded_private = model.encode(data.private)
