@@ -54,7 +54,7 @@ from secure_ffm.engine.aggregation import PlaintextAggregation
 from secure_ffm.engine.wire import ClientUpdate
 from secure_ffm.run.simulation import Simulation, prepare_run
 from secure_ffm.secagg.ckks import CKKSEncodeError, CKKSParameters, CKKSProtocol
-from secure_ffm.secagg.protocol import MaskingProtocol
+from secure_ffm.secagg.masking_protocol import MaskingProtocol
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

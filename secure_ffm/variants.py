@@ -34,7 +34,7 @@ TRANSFORMS: Registry[type[UpdateTransform]] = Registry("update transform")
 
 def _register_builtins() -> None:
     PROTOCOLS.register_lazy("none", "secure_ffm.engine.aggregation:PlaintextAggregation")
-    PROTOCOLS.register_lazy("masking", "secure_ffm.secagg.protocol:MaskingProtocol")
+    PROTOCOLS.register_lazy("masking", "secure_ffm.secagg.masking_protocol:MaskingProtocol")
     PROTOCOLS.register_lazy("ckks", "secure_ffm.secagg.ckks:CKKSProtocol")
     MECHANISMS.register_lazy("none", "secure_ffm.privacy.mechanisms:NoPrivacy")
     MECHANISMS.register_lazy("dp-sgd", "secure_ffm.privacy.dp_sgd:DPSGD")

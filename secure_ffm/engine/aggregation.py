@@ -21,6 +21,7 @@ and direct use.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Generator, Mapping, Sequence
@@ -35,7 +36,64 @@ from secure_ffm.variants import PROTOCOLS  # noqa: F401 (re-exported: the regist
 if TYPE_CHECKING:
     from secure_ffm.config import Config, SecureAggregationConfig
     from secure_ffm.data.base import FederatedData
-    from secure_ffm.secagg.protocol import VectorLayout
+
+
+@dataclass(frozen=True)
+class VectorLayout:
+    """How named arrays become one flat vector: sorted delta names, sorted statistics, then the weight.
+
+    The server fixes it from its own model (:meth:`of_arrays` of the global trainable parameters and the
+    statistics it expects) and the secure protocols encode and check every update against it."""
+
+    delta: tuple[tuple[str, tuple[int, ...]], ...]
+    statistics: tuple[tuple[str, tuple[int, ...]], ...]
+
+    @classmethod
+    def of(cls, update: ClientUpdate) -> VectorLayout:
+        return cls.of_arrays(update.delta, update.statistics)
+
+    @classmethod
+    def of_arrays(cls, delta: NamedArrays, statistics: NamedArrays | None = None) -> VectorLayout:
+        """The layout of updates with these delta arrays (e.g. the global trainable parameters) and statistics."""
+        stats = statistics or {}
+        return cls(
+            tuple((k, tuple(np.shape(delta[k]))) for k in sorted(delta)),
+            tuple((k, tuple(np.shape(stats[k]))) for k in sorted(stats)),
+        )
+
+    @property
+    def values_size(self) -> int:
+        return int(sum(math.prod(shape) for _, shape in (*self.delta, *self.statistics)))
+
+    @property
+    def size(self) -> int:
+        return self.values_size + 1
+
+    def to_bytes(self) -> bytes:
+        return json.dumps({"delta": self.delta, "statistics": self.statistics}, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> VectorLayout:
+        raw = json.loads(bytes(data).decode())
+        return cls(
+            tuple((str(k), tuple(int(d) for d in s)) for k, s in raw["delta"]),
+            tuple((str(k), tuple(int(d) for d in s)) for k, s in raw["statistics"]),
+        )
+
+    def flatten(self, update: ClientUpdate, weight: float) -> np.ndarray:
+        parts = [np.asarray(update.delta[k], dtype=np.float64).reshape(-1) for k, _ in self.delta]
+        parts += [np.asarray(update.statistics[k], dtype=np.float64).reshape(-1) for k, _ in self.statistics]
+        return weight * np.concatenate(parts) if parts else np.zeros(0)
+
+    def split(self, values: np.ndarray) -> tuple[NamedArrays, NamedArrays]:
+        out: list[NamedArrays] = [{}, {}]
+        offset = 0
+        for i, entries in enumerate((self.delta, self.statistics)):
+            for name, shape in entries:
+                size = math.prod(shape)
+                out[i][name] = values[offset : offset + size].reshape(shape)
+                offset += size
+        return out[0], out[1]
 
 
 class AggregationError(RuntimeError):

@@ -27,13 +27,12 @@ from typing import Any
 
 import numpy as np
 
-from secure_ffm.engine.aggregation import Aggregate, AggregationError, AggregationProtocol, Stage, StageReplies, run_stages
+from secure_ffm.engine.aggregation import Aggregate, AggregationError, AggregationProtocol, Stage, StageReplies, VectorLayout, run_stages
 from secure_ffm.engine.client import client_weight
 from secure_ffm.engine.server import Server
 from secure_ffm.engine.training import EvalResult
 from secure_ffm.engine.wire import ClientMessage, FitInstructions, NamedArrays, nbytes
 from secure_ffm.errors import RoundAbortedError
-from secure_ffm.secagg.protocol import VectorLayout
 from secure_ffm.transports.base import FitRequest, Transport
 
 log = logging.getLogger(__name__)

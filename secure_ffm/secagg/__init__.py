@@ -19,7 +19,7 @@ Machine Learning"; Bell et al., CCS 2020, "Secure Single-Server Aggregation with
 
 Everything here is a pure function of its inputs plus, where secrecy needs it, the
 operating system's CSPRNG (keys, self seeds, Shamir coefficients); the protocol driver
-that exchanges the messages is :mod:`~secure_ffm.secagg.protocol`.
+that exchanges the messages is :mod:`~secure_ffm.secagg.masking_protocol`.
 
 CKKS homomorphic aggregation (Cheon et al., ASIACRYPT 2017, with TenSEAL) lives in
 :mod:`~secure_ffm.secagg.ckks`; its key holder, client, server and driver are exported here

@@ -15,7 +15,7 @@ that share no more than the roles below allow:
   only the public context (public-key encryption needs nothing more) and only the key
   holder, a separate authority, decrypts, and only aggregates.
 * :class:`CKKSClient` flattens ``weight * delta`` over all arrays in sorted name order, then
-  ``weight * statistics`` (:class:`~secure_ffm.secagg.protocol.VectorLayout`, shared with
+  ``weight * statistics`` (:class:`~secure_ffm.engine.aggregation.VectorLayout`, shared with
   pairwise masking), then three check slots ``[weight, 1, round]``, and encrypts the vector
   in as many ciphertexts as it needs (``N/2`` slots each). The message carries the
   ciphertexts as TenSEAL ``serialize()`` bytes (never pickled), the round in the clear, the
@@ -92,11 +92,11 @@ from secure_ffm.engine.aggregation import (
     ServerRound,
     Stage,
     Stages,
+    VectorLayout,
     check_envelope,
 )
 from secure_ffm.engine.wire import ClientMessage, ClientUpdate, NamedArrays
 from secure_ffm.errors import ConfigError
-from secure_ffm.secagg.protocol import VectorLayout
 
 if TYPE_CHECKING:
     from secure_ffm.config import Config, SecureAggregationConfig

@@ -24,9 +24,8 @@ import numpy as np
 import pytest
 
 from secure_ffm.config import config_from_dict
-from secure_ffm.engine.aggregation import AggregationError, AggregationProtocol, EncodingDeclined
+from secure_ffm.engine.aggregation import AggregationError, AggregationProtocol, EncodingDeclined, VectorLayout
 from secure_ffm.engine.wire import ClientMessage, ClientUpdate
-from secure_ffm.secagg.protocol import VectorLayout
 from secure_ffm.variants import PROTOCOLS
 
 NUM_CLIENTS = 5

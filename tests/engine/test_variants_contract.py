@@ -10,11 +10,10 @@ import pytest
 
 from secure_ffm.config import config_from_dict
 from secure_ffm.data import load_federated_data
-from secure_ffm.engine.aggregation import AggregationProtocol
+from secure_ffm.engine.aggregation import AggregationProtocol, VectorLayout
 from secure_ffm.engine.training import StandardTrainer
 from secure_ffm.engine.wire import ClientUpdate
 from secure_ffm.privacy.mechanisms import PrivacyMechanism
-from secure_ffm.secagg.protocol import VectorLayout
 from secure_ffm.variants import MECHANISMS, PROTOCOLS
 
 # a tiny federation with a small budget: Opacus' RDP search ends at its largest order

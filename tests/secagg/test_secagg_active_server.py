@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 
 from secure_ffm.config import config_from_dict
-from secure_ffm.engine.aggregation import AggregationError
+from secure_ffm.engine.aggregation import AggregationError, VectorLayout
 from secure_ffm.engine.wire import ClientMessage, ClientUpdate
 from secure_ffm.errors import ConfigError
 from secure_ffm.run.cli import main
 from secure_ffm.secagg import graph, keys, masking, shamir
-from secure_ffm.secagg.protocol import MaskingClient, MaskingProtocol, RoundSetup, UnmaskRequest, UnmaskResponse, VectorLayout
+from secure_ffm.secagg.masking_protocol import MaskingClient, MaskingProtocol, RoundSetup, UnmaskRequest, UnmaskResponse
 from secure_ffm.secagg.quantization import levels_for
 from tests.engine.tiny_run import TINY as TINY_RUN
 
@@ -243,7 +243,7 @@ def test_a_malformed_unmask_response_is_left_out_and_the_sum_is_still_exact(host
     expected = server.unmask(request, list(responses.values()))
     responses[5] = HOSTILE_RESPONSES[hostile](responses[5])
     # execute
-    with caplog.at_level(logging.WARNING, logger="secure_ffm.secagg.protocol"):
+    with caplog.at_level(logging.WARNING, logger="secure_ffm.secagg.masking_protocol"):
         total = server.unmask(request, list(responses.values()))
     # assert: the other four suffice, the hostile holder is named, nothing else changes
     np.testing.assert_array_equal(total, expected)

@@ -14,7 +14,7 @@ from secure_ffm.engine.wire import ClientMessage, ClientUpdate
 from secure_ffm.errors import ConfigError, RoundAbortedError
 from secure_ffm.run.simulation import Simulation, prepare_run
 from secure_ffm.secagg import keys
-from secure_ffm.secagg.protocol import MaskingProtocol, UnmaskRequest
+from secure_ffm.secagg.masking_protocol import MaskingProtocol, UnmaskRequest
 from secure_ffm.secagg.quantization import error_bound, levels_for
 from secure_ffm.seeding import SECAGG_ROUNDING, generator
 

@@ -56,7 +56,6 @@ no secrecy (the masks hide its result).
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import operator
@@ -81,6 +80,7 @@ from secure_ffm.engine.aggregation import (
     ServerRound,
     Stage,
     Stages,
+    VectorLayout,
     check_envelope,
 )
 from secure_ffm.engine.wire import ClientMessage, ClientUpdate, NamedArrays
@@ -204,64 +204,6 @@ class UnmaskResponse:
     round: int
     self_seed_shares: Mapping[int, bytes] = field(default_factory=dict)
     pair_key_shares: Mapping[int, bytes] = field(default_factory=dict)
-
-
-# --------------------------------------------------------------------------- encoding layout
-
-
-@dataclass(frozen=True)
-class VectorLayout:
-    """How named arrays become one flat vector: sorted delta names, sorted statistics, then the weight."""
-
-    delta: tuple[tuple[str, tuple[int, ...]], ...]
-    statistics: tuple[tuple[str, tuple[int, ...]], ...]
-
-    @classmethod
-    def of(cls, update: ClientUpdate) -> VectorLayout:
-        return cls.of_arrays(update.delta, update.statistics)
-
-    @classmethod
-    def of_arrays(cls, delta: NamedArrays, statistics: NamedArrays | None = None) -> VectorLayout:
-        """The layout of updates with these delta arrays (e.g. the global trainable parameters) and statistics."""
-        stats = statistics or {}
-        return cls(
-            tuple((k, tuple(np.shape(delta[k]))) for k in sorted(delta)),
-            tuple((k, tuple(np.shape(stats[k]))) for k in sorted(stats)),
-        )
-
-    @property
-    def values_size(self) -> int:
-        return int(sum(math.prod(shape) for _, shape in (*self.delta, *self.statistics)))
-
-    @property
-    def size(self) -> int:
-        return self.values_size + 1
-
-    def to_bytes(self) -> bytes:
-        return json.dumps({"delta": self.delta, "statistics": self.statistics}, separators=(",", ":")).encode()
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> VectorLayout:
-        raw = json.loads(bytes(data).decode())
-        return cls(
-            tuple((str(k), tuple(int(d) for d in s)) for k, s in raw["delta"]),
-            tuple((str(k), tuple(int(d) for d in s)) for k, s in raw["statistics"]),
-        )
-
-    def flatten(self, update: ClientUpdate, weight: float) -> np.ndarray:
-        parts = [np.asarray(update.delta[k], dtype=np.float64).reshape(-1) for k, _ in self.delta]
-        parts += [np.asarray(update.statistics[k], dtype=np.float64).reshape(-1) for k, _ in self.statistics]
-        return weight * np.concatenate(parts) if parts else np.zeros(0)
-
-    def split(self, values: np.ndarray) -> tuple[NamedArrays, NamedArrays]:
-        out: list[NamedArrays] = [{}, {}]
-        offset = 0
-        for i, entries in enumerate((self.delta, self.statistics)):
-            for name, shape in entries:
-                size = math.prod(shape)
-                out[i][name] = values[offset : offset + size].reshape(shape)
-                offset += size
-        return out[0], out[1]
 
 
 # --------------------------------------------------------------------------- client
@@ -986,6 +928,5 @@ __all__ = [
     "ShareKeys",
     "UnmaskRequest",
     "UnmaskResponse",
-    "VectorLayout",
     "seed_commitment",
 ]
