@@ -19,6 +19,7 @@ Each is written as PNG and SVG. Matplotlib is used through its object API with t
 
 from __future__ import annotations
 
+import json
 import math
 import textwrap
 import warnings
@@ -551,6 +552,43 @@ def _text_table(items: Sequence[tuple[Setting, Mapping[str, Any]]], stem: Path, 
 # --------------------------------------------------------------------------- all
 
 
+def loss_curves(rows: Sequence[Mapping[str, Any]], sweep_dir: Path, stem: Path) -> tuple[Path, Path]:
+    """Each finished point's loss per unit (test loss; public validation loss where the server holds public data),
+    with the FFM public units shaded (docs/ffm.md): one panel per point, at most 12."""
+    curves = []
+    for row in rows:
+        metrics = Path(sweep_dir) / "points" / str(row.get("point_id")) / "run" / "metrics.jsonl"
+        if row.get("status") != "ok" or not metrics.is_file():
+            continue
+        history = [json.loads(line) for line in metrics.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if history:
+            curves.append((str(row.get("point_id")), history))
+    title = "Loss per unit (public units shaded)"
+    if not curves:
+        return _empty(stem, title)
+    curves = curves[:12]
+    columns = min(3, len(curves))
+    lines = math.ceil(len(curves) / columns)
+    fig = _figure(4.2 * columns, 2.8 * lines)
+    for index, (point, history) in enumerate(curves, 1):
+        ax = fig.add_subplot(lines, columns, index)
+        for row in history:
+            if row.get("phase") == "public":
+                ax.axvspan(row["round"] - 0.5, row["round"] + 0.5, color="#f2d7a6", alpha=0.6, linewidth=0)
+        for key, label, color in (("test_loss", "test loss", "#1f77b4"), ("public_loss", "public loss", "#d62728")):
+            points = [(r["round"], r[key]) for r in history if r.get(key) is not None]
+            if points:
+                ax.plot(*zip(*points, strict=True), marker="o", markersize=3, label=label, color=color)
+        ax.set_title(point, fontsize=7)
+        ax.set_xlabel("unit (round)", fontsize=7)
+        ax.tick_params(labelsize=7)
+        if index == 1:
+            ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return _save(fig, stem)
+
+
 def write_plots(
     sweep_dir: str | Path, out_dir: str | Path | None = None, *, rows: Sequence[Mapping[str, Any]] | None = None
 ) -> dict[str, tuple[Path, Path]]:
@@ -563,4 +601,5 @@ def write_plots(
         "attack_vs_epsilon": attack_vs_epsilon(rows, out / "attack_vs_epsilon"),
         "privacy_utility_frontier": privacy_utility_frontier(rows, out / "privacy_utility_frontier"),
         "reconstructions": reconstructions(rows, sweep_dir, out / "reconstructions"),
+        "loss_curves": loss_curves(rows, sweep_dir, out / "loss_curves"),
     }

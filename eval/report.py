@@ -26,6 +26,8 @@ CAPTIONS = {
     "privacy_utility_frontier": "Each setting's mean utility against its mean attack success; the ringed points joined by the step line "
     "are the Pareto front: no other setting has both higher accuracy and lower attack success.",
     "reconstructions": "What the honest-but-curious server reconstructs under each setting (first seed).",
+    "loss_curves": "Each point's test loss per unit, and its loss on the server's held-out public data where it has some; "
+    "shaded: FFM public units, in which the server trains on its public data and no client takes part (docs/ffm.md).",
 }
 STYLE = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:2em auto;max-width:1200px;padding:0 1em;color:#222}

@@ -475,6 +475,50 @@ class AuditConfig:
 
 
 @dataclass(frozen=True)
+class FFMConfig:
+    """``[ffm]``: FFM pre-training's phases (Federated Foundation Models, arXiv 2305.11414, Sec. 3.1; docs/ffm.md).
+
+    Each of the ``server.rounds`` steps of a run is one unit: a federated round on the clients' private data, or
+    a public phase of ``public_steps`` server-side optimizer steps on the server's public data
+    (``data.public_fraction``), which no client ever receives and which spends no privacy budget.
+    """
+
+    schedule: str = "federated"
+    """A registered schedule (:data:`secure_ffm.engine.schedule.SCHEDULES`): ``federated`` (FL only, the default),
+    ``centralized`` (public data only), ``alternating`` (fixed cycles), ``adaptive`` (the switch of docs/ffm.md)."""
+    public_steps: int = 20
+    """Optimizer steps of one public unit (batches of ``client.batch_size``, optimizer and learning rate of ``[client]``)."""
+    public_validation_fraction: float = 0.2
+    """Share of the public data held out to measure the public loss the switch watches (never trained on)."""
+    public_units: int = 1
+    """alternating: public units per cycle."""
+    federated_units: int = 1
+    """alternating: federated rounds per cycle."""
+    patience: int = 2
+    """adaptive: units without a gain larger than ``min_delta`` before a plateau is declared."""
+    min_delta: float = 0.01
+    """adaptive: the smallest loss decrease that counts as a gain."""
+    forgetting: float = 0.05
+    """adaptive: a federated round that leaves the public loss this much (relative) above its best sends the next
+    unit back to public data."""
+
+    def __post_init__(self) -> None:
+        from secure_ffm.engine.schedule import SCHEDULES
+
+        _choice("ffm", "schedule", self.schedule, SCHEDULES.names())
+        for key in ("public_steps", "public_units", "federated_units", "patience"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"ffm.{key}", f"must be a whole number >= 1, got {value!r}")
+        if not 0.0 < self.public_validation_fraction < 1.0:
+            raise ConfigError("ffm.public_validation_fraction", f"must be in (0, 1), got {self.public_validation_fraction!r}")
+        if not (math.isfinite(self.min_delta) and self.min_delta >= 0):
+            raise ConfigError("ffm.min_delta", f"must be >= 0, got {self.min_delta!r}")
+        if not (math.isfinite(self.forgetting) and self.forgetting >= 0):
+            raise ConfigError("ffm.forgetting", f"must be >= 0, got {self.forgetting!r}", "e.g. 0.05 for 5%")
+
+
+@dataclass(frozen=True)
 class Config:
     """A whole run: one attribute per TOML section."""
 
@@ -487,6 +531,7 @@ class Config:
     secure_aggregation: SecureAggregationConfig = field(default_factory=SecureAggregationConfig)
     defense: DefenseConfig = field(default_factory=DefenseConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
+    ffm: FFMConfig = field(default_factory=FFMConfig)
 
     def __post_init__(self) -> None:
         if self.privacy.planned_rounds > self.server.rounds:
@@ -515,6 +560,14 @@ class Config:
                     f"round {round} is after the last (server.rounds={self.server.rounds})",
                     "use rounds 1 .. server.rounds",
                 )
+        from secure_ffm.engine.schedule import SCHEDULES
+
+        if SCHEDULES.get(self.ffm.schedule, key="ffm.schedule").needs_public and self.data.public_fraction <= 0:
+            raise ConfigError(
+                "ffm.schedule",
+                f'"{self.ffm.schedule}" trains on the server\'s public data, but data.public_fraction is 0',
+                'set data.public_fraction, e.g. 0.1, or use ffm.schedule = "federated"',
+            )
         from secure_ffm.variants import PROTOCOLS
 
         # each protocol checks its own settings against the rest of the config (e.g. masking's threshold against the round size)

@@ -19,6 +19,8 @@ PARTITION = 5
 DP_NOISE = 6
 SECAGG_ROUNDING = 7
 DROPOUT = 8
+PUBLIC_PHASE = 9
+"""FFM public phases: the public data's training/validation split and each public unit's batches (server-side, no secret)."""
 
 
 def derive_seed(seed: int, *path: int) -> int:

@@ -12,9 +12,11 @@ continues to exactly the result of an uninterrupted one.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import platform
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,9 +32,10 @@ from secure_ffm.data.base import FederatedData
 from secure_ffm.engine.aggregation import PROTOCOLS, Aggregate, AggregationProtocol
 from secure_ffm.engine.client import FederatedClient
 from secure_ffm.engine.orchestrator import RoundHooks, RoundOrchestrator, RunObserver
+from secure_ffm.engine.schedule import FEDERATED, PUBLIC, Decision, RoundSignals, build_schedule
 from secure_ffm.engine.server import Server
 from secure_ffm.engine.strategies import build_strategy
-from secure_ffm.engine.training import build_trainer, evaluate
+from secure_ffm.engine.training import StandardTrainer, build_trainer, evaluate
 from secure_ffm.engine.transforms import UpdatePipeline, build_defenses
 from secure_ffm.engine.wire import ClientMessage, FitInstructions, nbytes, num_parameters
 from secure_ffm.errors import CheckpointError, ConfigError
@@ -43,7 +46,7 @@ from secure_ffm.privacy.noise import NoisePolicy
 from secure_ffm.run.audit import ObservationRecorder
 from secure_ffm.run.checkpoint import Checkpoint
 from secure_ffm.run.writer import RunWriter, config_differences, read_metrics, read_run_config
-from secure_ffm.seeding import DROPOUT, INIT, derive_seed, generator
+from secure_ffm.seeding import DROPOUT, INIT, PUBLIC_PHASE, derive_seed, generator
 from secure_ffm.transports.in_process import InProcessTransport
 
 log = logging.getLogger(__name__)
@@ -76,6 +79,8 @@ class PreparedRun:
     encoded_test: EncodedData
     privacy: PrivacyMechanism
     initial_parameters: dict[str, np.ndarray] = field(default_factory=dict)
+    encoded_public: EncodedData | None = None
+    """The server's public data (``data.public_fraction``), encoded; no client ever receives it."""
 
 
 def load_data_and_model(config: Config) -> tuple[FederatedData, FederatedModel]:
@@ -103,7 +108,104 @@ def prepare_run(config: Config) -> PreparedRun:
     privacy.check_model(model)
     encoded_private = model.encode(data.private)
     encoded_test = model.encode(data.test)
-    return PreparedRun(config, data, model, encoded_private, encoded_test, privacy, model.get_trainable())
+    encoded_public = model.encode(data.public) if data.public is not None and len(data.public) else None
+    return PreparedRun(config, data, model, encoded_private, encoded_test, privacy, model.get_trainable(), encoded_public)
+
+
+class PublicPhase:
+    """The server's side of FFM pre-training: training the global model on its public data (Federated Foundation
+    Models, arXiv 2305.11414, Sec. 3.1, "centralized FM optimization"), and the signals the switch reads from it.
+
+    The public data is split once (seeded) into a training part and a held-out validation part. A public unit runs
+    ``ffm.public_steps`` steps of the ``[client]`` optimizer on the training part, from the global parameters, in
+    the server's process: no client receives the data, no privacy mechanism runs, no budget is spent.
+    """
+
+    def __init__(self, prepared: PreparedRun) -> None:
+        assert prepared.encoded_public is not None
+        self.prepared = prepared
+        self.config = prepared.config
+        n = len(prepared.encoded_public)
+        order = generator(self.config.run.seed, PUBLIC_PHASE).permutation(n)
+        held_out = max(1, int(round(self.config.ffm.public_validation_fraction * n))) if n > 1 else 0
+        self.validation = np.sort(order[:held_out])
+        self.training = np.sort(order[held_out:]) if n > held_out else np.sort(order)
+        client = self.config.client
+        self.trainer = StandardTrainer(dataclasses.replace(client, local_steps=self.config.ffm.public_steps, local_epochs=1))
+
+    def run(self, round: int, simulation: Simulation) -> dict[str, Any]:
+        """One public unit: train, set the global parameters, and the round's row (no client took part)."""
+        start = time.perf_counter()
+        model = self.prepared.model
+        server = simulation.server
+        model.set_trainable(server.parameters)
+        seed = derive_seed(self.config.run.seed, PUBLIC_PHASE, round)
+        torch.manual_seed(seed)
+        result = self.trainer.train(
+            model,
+            self.prepared.encoded_public,
+            self.training,
+            fit_config={},
+            global_parameters=server.parameters,
+            generator=torch.Generator().manual_seed(seed),
+            state={},
+        )
+        server.parameters = {k: np.asarray(v, dtype=np.float32) for k, v in model.get_trainable().items()}
+        fit_seconds = time.perf_counter() - start
+        row: dict[str, Any] = {
+            "round": round,
+            "train_loss": result.train_loss,
+            "test_loss": None,
+            "test_accuracy": None,
+            "test_macro_f1": None,
+            "clients": [],
+            "skipped_clients": [],
+            "rejected_clients": [],
+            "dropped_clients": [],
+            "aborted": None,
+            "num_examples": 0,
+            "public_examples": len(self.training),
+            "public_steps": result.steps,
+            "bytes_up": 0,
+            "bytes_down": 0,
+            "fit_seconds": fit_seconds,
+            **self.prepared.privacy.round_metrics(round, simulation.client_states),
+        }
+        eval_seconds = 0.0
+        if round == self.config.server.rounds or round % self.config.server.eval_every == 0:
+            eval_start = time.perf_counter()
+            row.update(simulation.evaluate_parameters(server.parameters).as_dict("test_"))
+            eval_seconds = time.perf_counter() - eval_start
+        row["eval_seconds"] = eval_seconds
+        row["seconds"] = time.perf_counter() - start
+        return row
+
+    def validation_loss(self, parameters: Mapping[str, np.ndarray]) -> float:
+        """The loss on the held-out public part: the public signal of the switch."""
+        self.prepared.model.set_trainable(parameters)
+        return float(evaluate(self.prepared.model, self.prepared.encoded_public, self.validation).loss)
+
+    def alignment(self, before: Mapping[str, np.ndarray], after: Mapping[str, np.ndarray]) -> float | None:
+        """Cosine between the round's aggregated update (``after - before``) and the public descent direction at
+        ``before`` (minus the gradient of the mean loss over the public training part's first batch)."""
+        update = {k: after[k].astype(np.float64) - before[k].astype(np.float64) for k in before}
+        model = self.prepared.model
+        model.set_trainable(before)
+        batch = model.make_batch(self.prepared.encoded_public, self.training[: self.config.client.batch_size])
+        named = model.trainable_named_parameters()
+        model.module.eval()
+        loss = torch.nn.functional.cross_entropy(model.module(**batch.inputs), batch.labels)
+        gradients = torch.autograd.grad(loss, [p for _, p in named])
+        dot = norm_u = norm_g = 0.0
+        for (name, _), gradient in zip(named, gradients, strict=True):
+            g = -gradient.detach().double().numpy()
+            dot += float(np.sum(g * update[name]))
+            norm_u += float(np.sum(update[name] ** 2))
+            norm_g += float(np.sum(g**2))
+        model.set_trainable(after)
+        if norm_u == 0 or norm_g == 0:
+            return None
+        return dot / math.sqrt(norm_u * norm_g)
 
 
 class _RecordObservations(RoundHooks):
@@ -184,6 +286,11 @@ class Simulation:
             self.noise_policy.client(client_id, self.client_states.setdefault(client_id, {}))
         self.history: list[dict[str, Any]] = []
         self.recorder = ObservationRecorder(self.config, self.out_dir)
+        self.schedule = build_schedule(self.config.ffm)
+        self.next_decision: Decision = self.schedule.first()
+        self.public = PublicPhase(prepared) if prepared.encoded_public is not None else None
+        if self.schedule.needs_public and self.public is None:
+            raise ConfigError("ffm.schedule", f'"{self.config.ffm.schedule}" needs public data, but the data left none for the server')
         self.transport = InProcessTransport(
             self.client,
             self.protocol,
@@ -227,6 +334,38 @@ class Simulation:
         """One round through the orchestrator and the in-process transport; returns its metrics row."""
         return self.orchestrator.run_round(round)
 
+    def run_unit(self, round: int) -> dict[str, Any]:
+        """One unit of the FFM schedule (a federated round or a public phase); the schedule then picks the next one."""
+        decision = self.next_decision
+        before = self.server.parameters
+        if decision.phase == PUBLIC:
+            assert self.public is not None
+            self.observer.round_started(round, [])  # no client takes part
+            row = self.public.run(round, self)
+        else:
+            row = self.run_round(round)
+        row["phase"], row["switch_reason"] = decision.phase, decision.reason
+        signals = RoundSignals(round=round, phase=decision.phase)
+        if self.public is not None:
+            row["public_loss"] = self.public.validation_loss(self.server.parameters)
+            alignment = self.public.alignment(before, self.server.parameters) if decision.phase == FEDERATED else None
+            row["update_alignment"] = alignment
+            declined_all = bool(row["skipped_clients"]) and not row["clients"] and self.privacy.spends_budget
+            signals = RoundSignals(
+                round=round,
+                phase=decision.phase,
+                public_loss=row["public_loss"],
+                federated_loss=row["train_loss"] if decision.phase == FEDERATED else None,
+                alignment=alignment,
+                budget_left=not declined_all,
+            )
+        self.next_decision = self.schedule.next(signals)
+        return row
+
+    def ffm_state(self) -> dict[str, Any]:
+        """The schedule's state and the next unit's decision, checkpointed for an exact ``--resume``."""
+        return {"schedule": self.schedule.state_dict(), "next": [self.next_decision.phase, self.next_decision.reason]}
+
     def _dropouts(self, round: int, participants: Sequence[int]) -> set[int]:
         """The participants simulated to drop after masking: ``round(dropout_rate * n)`` of them, seeded per round."""
         rate = self.config.secure_aggregation.dropout_rate
@@ -256,7 +395,7 @@ class Simulation:
         total = self.config.server.rounds
         self.observer.run_started(total, start_round)
         for round in range(start_round, total + 1):
-            row = self.run_round(round)
+            row = self.run_unit(round)
             self.history.append(row)
             if self.writer is not None:
                 # metrics first, then the checkpoint: a crash between them leaves a row that --resume drops
@@ -267,7 +406,7 @@ class Simulation:
                         self.server.parameters,
                         self.strategy.state_dict(),
                         self.client_states,
-                        {"privacy": self.privacy.state_dict()},
+                        {"privacy": self.privacy.state_dict(), "ffm": self.ffm_state()},
                     )
                 )
             log.info(
@@ -323,6 +462,7 @@ class Simulation:
             "seconds_total": float(sum(r["seconds"] for r in self.history)),
             "privacy": self._privacy_summary(),
             "noise": self.noise_policy.describe(),
+            "ffm": self._ffm_summary(),
             "num_train_examples": len(self.prepared.data.private),
             "num_public_examples": len(self.prepared.data.public) if self.prepared.data.public is not None else 0,
             "num_test_examples": len(self.prepared.data.test),
@@ -337,6 +477,18 @@ class Simulation:
                 "max": float(accs.max()),
             }
         return summary
+
+    def _ffm_summary(self) -> dict[str, Any]:
+        """Units and optimizer steps per phase (public phases spend no privacy budget)."""
+        phases = [row.get("phase", FEDERATED) for row in self.history]
+        public_units = phases.count(PUBLIC)
+        return {
+            "schedule": self.config.ffm.schedule,
+            "public_units": public_units,
+            "federated_rounds": phases.count(FEDERATED),
+            "public_steps": int(sum(row.get("public_steps", 0) for row in self.history)),
+            "switches": sum(1 for a, b in zip(phases, phases[1:], strict=False) if a != b),
+        }
 
     def _privacy_summary(self) -> dict[str, Any]:
         ledger = self.privacy.ledger(self.client_states)
@@ -402,6 +554,10 @@ class Simulation:
             self.client_states.clear()
             self.client_states.update(checkpoint.client_states)
             self.privacy.load_state_dict(checkpoint.server_state.get("privacy", {}))
+            ffm = checkpoint.server_state.get("ffm")
+            if ffm is not None:
+                self.schedule.load_state_dict(dict(ffm["schedule"]))
+                self.next_decision = Decision(str(ffm["next"][0]), str(ffm["next"][1]))
             # no round may push ε past the target: refuse an extension the budget cannot pay for, before any round runs
             self.privacy.check_budget(
                 completed_rounds=checkpoint.round, total_rounds=self.config.server.rounds, client_states=self.client_states

@@ -102,7 +102,7 @@ def test_settings_group_seeds_and_get_unique_labels(sweep_dir):
 
 def test_every_plot_is_written_as_png_and_svg(sweep_dir):
     plots = write_plots(sweep_dir)
-    assert set(plots) == {"accuracy_vs_epsilon", "attack_vs_epsilon", "privacy_utility_frontier", "reconstructions"}
+    assert set(plots) == {"accuracy_vs_epsilon", "attack_vs_epsilon", "privacy_utility_frontier", "reconstructions", "loss_curves"}
     for png, svg in plots.values():
         assert png.parent == sweep_dir / "plots"
         assert_png(png)
@@ -124,7 +124,7 @@ def test_report_is_self_contained_and_lists_every_point(sweep_dir):
     for row in make_rows():
         assert row["point_id"] in text
     assert "cannot be met" in text  # the failed point's error
-    assert text.count("data:image/png;base64,") == 4
+    assert text.count("data:image/png;base64,") == 5  # every plot, loss curves included
     assert not re.search(r"""(src|href)\s*=\s*["'](https?:)?//""", text)  # nothing fetched from elsewhere
     assert "<script" not in text and "<link" not in text
     assert "Privacy ledger" in text and "prv" in text
