@@ -496,6 +496,8 @@ class FFMConfig:
     """alternating: federated rounds per cycle."""
     patience: int = 2
     """adaptive: units without a gain larger than ``min_delta`` before a plateau is declared."""
+    max_public_units: int = 4
+    """adaptive: the longest run of public units in a row (the private data is the target; public data helps it)."""
     min_delta: float = 0.01
     """adaptive: the smallest loss decrease that counts as a gain."""
     forgetting: float = 0.05
@@ -506,7 +508,7 @@ class FFMConfig:
         from secure_ffm.engine.schedule import SCHEDULES
 
         _choice("ffm", "schedule", self.schedule, SCHEDULES.names())
-        for key in ("public_steps", "public_units", "federated_units", "patience"):
+        for key in ("public_steps", "public_units", "federated_units", "patience", "max_public_units"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"ffm.{key}", f"must be a whole number >= 1, got {value!r}")

@@ -142,8 +142,10 @@ class Adaptive(Schedule):
 
     After a **public** unit:
 
-    1. the public validation loss improved by more than ``min_delta`` on its best: stay public ("public improving");
-    2. it has not for ``patience`` public units: go federated ("public plateau").
+    1. ``max_public_units`` public units in a row have run: go federated ("public phase long enough"), so that a
+       slowly improving public loss cannot take every unit from the private data, which is the target;
+    2. the public validation loss improved by more than ``min_delta`` on its best: stay public ("public improving");
+    3. it has not for ``patience`` public units: go federated ("public plateau").
 
     After a **federated** unit, in this order:
 
@@ -164,6 +166,7 @@ class Adaptive(Schedule):
 
     def __init__(self, config: FFMConfig) -> None:
         self.patience = config.patience
+        self.max_public_units = config.max_public_units
         self.min_delta = config.min_delta
         self.forgetting = config.forgetting
         self.best_public = math.inf
@@ -171,6 +174,8 @@ class Adaptive(Schedule):
         self.public_stale = 0
         self.federated_stale = 0
         self.conflicts = 0
+        self.public_run = 0
+        """Public units in a row so far."""
         self.public_phase_start = math.inf
         """The best public loss when the current public phase began."""
         self.last_public_gain = math.inf
@@ -188,7 +193,13 @@ class Adaptive(Schedule):
 
     def next(self, signals: RoundSignals) -> Decision:
         if signals.phase == PUBLIC:
-            if self._public_improved(signals.public_loss):
+            self.public_run += 1
+            improved = self._public_improved(signals.public_loss)
+            if self.public_run >= self.max_public_units:
+                units = self.public_run
+                self._enter_federated()
+                return Decision(FEDERATED, f"adaptive: public phase long enough ({units} units)")
+            if improved:
                 self.public_stale = 0
                 return Decision(PUBLIC, "adaptive: public loss improving")
             self.public_stale += 1
@@ -224,6 +235,7 @@ class Adaptive(Schedule):
         return Decision(FEDERATED, "adaptive: federated improving")
 
     def _enter_federated(self) -> None:
+        self.public_run = 0
         self.last_public_gain = self.public_phase_start - self.best_public
         self.federated_stale = 0
         self.conflicts = 0
@@ -235,7 +247,16 @@ class Adaptive(Schedule):
         return Decision(PUBLIC, reason)
 
     def state_dict(self) -> dict[str, Any]:
-        keys = ("best_public", "best_federated", "public_stale", "federated_stale", "conflicts", "public_phase_start", "last_public_gain")
+        keys = (
+            "best_public",
+            "best_federated",
+            "public_stale",
+            "federated_stale",
+            "conflicts",
+            "public_run",
+            "public_phase_start",
+            "last_public_gain",
+        )
         values = {k: getattr(self, k) for k in keys}
         return {k: None if isinstance(v, float) and math.isinf(v) else v for k, v in values.items()}  # JSON has no inf
 

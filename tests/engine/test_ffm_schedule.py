@@ -147,3 +147,11 @@ def test_bad_ffm_settings_name_their_key(key, value):
 
     with pytest.raises(ConfigError, match=f"ffm.{key}"):
         FFMConfig(**{key: value})
+
+
+def test_a_public_phase_ends_after_max_public_units_even_while_it_improves():
+    schedule = adaptive(max_public_units=3)
+    assert schedule.next(public(1, 2.0)).phase == PUBLIC
+    assert schedule.next(public(2, 1.5)).phase == PUBLIC
+    decision = schedule.next(public(3, 1.0))
+    assert decision.phase == FEDERATED and "long enough (3 units)" in decision.reason
