@@ -10,8 +10,9 @@ Arms, each with the same number of units (``server.rounds``) and the same privat
 * ``adaptive``: the adaptive switch of docs/ffm.md;
 * ``reference``: the server trains on 95% of all the data (the unreachable "centralized on all data" bound).
 
-A public unit runs as many optimizer steps as one client's local round (``client.local_steps``), so a unit costs
-the server what a round costs one client. Optional DP-SGD at ε = 8 on the federated phases.
+A public unit runs 40 optimizer steps of batch 32: the examples one federated round processes (8 clients x 5 local
+steps of 32), so every arm sees the same number of example-gradients per unit. Optional DP-SGD at ε = 8 on the
+federated phases.
 
     python benchmarks/ffm_claims.py --quick            # alpha 0.1, seed 0, public 5%: 5 runs, a few minutes
     python benchmarks/ffm_claims.py                    # alpha {0.1, 0.5, 1.0} x seeds {0, 1, 2} x public {1, 5, 20}%
@@ -50,7 +51,7 @@ def config(arm: str, *, alpha: float, seed: int, share: float, units: int, dp: b
         "model": {"arch": "cnn", "finetune": "full"},
         "client": {"local_steps": 5, "batch_size": 32, "lr": 0.05},
         "server": {"rounds": units, "eval_every": units},
-        "ffm": {"schedule": schedule, "public_steps": 5, "patience": 2, "min_delta": 0.01, "forgetting": 0.05},
+        "ffm": {"schedule": schedule, "public_steps": 40, "patience": 2, "min_delta": 0.01, "forgetting": 0.05},
     }
     if dp:
         raw["privacy"] = {"mode": "dp-sgd", "target_epsilon": 8.0, "max_grad_norm": 1.0}

@@ -78,37 +78,36 @@ class Schedule(ABC):
 SCHEDULES: Registry[type[Schedule]] = Registry("FFM schedule")
 
 
+class _SinglePhase(Schedule):
+    """Every unit runs :attr:`phase`."""
+
+    phase: ClassVar[str]
+
+    def __init__(self, config: FFMConfig) -> None:
+        pass
+
+    def first(self) -> Decision:
+        return Decision(self.phase, f"schedule: {self.name} only")
+
+    def next(self, signals: RoundSignals) -> Decision:
+        return self.first()
+
+
 @SCHEDULES.register("federated")
-class FederatedOnly(Schedule):
+class FederatedOnly(_SinglePhase):
     """Federated rounds only: FL on private data (the paper's "FL-only" baseline; the default)."""
 
     name = "federated"
     needs_public = False
-
-    def __init__(self, config: FFMConfig) -> None:
-        pass
-
-    def first(self) -> Decision:
-        return Decision(FEDERATED, "schedule: federated only")
-
-    def next(self, signals: RoundSignals) -> Decision:
-        return Decision(FEDERATED, "schedule: federated only")
+    phase = FEDERATED
 
 
 @SCHEDULES.register("centralized")
-class CentralizedOnly(Schedule):
+class CentralizedOnly(_SinglePhase):
     """Public phases only: the server trains on its public data (the "centralized FM optimization" baseline)."""
 
     name = "centralized"
-
-    def __init__(self, config: FFMConfig) -> None:
-        pass
-
-    def first(self) -> Decision:
-        return Decision(PUBLIC, "schedule: centralized only")
-
-    def next(self, signals: RoundSignals) -> Decision:
-        return Decision(PUBLIC, "schedule: centralized only")
+    phase = PUBLIC
 
 
 @SCHEDULES.register("alternating")
