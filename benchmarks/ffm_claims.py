@@ -17,6 +17,7 @@ federated phases.
     python benchmarks/ffm_claims.py --quick            # alpha 0.1, seed 0, public 5%: 5 runs, a few minutes
     python benchmarks/ffm_claims.py                    # alpha {0.1, 0.5, 1.0} x seeds {0, 1, 2} x public {1, 5, 20}%
     python benchmarks/ffm_claims.py --alphas 0.1 1.0 --shares 0.05 --dp
+    python benchmarks/ffm_claims.py --ablation --alphas 0.1 1.0 --shares 0.05
 """
 
 from __future__ import annotations
@@ -33,10 +34,18 @@ from secure_ffm.config import config_from_dict
 from secure_ffm.run.simulation import Simulation, prepare_run
 
 ARMS = ("centralized", "federated", "alternating", "adaptive", "reference")
+ABLATION = {
+    "adaptive": {},
+    "adaptive, forgetting 20%": {"forgetting": 0.2},
+    "adaptive, no forgetting test": {"forgetting": 1e9},
+    "adaptive, no cap on public units": {"max_public_units": 1000},
+    "adaptive, patience 4": {"patience": 4},
+}
+"""``--ablation``: the adaptive rule with one branch changed at a time (docs/ffm.md)."""
 
 
 def config(arm: str, *, alpha: float, seed: int, share: float, units: int, dp: bool) -> dict:
-    schedule = {"reference": "centralized"}.get(arm, arm)
+    schedule = "adaptive" if arm in ABLATION else {"reference": "centralized"}.get(arm, arm)
     raw = {
         "run": {"seed": seed, "name": f"ffm-{arm}", "threads": 1},
         "data": {
@@ -51,7 +60,7 @@ def config(arm: str, *, alpha: float, seed: int, share: float, units: int, dp: b
         "model": {"arch": "cnn", "finetune": "full"},
         "client": {"local_steps": 5, "batch_size": 32, "lr": 0.05},
         "server": {"rounds": units, "eval_every": units},
-        "ffm": {"schedule": schedule, "public_steps": 40, "patience": 2, "min_delta": 0.01, "forgetting": 0.05},
+        "ffm": {"schedule": schedule, "public_steps": 40, "patience": 2, "min_delta": 0.01, "forgetting": 0.05, **ABLATION.get(arm, {})},
     }
     if dp:
         raw["privacy"] = {"mode": "dp-sgd", "target_epsilon": 8.0, "max_grad_norm": 1.0}
@@ -80,22 +89,25 @@ def main() -> None:
     parser.add_argument("--shares", type=float, nargs="+", default=[0.01, 0.05, 0.2])
     parser.add_argument("--units", type=int, default=16, help="units (rounds) per run")
     parser.add_argument("--dp", action="store_true", help="DP-SGD at epsilon 8 on the federated phases")
+    parser.add_argument("--ablation", action="store_true", help="the adaptive rule with one branch changed at a time")
     args = parser.parse_args()
     if args.quick:
         args.alphas, args.seeds, args.shares = [0.1], [0], [0.05]
+    arms = tuple(ABLATION) if args.ablation else ARMS
     torch.set_num_threads(1)
     runs = []
     for alpha in args.alphas:
         for share in args.shares:
             for seed in args.seeds:
-                for arm in ARMS:
+                for arm in arms:
                     result = run(config(arm, alpha=alpha, seed=seed, share=share, units=args.units, dp=args.dp))
                     runs.append({"arm": arm, "alpha": alpha, "public_share": share, "seed": seed, "dp": args.dp, **result})
     table = []
     for alpha in args.alphas:
         for share in args.shares:
-            for arm in ARMS:
-                accs = [r["test_accuracy"] for r in runs if (r["arm"], r["alpha"], r["public_share"]) == (arm, alpha, share)]
+            for arm in arms:
+                cell = [r for r in runs if (r["arm"], r["alpha"], r["public_share"]) == (arm, alpha, share)]
+                accs = [r["test_accuracy"] for r in cell]
                 table.append(
                     {
                         "alpha": alpha,
@@ -103,11 +115,12 @@ def main() -> None:
                         "arm": arm,
                         "accuracy mean": statistics.mean(accs),
                         "std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+                        "public units": statistics.mean(r["public_units"] for r in cell),
                         "seeds": len(accs),
                     }
                 )
     print_table(f"FFM claims: Fashion-MNIST CNN, 8 clients, {args.units} units{', DP-SGD eps 8' if args.dp else ''}", table)
-    name = "ffm_claims_quick" if args.quick else "ffm_claims" + ("_dp" if args.dp else "")
+    name = "ffm_claims_quick" if args.quick else "ffm_claims" + ("_ablation" if args.ablation else "") + ("_dp" if args.dp else "")
     write_result(name, {"settings": vars(args), "runs": runs, "table": table})
 
 
