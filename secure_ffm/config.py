@@ -503,6 +503,9 @@ class FFMConfig:
     forgetting: float = 0.05
     """adaptive: a federated round that leaves the public loss this much (relative) above its best sends the next
     unit back to public data."""
+    export: bool = False
+    """Write ``RUN_DIR/model/`` at the end with ``save_pretrained`` (Hugging Face text models: the encoder, LoRA
+    merged, and its tokenizer), so that ``model.name_or_path = "RUN_DIR/model"`` fine-tunes from it."""
 
     def __post_init__(self) -> None:
         from secure_ffm.engine.schedule import SCHEDULES

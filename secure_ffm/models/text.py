@@ -196,6 +196,24 @@ class TextModel(FederatedModel):
             labels=encoded.labels[torch.from_numpy(index)],
         )
 
+    def export_pretrained(self, folder: Path) -> None:
+        """Write the encoder and tokenizer to ``folder`` with ``save_pretrained`` (FFM pre-training's export), so that
+        ``model.name_or_path = "<folder>"`` starts the next run from it. LoRA adapters are merged into the weights
+        (the export is a plain encoder of the original architecture); the classification head is not exported."""
+        import copy
+
+        encoder = copy.deepcopy(self.module.encoder)
+        for module in encoder.modules():
+            if hasattr(module, "base_layer") and hasattr(module, "merge"):
+                module.merge()  # peft LoRA layer: W += scale * B @ A
+        state = {}
+        for name, value in encoder.state_dict().items():
+            if "lora_" in name:
+                continue
+            state[name.replace(".base_layer.", ".")] = value
+        encoder.save_pretrained(folder, state_dict=state)
+        self.tokenizer.save_pretrained(folder)
+
 
 def _token_limit(tokenizer: Any, encoder: nn.Module, max_length: int, position_offset: int) -> int:
     limit = max_length

@@ -104,6 +104,12 @@ def prepare_run(config: Config) -> PreparedRun:
     """Load and partition the data, build the model and encode the data (raises ConfigError on bad input)."""
     data, model = load_data_and_model(config)
     PROTOCOLS.get(config.secure_aggregation.protocol, key="secure_aggregation.protocol").check_run(config, data)
+    if config.ffm.export and not hasattr(model, "export_pretrained"):
+        raise ConfigError(
+            "ffm.export",
+            f"model.arch = {config.model.arch!r} has no pretrained format to export",
+            'use a Hugging Face text model (model.arch = "hf-text"), or set ffm.export = false',
+        )
     privacy = build_mechanism(config, data)  # calibrates noise; an unmeetable budget raises here
     privacy.check_model(model)
     encoded_private = model.encode(data.private)
@@ -424,6 +430,9 @@ class Simulation:
             if client_eval is not None:
                 self.writer.write_clients(self.clients_document(client_eval))
             metadata = {"arch": self.config.model.arch, "finetune": self.config.model.finetune, "round": str(self.config.server.rounds)}
+            if self.config.ffm.export:
+                self.prepared.model.set_trainable(self.server.parameters)
+                self.writer.export_model(self.prepared.model)
             self.writer.finish(
                 parameters=self.server.parameters, metadata=metadata, summary=summary, ledger=self.privacy.ledger(self.client_states)
             )
