@@ -317,7 +317,7 @@ def check_samples(prepared: PreparedCase, clients: Sequence[int], batch_size: in
             )
 
 
-def _client_batch(prepared: PreparedCase, client: int, batch_size: int, seed: int, sample: int = 0) -> tuple[Batch, np.ndarray]:
+def _batch_indices(prepared: PreparedCase, client: int, batch_size: int, seed: int, sample: int = 0) -> np.ndarray:
     """The client's batch number ``sample``: batch 0 is a seeded draw; later batches are disjoint slices of a seeded order of the rest."""
     check_samples(prepared, [client], batch_size, sample + 1)
     indices = prepared.client_indices[client]
@@ -326,7 +326,32 @@ def _client_batch(prepared: PreparedCase, client: int, batch_size: int, seed: in
     if sample:
         rest = np.random.default_rng([seed, client, 0xA0D17, 1]).permutation(np.setdiff1d(indices, chosen))
         chosen = np.sort(rest[(sample - 1) * batch_size : sample * batch_size])
-    return prepared.model.make_batch(prepared.encoded, chosen), chosen
+    return chosen
+
+
+def _observation(
+    model: FederatedModel,
+    batch: Batch,
+    *,
+    observes: str,
+    knows_labels: bool,
+    setup: TrainingSetup,
+    parameters: NamedArrays,
+    observed: NamedArrays,
+) -> Observation:
+    """What the attacker gets: the observed arrays and the model, plus (with ``knows_labels``) the target batch's labels and
+    the inputs every attack may assume known (attention masks and the like, not pixels or token ids)."""
+    return Observation(
+        threat_model=ThreatModel(observes=observes, knows_labels=knows_labels),
+        setup=setup,
+        model=model,
+        parameters=parameters,
+        observed=observed,
+        data_kind=data_kind(model),
+        input_shape=tuple(next(iter(batch.inputs.values())).shape[1:]),
+        labels=batch.labels.clone() if knows_labels else None,
+        extras={k: v.clone() for k, v in batch.inputs.items() if k not in ("pixels", "input_ids")},
+    )
 
 
 def observe_config(
@@ -362,25 +387,21 @@ def observe_config(
     )
     batches, indices = [], {}
     for client in participants:
-        batch, indices[client] = _client_batch(prepared, client, case.batch_size, seed, sample)
-        batches.append(batch)
+        indices[client] = _batch_indices(prepared, client, case.batch_size, seed, sample)
+        batches.append(model.make_batch(prepared.encoded, indices[client]))
     global_parameters = model.get_trainable()
     observed = _server_view(
         prepared, participants, indices, setup, kind=kind, global_parameters=global_parameters, seed=seed, sample=sample
     )
     model.set_trainable(global_parameters)
-    observation = Observation(
-        threat_model=ThreatModel(
-            observes="aggregate" if secure else ("update" if kind == "update" else "gradient"), knows_labels=case.knows_labels
-        ),
+    observation = _observation(
+        model,
+        batches[0],
+        observes="aggregate" if secure else ("update" if kind == "update" else "gradient"),
+        knows_labels=case.knows_labels,
         setup=setup,
-        model=model,
         parameters=global_parameters,
         observed=observed,
-        data_kind=data_kind(model),
-        input_shape=tuple(next(iter(batches[0].inputs.values())).shape[1:]),
-        labels=batches[0].labels.clone() if case.knows_labels else None,
-        extras={k: v.clone() for k, v in batches[0].inputs.items() if k not in ("pixels", "input_ids")},
     )
     truth = _truth(prepared, batches)
     return observation, truth
@@ -605,7 +626,7 @@ def audit_config(
     build_attack(attack, settings)  # validate the attack name and settings before any heavy work
     prepared = prepared or prepare_case(config)
     observation, truth = observe_config(prepared, case, seed=seed, parameters=parameters, sample=sample)
-    chosen = _client_batch(prepared, case.client, case.batch_size, seed, sample)[1]
+    chosen = _batch_indices(prepared, case.client, case.batch_size, seed, sample)
     protections = protections_of(config)
     if prepared.dp_noise:  # the mechanism replaces the trainer (DP-SGD)
         protections["noise_multiplier"] = prepared.dp_noise[case.client]
@@ -661,16 +682,14 @@ def audit_capture(
         learning_rate=float(meta.get("learning_rate") or 0.1),
         num_clients=int(meta.get("num_clients") or 1),
     )
-    observation = Observation(
-        threat_model=ThreatModel(observes=captured.observes, knows_labels=knows_labels),
+    observation = _observation(
+        model,
+        batch,
+        observes=captured.observes,
+        knows_labels=knows_labels,
         setup=setup,
-        model=model,
         parameters=captured.global_parameters,
         observed=captured.observed,
-        data_kind=data_kind(model),
-        input_shape=tuple(next(iter(batch.inputs.values())).shape[1:]),
-        labels=batch.labels.clone() if knows_labels else None,
-        extras={k: v.clone() for k, v in batch.inputs.items() if k not in ("pixels", "input_ids")},
     )
     batches = [batch]
     if captured.observes == "aggregate":

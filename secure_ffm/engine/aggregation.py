@@ -24,7 +24,7 @@ import dataclasses
 import json
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Generator, Mapping, Sequence
+from collections.abc import Callable, Collection, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
@@ -225,7 +225,7 @@ class ClientRound(ABC):
         ``payload`` is this client's part of the fit request from :meth:`ServerRound.setup` (None without one)."""
 
 
-def run_stages(stages: Stages[_T], answer: Any) -> _T:
+def run_stages(stages: Stages[_T], answer: Callable[[Stage], StageReplies]) -> _T:
     """Drive ``stages`` to their result; ``answer(stage) -> StageReplies`` delivers each stage (a transport's job)."""
     try:
         stage = next(stages)

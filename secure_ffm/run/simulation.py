@@ -32,7 +32,7 @@ from secure_ffm.data.base import FederatedData
 from secure_ffm.engine.aggregation import PROTOCOLS, Aggregate, AggregationProtocol
 from secure_ffm.engine.client import FederatedClient
 from secure_ffm.engine.orchestrator import RoundHooks, RoundOrchestrator, RunObserver
-from secure_ffm.engine.schedule import FEDERATED, PUBLIC, Decision, RoundSignals, build_schedule
+from secure_ffm.engine.schedule import FEDERATED, PUBLIC, SCHEDULES, Decision, RoundSignals, build_schedule
 from secure_ffm.engine.server import Server
 from secure_ffm.engine.strategies import build_strategy
 from secure_ffm.engine.training import StandardTrainer, build_trainer, evaluate
@@ -80,7 +80,7 @@ class PreparedRun:
     privacy: PrivacyMechanism
     initial_parameters: dict[str, np.ndarray] = field(default_factory=dict)
     encoded_public: EncodedData | None = None
-    """The server's public data (``data.public_fraction``), encoded; no client ever receives it."""
+    """The server's public data (``data.public_fraction``), encoded when the FFM schedule trains on it; no client ever receives it."""
 
 
 def load_data_and_model(config: Config) -> tuple[FederatedData, FederatedModel]:
@@ -114,7 +114,9 @@ def prepare_run(config: Config) -> PreparedRun:
     privacy.check_model(model)
     encoded_private = model.encode(data.private)
     encoded_test = model.encode(data.test)
-    encoded_public = model.encode(data.public) if data.public is not None and len(data.public) else None
+    # the server's public data is encoded only for a schedule that trains on it
+    uses_public = SCHEDULES.get(config.ffm.schedule, key="ffm.schedule").needs_public
+    encoded_public = model.encode(data.public) if uses_public and data.public is not None and len(data.public) else None
     return PreparedRun(config, data, model, encoded_private, encoded_test, privacy, model.get_trainable(), encoded_public)
 
 
@@ -385,9 +387,6 @@ class Simulation:
         """The server-side evaluation: ``parameters`` on the held-out test data."""
         self.prepared.model.set_trainable(parameters)
         return evaluate(self.prepared.model, self.prepared.encoded_test, batch_size=self.config.server.eval_batch_size)
-
-    def evaluate_global(self):  # noqa: ANN201 - EvalResult
-        return self.evaluate_parameters(self.server.parameters)
 
     # ------------------------------------------------------------------ run
 

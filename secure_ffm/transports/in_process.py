@@ -67,8 +67,8 @@ class InProcessTransport(Transport):
 
     def _half(self, round: int, client_id: int) -> ClientRound:
         """Client ``client_id``'s protocol half for ``round`` (made on its first request of the round)."""
-        if self._round != round:
-            self.end_round(self._round if self._round is not None else round)
+        if self._round != round:  # a new round: the last one's halves are gone
+            self.end_round(round)
             self._round = round
         half = self._halves.get(client_id)
         if half is None:
