@@ -35,7 +35,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from attacks.base import Budget, GroundTruth, NamedArrays, Observation, Reconstruction, ThreatModel, TrainingSetup, build_attack
 from attacks.case import data_kind, local_minibatches, stack_inputs
@@ -232,7 +231,7 @@ class AuditCaseTrainer(LocalTrainer):
                     total_loss += stepper.step(batch)
                     continue
                 optimizer.zero_grad(set_to_none=True)
-                loss = F.cross_entropy(model.module(**batch.inputs), batch.labels)
+                loss = model.loss(batch)
                 loss.backward()
                 optimizer.step()
                 total_loss += float(loss.detach())

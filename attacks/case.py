@@ -13,7 +13,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from attacks.base import GroundTruth, NamedArrays, Observation, ThreatModel, TrainingSetup
 from secure_ffm.models.base import Batch, FederatedModel
@@ -31,12 +30,12 @@ def _trainable(model: FederatedModel) -> list[tuple[str, torch.nn.Parameter]]:
 
 
 def batch_gradient(model: FederatedModel, batch: Batch) -> NamedArrays:
-    """Gradient of the mean cross-entropy over ``batch`` w.r.t. every trainable parameter."""
+    """Gradient of the model objective's mean loss over ``batch`` w.r.t. every trainable parameter."""
     named = _trainable(model)
     was_training = model.module.training
     model.module.eval()
     try:
-        loss = F.cross_entropy(model.module(**batch.inputs), batch.labels)
+        loss = model.loss(batch)
         grads = torch.autograd.grad(loss, [p for _, p in named])
     finally:
         model.module.train(was_training)
@@ -57,7 +56,7 @@ def local_update(model: FederatedModel, batch: Batch, setup: TrainingSetup) -> N
     try:
         for indices in local_minibatches(len(batch), setup.local_batch_size, setup.local_steps):
             step = _select(batch, indices)
-            loss = F.cross_entropy(model.module(**step.inputs), step.labels)
+            loss = model.loss(step)
             grads = torch.autograd.grad(loss, [p for _, p in named])
             with torch.no_grad():
                 for (_, p), g in zip(named, grads, strict=True):

@@ -150,8 +150,14 @@ class ModelConfig:
     """``hf-text`` (any Hugging Face encoder with a classification head), ``cnn`` or ``vit``."""
     name_or_path: str = "all-MiniLM-L6-v2"
     """Hugging Face model name or local path; ``all-MiniLM-L6-v2`` is the bundled offline copy."""
+    objective: str = "classification"
+    """``classification`` (a class head, cross-entropy) or ``mlm``: masked-language-model (continued) pre-training
+    of a Hugging Face encoder (FFM pre-training, docs/ffm.md), with transformers' 80-10-10 masking collator;
+    metrics are the held-out masked-token loss, accuracy and perplexity."""
+    mlm_probability: float = 0.15
+    """mlm: share of the tokens (special tokens excepted) masked in each training sequence."""
     finetune: str = "lora"
-    """``full``, ``lora`` (adapters plus head) or ``head`` (classifier only)."""
+    """``full``, ``lora`` (adapters plus head) or ``head`` (classifier only; the MLM head for ``mlm``)."""
     pooling: str = "mean"
     """``mean`` over tokens or ``cls`` token, for ``hf-text``."""
     lora_rank: int = 8
@@ -164,6 +170,11 @@ class ModelConfig:
     vit_heads: int = 4
 
     def __post_init__(self) -> None:
+        from secure_ffm.models.objectives import OBJECTIVES
+
+        _choice("model", "objective", self.objective, OBJECTIVES.names())
+        if not 0.0 < self.mlm_probability < 1.0:
+            raise ConfigError("model.mlm_probability", f"must be in (0, 1), got {self.mlm_probability!r}", "use e.g. 0.15 (BERT's)")
         _choice("model", "finetune", self.finetune, ("full", "lora", "head"))
         _choice("model", "pooling", self.pooling, ("mean", "cls"))
         _positive("model", "lora_rank", self.lora_rank)

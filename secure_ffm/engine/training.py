@@ -14,12 +14,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from secure_ffm.config import ClientConfig
 from secure_ffm.engine.wire import NamedArrays, Scalar
-from secure_ffm.metrics import accuracy, macro_f1
 from secure_ffm.models.base import Batch, EncodedData, FederatedModel
+from secure_ffm.models.objectives import EvalResult
 from secure_ffm.privacy.noise import PrivateRandomness
 from secure_ffm.registry import Registry
 
@@ -49,7 +48,7 @@ def shuffled_batches(
     """One epoch over ``indices`` in an order drawn from ``generator``."""
     order = indices[torch.randperm(len(indices), generator=generator).numpy()]
     for start in range(0, len(order), batch_size):
-        yield model.make_batch(encoded, order[start : start + batch_size])
+        yield model.make_training_batch(encoded, order[start : start + batch_size], generator=generator)
 
 
 def make_optimizer(params: list[torch.nn.Parameter], config: ClientConfig) -> torch.optim.Optimizer:
@@ -123,8 +122,7 @@ class StandardTrainer(LocalTrainer):
         total_loss, total_seen, steps = 0.0, 0, 0
         for batch in self.batches(model, encoded, indices, generator):
             optimizer.zero_grad(set_to_none=True)
-            logits = model.module(**batch.inputs)
-            loss = F.cross_entropy(logits, batch.labels)
+            loss = model.loss(batch)
             objective = loss
             if mu > 0:
                 proximal = sum(((p - a) ** 2).sum() for p, a in zip(params, anchors, strict=True))
@@ -148,40 +146,16 @@ def build_trainer(config: ClientConfig) -> LocalTrainer:
     return TRAINERS.get(config.trainer, key="client.trainer")(config)
 
 
-@dataclass(frozen=True)
-class EvalResult:
-    loss: float
-    accuracy: float
-    macro_f1: float
-    num_examples: int
-
-    def as_dict(self, prefix: str = "") -> dict[str, float]:
-        return {
-            f"{prefix}loss": self.loss,
-            f"{prefix}accuracy": self.accuracy,
-            f"{prefix}macro_f1": self.macro_f1,
-        }
-
-
 @torch.no_grad()
 def evaluate(model: FederatedModel, encoded: EncodedData, indices: np.ndarray | None = None, *, batch_size: int = 128) -> EvalResult:
-    """Mean cross-entropy, accuracy and macro F1 of ``model`` on ``encoded`` (or its ``indices``)."""
+    """The model objective's held-out metrics on ``encoded`` (or its ``indices``): for classification mean
+    cross-entropy, accuracy and macro F1; for MLM masked-token loss, accuracy and perplexity."""
     if indices is None:
         indices = np.arange(len(encoded))
     model.module.eval()
-    losses, predictions, labels = [], [], []
-    for start in range(0, len(indices), batch_size):
-        batch = model.make_batch(encoded, indices[start : start + batch_size])
-        logits = model.module(**batch.inputs)
-        losses.append(float(F.cross_entropy(logits, batch.labels, reduction="sum")))
-        predictions.append(logits.argmax(dim=-1).numpy())
-        labels.append(batch.labels.numpy())
-    y_pred = np.concatenate(predictions) if predictions else np.zeros(0, dtype=np.int64)
-    y_true = np.concatenate(labels) if labels else np.zeros(0, dtype=np.int64)
-    n = len(y_true)
-    return EvalResult(
-        loss=sum(losses) / n if n else float("nan"),
-        accuracy=accuracy(y_true, y_pred),
-        macro_f1=macro_f1(y_true, y_pred),
-        num_examples=n,
-    )
+    tally = model.objective.tally()
+    size = max(1, min(batch_size, model.objective.max_eval_batch))
+    for start in range(0, len(indices), size):
+        batch = model.make_batch(encoded, indices[start : start + size])
+        tally.add(model.module(**batch.inputs), batch.labels)
+    return tally.result()

@@ -17,11 +17,13 @@ import torch
 
 from secure_ffm.data.base import LabeledData
 from secure_ffm.engine.wire import NamedArrays
+from secure_ffm.models.objectives import CLASSIFICATION, Objective
 
 
 @dataclass(frozen=True)
 class Batch:
-    """Model inputs (keyword arguments of ``module.forward``) and integer labels.
+    """Model inputs (keyword arguments of ``module.forward``) and labels: class ids ``(B,)``, or for masked language
+    modeling token ids ``(B, L)`` with -100 where nothing is predicted.
 
     Every tensor in ``inputs`` has one row per example (Opacus needs per-sample
     ``position_ids``/``token_type_ids`` for BERT-family models).
@@ -51,6 +53,8 @@ class FederatedModel(ABC):
 
     module: torch.nn.Module
     num_classes: int
+    objective: Objective = CLASSIFICATION
+    """What the model is trained for: its loss and its evaluation (:mod:`secure_ffm.models.objectives`)."""
 
     @abstractmethod
     def encode(self, data: LabeledData) -> EncodedData:
@@ -59,6 +63,15 @@ class FederatedModel(ABC):
     @abstractmethod
     def make_batch(self, encoded: EncodedData, indices: np.ndarray) -> Batch:
         """The batch of examples ``indices`` (text is padded to the longest in the batch)."""
+
+    def make_training_batch(self, encoded: EncodedData, indices: np.ndarray, *, generator: torch.Generator) -> Batch:
+        """The batch a training step uses: :meth:`make_batch`, plus what the objective draws per step (the random
+        masks of masked language modeling, from ``generator``)."""
+        return self.make_batch(encoded, indices)
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        """The objective's mean loss of the module on ``batch`` (differentiable)."""
+        return self.objective.loss(self.module(**batch.inputs), batch.labels)
 
     def batches(
         self,

