@@ -1,7 +1,8 @@
 # Two commands do all set-up on a fresh Debian machine with Python 3.11 and root:
 #   make demo   - install everything, then run the main job: federated MiniLM fine-tuning with DP-SGD
 #                 and secure aggregation, a leakage audit, and the privacy-utility report
-#   make test   - install everything, then run the test suite
+#   make test   - install everything, then run the test suite (it also installs Debian's chromium and
+#                 chromium-driver, for the test that opens the HTML report in a headless browser)
 # Both are idempotent: a second run only re-installs when pyproject.toml changed.
 
 PYTHON ?= python3
@@ -9,6 +10,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.secure-ffm-installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+CHROMEDRIVER := /usr/bin/chromedriver
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 FLWR_TELEMETRY_ENABLED=0 TOKENIZERS_PARALLELISM=false
 
 .PHONY: setup demo test bench clean
@@ -17,6 +19,10 @@ setup: $(STAMP) $(FMNIST)
 
 $(FMNIST):
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist
+
+# headless Chromium and its driver, for tests/eval/test_report_browser.py only (not needed by `make demo`)
+$(CHROMEDRIVER):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv)
@@ -29,7 +35,7 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(OFFLINE) $(BIN)/secure-ffm sweep configs/sweep_demo.toml --out runs/demo --report
 
-test: setup
+test: setup $(CHROMEDRIVER)
 	$(OFFLINE) $(BIN)/python -m pytest -q
 
 bench: setup

@@ -3,7 +3,8 @@
 ``report.html`` embeds the plots as base64 PNG (no external file, script, font or style sheet,
 so it opens offline and can be mailed), then lists every point (settings, status, utility, ε,
 attack metrics, errors), the privacy ledger of every point, recovered sentences for text
-audits, and the resolved sweep file.
+audits, and the resolved sweep file. It stays readable on a laptop: a table wider than the window
+scrolls in its own box, not the page (tests/eval/test_report_browser.py checks it in headless Chromium).
 """
 
 from __future__ import annotations
@@ -32,12 +33,13 @@ CAPTIONS = {
 STYLE = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:2em auto;max-width:1200px;padding:0 1em;color:#222}
 h1{margin-bottom:.2em} h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}
-table{border-collapse:collapse;font-size:.82em;margin:.5em 0;width:100%}
-th,td{border:1px solid #ddd;padding:.25em .45em;text-align:left;vertical-align:top}
-th{background:#f4f4f4;position:sticky;top:0} td.n{text-align:right;font-variant-numeric:tabular-nums}
+.table{overflow:auto;max-height:85vh;margin:.5em 0}
+table{border-collapse:collapse;font-size:.82rem;width:100%}
+th,td{border:1px solid #ddd;padding:.25em .45em;text-align:left;vertical-align:top;overflow-wrap:break-word}
+th{background:#f4f4f4;position:sticky;top:0} td.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 tr.failed td{background:#fff0f0} tr.missing td{color:#999}
-figure{margin:1.2em 0} figure img{max-width:100%;border:1px solid #eee} figcaption{font-size:.85em;color:#555}
-pre{background:#f7f7f7;padding:.8em;overflow-x:auto;font-size:.8em} .muted{color:#777} .warning{color:#a00000}
+figure{margin:1.2em 0} figure img{max-width:100%;height:auto;border:1px solid #eee} figcaption{font-size:.85rem;color:#555}
+pre{background:#f7f7f7;padding:.8em;overflow-x:auto;font-size:.8rem} .muted{color:#777} .warning{color:#a00000}
 """
 
 
@@ -63,8 +65,9 @@ def _cell(value: Any, *, numeric: bool = False, digits: int = 4) -> str:
 
 
 def _table(header: Sequence[str], body: Sequence[str]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    head = "".join(f"<th>{html.escape(h).replace('_', '_<wbr>')}</th>" for h in header)  # metric names wrap at their underscores
+    # in its own scrolling box: a sweep with many axes and metrics scrolls its table, not the page (the header stays in view)
+    return f"<div class='table'><table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
 
 
 def _epsilon(row: Mapping[str, Any]) -> Any:
