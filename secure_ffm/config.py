@@ -789,7 +789,8 @@ def _surely_local(path: str) -> bool:
 
 def local_paths(config: Config) -> list[tuple[str, str, str, bool]]:
     """The local files and folders ``config`` names, as ``(key, value, path, surely_local)``: a data file or corpus (of
-    ``[data]`` and ``[public_data]``), the folder of an ``hf:`` dataset and a model folder (``surely_local`` False: the value may as well be a Hugging Face Hub name)."""
+    ``[data]`` and ``[public_data]``), the folder of an ``hf:`` dataset and a model folder (``surely_local`` False: the
+    value may as well be a Hugging Face Hub name)."""
     from secure_ffm.data.external import looks_like_path
 
     found = []

@@ -196,7 +196,7 @@ def _hf_unlabeled(config: DataConfig, name: str, train: Any, test: Any | None) -
     """The text column alone (``data.label_column = ""``): its test split, or ``data.test_fraction`` held out."""
     train_texts, _ = _hf_columns(train, config, f"{name}[{config.train_split}]")
     if test is None:
-        logger.info("%s has no split %r; holding out data.test_fraction=%s of %r", name, config.test_split, config.test_fraction, config.train_split)
+        logger.info("%s has no split %r; holding out data.test_fraction of %r", name, config.test_split, config.train_split)
         return corpus_splits(config.dataset, tuple(train_texts), config.test_fraction, key="data.train_split")
     test_texts, _ = _hf_columns(test, config, f"{name}[{config.test_split}]")
     if not train_texts or not test_texts:
