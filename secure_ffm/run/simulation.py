@@ -120,6 +120,8 @@ def prepare_run(config: Config) -> PreparedRun:
     encoded_test = model.encode(data.test)
     # the server's public data is encoded only for a schedule that trains on it
     uses_public = SCHEDULES.get(config.ffm.schedule, key="ffm.schedule").needs_public
+    if config.public_data is not None and not uses_public:
+        log.warning("[public_data] is loaded but ffm.schedule = %r never trains on it", config.ffm.schedule)
     encoded_public = model.encode(data.public) if uses_public and data.public is not None and len(data.public) else None
     return PreparedRun(config, data, model, encoded_private, encoded_test, privacy, model.get_trainable(), encoded_public)
 
