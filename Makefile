@@ -11,11 +11,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.secure-ffm-installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 CHROMEDRIVER := /usr/bin/chromedriver
+FORTUNES := /usr/share/games/fortunes/computers
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 FLWR_TELEMETRY_ENABLED=0 TOKENIZERS_PARALLELISM=false
 
 .PHONY: setup demo test bench clean
 
-setup: $(STAMP) $(FMNIST)
+setup: $(STAMP) $(FMNIST) $(FORTUNES)
 
 $(FMNIST):
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist
@@ -23,6 +24,10 @@ $(FMNIST):
 # headless Chromium and its driver, for tests/eval/test_report_browser.py only (not needed by `make demo`)
 $(CHROMEDRIVER):
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver
+
+# the built-in unlabeled corpus `fortunes` (general-domain English text for MLM pre-training; BSD licence)
+$(FORTUNES):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fortunes
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv)

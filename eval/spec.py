@@ -446,9 +446,9 @@ def ensure_attacks_registered(name: str) -> None:
 
 def _check_data(config: Config) -> None:
     """Load and partition the point's data (fast: datasets are cached), as the run would; raises ConfigError."""
-    from secure_ffm.data import load_federated_data
+    from secure_ffm.data import load_run_data
 
-    load_federated_data(config.data, config.run.seed)
+    load_run_data(config)
 
 
 def _check_attack(spec: SweepSpec) -> None:

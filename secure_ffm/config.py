@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from secure_ffm.errors import ConfigError
+from secure_ffm.errors import ConfigError, section_renamed
 from secure_ffm.registry import did_you_mean
 from secure_ffm.variants import MECHANISMS, PROTOCOLS
 
@@ -96,11 +96,12 @@ class DataConfig:
     """``[data]``: which dataset, how much of it, and how it is split over clients."""
 
     dataset: str = "movie_reviews"
-    """A built-in name (``fashion_mnist``, ``digits``, ``movie_reviews``, ``sms_spam``, ``trec``),
-    ``hf:<name>[:<config>]`` for a Hugging Face dataset, or a path to a local
-    ``.csv``, ``.jsonl`` or ``.parquet`` file."""
+    """A built-in name (``fashion_mnist``, ``digits``, ``movie_reviews``, ``sms_spam``, ``trec``, and the unlabeled
+    ``fortunes``), ``hf:<name>[:<config>]`` for a Hugging Face dataset, a path to a local ``.csv``, ``.jsonl`` or
+    ``.parquet`` file, or a ``.txt`` file or folder of them (unlabeled text, one document per line)."""
     text_column: str = "text"
     label_column: str = "label"
+    """The column of labels; ``""`` reads the texts alone, as unlabeled text (for masked-language-model pre-training)."""
     train_split: str = "train"
     test_split: str = "test"
     test_fraction: float = 0.2
@@ -121,6 +122,7 @@ class DataConfig:
     """Token limit for text inputs."""
 
     def __post_init__(self) -> None:
+        # label_column = "" means "no labels" (unlabeled text for masked-language-model pre-training)
         if not self.dataset:
             raise ConfigError("data.dataset", "is empty", "name a built-in dataset, hf:<name> or a file path")
         _positive("data", "num_clients", self.num_clients)
@@ -140,6 +142,32 @@ class DataConfig:
             raise ConfigError("data.public_fraction", f"must be in [0, 1), got {self.public_fraction!r}", "use e.g. 0.1 for 10%")
         if not 0.0 < self.test_fraction < 1.0:
             raise ConfigError("data.test_fraction", f"must be in (0, 1), got {self.test_fraction!r}", "use e.g. 0.2")
+
+
+PUBLIC_DATA_KEYS = ("dataset", "text_column", "label_column", "train_split", "test_split", "test_fraction", "max_train_examples")
+"""The ``[data]`` keys that ``[public_data]`` takes: those that name a source and how much of its train split the server
+holds. The others split data among clients or set the model's token limit, which ``[data]`` alone decides."""
+
+
+def public_data_config(body: Mapping[str, Any]) -> DataConfig:
+    """``[public_data]``: a separate dataset whose train split the server holds as public data (no client receives it).
+
+    It takes the source keys of ``[data]`` (:data:`PUBLIC_DATA_KEYS`); every error names ``public_data.<key>``.
+    """
+    for key in body:
+        if key in PUBLIC_DATA_KEYS:
+            continue
+        if key in {f.name for f in fields(DataConfig)}:
+            raise ConfigError(
+                f"public_data.{key}",
+                "does not apply to the server's public data",
+                f"set data.{key} in [data]; [public_data] takes only {', '.join(PUBLIC_DATA_KEYS)}",
+            )
+        raise unknown_key("public_data", key, PUBLIC_DATA_KEYS)
+    hints = typing.get_type_hints(DataConfig)
+    kwargs = {key: _coerce(f"public_data.{key}", value, hints[key]) for key, value in body.items()}
+    with section_renamed("data", "public_data"):
+        return DataConfig(**kwargs)
 
 
 @dataclass(frozen=True)
@@ -491,7 +519,8 @@ class FFMConfig:
 
     Each of the ``server.rounds`` steps of a run is one unit: a federated round on the clients' private data, or
     a public phase of ``public_steps`` server-side optimizer steps on the server's public data
-    (``data.public_fraction``), which no client ever receives and which spends no privacy budget.
+    (``data.public_fraction`` of the training split, or the separate dataset of ``[public_data]``), which no client
+    ever receives and which spends no privacy budget.
     """
 
     schedule: str = "federated"
@@ -548,6 +577,8 @@ class Config:
     defense: DefenseConfig = field(default_factory=DefenseConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
     ffm: FFMConfig = field(default_factory=FFMConfig)
+    public_data: DataConfig | None = None
+    """``[public_data]`` (optional, :func:`public_data_config`): the server's public data as a separate dataset."""
 
     def __post_init__(self) -> None:
         if self.privacy.planned_rounds > self.server.rounds:
@@ -578,11 +609,28 @@ class Config:
                 )
         from secure_ffm.engine.schedule import SCHEDULES
 
-        if SCHEDULES.get(self.ffm.schedule, key="ffm.schedule").needs_public and self.data.public_fraction <= 0:
+        if self.public_data is not None:
+            if self.data.public_fraction > 0:
+                raise ConfigError(
+                    "data.public_fraction",
+                    f"{self.data.public_fraction!r} and [public_data] both give the server public data",
+                    "set data.public_fraction = 0 to use [public_data], or remove [public_data]",
+                )
+            if self.public_data.dataset == self.data.dataset:
+                raise ConfigError(
+                    "public_data.dataset",
+                    f"{self.public_data.dataset!r} is data.dataset too: the clients would hold the server's public data",
+                    "name another dataset, or hold out a share of data.dataset with data.public_fraction",
+                )
+        if (
+            SCHEDULES.get(self.ffm.schedule, key="ffm.schedule").needs_public
+            and self.data.public_fraction <= 0
+            and self.public_data is None
+        ):
             raise ConfigError(
                 "ffm.schedule",
-                f'"{self.ffm.schedule}" trains on the server\'s public data, but data.public_fraction is 0',
-                'set data.public_fraction, e.g. 0.1, or use ffm.schedule = "federated"',
+                f'"{self.ffm.schedule}" trains on the server\'s public data, but data.public_fraction is 0 and there is no [public_data]',
+                'set data.public_fraction, e.g. 0.1, or name a dataset in [public_data], or use ffm.schedule = "federated"',
             )
         from secure_ffm.variants import PROTOCOLS
 
@@ -590,7 +638,12 @@ class Config:
         PROTOCOLS.get(self.secure_aggregation.protocol, key="secure_aggregation.protocol").check_config(self)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
-        return {f.name: _section_to_dict(getattr(self, f.name)) for f in fields(self)}
+        """Every section as a table; ``[public_data]`` with its own keys only, and left out when absent."""
+        document = {f.name: _section_to_dict(getattr(self, f.name)) for f in fields(self) if f.name not in OPTIONAL_SECTIONS}
+        if self.public_data is not None:
+            whole = _section_to_dict(self.public_data)
+            document["public_data"] = {key: whole[key] for key in PUBLIC_DATA_KEYS}
+        return document
 
     def to_toml(self) -> str:
         return dumps_toml(self.to_dict())
@@ -611,9 +664,14 @@ def _section_to_dict(section: Any) -> dict[str, Any]:
 # --------------------------------------------------------------------------- loading
 
 
+OPTIONAL_SECTIONS = {"public_data": public_data_config}
+"""Sections that are absent unless the TOML has them, with the function that builds each from its table."""
+
+
 def _section_types() -> dict[str, type]:
+    """The type of every section that is always present (every one but :data:`OPTIONAL_SECTIONS`)."""
     hints = typing.get_type_hints(Config)
-    return {f.name: hints[f.name] for f in fields(Config)}
+    return {f.name: hints[f.name] for f in fields(Config) if f.name not in OPTIONAL_SECTIONS}
 
 
 def _coerce(key: str, value: Any, annotation: Any) -> Any:
@@ -666,16 +724,17 @@ def config_from_dict(raw: Mapping[str, Any], *, overrides: Sequence[str] = ()) -
     """Validate a parsed TOML document (plus ``section.key=value`` overrides) into a :class:`Config`."""
     merged: dict[str, dict[str, Any]] = {}
     section_types = _section_types()
+    valid = [*section_types, *OPTIONAL_SECTIONS]
     for section, body in raw.items():
-        if section not in section_types:
-            raise unknown_section(section, list(section_types))
+        if section not in valid:
+            raise unknown_section(section, valid)
         if not isinstance(body, Mapping):
             raise ConfigError(section, "must be a table", f"write it as [{section}]")
         merged[section] = dict(body)
     for assignment in overrides:
         section, key, value = parse_override(assignment)
-        if section not in section_types:
-            fix = did_you_mean(section, list(section_types), show=lambda hint, key=key: f"{hint}.{key}", listing="valid sections")
+        if section not in valid:
+            fix = did_you_mean(section, valid, show=lambda hint, key=key: f"{hint}.{key}", listing="valid sections")
             raise ConfigError(f"{section}.{key}", "unknown section", fix)
         merged.setdefault(section, {})[key] = value
 
@@ -686,6 +745,9 @@ def config_from_dict(raw: Mapping[str, Any], *, overrides: Sequence[str] = ()) -
         check_keys(section, body, [f.name for f in fields(section_type)])
         kwargs = {key: _coerce(f"{section}.{key}", value, hints[key]) for key, value in body.items()}
         built[section] = section_type(**kwargs)
+    for section, build in OPTIONAL_SECTIONS.items():
+        if section in merged:
+            built[section] = build(merged[section])
     return Config(**built)
 
 
@@ -737,18 +799,22 @@ def _surely_local(path: str) -> bool:
 
 
 def local_paths(config: Config) -> list[tuple[str, str, str, bool]]:
-    """The local files and folders ``config`` names, as ``(key, value, path, surely_local)``: a data file, the folder of an
-    ``hf:`` dataset and a model folder (``surely_local`` False: the value may as well be a Hugging Face Hub name)."""
+    """The local files and folders ``config`` names, as ``(key, value, path, surely_local)``: a data file or corpus (of
+    ``[data]`` and ``[public_data]``), the folder of an ``hf:`` dataset and a model folder (``surely_local`` False: the
+    value may as well be a Hugging Face Hub name)."""
     from secure_ffm.data.external import looks_like_path
 
     found = []
-    dataset = config.data.dataset
-    if dataset.startswith(HF_PREFIX):
-        folder = dataset[len(HF_PREFIX) :].partition(":")[0]
-        if folder:
-            found.append(("data.dataset", dataset, folder, _surely_local(folder)))
-    elif looks_like_path(dataset):
-        found.append(("data.dataset", dataset, dataset, True))
+    sources = [("data.dataset", config.data.dataset)]
+    if config.public_data is not None:
+        sources.append(("public_data.dataset", config.public_data.dataset))
+    for key, dataset in sources:
+        if dataset.startswith(HF_PREFIX):
+            folder = dataset[len(HF_PREFIX) :].partition(":")[0]
+            if folder:
+                found.append((key, dataset, folder, _surely_local(folder)))
+        elif looks_like_path(dataset):
+            found.append((key, dataset, dataset, True))
     name = config.model.name_or_path
     if name:
         found.append(("model.name_or_path", name, name, _surely_local(name)))
@@ -816,6 +882,7 @@ __all__ = [
     "Config",
     "DataConfig",
     "ModelConfig",
+    "PUBLIC_DATA_KEYS",
     "PrivacyConfig",
     "RunConfig",
     "SecureAggregationConfig",

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 class SecureFFMError(Exception):
     """Base class of every error secure-ffm raises on purpose."""
@@ -18,6 +21,21 @@ class ConfigError(SecureFFMError, ValueError):
         if fix:
             message += f" ({fix})"
         super().__init__(message)
+
+
+@contextmanager
+def section_renamed(old: str, new: str) -> Iterator[None]:
+    """Re-raise a :class:`ConfigError` on ``old.key`` as one on ``new.key``.
+
+    Code that validates or loads one section type for another table (the ``[data]`` keys read
+    for ``[public_data]``) names the table the user wrote.
+    """
+    try:
+        yield
+    except ConfigError as error:
+        if not error.key.startswith(f"{old}."):
+            raise
+        raise ConfigError(f"{new}.{error.key[len(old) + 1 :]}", error.problem, error.fix) from None
 
 
 class MissingResourceError(SecureFFMError, RuntimeError):

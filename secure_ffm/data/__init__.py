@@ -5,9 +5,9 @@
 >>> data = load_federated_data(DataConfig(dataset="trec", num_clients=4), seed=0)  # doctest: +SKIP
 """
 
-from secure_ffm.data.base import DatasetSplits, FederatedData, LabeledData, label_histogram
+from secure_ffm.data.base import DatasetSplits, FederatedData, LabeledData, label_histogram, require_labels
 from secure_ffm.data.builtin import DATASETS
-from secure_ffm.data.federate import federate, load_federated_data
+from secure_ffm.data.federate import federate, load_federated_data, load_public_data, load_run_data, needs_labels
 from secure_ffm.data.load import load_dataset_splits
 from secure_ffm.data.normalization import ImageNormalization
 from secure_ffm.data.partition import PARTITIONERS, PartitionSpec
@@ -24,4 +24,8 @@ __all__ = [
     "label_histogram",
     "load_dataset_splits",
     "load_federated_data",
+    "load_public_data",
+    "load_run_data",
+    "needs_labels",
+    "require_labels",
 ]

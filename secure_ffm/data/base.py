@@ -5,6 +5,12 @@ Images are kept as one ``uint8`` array ``(N, H, W)``, with the source's
 texts as a tuple of strings.
 Clients hold only index arrays into the shared private training pool, so a
 federation of 1,000 clients costs 1,000 small integer arrays, not 1,000 copies.
+
+Unlabeled text (a corpus for masked-language-model pre-training) is a
+:class:`DatasetSplits` with ``labeled=False``: every label is 0 and the one class
+name is ``"text"`` (:data:`UNLABELED_CLASS_NAMES`), so partitioning and
+subsetting work unchanged, and :func:`require_labels` refuses it where a
+classifier would train on it.
 """
 
 from __future__ import annotations
@@ -15,8 +21,12 @@ from typing import Literal
 import numpy as np
 
 from secure_ffm.data.normalization import ImageNormalization
+from secure_ffm.errors import ConfigError
 
 DataKind = Literal["image", "text"]
+
+UNLABELED_CLASS_NAMES = ("text",)
+"""The class names of unlabeled text: one pseudo-class that every example belongs to (label 0)."""
 
 
 @dataclass(frozen=True)
@@ -70,16 +80,26 @@ class LabeledData:
 
 @dataclass(frozen=True)
 class DatasetSplits:
-    """A dataset with its train and test splits and class names (and, for images, their normalization)."""
+    """A dataset with its train and test splits and class names (and, for images, their normalization).
+
+    ``labeled`` is ``False`` for unlabeled text (a pre-training corpus, or a labeled set read with
+    ``data.label_column = ""``): its labels are all 0 and ``class_names`` is :data:`UNLABELED_CLASS_NAMES`.
+    """
 
     name: str
     train: LabeledData
     test: LabeledData
     class_names: tuple[str, ...]
+    labeled: bool = True
 
     def __post_init__(self) -> None:
         if self.train.normalization != self.test.normalization:
             raise ValueError(f"train and test splits are normalized differently: {self.train.normalization} and {self.test.normalization}")
+        if not self.labeled:
+            if self.train.kind != "text":
+                raise ValueError("only text can be unlabeled")
+            if self.class_names != UNLABELED_CLASS_NAMES or self.train.labels.any() or self.test.labels.any():
+                raise ValueError(f"unlabeled data has class names {UNLABELED_CLASS_NAMES} and every label 0")
 
     @property
     def num_classes(self) -> int:
@@ -100,8 +120,10 @@ class FederatedData:
     """The federated view of a dataset.
 
     ``private`` is the pool that clients draw from; ``client_indices[k]`` indexes
-    into it. ``public`` is a server-held split that no client ever sees (used by
-    federated pre-training with an adaptive switch, arXiv 2305.11414 section 3).
+    into it. ``public`` is server-held data that no client ever sees (used by
+    federated pre-training with an adaptive switch, arXiv 2305.11414 section 3): a
+    share of the training split (``data.public_fraction``) or a separate dataset
+    (``[public_data]``).
     """
 
     dataset: DatasetSplits
@@ -117,6 +139,66 @@ class FederatedData:
 
     def client_data(self, client: int) -> LabeledData:
         return self.private.subset(self.client_indices[client])
+
+
+def unlabeled_text(name: str, train: tuple[str, ...], test: tuple[str, ...]) -> DatasetSplits:
+    """Train and test texts without labels, as :class:`DatasetSplits` (``labeled=False``, every label 0)."""
+    return DatasetSplits(
+        name=name,
+        train=LabeledData(kind="text", inputs=train, labels=np.zeros(len(train), dtype=np.int64)),
+        test=LabeledData(kind="text", inputs=test, labels=np.zeros(len(test), dtype=np.int64)),
+        class_names=UNLABELED_CLASS_NAMES,
+        labeled=False,
+    )
+
+
+def without_labels(data: LabeledData) -> LabeledData:
+    """The same examples with every label 0 (how unlabeled text is held)."""
+    return LabeledData(kind=data.kind, inputs=data.inputs, labels=np.zeros(len(data), dtype=np.int64), normalization=data.normalization)
+
+
+def drop_labels(splits: DatasetSplits, *, key: str = "data.label_column") -> DatasetSplits:
+    """A text dataset read as unlabeled text: its labels dropped (all 0), ``labeled=False``.
+
+    Raises
+    ------
+    ConfigError
+        Naming ``key`` for image data: only text can be used unlabeled (for masked-language-model pre-training).
+    """
+    if not splits.labeled:
+        return splits
+    if splits.kind != "text":
+        raise ConfigError(
+            key,
+            f'is "" (no labels), but {splits.name} holds images',
+            "unlabeled data is text only (masked-language-model pre-training); name the label column of an image dataset",
+        )
+    return DatasetSplits(
+        name=splits.name,
+        train=without_labels(splits.train),
+        test=without_labels(splits.test),
+        class_names=UNLABELED_CLASS_NAMES,
+        labeled=False,
+    )
+
+
+def require_labels(splits: DatasetSplits, *, key: str = "data.dataset") -> None:
+    """Refuse unlabeled data where a classifier trains on it (``model.objective = "classification"``).
+
+    The check belongs where data and model meet: the run calls it unless its objective is
+    masked-language modelling, which ignores labels.
+
+    Raises
+    ------
+    ConfigError
+        Naming ``key`` when ``splits.labeled`` is ``False``.
+    """
+    if not splits.labeled:
+        raise ConfigError(
+            key,
+            f"holds unlabeled text ({splits.name}), which a classifier cannot train on",
+            'set model.objective = "mlm" for pre-training, or give a labeled dataset',
+        )
 
 
 def label_histogram(labels: np.ndarray, num_classes: int) -> tuple[int, ...]:

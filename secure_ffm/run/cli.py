@@ -146,12 +146,12 @@ def privacy_command(args: argparse.Namespace) -> int:
     import json
 
     from secure_ffm.config import check_local_paths, load_config
-    from secure_ffm.data import load_federated_data
+    from secure_ffm.data import load_run_data
     from secure_ffm.privacy.mechanisms import build_mechanism
 
     config = load_config(args.config, overrides=args.set)
     check_local_paths(config, beside=Path(args.config).parent)
-    data = load_federated_data(config.data, config.run.seed)
+    data = load_run_data(config)
     mechanism = build_mechanism(config, data)
     plan = mechanism.plan()
     if args.json:

@@ -27,7 +27,7 @@ import torch
 
 from secure_ffm import __version__
 from secure_ffm.config import Config
-from secure_ffm.data import load_federated_data
+from secure_ffm.data import load_run_data
 from secure_ffm.data.base import FederatedData
 from secure_ffm.engine.aggregation import PROTOCOLS, Aggregate, AggregationProtocol
 from secure_ffm.engine.client import FederatedClient
@@ -80,16 +80,20 @@ class PreparedRun:
     privacy: PrivacyMechanism
     initial_parameters: dict[str, np.ndarray] = field(default_factory=dict)
     encoded_public: EncodedData | None = None
-    """The server's public data (``data.public_fraction``), encoded when the FFM schedule trains on it; no client ever receives it."""
+    """The server's public data (``data.public_fraction`` or ``[public_data]``), encoded when the FFM schedule trains on it; no
+    client ever receives it."""
 
 
 def load_data_and_model(config: Config) -> tuple[FederatedData, FederatedModel]:
     """The run's partitioned data and its model, initialized from the run's seed (``run.threads`` sets torch's threads).
 
-    Every command builds them here, so what ``secure-ffm attack`` audits is the model ``secure-ffm train`` trains."""
+    Every command builds them here, so what ``secure-ffm attack`` audits is the model ``secure-ffm train`` trains.
+    The server's public data is ``data.public_fraction`` of the training split or the ``[public_data]`` dataset. A
+    classifier refuses unlabeled text (a ``.txt`` corpus, ``fortunes``, ``data.label_column = ""``) here, before the
+    model is built; ``model.objective = "mlm"`` takes it (:func:`~secure_ffm.data.federate.load_run_data`)."""
     if config.run.threads:
         torch.set_num_threads(config.run.threads)
-    data = load_federated_data(config.data, config.run.seed)
+    data = load_run_data(config)
     model = build_model(
         config.model,
         num_classes=data.dataset.num_classes,
@@ -116,6 +120,8 @@ def prepare_run(config: Config) -> PreparedRun:
     encoded_test = model.encode(data.test)
     # the server's public data is encoded only for a schedule that trains on it
     uses_public = SCHEDULES.get(config.ffm.schedule, key="ffm.schedule").needs_public
+    if config.public_data is not None and not uses_public:
+        log.warning("[public_data] is loaded but ffm.schedule = %r never trains on it", config.ffm.schedule)
     encoded_public = model.encode(data.public) if uses_public and data.public is not None and len(data.public) else None
     return PreparedRun(config, data, model, encoded_private, encoded_test, privacy, model.get_trainable(), encoded_public)
 

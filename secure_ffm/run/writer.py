@@ -175,11 +175,15 @@ def read_metrics(path: Path, *, rounds: int) -> list[dict[str, Any]]:
 
 
 def config_differences(a: Config, b: Config, *, ignore: set[str] = frozenset()) -> list[str]:  # type: ignore[assignment]
-    """``section.key`` names whose values differ between two configs."""
+    """``section.key`` names whose values differ between two configs (a section only one has, ``[public_data]``, differs in
+    each of its keys)."""
     da, db = a.to_dict(), b.to_dict()
-    return [
-        f"{section}.{key}"
-        for section in da
-        for key in da[section]
-        if f"{section}.{key}" not in ignore and da[section][key] != db[section][key]
-    ]
+    missing = object()
+    sections = [*da, *(section for section in db if section not in da)]
+    differences = []
+    for section in sections:
+        ta, tb = da.get(section, {}), db.get(section, {})
+        for key in [*ta, *(key for key in tb if key not in ta)]:
+            if f"{section}.{key}" not in ignore and ta.get(key, missing) != tb.get(key, missing):
+                differences.append(f"{section}.{key}")
+    return differences

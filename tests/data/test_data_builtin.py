@@ -13,8 +13,8 @@ import pytest
 
 from secure_ffm.config import DataConfig
 from secure_ffm.data import DATASETS, DatasetSplits, load_dataset_splits
-from secure_ffm.data.builtin import FASHION_MNIST_DIR_ENV
-from secure_ffm.errors import MissingResourceError
+from secure_ffm.data.builtin import FASHION_MNIST_DIR_ENV, FORTUNES_DIR_ENV, read_fortunes
+from secure_ffm.errors import ConfigError, MissingResourceError
 
 
 def load(name: str, seed: int = 0, **overrides: object) -> DatasetSplits:
@@ -24,8 +24,8 @@ def load(name: str, seed: int = 0, **overrides: object) -> DatasetSplits:
         pytest.skip(str(error))
 
 
-def test_registry_lists_the_five_builtins() -> None:
-    assert DATASETS.names() == ("digits", "fashion_mnist", "movie_reviews", "sms_spam", "trec")
+def test_registry_lists_the_six_builtins() -> None:
+    assert DATASETS.names() == ("digits", "fashion_mnist", "fortunes", "movie_reviews", "sms_spam", "trec")
 
 
 def test_fashion_mnist_has_60000_train_and_10000_test_uint8_images() -> None:
@@ -142,3 +142,60 @@ def test_max_examples_larger_than_the_split_keeps_everything() -> None:
     splits = load("movie_reviews", max_train_examples=10**6, max_test_examples=10**6)
 
     assert len(splits.train) == 8454 and len(splits.test) == 2114
+
+
+# --------------------------------------------------------------------------- unlabeled text
+
+
+def test_fortunes_is_unlabeled_general_english_text() -> None:
+    splits = load("fortunes")
+
+    assert splits.kind == "text" and not splits.labeled and splits.class_names == ("text",)
+    assert len(splits.train) + len(splits.test) > 10_000  # 15,078 distinct fortunes in Debian 12's fortunes 1:1.99.1-7.3
+    assert abs(len(splits.test) / (len(splits.train) + len(splits.test)) - 0.2) < 0.001
+    assert set(splits.train.inputs).isdisjoint(splits.test.inputs)
+    assert not splits.train.labels.any() and all(text and "\n" not in text for text in splits.train.inputs)
+    assert any("Mark Twain" in text for text in splits.train.inputs)
+
+
+def _write_fortunes(folder: Path, name: str, body: str) -> None:
+    (folder / name).write_text(body, encoding="utf-8")
+    (folder / f"{name}.dat").write_bytes(b"index")
+
+
+def test_fortune_files_are_parsed_one_document_per_fortune(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _write_fortunes(tmp_path, "computers", "A bug\n\tin the code.\n\t\t-- Anon\n%\nSecond one.\n%\n")
+    _write_fortunes(tmp_path, "wisdom", "Second one.\n%\nThird.\n%\n%\n")
+    _write_fortunes(tmp_path, "ascii-art", "  /\\_/\\\n ( o.o )\n")  # pictures are left out
+    (tmp_path / "notes").write_text("no index beside it: not a fortune file\n", encoding="utf-8")
+    (tmp_path / "computers.u8").symlink_to(tmp_path / "computers")
+    monkeypatch.setenv(FORTUNES_DIR_ENV, str(tmp_path))
+
+    splits = load_dataset_splits(DataConfig(dataset="fortunes", test_fraction=0.34), seed=0)
+
+    assert read_fortunes(tmp_path.resolve()) == ("A bug in the code. -- Anon", "Second one.", "Third.")
+    assert sorted(splits.train.inputs + splits.test.inputs) == ["A bug in the code. -- Anon", "Second one.", "Third."]
+    assert len(splits.test) == 1 and not splits.labeled
+
+
+def test_fortunes_missing_names_the_debian_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _write_fortunes(tmp_path, "fortunes", "Only fortunes-min.\n%\n")  # the small package alone is not enough
+    monkeypatch.setenv(FORTUNES_DIR_ENV, str(tmp_path))
+
+    with pytest.raises(MissingResourceError, match=re.escape("apt-get install -y fortunes")):
+        load_dataset_splits(DataConfig(dataset="fortunes"), seed=0)
+
+
+def test_a_labeled_text_builtin_reads_as_unlabeled_text_with_an_empty_label_column() -> None:
+    labeled = load("trec")
+    unlabeled = load("trec", label_column="")
+
+    assert labeled.labeled and not unlabeled.labeled and unlabeled.class_names == ("text",)
+    assert unlabeled.test.inputs == labeled.test.inputs and not unlabeled.test.labels.any()
+
+
+def test_an_image_dataset_cannot_be_read_unlabeled() -> None:
+    with pytest.raises(ConfigError, match="holds images") as caught:
+        load("digits", label_column="")
+
+    assert caught.value.key == "data.label_column"

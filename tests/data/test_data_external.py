@@ -117,10 +117,10 @@ def test_missing_file_is_reported(tmp_path: Path) -> None:
 
 
 def test_unsupported_file_type_is_reported(tmp_path: Path) -> None:
-    path = tmp_path / "notes.txt"
+    path = tmp_path / "notes.xlsx"
     path.write_text("hello", encoding="utf-8")
 
-    with pytest.raises(ConfigError, match=r"unsupported file type '\.txt'"):
+    with pytest.raises(ConfigError, match=r"unsupported file type '\.xlsx'"):
         load(path)
 
 

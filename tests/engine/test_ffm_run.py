@@ -9,7 +9,7 @@ from safetensors.numpy import load_file
 
 from secure_ffm.config import config_from_dict
 from secure_ffm.engine.client import FederatedClient
-from secure_ffm.run.simulation import RunObserver, Simulation, prepare_run, without_timings
+from secure_ffm.run.simulation import PublicPhase, RunObserver, Simulation, prepare_run, without_timings
 
 
 def ffm(schedule="alternating", rounds=4, **sections):
@@ -109,3 +109,58 @@ def test_an_ffm_run_under_masking_matches_the_plaintext_run():
     assert [r["phase"] for r in masked.history] == [r["phase"] for r in plain.history]
     for name, value in plain.server.parameters.items():
         np.testing.assert_allclose(masked.server.parameters[name], value, atol=1e-4)
+
+
+# --------------------------------------------------------------------------- a separate public dataset ([public_data])
+
+
+def with_public_dataset(tmp_path, rounds=2, **ffm_settings):
+    """Clients: 40 movie-review snippets; server: its own sentiment table (same class names), through [public_data]."""
+    public = tmp_path / "public.csv"
+    rows = [f"server-only sentence {i}, {'a delight' if i % 2 else 'a bore'}" for i in range(30)]
+    public.write_text("text,label\n" + "".join(f'"{t}",{"positive" if i % 2 else "negative"}\n' for i, t in enumerate(rows)))
+    return config_from_dict(
+        {
+            "data": {"dataset": "movie_reviews", "max_train_examples": 40, "max_test_examples": 20, "num_clients": 2, "max_length": 16},
+            "public_data": {"dataset": str(public)},
+            "model": {"arch": "hf-text", "finetune": "head"},
+            "client": {"local_steps": 1, "batch_size": 8},
+            "server": {"rounds": rounds},
+            "ffm": {"schedule": "alternating", "public_steps": 2, **ffm_settings},
+        }
+    )
+
+
+def test_a_separate_public_dataset_trains_the_server_and_never_reaches_a_client(tmp_path, monkeypatch):
+    prepared = prepare_run(with_public_dataset(tmp_path))
+    built = []
+    original = FederatedClient.fit
+
+    def spy(self, ins, **kwargs):
+        built.append(self)
+        return original(self, ins, **kwargs)
+
+    monkeypatch.setattr(FederatedClient, "fit", spy)
+    simulation = Simulation(prepared)
+    simulation.run()
+    public = set(prepared.data.public.inputs)
+    assert len(public) == 24 and all(text.startswith("server-only") for text in public)  # the table's train split
+    assert len(prepared.data.private) == 40 and public.isdisjoint(prepared.data.private.inputs)
+    assert [r["phase"] for r in simulation.history] == ["public", "federated"]
+    assert simulation.history[0]["public_examples"] == len(PublicPhase(prepared).training) > 0
+    assert np.isfinite(simulation.history[0]["train_loss"])
+    assert built and all(client.encoded is prepared.encoded_private for client in built)
+    assert all(public.isdisjoint(prepared.data.private.inputs[i] for i in client.indices) for client in built)
+
+
+def test_a_resume_reloads_the_separate_public_dataset_from_the_config(tmp_path):
+    config = with_public_dataset(tmp_path, rounds=2)
+    whole = tmp_path / "whole"
+    Simulation(prepare_run(config), out_dir=whole).run()
+    cut = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt):
+        Simulation(prepare_run(config), out_dir=cut, observer=KilledAt(2)).run()
+    assert [r["phase"] for r in rows(cut)] == ["public"]
+    assert "[public_data]" in (cut / "config.toml").read_text()
+    Simulation(prepare_run(config), out_dir=cut).run(resume=True)
+    assert [without_timings(r) for r in rows(cut)] == [without_timings(r) for r in rows(whole)]

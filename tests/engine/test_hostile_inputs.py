@@ -101,6 +101,10 @@ def _foreign_weights(path: Path) -> None:
     save_file({"other.weight": np.zeros((3, 3), dtype=np.float32)}, str(path / "global.safetensors"))
 
 
+CORPUS = "one\ntwo\nthree\n"
+"""An unlabeled corpus: one document per line."""
+BLANK = "\n  \n"
+
 CASES = [
     # ------------------------------------------------------------ config files
     Case("binary config", lambda s: s.train(config=s.config(b"\xff\xfe\x00\x01bad")), "is not UTF-8 text (byte 0xff at offset 0)"),
@@ -206,6 +210,47 @@ CASES = [
         "secure_aggregation.threshold: t=5 is more than the 2 clients",
     ),
     Case("dataset file that does not exist", lambda s: s.train("--set", f"data.dataset={s.root / 'nope.csv'}"), "data.dataset: file"),
+    # ------------------------------------------------------------ unlabeled corpora and public data
+    Case(
+        "classification on an unlabeled corpus",
+        lambda s: s.train("--set", f"data.dataset={s.config(CORPUS, name='corpus.txt')}"),
+        "data.dataset: holds unlabeled text",
+    ),
+    Case(
+        "empty corpus",
+        lambda s: s.train("--set", f"data.dataset={s.config(BLANK, name='blank.txt')}"),
+        "blank.txt' holds no text (every line is blank)",
+    ),
+    Case(
+        "corpus folder without .txt files",
+        lambda s: (s.root / "texts").mkdir() or s.train("--set", f"data.dataset={s.root / 'texts'}"),
+        "texts' holds no .txt files",
+    ),
+    Case(
+        "public_fraction and [public_data] both",
+        lambda s: s.train("--set", "public_data.dataset=trec", "--set", "data.public_fraction=0.1"),
+        "data.public_fraction: 0.1 and [public_data] both give the server public data",
+    ),
+    Case(
+        "schedule without public data",
+        lambda s: s.train("--set", "ffm.schedule=adaptive"),
+        'ffm.schedule: "adaptive" trains on the server\'s public data, but data.public_fraction is 0 and there is no [public_data]',
+    ),
+    Case(
+        "public data of another kind",
+        lambda s: s.train("--set", f"public_data.dataset={s.config(CORPUS, name='corpus.txt')}"),
+        "corpus.txt' holds text data but data.dataset 'fashion_mnist' holds image data",
+    ),
+    Case(
+        "public data with other classes",
+        lambda s: s.train("--set", "public_data.dataset=digits"),
+        "public_data.dataset: 'digits' has classes '0', '1'",
+    ),
+    Case(
+        "partition key in [public_data]",
+        lambda s: s.train("--set", "public_data.dataset=digits", "--set", "public_data.num_clients=3"),
+        "public_data.num_clients: does not apply to the server's public data",
+    ),
     # ------------------------------------------------------------ overrides
     Case("--set without =", lambda s: s.train("--set", "client.lr"), "--set: 'client.lr' is not section.key=value"),
     Case(
