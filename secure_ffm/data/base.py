@@ -1,6 +1,6 @@
 """Typed containers for labelled data and its federated split.
 
-Images are kept as one ``uint8`` array ``(N, H, W)``, with the source's
+Images are kept as one ``uint8`` array, ``(N, H, W)`` greyscale or ``(N, H, W, 3)`` RGB, with the source's
 :class:`~secure_ffm.data.normalization.ImageNormalization` (how a model standardises them);
 texts as a tuple of strings.
 Clients hold only index arrays into the shared private training pool, so a
@@ -18,6 +18,12 @@ from secure_ffm.data.normalization import ImageNormalization
 
 DataKind = Literal["image", "text"]
 
+ImageShape = tuple[int, int, int]
+"""``(channels, height, width)`` of the images a dataset holds and an image model reads."""
+
+COLOUR_CHANNELS = 3
+"""Channels of a colour image (RGB, the last axis of a ``(N, H, W, 3)`` array)."""
+
 
 @dataclass(frozen=True)
 class LabeledData:
@@ -26,7 +32,8 @@ class LabeledData:
     Parameters
     ----------
     kind:
-        ``"image"`` (``inputs`` is a ``uint8`` array of shape ``(N, H, W)``) or
+        ``"image"`` (``inputs`` is a ``uint8`` array of shape ``(N, H, W)``, greyscale, or
+        ``(N, H, W, 3)``, RGB) or
         ``"text"`` (``inputs`` is a tuple of ``N`` strings).
     inputs:
         The examples.
@@ -52,10 +59,22 @@ class LabeledData:
             raise ValueError(f"{len(self.inputs)} inputs but {len(self.labels)} labels")
         if self.kind == "text" and not isinstance(self.inputs, tuple):
             object.__setattr__(self, "inputs", tuple(self.inputs))
+        if self.kind == "image":
+            shape = np.shape(self.inputs)
+            if not (len(shape) == 3 or (len(shape) == 4 and shape[-1] == COLOUR_CHANNELS)):
+                raise ValueError(f"images must be an array (N, H, W) or (N, H, W, {COLOUR_CHANNELS}), got shape {shape}")
         object.__setattr__(self, "labels", np.asarray(self.labels, dtype=np.int64))
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    @property
+    def image_shape(self) -> ImageShape:
+        """Images only: ``(channels, height, width)`` of one image (1 channel for ``(N, H, W)`` arrays)."""
+        if self.kind != "image":
+            raise ValueError("text data has no image shape")
+        shape = np.shape(self.inputs)
+        return (shape[3] if len(shape) == 4 else 1, shape[1], shape[2])
 
     def subset(self, indices: np.ndarray) -> LabeledData:
         indices = np.asarray(indices, dtype=np.int64)
@@ -80,6 +99,8 @@ class DatasetSplits:
     def __post_init__(self) -> None:
         if self.train.normalization != self.test.normalization:
             raise ValueError(f"train and test splits are normalized differently: {self.train.normalization} and {self.test.normalization}")
+        if self.train.kind == "image" and self.train.image_shape != self.test.image_shape:
+            raise ValueError(f"train and test images differ in shape: {self.train.image_shape} and {self.test.image_shape}")
 
     @property
     def num_classes(self) -> int:
@@ -93,6 +114,11 @@ class DatasetSplits:
     def normalization(self) -> ImageNormalization | None:
         """How an image model standardises this dataset's pixels (the train split's; ``None`` for text)."""
         return self.train.normalization
+
+    @property
+    def image_shape(self) -> ImageShape | None:
+        """``(channels, height, width)`` of the images (what an image model is built for); ``None`` for text."""
+        return self.train.image_shape if self.kind == "image" else None
 
 
 @dataclass(frozen=True)

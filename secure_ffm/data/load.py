@@ -10,15 +10,27 @@ from secure_ffm.config import DataConfig
 from secure_ffm.data.base import DatasetSplits
 from secure_ffm.data.builtin import DATASETS, Loader
 from secure_ffm.data.external import HF_PREFIX, load_file, load_hf, looks_like_path
+from secure_ffm.data.images import load_image_folder, load_npz
 from secure_ffm.data.split import SPLIT_SEED, derive_rng, stratified_subset
 from secure_ffm.errors import ConfigError
 from secure_ffm.registry import nearest
 
 logger = logging.getLogger(__name__)
 
+FILE_LOADERS: dict[str, Loader] = {".npz": load_npz}
+"""Local files by suffix that are not tables of texts (every other file goes to :func:`load_file`)."""
+
+
+def load_path(config: DataConfig) -> DatasetSplits:
+    """A local path: a folder of class subfolders of images, a ``.npz`` file of images, or a table of texts."""
+    path = Path(config.dataset).expanduser()
+    if path.is_dir():
+        return load_image_folder(config)
+    return FILE_LOADERS.get(path.suffix.lower(), load_file)(config)
+
 
 def resolve_loader(dataset: str) -> Loader:
-    """The loader for a ``data.dataset`` value: built-in name, ``hf:`` name or file path.
+    """The loader for a ``data.dataset`` value: built-in name, ``hf:`` name, file or folder path.
 
     Raises
     ------
@@ -30,12 +42,12 @@ def resolve_loader(dataset: str) -> Loader:
     if dataset.startswith(HF_PREFIX):
         return load_hf
     if looks_like_path(dataset) or Path(dataset).expanduser().exists():
-        return load_file
+        return load_path
     hint = nearest(dataset, DATASETS.names())
     fix = (
         f"did you mean {hint!r}?"
         if hint
-        else f"use a built-in ({', '.join(DATASETS.names())}), hf:<name>[:<config>], or a .csv/.jsonl/.parquet file"
+        else f"use a built-in ({', '.join(DATASETS.names())}), hf:<name>[:<config>], a .csv/.jsonl/.parquet or .npz file, or an image folder"
     )
     raise ConfigError("data.dataset", f"unknown dataset {dataset!r}", fix)
 

@@ -227,7 +227,7 @@ def _token_limit(tokenizer: Any, encoder: nn.Module, max_length: int, position_o
 
 
 @register_model("hf-text", data_kind="text")
-def build_hf_text(config: ModelConfig, *, num_classes: int, max_length: int) -> TextModel:
+def build_hf_text(config: ModelConfig, *, num_classes: int, max_length: int, image_shape: tuple[int, int, int]) -> TextModel:
     """``hf-text``: ``name_or_path`` encoder + ``pooling`` + linear head; ``max_length`` is the token limit.
 
     The encoder's pooler layer, unused by this classifier, is removed so that every
