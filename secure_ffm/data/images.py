@@ -135,7 +135,9 @@ def image_splits(
             "set data.image_size to resize both, and give both splits the same colour mode",
         )
     normalization = normalization_of(train_x, repr(name))
-    logger.info("read %s: %d train, %d test images of shape %s, %d classes", name, len(train_y), len(test_y), train_x.shape[1:], len(class_names))
+    logger.info(
+        "read %s: %d train, %d test images of shape %s, %d classes", name, len(train_y), len(test_y), train_x.shape[1:], len(class_names)
+    )
     return DatasetSplits(
         name=name,
         train=LabeledData(kind="image", inputs=train_x, labels=train_y, normalization=normalization),
@@ -189,7 +191,9 @@ def load_image_folder(config: DataConfig) -> DatasetSplits:
     """
     root = Path(config.dataset).expanduser()
     if not root.is_dir():
-        raise ConfigError("data.dataset", f"folder {str(root)!r} does not exist", f"check the path (relative paths start from {Path.cwd()})")
+        raise ConfigError(
+            "data.dataset", f"folder {str(root)!r} does not exist", f"check the path (relative paths start from {Path.cwd()})"
+        )
     split_roots = (root / "train", root / "test")
     has_splits = all(p.is_dir() and _class_folders(p) for p in split_roots)
     train_classes = _class_folders(split_roots[0] if has_splits else root)
@@ -234,7 +238,9 @@ def _as_uint8_images(array: np.ndarray, key: str, where: str) -> np.ndarray:
         return np.rint(array * 255.0).astype(np.uint8)
     if np.issubdtype(array.dtype, np.integer) and array.min() >= 0 and array.max() <= 255:
         return array.astype(np.uint8)
-    raise ConfigError("data.dataset", f"{key} in {where} is {array.dtype} with values outside 0..255", "store pixels as uint8 or floats in [0, 1]")
+    raise ConfigError(
+        "data.dataset", f"{key} in {where} is {array.dtype} with values outside 0..255", "store pixels as uint8 or floats in [0, 1]"
+    )
 
 
 def load_npz(config: DataConfig) -> DatasetSplits:
@@ -272,12 +278,16 @@ def load_npz(config: DataConfig) -> DatasetSplits:
         x = _as_uint8_images(arrays[x_key], x_key, where)
         y = np.asarray(arrays[y_key])
         if y.ndim != 1 or len(y) != len(x):
-            raise ConfigError("data.dataset", f"{y_key} in {where} has shape {y.shape} for {len(x)} images", f"store one label per image in {y_key}")
+            raise ConfigError(
+                "data.dataset", f"{y_key} in {where} has shape {y.shape} for {len(x)} images", f"store one label per image in {y_key}"
+            )
         images.append(_resize_arrays(x, config))
         raw_labels.extend(y.tolist())
     if images[0].shape[1:] != images[-1].shape[1:]:
         raise ConfigError(
-            "data.dataset", f"x_train and x_test in {where} differ in shape", "store both at one size and colour mode, or set data.image_size"
+            "data.dataset",
+            f"x_train and x_test in {where} differ in shape",
+            "store both at one size and colour mode, or set data.image_size",
         )
     codes, class_names = encode_labels(raw_labels, key="data.dataset")
     if "class_names" in arrays and all(isinstance(v, int) for v in raw_labels):
@@ -339,7 +349,9 @@ def load_hf_images(name: str, train: Any, test: Any | None, config: DataConfig) 
         raw.extend(labels[i] for i in keep)
         sizes.append(len(keep))
     if not sizes[0]:
-        raise ConfigError("data.train_split", f"split {config.train_split!r} of {name} has no labelled images", "choose a split with labels")
+        raise ConfigError(
+            "data.train_split", f"split {config.train_split!r} of {name} has no labelled images", "choose a split with labels"
+        )
     if isinstance(label_feature, datasets.ClassLabel):
         codes, class_names = np.asarray(raw, dtype=np.int64), tuple(label_feature.names)
     else:

@@ -47,7 +47,7 @@ def resolve_loader(dataset: str) -> Loader:
     fix = (
         f"did you mean {hint!r}?"
         if hint
-        else f"use a built-in ({', '.join(DATASETS.names())}), hf:<name>[:<config>], a .csv/.jsonl/.parquet or .npz file, or an image folder"
+        else f"use a built-in ({', '.join(DATASETS.names())}), hf:<name>[:<config>], a .csv/.jsonl/.parquet/.npz file or an image folder"
     )
     raise ConfigError("data.dataset", f"unknown dataset {dataset!r}", fix)
 

@@ -343,14 +343,20 @@ def read_pretrained(config: ModelConfig) -> PretrainedImageModel:
     name = config.name_or_path
     folder = Path(name).expanduser()
     if not folder.is_dir():
-        raise ConfigError("model.name_or_path", f"{name!r} is not a folder: a {config.arch} model starts from an exported folder", _EXPORT_FIX)
+        raise ConfigError(
+            "model.name_or_path", f"{name!r} is not a folder: a {config.arch} model starts from an exported folder", _EXPORT_FIX
+        )
     try:
         document = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         reason = getattr(error, "strerror", None) or short_reason(error)
         raise ConfigError("model.name_or_path", f"cannot read {CONFIG_FILE} in {name!r}: {reason}", _EXPORT_FIX) from None
     if not isinstance(document, dict) or document.get("format") != EXPORT_FORMAT:
-        raise ConfigError("model.name_or_path", f"{name!r} is not an image model exported by secure-ffm ({CONFIG_FILE} has no format {EXPORT_FORMAT!r})", _EXPORT_FIX)
+        raise ConfigError(
+            "model.name_or_path",
+            f"{name!r} is not an image model exported by secure-ffm ({CONFIG_FILE} has no format {EXPORT_FORMAT!r})",
+            _EXPORT_FIX,
+        )
     try:
         shape = tuple(int(v) for v in document["image_shape"])
         if len(shape) != 3:
@@ -365,9 +371,13 @@ def read_pretrained(config: ModelConfig) -> PretrainedImageModel:
             normalization=normalization,
         )
     except (KeyError, TypeError, ValueError) as error:
-        raise ConfigError("model.name_or_path", f"{CONFIG_FILE} in {name!r} is incomplete or malformed: {short_reason(error)}", _EXPORT_FIX) from None
+        raise ConfigError(
+            "model.name_or_path", f"{CONFIG_FILE} in {name!r} is incomplete or malformed: {short_reason(error)}", _EXPORT_FIX
+        ) from None
     if pretrained.arch != config.arch:
-        raise ConfigError("model.arch", f"{config.arch!r}, but the model in {name!r} is a {pretrained.arch!r}", f'set model.arch = "{pretrained.arch}"')
+        raise ConfigError(
+            "model.arch", f"{config.arch!r}, but the model in {name!r} is a {pretrained.arch!r}", f'set model.arch = "{pretrained.arch}"'
+        )
     return pretrained
 
 
@@ -378,7 +388,8 @@ def check_pretrained_fits(pretrained: PretrainedImageModel, module: nn.Module, i
     if pretrained.image_shape[0] != channels:
         raise ConfigError(
             "data.dataset",
-            f"the data's images have {channels} channel(s) but the model in {name!r} was pre-trained on {pretrained.image_shape[0]}",
+            f"the data's images have {channels} channel(s) but the model in {name!r} "
+            f"was pre-trained on {pretrained.image_shape[0]}-channel images",
             "continue on images of the same colour mode (greyscale or RGB)",
         )
     if pretrained.image_shape[1:] != (height, width):
@@ -389,7 +400,9 @@ def check_pretrained_fits(pretrained: PretrainedImageModel, module: nn.Module, i
     for key, value in pretrained.architecture.items():
         if built.get(key) != value:
             config_key = ARCHITECTURE_KEYS.get(key, "model.name_or_path")
-            raise ConfigError(config_key, f"is {built.get(key)!r} but the model in {name!r} has {key} = {value!r}", f"set {config_key} = {value!r}")
+            raise ConfigError(
+                config_key, f"is {built.get(key)!r} but the model in {name!r} has {key} = {value!r}", f"set {config_key} = {value!r}"
+            )
 
 
 def load_pretrained(pretrained: PretrainedImageModel, module: nn.Module) -> None:
@@ -413,7 +426,9 @@ def load_pretrained(pretrained: PretrainedImageModel, module: nn.Module) -> None
         state[key] = fresh[key]
     wrong = [key for key in fresh if state[key].shape != fresh[key].shape]
     if wrong:
-        raise ConfigError("model.name_or_path", f"the weights in {name!r} have other shapes ({wrong[0]}: {tuple(state[wrong[0]].shape)})", _EXPORT_FIX)
+        raise ConfigError(
+            "model.name_or_path", f"the weights in {name!r} have other shapes ({wrong[0]}: {tuple(state[wrong[0]].shape)})", _EXPORT_FIX
+        )
     module.load_state_dict(state, strict=True)
     if reinitialised:
         logger.info(
@@ -452,9 +467,14 @@ def build_cnn(config: ModelConfig, *, num_classes: int, max_length: int, image_s
         raise ConfigError("model.finetune", "lora applies to hf-text and vit models, not cnn", "use full or head")
     channels, height, width = image_shape
     if height < 4 or width < 4:
-        raise ConfigError("data.image_size", f"the cnn reads images of at least 4x4 pixels, got {height}x{width}", "set data.image_size = 28")
+        raise ConfigError(
+            "data.image_size", f"the cnn reads images of at least 4x4 pixels, got {height}x{width}", "set data.image_size = 28"
+        )
     return _image_model(
-        lambda: SmallCNN(num_classes, in_channels=channels, image_size=(height, width)), config, num_classes=num_classes, image_shape=image_shape
+        lambda: SmallCNN(num_classes, in_channels=channels, image_size=(height, width)),
+        config,
+        num_classes=num_classes,
+        image_shape=image_shape,
     )
 
 

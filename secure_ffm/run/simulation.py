@@ -109,7 +109,7 @@ def prepare_run(config: Config) -> PreparedRun:
         raise ConfigError(
             "ffm.export",
             f"model.arch = {config.model.arch!r} has no pretrained format to export",
-            'use a model that can be exported (hf-text, cnn, vit), or set ffm.export = false',
+            "use a model that can be exported (hf-text, cnn, vit), or set ffm.export = false",
         )
     privacy = build_mechanism(config, data)  # calibrates noise; an unmeetable budget raises here
     privacy.check_model(model)
