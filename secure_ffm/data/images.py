@@ -174,7 +174,7 @@ def _read_images(files: list[Path]) -> list[Any]:
     return opened
 
 
-def _read_split(root: Path, classes: dict[str, list[Path]], class_names: tuple[str, ...]) -> tuple[list[Any], np.ndarray]:
+def _read_split(classes: dict[str, list[Path]], class_names: tuple[str, ...]) -> tuple[list[Any], np.ndarray]:
     index = {name: i for i, name in enumerate(class_names)}
     files = [(path, index[name]) for name, paths in classes.items() for path in paths]
     return _read_images([p for p, _ in files]), np.asarray([y for _, y in files], dtype=np.int64)
@@ -208,8 +208,8 @@ def load_image_folder(config: DataConfig) -> DatasetSplits:
             f"{str(split_roots[1])!r} has classes that {str(split_roots[0])!r} lacks: {', '.join(unknown[:5])}",
             "give train/ a subfolder for every class",
         )
-    train_images, train_y = _read_split(root, train_classes, class_names)
-    test_images, test_y = _read_split(root, test_classes, class_names) if test_classes is not None else ([], np.zeros(0, np.int64))
+    train_images, train_y = _read_split(train_classes, class_names)
+    test_images, test_y = _read_split(test_classes, class_names) if test_classes is not None else ([], np.zeros(0, np.int64))
     # one colour mode and one size for both splits
     arrays = pil_to_arrays(train_images + test_images, config, repr(str(root)))
     train_x, test_x = arrays[: len(train_y)], arrays[len(train_y) :]
