@@ -277,6 +277,8 @@ class ImageModel(FederatedModel):
         ``model.name_or_path = "<folder>"`` starts the next ``cnn``/``vit`` run from it (:func:`load_pretrained`)."""
         if self.arch is None:
             raise ValueError("a model built without its arch name cannot be exported")
+        if self.normalization.channels != self.channels:
+            raise ValueError(f"the {self.channels}-channel model has no normalization of its own yet: encode its data before exporting")
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         state = {name: value.detach().cpu().contiguous() for name, value in merged_state_dict(self.module).items()}
@@ -362,6 +364,8 @@ def read_pretrained(config: ModelConfig) -> PretrainedImageModel:
         if len(shape) != 3:
             raise ValueError(f"image_shape {shape}")
         normalization = ImageNormalization(**document["normalization"])
+        if normalization.channels != shape[0]:
+            raise ValueError(f"{normalization.channels}-channel normalization for {shape[0]}-channel images")
         pretrained = PretrainedImageModel(
             folder=folder,
             arch=str(document["arch"]),

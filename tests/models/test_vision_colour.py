@@ -110,13 +110,17 @@ def test_a_head_for_another_number_of_classes_is_reinitialised_seeded(rgb: Datas
 
 
 def test_a_pretrained_model_standardises_other_data_with_its_own_normalization(rgb: DatasetSplits, tmp_path: Path) -> None:
-    build("cnn").encode(rgb.train)
     model = build("cnn")
     model.normalization = ImageNormalization(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
     model.export_pretrained(tmp_path / "model")
     restarted = build("cnn", name_or_path=str(tmp_path / "model"))
     pixels = restarted.encode(rgb.train).tensors["pixels"]  # declared otherwise, not refused
     assert pixels[0, 0, 0, 0].item() == pytest.approx((rgb.train.inputs[0, 0, 0, 0] / 255 - 0.5) / 0.25, abs=1e-5)
+
+
+def test_a_colour_model_that_never_saw_its_data_cannot_be_exported(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="encode its data before exporting"):
+        build("cnn").export_pretrained(tmp_path / "model")
 
 
 @pytest.fixture
