@@ -1,6 +1,7 @@
 """The seed's FFM claim, measured: does FFM (public + federated phases) beat centralized-only and FL-only under
 non-IID data? (Federated Foundation Models, arXiv 2305.11414, Sec. 3.1 and its CIFAR-10 ViT figure; our data
-differs: Fashion-MNIST and the project CNN, trained from scratch, see the README.)
+differs: Fashion-MNIST and the project CNN, or with ``--model vit`` the project's small ViT, trained from scratch, see
+the README.)
 
 Arms, each with the same number of units (``server.rounds``) and the same private/public split:
 
@@ -18,6 +19,7 @@ federated phases.
     python benchmarks/ffm_claims.py                    # alpha {0.1, 0.5, 1.0} x seeds {0, 1, 2} x public {1, 5, 20}%
     python benchmarks/ffm_claims.py --alphas 0.1 1.0 --shares 0.05 --dp
     python benchmarks/ffm_claims.py --ablation --alphas 0.1 1.0 --shares 0.05
+    python benchmarks/ffm_claims.py --quick --model vit  # the same arms with the SmallViT (results *_vit.json)
 """
 
 from __future__ import annotations
@@ -42,9 +44,14 @@ ABLATION = {
     "adaptive, patience 4": {"patience": 4},
 }
 """``--ablation``: the adaptive rule with one branch changed at a time (docs/ffm.md)."""
+MODELS = {
+    "cnn": {"arch": "cnn", "finetune": "full"},
+    "vit": {"arch": "vit", "finetune": "full", "vit_patch_size": 7, "vit_dim": 64, "vit_depth": 2, "vit_heads": 4},
+}
+"""``--model``: the project CNN (the default) or the small ViT (16 patches of 7x7, 2 blocks of width 64), trained in full."""
 
 
-def config(arm: str, *, alpha: float, seed: int, share: float, units: int, dp: bool) -> dict:
+def config(arm: str, *, alpha: float, seed: int, share: float, units: int, dp: bool, model: str = "cnn") -> dict:
     schedule = "adaptive" if arm in ABLATION else {"reference": "centralized"}.get(arm, arm)
     raw = {
         "run": {"seed": seed, "name": f"ffm-{arm}", "threads": 1},
@@ -57,7 +64,7 @@ def config(arm: str, *, alpha: float, seed: int, share: float, units: int, dp: b
             "alpha": alpha,
             "public_fraction": 0.95 if arm == "reference" else share,
         },
-        "model": {"arch": "cnn", "finetune": "full"},
+        "model": dict(MODELS[model]),
         "client": {"local_steps": 5, "batch_size": 32, "lr": 0.05},
         "server": {"rounds": units, "eval_every": units},
         "ffm": {"schedule": schedule, "public_steps": 40, "patience": 2, "min_delta": 0.01, "forgetting": 0.05, **ABLATION.get(arm, {})},
@@ -90,6 +97,7 @@ def main() -> None:
     parser.add_argument("--units", type=int, default=16, help="units (rounds) per run")
     parser.add_argument("--dp", action="store_true", help="DP-SGD at epsilon 8 on the federated phases")
     parser.add_argument("--ablation", action="store_true", help="the adaptive rule with one branch changed at a time")
+    parser.add_argument("--model", choices=tuple(MODELS), default="cnn", help="the project CNN (default) or the small ViT")
     args = parser.parse_args()
     if args.quick:
         args.alphas, args.seeds, args.shares = [0.1], [0], [0.05]
@@ -100,8 +108,10 @@ def main() -> None:
         for share in args.shares:
             for seed in args.seeds:
                 for arm in arms:
-                    result = run(config(arm, alpha=alpha, seed=seed, share=share, units=args.units, dp=args.dp))
-                    runs.append({"arm": arm, "alpha": alpha, "public_share": share, "seed": seed, "dp": args.dp, **result})
+                    result = run(config(arm, alpha=alpha, seed=seed, share=share, units=args.units, dp=args.dp, model=args.model))
+                    runs.append(
+                        {"arm": arm, "model": args.model, "alpha": alpha, "public_share": share, "seed": seed, "dp": args.dp, **result}
+                    )
     table = []
     for alpha in args.alphas:
         for share in args.shares:
@@ -119,8 +129,10 @@ def main() -> None:
                         "seeds": len(accs),
                     }
                 )
-    print_table(f"FFM claims: Fashion-MNIST CNN, 8 clients, {args.units} units{', DP-SGD eps 8' if args.dp else ''}", table)
+    label = {"cnn": "CNN", "vit": "ViT"}[args.model]
+    print_table(f"FFM claims: Fashion-MNIST {label}, 8 clients, {args.units} units{', DP-SGD eps 8' if args.dp else ''}", table)
     name = "ffm_claims_quick" if args.quick else "ffm_claims" + ("_ablation" if args.ablation else "") + ("_dp" if args.dp else "")
+    name += "_vit" if args.model == "vit" else ""
     write_result(name, {"settings": vars(args), "runs": runs, "table": table})
 
 

@@ -34,6 +34,8 @@ MAX_ALPHA = 1e6
 """``data.alpha`` above this draws equal shares (and far above it the Dirichlet draw overflows)."""
 MAX_THREADS = 1024
 """``run.threads`` above this is a typo (torch takes a C int and would try to start them all)."""
+MAX_IMAGE_SIZE = 1024
+"""``data.image_size`` above this is a typo (every image is held in memory at that size)."""
 FLOAT32_MAX = 3.4028234663852886e38
 """Torch trains in float32: a hyperparameter above this overflows inside the optimizer step."""
 
@@ -97,8 +99,10 @@ class DataConfig:
 
     dataset: str = "movie_reviews"
     """A built-in name (``fashion_mnist``, ``digits``, ``movie_reviews``, ``sms_spam``, ``trec``, and the unlabeled
-    ``fortunes``), ``hf:<name>[:<config>]`` for a Hugging Face dataset, a path to a local ``.csv``, ``.jsonl`` or
-    ``.parquet`` file, or a ``.txt`` file or folder of them (unlabeled text, one document per line)."""
+    ``fortunes``), ``hf:<name>[:<config>]`` for a Hugging Face dataset (text, or images with an Image column), a path
+    to a local ``.csv``, ``.jsonl`` or ``.parquet`` file of texts, a ``.txt`` file or folder of them (unlabeled text,
+    one document per line), a ``.npz`` file of image arrays, or a folder of images in the ImageFolder layout
+    (``<folder>/<class>/<image>.png``, optionally under ``train/`` and ``test/``)."""
     text_column: str = "text"
     label_column: str = "label"
     """The column of labels; ``""`` reads the texts alone, as unlabeled text (for masked-language-model pre-training)."""
@@ -120,6 +124,11 @@ class DataConfig:
     """Share of the training split held by the server as public data, never given to any client."""
     max_length: int = 64
     """Token limit for text inputs."""
+    image_size: int = 0
+    """Image folders, ``.npz`` files and ``hf:`` image datasets: resize every image to ``image_size`` x ``image_size``
+    pixels; 0 keeps the source's size, which must then be the same for every image."""
+    image_column: str = "image"
+    """``hf:`` datasets: the column of images (a ``datasets.Image`` feature); a dataset without it is read as text."""
 
     def __post_init__(self) -> None:
         # label_column = "" means "no labels" (unlabeled text for masked-language-model pre-training)
@@ -138,6 +147,11 @@ class DataConfig:
         _positive("data", "min_partition_size", self.min_partition_size, allow_zero=True)
         _positive("data", "shards_per_client", self.shards_per_client)
         _positive("data", "max_length", self.max_length)
+        _positive("data", "image_size", self.image_size, allow_zero=True)
+        if self.image_size > MAX_IMAGE_SIZE:
+            raise ConfigError(
+                "data.image_size", f"{self.image_size} is more than {MAX_IMAGE_SIZE}", "these are small models: use e.g. 28 or 32"
+            )
         if not 0.0 <= self.public_fraction < 1.0:
             raise ConfigError("data.public_fraction", f"must be in [0, 1), got {self.public_fraction!r}", "use e.g. 0.1 for 10%")
         if not 0.0 < self.test_fraction < 1.0:
@@ -177,7 +191,8 @@ class ModelConfig:
     arch: str = "hf-text"
     """``hf-text`` (any Hugging Face encoder with a classification head), ``cnn`` or ``vit``."""
     name_or_path: str = "all-MiniLM-L6-v2"
-    """Hugging Face model name or local path; ``all-MiniLM-L6-v2`` is the bundled offline copy."""
+    """Hugging Face model name or local path; ``all-MiniLM-L6-v2`` is the bundled offline copy. For ``cnn`` and
+    ``vit``: a folder written by ``[ffm] export`` (``RUN_DIR/model``) to start from, or the default to start fresh."""
     objective: str = "classification"
     """``classification`` (a class head, cross-entropy) or ``mlm``: masked-language-model (continued) pre-training
     of a Hugging Face encoder (FFM pre-training, docs/ffm.md), with transformers' 80-10-10 masking collator;
@@ -193,6 +208,7 @@ class ModelConfig:
     lora_dropout: float = 0.0
     lora_target_modules: tuple[str, ...] = ("query", "value")
     vit_patch_size: int = 7
+    """Must divide the image's height and width (checked when the model is built for the data)."""
     vit_dim: int = 64
     vit_depth: int = 2
     vit_heads: int = 4
@@ -218,8 +234,6 @@ class ModelConfig:
         for key, limit in (("lora_rank", 1024), ("vit_dim", 1024), ("vit_depth", 48)):
             if getattr(self, key) > limit:
                 raise ConfigError(f"model.{key}", f"{getattr(self, key)} is more than {limit}", f"use at most {limit}")
-        if 28 % self.vit_patch_size:
-            raise ConfigError("model.vit_patch_size", f"{self.vit_patch_size} does not divide 28", "use 4, 7 or 14")
         if self.vit_dim % self.vit_heads:
             raise ConfigError("model.vit_dim", f"{self.vit_dim} is not a multiple of model.vit_heads={self.vit_heads}")
 
@@ -544,8 +558,10 @@ class FFMConfig:
     """adaptive: a federated round that leaves the public loss this much (relative) above its best sends the next
     unit back to public data."""
     export: bool = False
-    """Write ``RUN_DIR/model/`` at the end with ``save_pretrained`` (Hugging Face text models: the encoder, LoRA
-    merged, and its tokenizer), so that ``model.name_or_path = "RUN_DIR/model"`` fine-tunes from it."""
+    """Write ``RUN_DIR/model/`` at the end, so that ``model.name_or_path = "RUN_DIR/model"`` fine-tunes from it:
+    for Hugging Face text models ``save_pretrained`` (the encoder, LoRA merged, and its tokenizer); for ``cnn`` and
+    ``vit`` ``model.safetensors`` (LoRA merged, head included) and a ``config.json`` of the architecture, image shape,
+    classes and normalization."""
 
     def __post_init__(self) -> None:
         from secure_ffm.engine.schedule import SCHEDULES

@@ -1,6 +1,6 @@
 """Typed containers for labelled data and its federated split.
 
-Images are kept as one ``uint8`` array ``(N, H, W)``, with the source's
+Images are kept as one ``uint8`` array, ``(N, H, W)`` greyscale or ``(N, H, W, 3)`` RGB, with the source's
 :class:`~secure_ffm.data.normalization.ImageNormalization` (how a model standardises them);
 texts as a tuple of strings.
 Clients hold only index arrays into the shared private training pool, so a
@@ -28,6 +28,12 @@ DataKind = Literal["image", "text"]
 UNLABELED_CLASS_NAMES = ("text",)
 """The class names of unlabeled text: one pseudo-class that every example belongs to (label 0)."""
 
+ImageShape = tuple[int, int, int]
+"""``(channels, height, width)`` of the images a dataset holds and an image model reads."""
+
+COLOUR_CHANNELS = 3
+"""Channels of a colour image (RGB, the last axis of a ``(N, H, W, 3)`` array)."""
+
 
 @dataclass(frozen=True)
 class LabeledData:
@@ -36,7 +42,8 @@ class LabeledData:
     Parameters
     ----------
     kind:
-        ``"image"`` (``inputs`` is a ``uint8`` array of shape ``(N, H, W)``) or
+        ``"image"`` (``inputs`` is a ``uint8`` array of shape ``(N, H, W)``, greyscale, or
+        ``(N, H, W, 3)``, RGB) or
         ``"text"`` (``inputs`` is a tuple of ``N`` strings).
     inputs:
         The examples.
@@ -62,10 +69,22 @@ class LabeledData:
             raise ValueError(f"{len(self.inputs)} inputs but {len(self.labels)} labels")
         if self.kind == "text" and not isinstance(self.inputs, tuple):
             object.__setattr__(self, "inputs", tuple(self.inputs))
+        if self.kind == "image":
+            shape = np.shape(self.inputs)
+            if not (len(shape) == 3 or (len(shape) == 4 and shape[-1] == COLOUR_CHANNELS)):
+                raise ValueError(f"images must be an array (N, H, W) or (N, H, W, {COLOUR_CHANNELS}), got shape {shape}")
         object.__setattr__(self, "labels", np.asarray(self.labels, dtype=np.int64))
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    @property
+    def image_shape(self) -> ImageShape:
+        """Images only: ``(channels, height, width)`` of one image (1 channel for ``(N, H, W)`` arrays)."""
+        if self.kind != "image":
+            raise ValueError("text data has no image shape")
+        shape = np.shape(self.inputs)
+        return (shape[3] if len(shape) == 4 else 1, shape[1], shape[2])
 
     def subset(self, indices: np.ndarray) -> LabeledData:
         indices = np.asarray(indices, dtype=np.int64)
@@ -100,6 +119,8 @@ class DatasetSplits:
                 raise ValueError("only text can be unlabeled")
             if self.class_names != UNLABELED_CLASS_NAMES or self.train.labels.any() or self.test.labels.any():
                 raise ValueError(f"unlabeled data has class names {UNLABELED_CLASS_NAMES} and every label 0")
+        if self.train.kind == "image" and self.train.image_shape != self.test.image_shape:
+            raise ValueError(f"train and test images differ in shape: {self.train.image_shape} and {self.test.image_shape}")
 
     @property
     def num_classes(self) -> int:
@@ -113,6 +134,11 @@ class DatasetSplits:
     def normalization(self) -> ImageNormalization | None:
         """How an image model standardises this dataset's pixels (the train split's; ``None`` for text)."""
         return self.train.normalization
+
+    @property
+    def image_shape(self) -> ImageShape | None:
+        """``(channels, height, width)`` of the images (what an image model is built for); ``None`` for text."""
+        return self.train.image_shape if self.kind == "image" else None
 
 
 @dataclass(frozen=True)

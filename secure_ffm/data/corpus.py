@@ -33,6 +33,11 @@ def is_corpus_path(path: Path) -> bool:
     return path.is_dir() or path.suffix.lower() == CORPUS_SUFFIX
 
 
+def holds_corpus_files(folder: Path) -> bool:
+    """Whether a folder holds at least one ``.txt`` file (at any depth)."""
+    return any(p.suffix.lower() == CORPUS_SUFFIX and p.is_file() for p in folder.rglob("*"))
+
+
 def _decode(path: Path) -> str:
     raw = path.read_bytes()
     try:

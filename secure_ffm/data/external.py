@@ -1,4 +1,4 @@
-"""Text datasets beyond the built-ins: local files and Hugging Face datasets.
+"""Text datasets beyond the built-ins: local files and Hugging Face datasets (whose image datasets go to :mod:`secure_ffm.data.images`).
 
 ``data.dataset`` names them by form:
 
@@ -9,6 +9,8 @@
   reads a local folder of ``train.csv``/``test.csv`` (or ``.jsonl``, ``.parquet``)
   files offline. ``data.train_split`` and ``data.test_split`` pick the splits;
   without a test split the train split is divided with ``data.test_fraction``.
+  A dataset whose ``data.image_column`` is an Image feature (e.g. ``hf:<folder>``
+  of class subfolders of images) is read as images by :mod:`secure_ffm.data.images`.
 
 Both read ``data.text_column`` and ``data.label_column``. Labels may be class
 names (sorted into class ids), integers (their sorted distinct values become
@@ -33,6 +35,7 @@ from secure_ffm.config import DataConfig
 from secure_ffm.data.base import DatasetSplits, LabeledData, unlabeled_text
 from secure_ffm.data.builtin import text_splits
 from secure_ffm.data.corpus import CORPUS_SUFFIX, corpus_splits
+from secure_ffm.data.images import is_image_dataset, load_hf_images
 from secure_ffm.data.split import SPLIT_SEED, derive_rng, stratified_split
 from secure_ffm.errors import ConfigError, MissingResourceError
 from secure_ffm.registry import nearest
@@ -40,6 +43,8 @@ from secure_ffm.registry import nearest
 logger = logging.getLogger(__name__)
 
 FILE_SUFFIXES = (".csv", ".jsonl", ".json", ".parquet")
+IMAGE_FILE_SUFFIXES = (".npz",)
+"""Files of image arrays (:func:`secure_ffm.data.images.load_npz`)."""
 HF_PREFIX = "hf:"
 
 
@@ -85,7 +90,8 @@ def _check_column(column: str, key: str, columns: Sequence[str], where: str) -> 
 
 def looks_like_path(name: str) -> bool:
     """Whether ``data.dataset`` is meant as a file path rather than a dataset name."""
-    return name.lower().endswith((*FILE_SUFFIXES, CORPUS_SUFFIX)) or "/" in name or "\\" in name or name.startswith((".", "~"))
+    suffixes = (*FILE_SUFFIXES, *IMAGE_FILE_SUFFIXES, CORPUS_SUFFIX)
+    return name.lower().endswith(suffixes) or "/" in name or "\\" in name or name.startswith((".", "~"))
 
 
 def _read_table(path: Path) -> pd.DataFrame:
@@ -130,7 +136,11 @@ def load_file(config: DataConfig) -> DatasetSplits:
             fix += f", or write hf:{config.dataset} for a Hugging Face dataset"
         raise ConfigError("data.dataset", f"file {str(path)!r} does not exist", fix)
     if path.suffix.lower() not in FILE_SUFFIXES:
-        raise ConfigError("data.dataset", f"unsupported file type {path.suffix!r}", f"use a {', '.join(FILE_SUFFIXES)} file")
+        raise ConfigError(
+            "data.dataset",
+            f"unsupported file type {path.suffix!r}",
+            f"use a {', '.join(FILE_SUFFIXES)} file of texts, a .npz file of images or a folder of class subfolders of images",
+        )
     frame = _read_table(path)
     columns = [str(c) for c in frame.columns]
     _check_column(config.text_column, "data.text_column", columns, path.name)
@@ -234,6 +244,8 @@ def load_hf(config: DataConfig) -> DatasetSplits:
     test = loaded[config.test_split] if config.test_split in splits else None
     if not config.label_column:
         return _hf_unlabeled(config, name, train, test)
+    if is_image_dataset(train, config):
+        return load_hf_images(name, train, test, config)
     label_feature = train.features.get(config.label_column)
     class_label = isinstance(label_feature, datasets.ClassLabel)
 

@@ -9,18 +9,41 @@ from pathlib import Path
 from secure_ffm.config import DataConfig
 from secure_ffm.data.base import DatasetSplits, drop_labels
 from secure_ffm.data.builtin import DATASETS, Loader
-from secure_ffm.data.corpus import is_corpus_path, load_corpus
+from secure_ffm.data.corpus import holds_corpus_files, is_corpus_path, load_corpus
 from secure_ffm.data.external import HF_PREFIX, load_file, load_hf, looks_like_path
+from secure_ffm.data.images import IMAGE_SUFFIXES, load_image_folder, load_npz
 from secure_ffm.data.split import SPLIT_SEED, derive_rng, stratified_subset
 from secure_ffm.errors import ConfigError
 from secure_ffm.registry import nearest
 
 logger = logging.getLogger(__name__)
 
+FILE_LOADERS: dict[str, Loader] = {".npz": load_npz}
+"""Local files by suffix that are not tables of texts (every other file goes to :func:`load_file`)."""
+
+
+def load_path(config: DataConfig) -> DatasetSplits:
+    """A local path: a ``.txt`` file or a folder holding ``.txt`` files (an unlabeled corpus), any other folder as
+    class subfolders of images, a ``.npz`` file of images, or a table of texts."""
+    path = Path(config.dataset).expanduser()
+    if is_corpus_path(path) and (not path.is_dir() or holds_corpus_files(path)):
+        return load_corpus(config)
+    if path.is_dir():
+        if not any(p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() for p in path.rglob("*")):
+            raise ConfigError(
+                "data.dataset",
+                f"folder {str(path)!r} holds no .txt files and no PNG/JPEG images",
+                "give a folder of .txt files (unlabeled text, one document per line) or of class subfolders of images "
+                f"(<folder>/<class>/<image>.png), or write hf:{path} for a folder of train/test tables",
+            )
+        return load_image_folder(config)
+    return FILE_LOADERS.get(path.suffix.lower(), load_file)(config)
+
 
 def resolve_loader(dataset: str) -> Loader:
-    """The loader for a ``data.dataset`` value: built-in name, ``hf:`` name, a ``.txt`` file or folder
-    (an unlabeled corpus, :mod:`~secure_ffm.data.corpus`) or a table file.
+    """The loader for a ``data.dataset`` value: built-in name, ``hf:`` name, or a path: a table file, a ``.npz`` file of
+    images, a folder of images (ImageFolder layout), or a ``.txt`` file or a folder of them (an unlabeled corpus,
+    :mod:`~secure_ffm.data.corpus`).
 
     Raises
     ------
@@ -32,12 +55,13 @@ def resolve_loader(dataset: str) -> Loader:
     if dataset.startswith(HF_PREFIX):
         return load_hf
     if looks_like_path(dataset) or Path(dataset).expanduser().exists():
-        return load_corpus if is_corpus_path(Path(dataset).expanduser()) else load_file
+        return load_path
     hint = nearest(dataset, DATASETS.names())
     fix = (
         f"did you mean {hint!r}?"
         if hint
-        else f"use a built-in ({', '.join(DATASETS.names())}), hf:<name>[:<config>], a .csv/.jsonl/.parquet file, or a .txt file or folder"
+        else f"use a built-in ({', '.join(DATASETS.names())}), hf:<name>[:<config>], a .csv/.jsonl/.parquet/.npz file, "
+        "an image folder, or a .txt file or folder"
     )
     raise ConfigError("data.dataset", f"unknown dataset {dataset!r}", fix)
 

@@ -1,6 +1,6 @@
 """Models: the :class:`FederatedModel` contract and the ``[model] arch`` registry.
 
-Registered architectures: ``cnn`` and ``vit`` for 28x28 images, ``hf-text`` for
+Registered architectures: ``cnn`` and ``vit`` for greyscale or RGB images (28x28 for Fashion-MNIST), ``hf-text`` for
 text. Build one with :func:`build_model`.
 """
 

@@ -17,7 +17,7 @@ from typing import Protocol
 import torch
 
 from secure_ffm.config import ModelConfig
-from secure_ffm.data.base import DataKind
+from secure_ffm.data.base import DataKind, ImageShape
 from secure_ffm.errors import ConfigError
 from secure_ffm.models.base import FederatedModel
 from secure_ffm.models.objectives import OBJECTIVES
@@ -25,10 +25,12 @@ from secure_ffm.registry import Registry
 
 DEFAULT_MAX_LENGTH = 64
 """Token limit used when :func:`build_model` is not given ``max_length`` (``DataConfig.max_length``'s default)."""
+DEFAULT_IMAGE_SHAPE: ImageShape = (1, 28, 28)
+"""``(channels, height, width)`` used when :func:`build_model` is not given ``image_shape`` (Fashion-MNIST's)."""
 
 
 class BuildFunction(Protocol):
-    def __call__(self, config: ModelConfig, *, num_classes: int, max_length: int) -> FederatedModel: ...
+    def __call__(self, config: ModelConfig, *, num_classes: int, max_length: int, image_shape: ImageShape) -> FederatedModel: ...
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,10 @@ MODELS: Registry[ModelBuilder] = Registry("model architecture")
 
 
 def register_model(name: str, *, data_kind: DataKind, objective: str = "classification") -> Callable[[BuildFunction], BuildFunction]:
-    """Register ``build(config, *, num_classes, max_length)`` as architecture ``name`` for ``objective``.
+    """Register ``build(config, *, num_classes, max_length, image_shape)`` as architecture ``name`` for ``objective``.
+
+    ``max_length`` is the token limit of text models, ``image_shape`` the ``(channels, height, width)`` of the
+    dataset's images; a builder ignores the one that does not concern its kind of data.
 
     The build function runs under a seeded, forked torch RNG (see :func:`build_model`),
     so it may initialise weights with the ordinary ``torch.nn.init`` functions. An architecture that supports
@@ -77,6 +82,7 @@ def build_model(
     data_kind: DataKind,
     seed: int,
     max_length: int = DEFAULT_MAX_LENGTH,
+    image_shape: ImageShape | None = None,
 ) -> FederatedModel:
     """Build the ``[model]`` section's architecture for a dataset.
 
@@ -93,6 +99,9 @@ def build_model(
         Seeds every newly initialised weight. The global torch RNG is left as it was.
     max_length:
         Token limit for text models (``DataConfig.max_length``); ignored by image models.
+    image_shape:
+        ``(channels, height, width)`` of the dataset's images (:attr:`DatasetSplits.image_shape`), which sizes the
+        image models; ``None`` is :data:`DEFAULT_IMAGE_SHAPE`. Ignored by text models.
     """
     builder = MODELS.get(config.arch, key="model.arch")
     if builder.data_kind != data_kind:
@@ -115,4 +124,5 @@ def build_model(
         raise ValueError(f"max_length must be positive, got {max_length}")
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(seed)  # CPU only: accelerator RNGs are left alone
-        return builder.builds[config.objective](config, num_classes=num_classes, max_length=max_length)
+        build = builder.builds[config.objective]
+        return build(config, num_classes=num_classes, max_length=max_length, image_shape=image_shape or DEFAULT_IMAGE_SHAPE)

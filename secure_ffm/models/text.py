@@ -232,7 +232,7 @@ def _token_limit(tokenizer: Any, encoder: nn.Module, max_length: int, position_o
 
 
 @register_model("hf-text", data_kind="text")
-def build_hf_text(config: ModelConfig, *, num_classes: int, max_length: int) -> TextModel:
+def build_hf_text(config: ModelConfig, *, num_classes: int, max_length: int, image_shape: tuple[int, int, int]) -> TextModel:
     """``hf-text``: ``name_or_path`` encoder + ``pooling`` + linear head; ``max_length`` is the token limit.
 
     The encoder's pooler layer, unused by this classifier, is removed so that every
@@ -437,7 +437,7 @@ def load_masked_lm(name_or_path: str) -> tuple[Any, nn.Module]:
 
 
 @register_model("hf-text", data_kind="text", objective="mlm")
-def build_hf_masked_lm(config: ModelConfig, *, num_classes: int, max_length: int) -> MaskedLMTextModel:
+def build_hf_masked_lm(config: ModelConfig, *, num_classes: int, max_length: int, image_shape: tuple[int, int, int]) -> MaskedLMTextModel:
     """``hf-text`` with ``objective = "mlm"``: the encoder with its masked-language-model head.
 
     ``full`` trains every parameter (the decoder is tied to the word embeddings); ``lora`` trains adapters in the

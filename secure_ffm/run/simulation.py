@@ -100,6 +100,7 @@ def load_data_and_model(config: Config) -> tuple[FederatedData, FederatedModel]:
         data_kind=data.dataset.kind,
         seed=derive_seed(config.run.seed, INIT),
         max_length=config.data.max_length,
+        image_shape=data.dataset.image_shape,
     )
     return data, model
 
@@ -112,7 +113,7 @@ def prepare_run(config: Config) -> PreparedRun:
         raise ConfigError(
             "ffm.export",
             f"model.arch = {config.model.arch!r} has no pretrained format to export",
-            'use a Hugging Face text model (model.arch = "hf-text"), or set ffm.export = false',
+            "use a model that can be exported (hf-text, cnn, vit), or set ffm.export = false",
         )
     privacy = build_mechanism(config, data)  # calibrates noise; an unmeetable budget raises here
     privacy.check_model(model)

@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from secure_ffm.config import config_from_dict
-from secure_ffm.errors import ConfigError
 from secure_ffm.run.simulation import Simulation, prepare_run
 
 
@@ -51,10 +50,3 @@ def test_the_next_run_fine_tunes_from_the_export(exported, tmp_path):
     config = minilm(finetune="head").replace(**{"model.name_or_path": f'"{out / "model"}"', "ffm.export": "false"})
     summary = Simulation(prepare_run(config)).run()
     assert np.isfinite(summary["final"]["test_loss"])
-
-
-def test_export_of_a_model_without_a_pretrained_format_is_refused_before_anything_runs():
-    data = {"dataset": "fashion_mnist", "max_train_examples": 40, "num_clients": 2}
-    config = config_from_dict({"data": data, "model": {"arch": "cnn", "finetune": "full"}, "ffm": {"export": True}})
-    with pytest.raises(ConfigError, match="ffm.export"):
-        prepare_run(config)
