@@ -12,9 +12,8 @@ def save_tiny_bert(folder: Path) -> Path:
     from secure_ffm.models.text import resolve_name_or_path
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_name_or_path("all-MiniLM-L6-v2"))
-    config = BertConfig(
-        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, max_position_embeddings=64
-    )
+    sizes = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64, "max_position_embeddings": 64}
+    config = BertConfig(vocab_size=len(tokenizer), **sizes)
     torch.manual_seed(0)
     BertModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
