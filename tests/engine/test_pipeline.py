@@ -137,3 +137,13 @@ def test_a_stage_directory_run_with_another_config_is_refused(chained, encoder, 
     )
     with pytest.raises(ConfigError, match=r"\(stage finetune\).*differs in server.rounds"):
         load_pipeline(changed, out)
+
+
+def test_shipped_pipeline_files_are_valid(tmp_path):
+    from pathlib import Path
+
+    shipped = sorted(Path(__file__).resolve().parents[2].joinpath("configs").glob("pipeline_*.toml"))
+    assert shipped
+    for path in shipped:
+        pipeline = load_pipeline(path, tmp_path / path.stem, check_data=False)
+        assert pipeline.stages[-1].references and not (tmp_path / path.stem).exists()
