@@ -174,8 +174,8 @@ def pipeline_from_dict(
         if key not in PIPELINE_KEYS:
             raise ConfigError(f"pipeline.{key}", "unknown key", f"valid keys: {', '.join(PIPELINE_KEYS)}")
     name = header.get("name", default_name)
-    if not isinstance(name, str) or not name:
-        raise ConfigError("pipeline.name", f"must be a non-empty string, got {name!r}")
+    if not isinstance(name, str) or not STAGE_NAME.fullmatch(name):
+        raise ConfigError("pipeline.name", f"must be a folder name (letters, digits, _ . -), got {name!r}", 'write e.g. name = "ffm"')
     entries = raw.get("stage")
     if not isinstance(entries, list) or not entries or not all(isinstance(e, Mapping) for e in entries):
         raise ConfigError("stage", "needs at least one [[stage]] table", 'add [[stage]] with name = "..." and its config')
@@ -191,7 +191,7 @@ def pipeline_from_dict(
 
 def _stage(entry: Mapping[str, Any], position: int, earlier: Sequence[Stage], out_dir: Path, root: Path | None) -> Stage:
     name = entry.get("name")
-    if not isinstance(name, str) or not STAGE_NAME.fullmatch(name):
+    if not isinstance(name, str) or not STAGE_NAME.fullmatch(name) or name == SUMMARY:
         raise ConfigError(
             f"stage {position}: name", f"must be a folder name (letters, digits, _ . -), got {name!r}", 'write e.g. name = "pretrain"'
         )
