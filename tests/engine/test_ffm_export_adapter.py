@@ -1,6 +1,7 @@
 """ffm.export_lora = "adapter": peft adapter files that PeftModel.from_pretrained loads, and that the next run starts from."""
 
 import json
+import logging
 
 import pytest
 import torch
@@ -75,3 +76,21 @@ def test_an_adapter_folder_whose_base_is_gone_is_one_config_error(encoder, expor
     config = config_from_dict(tiny_text_sections(encoder, model={"name_or_path": str(copy), "finetune": "head"}))
     with pytest.raises(ConfigError, match="model.name_or_path.*base model"):
         prepare_run(config)
+
+
+def test_loading_an_export_without_the_pooler_is_quiet_but_a_missing_weight_is_warned(encoder, tmp_path, caplog, capfd):
+    from transformers import AutoModel
+
+    from secure_ffm.models.text import load_encoder
+
+    full = AutoModel.from_pretrained(encoder)
+    state = {k: v for k, v in full.state_dict().items() if not k.startswith("pooler.")}
+    full.save_pretrained(tmp_path / "no-pooler", state_dict=state)
+    del state["encoder.layer.0.output.dense.bias"]
+    full.save_pretrained(tmp_path / "gap", state_dict=state)
+    capfd.readouterr()
+    with caplog.at_level(logging.WARNING, logger="secure_ffm"):
+        load_encoder(str(tmp_path / "no-pooler"))
+        assert not caplog.records and "LOAD REPORT" not in capfd.readouterr().err
+        load_encoder(str(tmp_path / "gap"))
+    assert "1 encoder weights are not in the checkpoint" in caplog.text and "output.dense.bias" in caplog.text
