@@ -42,7 +42,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
 
-from secure_ffm.config import Config, check_local_paths, config_from_dict, parse_override, read_toml, unknown_section
+from secure_ffm.config import Config, check_keys, check_local_paths, config_from_dict, parse_override, read_toml, unknown_section
 from secure_ffm.engine.orchestrator import RunObserver
 from secure_ffm.engine.wire import to_jsonable
 from secure_ffm.errors import ConfigError
@@ -170,9 +170,7 @@ def pipeline_from_dict(
     header = raw.get("pipeline", {})
     if not isinstance(header, Mapping):
         raise ConfigError("pipeline", "must be a table", "write it as [pipeline]")
-    for key in header:
-        if key not in PIPELINE_KEYS:
-            raise ConfigError(f"pipeline.{key}", "unknown key", f"valid keys: {', '.join(PIPELINE_KEYS)}")
+    check_keys("pipeline", header, PIPELINE_KEYS)
     name = header.get("name", default_name)
     if not isinstance(name, str) or not STAGE_NAME.fullmatch(name):
         raise ConfigError("pipeline.name", f"must be a folder name (letters, digits, _ . -), got {name!r}", 'write e.g. name = "ffm"')

@@ -70,11 +70,12 @@ def test_two_stages_run_in_order_and_the_second_starts_from_the_first_ones_expor
     assert not torch.equal(exported, base)  # pre-training moved it: the second stage did not start from the base model
 
 
-def test_running_it_again_skips_the_complete_stages(chained):
+def test_running_it_again_skips_the_complete_stages(chained, capsys):
     path, out, _ = chained
     before = (out / "finetune" / "summary.json").stat().st_mtime_ns
-    result = run_pipeline(load_pipeline(path, out))
-    assert result.ran == [] and result.skipped == ["pretrain", "finetune"]
+    assert main(["pipeline", str(path), "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "stage 1/2 pretrain: already complete, skipped" in printed and "2 stages: 0 ran, 2 already complete" in printed
     assert (out / "finetune" / "summary.json").stat().st_mtime_ns == before
 
 
