@@ -931,11 +931,12 @@ def audit_capture_many(
     on_case: CaseHook | None = None,
 ) -> AuditSummary:
     """The captures of ``clients`` (None: the first capture) in ``round`` (None: each client's first), the model loaded once."""
-    from secure_ffm.run.audit import captured_observations
+    from secure_ffm.run.audit import captured_observations, refuse_public_round
 
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
     build_attack(attack, settings)
+    refuse_public_round(run_dir, round)
     available = captured_observations(run_dir)
     targets: list[int | None] = list(clients) if clients else [None]
     missing = [k for k in targets if not any((round is None or r == round) and (k is None or c == k) for r, c in available)]

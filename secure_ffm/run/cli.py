@@ -161,6 +161,71 @@ def privacy_command(args: argparse.Namespace) -> int:
     return 0
 
 
+class PipelineProgress:
+    """The pipeline's progress on stdout (a ``secure_ffm.run.pipeline.PipelineObserver``): one line per stage, with each
+    stage's round bars (unless ``quiet``)."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+
+    def rounds(self, stage: Any) -> ProgressBars:
+        return ProgressBars(not self.quiet)
+
+    def stage_skipped(self, index: int, total: int, stage: Any, summary: Mapping[str, Any]) -> None:
+        final = summary.get("final") or {}
+        print(f"stage {index}/{total} {stage.name}: already complete, skipped (test_accuracy={_fmt(final.get('test_accuracy'))})")
+
+    def stage_started(self, index: int, total: int, stage: Any, *, resumed: bool) -> None:
+        print(f"stage {index}/{total} {stage.name}: {'resuming' if resumed else 'running'} in {stage.run_dir}", flush=True)
+
+    def stage_finished(self, index: int, total: int, stage: Any, summary: Mapping[str, Any], seconds: float) -> None:
+        final = summary.get("final") or {}
+        exported = f", model exported to {stage.run_dir / 'model'}" if stage.config.ffm.export else ""
+        print(
+            f"stage {index}/{total} {stage.name}: done in {seconds:.0f}s: test_accuracy={_fmt(final.get('test_accuracy'))} "
+            f"test_macro_f1={_fmt(final.get('test_macro_f1'))}{exported}",
+            flush=True,
+        )
+
+
+@command("pipeline")
+def pipeline_command(args: argparse.Namespace) -> int:
+    """Validate a pipeline file whole, then run its stages not complete yet (docs/ffm.md, "Pipelines")."""
+    from secure_ffm.run.pipeline import load_pipeline, run_pipeline
+
+    if args.out is not None and not args.out.strip():
+        raise ConfigError("--out", "is empty", "pass a directory, e.g. --out runs/my-pipeline")
+    if args.out is None:
+        from secure_ffm.config import read_toml
+
+        raw = read_toml(args.pipeline, key="PIPELINE", fix="pass the path of a pipeline .toml")
+        header = raw.get("pipeline", {})
+        name = header.get("name") if isinstance(header, Mapping) and isinstance(header.get("name"), str) else Path(args.pipeline).stem
+        out_dir = Path("runs") / f"pipeline-{name}"
+    else:
+        out_dir = Path(args.out)
+    pipeline = load_pipeline(args.pipeline, out_dir)  # every stage validated: bad input exits 2 before anything is written
+    if args.dry_run:
+        for stage in pipeline.stages:
+            state = "complete" if stage.complete else "interrupted" if stage.started else "to run"
+            starts = f" (starts from {', '.join(stage.references)})" if stage.references else ""
+            print(f"{stage.name}\t{state}\t{stage.run_dir}{starts}")
+        print(f"{len(pipeline.stages)} stages; results would go to {out_dir}")
+        return 0
+    try:
+        result = run_pipeline(pipeline, PipelineProgress(args.quiet))
+    except KeyboardInterrupt:
+        print(f"interrupted; run the same command again to resume (complete stages are kept in {out_dir})", file=sys.stderr)
+        return 130
+    final = result.document.get("final") or {}
+    print(
+        f"{pipeline.name}: {len(pipeline.stages)} stages: {len(result.ran)} ran, {len(result.skipped)} already complete; "
+        f"final test_accuracy={_fmt(final.get('test_accuracy'))} test_macro_f1={_fmt(final.get('test_macro_f1'))}"
+    )
+    print(f"summary: {out_dir / 'pipeline.json'}")
+    return 0
+
+
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
@@ -201,6 +266,20 @@ def build_parser() -> argparse.ArgumentParser:
     privacy.add_argument("config", help="path of the TOML config")
     privacy.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value (repeatable)")
     privacy.add_argument("--json", action="store_true", help="print the plan as JSON")
+
+    pipeline = sub.add_parser(
+        "pipeline",
+        help="run training stages in order, a later stage starting from an earlier one's export (e.g. FFM pre-training, then fine-tuning)",
+        description="Runs the [[stage]] configs of a pipeline file in order into DIR/<stage>/; a stage names an earlier "
+        'stage\'s exported model as model.name_or_path = "{stages.NAME.model}". The whole file is validated before '
+        "anything runs; running it again skips complete stages and resumes an interrupted one. See docs/ffm.md.",
+    )
+    pipeline.add_argument("pipeline", help="pipeline file, e.g. configs/pipeline_pretrain_finetune.toml")
+    pipeline.add_argument(
+        "--out", help="pipeline directory (default: runs/pipeline-<pipeline.name>); an earlier run's directory resumes it"
+    )
+    pipeline.add_argument("--dry-run", action="store_true", help="validate the pipeline and list its stages, run nothing")
+    pipeline.add_argument("--quiet", action="store_true", help="no progress bars")
 
     from secure_ffm.plugins import load_plugins
 

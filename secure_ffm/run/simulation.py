@@ -43,7 +43,7 @@ from secure_ffm.models import build_model
 from secure_ffm.models.base import EncodedData, FederatedModel
 from secure_ffm.privacy.mechanisms import PrivacyMechanism, build_mechanism
 from secure_ffm.privacy.noise import NoisePolicy
-from secure_ffm.run.audit import ObservationRecorder
+from secure_ffm.run.audit import ObservationRecorder, list_observations
 from secure_ffm.run.checkpoint import Checkpoint
 from secure_ffm.run.writer import RunWriter, config_differences, read_metrics, read_run_config
 from secure_ffm.seeding import DROPOUT, INIT, PUBLIC_PHASE, derive_seed, generator
@@ -114,6 +114,12 @@ def prepare_run(config: Config) -> PreparedRun:
             "ffm.export",
             f"model.arch = {config.model.arch!r} has no pretrained format to export",
             "use a model that can be exported (hf-text, cnn, vit), or set ffm.export = false",
+        )
+    if config.ffm.export and config.ffm.export_lora not in model.export_lora_choices:
+        raise ConfigError(
+            "ffm.export_lora",
+            f"model.arch = {config.model.arch!r} exports LoRA {' or '.join(model.export_lora_choices)}, not {config.ffm.export_lora!r}",
+            f'use ffm.export_lora = "{model.export_lora_choices[0]}"',
         )
     privacy = build_mechanism(config, data)  # calibrates noise; an unmeetable budget raises here
     privacy.check_model(model)
@@ -355,6 +361,12 @@ class Simulation:
         before = self.server.parameters
         if decision.phase == PUBLIC:
             assert self.public is not None
+            if self.config.audit.capture_clients and round in self.config.audit.capture_rounds:
+                log.warning(
+                    "audit.capture_rounds lists round %d, a public unit of the FFM schedule: no client sends anything, "
+                    "so there is nothing to capture (summary.json's audit.public_rounds lists it)",
+                    round,
+                )
             self.observer.round_started(round, [])  # no client takes part
             row = self.public.run(round, self)
         else:
@@ -438,7 +450,7 @@ class Simulation:
             metadata = {"arch": self.config.model.arch, "finetune": self.config.model.finetune, "round": str(self.config.server.rounds)}
             if self.config.ffm.export:
                 self.prepared.model.set_trainable(self.server.parameters)
-                self.writer.export_model(self.prepared.model)
+                self.writer.export_model(self.prepared.model, lora=self.config.ffm.export_lora)
             self.writer.finish(
                 parameters=self.server.parameters, metadata=metadata, summary=summary, ledger=self.privacy.ledger(self.client_states)
             )
@@ -486,6 +498,7 @@ class Simulation:
             "privacy": self._privacy_summary(),
             "noise": self.noise_policy.describe(),
             "ffm": self._ffm_summary(),
+            **({"audit": self._audit_summary()} if c.audit.capture_clients else {}),
             "num_train_examples": len(self.prepared.data.private),
             "num_public_examples": len(self.prepared.data.public) if self.prepared.data.public is not None else 0,
             "num_test_examples": len(self.prepared.data.test),
@@ -511,6 +524,15 @@ class Simulation:
             "federated_rounds": phases.count(FEDERATED),
             "public_steps": int(sum(row.get("public_steps", 0) for row in self.history)),
             "switches": sum(1 for a, b in zip(phases, phases[1:], strict=False) if a != b),
+        }
+
+    def _audit_summary(self) -> dict[str, Any]:
+        """What the ``[audit]`` section captured: ``captured`` (round, client) pairs, and ``public_rounds``: the rounds of
+        ``capture_rounds`` that were public units of the FFM schedule, where no client sends anything to capture."""
+        public = {row["round"] for row in self.history if row.get("phase") == PUBLIC}
+        return {
+            "captured": [list(pair) for pair in list_observations(self.out_dir)] if self.out_dir is not None else [],
+            "public_rounds": [r for r in self.config.audit.capture_rounds if r in public],
         }
 
     def _privacy_summary(self) -> dict[str, Any]:

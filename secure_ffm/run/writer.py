@@ -67,15 +67,15 @@ class RunWriter:
     def checkpoint(self, checkpoint: Checkpoint) -> None:
         save_checkpoint(self.out_dir / "checkpoints", checkpoint)
 
-    def export_model(self, model: Any) -> Path:
-        """``model/``: the model in its pretrained format (``model.export_pretrained``), written beside and then moved in
-        place, so a crash leaves no half-written folder under that name."""
+    def export_model(self, model: Any, *, lora: str = "merged") -> Path:
+        """``model/``: the model in its pretrained format (``model.export_pretrained``; ``lora``: ``ffm.export_lora``),
+        written beside and then moved in place, so a crash leaves no half-written folder under that name."""
         import shutil
 
         target = self.out_dir / "model"
         partial = self.out_dir / "model.partial"
         shutil.rmtree(partial, ignore_errors=True)
-        model.export_pretrained(partial)
+        model.export_pretrained(partial, lora=lora)
         shutil.rmtree(target, ignore_errors=True)
         partial.rename(target)
         return target

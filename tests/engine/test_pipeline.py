@@ -1,0 +1,150 @@
+"""`secure-ffm pipeline`: stages run in order, a later one from an earlier one's export; validated whole; resumable."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from tiny_encoder import save_tiny_bert, tiny_text_sections  # tests/engine/tiny_encoder.py (on sys.path under pytest)
+
+from secure_ffm.config import dumps_toml
+from secure_ffm.engine.orchestrator import RunObserver
+from secure_ffm.errors import ConfigError
+from secure_ffm.run.cli import main
+from secure_ffm.run.pipeline import LoggingObserver, load_pipeline, run_pipeline
+from secure_ffm.run.simulation import prepare_run
+
+
+def stage_toml(name, sections, extra=""):
+    """One [[stage]] of a pipeline file: the config sections as [stage.SECTION] tables."""
+    body = dumps_toml(sections).replace("\n[", "\n[stage.").replace("[", "[stage.", 1) if sections else ""
+    return f'[[stage]]\nname = "{name}"\n{extra}\n{body}\n'
+
+
+def write_pipeline(tmp_path, encoder, *, pretrain=None, finetune=None):
+    pretrain = pretrain or tiny_text_sections(
+        encoder,
+        data={"public_fraction": 0.3},
+        server={"rounds": 2},
+        ffm={"schedule": "alternating", "public_steps": 2, "export": True},
+    )
+    finetune = finetune or {"model": {"name_or_path": "{stages.pretrain.model}", "finetune": "head"}, "server": {"rounds": 2}}
+    if "data" not in finetune:
+        finetune = {**tiny_text_sections(encoder), **finetune}
+    path = tmp_path / "pipeline.toml"
+    text = '[pipeline]\nname = "chain"\n\n' + stage_toml("pretrain", pretrain) + stage_toml("finetune", finetune)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def encoder(tmp_path_factory):
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="module")
+def chained(encoder, tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    path = write_pipeline(root, encoder)
+    out = root / "out"
+    result = run_pipeline(load_pipeline(path, out))
+    return path, out, result
+
+
+def test_two_stages_run_in_order_and_the_second_starts_from_the_first_ones_export(chained, encoder):
+    from transformers import AutoModel
+
+    path, out, result = chained
+    assert result.ran == ["pretrain", "finetune"]
+    document = json.loads((out / "pipeline.json").read_text())
+    assert [(s["name"], s["status"]) for s in document["stages"]] == [("pretrain", "complete"), ("finetune", "complete")]
+    assert document["stages"][1]["starts_from"] == ["pretrain"] and document["final"]["test_accuracy"] is not None
+    assert json.loads((out / "pretrain" / "summary.json").read_text())["ffm"]["public_units"] == 1
+    export = out.resolve() / "pretrain" / "model"
+    stage = load_pipeline(path, out).stages[1]
+    assert stage.config.model.name_or_path == str(export)
+    exported = AutoModel.from_pretrained(export).encoder.layer[0].attention.self.query.weight
+    started = prepare_run(stage.config).model.module.encoder.encoder.layer[0].attention.self.query.weight
+    assert torch.equal(started, exported)
+    base = AutoModel.from_pretrained(encoder).encoder.layer[0].attention.self.query.weight
+    assert not torch.equal(exported, base)  # pre-training moved it: the second stage did not start from the base model
+
+
+def test_running_it_again_skips_the_complete_stages(chained, capsys):
+    path, out, _ = chained
+    before = (out / "finetune" / "summary.json").stat().st_mtime_ns
+    assert main(["pipeline", str(path), "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "stage 1/2 pretrain: already complete, skipped" in printed and "2 stages: 0 ran, 2 already complete" in printed
+    assert (out / "finetune" / "summary.json").stat().st_mtime_ns == before
+
+
+class KillFinetuneAtRound2(LoggingObserver):
+    def rounds(self, stage):
+        observer = RunObserver()
+        if stage.name == "finetune":
+
+            def round_started(round, clients):
+                if round == 2:
+                    raise KeyboardInterrupt
+
+            observer.round_started = round_started
+        return observer
+
+
+def test_an_interrupted_stage_resumes_and_the_complete_one_is_skipped(chained, tmp_path):
+    path, out, _ = chained
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    shutil.rmtree(copy / "finetune")
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(load_pipeline(path, copy), KillFinetuneAtRound2())
+    assert json.loads((copy / "pipeline.json").read_text())["stages"][1]["status"] == "interrupted"
+    result = run_pipeline(load_pipeline(path, copy))
+    assert result.skipped == ["pretrain"] and result.ran == ["finetune"]
+    rows = [json.loads(line) for line in (copy / "finetune" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [1, 2]
+
+
+def test_a_reference_to_an_unknown_stage_is_refused_before_anything_is_written(encoder, tmp_path, capsys):
+    path = write_pipeline(tmp_path, encoder, finetune={"model": {"name_or_path": "{stages.pretrian.model}"}})
+    out = tmp_path / "out"
+    assert main(["pipeline", str(path), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "model.name_or_path (stage finetune)" in err and "did you mean 'pretrain'" in err
+    assert not out.exists()
+
+
+def test_a_reference_to_a_stage_that_exports_nothing_is_refused(encoder, tmp_path):
+    pretrain = tiny_text_sections(encoder)  # no ffm.export
+    path = write_pipeline(tmp_path, encoder, pretrain=pretrain)
+    with pytest.raises(ConfigError, match=r"model.name_or_path \(stage finetune\).*ffm.export = true"):
+        load_pipeline(path, tmp_path / "out")
+
+
+def test_a_bad_setting_in_a_later_stage_is_refused_before_the_first_runs(encoder, tmp_path):
+    finetune = {"model": {"name_or_path": "{stages.pretrain.model}"}, "client": {"lr": -1.0}}
+    path = write_pipeline(tmp_path, encoder, finetune=finetune)
+    with pytest.raises(ConfigError, match=r"client.lr \(stage finetune\)"):
+        load_pipeline(path, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_stage_directory_run_with_another_config_is_refused(chained, encoder, tmp_path):
+    path, out, _ = chained
+    changed = write_pipeline(
+        tmp_path, encoder, finetune={"model": {"name_or_path": "{stages.pretrain.model}", "finetune": "head"}, "server": {"rounds": 3}}
+    )
+    with pytest.raises(ConfigError, match=r"\(stage finetune\).*differs in server.rounds"):
+        load_pipeline(changed, out)
+
+
+def test_shipped_pipeline_files_are_valid(tmp_path):
+    from pathlib import Path
+
+    shipped = sorted(Path(__file__).resolve().parents[2].joinpath("configs").glob("pipeline_*.toml"))
+    assert shipped
+    for path in shipped:
+        pipeline = load_pipeline(path, tmp_path / path.stem, check_data=False)
+        assert pipeline.stages[-1].references and not (tmp_path / path.stem).exists()
