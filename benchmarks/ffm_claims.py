@@ -1,7 +1,7 @@
 """The seed's FFM claim, measured: does FFM (public + federated phases) beat centralized-only and FL-only under
 non-IID data? (Federated Foundation Models, arXiv 2305.11414, Sec. 3.1 and its CIFAR-10 ViT figure; our data
-differs: Fashion-MNIST and the project CNN, or with ``--model vit`` the project's small ViT, trained from scratch, see
-the README.)
+differs: Fashion-MNIST and the project CNN, or with ``--model vit`` the project's small ViT, trained from scratch, or
+with ``--model minilm`` the bundled MiniLM fine-tuned with LoRA on the movie-review snippets; see the README.)
 
 Arms, each with the same number of units (``server.rounds``) and the same private/public split:
 
@@ -20,6 +20,7 @@ federated phases.
     python benchmarks/ffm_claims.py --alphas 0.1 1.0 --shares 0.05 --dp
     python benchmarks/ffm_claims.py --ablation --alphas 0.1 1.0 --shares 0.05
     python benchmarks/ffm_claims.py --quick --model vit  # the same arms with the SmallViT (results *_vit.json)
+    python benchmarks/ffm_claims.py --model minilm --alphas 0.1 1.0 --seeds 0 --shares 0.05 --units 10  # text arms
 """
 
 from __future__ import annotations
@@ -47,8 +48,22 @@ ABLATION = {
 MODELS = {
     "cnn": {"arch": "cnn", "finetune": "full"},
     "vit": {"arch": "vit", "finetune": "full", "vit_patch_size": 7, "vit_dim": 64, "vit_depth": 2, "vit_heads": 4},
+    "minilm": {"arch": "hf-text", "name_or_path": "all-MiniLM-L6-v2", "finetune": "lora", "lora_rank": 8, "lora_alpha": 16.0},
 }
-"""``--model``: the project CNN (the default) or the small ViT (16 patches of 7x7, 2 blocks of width 64), trained in full."""
+"""``--model``: the project CNN (the default), the small ViT (16 patches of 7x7, 2 blocks of width 64), both trained in
+full on Fashion-MNIST, or the bundled all-MiniLM-L6-v2 with LoRA (rank 8 on query/value, plus the head) on the
+movie-review snippets (sentiment, 2 classes)."""
+DATA = {
+    "cnn": {"dataset": "fashion_mnist", "max_train_examples": 4000, "max_test_examples": 1000},
+    "vit": {"dataset": "fashion_mnist", "max_train_examples": 4000, "max_test_examples": 1000},
+    "minilm": {"dataset": "movie_reviews", "max_train_examples": 2000, "max_test_examples": 500, "max_length": 48},
+}
+CLIENT = {
+    "cnn": {"local_steps": 5, "batch_size": 32, "lr": 0.05},
+    "vit": {"local_steps": 5, "batch_size": 32, "lr": 0.05},
+    "minilm": {"local_steps": 5, "batch_size": 32, "lr": 0.003, "optimizer": "adamw"},
+}
+"""Per model: the data and the local training (the MiniLM settings are the quick-start's)."""
 
 
 def config(arm: str, *, alpha: float, seed: int, share: float, units: int, dp: bool, model: str = "cnn") -> dict:
@@ -56,16 +71,14 @@ def config(arm: str, *, alpha: float, seed: int, share: float, units: int, dp: b
     raw = {
         "run": {"seed": seed, "name": f"ffm-{arm}", "threads": 1},
         "data": {
-            "dataset": "fashion_mnist",
-            "max_train_examples": 4000,
-            "max_test_examples": 1000,
+            **DATA[model],
             "num_clients": 8,
             "partition": "dirichlet",
             "alpha": alpha,
             "public_fraction": 0.95 if arm == "reference" else share,
         },
         "model": dict(MODELS[model]),
-        "client": {"local_steps": 5, "batch_size": 32, "lr": 0.05},
+        "client": dict(CLIENT[model]),
         "server": {"rounds": units, "eval_every": units},
         "ffm": {"schedule": schedule, "public_steps": 40, "patience": 2, "min_delta": 0.01, "forgetting": 0.05, **ABLATION.get(arm, {})},
     }
@@ -97,7 +110,7 @@ def main() -> None:
     parser.add_argument("--units", type=int, default=16, help="units (rounds) per run")
     parser.add_argument("--dp", action="store_true", help="DP-SGD at epsilon 8 on the federated phases")
     parser.add_argument("--ablation", action="store_true", help="the adaptive rule with one branch changed at a time")
-    parser.add_argument("--model", choices=tuple(MODELS), default="cnn", help="the project CNN (default) or the small ViT")
+    parser.add_argument("--model", choices=tuple(MODELS), default="cnn", help="the project CNN (default), the small ViT, or MiniLM (text)")
     args = parser.parse_args()
     if args.quick:
         args.alphas, args.seeds, args.shares = [0.1], [0], [0.05]
@@ -129,10 +142,10 @@ def main() -> None:
                         "seeds": len(accs),
                     }
                 )
-    label = {"cnn": "CNN", "vit": "ViT"}[args.model]
-    print_table(f"FFM claims: Fashion-MNIST {label}, 8 clients, {args.units} units{', DP-SGD eps 8' if args.dp else ''}", table)
+    label = {"cnn": "Fashion-MNIST CNN", "vit": "Fashion-MNIST ViT", "minilm": "movie reviews MiniLM LoRA"}[args.model]
+    print_table(f"FFM claims: {label}, 8 clients, {args.units} units{', DP-SGD eps 8' if args.dp else ''}", table)
     name = "ffm_claims_quick" if args.quick else "ffm_claims" + ("_ablation" if args.ablation else "") + ("_dp" if args.dp else "")
-    name += "_vit" if args.model == "vit" else ""
+    name += "" if args.model == "cnn" else f"_{args.model}"
     write_result(name, {"settings": vars(args), "runs": runs, "table": table})
 
 
