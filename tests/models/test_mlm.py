@@ -238,3 +238,19 @@ def test_mlm_probability_outside_0_1_is_refused(value):
 def test_an_unknown_objective_names_the_nearest():
     with pytest.raises(ConfigError, match="did you mean 'mlm'"):
         ModelConfig(objective="mlmm")
+
+
+@pytest.mark.parametrize("objective", ["classification", "mlm"])
+def test_a_model_folder_that_does_not_load_is_exit_2_naming_the_key_and_writes_nothing(tmp_path, capsys, objective):
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"model_type": "bert", "hidden_size": "not a number"}')
+    config = tmp_path / "c.toml"
+    config.write_text(
+        '[data]\ndataset = "movie_reviews"\nmax_train_examples = 40\nnum_clients = 2\n'
+        f'[model]\narch = "hf-text"\nname_or_path = "{broken}"\nobjective = "{objective}"\n'
+    )
+    assert main(["train", str(config), "--quiet", "--out", str(tmp_path / "run")]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "model.name_or_path" in error[0] and "cannot load" in error[0], error
+    assert not (tmp_path / "run").exists()
