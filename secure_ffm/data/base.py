@@ -15,13 +15,17 @@ classifier would train on it.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
 from secure_ffm.data.normalization import ImageNormalization
 from secure_ffm.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 DataKind = Literal["image", "text"]
 
@@ -230,3 +234,13 @@ def require_labels(splits: DatasetSplits, *, key: str = "data.dataset") -> None:
 def label_histogram(labels: np.ndarray, num_classes: int) -> tuple[int, ...]:
     """Count of each class in ``labels``."""
     return tuple(int(c) for c in np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes))
+
+
+def read_text_file(path: Path) -> str:
+    """A text file's content: UTF-8, or Latin-1 (with a warning) when it is not UTF-8."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        logger.warning("%s is not UTF-8; reading it as Latin-1", path)
+        return raw.decode("latin-1")

@@ -51,7 +51,7 @@ from pathlib import Path
 import numpy as np
 
 from secure_ffm.config import DataConfig
-from secure_ffm.data.base import DatasetSplits, LabeledData, unlabeled_text
+from secure_ffm.data.base import DatasetSplits, LabeledData, read_text_file, unlabeled_text
 from secure_ffm.data.normalization import ImageNormalization
 from secure_ffm.data.split import SPLIT_SEED, derive_rng, stratified_split
 from secure_ffm.errors import MissingResourceError
@@ -156,15 +156,6 @@ def _frozen(labels: list[int]) -> np.ndarray:
     return array
 
 
-def _read_text(path: Path) -> str:
-    raw = path.read_bytes()
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        logger.warning("%s is not UTF-8; reading it as Latin-1", path)
-        return raw.decode("latin-1")
-
-
 # --------------------------------------------------------------------------- Fashion-MNIST
 
 
@@ -263,7 +254,7 @@ def read_movie_reviews(path: Path) -> tuple[tuple[str, ...], np.ndarray]:
     texts: list[str] = []
     labels: list[int] = []
     neutral = 0
-    lines = _read_text(path).splitlines()
+    lines = read_text_file(path).splitlines()
     for number, line in enumerate(lines[1:], start=2):
         if not line.strip():
             continue
@@ -319,7 +310,7 @@ def read_sms_spam(path: Path) -> tuple[tuple[str, ...], np.ndarray]:
     """
     texts: list[str] = []
     labels: list[int] = []
-    for number, line in enumerate(_read_text(path).splitlines()[1:], start=2):
+    for number, line in enumerate(read_text_file(path).splitlines()[1:], start=2):
         if not line.strip():
             continue
         if match := _SMS_NUMBERED.match(line):
@@ -367,7 +358,7 @@ def read_trec(path: Path) -> tuple[tuple[str, ...], np.ndarray]:
     labels: list[int] = []
     seen: set[str] = set()
     index = {name: i for i, name in enumerate(TREC_CLASSES)}
-    for number, line in enumerate(_read_text(path).splitlines(), start=1):
+    for number, line in enumerate(read_text_file(path).splitlines(), start=1):
         if not line.strip():
             continue
         tag, _, question = line.partition(" ")
@@ -429,7 +420,7 @@ def read_fortunes(folder: Path) -> tuple[str, ...]:
     seen: set[str] = set()
     fortunes: list[str] = []
     for path in files:
-        for fortune in parse_fortunes(_read_text(path)):
+        for fortune in parse_fortunes(read_text_file(path)):
             if fortune not in seen:
                 seen.add(fortune)
                 fortunes.append(fortune)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from secure_ffm.config import DataConfig
-from secure_ffm.data.base import DatasetSplits, unlabeled_text
+from secure_ffm.data.base import DatasetSplits, read_text_file, unlabeled_text
 from secure_ffm.data.split import SPLIT_SEED, derive_rng, stratified_split
 from secure_ffm.errors import ConfigError
 
@@ -36,15 +36,6 @@ def is_corpus_path(path: Path) -> bool:
 def holds_corpus_files(folder: Path) -> bool:
     """Whether a folder holds at least one ``.txt`` file (at any depth)."""
     return any(p.suffix.lower() == CORPUS_SUFFIX and p.is_file() for p in folder.rglob("*"))
-
-
-def _decode(path: Path) -> str:
-    raw = path.read_bytes()
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        logger.warning("%s is not UTF-8; reading it as Latin-1", path)
-        return raw.decode("latin-1")
 
 
 def corpus_files(path: Path, *, key: str = "data.dataset") -> list[Path]:
@@ -80,7 +71,7 @@ def read_corpus(path: Path, *, key: str = "data.dataset") -> tuple[str, ...]:
     documents: list[str] = []
     for file in corpus_files(path, key=key):
         try:
-            text = _decode(file)
+            text = read_text_file(file)
         except OSError as error:
             raise ConfigError(key, f"cannot read {str(file)!r}: {error.strerror or error}", "check its permissions") from None
         documents.extend(line.strip() for line in text.splitlines() if line.strip())

@@ -14,6 +14,8 @@ per-sample gradients for.
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 
 from secure_ffm.config import ModelConfig
@@ -54,18 +56,26 @@ def _adaptable(module: nn.Module) -> bool:
     return isinstance(module, nn.Linear | nn.Embedding | nn.Conv1d | nn.Conv2d | nn.Conv3d) or type(module).__name__ == "Conv1D"
 
 
-def inject_lora(adapted: nn.Module, config: ModelConfig, *, what: str) -> None:
-    """Add LoRA adapters (``config.lora_*``) in place to the target layers of ``adapted``."""
-    check_lora_targets(adapted, config.lora_target_modules, what=what)
-    from peft import LoraConfig, inject_adapter_in_model
+def lora_config(config: ModelConfig, **extra: Any) -> Any:
+    """peft's ``LoraConfig`` of the ``[model]`` section's ``lora_*`` keys (``extra``: more ``LoraConfig`` fields)."""
+    from peft import LoraConfig
 
-    lora = LoraConfig(
+    return LoraConfig(
         r=config.lora_rank,
         lora_alpha=config.lora_alpha,
         lora_dropout=config.lora_dropout,
         target_modules=list(config.lora_target_modules),
         bias="none",
+        **extra,
     )
+
+
+def inject_lora(adapted: nn.Module, config: ModelConfig, *, what: str) -> None:
+    """Add LoRA adapters (``config.lora_*``) in place to the target layers of ``adapted``."""
+    check_lora_targets(adapted, config.lora_target_modules, what=what)
+    from peft import inject_adapter_in_model
+
+    lora = lora_config(config)
     try:
         inject_adapter_in_model(lora, adapted)
     except ValueError as error:  # e.g. a target that is not a Linear/Embedding/Conv layer

@@ -25,7 +25,7 @@ from secure_ffm.config import ModelConfig
 from secure_ffm.data.base import LabeledData
 from secure_ffm.errors import ConfigError, MissingResourceError
 from secure_ffm.models.base import Batch, EncodedData, FederatedModel
-from secure_ffm.models.finetune import configure_finetune, short_reason
+from secure_ffm.models.finetune import configure_finetune, lora_config, short_reason
 from secure_ffm.models.objectives import IGNORE_INDEX, MASKED_LANGUAGE_MODELING
 from secure_ffm.models.registry import register_model
 
@@ -158,7 +158,32 @@ def _hidden_size(encoder: nn.Module) -> int:
     return int(embeddings.embedding_dim)
 
 
-class TextClassifier(nn.Module):
+class _EncoderInputs(nn.Module):
+    """Passes ``token_type_ids`` and ``position_ids`` on to a Hugging Face model only when its ``forward`` names them."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        parameters = inspect.signature(model.forward).parameters.values()
+        named = {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        self.passes_token_type_ids = "token_type_ids" in named
+        self.passes_position_ids = "position_ids" in named
+
+    def encoder_inputs(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None,
+        position_ids: torch.Tensor | None,
+    ) -> dict[str, torch.Tensor]:
+        kwargs: dict[str, torch.Tensor] = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None and self.passes_token_type_ids:
+            kwargs["token_type_ids"] = token_type_ids
+        if position_ids is not None and self.passes_position_ids:
+            kwargs["position_ids"] = position_ids
+        return kwargs
+
+
+class TextClassifier(_EncoderInputs):
     """``encoder`` + pooling (``mean`` over the attention mask, or the first ``cls`` token) + ``head``.
 
     ``forward(input_ids, attention_mask, token_type_ids, position_ids)`` returns
@@ -172,17 +197,13 @@ class TextClassifier(nn.Module):
     """
 
     def __init__(self, encoder: nn.Module, num_classes: int, *, pooling: str = "mean") -> None:
-        super().__init__()
+        super().__init__(encoder)
         if pooling not in ("mean", "cls"):
             raise ValueError(f"pooling must be 'mean' or 'cls', got {pooling!r}")
         self.encoder = encoder
         self.head = nn.Linear(_hidden_size(encoder), num_classes)
         self.pooling = pooling
         self.track_encoder_grad = True
-        parameters = inspect.signature(encoder.forward).parameters.values()
-        named = {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-        self.passes_token_type_ids = "token_type_ids" in named
-        self.passes_position_ids = "position_ids" in named
 
     def forward(
         self,
@@ -191,11 +212,7 @@ class TextClassifier(nn.Module):
         token_type_ids: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        kwargs: dict[str, torch.Tensor] = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if token_type_ids is not None and self.passes_token_type_ids:
-            kwargs["token_type_ids"] = token_type_ids
-        if position_ids is not None and self.passes_position_ids:
-            kwargs["position_ids"] = position_ids
+        kwargs = self.encoder_inputs(input_ids, attention_mask, token_type_ids, position_ids)
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.track_encoder_grad):
             hidden = self.encoder(**kwargs)[0]
         if self.pooling == "cls":
@@ -235,13 +252,10 @@ class TextModel(FederatedModel):
         pad = getattr(tokenizer, "pad_token_id", None)
         self.pad_token_id = int(pad) if pad is not None else 0
 
-    def encode(self, data: LabeledData) -> EncodedData:
-        """``tensors["input_ids"]``: one ``int64`` array of token ids per example (special tokens included)."""
+    def tokenize(self, data: LabeledData) -> list[np.ndarray]:
+        """One ``int64`` array of token ids per text (special tokens included, truncated to ``max_length``, unpadded)."""
         if data.kind != "text":
             raise ValueError(f"a text model cannot encode {data.kind} data")
-        labels = data.labels
-        if len(labels) and (labels.min() < 0 or labels.max() >= self.num_classes):
-            raise ValueError(f"labels must lie in [0, {self.num_classes}), got [{labels.min()}, {labels.max()}]")
         tokens = self.tokenizer(
             list(data.inputs),
             truncation=True,
@@ -250,31 +264,48 @@ class TextModel(FederatedModel):
             return_attention_mask=False,
             return_token_type_ids=False,
         )["input_ids"]
-        input_ids = [np.asarray(row, dtype=np.int64) for row in tokens]
+        return [np.asarray(row, dtype=np.int64) for row in tokens]
+
+    def encode(self, data: LabeledData) -> EncodedData:
+        """``tensors["input_ids"]``: one ``int64`` array of token ids per example (special tokens included)."""
+        input_ids = self.tokenize(data)
+        labels = data.labels
+        if len(labels) and (labels.min() < 0 or labels.max() >= self.num_classes):
+            raise ValueError(f"labels must lie in [0, {self.num_classes}), got [{labels.min()}, {labels.max()}]")
         return EncodedData(tensors={"input_ids": input_ids}, labels=torch.from_numpy(labels.copy()))
+
+    @staticmethod
+    def padded(rows: list[np.ndarray], fill: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``rows`` padded with ``fill`` to the longest, and the attention mask (1 on the rows' own positions)."""
+        length = max(1, max(len(row) for row in rows))
+        values = np.full((len(rows), length), fill, dtype=np.int64)
+        attention = np.zeros((len(rows), length), dtype=np.int64)
+        for j, row in enumerate(rows):
+            values[j, : len(row)] = row
+            attention[j, : len(row)] = 1
+        return torch.from_numpy(values), torch.from_numpy(attention)
+
+    def batch_of(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> Batch:
+        """The model inputs of padded ids: ``position_ids``/``token_type_ids`` have one row per example (Opacus)."""
+        rows, length = input_ids.shape
+        positions = torch.arange(self.position_offset, self.position_offset + length, dtype=torch.long)
+        return Batch(
+            inputs={
+                "input_ids": input_ids,
+                "attention_mask": attention_mask,
+                "token_type_ids": torch.zeros((rows, length), dtype=torch.long),
+                "position_ids": positions.repeat(rows, 1),
+            },
+            labels=labels,
+        )
 
     def make_batch(self, encoded: EncodedData, indices: np.ndarray) -> Batch:
         """Pad to the batch's longest sequence; ``position_ids``/``token_type_ids`` have one row per example."""
         index = np.asarray(indices, dtype=np.int64)
         if index.size == 0:
             raise ValueError("cannot make an empty batch")
-        rows = [encoded.tensors["input_ids"][i] for i in index]
-        length = max(1, max(len(row) for row in rows))
-        input_ids = np.full((len(rows), length), self.pad_token_id, dtype=np.int64)
-        attention_mask = np.zeros((len(rows), length), dtype=np.int64)
-        for j, row in enumerate(rows):
-            input_ids[j, : len(row)] = row
-            attention_mask[j, : len(row)] = 1
-        positions = torch.arange(self.position_offset, self.position_offset + length, dtype=torch.long)
-        return Batch(
-            inputs={
-                "input_ids": torch.from_numpy(input_ids),
-                "attention_mask": torch.from_numpy(attention_mask),
-                "token_type_ids": torch.zeros((len(rows), length), dtype=torch.long),
-                "position_ids": positions.repeat(len(rows), 1),
-            },
-            labels=encoded.labels[torch.from_numpy(index)],
-        )
+        input_ids, attention = self.padded([encoded.tensors["input_ids"][i] for i in index], self.pad_token_id)
+        return self.batch_of(input_ids, attention, encoded.labels[torch.from_numpy(index)])
 
     export_lora_choices = ("merged", "adapter")
     """``ffm.export_lora`` values this model's export supports."""
@@ -304,7 +335,7 @@ class TextModel(FederatedModel):
     def _export_adapter(self, folder: Path) -> None:
         import json
 
-        from peft import LoraConfig, get_peft_model_state_dict
+        from peft import get_peft_model_state_dict
         from safetensors.torch import save_file
 
         if self.config is None or self.config.finetune != "lora":
@@ -312,14 +343,7 @@ class TextModel(FederatedModel):
         c = self.config
         base = resolve_name_or_path(c.name_or_path)
         base_reference = str(Path(base).resolve()) if Path(base).exists() else base
-        lora = LoraConfig(
-            r=c.lora_rank,
-            lora_alpha=c.lora_alpha,
-            lora_dropout=c.lora_dropout,
-            target_modules=list(c.lora_target_modules),
-            bias="none",
-            base_model_name_or_path=base_reference,
-        )
+        lora = lora_config(c, base_model_name_or_path=base_reference)
         state = get_peft_model_state_dict(self.module.encoder, adapter_name="default")
         folder.mkdir(parents=True, exist_ok=True)
         lora.save_pretrained(str(folder))
@@ -387,18 +411,14 @@ def build_hf_text(config: ModelConfig, *, num_classes: int, max_length: int, ima
 # --------------------------------------------------------------------------- masked language modeling
 
 
-class MaskedLanguageModel(nn.Module):
+class MaskedLanguageModel(_EncoderInputs):
     """A Hugging Face ``AutoModelForMaskedLM`` (encoder + MLM head) whose ``forward`` returns token logits
     ``(B, L, V)``; ``token_type_ids`` and ``position_ids`` are passed on when the model's ``forward`` names them."""
 
     def __init__(self, model: nn.Module) -> None:
-        super().__init__()
+        super().__init__(model)
         _unregister_aliases(model)
         self.mlm = model
-        parameters = inspect.signature(model.forward).parameters.values()
-        named = {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-        self.passes_token_type_ids = "token_type_ids" in named
-        self.passes_position_ids = "position_ids" in named
 
     @property
     def encoder(self) -> nn.Module:
@@ -412,12 +432,7 @@ class MaskedLanguageModel(nn.Module):
         token_type_ids: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        kwargs: dict[str, torch.Tensor] = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if token_type_ids is not None and self.passes_token_type_ids:
-            kwargs["token_type_ids"] = token_type_ids
-        if position_ids is not None and self.passes_position_ids:
-            kwargs["position_ids"] = position_ids
-        return self.mlm(**kwargs).logits
+        return self.mlm(**self.encoder_inputs(input_ids, attention_mask, token_type_ids, position_ids)).logits
 
 
 def _unregister_aliases(model: nn.Module) -> None:
@@ -478,17 +493,7 @@ class MaskedLMTextModel(TextModel):
 
     def encode(self, data: LabeledData) -> EncodedData:
         """Token ids per example, and each example's fixed evaluation masks (labels of the dataset are ignored)."""
-        if data.kind != "text":
-            raise ValueError(f"a text model cannot encode {data.kind} data")
-        tokens = self.tokenizer(
-            list(data.inputs),
-            truncation=True,
-            max_length=self.max_length,
-            padding=False,
-            return_attention_mask=False,
-            return_token_type_ids=False,
-        )["input_ids"]
-        input_ids = [np.asarray(row, dtype=np.int64) for row in tokens]
+        input_ids = self.tokenize(data)
         generator = torch.Generator().manual_seed(EVAL_MASK_SEED)
         masked, targets = [], []
         for row in input_ids:
@@ -501,45 +506,23 @@ class MaskedLMTextModel(TextModel):
             labels=torch.zeros(len(input_ids), dtype=torch.long),
         )
 
-    def _padded(self, rows: list[np.ndarray], fill: int) -> tuple[torch.Tensor, torch.Tensor]:
-        length = max(1, max(len(row) for row in rows))
-        values = np.full((len(rows), length), fill, dtype=np.int64)
-        attention = np.zeros((len(rows), length), dtype=np.int64)
-        for j, row in enumerate(rows):
-            values[j, : len(row)] = row
-            attention[j, : len(row)] = 1
-        return torch.from_numpy(values), torch.from_numpy(attention)
-
-    def _batch(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> Batch:
-        rows, length = input_ids.shape
-        positions = torch.arange(self.position_offset, self.position_offset + length, dtype=torch.long)
-        return Batch(
-            inputs={
-                "input_ids": input_ids,
-                "attention_mask": attention_mask,
-                "token_type_ids": torch.zeros((rows, length), dtype=torch.long),
-                "position_ids": positions.repeat(rows, 1),
-            },
-            labels=labels,
-        )
-
     def make_batch(self, encoded: EncodedData, indices: np.ndarray) -> Batch:
         """The examples with their fixed evaluation masks; labels ``(B, L)`` are -100 where nothing is predicted."""
         index = np.asarray(indices, dtype=np.int64)
         if index.size == 0:
             raise ValueError("cannot make an empty batch")
-        input_ids, attention = self._padded([encoded.tensors["eval_input_ids"][i] for i in index], self.pad_token_id)
-        labels, _ = self._padded([encoded.tensors["eval_labels"][i] for i in index], IGNORE_INDEX)
-        return self._batch(input_ids, attention, labels)
+        input_ids, attention = self.padded([encoded.tensors["eval_input_ids"][i] for i in index], self.pad_token_id)
+        labels, _ = self.padded([encoded.tensors["eval_labels"][i] for i in index], IGNORE_INDEX)
+        return self.batch_of(input_ids, attention, labels)
 
     def make_training_batch(self, encoded: EncodedData, indices: np.ndarray, *, generator: torch.Generator) -> Batch:
         """The examples with fresh masks drawn from ``generator``."""
         index = np.asarray(indices, dtype=np.int64)
         if index.size == 0:
             raise ValueError("cannot make an empty batch")
-        input_ids, attention = self._padded([encoded.tensors["input_ids"][i] for i in index], self.pad_token_id)
+        input_ids, attention = self.padded([encoded.tensors["input_ids"][i] for i in index], self.pad_token_id)
         masked, labels = self._mask(input_ids, attention, generator)
-        return self._batch(masked, attention, labels)
+        return self.batch_of(masked, attention, labels)
 
     def pretrained_module(self) -> nn.Module:
         return self.module.mlm

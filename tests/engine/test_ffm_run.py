@@ -50,9 +50,9 @@ def test_a_public_phase_trains_the_global_model_on_public_data():
     assert summary["bytes_up_total"] == 0 and summary["ffm"]["federated_rounds"] == 0
 
 
-def test_public_data_never_reaches_a_client(monkeypatch):
-    prepared = prepare_run(ffm("alternating", rounds=4))
-    built = []
+def clients_that_train(monkeypatch) -> list[FederatedClient]:
+    """Every client a run trains, recorded as it trains (the list fills during the run)."""
+    built: list[FederatedClient] = []
     original = FederatedClient.fit
 
     def spy(self, ins, **kwargs):
@@ -60,6 +60,12 @@ def test_public_data_never_reaches_a_client(monkeypatch):
         return original(self, ins, **kwargs)
 
     monkeypatch.setattr(FederatedClient, "fit", spy)
+    return built
+
+
+def test_public_data_never_reaches_a_client(monkeypatch):
+    prepared = prepare_run(ffm("alternating", rounds=4))
+    built = clients_that_train(monkeypatch)
     Simulation(prepared).run()
     assert built and all(client.encoded is prepared.encoded_private for client in built)
     digest = lambda image: hashlib.sha256(np.ascontiguousarray(image).tobytes()).hexdigest()  # noqa: E731
@@ -133,14 +139,7 @@ def with_public_dataset(tmp_path, rounds=2, **ffm_settings):
 
 def test_a_separate_public_dataset_trains_the_server_and_never_reaches_a_client(tmp_path, monkeypatch):
     prepared = prepare_run(with_public_dataset(tmp_path))
-    built = []
-    original = FederatedClient.fit
-
-    def spy(self, ins, **kwargs):
-        built.append(self)
-        return original(self, ins, **kwargs)
-
-    monkeypatch.setattr(FederatedClient, "fit", spy)
+    built = clients_that_train(monkeypatch)
     simulation = Simulation(prepared)
     simulation.run()
     public = set(prepared.data.public.inputs)

@@ -92,7 +92,7 @@ def test_the_masking_is_bert_s_15_percent_with_80_10_10(tiny_bert):
     model = mlm_model(tiny_bert)
     encoded = model.encode(corpus(400))
     batch = model.make_training_batch(encoded, np.arange(400), generator=torch.Generator().manual_seed(0))
-    original = model._padded([encoded.tensors["input_ids"][i] for i in range(400)], model.pad_token_id)[0]
+    original = model.padded([encoded.tensors["input_ids"][i] for i in range(400)], model.pad_token_id)[0]
     maskable = ~torch.isin(original, model.special_ids)
     chosen = batch.labels != IGNORE_INDEX
     assert torch.equal(batch.labels[chosen], original[chosen])
@@ -109,7 +109,7 @@ def test_special_tokens_and_padding_are_never_masked(tiny_bert):
     encoded = model.encode(LabeledData(kind="text", inputs=("a b", "a much longer sentence than the other one"), labels=np.zeros(2)))
     for seed in range(20):
         batch = model.make_training_batch(encoded, np.arange(2), generator=torch.Generator().manual_seed(seed))
-        original = model._padded(encoded.tensors["input_ids"], model.pad_token_id)[0]
+        original = model.padded(encoded.tensors["input_ids"], model.pad_token_id)[0]
         special = torch.isin(original, model.special_ids)
         assert (batch.labels[special] == IGNORE_INDEX).all()
         assert torch.equal(batch.inputs["input_ids"][special], original[special])
