@@ -127,13 +127,8 @@ def train_command(args: argparse.Namespace) -> int:
     summary = simulation.run(resume=args.resume)
     final = summary["final"]
     logging.getLogger("secure_ffm").info("run directory: %s", out_dir)
-    scores = (
-        f"test_loss={_fmt(final.get('test_loss'))} test_perplexity={_fmt(final.get('test_perplexity'))}"
-        if final.get("test_perplexity") is not None
-        else f"test_accuracy={_fmt(final.get('test_accuracy'))} test_macro_f1={_fmt(final.get('test_macro_f1'))}"
-    )
     print(
-        f"{config.run.name}: {scores} after {summary['rounds']} rounds "
+        f"{config.run.name}: {_scores(final)} after {summary['rounds']} rounds "
         f"({summary['update_parameters']:,} parameters sent per update)\n"
         f"run directory: {out_dir}"
     )
@@ -173,7 +168,7 @@ class PipelineProgress:
 
     def stage_skipped(self, index: int, total: int, stage: Any, summary: Mapping[str, Any]) -> None:
         final = summary.get("final") or {}
-        print(f"stage {index}/{total} {stage.name}: already complete, skipped (test_accuracy={_fmt(final.get('test_accuracy'))})")
+        print(f"stage {index}/{total} {stage.name}: already complete, skipped ({_scores(final)})")
 
     def stage_started(self, index: int, total: int, stage: Any, *, resumed: bool) -> None:
         print(f"stage {index}/{total} {stage.name}: {'resuming' if resumed else 'running'} in {stage.run_dir}", flush=True)
@@ -182,8 +177,7 @@ class PipelineProgress:
         final = summary.get("final") or {}
         exported = f", model exported to {stage.run_dir / 'model'}" if stage.config.ffm.export else ""
         print(
-            f"stage {index}/{total} {stage.name}: done in {seconds:.0f}s: test_accuracy={_fmt(final.get('test_accuracy'))} "
-            f"test_macro_f1={_fmt(final.get('test_macro_f1'))}{exported}",
+            f"stage {index}/{total} {stage.name}: done in {seconds:.0f}s: {_scores(final)}{exported}",
             flush=True,
         )
 
@@ -220,7 +214,7 @@ def pipeline_command(args: argparse.Namespace) -> int:
     final = result.document.get("final") or {}
     print(
         f"{pipeline.name}: {len(pipeline.stages)} stages: {len(result.ran)} ran, {len(result.skipped)} already complete; "
-        f"final test_accuracy={_fmt(final.get('test_accuracy'))} test_macro_f1={_fmt(final.get('test_macro_f1'))}"
+        f"final {_scores(final)}"
     )
     print(f"summary: {out_dir / 'pipeline.json'}")
     return 0
@@ -228,6 +222,13 @@ def pipeline_command(args: argparse.Namespace) -> int:
 
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
+
+
+def _scores(final: Mapping[str, Any]) -> str:
+    """A run's final scores in one phrase: loss and perplexity for masked-language modelling, else accuracy and F1."""
+    if final.get("test_perplexity") is not None:
+        return f"test_loss={_fmt(final.get('test_loss'))} test_perplexity={_fmt(final.get('test_perplexity'))}"
+    return f"test_accuracy={_fmt(final.get('test_accuracy'))} test_macro_f1={_fmt(final.get('test_macro_f1'))}"
 
 
 class UsageError(SecureFFMError):
