@@ -273,8 +273,15 @@ class PreparedCase:
 
 def prepare_case(config: Config, *, clients: Sequence[int] | None = None) -> PreparedCase:
     """Load data and model as the run does (raises ConfigError on bad input); ``run.threads`` sets torch's threads as in training."""
+    from secure_ffm.models.objectives import OBJECTIVES
     from secure_ffm.run.simulation import load_data_and_model
 
+    if not OBJECTIVES.get(config.model.objective, key="model.objective").reads_labels:
+        raise ConfigError(
+            "model.objective",
+            f"the leakage audit attacks classifiers; a {config.model.objective!r} run has no example labels to reconstruct",
+            "audit a classification run (e.g. the fine-tuning stage of a pipeline)",
+        )
     data, model = load_data_and_model(config)
     mechanism = build_mechanism(config, data)
     dp_noise: dict[int, float] = {}

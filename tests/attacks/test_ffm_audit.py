@@ -6,7 +6,7 @@ import logging
 import numpy as np
 import pytest
 
-from attacks.audit import audit_capture
+from attacks.audit import audit_capture, prepare_case
 from attacks.base import Budget
 from secure_ffm.config import config_from_dict
 from secure_ffm.engine.wire import FitInstructions
@@ -80,3 +80,9 @@ def test_auditing_a_public_round_is_refused_naming_the_federated_rounds_captured
     assert len(err.splitlines()) == 1
     assert "--round: round 1" in err and "public unit" in err and "captured federated rounds: 2" in err
     assert not (run_dir / "audit").exists()
+
+
+def test_an_audit_of_an_mlm_run_is_refused_naming_the_objective():
+    config = config_from_dict({"data": {"dataset": "movie_reviews", "num_clients": 2}, "model": {"objective": "mlm"}})
+    with pytest.raises(ConfigError, match="model.objective"):
+        prepare_case(config)
