@@ -125,6 +125,11 @@ def main() -> None:
                     runs.append(
                         {"arm": arm, "model": args.model, "alpha": alpha, "public_share": share, "seed": seed, "dp": args.dp, **result}
                     )
+                    print(  # progress: a full grid runs for an hour or more
+                        f"[{len(runs)}] {arm} alpha={alpha:g} public={share:g} seed={seed}: "
+                        f"{100 * result['test_accuracy']:.1f}% ({result['phases']}) in {result['seconds']:.0f}s",
+                        flush=True,
+                    )
     table = []
     for alpha in args.alphas:
         for share in args.shares:
