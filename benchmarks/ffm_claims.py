@@ -21,6 +21,8 @@ federated phases.
     python benchmarks/ffm_claims.py --ablation --alphas 0.1 1.0 --shares 0.05
     python benchmarks/ffm_claims.py --quick --model vit  # the same arms with the SmallViT (results *_vit.json)
     python benchmarks/ffm_claims.py --model minilm --alphas 0.1 1.0 --seeds 0 --shares 0.05 --units 10  # text arms
+    python benchmarks/ffm_claims.py --ablation --model minilm --arms adaptive "adaptive, no forgetting test" --alphas 0.1 \
+        --seeds 0 --shares 0.05 --units 10   # two of the ablation's arms on the text task
 """
 
 from __future__ import annotations
@@ -110,11 +112,17 @@ def main() -> None:
     parser.add_argument("--units", type=int, default=16, help="units (rounds) per run")
     parser.add_argument("--dp", action="store_true", help="DP-SGD at epsilon 8 on the federated phases")
     parser.add_argument("--ablation", action="store_true", help="the adaptive rule with one branch changed at a time")
+    parser.add_argument("--arms", nargs="+", help="only these arms (names as in the table), e.g. for the slow text model")
     parser.add_argument("--model", choices=tuple(MODELS), default="cnn", help="the project CNN (default), the small ViT, or MiniLM (text)")
     args = parser.parse_args()
     if args.quick:
         args.alphas, args.seeds, args.shares = [0.1], [0], [0.05]
     arms = tuple(ABLATION) if args.ablation else ARMS
+    if args.arms:
+        unknown = sorted(set(args.arms) - set(arms))
+        if unknown:
+            parser.error(f"unknown arm(s) {unknown}: choose from {list(arms)}")
+        arms = tuple(arm for arm in arms if arm in args.arms)
     torch.set_num_threads(1)
     runs = []
     for alpha in args.alphas:
@@ -151,6 +159,7 @@ def main() -> None:
     print_table(f"FFM claims: {label}, 8 clients, {args.units} units{', DP-SGD eps 8' if args.dp else ''}", table)
     name = "ffm_claims_quick" if args.quick else "ffm_claims" + ("_ablation" if args.ablation else "") + ("_dp" if args.dp else "")
     name += "" if args.model == "cnn" else f"_{args.model}"
+    name += "_arms" if args.arms else ""
     write_result(name, {"settings": vars(args), "runs": runs, "table": table})
 
 
