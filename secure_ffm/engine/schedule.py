@@ -149,7 +149,9 @@ class Adaptive(Schedule):
     After a **federated** unit, in this order:
 
     1. every sampled client declined for lack of budget: go public, which spends none ("budget spent");
-    2. the public loss rose more than ``forgetting`` (relative) above its best: go public ("forgetting");
+    2. ``forgetting`` > 0 and the public loss rose more than ``forgetting`` (relative) above its best: go public
+       ("forgetting"); off by default (``forgetting = 0``), since under non-IID data one federated round routinely
+       raises the public loss by more than a few percent and the test then hands most units to public data;
     3. the aggregated update has worked against the public loss (alignment below 0) for ``patience`` rounds in a
        row: go public ("conflict"), an early sign of rule 2 (the gradient-conflict test of PCGrad, Yu et al. 2020);
     4. the clients' training loss has not improved by more than ``min_delta`` for ``patience`` rounds: go public
@@ -212,7 +214,7 @@ class Adaptive(Schedule):
             self.best_public = min(self.best_public, signals.public_loss)
         if not signals.budget_left:
             return self._enter_public("adaptive: privacy budget spent; public phases spend none")
-        if signals.public_loss is not None and math.isfinite(best_public):
+        if self.forgetting > 0 and signals.public_loss is not None and math.isfinite(best_public):
             rise = (signals.public_loss - best_public) / max(abs(best_public), 1e-12)
             if rise > self.forgetting:
                 return self._enter_public(f"adaptive: forgetting (public loss {100 * rise:.1f}% above its best)")

@@ -76,6 +76,12 @@ def test_adaptive_returns_to_public_data_when_federated_rounds_make_it_forget():
     assert decision.phase == PUBLIC and "forgetting" in decision.reason and "6.0%" in decision.reason
 
 
+def test_the_forgetting_test_is_off_by_default_and_with_zero():
+    assert FFMConfig().forgetting == 0
+    decision = plateaued(forgetting=0.0).next(federated(4, 10.0, 2.0))  # the public loss rose tenfold
+    assert "forgetting" not in decision.reason
+
+
 def test_a_rise_within_the_forgetting_tolerance_is_not_forgetting():
     assert plateaued(forgetting=0.05).next(federated(4, 1.04, 2.0)).phase == FEDERATED
 
