@@ -538,10 +538,10 @@ class CKKSDecryptor:
         total_weight, count, round_sum = (float(v) for v in values[-CHECK_SLOTS:])
         n = aggregate.num_clients
         if abs(count - n) >= 0.5:
-            raise AggregationError(f"{where}: the aggregate holds {count:.2f} client contributions, the server claims {n}")
+            raise AggregationError(f"{where}: the aggregate holds {count:.1f} client contributions, the server claims {n}")
         if abs(round_sum - n * aggregate.round) >= 0.5:
             raise AggregationError(
-                f"{where}: the aggregate's round slots sum to {round_sum:.2f}, not {n} x {aggregate.round}: "
+                f"{where}: the aggregate's round slots sum to {round_sum:.1f}, not {n} x {aggregate.round}: "
                 "it holds a ciphertext of another round (replayed or stale)"
             )
         # secure-ffm's weights are example counts or 1: a total within the error bound of an integer is that

