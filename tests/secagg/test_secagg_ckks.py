@@ -301,7 +301,8 @@ def test_replay_under_a_forged_round_tag_is_caught_when_decrypting():
     for update, weight in zip(updates[1:], weights[1:], strict=True):
         accumulator.add(protocol.encode(update, weight=weight))
     with pytest.raises(
-        AggregationError, match=r"round 2: the aggregate's round slots sum to (4\.9|5\.0|5\.1), not 3 x 2: it holds a ciphertext of another round"
+        AggregationError,
+        match=r"round 2: the aggregate's round slots sum to (4\.9|5\.0|5\.1), not 3 x 2: it holds a ciphertext of another round",
     ):
         accumulator.result()
 
