@@ -44,7 +44,7 @@ from secure_ffm.engine.client import FederatedClient
 from secure_ffm.engine.orchestrator import RoundHooks, RoundOrchestrator
 from secure_ffm.engine.server import Server
 from secure_ffm.engine.strategies import build_strategy
-from secure_ffm.engine.training import LocalTrainer, TrainResult
+from secure_ffm.engine.training import LocalExtras, LocalTrainer, TrainResult
 from secure_ffm.engine.transforms import UpdatePipeline, build_defenses
 from secure_ffm.engine.wire import FitInstructions, to_jsonable
 from secure_ffm.errors import ConfigError
@@ -198,7 +198,9 @@ class AuditCaseTrainer(LocalTrainer):
         generator: torch.Generator,
         state: MutableMapping[str, Any],
         randomness: PrivateRandomness | None = None,
+        extras: LocalExtras | None = None,
     ) -> TrainResult:
+        """The attacker's reconstruction of one client's local training (``extras`` play no part in it)."""
         start = time.perf_counter()
         params = [p for _, p in model.trainable_named_parameters()]
         optimizer = torch.optim.SGD(params, lr=self.setup.learning_rate)

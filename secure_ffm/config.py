@@ -8,6 +8,7 @@ nearest valid name suggested.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import tomllib
 import typing
@@ -593,6 +594,101 @@ class FFMConfig:
             )
 
 
+CONTINUAL_STAGE_KEYS = ("name", "rounds", "dataset", "classes", "release")
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """One ``[[continual.stages]]`` table: the data that arrives at the clients in this stage, and its rounds.
+
+    The clients keep their identity across stages (client ``k`` of stage 2 is client ``k`` of stage 1)."""
+
+    rounds: int = 1
+    """Federated rounds of this stage."""
+    name: str = ""
+    """How reports name the stage (default ``stage<i>``, from 1)."""
+    dataset: str = ""
+    """Another dataset for this stage (domain-incremental, e.g. ``product_reviews`` after ``movie_reviews``), federated
+    over the same clients with the ``[data]`` settings; it must have the classes of ``data.dataset``. Empty:
+    ``data.dataset``."""
+    classes: tuple[str, ...] = ()
+    """Only these classes (names, or ids as strings) of the stage's dataset: class-incremental. Empty: every class."""
+    release: float = 0.0
+    """New examples arriving (data-incremental): this share of each client's examples of the stage's dataset is
+    released now, in order after the shares of earlier stages of the same dataset; 0: all of them."""
+
+    def check(self, index: int) -> None:
+        key = f"continual.stages[{index}]"
+        if isinstance(self.rounds, bool) or not isinstance(self.rounds, int) or self.rounds < 1:
+            raise ConfigError(f"{key}.rounds", f"must be a whole number >= 1, got {self.rounds!r}")
+        if not 0.0 <= self.release <= 1.0:
+            raise ConfigError(f"{key}.release", f"must be in [0, 1], got {self.release!r}", "e.g. 0.25 for a quarter of each client's data")
+        if len(set(self.classes)) != len(self.classes):
+            raise ConfigError(f"{key}.classes", f"lists a class twice: {list(self.classes)}")
+
+    def label(self, index: int) -> str:
+        return self.name or f"stage{index + 1}"
+
+
+@dataclass(frozen=True)
+class ContinualConfig:
+    """``[continual]`` (optional): federated continual learning, a run as a sequence of stages (docs/continual.md).
+
+    Present, it makes ``server.rounds`` the sum of the stages' rounds; the privacy ledgers span every stage."""
+
+    method: str = "naive"
+    """``naive`` (sequential fine-tuning), ``replay`` (a buffer of each client's own past examples, never sent),
+    ``ewc`` (elastic weight consolidation with importances aggregated through the secure-aggregation protocol) or
+    ``isolation`` (one set of trained parameters per stage, e.g. a LoRA adapter and head; the most confident one
+    answers at test time)."""
+    replay_buffer: int = 200
+    """replay: examples each client keeps from its earlier stages."""
+    ewc_lambda: float = 10.0
+    """ewc: strength of the penalty ``lambda/2 * sum_i w_i (theta_i - theta*_i)^2`` (importances ``w`` normalized to mean 1)."""
+    stages: tuple[StageConfig, ...] = ()
+
+    def __post_init__(self) -> None:
+        from secure_ffm.variants import CONTINUAL_METHODS
+
+        _choice("continual", "method", self.method, CONTINUAL_METHODS.names())
+        _positive("continual", "replay_buffer", self.replay_buffer)
+        _positive("continual", "ewc_lambda", self.ewc_lambda, allow_zero=True)
+        if len(self.stages) < 1:
+            raise ConfigError("continual.stages", "is empty", "add [[continual.stages]] tables, each with rounds and its data")
+        names = []
+        for index, stage in enumerate(self.stages):
+            stage.check(index)
+            names.append(stage.label(index))
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated:
+            raise ConfigError("continual.stages", f"two stages are named {duplicated[0]!r}", "give every stage its own name")
+
+    @property
+    def rounds(self) -> int:
+        return sum(stage.rounds for stage in self.stages)
+
+
+def continual_config(body: Mapping[str, Any]) -> ContinualConfig:
+    """``[continual]`` with its ``[[continual.stages]]`` tables."""
+    keys = [f.name for f in fields(ContinualConfig)]
+    check_keys("continual", body, keys)
+    hints = typing.get_type_hints(ContinualConfig)
+    kwargs: dict[str, Any] = {key: _coerce(f"continual.{key}", value, hints[key]) for key, value in body.items() if key != "stages"}
+    raw_stages = body.get("stages", [])
+    if not isinstance(raw_stages, list) or not all(isinstance(s, Mapping) for s in raw_stages):
+        raise ConfigError("continual.stages", "must be an array of tables", "write each stage as [[continual.stages]] with rounds = ...")
+    stage_hints = typing.get_type_hints(StageConfig)
+    stages = []
+    for index, table in enumerate(raw_stages):
+        key = f"continual.stages[{index}]"
+        check_keys(key, table, list(CONTINUAL_STAGE_KEYS))
+        values = dict(table)
+        if "classes" in values and isinstance(values["classes"], list):  # ids may be written as numbers
+            values["classes"] = [str(c) if isinstance(c, int) and not isinstance(c, bool) else c for c in values["classes"]]
+        stages.append(StageConfig(**{k: _coerce(f"{key}.{k}", v, stage_hints[k]) for k, v in values.items()}))
+    return ContinualConfig(**kwargs, stages=tuple(stages))
+
+
 @dataclass(frozen=True)
 class Config:
     """A whole run: one attribute per TOML section."""
@@ -609,8 +705,12 @@ class Config:
     ffm: FFMConfig = field(default_factory=FFMConfig)
     public_data: DataConfig | None = None
     """``[public_data]`` (optional, :func:`public_data_config`): the server's public data as a separate dataset."""
+    continual: ContinualConfig | None = None
+    """``[continual]`` (optional, :func:`continual_config`): federated continual learning over stages."""
 
     def __post_init__(self) -> None:
+        if self.continual is not None:
+            self._check_continual(self.continual)
         if self.privacy.planned_rounds > self.server.rounds:
             raise ConfigError(
                 "privacy.planned_rounds",
@@ -673,12 +773,36 @@ class Config:
         # each protocol checks its own settings against the rest of the config (e.g. masking's threshold against the round size)
         PROTOCOLS.get(self.secure_aggregation.protocol, key="secure_aggregation.protocol").check_config(self)
 
+    def _check_continual(self, continual: ContinualConfig) -> None:
+        if self.server.rounds != continual.rounds:
+            raise ConfigError(
+                "server.rounds",
+                f"{self.server.rounds} is not the {continual.rounds} rounds of the continual.stages",
+                "leave server.rounds out: a continual run takes the sum of its stages' rounds",
+            )
+        if self.ffm.schedule != "federated" or self.public_data is not None or self.data.public_fraction > 0:
+            raise ConfigError(
+                "continual",
+                "continual learning trains on the clients' private data only",
+                'remove [public_data] and data.public_fraction, and keep ffm.schedule = "federated"',
+            )
+        if self.model.objective != "classification" and any(stage.classes for stage in continual.stages):
+            raise ConfigError(
+                "continual.stages",
+                f"classes select labels, but model.objective = {self.model.objective!r} reads none",
+                "drop classes from the stages, or train a classifier",
+            )
+
     def to_dict(self) -> dict[str, dict[str, Any]]:
-        """Every section as a table; ``[public_data]`` with its own keys only, and left out when absent."""
+        """Every section as a table; ``[public_data]`` with its own keys only, and optional sections left out when absent."""
         document = {f.name: _section_to_dict(getattr(self, f.name)) for f in fields(self) if f.name not in OPTIONAL_SECTIONS}
         if self.public_data is not None:
             whole = _section_to_dict(self.public_data)
             document["public_data"] = {key: whole[key] for key in PUBLIC_DATA_KEYS}
+        if self.continual is not None:
+            body = _section_to_dict(self.continual)
+            body["stages"] = [_section_to_dict(stage) for stage in self.continual.stages]
+            document["continual"] = body
         return document
 
     def to_toml(self) -> str:
@@ -700,7 +824,7 @@ def _section_to_dict(section: Any) -> dict[str, Any]:
 # --------------------------------------------------------------------------- loading
 
 
-OPTIONAL_SECTIONS = {"public_data": public_data_config}
+OPTIONAL_SECTIONS = {"public_data": public_data_config, "continual": continual_config}
 """Sections that are absent unless the TOML has them, with the function that builds each from its table."""
 
 
@@ -784,6 +908,9 @@ def config_from_dict(raw: Mapping[str, Any], *, overrides: Sequence[str] = ()) -
     for section, build in OPTIONAL_SECTIONS.items():
         if section in merged:
             built[section] = build(merged[section])
+    continual = built.get("continual")
+    if continual is not None and "rounds" not in merged.get("server", {}):  # a continual run's rounds are its stages'
+        built["server"] = dataclasses.replace(built["server"], rounds=continual.rounds)
     return Config(**built)
 
 
@@ -904,21 +1031,32 @@ def _toml_value(value: Any) -> str:
     raise TypeError(f"cannot write {type(value).__name__} as TOML")
 
 
+def _is_table_array(value: Any) -> bool:
+    return isinstance(value, list | tuple) and bool(value) and all(isinstance(item, Mapping) for item in value)
+
+
 def dumps_toml(document: Mapping[str, Mapping[str, Any]]) -> str:
-    """Write a two-level document (tables of scalars and lists) as TOML."""
+    """Write a two-level document (tables of scalars and lists, and arrays of such tables) as TOML."""
     lines: list[str] = []
     for section, body in document.items():
         if lines:
             lines.append("")
         lines.append(f"[{section}]")
+        arrays = {key: value for key, value in body.items() if _is_table_array(value)}
         for key, value in body.items():
-            lines.append(f"{key} = {_toml_value(value)}")
+            if key not in arrays:
+                lines.append(f"{key} = {_toml_value(value)}")
+        for key, tables in arrays.items():
+            for table in tables:
+                lines.extend(["", f"[[{section}.{key}]]"])
+                lines.extend(f"{k} = {_toml_value(v)}" for k, v in table.items())
     return "\n".join(lines) + "\n"
 
 
 __all__ = [
     "ClientConfig",
     "Config",
+    "ContinualConfig",
     "DataConfig",
     "ModelConfig",
     "PUBLIC_DATA_KEYS",
@@ -926,6 +1064,7 @@ __all__ = [
     "RunConfig",
     "SecureAggregationConfig",
     "ServerConfig",
+    "StageConfig",
     "check_local_paths",
     "config_from_dict",
     "dumps_toml",

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from secure_ffm.registry import Registry
 
 if TYPE_CHECKING:
+    from secure_ffm.continual.methods import ContinualMethod
     from secure_ffm.engine.aggregation import AggregationProtocol
     from secure_ffm.engine.transforms import UpdateTransform
     from secure_ffm.privacy.mechanisms import PrivacyMechanism
@@ -30,6 +31,8 @@ MECHANISMS: Registry[type[PrivacyMechanism]] = Registry("privacy mode")
 """``privacy.mode``: the differential-privacy mechanism of the whole run."""
 TRANSFORMS: Registry[type[UpdateTransform]] = Registry("update transform")
 """``defense.names``: what a client does to its update before it sends it (plugins add most of them)."""
+CONTINUAL_METHODS: Registry[type[ContinualMethod]] = Registry("continual-learning method")
+"""``continual.method``: how a continual run keeps what earlier stages taught (docs/continual.md)."""
 
 
 def _register_builtins() -> None:
@@ -41,6 +44,10 @@ def _register_builtins() -> None:
     MECHANISMS.register_lazy("dp-fedavg", "secure_ffm.privacy.dp_fedavg:DPFedAvg")
     TRANSFORMS.register_lazy("clip", "secure_ffm.privacy.dp_fedavg:ClipUpdate")
     TRANSFORMS.register_lazy("gaussian-share", "secure_ffm.privacy.dp_fedavg:GaussianNoiseShare")
+    CONTINUAL_METHODS.register_lazy("naive", "secure_ffm.continual.methods:NaiveSequential")
+    CONTINUAL_METHODS.register_lazy("replay", "secure_ffm.continual.methods:LocalReplay")
+    CONTINUAL_METHODS.register_lazy("ewc", "secure_ffm.continual.methods:FederatedEWC")
+    CONTINUAL_METHODS.register_lazy("isolation", "secure_ffm.continual.methods:StageIsolation")
 
 
 _register_builtins()

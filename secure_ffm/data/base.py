@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -162,6 +162,9 @@ class FederatedData:
     test: LabeledData
     client_indices: tuple[np.ndarray, ...]
     label_histograms: tuple[tuple[int, ...], ...] = field(default=())
+    stages: tuple[Any, ...] = field(default=())
+    """A continual run's :class:`~secure_ffm.data.stages.StageData` (``[continual]``); then ``client_indices[k]`` is
+    client ``k``'s data over its whole lifetime, the union of its stages'. Empty for an ordinary run."""
 
     @property
     def num_clients(self) -> int:

@@ -160,4 +160,8 @@ def load_run_data(config: Config) -> FederatedData:
     Every command loads a run's data here (train, privacy, sweep checks), so they all refuse the same bad
     input: e.g. unlabeled text for a classifier (:func:`needs_labels`).
     """
+    if config.continual is not None:
+        from secure_ffm.data.stages import load_continual_data
+
+        return load_continual_data(config)
     return load_federated_data(config.data, config.run.seed, public=config.public_data, labels=needs_labels(config))

@@ -18,12 +18,16 @@ import numpy as np
 import torch
 
 from secure_ffm.engine.aggregation import AggregationProtocol, ClientRound
-from secure_ffm.engine.training import EvalResult, LocalTrainer, evaluate
+from secure_ffm.engine.training import ClientDeclined, EvalResult, LocalExtras, LocalTrainer, QuadraticPenalty, evaluate
 from secure_ffm.engine.transforms import TransformContext, UpdatePipeline
 from secure_ffm.engine.wire import ClientMessage, ClientUpdate, FitInstructions, subtract
 from secure_ffm.models.base import EncodedData, FederatedModel
 from secure_ffm.privacy.noise import SECAGG_ROUNDING, TRANSFORM, NoisePolicy, PrivateRandomness
 from secure_ffm.seeding import TRAINING, derive_seed
+
+IMPORTANCE_STATISTIC = "importance/"
+"""Prefix of the update statistics carrying the client's gradient importances, when a round asks for them
+(``collect_importance``: a continual run's EWC)."""
 
 
 def client_weight(weighting: str, num_examples: int) -> float:
@@ -62,9 +66,16 @@ class FederatedClient:
 
     def train(self, ins: FitInstructions) -> ClientUpdate:
         """Local training from the global parameters; returns the untransformed update."""
+        if len(self.indices) == 0:
+            raise ClientDeclined("no training examples in this round's data")
         self.model.set_trainable(ins.parameters)
         training_seed = derive_seed(self.seed, TRAINING, ins.round, self.client_id)
         torch.manual_seed(training_seed)  # dropout and any other torch-global draws
+        extras = LocalExtras(
+            client_id=self.client_id,
+            penalty=QuadraticPenalty.from_arrays(ins.arrays),
+            importance={} if ins.config.get("collect_importance") else None,
+        )
         result = self.trainer.train(
             self.model,
             self.encoded,
@@ -74,11 +85,18 @@ class FederatedClient:
             generator=torch.Generator().manual_seed(training_seed),
             state=self.state,
             randomness=self.randomness(),
+            extras=extras,
         )
         delta = subtract(self.model.get_trainable(), ins.parameters)
         metrics = {"train_loss": result.train_loss, "train_seconds": result.seconds, "steps": float(result.steps)}
         metrics.update(result.extra or {})
-        return ClientUpdate(self.client_id, ins.round, delta, result.num_examples, metrics)
+        statistics = {}
+        if extras.importance is not None:  # every trained parameter, zeros where no step recorded one
+            statistics = {
+                IMPORTANCE_STATISTIC + name: np.asarray(extras.importance.get(name, np.zeros_like(value)), dtype=np.float32)
+                for name, value in ins.parameters.items()
+            }
+        return ClientUpdate(self.client_id, ins.round, delta, result.num_examples, metrics, statistics=statistics)
 
     def fit(self, ins: FitInstructions, *, encoder: ClientRound | None = None, payload: Any = None) -> ClientMessage:
         """Train, transform and encode: the message this client sends in round ``ins.round``.

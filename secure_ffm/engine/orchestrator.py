@@ -83,6 +83,8 @@ class RoundOrchestrator:
         Extra columns for a round's row (e.g. the privacy ledger's epsilon).
     hooks
         Told what the server receives (the leakage audit's recorder; a test's spy).
+    round_statistics
+        ``(round, parameters) -> statistics`` a round expects beyond ``statistics`` (a continual method's importances).
     """
 
     def __init__(
@@ -99,6 +101,7 @@ class RoundOrchestrator:
         round_metrics: Callable[[int], Mapping[str, Any]] | None = None,
         hooks: Sequence[RoundHooks] = (),
         observer: RunObserver | None = None,
+        round_statistics: Callable[[int, NamedArrays], NamedArrays] | None = None,
     ) -> None:
         self.server = server
         self.protocol = protocol
@@ -111,6 +114,7 @@ class RoundOrchestrator:
         self.round_metrics = round_metrics
         self.hooks = tuple(hooks)
         self.observer = observer or RunObserver()
+        self.round_statistics = round_statistics
 
     def _deliver(self, round: int) -> Callable[[Stage], StageReplies]:
         return lambda stage: self.transport.exchange(round, stage)
@@ -134,7 +138,10 @@ class RoundOrchestrator:
         weight_bound = max(client_weight(weighting, counts[c]) for c in participants)
         setup_start = time.perf_counter()
         # the server fixes the layout it expects from its own model, never from the first message it receives
-        layout = VectorLayout.of_arrays(instructions.parameters, self.statistics)
+        expected = dict(self.statistics)
+        if self.round_statistics is not None:
+            expected.update(self.round_statistics(round, instructions.parameters))
+        layout = VectorLayout.of_arrays(instructions.parameters, expected)
         server_round = self.protocol.server_round(round, participants, weight_bound=weight_bound, layout=layout)
         aborted = None
         try:
@@ -144,12 +151,14 @@ class RoundOrchestrator:
             payloads = None
         setup_seconds = time.perf_counter() - setup_start
         sent, declined, rejected, dropped = [], [], [], []
+        reasons: dict[str, str] = {}
         examples, losses, bytes_up, train_seconds, encode_seconds, receive_seconds = [], [], 0, 0.0, 0.0, 0.0
         requests = {c: FitRequest(instructions, payloads.get(c)) for c in participants} if payloads is not None else {}
         for reply in self.transport.fit(round, requests):
             client_id, message = reply.client_id, reply.message
             if reply.declined is not None:
                 declined.append(client_id)
+                reasons[str(client_id)] = reply.declined
                 log.info("round %d: client %d skipped: %s", round, client_id, reply.declined)
             elif message is None:
                 dropped.append(client_id)
@@ -198,12 +207,13 @@ class RoundOrchestrator:
             "test_macro_f1": None,
             "clients": sent,
             "skipped_clients": declined,
+            "skipped_reasons": reasons,
             "rejected_clients": rejected,
             "dropped_clients": dropped,
             "aborted": aborted,
             "num_examples": int(weights.sum()),
             "bytes_up": int(bytes_up),
-            "bytes_down": int(nbytes(instructions.parameters) * len(participants)),
+            "bytes_down": int((nbytes(instructions.parameters) + nbytes(instructions.arrays)) * len(participants)),
             "client_train_seconds": float(train_seconds),
             "encode_seconds": float(encode_seconds),
             "setup_seconds": setup_seconds,

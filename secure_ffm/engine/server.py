@@ -41,6 +41,8 @@ class Server:
         self.seed = seed
         self.aggregate_steps = tuple(aggregate_steps)
         self.extra_fit_config: list = []
+        self.extra_fit_arrays: list[Callable[[int], NamedArrays]] = []
+        """Round -> arrays broadcast with the parameters (a continual method's penalty)."""
         self.sampling = sampling
         """Round -> generator for client sampling when it must be secret (DP-FedAvg's amplification); None: seeded."""
 
@@ -59,7 +61,10 @@ class Server:
         config = {"weighting": self.strategy.weighting, "participants": len(participants), **self.strategy.configure_fit(round)}
         for configure in self.extra_fit_config:
             config.update(configure(round, participants))
-        return FitInstructions(round=round, parameters=self.parameters, config=config)
+        arrays: dict[str, np.ndarray] = {}
+        for broadcast in self.extra_fit_arrays:
+            arrays.update(broadcast(round))
+        return FitInstructions(round=round, parameters=self.parameters, config=config, arrays=arrays)
 
     def accumulator(self, round: int) -> Accumulator:
         """The protocol's running aggregate for ``round``: add each client's message as it arrives."""

@@ -29,6 +29,76 @@ class ClientDeclined(Exception):
     """A client does not take part in a round (e.g. its privacy budget is spent); it sends nothing."""
 
 
+class QuadraticPenalty:
+    """``1/2 * sum_i w_i (theta_i - a_i)^2`` over named trainable parameters: a pull towards anchors ``a`` with
+    per-coordinate weights ``w`` (elastic weight consolidation, Kirkpatrick et al., PNAS 2017). It depends on no
+    example, so under DP-SGD it applies after privatization (post-processing): a proximal step after each
+    optimizer step (:meth:`proximal_step`)."""
+
+    WEIGHT = "penalty.weight/"
+    ANCHOR = "penalty.anchor/"
+    """Prefixes of its arrays in :attr:`~secure_ffm.engine.wire.FitInstructions.arrays` (the server broadcasts them)."""
+
+    def __init__(self, weights: Mapping[str, np.ndarray], anchors: Mapping[str, np.ndarray]) -> None:
+        if set(weights) != set(anchors):
+            raise ValueError("a penalty needs one weight and one anchor array per parameter")
+        self.weights = {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in weights.items()}
+        self.anchors = {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in anchors.items()}
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> QuadraticPenalty | None:
+        """The penalty that ``arrays`` (a round's broadcast arrays) carry, or None."""
+        weights = {k[len(cls.WEIGHT) :]: v for k, v in arrays.items() if k.startswith(cls.WEIGHT)}
+        anchors = {k[len(cls.ANCHOR) :]: v for k, v in arrays.items() if k.startswith(cls.ANCHOR)}
+        return cls(weights, anchors) if weights else None
+
+    @classmethod
+    def to_arrays(cls, weights: Mapping[str, np.ndarray], anchors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {**{cls.WEIGHT + k: v for k, v in weights.items()}, **{cls.ANCHOR + k: v for k, v in anchors.items()}}
+
+    def value(self, named: list[tuple[str, torch.nn.Parameter]]) -> float:
+        total = 0.0
+        for name, p in named:
+            if name in self.weights:
+                total += 0.5 * float((self.weights[name] * (p.detach() - self.anchors[name]) ** 2).sum())
+        return total
+
+    @torch.no_grad()
+    def proximal_step(self, named: list[tuple[str, torch.nn.Parameter]], lr: float) -> None:
+        """After an optimizer step: the penalty's proximal step ``p <- (p + lr * w * a) / (1 + lr * w)``, the exact
+        minimizer of ``1/(2 lr) |p' - p|^2 + penalty(p')``. An explicit gradient step ``p -= lr * w * (p - a)``
+        overshoots (and diverges) wherever ``lr * w > 2``, and importances are heavy-tailed; the proximal step is
+        stable for every weight and tends to the anchor as ``w`` grows."""
+        for name, p in named:
+            if name in self.weights:
+                w = lr * self.weights[name]
+                p.copy_((p + w * self.anchors[name]) / (1.0 + w))
+
+
+@dataclass
+class LocalExtras:
+    """What a round asks of local training beyond the plain objective (all optional)."""
+
+    client_id: int | None = None
+    """Whose training this is (a DP-SGD client's noise is calibrated for its own lifetime in a continual run)."""
+    penalty: QuadraticPenalty | None = None
+    """A data-independent pull towards anchors (EWC): a proximal step after every optimizer step."""
+    importance: dict[str, np.ndarray] | None = None
+    """When a dict, the trainer fills it with the mean over its steps of each parameter's squared step gradient
+    (the privatized one under DP-SGD, so it costs no privacy; the data gradient, before any penalty)."""
+
+    def record(self, named: list[tuple[str, torch.nn.Parameter]], steps: int) -> None:
+        """Fold the current gradients into :attr:`importance` (a running mean over ``steps`` steps so far)."""
+        if self.importance is None:
+            return
+        for name, p in named:
+            if p.grad is None:
+                continue
+            squared = (p.grad.detach().double() ** 2).numpy()
+            previous = self.importance.get(name)
+            self.importance[name] = squared if previous is None else previous + (squared - previous) / (steps + 1)
+
+
 @dataclass(frozen=True)
 class TrainResult:
     num_examples: int
@@ -77,8 +147,10 @@ class LocalTrainer(ABC):
         generator: torch.Generator,
         state: MutableMapping[str, Any],
         randomness: PrivateRandomness | None = None,
+        extras: LocalExtras | None = None,
     ) -> TrainResult:
-        """Train in place; ``generator`` (seeded) orders batches, ``randomness`` (the client's secret) feeds DP noise and sampling."""
+        """Train in place; ``generator`` (seeded) orders batches, ``randomness`` (the client's secret) feeds DP noise and
+        sampling; ``extras`` adds a penalty and asks for gradient importances."""
 
 
 @TRAINERS.register("standard")
@@ -111,8 +183,10 @@ class StandardTrainer(LocalTrainer):
         generator: torch.Generator,
         state: MutableMapping[str, Any],
         randomness: PrivateRandomness | None = None,
+        extras: LocalExtras | None = None,
     ) -> TrainResult:
         start = time.perf_counter()
+        extras = extras or LocalExtras()
         named = model.trainable_named_parameters()
         params = [p for _, p in named]
         optimizer = make_optimizer(params, self.config)
@@ -128,9 +202,12 @@ class StandardTrainer(LocalTrainer):
                 proximal = sum(((p - a) ** 2).sum() for p, a in zip(params, anchors, strict=True))
                 objective = loss + 0.5 * mu * proximal
             objective.backward()
+            extras.record(named, steps)
             if self.config.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm)
             optimizer.step()
+            if extras.penalty is not None:
+                extras.penalty.proximal_step(named, self.config.lr)
             total_loss += float(loss.detach()) * len(batch)
             total_seen += len(batch)
             steps += 1

@@ -56,6 +56,8 @@ class FitInstructions:
     round: int
     parameters: NamedArrays
     config: Mapping[str, Scalar] = field(default_factory=dict)
+    arrays: NamedArrays = field(default_factory=dict)
+    """Further arrays the server broadcasts with the parameters (e.g. EWC's penalty weights and anchors)."""
 
 
 @dataclass(frozen=True)

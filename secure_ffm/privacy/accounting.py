@@ -44,7 +44,7 @@ import functools
 import logging
 import math
 import numbers
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -412,7 +412,52 @@ def calibrate_noise_multiplier(
         return compute_epsilon((GaussianSteps(z, sample_rate, steps),), accountant=accountant, delta=delta)
 
     start = _clt_guess(target, delta=delta, sample_rate=sample_rate, steps=steps)
-    low, high = _bracket(epsilon_at, target, start, accountant=accountant, sample_rate=sample_rate, steps=steps, delta=delta)
+    where = f"over {steps} steps at sample rate {sample_rate:g}"
+    return _solve(epsilon_at, target, start, epsilon_tolerance=epsilon_tolerance, accountant=accountant, delta=delta, where=where)
+
+
+def calibrate_noise_multiplier_phases(
+    *,
+    target_epsilon: float,
+    delta: float,
+    phases: Sequence[tuple[float, int]],
+    accountant: str = "prv",
+    epsilon_tolerance: float = 0.01,
+) -> float:
+    """One noise multiplier for a sequence of ``(sample_rate, steps)`` phases, composed, that keeps ε within the
+    target (as :func:`calibrate_noise_multiplier`, which is the one-phase case): a continual run's client, whose
+    data size, hence sampling rate, changes from stage to stage while its ledger spans them all."""
+    target = _check_target_epsilon(target_epsilon)
+    delta = _check_delta(delta)
+    if not phases:
+        raise ValueError("calibrating noise for no steps")
+    for q, t in phases:
+        GaussianSteps(1.0, q, t)
+    ACCOUNTANTS.get(accountant, key="privacy.accountant")
+    _log_if_approximate(accountant)
+
+    def epsilon_at(z: float) -> float:
+        return compute_epsilon(tuple(GaussianSteps(z, q, t) for q, t in phases), accountant=accountant, delta=delta)
+
+    # every phase's own multiplier is a lower bound of the composition's: start from the largest
+    start = max(_clt_guess(target, delta=delta, sample_rate=q, steps=t) for q, t in phases)
+    rates = [q for q, _ in phases]
+    where = f"over {len(phases)} phases of {sum(t for _, t in phases)} steps at sample rates {min(rates):g}..{max(rates):g}"
+    return _solve(epsilon_at, target, start, epsilon_tolerance=epsilon_tolerance, accountant=accountant, delta=delta, where=where)
+
+
+def _solve(
+    epsilon_at: Callable[[float], float],
+    target: float,
+    start: float,
+    *,
+    epsilon_tolerance: float,
+    accountant: str,
+    delta: float,
+    where: str,
+) -> float:
+    """The smallest z (up to the relative tolerance) with ε(z) <= target, searched around ``start``."""
+    low, high = _bracket(epsilon_at, target, start, accountant=accountant, where=where, delta=delta)
     eps_high = epsilon_at(high)
     floor = (1.0 - epsilon_tolerance) * target
     # Illinois false position on g(z) = log ε(z) - log target over log z, which is nearly
@@ -476,7 +521,7 @@ def _clt_guess(target: float, *, delta: float, sample_rate: float, steps: int) -
 
 
 def _bracket(
-    epsilon_at: Callable[[float], float], target: float, start: float, *, accountant: str, sample_rate: float, steps: int, delta: float
+    epsilon_at: Callable[[float], float], target: float, start: float, *, accountant: str, where: str, delta: float
 ) -> tuple[float, float]:
     """``(low, high)`` with ε(high) <= target < ε(low) (``low`` may be 0) and high <= 2·low, searched outwards from ``start``."""
     high = start
@@ -486,7 +531,7 @@ def _bracket(
                 raise ConfigError(
                     "privacy.target_epsilon",
                     f"ε = {target:g} at δ = {delta:g} cannot be met with the {accountant} accountant "
-                    f"over {steps} steps at sample rate {sample_rate:g}: "
+                    f"{where}: "
                     f"even noise multiplier {MAX_NOISE_MULTIPLIER:g} gives ε = {epsilon_at(MAX_NOISE_MULTIPLIER):.4g}",
                     "raise privacy.target_epsilon or lower the number of rounds/steps (or the sample rate)",
                 )

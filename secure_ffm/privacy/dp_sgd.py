@@ -28,7 +28,7 @@ from torch import nn
 
 from secure_ffm.config import ClientConfig, Config, PrivacyConfig
 from secure_ffm.data.base import FederatedData
-from secure_ffm.engine.training import ClientDeclined, LocalTrainer, TrainResult, make_optimizer
+from secure_ffm.engine.training import ClientDeclined, LocalExtras, LocalTrainer, TrainResult, make_optimizer
 from secure_ffm.engine.wire import NamedArrays, Scalar
 from secure_ffm.errors import ConfigError
 from secure_ffm.models.base import Batch, EncodedData, FederatedModel
@@ -251,10 +251,11 @@ class DPStep:
 class DPSGDTrainer(LocalTrainer):
     """Local DP-SGD with Poisson sampling, a per-client ledger, and a budget it never exceeds."""
 
-    def __init__(self, config: ClientConfig, privacy: PrivacyConfig, *, plans: Mapping[int, ClientDPPlan]) -> None:
+    def __init__(self, config: ClientConfig, privacy: PrivacyConfig, *, plan_for: Callable[[int | None, int], ClientDPPlan]) -> None:
         super().__init__(config)
         self.privacy = privacy
-        self.plans = plans  # by number of examples; the mechanism's own dict (a resume may restore older plans)
+        self.plan_for = plan_for
+        """``(client id, number of examples) -> plan``: the mechanism's (a resume may restore older plans)."""
 
     def grad_sample_mode(self, model: FederatedModel) -> str:
         if self.privacy.grad_sample_mode == "auto":
@@ -272,12 +273,14 @@ class DPSGDTrainer(LocalTrainer):
         generator: torch.Generator,
         state: MutableMapping[str, Any],
         randomness: PrivateRandomness | None = None,
+        extras: LocalExtras | None = None,
     ) -> TrainResult:
         if randomness is None:
             raise ValueError("DP-SGD needs the client's private randomness: its noise and sampling must be secret")
         start = time.perf_counter()
+        extras = extras or LocalExtras()
         n = len(indices)
-        plan = self.plans[n]
+        plan = self.plan_for(extras.client_id, n)
         z, q, c = plan.noise_multiplier, plan.sample_rate, self.privacy.max_grad_norm
         dp_state = state.setdefault("dp_sgd", {})
         ledger = (
@@ -296,10 +299,18 @@ class DPSGDTrainer(LocalTrainer):
         mu = float(fit_config.get("proximal_mu", 0.0))
         anchors = [torch.from_numpy(global_parameters[name]) for name, _ in named] if mu > 0 else []
 
-        def proximal_gradient() -> None:
-            # FedProx's term depends on no example: adding it after privatization is post-processing.
-            for p, a in zip(params, anchors, strict=True):
-                p.grad.add_(mu * (p.detach() - a))
+        recorded = [0]
+
+        def after_privatization() -> None:
+            # the step's gradient is private from here on: recording it, and FedProx's term (which depends on no
+            # example), are post-processing
+            extras.record(named, recorded[0])
+            recorded[0] += 1
+            if mu > 0:
+                for p, a in zip(params, anchors, strict=True):
+                    p.grad.add_(mu * (p.detach() - a))
+
+        extra_gradient = after_privatization if (mu > 0 or extras.importance is not None) else None
 
         stepper = DPStep(
             model,
@@ -323,7 +334,9 @@ class DPSGDTrainer(LocalTrainer):
                     empty += 1
                     continue
                 batch = model.make_training_batch(encoded, chosen, generator=generator)
-                loss = stepper.step(batch, extra_gradient=proximal_gradient if mu > 0 else None)
+                loss = stepper.step(batch, extra_gradient=extra_gradient)
+                if extras.penalty is not None:  # post-processing too: it reads no example
+                    extras.penalty.proximal_step(named, self.config.lr)
                 total_loss += loss * len(chosen)
                 seen += len(chosen)
         finally:
@@ -390,11 +403,15 @@ class DPSGD(PrivacyMechanism):
                 log.warning("privacy.delta: %s", reason)
         self.sizes = sizes
         self.plans: dict[int, ClientDPPlan] = {}
+        self._lifetime: dict[int, tuple[float, float, int, float]] = {}
         self._make_plans()
 
     def _make_plans(self) -> None:
         c = self.config
         self.plans.clear()
+        self._lifetime.clear()
+        if self.data.stages:  # a continual run's plans are per client, computed when first asked for
+            return
         self.plans.update({n: plan_client(n, client=c.client, privacy=c.privacy, planned_rounds=self.planned_rounds) for n in self.sizes})
 
     def check_model(self, model: FederatedModel) -> None:
@@ -416,10 +433,65 @@ class DPSGD(PrivacyMechanism):
             )
 
     def trainer(self, base: LocalTrainer) -> LocalTrainer:
-        return DPSGDTrainer(self.config.client, self.config.privacy, plans=self.plans)
+        return DPSGDTrainer(self.config.client, self.config.privacy, plan_for=self.plan_for)
+
+    def plan_for(self, client_id: int | None, num_examples: int) -> ClientDPPlan:
+        """The plan of a client training on ``num_examples`` examples this round: by size in an ordinary run; in a
+        continual run the client's lifetime noise multiplier (:meth:`_lifetime_noise`) at this stage's sampling rate."""
+        if not self.data.stages:
+            return self.plans[num_examples]
+        if client_id is None:
+            raise ValueError("a continual run's DP-SGD plan is per client: the trainer must be told which client trains")
+        z, delta, planned_steps, planned_epsilon = self._lifetime_noise(client_id)
+        c = self.config.client
+        return ClientDPPlan(
+            num_examples,
+            sample_rate(num_examples, c.batch_size),
+            steps_per_round(num_examples, c),
+            planned_steps,
+            delta,
+            z,
+            planned_epsilon,
+        )
+
+    def lifetime_phases(self, client_id: int) -> list[tuple[float, int]]:
+        """A continual run's client over its planned rounds: ``(sample rate, steps)`` per stage it has data in."""
+        from secure_ffm.continual.methods import build_method
+
+        method = build_method(self.config, self.data)
+        c = self.config.client
+        phases, rounds_left = [], self.planned_rounds
+        for stage in self.data.stages:
+            rounds = min(stage.rounds, rounds_left)
+            rounds_left -= rounds
+            n = method.training_size(stage, client_id)
+            if rounds > 0 and n > 0:
+                phases.append((sample_rate(n, c.batch_size), steps_per_round(n, c) * rounds))
+        return phases
+
+    def _lifetime_noise(self, client_id: int) -> tuple[float, float, int, float]:
+        """``(z, delta, planned steps, planned ε)`` of a continual run's client: one noise multiplier calibrated so that
+        its steps over every stage of its planned rounds, composed, spend the target (δ from its lifetime data)."""
+        cached = self._lifetime.get(client_id)
+        if cached is not None:
+            return cached
+        p = self.config.privacy
+        delta = p.delta or accounting.default_delta(max(1, len(self.data.client_indices[client_id])))
+        phases = self.lifetime_phases(client_id)
+        if not phases:  # a client with no data in any stage never trains
+            result = (float("inf"), delta, 0, 0.0)
+        else:
+            z = accounting.calibrate_noise_multiplier_phases(
+                target_epsilon=p.target_epsilon, delta=delta, phases=phases, accountant=p.accountant
+            )
+            epsilon = accounting.compute_epsilon([GaussianSteps(z, q, t) for q, t in phases], accountant=p.accountant, delta=delta)
+            result = (z, delta, sum(t for _, t in phases), epsilon)
+        self._lifetime[client_id] = result
+        return result
 
     def client_plan(self, client_id: int) -> ClientDPPlan:
-        return self.plans[len(self.data.client_indices[client_id])]
+        """The client's plan as the ledger and ``privacy-plan`` report it (in a continual run: over its lifetime data)."""
+        return self.plan_for(client_id, len(self.data.client_indices[client_id]))
 
     def round_metrics(self, round: int, client_states: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
         spent = [s["dp_sgd"]["epsilon"] for s in client_states.values() if "dp_sgd" in s]
@@ -470,6 +542,8 @@ class DPSGD(PrivacyMechanism):
 
     def check_budget(self, *, completed_rounds: int, total_rounds: int, client_states: Mapping[int, Mapping[str, Any]]) -> None:
         if self.config.privacy.planned_rounds:  # clients budgeted for fewer rounds than the run decline when spent
+            return
+        if self.data.stages:  # a continual run's rounds are its stages' (server.rounds cannot grow): its plan holds
             return
         remaining = total_rounds - completed_rounds
         if remaining <= 0:

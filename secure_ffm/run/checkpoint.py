@@ -15,7 +15,7 @@ import os
 import secrets
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +79,8 @@ class Checkpoint:
     strategy_state: NamedArrays
     client_states: dict[int, dict[str, Any]]
     server_state: dict[str, Any]
+    server_arrays: NamedArrays = field(default_factory=dict)
+    """Server-side arrays beyond the parameters (a continual method's experts or importances); ``server.safetensors``."""
 
 
 def _round_dir(root: Path, round: int) -> Path:
@@ -97,14 +99,19 @@ def save_checkpoint(root: Path, checkpoint: Checkpoint, *, keep: int = KEEP) -> 
     tmp.mkdir()
     save_file(checkpoint.parameters, str(tmp / "global.safetensors"))
     save_file(checkpoint.strategy_state, str(tmp / "strategy.safetensors"))
+    names = ["global.safetensors", "strategy.safetensors", "state.json"]
+    if checkpoint.server_arrays:
+        save_file(checkpoint.server_arrays, str(tmp / "server.safetensors"))
+        names.append("server.safetensors")
     state = {
         "format": FORMAT_VERSION,
         "round": checkpoint.round,
         "client_states": {str(k): v for k, v in sorted(checkpoint.client_states.items())},
         "server_state": checkpoint.server_state,
+        "server_arrays": bool(checkpoint.server_arrays),
     }
     (tmp / "state.json").write_text(json.dumps(state, indent=1, sort_keys=True), encoding="utf-8")
-    for name in ("global.safetensors", "strategy.safetensors", "state.json"):
+    for name in names:
         _fsync(tmp / name)
     if final.exists():
         shutil.rmtree(final)
@@ -152,11 +159,14 @@ def load_checkpoint(path: Path) -> Checkpoint:
     if not isinstance(server_state, dict):
         raise CheckpointError(f"{state_path}: server_state is not a table")
     arrays = {}
-    for name in ("global", "strategy"):
+    for name in ("global", "strategy", "server"):
         file = path / f"{name}.safetensors"
         try:
             arrays[name] = load_file(str(file))
         except FileNotFoundError:
+            if name == "server" and not state.get("server_arrays"):
+                arrays[name] = {}  # only a run with server-side arrays writes it
+                continue
             raise CheckpointError(f"{file} is missing") from None
         except (OSError, SafetensorError) as error:
             raise CheckpointError(f"{file} cannot be read: {error}") from None
@@ -166,4 +176,5 @@ def load_checkpoint(path: Path) -> Checkpoint:
         strategy_state=arrays["strategy"],
         client_states={int(k): v for k, v in client_states.items()},
         server_state=server_state,
+        server_arrays=arrays["server"],
     )

@@ -27,6 +27,7 @@ import torch
 
 from secure_ffm import __version__
 from secure_ffm.config import Config
+from secure_ffm.continual.run import ContinualRun, check_continual
 from secure_ffm.data import load_run_data
 from secure_ffm.data.base import FederatedData
 from secure_ffm.engine.aggregation import PROTOCOLS, Aggregate, AggregationProtocol
@@ -123,6 +124,8 @@ def prepare_run(config: Config) -> PreparedRun:
         )
     privacy = build_mechanism(config, data)  # calibrates noise; an unmeetable budget raises here
     privacy.check_model(model)
+    if data.stages:
+        check_continual(config, data, privacy)
     encoded_private = model.encode(data.private)
     encoded_test = model.encode(data.test)
     # the server's public data is encoded only for a schedule that trains on it
@@ -318,6 +321,8 @@ class Simulation:
             example_counts=[len(indices) for indices in prepared.data.client_indices],
             dropouts=self._dropouts,
         )
+        self.continual = ContinualRun(self) if prepared.data.stages else None
+        """A continual run's stages (``[continual]``); None for an ordinary run."""
         self.orchestrator = RoundOrchestrator(
             server=self.server,
             protocol=self.protocol,
@@ -328,23 +333,34 @@ class Simulation:
             rounds=self.config.server.rounds,
             on_abort=self.config.secure_aggregation.on_abort,
             round_metrics=lambda round: self.privacy.round_metrics(round, self.client_states),
-            hooks=[_RecordObservations(self.recorder, self.protocol, prepared.data), *hooks],
+            hooks=[
+                _RecordObservations(self.recorder, self.protocol, prepared.data),
+                *hooks,
+                *(self.continual.hooks if self.continual else []),
+            ],
             observer=self.observer,
+            round_statistics=self.continual.expected_statistics if self.continual else None,
         )
 
     # ------------------------------------------------------------------ clients
 
     def client(self, client_id: int) -> FederatedClient:
         """Materialize client ``client_id`` for one call (cheap: indices and a state dict)."""
+        state = self.client_states.setdefault(client_id, {})
+        indices = (
+            self.continual.training_indices(client_id, state)
+            if self.continual is not None
+            else self.prepared.data.client_indices[client_id]
+        )
         return FederatedClient(
             client_id=client_id,
             model=self.prepared.model,
             encoded=self.prepared.encoded_private,
-            indices=self.prepared.data.client_indices[client_id],
+            indices=indices,
             trainer=self.trainer,
             protocol=self.protocol,
             transforms=self.transforms,
-            state=self.client_states.setdefault(client_id, {}),
+            state=state,
             seed=self.config.run.seed,
             noise=self.noise_policy,
         )
@@ -359,6 +375,8 @@ class Simulation:
         """One unit of the FFM schedule (a federated round or a public phase); the schedule then picks the next one."""
         decision = self.next_decision
         before = self.server.parameters
+        if self.continual is not None:
+            self.continual.begin_round(round)
         if decision.phase == PUBLIC:
             assert self.public is not None
             if self.config.audit.capture_clients and round in self.config.audit.capture_rounds:
@@ -387,6 +405,8 @@ class Simulation:
                 budget_left=not declined_all,
             )
         self.next_decision = self.schedule.next(signals)
+        if self.continual is not None:
+            self.continual.finish_round(round, row)
         return row
 
     def ffm_state(self) -> dict[str, Any]:
@@ -404,6 +424,8 @@ class Simulation:
 
     def evaluate_parameters(self, parameters: Mapping[str, np.ndarray]):  # noqa: ANN201 - EvalResult
         """The server-side evaluation: ``parameters`` on the held-out test data."""
+        if self.continual is not None:  # every stage seen so far
+            return self.continual.evaluate(parameters)
         self.prepared.model.set_trainable(parameters)
         return evaluate(self.prepared.model, self.prepared.encoded_test, batch_size=self.config.server.eval_batch_size)
 
@@ -424,13 +446,17 @@ class Simulation:
             if self.writer is not None:
                 # metrics first, then the checkpoint: a crash between them leaves a row that --resume drops
                 self.writer.append_metrics(row)
+                server_state = {"privacy": self.privacy.state_dict(), "ffm": self.ffm_state()}
+                if self.continual is not None:
+                    server_state["continual"] = self.continual.state_dict()
                 self.writer.checkpoint(
                     Checkpoint(
                         round,
                         self.server.parameters,
                         self.strategy.state_dict(),
                         self.client_states,
-                        {"privacy": self.privacy.state_dict(), "ffm": self.ffm_state()},
+                        server_state,
+                        self.continual.arrays() if self.continual is not None else {},
                     )
                 )
             log.info(
@@ -451,6 +477,8 @@ class Simulation:
             if self.config.ffm.export:
                 self.prepared.model.set_trainable(self.server.parameters)
                 self.writer.export_model(self.prepared.model, lora=self.config.ffm.export_lora)
+            if self.continual is not None and self.continual.arrays():
+                self.writer.write_arrays("continual.safetensors", self.continual.arrays())
             self.writer.finish(
                 parameters=self.server.parameters, metadata=metadata, summary=summary, ledger=self.privacy.ledger(self.client_states)
             )
@@ -498,6 +526,7 @@ class Simulation:
             "privacy": self._privacy_summary(),
             "noise": self.noise_policy.describe(),
             "ffm": self._ffm_summary(),
+            **({"continual": self.continual.summary()} if self.continual is not None else {}),
             **({"audit": self._audit_summary()} if c.audit.capture_clients else {}),
             "num_train_examples": len(self.prepared.data.private),
             "num_public_examples": len(self.prepared.data.public) if self.prepared.data.public is not None else 0,
@@ -599,6 +628,8 @@ class Simulation:
             self.client_states.clear()
             self.client_states.update(checkpoint.client_states)
             self.privacy.load_state_dict(checkpoint.server_state.get("privacy", {}))
+            if self.continual is not None:
+                self.continual.load_state_dict(checkpoint.server_state.get("continual", {}), checkpoint.server_arrays)
             ffm = checkpoint.server_state.get("ffm")
             if ffm is not None:
                 self.schedule.load_state_dict(dict(ffm["schedule"]))

@@ -80,6 +80,12 @@ class RunWriter:
         partial.rename(target)
         return target
 
+    def write_arrays(self, name: str, arrays: Mapping[str, Any]) -> Path:
+        """``name`` (a ``.safetensors`` file in the run directory) holding ``arrays``, written atomically."""
+        path = self.out_dir / name
+        save_arrays_atomically(path, dict(arrays))
+        return path
+
     def finish(
         self, *, parameters: NamedArrays, metadata: Mapping[str, str], summary: Mapping[str, Any], ledger: Mapping[str, Any] | None
     ) -> None:

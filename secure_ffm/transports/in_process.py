@@ -65,6 +65,10 @@ class InProcessTransport(Transport):
     def example_counts(self, clients: Sequence[int]) -> dict[int, int]:
         return {int(c): self._example_counts[c] for c in clients}
 
+    def set_example_counts(self, example_counts: Sequence[int]) -> None:
+        """The clients' numbers of examples from now on (a continual run's new stage)."""
+        self._example_counts = list(example_counts)
+
     def _half(self, round: int, client_id: int) -> ClientRound:
         """Client ``client_id``'s protocol half for ``round`` (made on its first request of the round)."""
         if self._round != round:  # a new round: the last one's halves are gone

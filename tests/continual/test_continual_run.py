@@ -1,0 +1,176 @@
+"""Continual runs through the one engine path: the accuracy matrix, the methods, the ledgers and --resume."""
+
+import json
+
+import numpy as np
+import pytest
+from continual_cases import continual_toml, train
+from safetensors.numpy import load_file
+
+from secure_ffm.config import load_config
+from secure_ffm.continual import metrics
+from secure_ffm.engine.orchestrator import RoundHooks
+from secure_ffm.privacy.accounting import GaussianSteps, compute_epsilon
+from secure_ffm.run.simulation import RunObserver, Simulation, prepare_run, without_timings
+
+DP = '[privacy]\nmode = "dp-sgd"\ntarget_epsilon = 8.0\naccountant = "rdp"\n'
+
+
+def rows(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+class MessageSpy(RoundHooks):
+    def __init__(self):
+        self.messages, self.aggregates, self.instructions = [], [], []
+
+    def message_received(self, round, message, instructions):
+        self.messages.append((round, message))
+        self.instructions.append(instructions)
+
+    def aggregate_computed(self, round, aggregate, clients, instructions):
+        self.aggregates.append((round, aggregate))
+
+
+def run_with_spy(config_path, out):
+    spy = MessageSpy()
+    simulation = Simulation(prepare_run(load_config(config_path)), out_dir=out, hooks=[spy])
+    summary = simulation.run()
+    return simulation, summary, spy
+
+
+def test_the_summary_holds_the_accuracy_matrix_and_its_metrics(write_config, tmp_path):
+    out = tmp_path / "run"
+    assert train(write_config(continual_toml()), out) == 0
+    summary = json.loads((out / "summary.json").read_text())["continual"]
+    matrix = summary["accuracy_matrix"]
+    assert len(matrix) == 2 and all(len(row) == 2 for row in matrix) and matrix[0][1] is None
+    reached = [row[: i + 1] for i, row in enumerate(matrix)]
+    assert summary["average_accuracy"] == pytest.approx(metrics.average_accuracy(reached))
+    assert summary["forgetting"] == pytest.approx(metrics.forgetting(reached))
+    assert summary["backward_transfer"] == pytest.approx(metrics.backward_transfer(reached))
+    assert [s["name"] for s in summary["stages"]] == ["zeros and ones", "twos and threes"]
+    assert summary["budget_exhausted"] == []
+
+
+def test_each_matrix_row_is_the_evaluation_at_its_stages_last_round(write_config, tmp_path):
+    out = tmp_path / "run"
+    assert train(write_config(continual_toml()), out, "--set", "server.eval_every=3") == 0
+    history = rows(out)
+    assert [r["stage"] for r in history] == ["zeros and ones"] * 2 + ["twos and threes"] * 2
+    matrix = json.loads((out / "summary.json").read_text())["continual"]["accuracy_matrix"]
+    assert history[1]["stage_accuracy"] == {"zeros and ones": matrix[0][0]}  # evaluated though eval_every skips round 2
+    assert history[3]["stage_accuracy"] == {"zeros and ones": matrix[1][0], "twos and threes": matrix[1][1]}
+    assert history[2]["stage_accuracy"].keys() == {"zeros and ones", "twos and threes"}  # round 3: eval_every
+
+
+def test_naive_training_forgets_the_first_stage_and_replay_keeps_it(write_config, tmp_path):
+    steps = "[client]\nlocal_steps = 15\n"
+    results = {}
+    for method in ("naive", "replay"):
+        config = write_config(continual_toml(method).replace("local_steps = 3", "local_steps = 15"), f"{method}.toml")
+        out = tmp_path / method
+        assert train(config, out) == 0, steps
+        results[method] = json.loads((out / "summary.json").read_text())["continual"]["accuracy_matrix"][1][0]
+    assert results["naive"] < 0.2 < 0.6 < results["replay"]
+
+
+def test_replay_examples_stay_on_the_client(write_config, tmp_path):
+    simulation, _, spy = run_with_spy(write_config(continual_toml("replay", replay_buffer=20)), tmp_path / "run")
+    parameters = set(simulation.server.parameters)
+    naive_metrics = None
+    stages = simulation.prepared.data.stages
+    for round, message in spy.messages:
+        update = message.payload if hasattr(message, "payload") else None
+        assert set(message.metrics) == (naive_metrics or set(message.metrics))
+        naive_metrics = set(message.metrics)
+        stage = stages[0] if round <= 2 else stages[1]
+        own = len(stage.client_indices[message.client_id])
+        assert message.num_examples == own + (20 if stage.index else 0)  # the buffer trains, but only a count says so
+        assert update is None or not isinstance(update, dict) or set(update) - {"__weight__"} <= parameters
+    for k, state in simulation.client_states.items():
+        buffer = state["continual_replay"]["buffer"]
+        assert len(buffer) == 20 and set(buffer) <= set(stages[0].client_indices[k].tolist())
+
+
+def test_the_replay_buffer_is_drawn_from_the_clients_secret(write_config, tmp_path):
+    buffers = []
+    for name in ("a", "b"):
+        simulation, _, _ = run_with_spy(write_config(continual_toml("replay", replay_buffer=20)), tmp_path / name)
+        buffers.append(simulation.client_states[0]["continual_replay"]["buffer"])
+    assert buffers[0] != buffers[1]  # same seed, another secret: the server cannot recompute which examples are kept
+
+
+def test_ewc_importances_travel_as_masked_statistics_of_each_stages_last_round(write_config, tmp_path):
+    extra = '[secure_aggregation]\nprotocol = "masking"\n'
+    simulation, summary, spy = run_with_spy(write_config(continual_toml("ewc", extra=extra)), tmp_path / "run")
+    with_importance = sorted({r for r, aggregate in spy.aggregates if any(k.startswith("importance/") for k in aggregate.mean_statistics)})
+    assert with_importance == [2, 4]
+    broadcast = {ins.round: bool(ins.arrays) for ins in spy.instructions}
+    assert broadcast == {1: False, 2: False, 3: True, 4: True}  # the penalty from stage 2 on
+    history = rows(tmp_path / "run")
+    assert history[2]["bytes_down"] > history[1]["bytes_down"]  # weights and anchors are counted
+    assert summary["continual"]["method"] == "ewc"
+
+
+def test_isolation_keeps_one_set_of_parameters_per_stage(write_config, tmp_path):
+    out = tmp_path / "run"
+    simulation, summary, _ = run_with_spy(write_config(continual_toml("isolation")), out)
+    experts = load_file(str(out / "continual.safetensors"))
+    names = set(simulation.server.parameters)
+    assert {k.split("/", 1)[1] for k in experts} == names
+    assert {k.split("/", 1)[0] for k in experts} == {"expert0", "expert1"}
+    for name in names:  # the last expert is the final global model; the first its state at stage 1's end
+        assert np.array_equal(experts[f"expert1/{name}"], simulation.server.parameters[name])
+
+
+def test_a_dp_sgd_ledger_spans_every_stage(write_config, tmp_path):
+    out = tmp_path / "run"
+    assert train(write_config(continual_toml("replay", extra=DP, replay_buffer=20)), out) == 0
+    ledger = json.loads((out / "privacy.json").read_text())
+    for client in ledger["clients"]:
+        history = [GaussianSteps(*entry) if isinstance(entry, list) else GaussianSteps(**entry) for entry in client["history"]]
+        assert len({entry.sample_rate for entry in history}) == 2  # stage 2 trains on more examples (the buffer)
+        assert len({entry.noise_multiplier for entry in history}) == 1  # one multiplier for the client's lifetime
+        epsilon = compute_epsilon(history, accountant="rdp", delta=client["delta"])
+        assert client["epsilon"] == pytest.approx(epsilon)
+        assert 7.0 < epsilon <= 8.0  # calibrated to spend the budget over both stages, never more
+
+
+def test_a_client_whose_budget_is_spent_stops_in_later_stages(write_config, tmp_path):
+    out = tmp_path / "run"
+    extra = DP + "planned_rounds = 2\n"  # noise for stage 1 only: the budget is spent when it ends
+    assert train(write_config(continual_toml(extra=extra)), out) == 0
+    history = rows(out)
+    assert history[1]["clients"] == [0, 1, 2, 3]
+    assert history[2]["clients"] == [] and history[2]["skipped_clients"] == [0, 1, 2, 3]
+    spent = json.loads((out / "summary.json").read_text())["continual"]["budget_exhausted"]
+    assert spent == [{"client": k, "round": 3, "stage": "twos and threes"} for k in range(4)]
+    ledger = json.loads((out / "privacy.json").read_text())
+    assert all(c["epsilon"] <= 8.0 for c in ledger["clients"])
+
+
+class StopAtRound(RunObserver):
+    def __init__(self, round):
+        self.round = round
+
+    def round_started(self, round, clients):
+        if round == self.round:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("method", ["replay", "ewc", "isolation"])
+def test_resume_inside_stage_two_continues_to_the_uninterrupted_result(write_config, tmp_path, method):
+    stages = "".join(f"[[continual.stages]]\nrounds = 2\nclasses = [{2 * i}, {2 * i + 1}]\n" for i in range(2))
+    reproducible = DP + "reproducible_noise = true\n"  # two runs to compare: noise from the seed, not from fresh secrets
+    config = write_config(continual_toml(method, extra=reproducible, stages=stages, replay_buffer=20))
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    assert train(config, whole) == 0
+    with pytest.raises(KeyboardInterrupt):
+        Simulation(prepare_run(load_config(config)), out_dir=cut, observer=StopAtRound(4)).run()
+    assert train(config, cut, "--resume") == 0
+    assert [without_timings(r) for r in rows(cut)] == [without_timings(r) for r in rows(whole)]
+    for name in ("model.safetensors", *(["continual.safetensors"] if method != "replay" else [])):
+        a, b = load_file(str(whole / name)), load_file(str(cut / name))
+        assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    assert json.loads((cut / "privacy.json").read_text())["clients"] == json.loads((whole / "privacy.json").read_text())["clients"]
