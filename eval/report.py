@@ -373,6 +373,13 @@ def _continual_note() -> str:
     )
 
 
+def _pair(summary: Mapping[str, Any], first: str, second: str) -> str | None:
+    """``"a / b"`` of two summary values; None when the summary has neither."""
+    if summary.get(first) is None and summary.get(second) is None:
+        return None
+    return f"{_fmt(summary.get(first))} / {_fmt(summary.get(second))}"
+
+
 def _summary_table(summary: Mapping[str, Any]) -> str:
     final = summary.get("final") or {}
     model = summary.get("model") or {}
@@ -386,9 +393,9 @@ def _summary_table(summary: Mapping[str, Any]) -> str:
         ("strategy", summary.get("strategy"), False),
         ("clients", summary.get("num_clients"), True),
         ("partition", summary.get("partition"), False),
-        ("training / test examples", f"{_fmt(summary.get('num_train_examples'))} / {_fmt(summary.get('num_test_examples'))}", False),
+        ("training / test examples", _pair(summary, "num_train_examples", "num_test_examples"), False),
         ("parameters sent per update", summary.get("update_parameters"), True),
-        ("bytes up / down (total)", f"{_fmt(summary.get('bytes_up_total'))} / {_fmt(summary.get('bytes_down_total'))}", False),
+        ("bytes up / down (total)", _pair(summary, "bytes_up_total", "bytes_down_total"), False),
         ("seconds (rounds)", summary.get("seconds_total"), True),
         ("client accuracy (final model on each client's data)", summary.get("client_accuracy"), False),
     ]
