@@ -17,7 +17,7 @@ import logging
 import math
 import platform
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -237,17 +237,18 @@ class _RecordObservations(RoundHooks):
 
     A protocol that hides single updates gets its aggregate recorded; any other gets each message."""
 
-    def __init__(self, recorder: ObservationRecorder, protocol: AggregationProtocol, data: FederatedData) -> None:
+    def __init__(self, recorder: ObservationRecorder, protocol: AggregationProtocol, indices_of: Callable[[int], np.ndarray]) -> None:
+        """``indices_of(client)``: the examples the client trains on this round (a continual run's stage and buffer)."""
         self.recorder = recorder
         self.hides_updates = protocol.hides_updates
-        self.data = data
+        self.indices_of = indices_of
 
     def message_received(self, round: int, message: ClientMessage, instructions: FitInstructions) -> None:
         if not self.hides_updates and self.recorder.wants(round, message.client_id):
             self.recorder.record_message(
                 message,
                 global_parameters=instructions.parameters,
-                indices=self.data.client_indices[message.client_id],
+                indices=self.indices_of(message.client_id),
                 fit_config=instructions.config,
             )
 
@@ -258,7 +259,7 @@ class _RecordObservations(RoundHooks):
                 aggregate.mean_delta,
                 clients=list(clients),
                 global_parameters=instructions.parameters,
-                indices=self.data.client_indices,
+                indices={client: self.indices_of(client) for client in clients},
                 fit_config=instructions.config,
             )
 
@@ -334,7 +335,7 @@ class Simulation:
             on_abort=self.config.secure_aggregation.on_abort,
             round_metrics=lambda round: self.privacy.round_metrics(round, self.client_states),
             hooks=[
-                _RecordObservations(self.recorder, self.protocol, prepared.data),
+                _RecordObservations(self.recorder, self.protocol, self.training_indices),
                 *hooks,
                 *(self.continual.hooks if self.continual else []),
             ],
@@ -346,24 +347,25 @@ class Simulation:
 
     def client(self, client_id: int) -> FederatedClient:
         """Materialize client ``client_id`` for one call (cheap: indices and a state dict)."""
-        state = self.client_states.setdefault(client_id, {})
-        indices = (
-            self.continual.training_indices(client_id, state)
-            if self.continual is not None
-            else self.prepared.data.client_indices[client_id]
-        )
         return FederatedClient(
             client_id=client_id,
             model=self.prepared.model,
             encoded=self.prepared.encoded_private,
-            indices=indices,
+            indices=self.training_indices(client_id),
             trainer=self.trainer,
             protocol=self.protocol,
             transforms=self.transforms,
-            state=state,
+            state=self.client_states.setdefault(client_id, {}),
             seed=self.config.run.seed,
             noise=self.noise_policy,
         )
+
+    def training_indices(self, client_id: int) -> np.ndarray:
+        """The examples client ``client_id`` trains on this round: all of its data, or in a continual run its current
+        stage's (with what the method adds, e.g. its replay buffer)."""
+        if self.continual is None:
+            return self.prepared.data.client_indices[client_id]
+        return self.continual.training_indices(client_id, self.client_states.setdefault(client_id, {}))
 
     # ------------------------------------------------------------------ rounds
 

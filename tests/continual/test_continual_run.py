@@ -174,3 +174,16 @@ def test_resume_inside_stage_two_continues_to_the_uninterrupted_result(write_con
         a, b = load_file(str(whole / name)), load_file(str(cut / name))
         assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
     assert json.loads((cut / "privacy.json").read_text())["clients"] == json.loads((whole / "privacy.json").read_text())["clients"]
+
+
+def test_the_audit_captures_what_the_client_trained_on_in_that_stage(write_config, tmp_path):
+    from secure_ffm.run.audit import load_observation
+
+    out = tmp_path / "run"
+    extra = "[audit]\ncapture_clients = [0]\ncapture_rounds = [1, 3]\n"
+    simulation, _, _ = run_with_spy(write_config(continual_toml("replay", extra=extra, replay_buffer=20)), out)
+    first, second = simulation.prepared.data.stages
+    assert np.array_equal(load_observation(out, round=1, client=0).indices, first.client_indices[0])
+    buffer = simulation.client_states[0]["continual_replay"]["buffer"]
+    expected = np.union1d(second.client_indices[0], np.asarray(buffer))
+    assert np.array_equal(load_observation(out, round=3, client=0).indices, expected)
