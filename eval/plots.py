@@ -40,6 +40,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.text import Text
+from matplotlib.ticker import MaxNLocator
 from matplotlib.transforms import Bbox, blended_transform_factory
 
 from eval.continual import ContinualSummary, headline, stage_accuracy_series, stage_starts
@@ -719,6 +720,7 @@ def stage_accuracy_over_rounds(
             Line2D([], [], marker="v", linestyle=":", color=BUDGET_COLOR, label="privacy budget spent:\nclient stops contributing")
         )
     ax.set_ylim(0.0, 105.0)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole numbers
     ax.set_xlabel("round")
     ax.set_ylabel("test accuracy on the stage's test set (%)")
     ax.set_title(title, fontsize=10)
