@@ -187,3 +187,45 @@ def test_the_audit_captures_what_the_client_trained_on_in_that_stage(write_confi
     buffer = simulation.client_states[0]["continual_replay"]["buffer"]
     expected = np.union1d(second.client_indices[0], np.asarray(buffer))
     assert np.array_equal(load_observation(out, round=3, client=0).indices, expected)
+
+
+SWEEP = """\
+[sweep]
+name = "continual"
+seeds = [0]
+[base.run]
+threads = 1
+[base.data]
+dataset = "digits"
+num_clients = 4
+partition = "iid"
+[base.model]
+arch = "cnn"
+finetune = "full"
+[base.client]
+local_steps = 3
+batch_size = 16
+[[base.continual.stages]]
+rounds = 1
+classes = [0, 1]
+[[base.continual.stages]]
+rounds = 1
+classes = [2, 3]
+[grid.method]
+"naive" = []
+"replay" = ["continual.method=replay", "continual.replay_buffer=20"]
+"""
+
+
+def test_a_sweep_over_continual_methods_reports_each_points_matrix(tmp_path):
+    from secure_ffm.run.cli import main
+
+    sweep = tmp_path / "sweep.toml"
+    sweep.write_text(SWEEP)
+    out = tmp_path / "sweep"
+    assert main(["sweep", str(sweep), "--out", str(out), "--quiet", "--report"]) == 0
+    points = [json.loads(line) for line in (out / "sweep.jsonl").read_text().splitlines()]
+    assert {p["point_id"] for p in points} == {"method-naive__seed-0", "method-replay__seed-0"}
+    assert all(p["status"] == "ok" for p in points)
+    report = (out / "report.html").read_text()
+    assert report.count("accuracy_matrix__") >= 2
