@@ -381,6 +381,11 @@ class DPSGD(PrivacyMechanism):
             f"per-client sample-level DP over {plan['planned_rounds']} planned rounds, "
             f"max_grad_norm={self.config.privacy.max_grad_norm}, Poisson sampling at q = batch_size / n"
         )
+        if self.data.stages:
+            lines.append(
+                f"continual run: one z per client for its whole lifetime over {len(self.data.stages)} stages, each stage "
+                "sampling at batch_size / (its examples in that stage); n is its lifetime data, steps all of its stages'"
+            )
         lines.append(f"{'client':>6} {'n':>7} {'q':>8} {'steps':>7} {'delta':>10} {'z':>8} {'epsilon':>8}")
         for c in plan["clients"]:
             lines.append(
