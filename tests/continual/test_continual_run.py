@@ -229,3 +229,14 @@ def test_a_sweep_over_continual_methods_reports_each_points_matrix(tmp_path):
     assert all(p["status"] == "ok" for p in points)
     report = (out / "report.html").read_text()
     assert report.count("accuracy_matrix__") >= 2
+
+
+def test_the_dp_fedavg_ledger_counts_every_round_of_every_stage(write_config, tmp_path):
+    out = tmp_path / "run"
+    extra = '[privacy]\nmode = "dp-fedavg"\ntarget_epsilon = 8.0\naccountant = "rdp"\n'
+    assert train(write_config(continual_toml("replay", extra=extra, replay_buffer=20)), out) == 0
+    ledger = json.loads((out / "privacy.json").read_text())
+    assert ledger["rounds"] == 4 and sum(entry["steps"] for entry in ledger["history"]) == 4
+    history = [GaussianSteps(**entry) for entry in ledger["history"]]
+    assert ledger["epsilon"] == pytest.approx(compute_epsilon(history, accountant="rdp", delta=ledger["delta"]))
+    assert ledger["epsilon"] <= 8.0
