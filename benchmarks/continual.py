@@ -180,7 +180,7 @@ def figures(runs: list[dict[str, Any]], folder: Path) -> list[Path]:
         fig.suptitle(f"{scenario}, privacy {dp}, seed {chosen[0]['seed']}: accuracy matrix A[i][j] (%)", fontsize=10)
         fig.tight_layout()
         path = folder / f"{scenario}_{'dp' if dp != 'none' else 'nodp'}.png"
-        fig.savefig(path, dpi=110)
+        fig.savefig(path, dpi=110, bbox_inches="tight")
         plt.close(fig)
         written.append(path)
     return written
@@ -194,7 +194,20 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--privacy", nargs="+", choices=["none", "dp"], default=["none", "dp"])
     parser.add_argument("--name", help="results name (default continual, or continual_quick with --quick)")
+    parser.add_argument(
+        "--replot", metavar="NAME", help="redraw the figures of benchmarks/results/NAME.json and print its table; run nothing"
+    )
     args = parser.parse_args()
+    if args.replot:
+        import json
+
+        saved = json.loads((RESULTS / f"{args.replot}.json").read_text())
+        print_table(
+            "Federated continual learning (mean ± std over seeds; accuracy in %, forgetting and BWT in points)", table(saved["runs"])
+        )
+        for path in figures(saved["runs"], RESULTS / args.replot):
+            print(f"wrote {path}")
+        return
     if args.quick:
         args.scenarios, args.seeds, args.privacy = ["class-fmnist"], [0], ["none"]
     torch.set_num_threads(1)

@@ -87,14 +87,18 @@ class LocalExtras:
     """When a dict, the trainer fills it with the mean over its steps of each parameter's squared step gradient
     (the privatized one under DP-SGD, so it costs no privacy; the data gradient, before any penalty)."""
 
-    def record(self, named: list[tuple[str, torch.nn.Parameter]], steps: int) -> None:
-        """Fold the current gradients into :attr:`importance` (a running mean over ``steps`` steps so far)."""
+    def record(self, named: list[tuple[str, torch.nn.Parameter]], steps: int, *, noise_variance: float = 0.0) -> None:
+        """Fold the current gradients into :attr:`importance` (a running mean over ``steps`` steps so far).
+
+        ``noise_variance``: the known variance of zero-mean noise in every coordinate (DP-SGD's ``(z C / B)^2``), taken
+        off each squared gradient so that the mean estimates the squared noiseless gradient: E[(g + n)^2] = g^2 + var.
+        Single estimates may be negative; the server clips the aggregate at 0."""
         if self.importance is None:
             return
         for name, p in named:
             if p.grad is None:
                 continue
-            squared = (p.grad.detach().double() ** 2).numpy()
+            squared = (p.grad.detach().double() ** 2).numpy() - noise_variance
             previous = self.importance.get(name)
             self.importance[name] = squared if previous is None else previous + (squared - previous) / (steps + 1)
 

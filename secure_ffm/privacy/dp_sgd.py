@@ -304,7 +304,7 @@ class DPSGDTrainer(LocalTrainer):
         def after_privatization() -> None:
             # the step's gradient is private from here on: recording it, and FedProx's term (which depends on no
             # example), are post-processing
-            extras.record(named, recorded[0])
+            extras.record(named, recorded[0], noise_variance=stepper.noise_std**2)
             recorded[0] += 1
             if mu > 0:
                 for p, a in zip(params, anchors, strict=True):

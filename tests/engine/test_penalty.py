@@ -57,3 +57,10 @@ def test_importances_are_the_running_mean_of_squared_gradients():
         params[0][1].grad = torch.tensor(grad)
         extras.record(params, step)
     assert np.allclose(extras.importance["w"], [(1 + 9) / 2, (4 + 0) / 2])
+
+
+def test_a_known_noise_variance_is_taken_off_each_squared_gradient():
+    extras, params = LocalExtras(importance={}), named([0.0])
+    params[0][1].grad = torch.tensor([3.0])
+    extras.record(params, 0, noise_variance=4.0)
+    assert np.allclose(extras.importance["w"], [5.0])  # E[(g + n)^2] = g^2 + var: the estimate of g^2
