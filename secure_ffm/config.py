@@ -241,7 +241,11 @@ class ModelConfig:
 
             builder = MODELS.get(self.arch, key="model.arch")
             if self.objective not in builder.prompt_objectives:
-                takers = [f"{name} ({', '.join(sorted(MODELS.get(name).prompt_objectives))})" for name in MODELS.names() if MODELS.get(name).prompt_objectives]
+                takers = [
+                    f"{name} ({', '.join(sorted(MODELS.get(name).prompt_objectives))})"
+                    for name in MODELS.names()
+                    if MODELS.get(name).prompt_objectives
+                ]
                 raise ConfigError(
                     "model.finetune",
                     f"{self.finetune!r} is not a fine-tuning mode of model.arch = {self.arch!r} with objective = {self.objective!r}",

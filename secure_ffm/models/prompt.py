@@ -1,15 +1,15 @@
 """Prompt learning modes of ``model.finetune``: ``prompt``, ``prefix`` and ``p-tuning``.
 
 Each mode is a :class:`PromptMethod` registered in :data:`PROMPT_METHODS`; it turns the ``[model]`` section's
-``prompt_*`` keys into a peft config. The Hugging Face encoder is wrapped with peft's ``PeftModelForFeatureExtraction`` (``task_type = "FEATURE_EXTRACTION"``; as a
-:class:`PerExamplePromptModel`, whose prompt Opacus can give per-sample gradients); the project's own pooling and ``head``
-(:class:`secure_ffm.models.text.TextClassifier`) sit on top, so every finetune mode shares the same classifier.
-The encoder's weights stay frozen: only the prompt parameters (peft's ``prompt_encoder.default.*``) and the head are
-trained, hence sent.
+``prompt_*`` keys into a peft config. The Hugging Face encoder is wrapped in peft's ``PeftModelForFeatureExtraction``
+(``task_type = "FEATURE_EXTRACTION"``; as a :class:`PerExamplePromptModel`, whose prompt Opacus can give per-sample
+gradients); the project's own pooling and ``head`` (:class:`secure_ffm.models.text.TextClassifier`) sit on top, so
+every finetune mode shares the same classifier. The encoder's weights stay frozen: only the prompt parameters (peft's
+``prompt_encoder.default.*``) and the head are trained, hence sent.
 
 - ``prompt`` -- soft prompt tuning (Lester et al., 2021, arXiv 2104.08691; peft ``PromptTuningConfig``):
   ``prompt_tokens`` trainable input embeddings prepended to the word embeddings, initialised at random or from the
-  word embeddings of ``prompt_init_text`` (repeated or cut to ``prompt_tokens`` tokens, as peft does).
+  word embeddings of ``prompt_init_text``'s word pieces (no special tokens; repeated or cut to ``prompt_tokens``).
 - ``prefix`` -- prefix tuning (Li & Liang, 2021, arXiv 2101.00190; P-Tuning v2, Liu et al., 2022, arXiv 2110.07602;
   peft ``PrefixTuningConfig``): ``prompt_tokens`` trainable keys and values in every attention layer, passed to the
   encoder as ``past_key_values``; with ``prompt_encoder_hidden_size > 0`` they are produced by a two-layer MLP
@@ -57,8 +57,8 @@ class PromptMethod:
     """Whether ``prompt_init = "text"`` applies."""
     encoder_size: bool = False
     """Whether ``prompt_encoder_hidden_size`` applies."""
-    settings: Callable[[ModelConfig, str], dict[str, Any]] = lambda config, tokenizer_path: {}
-    """The peft config's mode-specific fields of ``(config, tokenizer_path)``."""
+    settings: Callable[[ModelConfig], dict[str, Any]] = lambda config: {}
+    """The peft config's mode-specific fields of the ``[model]`` section."""
 
     def check(self, name: str, config: ModelConfig) -> None:
         """Raise ConfigError for settings this mode cannot take."""
@@ -75,27 +75,25 @@ class PromptMethod:
                 'drop it, or use finetune = "prefix" or "p-tuning"',
             )
 
-    def peft_config(self, config: ModelConfig, *, tokenizer_path: str) -> Any:
-        """The peft config of ``config``'s ``prompt_*`` keys (``tokenizer_path``: for a text initialisation)."""
+    def peft_config(self, config: ModelConfig) -> Any:
+        """The peft config of ``config``'s ``prompt_*`` keys."""
         import peft
 
         kwargs: dict[str, Any] = {"task_type": "FEATURE_EXTRACTION", "num_virtual_tokens": config.prompt_tokens}
-        kwargs.update(self.settings(config, tokenizer_path))
+        kwargs.update(self.settings(config))
         return getattr(peft, self.peft_class)(**kwargs)
 
 
-def _soft_prompt(config: ModelConfig, tokenizer_path: str) -> dict[str, Any]:
-    if config.prompt_init == "text":
-        return {"prompt_tuning_init": "TEXT", "prompt_tuning_init_text": config.prompt_init_text, "tokenizer_name_or_path": tokenizer_path}
-    return {"prompt_tuning_init": "RANDOM"}
+def _soft_prompt(config: ModelConfig) -> dict[str, Any]:
+    return {"prompt_tuning_init": "RANDOM"}  # a text initialisation is applied after wrapping (text_initialise)
 
 
-def _prefix(config: ModelConfig, tokenizer_path: str) -> dict[str, Any]:
+def _prefix(config: ModelConfig) -> dict[str, Any]:
     size = config.prompt_encoder_hidden_size
     return {"prefix_projection": True, "encoder_hidden_size": size} if size else {"prefix_projection": False}
 
 
-def _prompt_encoder(config: ModelConfig, tokenizer_path: str) -> dict[str, Any]:
+def _prompt_encoder(config: ModelConfig) -> dict[str, Any]:
     size = config.prompt_encoder_hidden_size
     return {"encoder_reparameterization_type": "MLP", **({"encoder_hidden_size": size} if size else {})}
 
@@ -146,13 +144,14 @@ def check_prompt_settings(config: ModelConfig, defaults: ModelConfig | None = No
     PROMPT_METHODS.get(config.finetune, key="model.finetune").check(config.finetune, config)
 
 
-def wrap_encoder(encoder: Any, config: ModelConfig, *, tokenizer_path: str) -> Any:
+def wrap_encoder(encoder: Any, config: ModelConfig, *, tokenizer: Any) -> Any:
     """``encoder`` inside peft's ``PeftModelForFeatureExtraction`` for the prompt mode ``config.finetune``.
 
     peft freezes the encoder and leaves the prompt parameters (``prompt_encoder.default.*``) trainable. Its forward
     drops ``position_ids`` and ``token_type_ids`` for the modes that prepend tokens (so the classifier does not pass
     them: BERT then numbers the virtual and real tokens 0, 1, ...); for ``prefix`` the encoder numbers the real
     tokens after the prefix (``past_key_values`` length). A failure of peft is a ConfigError on ``model.finetune``.
+    ``prompt_init = "text"`` is applied here (:func:`text_initialise`), with ``tokenizer``.
     """
     import warnings
 
@@ -160,13 +159,35 @@ def wrap_encoder(encoder: Any, config: ModelConfig, *, tokenizer_path: str) -> A
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # transformers' is_gradient_checkpointing deprecation, via peft
-            wrapped = _per_example_prompt_class()(encoder, method.peft_config(config, tokenizer_path=tokenizer_path))
+            wrapped = _per_example_prompt_class()(encoder, method.peft_config(config))
     except (ValueError, TypeError, KeyError, AttributeError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ConfigError("model.finetune", f"peft cannot wrap the encoder for {config.finetune!r}: {first[:160]}", "use lora") from error
     for prompt_encoder in wrapped.prompt_encoder.values():
         prompt_encoder.embedding.register_forward_pre_hook(_contiguous_inputs)
+    if config.prompt_init == "text":
+        text_initialise(wrapped, config.prompt_init_text, tokenizer)
     return wrapped
+
+
+def text_initialise(wrapped: Any, text: str, tokenizer: Any) -> None:
+    """Set the soft prompt to the word embeddings of ``text``'s word pieces, repeated or cut to the prompt's length.
+
+    Unlike peft's ``prompt_tuning_init = "TEXT"``, which tokenizes with the special tokens (a BERT prompt would start
+    with ``[CLS]`` and end with ``[SEP]``, ahead of the input's own), only the phrase's own word pieces are used.
+    """
+    import torch
+
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if not ids:
+        from secure_ffm.errors import ConfigError
+
+        raise ConfigError("model.prompt_init_text", f"{text!r} has no word pieces in the tokenizer", "give a phrase of words")
+    weight = wrapped.prompt_encoder[wrapped.active_adapter].embedding.weight
+    count = weight.shape[0]
+    repeated = (ids * (count // len(ids) + 1))[:count]
+    with torch.no_grad():
+        weight.copy_(wrapped.word_embeddings.weight[torch.tensor(repeated)].to(weight.dtype))
 
 
 def _contiguous_inputs(module: Any, inputs: tuple[Any, ...]) -> tuple[Any, ...]:

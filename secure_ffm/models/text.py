@@ -382,14 +382,15 @@ class TextModel(FederatedModel):
         return self.module.encoder
 
 
-def _token_limit(tokenizer: Any, encoder: nn.Module, max_length: int, position_offset: int) -> int:
+def _token_limit(tokenizer: Any, encoder: nn.Module, max_length: int, position_offset: int, *, reserved: int = 0) -> int:
+    """``max_length`` within the model's positions, ``reserved`` of which the virtual tokens of a prompt mode take."""
     limit = max_length
     model_max = getattr(tokenizer, "model_max_length", None)
     if isinstance(model_max, int) and 0 < model_max < 1_000_000:
-        limit = min(limit, model_max)
+        limit = min(limit, model_max - reserved)
     positions = getattr(getattr(encoder, "config", None), "max_position_embeddings", None)
     if isinstance(positions, int) and positions > position_offset:
-        limit = min(limit, positions - position_offset)
+        limit = min(limit, positions - position_offset - reserved)
     return limit
 
 
@@ -408,18 +409,19 @@ def build_hf_text(config: ModelConfig, *, num_classes: int, max_length: int, ima
     if isinstance(getattr(encoder, "pooler", None), nn.Module):
         encoder.pooler = None
     offset = _position_offset(encoder)
-    limit = _token_limit(tokenizer, encoder, max_length, offset)
+    prompting = config.finetune in PROMPT_METHODS
+    reserved = config.prompt_tokens if prompting else 0
+    limit = _token_limit(tokenizer, encoder, max_length, offset, reserved=reserved)
     virtual_tokens = 0
-    if config.finetune in PROMPT_METHODS:
+    if prompting:
         method = PROMPT_METHODS.get(config.finetune, key="model.finetune")
-        limit -= config.prompt_tokens
         if limit < 2:
             raise ConfigError(
                 "model.prompt_tokens",
                 f"{config.prompt_tokens} virtual tokens leave {max(limit, 0)} of the encoder's positions for the text",
                 "use fewer virtual tokens",
             )
-        encoder = wrap_encoder(encoder, config, tokenizer_path=resolve_name_or_path(config.name_or_path))
+        encoder = wrap_encoder(encoder, config, tokenizer=tokenizer)
         virtual_tokens = config.prompt_tokens if method.prepends_tokens else 0
     module = TextClassifier(encoder, num_classes, pooling=config.pooling, virtual_tokens=virtual_tokens)
     configure_finetune(module, config, head=module.head, adapted=encoder, what=f"encoder {config.name_or_path!r}")

@@ -96,7 +96,10 @@ def test_dp_fedavg_runs_on_prompt_updates(encoder, tmp_path):
 
 @pytest.mark.parametrize(
     "secure",
-    [{"protocol": "masking", "clip_range": 4.0}, {"protocol": "ckks", "ckks_poly_modulus_degree": 4096, "ckks_coeff_mod_bit_sizes": [60, 49]}],
+    [
+        {"protocol": "masking", "clip_range": 4.0},
+        {"protocol": "ckks", "ckks_poly_modulus_degree": 4096, "ckks_coeff_mod_bit_sizes": [60, 49]},
+    ],
     ids=["masking", "ckks"],
 )
 def test_secure_aggregation_of_prompt_updates_matches_plain_fedavg(encoder, secure):
