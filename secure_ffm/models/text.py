@@ -223,6 +223,10 @@ class TextClassifier(_EncoderInputs):
         kwargs = self.encoder_inputs(input_ids, attention_mask, token_type_ids, position_ids)
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.track_encoder_grad):
             hidden = self.encoder(**kwargs)[0]
+        return self.classify(hidden, attention_mask)
+
+    def classify(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Logits of the encoder's hidden states ``(B, virtual_tokens + L, d)``: skip the virtual tokens, pool, head."""
         if self.virtual_tokens:
             hidden = hidden[:, self.virtual_tokens :]
         if self.pooling == "cls":
