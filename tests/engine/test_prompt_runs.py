@@ -26,7 +26,8 @@ def encoder(tmp_path_factory, one_torch_thread):
 
 def prompt_config(encoder, finetune, **sections):
     model = {"finetune": finetune, **PROMPT_MODES[finetune], **sections.pop("model", {})}
-    return config_from_dict(tiny_text_sections(encoder, model=model, client={"lr": 0.5}, **sections))
+    client = {"lr": 0.5, **sections.pop("client", {})}
+    return config_from_dict(tiny_text_sections(encoder, model=model, client=client, **sections))
 
 
 def rows(run_dir):
@@ -109,3 +110,19 @@ def test_secure_aggregation_of_prompt_updates_matches_plain_fedavg(encoder, secu
     secured.run()
     for name, value in plain.server.parameters.items():
         np.testing.assert_allclose(secured.server.parameters[name], value, atol=1e-3)
+
+
+@pytest.mark.parametrize("attack", ["embedding-leakage", "tag"])
+def test_the_attack_command_replays_a_captured_prompt_update(encoder, tmp_path, attack):
+    from secure_ffm.run.cli import main
+
+    config = prompt_config(
+        encoder, "prompt", client={"batch_size": 2, "local_steps": 1}, audit={"capture_clients": [1], "capture_rounds": [1]}
+    )
+    Simulation(prepare_run(config), out_dir=tmp_path / "run").run()
+    argv = ["attack", "--run", str(tmp_path / "run"), "--attack", attack, "--iterations", "3", "--out", str(tmp_path / "a"), "--quiet"]
+    assert main(argv) == 0
+    document = json.loads((tmp_path / "a" / "attack.json").read_text())
+    assert document["attack"] == attack and document["threat_model"]["observes"] == "update"
+    if attack == "embedding-leakage":
+        assert document["mean"]["token_recall"] == 0.0
