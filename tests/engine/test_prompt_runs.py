@@ -10,7 +10,7 @@ from tiny_encoder import save_tiny_bert, tiny_text_sections  # tests/engine/tiny
 
 from secure_ffm.config import config_from_dict
 from secure_ffm.models import update_nbytes
-from secure_ffm.run.simulation import Simulation, prepare_run
+from secure_ffm.run.simulation import RunObserver, Simulation, prepare_run, without_timings
 
 PROMPT_MODES = {
     "prompt": {"prompt_tokens": 4},
@@ -126,3 +126,21 @@ def test_the_attack_command_replays_a_captured_prompt_update(encoder, tmp_path, 
     assert document["attack"] == attack and document["threat_model"]["observes"] == "update"
     if attack == "embedding-leakage":
         assert document["mean"]["token_recall"] == 0.0
+
+
+class StopAfterRound1(RunObserver):
+    def round_finished(self, round, metrics):
+        if round == 1:
+            raise KeyboardInterrupt
+
+
+def test_resume_of_a_dp_prompt_run_equals_the_uninterrupted_run(encoder, tmp_path):
+    privacy = {"mode": "dp-sgd", "target_epsilon": 8.0, "reproducible_noise": True}
+    config = prompt_config(encoder, "p-tuning", privacy=privacy, server={"rounds": 2})
+    Simulation(prepare_run(config), out_dir=tmp_path / "full").run()
+    with pytest.raises(KeyboardInterrupt):
+        Simulation(prepare_run(config), out_dir=tmp_path / "cut", observer=StopAfterRound1()).run()
+    Simulation(prepare_run(config), out_dir=tmp_path / "cut").run(resume=True)
+    assert [without_timings(r) for r in rows(tmp_path / "full")] == [without_timings(r) for r in rows(tmp_path / "cut")]
+    ledgers = [json.loads((tmp_path / run / "privacy.json").read_text()) for run in ("full", "cut")]
+    assert ledgers[0] == ledgers[1]
