@@ -104,7 +104,7 @@ PROMPT_METHODS.register("prefix")(PromptMethod("PrefixTuningConfig", prepends_to
 PROMPT_METHODS.register("p-tuning")(PromptMethod("PromptEncoderConfig", prepends_tokens=True, encoder_size=True, settings=_prompt_encoder))
 
 
-def check_prompt_settings(config: ModelConfig, defaults: ModelConfig | None = None) -> None:
+def check_prompt_settings(config: ModelConfig) -> None:
     """Validate the ``prompt_*`` keys of ``config`` against ``model.finetune`` (called by ``ModelConfig``).
 
     A prompt key that differs from its default while ``finetune`` is not a prompt mode is refused: it would be
