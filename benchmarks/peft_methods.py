@@ -11,6 +11,7 @@ each method has its own learning rate (:data:`METHODS`, typical values for the m
     python benchmarks/peft_methods.py --quick          # 4 clients, 400 examples, 2 rounds (a few minutes)
     python benchmarks/peft_methods.py [--clients 8] [--train-examples 800] [--rounds 3] [--tasks movie_reviews trec]
         [--methods full lora head prompt prefix p-tuning] [--no-dp] [--attack-samples 2] [--attack-iterations 40]
+    python benchmarks/peft_methods.py --attack-only --attacks tag lamp --no-dp --attack-samples 4   # attacks only
 
 Published small-model anchor (TinyBERT on SST-2, centralized, full data; accuracy non-private / at epsilon 8):
 soft prompt 79.9 / 74.2, prefix 81.4 / 75.0, LoRA 82.0 / 78.6, full 80.3 / 79.8. Prompt tuning is known to lag on
@@ -144,6 +145,7 @@ def main() -> None:
     parser.add_argument("--attacks", nargs="*", default=["tag"], choices=["tag", "lamp"], help="text attacks to measure (none: skip)")
     parser.add_argument("--attack-samples", type=int, default=2, help="clients attacked (one example each)")
     parser.add_argument("--attack-iterations", type=int, default=40)
+    parser.add_argument("--attack-only", action="store_true", help="no training: only the attacks (at the initial model)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--name", default="")
@@ -158,16 +160,23 @@ def main() -> None:
         for method in args.methods:
             for dp in privacies:
                 config = config_for(task, method, dp=dp, args=args)
-                record: dict[str, Any] = {"task": task, "method": method, "dp": dp, **train(config)}
+                record: dict[str, Any] = {"task": task, "method": method, "dp": dp}
+                if not args.attack_only:
+                    record.update(train(config))
                 for name in args.attacks:
                     record[name] = attack(config, name, args)
                 records.append(record)
                 attacks = " ".join(f"{n} F1 {record[n]['token_f1']:.2f}" for n in args.attacks)
-                print(
-                    f"{task:13s} {method:8s} dp={dp!s:5s} acc {record['test_accuracy']:.3f} "
-                    f"{record['seconds_per_round']:.1f} s/round {attacks}",
-                    flush=True,
-                )
+                trained = "" if args.attack_only else f"acc {record['test_accuracy']:.3f} {record['seconds_per_round']:.1f} s/round "
+                print(f"{task:13s} {method:8s} dp={dp!s:5s} {trained}{attacks}", flush=True)
+    if args.attack_only:
+        rows = [
+            {"task": r["task"], "method": r["method"], "dp": r["dp"], **{f"{n} token F1": round(r[n]["token_f1"], 3) for n in args.attacks}}
+            for r in records
+        ]
+        print_table(f"Text attacks against one example's gradient at the initial model ({args.attack_samples} clients)", rows)
+        write_result(args.name or "peft_methods_attacks", {"settings": vars(args), "results": records})
+        return
     rows = []
     for r in records:
         row = {
