@@ -82,7 +82,8 @@ def logits_from_embeddings(
 
     Identical to :class:`~secure_ffm.models.text.TextClassifier`'s forward for
     ``inputs_embeds = word_embeddings(input_ids)``; always differentiable w.r.t. ``inputs_embeds``
-    (also for head-only models, whose forward runs the encoder without autograd).
+    (also for head-only models, whose forward runs the encoder without autograd). Under a prompt mode the encoder is
+    peft's wrapper, which prepends the (trained) virtual tokens to ``inputs_embeds`` itself.
     """
     kwargs: dict[str, torch.Tensor] = {"inputs_embeds": inputs_embeds, "attention_mask": attention_mask}
     if token_type_ids is not None and getattr(module, "passes_token_type_ids", True):
@@ -90,6 +91,8 @@ def logits_from_embeddings(
     if position_ids is not None and getattr(module, "passes_position_ids", True):
         kwargs["position_ids"] = position_ids
     hidden = module.encoder(**kwargs)[0]  # type: ignore[operator]
+    if hasattr(module, "classify"):  # TextClassifier: skips the virtual tokens of a prompt mode, pools, applies the head
+        return module.classify(hidden, attention_mask)  # type: ignore[operator]
     if module.pooling == "cls":
         pooled = hidden[:, 0]
     else:

@@ -12,7 +12,8 @@ What it does not give: how often a token occurs (row norms mix occurrences with 
 mattered), nor their order, nor which example of a batch holds which token. Under an ``aggregate``
 observation it gives the union of every client's tokens: secure aggregation hides who wrote a
 word, not that someone did. When the table is not trained — ``lora`` (adapters on query/value and
-the head) and ``head`` fine-tuning — there is no embedding gradient and this attack recovers
+the head), ``head`` fine-tuning and the prompt modes (``prompt``, ``prefix``, ``p-tuning``: the prompt's own
+embedding rows are virtual tokens, all used by every example) — there is no embedding gradient and this attack recovers
 nothing: it returns an empty set and says why in ``details["reason"]``. Noise (DP-SGD) makes every
 row non-zero; ``relative_tolerance`` then trades recall for precision.
 """
@@ -67,7 +68,7 @@ class EmbeddingLeakage(Attack):
                 ids = [i for i in ids if i not in special]
         else:
             ids = []
-            details["reason"] = "the word-embedding table is not trained (lora or head fine-tuning): its gradient is not observed"
+            details["reason"] = "the word-embedding table is not trained (lora, head or prompt fine-tuning): its gradient is not observed"
         clock.tick(1)
         tokens = tokenizer.convert_ids_to_tokens(ids)
         details.update(token_ids=ids, tokens=tokens)

@@ -202,13 +202,26 @@ class ModelConfig:
     mlm_probability: float = 0.15
     """mlm: share of the tokens (special tokens excepted) masked in each training sequence."""
     finetune: str = "lora"
-    """``full``, ``lora`` (adapters plus head) or ``head`` (classifier only; the MLM head for ``mlm``)."""
+    """``full``, ``lora`` (adapters plus head), ``head`` (classifier only; the MLM head for ``mlm``), or a prompt
+    learning mode of ``hf-text`` classification (:mod:`secure_ffm.models.prompt`): ``prompt`` (soft prompt),
+    ``prefix`` (prefix tuning) or ``p-tuning`` (a prompt encoder generates the prompt); these train the prompt
+    parameters plus the head, the encoder stays frozen (docs/prompt_tuning.md)."""
     pooling: str = "mean"
     """``mean`` over tokens or ``cls`` token, for ``hf-text``."""
     lora_rank: int = 8
     lora_alpha: float = 16.0
     lora_dropout: float = 0.0
     lora_target_modules: tuple[str, ...] = ("query", "value")
+    prompt_tokens: int = 20
+    """Prompt modes: number of virtual tokens (the soft prompt's length; the prefix's length per layer)."""
+    prompt_init: str = "random"
+    """``prompt``: ``random`` or ``text`` (the word embeddings of ``prompt_init_text``, repeated or cut to
+    ``prompt_tokens`` tokens). The other prompt modes start at random."""
+    prompt_init_text: str = ""
+    """The phrase a ``text`` initialisation reads, e.g. ``"Classify the sentiment of this review:"``."""
+    prompt_encoder_hidden_size: int = 0
+    """``p-tuning``: width of the prompt encoder's MLP (0: the encoder's hidden size). ``prefix``: width of the MLP
+    that reparameterizes the prefix (0: none, the prefix's keys and values are trained directly)."""
     vit_patch_size: int = 7
     """Must divide the image's height and width (checked when the model is built for the data)."""
     vit_dim: int = 64
@@ -221,7 +234,25 @@ class ModelConfig:
         _choice("model", "objective", self.objective, OBJECTIVES.names())
         if not 0.0 < self.mlm_probability < 1.0:
             raise ConfigError("model.mlm_probability", f"must be in (0, 1), got {self.mlm_probability!r}", "use e.g. 0.15 (BERT's)")
-        _choice("model", "finetune", self.finetune, ("full", "lora", "head"))
+        from secure_ffm.models.prompt import PROMPT_METHODS, check_prompt_settings
+
+        _choice("model", "finetune", self.finetune, ("full", "lora", "head", *PROMPT_METHODS.names()))
+        check_prompt_settings(self)
+        if self.finetune in PROMPT_METHODS:
+            from secure_ffm.models import MODELS  # registers the built-in architectures
+
+            builder = MODELS.get(self.arch, key="model.arch")
+            if self.objective not in builder.prompt_objectives:
+                takers = [
+                    f"{name} ({', '.join(sorted(MODELS.get(name).prompt_objectives))})"
+                    for name in MODELS.names()
+                    if MODELS.get(name).prompt_objectives
+                ]
+                raise ConfigError(
+                    "model.finetune",
+                    f"{self.finetune!r} is not a fine-tuning mode of model.arch = {self.arch!r} with objective = {self.objective!r}",
+                    f"prompt modes apply to {', '.join(takers) or 'no model'}; use full, lora or head here",
+                )
         _choice("model", "pooling", self.pooling, ("mean", "cls"))
         _positive("model", "lora_rank", self.lora_rank)
         _positive("model", "lora_alpha", self.lora_alpha)
@@ -738,6 +769,14 @@ class Config:
                     f"round {round} is after the last (server.rounds={self.server.rounds})",
                     "use rounds 1 .. server.rounds",
                 )
+        from secure_ffm.models.prompt import PROMPT_METHODS
+
+        if self.ffm.export and self.model.finetune in PROMPT_METHODS:
+            raise ConfigError(
+                "ffm.export",
+                f"model.finetune = {self.model.finetune!r} leaves the encoder unchanged: an export would be the base model",
+                'drop ffm.export (the trained prompt and head are in the run\'s checkpoint), or use finetune = "lora"',
+            )
         if self.ffm.export_lora == "adapter" and self.model.finetune != "lora":
             raise ConfigError(
                 "ffm.export_lora",

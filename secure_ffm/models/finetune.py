@@ -1,4 +1,4 @@
-"""Which parameters a model trains (and therefore sends): ``full``, ``head`` or ``lora``.
+"""Which parameters a model trains (and therefore sends): ``full``, ``head``, ``lora``, or a prompt mode.
 
 The trainable parameters are the wire format of a client update, so this module
 fixes them once at build time through ``requires_grad``; everything else reads
@@ -20,6 +20,7 @@ from torch import nn
 
 from secure_ffm.config import ModelConfig
 from secure_ffm.errors import ConfigError
+from secure_ffm.models.prompt import PROMPT_METHODS, PROMPT_PARAMETER_MARKER
 from secure_ffm.registry import nearest
 
 LORA_MARKER = "lora_"
@@ -90,8 +91,16 @@ def configure_finetune(module: nn.Module, config: ModelConfig, *, head: nn.Modul
     """Set ``requires_grad`` on ``module`` for ``config.finetune``.
 
     ``full`` trains every parameter; ``head`` only ``head``; ``lora`` injects
-    adapters into ``adapted`` (a submodule of ``module``) and trains them and ``head``.
+    adapters into ``adapted`` (a submodule of ``module``) and trains them and ``head``; a prompt mode
+    (:mod:`secure_ffm.models.prompt`, ``adapted`` already wrapped by peft) trains the prompt parameters and ``head``.
     """
+    if config.finetune in PROMPT_METHODS:
+        module.requires_grad_(False)
+        for name, param in adapted.named_parameters():
+            if PROMPT_PARAMETER_MARKER in name:
+                param.requires_grad_(True)
+        head.requires_grad_(True)
+        return
     if config.finetune == "full":
         module.requires_grad_(True)
         return

@@ -40,6 +40,8 @@ class ModelBuilder:
     data_kind: DataKind
     builds: dict[str, BuildFunction] = field(default_factory=dict)
     """By ``model.objective`` name (:data:`secure_ffm.models.objectives.OBJECTIVES`)."""
+    prompt_objectives: set[str] = field(default_factory=set)
+    """The objectives whose build takes the prompt learning modes of ``model.finetune`` (:mod:`secure_ffm.models.prompt`)."""
 
     @property
     def build(self) -> BuildFunction:
@@ -50,7 +52,9 @@ class ModelBuilder:
 MODELS: Registry[ModelBuilder] = Registry("model architecture")
 
 
-def register_model(name: str, *, data_kind: DataKind, objective: str = "classification") -> Callable[[BuildFunction], BuildFunction]:
+def register_model(
+    name: str, *, data_kind: DataKind, objective: str = "classification", prompt_learning: bool = False
+) -> Callable[[BuildFunction], BuildFunction]:
     """Register ``build(config, *, num_classes, max_length, image_shape)`` as architecture ``name`` for ``objective``.
 
     ``max_length`` is the token limit of text models, ``image_shape`` the ``(channels, height, width)`` of the
@@ -58,7 +62,9 @@ def register_model(name: str, *, data_kind: DataKind, objective: str = "classifi
 
     The build function runs under a seeded, forked torch RNG (see :func:`build_model`),
     so it may initialise weights with the ordinary ``torch.nn.init`` functions. An architecture that supports
-    another objective (``mlm``) registers a second build under the same name.
+    another objective (``mlm``) registers a second build under the same name. ``prompt_learning``: the build takes
+    the prompt modes of ``model.finetune`` (``prompt``, ``prefix``, ``p-tuning``); ``ModelConfig`` refuses them for
+    the others.
     """
 
     def decorator(build: BuildFunction) -> BuildFunction:
@@ -70,6 +76,8 @@ def register_model(name: str, *, data_kind: DataKind, objective: str = "classifi
         if objective in builder.builds:
             raise ValueError(f"model architecture {name!r} already has a build for objective {objective!r}")
         builder.builds[objective] = build
+        if prompt_learning:
+            builder.prompt_objectives.add(objective)
         return build
 
     return decorator

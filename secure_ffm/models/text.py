@@ -27,6 +27,7 @@ from secure_ffm.errors import ConfigError, MissingResourceError
 from secure_ffm.models.base import Batch, EncodedData, FederatedModel
 from secure_ffm.models.finetune import configure_finetune, lora_config, short_reason
 from secure_ffm.models.objectives import IGNORE_INDEX, MASKED_LANGUAGE_MODELING
+from secure_ffm.models.prompt import PROMPT_METHODS, wrap_encoder
 from secure_ffm.models.registry import register_model
 
 log = logging.getLogger(__name__)
@@ -194,15 +195,22 @@ class TextClassifier(_EncoderInputs):
     without autograd (``track_encoder_grad`` is False), so it stores no activations
     for a backward pass; set it to True to differentiate through the encoder
     (e.g. for input-gradient attacks).
+
+    ``virtual_tokens``: the number of rows a prompt learning wrapper (peft's soft prompt or P-tuning) prepends to the
+    encoder's hidden states; pooling skips them, so ``mean`` averages the real tokens and ``cls`` reads the real
+    first token, as in every other finetune mode.
     """
 
-    def __init__(self, encoder: nn.Module, num_classes: int, *, pooling: str = "mean") -> None:
+    def __init__(self, encoder: nn.Module, num_classes: int, *, pooling: str = "mean", virtual_tokens: int = 0) -> None:
         super().__init__(encoder)
         if pooling not in ("mean", "cls"):
             raise ValueError(f"pooling must be 'mean' or 'cls', got {pooling!r}")
+        if virtual_tokens < 0:
+            raise ValueError(f"virtual_tokens must be >= 0, got {virtual_tokens}")
         self.encoder = encoder
         self.head = nn.Linear(_hidden_size(encoder), num_classes)
         self.pooling = pooling
+        self.virtual_tokens = virtual_tokens
         self.track_encoder_grad = True
 
     def forward(
@@ -215,6 +223,12 @@ class TextClassifier(_EncoderInputs):
         kwargs = self.encoder_inputs(input_ids, attention_mask, token_type_ids, position_ids)
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.track_encoder_grad):
             hidden = self.encoder(**kwargs)[0]
+        return self.classify(hidden, attention_mask)
+
+    def classify(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Logits of the encoder's hidden states ``(B, virtual_tokens + L, d)``: skip the virtual tokens, pool, head."""
+        if self.virtual_tokens:
+            hidden = hidden[:, self.virtual_tokens :]
         if self.pooling == "cls":
             pooled = hidden[:, 0]
         else:
@@ -372,40 +386,52 @@ class TextModel(FederatedModel):
         return self.module.encoder
 
 
-def _token_limit(tokenizer: Any, encoder: nn.Module, max_length: int, position_offset: int) -> int:
+def _token_limit(tokenizer: Any, encoder: nn.Module, max_length: int, position_offset: int, *, reserved: int = 0) -> int:
+    """``max_length`` within the model's positions, ``reserved`` of which the virtual tokens of a prompt mode take."""
     limit = max_length
     model_max = getattr(tokenizer, "model_max_length", None)
     if isinstance(model_max, int) and 0 < model_max < 1_000_000:
-        limit = min(limit, model_max)
+        limit = min(limit, model_max - reserved)
     positions = getattr(getattr(encoder, "config", None), "max_position_embeddings", None)
     if isinstance(positions, int) and positions > position_offset:
-        limit = min(limit, positions - position_offset)
+        limit = min(limit, positions - position_offset - reserved)
     return limit
 
 
-@register_model("hf-text", data_kind="text")
+@register_model("hf-text", data_kind="text", prompt_learning=True)
 def build_hf_text(config: ModelConfig, *, num_classes: int, max_length: int, image_shape: tuple[int, int, int]) -> TextModel:
     """``hf-text``: ``name_or_path`` encoder + ``pooling`` + linear head; ``max_length`` is the token limit.
 
     The encoder's pooler layer, unused by this classifier, is removed so that every
     trainable parameter gets a gradient (DP-SGD requires one for each).
+
+    A prompt mode (``prompt``, ``prefix``, ``p-tuning``) wraps the encoder with peft's prompt learning model
+    (:func:`secure_ffm.models.prompt.wrap_encoder`); its virtual tokens take positions, so the token limit is
+    ``model.prompt_tokens`` shorter.
     """
     tokenizer, encoder = load_encoder(config.name_or_path)
     if isinstance(getattr(encoder, "pooler", None), nn.Module):
         encoder.pooler = None
-    module = TextClassifier(encoder, num_classes, pooling=config.pooling)
+    offset = _position_offset(encoder)
+    prompting = config.finetune in PROMPT_METHODS
+    reserved = config.prompt_tokens if prompting else 0
+    limit = _token_limit(tokenizer, encoder, max_length, offset, reserved=reserved)
+    virtual_tokens = 0
+    if prompting:
+        method = PROMPT_METHODS.get(config.finetune, key="model.finetune")
+        if limit < 2:
+            raise ConfigError(
+                "model.prompt_tokens",
+                f"{config.prompt_tokens} virtual tokens leave {max(limit, 0)} of the encoder's positions for the text",
+                "use fewer virtual tokens",
+            )
+        encoder = wrap_encoder(encoder, config, tokenizer=tokenizer)
+        virtual_tokens = config.prompt_tokens if method.prepends_tokens else 0
+    module = TextClassifier(encoder, num_classes, pooling=config.pooling, virtual_tokens=virtual_tokens)
     configure_finetune(module, config, head=module.head, adapted=encoder, what=f"encoder {config.name_or_path!r}")
     module.track_encoder_grad = any(p.requires_grad for p in encoder.parameters())
     module.train()  # from_pretrained returns eval mode; Opacus hooks record only modules in training mode
-    offset = _position_offset(encoder)
-    return TextModel(
-        module,
-        tokenizer,
-        num_classes=num_classes,
-        max_length=_token_limit(tokenizer, encoder, max_length, offset),
-        position_offset=offset,
-        config=config,
-    )
+    return TextModel(module, tokenizer, num_classes=num_classes, max_length=limit, position_offset=offset, config=config)
 
 
 # --------------------------------------------------------------------------- masked language modeling

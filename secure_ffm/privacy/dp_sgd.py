@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import asdict, dataclass
 from functools import lru_cache
@@ -221,13 +222,17 @@ class DPStep:
         """One private step on ``batch``; ``extra_gradient`` may add data-independent terms after privatization."""
         self.optimizer.zero_grad(set_to_none=True)
         outputs = self.wrapped(**batch.inputs)
-        if self.criterion is not None:
-            self.criterion(outputs, batch.labels).backward()
-            loss = float(self.model.objective.loss(outputs.detach(), batch.labels))
-        else:
-            objective = self.model.objective.loss(outputs, batch.labels)
-            objective.backward()
-            loss = float(objective.detach())
+        with warnings.catch_warnings():
+            # the hooks of a trained embedding whose input is token ids (a prompt mode's virtual tokens) fire with no
+            # input gradient; Opacus reads the output gradient only, so torch's warning about it is noise
+            warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
+            if self.criterion is not None:
+                self.criterion(outputs, batch.labels).backward()
+                loss = float(self.model.objective.loss(outputs.detach(), batch.labels))
+            else:
+                objective = self.model.objective.loss(outputs, batch.labels)
+                objective.backward()
+                loss = float(objective.detach())
         if self.optimizer.pre_step():
             if extra_gradient is not None:
                 extra_gradient()
