@@ -24,6 +24,7 @@ and one accuracy-matrix figure per scenario and privacy setting (seed 0) under `
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 from pathlib import Path
@@ -199,8 +200,6 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.replot:
-        import json
-
         saved = json.loads((RESULTS / f"{args.replot}.json").read_text())
         print_table(
             "Federated continual learning (mean ± std over seeds; accuracy in %, forgetting and BWT in points)", table(saved["runs"])
@@ -218,6 +217,9 @@ def main() -> None:
                 for method in args.methods:
                     run = run_one(scenario, method, seed, dp == "dp")
                     runs.append(run)
+                    partial = RESULTS / f"{args.name or 'continual'}.partial.jsonl"  # every finished run, in case of a stop
+                    with partial.open("a", encoding="utf-8") as out:
+                        out.write(json.dumps(run) + "\n")
                     print(
                         f"[{len(runs)}] {scenario} {method} privacy={run['dp']} seed={seed}: avg {100 * run['average_accuracy']:.1f}% "
                         f"forgetting {run['forgetting']} ({run['seconds']:.0f} s)",
