@@ -240,3 +240,30 @@ def test_the_dp_fedavg_ledger_counts_every_round_of_every_stage(write_config, tm
     history = [GaussianSteps(**entry) for entry in ledger["history"]]
     assert ledger["epsilon"] == pytest.approx(compute_epsilon(history, accountant="rdp", delta=ledger["delta"]))
     assert ledger["epsilon"] <= 8.0
+
+
+def test_a_prompt_per_stage_on_a_text_encoder(tmp_path):
+    """Parameter isolation with prompt tuning (Fed-CPrompt's idea): each domain's soft prompt and head are kept."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
+    from tiny_encoder import save_tiny_bert, tiny_text_sections
+
+    from secure_ffm.config import config_from_dict
+
+    encoder = save_tiny_bert(tmp_path / "encoder")
+    raw = tiny_text_sections(encoder, model={"finetune": "prompt", "prompt_tokens": 4}, client={"local_steps": 2})
+    del raw["server"]
+    raw["continual"] = {
+        "method": "isolation",
+        "stages": [{"name": "movies", "rounds": 1}, {"name": "products", "rounds": 1, "dataset": "product_reviews"}],
+    }
+    out = tmp_path / "run"
+    simulation = Simulation(prepare_run(config_from_dict(raw)), out_dir=out)
+    summary = simulation.run()
+    assert summary["continual"]["accuracy_matrix"][1][1] is not None
+    experts = load_file(str(out / "continual.safetensors"))
+    trained = set(simulation.server.parameters)
+    assert any("prompt" in name for name in trained) and all("prompt" in n or n.startswith("head.") for n in trained)
+    assert {k.split("/", 1)[1] for k in experts} == trained
