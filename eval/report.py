@@ -347,18 +347,8 @@ def write_sweep_report(sweep_dir: Path) -> Path:
     texts = _texts_table(rows)
     if texts:
         parts += ["<h2>Recovered sentences</h2>", texts]
-    parts += [
-        "<h2>Points</h2>",
-        _points_table(rows, missing),
-        "<h2>Privacy ledger</h2>",
-        _ledger_table(rows),
-        "<h2>Settings (resolved sweep file)</h2>",
-        f"<pre>{html.escape(settings_text)}</pre>",
-        "</body></html>",
-    ]
-    path = sweep_dir / "report.html"
-    write_text_atomic(path, "\n".join(parts) + "\n")
-    return path
+    parts += ["<h2>Points</h2>", _points_table(rows, missing)]
+    return _finish_page(sweep_dir / "report.html", parts, ledger=[_ledger_table(rows)], settings=("resolved sweep file", settings_text))
 
 
 # --------------------------------------------------------------------------- run report
@@ -509,14 +499,20 @@ def write_run_report(run_dir: Path) -> Path:
     ]
     if continual is not None:
         parts += _continual_html(continual, continual_figures)
-    parts += [
+    return _finish_page(run_dir / "report.html", parts, ledger=_run_ledger(name, summary, ledger), settings=("config.toml", config_text))
+
+
+def _finish_page(path: Path, parts: list[str], *, ledger: Sequence[str], settings: tuple[str, str]) -> Path:
+    """Close a report with its privacy ledger and its settings, and write it atomically to ``path``."""
+    title, text = settings
+    parts = [
+        *parts,
         "<h2>Privacy ledger</h2>",
-        *_run_ledger(name, summary, ledger),
-        "<h2>Settings (config.toml)</h2>",
-        f"<pre>{html.escape(config_text)}</pre>",
+        *ledger,
+        f"<h2>Settings ({title})</h2>",
+        f"<pre>{html.escape(text)}</pre>",
         "</body></html>",
     ]
-    path = run_dir / "report.html"
     write_text_atomic(path, "\n".join(parts) + "\n")
     return path
 
