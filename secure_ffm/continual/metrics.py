@@ -21,7 +21,7 @@ from collections.abc import Sequence
 def check_matrix(matrix: Sequence[Sequence[float | None]]) -> None:
     """Raise ValueError unless row ``i`` holds ``i + 1`` numbers (stages 0..i), possibly padded with None."""
     for i, row in enumerate(matrix):
-        seen = [value for value in row[: i + 1]]
+        seen = list(row[: i + 1])
         if len(seen) != i + 1 or any(value is None for value in seen):
             raise ValueError(f"row {i} of the accuracy matrix must give stages 0..{i}, got {list(row)}")
         if any(value is not None for value in row[i + 1 :]):

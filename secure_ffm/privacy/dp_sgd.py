@@ -414,6 +414,8 @@ class DPSGD(PrivacyMechanism):
         self.sizes = sizes
         self.plans: dict[int, ClientDPPlan] = {}
         self._lifetime: dict[int, tuple[float, float, int, float]] = {}
+        self._method: Any = None
+        """A continual run's method (its training sizes plan the clients' lifetimes), built on first use."""
         self._make_plans()
 
     def _make_plans(self) -> None:
@@ -468,7 +470,9 @@ class DPSGD(PrivacyMechanism):
         """A continual run's client over its planned rounds: ``(sample rate, steps)`` per stage it has data in."""
         from secure_ffm.continual.methods import build_method
 
-        method = build_method(self.config, self.data)
+        if self._method is None:  # one instance answers for every client
+            self._method = build_method(self.config, self.data)
+        method = self._method
         c = self.config.client
         phases, rounds_left = [], self.planned_rounds
         for stage in self.data.stages:
