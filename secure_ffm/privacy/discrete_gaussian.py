@@ -58,8 +58,8 @@ DEFAULT_BETA = math.exp(-0.5)
 MIN_SHARE_SIGMA = 0.5
 """Below this per-share standard deviation (integer units) :func:`ddg_rdp` reports infinite RDP.
 
-Canonne, Kamath & Steinke's bounds on sums of discrete Gaussians, on which Kairouz et al.'s
-theorem rests, are stated for σ >= 1/2; we claim nothing below it."""
+Kairouz et al.'s Proposition 14 (the RDP bound of :func:`ddg_rdp`) assumes σ >= 1/2; we claim
+nothing below it."""
 
 MAX_NOISE_MULTIPLIER = 1000.0
 """Upper end of :func:`calibrate_ddg_noise`'s search."""

@@ -349,3 +349,24 @@ def test_ddg_rdp_is_never_below_the_gaussian_mechanism_and_grows_with_the_order(
     rdp = ddg_rdp(ORDERS, sigma=sigma, num_clients=n, l2_sensitivity=l2, dim=d)
     assert np.all(rdp >= ORDERS * l2**2 / (2 * n * sigma**2) * (1 - 1e-12))
     assert np.all(np.diff(rdp) >= 0)
+
+
+def test_a_round_through_flattening_recovers_the_real_sum_within_the_noise():
+    dim, clients, z = 100, 5, 1.0
+    signs = rotation_signs(dim, seed=11)
+    m = mechanism(z, dim=signs.size, num_shares=clients, expected_contributions=clients)
+    updates = np.random.default_rng(2).normal(size=(clients, dim))
+    updates /= np.linalg.norm(updates, axis=1, keepdims=True)
+    total = np.zeros(signs.size, np.uint32)
+    for i, update in enumerate(updates):
+        integer = m.round_contributions(flatten(update, signs)[None, :], stream=stream(60 + i))
+        total += m.encode(integer, stream=stream(70 + i))
+    error = unflatten(m.decode(total), signs, dim) - updates.sum(axis=0)
+    assert 0.7 < error.std() / z < 1.3  # the rotation is orthonormal, so the noise keeps its std z·c
+
+
+def test_calibration_reports_an_unreachable_target():
+    with pytest.raises(ValueError, match="cannot be met"):
+        calibrate_ddg_noise(
+            target_epsilon=1e-4, delta=1e-5, steps=10_000, sample_rate=1.0, clip_norm=1.0, num_shares=2, dim=64, expected_contributions=2
+        )
