@@ -450,6 +450,7 @@ def _server_view(
     protocol = PROTOCOLS.get(config.secure_aggregation.protocol, key="secure_aggregation.protocol").from_config(
         config.secure_aggregation, seed=config.run.seed
     )
+    mechanism.configure_protocol(protocol)
     transforms = UpdatePipeline([*build_defenses(config.defense).transforms, *mechanism.client_transforms()])
     noise = NoisePolicy(secure=False, reproducible_seed=int(np.random.SeedSequence([seed, sample, 0xA0D17]).generate_state(1)[0]))
     grad_sample_mode = config.privacy.grad_sample_mode
@@ -489,6 +490,7 @@ def _server_view(
         num_clients=total,
         clients_per_round=len(participants),
         seed=seed,
+        aggregate_steps=mechanism.decoding_steps(),
     )
     server.extra_fit_config.append(mechanism.fit_config)
     view = _ServerView()

@@ -42,6 +42,7 @@ def _register_builtins() -> None:
     MECHANISMS.register_lazy("none", "secure_ffm.privacy.mechanisms:NoPrivacy")
     MECHANISMS.register_lazy("dp-sgd", "secure_ffm.privacy.dp_sgd:DPSGD")
     MECHANISMS.register_lazy("dp-fedavg", "secure_ffm.privacy.dp_fedavg:DPFedAvg")
+    MECHANISMS.register_lazy("distributed-dp-sgd", "secure_ffm.privacy.distributed_dp_sgd:DistributedDPSGD")
     TRANSFORMS.register_lazy("clip", "secure_ffm.privacy.dp_fedavg:ClipUpdate")
     TRANSFORMS.register_lazy("gaussian-share", "secure_ffm.privacy.dp_fedavg:GaussianNoiseShare")
     CONTINUAL_METHODS.register_lazy("naive", "secure_ffm.continual.methods:NaiveSequential")

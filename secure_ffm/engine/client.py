@@ -87,7 +87,7 @@ class FederatedClient:
             randomness=self.randomness(),
             extras=extras,
         )
-        delta = subtract(self.model.get_trainable(), ins.parameters)
+        delta = result.update if result.update is not None else subtract(self.model.get_trainable(), ins.parameters)
         metrics = {"train_loss": result.train_loss, "train_seconds": result.seconds, "steps": float(result.steps)}
         metrics.update(result.extra or {})
         statistics = {}

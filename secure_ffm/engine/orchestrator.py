@@ -201,7 +201,8 @@ class RoundOrchestrator:
         weights = np.asarray(examples, dtype=np.float64)
         row: dict[str, Any] = {
             "round": round,
-            "train_loss": float(np.sum(weights * np.asarray(losses)) / np.sum(weights)) if sent else None,
+            # a client that keeps its loss to itself (distributed DP-SGD: it would leak beside the noised sum) reports NaN
+            "train_loss": float(np.sum(weights * np.asarray(losses)) / np.sum(weights)) if sent and np.isfinite(losses).all() else None,
             "test_loss": None,
             "test_accuracy": None,
             "test_macro_f1": None,

@@ -110,6 +110,9 @@ class TrainResult:
     train_loss: float
     seconds: float
     extra: Mapping[str, float] | None = None
+    update: NamedArrays | None = None
+    """What the client sends in place of its parameter difference (a trainer whose round is one noisy gradient sum,
+    e.g. distributed DP-SGD); None: the trained parameters minus the global ones."""
 
 
 def shuffled_batches(

@@ -33,12 +33,13 @@ import numpy as np
 
 from secure_ffm.config import Config, PrivacyConfig
 from secure_ffm.data.base import FederatedData
-from secure_ffm.engine.aggregation import Aggregate, AggregateStep
+from secure_ffm.engine.aggregation import PROTOCOLS, Aggregate, AggregateStep, AggregationProtocol
 from secure_ffm.engine.transforms import TransformContext, UpdateTransform
 from secure_ffm.engine.wire import ClientUpdate, Scalar
 from secure_ffm.errors import ConfigError
 from secure_ffm.privacy import accounting
 from secure_ffm.privacy.accounting import GaussianSteps, PrivacyLedger, rounds_that_fit
+from secure_ffm.privacy.distributed import DiscreteGaussianShare, DiscreteGaussianSum, ScaleDiscreteSum, minimum_shares
 from secure_ffm.privacy.gaussian import add_gaussian_noise, clip_l2
 from secure_ffm.privacy.mechanisms import PrivacyMechanism, extension_refused, plan_header
 from secure_ffm.privacy.noise import CENTRAL_NOISE, CLIENT_SAMPLING, NOISE_SHARE, NoisePolicy, NoiseStream
@@ -153,6 +154,20 @@ class DPFedAvg(PrivacyMechanism):
         self.rounds = config.server.rounds
         self.rounds_planned = config.server.rounds
         self.delta = p.delta or accounting.default_delta(n)
+        self.discrete: DiscreteGaussianSum | None = None
+        """The distributed discrete Gaussian's geometry, fixed by the first update's size (discrete mode)."""
+        self.discrete_mode = p.noise_placement == "clients" and bool(
+            getattr(PROTOCOLS.get(config.secure_aggregation.protocol, key="secure_aggregation.protocol"), "supports_integer_values", False)
+        )
+        """Client noise under a protocol that sums integers exactly (masking): discrete shares, accounted as zCDP."""
+        self.accountant = "zcdp" if self.discrete_mode else p.accountant
+        if self.discrete_mode and p.adaptive_clipping:
+            raise ConfigError(
+                "privacy.adaptive_clipping",
+                "adaptive clipping's noised count has no discrete-share version here: distributed noise under masking uses discrete "
+                "Gaussian shares",
+                'set privacy.adaptive_clipping = false, or privacy.noise_placement = "server"',
+            )
         if p.delta and (reason := accounting.check_delta(p.delta, n)):
             log.warning("privacy.delta: %s (n = number of clients)", reason)
         if p.noise_multiplier > 0:
@@ -166,7 +181,11 @@ class DPFedAvg(PrivacyMechanism):
                 )
         else:
             self.noise_multiplier = accounting.calibrate_noise_multiplier(
-                target_epsilon=p.target_epsilon, delta=self.delta, sample_rate=self.sample_rate, steps=self.rounds, accountant=p.accountant
+                target_epsilon=p.target_epsilon,
+                delta=self.delta,
+                sample_rate=self.sample_rate,
+                steps=self.rounds,
+                accountant=self.accountant,
             )
         self.update_noise_multiplier = self.noise_multiplier
         if p.adaptive_clipping:
@@ -180,7 +199,7 @@ class DPFedAvg(PrivacyMechanism):
             self.update_noise_multiplier = (self.noise_multiplier**-2 - two_sigma**-2) ** -0.5
         self.clip_norm = p.clip_norm
         self.last_unclipped_fraction: float | None = None
-        self.user_ledger = PrivacyLedger(accountant=p.accountant, delta=self.delta)
+        self.user_ledger = PrivacyLedger(accountant=self.accountant, delta=self.delta)
         self.clip_history: list[float] = []
         self.noise_policy = NoisePolicy.from_config(config)
         self.server_randomness = self.noise_policy.server()
@@ -196,7 +215,7 @@ class DPFedAvg(PrivacyMechanism):
         return p.clipped_count_stddev or participants / 20.0
 
     def _epsilon_after(self, rounds: int) -> float:
-        ledger = PrivacyLedger(accountant=self.config.privacy.accountant, delta=self.delta)
+        ledger = PrivacyLedger(accountant=self.accountant, delta=self.delta)
         ledger.record(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate, steps=rounds)
         return ledger.epsilon()
 
@@ -214,10 +233,29 @@ class DPFedAvg(PrivacyMechanism):
 
     # ------------------------------------------------------------------ seams
 
+    def discrete_geometry(self, dim: int) -> DiscreteGaussianSum:
+        """The discrete shares' public geometry for updates of ``dim`` coordinates (discrete mode)."""
+        if self.discrete is None or self.discrete.dim != dim:
+            self.discrete = DiscreteGaussianSum(
+                clip_norm=self.config.privacy.clip_norm,
+                noise_multiplier=self.update_noise_multiplier,
+                min_shares=minimum_shares(self.config),
+                max_shares=self.participants,
+                contributions=self.participants,
+                dim=dim,
+            )
+        return self.discrete
+
+    def configure_protocol(self, protocol: AggregationProtocol) -> None:
+        if self.discrete_mode:
+            protocol.use_integer_values()  # type: ignore[attr-defined]
+
     def client_transforms(self) -> list[UpdateTransform]:
         p = self.config.privacy
         transforms: list[UpdateTransform] = [ClipUpdate(clip_norm=p.clip_norm, report_unclipped=p.adaptive_clipping)]
-        if p.noise_placement == "clients":
+        if self.discrete_mode:
+            transforms.append(DiscreteGaussianShare(self))
+        elif p.noise_placement == "clients":
             share = GaussianNoiseShare(
                 noise_multiplier=self.update_noise_multiplier,
                 clip_norm=p.clip_norm,
@@ -228,8 +266,11 @@ class DPFedAvg(PrivacyMechanism):
             transforms.append(share)
         return transforms
 
+    def decoding_steps(self) -> list[AggregateStep]:
+        return [ScaleDiscreteSum(self)] if self.discrete_mode else []
+
     def aggregate_steps(self) -> list[AggregateStep]:
-        steps: list[AggregateStep] = []
+        steps: list[AggregateStep] = self.decoding_steps()
         if self.config.privacy.noise_placement == "server":
             steps.append(CentralGaussianNoise(self))
         if self.config.privacy.adaptive_clipping:
@@ -258,7 +299,8 @@ class DPFedAvg(PrivacyMechanism):
         return {
             "mechanism": "dp-fedavg",
             "level": "user",
-            "accountant": p.accountant,
+            "accountant": self.accountant,
+            **({"discrete_noise": self.discrete.describe()} if self.discrete is not None else {}),
             "target_epsilon": p.target_epsilon,
             "epsilon": self.user_ledger.epsilon(),
             "epsilon_against_server": self.epsilon_against_server(),
@@ -280,7 +322,7 @@ class DPFedAvg(PrivacyMechanism):
         p = self.config.privacy
         return {
             "mechanism": "dp-fedavg",
-            "accountant": p.accountant,
+            "accountant": self.accountant,
             "target_epsilon": p.target_epsilon,
             "delta": self.delta,
             "rounds": self.rounds,
@@ -306,13 +348,16 @@ class DPFedAvg(PrivacyMechanism):
         most = max(self.participations.values(), default=0)
         if most == 0:
             return 0.0
-        return accounting.compute_epsilon(
-            [GaussianSteps(self.noise_multiplier, 1.0, most)], accountant=self.config.privacy.accountant, delta=self.delta
-        )
+        return accounting.compute_epsilon([GaussianSteps(self.noise_multiplier, 1.0, most)], accountant=self.accountant, delta=self.delta)
 
     def _against_server_note(self) -> str:
         if self.config.privacy.noise_placement != "clients":
             return "noise_placement = server: the server sees the exact sum before it adds the noise; DP protects the released model only"
+        if self.discrete is not None:
+            return (
+                "q = 1 over the rounds the most-sampled client took part in; discrete shares are sized so that any "
+                f"{self.discrete.min_shares} of them (the masking threshold) carry the full noise"
+            )
         return "q = 1 over the rounds the most-sampled client took part in; assumes every sampled client's noise share reached the sum"
 
     def check_budget(self, *, completed_rounds: int, total_rounds: int, client_states: Mapping[int, Mapping[str, Any]]) -> None:

@@ -18,7 +18,7 @@ import numpy as np
 
 from secure_ffm.config import Config, PrivacyConfig
 from secure_ffm.data.base import FederatedData
-from secure_ffm.engine.aggregation import AggregateStep
+from secure_ffm.engine.aggregation import AggregateStep, AggregationProtocol
 from secure_ffm.engine.training import LocalTrainer
 from secure_ffm.engine.transforms import UpdateTransform
 from secure_ffm.engine.wire import Scalar
@@ -65,6 +65,9 @@ class PrivacyMechanism(ABC):  # noqa: B024 (every seam has a no-op default)
     def check_model(self, model: FederatedModel) -> None:  # noqa: B027 (optional hook)
         """Refuse a model the mechanism cannot train privately (raise ConfigError)."""
 
+    def configure_protocol(self, protocol: AggregationProtocol) -> None:  # noqa: B027 (optional hook)
+        """Adapt the run's aggregation protocol before the first round (e.g. exact integer sums for discrete noise)."""
+
     def trainer(self, base: LocalTrainer) -> LocalTrainer:
         return base
 
@@ -72,6 +75,11 @@ class PrivacyMechanism(ABC):  # noqa: B024 (every seam has a no-op default)
         return []
 
     def aggregate_steps(self) -> list[AggregateStep]:
+        return self.decoding_steps()
+
+    def decoding_steps(self) -> list[AggregateStep]:
+        """The steps that turn the protocol's sum into real units (e.g. discrete shares' granularity): the server's
+        own view of the aggregate, which the leakage audit observes too; :meth:`aggregate_steps` starts with them."""
         return []
 
     def fit_config(self, round: int, participants: Sequence[int]) -> dict[str, Scalar]:

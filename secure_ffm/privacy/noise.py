@@ -64,6 +64,8 @@ TRANSFORM = 5
 CLIENT_SAMPLING = 6
 SECAGG_ROUNDING = 7
 REPLAY = 8
+DISCRETE_SHARE = 9
+"""A client's distributed discrete Gaussian share and the randomized rounding before it (secure_ffm.privacy.distributed)."""
 
 SOURCE_SECRET = "os-csprng"
 SOURCE_SEED = "seed"

@@ -288,6 +288,7 @@ class Simulation:
             secure, seed=self.config.run.seed
         )
         self.privacy = prepared.privacy
+        self.privacy.configure_protocol(self.protocol)
         self.noise_policy = NoisePolicy.from_config(self.config)
         extra = transforms.transforms if transforms is not None else build_defenses(self.config.defense).transforms
         # privacy transforms (clipping, noise shares) come last, right before encoding

@@ -40,6 +40,10 @@ and a rebuilt self seed must match its owner's commitment, as a rebuilt pair key
 public key. What stays out of reach without node authentication (a server that substitutes
 public keys or invents clients) is described in ``docs/threat_model.md``.
 
+Integer encoding (``integer_values``): a privacy mechanism that adds discrete noise (the distributed discrete
+Gaussian, secure_ffm.privacy.distributed) hands the protocol integer-valued updates, which are reduced mod 2^32
+and summed exactly (:func:`~secure_ffm.secagg.quantization.encode_integers`); the weight travels as an integer too.
+
 Fixed-point encoding (``quantization``): a client with weight ``w`` sends ``w * delta`` and
 ``w * statistic`` clipped to ``[-clip_range * W, clip_range * W]`` where ``W`` is the public
 weight bound (e.g. the largest client's example count), and ``w`` itself in ``[0, W]``. The
@@ -154,6 +158,9 @@ class RoundSetup:
     levels: int
     layout: VectorLayout | None = None
     """The vector layout the server fixed from its own model; ``None`` when the caller gave none."""
+    integer_values: bool = False
+    """The round sums integer-valued updates exactly (:func:`~secure_ffm.secagg.quantization.encode_integers`) instead of
+    fixed-point encodings."""
 
     @property
     def participants(self) -> tuple[int, ...]:
@@ -231,6 +238,9 @@ class MaskingClient(ClientRound):
         could isolate the client (a set-up with no neighbours and ``t = 1``) and unmask its update.
     rounding_seed
         Seeds the stochastic rounding when :meth:`encode` gets no (secret) generator.
+    integer_values
+        Send integer-valued updates exactly (see :func:`~secure_ffm.secagg.quantization.encode_integers`), as the
+        client's own privacy mechanism requires (the distributed discrete Gaussian); a set-up that says otherwise is refused.
     configured
         ``(threshold, neighbours)`` of the client's own ``[secure_aggregation]`` configuration: the minimums are
         then derived from them and the round size of the :class:`KeyRequest` (see :meth:`expect`).
@@ -244,9 +254,11 @@ class MaskingClient(ClientRound):
         min_neighbours: int = 0,
         configured: tuple[int, int] | None = None,
         rounding_seed: int = 0,
+        integer_values: bool = False,
     ) -> None:
         self.client_id = operator.index(client_id)
         self.rounding_seed = rounding_seed
+        self.integer_values = integer_values
         self.min_threshold = operator.index(min_threshold)
         self.min_neighbours = operator.index(min_neighbours)
         self.configured = configured
@@ -328,6 +340,10 @@ class MaskingClient(ClientRound):
         client's own minimum, and at most the neighbourhood's size.
         """
         who = f"round {setup.round}: client {self.client_id}"
+        if setup.integer_values != self.integer_values:
+            # the client's own configuration decides how its noise is encoded: a server must not switch it
+            mine, theirs = ("integer", "fixed-point") if self.integer_values else ("fixed-point", "integer")
+            raise AggregationError(f"{who} encodes {mine} values and refuses a set-up announcing {theirs} encoding")
         neighbours = setup.neighbours.get(self.client_id)
         if neighbours is None or self.client_id in neighbours or not neighbours <= set(setup.public_keys):
             raise AggregationError(f"{who} refuses a set-up whose mask graph does not give it neighbours among the participants")
@@ -384,6 +400,11 @@ class MaskingClient(ClientRound):
         if not (math.isfinite(w) and 0 <= w <= setup.weight_bound):  # it cannot be encoded: the client sends nothing
             raise MaskingEncodeError(f"client {self.client_id}: weight {w} lies outside [0, weight_bound={setup.weight_bound}]")
         values = VectorLayout.of(update).flatten(update, w)
+        if self.integer_values:
+            try:
+                return quantization.encode_integers(np.concatenate([values, [w]]))
+            except ValueError as error:
+                raise MaskingEncodeError(f"client {self.client_id}: its update is left out of round {setup.round}: {error}") from None
         bound = setup.clip_range * setup.weight_bound
         try:
             encoded_values = quantization.encode(values, clip_range=bound, levels=setup.levels, rng=rng)
@@ -514,8 +535,10 @@ class MaskingServer(ServerRound):
         threshold: int = 0,
         neighbours: int = 0,
         layout: VectorLayout | None = None,
+        integer_values: bool = False,
     ) -> None:
         self.round = operator.index(round)
+        self.integer_values = integer_values
         self.participants = tuple(sorted(operator.index(c) for c in participants))
         if not self.participants or len(set(self.participants)) != len(self.participants):
             raise ValueError(f"round {self.round}: participants must be distinct and non-empty, got {list(participants)}")
@@ -611,7 +634,15 @@ class MaskingServer(ServerRound):
         if missing:
             raise AggregationError(f"round {self.round}: clients {missing} advertised no keys")
         self.round_setup = RoundSetup(
-            self.round, public, self.neighbours, self.threshold, self.weight_bound, self.clip_range, self.levels, self.layout
+            self.round,
+            public,
+            self.neighbours,
+            self.threshold,
+            self.weight_bound,
+            self.clip_range,
+            self.levels,
+            self.layout,
+            self.integer_values,
         )
         return self.round_setup
 
@@ -809,6 +840,10 @@ class MaskingServer(ServerRound):
         """``(weighted delta sum, weighted statistic sums, total weight)`` from the unmasked ring sum."""
         assert self.layout is not None
         n = len(self.received)
+        if self.integer_values:
+            lifted = quantization.decode_integers(total)
+            delta, stats = self.layout.split(lifted[:-1])
+            return delta, stats, float(lifted[-1])
         bound = self.clip_range * self.weight_bound
         values = quantization.decode_sum(total[:-1], num_clients=n, clip_range=bound, levels=self.levels)
         half = self.weight_bound / 2
@@ -840,15 +875,29 @@ class MaskingProtocol(AggregationProtocol):
         Seeds the stochastic rounding (per round and client); keys and masks always use the OS CSPRNG.
     weight_bound
         Default public bound on a client's weight, used when ``begin_round`` gets none.
+    integer_values
+        Sum integer-valued updates exactly (:func:`~secure_ffm.secagg.quantization.encode_integers`) instead of the
+        fixed-point encoding: set by a privacy mechanism that adds discrete noise (:meth:`use_integer_values`), never
+        by the server alone.
     """
 
     name = "masking"
     label = "SecAgg (masking)"
     hides_updates = True
 
+    supports_integer_values = True
+
     def __init__(
-        self, *, clip_range: float = 1.0, threshold: int = 0, neighbours: int = 0, seed: int = 0, weight_bound: float | None = None
+        self,
+        *,
+        clip_range: float = 1.0,
+        threshold: int = 0,
+        neighbours: int = 0,
+        seed: int = 0,
+        weight_bound: float | None = None,
+        integer_values: bool = False,
     ) -> None:
+        self.integer_values = integer_values
         self.clip_range = float(clip_range)
         self.threshold = int(threshold)
         self.neighbours = int(neighbours)
@@ -907,11 +956,18 @@ class MaskingProtocol(AggregationProtocol):
             threshold=self.threshold,
             neighbours=self.neighbours,
             layout=layout,
+            integer_values=self.integer_values,
         )
 
     def client_round(self, client_id: int, round: int) -> MaskingClient:
         """A fresh client half that checks every set-up against this configuration's threshold and graph degree."""
-        return MaskingClient(client_id, configured=(self.threshold, self.neighbours), rounding_seed=self.seed)
+        return MaskingClient(
+            client_id, configured=(self.threshold, self.neighbours), rounding_seed=self.seed, integer_values=self.integer_values
+        )
+
+    def use_integer_values(self) -> None:
+        """Sum integer-valued updates exactly from now on (the distributed discrete Gaussian's encoding)."""
+        self.integer_values = True
 
 
 __all__ = [

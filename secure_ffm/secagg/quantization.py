@@ -168,6 +168,42 @@ def decode_sum(total: np.ndarray, *, num_clients: int, clip_range: float, levels
     return total.astype(np.float64) * step - n * float(clip_range)
 
 
+HALF_RING = RING_MODULUS // 2
+
+
+def encode_integers(values: np.ndarray) -> np.ndarray:
+    """Integer-valued ``values`` reduced mod 2^32 (``uint32``), for an exact modular sum.
+
+    The distributed discrete Gaussian (Kairouz, Liu & Steinke, ICML 2021) sums clients' integer vectors, noise
+    included, in Z_M with M = 2^32: the server learns the sum mod M, which :func:`decode_integers` lifts to the
+    centred representative in ``[-2^31, 2^31)``. A sum outside that range wraps around (its utility suffers);
+    privacy does not depend on it, as the modular sum is a function of the integer sum.
+
+    Raises
+    ------
+    ValueError
+        When a value is not finite, not an integer, or not below 2^31 in magnitude.
+    """
+    x = _finite_real(values, "values")
+    rounded = np.round(x)
+    if not np.array_equal(rounded, x):
+        first = int(np.flatnonzero(rounded != x)[0])
+        raise ValueError(f"integer encoding needs integer values, got {x[first]!r} at flat index {first}")
+    if x.size and float(np.max(np.abs(x))) >= HALF_RING:
+        raise ValueError(f"integer values must lie in (-2^31, 2^31), got one of magnitude {float(np.max(np.abs(x))):.4g}")
+    return (x.astype(np.int64) % RING_MODULUS).astype(np.uint32)
+
+
+def decode_integers(total: np.ndarray) -> np.ndarray:
+    """The centred lift of a ``uint32`` sum mod 2^32 into ``[-2^31, 2^31)``, as float64 (exact)."""
+    total = np.asarray(total)
+    if total.dtype != np.uint32:
+        raise TypeError(f"total must be a uint32 array (a sum in Z_2^32), got dtype {total.dtype}")
+    lifted = total.astype(np.int64)
+    lifted[lifted >= HALF_RING] -= RING_MODULUS
+    return lifted.astype(np.float64)
+
+
 class NonFiniteValuesError(ValueError):
     """Values to encode hold NaN or infinite entries (no place in the ring)."""
 

@@ -39,7 +39,7 @@ def ledger_epsilon(accountant, *entries, delta=1e-5):
 
 
 def test_registry_maps_names_to_opacus_accountants():
-    assert ACCOUNTANTS.names() == ("gdp", "prv", "rdp")
+    assert ACCOUNTANTS.names() == ("gdp", "prv", "rdp", "zcdp")
     assert ACCOUNTANTS.get("rdp") is RDPAccountant
     assert ACCOUNTANTS.get("prv") is PRVAccountant
     assert issubclass(ACCOUNTANTS.get("gdp"), GaussianAccountant)

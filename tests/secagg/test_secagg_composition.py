@@ -59,6 +59,7 @@ def aggregate_after_client_transforms(cfg, updates):
     pipeline = UpdatePipeline(mechanism.client_transforms())
     fit_config = {"participants": NUM_CLIENTS, **mechanism.fit_config(1, list(range(NUM_CLIENTS)))}
     protocol = PROTOCOLS.get(cfg.secure_aggregation.protocol).from_config(cfg.secure_aggregation, seed=0)
+    mechanism.configure_protocol(protocol)
     protocol.begin_round(1, list(range(NUM_CLIENTS)), weight_bound=1.0)
     accumulator = protocol.accumulator(1)
     for u in updates:
@@ -67,7 +68,10 @@ def aggregate_after_client_transforms(cfg, updates):
             round=1, client_id=u.client_id, rng=randomness.generator(9), global_parameters={}, config=fit_config, randomness=randomness
         )
         accumulator.add(protocol.encode(pipeline(u, context), weight=1.0))
-    return mechanism, accumulator.result()
+    aggregate = accumulator.result()
+    for step in mechanism.decoding_steps():  # the server's own view in real units (discrete shares' granularity)
+        aggregate = step(1, aggregate)
+    return mechanism, aggregate
 
 
 def clipped_mean(updates, clip):
@@ -87,6 +91,10 @@ def test_distributed_dp_server_only_sees_a_noised_sum(protocol):
     assert not any(isinstance(step, CentralGaussianNoise) for step in mechanism.aggregate_steps())
     residual = aggregate.mean_delta["w"].astype(np.float64) - clipped_mean(updates, 1.0)
     expected_std = mechanism.update_noise_multiplier * 1.0 / NUM_CLIENTS  # N(0, (zC)^2) on the sum, /m on the mean
+    if mechanism.discrete is not None:  # discrete shares: any t of them carry the full noise, so all m carry more
+        geometry = mechanism.discrete
+        expected_std = geometry.share_sigma * geometry.granularity * math.sqrt(NUM_CLIENTS) / NUM_CLIENTS
+        assert expected_std >= mechanism.update_noise_multiplier / NUM_CLIENTS * math.sqrt(NUM_CLIENTS / geometry.min_shares)
     assert abs(residual.mean()) < 4 * expected_std / math.sqrt(SIZE)
     assert residual.std() == pytest.approx(expected_std, rel=0.05)
 

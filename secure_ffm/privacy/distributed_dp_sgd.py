@@ -1,0 +1,403 @@
+"""Distributed DP-SGD: sample-level DP with one noise draw for the whole federation, under secure aggregation.
+
+In ordinary (local) DP-SGD every client adds the full noise N(0, (z C)^2) to its own clipped gradient sum, so a
+round's average carries the noise of m clients for m clients' batches. Here a round is **one DP-SGD step over the
+union of the participants' data** (Abadi et al., CCS 2016, with the federated data as one dataset):
+
+1. every participant Poisson-samples its examples with the same rate q (from its secret), clips each example's
+   gradient to ``privacy.max_grad_norm`` C and sums them;
+2. it adds only its *share* of the noise, sized so that any t shares together carry the full noise of standard
+   deviation z C (t: the fewest clients a completed round sums, the masking threshold);
+3. the protocol reveals only the sum of the survivors' vectors, Σ clipped gradients + noise: exactly one step of
+   the subsampled Gaussian (or discrete Gaussian) mechanism whose unit is one example;
+4. the server turns the noisy sum into the step -lr · sum / (expected batch) and its strategy applies it
+   (FedAvg: SGD; FedAdam: DP-Adam as post-processing).
+
+Soundness. The server must never see one client's vector: the mode needs a protocol that hides single updates
+(``secure_aggregation.protocol = "masking"`` or ``"ckks"``) and is refused without one. It is sound for one local
+step per round: after a private local step a client's further steps would depend on its own lightly noised
+gradient, and the sum of such updates is not a mechanism anyone has analysed. Under masking, which sums
+integers mod 2^32, the clipped gradients are rounded to integers one example at a time (conditional randomized
+rounding, so one example moves the sum by at most Δ2 whatever the rounding drew) and the shares are discrete
+Gaussians (secure_ffm.privacy.distributed; Kairouz, Liu & Steinke, ICML 2021), accounted with the ``zcdp``
+accountant; under CKKS (real arithmetic) the shares are Gaussians N(0, (z C)^2 / t), whose sum is Gaussian, and
+the configured accountant applies (CKKS adds an approximation error of about 2^-scale_bits per slot on top).
+
+Accounting. Against the server, who knows which clients it sampled, each round a client takes part in is one step
+at rate q for its examples; client sampling gives no further amplification. δ defaults to 1/(10 N), N the
+federation's examples. Each client keeps its own ledger and declines a round that would take it past the target.
+What leaks besides the sum: the clients report no training loss (it would be computed on the secret sample).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import warnings
+from collections.abc import Mapping, MutableMapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from secure_ffm.config import Config, PrivacyConfig
+from secure_ffm.data.base import FederatedData
+from secure_ffm.engine.aggregation import PROTOCOLS, Aggregate, AggregateStep, AggregationProtocol
+from secure_ffm.engine.training import ClientDeclined, LocalExtras, LocalTrainer, TrainResult
+from secure_ffm.engine.wire import NamedArrays, Scalar
+from secure_ffm.errors import ConfigError
+from secure_ffm.models.base import EncodedData, FederatedModel
+from secure_ffm.privacy import accounting
+from secure_ffm.privacy.accounting import PrivacyLedger
+from secure_ffm.privacy.distributed import DiscreteGaussianSum, minimum_shares, split_arrays
+from secure_ffm.privacy.mechanisms import PrivacyMechanism, extension_refused, plan_header, spread
+from secure_ffm.privacy.noise import DISCRETE_SHARE, DP_SGD_SAMPLING, NOISE_SHARE, NoisePolicy, NoiseStream, PrivateRandomness
+
+log = logging.getLogger(__name__)
+
+STATE_KEY = "distributed_dp_sgd"
+EPSILON_SLACK = 1e-9
+PHYSICAL_BATCH = 256
+"""Examples per forward/backward pass when computing per-example gradients (memory stays bounded)."""
+
+
+class DistributedDPSGDTrainer(LocalTrainer):
+    """One round = this client's clipped per-example gradient sum plus its noise share (no local parameter step)."""
+
+    def __init__(self, mechanism: DistributedDPSGD) -> None:
+        super().__init__(mechanism.config.client)
+        self.mechanism = mechanism
+
+    def train(
+        self,
+        model: FederatedModel,
+        encoded: EncodedData,
+        indices: np.ndarray,
+        *,
+        fit_config: Mapping[str, Scalar],
+        global_parameters: NamedArrays,
+        generator: torch.Generator,
+        state: MutableMapping[str, Any],
+        randomness: PrivateRandomness | None = None,
+        extras: LocalExtras | None = None,
+    ) -> TrainResult:
+        if randomness is None:
+            raise ValueError("distributed DP-SGD needs the client's private randomness: its sampling and noise must be secret")
+        start = time.perf_counter()
+        mech = self.mechanism
+        dp_state = state.setdefault(STATE_KEY, {})
+        ledger = PrivacyLedger.from_json(dp_state["ledger"]) if "ledger" in dp_state else mech.new_ledger()
+        would = ledger.epsilon_if(noise_multiplier=mech.noise_multiplier, sample_rate=mech.sample_rate, steps=1)
+        if would > mech.config.privacy.target_epsilon * (1 + EPSILON_SLACK):
+            raise ClientDeclined(f"privacy budget: one more step would spend ε={would:.3f} > target {mech.config.privacy.target_epsilon}")
+        n = len(indices)
+        sampling = randomness.stream(DP_SGD_SAMPLING, ledger.steps)
+        chosen = indices[sampling.random(n) < mech.sample_rate]
+        noise = randomness.stream(DISCRETE_SHARE if mech.discrete_mode else NOISE_SHARE, ledger.steps)
+        named = model.trainable_named_parameters()
+        total = clipped_gradient_sum(
+            model,
+            encoded,
+            chosen,
+            clip_norm=mech.config.privacy.max_grad_norm,
+            generator=generator,
+            sink=mech.sink(sum(p.numel() for _, p in named), noise),
+        )
+        total += mech.noise_share(total.size, stream=noise)
+        ledger.record(noise_multiplier=mech.noise_multiplier, sample_rate=mech.sample_rate, steps=1)
+        epsilon = ledger.epsilon()
+        dp_state.update(ledger=ledger.to_json(), epsilon=epsilon, steps=ledger.steps, rounds=int(dp_state.get("rounds", 0)) + 1)
+        layout = [(name, tuple(global_parameters[name].shape)) for name, _ in named]
+        return TrainResult(
+            num_examples=n,
+            steps=1,
+            train_loss=float("nan"),  # computed on the secret sample, it would leak beside the noised sum
+            seconds=time.perf_counter() - start,
+            extra={"epsilon": epsilon},
+            update=split_arrays(total, layout),
+        )
+
+
+class _Sink:
+    """Where clipped per-example gradient rows go: summed as reals, or rounded to integers one example at a time."""
+
+    def __init__(self, geometry: DiscreteGaussianSum | None, stream: NoiseStream) -> None:
+        self.geometry = geometry
+        self.stream = stream
+
+    def __call__(self, rows: np.ndarray) -> np.ndarray:
+        if self.geometry is None:
+            return rows.sum(axis=0)
+        return self.geometry.integers(rows, stream=self.stream)
+
+
+def clipped_gradient_sum(
+    model: FederatedModel,
+    encoded: EncodedData,
+    chosen: np.ndarray,
+    *,
+    clip_norm: float,
+    generator: torch.Generator,
+    sink: Any,
+    physical_batch: int = PHYSICAL_BATCH,
+) -> np.ndarray:
+    """Σ over ``chosen`` of each example's gradient clipped to L2 norm ``clip_norm`` (flattened, trainable parameters in
+    :meth:`FederatedModel.trainable_named_parameters` order), each chunk's rows passed through ``sink``.
+
+    Per-example gradients come from Opacus' hooks (``GradSampleModule``) on the summed per-example losses."""
+    from opacus.grad_sample import GradSampleModule
+
+    params = [p for _, p in model.trainable_named_parameters()]
+    size = sum(p.numel() for p in params)
+    total = np.zeros(size, dtype=np.float64)
+    if len(chosen) == 0:
+        return total
+    model.module.train()
+    wrapped = GradSampleModule(model.module, batch_first=True, loss_reduction="sum")
+    try:
+        for begin in range(0, len(chosen), physical_batch):
+            batch = model.make_training_batch(encoded, chosen[begin : begin + physical_batch], generator=generator)
+            for p in params:
+                p.grad = None
+                p.grad_sample = None
+            outputs = wrapped(**batch.inputs)
+            with warnings.catch_warnings():  # the first layer's input needs no gradient; Opacus reads the output's
+                warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
+                model.objective.per_example_loss(outputs, batch.labels).sum().backward()
+            rows = torch.cat([p.grad_sample.reshape(p.grad_sample.shape[0], -1) for p in params], dim=1).double().numpy()
+            norms = np.linalg.norm(rows, axis=1)
+            rows *= np.minimum(1.0, clip_norm / np.maximum(norms, 1e-12))[:, None]
+            total += sink(rows)
+    finally:
+        wrapped.cleanup()
+        for p in params:
+            p.grad = None
+            for attr in ("grad_sample", "_forward_counter"):
+                if hasattr(p, attr):
+                    delattr(p, attr)
+    return total
+
+
+class GradientSumToStep(AggregateStep):
+    """Server-side: the survivors' noisy gradient sum (their mean times their number) to the step
+    ``-lr · sum / (expected batch)``, with the expected batch ``client.batch_size`` per surviving client."""
+
+    def __init__(self, mechanism: DistributedDPSGD) -> None:
+        self.mechanism = mechanism
+
+    def __call__(self, round: int, aggregate: Aggregate) -> Aggregate:
+        mech = self.mechanism
+        dim = sum(np.size(v) for v in aggregate.mean_delta.values())
+        unit = mech.discrete_geometry(dim).granularity if mech.discrete_mode else 1.0
+        scale = -mech.config.client.lr * unit / mech.config.client.batch_size  # the mean is the sum over the survivors
+        mean = {}
+        for name, value in aggregate.mean_delta.items():
+            mean[name] = (np.asarray(value, dtype=np.float64) * scale).astype(np.float32)
+        return aggregate.replace(mean_delta=mean)
+
+
+class DistributedDPSGD(PrivacyMechanism):
+    """Sample-level (ε, δ)-DP for every example, with the federation's noise split among the clients."""
+
+    name = "distributed-dp-sgd"
+    label = "distributed DP-SGD"
+
+    @classmethod
+    def protections(cls, privacy: PrivacyConfig) -> dict[str, Any]:
+        return {**super().protections(privacy), "max_grad_norm": privacy.max_grad_norm}
+
+    def __init__(self, config: Config, data: FederatedData) -> None:
+        super().__init__(config, data)
+        protocol = PROTOCOLS.get(config.secure_aggregation.protocol, key="secure_aggregation.protocol")
+        if not protocol.hides_updates:
+            raise ConfigError(
+                "secure_aggregation.protocol",
+                f"{protocol.name!r} shows the server each client's vector, which carries only a share of the noise",
+                'use "masking" or "ckks", or privacy.mode = "dp-sgd" (every client adds the full noise)',
+            )
+        if config.client.local_steps not in (0, 1) or config.client.local_epochs != 1:
+            log.info("distributed DP-SGD takes one step per round: client.local_steps and local_epochs are not used")
+        if config.continual is not None and config.continual.method == "ewc":
+            raise ConfigError("continual.method", "EWC's importances are not shared by distributed DP-SGD", 'use "naive" or "replay"')
+        p = config.privacy
+        self.discrete_mode = bool(getattr(protocol, "supports_integer_values", False))
+        self.accountant = "zcdp" if self.discrete_mode else p.accountant
+        sizes = [len(ix) for ix in data.client_indices]
+        self.total_examples = sum(sizes)
+        mean_size = self.total_examples / max(1, len(sizes))
+        self.sample_rate = min(1.0, config.client.batch_size / mean_size)
+        self.delta = p.delta or accounting.default_delta(self.total_examples)
+        self.planned_rounds = p.planned_rounds or config.server.rounds
+        self.participants = config.server.clients_per_round or data.num_clients
+        self.min_shares = minimum_shares(config) if self.discrete_mode else self.participants
+        self.noise_multiplier = accounting.calibrate_noise_multiplier(
+            target_epsilon=p.target_epsilon,
+            delta=self.delta,
+            sample_rate=self.sample_rate,
+            steps=self.planned_rounds,
+            accountant=self.accountant,
+        )
+        self.discrete: DiscreteGaussianSum | None = None
+        self.noise_policy = NoisePolicy.from_config(config)
+
+    def new_ledger(self) -> PrivacyLedger:
+        return PrivacyLedger(accountant=self.accountant, delta=self.delta)
+
+    def check_model(self, model: FederatedModel) -> None:
+        from opacus.validators import ModuleValidator
+
+        errors = ModuleValidator.validate(model.module, strict=False)
+        if errors:
+            raise ConfigError("model.arch", f"{self.config.model.arch} cannot be trained with DP-SGD: {errors[0]}")
+
+    def discrete_geometry(self, dim: int) -> DiscreteGaussianSum:
+        """The discrete shares' public geometry for gradients of ``dim`` coordinates (masking)."""
+        if self.discrete is None or self.discrete.dim != dim:
+            largest = max(len(ix) for ix in self.data.client_indices)
+            self.discrete = DiscreteGaussianSum(
+                clip_norm=self.config.privacy.max_grad_norm,
+                noise_multiplier=self.noise_multiplier,
+                min_shares=self.min_shares,
+                max_shares=self.participants,
+                contributions=min(self.total_examples, largest * self.participants),
+                dim=dim,
+            )
+        return self.discrete
+
+    def configure_protocol(self, protocol: AggregationProtocol) -> None:
+        if self.discrete_mode:
+            protocol.use_integer_values()  # type: ignore[attr-defined]
+
+    def trainer(self, base: LocalTrainer) -> LocalTrainer:
+        return DistributedDPSGDTrainer(self)
+
+    def sink(self, dim: int, stream: NoiseStream) -> _Sink:
+        return _Sink(self.discrete_geometry(dim) if self.discrete_mode else None, stream)
+
+    def noise_share(self, size: int, *, stream: NoiseStream) -> np.ndarray:
+        """This client's share: discrete (integer units) under masking, else N(0, (z C)^2 / t)."""
+        if self.discrete_mode:
+            return self.discrete_geometry(size).share(size, stream=stream)
+        std = self.noise_multiplier * self.config.privacy.max_grad_norm / math.sqrt(self.min_shares)
+        return stream.normal((size,), std)
+
+    def decoding_steps(self) -> list[AggregateStep]:
+        return [GradientSumToStep(self)]
+
+    def fit_config(self, round: int, participants: Sequence[int]) -> dict[str, Scalar]:
+        return {"weighting": "uniform"}
+
+    def round_metrics(self, round: int, client_states: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
+        eps = spread([s[STATE_KEY]["epsilon"] for s in client_states.values() if STATE_KEY in s])
+        return {
+            "epsilon_min": eps["min"],
+            "epsilon_median": eps["median"],
+            "epsilon_max": eps["max"],
+            "noise_multiplier": self.noise_multiplier,
+        }
+
+    def ledger(self, client_states: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
+        p = self.config.privacy
+        clients = []
+        for k in range(self.data.num_clients):
+            dp = client_states.get(k, {}).get(STATE_KEY, {})
+            clients.append(
+                {
+                    "client": k,
+                    "num_examples": len(self.data.client_indices[k]),
+                    "epsilon": float(dp.get("epsilon", 0.0)),
+                    "steps": int(dp.get("steps", 0)),
+                    "rounds": int(dp.get("rounds", 0)),
+                    "history": dp.get("ledger", {}).get("history", []),
+                }
+            )
+        return {
+            "mechanism": self.name,
+            "level": "sample",
+            "accountant": self.accountant,
+            "target_epsilon": p.target_epsilon,
+            "delta": self.delta,
+            "max_grad_norm": p.max_grad_norm,
+            "sampling": "poisson",
+            "sample_rate": self.sample_rate,
+            "noise_multiplier": self.noise_multiplier,
+            "planned_rounds": self.planned_rounds,
+            "min_shares": self.min_shares,
+            "noise_shares": "discrete Gaussian" if self.discrete_mode else "Gaussian",
+            **({"discrete_noise": self.discrete.describe()} if self.discrete is not None else {}),
+            "epsilon": spread([c["epsilon"] for c in clients if c["rounds"] > 0]),
+            "clients": clients,
+            "noise": self.noise_policy.describe(),
+        }
+
+    def check_budget(self, *, completed_rounds: int, total_rounds: int, client_states: Mapping[int, Mapping[str, Any]]) -> None:
+        if self.config.privacy.planned_rounds:  # clients decline when spent
+            return
+        remaining = total_rounds - completed_rounds
+        target = self.config.privacy.target_epsilon
+        for k in range(self.data.num_clients):
+            dp = client_states.get(k, {}).get(STATE_KEY, {})
+            ledger = PrivacyLedger.from_json(dp["ledger"]) if "ledger" in dp else self.new_ledger()
+            would = ledger.epsilon_if(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate, steps=max(remaining, 1))
+            if remaining > 0 and would > target * (1 + EPSILON_SLACK):
+                fit = accounting.rounds_that_fit(
+                    ledger,
+                    noise_multiplier=self.noise_multiplier,
+                    sample_rate=self.sample_rate,
+                    steps_per_round=1,
+                    target_epsilon=target,
+                    limit=remaining,
+                )
+                raise extension_refused(
+                    total_rounds=total_rounds,
+                    completed_rounds=completed_rounds,
+                    epsilon=would,
+                    target=target,
+                    planned=f"client {k}; the noise was calibrated for {self.planned_rounds} rounds",
+                    rounds_fit=fit,
+                )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"noise_multiplier": self.noise_multiplier, "planned_rounds": self.planned_rounds}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state:  # the noise stays the one the run was calibrated with
+            self.noise_multiplier = float(state.get("noise_multiplier", self.noise_multiplier))
+            self.planned_rounds = int(state.get("planned_rounds", self.planned_rounds))
+
+    def plan(self) -> dict[str, Any]:
+        p = self.config.privacy
+        epsilon = accounting.compute_epsilon(
+            [accounting.GaussianSteps(self.noise_multiplier, self.sample_rate, self.planned_rounds)],
+            accountant=self.accountant,
+            delta=self.delta,
+        )
+        return {
+            "mechanism": self.name,
+            "accountant": self.accountant,
+            "target_epsilon": p.target_epsilon,
+            "delta": self.delta,
+            "planned_rounds": self.planned_rounds,
+            "sample_rate": self.sample_rate,
+            "expected_batch": self.sample_rate * self.total_examples * self.participants / max(1, self.data.num_clients),
+            "noise_multiplier": self.noise_multiplier,
+            "min_shares": self.min_shares,
+            "noise_shares": "discrete Gaussian" if self.discrete_mode else "Gaussian",
+            "epsilon": epsilon,
+            "noise_std_on_mean_gradient": self.noise_multiplier * p.max_grad_norm / (self.config.client.batch_size * self.participants),
+            "noise": self.noise_policy.describe(),
+        }
+
+    def format_plan(self, plan: Mapping[str, Any]) -> str:
+        return "\n".join(
+            [
+                plan_header(plan),
+                f"sample-level DP, one step per round over the participants' data: q = {plan['sample_rate']:.4f}, "
+                f"expected batch {plan['expected_batch']:.0f}, {plan['planned_rounds']} rounds, δ = {plan['delta']:.3g}",
+                f"noise multiplier z = {plan['noise_multiplier']:.4f}, split into {plan['noise_shares']} shares; any "
+                f"{plan['min_shares']} shares carry the full noise",
+                f"ε reached: {plan['epsilon']:.4f}; noise std per coordinate of the mean gradient: "
+                f"{plan['noise_std_on_mean_gradient']:.3g}",
+            ]
+        )

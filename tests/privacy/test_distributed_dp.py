@@ -1,0 +1,217 @@
+"""Distributed noise under secure aggregation: the zcdp accountant, discrete shares, and distributed DP-SGD."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from secure_ffm.config import config_from_dict
+from secure_ffm.data import load_federated_data
+from secure_ffm.engine.aggregation import Aggregate
+from secure_ffm.engine.transforms import TransformContext
+from secure_ffm.engine.wire import ClientUpdate
+from secure_ffm.errors import ConfigError
+from secure_ffm.privacy import accounting
+from secure_ffm.privacy.accounting import GaussianSteps, PrivacyLedger
+from secure_ffm.privacy.discrete_gaussian import ddg_rdp
+from secure_ffm.privacy.distributed import HALF_RING, DiscreteGaussianShare, DiscreteGaussianSum
+from secure_ffm.privacy.distributed_dp_sgd import STATE_KEY, GradientSumToStep, clipped_gradient_sum
+from secure_ffm.privacy.mechanisms import build_mechanism
+from secure_ffm.privacy.noise import DP_SGD_SAMPLING, PrivateRandomness, new_secret
+from secure_ffm.run.simulation import Simulation, prepare_run
+
+
+def tiny(privacy, protocol="masking", **sections):
+    raw = {
+        "run": {"seed": 3, "name": "tiny-distributed"},
+        "data": {"dataset": "fashion_mnist", "max_train_examples": 400, "max_test_examples": 200, "num_clients": 4, "partition": "iid"},
+        "model": {"arch": "cnn", "finetune": "full"},
+        "client": {"batch_size": 20, "lr": 1.0, "momentum": 0.0},
+        "server": {"rounds": 2},
+        "privacy": {"target_epsilon": 3.0, **privacy},
+        "secure_aggregation": {"protocol": protocol},
+    }
+    for section, values in sections.items():
+        raw.setdefault(section, {}).update(values)
+    return config_from_dict(raw)
+
+
+# --------------------------------------------------------------------------- the zcdp accountant
+
+
+def epsilon(accountant, z, q, steps, delta=1e-5):
+    return accounting.compute_epsilon([GaussianSteps(z, q, steps)], accountant=accountant, delta=delta)
+
+
+@pytest.mark.parametrize(("z", "steps"), [(1.0, 100), (3.0, 10), (0.8, 1)])
+def test_zcdp_equals_the_gaussian_rdp_bound_without_subsampling(z, steps):
+    assert epsilon("zcdp", z, 1.0, steps) == pytest.approx(epsilon("rdp", z, 1.0, steps), rel=1e-9)
+
+
+@pytest.mark.parametrize("q", [0.3, 0.05, 0.005])
+def test_zcdp_with_subsampling_is_never_below_the_exact_sampled_gaussian(q):
+    # Zhu & Wang's bound holds for any mechanism with the Gaussian's RDP curve: it cannot beat the Gaussian's own analysis
+    zcdp, rdp = epsilon("zcdp", 1.2, q, 200), epsilon("rdp", 1.2, q, 200)
+    assert rdp <= zcdp <= 1.6 * rdp
+
+
+def test_noise_calibrated_with_zcdp_reaches_but_never_exceeds_the_target():
+    z = accounting.calibrate_noise_multiplier(target_epsilon=3.0, delta=1e-5, sample_rate=0.02, steps=300, accountant="zcdp")
+    assert 0.97 * 3.0 <= epsilon("zcdp", z, 0.02, 300) <= 3.0
+    assert z > accounting.calibrate_noise_multiplier(target_epsilon=3.0, delta=1e-5, sample_rate=0.02, steps=300, accountant="rdp")
+
+
+def test_a_zcdp_ledger_round_trips_through_json():
+    ledger = PrivacyLedger(accountant="zcdp", delta=1e-5)
+    ledger.record(noise_multiplier=1.1, sample_rate=0.1, steps=7)
+    assert PrivacyLedger.from_json(json.loads(json.dumps(ledger.to_json()))).epsilon() == ledger.epsilon()
+
+
+# --------------------------------------------------------------------------- the discrete geometry
+
+
+@pytest.mark.parametrize(("contributions", "dim", "z"), [(10, 1000, 1.0), (20_000, 206_922, 0.7), (8, 50, 4.0)])
+def test_discrete_shares_reach_the_ledgers_noise_multiplier(contributions, dim, z):
+    g = DiscreteGaussianSum(clip_norm=1.5, noise_multiplier=z, min_shares=6, max_shares=10, contributions=contributions, dim=dim)
+    # any 6 shares make the sum (1/(2 z^2))-zCDP for one contribution rounded to norm <= Δ2 (Kairouz et al. 2021)
+    rho = ddg_rdp([2.0], sigma=g.share_sigma, num_clients=6, l2_sensitivity=g.l2_sensitivity, dim=dim)[0] / 2
+    assert rho <= 1 / (2 * z * z) * (1 + 1e-9)
+    assert 1.0 <= g.rounding_inflation < 1.001
+    # even the worst case fits the ring: every contribution at c in one coordinate, plus 6 σ of all 10 shares
+    assert contributions * (1.5 / g.granularity + 1) + 6 * g.share_sigma * math.sqrt(10) < HALF_RING
+
+
+def test_a_client_clips_to_its_own_bound_whatever_clip_norm_the_server_names(monkeypatch):
+    g = DiscreteGaussianSum(clip_norm=1.0, noise_multiplier=1.0, min_shares=3, max_shares=4, contributions=4, dim=100)
+    monkeypatch.setattr(DiscreteGaussianSum, "share", lambda self, size, *, stream: np.zeros(size))
+
+    class Source:
+        def discrete_geometry(self, dim):
+            return g
+
+    update = ClientUpdate(0, 1, {"w": np.full(100, 5.0, dtype=np.float32)}, 10)
+    randomness = PrivateRandomness(new_secret())
+    context = TransformContext(
+        round=1, client_id=0, rng=randomness.generator(1), global_parameters={}, config={"clip_norm": 1e6}, randomness=randomness
+    )
+    sent = DiscreteGaussianShare(Source())(update, context).delta["w"]
+    assert np.array_equal(sent, np.round(sent))
+    assert np.linalg.norm(sent) <= g.l2_sensitivity
+    assert np.linalg.norm(sent * g.granularity) == pytest.approx(1.0, rel=1e-3)
+
+
+# --------------------------------------------------------------------------- DP-FedAvg with discrete shares
+
+
+def test_dp_fedavg_client_noise_under_masking_uses_discrete_shares(tmp_path):
+    cfg = tiny({"mode": "dp-fedavg", "noise_placement": "clients", "clip_norm": 1.0}, client={"local_steps": 2, "lr": 0.05})
+    summary = Simulation(prepare_run(cfg), out_dir=tmp_path / "run").run()
+    ledger = json.loads((tmp_path / "run" / "privacy.json").read_text())
+    assert ledger["accountant"] == "zcdp" and ledger["discrete_noise"]["min_shares"] == 3
+    assert ledger["epsilon"] == pytest.approx(epsilon("zcdp", ledger["noise_multiplier"], 1.0, 2, ledger["delta"]))
+    assert summary["privacy"]["epsilon"] <= 3.0
+
+
+def test_adaptive_clipping_with_discrete_shares_is_refused():
+    cfg = tiny({"mode": "dp-fedavg", "noise_placement": "clients", "adaptive_clipping": True})
+    with pytest.raises(ConfigError, match="privacy.adaptive_clipping"):
+        build_mechanism(cfg, load_federated_data(cfg.data, cfg.run.seed))
+
+
+# --------------------------------------------------------------------------- distributed DP-SGD
+
+
+def test_distributed_dp_sgd_is_refused_without_secure_aggregation():
+    cfg = tiny({"mode": "distributed-dp-sgd"}, protocol="none")
+    with pytest.raises(ConfigError, match="secure_aggregation.protocol"):
+        build_mechanism(cfg, load_federated_data(cfg.data, cfg.run.seed))
+
+
+@pytest.fixture(scope="module")
+def prepared():
+    return prepare_run(tiny({"mode": "distributed-dp-sgd", "max_grad_norm": 0.5}))
+
+
+def test_clipped_gradient_sum_equals_a_per_example_loop(prepared):
+    model, encoded = prepared.model, prepared.encoded_private
+    chosen = np.arange(13)
+    total = clipped_gradient_sum(
+        model, encoded, chosen, clip_norm=0.5, generator=torch.Generator().manual_seed(0), sink=lambda rows: rows.sum(0), physical_batch=5
+    )
+    params = [p for _, p in model.trainable_named_parameters()]
+    expected = np.zeros_like(total)
+    for i in chosen:
+        batch = model.make_batch(encoded, np.asarray([i]))
+        grads = torch.autograd.grad(model.loss(batch), params)
+        flat = torch.cat([g.reshape(-1) for g in grads]).double().numpy()
+        expected += flat * min(1.0, 0.5 / np.linalg.norm(flat))
+    np.testing.assert_allclose(total, expected, atol=1e-5)
+
+
+def test_a_clients_update_is_its_rounded_clipped_sum_plus_one_discrete_share(prepared):
+    mechanism = prepared.privacy
+    trainer = mechanism.trainer(None)
+    indices = prepared.data.client_indices[0]
+    randomness = PrivateRandomness(new_secret())
+    result = trainer.train(
+        prepared.model,
+        prepared.encoded_private,
+        indices,
+        fit_config={},
+        global_parameters=prepared.initial_parameters,
+        generator=torch.Generator().manual_seed(0),
+        state={},
+        randomness=randomness,
+    )
+    assert math.isnan(result.train_loss) and result.steps == 1
+    sent = np.concatenate([result.update[name].reshape(-1) for name, _ in prepared.model.trainable_named_parameters()])
+    assert np.array_equal(sent, np.round(sent))  # integers for the masking ring
+    # replay the secret sampling: the noiseless sum, in real units
+    chosen = indices[randomness.stream(DP_SGD_SAMPLING, 0).random(len(indices)) < mechanism.sample_rate]
+    model = prepared.model
+    model.set_trainable(prepared.initial_parameters)
+    clean = clipped_gradient_sum(
+        model, prepared.encoded_private, chosen, clip_norm=0.5, generator=torch.Generator(), sink=lambda r: r.sum(0)
+    )
+    g = mechanism.discrete
+    residual = sent * g.granularity - clean
+    share_std = g.share_sigma * g.granularity  # one share: the full noise needs any t = 3 of them
+    assert share_std == pytest.approx(mechanism.noise_multiplier * 0.5 / math.sqrt(3), rel=1e-3)
+    assert residual.std() == pytest.approx(share_std, rel=0.02)
+    assert abs(residual.mean()) < 5 * share_std / math.sqrt(residual.size)
+
+
+def test_the_server_turns_the_mean_of_sums_into_one_sgd_step(prepared):
+    mechanism = prepared.privacy
+    mean = {"w": np.full(10, 4.0, dtype=np.float32)}
+    mechanism.discrete_geometry(10)
+    step = GradientSumToStep(mechanism)(1, Aggregate(mean_delta=mean, total_weight=4.0, num_clients=4))
+    # mean of the 4 survivors' integer sums x γ = sum / 4 in real units; the step is -lr · sum / (4 · batch_size)
+    expected = -1.0 * 4.0 * mechanism.discrete.granularity / 20
+    np.testing.assert_allclose(step.mean_delta["w"], expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize(("protocol", "accountant"), [("masking", "zcdp"), ("ckks", "prv")])
+def test_distributed_dp_sgd_run_spends_exactly_its_ledger(tmp_path, protocol, accountant):
+    cfg = tiny({"mode": "distributed-dp-sgd", "max_grad_norm": 1.0}, protocol=protocol)
+    simulation = Simulation(prepare_run(cfg), out_dir=tmp_path / "run")
+    summary = simulation.run()
+    ledger = json.loads((tmp_path / "run" / "privacy.json").read_text())
+    assert ledger["accountant"] == accountant and ledger["level"] == "sample"
+    z, q = ledger["noise_multiplier"], ledger["sample_rate"]
+    assert q == pytest.approx(20 / 100)
+    for client in ledger["clients"]:
+        assert client["rounds"] == 2
+        assert client["epsilon"] == pytest.approx(epsilon(accountant, z, q, 2, ledger["delta"]))
+    assert summary["privacy"]["epsilon"]["max"] <= 3.0
+    assert all(row["train_loss"] is None for row in simulation.history)  # no data-dependent loss leaves a client
+
+
+def test_a_distributed_dp_sgd_client_declines_when_its_budget_is_spent(tmp_path):
+    cfg = tiny({"mode": "distributed-dp-sgd", "planned_rounds": 1}, server={"rounds": 2})
+    simulation = Simulation(prepare_run(cfg), out_dir=tmp_path / "run")
+    simulation.run()
+    assert simulation.history[1]["skipped_clients"] == [0, 1, 2, 3]
+    assert all(s[STATE_KEY]["rounds"] == 1 for s in simulation.client_states.values())
