@@ -286,6 +286,12 @@ def prepare_case(config: Config, *, clients: Sequence[int] | None = None) -> Pre
         )
     data, model = load_data_and_model(config)
     mechanism = build_mechanism(config, data)
+    if not mechanism.auditable:
+        raise ConfigError(
+            "privacy.mode",
+            f"the leakage audit cannot yet replay {mechanism.label or mechanism.name}'s rounds (one noisy gradient sum per round)",
+            'audit the same data with privacy.mode = "dp-sgd" (each client adds the full noise itself)',
+        )
     dp_noise: dict[int, float] = {}
     if mechanism.replaces_trainer:
         for k in range(data.num_clients):

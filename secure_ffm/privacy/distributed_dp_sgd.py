@@ -202,6 +202,7 @@ class DistributedDPSGD(PrivacyMechanism):
 
     name = "distributed-dp-sgd"
     label = "distributed DP-SGD"
+    auditable = False
 
     @classmethod
     def protections(cls, privacy: PrivacyConfig) -> dict[str, Any]:
@@ -307,6 +308,9 @@ class DistributedDPSGD(PrivacyMechanism):
                     "client": k,
                     "num_examples": len(self.data.client_indices[k]),
                     "epsilon": float(dp.get("epsilon", 0.0)),
+                    "delta": self.delta,
+                    "noise_multiplier": self.noise_multiplier,
+                    "sample_rate": self.sample_rate,
                     "steps": int(dp.get("steps", 0)),
                     "rounds": int(dp.get("rounds", 0)),
                     "history": dp.get("ledger", {}).get("history", []),

@@ -39,6 +39,8 @@ class PrivacyMechanism(ABC):  # noqa: B024 (every seam has a no-op default)
     """How reports name the mechanism (e.g. ``"DP-SGD"``); empty: the name."""
     spends_budget: ClassVar[bool] = True
     """True when the mechanism gives a formal (ε, δ) guarantee: its ``privacy.*`` settings apply and reports show ε."""
+    auditable: ClassVar[bool] = True
+    """False when the leakage audit (attacks/audit.py) cannot replay what the mechanism's clients send."""
     replaces_trainer: ClassVar[bool] = False
     """True when :meth:`trainer` swaps the local trainer for a private one (DP-SGD): the leakage audit then
     emulates that trainer's noisy steps with the per-client noise multiplier of :meth:`client_noise_multiplier`."""
