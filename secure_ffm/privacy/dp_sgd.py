@@ -166,6 +166,16 @@ class _ObjectiveCriterion(nn.Module):
         return per_example if self.reduction == "none" else per_example.mean()
 
 
+def physical_chunks(batch: Batch, max_size: int) -> list[Batch]:
+    """``batch`` split into consecutive chunks of at most ``max_size`` examples (sizes as even as possible, as
+    Opacus' ``BatchSplittingSampler``); ``[batch]`` when ``max_size`` is 0 or the batch fits."""
+    n = len(batch)
+    if max_size <= 0 or n <= max_size:
+        return [batch]
+    parts = np.array_split(np.arange(n), -(-n // max_size))
+    return [Batch(inputs={k: v[p[0] : p[-1] + 1] for k, v in batch.inputs.items()}, labels=batch.labels[p[0] : p[-1] + 1]) for p in parts]
+
+
 class DPStep:
     """DP-SGD optimizer steps on a model, with Opacus hooks (per-sample gradients) or ghost clipping.
 
@@ -174,6 +184,17 @@ class DPStep:
     CCS 2016), then applies the wrapped optimizer. ``noise_only_step()`` is the step
     of an empty Poisson batch. ``close()`` removes every Opacus hook and attribute,
     leaving the model as it was.
+
+    Virtual steps: with ``max_physical_batch_size`` > 0 a larger batch goes through the
+    model in physical chunks of at most that many examples (as
+    :class:`opacus.utils.batch_memory_manager.BatchMemoryManager` does). Every chunk but
+    the last is signalled to the Opacus optimizer as a skipped step
+    (``signal_skip_step(do_skip=True)``): its examples are clipped and added to
+    ``summed_grad`` (per-sample gradients with hooks, the ghost-clipped sum with ghost
+    clipping) and the per-sample state is freed; the last chunk adds the one noise draw
+    of the logical step and steps. The sum of clipped gradients, the noise and hence the
+    privacy analysis are those of the unchunked step; only the peak memory (activations
+    and per-sample gradients of one chunk) and float summation order change.
     """
 
     def __init__(
@@ -186,6 +207,7 @@ class DPStep:
         max_grad_norm: float,
         expected_batch_size: int,
         noise: NoiseStream,
+        max_physical_batch_size: int = 0,
     ) -> None:
         from opacus.grad_sample import GradSampleModule, GradSampleModuleFastGradientClipping
         from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
@@ -196,6 +218,9 @@ class DPStep:
         self.base = optimizer
         self.noise_std = noise_multiplier * max_grad_norm / expected_batch_size
         self.noise = noise
+        if max_physical_batch_size < 0:
+            raise ValueError(f"max_physical_batch_size must be non-negative, got {max_physical_batch_size}")
+        self.max_physical_batch_size = max_physical_batch_size
         kwargs = dict(
             noise_multiplier=noise_multiplier,
             max_grad_norm=max_grad_norm,
@@ -219,8 +244,29 @@ class DPStep:
         self.optimizer.noise_stream = noise
 
     def step(self, batch: Batch, *, extra_gradient: Callable[[], None] | None = None) -> float:
-        """One private step on ``batch``; ``extra_gradient`` may add data-independent terms after privatization."""
+        """One private step on ``batch``; ``extra_gradient`` may add data-independent terms after privatization.
+
+        Returns the mean loss over the batch's examples (the size-weighted mean of its chunks' losses)."""
+        chunks = physical_chunks(batch, self.max_physical_batch_size)
         self.optimizer.zero_grad(set_to_none=True)
+        total = 0.0
+        for i, chunk in enumerate(chunks):
+            last = i == len(chunks) - 1
+            if i > 0:  # after a skipped step Opacus frees the per-sample state and keeps summed_grad
+                self.optimizer.zero_grad(set_to_none=True)
+            # every chunk's step is queued: Opacus pops one signal per pre_step (a stale True would skip a later step)
+            self.optimizer.signal_skip_step(do_skip=not last)
+            total += self._backward(chunk) * len(chunk)
+            stepped = self.optimizer.pre_step()
+            if stepped != last:
+                raise RuntimeError(f"Opacus {'stepped' if stepped else 'skipped'} chunk {i + 1} of {len(chunks)} of a virtual step")
+        if extra_gradient is not None:
+            extra_gradient()
+        self.optimizer.original_optimizer.step()
+        return total / len(batch)
+
+    def _backward(self, batch: Batch) -> float:
+        """Forward and backward of one physical batch (per-sample gradients, or ghost clipping's two passes); its mean loss."""
         outputs = self.wrapped(**batch.inputs)
         with warnings.catch_warnings():
             # the hooks of a trained embedding whose input is token ids (a prompt mode's virtual tokens) fire with no
@@ -228,16 +274,10 @@ class DPStep:
             warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
             if self.criterion is not None:
                 self.criterion(outputs, batch.labels).backward()
-                loss = float(self.model.objective.loss(outputs.detach(), batch.labels))
-            else:
-                objective = self.model.objective.loss(outputs, batch.labels)
-                objective.backward()
-                loss = float(objective.detach())
-        if self.optimizer.pre_step():
-            if extra_gradient is not None:
-                extra_gradient()
-            self.optimizer.original_optimizer.step()
-        return loss
+                return float(self.model.objective.loss(outputs.detach(), batch.labels))
+            objective = self.model.objective.loss(outputs, batch.labels)
+            objective.backward()
+            return float(objective.detach())
 
     def noise_only_step(self) -> None:
         """The step of an empty Poisson batch: noise only (the privacy analysis counts it)."""
@@ -325,6 +365,7 @@ class DPSGDTrainer(LocalTrainer):
             max_grad_norm=c,
             expected_batch_size=max(1, round(q * n)),
             noise=randomness.stream(DP_SGD_NOISE, ledger.steps),
+            max_physical_batch_size=self.privacy.max_physical_batch_size,
         )
         # Poisson sampling from the client's secret: amplification by subsampling assumes the adversary
         # does not know which examples a step used
