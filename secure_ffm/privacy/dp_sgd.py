@@ -41,6 +41,9 @@ from secure_ffm.privacy.noise import DP_SGD_NOISE, DP_SGD_SAMPLING, NoisePolicy,
 
 log = logging.getLogger(__name__)
 
+#: The planner's output suggests privacy.max_physical_batch_size above this expected batch size.
+LARGE_BATCH_HINT = 256
+
 #: Relative slack when comparing a ledger's ε with the target (float noise in the accountant).
 EPSILON_SLACK = 1e-9
 
@@ -647,6 +650,105 @@ class DPSGD(PrivacyMechanism):
         if planned and planned != self.planned_rounds:  # keep the noise the clients were calibrated with
             self.planned_rounds = planned
             self._make_plans()
+
+    def implied_epochs(self, num_examples: int) -> float:
+        """Passes over a client's data the config implies over its planned rounds: steps · min(B, n) / n."""
+        c = self.config.client
+        return steps_per_round(num_examples, c) * self.planned_rounds * min(c.batch_size, num_examples) / num_examples
+
+    def recommend(self, *, epochs: float | None) -> dict[str, Any]:
+        """:func:`secure_ffm.privacy.planner.recommend` for the smallest, median and largest client of the config.
+
+        ``epochs`` is the compute budget in passes over each client's data (None: each client's
+        :meth:`implied_epochs`). Every row carries the ``--set`` overrides that apply it; a client whose best
+        noise-to-progress ratio exceeds :data:`~secure_ffm.privacy.planner.NOISE_TO_PROGRESS_LIMIT` gets a warning.
+        """
+        from secure_ffm.privacy.planner import NOISE_TO_PROGRESS_LIMIT, recommend
+
+        if self.data.stages:
+            raise ConfigError(
+                "--recommend",
+                "a continual run's clients change size from stage to stage; the planner takes one size per client",
+                "plan one stage's data as an ordinary run",
+            )
+        p = self.config.privacy
+        sizes = sorted(len(ix) for ix in self.data.client_indices)
+        roles: dict[int, list[str]] = {}
+        for role, n in (("smallest", sizes[0]), ("median", sizes[(len(sizes) - 1) // 2]), ("largest", sizes[-1])):
+            roles.setdefault(n, []).append(role)
+        clients, warnings_ = [], []
+        for n, names in roles.items():
+            budget = epochs if epochs is not None else self.implied_epochs(n)
+            advice = recommend(
+                n,
+                target_epsilon=p.target_epsilon,
+                delta=p.delta,
+                rounds=self.planned_rounds,
+                epochs=budget,
+                accountant=p.accountant,
+                max_grad_norm=p.max_grad_norm,
+            )
+            best = advice.best
+            overrides = [f"client.batch_size={best.batch_size}", f"client.local_steps={best.steps_per_round}"]
+            clients.append({"role": "/".join(names), **asdict(advice), "overrides": overrides, "too_little_data": advice.too_little_data})
+            if advice.too_little_data:
+                warnings_.append(
+                    f"client with {n} examples: too little data for ε={p.target_epsilon:g} to train usefully "
+                    f"(noise-to-progress r={best.noise_to_progress:.3g} > {NOISE_TO_PROGRESS_LIMIT:g} even at the best setting); "
+                    "pool data, raise ε, or use distributed noise (privacy.mode=dp-fedavg, noise_placement=clients)"
+                )
+        median = next(c for c in clients if "median" in c["role"])
+        return {
+            "mechanism": "dp-sgd",
+            "accountant": p.accountant,
+            "target_epsilon": p.target_epsilon,
+            "planned_rounds": self.planned_rounds,
+            "epochs": epochs,
+            "noise_to_progress_limit": NOISE_TO_PROGRESS_LIMIT,
+            "clients": clients,
+            "apply": median["overrides"],
+            "warnings": warnings_,
+        }
+
+    def format_recommendation(self, advice: Mapping[str, Any]) -> str:
+        from secure_ffm.privacy.planner import TIE_TOLERANCE
+
+        budget = f"{advice['epochs']:g} passes" if advice["epochs"] is not None else "the passes the config implies"
+        lines = [
+            f"DP-SGD planner: ε={advice['target_epsilon']:g} per client over {advice['planned_rounds']} rounds "
+            f"({advice['accountant']} accountant), compute budget {budget} over each client's data",
+            "candidates: s local steps per round, T = rounds·s steps, expected batch B = round(epochs·n / T) (at most n), "
+            "q = B/n, z calibrated to the target ε;",
+            "proxy minimised: noise-to-progress r = z / (B·sqrt(T)), the std of the noise summed over T steps of mean clipped "
+            "gradients relative to the progress T·C of T steps whose clipped mean gradient has norm C "
+            f"(ties within {TIE_TOLERANCE:.0%} go to more steps; * marks the recommendation)",
+        ]
+        for c in advice["clients"]:
+            lines.append("")
+            lines.append(f"{c['role']} client: n={c['num_examples']}, δ={c['delta']:.3g}, budget {c['epochs']:.3g} passes")
+            lines.append(f"  {'s':>6} {'T':>7} {'B':>7} {'q':>8} {'z':>8} {'epsilon':>8} {'r':>10}")
+            best = c["best"]
+            for k in c["candidates"]:
+                mark = "*" if k == best else " "
+                lines.append(
+                    f"{mark} {k['steps_per_round']:>6} {k['total_steps']:>7} {k['batch_size']:>7} {k['sample_rate']:>8.4f} "
+                    f"{k['noise_multiplier']:>8.4f} {k['epsilon']:>8.4f} {k['noise_to_progress']:>10.3g}"
+                )
+            lines.append(
+                f"  recommended: B={best['batch_size']}, s={best['steps_per_round']}, z={best['noise_multiplier']:.4f}, "
+                f"r={best['noise_to_progress']:.3g}: " + " ".join(f"--set {o}" for o in c["overrides"])
+            )
+        lines.append("")
+        lines.append(
+            "apply (the median client's; batch size and local steps are one setting for every client): "
+            + " ".join(f"--set {o}" for o in advice["apply"])
+        )
+        physical = self.config.privacy.max_physical_batch_size
+        largest_batch = max(c["best"]["batch_size"] for c in advice["clients"])
+        if physical == 0 and largest_batch > LARGE_BATCH_HINT:
+            lines.append(f"batches of {largest_batch} examples: --set privacy.max_physical_batch_size=N bounds the memory of one pass")
+        lines.extend(f"WARNING: {w}" for w in advice["warnings"])
+        return "\n".join(lines)
 
     def plan(self) -> dict[str, Any]:
         plans = [self.client_plan(k) for k in range(self.data.num_clients)]
