@@ -85,6 +85,24 @@ def test_chunks_of_one_example_still_clip_each_example(prepared, mode):
         torch.testing.assert_close(chunked[name], whole[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
+@pytest.mark.parametrize("mode", ["hooks", "ghost"])
+def test_no_pass_holds_more_examples_than_the_physical_size(prepared, mode, monkeypatch):
+    # what bounds memory: every forward pass (hence its activations and per-sample gradients) sees at most 5 examples
+    from opacus.grad_sample import GradSampleModule, GradSampleModuleFastGradientClipping
+
+    seen = []
+    wrapper = GradSampleModuleFastGradientClipping if mode == "ghost" else GradSampleModule
+    forward = wrapper.forward
+
+    def recording(self, *args, **kwargs):
+        seen.append(len(next(iter(kwargs.values())) if kwargs else args[0]))
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(wrapper, "forward", recording)
+    one_step(prepared, mode=mode, max_physical_batch_size=5)
+    assert seen == [5, 5, 5, 4, 4]
+
+
 def test_negative_max_physical_batch_size_is_refused():
     with pytest.raises(ConfigError) as info:
         cnn({"max_physical_batch_size": -1})
