@@ -364,6 +364,12 @@ class PrivacyConfig:
     """dp-sgd: ``ghost`` (ghost clipping, Li et al., ICLR 2022), ``hooks`` (per-sample gradients), or ``auto``
     (hooks when under 10% of the parameters are trained, as with LoRA or head-only, else ghost: the faster of the
     two in benchmarks/dp_overhead.py)."""
+    max_physical_batch_size: int = 0
+    """dp-sgd: most examples one forward/backward pass holds; 0 passes each step's whole Poisson batch at once. A
+    larger batch is processed as a virtual step: physical chunks whose clipped per-sample gradients are summed,
+    then ONE noise draw and one optimizer step (as Opacus' BatchMemoryManager). The update, the reported loss (the
+    batch mean) and the privacy ledger are those of the unchunked step; it bounds memory, so expected batch sizes
+    of hundreds (``client.batch_size``) fit, e.g. 32 for a transformer with per-sample gradients (hooks)."""
     planned_rounds: int = 0
     """dp-sgd: rounds a client is budgeted to take part in; 0 means every round (no client is ever skipped)."""
     secure_mode: bool = True
@@ -399,6 +405,7 @@ class PrivacyConfig:
         _choice("privacy", "accountant", self.accountant, ("prv", "rdp", "gdp"))
         _positive("privacy", "max_grad_norm", self.max_grad_norm)
         _choice("privacy", "grad_sample_mode", self.grad_sample_mode, ("auto", "ghost", "hooks"))
+        _positive("privacy", "max_physical_batch_size", self.max_physical_batch_size, allow_zero=True)
         _positive("privacy", "planned_rounds", self.planned_rounds, allow_zero=True)
         _positive("privacy", "noise_multiplier", self.noise_multiplier, allow_zero=True)
         _positive("privacy", "clip_norm", self.clip_norm)

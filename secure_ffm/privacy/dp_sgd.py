@@ -41,6 +41,9 @@ from secure_ffm.privacy.noise import DP_SGD_NOISE, DP_SGD_SAMPLING, NoisePolicy,
 
 log = logging.getLogger(__name__)
 
+#: The planner's output suggests privacy.max_physical_batch_size above this expected batch size.
+LARGE_BATCH_HINT = 256
+
 #: Relative slack when comparing a ledger's ε with the target (float noise in the accountant).
 EPSILON_SLACK = 1e-9
 
@@ -166,6 +169,16 @@ class _ObjectiveCriterion(nn.Module):
         return per_example if self.reduction == "none" else per_example.mean()
 
 
+def physical_chunks(batch: Batch, max_size: int) -> list[Batch]:
+    """``batch`` split into consecutive chunks of at most ``max_size`` examples (sizes as even as possible, as
+    Opacus' ``BatchSplittingSampler``); ``[batch]`` when ``max_size`` is 0 or the batch fits."""
+    n = len(batch)
+    if max_size <= 0 or n <= max_size:
+        return [batch]
+    parts = np.array_split(np.arange(n), -(-n // max_size))
+    return [Batch(inputs={k: v[p[0] : p[-1] + 1] for k, v in batch.inputs.items()}, labels=batch.labels[p[0] : p[-1] + 1]) for p in parts]
+
+
 class DPStep:
     """DP-SGD optimizer steps on a model, with Opacus hooks (per-sample gradients) or ghost clipping.
 
@@ -174,6 +187,17 @@ class DPStep:
     CCS 2016), then applies the wrapped optimizer. ``noise_only_step()`` is the step
     of an empty Poisson batch. ``close()`` removes every Opacus hook and attribute,
     leaving the model as it was.
+
+    Virtual steps: with ``max_physical_batch_size`` > 0 a larger batch goes through the
+    model in physical chunks of at most that many examples (as
+    :class:`opacus.utils.batch_memory_manager.BatchMemoryManager` does). Every chunk but
+    the last is signalled to the Opacus optimizer as a skipped step
+    (``signal_skip_step(do_skip=True)``): its examples are clipped and added to
+    ``summed_grad`` (per-sample gradients with hooks, the ghost-clipped sum with ghost
+    clipping) and the per-sample state is freed; the last chunk adds the one noise draw
+    of the logical step and steps. The sum of clipped gradients, the noise and hence the
+    privacy analysis are those of the unchunked step; only the peak memory (activations
+    and per-sample gradients of one chunk) and float summation order change.
     """
 
     def __init__(
@@ -186,6 +210,7 @@ class DPStep:
         max_grad_norm: float,
         expected_batch_size: int,
         noise: NoiseStream,
+        max_physical_batch_size: int = 0,
     ) -> None:
         from opacus.grad_sample import GradSampleModule, GradSampleModuleFastGradientClipping
         from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
@@ -196,6 +221,9 @@ class DPStep:
         self.base = optimizer
         self.noise_std = noise_multiplier * max_grad_norm / expected_batch_size
         self.noise = noise
+        if max_physical_batch_size < 0:
+            raise ValueError(f"max_physical_batch_size must be non-negative, got {max_physical_batch_size}")
+        self.max_physical_batch_size = max_physical_batch_size
         kwargs = dict(
             noise_multiplier=noise_multiplier,
             max_grad_norm=max_grad_norm,
@@ -219,8 +247,29 @@ class DPStep:
         self.optimizer.noise_stream = noise
 
     def step(self, batch: Batch, *, extra_gradient: Callable[[], None] | None = None) -> float:
-        """One private step on ``batch``; ``extra_gradient`` may add data-independent terms after privatization."""
+        """One private step on ``batch``; ``extra_gradient`` may add data-independent terms after privatization.
+
+        Returns the mean loss over the batch's examples (the size-weighted mean of its chunks' losses)."""
+        chunks = physical_chunks(batch, self.max_physical_batch_size)
         self.optimizer.zero_grad(set_to_none=True)
+        total = 0.0
+        for i, chunk in enumerate(chunks):
+            last = i == len(chunks) - 1
+            if i > 0:  # after a skipped step Opacus frees the per-sample state and keeps summed_grad
+                self.optimizer.zero_grad(set_to_none=True)
+            # every chunk's step is queued: Opacus pops one signal per pre_step (a stale True would skip a later step)
+            self.optimizer.signal_skip_step(do_skip=not last)
+            total += self._backward(chunk) * len(chunk)
+            stepped = self.optimizer.pre_step()
+            if stepped != last:
+                raise RuntimeError(f"Opacus {'stepped' if stepped else 'skipped'} chunk {i + 1} of {len(chunks)} of a virtual step")
+        if extra_gradient is not None:
+            extra_gradient()
+        self.optimizer.original_optimizer.step()
+        return total / len(batch)
+
+    def _backward(self, batch: Batch) -> float:
+        """Forward and backward of one physical batch (per-sample gradients, or ghost clipping's two passes); its mean loss."""
         outputs = self.wrapped(**batch.inputs)
         with warnings.catch_warnings():
             # the hooks of a trained embedding whose input is token ids (a prompt mode's virtual tokens) fire with no
@@ -228,16 +277,10 @@ class DPStep:
             warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
             if self.criterion is not None:
                 self.criterion(outputs, batch.labels).backward()
-                loss = float(self.model.objective.loss(outputs.detach(), batch.labels))
-            else:
-                objective = self.model.objective.loss(outputs, batch.labels)
-                objective.backward()
-                loss = float(objective.detach())
-        if self.optimizer.pre_step():
-            if extra_gradient is not None:
-                extra_gradient()
-            self.optimizer.original_optimizer.step()
-        return loss
+                return float(self.model.objective.loss(outputs.detach(), batch.labels))
+            objective = self.model.objective.loss(outputs, batch.labels)
+            objective.backward()
+            return float(objective.detach())
 
     def noise_only_step(self) -> None:
         """The step of an empty Poisson batch: noise only (the privacy analysis counts it)."""
@@ -325,6 +368,7 @@ class DPSGDTrainer(LocalTrainer):
             max_grad_norm=c,
             expected_batch_size=max(1, round(q * n)),
             noise=randomness.stream(DP_SGD_NOISE, ledger.steps),
+            max_physical_batch_size=self.privacy.max_physical_batch_size,
         )
         # Poisson sampling from the client's secret: amplification by subsampling assumes the adversary
         # does not know which examples a step used
@@ -606,6 +650,105 @@ class DPSGD(PrivacyMechanism):
         if planned and planned != self.planned_rounds:  # keep the noise the clients were calibrated with
             self.planned_rounds = planned
             self._make_plans()
+
+    def implied_epochs(self, num_examples: int) -> float:
+        """Passes over a client's data the config implies over its planned rounds: steps · min(B, n) / n."""
+        c = self.config.client
+        return steps_per_round(num_examples, c) * self.planned_rounds * min(c.batch_size, num_examples) / num_examples
+
+    def recommend(self, *, epochs: float | None) -> dict[str, Any]:
+        """:func:`secure_ffm.privacy.planner.recommend` for the smallest, median and largest client of the config.
+
+        ``epochs`` is the compute budget in passes over each client's data (None: each client's
+        :meth:`implied_epochs`). Every row carries the ``--set`` overrides that apply it; a client whose best
+        noise-to-progress ratio exceeds :data:`~secure_ffm.privacy.planner.NOISE_TO_PROGRESS_LIMIT` gets a warning.
+        """
+        from secure_ffm.privacy.planner import NOISE_TO_PROGRESS_LIMIT, recommend
+
+        if self.data.stages:
+            raise ConfigError(
+                "--recommend",
+                "a continual run's clients change size from stage to stage; the planner takes one size per client",
+                "plan one stage's data as an ordinary run",
+            )
+        p = self.config.privacy
+        sizes = sorted(len(ix) for ix in self.data.client_indices)
+        roles: dict[int, list[str]] = {}
+        for role, n in (("smallest", sizes[0]), ("median", sizes[(len(sizes) - 1) // 2]), ("largest", sizes[-1])):
+            roles.setdefault(n, []).append(role)
+        clients, warnings_ = [], []
+        for n, names in roles.items():
+            budget = epochs if epochs is not None else self.implied_epochs(n)
+            advice = recommend(
+                n,
+                target_epsilon=p.target_epsilon,
+                delta=p.delta,
+                rounds=self.planned_rounds,
+                epochs=budget,
+                accountant=p.accountant,
+                max_grad_norm=p.max_grad_norm,
+            )
+            best = advice.best
+            overrides = [f"client.batch_size={best.batch_size}", f"client.local_steps={best.steps_per_round}"]
+            clients.append({"role": "/".join(names), **asdict(advice), "overrides": overrides, "too_little_data": advice.too_little_data})
+            if advice.too_little_data:
+                warnings_.append(
+                    f"client with {n} examples: too little data for ε={p.target_epsilon:g} to train usefully "
+                    f"(noise-to-progress r={best.noise_to_progress:.3g} > {NOISE_TO_PROGRESS_LIMIT:g} even at the best setting); "
+                    "pool data, raise ε, or use distributed noise (privacy.mode=dp-fedavg, noise_placement=clients)"
+                )
+        median = next(c for c in clients if "median" in c["role"])
+        return {
+            "mechanism": "dp-sgd",
+            "accountant": p.accountant,
+            "target_epsilon": p.target_epsilon,
+            "planned_rounds": self.planned_rounds,
+            "epochs": epochs,
+            "noise_to_progress_limit": NOISE_TO_PROGRESS_LIMIT,
+            "clients": clients,
+            "apply": median["overrides"],
+            "warnings": warnings_,
+        }
+
+    def format_recommendation(self, advice: Mapping[str, Any]) -> str:
+        from secure_ffm.privacy.planner import TIE_TOLERANCE
+
+        budget = f"{advice['epochs']:g} passes" if advice["epochs"] is not None else "the passes the config implies"
+        lines = [
+            f"DP-SGD planner: ε={advice['target_epsilon']:g} per client over {advice['planned_rounds']} rounds "
+            f"({advice['accountant']} accountant), compute budget {budget} over each client's data",
+            "candidates: s local steps per round, T = rounds·s steps, expected batch B = round(epochs·n / T) (at most n), "
+            "q = B/n, z calibrated to the target ε;",
+            "proxy minimised: noise-to-progress r = z / (B·sqrt(T)), the std of the noise summed over T steps of mean clipped "
+            "gradients relative to the progress T·C of T steps whose clipped mean gradient has norm C "
+            f"(ties within {TIE_TOLERANCE:.0%} go to more steps; * marks the recommendation)",
+        ]
+        for c in advice["clients"]:
+            lines.append("")
+            lines.append(f"{c['role']} client: n={c['num_examples']}, δ={c['delta']:.3g}, budget {c['epochs']:.3g} passes")
+            lines.append(f"  {'s':>6} {'T':>7} {'B':>7} {'q':>8} {'z':>8} {'epsilon':>8} {'r':>10}")
+            best = c["best"]
+            for k in c["candidates"]:
+                mark = "*" if k == best else " "
+                lines.append(
+                    f"{mark} {k['steps_per_round']:>6} {k['total_steps']:>7} {k['batch_size']:>7} {k['sample_rate']:>8.4f} "
+                    f"{k['noise_multiplier']:>8.4f} {k['epsilon']:>8.4f} {k['noise_to_progress']:>10.3g}"
+                )
+            lines.append(
+                f"  recommended: B={best['batch_size']}, s={best['steps_per_round']}, z={best['noise_multiplier']:.4f}, "
+                f"r={best['noise_to_progress']:.3g}: " + " ".join(f"--set {o}" for o in c["overrides"])
+            )
+        lines.append("")
+        lines.append(
+            "apply (the median client's; batch size and local steps are one setting for every client): "
+            + " ".join(f"--set {o}" for o in advice["apply"])
+        )
+        physical = self.config.privacy.max_physical_batch_size
+        largest_batch = max(c["best"]["batch_size"] for c in advice["clients"])
+        if physical == 0 and largest_batch > LARGE_BATCH_HINT:
+            lines.append(f"batches of {largest_batch} examples: --set privacy.max_physical_batch_size=N bounds the memory of one pass")
+        lines.extend(f"WARNING: {w}" for w in advice["warnings"])
+        return "\n".join(lines)
 
     def plan(self) -> dict[str, Any]:
         plans = [self.client_plan(k) for k in range(self.data.num_clients)]

@@ -107,6 +107,15 @@ class PrivacyMechanism(ABC):  # noqa: B024 (every seam has a no-op default)
         """What the config implies before training: noise multipliers and the ε they reach."""
         return {"mechanism": self.name}
 
+    def recommend(self, *, epochs: float | None) -> dict[str, Any] | None:
+        """Recommended local-training settings for this config's client sizes (``secure-ffm privacy --recommend``);
+        None when the mechanism has no planner. ``epochs``: compute budget in passes over each client's data."""
+        return None
+
+    def format_recommendation(self, advice: Mapping[str, Any]) -> str:
+        """:meth:`recommend` for people."""
+        return "\n".join(f"{key}: {value}" for key, value in advice.items())
+
     def check_budget(  # noqa: B027 (optional hook)
         self, *, completed_rounds: int, total_rounds: int, client_states: Mapping[int, Mapping[str, Any]]
     ) -> None:

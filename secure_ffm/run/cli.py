@@ -137,17 +137,36 @@ def train_command(args: argparse.Namespace) -> int:
 
 @command("privacy")
 def privacy_command(args: argparse.Namespace) -> int:
-    """Print the noise multiplier a config implies and the ε it reaches, before any training."""
+    """Print the noise multiplier a config implies and the ε it reaches, before any training; with ``--recommend``,
+    DP-SGD's planner (:mod:`secure_ffm.privacy.planner`): for the smallest, median and largest client, the expected
+    batch size and local steps per round of smallest noise-to-progress ratio r = z / (B·sqrt(T)) within ``--epochs``
+    passes over the client's data, and the ``--set`` overrides that apply it. A client too small for the budget
+    (r above ``NOISE_TO_PROGRESS_LIMIT``) gets a WARNING line; the exit code stays 0."""
     import json
+    import math
 
     from secure_ffm.config import check_local_paths, load_config
     from secure_ffm.data import load_run_data
     from secure_ffm.privacy.mechanisms import build_mechanism
 
+    if args.epochs is not None and not args.recommend:
+        raise ConfigError("--epochs", "is the planner's compute budget and needs --recommend", "add --recommend")
+    if args.epochs is not None and not (math.isfinite(args.epochs) and args.epochs > 0):
+        raise ConfigError("--epochs", f"must be a positive number of passes over each client's data, got {args.epochs:g}", "use e.g. 1")
     config = load_config(args.config, overrides=args.set)
     check_local_paths(config, beside=Path(args.config).parent)
     data = load_run_data(config)
     mechanism = build_mechanism(config, data)
+    if args.recommend:
+        advice = mechanism.recommend(epochs=args.epochs)
+        if advice is None:
+            raise ConfigError(
+                "--recommend",
+                f"privacy.mode = {config.privacy.mode!r} has no batch-size planner (it plans DP-SGD's local training)",
+                "add --set privacy.mode=dp-sgd",
+            )
+        print(json.dumps(advice, indent=1, default=str) if args.json else mechanism.format_recommendation(advice))
+        return 0
     plan = mechanism.plan()
     if args.json:
         print(json.dumps(plan, indent=1, default=str))
@@ -267,6 +286,18 @@ def build_parser() -> argparse.ArgumentParser:
     privacy.add_argument("config", help="path of the TOML config")
     privacy.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value (repeatable)")
     privacy.add_argument("--json", action="store_true", help="print the plan as JSON")
+    privacy.add_argument(
+        "--recommend",
+        action="store_true",
+        help="dp-sgd: recommend client.batch_size and client.local_steps for the smallest, median and largest client "
+        "(smallest noise-to-progress ratio z / (B sqrt(T)) at the target ε)",
+    )
+    privacy.add_argument(
+        "--epochs",
+        type=float,
+        metavar="E",
+        help="with --recommend: compute budget in passes over each client's data (default: what the config implies)",
+    )
 
     pipeline = sub.add_parser(
         "pipeline",

@@ -133,3 +133,20 @@ def test_the_ledger_epsilon_is_the_accountants_for_the_plan(encoder, tmp_path):
         expected = compute_epsilon([GaussianSteps(plan.noise_multiplier, plan.sample_rate, 4)], accountant="rdp", delta=plan.delta)
         assert client["epsilon"] == pytest.approx(expected, rel=1e-9)
         assert client["epsilon"] <= 8.0
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_a_virtual_step_in_chunks_equals_the_whole_step(encoder, mode):
+    # privacy.max_physical_batch_size: the chunks of one padded batch pass the prompt hooks one by one
+    after = {}
+    for size in (0, 3):
+        model, encoded = build(encoder, mode)
+        step = dp_step(model, max_grad_norm=0.5, batch_size=len(encoded))
+        step.max_physical_batch_size = size
+        try:
+            step.step(model.make_batch(encoded, np.arange(len(encoded))))
+        finally:
+            step.close()
+        after[size] = {name: p.detach().clone() for name, p in model.trainable_named_parameters()}
+    for name, value in after[0].items():
+        torch.testing.assert_close(after[3][name], value, atol=1e-6, rtol=1e-5, msg=name)
