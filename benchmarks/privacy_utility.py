@@ -8,6 +8,14 @@ DP-SGD is sample-level ε per client (PRV accountant); DP-FedAvg is user-level �
 that is the honest cost of user-level DP at this scale.
 
     python benchmarks/privacy_utility.py [--only fmnist|movie] [--fmnist-rounds 10]
+
+``--targets`` measures the rows of the "useful models under a privacy budget" targets, each arm with
+``--seeds`` (default 0 1 2), side by side in one script; every finished run is appended to
+``results/privacy_targets.partial.jsonl`` (two processes may share it: ``--arms`` picks arms), and
+``--collect`` turns that file into the mean ± std table and ``results/privacy_targets.json``:
+
+    python benchmarks/privacy_utility.py --targets --arms fmnist20-dp-sgd fmnist20-none
+    python benchmarks/privacy_utility.py --collect
 """
 
 from __future__ import annotations
@@ -63,12 +71,137 @@ def run(case: dict, rounds: int, mechanism: str | None, epsilon: float) -> dict:
     }
 
 
+FMNIST20 = ["data.max_train_examples=20000", "data.max_test_examples=2000", "server.eval_every=25"]
+FMNIST10K = [
+    "data.num_clients=10000",
+    'data.partition="iid"',
+    "data.min_partition_size=6",
+    "data.max_test_examples=2000",
+    "server.clients_per_round=1000",
+    "server.eval_every=10",
+    "client.batch_size=6",
+    "client.local_epochs=5",
+    "client.lr=0.05",
+    "client.momentum=0.0",
+]
+TARGET_ARMS: dict[str, dict] = {
+    # Fashion-MNIST CNN, 20 clients (Dirichlet 0.5), 20,000 images, ε = 3 per example
+    "fmnist20-none": {"row": "fmnist20-eps3", "config": "fashion_mnist_cnn.toml", "overrides": [*FMNIST20, "server.rounds=10"]},
+    "fmnist20-dp-sgd": {  # local DP-SGD, every client adds the full noise (the recipe of the table above)
+        "row": "fmnist20-eps3",
+        "config": "fashion_mnist_cnn.toml",
+        "overrides": [*FMNIST20, "server.rounds=10", "privacy.mode=dp-sgd", "privacy.target_epsilon=3", *CASES["fmnist-cnn-20"]["dp-sgd"]],
+    },
+    "fmnist20-distributed-dp-sgd": {  # one DP-SGD step per round over the federation, noise shared, masking
+        "row": "fmnist20-eps3",
+        "config": "fashion_mnist_cnn.toml",
+        "overrides": [
+            *FMNIST20,
+            "server.rounds=150",
+            "privacy.mode=distributed-dp-sgd",
+            "privacy.target_epsilon=3",
+            'secure_aggregation.protocol="masking"',
+            "client.batch_size=50",
+            "client.lr=2.0",
+            "client.momentum=0.0",
+        ],
+    },
+    # Fashion-MNIST CNN, 10,000 clients of 6 images, 1,000 a round, user-level ε = 8
+    "fmnist10k-none": {"row": "fmnist10k-eps8", "config": "fashion_mnist_cnn.toml", "overrides": [*FMNIST10K, "server.rounds=60"]},
+    "fmnist10k-dp-fedavg": {
+        "row": "fmnist10k-eps8",
+        "config": "fashion_mnist_cnn.toml",
+        "overrides": [
+            *FMNIST10K,
+            "server.rounds=60",
+            "privacy.mode=dp-fedavg",
+            "privacy.target_epsilon=8",
+            "privacy.adaptive_clipping=true",
+        ],
+    },
+}
+PARTIAL = Path(__file__).resolve().parent / "results" / "privacy_targets.partial.jsonl"
+
+
+def run_target(arm: str, seed: int) -> dict:
+    spec = TARGET_ARMS[arm]
+    overrides = [*spec["overrides"], f"run.seed={seed}", "run.threads=1"]
+    summary = Simulation(prepare_run(load_config(CONFIGS / spec["config"], overrides=overrides))).run()
+    privacy = summary["privacy"]
+    spent = privacy.get("epsilon")
+    if isinstance(spent, dict):
+        spent = spent["max"]
+    return {
+        "row": spec["row"],
+        "arm": arm,
+        "seed": seed,
+        "overrides": spec["overrides"],
+        "epsilon_spent": spent,
+        "noise_multiplier": privacy.get("noise_multiplier"),
+        "test_accuracy": summary["final"]["test_accuracy"],
+        "seconds": summary["seconds_total"],
+    }
+
+
+def collect() -> None:
+    import json
+    import statistics
+
+    runs = [json.loads(line) for line in PARTIAL.read_text().splitlines() if line.strip()]
+    rows = []
+    for arm in TARGET_ARMS:
+        mine = [r for r in runs if r["arm"] == arm]
+        if not mine:
+            continue
+        accuracy = [100 * r["test_accuracy"] for r in mine]
+        spent = [r["epsilon_spent"] for r in mine if r["epsilon_spent"] is not None]
+        rows.append(
+            {
+                "row": mine[0]["row"],
+                "arm": arm,
+                "seeds": len(mine),
+                "accuracy_mean": statistics.fmean(accuracy),
+                "accuracy_std": statistics.stdev(accuracy) if len(accuracy) > 1 else 0.0,
+                "epsilon_spent_max": max(spent) if spent else None,
+                "seconds_median": statistics.median(r["seconds"] for r in mine),
+            }
+        )
+    print_table("Privacy targets (test accuracy %, mean ± std over seeds)", rows)
+    write_result("privacy_targets", {"arms": TARGET_ARMS, "table": rows, "runs": runs})
+
+
+def targets(arms: list[str], seeds: list[int]) -> None:
+    import json
+
+    import torch
+
+    torch.set_num_threads(1)
+    PARTIAL.parent.mkdir(parents=True, exist_ok=True)
+    for seed in seeds:
+        for arm in arms:
+            result = run_target(arm, seed)
+            with PARTIAL.open("a", encoding="utf-8") as out:  # every finished run, in case of a stop
+                out.write(json.dumps(result) + "\n")
+            accuracy, spent = 100 * result["test_accuracy"], result["epsilon_spent"]
+            print(f"{arm} seed {seed}: {accuracy:.1f}% at ε {spent} ({result['seconds']:.0f} s)", flush=True)
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", choices=["fmnist", "movie"])
     parser.add_argument("--fmnist-rounds", type=int, default=10)
     parser.add_argument("--movie-rounds", type=int, default=3)
+    parser.add_argument("--targets", action="store_true", help="run the target rows' arms (see the module docstring)")
+    parser.add_argument("--arms", nargs="+", choices=list(TARGET_ARMS), default=list(TARGET_ARMS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--collect", action="store_true", help="table and JSON from the runs finished so far")
     args = parser.parse_args()
+    if args.collect:
+        collect()
+        return
+    if args.targets:
+        targets(args.arms, args.seeds)
+        return
     results: dict[str, list[dict]] = {}
     for name, case in CASES.items():
         if args.only and not name.startswith(args.only):

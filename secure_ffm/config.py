@@ -347,19 +347,24 @@ class PrivacyConfig:
     ``dp-sgd`` is sample-level DP inside every client's local training (Abadi et
     al., CCS 2016) with Opacus; ``dp-fedavg`` is user-level DP of whole client
     updates (McMahan et al., ICLR 2018), optionally with adaptive clipping
-    (Andrew et al., NeurIPS 2021).
+    (Andrew et al., NeurIPS 2021); ``distributed-dp-sgd`` is sample-level DP with one DP-SGD
+    step per round over the federation's data and the noise split among the clients, under
+    secure aggregation (secure_ffm/privacy/distributed_dp_sgd.py).
     """
 
     mode: str = "none"
-    """A registered privacy mechanism (:data:`secure_ffm.variants.MECHANISMS`): built-ins ``none``, ``dp-sgd`` and ``dp-fedavg``."""
+    """A registered privacy mechanism (:data:`secure_ffm.variants.MECHANISMS`): built-ins ``none``, ``dp-sgd``, ``dp-fedavg``
+    and ``distributed-dp-sgd``."""
     target_epsilon: float = 8.0
     """The ε the whole run may spend (per client for dp-sgd, per user for dp-fedavg)."""
     delta: float = 0.0
-    """δ of the guarantee; 0 picks 1/(10 n) with n the client's examples (dp-sgd) or the number of clients (dp-fedavg)."""
+    """δ of the guarantee; 0 picks 1/(10 n) with n the client's examples (dp-sgd), the number of clients (dp-fedavg) or
+    the federation's examples (distributed-dp-sgd)."""
     accountant: str = "prv"
-    """``prv`` (Gopi et al., NeurIPS 2021), ``rdp`` (Mironov, CSF 2017) or ``gdp`` (Dong et al., 2019)."""
+    """``prv`` (Gopi et al., NeurIPS 2021), ``rdp`` (Mironov, CSF 2017) or ``gdp`` (Dong et al., 2019). Distributed
+    discrete Gaussian noise (under masking) is always accounted with ``zcdp`` (secure_ffm.privacy.accounting)."""
     max_grad_norm: float = 1.0
-    """dp-sgd: per-sample gradient clipping norm."""
+    """dp-sgd and distributed-dp-sgd: per-sample gradient clipping norm."""
     grad_sample_mode: str = "auto"
     """dp-sgd: ``ghost`` (ghost clipping, Li et al., ICLR 2022), ``hooks`` (per-sample gradients), or ``auto``
     (hooks when under 10% of the parameters are trained, as with LoRA or head-only, else ghost: the faster of the
@@ -386,7 +391,8 @@ class PrivacyConfig:
     """dp-fedavg: L2 bound C on each client's whole update (the initial bound with adaptive clipping)."""
     noise_placement: str = "server"
     """dp-fedavg: ``server`` adds N(0, (zC)^2) to the sum; ``clients`` has each of the m clients add its share
-    N(0, (zC)^2/m) before sending (distributed DP, for use with secure aggregation)."""
+    N(0, (zC)^2/m) before sending (distributed DP, for use with secure aggregation; under masking the shares are
+    discrete Gaussians sized for the masking threshold, secure_ffm.privacy.distributed)."""
     adaptive_clipping: bool = False
     target_unclipped_quantile: float = 0.5
     """Adaptive clipping: the fraction γ of updates that should fall under the clip norm."""

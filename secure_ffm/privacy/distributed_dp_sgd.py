@@ -59,7 +59,8 @@ log = logging.getLogger(__name__)
 STATE_KEY = "distributed_dp_sgd"
 EPSILON_SLACK = 1e-9
 PHYSICAL_BATCH = 256
-"""Examples per forward/backward pass when computing per-example gradients (memory stays bounded)."""
+"""Examples per forward/backward pass when computing per-example gradients, unless ``privacy.max_physical_batch_size``
+says otherwise (memory stays bounded)."""
 
 
 class DistributedDPSGDTrainer(LocalTrainer):
@@ -103,6 +104,7 @@ class DistributedDPSGDTrainer(LocalTrainer):
             clip_norm=mech.config.privacy.max_grad_norm,
             generator=generator,
             sink=mech.sink(sum(p.numel() for _, p in named), noise),
+            physical_batch=mech.config.privacy.max_physical_batch_size or PHYSICAL_BATCH,
         )
         total += mech.noise_share(total.size, stream=noise)
         ledger.record(noise_multiplier=mech.noise_multiplier, sample_rate=mech.sample_rate, steps=1)
