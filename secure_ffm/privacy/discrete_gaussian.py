@@ -1,4 +1,4 @@
-"""The distributed discrete Gaussian mechanism (DDG): the numeric core for secure aggregation over Z_{2^b}.
+"""The distributed discrete Gaussian mechanism (DDG): the numeric core for secure aggregation over Z_{2^32}.
 
 Secure aggregation by pairwise masking (:mod:`secure_ffm.secagg.masking`) sums ``uint32``
 vectors modulo ``2^32``. Continuous Gaussian noise shares followed by rounding and
@@ -7,27 +7,30 @@ Discrete Gaussian Mechanism for Federated Learning with Secure Aggregation", ICM
 (arXiv:2102.06387) give one that is; each round runs:
 
 1. every contribution (a client's update for user-level DP, one example's gradient for
-   sample-level DP), clipped to L2 norm ``c``, is *flattened* by a randomized Hadamard
-   transform with public signs (:func:`flatten`, Kairouz et al. sec. 4), which preserves its
-   norm and spreads it evenly over the coordinates;
-2. it is scaled by ``1/γ`` and rounded onto the integers by *conditional randomized rounding*
-   (:func:`conditional_randomized_rounding`): unbiased rounding repeated until the rounded
-   vector's norm is at most :func:`rounded_norm_bound`, which is therefore a hard bound on
-   the L2 sensitivity in integer units;
-3. each client adds a share of discrete Gaussian noise ``N_Z(0, σ^2)^d``
+   sample-level DP), clipped to L2 norm ``c``, is scaled by ``1/γ`` and rounded onto the
+   integers by *conditional randomized rounding* (:func:`conditional_randomized_rounding`):
+   unbiased rounding repeated until the rounded vector's norm is at most
+   :func:`rounded_norm_bound`, which is therefore a hard bound on the L2 sensitivity in
+   integer units;
+2. each client adds a share of discrete Gaussian noise ``N_Z(0, σ^2)^d``
    (:func:`sample_discrete_gaussian`, Canonne, Kamath & Steinke, "The Discrete Gaussian for
-   Differential Privacy", NeurIPS 2020) and reduces its vector modulo ``2^b``;
-4. secure aggregation reveals only the modular sum, which the server lifts to the centered
-   representative and multiplies by ``γ`` (:meth:`DistributedDiscreteGaussian.decode`),
-   then undoes the rotation with the same public signs (:func:`unflatten`).
+   Differential Privacy", NeurIPS 2020) and reduces its vector modulo ``2^32``;
+3. secure aggregation reveals only the modular sum, which the server lifts to the centred
+   representative and multiplies by ``γ``.
 
 Privacy comes from the *integer* sum plus the sum of ``n`` independent discrete Gaussian
 shares (:func:`ddg_rdp`); the modular reduction and the decoding are post-processing of it,
-so wrap-around (when the aggregate leaves ``[-2^(b-1), 2^(b-1))``) costs utility, never
-privacy. Rényi DP (Mironov, CSF 2017) is amplified by Poisson subsampling with the bound of
-Zhu & Wang, ICML 2019 (:func:`subsampled_rdp`), composed over steps and converted to
-``(ε, δ)`` by Opacus' :func:`~opacus.accountants.analysis.rdp.get_privacy_spent`
-(:func:`ddg_epsilon`), as :mod:`secure_ffm.privacy.accounting` does for the Gaussian mechanism.
+so wrap-around costs utility, never privacy. Rényi DP (Mironov, CSF 2017) is amplified by
+Poisson subsampling with the bound of Zhu & Wang, ICML 2019 (:func:`subsampled_rdp`), composed
+over steps and converted to ``(ε, δ)`` by Opacus'
+:func:`~opacus.accountants.analysis.rdp.get_privacy_spent` (:func:`ddg_epsilon`).
+
+The paper also flattens each vector with a randomized Hadamard transform before rounding, so
+that few bits per coordinate suffice; in the 32-bit ring of secure-ffm's masking the
+granularity can be fine enough for the worst case (secure_ffm.privacy.distributed chooses it),
+so no rotation is applied. The engine's geometry, sharing and accounting live in
+:mod:`secure_ffm.privacy.distributed` and the ``zcdp`` accountant of
+:mod:`secure_ffm.privacy.accounting`.
 
 The formulas were checked against the authors' reference implementation,
 ``google-research/federated``, folder ``distributed_dp`` (``accounting_utils.py``,
@@ -40,14 +43,12 @@ import math
 import numbers
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 from opacus.accountants.analysis.rdp import get_privacy_spent
 from scipy import special
 
 from secure_ffm.privacy.noise import NoiseStream
-from secure_ffm.secagg.quantization import RING_BITS
 
 DDG_ORDERS: tuple[int, ...] = (*range(2, 129), 256)
 """Integer RDP orders used by :func:`ddg_epsilon` (those of Kairouz et al.'s reference accounting)."""
@@ -60,9 +61,6 @@ MIN_SHARE_SIGMA = 0.5
 
 Kairouz et al.'s Proposition 14 (the RDP bound of :func:`ddg_rdp`) assumes σ >= 1/2; we claim
 nothing below it."""
-
-MAX_NOISE_MULTIPLIER = 1000.0
-"""Upper end of :func:`calibrate_ddg_noise`'s search."""
 
 _PROPOSAL_OVERSAMPLING = 1.5
 _MIN_PROPOSALS = 64
@@ -173,107 +171,6 @@ def sample_discrete_gaussian(size: int, *, sigma: float, stream: NoiseStream) ->
 def _acceptance_rate_guess(sigma: float) -> float:
     """A rough lower estimate of Algorithm 3's acceptance rate (only sizes the batches)."""
     return 0.3 if sigma < 1 else 0.5
-
-
-# --------------------------------------------------------------------------- flattening
-
-
-def _padded_length(dim: int) -> int:
-    return 1 << max(dim - 1, 0).bit_length()
-
-
-def rotation_signs(dim: int, *, seed: int) -> np.ndarray:
-    """Random ±1 signs (the diagonal ``D``) of the randomized Hadamard transform, of padded length.
-
-    The signs are *public* randomness shared by all clients and the server of a round
-    (Kairouz et al. 2021, sec. 4): derive ``seed`` from public data such as the round number,
-    never from a party's noise secret. Their only job is to make every coordinate of
-    ``H D x`` small with high probability; privacy does not depend on them.
-
-    Parameters
-    ----------
-    dim
-        Length of the vectors to flatten.
-    seed
-        Public seed (an integer >= 0).
-
-    Returns
-    -------
-    numpy.ndarray
-        float64 array of ±1 whose length is the smallest power of two >= ``dim``.
-    """
-    dim = _count(dim, "dim")
-    seed = _count(seed, "seed", minimum=0)
-    generator = np.random.Generator(np.random.Philox(key=seed))
-    return np.where(generator.random(_padded_length(dim)) < 0.5, -1.0, 1.0)
-
-
-def _fwht(x: np.ndarray) -> np.ndarray:
-    """Unnormalised fast Walsh-Hadamard transform along the last axis (length a power of two), O(d log d)."""
-    y = np.array(x, dtype=np.float64, copy=True)
-    lead, d = y.shape[:-1], y.shape[-1]
-    h = 1
-    while h < d:
-        view = y.reshape(*lead, d // (2 * h), 2, h)
-        a = view[..., 0, :].copy()
-        b = view[..., 1, :]
-        view[..., 0, :] += b
-        view[..., 1, :] = a - b
-        h *= 2
-    return y
-
-
-def _check_signs(signs: np.ndarray) -> np.ndarray:
-    signs = np.asarray(signs, dtype=np.float64)
-    d = signs.shape[-1] if signs.ndim == 1 else 0
-    if signs.ndim != 1 or d == 0 or d & (d - 1) or not np.all(np.abs(signs) == 1):
-        raise ValueError("signs must be a 1-D array of ±1 whose length is a power of two (use rotation_signs)")
-    return signs
-
-
-def flatten(x: np.ndarray, signs: np.ndarray) -> np.ndarray:
-    """The randomized Hadamard rotation ``H D x / sqrt(d_pad)`` (orthonormal, so norms are preserved).
-
-    Parameters
-    ----------
-    x
-        A 1-D vector of length at most ``len(signs)``, or a 2-D array with one such vector per
-        row; vectors are zero-padded to ``len(signs)``.
-    signs
-        The public signs of :func:`rotation_signs`.
-
-    Returns
-    -------
-    numpy.ndarray
-        float64 array of the same number of dimensions as ``x``, last axis ``len(signs)``.
-    """
-    signs = _check_signs(signs)
-    x = np.asarray(x, dtype=np.float64)
-    if x.ndim not in (1, 2) or x.shape[-1] > signs.size:
-        raise ValueError(f"flatten takes a 1-D vector or 2-D rows of length <= {signs.size}, got shape {x.shape}")
-    padded = np.zeros((*x.shape[:-1], signs.size))
-    padded[..., : x.shape[-1]] = x
-    return _fwht(padded * signs) / math.sqrt(signs.size)
-
-
-def unflatten(y: np.ndarray, signs: np.ndarray, dim: int) -> np.ndarray:
-    """The inverse of :func:`flatten`: ``D H y / sqrt(d_pad)`` cropped to the first ``dim`` coordinates.
-
-    Parameters
-    ----------
-    y
-        A 1-D vector or 2-D rows of length ``len(signs)``.
-    signs
-        The signs that :func:`flatten` used.
-    dim
-        The original length (at most ``len(signs)``).
-    """
-    signs = _check_signs(signs)
-    dim = _count(dim, "dim")
-    y = np.asarray(y, dtype=np.float64)
-    if y.ndim not in (1, 2) or y.shape[-1] != signs.size or dim > signs.size:
-        raise ValueError(f"unflatten takes rows of length {signs.size} and dim <= {signs.size}, got shape {y.shape}, dim {dim}")
-    return (_fwht(y) * signs / math.sqrt(signs.size))[..., :dim]
 
 
 # --------------------------------------------------------------------------- rounding
@@ -564,253 +461,3 @@ def ddg_epsilon(
         warnings.simplefilter("ignore", UserWarning)
         epsilon, _ = get_privacy_spent(orders=orders.astype(float), rdp=rdp, delta=delta)
     return float(epsilon)
-
-
-# --------------------------------------------------------------------------- the mechanism
-
-
-def _granularity(
-    *, clip_norm: float, noise_multiplier: float, dim: int, expected_contributions: float, bits: int, k_stddevs: float
-) -> float:
-    head_room = 2.0 ** (2 * bits) - k_stddevs**2 * expected_contributions
-    if head_room <= 0:
-        raise ValueError(
-            f"bits={bits} is too small for {expected_contributions:g} contributions at k_stddevs={k_stddevs:g}: "
-            "increase bits or lower k_stddevs"
-        )
-    spread = expected_contributions**2 / dim + noise_multiplier**2
-    return 2.0 * k_stddevs * clip_norm * math.sqrt(spread) / math.sqrt(head_room)
-
-
-@dataclass(frozen=True)
-class DistributedDiscreteGaussian:
-    """One round's parameters of the distributed discrete Gaussian mechanism (Kairouz et al. 2021).
-
-    Parameters (real units where natural)
-    -------------------------------------
-    clip_norm
-        c, the L2 bound of one protected contribution (a client's update for user-level DP,
-        one example's gradient for sample-level DP), real units.
-    noise_multiplier
-        z >= 0: when ``num_shares`` shares reach the sum, its noise has standard deviation
-        ``z·c`` in real units (before the small inflation from rounding that the accounting
-        includes). ``z = 0`` adds no noise (no privacy: :meth:`rdp` is infinite).
-    num_shares
-        n, the fewest clients whose noise shares reach the sum (the masking threshold). More
-        arriving shares only add independent noise, which is post-processing.
-    dim
-        d, the length of the integer vectors rounded and summed: ``len(signs)`` when the
-        contributions are flattened (:func:`flatten`), which the callers do before
-        :meth:`round_contributions` and undo (:func:`unflatten`) after :meth:`decode`.
-    expected_contributions
-        N, how many contributions of norm <= c the sum holds (clients for user-level DP, the
-        expected number of examples for sample-level DP); only sizes ``granularity``.
-    bits
-        b, the ring is ``Z_{2^b}`` (at most 32, the masking ring).
-    beta
-        β of conditional randomized rounding (default ``exp(-0.5)``, as Kairouz et al.).
-    k_stddevs
-        k, standard deviations of the aggregate kept inside the ring (default 4).
-
-    Derived
-    -------
-    granularity
-        γ, the real value of one integer unit, chosen (Kairouz et al. 2021, sec. 4.4; the
-        reference code's ``heuristic_scale_factor`` with flatness ρ = 1) so that ``k`` standard
-        deviations of each flattened aggregate coordinate fit in ``[-2^(b-1), 2^(b-1))``:
-        modelling a coordinate as signal ``(N c)^2/d`` (the worst-case sum norm ``N c`` spread
-        evenly by the rotation) plus rounding ``N γ^2/4`` plus noise ``z^2 c^2`` in variance,
-        ``2 k sqrt(c^2 N^2/d + N γ^2/4 + z^2 c^2) = 2^b γ``, i.e.
-        ``γ = 2 k c sqrt(N^2/d + z^2) / sqrt(2^(2b) - k^2 N)``. A heuristic: an aggregate
-        beyond it wraps around, which ruins utility for that coordinate but never privacy,
-        because the modular sum is post-processing of the integer sum that is accounted.
-    share_sigma
-        ``z·c/(γ·sqrt(n))``, each client's discrete Gaussian scale in integer units.
-    l2_sensitivity
-        :func:`rounded_norm_bound` of ``c`` at ``γ``: the hard L2 bound of one rounded
-        contribution (integer units), enforced by conditional rounding.
-    l1_sensitivity
-        ``Δ2·min(sqrt(d), Δ2)`` (integer vectors).
-    """
-
-    clip_norm: float
-    noise_multiplier: float
-    num_shares: int
-    dim: int
-    expected_contributions: float
-    bits: int = RING_BITS
-    beta: float = DEFAULT_BETA
-    k_stddevs: float = 4.0
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "clip_norm", _real(self.clip_norm, "clip_norm", positive=True))
-        object.__setattr__(self, "noise_multiplier", _real(self.noise_multiplier, "noise_multiplier", nonnegative=True))
-        object.__setattr__(self, "num_shares", _count(self.num_shares, "num_shares"))
-        object.__setattr__(self, "dim", _count(self.dim, "dim"))
-        object.__setattr__(self, "expected_contributions", _real(self.expected_contributions, "expected_contributions", positive=True))
-        bits = _count(self.bits, "bits", minimum=2)
-        if bits > RING_BITS:
-            raise ValueError(f"bits must be at most {RING_BITS} (the masking ring), got {bits}")
-        object.__setattr__(self, "bits", bits)
-        beta = _real(self.beta, "beta")
-        if not 0 <= beta < 1:
-            raise ValueError(f"beta must lie in [0, 1), got {self.beta!r}")
-        object.__setattr__(self, "beta", beta)
-        object.__setattr__(self, "k_stddevs", _real(self.k_stddevs, "k_stddevs", positive=True))
-        self.granularity  # noqa: B018  # validates that the ring has room
-
-    @property
-    def granularity(self) -> float:
-        return _granularity(
-            clip_norm=self.clip_norm,
-            noise_multiplier=self.noise_multiplier,
-            dim=self.dim,
-            expected_contributions=self.expected_contributions,
-            bits=self.bits,
-            k_stddevs=self.k_stddevs,
-        )
-
-    @property
-    def share_sigma(self) -> float:
-        return self.noise_multiplier * self.clip_norm / (self.granularity * math.sqrt(self.num_shares))
-
-    @property
-    def l2_sensitivity(self) -> float:
-        return rounded_norm_bound(norm=self.clip_norm, granularity=self.granularity, dim=self.dim, beta=self.beta)
-
-    @property
-    def l1_sensitivity(self) -> float:
-        l2 = self.l2_sensitivity
-        return l2 * min(math.sqrt(self.dim), l2)
-
-    def round_contributions(self, rows: np.ndarray, *, stream: NoiseStream) -> np.ndarray:
-        """Scale each contribution by ``1/γ``, round it conditionally and sum: the integer vector a client sends.
-
-        Parameters
-        ----------
-        rows
-            2-D real array, one (flattened) contribution of norm <= ``clip_norm`` per row, ``dim``
-            columns.
-        stream
-            The client's secret stream (rounding randomness).
-
-        Returns
-        -------
-        numpy.ndarray
-            int64 vector of length ``dim``: the sum of the rounded rows.
-        """
-        rows = np.asarray(rows, dtype=np.float64)
-        if rows.ndim != 2 or rows.shape[1] != self.dim:
-            raise ValueError(f"round_contributions takes 2-D rows of length {self.dim}, got shape {rows.shape}")
-        norms = np.linalg.norm(rows, axis=1)
-        if np.any(norms > self.clip_norm * (1 + 1e-6)):
-            raise ValueError(f"a contribution has norm {norms.max():.6g} > clip_norm {self.clip_norm:g}; clip before rounding")
-        rounded = conditional_randomized_rounding(rows / self.granularity, norm_bound=self.l2_sensitivity, stream=stream)
-        return rounded.sum(axis=0, dtype=np.int64)
-
-    def encode(self, integer_sum: np.ndarray, *, stream: NoiseStream) -> np.ndarray:
-        """Add one discrete Gaussian share ``N_Z(0, share_sigma^2)^dim`` and reduce modulo ``2^bits`` into uint32."""
-        values = np.asarray(integer_sum)
-        if values.shape != (self.dim,) or not np.issubdtype(values.dtype, np.integer):
-            raise ValueError(f"encode takes an integer vector of length {self.dim}, got {values.dtype} of shape {values.shape}")
-        noisy = values.astype(np.int64) + sample_discrete_gaussian(self.dim, sigma=self.share_sigma, stream=stream)
-        return np.mod(noisy, 1 << self.bits).astype(np.uint32)
-
-    def decode(self, total: np.ndarray) -> np.ndarray:
-        """The modular sum of encodings lifted to ``[-2^(bits-1), 2^(bits-1))`` and multiplied by γ (float64).
-
-        ``total`` is the uint32 sum (mod ``2^32``) of the clients' :meth:`encode` outputs, as
-        secure aggregation reveals it. The result is still flattened: callers apply
-        :func:`unflatten` with the round's public signs.
-        """
-        total = np.asarray(total)
-        if total.shape != (self.dim,) or not np.issubdtype(total.dtype, np.integer):
-            raise ValueError(f"decode takes an integer vector of length {self.dim}, got {total.dtype} of shape {total.shape}")
-        modulus = 1 << self.bits
-        residues = np.mod(total.astype(np.int64), modulus)
-        centered = np.where(residues >= modulus // 2, residues - modulus, residues)
-        return centered.astype(np.float64) * self.granularity
-
-    def rdp(self, orders: Sequence[float] | np.ndarray) -> np.ndarray:
-        """One round's RDP without subsampling (:func:`ddg_rdp`); infinite when ``noise_multiplier`` is 0."""
-        return ddg_rdp(
-            orders,
-            sigma=self.share_sigma,
-            num_clients=self.num_shares,
-            l2_sensitivity=self.l2_sensitivity,
-            dim=self.dim,
-            l1_sensitivity=self.l1_sensitivity,
-        )
-
-    def epsilon(self, *, steps: int, sample_rate: float, delta: float) -> float:
-        """ε at ``delta`` after ``steps`` rounds at Poisson ``sample_rate`` (:func:`ddg_epsilon`)."""
-        return ddg_epsilon(
-            sigma=self.share_sigma,
-            num_clients=self.num_shares,
-            l2_sensitivity=self.l2_sensitivity,
-            dim=self.dim,
-            steps=steps,
-            sample_rate=sample_rate,
-            delta=delta,
-            l1_sensitivity=self.l1_sensitivity,
-        )
-
-
-def calibrate_ddg_noise(
-    *,
-    target_epsilon: float,
-    delta: float,
-    steps: int,
-    sample_rate: float,
-    clip_norm: float,
-    num_shares: int,
-    dim: int,
-    expected_contributions: float,
-    bits: int = RING_BITS,
-    beta: float = DEFAULT_BETA,
-    k_stddevs: float = 4.0,
-    tolerance: float = 1e-3,
-) -> DistributedDiscreteGaussian:
-    """The mechanism with the smallest noise multiplier (to ``tolerance``, relative) whose ε is at most the target.
-
-    Bisection on ``log z`` over ``[1/1024, MAX_NOISE_MULTIPLIER]``: every other parameter is
-    fixed, and ``granularity`` (hence the rounding's inflation of the sensitivity) follows z,
-    so ε is re-evaluated in full at each point. The returned mechanism is the upper end of
-    the final bracket, whose ε was computed and is <= ``target_epsilon``.
-
-    Raises
-    ------
-    ValueError
-        When even ``MAX_NOISE_MULTIPLIER`` exceeds the target, or on invalid arguments.
-    """
-    target = _real(target_epsilon, "target_epsilon", positive=True)
-    tolerance = _real(tolerance, "tolerance", positive=True)
-
-    def mechanism(z: float) -> DistributedDiscreteGaussian:
-        return DistributedDiscreteGaussian(
-            clip_norm=clip_norm,
-            noise_multiplier=z,
-            num_shares=num_shares,
-            dim=dim,
-            expected_contributions=expected_contributions,
-            bits=bits,
-            beta=beta,
-            k_stddevs=k_stddevs,
-        )
-
-    def fits(z: float) -> bool:
-        return mechanism(z).epsilon(steps=steps, sample_rate=sample_rate, delta=delta) <= target
-
-    low, high = 1.0 / 1024, MAX_NOISE_MULTIPLIER
-    if not fits(high):
-        eps = mechanism(high).epsilon(steps=steps, sample_rate=sample_rate, delta=delta)
-        raise ValueError(f"target_epsilon={target:g} cannot be met: even noise multiplier {high:g} gives ε = {eps:.4g}")
-    if fits(low):
-        return mechanism(low)
-    while high / low > 1 + tolerance:
-        middle = math.sqrt(low * high)
-        if fits(middle):
-            high = middle
-        else:
-            low = middle
-    return mechanism(high)

@@ -8,21 +8,15 @@ from hypothesis.extra.numpy import arrays
 from opacus.accountants import RDPAccountant
 from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 from scipy import stats
-from scipy.linalg import hadamard
 
 from secure_ffm.privacy.discrete_gaussian import (
     DDG_ORDERS,
-    DistributedDiscreteGaussian,
-    calibrate_ddg_noise,
     conditional_randomized_rounding,
     ddg_epsilon,
     ddg_rdp,
-    flatten,
-    rotation_signs,
     rounded_norm_bound,
     sample_discrete_gaussian,
     subsampled_rdp,
-    unflatten,
 )
 from secure_ffm.privacy.noise import FastStream, NoiseStream, derive_key
 
@@ -106,37 +100,6 @@ def test_sampler_uses_only_uniforms_of_the_stream():
 
 
 # --------------------------------------------------------------------------- flattening
-
-
-def test_fast_walsh_hadamard_equals_the_hadamard_matrix():
-    signs = np.ones(16)
-    x = np.arange(16.0)
-    np.testing.assert_allclose(flatten(x, signs), hadamard(16) @ x / 4.0, atol=1e-12)
-
-
-def test_rotation_signs_have_the_padded_length_and_depend_on_the_seed():
-    signs = rotation_signs(1000, seed=7)
-    assert signs.shape == (1024,)
-    assert set(np.unique(signs)) == {-1.0, 1.0}
-    np.testing.assert_array_equal(signs, rotation_signs(1000, seed=7))
-    assert not np.array_equal(signs, rotation_signs(1000, seed=8))
-
-
-@settings(max_examples=60, deadline=None)
-@given(arrays(np.float64, st.integers(1, 70), elements=st.floats(-1e3, 1e3)), st.integers(0, 2**31))
-def test_flatten_is_an_orthonormal_map_with_an_exact_inverse(x, seed):
-    signs = rotation_signs(x.size, seed=seed)
-    y = flatten(x, signs)
-    scale = 1.0 + np.abs(x).max()
-    assert abs(np.linalg.norm(y) - np.linalg.norm(x)) <= 1e-12 * scale * math.sqrt(signs.size)
-    np.testing.assert_allclose(unflatten(y, signs, x.size), x, atol=1e-12 * scale * math.sqrt(signs.size))
-
-
-@settings(max_examples=30, deadline=None)
-@given(arrays(np.float64, st.tuples(st.integers(1, 5), st.integers(1, 40)), elements=st.floats(-10, 10)))
-def test_flatten_treats_each_row_as_a_vector(rows):
-    signs = rotation_signs(rows.shape[1], seed=3)
-    np.testing.assert_allclose(flatten(rows, signs), np.stack([flatten(row, signs) for row in rows]), atol=1e-12)
 
 
 # --------------------------------------------------------------------------- rounding
@@ -257,116 +220,9 @@ def test_subsampled_rdp_accepts_an_array_of_consecutive_orders():
         subsampled_rdp(np.array([2, 4]), np.array([1.0, 2.0]), sample_rate=0.05)
 
 
-def test_calibration_meets_but_never_exceeds_the_target():
-    params = dict(clip_norm=1.0, num_shares=10, dim=1024, expected_contributions=20)
-    accounting = dict(steps=100, sample_rate=0.01, delta=1e-5)
-    mechanism = calibrate_ddg_noise(target_epsilon=2.0, **accounting, **params, tolerance=1e-3)
-    assert mechanism.epsilon(**accounting) <= 2.0
-    slightly_less = DistributedDiscreteGaussian(noise_multiplier=mechanism.noise_multiplier * (1 - 2e-3), **params)
-    assert slightly_less.epsilon(**accounting) > 2.0
-
-
-# --------------------------------------------------------------------------- the mechanism
-
-
-def mechanism(noise_multiplier: float, **overrides) -> DistributedDiscreteGaussian:
-    params = dict(clip_norm=1.0, noise_multiplier=noise_multiplier, num_shares=4, dim=64, expected_contributions=4)
-    params.update(overrides)
-    return DistributedDiscreteGaussian(**params)
-
-
-def test_derived_quantities_follow_their_definitions():
-    m = mechanism(1.5)
-    c, z, n, d, big_n, k = 1.0, 1.5, 4, 64, 4, 4.0
-    gamma = 2 * k * c * math.sqrt(big_n**2 / d + z**2) / math.sqrt(2.0**64 - k**2 * big_n)
-    assert m.granularity == pytest.approx(gamma, rel=1e-12)
-    assert m.share_sigma == pytest.approx(z * c / (gamma * math.sqrt(n)), rel=1e-12)
-    assert m.l2_sensitivity == rounded_norm_bound(norm=c, granularity=gamma, dim=d, beta=math.exp(-0.5))
-
-
-def test_encodings_without_noise_decode_to_the_sum_exactly():
-    m = mechanism(0.0)
-    rng = np.random.default_rng(0)
-    integers = [rng.integers(-(2**28), 2**28, size=64) for _ in range(4)]
-    total = np.zeros(64, np.uint32)
-    for i, vector in enumerate(integers):
-        total += m.encode(vector, stream=stream(20 + i))  # uint32 addition wraps mod 2^32 as secure aggregation does
-    np.testing.assert_array_equal(m.decode(total), np.sum(integers, axis=0) * m.granularity)
-
-
-def test_decoded_noisy_sum_is_within_the_expected_noise():
-    m = mechanism(2.0)
-    rows = np.random.default_rng(1).normal(size=(4, 64))
-    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
-    total = np.zeros(64, np.uint32)
-    for i in range(4):
-        integer = m.round_contributions(rows[i : i + 1], stream=stream(30 + i))
-        total += m.encode(integer, stream=stream(40 + i))
-    error = m.decode(total) - rows.sum(axis=0)
-    noise_std = 2.0 * 1.0  # z·c, all four shares arrived
-    assert np.all(np.abs(error) < 5 * noise_std)
-    assert 0.7 < error.std() / noise_std < 1.3
-
-
-def test_round_contributions_sums_rounded_rows_within_one_unit_each():
-    m = mechanism(1.0)
-    rows = np.full((3, 64), 0.1)  # norm 0.8 <= clip_norm
-    rounded_sum = m.round_contributions(rows, stream=stream(50))
-    assert rounded_sum.dtype == np.int64
-    assert np.all(np.abs(rounded_sum - rows.sum(axis=0) / m.granularity) < 3)
-
-
-def test_round_contributions_rejects_unclipped_rows():
-    with pytest.raises(ValueError, match="clip before rounding"):
-        mechanism(1.0).round_contributions(np.full((1, 64), 1.0), stream=stream(51))
-
-
-def test_zero_noise_gives_no_privacy():
-    assert math.isinf(mechanism(0.0).epsilon(steps=1, sample_rate=1.0, delta=1e-5))
-
-
-@pytest.mark.parametrize(
-    ("overrides", "message"),
-    [
-        ({"bits": 40}, "at most 32"),
-        ({"bits": 2, "expected_contributions": 1}, "too small"),
-        ({"noise_multiplier": -1.0}, "non-negative"),
-        ({"clip_norm": 0.0}, "positive"),
-        ({"num_shares": 0}, "whole number"),
-        ({"beta": 1.0}, r"\[0, 1\)"),
-    ],
-)
-def test_invalid_parameters_are_rejected_early(overrides, message):
-    params = dict(clip_norm=1.0, noise_multiplier=1.0, num_shares=4, dim=64, expected_contributions=4)
-    params.update(overrides)
-    with pytest.raises(ValueError, match=message):
-        DistributedDiscreteGaussian(**params)
-
-
 @settings(max_examples=60, deadline=None)
 @given(st.floats(0.5, 100.0), st.integers(1, 1000), st.floats(0.1, 1e3), st.integers(1, 10**6))
 def test_ddg_rdp_is_never_below_the_gaussian_mechanism_and_grows_with_the_order(sigma, n, l2, d):
     rdp = ddg_rdp(ORDERS, sigma=sigma, num_clients=n, l2_sensitivity=l2, dim=d)
     assert np.all(rdp >= ORDERS * l2**2 / (2 * n * sigma**2) * (1 - 1e-12))
     assert np.all(np.diff(rdp) >= 0)
-
-
-def test_a_round_through_flattening_recovers_the_real_sum_within_the_noise():
-    dim, clients, z = 100, 5, 1.0
-    signs = rotation_signs(dim, seed=11)
-    m = mechanism(z, dim=signs.size, num_shares=clients, expected_contributions=clients)
-    updates = np.random.default_rng(2).normal(size=(clients, dim))
-    updates /= np.linalg.norm(updates, axis=1, keepdims=True)
-    total = np.zeros(signs.size, np.uint32)
-    for i, update in enumerate(updates):
-        integer = m.round_contributions(flatten(update, signs)[None, :], stream=stream(60 + i))
-        total += m.encode(integer, stream=stream(70 + i))
-    error = unflatten(m.decode(total), signs, dim) - updates.sum(axis=0)
-    assert 0.7 < error.std() / z < 1.3  # the rotation is orthonormal, so the noise keeps its std z·c
-
-
-def test_calibration_reports_an_unreachable_target():
-    with pytest.raises(ValueError, match="cannot be met"):
-        calibrate_ddg_noise(
-            target_epsilon=1e-4, delta=1e-5, steps=10_000, sample_rate=1.0, clip_norm=1.0, num_shares=2, dim=64, expected_contributions=2
-        )
