@@ -101,9 +101,14 @@ TARGET_ARMS: dict[str, dict] = {
             "privacy.mode=distributed-dp-sgd",
             "privacy.target_epsilon=3",
             'secure_aggregation.protocol="masking"',
+            "secure_aggregation.threshold=18",  # shares sized for 18 of 20: 2 dropouts tolerated, 5% more noise than for 20
             "client.batch_size=50",
-            "client.lr=2.0",
+            "client.lr=1.0",
             "client.momentum=0.0",
+            # Adam on the server over the noisy steps (post-processing): 71.5% against plain SGD's 67.1% (lr 2) at round 50
+            'server.strategy="fedadam"',
+            "server.server_lr=0.002",
+            "server.tau=0.00001",
         ],
     },
     # Fashion-MNIST CNN, 10,000 clients of 6 images, 1,000 a round, user-level ε = 8
