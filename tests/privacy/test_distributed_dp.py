@@ -215,3 +215,15 @@ def test_a_distributed_dp_sgd_client_declines_when_its_budget_is_spent(tmp_path)
     simulation.run()
     assert simulation.history[1]["skipped_clients"] == [0, 1, 2, 3]
     assert all(s[STATE_KEY]["rounds"] == 1 for s in simulation.client_states.values())
+
+
+def test_privacy_command_plans_distributed_dp_sgd_and_refuses_it_in_plaintext(tmp_path, capsys):
+    from secure_ffm.run.cli import main
+
+    config = tmp_path / "c.toml"
+    config.write_text(tiny({"mode": "distributed-dp-sgd"}).to_toml())
+    assert main(["privacy", str(config), "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["accountant"] == "zcdp" and plan["min_shares"] == 3 and 0.97 * 3.0 <= plan["epsilon"] <= 3.0
+    assert main(["privacy", str(config), "--set", 'secure_aggregation.protocol="none"']) == 2
+    assert "secure_aggregation.protocol" in capsys.readouterr().err
