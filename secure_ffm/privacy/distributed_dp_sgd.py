@@ -51,7 +51,7 @@ from secure_ffm.models.base import EncodedData, FederatedModel
 from secure_ffm.privacy import accounting
 from secure_ffm.privacy.accounting import PrivacyLedger
 from secure_ffm.privacy.distributed import DiscreteGaussianSum, minimum_shares, split_arrays
-from secure_ffm.privacy.mechanisms import PrivacyMechanism, extension_refused, plan_header, spread
+from secure_ffm.privacy.mechanisms import PrivacyMechanism, check_extension, plan_header, spread
 from secure_ffm.privacy.noise import DISCRETE_SHARE, DP_SGD_SAMPLING, NOISE_SHARE, NoisePolicy, NoiseStream, PrivateRandomness
 
 log = logging.getLogger(__name__)
@@ -340,29 +340,17 @@ class DistributedDPSGD(PrivacyMechanism):
     def check_budget(self, *, completed_rounds: int, total_rounds: int, client_states: Mapping[int, Mapping[str, Any]]) -> None:
         if self.config.privacy.planned_rounds:  # clients decline when spent
             return
-        remaining = total_rounds - completed_rounds
-        target = self.config.privacy.target_epsilon
-        for k in range(self.data.num_clients):
+        for k in range(self.data.num_clients):  # planned_rounds = 0 promises every client every round
             dp = client_states.get(k, {}).get(STATE_KEY, {})
-            ledger = PrivacyLedger.from_json(dp["ledger"]) if "ledger" in dp else self.new_ledger()
-            would = ledger.epsilon_if(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate, steps=max(remaining, 1))
-            if remaining > 0 and would > target * (1 + EPSILON_SLACK):
-                fit = accounting.rounds_that_fit(
-                    ledger,
-                    noise_multiplier=self.noise_multiplier,
-                    sample_rate=self.sample_rate,
-                    steps_per_round=1,
-                    target_epsilon=target,
-                    limit=remaining,
-                )
-                raise extension_refused(
-                    total_rounds=total_rounds,
-                    completed_rounds=completed_rounds,
-                    epsilon=would,
-                    target=target,
-                    planned=f"client {k}; the noise was calibrated for {self.planned_rounds} rounds",
-                    rounds_fit=fit,
-                )
+            check_extension(
+                PrivacyLedger.from_json(dp["ledger"]) if "ledger" in dp else self.new_ledger(),
+                noise_multiplier=self.noise_multiplier,
+                sample_rate=self.sample_rate,
+                total_rounds=total_rounds,
+                completed_rounds=completed_rounds,
+                target=self.config.privacy.target_epsilon,
+                planned=f"client {k}; the noise was calibrated for {self.planned_rounds} rounds",
+            )
 
     def state_dict(self) -> dict[str, Any]:
         return {"noise_multiplier": self.noise_multiplier, "planned_rounds": self.planned_rounds}

@@ -38,10 +38,10 @@ from secure_ffm.engine.transforms import TransformContext, UpdateTransform
 from secure_ffm.engine.wire import ClientUpdate, Scalar
 from secure_ffm.errors import ConfigError
 from secure_ffm.privacy import accounting
-from secure_ffm.privacy.accounting import GaussianSteps, PrivacyLedger, rounds_that_fit
+from secure_ffm.privacy.accounting import GaussianSteps, PrivacyLedger
 from secure_ffm.privacy.distributed import DiscreteGaussianShare, DiscreteGaussianSum, ScaleDiscreteSum, minimum_shares
 from secure_ffm.privacy.gaussian import add_gaussian_noise, clip_l2
-from secure_ffm.privacy.mechanisms import PrivacyMechanism, extension_refused, plan_header
+from secure_ffm.privacy.mechanisms import PrivacyMechanism, check_extension, plan_header
 from secure_ffm.privacy.noise import CENTRAL_NOISE, CLIENT_SAMPLING, NOISE_SHARE, NoisePolicy, NoiseStream
 
 log = logging.getLogger(__name__)
@@ -361,28 +361,14 @@ class DPFedAvg(PrivacyMechanism):
         return "q = 1 over the rounds the most-sampled client took part in; assumes every sampled client's noise share reached the sum"
 
     def check_budget(self, *, completed_rounds: int, total_rounds: int, client_states: Mapping[int, Mapping[str, Any]]) -> None:
-        remaining = total_rounds - completed_rounds
-        if remaining <= 0:
-            return
-        target = self.config.privacy.target_epsilon
-        would = self.user_ledger.epsilon_if(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate, steps=remaining)
-        if would <= target * (1 + 1e-9):
-            return
-        fit = rounds_that_fit(
+        check_extension(
             self.user_ledger,
             noise_multiplier=self.noise_multiplier,
             sample_rate=self.sample_rate,
-            steps_per_round=1,
-            target_epsilon=target,
-            limit=remaining,
-        )
-        raise extension_refused(
             total_rounds=total_rounds,
             completed_rounds=completed_rounds,
-            epsilon=would,
-            target=target,
+            target=self.config.privacy.target_epsilon,
             planned=f"the run's noise multiplier z={self.noise_multiplier:.4g} was calibrated for {self.rounds_planned} rounds",
-            rounds_fit=fit,
         )
 
     def state_dict(self) -> dict[str, Any]:

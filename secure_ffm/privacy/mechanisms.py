@@ -157,6 +157,26 @@ def extension_refused(
     )
 
 
+def check_extension(
+    ledger: Any, *, noise_multiplier: float, sample_rate: float, total_rounds: int, completed_rounds: int, target: float, planned: str
+) -> None:
+    """Refuse (:func:`extension_refused`) a resume whose remaining rounds, one step each, would take ``ledger`` past ``target``."""
+    from secure_ffm.privacy.accounting import rounds_that_fit
+
+    remaining = total_rounds - completed_rounds
+    if remaining <= 0:
+        return
+    would = ledger.epsilon_if(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=remaining)
+    if would <= target * (1 + 1e-9):
+        return
+    fit = rounds_that_fit(
+        ledger, noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps_per_round=1, target_epsilon=target, limit=remaining
+    )
+    raise extension_refused(
+        total_rounds=total_rounds, completed_rounds=completed_rounds, epsilon=would, target=target, planned=planned, rounds_fit=fit
+    )
+
+
 def plan_header(plan: Mapping[str, Any]) -> str:
     """The first line of a DP mechanism's :meth:`PrivacyMechanism.format_plan`."""
     return f"mechanism: {plan['mechanism']}   accountant: {plan['accountant']}   target ε: {plan['target_epsilon']}"

@@ -33,6 +33,7 @@ lr = 0.1
 MODES = {
     "dp-fedavg": ["privacy.mode=dp-fedavg", "privacy.target_epsilon=2"],
     "dp-sgd": ["privacy.mode=dp-sgd", "privacy.target_epsilon=2"],
+    "distributed-dp-sgd": ["privacy.mode=distributed-dp-sgd", "privacy.target_epsilon=2", 'secure_aggregation.protocol="masking"'],
 }
 
 
