@@ -401,6 +401,8 @@ class MaskingClient(ClientRound):
             raise MaskingEncodeError(f"client {self.client_id}: weight {w} lies outside [0, weight_bound={setup.weight_bound}]")
         values = VectorLayout.of(update).flatten(update, w)
         if self.integer_values:
+            if w != 1.0:  # discrete noise is sized for a plain sum: a weight would scale this client's contribution past it
+                raise MaskingEncodeError(f"client {self.client_id}: integer encoding sums unweighted vectors; it refuses weight {w}")
             try:
                 return quantization.encode_integers(np.concatenate([values, [w]]))
             except ValueError as error:

@@ -77,3 +77,12 @@ def test_a_non_integer_update_is_left_out_of_an_integer_round():
     protocol.begin_round(1, [0, 1, 2, 3], weight_bound=1.0)
     with pytest.raises(AggregationError, match="left out"):
         protocol.encode(updates[1], weight=1.0)
+
+
+def test_an_integer_round_refuses_weights_other_than_one():
+    # discrete shares are sized for a plain sum: a server asking for example weighting would scale one client past them
+    updates = integer_updates(3, scale=100)
+    protocol = MaskingProtocol(integer_values=True)
+    protocol.begin_round(1, [0, 1, 2], weight_bound=50.0)
+    with pytest.raises(AggregationError, match="unweighted"):
+        protocol.encode(updates[0], weight=10.0)
