@@ -366,9 +366,10 @@ class PrivacyConfig:
     max_grad_norm: float = 1.0
     """dp-sgd and distributed-dp-sgd: per-sample gradient clipping norm."""
     grad_sample_mode: str = "auto"
-    """dp-sgd: ``ghost`` (ghost clipping, Li et al., ICLR 2022), ``hooks`` (per-sample gradients), or ``auto``
-    (hooks when under 10% of the parameters are trained, as with LoRA or head-only, else ghost: the faster of the
-    two in benchmarks/dp_overhead.py)."""
+    """dp-sgd: ``ghost`` (ghost clipping, Li et al., ICLR 2022), ``hooks`` (per-sample gradients), ``bookkeeping``
+    (one backward pass, Bu et al., ICML 2023; models whose trained layers are all Linear or Conv2d) or ``auto``
+    (hooks when under 10% of the parameters are trained, as with LoRA or head-only, else bookkeeping where it
+    applies, else ghost: the fastest in benchmarks/dp_overhead.py)."""
     max_physical_batch_size: int = 0
     """dp-sgd: most examples one forward/backward pass holds; 0 passes each step's whole Poisson batch at once. A
     larger batch is processed as a virtual step: physical chunks whose clipped per-sample gradients are summed,
@@ -410,7 +411,7 @@ class PrivacyConfig:
             raise ConfigError("privacy.delta", f"must be in [0, 1), got {self.delta!r}", "use 0 for the default 1/(10 n)")
         _choice("privacy", "accountant", self.accountant, ("prv", "rdp", "gdp"))
         _positive("privacy", "max_grad_norm", self.max_grad_norm)
-        _choice("privacy", "grad_sample_mode", self.grad_sample_mode, ("auto", "ghost", "hooks"))
+        _choice("privacy", "grad_sample_mode", self.grad_sample_mode, ("auto", "ghost", "hooks", "bookkeeping"))
         _positive("privacy", "max_physical_batch_size", self.max_physical_batch_size, allow_zero=True)
         _positive("privacy", "planned_rounds", self.planned_rounds, allow_zero=True)
         _positive("privacy", "noise_multiplier", self.noise_multiplier, allow_zero=True)

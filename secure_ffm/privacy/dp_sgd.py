@@ -36,6 +36,7 @@ from secure_ffm.models.base import Batch, EncodedData, FederatedModel
 from secure_ffm.models.objectives import Objective
 from secure_ffm.privacy import accounting
 from secure_ffm.privacy.accounting import GaussianSteps, PrivacyLedger, rounds_that_fit
+from secure_ffm.privacy.bookkeeping import unsupported_layer
 from secure_ffm.privacy.mechanisms import PrivacyMechanism, extension_refused, plan_header, spread
 from secure_ffm.privacy.noise import DP_SGD_NOISE, DP_SGD_SAMPLING, NoisePolicy, NoiseStream, PrivateRandomness
 
@@ -122,16 +123,22 @@ def shared_trainable_parameters(module: nn.Module) -> list[str]:
 
 def auto_grad_sample_mode(model: FederatedModel) -> str:
     """``hooks`` for parameter-efficient fine-tuning (under 10% of parameters trained) and for models that share a
-    trained parameter between layers (:func:`shared_trainable_parameters`), else ``ghost``.
+    trained parameter between layers (:func:`shared_trainable_parameters`); else ``bookkeeping`` when every trained
+    layer is a ``Linear`` or ``Conv2d`` (:func:`~secure_ffm.privacy.bookkeeping.bookkeeping_supported`), else ``ghost``.
 
     Ghost clipping avoids materializing per-sample gradients but pays a second backward
-    pass through the whole network; per-sample gradients of small adapters are cheap.
-    benchmarks/dp_overhead.py measures both on MiniLM LoRA (hooks the cheaper) and on the
-    Fashion-MNIST CNN with all parameters trained (ghost the cheaper). Full fine-tuning of a transformer with hooks would also hold
-    batch x parameters floats of per-sample gradients (2.9 GB for MiniLM at batch 32).
+    pass through the whole network; book-keeping (Bu et al., ICML 2023) needs one backward pass
+    and no parameter gradients from it; per-sample gradients of small adapters are cheap.
+    benchmarks/dp_overhead.py measures the modes on MiniLM LoRA (hooks the cheapest) and on the
+    Fashion-MNIST CNN with all parameters trained (book-keeping the cheapest, then ghost). Full fine-tuning of a
+    transformer with hooks would also hold batch x parameters floats of per-sample gradients (2.9 GB for MiniLM at batch 32).
     """
+    from secure_ffm.privacy.bookkeeping import bookkeeping_supported
+
     share = model.trainable_parameter_count() / max(model.total_parameter_count(), 1)
-    return "hooks" if share < PARAMETER_EFFICIENT_SHARE or shared_trainable_parameters(model.module) else "ghost"
+    if share < PARAMETER_EFFICIENT_SHARE or shared_trainable_parameters(model.module):
+        return "hooks"
+    return "bookkeeping" if bookkeeping_supported(model.module) else "ghost"
 
 
 def _secret_noise_optimizer(base: type) -> type:
@@ -180,13 +187,20 @@ def physical_chunks(batch: Batch, max_size: int) -> list[Batch]:
 
 
 class DPStep:
-    """DP-SGD optimizer steps on a model, with Opacus hooks (per-sample gradients) or ghost clipping.
+    """DP-SGD optimizer steps on a model, with Opacus hooks (per-sample gradients), ghost clipping or book-keeping.
 
     ``step(batch)`` clips each example's gradient to ``max_grad_norm``, sums, adds
     N(0, (z * max_grad_norm)^2) and divides by ``expected_batch_size`` (Abadi et al.,
     CCS 2016), then applies the wrapped optimizer. ``noise_only_step()`` is the step
-    of an empty Poisson batch. ``close()`` removes every Opacus hook and attribute,
+    of an empty Poisson batch. ``close()`` removes every hook and attribute,
     leaving the model as it was.
+
+    Modes (:data:`GRAD_SAMPLE_MODES`): ``hooks`` (Opacus' ``GradSampleModule``), ``ghost`` (Opacus'
+    ``GradSampleModuleFastGradientClipping``) and ``bookkeeping``
+    (:class:`~secure_ffm.privacy.bookkeeping.BookkeepingClipper`: one backward pass, for models of ``Linear`` and
+    ``Conv2d`` layers). All three clip with Opacus' factor ``min(1, C / (norm + 1e-6))`` and draw the noise from
+    ``noise`` parameter by parameter in the same order, so with one stream they give the same update up to float
+    summation order.
 
     Virtual steps: with ``max_physical_batch_size`` > 0 a larger batch goes through the
     model in physical chunks of at most that many examples (as
@@ -195,7 +209,8 @@ class DPStep:
     (``signal_skip_step(do_skip=True)``): its examples are clipped and added to
     ``summed_grad`` (per-sample gradients with hooks, the ghost-clipped sum with ghost
     clipping) and the per-sample state is freed; the last chunk adds the one noise draw
-    of the logical step and steps. The sum of clipped gradients, the noise and hence the
+    of the logical step and steps. Book-keeping sums every chunk's clipped gradients and draws the
+    noise once after the last. The sum of clipped gradients, the noise and hence the
     privacy analysis are those of the unchunked step; only the peak memory (activations
     and per-sample gradients of one chunk) and float summation order change.
     """
@@ -212,44 +227,72 @@ class DPStep:
         noise: NoiseStream,
         max_physical_batch_size: int = 0,
     ) -> None:
+        self.model = model
+        self.params = [p for _, p in model.trainable_named_parameters()]
+        self.base = optimizer
+        self.noise_multiplier = noise_multiplier
+        self.max_grad_norm = max_grad_norm
+        self.expected_batch_size = expected_batch_size
+        self.noise_std = noise_multiplier * max_grad_norm / expected_batch_size
+        if max_physical_batch_size < 0:
+            raise ValueError(f"max_physical_batch_size must be non-negative, got {max_physical_batch_size}")
+        self.max_physical_batch_size = max_physical_batch_size
+        if mode not in GRAD_SAMPLE_MODES:
+            raise ValueError(f"grad_sample_mode must be one of {', '.join(GRAD_SAMPLE_MODES)}, got {mode!r}")
+        if mode in SHARED_PARAMETERS_UNSAFE and (shared := shared_trainable_parameters(model.module)):
+            raise ValueError(f"{mode} clipping would under-clip the shared parameter {shared[0]}: use hooks")
+        self.mode = mode
+        self.criterion: Any = None
+        self.wrapped: Any = None
+        self.optimizer: Any = None
+        self.clipper: Any = None
+        GRAD_SAMPLE_MODES[mode].setup(self)
+        self.noise = noise
+
+    @property
+    def noise(self) -> NoiseStream:
+        """The stream every noise value of this stepper comes from (the Opacus optimizer's too)."""
+        return self._noise
+
+    @noise.setter
+    def noise(self, stream: NoiseStream) -> None:
+        self._noise = stream
+        if self.optimizer is not None:
+            self.optimizer.noise_stream = stream
+
+    def _setup_opacus(self, ghost: bool) -> None:
         from opacus.grad_sample import GradSampleModule, GradSampleModuleFastGradientClipping
         from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
         from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
 
-        self.model = model
-        self.params = [p for _, p in model.trainable_named_parameters()]
-        self.base = optimizer
-        self.noise_std = noise_multiplier * max_grad_norm / expected_batch_size
-        self.noise = noise
-        if max_physical_batch_size < 0:
-            raise ValueError(f"max_physical_batch_size must be non-negative, got {max_physical_batch_size}")
-        self.max_physical_batch_size = max_physical_batch_size
         kwargs = dict(
-            noise_multiplier=noise_multiplier,
-            max_grad_norm=max_grad_norm,
-            expected_batch_size=expected_batch_size,
+            noise_multiplier=self.noise_multiplier,
+            max_grad_norm=self.max_grad_norm,
+            expected_batch_size=self.expected_batch_size,
             loss_reduction="mean",
         )
-        self.criterion: Any = None
-        if mode == "ghost" and (shared := shared_trainable_parameters(model.module)):
-            raise ValueError(f"ghost clipping would under-clip the shared parameter {shared[0]}: use hooks")
-        if mode == "ghost":
-            self.wrapped: Any = GradSampleModuleFastGradientClipping(
-                model.module, batch_first=True, loss_reduction="mean", max_grad_norm=max_grad_norm, use_ghost_clipping=True
+        if ghost:
+            self.wrapped = GradSampleModuleFastGradientClipping(
+                self.model.module, batch_first=True, loss_reduction="mean", max_grad_norm=self.max_grad_norm, use_ghost_clipping=True
             )
-            self.optimizer: Any = _secret_noise_optimizer(DPOptimizerFastGradientClipping)(optimizer, **kwargs)
-            self.criterion = DPLossFastGradientClipping(self.wrapped, self.optimizer, _ObjectiveCriterion(model.objective), "mean")
-        elif mode == "hooks":
-            self.wrapped = GradSampleModule(model.module, batch_first=True, loss_reduction="mean")
-            self.optimizer = _secret_noise_optimizer(DPOptimizer)(optimizer, **kwargs)
+            self.optimizer = _secret_noise_optimizer(DPOptimizerFastGradientClipping)(self.base, **kwargs)
+            self.criterion = DPLossFastGradientClipping(self.wrapped, self.optimizer, _ObjectiveCriterion(self.model.objective), "mean")
         else:
-            raise ValueError(f"grad_sample_mode must be 'ghost' or 'hooks', got {mode!r}")
-        self.optimizer.noise_stream = noise
+            self.wrapped = GradSampleModule(self.model.module, batch_first=True, loss_reduction="mean")
+            self.optimizer = _secret_noise_optimizer(DPOptimizer)(self.base, **kwargs)
+
+    def _setup_bookkeeping(self) -> None:
+        from secure_ffm.privacy.bookkeeping import BookkeepingClipper
+
+        self.clipper = BookkeepingClipper(self.model.module, self.params, max_grad_norm=self.max_grad_norm)
+        self.wrapped = self.model.module
 
     def step(self, batch: Batch, *, extra_gradient: Callable[[], None] | None = None) -> float:
         """One private step on ``batch``; ``extra_gradient`` may add data-independent terms after privatization.
 
         Returns the mean loss over the batch's examples (the size-weighted mean of its chunks' losses)."""
+        if self.clipper is not None:
+            return self._bookkeeping_step(batch, extra_gradient)
         chunks = physical_chunks(batch, self.max_physical_batch_size)
         self.optimizer.zero_grad(set_to_none=True)
         total = 0.0
@@ -266,6 +309,28 @@ class DPStep:
         if extra_gradient is not None:
             extra_gradient()
         self.optimizer.original_optimizer.step()
+        return total / len(batch)
+
+    def _bookkeeping_step(self, batch: Batch, extra_gradient: Callable[[], None] | None) -> float:
+        """:meth:`step` with book-keeping: every chunk's clipped sum accumulates, then one noise draw, as Opacus'
+        ``add_noise`` and ``scale_grad`` do it: ``grad = (Σ clipped + N(0, (zC)²)) / expected_batch_size``."""
+        self.clipper.reset()
+        self.base.zero_grad(set_to_none=True)
+        total = 0.0
+        objective = self.model.objective
+        for chunk in physical_chunks(batch, self.max_physical_batch_size):
+            outputs = self.model.module(**chunk.inputs)
+            self.clipper.clip_and_accumulate(objective.per_example_loss(outputs, chunk.labels))
+            total += float(objective.loss(outputs.detach(), chunk.labels)) * len(chunk)
+        std = self.noise_multiplier * self.max_grad_norm
+        for p in self.params:
+            summed = self.clipper.clipped_sum(p)
+            noise = torch.from_numpy(self._noise.normal(tuple(summed.shape), std)).to(summed.dtype)
+            p.grad = (summed + noise).view_as(p) / self.expected_batch_size
+        self.clipper.reset()
+        if extra_gradient is not None:
+            extra_gradient()
+        self.base.step()
         return total / len(batch)
 
     def _backward(self, batch: Batch) -> float:
@@ -289,11 +354,33 @@ class DPStep:
         self.base.step()
 
     def close(self) -> None:
+        if self.clipper is not None:
+            self.clipper.close()
+            return
         self.wrapped.cleanup()
         for p in self.params:
             for attr in ("grad_sample", "summed_grad", "_forward_counter"):
                 if hasattr(p, attr):
                     delattr(p, attr)
+
+
+@dataclass(frozen=True)
+class GradSampleMode:
+    """How a :class:`DPStep` gets its clipped gradient sums (``setup`` fills in the stepper's machinery)."""
+
+    setup: Callable[[DPStep], None]
+    description: str
+
+
+#: ``privacy.grad_sample_mode`` values other than ``auto``.
+GRAD_SAMPLE_MODES: dict[str, GradSampleMode] = {
+    "hooks": GradSampleMode(lambda step: step._setup_opacus(ghost=False), "Opacus per-sample gradients"),
+    "ghost": GradSampleMode(lambda step: step._setup_opacus(ghost=True), "ghost clipping (Li et al., ICLR 2022)"),
+    "bookkeeping": GradSampleMode(DPStep._setup_bookkeeping, "book-keeping, one backward pass (Bu et al., ICML 2023)"),
+}
+
+#: Modes that add per-layer squared norms, hence under-clip a parameter that two layers use.
+SHARED_PARAMETERS_UNSAFE = ("ghost", "bookkeeping")
 
 
 class DPSGDTrainer(LocalTrainer):
@@ -481,11 +568,18 @@ class DPSGD(PrivacyMechanism):
                 'replace BatchNorm by GroupNorm (opacus.validators.ModuleValidator.fix) or use privacy.mode = "dp-fedavg"',
             )
         shared = shared_trainable_parameters(model.module)
-        if shared and self.config.privacy.grad_sample_mode == "ghost":
+        mode = self.config.privacy.grad_sample_mode
+        if shared and mode in SHARED_PARAMETERS_UNSAFE:
             raise ConfigError(
                 "privacy.grad_sample_mode",
-                f"ghost clipping cannot clip {shared[0]} exactly: more than one layer uses it (tied weights)",
+                f"{mode} clipping cannot clip {shared[0]} exactly: more than one layer uses it (tied weights)",
                 'use "hooks" or "auto" (per-sample gradients sum the layers before clipping)',
+            )
+        if mode == "bookkeeping" and (layer := unsupported_layer(model.module)) is not None:
+            raise ConfigError(
+                "privacy.grad_sample_mode",
+                f"book-keeping clipping covers Linear and Conv2d layers (ungrouped, zero-padded) only, not {layer}",
+                'use "auto", "ghost" or "hooks"',
             )
 
     def trainer(self, base: LocalTrainer) -> LocalTrainer:

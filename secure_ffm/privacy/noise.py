@@ -124,14 +124,21 @@ class SecureStream(NoiseStream):
         from randomgen import AESCounter
 
         self.generator = np.random.Generator(AESCounter(key=int.from_bytes(key[:16], "little")))
+        self._scratch = np.empty(0)
 
     def random(self, size: int) -> np.ndarray:
         return self.generator.random(size)
 
     def normal(self, shape: tuple[int, ...], std: float) -> np.ndarray:
+        """The sum of :attr:`SUMMANDS` standard Gaussians times ``std / sqrt(SUMMANDS)``; the summands after the first
+        are drawn into a reused buffer (the same values as fresh arrays, without allocating one per summand)."""
         total = self.generator.standard_normal(shape)
+        if self._scratch.size < total.size:
+            self._scratch = np.empty(total.size)
+        summand = self._scratch[: total.size].reshape(total.shape)
         for _ in range(self.SUMMANDS - 1):
-            total += self.generator.standard_normal(shape)
+            self.generator.standard_normal(out=summand)
+            total += summand
         total *= std / math.sqrt(self.SUMMANDS)
         return total
 

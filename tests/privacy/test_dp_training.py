@@ -105,15 +105,16 @@ def test_resume_draws_the_secret_noise_the_checkpoint_holds(tmp_path, privacy):
     assert read(tmp_path / "cut", "privacy.json") == read(tmp_path / "copy", "privacy.json")
 
 
-def test_ghost_clipping_and_hooks_give_the_same_update(tmp_path):
+@pytest.mark.parametrize("mode", ["ghost", "bookkeeping"])
+def test_ghost_clipping_or_bookkeeping_and_hooks_give_the_same_update(tmp_path, mode):
     results = {}
-    for mode in ("ghost", "hooks"):
-        run_dir = tmp_path / mode
-        config = cnn({"mode": "dp-sgd", "grad_sample_mode": mode, "reproducible_noise": True}, server={"rounds": 1})
+    for each in (mode, "hooks"):
+        run_dir = tmp_path / each
+        config = cnn({"mode": "dp-sgd", "grad_sample_mode": each, "reproducible_noise": True}, server={"rounds": 1})
         Simulation(prepare_run(config), out_dir=run_dir).run()
-        results[mode] = load_file(str(run_dir / "model.safetensors"))
-    for name in results["ghost"]:
-        np.testing.assert_allclose(results["ghost"][name], results["hooks"][name], rtol=1e-4, atol=1e-5)
+        results[each] = load_file(str(run_dir / "model.safetensors"))
+    for name in results[mode]:
+        np.testing.assert_allclose(results[mode][name], results["hooks"][name], rtol=1e-4, atol=1e-5)
 
 
 def test_dp_fedavg_user_level_epsilon_matches_the_accountant(tmp_path):
@@ -253,3 +254,10 @@ def test_privacy_command_prints_the_plan(tmp_path, capsys):
     assert plan["mechanism"] == "dp-sgd" and len(plan["clients"]) == 4
     assert all(0.95 * 3.0 <= c["planned_epsilon"] <= 3.0 for c in plan["clients"])
     assert plan["noise_multiplier"]["min"] > 0
+
+
+def test_bookkeeping_on_a_model_with_a_trained_layer_it_has_no_rule_for_is_refused():
+    config = cnn({"mode": "dp-sgd", "grad_sample_mode": "bookkeeping"}, model={"arch": "vit"})
+    with pytest.raises(ConfigError, match="covers Linear and Conv2d") as info:
+        prepare_run(config)
+    assert info.value.key == "privacy.grad_sample_mode"

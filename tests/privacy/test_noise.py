@@ -39,6 +39,14 @@ def test_a_key_gives_one_stream_and_another_key_another(stream):
     assert not np.array_equal(stream(KEY).normal((64,), 1.0), stream(bytes(32)).normal((64,), 1.0))
 
 
+def test_the_secure_gaussian_is_the_scaled_sum_of_four_fresh_draws():
+    # the summands go through a reused buffer: the values must be those of four fresh standard_normal arrays
+    stream, reference = SecureStream(KEY), SecureStream(KEY).generator
+    for shape in ((7, 5), (100,), (3,), (2, 50)):  # a smaller shape after a larger reuses part of the buffer
+        expected = sum(reference.standard_normal(shape) for _ in range(4)) * (2.5 / 2)
+        np.testing.assert_array_equal(stream.normal(shape, 2.5), expected)
+
+
 def test_successive_draws_continue_the_stream():
     s = SecureStream(KEY)
     assert not np.array_equal(s.normal((16,), 1.0), s.normal((16,), 1.0))

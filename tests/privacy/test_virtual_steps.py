@@ -65,7 +65,7 @@ def test_physical_chunks_split_a_batch_in_order_into_even_chunks_of_at_most_the_
     assert physical_chunks(batch, 0) == [batch] and physical_chunks(batch, 23) == [batch]
 
 
-@pytest.mark.parametrize("mode", ["hooks", "ghost"])
+@pytest.mark.parametrize("mode", ["hooks", "ghost", "bookkeeping"])
 def test_a_chunked_step_equals_the_unchunked_step_with_the_same_noise(prepared, mode):
     whole, whole_loss = one_step(prepared, mode=mode, max_physical_batch_size=0)
     chunked, chunked_loss = one_step(prepared, mode=mode, max_physical_batch_size=5)
@@ -77,7 +77,7 @@ def test_a_chunked_step_equals_the_unchunked_step_with_the_same_noise(prepared, 
     assert chunked_loss == pytest.approx(whole_loss, rel=1e-6)  # the batch mean, not the last chunk's
 
 
-@pytest.mark.parametrize("mode", ["hooks", "ghost"])
+@pytest.mark.parametrize("mode", ["hooks", "ghost", "bookkeeping"])
 def test_chunks_of_one_example_still_clip_each_example(prepared, mode):
     whole, _ = one_step(prepared, mode=mode, max_physical_batch_size=0, size=7)
     chunked, _ = one_step(prepared, mode=mode, max_physical_batch_size=1, size=7)
@@ -101,6 +101,28 @@ def test_no_pass_holds_more_examples_than_the_physical_size(prepared, mode, monk
     monkeypatch.setattr(wrapper, "forward", recording)
     one_step(prepared, mode=mode, max_physical_batch_size=5)
     assert seen == [5, 5, 5, 4, 4]
+
+
+def test_no_bookkeeping_pass_holds_more_examples_than_the_physical_size(prepared, monkeypatch):
+    seen = []
+    cls = type(prepared.model.module)
+    forward = cls.forward
+
+    def recording(self, *args, **kwargs):
+        seen.append(len(next(iter(kwargs.values())) if kwargs else args[0]))
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, "forward", recording)
+    one_step(prepared, mode="bookkeeping", max_physical_batch_size=5)
+    assert seen == [5, 5, 5, 4, 4]
+
+
+def test_bookkeeping_and_hooks_give_the_same_step(prepared):
+    hooks, hooks_loss = one_step(prepared, mode="hooks", max_physical_batch_size=0)
+    bookkeeping, bookkeeping_loss = one_step(prepared, mode="bookkeeping", max_physical_batch_size=0)
+    for name in hooks:  # same clipping and the same noise values from the same stream
+        torch.testing.assert_close(bookkeeping[name], hooks[name], rtol=1e-5, atol=1e-6, msg=name)
+    assert bookkeeping_loss == pytest.approx(hooks_loss, rel=1e-6)
 
 
 def test_negative_max_physical_batch_size_is_refused():
