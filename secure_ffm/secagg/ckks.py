@@ -66,6 +66,13 @@ coarse for uniform weights.
 Headroom. A decrypted slot is correct only while ``|sum| * 2^scale_bits`` stays below half
 the data modulus (the product of all primes but the last, SEAL's special prime). A client
 checks ``|w * value| <= 2^headroom_bits / n`` for ``n`` participants, so no sum can wrap.
+At the default 8192 / [60, 60] / 2^40 the headroom is ``2^(60 - 40 - 2) = 2^18`` per slot of a
+sum (it was 2^98 with [60, 40, 40, 60], the default before 2026-12-05, whose middle primes
+aggregation never consumes). :meth:`CKKSProtocol.check_run` refuses, before a run starts, a
+federation whose weight slot alone can exceed it (FedAvg weights: ``n`` times the largest
+client's examples, so any round of more than 2^18 examples) with a ConfigError naming
+``secure_aggregation.ckks_scale_bits``; a client whose ``|w * delta|`` exceeds its share at run
+time declines and is left out of the round (recorded in the round's ``skipped_clients``).
 """
 
 from __future__ import annotations
@@ -133,8 +140,9 @@ class CKKSParameters:
 
     poly_modulus_degree: int = 8192
     """``N``: a ciphertext holds ``N/2`` values."""
-    coeff_mod_bit_sizes: tuple[int, ...] = (60, 40, 40, 60)
-    """Bit sizes of the modulus primes; the last is SEAL's special (key-switching) prime."""
+    coeff_mod_bit_sizes: tuple[int, ...] = (60, 60)
+    """Bit sizes of the modulus primes; the last is SEAL's special (key-switching) prime. The default, one 60-bit
+    data prime, leaves ``2^(60 - scale_bits - 2)`` of headroom (2^18 at scale 2^40); see the module's Headroom."""
     scale_bits: int = 40
     """``log2`` of the encoding scale; the noise of a slot is about ``N 2^-scale_bits``."""
 
@@ -563,7 +571,7 @@ class CKKSProtocol(AggregationProtocol):
     Parameters
     ----------
     parameters
-        The encryption parameters; ``None`` for the defaults (8192, [60, 40, 40, 60], 2^40).
+        The encryption parameters; ``None`` for the defaults (8192, [60, 60], 2^40).
     key_holder
         ``"clients"`` (a secret key shared by all clients; a client decrypts) or
         ``"authority"`` (clients hold the public key only; the authority decrypts).
@@ -611,11 +619,8 @@ class CKKSProtocol(AggregationProtocol):
             return
         needed_bits = math.ceil(math.log2(needed))
         best_scale = parameters.data_bits - 2 - needed_bits
-        fix = (
-            f"lower secure_aggregation.ckks_scale_bits to at most {best_scale}"
-            if best_scale >= 20
-            else "use larger data primes in secure_aggregation.ckks_coeff_mod_bit_sizes, e.g. [60, 40, 40, 60] with scale 40"
-        )
+        more_primes = "add a data prime to secure_aggregation.ckks_coeff_mod_bit_sizes, e.g. [60, 40, 60] with scale 40"
+        fix = f"lower secure_aggregation.ckks_scale_bits to at most {best_scale}, or {more_primes}" if best_scale >= 20 else more_primes
         raise ConfigError(
             "secure_aggregation.ckks_scale_bits",
             f"scale 2^{secure.ckks_scale_bits} leaves 2^{parameters.headroom_bits} of headroom below the data primes "
