@@ -205,6 +205,11 @@ class DistributedDPSGD(PrivacyMechanism):
     name = "distributed-dp-sgd"
     label = "distributed DP-SGD"
     auditable = False
+    replaces_trainer = True
+
+    def client_noise_multiplier(self, client: int) -> float:
+        """The noise multiplier of one client's own share (any ``min_shares`` of them carry the full z)."""
+        return self.noise_multiplier / math.sqrt(self.min_shares)
 
     @classmethod
     def protections(cls, privacy: PrivacyConfig) -> dict[str, Any]:

@@ -75,6 +75,8 @@ def test_mechanism_names_labels_plans_and_declares_what_it_replaces(name, data):
             "client": {"batch_size": 8},
             "server": {"rounds": 2},
             "privacy": {"mode": name, "target_epsilon": 4.0},
+            # every mechanism must work under secure aggregation; distributed noise needs it
+            "secure_aggregation": {"protocol": "masking"},
         }
     )
     mechanism = cls(config, data)
