@@ -46,9 +46,7 @@ from secure_ffm.engine.aggregation import Aggregate, AggregateStep
 from secure_ffm.engine.transforms import TransformContext, UpdateTransform
 from secure_ffm.engine.wire import ClientUpdate, NamedArrays
 from secure_ffm.privacy.noise import DISCRETE_SHARE, NoiseStream
-
-HALF_RING = 2**31
-"""Integer sums must stay inside [-2^31, 2^31): the masking ring Z_2^32, centred."""
+from secure_ffm.secagg.quantization import HALF_RING  # integer sums stay in [-2^31, 2^31): Z_2^32, centred
 
 BETA = math.exp(-0.5)
 """Conditional rounding's β (Kairouz et al. 2021 use e^-0.5): larger Δ2, fewer retries."""
