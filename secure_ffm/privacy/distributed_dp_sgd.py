@@ -51,13 +51,13 @@ from secure_ffm.models.base import EncodedData, FederatedModel
 from secure_ffm.privacy import accounting
 from secure_ffm.privacy.accounting import PrivacyLedger
 from secure_ffm.privacy.distributed import DiscreteGaussianSum, minimum_shares, split_arrays
+from secure_ffm.privacy.dp_sgd import EPSILON_SLACK
 from secure_ffm.privacy.mechanisms import PrivacyMechanism, check_extension, plan_header, spread
 from secure_ffm.privacy.noise import DISCRETE_SHARE, DP_SGD_SAMPLING, NOISE_SHARE, NoisePolicy, NoiseStream, PrivateRandomness
 
 log = logging.getLogger(__name__)
 
 STATE_KEY = "distributed_dp_sgd"
-EPSILON_SLACK = 1e-9
 PHYSICAL_BATCH = 256
 """Examples per forward/backward pass when computing per-example gradients, unless ``privacy.max_physical_batch_size``
 says otherwise (memory stays bounded)."""
