@@ -292,6 +292,12 @@ class AggregationProtocol(ABC):
     """True when the server learns only the aggregate, never a single client's update: the simulation then
     records the aggregate for the leakage audit (instead of each message) and the audit attacks the aggregate.
     False (the safe default) treats every message as a client's update in the clear."""
+    supports_integer_values: ClassVar[bool] = False
+    """True when :meth:`use_integer_values` makes the protocol sum integer-valued updates exactly (discrete noise)."""
+
+    def use_integer_values(self) -> None:
+        """Sum integer-valued updates exactly from now on; only protocols with :attr:`supports_integer_values`."""
+        raise NotImplementedError(f"protocol {self.name!r} cannot sum integer values exactly")
 
     @classmethod
     def from_config(cls, config: SecureAggregationConfig, *, seed: int) -> AggregationProtocol:

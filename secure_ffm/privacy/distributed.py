@@ -42,9 +42,9 @@ from typing import Any
 
 import numpy as np
 
-from secure_ffm.engine.aggregation import Aggregate, AggregateStep
+from secure_ffm.engine.aggregation import Aggregate, AggregateStep, VectorLayout
 from secure_ffm.engine.transforms import TransformContext, UpdateTransform
-from secure_ffm.engine.wire import ClientUpdate, NamedArrays
+from secure_ffm.engine.wire import ClientUpdate
 from secure_ffm.privacy.noise import DISCRETE_SHARE, NoiseStream
 from secure_ffm.secagg.quantization import HALF_RING  # integer sums stay in [-2^31, 2^31): Z_2^32, centred
 
@@ -162,9 +162,10 @@ def _share_sigma(z: float, t: int, delta2: float, dim: int) -> float:
 
     sigma = z * delta2 / math.sqrt(t)  # exact when the τ term vanishes
     for _ in range(10_000):
-        if rho(sigma) <= target:
+        current = rho(sigma)
+        if current <= target:
             return sigma
-        sigma *= 1.0 + 1e-6 if rho(sigma) < target * (1 + 1e-4) else 1.01
+        sigma *= 1.0 + 1e-6 if current < target * (1 + 1e-4) else 1.01
     raise ValueError(f"no share σ reaches z = {z} for t = {t} shares")  # pragma: no cover
 
 
@@ -178,24 +179,6 @@ def minimum_shares(config: Any) -> int:
         return int(secure.threshold)
     participants = config.server.clients_per_round or config.data.num_clients
     return graph.threshold_range(graph.neighbourhood_size(participants, secure.neighbours))[0]
-
-
-def flatten_arrays(arrays: NamedArrays) -> tuple[np.ndarray, list[tuple[str, tuple[int, ...]]]]:
-    """Sorted names' arrays as one float64 vector, and how to split it back."""
-    names = sorted(arrays)
-    layout = [(name, tuple(np.shape(arrays[name]))) for name in names]
-    flat = np.concatenate([np.asarray(arrays[name], dtype=np.float64).reshape(-1) for name in names]) if names else np.zeros(0)
-    return flat, layout
-
-
-def split_arrays(flat: np.ndarray, layout: list[tuple[str, tuple[int, ...]]]) -> NamedArrays:
-    out: NamedArrays = {}
-    offset = 0
-    for name, shape in layout:
-        size = math.prod(shape)
-        out[name] = flat[offset : offset + size].reshape(shape)
-        offset += size
-    return out
 
 
 class DiscreteGaussianShare(UpdateTransform):
@@ -214,7 +197,8 @@ class DiscreteGaussianShare(UpdateTransform):
             raise ValueError("discrete-gaussian-share needs the client's private randomness: its noise must be secret")
         if update.statistics:
             raise ValueError("discrete Gaussian shares cover the update only; statistics would travel without their noise")
-        flat, layout = flatten_arrays(update.delta)
+        layout = VectorLayout.of_arrays(update.delta)
+        flat = layout.flatten(update, 1.0)
         geometry: DiscreteGaussianSum = self.source.discrete_geometry(flat.size)
         # the client's own bound, whatever clip norm the server's instructions named
         norm = float(np.linalg.norm(flat))
@@ -222,7 +206,7 @@ class DiscreteGaussianShare(UpdateTransform):
             flat *= geometry.clip_norm / norm
         stream = context.randomness.stream(DISCRETE_SHARE, context.round)
         noised = geometry.integers(flat, stream=stream) + geometry.share(flat.size, stream=stream)
-        return ClientUpdate(update.client_id, update.round, split_arrays(noised, layout), update.num_examples, dict(update.metrics))
+        return ClientUpdate(update.client_id, update.round, layout.split(noised)[0], update.num_examples, dict(update.metrics))
 
 
 class ScaleDiscreteSum(AggregateStep):

@@ -35,7 +35,7 @@ import logging
 import math
 import time
 import warnings
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -43,14 +43,14 @@ import torch
 
 from secure_ffm.config import Config, PrivacyConfig
 from secure_ffm.data.base import FederatedData
-from secure_ffm.engine.aggregation import PROTOCOLS, Aggregate, AggregateStep, AggregationProtocol
+from secure_ffm.engine.aggregation import PROTOCOLS, Aggregate, AggregateStep, AggregationProtocol, VectorLayout
 from secure_ffm.engine.training import ClientDeclined, LocalExtras, LocalTrainer, TrainResult
 from secure_ffm.engine.wire import NamedArrays, Scalar
 from secure_ffm.errors import ConfigError
 from secure_ffm.models.base import EncodedData, FederatedModel
 from secure_ffm.privacy import accounting
 from secure_ffm.privacy.accounting import PrivacyLedger
-from secure_ffm.privacy.distributed import DiscreteGaussianSum, minimum_shares, split_arrays
+from secure_ffm.privacy.distributed import DiscreteGaussianSum, minimum_shares
 from secure_ffm.privacy.dp_sgd import EPSILON_SLACK
 from secure_ffm.privacy.mechanisms import PrivacyMechanism, check_extension, plan_header, spread
 from secure_ffm.privacy.noise import DISCRETE_SHARE, DP_SGD_SAMPLING, NOISE_SHARE, NoisePolicy, NoiseStream, PrivateRandomness
@@ -110,28 +110,16 @@ class DistributedDPSGDTrainer(LocalTrainer):
         ledger.record(noise_multiplier=mech.noise_multiplier, sample_rate=mech.sample_rate, steps=1)
         epsilon = ledger.epsilon()
         dp_state.update(ledger=ledger.to_json(), epsilon=epsilon, steps=ledger.steps, rounds=int(dp_state.get("rounds", 0)) + 1)
-        layout = [(name, tuple(global_parameters[name].shape)) for name, _ in named]
+        # the gradient rows' order (the trained parameters'), not the sorted one of :meth:`VectorLayout.of_arrays`
+        layout = VectorLayout(tuple((name, tuple(global_parameters[name].shape)) for name, _ in named), ())
         return TrainResult(
             num_examples=n,
             steps=1,
             train_loss=float("nan"),  # computed on the secret sample, it would leak beside the noised sum
             seconds=time.perf_counter() - start,
             extra={"epsilon": epsilon},
-            update=split_arrays(total, layout),
+            update=layout.split(total)[0],
         )
-
-
-class _Sink:
-    """Where clipped per-example gradient rows go: summed as reals, or rounded to integers one example at a time."""
-
-    def __init__(self, geometry: DiscreteGaussianSum | None, stream: NoiseStream) -> None:
-        self.geometry = geometry
-        self.stream = stream
-
-    def __call__(self, rows: np.ndarray) -> np.ndarray:
-        if self.geometry is None:
-            return rows.sum(axis=0)
-        return self.geometry.integers(rows, stream=self.stream)
 
 
 def clipped_gradient_sum(
@@ -229,7 +217,7 @@ class DistributedDPSGD(PrivacyMechanism):
         if config.continual is not None and config.continual.method == "ewc":
             raise ConfigError("continual.method", "EWC's importances are not shared by distributed DP-SGD", 'use "naive" or "replay"')
         p = config.privacy
-        self.discrete_mode = bool(getattr(protocol, "supports_integer_values", False))
+        self.discrete_mode = protocol.supports_integer_values
         self.accountant = "zcdp" if self.discrete_mode else p.accountant
         sizes = [len(ix) for ix in data.client_indices]
         self.total_examples = sum(sizes)
@@ -275,13 +263,17 @@ class DistributedDPSGD(PrivacyMechanism):
 
     def configure_protocol(self, protocol: AggregationProtocol) -> None:
         if self.discrete_mode:
-            protocol.use_integer_values()  # type: ignore[attr-defined]
+            protocol.use_integer_values()
 
     def trainer(self, base: LocalTrainer) -> LocalTrainer:
         return DistributedDPSGDTrainer(self)
 
-    def sink(self, dim: int, stream: NoiseStream) -> _Sink:
-        return _Sink(self.discrete_geometry(dim) if self.discrete_mode else None, stream)
+    def sink(self, dim: int, stream: NoiseStream) -> Callable[[np.ndarray], np.ndarray]:
+        """Where clipped per-example gradient rows go: summed as reals, or (masking) rounded one example at a time."""
+        if not self.discrete_mode:
+            return lambda rows: rows.sum(axis=0)
+        geometry = self.discrete_geometry(dim)
+        return lambda rows: geometry.integers(rows, stream=stream)
 
     def noise_share(self, size: int, *, stream: NoiseStream) -> np.ndarray:
         """This client's share: discrete (integer units) under masking, else N(0, (z C)^2 / t)."""

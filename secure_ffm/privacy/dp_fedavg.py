@@ -157,7 +157,7 @@ class DPFedAvg(PrivacyMechanism):
         self.discrete: DiscreteGaussianSum | None = None
         """The distributed discrete Gaussian's geometry, fixed by the first update's size (discrete mode)."""
         self.discrete_mode = p.noise_placement == "clients" and bool(
-            getattr(PROTOCOLS.get(config.secure_aggregation.protocol, key="secure_aggregation.protocol"), "supports_integer_values", False)
+            PROTOCOLS.get(config.secure_aggregation.protocol, key="secure_aggregation.protocol").supports_integer_values
         )
         """Client noise under a protocol that sums integers exactly (masking): discrete shares, accounted as zCDP."""
         self.accountant = "zcdp" if self.discrete_mode else p.accountant
@@ -248,7 +248,7 @@ class DPFedAvg(PrivacyMechanism):
 
     def configure_protocol(self, protocol: AggregationProtocol) -> None:
         if self.discrete_mode:
-            protocol.use_integer_values()  # type: ignore[attr-defined]
+            protocol.use_integer_values()
 
     def client_transforms(self) -> list[UpdateTransform]:
         p = self.config.privacy
