@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import numpy as np
 
+from secure_ffm.engine.codec import wire_record
 from secure_ffm.engine.wire import ClientMessage, ClientUpdate, NamedArrays
 from secure_ffm.variants import PROTOCOLS  # noqa: F401 (re-exported: the registry of aggregation protocols)
 
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
     from secure_ffm.data.base import FederatedData
 
 
+@wire_record
 @dataclass(frozen=True)
 class VectorLayout:
     """How named arrays become one flat vector: sorted delta names, sorted statistics, then the weight.

@@ -16,6 +16,8 @@ import numpy as np
 from safetensors.numpy import load as _st_load
 from safetensors.numpy import save as _st_save
 
+from secure_ffm.engine.codec import wire_record
+
 NamedArrays = dict[str, np.ndarray]
 Scalar = bool | int | float | str
 
@@ -49,6 +51,7 @@ def add(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> NamedArrays
     return {k: a[k] + b[k] for k in a}
 
 
+@wire_record
 @dataclass(frozen=True)
 class FitInstructions:
     """Server -> client: the global trainable parameters and this round's settings."""
@@ -87,6 +90,7 @@ class ClientUpdate:
         )
 
 
+@wire_record
 @dataclass(frozen=True)
 class ClientMessage:
     """Client -> server: what the aggregation protocol lets the server see.

@@ -102,6 +102,7 @@ from secure_ffm.engine.aggregation import (
     VectorLayout,
     check_envelope,
 )
+from secure_ffm.engine.codec import wire_record
 from secure_ffm.engine.wire import ClientMessage, ClientUpdate, NamedArrays
 from secure_ffm.errors import ConfigError
 
@@ -274,6 +275,7 @@ class CKKSKeyHolder:
 # --------------------------------------------------------------------------- wire records
 
 
+@wire_record
 @dataclass(frozen=True)
 class EncryptedAggregate:
     """Server -> decryptor: the homomorphic sum of a round's ciphertexts, as TenSEAL bytes."""
@@ -289,6 +291,7 @@ class EncryptedAggregate:
         return int(sum(len(c) for c in self.ciphertexts))
 
 
+@wire_record
 @dataclass(frozen=True)
 class DecryptedSums:
     """What the decryptor returns: the weighted sums and the total weight."""

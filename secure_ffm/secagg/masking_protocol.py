@@ -87,6 +87,7 @@ from secure_ffm.engine.aggregation import (
     VectorLayout,
     check_envelope,
 )
+from secure_ffm.engine.codec import wire_record
 from secure_ffm.engine.wire import ClientMessage, ClientUpdate, NamedArrays
 from secure_ffm.errors import ConfigError
 from secure_ffm.secagg import graph as graphs
@@ -123,6 +124,7 @@ class MaskingEncodeError(EncodingDeclined):
     """
 
 
+@wire_record
 @dataclass(frozen=True)
 class KeyRequest:
     """Stage 0, server -> each participant: the round and who takes part (the request to advertise keys)."""
@@ -131,6 +133,7 @@ class KeyRequest:
     participants: tuple[int, ...]
 
 
+@wire_record
 @dataclass(frozen=True)
 class AdvertiseKeys:
     """Stage 0, client -> server: the client's two fresh X25519 public keys (32 raw bytes each)."""
@@ -143,6 +146,7 @@ class AdvertiseKeys:
     """For the keys that encrypt Shamir shares sent to neighbours."""
 
 
+@wire_record
 @dataclass(frozen=True)
 class RoundSetup:
     """Stage 0, server -> clients: everything public about the round."""
@@ -167,6 +171,7 @@ class RoundSetup:
         return tuple(sorted(self.public_keys))
 
 
+@wire_record
 @dataclass(frozen=True)
 class EncryptedShare:
     """One sender's two Shamir shares for one recipient, AEAD-encrypted for that recipient only."""
@@ -178,6 +183,7 @@ class EncryptedShare:
     ciphertext: bytes
 
 
+@wire_record
 @dataclass(frozen=True)
 class ShareKeys:
     """Stage 1, client -> server: the client's encrypted shares, one per neighbour."""
@@ -190,6 +196,7 @@ class ShareKeys:
     seed it rebuilds from shares. The seed is 32 random bytes, so the hash reveals nothing about it."""
 
 
+@wire_record
 @dataclass(frozen=True)
 class UnmaskRequest:
     """Stage 3, server -> survivors: who the server claims survived and who dropped."""
@@ -199,6 +206,7 @@ class UnmaskRequest:
     dropped: tuple[int, ...]
 
 
+@wire_record
 @dataclass(frozen=True)
 class UnmaskResponse:
     """Stage 3, survivor -> server: serialized Shamir shares (``shamir.share_to_bytes``).

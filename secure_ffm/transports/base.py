@@ -17,12 +17,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from secure_ffm.engine.aggregation import Stage, StageReplies
+from secure_ffm.engine.codec import wire_record
 from secure_ffm.engine.wire import ClientMessage, FitInstructions
 
 FIT = "fit"
 """The stage that trains: the request is a :class:`FitRequest`, the reply a :class:`FitReply`."""
 
 
+@wire_record
 @dataclass(frozen=True)
 class FitRequest:
     """Server -> client: train from these instructions and send the encoded update."""

@@ -1,0 +1,239 @@
+"""A safe codec for what crosses a process boundary: protocol stages, fit requests and replies, client-side state.
+
+The in-process transport hands Python objects from the orchestrator to a client; a network transport (Flower's
+deployment engine, :mod:`secure_ffm.flower`) must turn the same objects into bytes and back on a machine that trusts
+nobody. Pickle would run whatever code the sender chose, so nothing here is pickled. :func:`pack` turns a value into
+JSON text plus named arrays (the arrays travel as Flower ``ArrayRecord`` entries, saved with ``numpy.save`` and
+``allow_pickle=False``); :func:`unpack` rebuilds it, and it rebuilds only:
+
+- JSON scalars, lists, tuples, sets, frozensets and dicts with any of these as keys;
+- ``bytes`` and NumPy arrays and scalars of a numeric or boolean dtype (never ``object``);
+- instances of the frozen dataclasses registered with :func:`wire_record` (the protocols' stage messages), built
+  through their constructors with exactly their declared fields, each field of a plain annotated type checked.
+
+Anything else raises :class:`CodecError` naming what it found, so a hostile peer gets a refusal, not code execution.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import math
+import typing
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+import numpy as np
+
+__all__ = ["CodecError", "pack", "unpack", "wire_record", "WIRE_RECORDS", "to_bytes", "from_bytes"]
+
+_T = TypeVar("_T", bound=type)
+
+WIRE_RECORDS: dict[str, type] = {}
+"""The dataclasses :func:`unpack` may build, by name (registered with :func:`wire_record`)."""
+
+_PLAIN = (bool, int, float, str, bytes)
+_ARRAY_KINDS = frozenset("biuf")  # bool, signed, unsigned, float: never object, string or void dtypes
+
+
+class CodecError(ValueError):
+    """A value that cannot be packed, or packed data that does not decode to an allowed value."""
+
+
+def wire_record(cls: _T) -> _T:
+    """Register a frozen dataclass as a value :func:`unpack` may build (use as a class decorator)."""
+    if not (dataclasses.is_dataclass(cls) and cls.__dataclass_params__.frozen):  # type: ignore[attr-defined]
+        raise TypeError(f"{cls.__name__} must be a frozen dataclass to cross the wire")
+    existing = WIRE_RECORDS.get(cls.__name__)
+    if existing is not None and existing is not cls:
+        raise TypeError(f"two wire records are named {cls.__name__}: {existing.__module__} and {cls.__module__}")
+    WIRE_RECORDS[cls.__name__] = cls
+    return cls
+
+
+class _Packer:
+    def __init__(self) -> None:
+        self.arrays: dict[str, np.ndarray] = {}
+
+    def _array(self, array: np.ndarray) -> str:
+        if array.dtype.kind not in _ARRAY_KINDS:
+            raise CodecError(f"an array of dtype {array.dtype} cannot cross the wire (numeric and boolean dtypes only)")
+        key = f"a{len(self.arrays)}"
+        self.arrays[key] = np.ascontiguousarray(array).reshape(array.shape)
+        return key
+
+    def pack(self, value: Any) -> Any:
+        if value is None or isinstance(value, bool | str):
+            return value
+        if isinstance(value, int):
+            return int(value)
+        if isinstance(value, float):
+            return value if math.isfinite(value) else {"$f": repr(value)}
+        if isinstance(value, bytes | bytearray | memoryview):
+            return {"$b": self._array(np.frombuffer(bytes(value), dtype=np.uint8))}
+        if isinstance(value, np.ndarray):
+            return {"$a": self._array(value)}
+        if isinstance(value, np.generic):
+            return {"$s": self._array(np.asarray(value))}
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            name = type(value).__name__
+            if WIRE_RECORDS.get(name) is not type(value):
+                raise CodecError(f"{type(value).__module__}.{name} is not a registered wire record")
+            return {"$c": name, "f": {f.name: self.pack(getattr(value, f.name)) for f in dataclasses.fields(value) if f.init}}
+        if isinstance(value, tuple):
+            return {"$t": [self.pack(v) for v in value]}
+        if isinstance(value, list):
+            return [self.pack(v) for v in value]
+        if isinstance(value, frozenset | set):
+            items = sorted(value, key=repr)  # a fixed order: the same value packs to the same bytes
+            return {"$fs" if isinstance(value, frozenset) else "$set": [self.pack(v) for v in items]}
+        if isinstance(value, Mapping):
+            return {"$d": [[self.pack(k), self.pack(v)] for k, v in value.items()]}
+        raise CodecError(f"a {type(value).__module__}.{type(value).__name__} cannot cross the wire")
+
+
+def pack(value: Any) -> tuple[str, dict[str, np.ndarray]]:
+    """``value`` as JSON text and the named arrays it refers to (bytes become uint8 arrays)."""
+    packer = _Packer()
+    tree = packer.pack(value)
+    return json.dumps(tree, separators=(",", ":"), allow_nan=False), packer.arrays
+
+
+def _hashable(value: Any) -> Any:
+    try:
+        hash(value)
+    except TypeError:
+        raise CodecError(f"a {type(value).__name__} cannot be a set member or a dict key") from None
+    return value
+
+
+class _Unpacker:
+    def __init__(self, arrays: Mapping[str, np.ndarray]) -> None:
+        self.arrays = arrays
+
+    def _array(self, key: Any) -> np.ndarray:
+        array = self.arrays.get(key) if isinstance(key, str) else None
+        if array is None:
+            raise CodecError(f"packed data refers to a missing array {key!r}")
+        array = np.asarray(array)
+        if array.dtype.kind not in _ARRAY_KINDS:
+            raise CodecError(f"packed array {key!r} has dtype {array.dtype} (numeric and boolean dtypes only)")
+        return array
+
+    def unpack(self, tree: Any) -> Any:
+        if tree is None or isinstance(tree, bool | int | float | str):
+            return tree
+        if isinstance(tree, list):
+            return [self.unpack(v) for v in tree]
+        if not isinstance(tree, dict) or len(tree) not in (1, 2):
+            raise CodecError(f"packed data holds an unexpected {type(tree).__name__}")
+        if "$c" in tree:
+            return self._record(tree)
+        if len(tree) != 1:
+            raise CodecError(f"packed data holds an unexpected object with keys {sorted(tree)}")
+        ((tag, body),) = tree.items()
+        if tag == "$f":
+            if body not in ("nan", "inf", "-inf"):
+                raise CodecError(f"packed data holds a float {body!r}")
+            return float(body)
+        if tag == "$b":
+            array = self._array(body)
+            if array.dtype != np.uint8 or array.ndim != 1:
+                raise CodecError(f"packed bytes {body!r} are not a flat uint8 array")
+            return array.tobytes()
+        if tag == "$a":
+            return self._array(body)
+        if tag == "$s":
+            array = self._array(body)
+            if array.ndim != 0:
+                raise CodecError(f"packed scalar {body!r} has shape {array.shape}")
+            return array[()]
+        if not isinstance(body, list):
+            raise CodecError(f"packed {tag} holds a {type(body).__name__}, not a list")
+        if tag == "$t":
+            return tuple(self.unpack(v) for v in body)
+        if tag in ("$fs", "$set"):
+            members = (_hashable(self.unpack(v)) for v in body)
+            return frozenset(members) if tag == "$fs" else set(members)
+        if tag == "$d":
+            out = {}
+            for pair in body:
+                if not isinstance(pair, list) or len(pair) != 2:
+                    raise CodecError("a packed dict entry is not a [key, value] pair")
+                out[_hashable(self.unpack(pair[0]))] = self.unpack(pair[1])
+            return out
+        raise CodecError(f"packed data holds an unknown tag {tag!r}")
+
+    def _record(self, tree: dict[str, Any]) -> Any:
+        name, fields = tree.get("$c"), tree.get("f")
+        cls = WIRE_RECORDS.get(name) if isinstance(name, str) else None
+        if cls is None:
+            raise CodecError(f"packed data names {name!r}, which is not a registered wire record")
+        if not isinstance(fields, dict):
+            raise CodecError(f"packed {name} has no field table")
+        declared = {f.name for f in dataclasses.fields(cls) if f.init}
+        required = {
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.init and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        }
+        if not required <= set(fields) <= declared:
+            raise CodecError(f"packed {name} has fields {sorted(fields)}; it takes {sorted(declared)} (required {sorted(required)})")
+        values = {k: self.unpack(v) for k, v in fields.items()}
+        hints = _plain_hints(cls)
+        for key, value in values.items():
+            expected = hints.get(key)
+            if expected is not None and not isinstance(value, expected):
+                raise CodecError(f"packed {name}.{key} is a {type(value).__name__}, not a {expected.__name__}")
+        try:
+            return cls(**values)
+        except (TypeError, ValueError) as error:
+            raise CodecError(f"packed {name} does not build: {error}") from None
+
+
+def _plain_hints(cls: type) -> dict[str, type]:
+    """The fields of ``cls`` annotated with a plain scalar type (int, float, str, bytes, bool), to check on decode."""
+    try:
+        hints = typing.get_type_hints(cls)
+    except (NameError, TypeError):
+        return {}
+    plain: dict[str, type] = {}
+    for key, hint in hints.items():
+        if hint in _PLAIN:
+            plain[key] = (int, float) if hint is float else hint  # type: ignore[assignment]
+    return plain
+
+
+def unpack(text: str | bytes, arrays: Mapping[str, np.ndarray]) -> Any:
+    """The value :func:`pack` turned into ``text`` and ``arrays``; refuses anything but the allowed types."""
+    try:
+        tree = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CodecError(f"packed data is not JSON: {error}") from None
+    return _Unpacker(arrays).unpack(tree)
+
+
+def to_bytes(value: Any) -> bytes:
+    """``value`` as one self-contained byte string (JSON with base64 arrays): for small values such as client-side state."""
+    text, arrays = pack(value)
+    table = {k: [a.dtype.str, list(a.shape), base64.b64encode(a.tobytes()).decode("ascii")] for k, a in arrays.items()}
+    return json.dumps({"v": text, "a": table}, separators=(",", ":")).encode()
+
+
+def from_bytes(data: bytes) -> Any:
+    """The value :func:`to_bytes` wrote."""
+    try:
+        document = json.loads(data)
+        arrays = {}
+        for key, (dtype, shape, encoded) in document["a"].items():
+            dt = np.dtype(dtype)
+            if dt.kind not in _ARRAY_KINDS:
+                raise CodecError(f"packed array {key!r} has dtype {dt}")
+            arrays[key] = np.frombuffer(base64.b64decode(encoded), dtype=dt).reshape(shape)
+        text = document["v"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as error:
+        if isinstance(error, CodecError):
+            raise
+        raise CodecError(f"packed bytes do not decode: {error}") from None
+    return unpack(text, arrays)
