@@ -219,6 +219,19 @@ class ClientRound(ABC):
         """The reply to one stage request; raise :class:`AggregationError` to refuse it (the server sees a dropout)."""
         raise AggregationError(f"{type(self).__name__} has no stage {stage!r}")
 
+    def export_state(self) -> Any:
+        """What this half holds between stages, as a value :mod:`secure_ffm.engine.codec` packs (round secrets included).
+
+        A transport whose client runs each stage in a fresh process (Flower's deployment engine) keeps it in the
+        client's own node state between the stages of a round and forgets it when the round ends; it never reaches
+        the server. A half without state between stages (this default) exports None."""
+        return None
+
+    def restore_state(self, state: Any) -> None:
+        """Take back what :meth:`export_state` returned, in a fresh half made by the same protocol for the same round."""
+        if state is not None:
+            raise AggregationError(f"{type(self).__name__} keeps no state between stages, but was handed some")
+
     @abstractmethod
     def encode(self, update: ClientUpdate, *, weight: float, rng: np.random.Generator | None = None, payload: Any = None) -> ClientMessage:
         """Turn a (transformed) update into the message the server receives.

@@ -48,6 +48,7 @@ from secure_ffm.run.audit import ObservationRecorder, list_observations
 from secure_ffm.run.checkpoint import Checkpoint
 from secure_ffm.run.writer import RunWriter, config_differences, read_metrics, read_run_config
 from secure_ffm.seeding import DROPOUT, INIT, PUBLIC_PHASE, derive_seed, generator
+from secure_ffm.transports.base import Transport
 from secure_ffm.transports.in_process import InProcessTransport
 
 log = logging.getLogger(__name__)
@@ -276,8 +277,10 @@ class Simulation:
         protocol: AggregationProtocol | None = None,
         transforms: UpdatePipeline | None = None,
         hooks: Sequence[RoundHooks] = (),
+        transport: Transport | None = None,
     ) -> None:
-        """``hooks`` are told what the server receives, beside the leakage audit's recorder."""
+        """``hooks`` are told what the server receives, beside the leakage audit's recorder; ``transport`` reaches the
+        clients (default: this process's, :class:`~secure_ffm.transports.in_process.InProcessTransport`)."""
         self.prepared = prepared
         self.config = prepared.config
         self.out_dir = Path(out_dir) if out_dir is not None else None
@@ -317,7 +320,7 @@ class Simulation:
         self.public = PublicPhase(prepared) if prepared.encoded_public is not None else None
         if self.schedule.needs_public and self.public is None:
             raise ConfigError("ffm.schedule", f'"{self.config.ffm.schedule}" needs public data, but the data left none for the server')
-        self.transport = InProcessTransport(
+        self.transport = transport or InProcessTransport(
             self.client,
             self.protocol,
             example_counts=[len(indices) for indices in prepared.data.client_indices],
@@ -489,12 +492,9 @@ class Simulation:
 
     def evaluate_clients(self) -> dict[int, dict[str, float]]:
         """The final global model on each client's own examples (Flower's federated evaluation)."""
-        ins = FitInstructions(round=self.config.server.rounds, parameters=self.server.parameters)
-        results = {}
-        for client_id in range(self.prepared.data.num_clients):
-            result = self.client(client_id).evaluate(ins, batch_size=self.config.server.eval_batch_size)
-            results[client_id] = {**result.as_dict(), "num_examples": result.num_examples}
-        return results
+        return self.transport.evaluate(
+            self.server.parameters, round=self.config.server.rounds, batch_size=self.config.server.eval_batch_size
+        )
 
     def summary(self, client_eval: Mapping[int, Mapping[str, float]] | None = None) -> dict[str, Any]:
         c = self.config

@@ -278,6 +278,38 @@ class MaskingClient(ClientRound):
         self._revealed: dict[int, str] = {}  # peer -> "self_seed" | "pair_key": what this client gave away
         self._round = -1
 
+    def export_state(self) -> dict[str, Any]:
+        """The round's secrets and what the client has seen and revealed, for a client that runs each stage in a fresh
+        process (kept in its own node state, never sent)."""
+        return {
+            "round": self._round,
+            "min_threshold": self.min_threshold,
+            "min_neighbours": self.min_neighbours,
+            "pair_key": keys.private_bytes(self._pair_key) if self._pair_key is not None else None,
+            "share_key": keys.private_bytes(self._share_key) if self._share_key is not None else None,
+            "self_seed": self._self_seed,
+            "setup": self._setup,
+            "held": dict(self._held),
+            "revealed": dict(self._revealed),
+        }
+
+    def restore_state(self, state: Any) -> None:
+        try:
+            self._round = operator.index(state["round"])
+            self.min_threshold = operator.index(state["min_threshold"])
+            self.min_neighbours = operator.index(state["min_neighbours"])
+            self._pair_key = keys.private_key_from_bytes(state["pair_key"]) if state["pair_key"] is not None else None
+            self._share_key = keys.private_key_from_bytes(state["share_key"]) if state["share_key"] is not None else None
+            self._self_seed = state["self_seed"]
+            setup = state["setup"]
+            if setup is not None and not isinstance(setup, RoundSetup):
+                raise TypeError(f"setup is a {type(setup).__name__}")
+            self._setup = setup
+            self._held = {operator.index(k): (bytes(v[0]), bytes(v[1])) for k, v in state["held"].items()}
+            self._revealed = {operator.index(k): str(v) for k, v in state["revealed"].items()}
+        except (KeyError, TypeError, ValueError, IndexError) as error:
+            raise AggregationError(f"client {self.client_id}: its saved masking state does not load: {error}") from None
+
     def expect(self, num_participants: int, *, threshold: int, neighbours: int) -> None:
         """Set the minimums from the client's configuration (``threshold``, ``neighbours``) for a round of this size:
         the neighbourhood the configured graph gives, and the configured ``t`` or else its strict majority."""

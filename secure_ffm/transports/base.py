@@ -18,7 +18,7 @@ from typing import Any
 
 from secure_ffm.engine.aggregation import Stage, StageReplies
 from secure_ffm.engine.codec import wire_record
-from secure_ffm.engine.wire import ClientMessage, FitInstructions
+from secure_ffm.engine.wire import ClientMessage, FitInstructions, NamedArrays
 
 FIT = "fit"
 """The stage that trains: the request is a :class:`FitRequest`, the reply a :class:`FitReply`."""
@@ -64,6 +64,11 @@ class Transport(ABC):
     @abstractmethod
     def fit(self, round: int, requests: Mapping[int, FitRequest]) -> Iterator[FitReply]:
         """Deliver the fit stage; yield each client's :class:`FitReply` as it arrives, so the server holds one at a time."""
+
+    @abstractmethod
+    def evaluate(self, parameters: NamedArrays, *, round: int, batch_size: int) -> dict[int, dict[str, float]]:
+        """Every client's evaluation of ``parameters`` on its own examples (Flower's federated evaluation):
+        ``{client: {"loss", "accuracy", "macro_f1", "num_examples"}}``; a client that cannot answer is left out."""
 
     def end_round(self, round: int) -> None:  # noqa: B027 (optional hook)
         """Forget the round's client halves (their round secrets); called when the round is over, aborted or not."""

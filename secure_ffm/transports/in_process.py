@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from secure_ffm.engine.aggregation import AggregationError, AggregationProtocol, ClientRound, EncodingDeclined, Stage, StageReplies
 from secure_ffm.engine.client import FederatedClient
 from secure_ffm.engine.training import ClientDeclined
+from secure_ffm.engine.wire import FitInstructions, NamedArrays
 from secure_ffm.transports.base import FitReply, FitRequest, Transport
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,14 @@ class InProcessTransport(Transport):
             yield reply
             if self.on_client_done is not None:
                 self.on_client_done(round, client_id)
+
+    def evaluate(self, parameters: NamedArrays, *, round: int, batch_size: int) -> dict[int, dict[str, float]]:
+        ins = FitInstructions(round=round, parameters=dict(parameters))
+        results = {}
+        for client_id in range(len(self._example_counts)):
+            result = self.make_client(client_id).evaluate(ins, batch_size=batch_size)
+            results[client_id] = {**result.as_dict(), "num_examples": result.num_examples}
+        return results
 
     def end_round(self, round: int) -> None:
         self._halves.clear()

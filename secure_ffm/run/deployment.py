@@ -1,0 +1,117 @@
+"""Runs across processes: the server's run over a :class:`~secure_ffm.transports.remote.Link`, and a node's client.
+
+The server side is the in-process runner (:class:`~secure_ffm.run.simulation.Simulation`: the same orchestrator,
+server, strategy, privacy mechanism, schedule, checkpoints and run directory) with a
+:class:`~secure_ffm.transports.remote.RemoteTransport` in place of the in-process one. A node builds the same run from
+the same configuration and keeps only its own partition's client (:func:`node_session`). With the same config and
+seed, a deployment samples the same clients, trains them on the same examples from the same initial weights, and so
+ends with the same model as ``secure-ffm train`` (tests/flower: bitwise for plaintext aggregation).
+
+What is not yet supported on a deployment is refused up front, naming the key (:func:`check_deployable`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from secure_ffm.config import Config
+from secure_ffm.errors import ConfigError
+from secure_ffm.run.simulation import RunObserver, Simulation, prepare_run
+from secure_ffm.transports.remote import Link, NodeSession, RemoteTransport, config_fingerprint
+
+log = logging.getLogger(__name__)
+
+DEPLOYABLE_PROTOCOLS = ("none", "masking")
+"""Protocols whose client half can be carried between a node's messages (CKKS needs its key set provisioned to the nodes)."""
+
+SERVER_LEDGER_MODES = ("none", "dp-fedavg")
+"""Privacy modes whose ledger is the server's (the client-level ledgers of DP-SGD live on the nodes: not yet gathered)."""
+
+
+def check_deployable(config: Config) -> None:
+    """Refuse, naming the key, what a deployment cannot run yet; everything else runs as in-process."""
+    if config.secure_aggregation.protocol not in DEPLOYABLE_PROTOCOLS:
+        raise ConfigError(
+            "secure_aggregation.protocol",
+            f"{config.secure_aggregation.protocol!r} does not run on a deployment yet",
+            f"use one of {', '.join(DEPLOYABLE_PROTOCOLS)}, or run it in-process with `secure-ffm train`",
+        )
+    if config.privacy.mode not in SERVER_LEDGER_MODES:
+        raise ConfigError(
+            "privacy.mode",
+            f"{config.privacy.mode!r} keeps each client's ledger on its node, which a deployment does not gather yet",
+            f"use one of {', '.join(SERVER_LEDGER_MODES)}, or run it in-process with `secure-ffm train`",
+        )
+    if config.secure_aggregation.dropout_rate:
+        raise ConfigError(
+            "secure_aggregation.dropout_rate",
+            "simulates dropouts in-process; on a deployment the nodes that really go away are the dropouts",
+            "set secure_aggregation.dropout_rate = 0",
+        )
+    if config.continual is not None:
+        raise ConfigError("continual", "continual runs do not run on a deployment yet", "run them with `secure-ffm train`")
+
+
+def server_run(config: Config, link: Link, *, out_dir: Path | None, observer: RunObserver | None = None) -> dict[str, Any]:
+    """The server's side of a deployed run: bind the nodes, then run every round through them; returns the summary."""
+    check_deployable(config)
+    prepared = prepare_run(config)
+    transport = RemoteTransport(link, fingerprint=config_fingerprint(config.to_toml()), num_clients=prepared.data.num_clients)
+    transport.connect()
+    simulation = Simulation(prepared, out_dir=out_dir, observer=observer, transport=transport)
+    return simulation.run()
+
+
+def node_session(config: Config, *, partition_id: int, num_partitions: int, state: dict[str, Any] | None = None) -> NodeSession:
+    """This node's client for ``config``: partition ``partition_id`` of ``num_partitions`` (raises ConfigError on a bad id).
+
+    ``state`` is what the node kept from its earlier messages (changed in place by the session)."""
+    check_deployable(config)
+    if num_partitions != config.data.num_clients:
+        raise ConfigError(
+            "num-partitions",
+            f"the node was started with num-partitions={num_partitions}, but the config has data.num_clients = {config.data.num_clients}",
+            f'start the SuperNode with --node-config "partition-id=K num-partitions={config.data.num_clients}"',
+        )
+    if not 0 <= partition_id < num_partitions:
+        raise ConfigError(
+            "partition-id",
+            f"{partition_id} is outside 0..{num_partitions - 1}",
+            f"use a partition-id below num-partitions={num_partitions}",
+        )
+    simulation = Simulation(prepare_run(config))
+    client_id = int(partition_id)
+
+    def make_client(client_state: dict[str, Any]):  # noqa: ANN202 - FederatedClient
+        simulation.client_states[client_id] = client_state
+        return simulation.client(client_id)
+
+    session_state = state if state is not None else {}
+    client_state = session_state.setdefault("client", {})
+    simulation.noise_policy.client(client_id, client_state)  # the node's secret, drawn on its first message
+    return NodeSession(
+        client_id=client_id,
+        make_client=make_client,
+        protocol=simulation.protocol,
+        fingerprint=config_fingerprint(config.to_toml()),
+        num_examples=len(simulation.training_indices(client_id)),
+        state=session_state,
+    )
+
+
+def partition_from_node_config(node_config: Mapping[str, Any]) -> tuple[int, int]:
+    """``(partition-id, num-partitions)`` from a SuperNode's ``--node-config``; a missing or non-integer one raises ConfigError."""
+    values = []
+    for key in ("partition-id", "num-partitions"):
+        value = node_config.get(key)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(
+                key,
+                f"the SuperNode's --node-config gives {key} = {value!r}, not an integer",
+                'start it with --node-config "partition-id=K num-partitions=N"',
+            )
+        values.append(int(value))
+    return values[0], values[1]

@@ -1,0 +1,308 @@
+"""Clients in other processes: the remote transport (server side) and the node session (client side).
+
+A deployment (Flower's SuperLink and SuperNodes, :mod:`secure_ffm.flower`) runs each client on its own node, often as a
+fresh process per message. The orchestrator does not change: :class:`RemoteTransport` is a
+:class:`~secure_ffm.transports.base.Transport` that packs each stage's requests with the safe codec
+(:mod:`secure_ffm.engine.codec`: JSON plus named arrays, no pickle) and hands them to a :class:`Link`, which carries
+bytes between the server and the nodes (Flower messages; in tests a direct call). On each node a
+:class:`NodeSession` unpacks the request, runs the same :class:`~secure_ffm.engine.client.FederatedClient` and protocol
+half as the in-process transport, and packs the reply.
+
+What a node keeps between messages lives in a plain dict the caller persists (Flower's ``context.state``, on the node):
+the client's private state (its noise secret, DP ledger, ...) and its protocol half of the current round (round secrets
+such as masking keys, :meth:`~secure_ffm.engine.aggregation.ClientRound.export_state`), dropped when a later round
+begins. None of it is sent to the server.
+
+The first message of a run (``hello``) binds each node to one client id: the node names the partition it holds and its
+number of examples, and proves it runs the server's configuration with a fingerprint of it (SHA-256 of the resolved
+config). A node whose fingerprint differs, whose partition is out of range or already taken, is refused by name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from secure_ffm.engine.aggregation import AggregationError, AggregationProtocol, ClientRound, EncodingDeclined, Stage, StageReplies
+from secure_ffm.engine.client import FederatedClient
+from secure_ffm.engine.codec import CodecError, pack, unpack
+from secure_ffm.engine.training import ClientDeclined
+from secure_ffm.engine.wire import ClientMessage, FitInstructions, NamedArrays
+from secure_ffm.errors import SecureFFMError
+from secure_ffm.transports.base import FitReply, FitRequest, Transport
+
+log = logging.getLogger(__name__)
+
+HELLO, STAGE, FIT, EVALUATE = "hello", "stage", "fit", "evaluate"
+"""The kinds of request a node answers."""
+
+Packed = tuple[str, NamedArrays]
+"""A packed value: JSON text and the named arrays it refers to (:func:`secure_ffm.engine.codec.pack`)."""
+
+
+class DeploymentError(SecureFFMError):
+    """The federation cannot run: a node is missing, refused, or runs another configuration."""
+
+
+def config_fingerprint(config_toml: str) -> str:
+    """SHA-256 of the resolved configuration (``Config.to_toml()``): server and nodes must agree on it."""
+    return hashlib.sha256(config_toml.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class LinkReply:
+    """What came back from one node: a packed reply, or the error it raised instead."""
+
+    node: int
+    packed: Packed | None = None
+    error: str | None = None
+
+
+class Link(ABC):
+    """Carries packed requests to nodes and brings back their replies (Flower's Grid; in tests, direct calls)."""
+
+    @abstractmethod
+    def nodes(self) -> list[int]:
+        """The nodes connected now."""
+
+    @abstractmethod
+    def request(self, kind: str, bodies: Mapping[int, Packed]) -> Iterator[LinkReply]:
+        """Send ``bodies[node]`` to each node; yield the replies as they arrive. A node that does not answer in time is
+        left out (the caller treats it as gone)."""
+
+
+@dataclass
+class NodeInfo:
+    node: int
+    client_id: int
+    num_examples: int
+
+
+class RemoteTransport(Transport):
+    """Reaches clients on other nodes through a :class:`Link`; call :meth:`connect` before the first round.
+
+    Parameters
+    ----------
+    link
+        Carries the packed requests.
+    fingerprint
+        The server's :func:`config_fingerprint`; every node must send the same in its ``hello``.
+    num_clients
+        The run's number of clients (``data.num_clients``): one node per client id ``0..num_clients-1``.
+    """
+
+    def __init__(self, link: Link, *, fingerprint: str, num_clients: int) -> None:
+        self.link = link
+        self.fingerprint = fingerprint
+        self.num_clients = num_clients
+        self.clients: dict[int, NodeInfo] = {}
+        """Client id -> its node, from the ``hello`` replies."""
+        self.refused: dict[int, str] = {}
+        """Node -> why it was refused at ``hello``."""
+
+    # ------------------------------------------------------------------ connection
+
+    def connect(self, *, required: int | None = None) -> dict[int, NodeInfo]:
+        """Ask every connected node which client it is; refuse those that do not fit. Raises DeploymentError when fewer
+        than ``required`` (default: every client) clients are bound."""
+        nodes = self.link.nodes()
+        body = pack({"fingerprint": self.fingerprint, "num_clients": self.num_clients})
+        for reply in self.link.request(HELLO, {node: body for node in nodes}):
+            try:
+                hello = self._decode(reply)
+                client_id, count, fingerprint = int(hello["client_id"]), int(hello["num_examples"]), str(hello["fingerprint"])
+            except (AggregationError, KeyError, TypeError, ValueError) as error:
+                self.refused[reply.node] = str(error)
+                log.error("node %d is refused: %s", reply.node, error)
+                continue
+            problem = None
+            if fingerprint != self.fingerprint:
+                problem = f"it runs another configuration (fingerprint {fingerprint[:12]}, the server's {self.fingerprint[:12]})"
+            elif not 0 <= client_id < self.num_clients:
+                problem = f"its partition {client_id} is outside 0..{self.num_clients - 1}"
+            elif client_id in self.clients:
+                problem = f"partition {client_id} is already held by node {self.clients[client_id].node}"
+            if problem is not None:
+                self.refused[reply.node] = problem
+                log.error("node %d is refused: %s", reply.node, problem)
+                continue
+            self.clients[client_id] = NodeInfo(reply.node, client_id, count)
+        for node in set(nodes) - {info.node for info in self.clients.values()} - set(self.refused):
+            self.refused[node] = "it did not answer the hello"
+        needed = self.num_clients if required is None else required
+        if len(self.clients) < needed:
+            missing = sorted(set(range(self.num_clients)) - set(self.clients))
+            refused = "; ".join(f"node {n}: {why}" for n, why in sorted(self.refused.items())) or "none refused"
+            raise DeploymentError(f"{len(self.clients)} of {self.num_clients} clients connected (missing partitions {missing}; {refused})")
+        return dict(self.clients)
+
+    def _decode(self, reply: LinkReply) -> Any:
+        if reply.error is not None:
+            raise AggregationError(f"node {reply.node} answered with an error: {reply.error}")
+        assert reply.packed is not None
+        try:
+            return unpack(*reply.packed)
+        except CodecError as error:
+            raise AggregationError(f"node {reply.node} sent a reply that does not decode: {error}") from None
+
+    def _client_of(self, node: int) -> int | None:
+        for client_id, info in self.clients.items():
+            if info.node == node:
+                return client_id
+        return None
+
+    # ------------------------------------------------------------------ Transport
+
+    def example_counts(self, clients: Sequence[int]) -> dict[int, int]:
+        return {int(c): self.clients[int(c)].num_examples for c in clients}
+
+    def _send(self, kind: str, bodies: Mapping[int, Any]) -> Iterator[tuple[int, Any]]:
+        """Pack ``bodies[client]``, send, and yield ``(client, decoded reply or AggregationError)`` for each answer."""
+        packed = {self.clients[c].node: pack(body) for c, body in bodies.items() if c in self.clients}
+        for reply in self.link.request(kind, packed):
+            client_id = self._client_of(reply.node)
+            if client_id is None or client_id not in bodies:
+                log.warning("a reply from node %d, which was not asked, is ignored", reply.node)
+                continue
+            try:
+                yield client_id, self._decode(reply)
+            except AggregationError as error:
+                yield client_id, error
+
+    def exchange(self, round: int, stage: Stage) -> StageReplies:
+        bodies = {c: {"round": round, "stage": stage.name, "request": request} for c, request in stage.requests.items()}
+        replies: dict[int, Any] = {}
+        for client_id, answer in self._send(STAGE, bodies):
+            if isinstance(answer, AggregationError):
+                log.warning("round %d: client %d is left out of the %s stage: %s", round, client_id, stage.name, answer)
+            else:
+                replies[client_id] = answer
+        return StageReplies(replies, frozenset(set(stage.requests) - set(replies)))
+
+    def fit(self, round: int, requests: Mapping[int, FitRequest]) -> Iterator[FitReply]:
+        answered = set()
+        for client_id, answer in self._send(FIT, {c: {"round": round, "request": r} for c, r in requests.items()}):
+            answered.add(client_id)
+            if isinstance(answer, AggregationError):
+                log.warning("round %d: client %d sent no update: %s", round, client_id, answer)
+                yield FitReply(client_id)
+            elif isinstance(answer, dict) and isinstance(answer.get("declined"), str):
+                yield FitReply(client_id, declined=answer["declined"])
+            elif isinstance(answer, dict) and isinstance(answer.get("message"), ClientMessage):
+                message = answer["message"]
+                if message.client_id != client_id or message.round != round:
+                    log.warning(
+                        "round %d: node %d (client %d) sent a message for client %d, round %d; it is ignored",
+                        round,
+                        self.clients[client_id].node,
+                        client_id,
+                        message.client_id,
+                        message.round,
+                    )
+                    yield FitReply(client_id)
+                else:
+                    yield FitReply(client_id, message)
+            else:
+                log.warning("round %d: client %d sent a fit reply of the wrong shape; it is ignored", round, client_id)
+                yield FitReply(client_id)
+        for client_id in sorted(set(requests) - answered):  # no answer in time: gone
+            yield FitReply(client_id)
+
+    def evaluate(self, parameters: NamedArrays, *, round: int, batch_size: int) -> dict[int, dict[str, float]]:
+        """Every connected client's evaluation of ``parameters`` on its own examples (Flower's federated evaluation)."""
+        body = {"round": round, "parameters": parameters, "batch_size": batch_size}
+        results = {}
+        for client_id, answer in self._send(EVALUATE, {c: body for c in self.clients}):
+            if isinstance(answer, AggregationError):
+                log.warning("client %d did not evaluate: %s", client_id, answer)
+            else:
+                results[client_id] = {str(k): float(v) for k, v in answer.items()}
+        return results
+
+
+# --------------------------------------------------------------------------- the node's side
+
+
+@dataclass
+class NodeSession:
+    """One node's client: answers the server's packed requests with the same client and protocol half as in-process.
+
+    Parameters
+    ----------
+    client_id
+        The partition this node holds.
+    make_client
+        Builds this node's :class:`FederatedClient` around a state dict (the client's private state).
+    protocol
+        The aggregation protocol (its client half runs here).
+    fingerprint
+        This node's :func:`config_fingerprint`, sent in ``hello``.
+    state
+        What the node keeps between messages; the caller persists it (it is changed in place).
+    """
+
+    client_id: int
+    make_client: Callable[[dict[str, Any]], FederatedClient]
+    protocol: AggregationProtocol
+    fingerprint: str
+    num_examples: int
+    state: dict[str, Any] = field(default_factory=dict)
+
+    def handle(self, kind: str, packed: Packed) -> Packed:
+        """The packed reply to one packed request; a refusal raises (the server sees this node drop out of the stage)."""
+        request = unpack(*packed)
+        if not isinstance(request, dict):
+            raise AggregationError(f"client {self.client_id} got a {kind} request that is not a table")
+        handler = {HELLO: self._hello, STAGE: self._stage, FIT: self._fit, EVALUATE: self._evaluate}.get(kind)
+        if handler is None:
+            raise AggregationError(f"client {self.client_id} got a request of unknown kind {kind!r}")
+        return pack(handler(request))
+
+    def _hello(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        return {"client_id": self.client_id, "num_examples": self.num_examples, "fingerprint": self.fingerprint}
+
+    def _client_state(self) -> dict[str, Any]:
+        return self.state.setdefault("client", {})
+
+    def _half(self, round: int) -> ClientRound:
+        """This client's protocol half for ``round``, restored from the node's state (a new round drops the last one's)."""
+        half = self.protocol.client_round(self.client_id, round)
+        saved = self.state.get("half")
+        if saved is not None and saved.get("round") == round:
+            half.restore_state(saved["state"])
+        return half
+
+    def _keep(self, round: int, half: ClientRound) -> None:
+        self.state["half"] = {"round": round, "state": half.export_state()}
+
+    def _stage(self, request: Mapping[str, Any]) -> Any:
+        round, stage = int(request["round"]), str(request["stage"])
+        half = self._half(round)
+        reply = half.handle(stage, request["request"])
+        self._keep(round, half)
+        return reply
+
+    def _fit(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        round, fit = int(request["round"]), request["request"]
+        if not isinstance(fit, FitRequest) or fit.instructions.round != round:
+            raise AggregationError(f"client {self.client_id} got a fit request that is not one for round {round}")
+        half = self._half(round)
+        try:
+            message = self.make_client(self._client_state()).fit(fit.instructions, encoder=half, payload=fit.payload)
+        except (ClientDeclined, EncodingDeclined) as reason:
+            self._keep(round, half)
+            return {"declined": str(reason)}
+        self._keep(round, half)
+        return {"message": message}
+
+    def _evaluate(self, request: Mapping[str, Any]) -> dict[str, float]:
+        parameters = {str(k): np.asarray(v) for k, v in request["parameters"].items()}
+        ins = FitInstructions(round=int(request["round"]), parameters=parameters)
+        result = self.make_client(self._client_state()).evaluate(ins, batch_size=int(request["batch_size"]))
+        return {**result.as_dict(), "num_examples": float(result.num_examples)}

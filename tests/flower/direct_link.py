@@ -1,0 +1,48 @@
+"""A :class:`Link` without Flower: each request rebuilds the node's client from its saved state, as a fresh process would."""
+
+from collections.abc import Callable, Iterator, Mapping
+
+from secure_ffm.config import Config
+from secure_ffm.engine.codec import from_bytes, to_bytes
+from secure_ffm.run.deployment import node_session
+from secure_ffm.transports.remote import Link, LinkReply, Packed
+
+
+class FreshProcessLink(Link):
+    """Node ``n`` holds partition ``partitions[n]``; its state crosses every message as bytes (Flower's context.state)."""
+
+    def __init__(
+        self,
+        config: Config,
+        partitions: Mapping[int, int],
+        *,
+        gone: Callable[[str, int], bool] = lambda kind, node: False,
+        configs: Mapping[int, Config] | None = None,
+    ):
+        """``configs[node]``: a node that runs another configuration than ``config``."""
+        self.config = config
+        self.configs = dict(configs or {})
+        self.partitions = dict(partitions)
+        self.saved: dict[int, bytes] = {node: to_bytes({}) for node in partitions}
+        self.gone = gone
+        self.kinds: list[str] = []
+
+    def nodes(self) -> list[int]:
+        return sorted(self.partitions)
+
+    def request(self, kind: str, bodies: Mapping[int, Packed]) -> Iterator[LinkReply]:
+        self.kinds.append(kind)
+        for node, body in bodies.items():
+            if self.gone(kind, node):
+                continue
+            state = from_bytes(self.saved[node])
+            config = self.configs.get(node, self.config)
+            try:
+                session = node_session(config, partition_id=self.partitions[node], num_partitions=config.data.num_clients, state=state)
+                reply = session.handle(kind, body)
+            except Exception as error:  # noqa: BLE001 - a node's error travels back as text, as Flower's Error does
+                yield LinkReply(node, error=f"{type(error).__name__}: {error}")
+                continue
+            finally:
+                self.saved[node] = to_bytes(state)
+            yield LinkReply(node, reply)

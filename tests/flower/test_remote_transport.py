@@ -1,0 +1,113 @@
+"""The remote transport and node sessions, through a link that rebuilds each node per message (no Flower processes)."""
+
+import json
+
+import numpy as np
+import pytest
+from direct_link import FreshProcessLink
+from safetensors.numpy import load_file
+
+from secure_ffm.config import load_config
+from secure_ffm.errors import ConfigError
+from secure_ffm.run.deployment import server_run
+from secure_ffm.run.simulation import Simulation, prepare_run, without_timings
+from secure_ffm.transports.remote import DeploymentError
+
+BASE = """\
+[run]
+seed = 5
+threads = 1
+[data]
+dataset = "digits"
+num_clients = 3
+partition = "iid"
+[model]
+arch = "cnn"
+finetune = "full"
+[client]
+batch_size = 16
+local_steps = 2
+[server]
+rounds = 2
+"""
+
+MASKING = '[secure_aggregation]\nprotocol = "masking"\n'
+REPRODUCIBLE = "[privacy]\nreproducible_noise = true\n"
+
+
+def config_of(tmp_path, text, name="c.toml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return load_config(path)
+
+
+def in_process(config, out):
+    return Simulation(prepare_run(config), out_dir=out).run()
+
+
+def rows(run):
+    return [without_timings(json.loads(line)) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def final_weights(run):
+    return load_file(str(run / "model.safetensors"))
+
+
+def test_plaintext_over_the_link_equals_the_in_process_run_bitwise(tmp_path):
+    config = config_of(tmp_path, BASE)
+    in_process(config, tmp_path / "local")
+    link = FreshProcessLink(config, {10: 2, 11: 0, 12: 1})
+    server_run(config, link, out_dir=tmp_path / "remote")
+    assert rows(tmp_path / "remote") == rows(tmp_path / "local")
+    local, remote = final_weights(tmp_path / "local"), final_weights(tmp_path / "remote")
+    assert all(np.array_equal(local[k], remote[k]) for k in local)
+
+
+def test_masking_over_the_link_carries_each_half_between_fresh_processes(tmp_path):
+    config = config_of(tmp_path, BASE + MASKING + REPRODUCIBLE)
+    in_process(config, tmp_path / "local")
+    link = FreshProcessLink(config, {0: 0, 1: 1, 2: 2})
+    server_run(config, link, out_dir=tmp_path / "remote")
+    assert link.kinds[:5] == ["hello", "stage", "stage", "fit", "stage"]  # advertise, share, fit, unmask
+    assert rows(tmp_path / "remote") == rows(tmp_path / "local")
+    local, remote = final_weights(tmp_path / "local"), final_weights(tmp_path / "remote")
+    assert all(np.array_equal(local[k], remote[k]) for k in local)  # the same secret streams: bitwise
+
+
+def test_a_node_gone_after_its_masked_input_is_recovered_by_the_survivors(tmp_path):
+    config = config_of(tmp_path, BASE.replace("num_clients = 3", "num_clients = 4") + MASKING + "threshold = 3\n")
+    fits = []
+
+    def gone(kind, node):
+        if kind == "fit":
+            fits.append(node)
+        return node == 3 and kind == "stage" and len(fits) >= 4  # node 3 sent its masked input, then vanished
+
+    link = FreshProcessLink(config, {0: 0, 1: 1, 2: 2, 3: 3}, gone=gone)
+    summary = server_run(config, link, out_dir=tmp_path / "remote")
+    history = rows(tmp_path / "remote")
+    assert history[0]["aborted"] is None and history[0]["clients"] == [0, 1, 2, 3]
+    assert summary["final"]["test_accuracy"] is not None and np.isfinite(summary["final"]["test_loss"])
+
+
+def test_a_node_of_another_configuration_is_refused_by_name(tmp_path):
+    config = config_of(tmp_path, BASE)
+    other = config_of(tmp_path, BASE.replace("local_steps = 2", "local_steps = 3"), "other.toml")
+
+    link = FreshProcessLink(config, {0: 0, 1: 1, 2: 2}, configs={2: other})
+    with pytest.raises(DeploymentError, match=r"node 2: it runs another configuration"):
+        server_run(config, link, out_dir=tmp_path / "remote")
+    assert not (tmp_path / "remote").exists()
+
+
+def test_a_node_with_a_partition_out_of_range_is_refused(tmp_path):
+    config = config_of(tmp_path, BASE)
+    link = FreshProcessLink(config, {0: 0, 1: 1, 2: 7})
+    with pytest.raises(DeploymentError, match=r"node 2 answered with an error: ConfigError: partition-id: 7 is outside 0..2"):
+        server_run(config, link, out_dir=tmp_path / "remote")
+
+
+def test_simulated_dropouts_are_refused_on_a_deployment(tmp_path):
+    config = config_of(tmp_path, BASE + MASKING + "dropout_rate = 0.3\n")
+    with pytest.raises(ConfigError, match="secure_aggregation.dropout_rate"):
+        server_run(config, FreshProcessLink(config, {0: 0}), out_dir=tmp_path / "remote")
