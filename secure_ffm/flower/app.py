@@ -1,0 +1,187 @@
+"""The Flower app: secure-ffm's orchestrator as a ``ServerApp``, its client as a ``ClientApp`` (Flower 1.41 Message API).
+
+``flwr run . <federation>`` (components in ``[tool.flwr.app]`` of pyproject.toml) starts :data:`server_app` on the
+SuperLink's side; each SuperNode runs :data:`client_app`. Every request of a round - the hello that binds a node to its
+partition, each stage of the aggregation protocol (masking's advertise/share/unmask), the fit request with its
+payload, the federated evaluation - is one Flower message whose content is the safe codec's packing
+(:mod:`secure_ffm.engine.codec`): the arrays as an ``ArrayRecord`` (``numpy.save`` without pickle), the rest as JSON
+text in a ``ConfigRecord``. Nothing is pickled.
+
+Run config (``flwr run . fed --run-config 'config="..." out="..."'``, read by the ServerApp):
+
+``config``
+    Path of the run's TOML config (on the server's machine).
+``set``
+    ``;``-separated ``SECTION.KEY=VALUE`` overrides, as ``secure-ffm train --set``.
+``out``
+    The run directory the ServerApp writes (on the server's machine).
+``timeout``
+    Seconds the server waits for the replies of one request (default 600); a node silent that long is a dropout.
+
+Node config (``flower-supernode --node-config "partition-id=0 num-partitions=3 config='/path/on/the/node.toml'"``):
+
+``partition-id``, ``num-partitions``
+    The partition of the configured dataset this node holds (its data never leaves the node).
+``config``
+    The node's own copy of the config. The node's privacy settings (DP, the masking threshold it accepts) must be
+    the node's, not the server's: the node loads this file and the server refuses it at the hello unless both
+    configs resolve to the same fingerprint. Without it the node runs the server's ``config``/``set`` (loopback
+    demos only; a warning says so).
+
+A node keeps its client state and its protocol half of the current round in ``context.state`` (on the node, never
+sent): Flower starts a fresh ClientApp process for each message.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+
+from secure_ffm.config import Config, load_config
+from secure_ffm.engine.codec import from_bytes, to_bytes
+from secure_ffm.transports.remote import EVALUATE, FIT, HELLO, STAGE, Link, LinkReply, Packed
+
+log = logging.getLogger(__name__)
+
+MESSAGE_TYPES = {HELLO: "query.hello", STAGE: "query.stage", FIT: "train.fit", EVALUATE: "evaluate.evaluate"}
+"""Flower message type of each request kind (``<category>.<action>``)."""
+KINDS = {v: k for k, v in MESSAGE_TYPES.items()}
+STATE_KEY = "secure_ffm"
+"""The ``context.state`` record that holds the node's state between messages."""
+POLL_SECONDS = 0.2
+DEFAULT_TIMEOUT = 600.0
+
+
+# --------------------------------------------------------------------------- records
+
+
+def to_record(packed: Packed, kind: str) -> RecordDict:
+    text, arrays = packed
+    record = ArrayRecord(array_dict={k: Array.from_numpy_ndarray(np.ascontiguousarray(v)) for k, v in arrays.items()})
+    return RecordDict({"arrays": record, "meta": ConfigRecord({"kind": kind, "json": text})})
+
+
+def from_record(content: RecordDict) -> tuple[str, Packed]:
+    meta = content.config_records.get("meta")
+    arrays = content.array_records.get("arrays")
+    if meta is None or arrays is None or not isinstance(meta.get("json"), str) or not isinstance(meta.get("kind"), str):
+        raise ValueError("the message is not a secure-ffm request (no meta/arrays records)")
+    return str(meta["kind"]), (str(meta["json"]), {k: v.numpy() for k, v in arrays.items()})
+
+
+def overrides(text: str) -> list[str]:
+    """``secure-ffm train --set`` overrides from the run config's ``set`` (``;``-separated)."""
+    return [part.strip() for part in text.split(";") if part.strip()]
+
+
+def run_config_value(run_config: Mapping[str, Any], key: str, default: Any = None) -> Any:
+    value = run_config.get(key, default)
+    return default if value == "" else value
+
+
+# --------------------------------------------------------------------------- server
+
+
+class FlowerLink(Link):
+    """Carries packed requests as Flower messages through the ServerApp's Grid, streaming replies as they arrive."""
+
+    def __init__(self, grid: Grid, *, timeout: float = DEFAULT_TIMEOUT, poll_seconds: float = POLL_SECONDS) -> None:
+        self.grid = grid
+        self.timeout = float(timeout)
+        self.poll_seconds = float(poll_seconds)
+        self.bytes_sent = 0
+
+    def nodes(self) -> list[int]:
+        return sorted(int(n) for n in self.grid.get_node_ids())
+
+    def request(self, kind: str, bodies: Mapping[int, Packed]) -> Iterator[LinkReply]:
+        messages = [Message(to_record(body, kind), dst_node_id=node, message_type=MESSAGE_TYPES[kind]) for node, body in bodies.items()]
+        pending = set(self.grid.push_messages(messages))
+        del messages
+        deadline = time.monotonic() + self.timeout
+        while pending and time.monotonic() < deadline:
+            replies = list(self.grid.pull_messages(pending))
+            for reply in replies:
+                pending.discard(reply.metadata.reply_to_message_id)
+                node = int(reply.metadata.src_node_id)
+                if reply.has_error():
+                    yield LinkReply(node, error=str(reply.error.reason))
+                    continue
+                try:
+                    _, packed = from_record(reply.content)
+                except (ValueError, KeyError, TypeError) as error:
+                    yield LinkReply(node, error=f"malformed reply: {error}")
+                    continue
+                yield LinkReply(node, packed)
+            if pending and not replies:
+                time.sleep(self.poll_seconds)
+        if pending:
+            log.warning("%d node(s) did not answer the %s request within %.0f s", len(pending), kind, self.timeout)
+
+
+server_app = ServerApp()
+
+
+@server_app.main()
+def server_main(grid: Grid, context: Context) -> None:
+    """Load the run's config, bind the nodes, run every round through them and write the run directory."""
+    from secure_ffm.run.deployment import server_run
+
+    run_config = context.run_config
+    config_path = run_config_value(run_config, "config")
+    out = run_config_value(run_config, "out")
+    if not config_path or not out:
+        raise ValueError('the run config needs config="PATH.toml" and out="RUN_DIR" (flwr run . FEDERATION --run-config ...)')
+    config = load_config(str(config_path), overrides=overrides(str(run_config_value(run_config, "set", ""))))
+    link = FlowerLink(grid, timeout=float(run_config_value(run_config, "timeout", DEFAULT_TIMEOUT)))
+    summary = server_run(config, link, out_dir=Path(str(out)))
+    log.info("run directory %s: %s", out, summary["final"])
+
+
+# --------------------------------------------------------------------------- client
+
+
+def node_config(context: Context) -> Config:
+    """The node's own config (node config ``config``), or else the server's run config (loopback demos)."""
+    own = context.node_config.get("config")
+    if own:
+        return load_config(str(own))
+    log.warning("node %s has no config of its own (--node-config config=...): it runs the server's", context.node_id)
+    run_config = context.run_config
+    return load_config(str(run_config_value(run_config, "config")), overrides=overrides(str(run_config_value(run_config, "set", ""))))
+
+
+def handle(message: Message, context: Context) -> Message:
+    """One request on this node: rebuild the node's client from ``context.state``, answer, save the state back."""
+    from secure_ffm.run.deployment import node_session, partition_from_node_config
+
+    kind, packed = from_record(message.content)
+    record = context.state.config_records.get(STATE_KEY)
+    state = from_bytes(record["state"]) if record is not None else {}  # type: ignore[arg-type]
+    partition_id, num_partitions = partition_from_node_config(context.node_config)
+    config = node_config(context)
+    if config.run.threads == 0:
+        import torch
+
+        torch.set_num_threads(1)  # one client per process: spinning threads only wait on each other
+    try:
+        session = node_session(config, partition_id=partition_id, num_partitions=num_partitions, state=state)
+        reply = session.handle(kind, packed)
+    finally:
+        context.state.config_records[STATE_KEY] = ConfigRecord({"state": to_bytes(state)})
+    return Message(to_record(reply, kind), reply_to=message)
+
+
+client_app = ClientApp()
+client_app.query("hello")(handle)
+client_app.query("stage")(handle)
+client_app.train("fit")(handle)
+client_app.evaluate("evaluate")(handle)
