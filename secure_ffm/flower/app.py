@@ -164,19 +164,21 @@ def handle(message: Message, context: Context) -> Message:
     from secure_ffm.run.deployment import node_session, partition_from_node_config
 
     kind, packed = from_record(message.content)
-    record = context.state.config_records.get(STATE_KEY)
-    state = from_bytes(record["state"]) if record is not None else {}  # type: ignore[arg-type]
     partition_id, num_partitions = partition_from_node_config(context.node_config)
     config = node_config(context)
     if config.run.threads == 0:
         import torch
 
         torch.set_num_threads(1)  # one client per process: spinning threads only wait on each other
+    # built first: it imports the configured protocol, whose stage messages the saved state holds
+    session = node_session(config, partition_id=partition_id, num_partitions=num_partitions)
+    record = context.state.config_records.get(STATE_KEY)
+    if record is not None:
+        session.state.update(from_bytes(record["state"]))  # type: ignore[arg-type]
     try:
-        session = node_session(config, partition_id=partition_id, num_partitions=num_partitions, state=state)
         reply = session.handle(kind, packed)
     finally:
-        context.state.config_records[STATE_KEY] = ConfigRecord({"state": to_bytes(state)})
+        context.state.config_records[STATE_KEY] = ConfigRecord({"state": to_bytes(session.state)})
     return Message(to_record(reply, kind), reply_to=message)
 
 

@@ -60,15 +60,16 @@ def server_run(config: Config, link: Link, *, out_dir: Path | None, observer: Ru
     check_deployable(config)
     prepared = prepare_run(config)
     transport = RemoteTransport(link, fingerprint=config_fingerprint(config.to_toml()), num_clients=prepared.data.num_clients)
-    transport.connect()
-    simulation = Simulation(prepared, out_dir=out_dir, observer=observer, transport=transport)
+    simulation = Simulation(prepared, out_dir=out_dir, observer=observer, transport=transport)  # writes nothing yet
+    transport.connect()  # after the protocol is built: its stage messages must be registered before a reply decodes
     return simulation.run()
 
 
 def node_session(config: Config, *, partition_id: int, num_partitions: int, state: dict[str, Any] | None = None) -> NodeSession:
     """This node's client for ``config``: partition ``partition_id`` of ``num_partitions`` (raises ConfigError on a bad id).
 
-    ``state`` is what the node kept from its earlier messages (changed in place by the session)."""
+    ``state`` is what the node kept from its earlier messages (changed in place by the session). Build the session before
+    decoding a saved state: building it imports the configured protocol, whose stage messages the state may hold."""
     check_deployable(config)
     if num_partitions != config.data.num_clients:
         raise ConfigError(
@@ -89,16 +90,13 @@ def node_session(config: Config, *, partition_id: int, num_partitions: int, stat
         simulation.client_states[client_id] = client_state
         return simulation.client(client_id)
 
-    session_state = state if state is not None else {}
-    client_state = session_state.setdefault("client", {})
-    simulation.noise_policy.client(client_id, client_state)  # the node's secret, drawn on its first message
     return NodeSession(
         client_id=client_id,
         make_client=make_client,
         protocol=simulation.protocol,
         fingerprint=config_fingerprint(config.to_toml()),
         num_examples=len(simulation.training_indices(client_id)),
-        state=session_state,
+        state=state if state is not None else {},
     )
 
 
