@@ -267,21 +267,31 @@ class LoopbackFederation:
         except (ValueError, KeyError, TypeError):
             raise FederationError(f"flwr run failed: {(done.stdout + done.stderr).strip()[-600:]}") from None
 
-    def status(self, run_id: int) -> str:
-        """The run's status as ``flwr ls`` reports it (e.g. ``running``, ``finished:completed``, ``finished:failed``)."""
+    def _run_row(self, run_id: int) -> dict[str, Any]:
         done = self.flwr("ls", CONNECTION, "--run-id", str(run_id), "--format", "json")
         try:
-            runs = json.loads(done.stdout)["runs"]
-            return str(runs[0]["status"])
+            return dict(json.loads(done.stdout)["runs"][0])
         except (ValueError, KeyError, TypeError, IndexError):
             raise FederationError(f"flwr ls failed: {(done.stdout + done.stderr).strip()[-600:]}") from None
+
+    def status(self, run_id: int) -> str:
+        """The run's status as ``flwr ls`` reports it (e.g. ``running``, ``finished:completed``, ``finished:failed``)."""
+        return str(self._run_row(run_id)["status"])
+
+    def details(self, run_id: int) -> str:
+        """What Flower says about the run's end (the ServerApp's exception for ``finished:failed``)."""
+        return " ".join(str(self._run_row(run_id).get("status-details", "")).split())
+
+    def check_alive(self) -> None:
+        """Raise FederationError when the SuperLink has exited."""
+        if self.superlink is not None and self.superlink.poll() is not None:
+            raise FederationError(f"the SuperLink exited with code {self.superlink.returncode} (see {self.logs / 'superlink.log'})")
 
     def wait(self, run_id: int, *, timeout: float, poll: float = 1.0) -> str:
         """Wait until the run finishes; returns its final status (raises FederationError on timeout or a dead SuperLink)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.superlink is not None and self.superlink.poll() is not None:
-                raise FederationError(f"the SuperLink exited with code {self.superlink.returncode} (see {self.logs / 'superlink.log'})")
+            self.check_alive()
             status = self.status(run_id)
             if status.startswith("finished"):
                 return status

@@ -135,6 +135,33 @@ def train_command(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("deploy")
+def deploy_command(args: argparse.Namespace) -> int:
+    """Run a config on a loopback Flower federation (SuperLink + one SuperNode per client) into a run directory."""
+    from secure_ffm.config import check_local_paths, load_config
+    from secure_ffm.flower.deploy import deploy
+    from secure_ffm.run.deployment import check_deployable
+
+    if args.out is not None and not args.out.strip():
+        raise ConfigError("--out", "is empty", "pass a directory, e.g. --out runs/my-deployment")
+    if not args.timeout > 0:
+        raise ConfigError("--timeout", f"{args.timeout} is not a positive number of seconds", "e.g. --timeout 600")
+    config = load_config(args.config, overrides=args.set)
+    check_local_paths(config, beside=Path(args.config).parent)
+    check_deployable(config)
+    out_dir = Path(args.out) if args.out else _default_out_dir(config.run.name)
+    check_out_dir(out_dir, resume=False)
+    if args.insecure:
+        logging.getLogger("secure_ffm").warning("--insecure: no TLS and no SuperNode authentication; use it on loopback only")
+    summary = deploy(config, out_dir=out_dir, secure=not args.insecure, timeout=args.timeout, progress=not args.quiet)
+    print(
+        f"{config.run.name}: {_scores(summary['final'])} after {summary['rounds']} rounds on {config.data.num_clients} SuperNodes "
+        f"({'insecure' if args.insecure else 'TLS, node authentication'})\n"
+        f"run directory: {out_dir}"
+    )
+    return 0
+
+
 @command("privacy")
 def privacy_command(args: argparse.Namespace) -> int:
     """Print the noise multiplier a config implies and the ε it reaches, before any training; with ``--recommend``,
@@ -281,6 +308,23 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", help="run directory (default: runs/<run.name>-<timestamp>)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    deploy = sub.add_parser(
+        "deploy",
+        help="run a config on a loopback Flower federation: a SuperLink and one SuperNode per client, as real processes",
+        description="Starts flower-superlink and one flower-supernode per client on free loopback ports (TLS with a fresh test "
+        "CA and SuperNode authentication unless --insecure), runs the config through them with the same orchestrator, "
+        "protocols and mechanisms as `secure-ffm train`, writes the usual run directory (with the Flower logs in "
+        "flower-logs/), and stops every process. See docs/deployment.md for real machines.",
+    )
+    deploy.add_argument("config", help="path of the TOML config")
+    deploy.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value (repeatable)")
+    deploy.add_argument("--out", help="run directory (default: runs/<run.name>-<timestamp>)")
+    deploy.add_argument("--insecure", action="store_true", help="no TLS and no SuperNode authentication (loopback debugging only)")
+    deploy.add_argument(
+        "--timeout", type=float, default=600.0, metavar="S", help="seconds the server waits for one request's replies (default 600)"
+    )
+    deploy.add_argument("--quiet", action="store_true", help="no progress bar")
 
     privacy = sub.add_parser("privacy", help="print the noise multiplier and ε a config implies, before training")
     privacy.add_argument("config", help="path of the TOML config")

@@ -1,0 +1,108 @@
+"""``secure-ffm deploy``: a config run on a loopback Flower federation of real processes, into the usual run directory.
+
+One SuperLink and one SuperNode per client (``data.num_clients``) start on free loopback ports
+(:class:`~secure_ffm.flower.launch.LoopbackFederation`), with TLS and SuperNode authentication unless ``insecure``. The
+resolved config is written once and handed to the server (run config ``config``) and to every node (node config
+``config``), so the fingerprints agree; each node holds partition ``k`` of ``num_clients``. The ServerApp writes the run
+directory as ``secure-ffm train`` does; the Flower processes' logs are copied into ``OUT/flower-logs/``. Every process
+is stopped at the end, on failure and on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from secure_ffm.config import Config
+from secure_ffm.flower.launch import FederationError, LoopbackFederation
+from secure_ffm.run.deployment import check_deployable
+
+log = logging.getLogger(__name__)
+
+MAX_LOOPBACK_NODES = 64
+"""More SuperNodes than this on one machine is not what a loopback federation is for."""
+
+
+def node_configs(config_path: Path, num_clients: int) -> list[dict[str, Any]]:
+    return [{"partition-id": k, "num-partitions": num_clients, "config": str(config_path)} for k in range(num_clients)]
+
+
+def deploy(
+    config: Config,
+    *,
+    out_dir: Path,
+    secure: bool = True,
+    timeout: float = 600.0,
+    run_timeout: float = 24 * 3600.0,
+    progress: bool = True,
+    work_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Run ``config`` on a loopback federation; returns the run's summary (``OUT/summary.json``).
+
+    ``timeout``: seconds the server waits for the replies of one request before it counts a node as gone;
+    ``run_timeout``: seconds the whole run may take. Raises FederationError when the run fails."""
+    check_deployable(config)
+    n = config.data.num_clients
+    if n > MAX_LOOPBACK_NODES:
+        from secure_ffm.errors import ConfigError
+
+        raise ConfigError(
+            "data.num_clients",
+            f"{n} clients would start {n} SuperNodes on this machine (at most {MAX_LOOPBACK_NODES} on loopback)",
+            "use fewer clients, or run SuperNodes on their own machines (docs/deployment.md)",
+        )
+    out_dir = Path(out_dir).resolve()
+    work = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="secure-ffm-deploy-"))
+    config_path = work / "config.toml"
+    work.mkdir(parents=True, exist_ok=True)
+    config_path.write_text(config.to_toml())
+    federation = LoopbackFederation(work, node_configs(config_path, n), secure=secure)
+    try:
+        with federation:
+            log.info(
+                "SuperLink on 127.0.0.1:%d with %d SuperNodes (%s)",
+                federation.port,
+                n,
+                "TLS, node authentication" if secure else "insecure",
+            )
+            run_id = federation.submit({"config": str(config_path), "out": str(out_dir), "timeout": float(timeout)})
+            status = _wait_with_progress(federation, run_id, out_dir, rounds=config.server.rounds, timeout=run_timeout, progress=progress)
+            if status != "finished:completed":
+                raise FederationError(f"the run ended {status}: {federation.details(run_id) or 'see ' + str(out_dir / 'flower-logs')}")
+    finally:
+        if out_dir.exists():
+            shutil.copytree(federation.logs, out_dir / "flower-logs", dirs_exist_ok=True)
+        if work_dir is None:
+            shutil.rmtree(work, ignore_errors=True)  # the keys and certificates go with it
+    return json.loads((out_dir / "summary.json").read_text())
+
+
+def _wait_with_progress(federation: LoopbackFederation, run_id: int, out_dir: Path, *, rounds: int, timeout: float, progress: bool) -> str:
+    """Wait for the run, drawing a rounds bar from the run directory's ``metrics.jsonl`` as the server appends to it."""
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=rounds, desc="rounds (deployment)", unit="round")
+    deadline = time.monotonic() + timeout
+    metrics = out_dir / "metrics.jsonl"
+    try:
+        while time.monotonic() < deadline:
+            if bar is not None and metrics.exists():
+                done = sum(1 for line in metrics.read_text().splitlines() if line.strip())
+                if done > bar.n:
+                    bar.update(done - bar.n)
+            status = federation.status(run_id)
+            if status.startswith("finished"):
+                return status
+            federation.check_alive()
+            time.sleep(1.0)
+    finally:
+        if bar is not None:
+            bar.close()
+    raise FederationError(f"run {run_id} did not finish within {timeout:.0f} s")
