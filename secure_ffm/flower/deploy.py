@@ -72,6 +72,8 @@ def deploy(
             )
             run_id = federation.submit({"config": str(config_path), "out": str(out_dir), "timeout": float(timeout)})
             status = _wait_with_progress(federation, run_id, out_dir, rounds=config.server.rounds, timeout=run_timeout, progress=progress)
+            if out_dir.exists():  # Flower's own account of the run: status, network traffic, compute time
+                (federation.logs / "run.json").write_text(json.dumps(federation.run_info(run_id), indent=1) + "\n")
             if status != "finished:completed":
                 raise FederationError(f"the run ended {status}: {federation.details(run_id) or 'see ' + str(out_dir / 'flower-logs')}")
     finally:

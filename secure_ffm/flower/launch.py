@@ -53,6 +53,7 @@ dependencies = []
 
 [tool.flwr.app]
 publisher = "secure-ffm"
+fab-include = ["pyproject.toml"]
 
 [tool.flwr.app.components]
 serverapp = "secure_ffm.flower.app:server_app"
@@ -273,6 +274,10 @@ class LoopbackFederation:
             return dict(json.loads(done.stdout)["runs"][0])
         except (ValueError, KeyError, TypeError, IndexError):
             raise FederationError(f"flwr ls failed: {(done.stdout + done.stderr).strip()[-600:]}") from None
+
+    def run_info(self, run_id: int) -> dict[str, Any]:
+        """What ``flwr ls`` knows about the run: status, its details, network traffic and compute time."""
+        return self._run_row(run_id)
 
     def status(self, run_id: int) -> str:
         """The run's status as ``flwr ls`` reports it (e.g. ``running``, ``finished:completed``, ``finished:failed``)."""
