@@ -162,6 +162,31 @@ def deploy_command(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("certs")
+def certs_command(args: argparse.Namespace) -> int:
+    """Write a test federation's CA, SuperLink certificate and SuperNode authentication keys (docs/deployment.md)."""
+    from secure_ffm.flower.certs import make_certificates
+    from secure_ffm.flower.launch import write_node_key
+
+    directory = Path(args.dir)
+    if directory.exists() and any(directory.iterdir()):
+        raise ConfigError("DIR", f"{directory} already exists and is not empty", "choose a new folder: existing keys are never overwritten")
+    if not args.hosts or any(not h.strip() for h in args.hosts):
+        raise ConfigError("--hosts", "names no host", "pass the SuperLink's address as the nodes reach it, e.g. --hosts server.example.org")
+    if args.nodes < 0 or args.days < 1:
+        raise ConfigError("--nodes" if args.nodes < 0 else "--days", "must be positive", "e.g. --nodes 3 --days 30")
+    paths = make_certificates(directory, hosts=tuple(args.hosts), days=args.days)
+    for k in range(args.nodes):
+        write_node_key(directory, f"node{k}")
+    print(
+        f"wrote {paths.ca_certificate.name} (every node and the flwr CLI: --root-certificates), {paths.server_certificate.name} and "
+        f"{paths.server_key.name} (the SuperLink), {paths.ca_key.name} (keep offline)"
+        + (f", node0..node{args.nodes - 1} and their .pub (register each .pub with `flwr supernode register`)" if args.nodes else "")
+        + f" in {directory}"
+    )
+    return 0
+
+
 @command("privacy")
 def privacy_command(args: argparse.Namespace) -> int:
     """Print the noise multiplier a config implies and the ε it reaches, before any training; with ``--recommend``,
@@ -325,6 +350,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=600.0, metavar="S", help="seconds the server waits for one request's replies (default 600)"
     )
     deploy.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    certs = sub.add_parser("certs", help="write a test federation's CA, SuperLink certificate and SuperNode keys")
+    certs.add_argument("dir", help="an empty or new folder")
+    certs.add_argument("--hosts", nargs="+", default=["127.0.0.1", "localhost"], help="the SuperLink's addresses (IPs or DNS names)")
+    certs.add_argument("--nodes", type=int, default=0, help="SuperNode authentication key pairs to write (node0, node1, ...)")
+    certs.add_argument("--days", type=int, default=30, help="validity of the certificates in days (default 30)")
 
     privacy = sub.add_parser("privacy", help="print the noise multiplier and ε a config implies, before training")
     privacy.add_argument("config", help="path of the TOML config")

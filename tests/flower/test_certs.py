@@ -1,0 +1,50 @@
+"""Test-federation certificates and SuperNode keys: what Flower's TLS and node authentication expect."""
+
+import ipaddress
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from secure_ffm.flower.certs import make_certificates
+from secure_ffm.flower.launch import write_node_key
+from secure_ffm.run.cli import main
+
+
+def test_the_server_certificate_is_signed_by_the_ca_and_names_every_host(tmp_path):
+    paths = make_certificates(tmp_path, hosts=("10.0.0.5", "server.example.org"))
+    ca = x509.load_pem_x509_certificate(paths.ca_certificate.read_bytes())
+    server = x509.load_pem_x509_certificate(paths.server_certificate.read_bytes())
+    server.verify_directly_issued_by(ca)  # raises if the signature or issuer does not match
+    names = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("10.0.0.5")]
+    assert names.get_values_for_type(x509.DNSName) == ["server.example.org"]
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    assert paths.server_key.stat().st_mode & 0o077 == 0 and paths.ca_key.stat().st_mode & 0o077 == 0
+
+
+def test_a_node_key_is_an_openssh_ec_p384_pair(tmp_path):
+    private, public = write_node_key(tmp_path, "node0")
+    key = serialization.load_ssh_private_key(private.read_bytes(), password=None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name == "secp384r1"
+    assert public.read_text().startswith("ecdsa-sha2-nistp384 ")
+    assert serialization.load_ssh_public_key(public.read_bytes()).public_numbers() == key.public_key().public_numbers()
+
+
+def test_certs_writes_the_files_and_never_overwrites(tmp_path, capsys):
+    out = tmp_path / "certs"
+    assert main(["certs", str(out), "--hosts", "127.0.0.1", "--nodes", "2"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "ca.key",
+        "ca.pem",
+        "node0",
+        "node0.pub",
+        "node1",
+        "node1.pub",
+        "server.key",
+        "server.pem",
+    ]
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert main(["certs", str(out)]) == 2
+    assert "already exists and is not empty" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
