@@ -194,6 +194,7 @@ class DistributedDPSGD(PrivacyMechanism):
     label = "distributed DP-SGD"
     auditable = False
     replaces_trainer = True
+    client_ledger_key = STATE_KEY
 
     def client_noise_multiplier(self, client: int) -> float:
         """The noise multiplier of one client's own share (any ``min_shares`` of them carry the full z)."""

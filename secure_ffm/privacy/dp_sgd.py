@@ -503,6 +503,7 @@ class DPSGD(PrivacyMechanism):
     name = "dp-sgd"
     label = "DP-SGD"
     replaces_trainer = True
+    client_ledger_key = "dp_sgd"
 
     @classmethod
     def protections(cls, privacy: PrivacyConfig) -> dict[str, Any]:

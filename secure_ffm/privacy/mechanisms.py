@@ -41,6 +41,10 @@ class PrivacyMechanism(ABC):  # noqa: B024 (every seam has a no-op default)
     """True when the mechanism gives a formal (ε, δ) guarantee: its ``privacy.*`` settings apply and reports show ε."""
     auditable: ClassVar[bool] = True
     """False when the leakage audit (attacks/audit.py) cannot replay what the mechanism's clients send."""
+    client_ledger_key: ClassVar[str | None] = None
+    """The key of a client's state that holds its own privacy ledger (DP-SGD's per-client accountant), or None when the
+    ledger is the server's. A deployed node reports that entry - public facts: steps, sample rate, noise multiplier, ε -
+    with each fit reply, so the server's ``privacy.json`` gathers the nodes' ledgers (:mod:`secure_ffm.run.deployment`)."""
     replaces_trainer: ClassVar[bool] = False
     """True when :meth:`trainer` swaps the local trainer for a private one (DP-SGD): the leakage audit then
     emulates that trainer's noisy steps with the per-client noise multiplier of :meth:`client_noise_multiplier`."""

@@ -27,9 +27,6 @@ log = logging.getLogger(__name__)
 DEPLOYABLE_PROTOCOLS = ("none", "masking")
 """Protocols whose client half can be carried between a node's messages (CKKS needs its key set provisioned to the nodes)."""
 
-SERVER_LEDGER_MODES = ("none", "dp-fedavg")
-"""Privacy modes whose ledger is the server's (the client-level ledgers of DP-SGD live on the nodes: not yet gathered)."""
-
 
 def check_deployable(config: Config) -> None:
     """Refuse, naming the key, what a deployment cannot run yet; everything else runs as in-process."""
@@ -38,12 +35,6 @@ def check_deployable(config: Config) -> None:
             "secure_aggregation.protocol",
             f"{config.secure_aggregation.protocol!r} does not run on a deployment yet",
             f"use one of {', '.join(DEPLOYABLE_PROTOCOLS)}, or run it in-process with `secure-ffm train`",
-        )
-    if config.privacy.mode not in SERVER_LEDGER_MODES:
-        raise ConfigError(
-            "privacy.mode",
-            f"{config.privacy.mode!r} keeps each client's ledger on its node, which a deployment does not gather yet",
-            f"use one of {', '.join(SERVER_LEDGER_MODES)}, or run it in-process with `secure-ffm train`",
         )
     if config.secure_aggregation.dropout_rate:
         raise ConfigError(
@@ -61,6 +52,13 @@ def server_run(config: Config, link: Link, *, out_dir: Path | None, observer: Ru
     prepared = prepare_run(config)
     transport = RemoteTransport(link, fingerprint=config_fingerprint(config.to_toml()), num_clients=prepared.data.num_clients)
     simulation = Simulation(prepared, out_dir=out_dir, observer=observer, transport=transport)  # writes nothing yet
+    key = prepared.privacy.client_ledger_key
+    if key is not None:  # the server's view of a client: the ledger its node reports, as the node reports it
+
+        def keep_ledger(client_id: int, ledger: Mapping[str, Any]) -> None:
+            simulation.client_states.setdefault(client_id, {})[key] = dict(ledger)
+
+        transport.on_ledger = keep_ledger
     transport.connect()  # after the protocol is built: its stage messages must be registered before a reply decodes
     return simulation.run()
 
@@ -97,6 +95,7 @@ def node_session(config: Config, *, partition_id: int, num_partitions: int, stat
         fingerprint=config_fingerprint(config.to_toml()),
         num_examples=len(simulation.training_indices(client_id)),
         state=state if state is not None else {},
+        ledger_key=simulation.privacy.client_ledger_key,
     )
 
 

@@ -310,9 +310,12 @@ class Simulation:
         )
         self.server.extra_fit_config.append(self.privacy.fit_config)
         self.client_states: dict[int, dict[str, Any]] = {}
-        # every client draws its secret before round 1, so the first checkpoint already holds it (exact --resume)
-        for client_id in range(prepared.data.num_clients):
-            self.noise_policy.client(client_id, self.client_states.setdefault(client_id, {}))
+        """Each client's private state; with a remote ``transport`` it lives on the client's node, and the server holds only
+        what nodes report (their privacy ledgers)."""
+        if transport is None:
+            # every client draws its secret before round 1, so the first checkpoint already holds it (exact --resume)
+            for client_id in range(prepared.data.num_clients):
+                self.noise_policy.client(client_id, self.client_states.setdefault(client_id, {}))
         self.history: list[dict[str, Any]] = []
         self.recorder = ObservationRecorder(self.config, self.out_dir)
         self.schedule = build_schedule(self.config.ffm)

@@ -97,7 +97,11 @@ class RemoteTransport(Transport):
         The run's number of clients (``data.num_clients``): one node per client id ``0..num_clients-1``.
     """
 
-    def __init__(self, link: Link, *, fingerprint: str, num_clients: int) -> None:
+    def __init__(
+        self, link: Link, *, fingerprint: str, num_clients: int, on_ledger: Callable[[int, Mapping[str, Any]], None] | None = None
+    ) -> None:
+        """``on_ledger(client, ledger)`` receives the privacy ledger a node reports with its fit reply."""
+        self.on_ledger = on_ledger
         self.link = link
         self.fingerprint = fingerprint
         self.num_clients = num_clients
@@ -189,6 +193,8 @@ class RemoteTransport(Transport):
         answered = set()
         for client_id, answer in self._send(FIT, {c: {"round": round, "request": r} for c, r in requests.items()}):
             answered.add(client_id)
+            if isinstance(answer, dict) and isinstance(answer.get("ledger"), dict) and self.on_ledger is not None:
+                self.on_ledger(client_id, answer["ledger"])
             if isinstance(answer, AggregationError):
                 log.warning("round %d: client %d sent no update: %s", round, client_id, answer)
                 yield FitReply(client_id)
@@ -253,6 +259,9 @@ class NodeSession:
     fingerprint: str
     num_examples: int
     state: dict[str, Any] = field(default_factory=dict)
+    ledger_key: str | None = None
+    """The client state's entry that holds its privacy ledger (:attr:`~secure_ffm.privacy.mechanisms.PrivacyMechanism.client_ledger_key`):
+    reported with each fit reply, so the server can gather the ledgers. Nothing else of the state leaves the node."""
 
     def handle(self, kind: str, packed: Packed) -> Packed:
         """The packed reply to one packed request; a refusal raises (the server sees this node drop out of the stage)."""
@@ -297,9 +306,14 @@ class NodeSession:
             message = self.make_client(self._client_state()).fit(fit.instructions, encoder=half, payload=fit.payload)
         except (ClientDeclined, EncodingDeclined) as reason:
             self._keep(round, half)
-            return {"declined": str(reason)}
+            return {"declined": str(reason), **self._ledger()}
         self._keep(round, half)
-        return {"message": message}
+        return {"message": message, **self._ledger()}
+
+    def _ledger(self) -> dict[str, Any]:
+        if self.ledger_key is None or self.ledger_key not in self._client_state():
+            return {}
+        return {"ledger": self._client_state()[self.ledger_key]}
 
     def _evaluate(self, request: Mapping[str, Any]) -> dict[str, float]:
         parameters = {str(k): np.asarray(v) for k, v in request["parameters"].items()}

@@ -8,6 +8,7 @@ from direct_link import FreshProcessLink
 from safetensors.numpy import load_file
 
 from secure_ffm.config import load_config
+from secure_ffm.engine.codec import from_bytes
 from secure_ffm.errors import ConfigError
 from secure_ffm.run.deployment import server_run
 from secure_ffm.run.simulation import Simulation, prepare_run, without_timings
@@ -111,3 +112,46 @@ def test_simulated_dropouts_are_refused_on_a_deployment(tmp_path):
     config = config_of(tmp_path, BASE + MASKING + "dropout_rate = 0.3\n")
     with pytest.raises(ConfigError, match="secure_aggregation.dropout_rate"):
         server_run(config, FreshProcessLink(config, {0: 0}), out_dir=tmp_path / "remote")
+
+
+DP_SGD = '[privacy]\nmode = "dp-sgd"\ntarget_epsilon = 8.0\nreproducible_noise = true\n'
+
+
+def test_dp_sgd_over_the_link_keeps_each_ledger_on_its_node_and_privacy_json_gathers_them(tmp_path):
+    config = config_of(tmp_path, BASE + DP_SGD)
+    in_process(config, tmp_path / "local")
+    link = FreshProcessLink(config, {0: 0, 1: 1, 2: 2})
+    server_run(config, link, out_dir=tmp_path / "remote")
+    assert rows(tmp_path / "remote") == rows(tmp_path / "local")  # epsilon columns included
+    local, remote = final_weights(tmp_path / "local"), final_weights(tmp_path / "remote")
+    assert all(np.array_equal(local[k], remote[k]) for k in local)
+    ledger = json.loads((tmp_path / "remote" / "privacy.json").read_text())
+    assert ledger == json.loads((tmp_path / "local" / "privacy.json").read_text())
+    assert all(0 < c["epsilon"] <= 8.0 for c in ledger["clients"])
+    # the server holds the ledgers the nodes reported and no client's secret
+    newest = sorted((tmp_path / "remote" / "checkpoints").iterdir())[-1]
+    held = json.loads((newest / "state.json").read_text())["client_states"]
+    assert all(set(state) == {"dp_sgd"} for state in held.values())
+    assert all("dp_sgd" in from_bytes(saved)["client"] for saved in link.saved.values())  # each node keeps its own ledger
+
+
+def test_distributed_dp_sgd_under_masking_over_the_link_equals_in_process(tmp_path):
+    privacy = '[privacy]\nmode = "distributed-dp-sgd"\ntarget_epsilon = 8.0\nreproducible_noise = true\n'
+    config = config_of(tmp_path, BASE.replace("rounds = 2", "rounds = 2\nclients_per_round = 3") + MASKING + privacy)
+    in_process(config, tmp_path / "local")
+    server_run(config, FreshProcessLink(config, {0: 0, 1: 1, 2: 2}), out_dir=tmp_path / "remote")
+    assert rows(tmp_path / "remote") == rows(tmp_path / "local")
+    local, remote = final_weights(tmp_path / "local"), final_weights(tmp_path / "remote")
+    assert all(np.array_equal(local[k], remote[k]) for k in local)
+
+
+def test_each_clients_secret_stays_on_its_node(tmp_path):
+    config = config_of(
+        tmp_path, BASE.replace("rounds = 2", "rounds = 1") + DP_SGD.replace("reproducible_noise = true", "reproducible_noise = false")
+    )
+    link = FreshProcessLink(config, {0: 0, 1: 1, 2: 2})
+    server_run(config, link, out_dir=tmp_path / "remote")
+    held = json.loads((tmp_path / "remote" / "checkpoints" / "round_0001" / "state.json").read_text())["client_states"]
+    assert held and all("noise_secret" not in state for state in held.values())
+    secrets = [from_bytes(saved)["client"]["noise_secret"] for saved in link.saved.values()]
+    assert len(set(secrets)) == 3  # drawn on each node, from the OS
