@@ -12,7 +12,7 @@ from secure_ffm.engine.codec import from_bytes
 from secure_ffm.errors import ConfigError
 from secure_ffm.run.deployment import server_run
 from secure_ffm.run.simulation import Simulation, prepare_run, without_timings
-from secure_ffm.transports.remote import DeploymentError
+from secure_ffm.transports.remote import DeploymentError, LinkReply
 
 BASE = """\
 [run]
@@ -155,3 +155,45 @@ def test_each_clients_secret_stays_on_its_node(tmp_path):
     assert held and all("noise_secret" not in state for state in held.values())
     secrets = [from_bytes(saved)["client"]["noise_secret"] for saved in link.saved.values()]
     assert len(set(secrets)) == 3  # drawn on each node, from the OS
+
+
+class TamperingLink(FreshProcessLink):
+    """Changes what node ``victim`` sends in reply to ``kind``: ``tamper(packed) -> packed``."""
+
+    def __init__(self, config, partitions, *, victim, kind, tamper):
+        super().__init__(config, partitions)
+        self.victim, self.kind, self.tamper = victim, kind, tamper
+
+    def request(self, kind, bodies):
+        for reply in super().request(kind, bodies):
+            if reply.node == self.victim and kind == self.kind and reply.packed is not None:
+                reply = LinkReply(reply.node, self.tamper(reply.packed))
+            yield reply
+
+
+def flip_masked_input(packed):
+    text, arrays = packed
+    arrays = dict(arrays)
+    name = max(arrays, key=lambda k: arrays[k].size)  # the masked vector
+    arrays[name] = arrays[name][:-1]  # one element short
+    return text, arrays
+
+
+def test_a_tampered_masked_input_is_rejected_naming_the_client_and_the_others_aggregate(tmp_path, caplog):
+    config = config_of(tmp_path, BASE.replace("rounds = 2", "rounds = 1") + MASKING)
+    link = TamperingLink(config, {0: 0, 1: 1, 2: 2}, victim=1, kind="fit", tamper=flip_masked_input)
+    with caplog.at_level("WARNING"):
+        server_run(config, link, out_dir=tmp_path / "remote")
+    row = rows(tmp_path / "remote")[0]
+    assert row["rejected_clients"] == [1] and row["clients"] == [0, 2] and row["aborted"] is None
+    assert any("client 1" in record.getMessage() for record in caplog.records)
+
+
+def test_a_reply_that_does_not_decode_drops_the_node_by_name(tmp_path, caplog):
+    config = config_of(tmp_path, BASE.replace("rounds = 2", "rounds = 1"))
+    link = TamperingLink(config, {0: 0, 1: 1, 2: 2}, victim=2, kind="fit", tamper=lambda packed: ('{"$c": "os.system", "f": {}}', {}))
+    with caplog.at_level("WARNING"):
+        server_run(config, link, out_dir=tmp_path / "remote")
+    row = rows(tmp_path / "remote")[0]
+    assert row["dropped_clients"] == [2] and row["clients"] == [0, 1]
+    assert any("node 2 sent a reply that does not decode" in record.getMessage() for record in caplog.records)
