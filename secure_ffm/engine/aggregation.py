@@ -310,9 +310,16 @@ class AggregationProtocol(ABC):
     supports_integer_values: ClassVar[bool] = False
     """True when :meth:`use_integer_values` makes the protocol sum integer-valued updates exactly (discrete noise)."""
 
+    needs_key_file: ClassVar[bool] = False
+    """True when a deployment must deal the protocol's keys out of band (:meth:`use_key_file`): CKKS's shared key set."""
+
     def use_integer_values(self) -> None:
         """Sum integer-valued updates exactly from now on; only protocols with :attr:`supports_integer_values`."""
         raise NotImplementedError(f"protocol {self.name!r} cannot sum integer values exactly")
+
+    def use_key_file(self, data: bytes, *, role: str) -> None:
+        """Load the keys dealt out of band for ``role`` (``"server"`` or ``"clients"``); only protocols with :attr:`needs_key_file`."""
+        raise NotImplementedError(f"protocol {self.name!r} takes no key file")
 
     @classmethod
     def from_config(cls, config: SecureAggregationConfig, *, seed: int) -> AggregationProtocol:

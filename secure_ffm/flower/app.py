@@ -17,11 +17,15 @@ Run config (``flwr run . fed --run-config 'config="..." out="..."'``, read by th
     The run directory the ServerApp writes (on the server's machine).
 ``timeout``
     Seconds the server waits for the replies of one request (default 600); a node silent that long is a dropout.
+``ckks-keys``
+    Under CKKS: the server's key file from ``secure-ffm ckks-keys`` (the public context only).
 
 Node config (``flower-supernode --node-config "partition-id=0 num-partitions=3 config='/path/on/the/node.toml'"``):
 
 ``partition-id``, ``num-partitions``
     The partition of the configured dataset this node holds (its data never leaves the node).
+``ckks-keys``
+    Under CKKS: the clients' key file from ``secure-ffm ckks-keys`` (the shared secret key; never give it to the server).
 ``config``
     The node's own copy of the config. The node's privacy settings (DP, the masking threshold it accepts) must be
     the node's, not the server's: the node loads this file and the server refuses it at the hello unless both
@@ -142,7 +146,9 @@ def server_main(grid: Grid, context: Context) -> None:
         raise ValueError('the run config needs config="PATH.toml" and out="RUN_DIR" (flwr run . FEDERATION --run-config ...)')
     config = load_config(str(config_path), overrides=overrides(str(run_config_value(run_config, "set", ""))))
     link = FlowerLink(grid, timeout=float(run_config_value(run_config, "timeout", DEFAULT_TIMEOUT)))
-    summary = server_run(config, link, out_dir=Path(str(out)))
+    key_path = run_config_value(run_config, "ckks-keys")
+    key_file = Path(str(key_path)).read_bytes() if key_path else None
+    summary = server_run(config, link, out_dir=Path(str(out)), key_file=key_file)
     log.info("run directory %s: %s", out, summary["final"])
 
 
@@ -171,7 +177,9 @@ def handle(message: Message, context: Context) -> Message:
 
         torch.set_num_threads(1)  # one client per process: spinning threads only wait on each other
     # built first: it imports the configured protocol, whose stage messages the saved state holds
-    session = node_session(config, partition_id=partition_id, num_partitions=num_partitions)
+    key_path = context.node_config.get("ckks-keys")
+    key_file = Path(str(key_path)).read_bytes() if key_path else None
+    session = node_session(config, partition_id=partition_id, num_partitions=num_partitions, key_file=key_file)
     record = context.state.config_records.get(STATE_KEY)
     if record is not None:
         session.state.update(from_bytes(record["state"]))  # type: ignore[arg-type]

@@ -28,8 +28,23 @@ MAX_LOOPBACK_NODES = 64
 """More SuperNodes than this on one machine is not what a loopback federation is for."""
 
 
-def node_configs(config_path: Path, num_clients: int) -> list[dict[str, Any]]:
-    return [{"partition-id": k, "num-partitions": num_clients, "config": str(config_path)} for k in range(num_clients)]
+def node_configs(config_path: Path, num_clients: int, key_file: Path | None = None) -> list[dict[str, Any]]:
+    keys = {"ckks-keys": str(key_file)} if key_file is not None else {}
+    return [{"partition-id": k, "num-partitions": num_clients, "config": str(config_path), **keys} for k in range(num_clients)]
+
+
+def write_key_files(config: Config, directory: Path) -> tuple[Path, Path] | None:
+    """Under CKKS, deal a fresh key set: ``(server file, clients file)`` in ``directory``; None for other protocols."""
+    if config.secure_aggregation.protocol != "ckks":
+        return None
+    from secure_ffm.secagg.ckks import CKKSParameters, deal_key_files
+
+    server, clients = deal_key_files(CKKSParameters.from_config(config.secure_aggregation))
+    paths = directory / "server.ckks", directory / "clients.ckks"
+    for path, data in zip(paths, (server, clients), strict=True):
+        path.write_bytes(data)
+        path.chmod(0o600)
+    return paths
 
 
 def deploy(
@@ -61,7 +76,8 @@ def deploy(
     config_path = work / "config.toml"
     work.mkdir(parents=True, exist_ok=True)
     config_path.write_text(config.to_toml())
-    federation = LoopbackFederation(work, node_configs(config_path, n), secure=secure)
+    key_files = write_key_files(config, work)
+    federation = LoopbackFederation(work, node_configs(config_path, n, key_files[1] if key_files else None), secure=secure)
     try:
         with federation:
             log.info(
@@ -70,7 +86,10 @@ def deploy(
                 n,
                 "TLS, node authentication" if secure else "insecure",
             )
-            run_id = federation.submit({"config": str(config_path), "out": str(out_dir), "timeout": float(timeout)})
+            run_config: dict[str, Any] = {"config": str(config_path), "out": str(out_dir), "timeout": float(timeout)}
+            if key_files is not None:
+                run_config["ckks-keys"] = str(key_files[0])
+            run_id = federation.submit(run_config)
             status = _wait_with_progress(federation, run_id, out_dir, rounds=config.server.rounds, timeout=run_timeout, progress=progress)
             if out_dir.exists():  # Flower's own account of the run: status, network traffic, compute time
                 (federation.logs / "run.json").write_text(json.dumps(federation.run_info(run_id), indent=1) + "\n")

@@ -187,6 +187,31 @@ def certs_command(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("ckks-keys")
+def ckks_keys_command(args: argparse.Namespace) -> int:
+    """Deal a CKKS key set for a deployment: the server's file (public context) and the clients' file (secret key)."""
+    from secure_ffm.config import load_config
+    from secure_ffm.flower.deploy import write_key_files
+
+    config = load_config(args.config, overrides=args.set)
+    if config.secure_aggregation.protocol != "ckks" or config.secure_aggregation.ckks_key_holder != "clients":
+        raise ConfigError(
+            "secure_aggregation.protocol",
+            'key files are for CKKS with ckks_key_holder = "clients"',
+            'set secure_aggregation.protocol = "ckks" (and ckks_key_holder = "clients")',
+        )
+    directory = Path(args.dir)
+    if directory.exists() and any(directory.iterdir()):
+        raise ConfigError("DIR", f"{directory} already exists and is not empty", "choose a new folder: existing keys are never overwritten")
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = write_key_files(config, directory)
+    assert paths is not None
+    print(
+        f"wrote {paths[0]} (the server's: run config ckks-keys) and {paths[1]} (every SuperNode's: --node-config ckks-keys; never the server)"
+    )
+    return 0
+
+
 @command("privacy")
 def privacy_command(args: argparse.Namespace) -> int:
     """Print the noise multiplier a config implies and the ε it reaches, before any training; with ``--recommend``,
@@ -356,6 +381,11 @@ def build_parser() -> argparse.ArgumentParser:
     certs.add_argument("--hosts", nargs="+", default=["127.0.0.1", "localhost"], help="the SuperLink's addresses (IPs or DNS names)")
     certs.add_argument("--nodes", type=int, default=0, help="SuperNode authentication key pairs to write (node0, node1, ...)")
     certs.add_argument("--days", type=int, default=30, help="validity of the certificates in days (default 30)")
+
+    ckks_keys = sub.add_parser("ckks-keys", help="deal a CKKS key set for a deployment: the server's file and the clients' file")
+    ckks_keys.add_argument("config", help="path of the TOML config (its [secure_aggregation] CKKS parameters)")
+    ckks_keys.add_argument("dir", help="an empty or new folder")
+    ckks_keys.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value (repeatable)")
 
     privacy = sub.add_parser("privacy", help="print the noise multiplier and ε a config implies, before training")
     privacy.add_argument("config", help="path of the TOML config")

@@ -18,14 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from secure_ffm.config import Config
+from secure_ffm.engine.aggregation import AggregationProtocol
 from secure_ffm.errors import ConfigError
 from secure_ffm.run.simulation import RunObserver, Simulation, prepare_run
 from secure_ffm.transports.remote import Link, NodeSession, RemoteTransport, config_fingerprint
 
 log = logging.getLogger(__name__)
 
-DEPLOYABLE_PROTOCOLS = ("none", "masking")
-"""Protocols whose client half can be carried between a node's messages (CKKS needs its key set provisioned to the nodes)."""
+DEPLOYABLE_PROTOCOLS = ("none", "masking", "ckks")
+"""Protocols whose client half can be carried between a node's messages (CKKS with its key set dealt to the parties)."""
 
 
 def check_deployable(config: Config) -> None:
@@ -35,6 +36,12 @@ def check_deployable(config: Config) -> None:
             "secure_aggregation.protocol",
             f"{config.secure_aggregation.protocol!r} does not run on a deployment yet",
             f"use one of {', '.join(DEPLOYABLE_PROTOCOLS)}, or run it in-process with `secure-ffm train`",
+        )
+    if config.secure_aggregation.protocol == "ckks" and config.secure_aggregation.ckks_key_holder != "clients":
+        raise ConfigError(
+            "secure_aggregation.ckks_key_holder",
+            "a key authority does not run on a deployment yet (it would be a party of its own)",
+            'use "clients": the clients share the key set dealt by `secure-ffm ckks-keys`',
         )
     if config.secure_aggregation.dropout_rate:
         raise ConfigError(
@@ -46,12 +53,31 @@ def check_deployable(config: Config) -> None:
         raise ConfigError("continual", "continual runs do not run on a deployment yet", "run them with `secure-ffm train`")
 
 
-def server_run(config: Config, link: Link, *, out_dir: Path | None, observer: RunObserver | None = None) -> dict[str, Any]:
-    """The server's side of a deployed run: bind the nodes, then run every round through them; returns the summary."""
+def load_key_file(protocol: AggregationProtocol, data: bytes | None, *, role: str) -> None:
+    """Give ``protocol`` the keys dealt to ``role`` (CKKS); a protocol that needs them and got none raises ConfigError."""
+    if not protocol.needs_key_file:
+        return
+    if data is None:
+        where = "the run config's ckks-keys" if role == "server" else "the SuperNode's --node-config ckks-keys"
+        raise ConfigError(
+            "ckks-keys",
+            f"{protocol.name} on a deployment needs its key set dealt out of band, and {where} names no key file",
+            "write the files with `secure-ffm ckks-keys CONFIG DIR` (`secure-ffm deploy` does it for you)",
+        )
+    protocol.use_key_file(data, role=role)
+
+
+def server_run(
+    config: Config, link: Link, *, out_dir: Path | None, observer: RunObserver | None = None, key_file: bytes | None = None
+) -> dict[str, Any]:
+    """The server's side of a deployed run: bind the nodes, then run every round through them; returns the summary.
+
+    ``key_file``: the server's key file of a protocol that needs one (CKKS: the public context only)."""
     check_deployable(config)
     prepared = prepare_run(config)
     transport = RemoteTransport(link, fingerprint=config_fingerprint(config.to_toml()), num_clients=prepared.data.num_clients)
     simulation = Simulation(prepared, out_dir=out_dir, observer=observer, transport=transport)  # writes nothing yet
+    load_key_file(simulation.protocol, key_file, role="server")
     key = prepared.privacy.client_ledger_key
     if key is not None:  # the server's view of a client: the ledger its node reports, as the node reports it
 
@@ -63,7 +89,9 @@ def server_run(config: Config, link: Link, *, out_dir: Path | None, observer: Ru
     return simulation.run()
 
 
-def node_session(config: Config, *, partition_id: int, num_partitions: int, state: dict[str, Any] | None = None) -> NodeSession:
+def node_session(
+    config: Config, *, partition_id: int, num_partitions: int, state: dict[str, Any] | None = None, key_file: bytes | None = None
+) -> NodeSession:
     """This node's client for ``config``: partition ``partition_id`` of ``num_partitions`` (raises ConfigError on a bad id).
 
     ``state`` is what the node kept from its earlier messages (changed in place by the session). Build the session before
@@ -82,6 +110,7 @@ def node_session(config: Config, *, partition_id: int, num_partitions: int, stat
             f"use a partition-id below num-partitions={num_partitions}",
         )
     simulation = Simulation(prepare_run(config))
+    load_key_file(simulation.protocol, key_file, role="clients")
     client_id = int(partition_id)
 
     def make_client(client_state: dict[str, Any]):  # noqa: ANN202 - FederatedClient

@@ -272,6 +272,53 @@ class CKKSKeyHolder:
         return self._decryptor
 
 
+@wire_record
+@dataclass(frozen=True)
+class KeyFile:
+    """A key set dealt out of band, for a deployment (``secure-ffm ckks-keys``): what one party loads.
+
+    The server's file holds the public context and the key id only; the clients' file (``key_holder = "clients"``)
+    adds the secret context. Written with :func:`secure_ffm.engine.codec.to_bytes` (no pickle)."""
+
+    role: str
+    """``"server"`` or ``"clients"``."""
+    parameters: tuple[int, tuple[int, ...], int]
+    """``(poly_modulus_degree, coeff_mod_bit_sizes, scale_bits)`` the key set was drawn for."""
+    public_context: bytes
+    key_id: bytes
+    client_context: bytes = b""
+
+
+def deal_key_files(parameters: CKKSParameters) -> tuple[bytes, bytes]:
+    """A fresh ``key_holder = "clients"`` key set as ``(server file, clients file)``: give the first to the server and the
+    second to every client, never to the server."""
+    from secure_ffm.engine.codec import to_bytes
+
+    holder = CKKSKeyHolder(parameters, key_holder="clients")
+    described = (parameters.poly_modulus_degree, tuple(parameters.coeff_mod_bit_sizes), parameters.scale_bits)
+    server = KeyFile("server", described, holder.public_context, holder.key_id)
+    clients = KeyFile("clients", described, holder.public_context, holder.key_id, holder.client_context())
+    return to_bytes(server), to_bytes(clients)
+
+
+class ProvisionedKeySet:
+    """A key set loaded from a :class:`KeyFile`, in place of one :class:`CKKSKeyHolder` draws in this process."""
+
+    def __init__(self, key_file: KeyFile) -> None:
+        self.public_context = key_file.public_context
+        self.key_id = key_file.key_id
+        self.fingerprint = fingerprint(self.public_context, self.key_id)
+        self._client_context = key_file.client_context or None
+
+    def client_context(self) -> bytes:
+        if self._client_context is None:
+            raise AggregationError("this process holds the server's CKKS key file, not the clients' (no secret key)")
+        return self._client_context
+
+    def decryptor(self) -> CKKSDecryptor:
+        raise AggregationError("a provisioned CKKS key set is decrypted by a client (key_holder = 'clients'), not here")
+
+
 # --------------------------------------------------------------------------- wire records
 
 
@@ -589,13 +636,14 @@ class CKKSProtocol(AggregationProtocol):
     name = "ckks"
     label = "CKKS aggregation"
     hides_updates = True
+    needs_key_file = True
 
     def __init__(self, *, parameters: CKKSParameters | None = None, key_holder: str = "clients") -> None:
         if key_holder not in KEY_HOLDERS:
             raise ValueError(f"key_holder must be one of {KEY_HOLDERS}, got {key_holder!r}")
         self.parameters = parameters if parameters is not None else CKKSParameters()
         self.key_holder_mode = key_holder
-        self.key_holder: CKKSKeyHolder | None = None
+        self.key_holder: CKKSKeyHolder | ProvisionedKeySet | None = None
         self.server: CKKSServer | None = None
         self.clients: dict[int, CKKSClient] = {}
         """Client side: each client's context, loaded once from the key holder and reused every round."""
@@ -648,6 +696,37 @@ class CKKSProtocol(AggregationProtocol):
                 key, f"TenSEAL refuses N={config.ckks_poly_modulus_degree} with primes {list(config.ckks_coeff_mod_bit_sizes)}: {error}"
             ) from None
         return cls(parameters=parameters, key_holder=config.ckks_key_holder)
+
+    def use_key_file(self, data: bytes, *, role: str) -> None:
+        """Load a key set dealt out of band (:func:`deal_key_files`) instead of drawing one: the server loads the server's
+        file, each deployed client the clients' file. A file for other parameters, another role, or - for the server - one
+        that holds the secret key is refused."""
+        from secure_ffm.engine.codec import CodecError, from_bytes
+
+        try:
+            key_file = from_bytes(data)
+        except CodecError as error:
+            raise ConfigError("ckks-keys", f"the key file does not load: {error}", "write it with `secure-ffm ckks-keys`") from None
+        if not isinstance(key_file, KeyFile):
+            raise ConfigError(
+                "ckks-keys", f"the file holds a {type(key_file).__name__}, not a CKKS key file", "write it with `secure-ffm ckks-keys`"
+            )
+        if self.key_holder_mode != "clients":
+            raise ConfigError("secure_aggregation.ckks_key_holder", "key files deal a key set the clients share", 'use "clients"')
+        expected = (self.parameters.poly_modulus_degree, tuple(self.parameters.coeff_mod_bit_sizes), self.parameters.scale_bits)
+        if tuple(key_file.parameters) != expected or key_file.role != role:
+            raise ConfigError(
+                "ckks-keys",
+                f"the key file is the {key_file.role} file for (N, primes, scale) = {tuple(key_file.parameters)}; "
+                f"this party needs the {role} file for {expected}",
+                "give each party its own file from `secure-ffm ckks-keys` for this config",
+            )
+        if role == "server" and key_file.client_context:
+            raise ConfigError("ckks-keys", "the server's key file holds the secret key", "give the server the server's file only")
+        keys = ProvisionedKeySet(key_file)
+        self.key_holder = keys
+        self.server = CKKSServer(self.parameters, keys.public_context, keys.key_id)
+        self.clients.clear()
 
     def _provision(self) -> CKKSKeyHolder:
         """Draw the key set on first use (the key holder deals it; neither the server nor a client draws it)."""

@@ -18,8 +18,10 @@ class FreshProcessLink(Link):
         *,
         gone: Callable[[str, int], bool] = lambda kind, node: False,
         configs: Mapping[int, Config] | None = None,
+        key_file: bytes | None = None,
     ):
-        """``configs[node]``: a node that runs another configuration than ``config``."""
+        """``configs[node]``: a node that runs another configuration than ``config``; ``key_file``: every node's (CKKS)."""
+        self.key_file = key_file
         self.config = config
         self.configs = dict(configs or {})
         self.partitions = dict(partitions)
@@ -38,7 +40,9 @@ class FreshProcessLink(Link):
             state = from_bytes(self.saved[node])
             config = self.configs.get(node, self.config)
             try:
-                session = node_session(config, partition_id=self.partitions[node], num_partitions=config.data.num_clients, state=state)
+                session = node_session(
+                    config, partition_id=self.partitions[node], num_partitions=config.data.num_clients, state=state, key_file=self.key_file
+                )
                 reply = session.handle(kind, body)
             except Exception as error:  # noqa: BLE001 - a node's error travels back as text, as Flower's Error does
                 yield LinkReply(node, error=f"{type(error).__name__}: {error}")

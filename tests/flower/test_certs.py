@@ -48,3 +48,25 @@ def test_certs_writes_the_files_and_never_overwrites(tmp_path, capsys):
     assert main(["certs", str(out)]) == 2
     assert "already exists and is not empty" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_ckks_keys_writes_a_server_file_without_the_secret_key(tmp_path):
+    from secure_ffm.engine.codec import from_bytes
+
+    config = tmp_path / "c.toml"
+    config.write_text('[data]\ndataset = "digits"\n[model]\narch = "cnn"\n[secure_aggregation]\nprotocol = "ckks"\n')
+    assert main(["ckks-keys", str(config), str(tmp_path / "keys")]) == 0
+    server, clients = (
+        from_bytes((tmp_path / "keys" / "server.ckks").read_bytes()),
+        from_bytes((tmp_path / "keys" / "clients.ckks").read_bytes()),
+    )
+    assert server.role == "server" and server.client_context == b"" and clients.role == "clients" and clients.client_context
+    assert server.public_context == clients.public_context and server.key_id == clients.key_id
+    assert (tmp_path / "keys" / "clients.ckks").stat().st_mode & 0o077 == 0
+
+
+def test_ckks_keys_refuses_a_config_without_ckks(tmp_path, capsys):
+    config = tmp_path / "c.toml"
+    config.write_text('[data]\ndataset = "digits"\n[model]\narch = "cnn"\n')
+    assert main(["ckks-keys", str(config), str(tmp_path / "keys")]) == 2
+    assert "secure_aggregation.protocol" in capsys.readouterr().err and not (tmp_path / "keys").exists()

@@ -197,3 +197,33 @@ def test_a_reply_that_does_not_decode_drops_the_node_by_name(tmp_path, caplog):
     row = rows(tmp_path / "remote")[0]
     assert row["dropped_clients"] == [2] and row["clients"] == [0, 1]
     assert any("node 2 sent a reply that does not decode" in record.getMessage() for record in caplog.records)
+
+
+def test_ckks_over_the_link_with_a_dealt_key_set_matches_in_process_and_the_server_holds_no_secret(tmp_path):
+    from secure_ffm.secagg.ckks import CKKSParameters, deal_key_files
+
+    config = config_of(tmp_path, BASE.replace("rounds = 2", "rounds = 1") + '[secure_aggregation]\nprotocol = "ckks"\n')
+    server_keys, client_keys = deal_key_files(CKKSParameters.from_config(config.secure_aggregation))
+    in_process(config, tmp_path / "local")
+    server_run(
+        config, FreshProcessLink(config, {0: 0, 1: 1, 2: 2}, key_file=client_keys), out_dir=tmp_path / "remote", key_file=server_keys
+    )
+    local, remote = final_weights(tmp_path / "local"), final_weights(tmp_path / "remote")
+    for key in local:  # CKKS is approximate: within its noise, not bitwise
+        np.testing.assert_allclose(remote[key], local[key], atol=1e-6)
+    assert [r["clients"] for r in rows(tmp_path / "remote")] == [[0, 1, 2]]
+
+
+def test_a_ckks_deployment_refuses_missing_or_swapped_key_files(tmp_path):
+    from secure_ffm.secagg.ckks import CKKSParameters, deal_key_files
+
+    config = config_of(tmp_path, BASE + '[secure_aggregation]\nprotocol = "ckks"\n')
+    server_keys, client_keys = deal_key_files(CKKSParameters.from_config(config.secure_aggregation))
+    link = FreshProcessLink(config, {0: 0, 1: 1, 2: 2}, key_file=client_keys)
+    with pytest.raises(ConfigError, match="ckks-keys: ckks on a deployment needs its key set"):
+        server_run(config, link, out_dir=tmp_path / "a")
+    with pytest.raises(ConfigError, match="the key file is the clients file"):
+        server_run(config, link, out_dir=tmp_path / "b", key_file=client_keys)  # the secret key must never reach the server
+    swapped = FreshProcessLink(config, {0: 0, 1: 1, 2: 2}, key_file=server_keys)
+    with pytest.raises(DeploymentError, match="node 0 answered with an error: ConfigError: ckks-keys: the key file is the server file"):
+        server_run(config, swapped, out_dir=tmp_path / "c", key_file=server_keys)
