@@ -207,7 +207,8 @@ def ckks_keys_command(args: argparse.Namespace) -> int:
     paths = write_key_files(config, directory)
     assert paths is not None
     print(
-        f"wrote {paths[0]} (the server's: run config ckks-keys) and {paths[1]} (every SuperNode's: --node-config ckks-keys; never the server)"
+        f"wrote {paths[0]} (the server's: run config ckks-keys) and {paths[1]} "
+        "(every SuperNode's: --node-config ckks-keys; never the server)"
     )
     return 0
 
