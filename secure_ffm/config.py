@@ -80,10 +80,18 @@ class RunConfig:
     """Names the default run directory ``runs/<name>-<timestamp>``: one path component, no separators."""
     threads: int = 0
     """Torch CPU threads (at most ``MAX_THREADS``); 0 leaves torch's default."""
+    workers: int = 1
+    """Processes that train a round's clients in parallel (the worker-pool transport, each worker one torch thread);
+    1 trains them one after another in this process; 0 chooses from the cores and the round (docs/speed.md)."""
 
     def __post_init__(self) -> None:
         _positive("run", "seed", self.seed, allow_zero=True)
         _positive("run", "threads", self.threads, allow_zero=True)
+        _positive("run", "workers", self.workers, allow_zero=True)
+        if self.workers > MAX_THREADS:
+            raise ConfigError(
+                "run.workers", f"{self.workers} is more than {MAX_THREADS}", "use at most the number of CPU cores, or 0 to choose"
+            )
         if self.threads > MAX_THREADS:
             raise ConfigError(
                 "run.threads", f"{self.threads} is more than {MAX_THREADS}", "use the number of CPU cores, or 0 for torch's default"

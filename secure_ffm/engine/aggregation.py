@@ -317,6 +317,10 @@ class AggregationProtocol(ABC):
         """Sum integer-valued updates exactly from now on; only protocols with :attr:`supports_integer_values`."""
         raise NotImplementedError(f"protocol {self.name!r} cannot sum integer values exactly")
 
+    def deal_key_files(self) -> tuple[bytes, bytes]:
+        """A fresh key set as ``(the server's file, the clients' file)``; only protocols with :attr:`needs_key_file`."""
+        raise NotImplementedError(f"protocol {self.name!r} deals no keys")
+
     def use_key_file(self, data: bytes, *, role: str) -> None:
         """Load the keys dealt out of band for ``role`` (``"server"`` or ``"clients"``); only protocols with :attr:`needs_key_file`."""
         raise NotImplementedError(f"protocol {self.name!r} takes no key file")

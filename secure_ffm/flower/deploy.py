@@ -34,12 +34,13 @@ def node_configs(config_path: Path, num_clients: int, key_file: Path | None = No
 
 
 def write_key_files(config: Config, directory: Path) -> tuple[Path, Path] | None:
-    """Under CKKS, deal a fresh key set: ``(server file, clients file)`` in ``directory``; None for other protocols."""
-    if config.secure_aggregation.protocol != "ckks":
-        return None
-    from secure_ffm.secagg.ckks import CKKSParameters, deal_key_files
+    """For a protocol that needs one (CKKS), deal a fresh key set: ``(server file, clients file)`` in ``directory``; else None."""
+    from secure_ffm.variants import PROTOCOLS
 
-    server, clients = deal_key_files(CKKSParameters.from_config(config.secure_aggregation))
+    protocol = PROTOCOLS.get(config.secure_aggregation.protocol).from_config(config.secure_aggregation, seed=config.run.seed)
+    if not protocol.needs_key_file:
+        return None
+    server, clients = protocol.deal_key_files()
     paths = directory / "server.ckks", directory / "clients.ckks"
     for path, data in zip(paths, (server, clients), strict=True):
         path.write_bytes(data)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import platform
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -105,6 +106,32 @@ def load_data_and_model(config: Config) -> tuple[FederatedData, FederatedModel]:
         image_shape=data.dataset.image_shape,
     )
     return data, model
+
+
+AUTO_WORKERS_MAX_PARAMETERS = 5_000_000
+"""``run.workers = 0`` trains clients in parallel processes only for models up to this many parameters (the CNN); a larger
+model (MiniLM) trains one client at a time on every core instead (docs/speed.md)."""
+AUTO_WORKERS_MIN_CLIENT_ROUNDS = 40
+"""... and only when the run trains at least this many client-rounds: starting a worker costs about 3 s."""
+
+
+def resolve_workers(config: Config, prepared: PreparedRun) -> int:
+    """The number of worker processes for a run: ``run.workers``, or with 0 a choice from the cores, the model and the run.
+
+    A continual run trains in this process (its stages' indices live here)."""
+    if prepared.data.stages:
+        if config.run.workers > 1:
+            log.warning("run.workers = %d: a continual run trains its clients in this process", config.run.workers)
+        return 1
+    per_round = config.server.clients_per_round or prepared.data.num_clients
+    if config.run.workers:
+        return max(1, min(config.run.workers, per_round))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if prepared.model.total_parameter_count() > AUTO_WORKERS_MAX_PARAMETERS:
+        return 1
+    if per_round * config.server.rounds < AUTO_WORKERS_MIN_CLIENT_ROUNDS:
+        return 1
+    return max(1, min(cores, per_round))
 
 
 def prepare_run(config: Config) -> PreparedRun:
@@ -323,12 +350,9 @@ class Simulation:
         self.public = PublicPhase(prepared) if prepared.encoded_public is not None else None
         if self.schedule.needs_public and self.public is None:
             raise ConfigError("ffm.schedule", f'"{self.config.ffm.schedule}" needs public data, but the data left none for the server')
-        self.transport = transport or InProcessTransport(
-            self.client,
-            self.protocol,
-            example_counts=[len(indices) for indices in prepared.data.client_indices],
-            dropouts=self._dropouts,
-        )
+        self.workers = resolve_workers(self.config, prepared) if transport is None else 1
+        """Processes that train a round's clients (``run.workers``; 1: this process)."""
+        self.transport = transport or self._local_transport()
         self.continual = ContinualRun(self) if prepared.data.stages else None
         """A continual run's stages (``[continual]``); None for an ordinary run."""
         self.orchestrator = RoundOrchestrator(
@@ -348,6 +372,26 @@ class Simulation:
             ],
             observer=self.observer,
             round_statistics=self.continual.expected_statistics if self.continual else None,
+        )
+
+    def _local_transport(self) -> Transport:
+        """The clients of this machine: called one after another, or by a pool of worker processes (``run.workers``)."""
+        counts = [len(indices) for indices in self.prepared.data.client_indices]
+        if self.workers <= 1:
+            return InProcessTransport(self.client, self.protocol, example_counts=counts, dropouts=self._dropouts)
+        from secure_ffm.transports.worker_pool import WorkerPoolTransport
+
+        key_file = None
+        if self.protocol.needs_key_file:  # the workers hold the clients' keys, this process the server's
+            server_keys, key_file = self.protocol.deal_key_files()
+            self.protocol.use_key_file(server_keys, role="server")
+        return WorkerPoolTransport(
+            self.config.to_toml(),
+            workers=self.workers,
+            client_states=self.client_states,
+            example_counts=counts,
+            dropouts=self._dropouts,
+            key_file=key_file,
         )
 
     # ------------------------------------------------------------------ clients
@@ -447,6 +491,12 @@ class Simulation:
             start_round = self._restore() + 1
         elif self.writer is not None:
             self.writer.start(self.config, self.clients_document(None))
+        try:
+            return self._run_rounds(start_round)
+        finally:
+            self.transport.close()  # worker processes end with the run, also on failure and Ctrl-C
+
+    def _run_rounds(self, start_round: int) -> dict[str, Any]:
         total = self.config.server.rounds
         self.observer.run_started(total, start_round)
         for round in range(start_round, total + 1):

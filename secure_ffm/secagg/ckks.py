@@ -697,6 +697,9 @@ class CKKSProtocol(AggregationProtocol):
             ) from None
         return cls(parameters=parameters, key_holder=config.ckks_key_holder)
 
+    def deal_key_files(self) -> tuple[bytes, bytes]:
+        return deal_key_files(self.parameters)
+
     def use_key_file(self, data: bytes, *, role: str) -> None:
         """Load a key set dealt out of band (:func:`deal_key_files`) instead of drawing one: the server loads the server's
         file, each deployed client the clients' file. A file for other parameters, another role, or - for the server - one

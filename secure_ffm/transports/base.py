@@ -70,5 +70,8 @@ class Transport(ABC):
         """Every client's evaluation of ``parameters`` on its own examples (Flower's federated evaluation):
         ``{client: {"loss", "accuracy", "macro_f1", "num_examples"}}``; a client that cannot answer is left out."""
 
+    def close(self) -> None:  # noqa: B027 (optional hook)
+        """Release what the transport holds (worker processes); called when the run ends, also on failure."""
+
     def end_round(self, round: int) -> None:  # noqa: B027 (optional hook)
         """Forget the round's client halves (their round secrets); called when the round is over, aborted or not."""

@@ -1,0 +1,394 @@
+"""Parallel clients on one machine: a round's clients trained by a pool of worker processes.
+
+The in-process transport trains clients one after another, so a run uses one core's worth of work however many cores
+the machine has. :class:`WorkerPoolTransport` hands each client's requests to one of ``run.workers`` processes
+(``python -m secure_ffm.transports.worker_pool``: a fresh interpreter, no torch state forked, no ``__main__``
+re-imported), each with one torch thread, the run's data and model loaded once per worker. A worker answers exactly
+as a deployed node does (:class:`~secure_ffm.transports.remote.NodeSession`: the same client, transforms, privacy
+mechanism and protocol half); requests and replies cross its stdin and stdout as length-prefixed frames: a JSON
+header and the arrays as safetensors (the safe codec's packing; nothing is pickled).
+
+What belongs to a client stays with the run, not with a worker: each client's private state (its secret, its DP
+ledger) lives in the main process's ``client_states`` (checkpointed as before) and travels with each request, the
+updated state coming back with the reply; its protocol half of the round (masking keys) travels the same way and is
+dropped when the round ends. Any worker can therefore serve any client.
+
+Results are the sequential transport's for the same seed, bitwise when the sequential run also uses one torch thread
+per client: replies are yielded in the order the clients were asked (a few are buffered), so the server sums in the
+same order. A worker that dies (crash, OOM kill) is that client's dropout - secure aggregation recovers as for any
+dropout - and is replaced; :meth:`WorkerPoolTransport.close` (called at the end of every run, on failure and on Ctrl-C
+too) stops every worker.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import multiprocessing.connection
+import os
+import subprocess
+import sys
+import traceback
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from secure_ffm.engine.aggregation import AggregationError, Stage, StageReplies
+from secure_ffm.engine.codec import from_bytes, pack, to_bytes, unpack
+from secure_ffm.engine.wire import ClientMessage, NamedArrays, arrays_from_bytes, arrays_to_bytes
+from secure_ffm.transports.base import FitReply, FitRequest, Transport
+from secure_ffm.transports.in_process import no_dropouts
+from secure_ffm.transports.remote import EVALUATE, FIT, STAGE, Packed
+
+log = logging.getLogger(__name__)
+
+_READY = "ready"
+
+
+def _frame(meta: Mapping[str, Any], arrays: Mapping[str, Any]) -> bytes:
+    """One pipe message: an 8-byte length, a JSON header, then the arrays as safetensors (no pickle crosses the pipe)."""
+    header = json.dumps(meta, separators=(",", ":")).encode()
+    return len(header).to_bytes(8, "little") + header + arrays_to_bytes(arrays)
+
+
+def _unframe(data: bytes) -> tuple[dict[str, Any], NamedArrays]:
+    size = int.from_bytes(data[:8], "little")
+    return json.loads(data[8 : 8 + size]), arrays_from_bytes(data[8 + size :])
+
+
+def _write(stream: Any, data: bytes) -> None:
+    stream.write(len(data).to_bytes(8, "little") + data)
+    stream.flush()
+
+
+def _read(stream: Any) -> bytes | None:
+    """One length-prefixed message, or None at the end of the stream (the other side is gone)."""
+    head = stream.read(8)
+    if len(head) < 8:
+        return None
+    size = int.from_bytes(head, "little")
+    data = stream.read(size)
+    return data if len(data) == size else None
+
+
+def _serve(requests: Any, replies: Any) -> None:
+    """A worker: build the run's client side once from the first message, then answer jobs until the stream ends."""
+    first = _read(requests)
+    if first is None:
+        return
+    setup, _ = _unframe(first)
+    try:
+        import tomllib
+
+        import torch
+
+        torch.set_num_threads(1)  # the pool's parallelism is across processes: one thread each, no spinning barriers
+        from secure_ffm.config import config_from_dict
+        from secure_ffm.run.deployment import load_key_file
+        from secure_ffm.run.simulation import Simulation, prepare_run
+        from secure_ffm.transports.remote import NodeSession
+
+        config = config_from_dict(tomllib.loads(setup["config"]))
+        simulation = Simulation(prepare_run(config))
+        key_file = base64.b64decode(setup["key_file"]) if setup.get("key_file") else None
+        load_key_file(simulation.protocol, key_file, role="clients")
+        ledger_key = simulation.privacy.client_ledger_key
+    except Exception as error:  # noqa: BLE001 - reported to the main process, which raises it there
+        _write(replies, _frame({"status": "failed", "detail": f"{type(error).__name__}: {error}"}, {}))
+        return
+    _write(replies, _frame({"status": _READY, "pid": os.getpid()}, {}))
+    while (data := _read(requests)) is not None:
+        job, arrays = _unframe(data)
+        client_id, kind, text = int(job["client"]), str(job["kind"]), str(job["text"])
+        state = from_bytes(job["state"].encode())
+
+        def make_client(client_state: dict[str, Any], client_id: int = client_id):  # noqa: ANN202 - FederatedClient
+            simulation.client_states[client_id] = client_state
+            return simulation.client(client_id)
+
+        session = NodeSession(
+            client_id=client_id,
+            make_client=make_client,
+            protocol=simulation.protocol,
+            fingerprint="",
+            num_examples=len(simulation.training_indices(client_id)),
+            state=state,
+            ledger_key=ledger_key,
+        )
+        try:
+            reply_text, reply_arrays = session.handle(kind, (text, arrays))
+            answer = _frame({"status": "ok", "detail": reply_text, "state": to_bytes(session.state).decode()}, reply_arrays)
+        except Exception as error:  # noqa: BLE001 - the client refused or failed: the main process sees its dropout
+            log.debug("worker: client %d failed %s: %s", client_id, kind, traceback.format_exc())
+            detail = f"{type(error).__name__}: {error}"
+            answer = _frame({"status": "error", "detail": detail, "state": to_bytes(session.state).decode()}, {})
+        finally:
+            simulation.client_states.pop(client_id, None)
+        _write(replies, answer)
+
+
+def main() -> None:
+    """``python -m secure_ffm.transports.worker_pool``: a worker speaking length-prefixed frames on stdin and stdout."""
+    replies = os.fdopen(os.dup(1), "wb")  # the protocol's own copy of stdout ...
+    os.dup2(2, 1)  # ... and anything the code prints goes to stderr, never into a frame
+    try:
+        _serve(sys.stdin.buffer, replies)
+    except (KeyboardInterrupt, BrokenPipeError):
+        pass
+
+
+@dataclass
+class _Worker:
+    process: subprocess.Popen[bytes]
+    job: int | None = None
+    """The client whose request it is working on."""
+
+
+@dataclass
+class _Result:
+    client_id: int
+    packed: Packed | None = None
+    error: str | None = None
+
+
+@dataclass
+class _Halves:
+    """Each client's protocol half of the current round, as exported state (dropped when the round ends)."""
+
+    round: int | None = None
+    states: dict[int, Any] = field(default_factory=dict)
+
+
+class WorkerPoolTransport(Transport):
+    """Trains a round's clients in ``workers`` processes; see the module docstring.
+
+    Parameters
+    ----------
+    config_toml
+        The run's resolved config (``Config.to_toml()``): each worker builds the same run from it.
+    workers
+        Number of worker processes (started at the first request, replaced when one dies).
+    client_states
+        The run's per-client private state (the simulation's dict, checkpointed by the run): read and updated here.
+    example_counts
+        Each client's number of examples.
+    dropouts
+        ``(round, participants) -> clients`` that drop after training and encoding (simulated, as in-process).
+    key_file
+        The clients' key file of a protocol that needs one (CKKS), dealt by the run.
+    on_client_done
+        Called with ``(round, client_id)`` after each client's fit.
+    """
+
+    def __init__(
+        self,
+        config_toml: str,
+        *,
+        workers: int,
+        client_states: dict[int, dict[str, Any]],
+        example_counts: Sequence[int],
+        dropouts: Callable[[int, Sequence[int]], set[int]] = no_dropouts,
+        key_file: bytes | None = None,
+        on_client_done: Callable[[int, int], None] | None = None,
+    ) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, got {workers}")
+        self.config_toml = config_toml
+        self.num_workers = workers
+        self.client_states = client_states
+        self._example_counts = list(example_counts)
+        self.dropouts = dropouts
+        self.key_file = key_file
+        self.on_client_done = on_client_done
+        self._workers: list[_Worker] = []
+        self._halves = _Halves()
+        self._gone: set[int] = set()
+        self.replaced = 0
+        """Workers replaced after dying."""
+
+    # ------------------------------------------------------------------ workers
+
+    def _start_worker(self) -> _Worker:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "secure_ffm.transports.worker_pool"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+        key_file = base64.b64encode(self.key_file).decode() if self.key_file is not None else ""
+        _write(process.stdin, _frame({"config": self.config_toml, "key_file": key_file}, {}))
+        return _Worker(process)
+
+    def _ensure_workers(self) -> None:
+        """Start the missing workers and wait until each has built the run (they build in parallel)."""
+        starting = [self._start_worker() for _ in range(self.num_workers - len(self._workers))]
+        for worker in starting:
+            data = _read(worker.process.stdout)
+            meta = _unframe(data)[0] if data is not None else {"status": "failed", "detail": f"exited with code {worker.process.wait()}"}
+            if meta["status"] != _READY:
+                self._stop(starting + self._workers)
+                self._workers = []
+                raise RuntimeError(f"a worker could not build the run: {meta.get('detail', '')}")
+        self._workers.extend(starting)
+
+    def _replace(self, worker: _Worker) -> None:
+        self._workers.remove(worker)
+        self._stop([worker])
+        self.replaced += 1
+        self._ensure_workers()
+
+    def _run(self, jobs: Sequence[tuple[int, str, Packed]]) -> Iterator[_Result]:
+        """Run ``(client_id, kind, packed)`` jobs on the pool; yield each result as it completes."""
+        self._ensure_workers()
+        pending = list(reversed(jobs))
+        busy: dict[int, _Worker] = {}
+        while pending or busy:
+            for worker in self._workers:
+                if worker.job is None and pending:
+                    client_id, kind, (text, arrays) = pending.pop()
+                    state = {"client": self.client_states.setdefault(client_id, {})}
+                    half = self._halves.states.get(client_id)
+                    if half is not None:
+                        state["half"] = half
+                    job = {"client": client_id, "kind": kind, "text": text, "state": to_bytes(state).decode()}
+                    worker.job = client_id
+                    busy[id(worker)] = worker
+                    try:
+                        _write(worker.process.stdin, _frame(job, arrays))
+                    except (BrokenPipeError, OSError):
+                        pass  # it died: its reply stream ends, handled below
+            ready = multiprocessing.connection.wait([w.process.stdout for w in busy.values()])
+            for worker in list(busy.values()):
+                if worker.process.stdout not in ready:
+                    continue
+                client_id = worker.job
+                assert client_id is not None
+                worker.job = None
+                del busy[id(worker)]
+                data = _read(worker.process.stdout)
+                if data is None:  # the worker died mid-job
+                    code = worker.process.wait()
+                    log.warning("a worker died (exit code %s) while serving client %d: it counts as dropped", code, client_id)
+                    self._replace(worker)
+                    yield _Result(client_id, error=f"its worker died (exit code {code})")
+                    continue
+                meta, arrays = _unframe(data)
+                self._keep_state(client_id, from_bytes(meta["state"].encode()))
+                yield _Result(client_id, (meta["detail"], arrays)) if meta["status"] == "ok" else _Result(client_id, error=meta["detail"])
+
+    def _keep_state(self, client_id: int, state: Mapping[str, Any]) -> None:
+        client = self.client_states.setdefault(client_id, {})
+        client.clear()
+        client.update(state.get("client", {}))
+        if "half" in state:
+            self._halves.states[client_id] = state["half"]
+
+    def _begin(self, round: int) -> None:
+        if self._halves.round != round:
+            self._halves = _Halves(round)
+            self._gone.clear()
+
+    # ------------------------------------------------------------------ Transport
+
+    def example_counts(self, clients: Sequence[int]) -> dict[int, int]:
+        return {int(c): self._example_counts[c] for c in clients}
+
+    def set_example_counts(self, example_counts: Sequence[int]) -> None:
+        self._example_counts = list(example_counts)
+
+    def exchange(self, round: int, stage: Stage) -> StageReplies:
+        self._begin(round)
+        jobs = [
+            (c, STAGE, pack({"round": round, "stage": stage.name, "request": r})) for c, r in stage.requests.items() if c not in self._gone
+        ]
+        replies: dict[int, Any] = {}
+        for result in self._run(jobs):
+            if result.error is not None:
+                log.warning("round %d: client %d refused the %s stage: %s", round, result.client_id, stage.name, result.error)
+                self._gone.add(result.client_id)
+            else:
+                assert result.packed is not None
+                replies[result.client_id] = unpack(*result.packed)
+        return StageReplies(replies, frozenset(set(stage.requests) - set(replies)))
+
+    def fit(self, round: int, requests: Mapping[int, FitRequest]) -> Iterator[FitReply]:
+        self._begin(round)
+        order = list(requests)
+        dropping = self.dropouts(round, sorted(requests))
+        jobs = [(c, FIT, pack({"round": round, "request": requests[c]})) for c in order if c not in self._gone]
+        done: dict[int, FitReply] = {c: FitReply(c) for c in order if c in self._gone}
+        position = 0
+        for result in self._run(jobs):
+            done[result.client_id] = self._fit_reply(round, result, dropping)
+            while position < len(order) and order[position] in done:  # in the order asked: the server sums as in-process
+                client_id = order[position]
+                yield done.pop(client_id)
+                position += 1
+                if self.on_client_done is not None:
+                    self.on_client_done(round, client_id)
+        while position < len(order):
+            client_id = order[position]
+            yield done.pop(client_id, FitReply(client_id))
+            position += 1
+
+    def _fit_reply(self, round: int, result: _Result, dropping: set[int]) -> FitReply:
+        client_id = result.client_id
+        if result.error is not None:
+            log.warning("round %d: client %d sent no update: %s", round, client_id, result.error)
+            self._gone.add(client_id)
+            return FitReply(client_id)
+        assert result.packed is not None
+        answer = unpack(*result.packed)
+        if "declined" in answer:
+            return FitReply(client_id, declined=str(answer["declined"]))
+        message = answer["message"]
+        if not isinstance(message, ClientMessage):
+            raise AggregationError(f"round {round}: the worker for client {client_id} sent a {type(message).__name__}")
+        if client_id in dropping:  # trained and encoded, but its message never arrives (simulated, as in-process)
+            self._gone.add(client_id)
+            return FitReply(client_id)
+        return FitReply(client_id, message)
+
+    def evaluate(self, parameters: NamedArrays, *, round: int, batch_size: int) -> dict[int, dict[str, float]]:
+        body = pack({"round": round, "parameters": dict(parameters), "batch_size": batch_size})
+        results = {}
+        for result in self._run([(c, EVALUATE, body) for c in range(len(self._example_counts))]):
+            if result.error is not None:
+                log.warning("client %d did not evaluate: %s", result.client_id, result.error)
+                continue
+            assert result.packed is not None
+            answer = unpack(*result.packed)
+            results[result.client_id] = {
+                **{k: float(v) for k, v in answer.items() if k != "num_examples"},
+                "num_examples": int(answer["num_examples"]),
+            }
+        return dict(sorted(results.items()))
+
+    def end_round(self, round: int) -> None:
+        self._halves = _Halves()
+        self._gone.clear()
+
+    def close(self) -> None:
+        self._stop(self._workers)
+        self._workers = []
+
+    @staticmethod
+    def _stop(workers: Sequence[_Worker]) -> None:
+        for worker in workers:
+            try:
+                worker.process.stdin.close()  # the end of its request stream: it exits
+            except OSError:
+                pass
+        for worker in workers:
+            try:
+                worker.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                worker.process.kill()
+                worker.process.wait()
+            worker.process.stdout.close()
+
+    def pids(self) -> list[int]:
+        """The live workers' process ids."""
+        return [w.process.pid for w in self._workers if w.process.poll() is None]
+
+
+if __name__ == "__main__":
+    main()
