@@ -1,0 +1,120 @@
+"""The worker-pool transport (run.workers): parallel clients give the sequential result, survive a dying worker,
+and leave no process behind."""
+
+import json
+import os
+import signal
+
+import numpy as np
+import psutil
+import pytest
+from safetensors.numpy import load_file
+
+from secure_ffm.config import load_config
+from secure_ffm.engine.orchestrator import RoundHooks
+from secure_ffm.run.simulation import Simulation, prepare_run, without_timings
+
+BASE = """\
+[run]
+seed = 5
+threads = 1
+workers = {workers}
+[data]
+dataset = "digits"
+num_clients = 4
+partition = "iid"
+[model]
+arch = "cnn"
+finetune = "full"
+[client]
+batch_size = 16
+local_steps = 2
+[server]
+rounds = 2
+"""
+MODES = {
+    "plaintext": "",
+    "masking": '[secure_aggregation]\nprotocol = "masking"\n[privacy]\nreproducible_noise = true\n',
+    "dp-sgd": '[privacy]\nmode = "dp-sgd"\ntarget_epsilon = 8.0\nreproducible_noise = true\n',
+}
+
+
+def worker_processes():
+    return [p for p in psutil.Process().children(recursive=True) if "secure_ffm.transports.worker_pool" in " ".join(p.cmdline())]
+
+
+def run(tmp_path, name, text, hooks=()):
+    path = tmp_path / f"{name}.toml"
+    path.write_text(text)
+    simulation = Simulation(prepare_run(load_config(path)), out_dir=tmp_path / name, hooks=hooks)
+    simulation.run()
+    return simulation
+
+
+def rows(run_dir):
+    return [without_timings(json.loads(line)) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", list(MODES))
+def test_two_workers_give_the_sequential_result_bitwise(tmp_path, mode):
+    sequential = run(tmp_path, "one", BASE.format(workers=1) + MODES[mode])
+    parallel = run(tmp_path, "two", BASE.format(workers=2) + MODES[mode])
+    assert parallel.workers == 2 and sequential.workers == 1
+    assert rows(tmp_path / "two") == rows(tmp_path / "one")
+    a, b = load_file(str(tmp_path / "one" / "model.safetensors")), load_file(str(tmp_path / "two" / "model.safetensors"))
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    if mode == "dp-sgd":  # the ledgers live with the clients' state in this process, checkpointed as before
+        assert json.loads((tmp_path / "two" / "privacy.json").read_text()) == json.loads((tmp_path / "one" / "privacy.json").read_text())
+    assert not worker_processes()
+
+
+class KillAWorker(RoundHooks):
+    """On the first message of round 1, SIGKILL every worker: the clients they were training drop out."""
+
+    def __init__(self):
+        self.simulation = None
+        self.killed = []
+
+    def message_received(self, round, message, instructions):
+        if round == 1 and not self.killed:
+            for pid in self.simulation.transport.pids():
+                os.kill(pid, signal.SIGKILL)
+                self.killed.append(pid)
+
+
+@pytest.mark.slow
+def test_a_dying_worker_is_its_clients_dropout_and_is_replaced(tmp_path):
+    text = (
+        BASE.format(workers=2).replace("num_clients = 4", "num_clients = 6") + '[secure_aggregation]\nprotocol = "masking"\nthreshold = 4\n'
+    )
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    hook = KillAWorker()
+    simulation = Simulation(prepare_run(load_config(path)), out_dir=tmp_path / "run", hooks=[hook])
+    hook.simulation = simulation
+    simulation.run()
+    first, second = rows(tmp_path / "run")
+    assert hook.killed and simulation.transport.replaced >= 1
+    assert first["dropped_clients"] and first["aborted"] is None  # the survivors unmasked the others' sum
+    assert len(first["clients"]) + len(first["dropped_clients"]) == 6
+    assert second["clients"] == [0, 1, 2, 3, 4, 5]  # the replaced workers serve the next round
+    assert not worker_processes()
+
+
+class Interrupt(RoundHooks):
+    def message_received(self, round, message, instructions):
+        raise KeyboardInterrupt
+
+
+@pytest.mark.slow
+def test_no_worker_outlives_an_interrupted_run(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, "run", BASE.format(workers=2), hooks=[Interrupt()])
+    assert not worker_processes()
+
+
+def test_auto_workers_stay_in_process_for_short_runs_and_large_models(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text(BASE.format(workers=0))
+    assert Simulation(prepare_run(load_config(path))).workers == 1  # 4 clients x 2 rounds: not worth a worker's start
