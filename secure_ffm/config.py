@@ -79,7 +79,7 @@ class RunConfig:
     name: str = "run"
     """Names the default run directory ``runs/<name>-<timestamp>``: one path component, no separators."""
     threads: int = 0
-    """Torch CPU threads (at most ``MAX_THREADS``); 0 leaves torch's default."""
+    """Torch CPU threads (at most ``MAX_THREADS``); 0 chooses: one for a small model (the CNN), every core for a large one."""
     workers: int = 1
     """Processes that train a round's clients in parallel (the worker-pool transport, each worker one torch thread);
     1 trains them one after another in this process; 0 chooses from the cores and the round (docs/speed.md)."""

@@ -105,7 +105,24 @@ def load_data_and_model(config: Config) -> tuple[FederatedData, FederatedModel]:
         max_length=config.data.max_length,
         image_shape=data.dataset.image_shape,
     )
+    if not config.run.threads:
+        torch.set_num_threads(auto_threads(model.total_parameter_count()))
     return data, model
+
+
+SINGLE_THREAD_MAX_PARAMETERS = 5_000_000
+"""With ``run.threads = 0``, a model up to this many parameters trains on one torch thread, a larger one on every core.
+
+Measured on this project's 2-core machine (``benchmarks/threads.py``): the CNN's step (0.2 M parameters) takes 1.0x
+quiet and up to 8x under load with two threads against one (the threads wait on each other at every barrier of many
+small ops); MiniLM's (22 M) is 0.6x with two threads quiet, where the work per op is large enough to split."""
+
+
+def auto_threads(parameters: int) -> int:
+    """Torch threads for a model of ``parameters`` parameters when ``run.threads = 0`` (:data:`SINGLE_THREAD_MAX_PARAMETERS`)."""
+    if parameters <= SINGLE_THREAD_MAX_PARAMETERS:
+        return 1
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 AUTO_WORKERS_MAX_PARAMETERS = 5_000_000
