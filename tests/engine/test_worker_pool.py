@@ -32,9 +32,8 @@ local_steps = 2
 [server]
 rounds = 2
 """
-MODES = {
+MODES = {  # masking's halves travel the same way (tests/flower/test_remote_transport.py: fresh state every message)
     "plaintext": "",
-    "masking": '[secure_aggregation]\nprotocol = "masking"\n[privacy]\nreproducible_noise = true\n',
     "dp-sgd": '[privacy]\nmode = "dp-sgd"\ntarget_epsilon = 8.0\nreproducible_noise = true\n',
 }
 
@@ -69,8 +68,8 @@ def test_two_workers_give_the_sequential_result_bitwise(tmp_path, mode):
     assert not worker_processes()
 
 
-class KillAWorker(RoundHooks):
-    """On the first message of round 1, SIGKILL every worker: the clients they were training drop out."""
+class KillThenInterrupt(RoundHooks):
+    """Round 1, first message: SIGKILL every worker (the clients they were training drop out). Round 3: Ctrl-C."""
 
     def __init__(self):
         self.simulation = None
@@ -81,37 +80,26 @@ class KillAWorker(RoundHooks):
             for pid in self.simulation.transport.pids():
                 os.kill(pid, signal.SIGKILL)
                 self.killed.append(pid)
+        if round == 3:
+            raise KeyboardInterrupt
 
 
 @pytest.mark.slow
-def test_a_dying_worker_is_its_clients_dropout_and_is_replaced(tmp_path):
-    text = (
-        BASE.format(workers=2).replace("num_clients = 4", "num_clients = 6") + '[secure_aggregation]\nprotocol = "masking"\nthreshold = 4\n'
-    )
+def test_a_dying_worker_is_its_clients_dropout_and_is_replaced_and_none_outlives_ctrl_c(tmp_path):
+    text = BASE.format(workers=2).replace("num_clients = 4", "num_clients = 6").replace("rounds = 2", "rounds = 3")
     path = tmp_path / "c.toml"
-    path.write_text(text)
-    hook = KillAWorker()
+    path.write_text(text + '[secure_aggregation]\nprotocol = "masking"\nthreshold = 4\n')
+    hook = KillThenInterrupt()
     simulation = Simulation(prepare_run(load_config(path)), out_dir=tmp_path / "run", hooks=[hook])
     hook.simulation = simulation
-    simulation.run()
+    with pytest.raises(KeyboardInterrupt):
+        simulation.run()
     first, second = rows(tmp_path / "run")
     assert hook.killed and simulation.transport.replaced >= 1
     assert first["dropped_clients"] and first["aborted"] is None  # the survivors unmasked the others' sum
     assert len(first["clients"]) + len(first["dropped_clients"]) == 6
     assert second["clients"] == [0, 1, 2, 3, 4, 5]  # the replaced workers serve the next round
-    assert not worker_processes()
-
-
-class Interrupt(RoundHooks):
-    def message_received(self, round, message, instructions):
-        raise KeyboardInterrupt
-
-
-@pytest.mark.slow
-def test_no_worker_outlives_an_interrupted_run(tmp_path):
-    with pytest.raises(KeyboardInterrupt):
-        run(tmp_path, "run", BASE.format(workers=2), hooks=[Interrupt()])
-    assert not worker_processes()
+    assert not worker_processes()  # Ctrl-C in round 3: the run's end stopped every worker
 
 
 def test_auto_workers_stay_in_process_for_short_runs_and_large_models(tmp_path):
