@@ -162,15 +162,21 @@ def deploy_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _new_key_folder(path: str) -> Path:
+    """A folder to write keys into: new or empty (keys are never overwritten)."""
+    directory = Path(path)
+    if directory.exists() and any(directory.iterdir()):
+        raise ConfigError("DIR", f"{directory} already exists and is not empty", "choose a new folder: existing keys are never overwritten")
+    return directory
+
+
 @command("certs")
 def certs_command(args: argparse.Namespace) -> int:
     """Write a test federation's CA, SuperLink certificate and SuperNode authentication keys (docs/deployment.md)."""
     from secure_ffm.flower.certs import make_certificates
     from secure_ffm.flower.launch import write_node_key
 
-    directory = Path(args.dir)
-    if directory.exists() and any(directory.iterdir()):
-        raise ConfigError("DIR", f"{directory} already exists and is not empty", "choose a new folder: existing keys are never overwritten")
+    directory = _new_key_folder(args.dir)
     if not args.hosts or any(not h.strip() for h in args.hosts):
         raise ConfigError("--hosts", "names no host", "pass the SuperLink's address as the nodes reach it, e.g. --hosts server.example.org")
     if args.nodes < 0 or args.days < 1:
@@ -200,9 +206,7 @@ def ckks_keys_command(args: argparse.Namespace) -> int:
             'key files are for CKKS with ckks_key_holder = "clients"',
             'set secure_aggregation.protocol = "ckks" (and ckks_key_holder = "clients")',
         )
-    directory = Path(args.dir)
-    if directory.exists() and any(directory.iterdir()):
-        raise ConfigError("DIR", f"{directory} already exists and is not empty", "choose a new folder: existing keys are never overwritten")
+    directory = _new_key_folder(args.dir)
     directory.mkdir(parents=True, exist_ok=True)
     paths = write_key_files(config, directory)
     assert paths is not None

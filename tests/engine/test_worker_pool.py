@@ -8,30 +8,13 @@ import signal
 import numpy as np
 import psutil
 import pytest
+from digits_cnn import digits_cnn_toml
 from safetensors.numpy import load_file
 
 from secure_ffm.config import load_config
 from secure_ffm.engine.orchestrator import RoundHooks
 from secure_ffm.run.simulation import Simulation, prepare_run, without_timings
 
-BASE = """\
-[run]
-seed = 5
-threads = 1
-workers = {workers}
-[data]
-dataset = "digits"
-num_clients = 4
-partition = "iid"
-[model]
-arch = "cnn"
-finetune = "full"
-[client]
-batch_size = 16
-local_steps = 2
-[server]
-rounds = 2
-"""
 MODES = {  # masking's halves travel the same way (tests/flower/test_remote_transport.py: fresh state every message)
     "plaintext": "",
     "dp-sgd": '[privacy]\nmode = "dp-sgd"\ntarget_epsilon = 8.0\nreproducible_noise = true\n',
@@ -57,8 +40,8 @@ def rows(run_dir):
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", list(MODES))
 def test_two_workers_give_the_sequential_result_bitwise(tmp_path, mode):
-    sequential = run(tmp_path, "one", BASE.format(workers=1) + MODES[mode])
-    parallel = run(tmp_path, "two", BASE.format(workers=2) + MODES[mode])
+    sequential = run(tmp_path, "one", digits_cnn_toml(clients=4, workers=1) + MODES[mode])
+    parallel = run(tmp_path, "two", digits_cnn_toml(clients=4, workers=2) + MODES[mode])
     assert parallel.workers == 2 and sequential.workers == 1
     assert rows(tmp_path / "two") == rows(tmp_path / "one")
     a, b = load_file(str(tmp_path / "one" / "model.safetensors")), load_file(str(tmp_path / "two" / "model.safetensors"))
@@ -86,7 +69,7 @@ class KillThenInterrupt(RoundHooks):
 
 @pytest.mark.slow
 def test_a_dying_worker_is_its_clients_dropout_and_is_replaced_and_none_outlives_ctrl_c(tmp_path):
-    text = BASE.format(workers=2).replace("num_clients = 4", "num_clients = 6").replace("rounds = 2", "rounds = 3")
+    text = digits_cnn_toml(clients=6, rounds=3, workers=2)
     path = tmp_path / "c.toml"
     path.write_text(text + '[secure_aggregation]\nprotocol = "masking"\nthreshold = 4\n')
     hook = KillThenInterrupt()
@@ -104,5 +87,5 @@ def test_a_dying_worker_is_its_clients_dropout_and_is_replaced_and_none_outlives
 
 def test_auto_workers_stay_in_process_for_short_runs_and_large_models(tmp_path):
     path = tmp_path / "c.toml"
-    path.write_text(BASE.format(workers=0))
+    path.write_text(digits_cnn_toml(clients=4, workers=0))
     assert Simulation(prepare_run(load_config(path))).workers == 1  # 4 clients x 2 rounds: not worth a worker's start

@@ -10,6 +10,7 @@ import time
 import numpy as np
 import psutil
 import pytest
+from digits_cnn import digits_cnn_toml
 from safetensors.numpy import load_file
 
 from secure_ffm.flower.certs import make_certificates
@@ -18,23 +19,7 @@ from secure_ffm.run.cli import main
 
 pytestmark = pytest.mark.slow
 
-DIGITS = """\
-[run]
-seed = 5
-threads = 1
-[data]
-dataset = "digits"
-num_clients = 3
-partition = "iid"
-[model]
-arch = "cnn"
-finetune = "full"
-[client]
-batch_size = 16
-local_steps = 2
-[server]
-rounds = 2
-"""
+DIGITS = digits_cnn_toml()
 
 
 def port_is_free(port):

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from digits_cnn import digits_cnn_toml
 from direct_link import FreshProcessLink
 from safetensors.numpy import load_file
 
@@ -14,23 +15,7 @@ from secure_ffm.run.deployment import server_run
 from secure_ffm.run.simulation import Simulation, prepare_run, without_timings
 from secure_ffm.transports.remote import DeploymentError, LinkReply
 
-BASE = """\
-[run]
-seed = 5
-threads = 1
-[data]
-dataset = "digits"
-num_clients = 3
-partition = "iid"
-[model]
-arch = "cnn"
-finetune = "full"
-[client]
-batch_size = 16
-local_steps = 2
-[server]
-rounds = 2
-"""
+BASE = digits_cnn_toml()
 
 MASKING = '[secure_aggregation]\nprotocol = "masking"\n'
 REPRODUCIBLE = "[privacy]\nreproducible_noise = true\n"
