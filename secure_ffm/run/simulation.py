@@ -113,9 +113,10 @@ def load_data_and_model(config: Config) -> tuple[FederatedData, FederatedModel]:
 SINGLE_THREAD_MAX_PARAMETERS = 5_000_000
 """With ``run.threads = 0``, a model up to this many parameters trains on one torch thread, a larger one on every core.
 
-Measured on this project's 2-core machine (``benchmarks/threads.py``): the CNN's step (0.2 M parameters) takes 1.0x
-quiet and up to 8x under load with two threads against one (the threads wait on each other at every barrier of many
-small ops); MiniLM's (22 M) is 0.6x with two threads quiet, where the work per op is large enough to split."""
+Measured on this project's 2-core machine with other jobs running (``benchmarks/threads.py``, load average 2.4-3.4,
+2026-12-05): one step of batch 32 took 21x longer with two threads than with one for the CNN (0.2 M parameters: the
+threads wait on each other at every barrier of many small ops) and 15x for the small ViT (0.1 M), but 0.63x for MiniLM
+LoRA and 0.61x for full MiniLM (22.6 M), whose ops are large enough to split."""
 
 
 def auto_threads(parameters: int) -> int:
