@@ -5,7 +5,17 @@
 itself in :data:`attacks.base.ATTACKS`.
 """
 
-from attacks.base import ATTACKS, Attack, Budget, GroundTruth, Observation, Reconstruction, ThreatModel, TrainingSetup, build_attack
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __all__ = ["ATTACKS", "Attack", "Budget", "GroundTruth", "Observation", "Reconstruction", "ThreatModel", "TrainingSetup", "build_attack"]
-from attacks import dlg, inverting, lamp, tag, text_embedding  # noqa: E402, F401 - register the image attacks  # noqa: E402, F401 - register the text attacks
+
+
+def __getattr__(name: str) -> Any:
+    """The names above, loaded on first use (PEP 562): ``attacks.base`` imports torch, which ``secure-ffm --help``
+    (importing ``attacks.cli`` through this package) must not pay for."""
+    if name in __all__:
+        return getattr(importlib.import_module("attacks.base"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

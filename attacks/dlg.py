@@ -24,7 +24,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from attacks.base import ATTACKS
 from attacks.image import GradientInversion, InversionSettings
 from secure_ffm.models.vision import ImageModel
 
@@ -51,7 +50,6 @@ class IDLGSettings(DLGSettings):
     labels: str = "infer"
 
 
-@ATTACKS.register("dlg")
 class DLG(GradientInversion):
     """Deep Leakage from Gradients (Zhu et al., NeurIPS 2019)."""
 
@@ -60,7 +58,6 @@ class DLG(GradientInversion):
     paper = "Zhu, Liu, Han. Deep Leakage from Gradients. NeurIPS 2019."
 
 
-@ATTACKS.register("idlg")
 class IDLG(GradientInversion):
     """DLG with exact label inference from the last layer (Zhao et al., 2020)."""
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from attacks.base import ATTACKS
 from attacks.image import GradientInversion, InversionSettings
 
 PAPER = "Geiping, Bauermeister, Droege, Moeller. Inverting Gradients - How easy is it to break privacy in federated learning? NeurIPS 2020."
@@ -32,7 +31,6 @@ class FedAvgInversionSettings(InversionSettings):
     simulate_local_steps: bool = True
 
 
-@ATTACKS.register("inverting-gradients")
 class InvertingGradients(GradientInversion):
     """Cosine gradient matching with a TV prior (Geiping et al., NeurIPS 2020)."""
 
@@ -41,7 +39,6 @@ class InvertingGradients(GradientInversion):
     paper = PAPER
 
 
-@ATTACKS.register("inverting-gradients-fedavg")
 class InvertingGradientsFedAvg(GradientInversion):
     """Inverting Gradients against a multi-step local update (Geiping et al., NeurIPS 2020, Section 6)."""
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from attacks.base import ATTACKS, BudgetClock
+from attacks.base import BudgetClock
 from attacks.tag import GradientMatchingTextAttack, TagSettings, TextProblem, token_distance
 from attacks.text import compose
 from secure_ffm.errors import ConfigError
@@ -102,7 +102,6 @@ def free_positions(problem: TextProblem, row: int) -> list[int]:
     return torch.nonzero(problem.layout.free[row]).flatten().tolist()
 
 
-@ATTACKS.register("lamp")
 class Lamp(GradientMatchingTextAttack):
     """TAG plus LAMP's discrete reordering steps, scored by gradient distance only (no GPT-2 prior offline)."""
 

@@ -32,7 +32,7 @@ from typing import ClassVar
 
 import torch
 
-from attacks.base import ATTACKS, Attack, AttackSettings, Budget, BudgetClock, Observation, Reconstruction
+from attacks.base import Attack, AttackSettings, Budget, BudgetClock, Observation, Reconstruction
 from attacks.text import (
     LAYER_WEIGHTS,
     GradientMatch,
@@ -247,7 +247,6 @@ def token_distance(problem: TextProblem, ids: torch.Tensor) -> float:
     return float(problem.match(problem.table[ids], problem.layout, problem.labels, create_graph=False).detach())
 
 
-@ATTACKS.register("tag")
 class Tag(GradientMatchingTextAttack):
     """TAG: Adam on word-embedding vectors under an L2 + L1 gradient distance, then nearest-token projection."""
 

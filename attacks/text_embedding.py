@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from attacks.base import ATTACKS, OBSERVATIONS, Attack, AttackSettings, Budget, Observation, Reconstruction
+from attacks.base import OBSERVATIONS, Attack, AttackSettings, Budget, Observation, Reconstruction
 from attacks.text import check_text_model, nonzero_rows, word_embedding_name
 from secure_ffm.errors import ConfigError
 
@@ -41,7 +41,6 @@ class EmbeddingLeakageSettings(AttackSettings):
             raise ConfigError("attack.relative_tolerance", f"must lie in [0, 1), got {self.relative_tolerance}")
 
 
-@ATTACKS.register("embedding-leakage")
 class EmbeddingLeakage(Attack):
     """The bag of tokens of the batch: the non-zero rows of the word-embedding gradient or update."""
 

@@ -14,12 +14,15 @@ from importlib.metadata import entry_points
 log = logging.getLogger(__name__)
 
 GROUP = "secure_ffm.plugins"
+"""Packages that register update transforms (loaded when a transform is looked up)."""
+COMMANDS_GROUP = "secure_ffm.commands"
+"""Modules that register CLI commands (loaded when the command line is parsed); they import nothing heavy at load."""
 _loaded: set[str] = set()
 
 
-def load_plugins() -> tuple[str, ...]:
-    """Import every installed ``secure_ffm.plugins`` entry point once; returns the module names loaded."""
-    for entry in entry_points(group=GROUP):
+def load_plugins(group: str = GROUP) -> tuple[str, ...]:
+    """Import every installed entry point of ``group`` once; returns the module names loaded so far."""
+    for entry in entry_points(group=group):
         if entry.value in _loaded:
             continue
         try:

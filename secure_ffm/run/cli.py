@@ -423,9 +423,9 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline.add_argument("--dry-run", action="store_true", help="validate the pipeline and list its stages, run nothing")
     pipeline.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    from secure_ffm.plugins import load_plugins
+    from secure_ffm.plugins import COMMANDS_GROUP, load_plugins
 
-    load_plugins()  # attacks, eval: their commands register themselves
+    load_plugins(COMMANDS_GROUP)  # attacks, eval: their commands register themselves
     for name, (help_text, configure) in sorted(COMMAND_PARSERS.items()):
         configure(sub.add_parser(name, help=help_text))
     return parser

@@ -83,3 +83,14 @@ def test_console_script_exit_code_on_bad_input(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().endswith("(pass the path of a .toml config, e.g. configs/quickstart.toml)")
     assert Path(tmp_path).exists()
+
+
+def test_help_imports_no_torch():
+    """`secure-ffm --help` must answer fast: the commands' plugin modules import nothing heavy (attacks register lazily)."""
+    import subprocess
+    import sys
+
+    code = "import sys; from secure_ffm.run.cli import main; main(['--help']); print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "False"
+    assert "attack" in done.stdout and "deploy" in done.stdout
