@@ -16,7 +16,8 @@ Run config (``flwr run . fed --run-config 'config="..." out="..."'``, read by th
 ``out``
     The run directory the ServerApp writes (on the server's machine).
 ``timeout``
-    Seconds the server waits for the replies of one request (default 600); a node silent that long is a dropout.
+    Seconds the server waits for the replies of one request (default 600; the hello waits at least 300 s, for cold
+    starts); a node silent that long is a dropout.
 ``ckks-keys``
     Under CKKS: the server's key file from ``secure-ffm ckks-keys`` (the public context only).
 
@@ -62,6 +63,8 @@ STATE_KEY = "secure_ffm"
 """The ``context.state`` record that holds the node's state between messages."""
 POLL_SECONDS = 0.2
 DEFAULT_TIMEOUT = 600.0
+HELLO_TIMEOUT = 300.0
+"""The least the server waits for the hello: a node's first message installs the app and imports torch (cold start)."""
 
 
 # --------------------------------------------------------------------------- records
@@ -110,7 +113,7 @@ class FlowerLink(Link):
         messages = [Message(to_record(body, kind), dst_node_id=node, message_type=MESSAGE_TYPES[kind]) for node, body in bodies.items()]
         pending = set(self.grid.push_messages(messages))
         del messages
-        deadline = time.monotonic() + self.timeout
+        deadline = time.monotonic() + (max(self.timeout, HELLO_TIMEOUT) if kind == HELLO else self.timeout)
         while pending and time.monotonic() < deadline:
             replies = list(self.grid.pull_messages(pending))
             for reply in replies:

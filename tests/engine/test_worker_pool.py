@@ -12,7 +12,7 @@ from digits_cnn import digits_cnn_toml
 from safetensors.numpy import load_file
 
 from secure_ffm.config import load_config
-from secure_ffm.engine.orchestrator import RoundHooks
+from secure_ffm.engine.orchestrator import RunObserver
 from secure_ffm.run.simulation import Simulation, prepare_run, without_timings
 
 MODES = {  # masking's halves travel the same way (tests/flower/test_remote_transport.py: fresh state every message)
@@ -51,15 +51,15 @@ def test_two_workers_give_the_sequential_result_bitwise(tmp_path, mode):
     assert not worker_processes()
 
 
-class KillThenInterrupt(RoundHooks):
-    """Round 1, first message: SIGKILL every worker (the clients they were training drop out). Round 3: Ctrl-C."""
+class KillThenInterrupt(RunObserver):
+    """Before round 2: SIGKILL every worker, so the first clients sent to them drop out. Round 3: Ctrl-C."""
 
     def __init__(self):
         self.simulation = None
         self.killed = []
 
-    def message_received(self, round, message, instructions):
-        if round == 1 and not self.killed:
+    def round_started(self, round, clients):
+        if round == 2:
             for pid in self.simulation.transport.pids():
                 os.kill(pid, signal.SIGKILL)
                 self.killed.append(pid)
@@ -69,19 +69,18 @@ class KillThenInterrupt(RoundHooks):
 
 @pytest.mark.slow
 def test_a_dying_worker_is_its_clients_dropout_and_is_replaced_and_none_outlives_ctrl_c(tmp_path):
-    text = digits_cnn_toml(clients=6, rounds=3, workers=2)
     path = tmp_path / "c.toml"
-    path.write_text(text + '[secure_aggregation]\nprotocol = "masking"\nthreshold = 4\n')
-    hook = KillThenInterrupt()
-    simulation = Simulation(prepare_run(load_config(path)), out_dir=tmp_path / "run", hooks=[hook])
-    hook.simulation = simulation
+    path.write_text(digits_cnn_toml(clients=6, rounds=3, workers=2))
+    observer = KillThenInterrupt()
+    simulation = Simulation(prepare_run(load_config(path)), out_dir=tmp_path / "run", observer=observer)
+    observer.simulation = simulation
     with pytest.raises(KeyboardInterrupt):
         simulation.run()
     first, second = rows(tmp_path / "run")
-    assert hook.killed and simulation.transport.replaced >= 1
-    assert first["dropped_clients"] and first["aborted"] is None  # the survivors unmasked the others' sum
-    assert len(first["clients"]) + len(first["dropped_clients"]) == 6
-    assert second["clients"] == [0, 1, 2, 3, 4, 5]  # the replaced workers serve the next round
+    assert len(observer.killed) == 2 and simulation.transport.replaced == 2
+    assert first["clients"] == [0, 1, 2, 3, 4, 5]
+    assert second["dropped_clients"] == [0, 1] and second["clients"] == [2, 3, 4, 5]  # sent to the dead workers
+    assert second["aborted"] is None and second["test_accuracy"] is not None  # the others' updates were aggregated
     assert not worker_processes()  # Ctrl-C in round 3: the run's end stopped every worker
 
 
