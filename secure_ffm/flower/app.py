@@ -18,6 +18,8 @@ Run config (``flwr run . fed --run-config 'config="..." out="..."'``, read by th
 ``timeout``
     Seconds the server waits for the replies of one request (default 600; the hello waits at least 300 s, for cold
     starts); a node silent that long is a dropout.
+``stage-timeout``
+    The same for the protocol's stages, which train nothing (masking's keys, shares, unmasking); 0: ``timeout``.
 ``ckks-keys``
     Under CKKS: the server's key file from ``secure-ffm ckks-keys`` (the public context only).
 
@@ -100,9 +102,14 @@ def run_config_value(run_config: Mapping[str, Any], key: str, default: Any = Non
 class FlowerLink(Link):
     """Carries packed requests as Flower messages through the ServerApp's Grid, streaming replies as they arrive."""
 
-    def __init__(self, grid: Grid, *, timeout: float = DEFAULT_TIMEOUT, poll_seconds: float = POLL_SECONDS) -> None:
+    def __init__(
+        self, grid: Grid, *, timeout: float = DEFAULT_TIMEOUT, stage_timeout: float | None = None, poll_seconds: float = POLL_SECONDS
+    ) -> None:
+        """``timeout``: seconds to wait for a request's replies (training, evaluation); ``stage_timeout``: for the protocol's
+        stages, which do no training (default: ``timeout``); the hello waits at least :data:`HELLO_TIMEOUT`."""
         self.grid = grid
         self.timeout = float(timeout)
+        self.stage_timeout = float(stage_timeout) if stage_timeout else self.timeout
         self.poll_seconds = float(poll_seconds)
         self.bytes_sent = 0
 
@@ -113,7 +120,8 @@ class FlowerLink(Link):
         messages = [Message(to_record(body, kind), dst_node_id=node, message_type=MESSAGE_TYPES[kind]) for node, body in bodies.items()]
         pending = set(self.grid.push_messages(messages))
         del messages
-        deadline = time.monotonic() + (max(self.timeout, HELLO_TIMEOUT) if kind == HELLO else self.timeout)
+        wait = {HELLO: max(self.timeout, HELLO_TIMEOUT), STAGE: self.stage_timeout}.get(kind, self.timeout)
+        deadline = time.monotonic() + wait
         while pending and time.monotonic() < deadline:
             replies = list(self.grid.pull_messages(pending))
             for reply in replies:
@@ -131,7 +139,7 @@ class FlowerLink(Link):
             if pending and not replies:
                 time.sleep(self.poll_seconds)
         if pending:
-            log.warning("%d node(s) did not answer the %s request within %.0f s", len(pending), kind, self.timeout)
+            log.warning("%d node(s) did not answer the %s request within %.0f s", len(pending), kind, wait)
 
 
 server_app = ServerApp()
@@ -148,7 +156,11 @@ def server_main(grid: Grid, context: Context) -> None:
     if not config_path or not out:
         raise ValueError('the run config needs config="PATH.toml" and out="RUN_DIR" (flwr run . FEDERATION --run-config ...)')
     config = load_config(str(config_path), overrides=overrides(str(run_config_value(run_config, "set", ""))))
-    link = FlowerLink(grid, timeout=float(run_config_value(run_config, "timeout", DEFAULT_TIMEOUT)))
+    link = FlowerLink(
+        grid,
+        timeout=float(run_config_value(run_config, "timeout", DEFAULT_TIMEOUT)),
+        stage_timeout=float(run_config_value(run_config, "stage-timeout", 0.0)),
+    )
     key_path = run_config_value(run_config, "ckks-keys")
     key_file = Path(str(key_path)).read_bytes() if key_path else None
     summary = server_run(config, link, out_dir=Path(str(out)), key_file=key_file)

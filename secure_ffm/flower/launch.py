@@ -64,6 +64,7 @@ config = ""
 set = ""
 out = ""
 timeout = 600.0
+stage-timeout = 0.0
 ckks-keys = ""
 """
 """The app Flower ships to the nodes: only this file. Each node imports the ``secure_ffm`` installed on it, never code the
