@@ -34,20 +34,34 @@ message's ArrayRecord into the same CNN, trains with plain torch (cross-entropy,
 drawn by torch, not the same order as secure-ffm's) and replies with the weights as an ArrayRecord and its example
 count; the ServerApp averages them weighted by examples (FedAvg).
 
-Measured for each run: **wall** seconds of the whole subprocess (from launching it to its exit, Ray's shut-down
-included); **start-up** seconds from launching it to the first client's first training step (secure-ffm: the first
-call of its trainer, timestamped by the child; Flower: the first ClientApp call that starts training, after that
-actor has loaded its data, timestamped in a file; the first ClientApp call of any kind is reported as
-``first_call_s``); **peak memory**: the largest sum of RSS over the child and all its descendants (Ray's GCS,
-raylet, workers ...), sampled every 0.2 s with psutil (pages shared between processes count once per process),
-and beside it the largest sum of PSS (``/proc/PID/smaps_rollup``: shared pages divided among the processes that
-map them, so torch's libraries count once), sampled every 2 s; and the 1-minute load average
-(``os.getloadavg()``) when the run started and its mean during the run (the run's own processes included: a quiet
-machine reads about 1 for secure-ffm with one thread; a higher reading means neighbours shared the cores).
-Reported: the medians over repetitions, and the ratios of medians Flower / secure-ffm for wall, start-up, wall
-after start-up and memory. Both systems run the same computation: with 32 examples and batch 32 each client takes
-one full-batch step, so the batch order does not matter and the final test accuracy is the same in every run of a
-case.
+Measured for each run:
+
+- **wall**: seconds of the whole subprocess, from launching it to its exit (Ray's shut-down included);
+- **start-up**: seconds from launching it to the first client's first training step (secure-ffm: the first call of
+  its trainer, timestamped by the child; Flower: the first ClientApp call that starts training, after that actor
+  has loaded its data, timestamped in a file; the first ClientApp call of any kind is ``first_call_s``, the
+  ServerApp holding the node mapping ``nodes_ready_s``); ``after_startup_s`` = wall - start-up;
+- **peak memory**: the largest sum of RSS over the child and all its descendants (Ray's GCS, raylet, workers ...),
+  sampled every 0.2 s with psutil (pages shared between processes count once per process), and beside it the
+  largest sum of PSS (``/proc/PID/smaps_rollup``: shared pages divided among the processes that map them, so
+  torch's libraries count once), sampled every 2 s;
+- **load**: the 1-minute load average (``os.getloadavg()``) when the run started and its mean during the run (the
+  run's own processes included); ``own_cores``: the user + system CPU seconds of every process of the run's tree,
+  as last sampled, over wall; ``others_cores``: the cores other processes kept busy meanwhile (the machine's busy
+  CPU seconds from ``/proc/stat`` less the run's and this script's, over wall; a process's last 0.2 s count as
+  others).
+
+The machine may be shared: before each run the script waits (up to ``--quiet-wait`` seconds, 180) until other
+processes keep fewer than ``--quiet-cores`` (0.3) cores busy over a second, and records what it found
+(``others_cores_before``, ``waited_for_quiet_s``). It matters: with another process holding about one of the two
+cores, secure-ffm with torch's default two threads ran the large case in 16-96 s instead of 6-7 (its intra-op
+threads wait for each other), with ``run.threads = 1`` in 8-9 s (once 27 s, at a load of 6) instead of 7-9, and
+Flower in 29-61 s instead of about 24.
+
+Reported: the medians over repetitions (and ``wall_min_s``, the best repetition), and the ratios of medians
+Flower / secure-ffm for wall, start-up, wall after start-up and memory. Both systems run the same computation: with
+32 examples and batch 32 each client takes one full-batch step, so the batch order does not matter and the final
+test accuracy is the same in every run of a case.
 
     python benchmarks/vs_flower.py [--cases small large] [--repetitions 3] [--test-examples 1000]
     python benchmarks/vs_flower.py --quick   # the small case, one repetition (a smoke test, about a minute)
@@ -61,6 +75,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -310,10 +325,38 @@ def pss_bytes(pid: int) -> int:
     return 0
 
 
-def measure(system: str, case: str, test_examples: int, work: Path) -> dict[str, Any]:
-    """Run ``system`` on ``case`` in a fresh subprocess; wall, start-up, peak RSS of its process tree, load."""
+def busy_cpu_seconds() -> float:
+    """CPU seconds the whole machine has spent busy since boot (``/proc/stat``: all but idle and iowait)."""
+    with open("/proc/stat", encoding="ascii") as file:
+        values = [int(v) for v in file.readline().split()[1:9]]
+    return (sum(values) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def self_cpu_seconds() -> float:
+    """CPU seconds of this process (the sampler)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def wait_for_quiet(max_busy: float, max_wait: float) -> tuple[float, float]:
+    """Wait (up to ``max_wait`` seconds) until other processes keep fewer than ``max_busy`` cores busy over one second.
+
+    Returns the cores others kept busy in the last second measured and the seconds waited."""
+    start = time.time()
+    while True:
+        busy, own = busy_cpu_seconds(), self_cpu_seconds()
+        time.sleep(1.0)
+        others = max(0.0, (busy_cpu_seconds() - busy) - (self_cpu_seconds() - own))
+        if others < max_busy or time.time() - start >= max_wait:
+            return others, time.time() - start
+        time.sleep(4.0)
+
+
+def measure(system: str, case: str, test_examples: int, work: Path, quiet: tuple[float, float]) -> dict[str, Any]:
+    """Run ``system`` on ``case`` in a fresh subprocess; wall, start-up, peak RSS of its process tree, load, others' CPU."""
     import psutil
 
+    others_before, waited = wait_for_quiet(*quiet)
     work.mkdir(parents=True)
     out, log = work / "result.json", work / "child.log"
     cmd = [sys.executable, str(SCRIPT), "--_child", system, "--case", case, "--test-examples", str(test_examples), "--_out", str(out)]
@@ -321,8 +364,10 @@ def measure(system: str, case: str, test_examples: int, work: Path) -> dict[str,
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
     load_start = os.getloadavg()[0]
     seen: dict[int, psutil.Process] = {}
+    cpu: dict[int, float] = {}  # each process's user + system CPU seconds at its last sample
     peak, peak_pss, peak_processes, loads = 0, 0, 0, []
     with open(log, "w", encoding="utf-8") as log_file:
+        busy_start, self_start = busy_cpu_seconds(), self_cpu_seconds()
         start = time.time()
         child = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
         root = psutil.Process(child.pid)
@@ -335,6 +380,8 @@ def measure(system: str, case: str, test_examples: int, work: Path) -> dict[str,
             for process in members:
                 try:
                     total += process.memory_info().rss
+                    times = process.cpu_times()
+                    cpu[process.pid] = times.user + times.system
                     seen.setdefault(process.pid, process)
                 except psutil.NoSuchProcess:
                     pass
@@ -345,6 +392,8 @@ def measure(system: str, case: str, test_examples: int, work: Path) -> dict[str,
             loads.append(os.getloadavg()[0])
             time.sleep(SAMPLE_SECONDS)
         wall = time.time() - start
+        busy, sampler = busy_cpu_seconds() - busy_start, self_cpu_seconds() - self_start
+    own = sum(cpu.values())  # the process tree's CPU seconds, each process's as last sampled (up to 0.2 s short)
     leftovers = [p for pid, p in seen.items() if pid != child.pid and p.is_running()]
     leftover_names = []
     for process in leftovers:  # a process the child started outlived it (e.g. one of Ray's): end it
@@ -369,6 +418,10 @@ def measure(system: str, case: str, test_examples: int, work: Path) -> dict[str,
         "peak_processes": peak_processes,
         "load_1m_start": load_start,
         "load_1m_mean": sum(loads) / max(len(loads), 1),
+        "own_cores": own / wall,
+        "others_cores": max(0.0, busy - own - sampler) / wall,
+        "others_cores_before": others_before,
+        "waited_for_quiet_s": waited,
         "leftover_processes": leftover_names,
         **{f"{name}_s": value - start for name, value in stamps.items() if name != "first_train"},
         **result,
@@ -376,17 +429,18 @@ def measure(system: str, case: str, test_examples: int, work: Path) -> dict[str,
     return row
 
 
-def run_case(case: str, repetitions: int, test_examples: int, work: Path) -> dict[str, Any]:
+def run_case(case: str, repetitions: int, test_examples: int, work: Path, quiet: tuple[float, float]) -> dict[str, Any]:
     runs: list[dict[str, Any]] = []
     for repetition in range(1, repetitions + 1):
         for system in SYSTEMS:
-            row = measure(system, case, test_examples, work / f"{case}-{repetition}-{system}")
+            row = measure(system, case, test_examples, work / f"{case}-{repetition}-{system}", quiet)
             row["repetition"] = repetition
             runs.append(row)
             print(
                 f"{case} #{repetition} {system:20s} wall {row['wall_s']:7.2f} s  start-up {row['startup_s']:6.2f} s  "
                 f"peak RSS {row['peak_rss_mib']:7.1f} MiB ({row['peak_processes']} processes)  "
-                f"load {row['load_1m_start']:.2f} -> {row['load_1m_mean']:.2f}  acc {row['test_accuracy']:.4f}",
+                f"load {row['load_1m_start']:.2f} -> {row['load_1m_mean']:.2f}  cores: own {row['own_cores']:.2f} "
+                f"others {row['others_cores']:.2f} (before {row['others_cores_before']:.2f})  acc {row['test_accuracy']:.4f}",
                 flush=True,
             )
     reference = [r["clients"] for r in runs if r["system"] == "secure-ffm"][0]
@@ -402,6 +456,7 @@ def run_case(case: str, repetitions: int, test_examples: int, work: Path) -> dic
                 "system": system,
                 "runs": len(mine),
                 "wall_s": median([r["wall_s"] for r in mine]),
+                "wall_min_s": min(r["wall_s"] for r in mine),
                 "startup_s": median([r["startup_s"] for r in mine]),
                 "after_startup_s": median([r["after_startup_s"] for r in mine]),
                 "peak_rss_mib": median([r["peak_rss_mib"] for r in mine]),
@@ -410,6 +465,8 @@ def run_case(case: str, repetitions: int, test_examples: int, work: Path) -> dic
                 "test_acc": median([r["test_accuracy"] for r in mine]),
                 "load_1m_start": median([r["load_1m_start"] for r in mine]),
                 "load_1m_mean": median([r["load_1m_mean"] for r in mine]),
+                "own_cores": median([r["own_cores"] for r in mine]),
+                "others_cores": median([r["others_cores"] for r in mine]),
             }
         )
     by = {row["system"]: row for row in summary}
@@ -443,6 +500,10 @@ def main() -> None:
     parser.add_argument("--repetitions", type=int, default=3)
     parser.add_argument("--test-examples", type=int, default=1000, help="test images of the final evaluation (both systems)")
     parser.add_argument("--quick", action="store_true", help="the small case, one repetition (a smoke test)")
+    parser.add_argument(
+        "--quiet-cores", type=float, default=0.3, help="before each run, wait while other processes keep this many cores busy or more"
+    )
+    parser.add_argument("--quiet-wait", type=float, default=180.0, help="the longest wait for quiet before a run, in seconds (0: none)")
     parser.add_argument("--_child", choices=SYSTEMS, help=argparse.SUPPRESS)
     parser.add_argument("--case", choices=list(CASES), help=argparse.SUPPRESS)
     parser.add_argument("--_out", type=Path, help=argparse.SUPPRESS)
@@ -459,10 +520,16 @@ def main() -> None:
         return
     if args.quick:
         args.cases, args.repetitions = ["small"], 1
-    results: dict[str, Any] = {"quick": args.quick, "repetitions": args.repetitions, "test_examples": args.test_examples, "cases": {}}
+    results: dict[str, Any] = {
+        "quick": args.quick,
+        "repetitions": args.repetitions,
+        "test_examples": args.test_examples,
+        "quiet": {"cores": args.quiet_cores, "max_wait_s": args.quiet_wait},
+        "cases": {},
+    }
     with tempfile.TemporaryDirectory(prefix="vs-flower-") as tmp:
         for case in args.cases:
-            results["cases"][case] = run_case(case, args.repetitions, args.test_examples, Path(tmp))
+            results["cases"][case] = run_case(case, args.repetitions, args.test_examples, Path(tmp), (args.quiet_cores, args.quiet_wait))
     summary = [row for case in results["cases"].values() for row in case["summary"]]
     ratios = [row for case in results["cases"].values() for row in case["ratios"]]
     print_table(f"Medians over {args.repetitions} repetition(s) per system (seconds, MiB; load = 1-minute load average)", summary)
