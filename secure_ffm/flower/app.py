@@ -111,7 +111,6 @@ class FlowerLink(Link):
         self.timeout = float(timeout)
         self.stage_timeout = float(stage_timeout) if stage_timeout else self.timeout
         self.poll_seconds = float(poll_seconds)
-        self.bytes_sent = 0
 
     def nodes(self) -> list[int]:
         return sorted(int(n) for n in self.grid.get_node_ids())

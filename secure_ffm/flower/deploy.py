@@ -14,7 +14,6 @@ import json
 import logging
 import shutil
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -106,25 +105,15 @@ def deploy(
 
 def _wait_with_progress(federation: LoopbackFederation, run_id: int, out_dir: Path, *, rounds: int, timeout: float, progress: bool) -> str:
     """Wait for the run, drawing a rounds bar from the run directory's ``metrics.jsonl`` as the server appends to it."""
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    if not progress:
+        return federation.wait(run_id, timeout=timeout)
+    from tqdm.auto import tqdm
 
-        bar = tqdm(total=rounds, desc="rounds (deployment)", unit="round")
-    deadline = time.monotonic() + timeout
     metrics = out_dir / "metrics.jsonl"
-    try:
-        while time.monotonic() < deadline:
-            if bar is not None and metrics.exists():
-                done = sum(1 for line in metrics.read_text().splitlines() if line.strip())
-                if done > bar.n:
-                    bar.update(done - bar.n)
-            status = federation.status(run_id)
-            if status.startswith("finished"):
-                return status
-            federation.check_alive()
-            time.sleep(1.0)
-    finally:
-        if bar is not None:
-            bar.close()
-    raise FederationError(f"run {run_id} did not finish within {timeout:.0f} s")
+    with tqdm(total=rounds, desc="rounds (deployment)", unit="round") as bar:
+
+        def update() -> None:
+            done = sum(1 for line in metrics.read_text().splitlines() if line.strip()) if metrics.exists() else 0
+            bar.update(max(0, done - bar.n))
+
+        return federation.wait(run_id, timeout=timeout, on_poll=update)

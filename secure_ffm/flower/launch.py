@@ -22,7 +22,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -294,20 +294,20 @@ class LoopbackFederation:
         if self.superlink is not None and self.superlink.poll() is not None:
             raise FederationError(f"the SuperLink exited with code {self.superlink.returncode} (see {self.logs / 'superlink.log'})")
 
-    def wait(self, run_id: int, *, timeout: float, poll: float = 1.0) -> str:
-        """Wait until the run finishes; returns its final status (raises FederationError on timeout or a dead SuperLink)."""
+    def wait(self, run_id: int, *, timeout: float, poll: float = 1.0, on_poll: Callable[[], None] | None = None) -> str:
+        """Wait until the run finishes; returns its final status (raises FederationError on timeout or a dead SuperLink).
+
+        ``on_poll`` is called at every poll (a progress bar)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            if on_poll is not None:
+                on_poll()
             self.check_alive()
             status = self.status(run_id)
             if status.startswith("finished"):
                 return status
             time.sleep(poll)
         raise FederationError(f"run {run_id} did not finish within {timeout:.0f} s")
-
-    def run(self, run_config: Mapping[str, Any], *, timeout: float = 3600) -> str:
-        """Submit a run and wait for it; returns its final status."""
-        return self.wait(self.submit(run_config), timeout=timeout)
 
     def logs_of(self, name: str) -> str:
         path = self.logs / f"{name}.log"

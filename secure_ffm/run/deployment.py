@@ -111,7 +111,13 @@ def node_session(
         )
     simulation = Simulation(prepare_run(config))
     load_key_file(simulation.protocol, key_file, role="clients")
-    client_id = int(partition_id)
+    return client_session(
+        simulation, int(partition_id), state if state is not None else {}, fingerprint=config_fingerprint(config.to_toml())
+    )
+
+
+def client_session(simulation: Simulation, client_id: int, state: dict[str, Any], *, fingerprint: str = "") -> NodeSession:
+    """Client ``client_id`` of a built run as a :class:`NodeSession` over ``state`` (a node's, or a pool worker's job)."""
 
     def make_client(client_state: dict[str, Any]):  # noqa: ANN202 - FederatedClient
         simulation.client_states[client_id] = client_state
@@ -121,9 +127,9 @@ def node_session(
         client_id=client_id,
         make_client=make_client,
         protocol=simulation.protocol,
-        fingerprint=config_fingerprint(config.to_toml()),
+        fingerprint=fingerprint,
         num_examples=len(simulation.training_indices(client_id)),
-        state=state if state is not None else {},
+        state=state,
         ledger_key=simulation.privacy.client_ledger_key,
     )
 

@@ -155,12 +155,6 @@ class RemoteTransport(Transport):
         except CodecError as error:
             raise AggregationError(f"node {reply.node} sent a reply that does not decode: {error}") from None
 
-    def _client_of(self, node: int) -> int | None:
-        for client_id, info in self.clients.items():
-            if info.node == node:
-                return client_id
-        return None
-
     # ------------------------------------------------------------------ Transport
 
     def example_counts(self, clients: Sequence[int]) -> dict[int, int]:
@@ -169,8 +163,9 @@ class RemoteTransport(Transport):
     def _send(self, kind: str, bodies: Mapping[int, Any]) -> Iterator[tuple[int, Any]]:
         """Pack ``bodies[client]``, send, and yield ``(client, decoded reply or AggregationError)`` for each answer."""
         packed = {self.clients[c].node: pack(body) for c, body in bodies.items() if c in self.clients}
+        client_of = {info.node: client_id for client_id, info in self.clients.items()}
         for reply in self.link.request(kind, packed):
-            client_id = self._client_of(reply.node)
+            client_id = client_of.get(reply.node)
             if client_id is None or client_id not in bodies:
                 log.warning("a reply from node %d, which was not asked, is ignored", reply.node)
                 continue

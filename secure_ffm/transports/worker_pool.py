@@ -85,15 +85,13 @@ def _serve(requests: Any, replies: Any) -> None:
 
         torch.set_num_threads(1)  # the pool's parallelism is across processes: one thread each, no spinning barriers
         from secure_ffm.config import config_from_dict
-        from secure_ffm.run.deployment import load_key_file
+        from secure_ffm.run.deployment import client_session, load_key_file
         from secure_ffm.run.simulation import Simulation, prepare_run
-        from secure_ffm.transports.remote import NodeSession
 
         config = config_from_dict(tomllib.loads(setup["config"]))
         simulation = Simulation(prepare_run(config))
         key_file = base64.b64decode(setup["key_file"]) if setup.get("key_file") else None
         load_key_file(simulation.protocol, key_file, role="clients")
-        ledger_key = simulation.privacy.client_ledger_key
     except Exception as error:  # noqa: BLE001 - reported to the main process, which raises it there
         _write(replies, _frame({"status": "failed", "detail": f"{type(error).__name__}: {error}"}, {}))
         return
@@ -103,19 +101,7 @@ def _serve(requests: Any, replies: Any) -> None:
         client_id, kind, text = int(job["client"]), str(job["kind"]), str(job["text"])
         state = from_bytes(job["state"].encode())
 
-        def make_client(client_state: dict[str, Any], client_id: int = client_id):  # noqa: ANN202 - FederatedClient
-            simulation.client_states[client_id] = client_state
-            return simulation.client(client_id)
-
-        session = NodeSession(
-            client_id=client_id,
-            make_client=make_client,
-            protocol=simulation.protocol,
-            fingerprint="",
-            num_examples=len(simulation.training_indices(client_id)),
-            state=state,
-            ledger_key=ledger_key,
-        )
+        session = client_session(simulation, client_id, state)
         try:
             reply_text, reply_arrays = session.handle(kind, (text, arrays))
             answer = _frame({"status": "ok", "detail": reply_text, "state": to_bytes(session.state).decode()}, reply_arrays)
