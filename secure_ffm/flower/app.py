@@ -26,7 +26,13 @@ Run config (``flwr run . fed --run-config 'config="..." out="..."'``, read by th
 Node config (``flower-supernode --node-config "partition-id=0 num-partitions=3 config='/path/on/the/node.toml'"``):
 
 ``partition-id``, ``num-partitions``
-    The partition of the configured dataset this node holds (its data never leaves the node).
+    The partition of the configured dataset this node holds (its data never leaves the node); with ``data``, the
+    client id the node answers for.
+``data``
+    The node's own data (a path read like ``data.dataset``: a table of texts, a ``.npz`` file or folder of images, a
+    ``.txt`` corpus): the node trains on every example there instead of a partition, and needs none of the server's
+    data. Its model is built for the run's data schema (class names, image shape, normalization), which the server
+    sends with the hello; labels are matched to the run's classes by name (:mod:`secure_ffm.data.node`).
 ``ckks-keys``
     Under CKKS: the clients' key file from ``secure-ffm ckks-keys`` (the shared secret key; never give it to the server).
 ``config``
@@ -63,6 +69,10 @@ MESSAGE_TYPES = {HELLO: "query.hello", STAGE: "query.stage", FIT: "train.fit", E
 KINDS = {v: k for k, v in MESSAGE_TYPES.items()}
 STATE_KEY = "secure_ffm"
 """The ``context.state`` record that holds the node's state between messages."""
+SCHEMA_KEY = "secure_ffm_schema"
+"""The ``context.state`` record that holds the run's data schema (nodes with data of their own)."""
+NODE_DATA_KEY = "data"
+"""The node config key of a node's own data path (:mod:`secure_ffm.data.node`)."""
 POLL_SECONDS = 0.2
 DEFAULT_TIMEOUT = 600.0
 HELLO_TIMEOUT = 300.0
@@ -179,6 +189,21 @@ def node_config(context: Context) -> Config:
     return load_config(str(run_config_value(run_config, "config")), overrides=overrides(str(run_config_value(run_config, "set", ""))))
 
 
+def node_schema(context: Context, kind: str, packed: Packed) -> Any:
+    """The run's data schema for a node with data of its own: from the hello (kept in ``context.state``), or as kept."""
+    from secure_ffm.data.node import DataSchema
+    from secure_ffm.transports.remote import hello_schema
+
+    if kind == HELLO:
+        schema = hello_schema(packed)
+        if isinstance(schema, DataSchema):
+            context.state.config_records[SCHEMA_KEY] = ConfigRecord({"schema": to_bytes(schema)})
+            return schema
+    record = context.state.config_records.get(SCHEMA_KEY)
+    schema = from_bytes(record["schema"]) if record is not None else None  # type: ignore[arg-type]
+    return schema if isinstance(schema, DataSchema) else None
+
+
 def handle(message: Message, context: Context) -> Message:
     """One request on this node: rebuild the node's client from ``context.state``, answer, save the state back."""
     from secure_ffm.run.deployment import node_session, partition_from_node_config
@@ -193,7 +218,16 @@ def handle(message: Message, context: Context) -> Message:
     # built first: it imports the configured protocol, whose stage messages the saved state holds
     key_path = context.node_config.get("ckks-keys")
     key_file = Path(str(key_path)).read_bytes() if key_path else None
-    session = node_session(config, partition_id=partition_id, num_partitions=num_partitions, key_file=key_file)
+    data_path = context.node_config.get(NODE_DATA_KEY)
+    schema = node_schema(context, kind, packed) if data_path else None
+    session = node_session(
+        config,
+        partition_id=partition_id,
+        num_partitions=num_partitions,
+        key_file=key_file,
+        data_path=str(data_path) if data_path else None,
+        schema=schema,
+    )
     record = context.state.config_records.get(STATE_KEY)
     if record is not None:
         session.state.update(from_bytes(record["state"]))  # type: ignore[arg-type]

@@ -14,6 +14,7 @@ import json
 import logging
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +28,33 @@ MAX_LOOPBACK_NODES = 64
 """More SuperNodes than this on one machine is not what a loopback federation is for."""
 
 
-def node_configs(config_path: Path, num_clients: int, key_file: Path | None = None) -> list[dict[str, Any]]:
+def node_configs(
+    config_path: Path, num_clients: int, key_file: Path | None = None, node_data: Sequence[Path] | None = None
+) -> list[dict[str, Any]]:
+    """One ``--node-config`` table per SuperNode; ``node_data[k]``: node ``k``'s own data (node config ``data``)."""
     keys = {"ckks-keys": str(key_file)} if key_file is not None else {}
-    return [{"partition-id": k, "num-partitions": num_clients, "config": str(config_path), **keys} for k in range(num_clients)]
+    tables = [{"partition-id": k, "num-partitions": num_clients, "config": str(config_path), **keys} for k in range(num_clients)]
+    for table, path in zip(tables, node_data or (), strict=False):
+        table["data"] = str(Path(path).resolve())
+    return tables
+
+
+def check_node_data_paths(config: Config, node_data: Sequence[Path]) -> None:
+    """Refuse (ConfigError on ``--node-data``) a list that does not give every client one existing path."""
+    from secure_ffm.errors import ConfigError
+    from secure_ffm.run.deployment import check_node_data
+
+    n = config.data.num_clients
+    if len(node_data) != n:
+        raise ConfigError(
+            "--node-data",
+            f"gives {len(node_data)} paths for {n} clients (data.num_clients)",
+            f"pass --node-data once per client, {n} times",
+        )
+    missing = [str(p) for p in node_data if not Path(p).expanduser().exists()]
+    if missing:
+        raise ConfigError("--node-data", f"{', '.join(map(repr, missing))} does not exist", "check the paths")
+    check_node_data(config)
 
 
 def write_key_files(config: Config, directory: Path) -> tuple[Path, Path] | None:
@@ -56,12 +81,18 @@ def deploy(
     run_timeout: float = 24 * 3600.0,
     progress: bool = True,
     work_dir: Path | None = None,
+    node_data: Sequence[Path] | None = None,
 ) -> dict[str, Any]:
     """Run ``config`` on a loopback federation; returns the run's summary (``OUT/summary.json``).
+
+    ``node_data``: one path per client, the data each SuperNode holds itself (node config ``data``) instead of a
+    partition of ``data.dataset``, which then serves the server alone (its test split, the data schema).
 
     ``timeout``: seconds the server waits for the replies of one request before it counts a node as gone;
     ``run_timeout``: seconds the whole run may take. Raises FederationError when the run fails."""
     check_deployable(config)
+    if node_data:
+        check_node_data_paths(config, node_data)
     n = config.data.num_clients
     if n > MAX_LOOPBACK_NODES:
         from secure_ffm.errors import ConfigError
@@ -77,7 +108,7 @@ def deploy(
     work.mkdir(parents=True, exist_ok=True)
     config_path.write_text(config.to_toml())
     key_files = write_key_files(config, work)
-    federation = LoopbackFederation(work, node_configs(config_path, n, key_files[1] if key_files else None), secure=secure)
+    federation = LoopbackFederation(work, node_configs(config_path, n, key_files[1] if key_files else None, node_data), secure=secure)
     try:
         with federation:
             log.info(

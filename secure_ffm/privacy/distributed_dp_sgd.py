@@ -193,6 +193,7 @@ class DistributedDPSGD(PrivacyMechanism):
     name = "distributed-dp-sgd"
     label = "distributed DP-SGD"
     auditable = False
+    needs_every_client_size = True
     replaces_trainer = True
     client_ledger_key = STATE_KEY
 

@@ -487,6 +487,9 @@ class DPSGDTrainer(LocalTrainer):
             delta=plan.delta,
             steps=ledger.steps,
             rounds=int(dp_state.get("rounds", 0)) + 1,
+            num_examples=n,
+            planned_steps=plan.planned_steps,
+            planned_epsilon=plan.planned_epsilon,
         )
         return TrainResult(
             num_examples=n,
@@ -538,7 +541,7 @@ class DPSGD(PrivacyMechanism):
         super().__init__(config, data)
         privacy = config.privacy
         self.planned_rounds = privacy.planned_rounds or config.server.rounds
-        sizes = sorted({len(ix) for ix in data.client_indices})
+        sizes = sorted({len(ix) for ix in data.client_indices if len(ix)})  # a client without data (another node's) never trains
         for n in sizes:
             reason = accounting.check_delta(privacy.delta, n) if privacy.delta else None
             if reason:
@@ -590,6 +593,9 @@ class DPSGD(PrivacyMechanism):
         """The plan of a client training on ``num_examples`` examples this round: by size in an ordinary run; in a
         continual run the client's lifetime noise multiplier (:meth:`_lifetime_noise`) at this stage's sampling rate."""
         if not self.data.stages:
+            if num_examples not in self.plans:  # a size planned on first use (a client without data on a deployed node)
+                c = self.config
+                self.plans[num_examples] = plan_client(num_examples, client=c.client, privacy=c.privacy, planned_rounds=self.planned_rounds)
             return self.plans[num_examples]
         if client_id is None:
             raise ValueError("a continual run's DP-SGD plan is per client: the trainer must be told which client trains")
@@ -663,18 +669,19 @@ class DPSGD(PrivacyMechanism):
         for k in range(self.data.num_clients):
             plan = self.client_plan(k)
             dp = client_states.get(k, {}).get("dp_sgd", {})
+            # what the client recorded when it trained (a deployed node's report: its own data's plan), else the plan here
             clients.append(
                 {
                     "client": k,
-                    "num_examples": plan.num_examples,
+                    "num_examples": int(dp.get("num_examples", plan.num_examples)),
                     "epsilon": float(dp.get("epsilon", 0.0)),
-                    "delta": plan.delta,
+                    "delta": float(dp.get("delta", plan.delta)),
                     "steps": int(dp.get("steps", 0)),
                     "rounds": int(dp.get("rounds", 0)),
-                    "sample_rate": plan.sample_rate,
-                    "noise_multiplier": plan.noise_multiplier,
-                    "planned_steps": plan.planned_steps,
-                    "planned_epsilon": plan.planned_epsilon,
+                    "sample_rate": float(dp.get("sample_rate", plan.sample_rate)),
+                    "noise_multiplier": float(dp.get("noise_multiplier", plan.noise_multiplier)),
+                    "planned_steps": int(dp.get("planned_steps", plan.planned_steps)),
+                    "planned_epsilon": float(dp.get("planned_epsilon", plan.planned_epsilon)),
                     "history": dp.get("ledger", {}).get("history", []),
                 }
             )

@@ -45,6 +45,9 @@ class PrivacyMechanism(ABC):  # noqa: B024 (every seam has a no-op default)
     """The key of a client's state that holds its own privacy ledger (DP-SGD's per-client accountant), or None when the
     ledger is the server's. A deployed node reports that entry - public facts: steps, sample rate, noise multiplier, ε -
     with each fit reply, so the server's ``privacy.json`` gathers the nodes' ledgers (:mod:`secure_ffm.run.deployment`)."""
+    needs_every_client_size: ClassVar[bool] = False
+    """True when the mechanism is calibrated from every client's number of examples (one noise scale for the federation):
+    it cannot run on deployed nodes that hold their own data, whose sizes no other party knows."""
     replaces_trainer: ClassVar[bool] = False
     """True when :meth:`trainer` swaps the local trainer for a private one (DP-SGD): the leakage audit then
     emulates that trainer's noisy steps with the per-client noise multiplier of :meth:`client_noise_multiplier`."""

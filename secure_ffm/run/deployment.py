@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from secure_ffm.config import Config
+from secure_ffm.data.node import DataSchema, load_node_data, node_federated_data
 from secure_ffm.engine.aggregation import AggregationProtocol
 from secure_ffm.errors import ConfigError
 from secure_ffm.run.simulation import RunObserver, Simulation, prepare_run
-from secure_ffm.transports.remote import Link, NodeSession, RemoteTransport, config_fingerprint
+from secure_ffm.transports.remote import DeploymentError, Link, NodeSession, RemoteTransport, config_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,19 @@ def check_deployable(config: Config) -> None:
         raise ConfigError("continual", "continual runs do not run on a deployment yet", "run them with `secure-ffm train`")
 
 
+def check_node_data(config: Config) -> None:
+    """Refuse, naming the key, what cannot run on nodes that hold their own data (node config ``data``)."""
+    from secure_ffm.variants import MECHANISMS
+
+    if MECHANISMS.get(config.privacy.mode, key="privacy.mode").needs_every_client_size:
+        raise ConfigError(
+            "privacy.mode",
+            f"{config.privacy.mode!r} calibrates one noise scale from every client's number of examples, which nodes holding "
+            "their own data (node config data) do not share",
+            "use dp-sgd (each node calibrates its own noise) or dp-fedavg, or give the nodes partitions of data.dataset",
+        )
+
+
 def load_key_file(protocol: AggregationProtocol, data: bytes | None, *, role: str) -> None:
     """Give ``protocol`` the keys dealt to ``role`` (CKKS); a protocol that needs them and got none raises ConfigError."""
     if not protocol.needs_key_file:
@@ -75,7 +89,12 @@ def server_run(
     ``key_file``: the server's key file of a protocol that needs one (CKKS: the public context only)."""
     check_deployable(config)
     prepared = prepare_run(config)
-    transport = RemoteTransport(link, fingerprint=config_fingerprint(config.to_toml()), num_clients=prepared.data.num_clients)
+    transport = RemoteTransport(
+        link,
+        fingerprint=config_fingerprint(config.to_toml()),
+        num_clients=prepared.data.num_clients,
+        schema=DataSchema.of(prepared.data.dataset),  # for nodes that hold their own data
+    )
     simulation = Simulation(prepared, out_dir=out_dir, observer=observer, transport=transport)  # writes nothing yet
     load_key_file(simulation.protocol, key_file, role="server")
     key = prepared.privacy.client_ledger_key
@@ -90,13 +109,26 @@ def server_run(
 
 
 def node_session(
-    config: Config, *, partition_id: int, num_partitions: int, state: dict[str, Any] | None = None, key_file: bytes | None = None
+    config: Config,
+    *,
+    partition_id: int,
+    num_partitions: int,
+    state: dict[str, Any] | None = None,
+    key_file: bytes | None = None,
+    data_path: str | None = None,
+    schema: DataSchema | None = None,
 ) -> NodeSession:
     """This node's client for ``config``: partition ``partition_id`` of ``num_partitions`` (raises ConfigError on a bad id).
 
     ``state`` is what the node kept from its earlier messages (changed in place by the session). Build the session before
-    decoding a saved state: building it imports the configured protocol, whose stage messages the state may hold."""
+    decoding a saved state: building it imports the configured protocol, whose stage messages the state may hold.
+
+    ``data_path``: the node's own data (node config ``data``), which it trains on instead of partition ``partition_id``
+    of ``data.dataset``; the model is built for the run's ``schema``, which the server sends with the hello
+    (:mod:`secure_ffm.data.node`). The partition id then only names the node's client."""
     check_deployable(config)
+    if data_path is not None:
+        check_node_data(config)
     if num_partitions != config.data.num_clients:
         raise ConfigError(
             "num-partitions",
@@ -109,7 +141,16 @@ def node_session(
             f"{partition_id} is outside 0..{num_partitions - 1}",
             f"use a partition-id below num-partitions={num_partitions}",
         )
-    simulation = Simulation(prepare_run(config))
+    data = None
+    if data_path is not None:
+        if schema is None:
+            raise DeploymentError(
+                "this node holds its own data, but the server has not sent the run's data schema (it comes with the hello)"
+            )
+        examples = load_node_data(config.data, data_path, schema, seed=config.run.seed)
+        data = node_federated_data(schema, examples, client_id=int(partition_id), num_clients=num_partitions)
+        log.info("node data %s: %d examples for client %d", data_path, len(examples), partition_id)
+    simulation = Simulation(prepare_run(config, data=data))
     load_key_file(simulation.protocol, key_file, role="clients")
     return client_session(
         simulation, int(partition_id), state if state is not None else {}, fingerprint=config_fingerprint(config.to_toml())

@@ -87,7 +87,7 @@ class PreparedRun:
     client ever receives it."""
 
 
-def load_data_and_model(config: Config) -> tuple[FederatedData, FederatedModel]:
+def load_data_and_model(config: Config, data: FederatedData | None = None) -> tuple[FederatedData, FederatedModel]:
     """The run's partitioned data and its model, initialized from the run's seed (``run.threads`` sets torch's threads).
 
     Every command builds them here, so what ``secure-ffm attack`` audits is the model ``secure-ffm train`` trains.
@@ -96,7 +96,8 @@ def load_data_and_model(config: Config) -> tuple[FederatedData, FederatedModel]:
     model is built; ``model.objective = "mlm"`` takes it (:func:`~secure_ffm.data.federate.load_run_data`)."""
     if config.run.threads:
         torch.set_num_threads(config.run.threads)
-    data = load_run_data(config)
+    if data is None:
+        data = load_run_data(config)
     model = build_model(
         config.model,
         num_classes=data.dataset.num_classes,
@@ -152,9 +153,12 @@ def resolve_workers(config: Config, prepared: PreparedRun) -> int:
     return max(1, min(cores, per_round))
 
 
-def prepare_run(config: Config) -> PreparedRun:
-    """Load and partition the data, build the model and encode the data (raises ConfigError on bad input)."""
-    data, model = load_data_and_model(config)
+def prepare_run(config: Config, *, data: FederatedData | None = None) -> PreparedRun:
+    """Load and partition the data, build the model and encode the data (raises ConfigError on bad input).
+
+    ``data``: the run's data when it is not ``[data]``'s (a deployed node's own examples,
+    :func:`secure_ffm.data.node.node_federated_data`)."""
+    data, model = load_data_and_model(config, data)
     PROTOCOLS.get(config.secure_aggregation.protocol, key="secure_aggregation.protocol").check_run(config, data)
     if config.ffm.export and not hasattr(model, "export_pretrained"):
         raise ConfigError(

@@ -64,6 +64,12 @@ class LinkReply:
     error: str | None = None
 
 
+def hello_schema(packed: Packed) -> Any:
+    """The data schema a packed hello request carries (None if none), read before a node builds its session."""
+    request = unpack(*packed)
+    return request.get("schema") if isinstance(request, dict) else None
+
+
 class Link(ABC):
     """Carries packed requests to nodes and brings back their replies (Flower's Grid; in tests, direct calls)."""
 
@@ -98,10 +104,18 @@ class RemoteTransport(Transport):
     """
 
     def __init__(
-        self, link: Link, *, fingerprint: str, num_clients: int, on_ledger: Callable[[int, Mapping[str, Any]], None] | None = None
+        self,
+        link: Link,
+        *,
+        fingerprint: str,
+        num_clients: int,
+        on_ledger: Callable[[int, Mapping[str, Any]], None] | None = None,
+        schema: Any = None,
     ) -> None:
-        """``on_ledger(client, ledger)`` receives the privacy ledger a node reports with its fit reply."""
+        """``on_ledger(client, ledger)`` receives the privacy ledger a node reports with its fit reply. ``schema`` (a wire
+        record: :class:`~secure_ffm.data.node.DataSchema`) goes with the hello, for nodes that hold their own data."""
         self.on_ledger = on_ledger
+        self.schema = schema
         self.link = link
         self.fingerprint = fingerprint
         self.num_clients = num_clients
@@ -116,7 +130,7 @@ class RemoteTransport(Transport):
         """Ask every connected node which client it is; refuse those that do not fit. Raises DeploymentError when fewer
         than ``required`` (default: every client) clients are bound."""
         nodes = self.link.nodes()
-        body = pack({"fingerprint": self.fingerprint, "num_clients": self.num_clients})
+        body = pack({"fingerprint": self.fingerprint, "num_clients": self.num_clients, "schema": self.schema})
         for reply in self.link.request(HELLO, {node: body for node in nodes}):
             try:
                 hello = self._decode(reply)

@@ -5,7 +5,7 @@ from collections.abc import Callable, Iterator, Mapping
 from secure_ffm.config import Config
 from secure_ffm.engine.codec import from_bytes, to_bytes
 from secure_ffm.run.deployment import node_session
-from secure_ffm.transports.remote import Link, LinkReply, Packed
+from secure_ffm.transports.remote import HELLO, Link, LinkReply, Packed, hello_schema
 
 
 class FreshProcessLink(Link):
@@ -19,8 +19,12 @@ class FreshProcessLink(Link):
         gone: Callable[[str, int], bool] = lambda kind, node: False,
         configs: Mapping[int, Config] | None = None,
         key_file: bytes | None = None,
+        data_paths: Mapping[int, str] | None = None,
     ):
-        """``configs[node]``: a node that runs another configuration than ``config``; ``key_file``: every node's (CKKS)."""
+        """``configs[node]``: a node that runs another configuration than ``config``; ``key_file``: every node's (CKKS);
+        ``data_paths[node]``: the node's own data (node config ``data``), built for the schema the hello brings."""
+        self.data_paths = dict(data_paths or {})
+        self.schemas: dict[int, object] = {}
         self.key_file = key_file
         self.config = config
         self.configs = dict(configs or {})
@@ -40,8 +44,16 @@ class FreshProcessLink(Link):
             state = from_bytes(self.saved[node])
             config = self.configs.get(node, self.config)
             try:
+                if kind == HELLO and node in self.data_paths:
+                    self.schemas[node] = hello_schema(body)
                 session = node_session(
-                    config, partition_id=self.partitions[node], num_partitions=config.data.num_clients, state=state, key_file=self.key_file
+                    config,
+                    partition_id=self.partitions[node],
+                    num_partitions=config.data.num_clients,
+                    state=state,
+                    key_file=self.key_file,
+                    data_path=self.data_paths.get(node),
+                    schema=self.schemas.get(node),  # type: ignore[arg-type]
                 )
                 reply = session.handle(kind, body)
             except Exception as error:  # noqa: BLE001 - a node's error travels back as text, as Flower's Error does

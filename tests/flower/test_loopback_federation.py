@@ -10,12 +10,14 @@ import time
 import numpy as np
 import psutil
 import pytest
-from digits_cnn import digits_cnn_toml
+from digits_cnn import digits_cnn_toml, write_partitions
 from safetensors.numpy import load_file
 
+from secure_ffm.config import load_config
 from secure_ffm.flower.certs import make_certificates
 from secure_ffm.flower.launch import LoopbackFederation, Node, free_ports, write_node_key
 from secure_ffm.run.cli import main
+from secure_ffm.run.simulation import prepare_run
 
 pytestmark = pytest.mark.slow
 
@@ -39,12 +41,15 @@ def flower_processes():
     return set(found)
 
 
-def test_deploy_runs_plaintext_on_three_supernodes_bitwise_equal_to_train(tmp_path):
+def test_deploy_runs_plaintext_on_three_supernodes_holding_their_own_data_equal_to_train(tmp_path):
+    """Each SuperNode reads its own file (node config ``data``), holding what partition k holds in-process."""
     config = tmp_path / "digits.toml"
     config.write_text(DIGITS)
     before = flower_processes()
     assert main(["train", str(config), "--out", str(tmp_path / "local"), "--quiet"]) == 0
-    assert main(["deploy", str(config), "--out", str(tmp_path / "deployed"), "--quiet"]) == 0
+    paths = write_partitions(prepare_run(load_config(config)), tmp_path / "nodes")
+    node_data = [arg for k in range(3) for arg in ("--node-data", paths[k])]
+    assert main(["deploy", str(config), "--out", str(tmp_path / "deployed"), "--quiet", *node_data]) == 0
     assert flower_processes() <= before  # every process the deployment started is gone
     deployed = tmp_path / "deployed"
     for name in ("config.toml", "metrics.jsonl", "summary.json", "model.safetensors", "clients.json", "checkpoints", "flower-logs"):
