@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import functools
 import gzip
+import hashlib
 import importlib.util
 import logging
 import os
@@ -107,12 +108,46 @@ _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dt
 # --------------------------------------------------------------------------- helpers
 
 
+def cache_dir() -> Path:
+    """Where decompressed copies of packaged data are kept: ``$SECURE_FFM_CACHE``, else ``$XDG_CACHE_HOME/secure-ffm``,
+    else ``~/.cache/secure-ffm``."""
+    if os.environ.get("SECURE_FFM_CACHE"):
+        return Path(os.environ["SECURE_FFM_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "secure-ffm"
+
+
 def read_idx(path: Path) -> np.ndarray:
     """Read one (optionally gzipped) idx file (LeCun's MNIST format) into an array.
 
     The header is two zero bytes, a type code (``0x08`` is ``uint8``), the number
     of dimensions, then each dimension as a big-endian ``uint32``.
+
+    A gzipped file is decompressed once (about 0.3 s for Fashion-MNIST, a sixth of a small run's start-up) and kept
+    as a ``.npy`` file in :func:`cache_dir`, named after the source's path, size and modification time; later reads
+    map that file read-only, so worker processes also share its pages. Without a writable cache it reads the source.
     """
+    if path.suffix != ".gz":
+        return _parse_idx(path)
+    stat = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    cached = cache_dir() / f"{path.name.removesuffix('.gz')}-{key}.npy"
+    try:
+        return np.load(cached, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError):
+        pass
+    array = _parse_idx(path)
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        partial = cached.with_suffix(f".{os.getpid()}.partial")
+        with open(partial, "wb") as handle:
+            np.save(handle, array, allow_pickle=False)
+        os.replace(partial, cached)  # whole or absent: a reader never maps a half-written file
+    except OSError as error:
+        logger.debug("cannot keep a decompressed copy of %s in %s: %s", path, cached.parent, error)
+    return array
+
+
+def _parse_idx(path: Path) -> np.ndarray:
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rb") as handle:
         raw = handle.read()

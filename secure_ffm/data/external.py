@@ -26,10 +26,9 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from secure_ffm.config import DataConfig
 from secure_ffm.data.base import DatasetSplits, LabeledData, unlabeled_text
@@ -39,6 +38,9 @@ from secure_ffm.data.images import is_image_dataset, load_hf_images
 from secure_ffm.data.split import SPLIT_SEED, derive_rng, stratified_split
 from secure_ffm.errors import ConfigError, MissingResourceError
 from secure_ffm.registry import nearest
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +97,8 @@ def looks_like_path(name: str) -> bool:
 
 
 def _read_table(path: Path) -> pd.DataFrame:
+    import pandas as pd  # only for tables: a run on built-in data does not pay its import
+
     suffix = path.suffix.lower()
     try:
         if suffix == ".csv":

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from secure_ffm.config import ClientConfig
+from secure_ffm.engine.optimizers import LocalOptimizer
 from secure_ffm.engine.wire import NamedArrays, Scalar
 from secure_ffm.models.base import Batch, EncodedData, FederatedModel
 from secure_ffm.models.objectives import EvalResult
@@ -128,12 +129,9 @@ def shuffled_batches(
         yield model.make_training_batch(encoded, order[start : start + batch_size], generator=generator)
 
 
-def make_optimizer(params: list[torch.nn.Parameter], config: ClientConfig) -> torch.optim.Optimizer:
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+def make_optimizer(params: list[torch.nn.Parameter], config: ClientConfig) -> LocalOptimizer:
+    """``client.optimizer`` over ``params``: torch's update, without torch.optim's start-up cost (:mod:`~secure_ffm.engine.optimizers`)."""
+    return LocalOptimizer(params, config)
 
 
 class LocalTrainer(ABC):

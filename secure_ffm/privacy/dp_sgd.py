@@ -29,7 +29,8 @@ from torch import nn
 
 from secure_ffm.config import ClientConfig, Config, PrivacyConfig
 from secure_ffm.data.base import FederatedData
-from secure_ffm.engine.training import ClientDeclined, LocalExtras, LocalTrainer, TrainResult, make_optimizer
+from secure_ffm.engine.optimizers import torch_optimizer
+from secure_ffm.engine.training import ClientDeclined, LocalExtras, LocalTrainer, TrainResult
 from secure_ffm.engine.wire import NamedArrays, Scalar
 from secure_ffm.errors import ConfigError
 from secure_ffm.models.base import Batch, EncodedData, FederatedModel
@@ -449,7 +450,7 @@ class DPSGDTrainer(LocalTrainer):
 
         stepper = DPStep(
             model,
-            make_optimizer(params, self.config),
+            torch_optimizer(params, self.config),  # Opacus' DP optimizer wraps a torch.optim.Optimizer
             mode=self.grad_sample_mode(model),
             noise_multiplier=z,
             max_grad_norm=c,

@@ -246,3 +246,39 @@ def test_an_image_dataset_cannot_be_read_unlabeled() -> None:
         load("digits", label_column="")
 
     assert caught.value.key == "data.label_column"
+
+
+def _write_idx_gz(path, array):
+    import gzip
+    import struct
+
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(struct.pack(">I", d) for d in array.shape)
+    with gzip.open(path, "wb") as handle:
+        handle.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_a_gzipped_idx_file_is_decompressed_once_into_the_cache_and_mapped_after(tmp_path, monkeypatch):
+    from secure_ffm.data.builtin import read_idx
+
+    monkeypatch.setenv("SECURE_FFM_CACHE", str(tmp_path / "cache"))
+    source = tmp_path / "x-idx3-ubyte.gz"
+    images = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    _write_idx_gz(source, images)
+    first = read_idx(source)
+    (cached,) = (tmp_path / "cache").glob("x-idx3-ubyte-*.npy")
+    second = read_idx(source)
+    assert isinstance(second, np.memmap) and np.array_equal(first, images) and np.array_equal(second, images)
+    _write_idx_gz(source, images[:1])  # the source changed: its size and time name another copy
+    assert np.array_equal(read_idx(source), images[:1])
+    assert len(list((tmp_path / "cache").glob("x-idx3-ubyte-*.npy"))) == 2 and cached.exists()
+
+
+def test_an_unwritable_cache_still_reads_the_source(tmp_path, monkeypatch):
+    from secure_ffm.data.builtin import read_idx
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("SECURE_FFM_CACHE", str(blocker / "cache"))
+    source = tmp_path / "y-idx1-ubyte.gz"
+    _write_idx_gz(source, np.arange(5, dtype=np.uint8))
+    assert np.array_equal(read_idx(source), np.arange(5))

@@ -127,5 +127,6 @@ def test_deploy_refuses_node_data_that_does_not_give_every_client_a_path_exit_2(
     (tmp_path / "a.npz").write_bytes(b"")
     code = main(["deploy", str(config), "--out", str(tmp_path / "run"), "--quiet", "--node-data", str(tmp_path / "a.npz")])
     assert code == 2
-    assert capsys.readouterr().err.strip().endswith("--node-data: gives 1 paths for 3 clients (data.num_clients) (pass --node-data once per client, 3 times)")
+    expected = "--node-data: gives 1 paths for 3 clients (data.num_clients) (pass --node-data once per client, 3 times)"
+    assert capsys.readouterr().err.strip().endswith(expected)
     assert not (tmp_path / "run").exists()
