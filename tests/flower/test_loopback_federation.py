@@ -85,7 +85,7 @@ def test_masking_survives_a_supernode_killed_after_its_masked_input_and_aborts_w
     out = tmp_path / "run"
     nodes = [{"partition-id": k, "num-partitions": 3, "config": str(config)} for k in range(3)]
     with LoopbackFederation(tmp_path / "federation", nodes) as federation:
-        run_id = federation.submit({"config": str(config), "out": str(out), "timeout": 300.0, "stage-timeout": 20.0})
+        run_id = federation.submit({"config": str(config), "out": str(out), "timeout": 300.0, "stage-timeout": 30.0})
         log = federation.logs / "supernode2.log"
         wait_for_line(log, "Sent successfully", after=wait_for_line(log, "Sending: train.fit message"))
         federation.kill_node(2)
