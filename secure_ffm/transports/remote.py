@@ -274,13 +274,16 @@ class NodeSession:
 
     def handle(self, kind: str, packed: Packed) -> Packed:
         """The packed reply to one packed request; a refusal raises (the server sees this node drop out of the stage)."""
-        request = unpack(*packed)
+        return pack(self.answer(kind, unpack(*packed)))
+
+    def answer(self, kind: str, request: Any) -> Any:
+        """The reply to one unpacked request (:meth:`handle` without the packing)."""
         if not isinstance(request, dict):
             raise AggregationError(f"client {self.client_id} got a {kind} request that is not a table")
         handler = {HELLO: self._hello, STAGE: self._stage, FIT: self._fit, EVALUATE: self._evaluate}.get(kind)
         if handler is None:
             raise AggregationError(f"client {self.client_id} got a request of unknown kind {kind!r}")
-        return pack(handler(request))
+        return handler(request)
 
     def _hello(self, request: Mapping[str, Any]) -> dict[str, Any]:
         return {"client_id": self.client_id, "num_examples": self.num_examples, "fingerprint": self.fingerprint}

@@ -23,6 +23,7 @@ too) stops every worker.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import logging
 import multiprocessing.connection
@@ -44,6 +45,8 @@ from secure_ffm.transports.remote import EVALUATE, FIT, STAGE, Packed
 log = logging.getLogger(__name__)
 
 _READY = "ready"
+_PARAMETERS = "parameters"
+"""A frame that carries the round's global parameters to a worker, once per round."""
 
 
 def _frame(meta: Mapping[str, Any], arrays: Mapping[str, Any]) -> bytes:
@@ -72,6 +75,26 @@ def _read(stream: Any) -> bytes | None:
     return data if len(data) == size else None
 
 
+PIPE_BYTES = 1 << 20
+"""Pipe buffer asked for (Linux ``F_SETPIPE_SZ``; the default is 64 KiB): a model-sized frame then crosses in one
+write, without the writer waiting for the reader to drain each 64 KiB."""
+
+
+def _widen(stream: Any) -> None:
+    """Ask the kernel for a :data:`PIPE_BYTES` buffer on a pipe (capped by ``/proc/sys/fs/pipe-max-size``); a no-op elsewhere."""
+    try:
+        import fcntl
+
+        set_size = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+        try:
+            limit = int(open("/proc/sys/fs/pipe-max-size").read())  # noqa: SIM115 - a one-line read
+        except (OSError, ValueError):
+            limit = PIPE_BYTES
+        fcntl.fcntl(stream.fileno(), set_size, min(PIPE_BYTES, limit))
+    except (ImportError, OSError, ValueError):
+        pass
+
+
 def _serve(requests: Any, replies: Any) -> None:
     """A worker: build the run's client side once from the first message, then answer jobs until the stream ends."""
     first = _read(requests)
@@ -96,14 +119,25 @@ def _serve(requests: Any, replies: Any) -> None:
         _write(replies, _frame({"status": "failed", "detail": f"{type(error).__name__}: {error}"}, {}))
         return
     _write(replies, _frame({"status": _READY, "pid": os.getpid()}, {}))
+    broadcast: tuple[int, dict[str, Any]] | None = None
+    """The round's global parameters, sent once per round rather than with every client's fit request."""
     while (data := _read(requests)) is not None:
         job, arrays = _unframe(data)
+        if job.get("kind") == _PARAMETERS:  # no reply: the next fit requests of this round refer to it
+            broadcast = (int(job["round"]), {str(k): v for k, v in unpack(str(job["text"]), arrays).items()})
+            continue
         client_id, kind, text = int(job["client"]), str(job["kind"]), str(job["text"])
         state = from_bytes(job["state"].encode())
 
         session = client_session(simulation, client_id, state)
         try:
-            reply_text, reply_arrays = session.handle(kind, (text, arrays))
+            request = unpack(text, arrays)
+            if job.get("broadcast") is not None:
+                if broadcast is None or broadcast[0] != int(job["broadcast"]):
+                    raise RuntimeError(f"a fit request refers to the parameters of round {job['broadcast']}, which this worker lacks")
+                fit = request["request"]
+                request["request"] = dataclasses.replace(fit, instructions=dataclasses.replace(fit.instructions, parameters=broadcast[1]))
+            reply_text, reply_arrays = pack(session.answer(kind, request))
             answer = _frame({"status": "ok", "detail": reply_text, "state": to_bytes(session.state).decode()}, reply_arrays)
         except Exception as error:  # noqa: BLE001 - the client refused or failed: the main process sees its dropout
             log.debug("worker: client %d failed %s: %s", client_id, kind, traceback.format_exc())
@@ -129,6 +163,16 @@ class _Worker:
     process: subprocess.Popen[bytes]
     job: int | None = None
     """The client whose request it is working on."""
+    broadcast: int | None = None
+    """The round whose global parameters it holds."""
+
+
+@dataclass(frozen=True)
+class _Broadcast:
+    """A round's global parameters, packed once and sent to each worker once (fit requests then carry none)."""
+
+    round: int
+    packed: Packed
 
 
 @dataclass
@@ -192,6 +236,8 @@ class WorkerPoolTransport(Transport):
         self._gone: set[int] = set()
         self.replaced = 0
         """Workers replaced after dying."""
+        self.parameter_frames = 0
+        """Frames that carried a round's global parameters (one per worker and round, not one per client)."""
 
     # ------------------------------------------------------------------ workers
 
@@ -200,6 +246,8 @@ class WorkerPoolTransport(Transport):
             [sys.executable, "-m", "secure_ffm.transports.worker_pool"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
         )
         key_file = base64.b64encode(self.key_file).decode() if self.key_file is not None else ""
+        _widen(process.stdin)
+        _widen(process.stdout)
         _write(process.stdin, _frame({"config": self.config_toml, "key_file": key_file}, {}))
         return _Worker(process)
 
@@ -221,8 +269,9 @@ class WorkerPoolTransport(Transport):
         self.replaced += 1
         self._ensure_workers()
 
-    def _run(self, jobs: Sequence[tuple[int, str, Packed]]) -> Iterator[_Result]:
-        """Run ``(client_id, kind, packed)`` jobs on the pool; yield each result as it completes."""
+    def _run(self, jobs: Sequence[tuple[int, str, Packed]], broadcast: _Broadcast | None = None) -> Iterator[_Result]:
+        """Run ``(client_id, kind, packed)`` jobs on the pool; yield each result as it completes. With ``broadcast``,
+        the jobs are fit requests without parameters: each worker gets the round's parameters once, first."""
         self._ensure_workers()
         pending = list(reversed(jobs))
         busy: dict[int, _Worker] = {}
@@ -238,6 +287,13 @@ class WorkerPoolTransport(Transport):
                     worker.job = client_id
                     busy[id(worker)] = worker
                     try:
+                        if broadcast is not None:
+                            if worker.broadcast != broadcast.round:
+                                message = {"kind": _PARAMETERS, "round": broadcast.round, "text": broadcast.packed[0]}
+                                _write(worker.process.stdin, _frame(message, broadcast.packed[1]))
+                                worker.broadcast = broadcast.round
+                                self.parameter_frames += 1
+                            job["broadcast"] = broadcast.round
                         _write(worker.process.stdin, _frame(job, arrays))
                     except (BrokenPipeError, OSError):
                         pass  # it died: its reply stream ends, handled below
@@ -299,10 +355,23 @@ class WorkerPoolTransport(Transport):
         self._begin(round)
         order = list(requests)
         dropping = self.dropouts(round, sorted(requests))
-        jobs = [(c, FIT, pack({"round": round, "request": requests[c]})) for c in order if c not in self._gone]
+        shared = requests[order[0]].instructions.parameters if order else None
+        broadcast = None
+        if shared is not None and all(requests[c].instructions.parameters is shared for c in order):
+            broadcast = _Broadcast(round, pack(dict(shared)))  # the global model crosses to each worker once, not per client
+
+            def body(c: int) -> FitRequest:
+                fit = requests[c]
+                return dataclasses.replace(fit, instructions=dataclasses.replace(fit.instructions, parameters={}))
+        else:
+
+            def body(c: int) -> FitRequest:
+                return requests[c]
+
+        jobs = [(c, FIT, pack({"round": round, "request": body(c)})) for c in order if c not in self._gone]
         done: dict[int, FitReply] = {c: FitReply(c) for c in order if c in self._gone}
         position = 0
-        for result in self._run(jobs):
+        for result in self._run(jobs, broadcast):
             done[result.client_id] = self._fit_reply(round, result, dropping)
             while position < len(order) and order[position] in done:  # in the order asked: the server sums as in-process
                 client_id = order[position]

@@ -43,6 +43,7 @@ def test_two_workers_give_the_sequential_result_bitwise(tmp_path, mode):
     sequential = run(tmp_path, "one", digits_cnn_toml(clients=4, workers=1) + MODES[mode])
     parallel = run(tmp_path, "two", digits_cnn_toml(clients=4, workers=2) + MODES[mode])
     assert parallel.workers == 2 and sequential.workers == 1
+    assert parallel.transport.parameter_frames == 2 * 2  # the global model went to each worker once a round, not per client
     assert rows(tmp_path / "two") == rows(tmp_path / "one")
     a, b = load_file(str(tmp_path / "one" / "model.safetensors")), load_file(str(tmp_path / "two" / "model.safetensors"))
     assert all(np.array_equal(a[k], b[k]) for k in a)
