@@ -12,12 +12,14 @@ Systems, each run in a fresh subprocess (``python benchmarks/vs_flower.py --_chi
 memory are measured the same way, interleaved per repetition (secure-ffm, Flower, secure-ffm with one thread, then
 again):
 
-- ``secure-ffm``: ``Simulation(prepare_run(config)).run()`` (no run directory), ``run.threads`` left unset (torch's
-  default: as many threads as cores);
+- ``secure-ffm``: ``Simulation(prepare_run(config)).run()`` (no run directory) with the defaults: ``run.threads = 0``
+  (the thread policy: one torch thread for the CNN) and ``run.workers = 1`` (clients one after another); the child
+  then ends as the ``secure-ffm`` executable does (flush, ``os._exit``: no interpreter teardown);
 - ``flower``: ``flwr.simulation.run_simulation`` with a Message-API ServerApp and ClientApp, ``num_supernodes`` = the
   number of clients and ``backend_config = {"client_resources": {"num_cpus": 1}}`` (Flower's default: one Ray actor
   per CPU; Ray gives each actor one torch thread);
-- ``secure-ffm-1-thread``: as ``secure-ffm`` with ``run.threads = 1``.
+- ``secure-ffm-workers``: as ``secure-ffm`` with ``run.workers = 0`` (automatic: one worker process per core when the
+  run trains at least 40 client-rounds, as the large case does; the small case stays in-process).
 
 The same work in Flower: the ServerApp builds secure-ffm's run for the same config (``prepare_run``: initial
 weights, test data) and asks secure-ffm's own server which clients to train each round
@@ -38,9 +40,10 @@ Measured for each run:
 
 - **wall**: seconds of the whole subprocess, from launching it to its exit (Ray's shut-down included);
 - **start-up**: seconds from launching it to the first client's first training step (secure-ffm: the first call of
-  its trainer, timestamped by the child; Flower: the first ClientApp call that starts training, after that actor
-  has loaded its data, timestamped in a file; the first ClientApp call of any kind is ``first_call_s``, the
-  ServerApp holding the node mapping ``nodes_ready_s``); ``after_startup_s`` = wall - start-up;
+  its trainer, timestamped by the child; with worker processes, the first update a worker returns, a little later;
+  Flower: the first ClientApp call that starts training, after that actor has loaded its data, timestamped in a file;
+  the first ClientApp call of any kind is ``first_call_s``, the ServerApp holding the node mapping ``nodes_ready_s``);
+  ``after_startup_s`` = wall - start-up;
 - **peak memory**: the largest sum of RSS over the child and all its descendants (Ray's GCS, raylet, workers ...),
   sampled every 0.2 s with psutil (pages shared between processes count once per process), and beside it the
   largest sum of PSS (``/proc/PID/smaps_rollup``: shared pages divided among the processes that map them, so
@@ -94,17 +97,15 @@ CASES: dict[str, dict[str, int]] = {
     "small": {"clients": 100, "per_round": 5, "rounds": 5},
 }
 EXAMPLES_PER_CLIENT = 32
-SYSTEMS = ("secure-ffm", "flower", "secure-ffm-1-thread")
+SYSTEMS = ("secure-ffm", "flower", "secure-ffm-workers")
 SAMPLE_SECONDS = 0.2
 PSS_EVERY = 10  # samples: the proportional set size every 2 s (reading smaps_rollup costs a few ms per process)
 
 
-def raw_config(case: str, threads: int, test_examples: int) -> dict[str, Any]:
-    """The secure-ffm config of ``case`` (both systems train and evaluate what it describes)."""
+def raw_config(case: str, workers: int, test_examples: int) -> dict[str, Any]:
+    """The secure-ffm config of ``case`` (both systems train and evaluate what it describes); ``workers``: ``run.workers``."""
     c = CASES[case]
-    run: dict[str, Any] = {"seed": 0, "name": f"vs-flower-{case}"}
-    if threads:
-        run["threads"] = threads
+    run: dict[str, Any] = {"seed": 0, "name": f"vs-flower-{case}", "workers": workers}
     return {
         "run": run,
         "data": {
@@ -135,6 +136,16 @@ def child_secure_ffm(raw: dict[str, Any], out: Path) -> None:
         return original(self, *args, **kwargs)
 
     training.StandardTrainer.train = train  # type: ignore[method-assign]
+    from secure_ffm.transports import worker_pool
+
+    pool_fit = worker_pool.WorkerPoolTransport.fit
+
+    def fit(self: Any, *args: Any, **kwargs: Any) -> Any:  # with workers the trainer runs in them: the first reply
+        for reply in pool_fit(self, *args, **kwargs):
+            stamps.setdefault("first_train", time.time())
+            yield reply
+
+    worker_pool.WorkerPoolTransport.fit = fit  # type: ignore[method-assign]
     import torch
 
     from secure_ffm.config import config_from_dict
@@ -471,7 +482,7 @@ def run_case(case: str, repetitions: int, test_examples: int, work: Path, quiet:
         )
     by = {row["system"]: row for row in summary}
     ratios = []
-    for base in ("secure-ffm", "secure-ffm-1-thread"):
+    for base in ("secure-ffm", "secure-ffm-workers"):
         ratios.append(
             {
                 "case": case,
@@ -484,7 +495,7 @@ def run_case(case: str, repetitions: int, test_examples: int, work: Path, quiet:
             }
         )
     return {
-        "config": raw_config(case, 0, test_examples),
+        "config": raw_config(case, 1, test_examples),
         "workload": CASES[case],
         "same_clients_every_round": same_clients,
         "clients_per_round": reference,
@@ -509,14 +520,16 @@ def main() -> None:
     parser.add_argument("--_out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args._child:
-        threads = 1 if args._child == "secure-ffm-1-thread" else 0
-        raw = raw_config(args.case, threads, args.test_examples)
+        raw = raw_config(args.case, 0 if args._child == "secure-ffm-workers" else 1, args.test_examples)
         if args._child == "flower":
             import vs_flower  # the ClientApp's functions must live in a module the Ray actors can import, not __main__
 
             vs_flower.child_flower(raw, args._out, args._out.parent)
         else:
             child_secure_ffm(raw, args._out)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)  # as the secure-ffm executable ends (secure_ffm.run.cli.console)
         return
     if args.quick:
         args.cases, args.repetitions = ["small"], 1
