@@ -71,8 +71,6 @@ STATE_KEY = "secure_ffm"
 """The ``context.state`` record that holds the node's state between messages."""
 SCHEMA_KEY = "secure_ffm_schema"
 """The ``context.state`` record that holds the run's data schema (nodes with data of their own)."""
-NODE_DATA_KEY = "data"
-"""The node config key of a node's own data path (:mod:`secure_ffm.data.node`)."""
 POLL_SECONDS = 0.2
 DEFAULT_TIMEOUT = 600.0
 HELLO_TIMEOUT = 300.0
@@ -206,6 +204,7 @@ def node_schema(context: Context, kind: str, packed: Packed) -> Any:
 
 def handle(message: Message, context: Context) -> Message:
     """One request on this node: rebuild the node's client from ``context.state``, answer, save the state back."""
+    from secure_ffm.data.node import NODE_DATA_KEY
     from secure_ffm.run.deployment import node_session, partition_from_node_config
 
     kind, packed = from_record(message.content)

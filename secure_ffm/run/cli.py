@@ -139,7 +139,7 @@ def train_command(args: argparse.Namespace) -> int:
 def deploy_command(args: argparse.Namespace) -> int:
     """Run a config on a loopback Flower federation (SuperLink + one SuperNode per client) into a run directory."""
     from secure_ffm.config import check_local_paths, load_config
-    from secure_ffm.flower.deploy import check_node_data_paths, deploy
+    from secure_ffm.flower.deploy import deploy
     from secure_ffm.run.deployment import check_deployable
 
     if args.out is not None and not args.out.strip():
@@ -149,15 +149,17 @@ def deploy_command(args: argparse.Namespace) -> int:
     config = load_config(args.config, overrides=args.set)
     check_local_paths(config, beside=Path(args.config).parent)
     check_deployable(config)
-    node_data = [Path(p) for p in args.node_data]
-    if node_data:
-        check_node_data_paths(config, node_data)
     out_dir = Path(args.out) if args.out else _default_out_dir(config.run.name)
     check_out_dir(out_dir, resume=False)
     if args.insecure:
         logging.getLogger("secure_ffm").warning("--insecure: no TLS and no SuperNode authentication; use it on loopback only")
     summary = deploy(
-        config, out_dir=out_dir, secure=not args.insecure, timeout=args.timeout, progress=not args.quiet, node_data=node_data or None
+        config,
+        out_dir=out_dir,
+        secure=not args.insecure,
+        timeout=args.timeout,
+        progress=not args.quiet,
+        node_data=[Path(p) for p in args.node_data] or None,
     )
     print(
         f"{config.run.name}: {_scores(summary['final'])} after {summary['rounds']} rounds on {config.data.num_clients} SuperNodes "

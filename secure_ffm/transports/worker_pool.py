@@ -360,15 +360,12 @@ class WorkerPoolTransport(Transport):
         if shared is not None and all(requests[c].instructions.parameters is shared for c in order):
             broadcast = _Broadcast(round, pack(dict(shared)))  # the global model crosses to each worker once, not per client
 
-            def body(c: int) -> FitRequest:
-                fit = requests[c]
-                return dataclasses.replace(fit, instructions=dataclasses.replace(fit.instructions, parameters={}))
-        else:
+        def body(fit: FitRequest) -> FitRequest:
+            if broadcast is None:
+                return fit
+            return dataclasses.replace(fit, instructions=dataclasses.replace(fit.instructions, parameters={}))
 
-            def body(c: int) -> FitRequest:
-                return requests[c]
-
-        jobs = [(c, FIT, pack({"round": round, "request": body(c)})) for c in order if c not in self._gone]
+        jobs = [(c, FIT, pack({"round": round, "request": body(requests[c])})) for c in order if c not in self._gone]
         done: dict[int, FitReply] = {c: FitReply(c) for c in order if c in self._gone}
         position = 0
         for result in self._run(jobs, broadcast):
