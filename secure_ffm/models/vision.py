@@ -450,7 +450,7 @@ def load_pretrained(pretrained: PretrainedImageModel, module: nn.Module) -> None
         logger.info("started from the pre-trained %s model in %s (head included)", pretrained.arch, name)
 
 
-def _image_model(build: Callable[[], nn.Module], config: ModelConfig, *, num_classes: int, image_shape: ImageShape) -> ImageModel:
+def image_model(build: Callable[[], nn.Module], config: ModelConfig, *, num_classes: int, image_shape: ImageShape) -> ImageModel:
     """Build the module (seeded, by :func:`build_model`), start it from ``model.name_or_path`` when that names an
     export, then set what it trains (LoRA adapters go on the loaded weights)."""
     pretrained = None if starts_fresh(config) else read_pretrained(config)
@@ -479,7 +479,7 @@ def build_cnn(config: ModelConfig, *, num_classes: int, max_length: int, image_s
         raise ConfigError(
             "data.image_size", f"the cnn reads images of at least 4x4 pixels, got {height}x{width}", "set data.image_size = 28"
         )
-    return _image_model(
+    return image_model(
         lambda: SmallCNN(num_classes, in_channels=channels, image_size=(height, width)),
         config,
         num_classes=num_classes,
@@ -510,4 +510,4 @@ def build_vit(config: ModelConfig, *, num_classes: int, max_length: int, image_s
             heads=config.vit_heads,
         )
 
-    return _image_model(build, config, num_classes=num_classes, image_shape=image_shape)
+    return image_model(build, config, num_classes=num_classes, image_shape=image_shape)

@@ -1,4 +1,4 @@
-"""The cnn and vit image models on real Fashion-MNIST images."""
+"""The cnn, tanh-cnn and vit image models on real Fashion-MNIST images."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ from secure_ffm.data import load_dataset_splits
 from secure_ffm.data.base import LabeledData
 from secure_ffm.data.builtin import DIGITS_NORMALIZATION, FASHION_MNIST_NORMALIZATION
 from secure_ffm.data.normalization import ImageNormalization
-from secure_ffm.errors import MissingResourceError
+from secure_ffm.errors import ConfigError, MissingResourceError
 from secure_ffm.models import FederatedModel, build_model
 from secure_ffm.models.vision import ImageModel, SmallCNN
 
-ARCHS = ["cnn", "vit"]
+ARCHS = ["cnn", "tanh-cnn", "vit"]
 
 
 def image_model(arch: str, finetune: str = "full", seed: int = 0) -> FederatedModel:
@@ -90,6 +90,22 @@ def test_get_set_trainable_round_trip(arch: str, fashion_512: LabeledData) -> No
     torch.testing.assert_close(target.module(**batch.inputs), source.module(**batch.inputs), rtol=0, atol=0)
 
 
+def test_the_tanh_cnn_is_small_and_its_activations_are_bounded(fashion_512: LabeledData) -> None:
+    model = image_model("tanh-cnn")
+    assert model.total_parameter_count() == 26_010  # Papernot et al.'s 16/32-channel model with a 10-class head
+    batch = model.make_batch(model.encode(fashion_512), np.arange(16))
+    seen: list[torch.Tensor] = []
+    hook = model.module.head.register_forward_pre_hook(lambda _module, inputs: seen.append(inputs[0]))
+    model.module(pixels=100 * batch.inputs["pixels"])  # far outside the data's range: ReLU features would grow with it
+    hook.remove()
+    assert seen[0].shape == (16, 32) and float(seen[0].abs().max()) <= 1.0
+
+
+def test_the_tanh_cnn_needs_images_of_at_least_12x12() -> None:
+    with pytest.raises(ConfigError, match="data.image_size: the tanh-cnn reads images of at least 12x12"):
+        build_model(ModelConfig(arch="tanh-cnn", finetune="full"), num_classes=3, data_kind="image", seed=0, image_shape=(1, 8, 8))
+
+
 def test_vit_lora_trains_attention_adapters_and_head() -> None:
     model = image_model("vit", "lora")
     names = model.trainable_names()
@@ -99,7 +115,7 @@ def test_vit_lora_trains_attention_adapters_and_head() -> None:
 
 
 @pytest.mark.filterwarnings("ignore:Full backward hook")
-@pytest.mark.parametrize(("arch", "finetune"), [("cnn", "full"), ("vit", "full"), ("vit", "lora")])
+@pytest.mark.parametrize(("arch", "finetune"), [("cnn", "full"), ("tanh-cnn", "full"), ("vit", "full"), ("vit", "lora")])
 def test_opacus_computes_per_sample_gradients(arch: str, finetune: str, fashion_512: LabeledData) -> None:
     model = image_model(arch, finetune)
     batch = model.make_batch(model.encode(fashion_512), np.arange(4))
