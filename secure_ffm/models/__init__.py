@@ -1,7 +1,7 @@
 """Models: the :class:`FederatedModel` contract and the ``[model] arch`` registry.
 
-Registered architectures: ``cnn``, ``tanh-cnn`` (for DP-SGD) and ``vit`` for greyscale or RGB images (28x28 for Fashion-MNIST), ``hf-text`` for
-text. Build one with :func:`build_model`.
+Registered architectures: ``cnn``, ``tanh-cnn`` (small, for DP-SGD) and ``vit`` for greyscale or RGB images (28x28
+for Fashion-MNIST), ``hf-text`` for text. Build one with :func:`build_model`.
 """
 
 from secure_ffm.models import tanh_cnn, text, vision  # noqa: E402,F401  (register the built-in architectures)
