@@ -199,7 +199,8 @@ class ModelConfig:
     """``[model]``: the architecture and which of its parameters are trained (and sent)."""
 
     arch: str = "hf-text"
-    """``hf-text`` (any Hugging Face encoder with a classification head), ``cnn`` or ``vit``."""
+    """``hf-text`` (any Hugging Face encoder with a classification head), ``cnn``, ``tanh-cnn`` (small, for DP-SGD) or
+    ``vit``."""
     name_or_path: str = "all-MiniLM-L6-v2"
     """Hugging Face model name or local path; ``all-MiniLM-L6-v2`` is the bundled offline copy. For ``cnn`` and
     ``vit``: a folder written by ``[ffm] export`` (``RUN_DIR/model``) to start from, or the default to start fresh."""
