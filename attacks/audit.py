@@ -50,7 +50,7 @@ from secure_ffm.engine.wire import FitInstructions, to_jsonable
 from secure_ffm.errors import ConfigError
 from secure_ffm.models.base import Batch, EncodedData, FederatedModel
 from secure_ffm.privacy.dp_sgd import DPStep, auto_grad_sample_mode
-from secure_ffm.privacy.mechanisms import PrivacyMechanism, build_mechanism
+from secure_ffm.privacy.mechanisms import AuditReplay, PrivacyMechanism, build_mechanism
 from secure_ffm.privacy.noise import DP_SGD_NOISE, NoisePolicy, PrivateRandomness
 from secure_ffm.registry import nearest
 from secure_ffm.transports.in_process import InProcessTransport
@@ -286,12 +286,6 @@ def prepare_case(config: Config, *, clients: Sequence[int] | None = None) -> Pre
         )
     data, model = load_data_and_model(config)
     mechanism = build_mechanism(config, data)
-    if not mechanism.auditable:
-        raise ConfigError(
-            "privacy.mode",
-            f"the leakage audit cannot yet replay {mechanism.label or mechanism.name}'s rounds (one noisy gradient sum per round)",
-            'audit the same data with privacy.mode = "dp-sgd" (each client adds the full noise itself)',
-        )
     dp_noise: dict[int, float] = {}
     if mechanism.replaces_trainer:
         for k in range(data.num_clients):
@@ -383,7 +377,10 @@ def observe_config(
         )
     model.set_trainable(parameters if parameters is not None else prepared.initial_parameters)
     secure = PROTOCOLS.get(config.secure_aggregation.protocol, key="secure_aggregation.protocol").hides_updates
+    replay = prepared.mechanism.audit_replay(examples_per_client=case.batch_size)
     kind = "update" if case.observes == "update" or (case.observes == "auto" and case.local_steps > 1) else "gradient"
+    if replay is not None:  # the mechanism's clients send one noisy gradient sum a round, never a multi-step update
+        kind = "gradient"
     if secure:
         per_round = config.server.clients_per_round or num_clients_total
         n = case.num_clients or min(per_round, 8)
@@ -405,7 +402,7 @@ def observe_config(
         batches.append(model.make_batch(prepared.encoded, indices[client]))
     global_parameters = model.get_trainable()
     observed = _server_view(
-        prepared, participants, indices, setup, kind=kind, global_parameters=global_parameters, seed=seed, sample=sample
+        prepared, participants, indices, setup, kind=kind, global_parameters=global_parameters, seed=seed, sample=sample, replay=replay
     )
     model.set_trainable(global_parameters)
     observation = _observation(
@@ -442,10 +439,12 @@ def _server_view(
     global_parameters: NamedArrays,
     seed: int,
     sample: int,
+    replay: AuditReplay | None = None,
 ) -> NamedArrays:
     """One round of the engine (orchestrator, in-process transport, FederatedClient, UpdatePipeline, the protocol's
     stages) in which each participant's data is its audit batch; returns what the server learns: the aggregate of
-    the participants' updates (one participant: its own update), as a gradient for ``kind == "gradient"``.
+    the participants' updates (one participant: its own update), as a gradient for ``kind == "gradient"``. A
+    mechanism's own ``replay`` (distributed DP-SGD) supplies the clients' trainer and the server's decoding steps.
 
     A gradient is observed as a one-step update at learning rate 1 (``-delta``). The clients' randomness (DP noise,
     defenses, stochastic rounding) is seeded from ``(seed, sample)``: the audit is reproducible, and each batch of
@@ -468,11 +467,15 @@ def _server_view(
     trained = replace(setup, learning_rate=1.0) if kind == "gradient" else setup
 
     def make_client(client_id: int) -> FederatedClient:
-        trainer = AuditCaseTrainer(
-            trained,
-            noise_multiplier=prepared.dp_noise.get(client_id) if prepared.dp_noise else None,
-            max_grad_norm=config.privacy.max_grad_norm,
-            grad_sample_mode=grad_sample_mode,
+        trainer = (
+            replay.trainer
+            if replay is not None
+            else AuditCaseTrainer(
+                trained,
+                noise_multiplier=prepared.dp_noise.get(client_id) if prepared.dp_noise else None,
+                max_grad_norm=config.privacy.max_grad_norm,
+                grad_sample_mode=grad_sample_mode,
+            )
         )
         return FederatedClient(
             client_id=client_id,
@@ -489,6 +492,7 @@ def _server_view(
 
     total = len(prepared.client_indices)
     counts = [len(indices.get(k, ())) for k in range(total)]
+    decoding = replay.decoding_steps if replay is not None else mechanism.decoding_steps()
     server = Server(
         strategy=build_strategy(config.server),
         protocol=protocol,
@@ -496,7 +500,7 @@ def _server_view(
         num_clients=total,
         clients_per_round=len(participants),
         seed=seed,
-        aggregate_steps=mechanism.decoding_steps(),
+        aggregate_steps=decoding,
     )
     server.extra_fit_config.append(mechanism.fit_config)
     view = _ServerView()
@@ -513,7 +517,10 @@ def _server_view(
     if view.aggregate is None or target not in view.clients:
         why = "declined" if target in row["skipped_clients"] else "was rejected" if target in row["rejected_clients"] else "sent nothing"
         raise ConfigError("audit_case.client", f"client {target} {why} in the audited round, so the server observes nothing of it")
-    observed = {k: np.asarray(v, dtype=np.float32) for k, v in view.aggregate.mean_delta.items()}
+    aggregate = view.aggregate
+    for step in decoding:  # the view is the protocol's sum; the server reads it in real units (discrete shares' γ)
+        aggregate = step(1, aggregate)
+    observed = {k: np.asarray(v, dtype=np.float32) for k, v in aggregate.mean_delta.items()}
     if kind == "gradient":
         observed = {k: -v for k, v in observed.items()}
     return observed

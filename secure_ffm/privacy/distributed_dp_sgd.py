@@ -52,7 +52,7 @@ from secure_ffm.privacy import accounting
 from secure_ffm.privacy.accounting import PrivacyLedger
 from secure_ffm.privacy.distributed import DiscreteGaussianSum, minimum_shares
 from secure_ffm.privacy.dp_sgd import EPSILON_SLACK
-from secure_ffm.privacy.mechanisms import PrivacyMechanism, check_extension, plan_header, spread
+from secure_ffm.privacy.mechanisms import AuditReplay, PrivacyMechanism, check_extension, plan_header, spread
 from secure_ffm.privacy.noise import DISCRETE_SHARE, DP_SGD_SAMPLING, NOISE_SHARE, NoisePolicy, NoiseStream, PrivateRandomness
 
 log = logging.getLogger(__name__)
@@ -66,9 +66,11 @@ says otherwise (memory stays bounded)."""
 class DistributedDPSGDTrainer(LocalTrainer):
     """One round = this client's clipped per-example gradient sum plus its noise share (no local parameter step)."""
 
-    def __init__(self, mechanism: DistributedDPSGD) -> None:
+    def __init__(self, mechanism: DistributedDPSGD, *, poisson_sampling: bool = True) -> None:
         super().__init__(mechanism.config.client)
         self.mechanism = mechanism
+        self.poisson_sampling = poisson_sampling
+        """False: the step uses every given example (the leakage audit's replay, where the attacker knows the batch)."""
 
     def train(
         self,
@@ -94,7 +96,7 @@ class DistributedDPSGDTrainer(LocalTrainer):
             raise ClientDeclined(f"privacy budget: one more step would spend ε={would:.3f} > target {mech.config.privacy.target_epsilon}")
         n = len(indices)
         sampling = randomness.stream(DP_SGD_SAMPLING, ledger.steps)
-        chosen = indices[sampling.random(n) < mech.sample_rate]
+        chosen = indices[sampling.random(n) < mech.sample_rate] if self.poisson_sampling else indices
         noise = randomness.stream(DISCRETE_SHARE if mech.discrete_mode else NOISE_SHARE, ledger.steps)
         named = model.trainable_named_parameters()
         total = clipped_gradient_sum(
@@ -171,16 +173,19 @@ def clipped_gradient_sum(
 
 class GradientSumToStep(AggregateStep):
     """Server-side: the survivors' noisy gradient sum (their mean times their number) to the step
-    ``-lr · sum / (expected batch)``, with the expected batch ``client.batch_size`` per surviving client."""
+    ``-lr · sum / (expected batch)``, with the expected batch ``batch_size`` per surviving client (by default
+    ``client.lr`` and ``client.batch_size``; the leakage audit's replay uses learning rate 1 and its batch)."""
 
-    def __init__(self, mechanism: DistributedDPSGD) -> None:
+    def __init__(self, mechanism: DistributedDPSGD, *, lr: float | None = None, batch_size: int | None = None) -> None:
         self.mechanism = mechanism
+        self.lr = mechanism.config.client.lr if lr is None else lr
+        self.batch_size = mechanism.config.client.batch_size if batch_size is None else batch_size
 
     def __call__(self, round: int, aggregate: Aggregate) -> Aggregate:
         mech = self.mechanism
         dim = sum(np.size(v) for v in aggregate.mean_delta.values())
         unit = mech.discrete_geometry(dim).granularity if mech.discrete_mode else 1.0
-        scale = -mech.config.client.lr * unit / mech.config.client.batch_size  # the mean is the sum over the survivors
+        scale = -self.lr * unit / self.batch_size  # the mean is the sum over the survivors
         mean = {}
         for name, value in aggregate.mean_delta.items():
             mean[name] = (np.asarray(value, dtype=np.float64) * scale).astype(np.float32)
@@ -192,7 +197,6 @@ class DistributedDPSGD(PrivacyMechanism):
 
     name = "distributed-dp-sgd"
     label = "distributed DP-SGD"
-    auditable = False
     needs_every_client_size = True
     replaces_trainer = True
     client_ledger_key = STATE_KEY
@@ -286,6 +290,15 @@ class DistributedDPSGD(PrivacyMechanism):
 
     def decoding_steps(self) -> list[AggregateStep]:
         return [GradientSumToStep(self)]
+
+    def audit_replay(self, *, examples_per_client: int) -> AuditReplay:
+        """Each audited client's clipped gradient sum over its whole audit batch plus its noise share (discrete and
+        rounded under masking, exactly as in training); the server observes the survivors' sum divided by their
+        examples: one DP-SGD step's noisy mean gradient, with the noise of the whole federation on it."""
+        return AuditReplay(
+            trainer=DistributedDPSGDTrainer(self, poisson_sampling=False),
+            decoding_steps=[GradientSumToStep(self, lr=1.0, batch_size=examples_per_client)],
+        )
 
     def fit_config(self, round: int, participants: Sequence[int]) -> dict[str, Scalar]:
         return {"weighting": "uniform"}

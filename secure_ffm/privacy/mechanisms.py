@@ -12,6 +12,7 @@ from __future__ import annotations
 import statistics
 from abc import ABC
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -27,6 +28,17 @@ from secure_ffm.models.base import FederatedModel
 from secure_ffm.variants import MECHANISMS
 
 
+@dataclass(frozen=True)
+class AuditReplay:
+    """A mechanism's own replay of one round for the leakage audit, on the audited clients' batches."""
+
+    trainer: LocalTrainer
+    """What each audited client runs on its whole audit batch (no sampling: the attacker's most favourable case)."""
+    decoding_steps: list[AggregateStep]
+    """Turn the protocol's aggregate into the mean gradient per example that the server observes (as ``-mean_delta``,
+    a one-step update at learning rate 1)."""
+
+
 class PrivacyMechanism(ABC):  # noqa: B024 (every seam has a no-op default)
     """No-op defaults; each mechanism overrides the seams it uses.
 
@@ -39,8 +51,6 @@ class PrivacyMechanism(ABC):  # noqa: B024 (every seam has a no-op default)
     """How reports name the mechanism (e.g. ``"DP-SGD"``); empty: the name."""
     spends_budget: ClassVar[bool] = True
     """True when the mechanism gives a formal (ε, δ) guarantee: its ``privacy.*`` settings apply and reports show ε."""
-    auditable: ClassVar[bool] = True
-    """False when the leakage audit (attacks/audit.py) cannot replay what the mechanism's clients send."""
     client_ledger_key: ClassVar[str | None] = None
     """The key of a client's state that holds its own privacy ledger (DP-SGD's per-client accountant), or None when the
     ledger is the server's. A deployed node reports that entry - public facts: steps, sample rate, noise multiplier, ε -
@@ -82,6 +92,12 @@ class PrivacyMechanism(ABC):  # noqa: B024 (every seam has a no-op default)
 
     def client_transforms(self) -> list[UpdateTransform]:
         return []
+
+    def audit_replay(self, *, examples_per_client: int) -> AuditReplay | None:
+        """How the leakage audit (attacks/audit.py) replays one round when the audit's own trainer would not send what
+        this mechanism's clients send; None (the default): the audit's trainer, with the DP-SGD steps of
+        :meth:`client_noise_multiplier` under :attr:`replaces_trainer`. ``examples_per_client``: the audit batch."""
+        return None
 
     def aggregate_steps(self) -> list[AggregateStep]:
         return self.decoding_steps()

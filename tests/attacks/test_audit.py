@@ -349,3 +349,60 @@ def test_the_audit_takes_dp_sgd_steps_with_the_engines_dp_step(monkeypatch):
     noisy = prepare_case(cnn(privacy={"mode": "dp-sgd", "target_epsilon": 8.0, "max_grad_norm": 1.0}))
     observe_config(noisy, AuditCase(batch_size=4, observes="update", local_steps=3, local_batch_size=2))
     assert calls == [2, 2, 2]  # local_steps steps of local_batch_size examples, each a DPStep
+
+
+# --------------------------------------------------------------------------- distributed DP-SGD's replay
+
+
+def _distributed(epsilon: float):
+    return prepare_case(
+        cnn(privacy={"mode": "distributed-dp-sgd", "target_epsilon": epsilon, "max_grad_norm": 1.0}, secure_aggregation={"protocol": "masking"})
+    )
+
+
+def _clipped_mean_and_residual(prepared, observation, truth, clip: float):
+    """The participants' mean clipped per-example gradient, computed directly, and the observation minus it."""
+    from attacks.case import batch_gradient
+    from secure_ffm.models.base import Batch
+
+    prepared.model.set_trainable(observation.parameters)
+    total = None
+    for i in range(len(truth.labels)):
+        one = Batch({k: v[i : i + 1] for k, v in truth.inputs.items()}, truth.labels[i : i + 1])
+        grads = {k: v.astype(np.float64) for k, v in batch_gradient(prepared.model, one).items()}
+        scale = min(1.0, clip / float(np.sqrt(sum(np.sum(g**2) for g in grads.values()))))
+        total = {k: scale * g + (0 if total is None else total[k]) for k, g in grads.items()}
+    mean = {k: v / len(truth.labels) for k, v in total.items()}
+    residual = {k: observation.observed[k].astype(np.float64) - mean[k] for k in mean}
+    return mean, residual
+
+
+def test_distributed_dp_sgd_is_audited_as_the_noisy_mean_of_the_clipped_gradients():
+    prepared = _distributed(epsilon=3.0)
+    observation, truth = observe_config(prepared, AuditCase(batch_size=2, num_clients=4))
+    assert observation.threat_model.observes == "aggregate" and len(truth.labels) == 8  # 4 clients x 2 examples
+    mean, residual = _clipped_mean_and_residual(prepared, observation, truth, clip=1.0)
+    size = sum(v.size for v in mean.values())
+    geometry = prepared.mechanism.discrete_geometry(size)
+    # 4 discrete shares of sigma_share integer units, each unit gamma, on the sum of 8 examples: the noise on the mean
+    expected = np.sqrt(4) * geometry.share_sigma * geometry.granularity * np.sqrt(size) / 8
+    assert float(np.sqrt(sum(np.sum(r**2) for r in residual.values()))) == pytest.approx(expected, rel=0.05)
+
+
+def test_distributed_dp_sgd_replay_without_noise_to_speak_of_is_the_clipped_mean():
+    prepared = _distributed(epsilon=1e9)
+    observation, truth = observe_config(prepared, AuditCase(batch_size=2, num_clients=4))
+    mean, residual = _clipped_mean_and_residual(prepared, observation, truth, clip=1.0)
+    norm = lambda arrays: float(np.sqrt(sum(np.sum(v**2) for v in arrays.values())))  # noqa: E731
+    assert norm(residual) < 0.05 * norm(mean)
+
+
+def test_discrete_shares_are_observed_in_real_units_not_the_rings_integers():
+    # DP-FedAvg's discrete noise shares under masking: the protocol sums integers, the server reads them times γ
+    config = cnn(privacy={"mode": "dp-fedavg", "target_epsilon": 8.0, "clip_norm": 0.5}, secure_aggregation={"protocol": "masking"})
+    prepared = prepare_case(config)
+    observation, _ = observe_config(prepared, AuditCase(batch_size=1, num_clients=4))
+    size = sum(v.size for v in observation.observed.values())
+    noise_std = prepared.mechanism.noise_multiplier * 0.5 / 4  # the mean of 4 clipped updates carries the full noise z C
+    norm = float(np.sqrt(sum(np.sum(v.astype(np.float64) ** 2) for v in observation.observed.values())))
+    assert norm < 2 * (noise_std * np.sqrt(size) + 0.5)  # the noise and at most one clip norm, not ~1e6 integer units
