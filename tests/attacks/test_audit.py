@@ -356,7 +356,10 @@ def test_the_audit_takes_dp_sgd_steps_with_the_engines_dp_step(monkeypatch):
 
 def _distributed(epsilon: float):
     return prepare_case(
-        cnn(privacy={"mode": "distributed-dp-sgd", "target_epsilon": epsilon, "max_grad_norm": 1.0}, secure_aggregation={"protocol": "masking"})
+        cnn(
+            privacy={"mode": "distributed-dp-sgd", "target_epsilon": epsilon, "max_grad_norm": 1.0},
+            secure_aggregation={"protocol": "masking"},
+        )
     )
 
 
