@@ -316,7 +316,7 @@ class ServerConfig:
     """``[server]``: rounds, client sampling, the aggregation strategy and evaluation."""
 
     strategy: str = "fedavg"
-    """``fedavg``, ``fedprox``, ``fedadam`` or ``fedyogi``."""
+    """``fedavg``, ``fedavgm``, ``fedprox``, ``fedadam`` or ``fedyogi``."""
     rounds: int = 3
     clients_per_round: int = 0
     """Clients sampled each round, uniformly without replacement; 0 takes all."""
@@ -327,6 +327,9 @@ class ServerConfig:
     beta_1: float = 0.9
     beta_2: float = 0.99
     tau: float = 1e-3
+    server_momentum: float = 0.9
+    """FedAvgM's server momentum β (Hsu et al. 2019; McMahan et al., ICLR 2018 use 0.9 with DP-FedAvg):
+    ``v = β v + Δ``, ``x = x + v``."""
     eval_every: int = 1
     """Evaluate the global model on the test split every this many rounds (and always after the last)."""
     evaluate_clients: bool = False
@@ -338,7 +341,7 @@ class ServerConfig:
         _positive("server", "clients_per_round", self.clients_per_round, allow_zero=True)
         _positive("server", "proximal_mu", self.proximal_mu, allow_zero=True)
         _positive("server", "server_lr", self.server_lr)
-        for key in ("beta_1", "beta_2"):
+        for key in ("beta_1", "beta_2", "server_momentum"):
             value = getattr(self, key)
             if not 0.0 <= value < 1.0:
                 raise ConfigError(f"server.{key}", f"must be in [0, 1), got {value!r}")

@@ -58,6 +58,36 @@ class FedAvg(Strategy):
         return {k: (parameters[k] + mean_delta[k]).astype(np.float32) for k in parameters}
 
 
+@STRATEGIES.register("fedavgm")
+class FedAvgM(Strategy):
+    """FedAvg with server momentum (Hsu, Qi & Brown 2019; DP-FedAvgM in McMahan et al., ICLR 2018): with
+    ``β = server.server_momentum`` and ``v_0 = 0``, ``v = β v + Δ`` and ``x = x + v``. The momentum is post-processing
+    of the (possibly noisy) mean delta, so it costs no privacy; it carries the signal across rounds while the
+    independent noise of successive rounds averages out."""
+
+    name = "fedavgm"
+
+    def __init__(self, config: ServerConfig) -> None:
+        super().__init__(config)
+        self.velocity: NamedArrays = {}
+
+    def apply(self, round: int, parameters: NamedArrays, mean_delta: NamedArrays) -> NamedArrays:
+        beta = self.config.server_momentum
+        if not self.velocity:
+            self.velocity = {k: np.zeros_like(v, dtype=np.float64) for k, v in parameters.items()}
+        new: NamedArrays = {}
+        for k, x in parameters.items():
+            self.velocity[k] = beta * self.velocity[k] + mean_delta[k].astype(np.float64)
+            new[k] = (x + self.velocity[k]).astype(np.float32)
+        return new
+
+    def state_dict(self) -> NamedArrays:
+        return {f"velocity/{k}": v for k, v in self.velocity.items()}
+
+    def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
+        self.velocity = {k.removeprefix("velocity/"): np.asarray(v, dtype=np.float64) for k, v in state.items()}
+
+
 @STRATEGIES.register("fedprox")
 class FedProx(FedAvg):
     """FedProx (Li et al., MLSys 2020): FedAvg aggregation, clients add ``mu/2 ||w - w_global||^2`` to their loss."""

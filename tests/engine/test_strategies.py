@@ -3,7 +3,7 @@ import pytest
 
 from secure_ffm.config import ServerConfig
 from secure_ffm.engine.aggregation import AggregationError, PlaintextAggregation, weighted_mean
-from secure_ffm.engine.strategies import STRATEGIES, FedAdam, FedAvg, FedYogi, build_strategy
+from secure_ffm.engine.strategies import STRATEGIES, FedAdam, FedAvg, FedAvgM, FedYogi, build_strategy
 from secure_ffm.engine.wire import ClientUpdate
 
 
@@ -78,6 +78,28 @@ def test_adaptive_state_round_trips():
     b = FedAdam(config)
     b.load_state_dict(a.state_dict())
     np.testing.assert_array_equal(a.apply(2, x1, d)["w"], b.apply(2, x1, d)["w"])
+
+
+def test_fedavgm_accumulates_the_deltas_with_momentum():
+    strategy = FedAvgM(ServerConfig(strategy="fedavgm", server_momentum=0.5))
+    x0 = {"w": np.array([1.0, -2.0], np.float32)}
+    d1, d2 = np.array([0.5, -0.1]), np.array([0.2, 0.4])
+    x1 = strategy.apply(1, x0, {"w": d1.astype(np.float32)})
+    np.testing.assert_allclose(x1["w"], np.array([1.0, -2.0]) + d1, rtol=1e-6)  # v = d1: the first round is FedAvg's
+    x2 = strategy.apply(2, x1, {"w": d2.astype(np.float32)})
+    np.testing.assert_allclose(x2["w"], x1["w"] + 0.5 * d1 + d2, rtol=1e-6)  # v = 0.5 d1 + d2
+    resumed = FedAvgM(ServerConfig(strategy="fedavgm", server_momentum=0.5))
+    resumed.load_state_dict(strategy.state_dict())
+    np.testing.assert_array_equal(
+        resumed.apply(3, x2, {"w": d2.astype(np.float32)})["w"], strategy.apply(3, x2, {"w": d2.astype(np.float32)})["w"]
+    )
+
+
+def test_a_server_momentum_of_one_or_more_names_the_key():
+    from secure_ffm.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="server.server_momentum"):
+        ServerConfig(strategy="fedavgm", server_momentum=1.0)
 
 
 def test_fedprox_sends_mu_to_clients():
