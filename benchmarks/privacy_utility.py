@@ -157,7 +157,7 @@ TARGET_ARMS: dict[str, dict] = {
         "config": "quickstart.toml",
         "overrides": [
             *MOVIE_ALL,
-            "server.rounds=30",  # about 3.6 epochs at q = 128 / 1,057
+            "server.rounds=20",  # about 2.4 epochs at q = 128 / 1,057
             "privacy.mode=distributed-dp-sgd",
             "privacy.target_epsilon=8",
             "privacy.max_grad_norm=1.0",
@@ -166,7 +166,7 @@ TARGET_ARMS: dict[str, dict] = {
             "client.lr=1.0",
             # DP-Adam as post-processing of the noisy mean gradient (Li et al. 2022 fine-tune with Adam under DP)
             'server.strategy="fedadam"',
-            "server.server_lr=0.003",
+            "server.server_lr=0.005",
             "server.tau=0.000001",
         ],
     },
