@@ -45,20 +45,17 @@ class TanhCNN(nn.Module):
     About 26k parameters on 1x28x28 images (a 4x4x32 map before ``fc``).
     """
 
+    CHANNELS = (16, 32)
+    HIDDEN = 32
+
     def __init__(
-        self,
-        num_classes: int,
-        *,
-        in_channels: int = IMAGE_CHANNELS,
-        image_size: tuple[int, int] = (IMAGE_SIZE, IMAGE_SIZE),
-        channels: tuple[int, int] = (16, 32),
-        hidden: int = 32,
+        self, num_classes: int, *, in_channels: int = IMAGE_CHANNELS, image_size: tuple[int, int] = (IMAGE_SIZE, IMAGE_SIZE)
     ) -> None:
         super().__init__()
         height, width = image_size
         if min(height, width) < MIN_IMAGE_SIZE:
             raise ValueError(f"the tanh CNN reads images of at least {MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE}, got {height}x{width}")
-        c1, c2 = channels
+        (c1, c2), hidden = self.CHANNELS, self.HIDDEN
         self.architecture = {"channels": [c1, c2], "hidden": hidden}
         self.conv1 = nn.Conv2d(in_channels, c1, kernel_size=8, stride=2, padding=3)
         self.conv2 = nn.Conv2d(c1, c2, kernel_size=4, stride=2)
