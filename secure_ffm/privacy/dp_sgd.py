@@ -798,7 +798,8 @@ class DPSGD(PrivacyMechanism):
                 warnings_.append(
                     f"client with {n} examples: too little data for ε={p.target_epsilon:g} to train usefully "
                     f"(noise-to-progress r={best.noise_to_progress:.3g} > {NOISE_TO_PROGRESS_LIMIT:g} even at the best setting); "
-                    "pool data, raise ε, or use distributed noise (privacy.mode=dp-fedavg, noise_placement=clients)"
+                    "pool data, raise ε, or share one noise draw across the federation "
+                    '(privacy.mode="distributed-dp-sgd" with secure_aggregation.protocol="masking")'
                 )
         median = next(c for c in clients if "median" in c["role"])
         return {
@@ -850,6 +851,11 @@ class DPSGD(PrivacyMechanism):
         largest_batch = max(c["best"]["batch_size"] for c in advice["clients"])
         if physical == 0 and largest_batch > LARGE_BATCH_HINT:
             lines.append(f"batches of {largest_batch} examples: --set privacy.max_physical_batch_size=N bounds the memory of one pass")
+        lines.append(
+            'federation-wide noise: privacy.mode="distributed-dp-sgd" (with masking or CKKS) adds one noise draw per step '
+            "for all participants instead of one per client; on Fashion-MNIST, 20 clients, ε = 3 it reached 84.7% against "
+            "local DP-SGD's 74.2% (docs/dp_utility.md)"
+        )
         lines.extend(f"WARNING: {w}" for w in advice["warnings"])
         return "\n".join(lines)
 

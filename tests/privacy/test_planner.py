@@ -101,7 +101,7 @@ def test_recommend_warns_about_clients_too_small_for_the_budget_and_exits_0(tmp_
     assert main(["privacy", str(config), "--recommend", "--epochs", "1"]) == 0
     warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("WARNING")]
     assert warnings and all("too little data for ε=1 to train usefully" in w for w in warnings)
-    assert "pool data, raise ε, or use distributed noise" in warnings[0]
+    assert 'share one noise draw across the federation (privacy.mode="distributed-dp-sgd"' in warnings[0]
 
 
 @pytest.mark.parametrize(
