@@ -183,6 +183,25 @@ TARGET_ARMS: dict[str, dict] = {
             "privacy.adaptive_clipping=true",
         ],
     },
+    # the same with server momentum (DP-FedAvgM, McMahan et al. 2018: β = 0.9, post-processing of the noisy mean)
+    "fmnist10k-none-fedavgm": {
+        "row": "fmnist10k-eps8",
+        "config": "fashion_mnist_cnn.toml",
+        "overrides": [*FMNIST10K, "server.rounds=60", 'server.strategy="fedavgm"', "server.server_momentum=0.9"],
+    },
+    "fmnist10k-dp-fedavgm": {
+        "row": "fmnist10k-eps8",
+        "config": "fashion_mnist_cnn.toml",
+        "overrides": [
+            *FMNIST10K,
+            "server.rounds=60",
+            "privacy.mode=dp-fedavg",
+            "privacy.target_epsilon=8",
+            "privacy.adaptive_clipping=true",
+            'server.strategy="fedavgm"',
+            "server.server_momentum=0.9",
+        ],
+    },
 }
 PARTIAL = Path(__file__).resolve().parent / "results" / "privacy_targets.partial.jsonl"
 RESULT = PARTIAL.with_name("privacy_targets.json")
