@@ -117,14 +117,14 @@ def build_model(
         raise ConfigError(
             "model.arch",
             f"{config.arch!r} reads {builder.data_kind} data but the dataset is {data_kind}",
-            f"use {' or '.join(repr(name) for name in fitting)}" if fitting else None,
+            f"use {_one_of([repr(name) for name in fitting])}" if fitting else None,
         )
     if config.objective not in builder.builds:
         fitting = [name for name in MODELS.names() if config.objective in MODELS.get(name).builds]
         raise ConfigError(
             "model.objective",
             f"{config.objective!r} is not an objective of model.arch = {config.arch!r}",
-            f"use model.arch = {' or '.join(repr(name) for name in fitting)} for it, or objective = 'classification'",
+            f"use model.arch = {_one_of([repr(name) for name in fitting])} for it, or objective = 'classification'",
         )
     if num_classes < 2 and OBJECTIVES.get(config.objective).reads_labels:
         raise ValueError(f"num_classes must be at least 2, got {num_classes}")
@@ -134,3 +134,8 @@ def build_model(
         torch.default_generator.manual_seed(seed)  # CPU only: accelerator RNGs are left alone
         build = builder.builds[config.objective]
         return build(config, num_classes=num_classes, max_length=max_length, image_shape=image_shape or DEFAULT_IMAGE_SHAPE)
+
+
+def _one_of(names: list[str]) -> str:
+    """``a``, ``a or b``, ``a, b or c``."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"

@@ -31,7 +31,7 @@ def test_image_arch_on_text_data_is_a_config_error() -> None:
 
 
 def test_text_arch_on_image_data_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match="'cnn' or 'vit'") as raised:
+    with pytest.raises(ConfigError, match="use 'cnn', 'tanh-cnn' or 'vit'") as raised:
         build_model(ModelConfig(arch="hf-text"), num_classes=10, data_kind="image", seed=0)
     assert raised.value.key == "model.arch"
 
