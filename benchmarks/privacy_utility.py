@@ -87,6 +87,8 @@ FMNIST10K = [
     "client.lr=0.05",
     "client.momentum=0.0",
 ]
+DP_FEDAVG_10K = ["server.rounds=60", "privacy.mode=dp-fedavg", "privacy.target_epsilon=8", "privacy.adaptive_clipping=true"]
+FEDAVGM = ['server.strategy="fedavgm"', "server.server_momentum=0.9"]
 TARGET_ARMS: dict[str, dict] = {
     # Fashion-MNIST CNN, 20 clients (Dirichlet 0.5), 20,000 images, ε = 3 per example
     "fmnist20-none": {"row": "fmnist20-eps3", "config": "fashion_mnist_cnn.toml", "overrides": [*FMNIST20, "server.rounds=10"]},
@@ -175,32 +177,18 @@ TARGET_ARMS: dict[str, dict] = {
     "fmnist10k-dp-fedavg": {
         "row": "fmnist10k-eps8",
         "config": "fashion_mnist_cnn.toml",
-        "overrides": [
-            *FMNIST10K,
-            "server.rounds=60",
-            "privacy.mode=dp-fedavg",
-            "privacy.target_epsilon=8",
-            "privacy.adaptive_clipping=true",
-        ],
+        "overrides": [*FMNIST10K, *DP_FEDAVG_10K],
     },
     # the same with server momentum (DP-FedAvgM, McMahan et al. 2018: β = 0.9, post-processing of the noisy mean)
     "fmnist10k-none-fedavgm": {
         "row": "fmnist10k-eps8",
         "config": "fashion_mnist_cnn.toml",
-        "overrides": [*FMNIST10K, "server.rounds=60", 'server.strategy="fedavgm"', "server.server_momentum=0.9"],
+        "overrides": [*FMNIST10K, "server.rounds=60", *FEDAVGM],
     },
     "fmnist10k-dp-fedavgm": {
         "row": "fmnist10k-eps8",
         "config": "fashion_mnist_cnn.toml",
-        "overrides": [
-            *FMNIST10K,
-            "server.rounds=60",
-            "privacy.mode=dp-fedavg",
-            "privacy.target_epsilon=8",
-            "privacy.adaptive_clipping=true",
-            'server.strategy="fedavgm"',
-            "server.server_momentum=0.9",
-        ],
+        "overrides": [*FMNIST10K, *DP_FEDAVG_10K, *FEDAVGM],
     },
 }
 PARTIAL = Path(__file__).resolve().parent / "results" / "privacy_targets.partial.jsonl"
