@@ -1,6 +1,6 @@
 """DP-SGD step time divided by non-private step time, same model, same batch.
 
-Cases: the Fashion-MNIST CNN at batch 64 and MiniLM LoRA at batch 32 with sequence
+Cases: the Fashion-MNIST CNN and the tanh CNN at batch 64 and MiniLM LoRA at batch 32 with sequence
 length 64, each with Opacus hooks (per-sample gradients), ghost clipping and, where every
 trained layer has a rule, book-keeping (secure_ffm.privacy.bookkeeping: one backward pass).
 Target: at most 1.3 for the CNN (published Opacus figures: 2.6x to 8x a non-private step,
@@ -11,7 +11,7 @@ order every other repetition, so that the machine's load hits all alike; the rat
 median DP step over the median non-private step, and ``ratio_blocks`` gives the range of the
 per-repetition ratios (how much the load moved it).
 
-    python benchmarks/dp_overhead.py [--steps 5] [--repetitions 4] [--cases cnn-b64 ...]
+    python benchmarks/dp_overhead.py [--steps 5] [--repetitions 4] [--cases cnn-b64 ...] [--result dp_overhead]
 """
 
 from __future__ import annotations
@@ -35,10 +35,10 @@ from secure_ffm.privacy.dp_sgd import DPStep, auto_grad_sample_mode, ghost_suppo
 from secure_ffm.privacy.noise import PrivateRandomness, new_secret
 
 
-def cnn_case():
+def image_case(arch: str):
     config = config_from_dict({"data": {"dataset": "fashion_mnist", "max_train_examples": 640}})
     splits = load_dataset_splits(config.data, 0)
-    model = build_model(ModelConfig(arch="cnn", finetune="full"), num_classes=10, data_kind="image", seed=0)
+    model = build_model(ModelConfig(arch=arch, finetune="full"), num_classes=10, data_kind="image", seed=0)
     batch = model.make_batch(model.encode(splits.train), np.arange(64))
     return model, batch
 
@@ -114,7 +114,7 @@ def sampler_ns_per_value(values: int = 1_000_000, repetitions: int = 5) -> dict[
     return {sampler: median(times) for sampler, times in out.items()}
 
 
-CASES = {"cnn-b64": cnn_case, "minilm-lora-b32-len64": minilm_case}
+CASES = {"cnn-b64": lambda: image_case("cnn"), "tanh-cnn-b64": lambda: image_case("tanh-cnn"), "minilm-lora-b32-len64": minilm_case}
 
 
 def main() -> None:
@@ -122,6 +122,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="steps per block")
     parser.add_argument("--repetitions", type=int, default=4, help="blocks per key, interleaved")
     parser.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
+    parser.add_argument("--result", default="dp_overhead", help="name of the JSON in benchmarks/results")
     args = parser.parse_args()
     rows, raw = [], {}
     for name in args.cases:
@@ -155,7 +156,7 @@ def main() -> None:
     samplers = sampler_ns_per_value()
     print_table("Noise sampler cost (ns per noise value, median of 5)", [{"sampler": k, "ns_per_value": v} for k, v in samplers.items()])
     write_result(
-        "dp_overhead",
+        args.result,
         {
             "rows": rows,
             "steps_per_block": args.steps,
