@@ -33,6 +33,7 @@ import sys
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from secure_ffm.engine.aggregation import AggregationError, Stage, StageReplies
@@ -87,12 +88,17 @@ def _widen(stream: Any) -> None:
 
         set_size = getattr(fcntl, "F_SETPIPE_SZ", 1031)
         try:
-            limit = int(open("/proc/sys/fs/pipe-max-size").read())  # noqa: SIM115 - a one-line read
+            limit = int(Path("/proc/sys/fs/pipe-max-size").read_text())
         except (OSError, ValueError):
             limit = PIPE_BYTES
         fcntl.fcntl(stream.fileno(), set_size, min(PIPE_BYTES, limit))
     except (ImportError, OSError, ValueError):
         pass
+
+
+def _with_parameters(fit: FitRequest, parameters: Mapping[str, Any]) -> FitRequest:
+    """``fit`` with its instructions' global parameters replaced (stripped before sending, restored in the worker)."""
+    return dataclasses.replace(fit, instructions=dataclasses.replace(fit.instructions, parameters=parameters))
 
 
 def _serve(requests: Any, replies: Any) -> None:
@@ -135,8 +141,7 @@ def _serve(requests: Any, replies: Any) -> None:
             if job.get("broadcast") is not None:
                 if broadcast is None or broadcast[0] != int(job["broadcast"]):
                     raise RuntimeError(f"a fit request refers to the parameters of round {job['broadcast']}, which this worker lacks")
-                fit = request["request"]
-                request["request"] = dataclasses.replace(fit, instructions=dataclasses.replace(fit.instructions, parameters=broadcast[1]))
+                request["request"] = _with_parameters(request["request"], broadcast[1])
             reply_text, reply_arrays = pack(session.answer(kind, request))
             answer = _frame({"status": "ok", "detail": reply_text, "state": to_bytes(session.state).decode()}, reply_arrays)
         except Exception as error:  # noqa: BLE001 - the client refused or failed: the main process sees its dropout
@@ -361,9 +366,7 @@ class WorkerPoolTransport(Transport):
             broadcast = _Broadcast(round, pack(dict(shared)))  # the global model crosses to each worker once, not per client
 
         def body(fit: FitRequest) -> FitRequest:
-            if broadcast is None:
-                return fit
-            return dataclasses.replace(fit, instructions=dataclasses.replace(fit.instructions, parameters={}))
+            return fit if broadcast is None else _with_parameters(fit, {})
 
         jobs = [(c, FIT, pack({"round": round, "request": body(requests[c])})) for c in order if c not in self._gone]
         done: dict[int, FitReply] = {c: FitReply(c) for c in order if c in self._gone}
