@@ -92,6 +92,11 @@ class ContinualRun:
         self.current = stage
         self.simulation.transport.set_example_counts(self.example_counts(stage))
 
+    def follow(self, round: int) -> None:
+        """A client's side of :meth:`begin_round` (a SuperNode, a pool worker): ``round``'s stage is on. The stages are the
+        config's, so every process that built the run agrees on them; nothing else of the server's state is needed."""
+        self.current = self.stage(round)
+
     def training_indices(self, client_id: int, state: dict[str, Any]) -> np.ndarray:
         """Runs for the client: its examples of the current stage, as the method extends them (e.g. its replay buffer)."""
         randomness = self.simulation.noise_policy.client(client_id, state)

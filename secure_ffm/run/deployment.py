@@ -50,14 +50,19 @@ def check_deployable(config: Config) -> None:
             "simulates dropouts in-process; on a deployment the nodes that really go away are the dropouts",
             "set secure_aggregation.dropout_rate = 0",
         )
-    if config.continual is not None:
-        raise ConfigError("continual", "continual runs do not run on a deployment yet", "run them with `secure-ffm train`")
 
 
 def check_node_data(config: Config) -> None:
     """Refuse, naming the key, what cannot run on nodes that hold their own data (node config ``data``)."""
     from secure_ffm.variants import MECHANISMS
 
+    if config.continual is not None:
+        raise ConfigError(
+            "continual",
+            "a continual run's stages split the partitions of data.dataset, which nodes holding their own data (node config "
+            "data) do not train on",
+            "give the nodes partitions of data.dataset, or drop [continual]",
+        )
     if MECHANISMS.get(config.privacy.mode, key="privacy.mode").needs_every_client_size:
         raise ConfigError(
             "privacy.mode",
@@ -160,8 +165,9 @@ def node_session(
 def client_session(simulation: Simulation, client_id: int, state: dict[str, Any], *, fingerprint: str = "") -> NodeSession:
     """Client ``client_id`` of a built run as a :class:`NodeSession` over ``state`` (a node's, or a pool worker's job)."""
 
-    def make_client(client_state: dict[str, Any]):  # noqa: ANN202 - FederatedClient
+    def make_client(client_state: dict[str, Any], round: int):  # noqa: ANN202 - FederatedClient
         simulation.client_states[client_id] = client_state
+        simulation.follow_round(round)  # a continual run: the round's stage says which examples the client holds now
         return simulation.client(client_id)
 
     return NodeSession(

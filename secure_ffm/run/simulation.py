@@ -137,11 +137,7 @@ AUTO_WORKERS_MIN_CLIENT_ROUNDS = 40
 def resolve_workers(config: Config, prepared: PreparedRun) -> int:
     """The number of worker processes for a run: ``run.workers``, or with 0 a choice from the cores, the model and the run.
 
-    A continual run trains in this process (its stages' indices live here)."""
-    if prepared.data.stages:
-        if config.run.workers > 1:
-            log.warning("run.workers = %d: a continual run trains its clients in this process", config.run.workers)
-        return 1
+    A continual run's workers follow the server's stage (:meth:`Simulation.follow_round`, from each request's round)."""
     per_round = config.server.clients_per_round or prepared.data.num_clients
     if config.run.workers:
         return max(1, min(config.run.workers, per_round))
@@ -432,6 +428,11 @@ class Simulation:
             seed=self.config.run.seed,
             noise=self.noise_policy,
         )
+
+    def follow_round(self, round: int) -> None:
+        """On a client's side of a run (a SuperNode, a pool worker): the server is at ``round`` (a continual run's stage)."""
+        if self.continual is not None:
+            self.continual.follow(round)
 
     def training_indices(self, client_id: int) -> np.ndarray:
         """The examples client ``client_id`` trains on this round: all of its data, or in a continual run its current

@@ -57,6 +57,10 @@ class Transport(ABC):
         """Each client's number of examples: public metadata, needed before training for the protocol's weight bound
         (every client reveals it anyway as its message's ``num_examples``)."""
 
+    def set_example_counts(self, example_counts: Sequence[int]) -> None:
+        """The clients' numbers of examples from now on (``example_counts[client]``): a continual run's new stage."""
+        raise NotImplementedError(f"{type(self).__name__} cannot change the clients' example counts (continual runs)")
+
     @abstractmethod
     def exchange(self, round: int, stage: Stage) -> StageReplies:
         """Deliver a protocol stage; a client that does not answer (or refuses) is listed as dropped."""

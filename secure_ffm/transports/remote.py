@@ -123,6 +123,9 @@ class RemoteTransport(Transport):
         """Client id -> its node, from the ``hello`` replies."""
         self.refused: dict[int, str] = {}
         """Node -> why it was refused at ``hello``."""
+        self.stage_counts: list[int] | None = None
+        """A continual run's example counts of the current stage (the server's own account, from its copy of the
+        partition), which replace the counts the nodes sent with the hello."""
 
     # ------------------------------------------------------------------ connection
 
@@ -172,7 +175,12 @@ class RemoteTransport(Transport):
     # ------------------------------------------------------------------ Transport
 
     def example_counts(self, clients: Sequence[int]) -> dict[int, int]:
+        if self.stage_counts is not None:
+            return {int(c): self.stage_counts[int(c)] for c in clients}
         return {int(c): self.clients[int(c)].num_examples for c in clients}
+
+    def set_example_counts(self, example_counts: Sequence[int]) -> None:
+        self.stage_counts = list(example_counts)
 
     def _send(self, kind: str, bodies: Mapping[int, Any]) -> Iterator[tuple[int, Any]]:
         """Pack ``bodies[client]``, send, and yield ``(client, decoded reply or AggregationError)`` for each answer."""
@@ -253,7 +261,8 @@ class NodeSession:
     client_id
         The partition this node holds.
     make_client
-        Builds this node's :class:`FederatedClient` around a state dict (the client's private state).
+        Builds this node's :class:`FederatedClient` for a round around a state dict (the client's private state); the
+        round says which examples it trains on (a continual run's stage).
     protocol
         The aggregation protocol (its client half runs here).
     fingerprint
@@ -263,7 +272,7 @@ class NodeSession:
     """
 
     client_id: int
-    make_client: Callable[[dict[str, Any]], FederatedClient]
+    make_client: Callable[[dict[str, Any], int], FederatedClient]
     protocol: AggregationProtocol
     fingerprint: str
     num_examples: int
@@ -315,7 +324,7 @@ class NodeSession:
             raise AggregationError(f"client {self.client_id} got a fit request that is not one for round {round}")
         half = self._half(round)
         try:
-            message = self.make_client(self._client_state()).fit(fit.instructions, encoder=half, payload=fit.payload)
+            message = self.make_client(self._client_state(), round).fit(fit.instructions, encoder=half, payload=fit.payload)
         except (ClientDeclined, EncodingDeclined) as reason:
             self._keep(round, half)
             return {"declined": str(reason), **self._ledger()}
@@ -330,5 +339,5 @@ class NodeSession:
     def _evaluate(self, request: Mapping[str, Any]) -> dict[str, float]:
         parameters = {str(k): np.asarray(v) for k, v in request["parameters"].items()}
         ins = FitInstructions(round=int(request["round"]), parameters=parameters)
-        result = self.make_client(self._client_state()).evaluate(ins, batch_size=int(request["batch_size"]))
+        result = self.make_client(self._client_state(), ins.round).evaluate(ins, batch_size=int(request["batch_size"]))
         return {**result.as_dict(), "num_examples": float(result.num_examples)}

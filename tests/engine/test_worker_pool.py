@@ -89,3 +89,31 @@ def test_auto_workers_stay_in_process_for_short_runs_and_large_models(tmp_path):
     path = tmp_path / "c.toml"
     path.write_text(digits_cnn_toml(clients=4, workers=0))
     assert Simulation(prepare_run(load_config(path))).workers == 1  # 4 clients x 2 rounds: not worth a worker's start
+
+
+CONTINUAL = """\
+[continual]
+method = "replay"
+replay_buffer = 20
+[[continual.stages]]
+name = "zeros and ones"
+rounds = 1
+classes = [0, 1]
+[[continual.stages]]
+name = "twos and threes"
+rounds = 1
+classes = [2, 3]
+"""
+
+
+@pytest.mark.slow
+def test_a_continual_runs_workers_follow_the_stage_and_give_the_sequential_result_bitwise(tmp_path):
+    body = MODES["dp-sgd"] + CONTINUAL  # each worker trains a client on the round's stage plus its replay buffer
+    sequential = run(tmp_path, "one", digits_cnn_toml(clients=4, workers=1).replace("[server]\nrounds = 2\n", "") + body)
+    parallel = run(tmp_path, "two", digits_cnn_toml(clients=4, workers=2).replace("[server]\nrounds = 2\n", "") + body)
+    assert parallel.workers == 2 and sequential.workers == 1
+    assert [r["stage"] for r in rows(tmp_path / "two")] == ["zeros and ones", "twos and threes"]
+    assert rows(tmp_path / "two") == rows(tmp_path / "one")
+    a, b = load_file(str(tmp_path / "one" / "model.safetensors")), load_file(str(tmp_path / "two" / "model.safetensors"))
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert not worker_processes()

@@ -212,3 +212,42 @@ def test_a_ckks_deployment_refuses_missing_or_swapped_key_files(tmp_path):
     swapped = FreshProcessLink(config, {0: 0, 1: 1, 2: 2}, key_file=server_keys)
     with pytest.raises(DeploymentError, match="node 0 answered with an error: ConfigError: ckks-keys: the key file is the server file"):
         server_run(config, swapped, out_dir=tmp_path / "c", key_file=server_keys)
+
+
+CONTINUAL_STAGES = """\
+[continual]
+method = "{method}"
+replay_buffer = 20
+[[continual.stages]]
+name = "zeros and ones"
+rounds = 2
+classes = [0, 1]
+[[continual.stages]]
+name = "twos and threes"
+rounds = 1
+classes = [2, 3]
+"""
+
+
+@pytest.mark.parametrize("method", ["replay", "ewc"])
+def test_a_continual_run_over_the_link_follows_the_servers_stage_and_equals_in_process(tmp_path, method):
+    # the nodes learn the stage from the round alone; replay's buffer and EWC's importances stay client-side state
+    body = BASE.replace("[server]\nrounds = 2\n", "") + MASKING + DP_SGD  # DP_SGD: reproducible noise, for bitwise
+    config = config_of(tmp_path, body + CONTINUAL_STAGES.format(method=method))
+    local = in_process(config, tmp_path / "local")
+    link = FreshProcessLink(config, {0: 0, 1: 1, 2: 2})
+    remote = server_run(config, link, out_dir=tmp_path / "remote")
+    history = rows(tmp_path / "remote")
+    assert [r["stage"] for r in history] == ["zeros and ones", "zeros and ones", "twos and threes"]
+    assert history == rows(tmp_path / "local")
+    assert remote["continual"]["accuracy_matrix"] == local["continual"]["accuracy_matrix"]
+    weights_local, weights_remote = final_weights(tmp_path / "local"), final_weights(tmp_path / "remote")
+    assert all(np.array_equal(weights_local[k], weights_remote[k]) for k in weights_local)
+
+
+def test_a_continual_run_on_nodes_holding_their_own_data_is_refused_naming_continual(tmp_path):
+    from secure_ffm.run.deployment import check_node_data
+
+    config = config_of(tmp_path, BASE.replace("[server]\nrounds = 2\n", "") + CONTINUAL_STAGES.format(method="naive"))
+    with pytest.raises(ConfigError, match="continual: a continual run's stages split the partitions"):
+        check_node_data(config)
