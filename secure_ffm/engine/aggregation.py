@@ -38,6 +38,10 @@ if TYPE_CHECKING:
     from secure_ffm.config import Config, SecureAggregationConfig
     from secure_ffm.data.base import FederatedData
 
+AUTHORITY = -1
+"""The party id of a protocol's key authority in a stage's requests and replies: a party of its own, never a client
+(CKKS with ``ckks_key_holder = "authority"``: it decrypts aggregates and nothing else)."""
+
 
 @wire_record
 @dataclass(frozen=True)
@@ -317,13 +321,25 @@ class AggregationProtocol(ABC):
         """Sum integer-valued updates exactly from now on; only protocols with :attr:`supports_integer_values`."""
         raise NotImplementedError(f"protocol {self.name!r} cannot sum integer values exactly")
 
-    def deal_key_files(self) -> tuple[bytes, bytes]:
-        """A fresh key set as ``(the server's file, the clients' file)``; only protocols with :attr:`needs_key_file`."""
+    def deal_key_files(self) -> dict[str, bytes]:
+        """A fresh key set as ``{role: file}`` (``"server"``, ``"clients"``, and for a key authority ``"authority"``); only
+        protocols with :attr:`needs_key_file`."""
         raise NotImplementedError(f"protocol {self.name!r} deals no keys")
 
     def use_key_file(self, data: bytes, *, role: str) -> None:
-        """Load the keys dealt out of band for ``role`` (``"server"`` or ``"clients"``); only protocols with :attr:`needs_key_file`."""
+        """Load the keys dealt out of band for ``role`` (``"server"``, ``"clients"`` or ``"authority"``); only protocols with
+        :attr:`needs_key_file`."""
         raise NotImplementedError(f"protocol {self.name!r} takes no key file")
+
+    @property
+    def waits_for_authority(self) -> bool:
+        """True when this process's server half has a stage answered by the key authority (:data:`AUTHORITY`), a party of
+        its own: CKKS with ``ckks_key_holder = "authority"`` on a deployment, where the server holds no secret key."""
+        return False
+
+    def authority_answer(self, stage: str, request: Any) -> Any:
+        """The key authority's reply to a stage request addressed to :data:`AUTHORITY` (only in the authority's process)."""
+        raise NotImplementedError(f"protocol {self.name!r} has no key authority")
 
     @classmethod
     def from_config(cls, config: SecureAggregationConfig, *, seed: int) -> AggregationProtocol:

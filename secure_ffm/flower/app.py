@@ -34,7 +34,11 @@ Node config (``flower-supernode --node-config "partition-id=0 num-partitions=3 c
     data. Its model is built for the run's data schema (class names, image shape, normalization), which the server
     sends with the hello; labels are matched to the run's classes by name (:mod:`secure_ffm.data.node`).
 ``ckks-keys``
-    Under CKKS: the clients' key file from ``secure-ffm ckks-keys`` (the shared secret key; never give it to the server).
+    Under CKKS: the clients' key file from ``secure-ffm ckks-keys`` (under ``ckks_key_holder = "clients"`` the shared
+    secret key; never give it to the server), or the authority's file on the key authority's node.
+``role``
+    ``authority``: this SuperNode is CKKS's key authority (``ckks_key_holder = "authority"``), a party of its own that
+    holds the secret key and decrypts aggregates only; it needs ``config`` and ``ckks-keys``, no partition.
 ``config``
     The node's own copy of the config. The node's privacy settings (DP, the masking threshold it accepts) must be
     the node's, not the server's: the node loads this file and the server refuses it at the hello unless both
@@ -60,7 +64,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from secure_ffm.config import Config, load_config
 from secure_ffm.engine.codec import from_bytes, to_bytes
-from secure_ffm.transports.remote import EVALUATE, FIT, HELLO, STAGE, Link, LinkReply, Packed
+from secure_ffm.transports.remote import AUTHORITY_ROLE, EVALUATE, FIT, HELLO, STAGE, Link, LinkReply, Packed
 
 log = logging.getLogger(__name__)
 
@@ -202,12 +206,22 @@ def node_schema(context: Context, kind: str, packed: Packed) -> Any:
     return schema if isinstance(schema, DataSchema) else None
 
 
+def authority(context: Context) -> Any:
+    """The key authority's session (node config ``role = "authority"``): its config and its key file, nothing else."""
+    from secure_ffm.run.deployment import authority_session
+
+    key_path = context.node_config.get("ckks-keys")
+    return authority_session(node_config(context), key_file=Path(str(key_path)).read_bytes() if key_path else None)
+
+
 def handle(message: Message, context: Context) -> Message:
     """One request on this node: rebuild the node's client from ``context.state``, answer, save the state back."""
     from secure_ffm.data.node import NODE_DATA_KEY
     from secure_ffm.run.deployment import node_session, partition_from_node_config
 
     kind, packed = from_record(message.content)
+    if context.node_config.get("role") == AUTHORITY_ROLE:
+        return Message(to_record(authority(context).handle(kind, packed), kind), reply_to=message)
     partition_id, num_partitions = partition_from_node_config(context.node_config)
     config = node_config(context)
     if config.run.threads == 0:

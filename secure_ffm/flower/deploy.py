@@ -14,13 +14,14 @@ import json
 import logging
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from secure_ffm.config import Config
 from secure_ffm.flower.launch import FederationError, LoopbackFederation
 from secure_ffm.run.deployment import check_deployable
+from secure_ffm.transports.remote import AUTHORITY_ROLE
 
 log = logging.getLogger(__name__)
 
@@ -29,13 +30,17 @@ MAX_LOOPBACK_NODES = 64
 
 
 def node_configs(
-    config_path: Path, num_clients: int, key_file: Path | None = None, node_data: Sequence[Path] | None = None
+    config_path: Path, num_clients: int, key_files: Mapping[str, Path] | None = None, node_data: Sequence[Path] | None = None
 ) -> list[dict[str, Any]]:
-    """One ``--node-config`` table per SuperNode; ``node_data[k]``: node ``k``'s own data (node config ``data``)."""
-    keys = {"ckks-keys": str(key_file)} if key_file is not None else {}
+    """One ``--node-config`` table per SuperNode; ``node_data[k]``: node ``k``'s own data (node config ``data``). With an
+    authority key file (CKKS, ``ckks_key_holder = "authority"``), one more SuperNode plays the key authority."""
+    key_files = key_files or {}
+    keys = {"ckks-keys": str(key_files["clients"])} if "clients" in key_files else {}
     tables = [{"partition-id": k, "num-partitions": num_clients, "config": str(config_path), **keys} for k in range(num_clients)]
     for table, path in zip(tables, node_data or (), strict=False):
         table["data"] = str(Path(path).resolve())
+    if "authority" in key_files:
+        tables.append({"role": AUTHORITY_ROLE, "config": str(config_path), "ckks-keys": str(key_files["authority"])})
     return tables
 
 
@@ -57,16 +62,17 @@ def check_node_data_paths(config: Config, node_data: Sequence[Path]) -> None:
     check_node_data(config)
 
 
-def write_key_files(config: Config, directory: Path) -> tuple[Path, Path] | None:
-    """For a protocol that needs one (CKKS), deal a fresh key set: ``(server file, clients file)`` in ``directory``; else None."""
+def write_key_files(config: Config, directory: Path) -> dict[str, Path] | None:
+    """For a protocol that needs one (CKKS), deal a fresh key set: ``{role: file}`` in ``directory`` (``server.ckks``,
+    ``clients.ckks`` and, for a key authority, ``authority.ckks``); else None."""
     from secure_ffm.variants import PROTOCOLS
 
     protocol = PROTOCOLS.get(config.secure_aggregation.protocol).from_config(config.secure_aggregation, seed=config.run.seed)
     if not protocol.needs_key_file:
         return None
-    server, clients = protocol.deal_key_files()
-    paths = directory / "server.ckks", directory / "clients.ckks"
-    for path, data in zip(paths, (server, clients), strict=True):
+    paths = {}
+    for role, data in protocol.deal_key_files().items():
+        path = paths[role] = directory / f"{role}.ckks"
         path.write_bytes(data)
         path.chmod(0o600)
     return paths
@@ -108,7 +114,7 @@ def deploy(
     work.mkdir(parents=True, exist_ok=True)
     config_path.write_text(config.to_toml())
     key_files = write_key_files(config, work)
-    federation = LoopbackFederation(work, node_configs(config_path, n, key_files[1] if key_files else None, node_data), secure=secure)
+    federation = LoopbackFederation(work, node_configs(config_path, n, key_files, node_data), secure=secure)
     try:
         with federation:
             log.info(
@@ -119,7 +125,7 @@ def deploy(
             )
             run_config: dict[str, Any] = {"config": str(config_path), "out": str(out_dir), "timeout": float(timeout)}
             if key_files is not None:
-                run_config["ckks-keys"] = str(key_files[0])
+                run_config["ckks-keys"] = str(key_files["server"])
             run_id = federation.submit(run_config)
             status = _wait_with_progress(federation, run_id, out_dir, rounds=config.server.rounds, timeout=run_timeout, progress=progress)
             if out_dir.exists():  # Flower's own account of the run: status, network traffic, compute time

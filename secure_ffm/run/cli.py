@@ -202,25 +202,24 @@ def certs_command(args: argparse.Namespace) -> int:
 
 @command("ckks-keys")
 def ckks_keys_command(args: argparse.Namespace) -> int:
-    """Deal a CKKS key set for a deployment: the server's file (public context) and the clients' file (secret key)."""
+    """Deal a CKKS key set for a deployment: the server's file (public context), the clients' file (under
+    ``ckks_key_holder = "clients"`` the shared secret key) and, for a key authority, the authority's (the secret key)."""
     from secure_ffm.config import load_config
     from secure_ffm.flower.deploy import write_key_files
 
     config = load_config(args.config, overrides=args.set)
-    if config.secure_aggregation.protocol != "ckks" or config.secure_aggregation.ckks_key_holder != "clients":
-        raise ConfigError(
-            "secure_aggregation.protocol",
-            'key files are for CKKS with ckks_key_holder = "clients"',
-            'set secure_aggregation.protocol = "ckks" (and ckks_key_holder = "clients")',
-        )
+    if config.secure_aggregation.protocol != "ckks":
+        raise ConfigError("secure_aggregation.protocol", "key files are for CKKS", 'set secure_aggregation.protocol = "ckks"')
     directory = _new_key_folder(args.dir)
     directory.mkdir(parents=True, exist_ok=True)
     paths = write_key_files(config, directory)
     assert paths is not None
-    print(
-        f"wrote {paths[0]} (the server's: run config ckks-keys) and {paths[1]} "
-        "(every SuperNode's: --node-config ckks-keys; never the server)"
-    )
+    who = {
+        "server": "the server's: run config ckks-keys",
+        "clients": "every client SuperNode's: --node-config ckks-keys; never the server",
+        "authority": "the key authority's only: --node-config role=authority ckks-keys=...; never the server or a client",
+    }
+    print("\n".join(f"wrote {path} ({who[role]})" for role, path in paths.items()))
     return 0
 
 

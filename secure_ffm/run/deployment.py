@@ -19,10 +19,18 @@ from typing import Any
 
 from secure_ffm.config import Config
 from secure_ffm.data.node import DataSchema, load_node_data, node_federated_data
-from secure_ffm.engine.aggregation import AggregationProtocol
+from secure_ffm.engine.aggregation import AUTHORITY, AggregationProtocol
 from secure_ffm.errors import ConfigError
 from secure_ffm.run.simulation import RunObserver, Simulation, prepare_run
-from secure_ffm.transports.remote import DeploymentError, Link, NodeSession, RemoteTransport, config_fingerprint
+from secure_ffm.transports.remote import (
+    AUTHORITY_ROLE,
+    AuthoritySession,
+    DeploymentError,
+    Link,
+    NodeSession,
+    RemoteTransport,
+    config_fingerprint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +45,6 @@ def check_deployable(config: Config) -> None:
             "secure_aggregation.protocol",
             f"{config.secure_aggregation.protocol!r} does not run on a deployment yet",
             f"use one of {', '.join(DEPLOYABLE_PROTOCOLS)}, or run it in-process with `secure-ffm train`",
-        )
-    if config.secure_aggregation.protocol == "ckks" and config.secure_aggregation.ckks_key_holder != "clients":
-        raise ConfigError(
-            "secure_aggregation.ckks_key_holder",
-            "a key authority does not run on a deployment yet (it would be a party of its own)",
-            'use "clients": the clients share the key set dealt by `secure-ffm ckks-keys`',
         )
     if config.secure_aggregation.dropout_rate:
         raise ConfigError(
@@ -77,7 +79,7 @@ def load_key_file(protocol: AggregationProtocol, data: bytes | None, *, role: st
     if not protocol.needs_key_file:
         return
     if data is None:
-        where = "the run config's ckks-keys" if role == "server" else "the SuperNode's --node-config ckks-keys"
+        where = "the run config's ckks-keys" if role == "server" else f"the {role} SuperNode's --node-config ckks-keys"
         raise ConfigError(
             "ckks-keys",
             f"{protocol.name} on a deployment needs its key set dealt out of band, and {where} names no key file",
@@ -110,7 +112,31 @@ def server_run(
 
         transport.on_ledger = keep_ledger
     transport.connect()  # after the protocol is built: its stage messages must be registered before a reply decodes
+    if simulation.protocol.waits_for_authority and AUTHORITY not in transport.parties:
+        raise DeploymentError(
+            'no key authority answered the hello (ckks_key_holder = "authority"): start one more SuperNode with '
+            '--node-config "role=authority config=... ckks-keys=authority.ckks"'
+        )
     return simulation.run()
+
+
+def authority_session(config: Config, *, key_file: bytes | None) -> AuthoritySession:
+    """The key authority's side of a deployed run (node config ``role = "authority"``): it loads the authority's key file
+    and decrypts the aggregates the server sends it. It builds no data, model or client: it never sees an example."""
+    from secure_ffm.variants import PROTOCOLS
+
+    check_deployable(config)
+    protocol = PROTOCOLS.get(config.secure_aggregation.protocol).from_config(config.secure_aggregation, seed=config.run.seed)
+    if not (config.secure_aggregation.protocol == "ckks" and config.secure_aggregation.ckks_key_holder == AUTHORITY_ROLE):
+        raise ConfigError(
+            "role",
+            "this SuperNode was started as the key authority, but the run has none "
+            f"(secure_aggregation.protocol = {config.secure_aggregation.protocol!r}, ckks_key_holder = "
+            f"{config.secure_aggregation.ckks_key_holder!r})",
+            'start it without role=authority, or set secure_aggregation.ckks_key_holder = "authority"',
+        )
+    load_key_file(protocol, key_file, role=AUTHORITY_ROLE)
+    return AuthoritySession(protocol=protocol, fingerprint=config_fingerprint(config.to_toml()))
 
 
 def node_session(

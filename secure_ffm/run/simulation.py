@@ -400,9 +400,11 @@ class Simulation:
         from secure_ffm.transports.worker_pool import WorkerPoolTransport
 
         key_file = None
-        if self.protocol.needs_key_file:  # the workers hold the clients' keys, this process the server's
-            server_keys, key_file = self.protocol.deal_key_files()
-            self.protocol.use_key_file(server_keys, role="server")
+        if self.protocol.needs_key_file:  # the workers hold the clients' keys, this process the server's (and the authority's)
+            files = self.protocol.deal_key_files()
+            role = "authority" if "authority" in files else "server"
+            self.protocol.use_key_file(files[role], role=role)
+            key_file = files["clients"]
         return WorkerPoolTransport(
             self.config.to_toml(),
             workers=self.workers,

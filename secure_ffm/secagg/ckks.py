@@ -91,6 +91,7 @@ import numpy as np
 import tenseal as ts
 
 from secure_ffm.engine.aggregation import (
+    AUTHORITY,
     Aggregate,
     AggregationError,
     AggregationProtocol,
@@ -265,6 +266,13 @@ class CKKSKeyHolder:
             return self.public_context
         return self._context.serialize(save_public_key=False, save_secret_key=True, save_galois_keys=False, save_relin_keys=False)
 
+    can_decrypt = True
+    """The key holder keeps the secret key in both modes."""
+
+    def secret_context(self) -> bytes:
+        """The context with the secret key (the authority's key file)."""
+        return self._context.serialize(save_public_key=True, save_secret_key=True, save_galois_keys=False, save_relin_keys=False)
+
     def decryptor(self) -> CKKSDecryptor:
         """The authority's decryptor (the key holder keeps the secret key in both modes)."""
         if self._decryptor is None:
@@ -277,46 +285,75 @@ class CKKSKeyHolder:
 class KeyFile:
     """A key set dealt out of band, for a deployment (``secure-ffm ckks-keys``): what one party loads.
 
-    The server's file holds the public context and the key id only; the clients' file (``key_holder = "clients"``)
-    adds the secret context. Written with :func:`secure_ffm.engine.codec.to_bytes` (no pickle)."""
+    The server's file holds the public context and the key id only. Under ``key_holder = "clients"`` the clients' file
+    adds the secret context (every client decrypts). Under ``"authority"`` the clients' file adds only the public context
+    (clients encrypt with the public key) and the authority's file holds the secret context, which no other party gets.
+    Written with :func:`secure_ffm.engine.codec.to_bytes` (no pickle)."""
 
     role: str
-    """``"server"`` or ``"clients"``."""
+    """``"server"``, ``"clients"`` or ``"authority"``."""
     parameters: tuple[int, tuple[int, ...], int]
     """``(poly_modulus_degree, coeff_mod_bit_sizes, scale_bits)`` the key set was drawn for."""
     public_context: bytes
     key_id: bytes
     client_context: bytes = b""
+    key_holder: str = "clients"
+    """The ``ckks_key_holder`` the key set was dealt for."""
+    authority_context: bytes = b""
+    """The authority's file only: the secret context it decrypts aggregates with."""
 
 
-def deal_key_files(parameters: CKKSParameters) -> tuple[bytes, bytes]:
-    """A fresh ``key_holder = "clients"`` key set as ``(server file, clients file)``: give the first to the server and the
-    second to every client, never to the server."""
+KEY_FILE_ROLES = ("server", "clients", "authority")
+
+
+def deal_key_files(parameters: CKKSParameters, *, key_holder: str = "clients") -> dict[str, bytes]:
+    """A fresh key set as ``{role: file}``: ``"server"`` for the server, ``"clients"`` for every client (never the server),
+    and under ``key_holder = "authority"`` also ``"authority"``, the only file with the secret key."""
     from secure_ffm.engine.codec import to_bytes
 
-    holder = CKKSKeyHolder(parameters, key_holder="clients")
+    holder = CKKSKeyHolder(parameters, key_holder=key_holder)
     described = (parameters.poly_modulus_degree, tuple(parameters.coeff_mod_bit_sizes), parameters.scale_bits)
-    server = KeyFile("server", described, holder.public_context, holder.key_id)
-    clients = KeyFile("clients", described, holder.public_context, holder.key_id, holder.client_context())
-    return to_bytes(server), to_bytes(clients)
+    public, key_id = holder.public_context, holder.key_id
+    files = {
+        "server": KeyFile("server", described, public, key_id, key_holder=key_holder),
+        "clients": KeyFile("clients", described, public, key_id, holder.client_context(), key_holder=key_holder),
+    }
+    if key_holder == "authority":
+        secret = holder.secret_context()
+        files["authority"] = KeyFile("authority", described, public, key_id, key_holder=key_holder, authority_context=secret)
+    return {role: to_bytes(key_file) for role, key_file in files.items()}
 
 
 class ProvisionedKeySet:
     """A key set loaded from a :class:`KeyFile`, in place of one :class:`CKKSKeyHolder` draws in this process."""
 
-    def __init__(self, key_file: KeyFile) -> None:
+    def __init__(self, key_file: KeyFile, parameters: CKKSParameters) -> None:
         self.public_context = key_file.public_context
         self.key_id = key_file.key_id
         self.fingerprint = fingerprint(self.public_context, self.key_id)
+        self.role = key_file.role
         self._client_context = key_file.client_context or None
+        self._decryptor = (
+            CKKSDecryptor(ts.context_from(key_file.authority_context), self.fingerprint, parameters) if key_file.authority_context else None
+        )
+
+    @property
+    def can_decrypt(self) -> bool:
+        """True for the authority's file: this process is the key authority."""
+        return self._decryptor is not None
 
     def client_context(self) -> bytes:
         if self._client_context is None:
-            raise AggregationError("this process holds the server's CKKS key file, not the clients' (no secret key)")
+            raise AggregationError(f"this process holds the {self.role}'s CKKS key file, not the clients'")
         return self._client_context
 
     def decryptor(self) -> CKKSDecryptor:
-        raise AggregationError("a provisioned CKKS key set is decrypted by a client (key_holder = 'clients'), not here")
+        if self._decryptor is None:
+            raise AggregationError(
+                f"this process holds the {self.role}'s CKKS key file: a client (key_holder = 'clients') or the key authority "
+                "decrypts, not this process"
+            )
+        return self._decryptor
 
 
 # --------------------------------------------------------------------------- wire records
@@ -697,13 +734,14 @@ class CKKSProtocol(AggregationProtocol):
             ) from None
         return cls(parameters=parameters, key_holder=config.ckks_key_holder)
 
-    def deal_key_files(self) -> tuple[bytes, bytes]:
-        return deal_key_files(self.parameters)
+    def deal_key_files(self) -> dict[str, bytes]:
+        return deal_key_files(self.parameters, key_holder=self.key_holder_mode)
 
     def use_key_file(self, data: bytes, *, role: str) -> None:
         """Load a key set dealt out of band (:func:`deal_key_files`) instead of drawing one: the server loads the server's
-        file, each deployed client the clients' file. A file for other parameters, another role, or - for the server - one
-        that holds the secret key is refused."""
+        file, each deployed client the clients' file, the key authority (``ckks_key_holder = "authority"``) its own. A file
+        for other parameters, another key holder, another role, or - for the server - one that holds a secret key is
+        refused."""
         from secure_ffm.engine.codec import CodecError, from_bytes
 
         try:
@@ -714,8 +752,12 @@ class CKKSProtocol(AggregationProtocol):
             raise ConfigError(
                 "ckks-keys", f"the file holds a {type(key_file).__name__}, not a CKKS key file", "write it with `secure-ffm ckks-keys`"
             )
-        if self.key_holder_mode != "clients":
-            raise ConfigError("secure_aggregation.ckks_key_holder", "key files deal a key set the clients share", 'use "clients"')
+        if key_file.key_holder != self.key_holder_mode:
+            raise ConfigError(
+                "secure_aggregation.ckks_key_holder",
+                f"is {self.key_holder_mode!r}, but the key file was dealt for ckks_key_holder = {key_file.key_holder!r}",
+                "deal the key files again with `secure-ffm ckks-keys` for this config",
+            )
         expected = (self.parameters.poly_modulus_degree, tuple(self.parameters.coeff_mod_bit_sizes), self.parameters.scale_bits)
         if tuple(key_file.parameters) != expected or key_file.role != role:
             raise ConfigError(
@@ -724,12 +766,26 @@ class CKKSProtocol(AggregationProtocol):
                 f"this party needs the {role} file for {expected}",
                 "give each party its own file from `secure-ffm ckks-keys` for this config",
             )
-        if role == "server" and key_file.client_context:
+        holds_secret = key_file.authority_context or (key_file.client_context and self.key_holder_mode == "clients")
+        if role == "server" and holds_secret:
             raise ConfigError("ckks-keys", "the server's key file holds the secret key", "give the server the server's file only")
-        keys = ProvisionedKeySet(key_file)
+        keys = ProvisionedKeySet(key_file, self.parameters)
         self.key_holder = keys
         self.server = CKKSServer(self.parameters, keys.public_context, keys.key_id)
         self.clients.clear()
+
+    @property
+    def waits_for_authority(self) -> bool:
+        return self.key_holder_mode == "authority" and self.key_holder is not None and not self.key_holder.can_decrypt
+
+    def authority_answer(self, stage: str, request: Any) -> Any:
+        """The key authority decrypts an aggregate (its :class:`CKKSDecryptor` checks the count and round slots); it
+        answers nothing else."""
+        if self.key_holder is None or not self.key_holder.can_decrypt or self.key_holder_mode != "authority":
+            raise AggregationError("this process is not the CKKS key authority (it holds no authority key file)")
+        if stage != DECRYPT or not isinstance(request, EncryptedAggregate):
+            raise AggregationError(f"the key authority refuses a {type(request).__name__} as CKKS stage {stage!r}")
+        return self.key_holder.decryptor().decrypt(request)
 
     def _provision(self) -> CKKSKeyHolder:
         """Draw the key set on first use (the key holder deals it; neither the server nor a client draws it)."""
@@ -754,9 +810,13 @@ class CKKSProtocol(AggregationProtocol):
             raise ValueError(f"round {round}: participants must be distinct and non-empty, got {list(participants)}")
         holder = self._provision()
         assert self.server is not None
-        authority = holder.decryptor() if self.key_holder_mode == "authority" else None
+        # under "authority" the decryptor is this process's when it holds the secret key (in-process, a pool's main
+        # process); on a deployment the server holds the public file only and the authority answers a stage
+        authority = holder.decryptor() if self.key_holder_mode == "authority" and holder.can_decrypt else None
         accumulator = self.server.accumulator(operator.index(round), ids, layout=layout)
-        return CKKSServerRound(accumulator, authority=authority, setup_seconds=time.perf_counter() - start)
+        return CKKSServerRound(
+            accumulator, authority=authority, remote_authority=self.waits_for_authority, setup_seconds=time.perf_counter() - start
+        )
 
     def client_round(self, client_id: int, round: int) -> CKKSClientRound:
         """The client's half: its context, loaded once from the key holder and reused every round."""
@@ -805,12 +865,16 @@ class CKKSServerRound(ServerRound):
     """The server's homomorphic running sum; :meth:`finish` has the aggregate decrypted and divides by the total weight.
 
     Under ``"clients"`` the decryption is a message stage to one surviving participant (the server holds no secret
-    key); under ``"authority"`` the authority's decryptor is called directly.
+    key); under ``"authority"`` the authority's decryptor is called directly where this process holds it, and on a
+    deployment it is a message stage to the key authority (party :data:`~secure_ffm.engine.aggregation.AUTHORITY`).
     """
 
-    def __init__(self, accumulator: CKKSServerAccumulator, *, authority: CKKSDecryptor | None, setup_seconds: float) -> None:
+    def __init__(
+        self, accumulator: CKKSServerAccumulator, *, authority: CKKSDecryptor | None, setup_seconds: float, remote_authority: bool = False
+    ) -> None:
         self.accumulator = accumulator
         self._authority = authority
+        self._remote_authority = remote_authority
         self.setup_seconds = setup_seconds
 
     def setup(self) -> Stages[dict[int, int]]:
@@ -827,11 +891,12 @@ class CKKSServerRound(ServerRound):
         if self._authority is not None:
             sums = self._authority.decrypt(encrypted)
         else:
-            decrypting = min(self.accumulator.received)
+            decrypting = AUTHORITY if self._remote_authority else min(self.accumulator.received)
             answer = yield Stage(DECRYPT, {decrypting: encrypted})
             sums = answer.replies.get(decrypting)
             if not isinstance(sums, DecryptedSums):
-                raise AggregationError(f"round {encrypted.round}: client {decrypting} did not decrypt the aggregate")
+                who = "the key authority" if decrypting == AUTHORITY else f"client {decrypting}"
+                raise AggregationError(f"round {encrypted.round}: {who} did not decrypt the aggregate")
         if not sums.total_weight > 0:
             raise AggregationError(f"round {encrypted.round}: total client weight is {sums.total_weight}")
         mean = {k: (v / sums.total_weight).astype(np.float32) for k, v in sums.delta.items()}

@@ -29,7 +29,15 @@ from typing import Any
 
 import numpy as np
 
-from secure_ffm.engine.aggregation import AggregationError, AggregationProtocol, ClientRound, EncodingDeclined, Stage, StageReplies
+from secure_ffm.engine.aggregation import (
+    AUTHORITY,
+    AggregationError,
+    AggregationProtocol,
+    ClientRound,
+    EncodingDeclined,
+    Stage,
+    StageReplies,
+)
 from secure_ffm.engine.client import FederatedClient
 from secure_ffm.engine.codec import CodecError, pack, unpack
 from secure_ffm.engine.training import ClientDeclined
@@ -44,6 +52,8 @@ HELLO, STAGE, FIT, EVALUATE = "hello", "stage", "fit", "evaluate"
 
 Packed = tuple[str, NamedArrays]
 """A packed value: JSON text and the named arrays it refers to (:func:`secure_ffm.engine.codec.pack`)."""
+AUTHORITY_ROLE = "authority"
+"""Node config ``role`` of the SuperNode that plays CKKS's key authority (``ckks_key_holder = "authority"``)."""
 
 
 class DeploymentError(SecureFFMError):
@@ -121,6 +131,9 @@ class RemoteTransport(Transport):
         self.num_clients = num_clients
         self.clients: dict[int, NodeInfo] = {}
         """Client id -> its node, from the ``hello`` replies."""
+        self.parties: dict[int, NodeInfo] = {}
+        """Parties that are not clients (the key authority, :data:`~secure_ffm.engine.aggregation.AUTHORITY`) -> their node:
+        they answer protocol stages addressed to them, never a fit or an evaluation."""
         self.refused: dict[int, str] = {}
         """Node -> why it was refused at ``hello``."""
         self.stage_counts: list[int] | None = None
@@ -145,6 +158,13 @@ class RemoteTransport(Transport):
             problem = None
             if fingerprint != self.fingerprint:
                 problem = f"it runs another configuration (fingerprint {fingerprint[:12]}, the server's {self.fingerprint[:12]})"
+            elif client_id == AUTHORITY and hello.get("role") == "authority":
+                if AUTHORITY in self.parties:
+                    problem = f"the key authority is already node {self.parties[AUTHORITY].node}"
+                else:
+                    self.parties[AUTHORITY] = NodeInfo(reply.node, AUTHORITY, 0)
+                    log.info("node %d is the key authority", reply.node)
+                    continue
             elif not 0 <= client_id < self.num_clients:
                 problem = f"its partition {client_id} is outside 0..{self.num_clients - 1}"
             elif client_id in self.clients:
@@ -154,7 +174,8 @@ class RemoteTransport(Transport):
                 log.error("node %d is refused: %s", reply.node, problem)
                 continue
             self.clients[client_id] = NodeInfo(reply.node, client_id, count)
-        for node in set(nodes) - {info.node for info in self.clients.values()} - set(self.refused):
+        bound = {info.node for info in (*self.clients.values(), *self.parties.values())}
+        for node in set(nodes) - bound - set(self.refused):
             self.refused[node] = "it did not answer the hello"
         needed = self.num_clients if required is None else required
         if len(self.clients) < needed:
@@ -184,8 +205,9 @@ class RemoteTransport(Transport):
 
     def _send(self, kind: str, bodies: Mapping[int, Any]) -> Iterator[tuple[int, Any]]:
         """Pack ``bodies[client]``, send, and yield ``(client, decoded reply or AggregationError)`` for each answer."""
-        packed = {self.clients[c].node: pack(body) for c, body in bodies.items() if c in self.clients}
-        client_of = {info.node: client_id for client_id, info in self.clients.items()}
+        reachable = {**self.clients, **self.parties}  # a party (the key authority) is reached by stages only
+        packed = {reachable[c].node: pack(body) for c, body in bodies.items() if c in reachable}
+        client_of = {info.node: client_id for client_id, info in reachable.items()}
         for reply in self.link.request(kind, packed):
             client_id = client_of.get(reply.node)
             if client_id is None or client_id not in bodies:
@@ -201,7 +223,8 @@ class RemoteTransport(Transport):
         replies: dict[int, Any] = {}
         for client_id, answer in self._send(STAGE, bodies):
             if isinstance(answer, AggregationError):
-                log.warning("round %d: client %d is left out of the %s stage: %s", round, client_id, stage.name, answer)
+                who = "the key authority" if client_id == AUTHORITY else f"client {client_id}"
+                log.warning("round %d: %s is left out of the %s stage: %s", round, who, stage.name, answer)
             else:
                 replies[client_id] = answer
         return StageReplies(replies, frozenset(set(stage.requests) - set(replies)))
@@ -341,3 +364,27 @@ class NodeSession:
         ins = FitInstructions(round=int(request["round"]), parameters=parameters)
         result = self.make_client(self._client_state(), ins.round).evaluate(ins, batch_size=int(request["batch_size"]))
         return {**result.as_dict(), "num_examples": float(result.num_examples)}
+
+
+@dataclass
+class AuthoritySession:
+    """The key authority's node (CKKS with ``ckks_key_holder = "authority"``): a party of its own, not a client.
+
+    It answers the hello (as party :data:`~secure_ffm.engine.aggregation.AUTHORITY`, with its config's fingerprint) and
+    the stages addressed to it (:meth:`AggregationProtocol.authority_answer`: decrypt an aggregate, whose count and
+    round slots it checks); it refuses fit and evaluation requests. It holds no data, no model and no client state."""
+
+    protocol: AggregationProtocol
+    fingerprint: str
+
+    def handle(self, kind: str, packed: Packed) -> Packed:
+        return pack(self.answer(kind, unpack(*packed)))
+
+    def answer(self, kind: str, request: Any) -> Any:
+        if not isinstance(request, dict):
+            raise AggregationError(f"the key authority got a {kind} request that is not a table")
+        if kind == HELLO:
+            return {"client_id": AUTHORITY, "role": "authority", "num_examples": 0, "fingerprint": self.fingerprint}
+        if kind == STAGE:
+            return self.protocol.authority_answer(str(request["stage"]), request["request"])
+        raise AggregationError(f"the key authority answers no {kind} request: it trains and evaluates nothing")

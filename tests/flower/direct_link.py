@@ -3,8 +3,8 @@
 from collections.abc import Callable, Iterator, Mapping
 
 from secure_ffm.config import Config
-from secure_ffm.engine.codec import from_bytes, to_bytes
-from secure_ffm.run.deployment import node_session
+from secure_ffm.engine.codec import from_bytes, to_bytes, unpack
+from secure_ffm.run.deployment import authority_session, node_session
 from secure_ffm.transports.remote import HELLO, Link, LinkReply, Packed, hello_schema
 
 
@@ -20,9 +20,14 @@ class FreshProcessLink(Link):
         configs: Mapping[int, Config] | None = None,
         key_file: bytes | None = None,
         data_paths: Mapping[int, str] | None = None,
+        authority: tuple[int, bytes] | None = None,
     ):
         """``configs[node]``: a node that runs another configuration than ``config``; ``key_file``: every node's (CKKS);
-        ``data_paths[node]``: the node's own data (node config ``data``), built for the schema the hello brings."""
+        ``data_paths[node]``: the node's own data (node config ``data``), built for the schema the hello brings;
+        ``authority``: ``(node, key file)`` of a node that plays CKKS's key authority (node config ``role = "authority"``),
+        whose requests are kept in :attr:`authority_requests`."""
+        self.authority = authority
+        self.authority_requests: list[tuple[str, object]] = []
         self.data_paths = dict(data_paths or {})
         self.schemas: dict[int, object] = {}
         self.key_file = key_file
@@ -34,12 +39,19 @@ class FreshProcessLink(Link):
         self.kinds: list[str] = []
 
     def nodes(self) -> list[int]:
-        return sorted(self.partitions)
+        return sorted([*self.partitions, *([self.authority[0]] if self.authority else [])])
 
     def request(self, kind: str, bodies: Mapping[int, Packed]) -> Iterator[LinkReply]:
         self.kinds.append(kind)
         for node, body in bodies.items():
             if self.gone(kind, node):
+                continue
+            if self.authority is not None and node == self.authority[0]:
+                try:
+                    self.authority_requests.append((kind, unpack(*body)))
+                    yield LinkReply(node, authority_session(self.config, key_file=self.authority[1]).handle(kind, body))
+                except Exception as error:  # noqa: BLE001 - as a node's error
+                    yield LinkReply(node, error=f"{type(error).__name__}: {error}")
                 continue
             state = from_bytes(self.saved[node])
             config = self.configs.get(node, self.config)

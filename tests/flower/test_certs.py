@@ -70,3 +70,28 @@ def test_ckks_keys_refuses_a_config_without_ckks(tmp_path, capsys):
     config.write_text('[data]\ndataset = "digits"\n[model]\narch = "cnn"\n')
     assert main(["ckks-keys", str(config), str(tmp_path / "keys")]) == 2
     assert "secure_aggregation.protocol" in capsys.readouterr().err and not (tmp_path / "keys").exists()
+
+
+def test_ckks_keys_for_a_key_authority_writes_the_secret_key_to_the_authoritys_file_only(tmp_path, capsys):
+    from secure_ffm.engine.codec import from_bytes
+
+    config = tmp_path / "c.toml"
+    config.write_text(
+        '[data]\ndataset = "digits"\n[model]\narch = "cnn"\n[secure_aggregation]\nprotocol = "ckks"\nckks_key_holder = "authority"\n'
+    )
+    assert main(["ckks-keys", str(config), str(tmp_path / "keys")]) == 0
+    files = {role: from_bytes((tmp_path / "keys" / f"{role}.ckks").read_bytes()) for role in ("server", "clients", "authority")}
+    assert [f.key_holder for f in files.values()] == ["authority"] * 3
+    assert files["authority"].authority_context and not files["server"].authority_context and not files["clients"].authority_context
+    assert "authority.ckks (the key authority's only" in capsys.readouterr().out
+    assert all((tmp_path / "keys" / f"{role}.ckks").stat().st_mode & 0o077 == 0 for role in files)
+
+
+def test_a_key_authority_gets_a_supernode_of_its_own_with_the_authoritys_file_and_no_partition(tmp_path):
+    from secure_ffm.flower.deploy import node_configs
+
+    keys = {role: tmp_path / f"{role}.ckks" for role in ("server", "clients", "authority")}
+    tables = node_configs(tmp_path / "c.toml", 2, keys)
+    assert [t.get("partition-id") for t in tables] == [0, 1, None]
+    assert [t["ckks-keys"] for t in tables] == [str(keys["clients"])] * 2 + [str(keys["authority"])]
+    assert tables[2]["role"] == "authority" and all("role" not in t for t in tables[:2])

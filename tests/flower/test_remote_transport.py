@@ -188,7 +188,8 @@ def test_ckks_over_the_link_with_a_dealt_key_set_matches_in_process_and_the_serv
     from secure_ffm.secagg.ckks import CKKSParameters, deal_key_files
 
     config = config_of(tmp_path, BASE.replace("rounds = 2", "rounds = 1") + '[secure_aggregation]\nprotocol = "ckks"\n')
-    server_keys, client_keys = deal_key_files(CKKSParameters.from_config(config.secure_aggregation))
+    files = deal_key_files(CKKSParameters.from_config(config.secure_aggregation))
+    server_keys, client_keys = files["server"], files["clients"]
     in_process(config, tmp_path / "local")
     server_run(
         config, FreshProcessLink(config, {0: 0, 1: 1, 2: 2}, key_file=client_keys), out_dir=tmp_path / "remote", key_file=server_keys
@@ -203,7 +204,8 @@ def test_a_ckks_deployment_refuses_missing_or_swapped_key_files(tmp_path):
     from secure_ffm.secagg.ckks import CKKSParameters, deal_key_files
 
     config = config_of(tmp_path, BASE + '[secure_aggregation]\nprotocol = "ckks"\n')
-    server_keys, client_keys = deal_key_files(CKKSParameters.from_config(config.secure_aggregation))
+    files = deal_key_files(CKKSParameters.from_config(config.secure_aggregation))
+    server_keys, client_keys = files["server"], files["clients"]
     link = FreshProcessLink(config, {0: 0, 1: 1, 2: 2}, key_file=client_keys)
     with pytest.raises(ConfigError, match="ckks-keys: ckks on a deployment needs its key set"):
         server_run(config, link, out_dir=tmp_path / "a")
@@ -251,3 +253,68 @@ def test_a_continual_run_on_nodes_holding_their_own_data_is_refused_naming_conti
     config = config_of(tmp_path, BASE.replace("[server]\nrounds = 2\n", "") + CONTINUAL_STAGES.format(method="naive"))
     with pytest.raises(ConfigError, match="continual: a continual run's stages split the partitions"):
         check_node_data(config)
+
+
+AUTHORITY_CKKS = '[secure_aggregation]\nprotocol = "ckks"\nckks_key_holder = "authority"\n'
+
+
+def authority_keys(config):
+    from secure_ffm.secagg.ckks import CKKSParameters, deal_key_files
+
+    return deal_key_files(CKKSParameters.from_config(config.secure_aggregation), key_holder="authority")
+
+
+def test_a_key_authority_node_decrypts_only_aggregates_and_the_run_matches_in_process(tmp_path):
+    from secure_ffm.secagg.ckks import EncryptedAggregate
+
+    config = config_of(tmp_path, BASE + AUTHORITY_CKKS)
+    files = authority_keys(config)
+    in_process(config, tmp_path / "local")
+    link = FreshProcessLink(config, {0: 0, 1: 1, 2: 2}, key_file=files["clients"], authority=(9, files["authority"]))
+    server_run(config, link, out_dir=tmp_path / "remote", key_file=files["server"])
+    local, remote = final_weights(tmp_path / "local"), final_weights(tmp_path / "remote")
+    for key in local:  # CKKS is approximate: within its noise, not bitwise
+        np.testing.assert_allclose(remote[key], local[key], atol=1e-6)
+    assert [r["clients"] for r in rows(tmp_path / "remote")] == [[0, 1, 2], [0, 1, 2]]
+    # the authority got the hello and one request a round: the encrypted sum of all three clients, never one client's
+    decrypts = [request["request"] for kind, request in link.authority_requests if kind == "stage"]
+    assert [kind for kind, _ in link.authority_requests] == ["hello", "stage", "stage"]
+    assert all(isinstance(a, EncryptedAggregate) and a.num_clients == 3 for a in decrypts)
+
+
+def test_the_clients_key_file_under_an_authority_holds_no_secret_key(tmp_path):
+    import tenseal as ts
+
+    from secure_ffm.engine.codec import from_bytes
+
+    files = authority_keys(config_of(tmp_path, BASE + AUTHORITY_CKKS))
+    clients, authority = from_bytes(files["clients"]), from_bytes(files["authority"])
+    assert not ts.context_from(clients.client_context).is_private() and ts.context_from(authority.authority_context).is_private()
+    assert clients.public_context == authority.public_context and not from_bytes(files["server"]).authority_context
+
+
+def test_a_deployment_without_its_key_authority_stops_before_the_first_round(tmp_path):
+    config = config_of(tmp_path, BASE + AUTHORITY_CKKS)
+    files = authority_keys(config)
+    link = FreshProcessLink(config, {0: 0, 1: 1, 2: 2}, key_file=files["clients"])
+    with pytest.raises(DeploymentError, match="no key authority answered the hello"):
+        server_run(config, link, out_dir=tmp_path / "remote", key_file=files["server"])
+    assert not (tmp_path / "remote" / "metrics.jsonl").exists()
+
+
+def test_the_authoritys_secret_key_is_refused_by_the_server_and_a_clients_mode_key_set_by_the_authority(tmp_path):
+    from secure_ffm.run.deployment import authority_session
+
+    config = config_of(tmp_path, BASE + AUTHORITY_CKKS)
+    files = authority_keys(config)
+    link = FreshProcessLink(config, {0: 0, 1: 1, 2: 2}, key_file=files["clients"], authority=(9, files["authority"]))
+    with pytest.raises(ConfigError, match="the key file is the authority file"):
+        server_run(config, link, out_dir=tmp_path / "a", key_file=files["authority"])
+    from secure_ffm.secagg.ckks import CKKSParameters, deal_key_files
+
+    shared = deal_key_files(CKKSParameters.from_config(config.secure_aggregation))  # a key_holder = "clients" set
+    with pytest.raises(ConfigError, match="secure_aggregation.ckks_key_holder: is 'authority', but the key file was dealt for"):
+        authority_session(config, key_file=shared["clients"])
+    plain = config_of(tmp_path, BASE + '[secure_aggregation]\nprotocol = "ckks"\n', "plain.toml")
+    with pytest.raises(ConfigError, match="role: this SuperNode was started as the key authority, but the run has none"):
+        authority_session(plain, key_file=shared["clients"])
