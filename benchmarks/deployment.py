@@ -13,11 +13,13 @@ Reported:
   metrics count (``bytes_up + bytes_down``);
 - whether the final weights are equal (bitwise, or the largest absolute difference).
 
-Cases (``--cases``): ``cnn-4``, ``cnn-16`` (Fashion-MNIST CNN, 4 or 16 clients of 200 images each), ``minilm-4`` (MiniLM
-LoRA on 800 movie-review snippets, 4 clients), each with ``--protocols`` (default ``none masking``). Masking runs with
+Cases (``--cases``): ``cnn-4``, ``cnn-16`` (Fashion-MNIST CNN, 4 or 16 clients of 200 images each), ``minilm-4`` and
+``minilm-16`` (MiniLM LoRA on 800 movie-review snippets, 4 or 16 clients), each with ``--protocols`` (default ``none
+masking``). ``--result NAME`` writes ``benchmarks/results/NAME.json`` (default ``deployment``), e.g. for a subset of
+cases. Masking runs with
 ``privacy.reproducible_noise = true`` so both transports draw the same rounding noise.
 
-    python benchmarks/deployment.py [--cases cnn-4 cnn-16 minilm-4] [--protocols none masking] [--rounds 3]
+    python benchmarks/deployment.py [--cases cnn-4 cnn-16 minilm-4 minilm-16] [--protocols none masking] [--rounds 3]
 
 About 20-30 minutes on 2 CPU cores for everything. Results: benchmarks/results/deployment.json.
 """
@@ -59,6 +61,7 @@ CASES = {
     "cnn-4": (CNN, 4, 200),
     "cnn-16": (CNN, 16, 200),
     "minilm-4": (MINILM, 4, None),
+    "minilm-16": (MINILM, 16, 50),  # the same 800 snippets over 16 nodes
 }
 
 
@@ -123,6 +126,7 @@ def main() -> None:
     parser.add_argument("--protocols", nargs="+", default=["none", "masking"], choices=["none", "masking"])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--keep", type=Path, help="keep the run directories here")
+    parser.add_argument("--result", default="deployment", help="results file name under benchmarks/results (no .json)")
     args = parser.parse_args()
     work = args.keep or Path(tempfile.mkdtemp(prefix="bench-deployment-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -137,7 +141,7 @@ def main() -> None:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)
     print_table("Flower deployment (loopback, TLS + node auth) vs in-process", rows)
-    write_result("deployment", {"rows": rows, "rounds": args.rounds})
+    write_result(args.result, {"rows": rows, "rounds": args.rounds})
 
 
 if __name__ == "__main__":

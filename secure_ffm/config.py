@@ -377,6 +377,12 @@ class PrivacyConfig:
     discrete Gaussian noise (under masking) is always accounted with ``zcdp`` (secure_ffm.privacy.accounting)."""
     max_grad_norm: float = 1.0
     """dp-sgd and distributed-dp-sgd: per-sample gradient clipping norm."""
+    clipping: str = "flat"
+    """distributed-dp-sgd: ``flat`` clips each example's whole gradient to ``max_grad_norm``; ``per-layer`` clips each
+    trained tensor's part to ``max_grad_norm / sqrt(K)`` (K trained tensors; McMahan et al., 2018, "A General Approach
+    to Adding Differential Privacy to Iterative Training Procedures"), so the whole gradient's norm stays within
+    ``max_grad_norm``: same sensitivity, same noise, same ε. It keeps one large-gradient layer (a new classification
+    head) from using up the clipping budget of the others (LoRA adapters); docs/dp_utility.md has the measurement."""
     grad_sample_mode: str = "auto"
     """dp-sgd: ``ghost`` (ghost clipping, Li et al., ICLR 2022), ``hooks`` (per-sample gradients), ``bookkeeping``
     (one backward pass, Bu et al., ICML 2023; models whose trained layers are all Linear or Conv2d) or ``auto``
@@ -424,6 +430,7 @@ class PrivacyConfig:
         _choice("privacy", "accountant", self.accountant, ("prv", "rdp", "gdp"))
         _positive("privacy", "max_grad_norm", self.max_grad_norm)
         _choice("privacy", "grad_sample_mode", self.grad_sample_mode, ("auto", "ghost", "hooks", "bookkeeping"))
+        _choice("privacy", "clipping", self.clipping, CLIPPING_MODES)
         _positive("privacy", "max_physical_batch_size", self.max_physical_batch_size, allow_zero=True)
         _positive("privacy", "planned_rounds", self.planned_rounds, allow_zero=True)
         _positive("privacy", "noise_multiplier", self.noise_multiplier, allow_zero=True)
@@ -434,6 +441,9 @@ class PrivacyConfig:
         _positive("privacy", "clip_learning_rate", self.clip_learning_rate)
         _positive("privacy", "clipped_count_stddev", self.clipped_count_stddev, allow_zero=True)
 
+
+CLIPPING_MODES = ("flat", "per-layer")
+"""``privacy.clipping``: how an example's gradient is bounded (distributed-dp-sgd)."""
 
 CKKS_POLY_MODULUS_DEGREES = (4096, 8192, 16384)
 

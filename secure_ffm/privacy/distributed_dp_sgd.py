@@ -107,6 +107,7 @@ class DistributedDPSGDTrainer(LocalTrainer):
             generator=generator,
             sink=mech.sink(sum(p.numel() for _, p in named), noise),
             physical_batch=mech.config.privacy.max_physical_batch_size or PHYSICAL_BATCH,
+            per_layer=mech.config.privacy.clipping == "per-layer",
         )
         total += mech.noise_share(total.size, stream=noise)
         ledger.record(noise_multiplier=mech.noise_multiplier, sample_rate=mech.sample_rate, steps=1)
@@ -133,9 +134,11 @@ def clipped_gradient_sum(
     generator: torch.Generator,
     sink: Any,
     physical_batch: int = PHYSICAL_BATCH,
+    per_layer: bool = False,
 ) -> np.ndarray:
     """Σ over ``chosen`` of each example's gradient clipped to L2 norm ``clip_norm`` (flattened, trainable parameters in
-    :meth:`FederatedModel.trainable_named_parameters` order), each chunk's rows passed through ``sink``.
+    :meth:`FederatedModel.trainable_named_parameters` order), each chunk's rows passed through ``sink``. ``per_layer``:
+    each parameter's part is clipped to ``clip_norm / sqrt(K)`` instead (:func:`clip_rows`), K the trained parameters.
 
     Per-example gradients come from Opacus' hooks (``GradSampleModule``) on the summed per-example losses."""
     from opacus.grad_sample import GradSampleModule
@@ -158,9 +161,7 @@ def clipped_gradient_sum(
                 warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
                 model.objective.per_example_loss(outputs, batch.labels).sum().backward()
             rows = torch.cat([p.grad_sample.reshape(p.grad_sample.shape[0], -1) for p in params], dim=1).double().numpy()
-            norms = np.linalg.norm(rows, axis=1)
-            rows *= np.minimum(1.0, clip_norm / np.maximum(norms, 1e-12))[:, None]
-            total += sink(rows)
+            total += sink(clip_rows(rows, clip_norm, sizes=[p.numel() for p in params] if per_layer else None))
     finally:
         wrapped.cleanup()
         for p in params:
@@ -169,6 +170,26 @@ def clipped_gradient_sum(
                 if hasattr(p, attr):
                     delattr(p, attr)
     return total
+
+
+def clip_rows(rows: np.ndarray, clip_norm: float, *, sizes: Sequence[int] | None = None) -> np.ndarray:
+    """Clip each row (one example's flattened gradient) in place and return it: to L2 norm ``clip_norm`` (flat), or with
+    ``sizes`` (the column counts of K consecutive groups, one per trained parameter) each group to ``clip_norm / sqrt(K)``,
+    so that the row's norm is at most ``sqrt(K (clip_norm^2 / K)) = clip_norm`` either way."""
+    if sizes is None:
+        norms = np.linalg.norm(rows, axis=1)
+        rows *= np.minimum(1.0, clip_norm / np.maximum(norms, 1e-12))[:, None]
+        return rows
+    if sum(sizes) != rows.shape[1]:
+        raise ValueError(f"the groups cover {sum(sizes)} columns of {rows.shape[1]}")
+    bound = clip_norm / math.sqrt(len(sizes))
+    begin = 0
+    for size in sizes:
+        part = rows[:, begin : begin + size]
+        norms = np.linalg.norm(part, axis=1)
+        part *= np.minimum(1.0, bound / np.maximum(norms, 1e-12))[:, None]
+        begin += size
+    return rows
 
 
 class GradientSumToStep(AggregateStep):
@@ -207,7 +228,7 @@ class DistributedDPSGD(PrivacyMechanism):
 
     @classmethod
     def protections(cls, privacy: PrivacyConfig) -> dict[str, Any]:
-        return {**super().protections(privacy), "max_grad_norm": privacy.max_grad_norm}
+        return {**super().protections(privacy), "max_grad_norm": privacy.max_grad_norm, "clipping": privacy.clipping}
 
     def __init__(self, config: Config, data: FederatedData) -> None:
         super().__init__(config, data)
@@ -337,6 +358,7 @@ class DistributedDPSGD(PrivacyMechanism):
             "target_epsilon": p.target_epsilon,
             "delta": self.delta,
             "max_grad_norm": p.max_grad_norm,
+            "clipping": p.clipping,
             "sampling": "poisson",
             "sample_rate": self.sample_rate,
             "noise_multiplier": self.noise_multiplier,

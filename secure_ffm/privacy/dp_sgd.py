@@ -541,6 +541,12 @@ class DPSGD(PrivacyMechanism):
     def __init__(self, config: Config, data: FederatedData) -> None:
         super().__init__(config, data)
         privacy = config.privacy
+        if privacy.clipping != "flat":
+            raise ConfigError(
+                "privacy.clipping",
+                f'{privacy.clipping!r} is implemented for privacy.mode = "distributed-dp-sgd" only',
+                'use "flat" with dp-sgd, or distributed-dp-sgd under secure aggregation',
+            )
         self.planned_rounds = privacy.planned_rounds or config.server.rounds
         sizes = sorted({len(ix) for ix in data.client_indices if len(ix)})  # a client without data (another node's) never trains
         for n in sizes:

@@ -3,9 +3,12 @@
 import json
 import math
 
+import hypothesis.strategies as st
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis.extra.numpy import arrays
 
 from secure_ffm.config import config_from_dict
 from secure_ffm.data import load_federated_data
@@ -17,7 +20,7 @@ from secure_ffm.privacy import accounting
 from secure_ffm.privacy.accounting import GaussianSteps, PrivacyLedger
 from secure_ffm.privacy.discrete_gaussian import ddg_rdp
 from secure_ffm.privacy.distributed import HALF_RING, DiscreteGaussianShare, DiscreteGaussianSum
-from secure_ffm.privacy.distributed_dp_sgd import STATE_KEY, GradientSumToStep, clipped_gradient_sum
+from secure_ffm.privacy.distributed_dp_sgd import STATE_KEY, GradientSumToStep, clip_rows, clipped_gradient_sum
 from secure_ffm.privacy.mechanisms import build_mechanism
 from secure_ffm.privacy.noise import DP_SGD_SAMPLING, PrivateRandomness, new_secret
 from secure_ffm.run.simulation import Simulation, prepare_run
@@ -132,6 +135,57 @@ def test_distributed_dp_sgd_is_refused_without_secure_aggregation():
 @pytest.fixture(scope="module")
 def prepared():
     return prepare_run(tiny({"mode": "distributed-dp-sgd", "max_grad_norm": 0.5}))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=arrays(np.float64, st.tuples(st.integers(1, 6), st.just(7)), elements=st.floats(-50, 50)),
+    cut=st.integers(1, 6),
+    clip=st.floats(0.01, 10.0),
+)
+def test_per_layer_clipping_bounds_every_group_and_so_the_whole_row(rows, cut, clip):
+    sizes = [cut, 7 - cut]
+    before = rows.copy()
+    clipped = clip_rows(rows.copy(), clip, sizes=sizes)
+    parts = (clipped[:, :cut], clipped[:, cut:])
+    assert all((np.linalg.norm(part, axis=1) <= clip / math.sqrt(2) * (1 + 1e-9)).all() for part in parts)
+    assert (np.linalg.norm(clipped, axis=1) <= clip * (1 + 1e-9)).all()  # the sensitivity of flat clipping
+    for original, part in zip((before[:, :cut], before[:, cut:]), parts, strict=True):  # a group within its bound is kept
+        small = np.linalg.norm(original, axis=1) <= clip / math.sqrt(2)
+        np.testing.assert_array_equal(part[small], original[small])
+
+
+def test_per_layer_clipping_keeps_a_small_layers_gradient_that_flat_clipping_scales_down():
+    row = np.array([[30.0, 40.0, 0.3, 0.4]])  # a head-like part of norm 50 beside a part of norm 0.5
+    flat, per_layer = clip_rows(row.copy(), 1.0), clip_rows(row.copy(), 1.0, sizes=[2, 2])
+    np.testing.assert_allclose(flat[0, 2:], [0.006, 0.008], rtol=1e-4)  # scaled by 1 / 50.0025
+    np.testing.assert_allclose(per_layer[0, 2:], [0.3, 0.4])
+    np.testing.assert_allclose(np.linalg.norm(per_layer[0, :2]), 1 / math.sqrt(2))
+
+
+def test_per_layer_clipping_is_refused_for_local_dp_sgd_naming_the_key():
+    cfg = tiny({"mode": "dp-sgd", "clipping": "per-layer"}, protocol="none")
+    with pytest.raises(ConfigError, match="privacy.clipping: 'per-layer' is implemented for privacy.mode"):
+        build_mechanism(cfg, load_federated_data(cfg.data, cfg.run.seed))
+
+
+def test_a_per_layer_run_clips_each_parameter_and_records_it(tmp_path, monkeypatch):
+    from secure_ffm.privacy import distributed_dp_sgd
+
+    seen = []
+    original = distributed_dp_sgd.clip_rows
+
+    def spy(rows, clip_norm, *, sizes=None):
+        seen.append(sizes)
+        return original(rows, clip_norm, sizes=sizes)
+
+    monkeypatch.setattr(distributed_dp_sgd, "clip_rows", spy)
+    cfg = tiny({"mode": "distributed-dp-sgd", "clipping": "per-layer"}, server={"rounds": 1})
+    simulation = Simulation(prepare_run(cfg), out_dir=tmp_path / "run")
+    simulation.run()
+    sizes = [p.numel() for _, p in simulation.prepared.model.trainable_named_parameters()]
+    assert seen and all(s == sizes for s in seen) and len(sizes) > 2
+    assert json.loads((tmp_path / "run" / "privacy.json").read_text())["clipping"] == "per-layer"
 
 
 def test_clipped_gradient_sum_equals_a_per_example_loop(prepared):
