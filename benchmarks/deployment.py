@@ -16,8 +16,7 @@ Reported:
 Cases (``--cases``): ``cnn-4``, ``cnn-16`` (Fashion-MNIST CNN, 4 or 16 clients of 200 images each), ``minilm-4`` and
 ``minilm-16`` (MiniLM LoRA on 800 movie-review snippets, 4 or 16 clients), each with ``--protocols`` (default ``none
 masking``). ``--result NAME`` writes ``benchmarks/results/NAME.json`` (default ``deployment``), e.g. for a subset of
-cases. Masking runs with
-``privacy.reproducible_noise = true`` so both transports draw the same rounding noise.
+cases. Masking runs with ``privacy.reproducible_noise = true`` so both transports draw the same rounding noise.
 
     python benchmarks/deployment.py [--cases cnn-4 cnn-16 minilm-4 minilm-16] [--protocols none masking] [--rounds 3]
 
