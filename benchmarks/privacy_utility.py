@@ -74,6 +74,17 @@ def run(case: dict, rounds: int, mechanism: str | None, epsilon: float) -> dict:
 
 FMNIST20 = ["data.max_train_examples=20000", "data.max_test_examples=2000", "server.eval_every=25"]
 FMNIST60_TANH = ['model.arch="tanh-cnn"', "data.max_test_examples=2000", "server.eval_every=10"]
+def public_start(*, steps: int) -> list[str]:
+    """One public unit of ``steps`` server-side steps on the product-review snippets, then federated rounds only."""
+    return [
+        'public_data.dataset="product_reviews"',
+        'ffm.schedule="alternating"',
+        "ffm.public_units=1",
+        "ffm.federated_units=1000",
+        f"ffm.public_steps={steps}",
+    ]
+
+
 MOVIE_ALL = ["data.max_train_examples=0", "data.max_test_examples=0", 'data.partition="iid"', "server.eval_every=100"]
 FMNIST10K = [
     "data.num_clients=10000",
@@ -170,6 +181,31 @@ TARGET_ARMS: dict[str, dict] = {
             'server.strategy="fedadam"',
             "server.server_lr=0.005",
             "server.tau=0.000001",
+        ],
+    },
+    # the same, starting from a model the server trained on public data (FFM: one public unit on the product-review
+    # snippets of the same VADER corpus, 2,310 after the public validation split, then federated rounds on the movies)
+    "movie-all-public-none": {
+        "row": "movie-all-public-eps8",
+        "config": "quickstart.toml",
+        "overrides": [*MOVIE_ALL, *public_start(steps=240), "server.rounds=4"],  # 240 x 32 = 7,680 public examples
+    },
+    "movie-all-public-distributed-dp-sgd": {
+        "row": "movie-all-public-eps8",
+        "config": "quickstart.toml",
+        "overrides": [
+            *MOVIE_ALL,
+            *public_start(steps=60),  # 60 x 128 = 7,680 public examples, as the arm without DP
+            "server.rounds=21",  # the public unit, then 20 one-step DP rounds (z planned for 21: ε spent 7.84)
+            "privacy.mode=distributed-dp-sgd",
+            "privacy.target_epsilon=8",
+            "privacy.max_grad_norm=1.0",
+            'secure_aggregation.protocol="masking"',
+            "client.batch_size=128",
+            "client.lr=0.003",  # the public unit's AdamW; the DP step's scale is FedAdam's (tau tiny: scale-free)
+            'server.strategy="fedadam"',
+            "server.server_lr=0.005",
+            "server.tau=0.000000001",
         ],
     },
     # Fashion-MNIST CNN, 10,000 clients of 6 images, 1,000 a round, user-level ε = 8
