@@ -74,6 +74,8 @@ def run(case: dict, rounds: int, mechanism: str | None, epsilon: float) -> dict:
 
 FMNIST20 = ["data.max_train_examples=20000", "data.max_test_examples=2000", "server.eval_every=25"]
 FMNIST60_TANH = ['model.arch="tanh-cnn"', "data.max_test_examples=2000", "server.eval_every=10"]
+
+
 def public_start(*, steps: int) -> list[str]:
     """One public unit of ``steps`` server-side steps on the product-review snippets, then federated rounds only."""
     return [
