@@ -303,9 +303,6 @@ class KeyFile:
     """The authority's file only: the secret context it decrypts aggregates with."""
 
 
-KEY_FILE_ROLES = ("server", "clients", "authority")
-
-
 def deal_key_files(parameters: CKKSParameters, *, key_holder: str = "clients") -> dict[str, bytes]:
     """A fresh key set as ``{role: file}``: ``"server"`` for the server, ``"clients"`` for every client (never the server),
     and under ``key_holder = "authority"`` also ``"authority"``, the only file with the secret key."""
