@@ -15,10 +15,30 @@ from secure_ffm.config import load_config
 from secure_ffm.engine.orchestrator import RunObserver
 from secure_ffm.run.simulation import Simulation, prepare_run, without_timings
 
+CONTINUAL = """\
+[continual]
+method = "replay"
+replay_buffer = 20
+[[continual.stages]]
+name = "zeros and ones"
+rounds = 1
+classes = [0, 1]
+[[continual.stages]]
+name = "twos and threes"
+rounds = 1
+classes = [2, 3]
+"""
 MODES = {  # masking's halves travel the same way (tests/flower/test_remote_transport.py: fresh state every message)
     "plaintext": "",
-    "dp-sgd": '[privacy]\nmode = "dp-sgd"\ntarget_epsilon = 8.0\nreproducible_noise = true\n',
+    # DP-SGD in a continual run of two one-round stages: each worker trains a client on the round's stage plus its
+    # replay buffer (the workers follow the server's stage from each request's round), the ledgers span both stages
+    "dp-sgd-continual": '[privacy]\nmode = "dp-sgd"\ntarget_epsilon = 8.0\nreproducible_noise = true\n' + CONTINUAL,
 }
+
+
+def pool_config(mode, workers):
+    text = digits_cnn_toml(clients=4, workers=workers) + MODES[mode]
+    return text.replace("[server]\nrounds = 2\n", "") if "[continual]" in text else text  # the stages give the rounds
 
 
 def worker_processes():
@@ -40,14 +60,16 @@ def rows(run_dir):
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", list(MODES))
 def test_two_workers_give_the_sequential_result_bitwise(tmp_path, mode):
-    sequential = run(tmp_path, "one", digits_cnn_toml(clients=4, workers=1) + MODES[mode])
-    parallel = run(tmp_path, "two", digits_cnn_toml(clients=4, workers=2) + MODES[mode])
+    sequential = run(tmp_path, "one", pool_config(mode, 1))
+    parallel = run(tmp_path, "two", pool_config(mode, 2))
     assert parallel.workers == 2 and sequential.workers == 1
     assert parallel.transport.parameter_frames == 2 * 2  # the global model went to each worker once a round, not per client
     assert rows(tmp_path / "two") == rows(tmp_path / "one")
+    if "continual" in mode:
+        assert [r["stage"] for r in rows(tmp_path / "two")] == ["zeros and ones", "twos and threes"]
     a, b = load_file(str(tmp_path / "one" / "model.safetensors")), load_file(str(tmp_path / "two" / "model.safetensors"))
     assert all(np.array_equal(a[k], b[k]) for k in a)
-    if mode == "dp-sgd":  # the ledgers live with the clients' state in this process, checkpointed as before
+    if mode == "dp-sgd-continual":  # the ledgers live with the clients' state in this process, checkpointed as before
         assert json.loads((tmp_path / "two" / "privacy.json").read_text()) == json.loads((tmp_path / "one" / "privacy.json").read_text())
     assert not worker_processes()
 
@@ -89,31 +111,3 @@ def test_auto_workers_stay_in_process_for_short_runs_and_large_models(tmp_path):
     path = tmp_path / "c.toml"
     path.write_text(digits_cnn_toml(clients=4, workers=0))
     assert Simulation(prepare_run(load_config(path))).workers == 1  # 4 clients x 2 rounds: not worth a worker's start
-
-
-CONTINUAL = """\
-[continual]
-method = "replay"
-replay_buffer = 20
-[[continual.stages]]
-name = "zeros and ones"
-rounds = 1
-classes = [0, 1]
-[[continual.stages]]
-name = "twos and threes"
-rounds = 1
-classes = [2, 3]
-"""
-
-
-@pytest.mark.slow
-def test_a_continual_runs_workers_follow_the_stage_and_give_the_sequential_result_bitwise(tmp_path):
-    body = MODES["dp-sgd"] + CONTINUAL  # each worker trains a client on the round's stage plus its replay buffer
-    sequential = run(tmp_path, "one", digits_cnn_toml(clients=4, workers=1).replace("[server]\nrounds = 2\n", "") + body)
-    parallel = run(tmp_path, "two", digits_cnn_toml(clients=4, workers=2).replace("[server]\nrounds = 2\n", "") + body)
-    assert parallel.workers == 2 and sequential.workers == 1
-    assert [r["stage"] for r in rows(tmp_path / "two")] == ["zeros and ones", "twos and threes"]
-    assert rows(tmp_path / "two") == rows(tmp_path / "one")
-    a, b = load_file(str(tmp_path / "one" / "model.safetensors")), load_file(str(tmp_path / "two" / "model.safetensors"))
-    assert all(np.array_equal(a[k], b[k]) for k in a)
-    assert not worker_processes()

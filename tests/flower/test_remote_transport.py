@@ -222,7 +222,7 @@ method = "{method}"
 replay_buffer = 20
 [[continual.stages]]
 name = "zeros and ones"
-rounds = 2
+rounds = 1
 classes = [0, 1]
 [[continual.stages]]
 name = "twos and threes"
@@ -240,7 +240,7 @@ def test_a_continual_run_over_the_link_follows_the_servers_stage_and_equals_in_p
     link = FreshProcessLink(config, {0: 0, 1: 1, 2: 2})
     remote = server_run(config, link, out_dir=tmp_path / "remote")
     history = rows(tmp_path / "remote")
-    assert [r["stage"] for r in history] == ["zeros and ones", "zeros and ones", "twos and threes"]
+    assert [r["stage"] for r in history] == ["zeros and ones", "twos and threes"]
     assert history == rows(tmp_path / "local")
     assert remote["continual"]["accuracy_matrix"] == local["continual"]["accuracy_matrix"]
     weights_local, weights_remote = final_weights(tmp_path / "local"), final_weights(tmp_path / "remote")
