@@ -37,3 +37,12 @@ def write_partitions(prepared, folder):
         paths[k] = str(folder / f"client{k}.npz")
         np.savez(paths[k], x_train=images[:-1], y_train=labels[:-1], x_test=images[-1:], y_test=labels[-1:])
     return paths
+
+
+def two_stage_continual(method: str = "replay", *, replay_buffer: int = 20) -> str:
+    """A ``[continual]`` section of two one-round stages over the digits (0 and 1, then 2 and 3)."""
+    stages = "".join(
+        f'[[continual.stages]]\nname = "{name}"\nrounds = 1\nclasses = {classes}\n'
+        for name, classes in (("zeros and ones", [0, 1]), ("twos and threes", [2, 3]))
+    )
+    return f'[continual]\nmethod = "{method}"\nreplay_buffer = {replay_buffer}\n{stages}'

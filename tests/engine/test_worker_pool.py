@@ -8,31 +8,18 @@ import signal
 import numpy as np
 import psutil
 import pytest
-from digits_cnn import digits_cnn_toml
+from digits_cnn import digits_cnn_toml, two_stage_continual
 from safetensors.numpy import load_file
 
 from secure_ffm.config import load_config
 from secure_ffm.engine.orchestrator import RunObserver
 from secure_ffm.run.simulation import Simulation, prepare_run, without_timings
 
-CONTINUAL = """\
-[continual]
-method = "replay"
-replay_buffer = 20
-[[continual.stages]]
-name = "zeros and ones"
-rounds = 1
-classes = [0, 1]
-[[continual.stages]]
-name = "twos and threes"
-rounds = 1
-classes = [2, 3]
-"""
 MODES = {  # masking's halves travel the same way (tests/flower/test_remote_transport.py: fresh state every message)
     "plaintext": "",
     # DP-SGD in a continual run of two one-round stages: each worker trains a client on the round's stage plus its
     # replay buffer (the workers follow the server's stage from each request's round), the ledgers span both stages
-    "dp-sgd-continual": '[privacy]\nmode = "dp-sgd"\ntarget_epsilon = 8.0\nreproducible_noise = true\n' + CONTINUAL,
+    "dp-sgd-continual": '[privacy]\nmode = "dp-sgd"\ntarget_epsilon = 8.0\nreproducible_noise = true\n' + two_stage_continual(),
 }
 
 

@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from digits_cnn import digits_cnn_toml
+from digits_cnn import digits_cnn_toml, two_stage_continual
 from direct_link import FreshProcessLink
 from safetensors.numpy import load_file
 
@@ -216,26 +216,11 @@ def test_a_ckks_deployment_refuses_missing_or_swapped_key_files(tmp_path):
         server_run(config, swapped, out_dir=tmp_path / "c", key_file=server_keys)
 
 
-CONTINUAL_STAGES = """\
-[continual]
-method = "{method}"
-replay_buffer = 20
-[[continual.stages]]
-name = "zeros and ones"
-rounds = 1
-classes = [0, 1]
-[[continual.stages]]
-name = "twos and threes"
-rounds = 1
-classes = [2, 3]
-"""
-
-
 @pytest.mark.parametrize("method", ["replay", "ewc"])
 def test_a_continual_run_over_the_link_follows_the_servers_stage_and_equals_in_process(tmp_path, method):
     # the nodes learn the stage from the round alone; replay's buffer and EWC's importances stay client-side state
     body = BASE.replace("[server]\nrounds = 2\n", "") + MASKING + DP_SGD  # DP_SGD: reproducible noise, for bitwise
-    config = config_of(tmp_path, body + CONTINUAL_STAGES.format(method=method))
+    config = config_of(tmp_path, body + two_stage_continual(method))
     local = in_process(config, tmp_path / "local")
     link = FreshProcessLink(config, {0: 0, 1: 1, 2: 2})
     remote = server_run(config, link, out_dir=tmp_path / "remote")
@@ -250,7 +235,7 @@ def test_a_continual_run_over_the_link_follows_the_servers_stage_and_equals_in_p
 def test_a_continual_run_on_nodes_holding_their_own_data_is_refused_naming_continual(tmp_path):
     from secure_ffm.run.deployment import check_node_data
 
-    config = config_of(tmp_path, BASE.replace("[server]\nrounds = 2\n", "") + CONTINUAL_STAGES.format(method="naive"))
+    config = config_of(tmp_path, BASE.replace("[server]\nrounds = 2\n", "") + two_stage_continual("naive"))
     with pytest.raises(ConfigError, match="continual: a continual run's stages split the partitions"):
         check_node_data(config)
 
