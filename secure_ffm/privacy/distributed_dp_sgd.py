@@ -148,6 +148,7 @@ def clipped_gradient_sum(
     total = np.zeros(size, dtype=np.float64)
     if len(chosen) == 0:
         return total
+    sizes = [p.numel() for p in params] if per_layer else None
     model.module.train()
     wrapped = GradSampleModule(model.module, batch_first=True, loss_reduction="sum")
     try:
@@ -161,7 +162,7 @@ def clipped_gradient_sum(
                 warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
                 model.objective.per_example_loss(outputs, batch.labels).sum().backward()
             rows = torch.cat([p.grad_sample.reshape(p.grad_sample.shape[0], -1) for p in params], dim=1).double().numpy()
-            total += sink(clip_rows(rows, clip_norm, sizes=[p.numel() for p in params] if per_layer else None))
+            total += sink(clip_rows(rows, clip_norm, sizes=sizes))
     finally:
         wrapped.cleanup()
         for p in params:

@@ -126,7 +126,6 @@ def authority_session(config: Config, *, key_file: bytes | None) -> AuthoritySes
     from secure_ffm.variants import PROTOCOLS
 
     check_deployable(config)
-    protocol = PROTOCOLS.get(config.secure_aggregation.protocol).from_config(config.secure_aggregation, seed=config.run.seed)
     if not (config.secure_aggregation.protocol == "ckks" and config.secure_aggregation.ckks_key_holder == AUTHORITY_ROLE):
         raise ConfigError(
             "role",
@@ -135,6 +134,7 @@ def authority_session(config: Config, *, key_file: bytes | None) -> AuthoritySes
             f"{config.secure_aggregation.ckks_key_holder!r})",
             'start it without role=authority, or set secure_aggregation.ckks_key_holder = "authority"',
         )
+    protocol = PROTOCOLS.get(config.secure_aggregation.protocol).from_config(config.secure_aggregation, seed=config.run.seed)
     load_key_file(protocol, key_file, role=AUTHORITY_ROLE)
     return AuthoritySession(protocol=protocol, fingerprint=config_fingerprint(config.to_toml()))
 
