@@ -226,3 +226,107 @@ def test_ddg_rdp_is_never_below_the_gaussian_mechanism_and_grows_with_the_order(
     rdp = ddg_rdp(ORDERS, sigma=sigma, num_clients=n, l2_sensitivity=l2, dim=d)
     assert np.all(rdp >= ORDERS * l2**2 / (2 * n * sigma**2) * (1 - 1e-12))
     assert np.all(np.diff(rdp) >= 0)
+
+
+# Kairouz, Liu & Steinke's reference accounting (google-research/federated, distributed_dp/accounting_utils.py at
+# commit a5af8c4433c9ee2d2b1565f1bcc68c89e2000a6b), run unmodified with tensorflow_privacy's RDP-to-(ε, δ)
+# conversion transcribed (rdp_accountant._compute_eps): ddgauss_epsilon(gamma, local_stddev, num_clients, l2_sens,
+# beta=exp(-1/2), dim, q, steps, delta) -> (epsilon, order); rounded_l2_norm_bound(l2_sens / gamma, beta, dim); and
+# compute_rdp_dgaussian(...) for one step at the orders REFERENCE_ORDERS. Real units in, as the reference takes them:
+# secure-ffm's functions take integer units (σ = local_stddev / γ, sensitivity = the rounded bound).
+REFERENCE_ORDERS = (2, 3, 8, 32, 128, 256)
+REFERENCE_DDG = [
+    # gamma, local_stddev, clients, l2_sens, dim, q, steps, delta, rounded l2 bound, epsilon, best order, one-step RDP
+    (
+        0.001,
+        0.03,
+        100,
+        0.03,
+        65536,
+        0.029411764705882353,
+        1500,
+        0.0002941176470588235,
+        132.06816421833082,
+        2.4444986050299593,
+        5,
+        [0.000184977257416702, 0.000324761152189032, 0.00143716609723102, 0.0115811675405485, 8.85772334822219, 21.2705188940664],
+    ),
+    (
+        1e-05,
+        0.31,
+        8,
+        1.0,
+        73728,
+        0.12109744560075686,
+        20,
+        1e-05,
+        100000.59283706521,
+        7.915598663144326,
+        3,
+        [0.0384359670827217, 0.155695359155072, 2.94809412924422, 18.668078743291, 81.1284726062946, 164.380079789162],
+    ),
+    (
+        0.25,
+        0.2,
+        400,
+        1.0,
+        64,
+        1.0,
+        10,
+        1e-05,
+        6.324555320336759,
+        11.210723399413332,
+        3,
+        [0.427268794624696, 0.640903191937044, 1.70907517849878, 4.85748935726889, 12.3574893572689, 22.3574893572689],
+    ),
+    (
+        0.5,
+        0.35,
+        100,
+        0.5,
+        16,
+        0.5,
+        5,
+        1e-06,
+        2.8284271247461903,
+        12.71124248299723,
+        3,
+        [0.450643016495426, 1.35165169129146, 3.09750652863727, 4.99511281057242, 12.8216544743253, 23.2690314867164],
+    ),
+    (
+        0.0001,
+        0.03,
+        1000,
+        1.0,
+        207000,
+        0.1,
+        100,
+        1e-06,
+        10003.0983943108,
+        12.431714782453781,
+        3,
+        [0.0201929863680921, 0.0647873075591386, 1.97702279491639, 15.4473730721663, 68.8431187964162, 140.003061425492],
+    ),
+]
+REFERENCE_CASES = [
+    "EMNIST setting of the paper (100 of 3,400 clients, c = 0.03, 1,500 rounds, d = 2^16)",
+    "sample-level DP-SGD over 8 shares, 73,728 coordinates, q = 128/1,057, 20 steps",
+    "coarse grid: shares of σ = 0.8 units, τ·d = 2.4",
+    "coarser: shares of σ = 0.7 units, τ·d = 3.1, q = 1/2",
+    "user-level at scale: 1,000 shares, 207,000 coordinates",
+]
+
+
+@pytest.mark.parametrize("case", REFERENCE_DDG, ids=REFERENCE_CASES)
+def test_ddg_accounting_matches_the_authors_reference_implementation(case):
+    gamma, local_stddev, n, l2, dim, q, steps, delta, rounded_l2, epsilon, _, rdp_one_step = case
+    bound = rounded_norm_bound(norm=l2, granularity=gamma, dim=dim, beta=math.exp(-0.5))
+    assert bound == pytest.approx(rounded_l2, rel=1e-12)
+    sigma = local_stddev / gamma
+
+    def per_round(orders):
+        return ddg_rdp(orders, sigma=sigma, num_clients=n, l2_sensitivity=bound, dim=dim)
+
+    np.testing.assert_allclose(subsampled_rdp(np.array(REFERENCE_ORDERS), per_round, sample_rate=q), rdp_one_step, rtol=1e-9)
+    eps = ddg_epsilon(sigma=sigma, num_clients=n, l2_sensitivity=bound, dim=dim, steps=steps, sample_rate=q, delta=delta)
+    assert eps == pytest.approx(epsilon, rel=1e-9)
