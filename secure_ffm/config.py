@@ -395,7 +395,8 @@ class PrivacyConfig:
     batch mean) and the privacy ledger are those of the unchunked step; it bounds memory, so expected batch sizes
     of hundreds (``client.batch_size``) fit, e.g. 32 for a transformer with per-sample gradients (hooks)."""
     planned_rounds: int = 0
-    """dp-sgd: rounds a client is budgeted to take part in; 0 means every round (no client is ever skipped)."""
+    """dp-sgd: rounds a client is budgeted to take part in; 0 means every federated round (no client is ever skipped;
+    an FFM schedule's public units spend no budget and are not counted: :func:`secure_ffm.engine.schedule.federated_rounds`)."""
     secure_mode: bool = True
     """Draw every noise value and DP-SGD's Poisson sampling from AES-128 in counter mode (a CSPRNG) with the
     floating-point mitigation of Opacus' secure mode (a sum of four Gaussians); false uses NumPy's Philox

@@ -68,6 +68,16 @@ class Schedule(ABC):
     def next(self, signals: RoundSignals) -> Decision:
         """The phase of the unit after the one ``signals`` describes."""
 
+    def most_federated_units(self, start: int, stop: int) -> int:
+        """The most federated rounds the units at positions ``start .. stop - 1`` can hold (0-based; round r is
+        position r - 1), for planning DP: a public unit spends no privacy budget, so noise is calibrated for the
+        federated rounds only. Exact for fixed schedules; for a schedule that decides from the run's signals, every
+        unit that is not known to be public counts. The default knows only that the first unit is :meth:`first`'s."""
+        count = max(0, stop - start)
+        if start == 0 and count and self.first().phase == PUBLIC:
+            count -= 1
+        return count
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 
@@ -91,6 +101,9 @@ class _SinglePhase(Schedule):
 
     def next(self, signals: RoundSignals) -> Decision:
         return self.first()
+
+    def most_federated_units(self, start: int, stop: int) -> int:
+        return max(0, stop - start) if self.phase == FEDERATED else 0
 
 
 @SCHEDULES.register("federated")
@@ -132,6 +145,15 @@ class Alternating(Schedule):
 
     def next(self, signals: RoundSignals) -> Decision:
         return self._at(signals.round)  # units are numbered from 1: the next unit's position is ``round``
+
+    def most_federated_units(self, start: int, stop: int) -> int:
+        cycle = self.public_units + self.federated_units
+
+        def before(position: int) -> int:  # federated rounds among positions 0 .. position - 1
+            full, rest = divmod(max(0, position), cycle)
+            return full * self.federated_units + max(0, rest - self.public_units)
+
+        return max(0, before(stop) - before(start))
 
 
 @SCHEDULES.register("adaptive")
@@ -268,3 +290,20 @@ class Adaptive(Schedule):
 
 def build_schedule(config: FFMConfig) -> Schedule:
     return SCHEDULES.get(config.schedule, key="ffm.schedule")(config)
+
+
+def federated_rounds(config: FFMConfig, *, start: int = 0, stop: int) -> int:
+    """The most federated rounds among units ``start + 1 .. stop`` (1-based rounds; ``start`` of them already run)
+    under ``config``'s schedule (:meth:`Schedule.most_federated_units`): what DP mechanisms plan their noise and
+    check extensions for, since public units spend no privacy budget (Federated Foundation Models, Sec. 3.1)."""
+    return build_schedule(config).most_federated_units(start, stop)
+
+
+def last_round_within(config: FFMConfig, *, start: int, federated: int, limit: int) -> int:
+    """The last round ``stop`` in ``start .. limit`` whose units ``start + 1 .. stop`` hold at most ``federated``
+    federated rounds: how far a resumed run can go on a budget that pays for ``federated`` more rounds."""
+    schedule = build_schedule(config)
+    stop = start
+    while stop < limit and schedule.most_federated_units(start, stop + 1) <= federated:
+        stop += 1
+    return stop

@@ -52,7 +52,7 @@ from secure_ffm.privacy import accounting
 from secure_ffm.privacy.accounting import PrivacyLedger
 from secure_ffm.privacy.distributed import DiscreteGaussianSum, minimum_shares
 from secure_ffm.privacy.dp_sgd import EPSILON_SLACK
-from secure_ffm.privacy.mechanisms import AuditReplay, PrivacyMechanism, check_extension, plan_header, spread
+from secure_ffm.privacy.mechanisms import AuditReplay, PrivacyMechanism, check_extension, plan_header, planned_federated_rounds, spread
 from secure_ffm.privacy.noise import DISCRETE_SHARE, DP_SGD_SAMPLING, NOISE_SHARE, NoisePolicy, NoiseStream, PrivateRandomness
 
 log = logging.getLogger(__name__)
@@ -252,7 +252,7 @@ class DistributedDPSGD(PrivacyMechanism):
         mean_size = self.total_examples / max(1, len(sizes))
         self.sample_rate = min(1.0, config.client.batch_size / mean_size)
         self.delta = p.delta or accounting.default_delta(self.total_examples)
-        self.planned_rounds = p.planned_rounds or config.server.rounds
+        self.planned_rounds = planned_federated_rounds(config)
         self.participants = config.server.clients_per_round or data.num_clients
         self.min_shares = minimum_shares(config) if self.discrete_mode else self.participants
         self.noise_multiplier = accounting.calibrate_noise_multiplier(
@@ -381,6 +381,7 @@ class DistributedDPSGD(PrivacyMechanism):
                 PrivacyLedger.from_json(dp["ledger"]) if "ledger" in dp else self.new_ledger(),
                 noise_multiplier=self.noise_multiplier,
                 sample_rate=self.sample_rate,
+                ffm=self.config.ffm,
                 total_rounds=total_rounds,
                 completed_rounds=completed_rounds,
                 target=self.config.privacy.target_epsilon,

@@ -41,7 +41,7 @@ from secure_ffm.privacy import accounting
 from secure_ffm.privacy.accounting import GaussianSteps, PrivacyLedger
 from secure_ffm.privacy.distributed import DiscreteGaussianShare, DiscreteGaussianSum, ScaleDiscreteSum, minimum_shares
 from secure_ffm.privacy.gaussian import add_gaussian_noise, clip_l2
-from secure_ffm.privacy.mechanisms import PrivacyMechanism, check_extension, plan_header
+from secure_ffm.privacy.mechanisms import PrivacyMechanism, check_extension, plan_header, planned_federated_rounds
 from secure_ffm.privacy.noise import CENTRAL_NOISE, CLIENT_SAMPLING, NOISE_SHARE, NoisePolicy, NoiseStream
 
 log = logging.getLogger(__name__)
@@ -151,8 +151,8 @@ class DPFedAvg(PrivacyMechanism):
         m = config.server.clients_per_round or n
         self.participants = m
         self.sample_rate = m / n
-        self.rounds = config.server.rounds
-        self.rounds_planned = config.server.rounds
+        self.rounds = planned_federated_rounds(config)  # the federated rounds: an FFM run's public units spend nothing
+        self.rounds_planned = self.rounds
         self.delta = p.delta or accounting.default_delta(n)
         self.discrete: DiscreteGaussianSum | None = None
         """The distributed discrete Gaussian's geometry, fixed by the first update's size (discrete mode)."""
@@ -285,6 +285,9 @@ class DPFedAvg(PrivacyMechanism):
 
     def round_metrics(self, round: int, client_states: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
         self.user_ledger.record(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate, steps=1)
+        return self.public_unit_metrics(round, client_states)
+
+    def public_unit_metrics(self, round: int, client_states: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
         row: dict[str, Any] = {
             "epsilon": self.user_ledger.epsilon(),
             "noise_multiplier": self.noise_multiplier,
@@ -365,6 +368,7 @@ class DPFedAvg(PrivacyMechanism):
             self.user_ledger,
             noise_multiplier=self.noise_multiplier,
             sample_rate=self.sample_rate,
+            ffm=self.config.ffm,
             total_rounds=total_rounds,
             completed_rounds=completed_rounds,
             target=self.config.privacy.target_epsilon,

@@ -30,6 +30,7 @@ from torch import nn
 from secure_ffm.config import ClientConfig, Config, PrivacyConfig
 from secure_ffm.data.base import FederatedData
 from secure_ffm.engine.optimizers import torch_optimizer
+from secure_ffm.engine.schedule import federated_rounds
 from secure_ffm.engine.training import ClientDeclined, LocalExtras, LocalTrainer, TrainResult
 from secure_ffm.engine.wire import NamedArrays, Scalar
 from secure_ffm.errors import ConfigError
@@ -38,7 +39,7 @@ from secure_ffm.models.objectives import Objective
 from secure_ffm.privacy import accounting
 from secure_ffm.privacy.accounting import GaussianSteps, PrivacyLedger, rounds_that_fit
 from secure_ffm.privacy.bookkeeping import unsupported_layer
-from secure_ffm.privacy.mechanisms import PrivacyMechanism, extension_refused, plan_header, spread
+from secure_ffm.privacy.mechanisms import PrivacyMechanism, extension_refused, plan_header, planned_federated_rounds, spread
 from secure_ffm.privacy.noise import DP_SGD_NOISE, DP_SGD_SAMPLING, NoisePolicy, NoiseStream, PrivateRandomness
 
 log = logging.getLogger(__name__)
@@ -547,7 +548,7 @@ class DPSGD(PrivacyMechanism):
                 f'{privacy.clipping!r} is implemented for privacy.mode = "distributed-dp-sgd" only',
                 'use "flat" with dp-sgd, or distributed-dp-sgd under secure aggregation',
             )
-        self.planned_rounds = privacy.planned_rounds or config.server.rounds
+        self.planned_rounds = planned_federated_rounds(config)
         sizes = sorted({len(ix) for ix in data.client_indices if len(ix)})  # a client without data (another node's) never trains
         for n in sizes:
             reason = accounting.check_delta(privacy.delta, n) if privacy.delta else None
@@ -714,7 +715,7 @@ class DPSGD(PrivacyMechanism):
             return
         if self.data.stages:  # a continual run's rounds are its stages' (server.rounds cannot grow): its plan holds
             return
-        remaining = total_rounds - completed_rounds
+        remaining = federated_rounds(self.config.ffm, start=completed_rounds, stop=total_rounds)  # public units spend nothing
         if remaining <= 0:
             return
         # planned_rounds = 0 promises that no client is ever skipped: every client must afford every remaining round
@@ -745,6 +746,7 @@ class DPSGD(PrivacyMechanism):
         if worst is not None:
             would, fit, k = worst
             raise extension_refused(
+                ffm=self.config.ffm,
                 total_rounds=total_rounds,
                 completed_rounds=completed_rounds,
                 epsilon=would,

@@ -17,9 +17,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from secure_ffm.config import Config, PrivacyConfig
+from secure_ffm.config import Config, FFMConfig, PrivacyConfig
 from secure_ffm.data.base import FederatedData
 from secure_ffm.engine.aggregation import AggregateStep, AggregationProtocol
+from secure_ffm.engine.schedule import federated_rounds, last_round_within
 from secure_ffm.engine.training import LocalTrainer
 from secure_ffm.engine.transforms import UpdateTransform
 from secure_ffm.engine.wire import Scalar
@@ -122,6 +123,11 @@ class PrivacyMechanism(ABC):  # noqa: B024 (every seam has a no-op default)
         """Privacy columns of the round's ``metrics.jsonl`` row."""
         return {}
 
+    def public_unit_metrics(self, round: int, client_states: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
+        """Privacy columns of an FFM public unit's row: no client trained, nothing is spent. The default reports
+        :meth:`round_metrics`; a mechanism whose :meth:`round_metrics` records a round in its ledger overrides this."""
+        return self.round_metrics(round, client_states)
+
     def ledger(self, client_states: Mapping[int, Mapping[str, Any]]) -> dict[str, Any] | None:
         """The final privacy ledger written to ``privacy.json`` (None: nothing to write)."""
         return None
@@ -170,23 +176,34 @@ class NoPrivacy(PrivacyMechanism):
 
 
 def extension_refused(
-    *, total_rounds: int, completed_rounds: int, epsilon: float, target: float, planned: str, rounds_fit: int
+    *, ffm: FFMConfig, total_rounds: int, completed_rounds: int, epsilon: float, target: float, planned: str, rounds_fit: int
 ) -> ConfigError:
-    """The error of a resume whose extra rounds would push ε past the target (``planned`` says what the noise was calibrated for)."""
+    """The error of a resume whose extra rounds would push ε past the target (``planned`` says what the noise was
+    calibrated for); ``rounds_fit`` federated rounds still fit, and the public units of ``ffm``'s schedule are free."""
+    most = last_round_within(ffm, start=completed_rounds, federated=rounds_fit, limit=total_rounds)
     return ConfigError(
         "server.rounds",
         f"{total_rounds} rounds would spend ε={epsilon:.3f} > privacy.target_epsilon={target} ({planned})",
-        f"resume with --set server.rounds={completed_rounds + rounds_fit} at most, or start a new run planned for more rounds",
+        f"resume with --set server.rounds={most} at most, or start a new run planned for more rounds",
     )
 
 
 def check_extension(
-    ledger: Any, *, noise_multiplier: float, sample_rate: float, total_rounds: int, completed_rounds: int, target: float, planned: str
+    ledger: Any,
+    *,
+    noise_multiplier: float,
+    sample_rate: float,
+    ffm: FFMConfig,
+    total_rounds: int,
+    completed_rounds: int,
+    target: float,
+    planned: str,
 ) -> None:
-    """Refuse (:func:`extension_refused`) a resume whose remaining rounds, one step each, would take ``ledger`` past ``target``."""
+    """Refuse (:func:`extension_refused`) a resume whose remaining federated rounds (``ffm``'s schedule: public units
+    spend nothing), one step each, would take ``ledger`` past ``target``."""
     from secure_ffm.privacy.accounting import rounds_that_fit
 
-    remaining = total_rounds - completed_rounds
+    remaining = federated_rounds(ffm, start=completed_rounds, stop=total_rounds)
     if remaining <= 0:
         return
     would = ledger.epsilon_if(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=remaining)
@@ -196,8 +213,14 @@ def check_extension(
         ledger, noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps_per_round=1, target_epsilon=target, limit=remaining
     )
     raise extension_refused(
-        total_rounds=total_rounds, completed_rounds=completed_rounds, epsilon=would, target=target, planned=planned, rounds_fit=fit
+        ffm=ffm, total_rounds=total_rounds, completed_rounds=completed_rounds, epsilon=would, target=target, planned=planned, rounds_fit=fit
     )
+
+
+def planned_federated_rounds(config: Config) -> int:
+    """The rounds a DP mechanism calibrates its noise for: ``privacy.planned_rounds`` when set, else the federated
+    rounds ``server.rounds`` can hold under the FFM schedule (public units spend no budget; at least 1)."""
+    return config.privacy.planned_rounds or max(1, federated_rounds(config.ffm, stop=config.server.rounds))
 
 
 def plan_header(plan: Mapping[str, Any]) -> str:

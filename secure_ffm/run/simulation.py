@@ -239,7 +239,7 @@ class PublicPhase:
             "bytes_up": 0,
             "bytes_down": 0,
             "fit_seconds": fit_seconds,
-            **self.prepared.privacy.round_metrics(round, simulation.client_states),
+            **self.prepared.privacy.public_unit_metrics(round, simulation.client_states),
         }
         eval_seconds = 0.0
         if round == self.config.server.rounds or round % self.config.server.eval_every == 0:

@@ -7,7 +7,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from secure_ffm.config import FFMConfig
-from secure_ffm.engine.schedule import FEDERATED, PUBLIC, SCHEDULES, Adaptive, RoundSignals, build_schedule
+from secure_ffm.engine.schedule import (
+    FEDERATED,
+    PUBLIC,
+    SCHEDULES,
+    Adaptive,
+    RoundSignals,
+    build_schedule,
+    federated_rounds,
+    last_round_within,
+)
 
 
 def adaptive(**overrides) -> Adaptive:
@@ -161,3 +170,31 @@ def test_a_public_phase_ends_after_max_public_units_even_while_it_improves():
     assert schedule.next(public(2, 1.5)).phase == PUBLIC
     decision = schedule.next(public(3, 1.0))
     assert decision.phase == FEDERATED and "long enough (3 units)" in decision.reason
+
+
+@given(
+    public_units=st.integers(1, 4),
+    federated_units=st.integers(1, 5),
+    start=st.integers(0, 30),
+    length=st.integers(0, 30),
+)
+def test_alternating_counts_exactly_the_federated_rounds_it_will_run(public_units, federated_units, start, length):
+    config = FFMConfig(schedule="alternating", public_units=public_units, federated_units=federated_units)
+    schedule = build_schedule(config)
+    phases = [schedule.first().phase] + [schedule.next(RoundSignals(r, PUBLIC)).phase for r in range(1, start + length)]
+    assert schedule.most_federated_units(start, start + length) == phases[start:].count(FEDERATED)
+    assert federated_rounds(config, start=start, stop=start + length) == phases[start:].count(FEDERATED)
+
+
+def test_planning_counts_every_unit_but_a_known_public_one():
+    assert federated_rounds(FFMConfig(schedule="federated"), stop=7) == 7
+    assert federated_rounds(FFMConfig(schedule="centralized"), stop=7) == 0
+    assert federated_rounds(FFMConfig(schedule="adaptive"), stop=7) == 6  # the warm-up is public; any later unit may be federated
+    assert federated_rounds(FFMConfig(schedule="adaptive"), start=1, stop=7) == 6
+
+
+def test_a_resumed_alternating_run_can_add_units_up_to_the_federated_rounds_its_budget_pays_for():
+    config = FFMConfig(schedule="alternating", public_units=2, federated_units=3)  # P P F F F P P F F F
+    assert last_round_within(config, start=3, federated=2, limit=20) == 7  # rounds 4, 5 federated; 6, 7 public
+    assert last_round_within(config, start=3, federated=0, limit=20) == 3
+    assert last_round_within(config, start=3, federated=2, limit=6) == 6

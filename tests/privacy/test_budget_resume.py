@@ -95,3 +95,26 @@ def test_resume_refuses_any_change_to_the_planned_steps(config_file, tmp_path, c
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and change.split("=")[0] in err, err
     assert snapshot(out) == before
+
+
+def most_spent(run_dir):
+    epsilon = json.loads((run_dir / "privacy.json").read_text())["epsilon"]
+    return epsilon["max"] if isinstance(epsilon, dict) else epsilon  # sample-level modes: a spread over the clients
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_an_ffm_run_plans_its_noise_for_the_federated_rounds_and_may_add_public_units(config_file, tmp_path, capsys, mode):
+    # public, federated, public, federated: the noise is calibrated for the 2 federated rounds, which spend the target
+    ffm = ["data.public_fraction=0.3", 'ffm.schedule="alternating"', "ffm.public_steps=2"]
+    out = tmp_path / "run"
+    assert train(config_file, out, *MODES[mode], *ffm, "server.rounds=4") == 0
+    spent = most_spent(out)
+    assert 1.95 <= spent <= 2.0 * (1 + 1e-9)
+    assert train(config_file, out, *MODES[mode], *ffm, "server.rounds=5", resume=True) == 0  # round 5 is public: free
+    assert most_spent(out) == spent
+    before = snapshot(out)
+    capsys.readouterr()
+    assert train(config_file, out, *MODES[mode], *ffm, "server.rounds=6", resume=True) == 2  # round 6 is federated
+    err = capsys.readouterr().err.strip()
+    assert re.search(r"server\.rounds=5 at most", err), err
+    assert snapshot(out) == before
