@@ -1,9 +1,12 @@
 """Parallel clients on one machine: a round's clients trained by a pool of worker processes.
 
 The in-process transport trains clients one after another, so a run uses one core's worth of work however many cores
-the machine has. :class:`WorkerPoolTransport` hands each client's requests to one of ``run.workers`` processes
-(``python -m secure_ffm.transports.worker_pool``: a fresh interpreter, no torch state forked, no ``__main__``
-re-imported), each with one torch thread, the run's data and model loaded once per worker. A worker answers exactly
+the machine has. :class:`WorkerPoolTransport` hands each client's requests to one of ``run.workers`` processes, each
+with one torch thread, the run's data and model loaded once per worker. On Linux, when the run's process uses one torch
+thread, a worker is forked from it (:class:`_ForkedWorker`: torch and the other libraries are already imported, and
+their pages are shared), then builds its client side from the config; otherwise, or with
+``SECURE_FFM_WORKER_START=spawn``, it is a fresh interpreter (``python -m secure_ffm.transports.worker_pool``). Neither
+re-imports ``__main__``, so scripts need no ``if __name__ == "__main__"`` guard. A worker answers exactly
 as a deployed node does (:class:`~secure_ffm.transports.remote.NodeSession`: the same client, transforms, privacy
 mechanism and protocol half); requests and replies cross its stdin and stdout as length-prefixed frames: a JSON
 header and the arrays as safetensors (the safe codec's packing; nothing is pickled).
@@ -28,8 +31,10 @@ import json
 import logging
 import multiprocessing.connection
 import os
+import signal
 import subprocess
 import sys
+import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -153,6 +158,104 @@ def _serve(requests: Any, replies: Any) -> None:
         _write(replies, answer)
 
 
+def _forked_worker(requests_fd: int, replies_fd: int, inherited: Sequence[int]) -> None:
+    """The body of a worker forked from the run's process (:class:`_ForkedWorker`); never returns.
+
+    It closes the pipe ends it inherited that belong to the run or to the other workers (a worker holding a sibling's
+    request pipe would keep that sibling from ever seeing the end of its stream), restores what a fresh interpreter
+    has (default SIGINT, logging to stderr only, not into the run's log files), serves, and leaves with ``os._exit``:
+    nothing of the run's state (buffered files, atexit handlers, a test runner) runs twice."""
+    code = 0
+    try:
+        for fd in inherited:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        root = logging.getLogger()
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        root.addHandler(logging.StreamHandler(sys.stderr))
+        root.setLevel(logging.WARNING)
+        with os.fdopen(requests_fd, "rb") as requests, os.fdopen(replies_fd, "wb") as replies:
+            _serve(requests, replies)
+    except (KeyboardInterrupt, BrokenPipeError):
+        pass
+    except BaseException:  # noqa: BLE001 - reported on stderr; the run sees the end of its stream
+        traceback.print_exc()
+        code = 1
+    finally:
+        os._exit(code)
+
+
+class _ForkedWorker:
+    """A worker process forked from the run's process, with :class:`subprocess.Popen`'s interface as the pool uses it.
+
+    The run has already imported torch, secure-ffm and its model's libraries; the child starts with them loaded and
+    shares their pages (copy on write) instead of importing them again (about 1.5 s and a few hundred MiB per worker
+    on this project's machine, docs/speed.md). It then builds its client side from the config like a fresh worker, so
+    its answers are the same, bitwise."""
+
+    def __init__(self, inherited: Sequence[int]) -> None:
+        requests_r, requests_w = os.pipe()
+        replies_r, replies_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the worker
+            _forked_worker(requests_r, replies_w, [requests_w, replies_r, *inherited])
+        os.close(requests_r)
+        os.close(replies_w)
+        self.pid = pid
+        self.stdin = os.fdopen(requests_w, "wb")
+        self.stdout = os.fdopen(replies_r, "rb")
+        self.returncode: int | None = None
+
+    def fds(self) -> list[int]:
+        """This process's ends of the worker's pipes (a later worker closes them)."""
+        return [f.fileno() for f in (self.stdin, self.stdout) if not f.closed]
+
+    def _reaped(self, status: int) -> int:
+        self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self._reaped(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.returncode is not None:
+            return self.returncode
+        if timeout is None:
+            return self._reaped(os.waitpid(self.pid, 0)[1])
+        deadline = time.monotonic() + timeout
+        while self.poll() is None:
+            if time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(f"worker {self.pid}", timeout)
+            time.sleep(0.01)
+        return self.returncode
+
+    def kill(self) -> None:
+        if self.returncode is None:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def can_fork_workers() -> bool:
+    """Whether workers are forked from this process (else each starts a fresh interpreter): on Linux, when this
+    process runs torch on one thread. An OpenMP runtime whose thread pool a parent has used is not safe to use in a
+    forked child (GNU libgomp), so a run whose process uses several torch threads starts fresh interpreters."""
+    if sys.platform != "linux" or os.environ.get("SECURE_FFM_WORKER_START") == "spawn":
+        return False
+    torch = sys.modules.get("torch")
+    return torch is None or torch.get_num_threads() == 1
+
+
 def main() -> None:
     """``python -m secure_ffm.transports.worker_pool``: a worker speaking length-prefixed frames on stdin and stdout."""
     replies = os.fdopen(os.dup(1), "wb")  # the protocol's own copy of stdout ...
@@ -165,7 +268,7 @@ def main() -> None:
 
 @dataclass
 class _Worker:
-    process: subprocess.Popen[bytes]
+    process: subprocess.Popen[bytes] | _ForkedWorker
     job: int | None = None
     """The client whose request it is working on."""
     broadcast: int | None = None
@@ -243,13 +346,25 @@ class WorkerPoolTransport(Transport):
         """Workers replaced after dying."""
         self.parameter_frames = 0
         """Frames that carried a round's global parameters (one per worker and round, not one per client)."""
+        self.fork: bool | None = None
+        """Whether workers are forked from this process (:func:`can_fork_workers`, decided at the first start)."""
+        self.started: list[int] = []
+        """The process ids of every worker started, replacements included."""
 
     # ------------------------------------------------------------------ workers
 
-    def _start_worker(self) -> _Worker:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "secure_ffm.transports.worker_pool"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
-        )
+    def _start_worker(self, others: Sequence[_Worker]) -> _Worker:
+        process: subprocess.Popen[bytes] | _ForkedWorker
+        if self.fork is None:
+            self.fork = can_fork_workers()
+        if self.fork:
+            inherited = [fd for w in others if isinstance(w.process, _ForkedWorker) for fd in w.process.fds()]
+            process = _ForkedWorker(inherited)
+        else:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "secure_ffm.transports.worker_pool"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+            )
+        self.started.append(process.pid)
         key_file = base64.b64encode(self.key_file).decode() if self.key_file is not None else ""
         _widen(process.stdin)
         _widen(process.stdout)
@@ -258,7 +373,9 @@ class WorkerPoolTransport(Transport):
 
     def _ensure_workers(self) -> None:
         """Start the missing workers and wait until each has built the run (they build in parallel)."""
-        starting = [self._start_worker() for _ in range(self.num_workers - len(self._workers))]
+        starting: list[_Worker] = []
+        for _ in range(self.num_workers - len(self._workers)):
+            starting.append(self._start_worker([*self._workers, *starting]))
         for worker in starting:
             data = _read(worker.process.stdout)
             meta = _unframe(data)[0] if data is not None else {"status": "failed", "detail": f"exited with code {worker.process.wait()}"}

@@ -4,6 +4,7 @@ and leave no process behind."""
 import json
 import os
 import signal
+from pathlib import Path
 
 import numpy as np
 import psutil
@@ -28,8 +29,20 @@ def pool_config(mode, workers):
     return text.replace("[server]\nrounds = 2\n", "") if "[continual]" in text else text  # the stages give the rounds
 
 
-def worker_processes():
-    return [p for p in psutil.Process().children(recursive=True) if "secure_ffm.transports.worker_pool" in " ".join(p.cmdline())]
+def alive(pids):
+    """The processes among ``pids`` still running (a reaped worker is gone; a zombie would be a worker never waited for)."""
+    return [pid for pid in pids if psutil.pid_exists(pid)]
+
+
+def pipes(pid):
+    """The pipes a process holds open (``pipe:[inode]``)."""
+    targets = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            targets.add(os.readlink(fd))
+        except FileNotFoundError:  # closed since the listing (the listing's own descriptor, in this process)
+            pass
+    return {target for target in targets if target.startswith("pipe:")}
 
 
 def run(tmp_path, name, text, hooks=()):
@@ -44,12 +57,17 @@ def rows(run_dir):
     return [without_timings(json.loads(line)) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+START = {"plaintext": "spawn", "dp-sgd-continual": "fork"}  # each way of starting a worker on one mode
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", list(MODES))
-def test_two_workers_give_the_sequential_result_bitwise(tmp_path, mode):
+def test_two_workers_give_the_sequential_result_bitwise(tmp_path, monkeypatch, mode):
+    monkeypatch.setenv("SECURE_FFM_WORKER_START", START[mode])
     sequential = run(tmp_path, "one", pool_config(mode, 1))
     parallel = run(tmp_path, "two", pool_config(mode, 2))
     assert parallel.workers == 2 and sequential.workers == 1
+    assert parallel.transport.fork == (START[mode] == "fork")
     assert parallel.transport.parameter_frames == 2 * 2  # the global model went to each worker once a round, not per client
     assert rows(tmp_path / "two") == rows(tmp_path / "one")
     if "continual" in mode:
@@ -58,7 +76,7 @@ def test_two_workers_give_the_sequential_result_bitwise(tmp_path, mode):
     assert all(np.array_equal(a[k], b[k]) for k in a)
     if mode == "dp-sgd-continual":  # the ledgers live with the clients' state in this process, checkpointed as before
         assert json.loads((tmp_path / "two" / "privacy.json").read_text()) == json.loads((tmp_path / "one" / "privacy.json").read_text())
-    assert not worker_processes()
+    assert len(parallel.transport.started) == 2 and not alive(parallel.transport.started)
 
 
 class KillThenInterrupt(RunObserver):
@@ -91,7 +109,27 @@ def test_a_dying_worker_is_its_clients_dropout_and_is_replaced_and_none_outlives
     assert first["clients"] == [0, 1, 2, 3, 4, 5]
     assert second["dropped_clients"] == [0, 1] and second["clients"] == [2, 3, 4, 5]  # sent to the dead workers
     assert second["aborted"] is None and second["test_accuracy"] is not None  # the others' updates were aggregated
-    assert not worker_processes()  # Ctrl-C in round 3: the run's end stopped every worker
+    assert simulation.transport.fork and len(simulation.transport.started) == 4
+    assert not alive(simulation.transport.started)  # Ctrl-C in round 3: the run's end stopped every worker
+
+
+def test_a_forked_worker_holds_only_its_own_pipes(tmp_path):
+    # a worker holding a sibling's request pipe would keep it from seeing the end of its stream when the run ends
+    path = tmp_path / "c.toml"
+    path.write_text(digits_cnn_toml(clients=4, workers=3))
+    simulation = Simulation(prepare_run(load_config(path)))
+    transport = simulation.transport
+    before = pipes(os.getpid())  # the test runner's own (a worker inherits them, as any child does)
+    try:
+        transport._ensure_workers()
+        assert transport.fork
+        own = {pid: pipes(pid) - before for pid in transport.pids()}
+        assert len(own) == 3 and all(len(p) == 2 for p in own.values())  # its request pipe and its reply pipe
+        assert all(not own[a] & own[b] for a in own for b in own if a != b)
+        assert set().union(*own.values()) <= pipes(os.getpid())  # and this process holds the other end of each
+    finally:
+        transport.close()
+    assert not alive(transport.started)
 
 
 def test_auto_workers_stay_in_process_for_short_runs_and_large_models(tmp_path):
