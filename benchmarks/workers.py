@@ -5,7 +5,9 @@ examples, every client every round by default, ``--rounds`` rounds, one local ep
 ``run.workers = 1`` (one client after another, one torch thread) and ``run.workers = N`` (N processes, one thread
 each), alternating, ``--repetitions`` times. Reported: the median over rounds after the first (the first also starts
 the workers) of each metrics row's ``fit_seconds``, the median over repetitions, their ratio; the whole run's wall
-time; the peak of the summed RSS of the process and its workers (sampled every 0.2 s); the load average.
+time; the peak of the summed RSS of the process and its workers and of their summed PSS (proportional set size:
+a page shared by k processes counts 1/k in each, so forked workers' shared pages are counted once; sampled every
+0.2 s); the CPU seconds of the run's process and of its workers; the load average.
 
     python benchmarks/workers.py [--clients 100] [--per-round 100] [--rounds 4] [--workers 2] [--repetitions 3]
 """
@@ -53,11 +55,16 @@ def run_once(text: str, work: Path, name: str) -> dict[str, float]:
     start = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
     root = psutil.Process(process.pid)
-    peak = 0
+    peak = peak_pss = 0
+    cpu: dict[int, float] = {}
     while process.poll() is None:
         try:
             tree = [root, *root.children(recursive=True)]
             peak = max(peak, sum(p.memory_info().rss for p in tree))
+            peak_pss = max(peak_pss, sum(p.memory_full_info().pss for p in tree))
+            for p in tree:
+                times = p.cpu_times()
+                cpu[p.pid] = times.user + times.system
         except psutil.Error:
             pass
         time.sleep(0.2)
@@ -69,6 +76,9 @@ def run_once(text: str, work: Path, name: str) -> dict[str, float]:
         "round_s": median([r["fit_seconds"] for r in rows[1:]] or [rows[0]["fit_seconds"]]),
         "wall_s": wall,
         "peak_rss_mib": peak / 2**20,
+        "peak_pss_mib": peak_pss / 2**20,
+        "main_cpu_s": cpu.get(process.pid, 0.0),
+        "workers_cpu_s": sum(v for k, v in cpu.items() if k != process.pid),
     }
 
 
@@ -97,6 +107,9 @@ def main() -> None:
                 "round_s": median([r["round_s"] for r in runs]),
                 "wall_s": median([r["wall_s"] for r in runs]),
                 "peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
+                "peak_pss_mib": max(r["peak_pss_mib"] for r in runs),
+                "main_cpu_s": median([r["main_cpu_s"] for r in runs]),
+                "workers_cpu_s": median([r["workers_cpu_s"] for r in runs]),
             }
         )
     ratio = rows[1]["round_s"] / rows[0]["round_s"]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import json
 import math
 import typing
@@ -172,16 +173,10 @@ class _Unpacker:
             raise CodecError(f"packed data names {name!r}, which is not a registered wire record")
         if not isinstance(fields, dict):
             raise CodecError(f"packed {name} has no field table")
-        declared = {f.name for f in dataclasses.fields(cls) if f.init}
-        required = {
-            f.name
-            for f in dataclasses.fields(cls)
-            if f.init and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        }
+        declared, required, hints = _schema(cls)
         if not required <= set(fields) <= declared:
             raise CodecError(f"packed {name} has fields {sorted(fields)}; it takes {sorted(declared)} (required {sorted(required)})")
         values = {k: self.unpack(v) for k, v in fields.items()}
-        hints = _plain_hints(cls)
         for key, value in values.items():
             expected = hints.get(key)
             if expected is not None and not isinstance(value, expected):
@@ -190,6 +185,16 @@ class _Unpacker:
             return cls(**values)
         except (TypeError, ValueError) as error:
             raise CodecError(f"packed {name} does not build: {error}") from None
+
+
+@functools.lru_cache(maxsize=None)
+def _schema(cls: type) -> tuple[frozenset[str], frozenset[str], dict[str, type]]:
+    """A wire record's declared fields, its required fields and :func:`_plain_hints`, computed once per class
+    (``typing.get_type_hints`` evaluates the annotations' strings: about half of a worker pool's decoding time)."""
+    fields = [f for f in dataclasses.fields(cls) if f.init]
+    declared = frozenset(f.name for f in fields)
+    required = frozenset(f.name for f in fields if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+    return declared, required, _plain_hints(cls)
 
 
 def _plain_hints(cls: type) -> dict[str, type]:
