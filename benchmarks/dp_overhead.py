@@ -6,7 +6,8 @@ trained layer has a rule, book-keeping (secure_ffm.privacy.bookkeeping: one back
 Target: at most 1.3 for the CNN (published Opacus figures: 2.6x to 8x a non-private step,
 about half that with ghost clipping). Each DP case runs with both noise samplers
 (secure_mode true: AES-CTR CSPRNG and the sum of four Gaussians; false: Philox).
-Blocks of steps of the non-private step and of every (mode, sampler) alternate, in reversed
+Each case runs on the torch threads a run of that model uses (``run.threads = 0``: one for the CNNs, every core for
+MiniLM; ``--threads N`` overrides). Blocks of steps of the non-private step and of every (mode, sampler) alternate, in reversed
 order every other repetition, so that the machine's load hits all alike; the ratio is the
 median DP step over the median non-private step, and ``ratio_blocks`` gives the range of the
 per-repetition ratios (how much the load moved it).
@@ -33,6 +34,7 @@ from secure_ffm.models.base import Batch
 from secure_ffm.privacy.bookkeeping import bookkeeping_supported
 from secure_ffm.privacy.dp_sgd import DPStep, auto_grad_sample_mode, ghost_supported
 from secure_ffm.privacy.noise import PrivateRandomness, new_secret
+from secure_ffm.run.simulation import auto_threads
 
 
 def image_case(arch: str):
@@ -123,10 +125,15 @@ def main() -> None:
     parser.add_argument("--repetitions", type=int, default=4, help="blocks per key, interleaved")
     parser.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
     parser.add_argument("--result", default="dp_overhead", help="name of the JSON in benchmarks/results")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch threads; 0 (default): the thread policy's choice for the model, as a run makes it"
+    )
     args = parser.parse_args()
     rows, raw = [], {}
     for name in args.cases:
         model, batch = CASES[name]()
+        threads = args.threads or auto_threads(model.total_parameter_count())
+        torch.set_num_threads(threads)
         modes = ["hooks", "ghost"] + (["bookkeeping"] if bookkeeping_supported(model.module) else [])
         blocks = measure(model, batch, modes, args.steps, args.repetitions)
         flat = {key: [t for block in value for t in block] for key, value in blocks.items()}
@@ -141,6 +148,7 @@ def main() -> None:
                         "mode": mode,
                         "noise_sampler": sampler,
                         "trainable_parameters": model.trainable_parameter_count(),
+                        "torch_threads": threads,
                         "ghost_norm_samplers_cover_model": ghost_supported(model.module),
                         "auto_picks": auto_grad_sample_mode(model),
                         "non_private_ms": 1000 * base,

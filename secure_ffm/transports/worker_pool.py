@@ -201,6 +201,11 @@ class _ForkedWorker:
     def __init__(self, inherited: Sequence[int]) -> None:
         requests_r, requests_w = os.pipe()
         replies_r, replies_w = os.pipe()
+        for stream in (sys.stdout, sys.stderr):  # what the run buffered must not be written again by the worker
+            try:
+                stream.flush()
+            except (AttributeError, OSError, ValueError):
+                pass
         pid = os.fork()
         if pid == 0:  # the worker
             _forked_worker(requests_r, replies_w, [requests_w, replies_r, *inherited])
