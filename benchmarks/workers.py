@@ -89,6 +89,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--repetitions", type=int, default=3)
+    parser.add_argument("--result", default="workers", help="name of the JSON in benchmarks/results")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-workers-"))
     results: dict[int, list[dict[str, float]]] = {1: [], args.workers: []}
@@ -115,7 +116,7 @@ def main() -> None:
     ratio = rows[1]["round_s"] / rows[0]["round_s"]
     print_table(f"CNN, {args.clients} clients x 32, {args.per_round} per round: {args.workers} workers over 1 = {ratio:.2f}x", rows)
     write_result(
-        "workers",
+        args.result,
         {
             "rows": rows,
             "round_ratio": ratio,
