@@ -23,7 +23,7 @@ from secure_ffm.engine.transforms import TransformContext, UpdatePipeline
 from secure_ffm.engine.wire import ClientMessage, ClientUpdate, FitInstructions, subtract
 from secure_ffm.models.base import EncodedData, FederatedModel
 from secure_ffm.privacy.noise import SECAGG_ROUNDING, TRANSFORM, NoisePolicy, PrivateRandomness
-from secure_ffm.seeding import TRAINING, derive_seed
+from secure_ffm.seeding import TRAINING, derive_seed, seed_torch
 
 IMPORTANCE_STATISTIC = "importance/"
 """Prefix of the update statistics carrying the client's gradient importances, when a round asks for them
@@ -70,7 +70,7 @@ class FederatedClient:
             raise ClientDeclined("no training examples in this round's data")
         self.model.set_trainable(ins.parameters)
         training_seed = derive_seed(self.seed, TRAINING, ins.round, self.client_id)
-        torch.manual_seed(training_seed)  # dropout and any other torch-global draws
+        seed_torch(training_seed)  # dropout and any other torch-global draws
         extras = LocalExtras(
             client_id=self.client_id,
             penalty=QuadraticPenalty.from_arrays(ins.arrays),

@@ -48,7 +48,7 @@ from secure_ffm.privacy.noise import NoisePolicy
 from secure_ffm.run.audit import ObservationRecorder, list_observations
 from secure_ffm.run.checkpoint import Checkpoint
 from secure_ffm.run.writer import RunWriter, config_differences, read_metrics, read_run_config
-from secure_ffm.seeding import DROPOUT, INIT, PUBLIC_PHASE, derive_seed, generator
+from secure_ffm.seeding import DROPOUT, INIT, PUBLIC_PHASE, derive_seed, generator, seed_torch
 from secure_ffm.transports.base import Transport
 from secure_ffm.transports.in_process import InProcessTransport
 
@@ -210,7 +210,7 @@ class PublicPhase:
         server = simulation.server
         model.set_trainable(server.parameters)
         seed = derive_seed(self.config.run.seed, PUBLIC_PHASE, round)
-        torch.manual_seed(seed)
+        seed_torch(seed)
         result = self.trainer.train(
             model,
             self.prepared.encoded_public,

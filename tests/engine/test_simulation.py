@@ -4,11 +4,13 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from safetensors.numpy import load_file
 
 from secure_ffm.config import config_from_dict
 from secure_ffm.engine.orchestrator import RoundHooks
 from secure_ffm.run.simulation import RunObserver, Simulation, prepare_run, without_timings
+from secure_ffm.seeding import seed_torch
 
 
 def cnn_config(**sections):
@@ -179,3 +181,10 @@ def test_a_client_whose_update_is_rejected_is_left_out_and_the_round_goes_on(tmp
     rows = read_metrics(tmp_path / "run")
     assert all(r["rejected_clients"] == [1] and r["clients"] == [0, 2, 3] for r in rows)
     assert np.isfinite(summary["final"]["test_loss"])
+
+
+def test_seed_torch_seeds_the_cpu_generator_as_torch_manual_seed():
+    torch.manual_seed(11)
+    expected = torch.rand(8), torch.randn(3)
+    seed_torch(11)
+    assert torch.equal(torch.rand(8), expected[0]) and torch.equal(torch.randn(3), expected[1])
