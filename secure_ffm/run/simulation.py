@@ -131,7 +131,11 @@ AUTO_WORKERS_MAX_PARAMETERS = 5_000_000
 """``run.workers = 0`` trains clients in parallel processes only for models up to this many parameters (the CNN); a larger
 model (MiniLM) trains one client at a time on every core instead (docs/speed.md)."""
 AUTO_WORKERS_MIN_CLIENT_ROUNDS = 40
-"""... and only when the run trains at least this many client-rounds: starting a worker costs about 3 s."""
+"""... and only when the run trains at least this many client-rounds, with workers forked from the run's process
+(:func:`~secure_ffm.transports.worker_pool.can_fork_workers`): on the CNN, 25 client-rounds took as long with 2 workers
+as with one, 100 were 5% faster, 500 18% (docs/speed.md)."""
+AUTO_WORKERS_MIN_CLIENT_ROUNDS_SPAWNED = 1000
+"""... or this many when each worker must start a fresh interpreter (1.5-3 s each): 500 client-rounds gained nothing."""
 
 
 def resolve_workers(config: Config, prepared: PreparedRun) -> int:
@@ -144,7 +148,10 @@ def resolve_workers(config: Config, prepared: PreparedRun) -> int:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if prepared.model.total_parameter_count() > AUTO_WORKERS_MAX_PARAMETERS:
         return 1
-    if per_round * config.server.rounds < AUTO_WORKERS_MIN_CLIENT_ROUNDS:
+    from secure_ffm.transports.worker_pool import can_fork_workers
+
+    least = AUTO_WORKERS_MIN_CLIENT_ROUNDS if can_fork_workers() else AUTO_WORKERS_MIN_CLIENT_ROUNDS_SPAWNED
+    if per_round * config.server.rounds < least:
         return 1
     return max(1, min(cores, per_round))
 

@@ -136,3 +136,12 @@ def test_auto_workers_stay_in_process_for_short_runs_and_large_models(tmp_path):
     path = tmp_path / "c.toml"
     path.write_text(digits_cnn_toml(clients=4, workers=0))
     assert Simulation(prepare_run(load_config(path))).workers == 1  # 4 clients x 2 rounds: not worth a worker's start
+
+
+def test_auto_workers_need_more_client_rounds_when_workers_cannot_be_forked(tmp_path, monkeypatch):
+    path = tmp_path / "c.toml"
+    path.write_text(digits_cnn_toml(clients=10, rounds=5, workers=0))  # 50 client-rounds: worth forked workers only
+    cores = len(os.sched_getaffinity(0))
+    assert Simulation(prepare_run(load_config(path))).workers == min(cores, 10)
+    monkeypatch.setenv("SECURE_FFM_WORKER_START", "spawn")
+    assert Simulation(prepare_run(load_config(path))).workers == 1
