@@ -180,3 +180,16 @@ def test_a_colour_normalization_is_refused_by_the_greyscale_models(fashion_512: 
     data = LabeledData(kind="image", inputs=fashion_512.inputs[:2], labels=fashion_512.labels[:2], normalization=colour)
     with pytest.raises(ValueError, match="1-channel"):
         image_model("cnn").encode(data)
+
+
+def test_the_tanh_cnns_channels_last_pool_gives_max_pool2ds_values_and_gradients() -> None:
+    from secure_ffm.models.tanh_cnn import _max_pool_2x2_stride_1
+
+    torch.manual_seed(0)
+    x = torch.tanh(3 * torch.randn(8, 16, 13, 13)).requires_grad_()  # saturated values give ties, as trained models do
+    g = torch.randn(8, 16, 12, 12)
+    ours = _max_pool_2x2_stride_1(x)
+    (ours_grad,) = torch.autograd.grad(ours, x, g)
+    reference = F.max_pool2d(x, 2, 1)
+    (reference_grad,) = torch.autograd.grad(reference, x, g)
+    assert ours.is_contiguous() and torch.equal(ours, reference) and torch.equal(ours_grad, reference_grad)
