@@ -105,7 +105,7 @@ def most_spent(run_dir):
 @pytest.mark.parametrize("mode", MODES)
 def test_an_ffm_run_plans_its_noise_for_the_federated_rounds_and_may_add_public_units(config_file, tmp_path, capsys, mode):
     # public, federated, public, federated: the noise is calibrated for the 2 federated rounds, which spend the target
-    ffm = ["data.public_fraction=0.3", 'ffm.schedule="alternating"', "ffm.public_steps=2"]
+    ffm = ["data.public_fraction=0.3", 'ffm.schedule="alternating"', "ffm.public_steps=2", "privacy.accountant=rdp"]
     out = tmp_path / "run"
     assert train(config_file, out, *MODES[mode], *ffm, "server.rounds=4") == 0
     spent = most_spent(out)

@@ -76,7 +76,10 @@ RESUMED_PRIVACY = [
 def test_resume_keeps_the_privacy_ledger_exact(tmp_path, privacy):
     # reproducible noise (research opt-in): a resumed run equals an uninterrupted one
     config = cnn(
-        {**privacy, "reproducible_noise": True}, data={"num_clients": 6}, client={"lr": 0.05}, server={"rounds": 4, "clients_per_round": 3}
+        {**privacy, "reproducible_noise": True, "accountant": "rdp"},
+        data={"num_clients": 6, "max_test_examples": 100},
+        client={"lr": 0.05, "local_steps": 2},
+        server={"rounds": 4, "clients_per_round": 3},
     )
     Simulation(prepare_run(config), out_dir=tmp_path / "full").run()
     with pytest.raises(KeyboardInterrupt):
@@ -92,7 +95,12 @@ def test_resume_draws_the_secret_noise_the_checkpoint_holds(tmp_path, privacy):
     # while an independent run of the same config differs (its secrets are new)
     import shutil
 
-    config = cnn(privacy, data={"num_clients": 6}, client={"lr": 0.05}, server={"rounds": 3, "clients_per_round": 3})
+    config = cnn(
+        {**privacy, "accountant": "rdp"},
+        data={"num_clients": 6, "max_test_examples": 100},
+        client={"lr": 0.05, "local_steps": 2},
+        server={"rounds": 3, "clients_per_round": 3},
+    )
     with pytest.raises(KeyboardInterrupt):
         Simulation(prepare_run(config), out_dir=tmp_path / "cut", observer=StopAfter()).run()
     shutil.copytree(tmp_path / "cut", tmp_path / "copy")
