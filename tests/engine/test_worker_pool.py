@@ -16,11 +16,14 @@ from secure_ffm.config import load_config
 from secure_ffm.engine.orchestrator import RunObserver
 from secure_ffm.run.simulation import Simulation, prepare_run, without_timings
 
-MODES = {  # masking's halves travel the same way (tests/flower/test_remote_transport.py: fresh state every message)
+MODES = {
     "plaintext": "",
-    # DP-SGD in a continual run of two one-round stages: each worker trains a client on the round's stage plus its
-    # replay buffer (the workers follow the server's stage from each request's round), the ledgers span both stages
-    "dp-sgd-continual": '[privacy]\nmode = "dp-sgd"\ntarget_epsilon = 8.0\nreproducible_noise = true\n' + two_stage_continual(),
+    # DP-SGD under masking in a continual run of two one-round stages: each worker trains a client on the round's
+    # stage plus its replay buffer (the workers follow the server's stage from each request's round), the ledgers span
+    # both stages, and each client's half of the masking round (its keys) travels with its requests
+    "dp-sgd-masking-continual": '[privacy]\nmode = "dp-sgd"\ntarget_epsilon = 8.0\nreproducible_noise = true\n'
+    + '[secure_aggregation]\nprotocol = "masking"\n'
+    + two_stage_continual(),
 }
 
 
@@ -57,7 +60,7 @@ def rows(run_dir):
     return [without_timings(json.loads(line)) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-START = {"plaintext": "spawn", "dp-sgd-continual": "fork"}  # each way of starting a worker on one mode
+START = {"plaintext": "spawn", "dp-sgd-masking-continual": "fork"}  # each way of starting a worker on one mode
 
 
 @pytest.mark.slow
@@ -74,7 +77,7 @@ def test_two_workers_give_the_sequential_result_bitwise(tmp_path, monkeypatch, m
         assert [r["stage"] for r in rows(tmp_path / "two")] == ["zeros and ones", "twos and threes"]
     a, b = load_file(str(tmp_path / "one" / "model.safetensors")), load_file(str(tmp_path / "two" / "model.safetensors"))
     assert all(np.array_equal(a[k], b[k]) for k in a)
-    if mode == "dp-sgd-continual":  # the ledgers live with the clients' state in this process, checkpointed as before
+    if mode == "dp-sgd-masking-continual":  # the ledgers live with the clients' state in this process, checkpointed as before
         assert json.loads((tmp_path / "two" / "privacy.json").read_text()) == json.loads((tmp_path / "one" / "privacy.json").read_text())
     assert len(parallel.transport.started) == 2 and not alive(parallel.transport.started)
 
