@@ -198,7 +198,7 @@ TARGET_ARMS: dict[str, dict] = {
         "overrides": [
             *MOVIE_ALL,
             *public_start(steps=60),  # 60 x 128 = 7,680 public examples, as the arm without DP
-            "server.rounds=21",  # the public unit, then 20 one-step DP rounds (z is planned for the 20; before 2026-12-06 for 21: ε 7.84)
+            "server.rounds=21",  # the public unit, then 20 one-step DP rounds (z is planned for the 20: ε 8.00)
             "privacy.mode=distributed-dp-sgd",
             "privacy.target_epsilon=8",
             "privacy.max_grad_norm=1.0",
