@@ -6,7 +6,8 @@ trained layer has a rule, book-keeping (secure_ffm.privacy.bookkeeping: one back
 Target: at most 1.3 for the CNN (published Opacus figures: 2.6x to 8x a non-private step,
 about half that with ghost clipping). Each DP case runs with both noise samplers
 (secure_mode true: AES-CTR CSPRNG and the sum of four Gaussians; false: Philox).
-Each case runs on the torch threads a run of that model uses (``run.threads = 0``: one for the CNNs, every core for
+glibc's malloc thresholds are fixed as in a run (secure_ffm.allocator; ``SECURE_FFM_MALLOC=default`` keeps glibc's
+dynamic ones). Each case runs on the torch threads a run of that model uses (``run.threads = 0``: one for the CNNs, every core for
 MiniLM; ``--threads N`` overrides). Blocks of steps of the non-private step and of every (mode, sampler) alternate, in reversed
 order every other repetition, so that the machine's load hits all alike; the ratio is the
 median DP step over the median non-private step, and ``ratio_blocks`` gives the range of the
@@ -27,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from _common import median, print_table, write_result
 
+from secure_ffm.allocator import keep_freed_memory
 from secure_ffm.config import ModelConfig, config_from_dict
 from secure_ffm.data import load_dataset_splits
 from secure_ffm.models import build_model
@@ -129,6 +131,7 @@ def main() -> None:
         "--threads", type=int, default=0, help="torch threads; 0 (default): the thread policy's choice for the model, as a run makes it"
     )
     args = parser.parse_args()
+    malloc_fixed = keep_freed_memory()  # as every run does (SECURE_FFM_MALLOC=default: glibc's dynamic thresholds)
     rows, raw = [], {}
     for name in args.cases:
         model, batch = CASES[name]()
@@ -157,6 +160,7 @@ def main() -> None:
                         "ratio_blocks": f"{min(per_block):.2f}-{max(per_block):.2f}",
                         "secure_over_philox": median(flat[f"{mode}/secure"]) / median(flat[f"{mode}/philox"]),
                         "target": 1.3,
+                        "malloc_thresholds_fixed": malloc_fixed,
                     }
                 )
         raw.update({f"{name}/{key}": value for key, value in flat.items()})

@@ -62,6 +62,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordD
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
+from secure_ffm.allocator import keep_freed_memory
 from secure_ffm.config import Config, load_config
 from secure_ffm.engine.codec import from_bytes, to_bytes
 from secure_ffm.transports.remote import AUTHORITY_ROLE, EVALUATE, FIT, HELLO, STAGE, Link, LinkReply, Packed
@@ -224,6 +225,7 @@ def handle(message: Message, context: Context) -> Message:
         return Message(to_record(authority(context).handle(kind, packed), kind), reply_to=message)
     partition_id, num_partitions = partition_from_node_config(context.node_config)
     config = node_config(context)
+    keep_freed_memory()
     if config.run.threads == 0:
         import torch
 

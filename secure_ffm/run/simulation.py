@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from secure_ffm import __version__
+from secure_ffm.allocator import keep_freed_memory
 from secure_ffm.config import Config
 from secure_ffm.continual.run import ContinualRun, check_continual
 from secure_ffm.data import load_run_data
@@ -94,6 +95,7 @@ def load_data_and_model(config: Config, data: FederatedData | None = None) -> tu
     The server's public data is ``data.public_fraction`` of the training split or the ``[public_data]`` dataset. A
     classifier refuses unlabeled text (a ``.txt`` corpus, ``fortunes``, ``data.label_column = ""``) here, before the
     model is built; ``model.objective = "mlm"`` takes it (:func:`~secure_ffm.data.federate.load_run_data`)."""
+    keep_freed_memory()  # before the data and model allocate: no page faults for every step's fresh tensors
     if config.run.threads:
         torch.set_num_threads(config.run.threads)
     if data is None:

@@ -182,14 +182,36 @@ def test_a_colour_normalization_is_refused_by_the_greyscale_models(fashion_512: 
         image_model("cnn").encode(data)
 
 
-def test_the_tanh_cnns_channels_last_pool_gives_max_pool2ds_values_and_gradients() -> None:
-    from secure_ffm.models.tanh_cnn import _max_pool_2x2_stride_1
+@pytest.mark.parametrize(("shape", "stride"), [((8, 16, 13, 13), 1), ((8, 16, 28, 28), 2)])
+def test_the_channels_last_pool_gives_max_pool2ds_values_and_gradients(shape: tuple[int, ...], stride: int) -> None:
+    from secure_ffm.models.vision import max_pool_channels_last
 
     torch.manual_seed(0)
-    x = torch.tanh(3 * torch.randn(8, 16, 13, 13)).requires_grad_()  # saturated values give ties, as trained models do
-    g = torch.randn(8, 16, 12, 12)
-    ours = _max_pool_2x2_stride_1(x)
-    (ours_grad,) = torch.autograd.grad(ours, x, g)
-    reference = F.max_pool2d(x, 2, 1)
+    x = torch.tanh(3 * torch.randn(shape)).requires_grad_()  # saturated values give ties, as trained models do
+    reference = F.max_pool2d(x, 2, stride)
+    g = torch.randn(reference.shape)
     (reference_grad,) = torch.autograd.grad(reference, x, g)
+    ours = max_pool_channels_last(x, 2, stride)
+    (ours_grad,) = torch.autograd.grad(ours, x, g)
     assert ours.is_contiguous() and torch.equal(ours, reference) and torch.equal(ours_grad, reference_grad)
+
+
+def test_the_cnns_pool_then_relu_gives_the_textbook_forward_and_gradients_bitwise() -> None:
+    from secure_ffm.models.vision import SmallCNN
+
+    torch.manual_seed(0)
+    model = SmallCNN(10)
+    pixels = torch.rand(16, 1, 28, 28)
+    pixels[pixels < 0.5] = 0  # a black background: ties of relu(bias) in every pooling window, as Fashion-MNIST gives
+    labels = torch.randint(0, 10, (16,))
+
+    def textbook(x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(F.relu(model.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(model.conv2(x)), 2)
+        return model.head(F.relu(model.fc(x.flatten(1))))
+
+    results = []
+    for forward in (model, textbook):
+        logits = forward(pixels)
+        results.append([logits, *torch.autograd.grad(F.cross_entropy(logits, labels), list(model.parameters()))])
+    assert all(torch.equal(a, b) for a, b in zip(*results, strict=True))
