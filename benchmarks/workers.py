@@ -57,7 +57,7 @@ def run_once(text: str, work: Path, name: str) -> dict[str, float]:
     root = psutil.Process(process.pid)
     peak = peak_pss = 0
     cpu: dict[int, float] = {}
-    while process.poll() is None:
+    while True:
         try:
             tree = [root, *root.children(recursive=True)]
             peak = max(peak, sum(p.memory_info().rss for p in tree))
@@ -67,7 +67,11 @@ def run_once(text: str, work: Path, name: str) -> dict[str, float]:
                 cpu[p.pid] = times.user + times.system
         except psutil.Error:
             pass
-        time.sleep(0.2)
+        try:  # the next sample in 0.2 s, but the wall time to the exit itself
+            process.wait(timeout=0.2)
+            break
+        except subprocess.TimeoutExpired:
+            pass
     wall = time.perf_counter() - start
     if process.returncode != 0:
         raise RuntimeError(f"{name} exited with {process.returncode}")

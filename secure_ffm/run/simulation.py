@@ -421,6 +421,7 @@ class Simulation:
             example_counts=counts,
             dropouts=self._dropouts,
             key_file=key_file,
+            local_run=self,
         )
 
     # ------------------------------------------------------------------ clients

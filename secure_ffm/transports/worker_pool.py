@@ -4,7 +4,7 @@ The in-process transport trains clients one after another, so a run uses one cor
 the machine has. :class:`WorkerPoolTransport` hands each client's requests to one of ``run.workers`` processes, each
 with one torch thread, the run's data and model loaded once per worker. On Linux, when the run's process uses one torch
 thread, a worker is forked from it (:class:`_ForkedWorker`: torch and the other libraries are already imported, and
-their pages are shared), then builds its client side from the config; otherwise, or with
+their pages are shared) and serves from its copy of the run's built data, model and protocol; otherwise, or with
 ``SECURE_FFM_WORKER_START=spawn``, it is a fresh interpreter (``python -m secure_ffm.transports.worker_pool``). Neither
 re-imports ``__main__``, so scripts need no ``if __name__ == "__main__"`` guard. A worker answers exactly
 as a deployed node does (:class:`~secure_ffm.transports.remote.NodeSession`: the same client, transforms, privacy
@@ -106,8 +106,11 @@ def _with_parameters(fit: FitRequest, parameters: Mapping[str, Any]) -> FitReque
     return dataclasses.replace(fit, instructions=dataclasses.replace(fit.instructions, parameters=parameters))
 
 
-def _serve(requests: Any, replies: Any) -> None:
-    """A worker: build the run's client side once from the first message, then answer jobs until the stream ends."""
+def _serve(requests: Any, replies: Any, built: Any = None) -> None:
+    """A worker: build the run's client side once from the first message, then answer jobs until the stream ends.
+
+    ``built``: the run's own :class:`~secure_ffm.run.simulation.Simulation`, which a forked worker inherited; it is used
+    instead of building the run again when its config is the one in the first message."""
     first = _read(requests)
     if first is None:
         return
@@ -122,14 +125,14 @@ def _serve(requests: Any, replies: Any) -> None:
         from secure_ffm.run.deployment import client_session, load_key_file
         from secure_ffm.run.simulation import Simulation, prepare_run
 
-        config = config_from_dict(tomllib.loads(setup["config"]))
-        simulation = Simulation(prepare_run(config))
+        inherited = built is not None and built.config.to_toml() == setup["config"]
+        simulation = built if inherited else Simulation(prepare_run(config_from_dict(tomllib.loads(setup["config"]))))
         key_file = base64.b64decode(setup["key_file"]) if setup.get("key_file") else None
         load_key_file(simulation.protocol, key_file, role="clients")
     except Exception as error:  # noqa: BLE001 - reported to the main process, which raises it there
         _write(replies, _frame({"status": "failed", "detail": f"{type(error).__name__}: {error}"}, {}))
         return
-    _write(replies, _frame({"status": _READY, "pid": os.getpid()}, {}))
+    _write(replies, _frame({"status": _READY, "pid": os.getpid(), "run": "inherited" if inherited else "built"}, {}))
     broadcast: tuple[int, dict[str, Any]] | None = None
     """The round's global parameters, sent once per round rather than with every client's fit request."""
     while (data := _read(requests)) is not None:
@@ -158,7 +161,7 @@ def _serve(requests: Any, replies: Any) -> None:
         _write(replies, answer)
 
 
-def _forked_worker(requests_fd: int, replies_fd: int, inherited: Sequence[int]) -> None:
+def _forked_worker(requests_fd: int, replies_fd: int, inherited: Sequence[int], built: Any = None) -> None:
     """The body of a worker forked from the run's process (:class:`_ForkedWorker`); never returns.
 
     It closes the pipe ends it inherited that belong to the run or to the other workers (a worker holding a sibling's
@@ -180,7 +183,7 @@ def _forked_worker(requests_fd: int, replies_fd: int, inherited: Sequence[int]) 
         root.addHandler(logging.StreamHandler(sys.stderr))
         root.setLevel(logging.WARNING)
         with os.fdopen(requests_fd, "rb") as requests, os.fdopen(replies_fd, "wb") as replies:
-            _serve(requests, replies)
+            _serve(requests, replies, built)
     except (KeyboardInterrupt, BrokenPipeError):
         pass
     except BaseException:  # noqa: BLE001 - reported on stderr; the run sees the end of its stream
@@ -195,10 +198,11 @@ class _ForkedWorker:
 
     The run has already imported torch, secure-ffm and its model's libraries; the child starts with them loaded and
     shares their pages (copy on write) instead of importing them again (about 1.5 s and a few hundred MiB per worker
-    on this project's machine, docs/speed.md). It then builds its client side from the config like a fresh worker, so
-    its answers are the same, bitwise."""
+    on this project's machine, docs/speed.md). Given ``built`` (the run's own built run, :class:`WorkerPoolTransport`'s
+    ``local_run``), it serves from its copy of it; otherwise it builds its client side from the config like a fresh
+    worker. Either way its answers are the sequential run's, bitwise (tested)."""
 
-    def __init__(self, inherited: Sequence[int]) -> None:
+    def __init__(self, inherited: Sequence[int], built: Any = None) -> None:
         requests_r, requests_w = os.pipe()
         replies_r, replies_w = os.pipe()
         for stream in (sys.stdout, sys.stderr):  # what the run buffered must not be written again by the worker
@@ -208,7 +212,7 @@ class _ForkedWorker:
                 pass
         pid = os.fork()
         if pid == 0:  # the worker
-            _forked_worker(requests_r, replies_w, [requests_w, replies_r, *inherited])
+            _forked_worker(requests_r, replies_w, [requests_w, replies_r, *inherited], built)
         os.close(requests_r)
         os.close(replies_w)
         self.pid = pid
@@ -322,6 +326,11 @@ class WorkerPoolTransport(Transport):
         The clients' key file of a protocol that needs one (CKKS), dealt by the run.
     on_client_done
         Called with ``(round, client_id)`` after each client's fit.
+    local_run
+        The run's own built run (the :class:`~secure_ffm.run.simulation.Simulation` that made this transport). A worker
+        forked from this process serves from its copy of it instead of building data, model and protocol again from
+        the config (0.2-0.4 s per worker at start-up; docs/speed.md). Not used with a ``key_file``: this process's
+        protocol holds the server's (or the authority's) keys, so those workers build their own and load the clients'.
     """
 
     def __init__(
@@ -334,6 +343,7 @@ class WorkerPoolTransport(Transport):
         dropouts: Callable[[int, Sequence[int]], set[int]] = no_dropouts,
         key_file: bytes | None = None,
         on_client_done: Callable[[int, int], None] | None = None,
+        local_run: Any = None,
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
@@ -344,6 +354,7 @@ class WorkerPoolTransport(Transport):
         self.dropouts = dropouts
         self.key_file = key_file
         self.on_client_done = on_client_done
+        self.local_run = local_run if key_file is None else None
         self._workers: list[_Worker] = []
         self._halves = _Halves()
         self._gone: set[int] = set()
@@ -355,6 +366,9 @@ class WorkerPoolTransport(Transport):
         """Whether workers are forked from this process (:func:`can_fork_workers`, decided at the first start)."""
         self.started: list[int] = []
         """The process ids of every worker started, replacements included."""
+        self.worker_runs: list[str] = []
+        """How each started worker got its run: ``"inherited"`` (served from its forked copy of ``local_run``) or
+        ``"built"`` (from the config)."""
 
     # ------------------------------------------------------------------ workers
 
@@ -364,7 +378,7 @@ class WorkerPoolTransport(Transport):
             self.fork = can_fork_workers()
         if self.fork:
             inherited = [fd for w in others if isinstance(w.process, _ForkedWorker) for fd in w.process.fds()]
-            process = _ForkedWorker(inherited)
+            process = _ForkedWorker(inherited, self.local_run)
         else:
             process = subprocess.Popen(
                 [sys.executable, "-m", "secure_ffm.transports.worker_pool"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
@@ -388,6 +402,7 @@ class WorkerPoolTransport(Transport):
                 self._stop(starting + self._workers)
                 self._workers = []
                 raise RuntimeError(f"a worker could not build the run: {meta.get('detail', '')}")
+            self.worker_runs.append(str(meta.get("run", "built")))
         self._workers.extend(starting)
 
     def _replace(self, worker: _Worker) -> None:

@@ -71,6 +71,8 @@ def test_two_workers_give_the_sequential_result_bitwise(tmp_path, monkeypatch, m
     parallel = run(tmp_path, "two", pool_config(mode, 2))
     assert parallel.workers == 2 and sequential.workers == 1
     assert parallel.transport.fork == (START[mode] == "fork")
+    # a forked worker serves from its copy of the run's own built run; a fresh interpreter builds it from the config
+    assert parallel.transport.worker_runs == ["inherited" if START[mode] == "fork" else "built"] * 2
     assert parallel.transport.parameter_frames == 2 * 2  # the global model went to each worker once a round, not per client
     assert rows(tmp_path / "two") == rows(tmp_path / "one")
     if "continual" in mode:
