@@ -156,7 +156,8 @@ def csv_text(rows: Sequence[Mapping[str, Any]]) -> str:
     for row in rows:
         flat: dict[str, Any] = {c: row.get(c) for c in columns if c in row}
         flat.update({f"grid.{a}": n for a, n in row.get("settings", {}).items()})
-        flat.update({k: v if isinstance(v, str) else toml_value(v) for k, v in (row.get("config") or {}).items()})
+        # a key that one point sets and another leaves unset (None: TOML has no null) is an empty cell there
+        flat.update({k: v if v is None or isinstance(v, str) else toml_value(v) for k, v in (row.get("config") or {}).items()})
         for metric, value in (row.get("attack_metrics") or {}).items():
             flat.setdefault(f"attack_{metric}", value)  # a result column of the same name wins (csv_columns lists it once)
         if row.get("status") == "ok" and not spends_budget(row):

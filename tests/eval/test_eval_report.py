@@ -216,3 +216,13 @@ def test_an_attack_metric_named_like_a_result_column_does_not_repeat_the_column(
     columns = csv_columns(rows)
     assert columns.count("attack_iterations") == 1
     assert next(csv.DictReader(io.StringIO(csv_text(rows))))["attack_iterations"] == "20"
+
+
+def test_a_config_key_that_only_some_points_set_is_an_empty_cell_in_the_others():
+    rows = make_rows(seeds=(0,))
+    for row in rows:
+        row["config"] = {**(row.get("config") or {}), "public_data.dataset": None, "ffm.public_steps": 0}
+    rows[0]["config"].update({"public_data.dataset": "product_reviews", "ffm.public_steps": 60})
+    parsed = list(csv.DictReader(io.StringIO(csv_text(rows))))
+    assert (parsed[0]["public_data.dataset"], parsed[0]["ffm.public_steps"]) == ("product_reviews", "60")
+    assert (parsed[1]["public_data.dataset"], parsed[1]["ffm.public_steps"]) == ("", "0")
