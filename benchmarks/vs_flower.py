@@ -68,6 +68,7 @@ test accuracy is the same in every run of a case.
 
     python benchmarks/vs_flower.py [--cases small large] [--repetitions 3] [--test-examples 1000]
     python benchmarks/vs_flower.py --quick   # the small case, one repetition (a smoke test, about a minute)
+    python benchmarks/vs_flower.py --cases large --load 1   # under load: a busy loop holds one core throughout
 
 About 7-10 minutes for both cases and 3 repetitions on 2 CPU cores. Results: benchmarks/results/vs_flower.json
 (``vs_flower_quick.json`` with ``--quick``).
@@ -515,6 +516,13 @@ def main() -> None:
         "--quiet-cores", type=float, default=0.3, help="before each run, wait while other processes keep this many cores busy or more"
     )
     parser.add_argument("--quiet-wait", type=float, default=180.0, help="the longest wait for quiet before a run, in seconds (0: none)")
+    parser.add_argument(
+        "--load",
+        type=int,
+        default=0,
+        help="run under load: N busy-loop processes hold N cores for the whole benchmark (no wait for quiet); "
+        "results in vs_flower_loadN.json",
+    )
     parser.add_argument("--_child", choices=SYSTEMS, help=argparse.SUPPRESS)
     parser.add_argument("--case", choices=list(CASES), help=argparse.SUPPRESS)
     parser.add_argument("--_out", type=Path, help=argparse.SUPPRESS)
@@ -533,21 +541,32 @@ def main() -> None:
         return
     if args.quick:
         args.cases, args.repetitions = ["small"], 1
+    if args.load:
+        args.quiet_wait = 0.0
     results: dict[str, Any] = {
         "quick": args.quick,
         "repetitions": args.repetitions,
         "test_examples": args.test_examples,
         "quiet": {"cores": args.quiet_cores, "max_wait_s": args.quiet_wait},
+        "load_processes": args.load,
         "cases": {},
     }
-    with tempfile.TemporaryDirectory(prefix="vs-flower-") as tmp:
-        for case in args.cases:
-            results["cases"][case] = run_case(case, args.repetitions, args.test_examples, Path(tmp), (args.quiet_cores, args.quiet_wait))
+    # the load: other jobs on the machine's cores, as on CI and on most users' machines (busy loops, each one core)
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.load)]
+    try:
+        with tempfile.TemporaryDirectory(prefix="vs-flower-") as tmp:
+            for case in args.cases:
+                quiet = (args.quiet_cores, args.quiet_wait)
+                results["cases"][case] = run_case(case, args.repetitions, args.test_examples, Path(tmp), quiet)
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
     summary = [row for case in results["cases"].values() for row in case["summary"]]
     ratios = [row for case in results["cases"].values() for row in case["ratios"]]
     print_table(f"Medians over {args.repetitions} repetition(s) per system (seconds, MiB; load = 1-minute load average)", summary)
     print_table("Ratios of medians, Flower / secure-ffm", ratios)
-    write_result("vs_flower_quick" if args.quick else "vs_flower", results)
+    write_result("vs_flower_quick" if args.quick else f"vs_flower_load{args.load}" if args.load else "vs_flower", results)
 
 
 if __name__ == "__main__":
