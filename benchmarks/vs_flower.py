@@ -34,7 +34,9 @@ The ClientApp loads the data with secure-ffm's loaders (``prepare_run``: the sam
 ``data.client_indices``, and encoded images), cached once per Ray actor process, loads the global weights from the
 message's ArrayRecord into the same CNN, trains with plain torch (cross-entropy, ``torch.optim.SGD``; batch order
 drawn by torch, not the same order as secure-ffm's) and replies with the weights as an ArrayRecord and its example
-count; the ServerApp averages them weighted by examples (FedAvg).
+count; the ServerApp averages them weighted by examples (FedAvg). Because each Ray actor builds through
+``prepare_run``, Flower's clients run the same model code (the CNN's channels-last pools) and get the same fixed
+glibc malloc thresholds (``secure_ffm.allocator``) as secure-ffm's.
 
 Measured for each run:
 
