@@ -26,6 +26,7 @@ too) stops every worker.
 from __future__ import annotations
 
 import base64
+import collections
 import dataclasses
 import json
 import logging
@@ -278,8 +279,8 @@ def main() -> None:
 @dataclass
 class _Worker:
     process: subprocess.Popen[bytes] | _ForkedWorker
-    job: int | None = None
-    """The client whose request it is working on."""
+    jobs: collections.deque[int] = field(default_factory=collections.deque)
+    """The clients whose requests it holds, oldest first (its replies come back in this order)."""
     broadcast: int | None = None
     """The round whose global parameters it holds."""
 
@@ -366,6 +367,9 @@ class WorkerPoolTransport(Transport):
         """Whether workers are forked from this process (:func:`can_fork_workers`, decided at the first start)."""
         self.started: list[int] = []
         """The process ids of every worker started, replacements included."""
+        self.local_jobs = 0
+        """Requests this process answered itself (:attr:`trains_here`)."""
+        self._local_parameters: tuple[int, dict[str, Any]] | None = None
         self.worker_runs: list[str] = []
         """How each started worker got its run: ``"inherited"`` (served from its forked copy of ``local_run``) or
         ``"built"`` (from the config)."""
@@ -390,10 +394,20 @@ class WorkerPoolTransport(Transport):
         _write(process.stdin, _frame({"config": self.config_toml, "key_file": key_file}, {}))
         return _Worker(process)
 
+    @property
+    def trains_here(self) -> bool:
+        """Whether this process answers a share of the requests itself, beside ``workers - 1`` worker processes.
+
+        So it does when its workers are forked and it holds the run's own built run (``local_run``, no key file): its
+        idle time between replies then trains clients, bitwise as a worker would (docs/speed.md)."""
+        if self.fork is None:
+            self.fork = can_fork_workers()
+        return self.fork and self.local_run is not None
+
     def _ensure_workers(self) -> None:
         """Start the missing workers and wait until each has built the run (they build in parallel)."""
         starting: list[_Worker] = []
-        for _ in range(self.num_workers - len(self._workers)):
+        for _ in range(self.num_workers - (1 if self.trains_here else 0) - len(self._workers)):
             starting.append(self._start_worker([*self._workers, *starting]))
         for worker in starting:
             data = _read(worker.process.stdout)
@@ -413,50 +427,93 @@ class WorkerPoolTransport(Transport):
 
     def _run(self, jobs: Sequence[tuple[int, str, Packed]], broadcast: _Broadcast | None = None) -> Iterator[_Result]:
         """Run ``(client_id, kind, packed)`` jobs on the pool; yield each result as it completes. With ``broadcast``,
-        the jobs are fit requests without parameters: each worker gets the round's parameters once, first."""
+        the jobs are fit requests without parameters: each worker gets the round's parameters once, first.
+
+        When this process trains too (:attr:`trains_here`), each worker holds up to two requests, so it never waits
+        while this process trains, and this process takes a job from the end of the queue whenever no reply is ready."""
         self._ensure_workers()
-        pending = list(reversed(jobs))
-        busy: dict[int, _Worker] = {}
-        while pending or busy:
+        here = self.trains_here
+        depth = 2 if here else 1
+        pending = collections.deque(jobs)
+        while pending or any(w.jobs for w in self._workers):
             for worker in self._workers:
-                if worker.job is None and pending:
-                    client_id, kind, (text, arrays) = pending.pop()
-                    state = {"client": self.client_states.setdefault(client_id, {})}
-                    half = self._halves.states.get(client_id)
-                    if half is not None:
-                        state["half"] = half
-                    job = {"client": client_id, "kind": kind, "text": text, "state": to_bytes(state).decode()}
-                    worker.job = client_id
-                    busy[id(worker)] = worker
-                    try:
-                        if broadcast is not None:
-                            if worker.broadcast != broadcast.round:
-                                message = {"kind": _PARAMETERS, "round": broadcast.round, "text": broadcast.packed[0]}
-                                _write(worker.process.stdin, _frame(message, broadcast.packed[1]))
-                                worker.broadcast = broadcast.round
-                                self.parameter_frames += 1
-                            job["broadcast"] = broadcast.round
-                        _write(worker.process.stdin, _frame(job, arrays))
-                    except (BrokenPipeError, OSError):
-                        pass  # it died: its reply stream ends, handled below
-            ready = multiprocessing.connection.wait([w.process.stdout for w in busy.values()])
-            for worker in list(busy.values()):
+                while len(worker.jobs) < depth and pending:
+                    self._send(worker, *pending.popleft(), broadcast)
+            busy = [w for w in self._workers if w.jobs]
+            streams = [w.process.stdout for w in busy]
+            ready = multiprocessing.connection.wait(streams, timeout=0 if here and pending else None) if streams else []
+            if not ready:
+                if here and pending:
+                    yield self._answer_here(*pending.pop(), broadcast)
+                continue
+            for worker in busy:
                 if worker.process.stdout not in ready:
                     continue
-                client_id = worker.job
-                assert client_id is not None
-                worker.job = None
-                del busy[id(worker)]
+                client_id = worker.jobs.popleft()
                 data = _read(worker.process.stdout)
-                if data is None:  # the worker died mid-job
+                if data is None:  # the worker died mid-job: each request it held counts as that client's dropout
                     code = worker.process.wait()
-                    log.warning("a worker died (exit code %s) while serving client %d: it counts as dropped", code, client_id)
+                    lost = [client_id, *worker.jobs]
+                    worker.jobs.clear()
+                    log.warning("a worker died (exit code %s) while serving clients %s: they count as dropped", code, lost)
                     self._replace(worker)
-                    yield _Result(client_id, error=f"its worker died (exit code {code})")
+                    for lost_id in lost:
+                        yield _Result(lost_id, error=f"its worker died (exit code {code})")
                     continue
                 meta, arrays = _unframe(data)
                 self._keep_state(client_id, from_bytes(meta["state"].encode()))
                 yield _Result(client_id, (meta["detail"], arrays)) if meta["status"] == "ok" else _Result(client_id, error=meta["detail"])
+
+    def _job_state(self, client_id: int) -> dict[str, Any]:
+        """What travels with a client's request: its private state and its protocol half of the round."""
+        state = {"client": self.client_states.setdefault(client_id, {})}
+        half = self._halves.states.get(client_id)
+        if half is not None:
+            state["half"] = half
+        return state
+
+    def _send(self, worker: _Worker, client_id: int, kind: str, packed: Packed, broadcast: _Broadcast | None) -> None:
+        text, arrays = packed
+        job = {"client": client_id, "kind": kind, "text": text, "state": to_bytes(self._job_state(client_id)).decode()}
+        worker.jobs.append(client_id)
+        try:
+            if broadcast is not None:
+                if worker.broadcast != broadcast.round:
+                    message = {"kind": _PARAMETERS, "round": broadcast.round, "text": broadcast.packed[0]}
+                    _write(worker.process.stdin, _frame(message, broadcast.packed[1]))
+                    worker.broadcast = broadcast.round
+                    self.parameter_frames += 1
+                job["broadcast"] = broadcast.round
+            _write(worker.process.stdin, _frame(job, arrays))
+        except (BrokenPipeError, OSError):
+            pass  # it died: its reply stream ends, handled in _run
+
+    def _answer_here(self, client_id: int, kind: str, packed: Packed, broadcast: _Broadcast | None) -> _Result:
+        """Answer one request in this process as a worker would (:func:`_serve`): the same session over a copy of the
+        client's state, the same packed request and reply, so the result is the worker's, bitwise."""
+        from secure_ffm.run.deployment import client_session
+
+        simulation = self.local_run
+        state = from_bytes(to_bytes(self._job_state(client_id)))  # a copy, as a worker receives it
+        own = simulation.client_states.get(client_id)
+        session = client_session(simulation, client_id, state)
+        self.local_jobs += 1
+        try:
+            request = unpack(*packed)
+            if broadcast is not None:
+                if self._local_parameters is None or self._local_parameters[0] != broadcast.round:
+                    self._local_parameters = (broadcast.round, {str(k): v for k, v in unpack(*broadcast.packed).items()})
+                request["request"] = _with_parameters(request["request"], self._local_parameters[1])
+            reply = pack(session.answer(kind, request))
+            result = _Result(client_id, reply)
+        except Exception as error:  # noqa: BLE001 - the client refused or failed: its dropout, as in a worker
+            log.debug("client %d failed %s here: %s", client_id, kind, traceback.format_exc())
+            result = _Result(client_id, error=f"{type(error).__name__}: {error}")
+        answered = from_bytes(to_bytes(session.state))
+        if own is not None:  # the session put its copy in the run's table: the run's own entry goes back
+            simulation.client_states[client_id] = own
+        self._keep_state(client_id, answered)
+        return result
 
     def _keep_state(self, client_id: int, state: Mapping[str, Any]) -> None:
         client = self.client_states.setdefault(client_id, {})

@@ -71,9 +71,14 @@ def test_two_workers_give_the_sequential_result_bitwise(tmp_path, monkeypatch, m
     parallel = run(tmp_path, "two", pool_config(mode, 2))
     assert parallel.workers == 2 and sequential.workers == 1
     assert parallel.transport.fork == (START[mode] == "fork")
-    # a forked worker serves from its copy of the run's own built run; a fresh interpreter builds it from the config
-    assert parallel.transport.worker_runs == ["inherited" if START[mode] == "fork" else "built"] * 2
-    assert parallel.transport.parameter_frames == 2 * 2  # the global model went to each worker once a round, not per client
+    # forked: one worker process, serving from its copy of the run's own built run, and the run's process trains the
+    # other share of the clients itself; fresh interpreters: two workers, each building the run from the config
+    forked = START[mode] == "fork"
+    assert parallel.transport.trains_here == forked
+    assert parallel.transport.worker_runs == (["inherited"] if forked else ["built"] * 2)
+    assert (parallel.transport.local_jobs > 0) == forked
+    processes = len(parallel.transport.worker_runs)
+    assert parallel.transport.parameter_frames == processes * 2  # the global model went to each worker once a round
     assert rows(tmp_path / "two") == rows(tmp_path / "one")
     if "continual" in mode:
         assert [r["stage"] for r in rows(tmp_path / "two")] == ["zeros and ones", "twos and threes"]
@@ -81,7 +86,7 @@ def test_two_workers_give_the_sequential_result_bitwise(tmp_path, monkeypatch, m
     assert all(np.array_equal(a[k], b[k]) for k in a)
     if mode == "dp-sgd-masking-continual":  # the ledgers live with the clients' state in this process, checkpointed as before
         assert json.loads((tmp_path / "two" / "privacy.json").read_text()) == json.loads((tmp_path / "one" / "privacy.json").read_text())
-    assert len(parallel.transport.started) == 2 and not alive(parallel.transport.started)
+    assert len(parallel.transport.started) == processes and not alive(parallel.transport.started)
 
 
 class KillThenInterrupt(RunObserver):
@@ -110,11 +115,12 @@ def test_a_dying_worker_is_its_clients_dropout_and_is_replaced_and_none_outlives
     with pytest.raises(KeyboardInterrupt):
         simulation.run()
     first, second = rows(tmp_path / "run")
-    assert len(observer.killed) == 2 and simulation.transport.replaced == 2
+    # workers = 2, forked: one worker process beside the run's process, which trains the rest of the clients itself
+    assert simulation.transport.trains_here and len(observer.killed) == 1 and simulation.transport.replaced == 1
     assert first["clients"] == [0, 1, 2, 3, 4, 5]
-    assert second["dropped_clients"] == [0, 1] and second["clients"] == [2, 3, 4, 5]  # sent to the dead workers
+    assert second["dropped_clients"] == [0, 1] and second["clients"] == [2, 3, 4, 5]  # the two requests the dead worker held
     assert second["aborted"] is None and second["test_accuracy"] is not None  # the others' updates were aggregated
-    assert simulation.transport.fork and len(simulation.transport.started) == 4
+    assert simulation.transport.fork and len(simulation.transport.started) == 2
     assert not alive(simulation.transport.started)  # Ctrl-C in round 3: the run's end stopped every worker
 
 
@@ -129,7 +135,8 @@ def test_a_forked_worker_holds_only_its_own_pipes(tmp_path):
         transport._ensure_workers()
         assert transport.fork
         own = {pid: pipes(pid) - before for pid in transport.pids()}
-        assert len(own) == 3 and all(len(p) == 2 for p in own.values())  # its request pipe and its reply pipe
+        assert transport.trains_here and len(own) == 2  # workers = 3: two worker processes beside the run's process
+        assert all(len(p) == 2 for p in own.values())  # its request pipe and its reply pipe
         assert all(not own[a] & own[b] for a in own for b in own if a != b)
         assert set().union(*own.values()) <= pipes(os.getpid())  # and this process holds the other end of each
     finally:
