@@ -4,12 +4,14 @@ The in-process transport trains clients one after another, so a run uses one cor
 the machine has. :class:`WorkerPoolTransport` hands each client's requests to one of ``run.workers`` processes, each
 with one torch thread, the run's data and model loaded once per worker. On Linux, when the run's process uses one torch
 thread, a worker is forked from it (:class:`_ForkedWorker`: torch and the other libraries are already imported, and
-their pages are shared) and serves from its copy of the run's built data, model and protocol; otherwise, or with
-``SECURE_FFM_WORKER_START=spawn``, it is a fresh interpreter (``python -m secure_ffm.transports.worker_pool``). Neither
-re-imports ``__main__``, so scripts need no ``if __name__ == "__main__"`` guard. A worker answers exactly
-as a deployed node does (:class:`~secure_ffm.transports.remote.NodeSession`: the same client, transforms, privacy
-mechanism and protocol half); requests and replies cross its stdin and stdout as length-prefixed frames: a JSON
-header and the arrays as safetensors (the safe codec's packing; nothing is pickled).
+their pages are shared) and serves from its copy of the run's built data, model and protocol; the run's process then
+trains a share of the clients itself beside ``run.workers - 1`` such workers (:attr:`WorkerPoolTransport.trains_here`).
+Otherwise, or with ``SECURE_FFM_WORKER_START=spawn``, each of the ``run.workers`` workers is a fresh interpreter
+(``python -m secure_ffm.transports.worker_pool``). Neither re-imports ``__main__``, so scripts need no
+``if __name__ == "__main__"`` guard. A worker answers exactly as a deployed node does
+(:class:`~secure_ffm.transports.remote.NodeSession`: the same client, transforms, privacy mechanism and protocol half);
+requests and replies cross its stdin and stdout as length-prefixed frames: a JSON header and the arrays as safetensors
+(the safe codec's packing; nothing is pickled).
 
 What belongs to a client stays with the run, not with a worker: each client's private state (its secret, its DP
 ledger) lives in the main process's ``client_states`` (checkpointed as before) and travels with each request, the
@@ -18,9 +20,9 @@ dropped when the round ends. Any worker can therefore serve any client.
 
 Results are the sequential transport's for the same seed, bitwise when the sequential run also uses one torch thread
 per client: replies are yielded in the order the clients were asked (a few are buffered), so the server sums in the
-same order. A worker that dies (crash, OOM kill) is that client's dropout - secure aggregation recovers as for any
-dropout - and is replaced; :meth:`WorkerPoolTransport.close` (called at the end of every run, on failure and on Ctrl-C
-too) stops every worker.
+same order. A worker that dies (crash, OOM kill) is the dropout of the clients whose requests it held (one, or two
+when the run's process trains too) - secure aggregation recovers as for any dropout - and is replaced;
+:meth:`WorkerPoolTransport.close` (called at the end of every run, on failure and on Ctrl-C too) stops every worker.
 """
 
 from __future__ import annotations
