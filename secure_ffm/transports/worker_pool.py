@@ -109,6 +109,33 @@ def _with_parameters(fit: FitRequest, parameters: Mapping[str, Any]) -> FitReque
     return dataclasses.replace(fit, instructions=dataclasses.replace(fit.instructions, parameters=parameters))
 
 
+def _answer(
+    simulation: Any, client_id: int, kind: str, packed: Packed, state: dict[str, Any], parameters: Callable[[], Mapping[str, Any]] | None
+) -> tuple[Packed | None, str | None, dict[str, Any]]:
+    """One request answered by client ``client_id`` of ``simulation`` over ``state`` (its own copy): ``(reply, error,
+    state after)``; a refusal or failure is the error, its client's dropout. ``parameters`` gives a fit request's
+    global parameters (the round's broadcast). Used by a worker (:func:`_serve`) and by the run's process when it
+    trains too (:meth:`WorkerPoolTransport._answer_here`), so both answer alike, bitwise. The run's entry for the
+    client in ``simulation.client_states``, which the session replaces while it answers, is put back."""
+    from secure_ffm.run.deployment import client_session
+
+    own = simulation.client_states.get(client_id)
+    session = client_session(simulation, client_id, state)
+    try:
+        request = unpack(*packed)
+        if parameters is not None:
+            request["request"] = _with_parameters(request["request"], parameters())
+        return pack(session.answer(kind, request)), None, session.state
+    except Exception as error:  # noqa: BLE001 - the client refused or failed: the run sees its dropout
+        log.debug("client %d failed %s: %s", client_id, kind, traceback.format_exc())
+        return None, f"{type(error).__name__}: {error}", session.state
+    finally:
+        if own is None:
+            simulation.client_states.pop(client_id, None)
+        else:
+            simulation.client_states[client_id] = own
+
+
 def _serve(requests: Any, replies: Any, built: Any = None) -> None:
     """A worker: build the run's client side once from the first message, then answer jobs until the stream ends.
 
@@ -125,7 +152,7 @@ def _serve(requests: Any, replies: Any, built: Any = None) -> None:
 
         torch.set_num_threads(1)  # the pool's parallelism is across processes: one thread each, no spinning barriers
         from secure_ffm.config import config_from_dict
-        from secure_ffm.run.deployment import client_session, load_key_file
+        from secure_ffm.run.deployment import load_key_file
         from secure_ffm.run.simulation import Simulation, prepare_run
 
         inherited = built is not None and built.config.to_toml() == setup["config"]
@@ -143,25 +170,20 @@ def _serve(requests: Any, replies: Any, built: Any = None) -> None:
         if job.get("kind") == _PARAMETERS:  # no reply: the next fit requests of this round refer to it
             broadcast = (int(job["round"]), {str(k): v for k, v in unpack(str(job["text"]), arrays).items()})
             continue
-        client_id, kind, text = int(job["client"]), str(job["kind"]), str(job["text"])
-        state = from_bytes(job["state"].encode())
+        wanted = job.get("broadcast")
 
-        session = client_session(simulation, client_id, state)
-        try:
-            request = unpack(text, arrays)
-            if job.get("broadcast") is not None:
-                if broadcast is None or broadcast[0] != int(job["broadcast"]):
-                    raise RuntimeError(f"a fit request refers to the parameters of round {job['broadcast']}, which this worker lacks")
-                request["request"] = _with_parameters(request["request"], broadcast[1])
-            reply_text, reply_arrays = pack(session.answer(kind, request))
-            answer = _frame({"status": "ok", "detail": reply_text, "state": to_bytes(session.state).decode()}, reply_arrays)
-        except Exception as error:  # noqa: BLE001 - the client refused or failed: the main process sees its dropout
-            log.debug("worker: client %d failed %s: %s", client_id, kind, traceback.format_exc())
-            detail = f"{type(error).__name__}: {error}"
-            answer = _frame({"status": "error", "detail": detail, "state": to_bytes(session.state).decode()}, {})
-        finally:
-            simulation.client_states.pop(client_id, None)
-        _write(replies, answer)
+        def parameters(wanted: Any = wanted, held: tuple[int, dict[str, Any]] | None = broadcast) -> Mapping[str, Any]:
+            if held is None or held[0] != int(wanted):
+                raise RuntimeError(f"a fit request refers to the parameters of round {wanted}, which this worker lacks")
+            return held[1]
+
+        packed = (str(job["text"]), arrays)
+        state = from_bytes(job["state"].encode())
+        reply, error, after = _answer(
+            simulation, int(job["client"]), str(job["kind"]), packed, state, parameters if wanted is not None else None
+        )
+        header = {"status": "ok" if error is None else "error", "detail": error or reply[0], "state": to_bytes(after).decode()}
+        _write(replies, _frame(header, reply[1] if reply is not None else {}))
 
 
 def _forked_worker(requests_fd: int, replies_fd: int, inherited: Sequence[int], built: Any = None) -> None:
@@ -380,9 +402,7 @@ class WorkerPoolTransport(Transport):
 
     def _start_worker(self, others: Sequence[_Worker]) -> _Worker:
         process: subprocess.Popen[bytes] | _ForkedWorker
-        if self.fork is None:
-            self.fork = can_fork_workers()
-        if self.fork:
+        if self._forks():
             inherited = [fd for w in others if isinstance(w.process, _ForkedWorker) for fd in w.process.fds()]
             process = _ForkedWorker(inherited, self.local_run)
         else:
@@ -402,9 +422,13 @@ class WorkerPoolTransport(Transport):
 
         So it does when its workers are forked and it holds the run's own built run (``local_run``, no key file): its
         idle time between replies then trains clients, bitwise as a worker would (docs/speed.md)."""
+        return self._forks() and self.local_run is not None
+
+    def _forks(self) -> bool:
+        """Whether workers are forked, decided once (:func:`can_fork_workers`) and kept in :attr:`fork`."""
         if self.fork is None:
             self.fork = can_fork_workers()
-        return self.fork and self.local_run is not None
+        return self.fork
 
     def _ensure_workers(self) -> None:
         """Start the missing workers and wait until each has built the run (they build in parallel)."""
@@ -491,31 +515,20 @@ class WorkerPoolTransport(Transport):
             pass  # it died: its reply stream ends, handled in _run
 
     def _answer_here(self, client_id: int, kind: str, packed: Packed, broadcast: _Broadcast | None) -> _Result:
-        """Answer one request in this process as a worker would (:func:`_serve`): the same session over a copy of the
-        client's state, the same packed request and reply, so the result is the worker's, bitwise."""
-        from secure_ffm.run.deployment import client_session
+        """Answer one request in this process as a worker would (:func:`_answer`, over a copy of the client's state and
+        with the same packed request and reply), so the result is the worker's, bitwise."""
 
-        simulation = self.local_run
+        def parameters() -> Mapping[str, Any]:
+            assert broadcast is not None
+            if self._local_parameters is None or self._local_parameters[0] != broadcast.round:
+                self._local_parameters = (broadcast.round, {str(k): v for k, v in unpack(*broadcast.packed).items()})
+            return self._local_parameters[1]
+
         state = from_bytes(to_bytes(self._job_state(client_id)))  # a copy, as a worker receives it
-        own = simulation.client_states.get(client_id)
-        session = client_session(simulation, client_id, state)
         self.local_jobs += 1
-        try:
-            request = unpack(*packed)
-            if broadcast is not None:
-                if self._local_parameters is None or self._local_parameters[0] != broadcast.round:
-                    self._local_parameters = (broadcast.round, {str(k): v for k, v in unpack(*broadcast.packed).items()})
-                request["request"] = _with_parameters(request["request"], self._local_parameters[1])
-            reply = pack(session.answer(kind, request))
-            result = _Result(client_id, reply)
-        except Exception as error:  # noqa: BLE001 - the client refused or failed: its dropout, as in a worker
-            log.debug("client %d failed %s here: %s", client_id, kind, traceback.format_exc())
-            result = _Result(client_id, error=f"{type(error).__name__}: {error}")
-        answered = from_bytes(to_bytes(session.state))
-        if own is not None:  # the session put its copy in the run's table: the run's own entry goes back
-            simulation.client_states[client_id] = own
-        self._keep_state(client_id, answered)
-        return result
+        reply, error, after = _answer(self.local_run, client_id, kind, packed, state, parameters if broadcast is not None else None)
+        self._keep_state(client_id, from_bytes(to_bytes(after)))
+        return _Result(client_id, reply, error)
 
     def _keep_state(self, client_id: int, state: Mapping[str, Any]) -> None:
         client = self.client_states.setdefault(client_id, {})
