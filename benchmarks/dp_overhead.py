@@ -5,7 +5,8 @@ length 64, each with Opacus hooks (per-sample gradients), ghost clipping and, wh
 trained layer has a rule, book-keeping (secure_ffm.privacy.bookkeeping: one backward pass).
 Target: at most 1.3 for the CNN (published Opacus figures: 2.6x to 8x a non-private step,
 about half that with ghost clipping). Each DP case runs with both noise samplers
-(secure_mode true: AES-CTR CSPRNG and the sum of four Gaussians; false: Philox).
+(secure_mode true: AES-CTR CSPRNG and the sum of four Gaussians; false: Philox), whose per-step noise is
+float32 Box-Muller (secure_ffm.privacy.noise.box_muller_float32; the float64 ziggurat before 2026-12-06).
 glibc's malloc thresholds are fixed as in a run (secure_ffm.allocator; ``SECURE_FFM_MALLOC=default`` keeps glibc's
 dynamic ones). Each case runs on the torch threads a run of that model uses (``run.threads = 0``: one for the CNNs, every core for
 MiniLM; ``--threads N`` overrides). Blocks of steps of the non-private step and of every (mode, sampler) alternate, in reversed
@@ -107,15 +108,17 @@ SAMPLERS = {"secure": True, "philox": False}
 
 
 def sampler_ns_per_value(values: int = 1_000_000, repetitions: int = 5) -> dict[str, float]:
-    """Nanoseconds to draw one noise value, per sampler (interleaved, median of repetitions)."""
-    out: dict[str, list[float]] = {sampler: [] for sampler in SAMPLERS}
+    """Nanoseconds to draw one noise value, per sampler and path (interleaved, median of repetitions): ``float32`` is
+    the Box-Muller path DP-SGD's steps use (``normal_float32``), ``float64`` the ziggurat one of DP-FedAvg's noise."""
+    out: dict[str, list[float]] = {f"{sampler}/{path}": [] for sampler in SAMPLERS for path in ("float32", "float64")}
     for _ in range(repetitions):
         for sampler, secure in SAMPLERS.items():
             stream = PrivateRandomness(new_secret(), secure=secure).stream(1)
-            start = time.perf_counter()
-            stream.normal((values,), 1.0)
-            out[sampler].append(1e9 * (time.perf_counter() - start) / values)
-    return {sampler: median(times) for sampler, times in out.items()}
+            for path in ("float32", "float64"):
+                start = time.perf_counter()
+                stream.normal_float32(values, 1.0) if path == "float32" else stream.normal((values,), 1.0)
+                out[f"{sampler}/{path}"].append(1e9 * (time.perf_counter() - start) / values)
+    return {key: median(times) for key, times in out.items()}
 
 
 CASES = {"cnn-b64": lambda: image_case("cnn"), "tanh-cnn-b64": lambda: image_case("tanh-cnn"), "minilm-lora-b32-len64": minilm_case}

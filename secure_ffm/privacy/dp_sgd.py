@@ -143,6 +143,24 @@ def auto_grad_sample_mode(model: FederatedModel) -> str:
     return "bookkeeping" if bookkeeping_supported(model.module) else "ghost"
 
 
+def noise_like(stream: NoiseStream, tensors: list[torch.Tensor], std: float) -> list[torch.Tensor]:
+    """N(0, std^2) noise of each tensor's shape and dtype from ``stream``, the noise of one DP-SGD step.
+
+    float32 noise for all float32 tensors comes from one :meth:`NoiseStream.normal_float32` draw, split in order;
+    a tensor of another dtype gets the stream's float64 Gaussians (:meth:`NoiseStream.normal`) cast to its dtype.
+    """
+    float32 = [t for t in tensors if t.dtype == torch.float32]
+    shared = stream.normal_float32(sum(t.numel() for t in float32), std) if float32 else None
+    out, offset = [], 0
+    for t in tensors:
+        if t.dtype == torch.float32:
+            out.append(shared[offset : offset + t.numel()].view(t.shape))  # type: ignore[index]
+            offset += t.numel()
+        else:
+            out.append(torch.from_numpy(stream.normal(tuple(t.shape), std)).to(t.dtype))
+    return out
+
+
 def _secret_noise_optimizer(base: type) -> type:
     """``base`` (an Opacus DP optimizer) drawing its noise from a :class:`NoiseStream` instead of torch's generator.
 
@@ -157,7 +175,7 @@ def _secret_noise_optimizer(base: type) -> type:
         std = multiplier * self.max_grad_norm
         for p in self.params:
             _check_processed_flag(p.summed_grad)
-            noise = torch.from_numpy(self.noise_stream.normal(tuple(p.summed_grad.shape), std)).to(p.summed_grad.dtype)
+        for p, noise in zip(self.params, noise_like(self.noise_stream, [p.summed_grad for p in self.params], std), strict=True):
             p.grad = (p.summed_grad + noise).view_as(p)
             _mark_as_processed(p.summed_grad)
 
@@ -325,9 +343,8 @@ class DPStep:
             self.clipper.clip_and_accumulate(objective.per_example_loss(outputs, chunk.labels))
             total += float(objective.loss(outputs.detach(), chunk.labels)) * len(chunk)
         std = self.noise_multiplier * self.max_grad_norm
-        for p in self.params:
-            summed = self.clipper.clipped_sum(p)
-            noise = torch.from_numpy(self._noise.normal(tuple(summed.shape), std)).to(summed.dtype)
+        sums = [self.clipper.clipped_sum(p) for p in self.params]
+        for p, summed, noise in zip(self.params, sums, noise_like(self._noise, sums, std), strict=True):
             p.grad = (summed + noise).view_as(p) / self.expected_batch_size
         self.clipper.reset()
         if extra_gradient is not None:
@@ -351,8 +368,8 @@ class DPStep:
 
     def noise_only_step(self) -> None:
         """The step of an empty Poisson batch: noise only (the privacy analysis counts it)."""
-        for p in self.params:
-            p.grad = torch.from_numpy(self.noise.normal(tuple(p.shape), self.noise_std)).to(p.dtype)
+        for p, noise in zip(self.params, noise_like(self.noise, self.params, self.noise_std), strict=True):
+            p.grad = noise.view_as(p)
         self.base.step()
 
     def close(self) -> None:

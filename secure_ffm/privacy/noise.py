@@ -33,6 +33,14 @@ Two samplers (``secure``):
   secret and its ziggurat Gaussian. Still secret (not reproducible without the key) and
   faster, but neither a CSPRNG nor hardened against floating-point attacks.
 
+DP-SGD's per-step noise, added to float32 gradients, is drawn by :meth:`NoiseStream.normal_float32`: the same
+generators' bits turned into Gaussians by a vectorized Box-Muller in float32 (:func:`box_muller_float32`), with
+the same four-summand mitigation in the secure sampler (Opacus' secure mode also sums four float32 Box-Muller
+draws). The radius uses 64 bits, so a summand reaches 9.4 standard deviations (float32 uniforms of 24 bits, as
+``torch.normal``'s, stop at 5.8, where a Gaussian still lands once in 10^8 draws). For the ``cnn``'s 207k parameters
+it takes 3.8 ms a step against 8.3 ms for the float64 ziggurat (secure) and 1.1 against 2.5 ms (Philox), one
+thread, 2026-12-06.
+
 Reproducible noise (``privacy.reproducible_noise = true``) derives the secrets from the
 run's seed instead: for research only, it is marked in ``privacy.json``,
 ``summary.json`` and the report as giving no protection against anyone who knows the seed.
@@ -47,9 +55,12 @@ import struct
 from abc import ABC, abstractmethod
 from collections.abc import MutableMapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 SECRET_BYTES = 32
 CLIENT_SECRET_KEY = "noise_secret"
@@ -89,6 +100,43 @@ def derive_key(secret: bytes, *path: int) -> bytes:
     return hashlib.blake2b(struct.pack(f">{len(path)}q", *path), key=secret, digest_size=32, person=b"sffm-stream").digest()
 
 
+#: Largest |value| a :func:`box_muller_float32` Gaussian can take: sqrt(-2 ln 2^-64), the radius of the smallest
+#: radius uniform. A standard Gaussian exceeds it with probability 4.4e-21.
+BOX_MULLER_MAX = math.sqrt(128 * math.log(2))
+
+
+def box_muller_words(count: int) -> int:
+    """64-bit words :func:`box_muller_float32` needs for ``count`` Gaussians: one per pair for the radius, half a
+    word per pair for the angle."""
+    pairs = (count + 1) // 2
+    return pairs + (pairs + 1) // 2
+
+
+def box_muller_float32(words: np.ndarray, count: int) -> torch.Tensor:
+    """``count`` standard Gaussians (float32) from uniformly random 64-bit ``words`` (:func:`box_muller_words` of
+    them), by the Box-Muller transform (Box & Muller 1958): a pair ``(r cos θ, r sin θ)`` with ``r = sqrt(-2 ln u)``
+    and ``θ = 2π v``.
+
+    ``u = ((w >> 1) + 1/2) 2^-63`` from a whole word lies in [2^-64, 1] (never 0, so ``ln u`` is finite, and the
+    radius reaches :data:`BOX_MULLER_MAX`); ``v = a 2^-32`` from a 32-bit half word. Both are rounded to float32
+    (relative error 2^-24) and the transform runs in float32, vectorized by torch. The pairs' cosines come first, then their
+    sines (for an odd ``count`` the last sine is dropped); the two values of a pair are independent Gaussians.
+    """
+    import torch
+
+    pairs = (count + 1) // 2
+    if words.dtype != np.uint64 or words.size < box_muller_words(count):
+        raise ValueError(f"{count} Gaussians need {box_muller_words(count)} uint64 words, got {words.size} {words.dtype}")
+    u = torch.from_numpy((words[:pairs] >> np.uint64(1)).astype(np.float32))
+    radius = u.add_(0.5).mul_(2.0**-63).log_().mul_(-2.0).sqrt_()
+    angle_bits = words[pairs : box_muller_words(count)].view(np.uint32)[:pairs]
+    angle = torch.from_numpy(angle_bits.astype(np.float32)).mul_(2.0 * math.pi * 2.0**-32)
+    out = torch.empty(2 * pairs)
+    torch.mul(radius, angle.cos(), out=out[:pairs])
+    torch.mul(radius, angle.sin_(), out=out[pairs:])
+    return out[:count]
+
+
 class NoiseStream(ABC):
     """Uniform and Gaussian draws from one derived key; successive calls continue the stream."""
 
@@ -99,6 +147,11 @@ class NoiseStream(ABC):
     @abstractmethod
     def normal(self, shape: tuple[int, ...], std: float) -> np.ndarray:
         """float64 N(0, std^2) of ``shape``."""
+
+    @abstractmethod
+    def normal_float32(self, count: int, std: float) -> torch.Tensor:
+        """``count`` float32 N(0, std^2) as a torch tensor, by :func:`box_muller_float32`: the noise DP-SGD adds to
+        float32 gradients at every step."""
 
 
 class FastStream(NoiseStream):
@@ -112,6 +165,9 @@ class FastStream(NoiseStream):
 
     def normal(self, shape: tuple[int, ...], std: float) -> np.ndarray:
         return self.generator.normal(0.0, std, size=shape)
+
+    def normal_float32(self, count: int, std: float) -> torch.Tensor:
+        return box_muller_float32(self.generator.bit_generator.random_raw(box_muller_words(count)), count).mul_(std)
 
 
 class SecureStream(NoiseStream):
@@ -141,6 +197,12 @@ class SecureStream(NoiseStream):
             total += summand
         total *= std / math.sqrt(self.SUMMANDS)
         return total
+
+    def normal_float32(self, count: int, std: float) -> torch.Tensor:
+        """The sum of :attr:`SUMMANDS` float32 Box-Muller Gaussians on the CSPRNG's bits, times ``std / sqrt(SUMMANDS)``."""
+        values = self.SUMMANDS * count
+        summands = box_muller_float32(self.generator.bit_generator.random_raw(box_muller_words(values)), values)
+        return summands.view(self.SUMMANDS, count).sum(0).mul_(std / math.sqrt(self.SUMMANDS))
 
 
 @dataclass(frozen=True)

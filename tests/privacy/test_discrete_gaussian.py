@@ -37,6 +37,9 @@ class UniformsOnly(NoiseStream):
     def normal(self, shape: tuple[int, ...], std: float) -> np.ndarray:
         raise AssertionError("normal() must not be used")
 
+    def normal_float32(self, count: int, std: float):
+        raise AssertionError("normal_float32() must not be used")
+
 
 def discrete_gaussian_pmf(support: np.ndarray, variance: float) -> np.ndarray:
     radius = int(40 * math.sqrt(variance)) + 10

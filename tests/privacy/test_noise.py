@@ -2,15 +2,20 @@
 
 import numpy as np
 import pytest
+import scipy.stats
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from secure_ffm.privacy.noise import (
+    BOX_MULLER_MAX,
     SECRET_BYTES,
     FastStream,
     NoisePolicy,
     PrivateRandomness,
     SecureStream,
+    box_muller_float32,
+    box_muller_words,
     derive_key,
     new_secret,
     seeded_secret,
@@ -79,3 +84,53 @@ def test_a_corrupt_stored_secret_is_replaced_not_trusted():
 def test_a_short_secret_is_refused():
     with pytest.raises(ValueError, match="32 bytes"):
         PrivateRandomness(b"short").stream(1)
+
+
+def test_box_muller_follows_its_formula():
+    words = np.array([0, 2**64 - 1, 12345678901234567890, 2**63, 7 | (3 << 32), 2**32 - 1 | (2**31 << 32)], dtype=np.uint64)
+    pairs = 4
+    z = box_muller_float32(words, 2 * pairs).double().numpy()
+    u = ((words[:pairs] >> np.uint64(1)).astype(np.float64) + 0.5) * 2.0**-63
+    v = words[pairs:].view(np.uint32)[:pairs].astype(np.float64) * 2.0**-32
+    r = np.sqrt(-2 * np.log(np.minimum(u, 1.0)))
+    expected = np.concatenate([r * np.cos(2 * np.pi * v), r * np.sin(2 * np.pi * v)])
+    np.testing.assert_allclose(z, expected, rtol=1e-5, atol=1e-5)  # float32 arithmetic against float64
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.integers(0, 2**64 - 1), min_size=3, max_size=30))
+def test_box_muller_values_are_finite_and_within_the_radius_bound(raw):
+    words = np.array(raw, dtype=np.uint64)
+    count = 2 * (len(raw) * 2 // 3)
+    z = box_muller_float32(words, count)
+    assert torch.isfinite(z).all() and z.abs().max() <= BOX_MULLER_MAX * (1 + 1e-6)
+
+
+def test_box_muller_refuses_too_few_words():
+    with pytest.raises(ValueError, match="need 3 uint64 words"):
+        box_muller_float32(np.zeros(2, dtype=np.uint64), 4)
+
+
+@pytest.mark.parametrize("stream", [SecureStream, FastStream])
+def test_float32_gaussians_have_the_gaussian_distribution(stream):
+    draws = stream(KEY).normal_float32(200_001, 3.0)  # odd: the last pair's sine is dropped
+    assert draws.dtype == torch.float32 and draws.shape == (200_001,)
+    # the standard error of a sample std of 200k draws is std / sqrt(2 n) = 0.0047
+    assert abs(float(draws.std()) - 3.0) < 0.03 and abs(float(draws.mean())) < 0.03
+    assert scipy.stats.kstest(draws.double().numpy() / 3.0, "norm").pvalue > 1e-3
+
+
+def test_the_secure_float32_gaussian_is_the_scaled_sum_of_four_box_muller_draws():
+    stream, bits = SecureStream(KEY), SecureStream(KEY).generator.bit_generator
+    for count in (5, 64):
+        summands = box_muller_float32(bits.random_raw(box_muller_words(4 * count)), 4 * count).view(4, count)
+        torch.testing.assert_close(stream.normal_float32(count, 2.5), summands.sum(0) * 1.25, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("stream", [SecureStream, FastStream])
+def test_float32_draws_continue_the_stream_and_depend_on_the_key(stream):
+    s = stream(KEY)
+    first = s.normal_float32(16, 1.0)
+    assert torch.equal(first, stream(KEY).normal_float32(16, 1.0))
+    assert not torch.equal(first, s.normal_float32(16, 1.0))
+    assert not torch.equal(first, stream(bytes(32)).normal_float32(16, 1.0))
