@@ -170,8 +170,40 @@ class FastStream(NoiseStream):
         return box_muller_float32(self.generator.bit_generator.random_raw(box_muller_words(count)), count).mul_(std)
 
 
+_ZERO_CHUNK = bytes(1 << 20)
+"""1 MiB of zeros, encrypted in counter mode into keystream (shared, read-only)."""
+
+
+class AesCtrWords:
+    """uint64 words of the AES-128-CTR keystream of ``key`` (OpenSSL through ``cryptography``, AES-NI where the CPU has
+    it; counter block 0 first), continuing across calls. About 2.5x faster than ``randomgen.AESCounter``'s raw words
+    here (0.55 against 1.35 ms for 5 MB, one thread, 2026-12-06): OpenSSL encrypts many blocks at a time."""
+
+    def __init__(self, key: bytes) -> None:
+        from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+        if len(key) != 16:
+            raise ValueError(f"an AES-128 key has 16 bytes, got {len(key)}")
+        self._encryptor = Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor()
+
+    def words(self, count: int) -> np.ndarray:
+        total = 8 * count
+        out = np.empty(total + 16, dtype=np.uint8)  # update_into wants a block's room beyond what it writes
+        buffer, zeros = memoryview(out), memoryview(_ZERO_CHUNK)
+        done = 0
+        while done < total:
+            size = min(len(_ZERO_CHUNK), total - done)
+            done += self._encryptor.update_into(zeros[:size], buffer[done : done + size + 15])
+        return out[:total].view(np.uint64)
+
+
 class SecureStream(NoiseStream):
-    """AES-128 in counter mode (a CSPRNG) and Gaussians hardened against floating-point attacks."""
+    """AES-128 in counter mode (a CSPRNG) and Gaussians hardened against floating-point attacks.
+
+    Two independent keystreams of the one key: ``randomgen.AESCounter`` keyed with the key's first 16 bytes for
+    :meth:`random` and :meth:`normal`, and :class:`AesCtrWords` keyed with a BLAKE2b PRF of the key for
+    :meth:`normal_float32`.
+    """
 
     #: 2n Gaussians summed per noise value (Holohan & Braghin 2021 with n = 2, as Opacus' secure mode).
     SUMMANDS = 4
@@ -181,6 +213,7 @@ class SecureStream(NoiseStream):
 
         self.generator = np.random.Generator(AESCounter(key=int.from_bytes(key[:16], "little")))
         self._scratch = np.empty(0)
+        self._float32_bits = AesCtrWords(float32_key(key))
 
     def random(self, size: int) -> np.ndarray:
         return self.generator.random(size)
@@ -199,10 +232,16 @@ class SecureStream(NoiseStream):
         return total
 
     def normal_float32(self, count: int, std: float) -> torch.Tensor:
-        """The sum of :attr:`SUMMANDS` float32 Box-Muller Gaussians on the CSPRNG's bits, times ``std / sqrt(SUMMANDS)``."""
+        """The sum of :attr:`SUMMANDS` float32 Box-Muller Gaussians on the AES-CTR keystream, times ``std / sqrt(SUMMANDS)``."""
         values = self.SUMMANDS * count
-        summands = box_muller_float32(self.generator.bit_generator.random_raw(box_muller_words(values)), values)
+        summands = box_muller_float32(self._float32_bits.words(box_muller_words(values)), values)
         return summands.view(self.SUMMANDS, count).sum(0).mul_(std / math.sqrt(self.SUMMANDS))
+
+
+def float32_key(key: bytes) -> bytes:
+    """The 128-bit AES key of a :class:`SecureStream`'s float32 keystream: keyed BLAKE2b of ``key`` (a PRF, so the
+    keystream is independent of the one ``randomgen`` makes from the key's first bytes)."""
+    return hashlib.blake2b(b"box-muller", key=key, digest_size=16, person=b"sffm-float32").digest()
 
 
 @dataclass(frozen=True)

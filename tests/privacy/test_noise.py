@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from secure_ffm.privacy.noise import (
     BOX_MULLER_MAX,
     SECRET_BYTES,
+    AesCtrWords,
     FastStream,
     NoisePolicy,
     PrivateRandomness,
@@ -17,6 +18,7 @@ from secure_ffm.privacy.noise import (
     box_muller_float32,
     box_muller_words,
     derive_key,
+    float32_key,
     new_secret,
     seeded_secret,
 )
@@ -120,11 +122,27 @@ def test_float32_gaussians_have_the_gaussian_distribution(stream):
     assert scipy.stats.kstest(draws.double().numpy() / 3.0, "norm").pvalue > 1e-3
 
 
-def test_the_secure_float32_gaussian_is_the_scaled_sum_of_four_box_muller_draws():
-    stream, bits = SecureStream(KEY), SecureStream(KEY).generator.bit_generator
-    for count in (5, 64):
-        summands = box_muller_float32(bits.random_raw(box_muller_words(4 * count)), 4 * count).view(4, count)
+def test_the_secure_float32_gaussian_is_the_scaled_sum_of_four_box_muller_draws_on_the_aes_ctr_keystream():
+    # the reference keystream straight from the AES-128-CTR definition: AES_k(counter block i) for i = 0, 1, ...
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    counts = (64, 5, 3)  # the later draws continue the keystream, from the middle of a block after an odd draw
+    sizes = [box_muller_words(4 * count) for count in counts]
+    blocks = (sum(sizes) + 1) // 2
+    counters = b"".join(i.to_bytes(16, "big") for i in range(blocks))
+    keystream = np.frombuffer(Cipher(algorithms.AES(float32_key(KEY)), modes.ECB()).encryptor().update(counters), dtype=np.uint64)
+    stream, start = SecureStream(KEY), 0
+    for count, size in zip(counts, sizes, strict=True):
+        summands = box_muller_float32(keystream[start : start + size].copy(), 4 * count).view(4, count)
         torch.testing.assert_close(stream.normal_float32(count, 2.5), summands.sum(0) * 1.25, rtol=0, atol=0)
+        start += size
+
+
+def test_aes_ctr_words_continue_across_calls_and_chunks():
+    key = bytes(range(16))
+    whole = AesCtrWords(key).words(300_000)  # 2.4 MB: more than one 1 MiB chunk
+    parts = AesCtrWords(key)
+    np.testing.assert_array_equal(np.concatenate([parts.words(1), parts.words(200_000), parts.words(99_999)]), whole)
 
 
 @pytest.mark.parametrize("stream", [SecureStream, FastStream])
