@@ -30,6 +30,7 @@ import attacks  # noqa: F401 - registers the attacks
 from secure_ffm.config import ModelConfig, check_local_paths, config_from_dict, parse_override, read_toml
 from secure_ffm.errors import ConfigError
 from secure_ffm.run.cli import command
+from secure_ffm.startup import collector_paused
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +206,8 @@ class _Progress:
 
 @command("attack", help="audit leakage: attack captured observations (--run) or cases built from a config", configure=configure)
 def attack_command(args: argparse.Namespace) -> int:
-    from attacks.audit import AuditCase, audit_capture_many, audit_config_many, read_run_config
+    with collector_paused():  # secure_ffm.startup
+        from attacks.audit import AuditCase, audit_capture_many, audit_config_many, read_run_config
 
     set_attack, set_case, overrides = _split_overrides(args.set)
     if args.samples is not None and args.samples < 1:

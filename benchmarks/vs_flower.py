@@ -127,9 +127,8 @@ def raw_config(case: str, workers: int, test_examples: int) -> dict[str, Any]:
 # --------------------------------------------------------------------------- children (the measured processes)
 
 
-def child_secure_ffm(raw: dict[str, Any], out: Path) -> None:
-    """secure-ffm's in-process run; writes the first training step's timestamp and the clients of each round."""
-    stamps: dict[str, float] = {}
+def _prepare_secure_ffm(raw: dict[str, Any], stamps: dict[str, float]) -> Any:
+    """The child's imports (with the trainer and the pool's replies timestamped into ``stamps``) and ``prepare_run``."""
     from secure_ffm.engine import training
 
     original = training.StandardTrainer.train
@@ -149,13 +148,26 @@ def child_secure_ffm(raw: dict[str, Any], out: Path) -> None:
             yield reply
 
     worker_pool.WorkerPoolTransport.fit = fit  # type: ignore[method-assign]
+    from secure_ffm.config import config_from_dict
+    from secure_ffm.run.simulation import prepare_run
+
+    return prepare_run(config_from_dict(raw))
+
+
+def child_secure_ffm(raw: dict[str, Any], out: Path) -> None:
+    """secure-ffm's in-process run; writes the first training step's timestamp and the clients of each round. The
+    imports and the set-up run with the garbage collector paused, as ``secure-ffm train`` runs them
+    (secure_ffm.startup)."""
+    from secure_ffm.startup import collector_paused
+
+    stamps: dict[str, float] = {}
+    with collector_paused():
+        prepared = _prepare_secure_ffm(raw, stamps)
+    stamps["prepared"] = time.time()
     import torch
 
-    from secure_ffm.config import config_from_dict
-    from secure_ffm.run.simulation import Simulation, prepare_run
+    from secure_ffm.run.simulation import Simulation
 
-    prepared = prepare_run(config_from_dict(raw))
-    stamps["prepared"] = time.time()
     simulation = Simulation(prepared)
     summary = simulation.run()
     result = {

@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from secure_ffm.run.cli import command
+from secure_ffm.startup import collector_paused
 
 
 def configure_sweep(parser: argparse.ArgumentParser) -> None:
@@ -40,8 +41,9 @@ def configure_report(parser: argparse.ArgumentParser) -> None:
 
 @command("sweep", help="train and audit a grid of privacy settings, writing sweep.jsonl/sweep.csv", configure=configure_sweep)
 def sweep_command(args: argparse.Namespace) -> int:
-    from eval.spec import load_sweep
-    from eval.sweep import run_sweep
+    with collector_paused():  # secure_ffm.startup
+        from eval.spec import load_sweep
+        from eval.sweep import run_sweep
 
     spec = load_sweep(args.sweep)  # every point validated here: a bad setting exits 2 before anything is written
     out_dir = Path(args.out) if args.out else Path("runs") / f"sweep-{spec.name}"

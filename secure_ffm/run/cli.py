@@ -19,6 +19,7 @@ os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from secure_ffm.errors import ConfigError, SecureFFMError  # noqa: E402
+from secure_ffm.startup import collector_paused  # noqa: E402
 
 EXIT_BAD_INPUT = 2
 CommandFn = Callable[[argparse.Namespace], int]
@@ -109,20 +110,21 @@ def _atomic_leftover(path: Path) -> bool:
 
 @command("train")
 def train_command(args: argparse.Namespace) -> int:
-    from secure_ffm.config import check_local_paths, load_config
-    from secure_ffm.run.simulation import Simulation, prepare_run, read_run_config
+    with collector_paused():  # the imports and the set-up (secure_ffm.startup)
+        from secure_ffm.config import check_local_paths, load_config
+        from secure_ffm.run.simulation import Simulation, prepare_run, read_run_config
 
-    if args.resume and args.out is None:
-        raise ConfigError("--resume", "needs the run directory", "pass --out RUN_DIR of the run to resume")
-    if args.out is not None and not args.out.strip():
-        raise ConfigError("--out", "is empty", "pass a directory, e.g. --out runs/my-run")
-    config = load_config(args.config, overrides=args.set)
-    check_local_paths(config, beside=Path(args.config).parent)
-    out_dir = Path(args.out) if args.out else _default_out_dir(config.run.name)
-    check_out_dir(out_dir, resume=args.resume)
-    if args.resume:
-        read_run_config(out_dir, config)  # a damaged or different config.toml is refused before the data loads
-    prepared = prepare_run(config)  # every data/model error is raised here, before anything is written
+        if args.resume and args.out is None:
+            raise ConfigError("--resume", "needs the run directory", "pass --out RUN_DIR of the run to resume")
+        if args.out is not None and not args.out.strip():
+            raise ConfigError("--out", "is empty", "pass a directory, e.g. --out runs/my-run")
+        config = load_config(args.config, overrides=args.set)
+        check_local_paths(config, beside=Path(args.config).parent)
+        out_dir = Path(args.out) if args.out else _default_out_dir(config.run.name)
+        check_out_dir(out_dir, resume=args.resume)
+        if args.resume:
+            read_run_config(out_dir, config)  # a damaged or different config.toml is refused before the data loads
+        prepared = prepare_run(config)  # every data/model error is raised here, before anything is written
     simulation = Simulation(prepared, out_dir=out_dir, observer=ProgressBars(not args.quiet))
     summary = simulation.run(resume=args.resume)
     final = summary["final"]
@@ -138,9 +140,10 @@ def train_command(args: argparse.Namespace) -> int:
 @command("deploy")
 def deploy_command(args: argparse.Namespace) -> int:
     """Run a config on a loopback Flower federation (SuperLink + one SuperNode per client) into a run directory."""
-    from secure_ffm.config import check_local_paths, load_config
-    from secure_ffm.flower.deploy import deploy
-    from secure_ffm.run.deployment import check_deployable
+    with collector_paused():  # secure_ffm.startup
+        from secure_ffm.config import check_local_paths, load_config
+        from secure_ffm.flower.deploy import deploy
+        from secure_ffm.run.deployment import check_deployable
 
     if args.out is not None and not args.out.strip():
         raise ConfigError("--out", "is empty", "pass a directory, e.g. --out runs/my-deployment")
@@ -292,7 +295,8 @@ class PipelineProgress:
 @command("pipeline")
 def pipeline_command(args: argparse.Namespace) -> int:
     """Validate a pipeline file whole, then run its stages not complete yet (docs/ffm.md, "Pipelines")."""
-    from secure_ffm.run.pipeline import load_pipeline, run_pipeline
+    with collector_paused():  # secure_ffm.startup
+        from secure_ffm.run.pipeline import load_pipeline, run_pipeline
 
     if args.out is not None and not args.out.strip():
         raise ConfigError("--out", "is empty", "pass a directory, e.g. --out runs/my-pipeline")
