@@ -1,0 +1,81 @@
+"""The noise of a DP-SGD step is the stream's float32 draw for the trained parameters, in order, times z C / B."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from secure_ffm.config import config_from_dict
+from secure_ffm.privacy.dp_sgd import DPStep, noise_like
+from secure_ffm.privacy.noise import FastStream, SecureStream
+from secure_ffm.run.simulation import prepare_run
+
+KEY = bytes(range(32))
+SIZE, Z, C = 12, 1.3, 0.2
+
+
+@pytest.fixture(scope="module")
+def prepared():
+    raw = {
+        "run": {"seed": 3},
+        "data": {"dataset": "fashion_mnist", "max_train_examples": 200, "max_test_examples": 50, "num_clients": 2},
+        "model": {"arch": "cnn", "finetune": "full"},
+        "privacy": {"mode": "dp-sgd"},
+    }
+    return prepare_run(config_from_dict(raw))
+
+
+def stepped(prepared, *, mode, noise_multiplier, stream, noise_only=False):
+    """The trained parameters after one SGD (lr 1) DP step on the first SIZE examples."""
+    model = copy.deepcopy(prepared.model)
+    model.module.train()
+    params = [p for _, p in model.trainable_named_parameters()]
+    stepper = DPStep(
+        model,
+        torch.optim.SGD(params, lr=1.0),
+        mode=mode,
+        noise_multiplier=noise_multiplier,
+        max_grad_norm=C,
+        expected_batch_size=SIZE,
+        noise=stream,
+    )
+    try:
+        if noise_only:
+            stepper.noise_only_step()
+        else:
+            stepper.step(model.make_batch(prepared.encoded_private, np.arange(SIZE)))
+    finally:
+        stepper.close()
+    return {name: p.detach().clone() for name, p in model.trainable_named_parameters()}
+
+
+@pytest.mark.parametrize(
+    ("mode", "stream_type"),
+    [("hooks", FastStream), ("ghost", FastStream), ("bookkeeping", FastStream), ("bookkeeping", SecureStream)],
+)
+def test_a_step_adds_the_streams_draw_times_z_c_over_the_batch(prepared, mode, stream_type):
+    noisy = stepped(prepared, mode=mode, noise_multiplier=Z, stream=stream_type(KEY))
+    clean = stepped(prepared, mode=mode, noise_multiplier=0.0, stream=stream_type(bytes(32)))
+    shapes = [p for _, p in prepared.model.trainable_named_parameters()]
+    expected = noise_like(stream_type(KEY), shapes, Z * C)
+    for (name, before), noise in zip(prepared.model.trainable_named_parameters(), expected, strict=True):
+        assert noise.dtype == before.dtype and noise.shape == before.shape
+        # SGD at lr 1: after - before = -(clipped sum + noise) / B, so the two runs differ by -noise / B
+        torch.testing.assert_close(noisy[name] - clean[name], -noise / SIZE, rtol=0, atol=1e-6, msg=name)
+
+
+def test_an_empty_batch_step_is_noise_only(prepared):
+    after = stepped(prepared, mode="bookkeeping", noise_multiplier=Z, stream=SecureStream(KEY), noise_only=True)
+    before = [p for _, p in prepared.model.trainable_named_parameters()]
+    expected = noise_like(SecureStream(KEY), before, Z * C / SIZE)
+    for (name, p), noise in zip(prepared.model.trainable_named_parameters(), expected, strict=True):
+        torch.testing.assert_close(after[name] - p.detach(), -noise, rtol=0, atol=1e-7, msg=name)
+
+
+def test_noise_like_splits_one_float32_draw_in_order_and_keeps_other_dtypes():
+    tensors = [torch.zeros(3, 4), torch.zeros(5, dtype=torch.float64), torch.zeros(2)]
+    parts = noise_like(FastStream(KEY), tensors, 2.0)
+    shared = FastStream(KEY).normal_float32(14, 2.0)
+    assert torch.equal(parts[0], shared[:12].view(3, 4)) and torch.equal(parts[2], shared[12:])
+    assert parts[1].dtype == torch.float64 and parts[1].shape == (5,)
