@@ -40,7 +40,8 @@ glibc malloc thresholds (``secure_ffm.allocator``) as secure-ffm's.
 
 Measured for each run:
 
-- **wall**: seconds of the whole subprocess, from launching it to its exit (Ray's shut-down included);
+- **wall**: seconds of the whole subprocess, from launching it to its exit (Ray's shut-down included; until
+  2026-12-06 this was taken at the first 0.2 s memory sample after the exit, up to 0.2 s late);
 - **start-up**: seconds from launching it to the first client's first training step (secure-ffm: the first call of
   its trainer, timestamped by the child; with worker processes, the first update a worker returns, a little later;
   Flower: the first ClientApp call that starts training, after that actor has loaded its data, timestamped in a file;
@@ -397,7 +398,7 @@ def measure(system: str, case: str, test_examples: int, work: Path, quiet: tuple
         start = time.time()
         child = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
         root = psutil.Process(child.pid)
-        while child.poll() is None:
+        while True:
             total, members = 0, [root]
             try:
                 members += root.children(recursive=True)
@@ -416,7 +417,11 @@ def measure(system: str, case: str, test_examples: int, work: Path, quiet: tuple
             if len(loads) % PSS_EVERY == 0:
                 peak_pss = max(peak_pss, sum(pss_bytes(process.pid) for process in members))
             loads.append(os.getloadavg()[0])
-            time.sleep(SAMPLE_SECONDS)
+            try:  # the next sample in 0.2 s, but the wall time to the exit itself (not to the next sample)
+                child.wait(timeout=SAMPLE_SECONDS)
+                break
+            except subprocess.TimeoutExpired:
+                pass
         wall = time.time() - start
         busy, sampler = busy_cpu_seconds() - busy_start, self_cpu_seconds() - self_start
     own = sum(cpu.values())  # the process tree's CPU seconds, each process's as last sampled (up to 0.2 s short)
