@@ -52,33 +52,6 @@ UNDECLARED_NORMALIZATION = FASHION_MNIST_NORMALIZATION
 Fashion-MNIST statistics, the reference dataset of these models."""
 
 
-def max_pool_channels_last(x: torch.Tensor, kernel_size: int, stride: int) -> torch.Tensor:
-    """``F.max_pool2d(x, kernel_size, stride)``, computed in the channels-last layout and returned as a contiguous NCHW
-    tensor.
-
-    The same values (a max is exact) and the same gradients (tested bitwise: both kernels give a window's gradient to
-    its first maximum), faster: torch's CPU max-pool kernel over an NCHW tensor with few channels is slow. One pool of
-    the ``cnn``'s first feature map (32x16x28x28) took 2.2 ms forward against 0.2 ms channels-last plus 0.2 ms for the
-    conversion (one thread, 2026-12-06). Whole training steps, one thread, interleaved medians on this project's
-    machine: the ``cnn`` at batch 32 6.6 ms against 7.0 ms (at batch 64 12.2 against 12.8 ms; with the convolutions
-    channels-last too it was faster still, 5.7 ms, but no longer bitwise equal, so they stay NCHW), the ``tanh-cnn``
-    (2x2 stride-1 pools) at batch 64 6.0 ms against 8.4 ms."""
-    return F.max_pool2d(_ChannelsLast.apply(x), kernel_size, stride).contiguous()
-
-
-class _ChannelsLast(torch.autograd.Function):
-    """``x`` in the channels-last layout; its gradient goes back in the contiguous (NCHW) layout, which the layers
-    below it (and DP-SGD's per-example gradients of the convolution, secure_ffm.privacy.bookkeeping) expect."""
-
-    @staticmethod
-    def forward(ctx: object, x: torch.Tensor) -> torch.Tensor:  # noqa: ARG004 - the autograd.Function signature
-        return x.contiguous(memory_format=torch.channels_last)
-
-    @staticmethod
-    def backward(ctx: object, grad: torch.Tensor) -> torch.Tensor:  # noqa: ARG004
-        return grad.contiguous()
-
-
 class SmallCNN(nn.Module):
     """conv 3x3 (16) -> pool -> conv 3x3 (32) -> pool -> fc 128 -> head; ReLU throughout.
 
@@ -109,9 +82,13 @@ class SmallCNN(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         # relu(max_pool(x)) = max_pool(relu(x)), with the same gradient (the first maximum of a window is the same
-        # positive entry, and a window with no positive entry passes none): the ReLU then touches a quarter of the values
-        x = F.relu(max_pool_channels_last(self.conv1(pixels), 2, 2))
-        x = F.relu(max_pool_channels_last(self.conv2(x), 2, 2))
+        # positive entry, and a window with no positive entry passes none): the ReLU then touches a quarter of the values.
+        # The channels-last layout from conv1's output on: the pools run in it (torch's NCHW max-pool kernel is slow for
+        # few channels) and conv2 reads and writes it, so no conversion back (flatten copies into fc's NCHW order).
+        # A step at batch 32, one thread: 4.7-5.1 ms against 5.9-6.1 ms with NCHW convolutions around channels-last pools
+        # (2026-12-06); conv2's sums then run in another order, so gradients differ from the NCHW model's by about 1e-8.
+        x = F.relu(F.max_pool2d(self.conv1(pixels).contiguous(memory_format=torch.channels_last), 2, 2))
+        x = F.relu(F.max_pool2d(self.conv2(x), 2, 2))
         x = F.relu(self.fc(x.flatten(1)))
         return self.head(x)
 

@@ -123,7 +123,13 @@ def _conv2d_patches(layer: nn.Conv2d, a: Tensor, g: Tensor) -> Tensor:
     batch, channels, out_h, out_w = a.shape[0], a.shape[1], *g.shape[2:]
     sb, sc, sy, sx = padded.stride()
     patches = padded.as_strided((batch, channels, kh, kw, out_h, out_w), (sb, sc, sy * dh, sx * dw, sy * sh, sx * sw))
-    return torch.bmm(g.flatten(2), patches.reshape(batch, channels * kh * kw, out_h * out_w).transpose(1, 2))
+    patches = patches.reshape(batch, channels * kh * kw, out_h * out_w)
+    if g.dim() == 4 and not g.is_contiguous() and g.is_contiguous(memory_format=torch.channels_last):
+        # a channels-last output gradient is (B, H W, C_out) in memory: one product with that view gives each example's
+        # transposed gradient (the NCHW view's product ran off torch's fast path: 2.3 ms against 0.6 ms for SmallCNN's
+        # conv1 at batch 64, one thread)
+        return torch.bmm(patches, g.permute(0, 2, 3, 1).reshape(batch, out_h * out_w, -1)).transpose(1, 2)
+    return torch.bmm(g.flatten(2), patches.transpose(1, 2))
 
 
 def _conv2d_grouped(layer: nn.Conv2d, a: Tensor, g: Tensor) -> Tensor:
@@ -154,7 +160,7 @@ def _conv2d(layer: nn.Conv2d, a: Tensor, g: Tensor) -> _PerExample:
     grads = {}
     if layer.weight.requires_grad:
         per_example = _conv2d_grouped if layer.in_channels >= GROUPED_CONV_MIN_CHANNELS else _conv2d_patches
-        grads[layer.weight] = per_example(layer, a, g).view(batch, *layer.weight.shape)
+        grads[layer.weight] = per_example(layer, a, g).reshape(batch, *layer.weight.shape)
     if layer.bias is not None and layer.bias.requires_grad:
         grads[layer.bias] = g.flatten(2).sum(2)
     return _PerExample(grads)

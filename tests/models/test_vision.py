@@ -182,21 +182,7 @@ def test_a_colour_normalization_is_refused_by_the_greyscale_models(fashion_512: 
         image_model("cnn").encode(data)
 
 
-@pytest.mark.parametrize(("shape", "stride"), [((8, 16, 13, 13), 1), ((8, 16, 28, 28), 2)])
-def test_the_channels_last_pool_gives_max_pool2ds_values_and_gradients(shape: tuple[int, ...], stride: int) -> None:
-    from secure_ffm.models.vision import max_pool_channels_last
-
-    torch.manual_seed(0)
-    x = torch.tanh(3 * torch.randn(shape)).requires_grad_()  # saturated values give ties, as trained models do
-    reference = F.max_pool2d(x, 2, stride)
-    g = torch.randn(reference.shape)
-    (reference_grad,) = torch.autograd.grad(reference, x, g)
-    ours = max_pool_channels_last(x, 2, stride)
-    (ours_grad,) = torch.autograd.grad(ours, x, g)
-    assert ours.is_contiguous() and torch.equal(ours, reference) and torch.equal(ours_grad, reference_grad)
-
-
-def test_the_cnns_pool_then_relu_gives_the_textbook_forward_and_gradients_bitwise() -> None:
+def test_the_cnns_pool_then_relu_gives_the_textbook_forward_and_gradients() -> None:
     from secure_ffm.models.vision import SmallCNN
 
     torch.manual_seed(0)
@@ -214,4 +200,7 @@ def test_the_cnns_pool_then_relu_gives_the_textbook_forward_and_gradients_bitwis
     for forward in (model, textbook):
         logits = forward(pixels)
         results.append([logits, *torch.autograd.grad(F.cross_entropy(logits, labels), list(model.parameters()))])
-    assert all(torch.equal(a, b) for a, b in zip(*results, strict=True))
+    # channels-last convolutions sum in another order: float rounding only (a tie resolved differently, or a ReLU
+    # before the pool that passed another window's gradient, would move a gradient entry by its own size, about 1e-2)
+    for ours, reference in zip(*results, strict=True):
+        torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-7)

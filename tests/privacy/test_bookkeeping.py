@@ -15,9 +15,11 @@ from secure_ffm.privacy.dp_sgd import auto_grad_sample_mode
 
 
 class Net(nn.Module):
-    """conv -> ReLU -> conv -> per-position Linear (3-D input) -> pool -> Linear -> Linear, ``inplace`` ReLUs optional."""
+    """conv -> ReLU -> conv -> per-position Linear (3-D input) -> pool -> Linear -> Linear, ``inplace`` ReLUs optional;
+    ``channels_last``: from conv1's output on in the channels-last layout, as the project's CNNs (the later convolutions'
+    inputs and output gradients are channels-last)."""
 
-    def __init__(self, *, stride, padding, dilation, bias, inplace=False, twice=False):
+    def __init__(self, *, stride, padding, dilation, bias, inplace=False, twice=False, channels_last=False):
         super().__init__()
         self.conv1 = nn.Conv2d(1, 3, 3, stride=stride, padding=padding, dilation=dilation, bias=bias)
         self.conv2 = nn.Conv2d(3, 5, 2, padding=padding, bias=bias)  # 3 input channels: strided patches
@@ -27,9 +29,11 @@ class Net(nn.Module):
         self.head = nn.Linear(6, 3, bias=bias)
         self.relu = nn.ReLU(inplace=inplace)
         self.twice = twice
+        self.channels_last = channels_last
 
     def forward(self, x):
-        x = self.relu(self.conv1(x))
+        x = self.conv1(x)
+        x = self.relu(x.contiguous(memory_format=torch.channels_last) if self.channels_last else x)
         x = self.relu(self.conv3(self.relu(self.conv2(x))))
         x = self.relu(self.token(x.flatten(2).transpose(1, 2))).mean(1)  # (B, positions, 4) -> (B, 6)
         x = self.relu(self.fc(x))
@@ -78,10 +82,11 @@ def assert_matches_loop(model, x, y, max_grad_norm):
     batch=st.integers(1, 6),
     max_grad_norm=st.floats(1e-3, 10.0),
     seed=st.integers(0, 2**16),
+    channels_last=st.booleans(),
 )
-def test_clipped_sum_equals_a_loop_over_examples(stride, padding, dilation, bias, batch, max_grad_norm, seed):
+def test_clipped_sum_equals_a_loop_over_examples(stride, padding, dilation, bias, batch, max_grad_norm, seed, channels_last):
     torch.manual_seed(seed)
-    model = Net(stride=stride, padding=padding, dilation=dilation, bias=bias).double()
+    model = Net(stride=stride, padding=padding, dilation=dilation, bias=bias, channels_last=channels_last).double()
     x, y = torch.randn(batch, 1, 11, 11, dtype=torch.float64), torch.randint(0, 3, (batch,))
     assert_matches_loop(model, x, y, max_grad_norm)
 
@@ -152,9 +157,10 @@ def test_auto_picks_bookkeeping_where_every_trained_layer_has_a_rule(arch, finet
     assert auto_grad_sample_mode(model) == mode
 
 
-def test_float32_matches_the_loop_to_float_precision():
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_float32_matches_the_loop_to_float_precision(channels_last):
     torch.manual_seed(4)
-    model = Net(stride=1, padding=1, dilation=1, bias=True)
+    model = Net(stride=1, padding=1, dilation=1, bias=True, channels_last=channels_last)
     x, y = torch.randn(6, 1, 10, 10), torch.randint(0, 3, (6,))
     params, expected = loop_clipped_sum(model, x, y, 0.1)
     for e, g in zip(expected, bookkeeping_clipped_sum(model, x, y, 0.1), strict=True):
