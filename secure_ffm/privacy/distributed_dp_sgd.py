@@ -51,7 +51,7 @@ from secure_ffm.models.base import EncodedData, FederatedModel
 from secure_ffm.privacy import accounting
 from secure_ffm.privacy.accounting import PrivacyLedger
 from secure_ffm.privacy.distributed import DiscreteGaussianSum, minimum_shares
-from secure_ffm.privacy.dp_sgd import EPSILON_SLACK
+from secure_ffm.privacy.dp_sgd import EPSILON_SLACK, nchw_convolution_inputs
 from secure_ffm.privacy.mechanisms import AuditReplay, PrivacyMechanism, check_extension, plan_header, planned_federated_rounds, spread
 from secure_ffm.privacy.noise import DISCRETE_SHARE, DP_SGD_SAMPLING, NOISE_SHARE, NoisePolicy, NoiseStream, PrivateRandomness
 
@@ -151,6 +151,7 @@ def clipped_gradient_sum(
     sizes = [p.numel() for p in params] if per_layer else None
     model.module.train()
     wrapped = GradSampleModule(model.module, batch_first=True, loss_reduction="sum")
+    layout_hooks = nchw_convolution_inputs(model.module)  # Opacus' conv gradients assume NCHW inputs
     try:
         for begin in range(0, len(chosen), physical_batch):
             batch = model.make_training_batch(encoded, chosen[begin : begin + physical_batch], generator=generator)
@@ -164,6 +165,8 @@ def clipped_gradient_sum(
             rows = torch.cat([p.grad_sample.reshape(p.grad_sample.shape[0], -1) for p in params], dim=1).double().numpy()
             total += sink(clip_rows(rows, clip_norm, sizes=sizes))
     finally:
+        for handle in layout_hooks:
+            handle.remove()
         wrapped.cleanup()
         for p in params:
             p.grad = None

@@ -143,6 +143,26 @@ def auto_grad_sample_mode(model: FederatedModel) -> str:
     return "bookkeeping" if bookkeeping_supported(model.module) else "ghost"
 
 
+def nchw_convolution_inputs(module: nn.Module) -> list[Any]:
+    """Forward pre-hooks (their handles) that give every ``Conv2d`` of ``module`` its input in the contiguous NCHW layout.
+
+    Opacus' per-sample convolution gradients and ghost norms (``opacus.utils.tensor_utils.unfold2d``, Opacus 1.5.x)
+    build the patch view with NCHW strides whatever the input's layout, so a channels-last input (the project's CNNs run
+    in that layout from conv1's output on, secure_ffm.models.vision) gets silently wrong per-example gradients: conv2's
+    were off by 0.12 where they are about 0.05 (the test replaying distributed DP-SGD without noise caught it). Wherever
+    Opacus' hooks wrap a model, its convolutions therefore read NCHW inputs, and Opacus records those. Book-keeping
+    (secure_ffm.privacy.bookkeeping) reads the tensors' own strides and needs no such hook.
+    """
+
+    def to_nchw(layer: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        x = args[0] if args else None
+        if isinstance(x, torch.Tensor) and x.dim() == 4 and not x.is_contiguous():
+            return (x.contiguous(), *args[1:])
+        return None
+
+    return [layer.register_forward_pre_hook(to_nchw) for layer in module.modules() if isinstance(layer, nn.Conv2d)]
+
+
 def noise_like(stream: NoiseStream, tensors: list[torch.Tensor], std: float) -> list[torch.Tensor]:
     """N(0, std^2) noise of each tensor's shape and dtype from ``stream``, the noise of one DP-SGD step.
 
@@ -266,6 +286,7 @@ class DPStep:
         self.wrapped: Any = None
         self.optimizer: Any = None
         self.clipper: Any = None
+        self._layout_hooks: list[Any] = []
         GRAD_SAMPLE_MODES[mode].setup(self)
         self.noise = noise
 
@@ -300,6 +321,7 @@ class DPStep:
         else:
             self.wrapped = GradSampleModule(self.model.module, batch_first=True, loss_reduction="mean")
             self.optimizer = _secret_noise_optimizer(DPOptimizer)(self.base, **kwargs)
+        self._layout_hooks = nchw_convolution_inputs(self.model.module)
 
     def _setup_bookkeeping(self) -> None:
         from secure_ffm.privacy.bookkeeping import BookkeepingClipper
@@ -376,6 +398,9 @@ class DPStep:
         if self.clipper is not None:
             self.clipper.close()
             return
+        for handle in self._layout_hooks:
+            handle.remove()
+        self._layout_hooks = []
         self.wrapped.cleanup()
         for p in self.params:
             for attr in ("grad_sample", "summed_grad", "_forward_counter"):

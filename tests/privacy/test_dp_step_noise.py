@@ -79,3 +79,13 @@ def test_noise_like_splits_one_float32_draw_in_order_and_keeps_other_dtypes():
     shared = FastStream(KEY).normal_float32(14, 2.0)
     assert torch.equal(parts[0], shared[:12].view(3, 4)) and torch.equal(parts[2], shared[12:])
     assert parts[1].dtype == torch.float64 and parts[1].shape == (5,)
+
+
+def test_the_three_modes_clip_the_channels_last_cnn_alike(prepared):
+    # the cnn runs channels-last from conv1's output on; Opacus' conv per-sample gradients assume NCHW inputs, so the
+    # hooks and ghost modes hand its convolutions NCHW copies (dp_sgd.nchw_convolution_inputs); book-keeping reads any
+    steps = {mode: stepped(prepared, mode=mode, noise_multiplier=0.0, stream=FastStream(KEY)) for mode in ("hooks", "ghost", "bookkeeping")}
+    for name, _ in prepared.model.trainable_named_parameters():
+        for mode in ("hooks", "ghost"):
+            torch.testing.assert_close(steps[mode][name], steps["bookkeeping"][name], rtol=1e-5, atol=1e-7, msg=f"{mode} {name}")
+    assert all(not layer._forward_pre_hooks for layer in prepared.model.module.modules())  # close() removed them
