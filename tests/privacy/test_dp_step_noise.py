@@ -1,13 +1,11 @@
 """The noise of a DP-SGD step is the stream's float32 draw for the trained parameters, in order, times z C / B."""
 
-import copy
-
-import numpy as np
 import pytest
 import torch
+from dp_step_runner import one_dp_step  # tests/privacy/dp_step_runner.py (on sys.path under pytest)
 
 from secure_ffm.config import config_from_dict
-from secure_ffm.privacy.dp_sgd import DPStep, noise_like
+from secure_ffm.privacy.dp_sgd import noise_like
 from secure_ffm.privacy.noise import FastStream, SecureStream
 from secure_ffm.run.simulation import prepare_run
 
@@ -28,26 +26,10 @@ def prepared():
 
 def stepped(prepared, *, mode, noise_multiplier, stream, noise_only=False):
     """The trained parameters after one SGD (lr 1) DP step on the first SIZE examples."""
-    model = copy.deepcopy(prepared.model)
-    model.module.train()
-    params = [p for _, p in model.trainable_named_parameters()]
-    stepper = DPStep(
-        model,
-        torch.optim.SGD(params, lr=1.0),
-        mode=mode,
-        noise_multiplier=noise_multiplier,
-        max_grad_norm=C,
-        expected_batch_size=SIZE,
-        noise=stream,
+    params, _ = one_dp_step(
+        prepared, mode=mode, noise_multiplier=noise_multiplier, max_grad_norm=C, size=SIZE, stream=stream, noise_only=noise_only
     )
-    try:
-        if noise_only:
-            stepper.noise_only_step()
-        else:
-            stepper.step(model.make_batch(prepared.encoded_private, np.arange(SIZE)))
-    finally:
-        stepper.close()
-    return {name: p.detach().clone() for name, p in model.trainable_named_parameters()}
+    return params
 
 
 @pytest.mark.parametrize(

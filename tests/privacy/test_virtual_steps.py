@@ -1,16 +1,16 @@
 """Virtual DP-SGD steps: a Poisson batch processed in physical chunks (privacy.max_physical_batch_size)."""
 
-import copy
 import json
 
 import numpy as np
 import pytest
 import torch
+from dp_step_runner import one_dp_step  # tests/privacy/dp_step_runner.py (on sys.path under pytest)
 from safetensors.numpy import load_file
 
 from secure_ffm.config import config_from_dict
 from secure_ffm.errors import ConfigError
-from secure_ffm.privacy.dp_sgd import DPStep, physical_chunks
+from secure_ffm.privacy.dp_sgd import physical_chunks
 from secure_ffm.privacy.noise import FastStream
 from secure_ffm.run.simulation import Simulation, prepare_run
 
@@ -36,25 +36,16 @@ def prepared():
 
 def one_step(prepared, *, mode, max_physical_batch_size, size=23):
     """The parameters after one DP step (z = 1, C = 0.1, SGD lr 1) on ``size`` examples, and the loss it reports."""
-    model = copy.deepcopy(prepared.model)
-    model.module.train()
-    params = [p for _, p in model.trainable_named_parameters()]
-    stepper = DPStep(
-        model,
-        torch.optim.SGD(params, lr=1.0),
+    return one_dp_step(
+        prepared,
         mode=mode,
         noise_multiplier=1.0,
         max_grad_norm=0.1,
-        expected_batch_size=size,
-        noise=FastStream(b"\1" * 16),
+        size=size,
+        stream=FastStream(b"\1" * 16),
         max_physical_batch_size=max_physical_batch_size,
+        generator=torch.Generator().manual_seed(0),
     )
-    batch = model.make_training_batch(prepared.encoded_private, np.arange(size), generator=torch.Generator().manual_seed(0))
-    try:
-        loss = stepper.step(batch)
-    finally:
-        stepper.close()
-    return {name: p.detach().clone() for name, p in model.trainable_named_parameters()}, loss
 
 
 def test_physical_chunks_split_a_batch_in_order_into_even_chunks_of_at_most_the_size(prepared):
