@@ -222,7 +222,7 @@ def flower_train(message: Any, context: Any) -> Any:
     config = message.content["config"]
     lr, batch_size, epochs = float(config["lr"]), int(config["batch-size"]), int(config["local-epochs"])
     indices = prepared.data.client_indices[partition]
-    pixels, labels = prepared.encoded_private.tensors["pixels"], prepared.encoded_private.labels
+    encoded = prepared.encoded_private  # uint8 image codes: make_batch standardises each batch, as in secure-ffm
     module = model.module
     optimizer = torch.optim.SGD(module.parameters(), lr=lr)
     _stamp("first_train")
@@ -231,9 +231,9 @@ def flower_train(message: Any, context: Any) -> Any:
     for _ in range(epochs):
         order = indices[torch.randperm(len(indices)).numpy()]
         for start in range(0, len(order), batch_size):
-            batch = torch.from_numpy(np.asarray(order[start : start + batch_size], dtype=np.int64))
+            batch = model.make_batch(encoded, np.asarray(order[start : start + batch_size], dtype=np.int64))
             optimizer.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(module(pixels[batch]), labels[batch])
+            loss = F.cross_entropy(module(batch.inputs["pixels"]), batch.labels)
             loss.backward()
             optimizer.step()
             total += float(loss.detach()) * len(batch)

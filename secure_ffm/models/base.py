@@ -41,8 +41,10 @@ class EncodedData:
     """Data turned into model-ready form once (tokenized text, normalized images)."""
 
     tensors: dict[str, Any]
-    """Per-example storage: image tensors of shape (N, C, H, W), or token-id arrays."""
+    """Per-example storage: images as uint8 codes of shape (N, C, H, W), or token-id arrays."""
     labels: torch.Tensor
+    normalization: Any = None
+    """Images: the normalization their batches are standardised with (the encoding model's, fixed at encoding)."""
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])

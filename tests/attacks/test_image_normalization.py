@@ -18,7 +18,7 @@ from secure_ffm.config import config_from_dict
 from secure_ffm.data.builtin import DIGITS_NORMALIZATION, FASHION_MNIST_NORMALIZATION
 from secure_ffm.data.normalization import ImageNormalization
 from secure_ffm.errors import MissingResourceError
-from secure_ffm.models.vision import UNDECLARED_NORMALIZATION
+from secure_ffm.models.vision import UNDECLARED_NORMALIZATION, all_pixels
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -54,7 +54,7 @@ def test_fashion_mnist_figures_are_unchanged() -> None:
 
 def test_the_audit_model_carries_the_datasets_normalization(digits_case) -> None:  # noqa: ANN001
     assert digits_case.model.normalization == DIGITS_NORMALIZATION
-    pixels = digits_case.encoded.tensors["pixels"]
+    pixels = all_pixels(digits_case.model, digits_case.encoded)
     low, high = pixel_box(normalization_of(digits_case.model))
     assert pixels.min().item() == pytest.approx(low, abs=1e-5) and pixels.max().item() == pytest.approx(high, abs=1e-5)
     assert low != pixel_box(FASHION_MNIST_NORMALIZATION)[0]

@@ -15,7 +15,7 @@ from secure_ffm.data.builtin import DIGITS_NORMALIZATION, FASHION_MNIST_NORMALIZ
 from secure_ffm.data.normalization import ImageNormalization
 from secure_ffm.errors import ConfigError, MissingResourceError
 from secure_ffm.models import FederatedModel, build_model
-from secure_ffm.models.vision import ImageModel, SmallCNN
+from secure_ffm.models.vision import ImageModel, SmallCNN, all_pixels
 
 ARCHS = ["cnn", "tanh-cnn", "vit"]
 
@@ -31,8 +31,10 @@ def mean_loss(model: FederatedModel, encoded: object) -> float:
 
 
 def test_encode_normalizes_to_one_channel_float(fashion_512: LabeledData) -> None:
-    encoded = image_model("cnn").encode(fashion_512)
-    pixels = encoded.tensors["pixels"]
+    model = image_model("cnn")
+    encoded = model.encode(fashion_512)
+    assert encoded.tensors["pixels"].dtype == torch.uint8  # stored as codes, standardised per batch
+    pixels = all_pixels(model, encoded)
     assert pixels.shape == (512, 1, 28, 28) and pixels.dtype == torch.float32
     (mean,), (std,) = FASHION_MNIST_NORMALIZATION.mean, FASHION_MNIST_NORMALIZATION.std
     assert pixels.min().item() == pytest.approx(-mean / std, abs=1e-5)
@@ -143,7 +145,7 @@ def test_the_model_keeps_the_normalization_of_the_data_it_encodes(fashion_512: L
 
     digits = digits_train()
     model = image_model("cnn")
-    pixels = model.encode(digits).tensors["pixels"]
+    pixels = all_pixels(model, model.encode(digits))
     assert model.normalization == DIGITS_NORMALIZATION  # the digits' own statistics, not Fashion-MNIST's
     (mean,), (std,) = DIGITS_NORMALIZATION.mean, DIGITS_NORMALIZATION.std
     assert pixels.min().item() == pytest.approx(-mean / std, abs=1e-5)
@@ -165,11 +167,12 @@ def test_images_without_a_declared_normalization_use_the_models(fashion_512: Lab
     bare = LabeledData(kind="image", inputs=fashion_512.inputs[:4], labels=fashion_512.labels[:4])
     assert bare.normalization is None
     model = image_model("cnn")
-    assert torch.equal(model.encode(bare).tensors["pixels"], image_model("cnn").encode(fashion_512.subset(np.arange(4))).tensors["pixels"])
+    other = image_model("cnn")
+    assert torch.equal(all_pixels(model, model.encode(bare)), all_pixels(other, other.encode(fashion_512.subset(np.arange(4)))))
     assert model.normalization == FASHION_MNIST_NORMALIZATION  # UNDECLARED_NORMALIZATION
 
     given = ImageModel(SmallCNN(10), num_classes=10, normalization=DIGITS_NORMALIZATION)
-    pixels = given.encode(bare).tensors["pixels"]
+    pixels = all_pixels(given, given.encode(bare))
     assert torch.equal(pixels, DIGITS_NORMALIZATION.normalize(torch.from_numpy(bare.inputs).float().div(255).unsqueeze(1)))
     with pytest.raises(ValueError, match="normalized with"):
         given.encode(fashion_512)
@@ -204,3 +207,12 @@ def test_the_cnns_pool_then_relu_gives_the_textbook_forward_and_gradients() -> N
     # before the pool that passed another window's gradient, would move a gradient entry by its own size, about 1e-2)
     for ours, reference in zip(*results, strict=True):
         torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-7)
+
+
+def test_a_batch_is_bitwise_the_whole_set_standardised_at_once(fashion_512: LabeledData) -> None:
+    # before 2026-12-06 encode stored float32 pixels standardised in one go; batches of uint8 codes must give the same
+    model = image_model("cnn")
+    encoded = model.encode(fashion_512)
+    whole = FASHION_MNIST_NORMALIZATION.normalize(torch.from_numpy(fashion_512.inputs.astype(np.float32)).div_(255.0), inplace=True)
+    indices = np.array([7, 3, 500, 3, 0])
+    assert torch.equal(model.make_batch(encoded, indices).inputs["pixels"], whole.unsqueeze(1)[torch.from_numpy(indices)])

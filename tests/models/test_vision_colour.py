@@ -15,7 +15,7 @@ from secure_ffm.data.base import DatasetSplits
 from secure_ffm.data.normalization import ImageNormalization
 from secure_ffm.errors import ConfigError
 from secure_ffm.models import build_model
-from secure_ffm.models.vision import ImageModel
+from secure_ffm.models.vision import ImageModel, all_pixels
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -34,7 +34,7 @@ def build(arch: str, *, num_classes: int = 3, shape=(3, 8, 8), seed: int = 0, **
 def test_colour_images_are_standardised_per_channel_and_classified(arch: str, rgb: DatasetSplits) -> None:
     model = build(arch)
     encoded = model.encode(rgb.train)
-    pixels = encoded.tensors["pixels"]
+    pixels = all_pixels(model, encoded)
     assert pixels.shape == (len(rgb.train), 3, 8, 8)
     assert torch.allclose(pixels.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-3)  # the training images' own statistics
     expected = (rgb.train.inputs[0, 2, 5, 1] / 255 - rgb.normalization.mean[1]) / rgb.normalization.std[1]
@@ -91,10 +91,10 @@ def test_a_lora_vit_exports_its_adapters_merged(rgb: DatasetSplits, tmp_path: Pa
     model = trained(build("vit", finetune="lora", lora_target_modules=("query", "value"), lora_rank=2), rgb)
     model.export_pretrained(tmp_path / "model")
     restarted = build("vit", name_or_path=str(tmp_path / "model"))
-    pixels = model.encode(rgb.test).tensors["pixels"]
+    pixels = all_pixels(model, model.encode(rgb.test))
     assert not any("lora_" in name for name in restarted.module.state_dict())
     with torch.no_grad():
-        assert torch.allclose(model.module(pixels), restarted.module(restarted.encode(rgb.test).tensors["pixels"]), atol=1e-5)
+        assert torch.allclose(model.module(pixels), restarted.module(all_pixels(restarted, restarted.encode(rgb.test))), atol=1e-5)
 
 
 def test_a_head_for_another_number_of_classes_is_reinitialised_seeded(rgb: DatasetSplits, tmp_path: Path, caplog) -> None:
@@ -114,7 +114,7 @@ def test_a_pretrained_model_standardises_other_data_with_its_own_normalization(r
     model.normalization = ImageNormalization(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
     model.export_pretrained(tmp_path / "model")
     restarted = build("cnn", name_or_path=str(tmp_path / "model"))
-    pixels = restarted.encode(rgb.train).tensors["pixels"]  # declared otherwise, not refused
+    pixels = all_pixels(restarted, restarted.encode(rgb.train))  # declared otherwise, not refused
     assert pixels[0, 0, 0, 0].item() == pytest.approx((rgb.train.inputs[0, 0, 0, 0] / 255 - 0.5) / 0.25, abs=1e-5)
 
 
@@ -162,3 +162,12 @@ def test_a_folder_that_does_not_load_is_a_config_error_on_name_or_path(export: P
     with pytest.raises(ConfigError) as caught:
         build("vit", name_or_path=str(target))
     assert caught.value.key == "model.name_or_path", str(caught.value)
+
+
+def test_a_colour_batch_is_bitwise_the_whole_set_standardised_at_once(rgb: DatasetSplits) -> None:
+    model = build("cnn")
+    encoded = model.encode(rgb.train)
+    channels_first = torch.from_numpy(np.ascontiguousarray(rgb.train.inputs.transpose(0, 3, 1, 2), dtype=np.float32)).div_(255.0)
+    whole = model.normalization.normalize(channels_first, inplace=True)
+    indices = np.array([1, 0, 4])
+    assert torch.equal(model.make_batch(encoded, indices).inputs["pixels"], whole[torch.from_numpy(indices)])
