@@ -10,9 +10,8 @@ paused; loading the data and building the model afterwards took the same 0.03 s 
 :func:`collector_paused` turns the collector off for the block and, after it, moves every object still alive into
 the permanent generation (``gc.freeze``), which later collections skip: the libraries' objects live as long as the
 process, so scanning them again during training finds nothing. Nothing is leaked that reference counting frees; only
-cyclic garbage created inside the block and still unreachable at its end stays. The commands that run a federation
-(``train``, ``pipeline``, ``deploy``, ``sweep``, ``attack``) wrap their imports and the run's set-up in it, before any
-training.
+cyclic garbage created inside the block and still unreachable at its end stays. ``train`` wraps its imports and the
+run's set-up (data, model, protocol) in it; ``pipeline``, ``deploy``, ``sweep`` and ``attack`` wrap their imports.
 """
 
 from __future__ import annotations
