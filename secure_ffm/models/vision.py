@@ -53,17 +53,9 @@ Fashion-MNIST statistics, the reference dataset of these models."""
 
 
 def standardise(encoded: EncodedData, codes: torch.Tensor) -> torch.Tensor:
-    """uint8 image ``codes`` (B, C, H, W) of ``encoded`` as float32 pixels scaled to [0, 1] and standardised with the
-    encoding's normalization; float pixels (built by hand) pass unchanged."""
-    if codes.dtype != torch.uint8:
-        return codes
-    normalization = encoded.normalization if encoded.normalization is not None else UNDECLARED_NORMALIZATION
-    return normalization.normalize(codes.to(torch.float32).div_(255.0), inplace=True)
-
-
-def all_pixels(model: Any, encoded: EncodedData) -> torch.Tensor:
-    """Every example of ``encoded`` as the model reads it: ``(N, C, H, W)`` standardised float32 pixels."""
-    return model.make_batch(encoded, np.arange(len(encoded))).inputs["pixels"]
+    """uint8 image ``codes`` (B, C, H, W) of ``encoded`` (:meth:`ImageModel.encode`) as float32 pixels scaled to
+    [0, 1] and standardised with the encoding's normalization."""
+    return encoded.normalization.normalize(codes.to(torch.float32).div_(255.0), inplace=True)
 
 
 class SmallCNN(nn.Module):

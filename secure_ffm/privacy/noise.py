@@ -214,7 +214,8 @@ class SecureStream(NoiseStream):
 
         self.generator = np.random.Generator(AESCounter(key=int.from_bytes(key[:16], "little")))
         self._scratch = np.empty(0)
-        self._float32_bits = AesCtrWords(float32_key(key))
+        self._key = key
+        self._float32_bits: AesCtrWords | None = None  # made on first use: most streams (sampling) never draw float32
 
     def random(self, size: int) -> np.ndarray:
         return self.generator.random(size)
@@ -234,6 +235,8 @@ class SecureStream(NoiseStream):
 
     def normal_float32(self, count: int, std: float) -> torch.Tensor:
         """The sum of :attr:`SUMMANDS` float32 Box-Muller Gaussians on the AES-CTR keystream, times ``std / sqrt(SUMMANDS)``."""
+        if self._float32_bits is None:
+            self._float32_bits = AesCtrWords(float32_key(self._key))
         values = self.SUMMANDS * count
         summands = box_muller_float32(self._float32_bits.words(box_muller_words(values)), values)
         return summands.view(self.SUMMANDS, count).sum(0).mul_(std / math.sqrt(self.SUMMANDS))

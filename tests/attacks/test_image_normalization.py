@@ -7,6 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from image_pixels import all_pixels  # tests/image_pixels.py (on sys.path under pytest)
 
 from attacks import Budget, ThreatModel, build_attack
 from attacks.audit import AuditCase, audit_config, prepare_case
@@ -18,7 +19,7 @@ from secure_ffm.config import config_from_dict
 from secure_ffm.data.builtin import DIGITS_NORMALIZATION, FASHION_MNIST_NORMALIZATION
 from secure_ffm.data.normalization import ImageNormalization
 from secure_ffm.errors import MissingResourceError
-from secure_ffm.models.vision import UNDECLARED_NORMALIZATION, all_pixels
+from secure_ffm.models.vision import UNDECLARED_NORMALIZATION
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

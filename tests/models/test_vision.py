@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from image_pixels import all_pixels  # tests/image_pixels.py (on sys.path under pytest)
 from opacus import GradSampleModule
 
 from secure_ffm.config import DataConfig, ModelConfig
@@ -15,7 +16,7 @@ from secure_ffm.data.builtin import DIGITS_NORMALIZATION, FASHION_MNIST_NORMALIZ
 from secure_ffm.data.normalization import ImageNormalization
 from secure_ffm.errors import ConfigError, MissingResourceError
 from secure_ffm.models import FederatedModel, build_model
-from secure_ffm.models.vision import ImageModel, SmallCNN, all_pixels
+from secure_ffm.models.vision import ImageModel, SmallCNN
 
 ARCHS = ["cnn", "tanh-cnn", "vit"]
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from image_pixels import all_pixels  # tests/image_pixels.py (on sys.path under pytest)
 
 from secure_ffm.config import DataConfig, ModelConfig
 from secure_ffm.data import load_dataset_splits
@@ -15,7 +16,7 @@ from secure_ffm.data.base import DatasetSplits
 from secure_ffm.data.normalization import ImageNormalization
 from secure_ffm.errors import ConfigError
 from secure_ffm.models import build_model
-from secure_ffm.models.vision import ImageModel, all_pixels
+from secure_ffm.models.vision import ImageModel
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
