@@ -70,18 +70,40 @@ def _unframe(data: bytes) -> tuple[dict[str, Any], NamedArrays]:
 
 
 def _write(stream: Any, data: bytes) -> None:
-    stream.write(len(data).to_bytes(8, "little") + data)
+    """One length-prefixed message, all of it (an unbuffered stream's ``write`` may take only part of it)."""
+    message = memoryview(len(data).to_bytes(8, "little") + data)
+    while message:
+        message = message[stream.write(message) :]
     stream.flush()
+
+
+def _read_exactly(stream: Any, size: int) -> bytes | None:
+    """``size`` bytes, or None if the stream ends first (an unbuffered stream's ``readinto`` may fill only part)."""
+    buffer = bytearray(size)
+    view = memoryview(buffer)
+    got = 0
+    while got < size:
+        count = stream.readinto(view[got:])
+        if not count:
+            return None
+        got += count
+    return bytes(buffer)
 
 
 def _read(stream: Any) -> bytes | None:
     """One length-prefixed message, or None at the end of the stream (the other side is gone)."""
-    head = stream.read(8)
-    if len(head) < 8:
+    head = _read_exactly(stream, 8)
+    if head is None:
         return None
-    size = int.from_bytes(head, "little")
-    data = stream.read(size)
-    return data if len(data) == size else None
+    return _read_exactly(stream, int.from_bytes(head, "little"))
+
+
+def _open_replies(fd: int) -> Any:
+    """The run's end of a worker's reply pipe, unbuffered. The pool waits on the pipe itself (``select``) for the next
+    reply; a buffered reader may take the next reply's bytes out of the pipe along with the one it was asked for, and
+    ``select`` would then never report it: the run and the worker would each wait for the other forever (it happened
+    when a worker held two requests and answered both before the run read the first)."""
+    return os.fdopen(fd, "rb", buffering=0)
 
 
 PIPE_BYTES = 1 << 20
@@ -242,7 +264,7 @@ class _ForkedWorker:
         os.close(replies_w)
         self.pid = pid
         self.stdin = os.fdopen(requests_w, "wb")
-        self.stdout = os.fdopen(replies_r, "rb")
+        self.stdout = _open_replies(replies_r)
         self.returncode: int | None = None
 
     def fds(self) -> list[int]:
@@ -278,6 +300,12 @@ class _ForkedWorker:
                 os.kill(self.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def _spawn_worker(argv: Sequence[str]) -> subprocess.Popen[bytes]:
+    """A worker in a fresh interpreter, its pipes unbuffered: replies must be (:func:`_open_replies`), and each
+    request is one message written whole (:func:`_write`)."""
+    return subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
 
 
 def can_fork_workers() -> bool:
@@ -406,9 +434,7 @@ class WorkerPoolTransport(Transport):
             inherited = [fd for w in others if isinstance(w.process, _ForkedWorker) for fd in w.process.fds()]
             process = _ForkedWorker(inherited, self.local_run)
         else:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "secure_ffm.transports.worker_pool"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
-            )
+            process = _spawn_worker([sys.executable, "-m", "secure_ffm.transports.worker_pool"])
         self.started.append(process.pid)
         key_file = base64.b64encode(self.key_file).decode() if self.key_file is not None else ""
         _widen(process.stdin)

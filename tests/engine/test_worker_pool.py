@@ -2,8 +2,11 @@
 and leave no process behind."""
 
 import json
+import multiprocessing.connection
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -157,3 +160,44 @@ def test_auto_workers_need_more_client_rounds_when_workers_cannot_be_forked(tmp_
     assert Simulation(prepare_run(load_config(path))).workers == min(cores, 10)
     monkeypatch.setenv("SECURE_FFM_WORKER_START", "spawn")
     assert Simulation(prepare_run(load_config(path))).workers == 1
+
+
+TWO_REPLIES = """
+import os, sys
+import numpy as np
+from secure_ffm.transports.worker_pool import _frame, _write
+with os.fdopen(int(sys.argv[1]), "wb") as stream:
+    _write(stream, _frame({"reply": 1}, {"x": np.arange(3, dtype=np.float32)}))
+    _write(stream, _frame({"reply": 2}, {}))
+"""
+"""A worker's two replies, written to the file descriptor named by the first argument."""
+
+
+def test_a_forked_workers_reply_read_leaves_the_next_one_where_wait_sees_it():
+    # the pool waits on the pipe itself (select) before reading a reply; were the first read to pull the second reply
+    # into a buffer, wait would never report it and the run and the worker would wait for each other forever
+    from secure_ffm.transports.worker_pool import _open_replies, _read, _unframe
+
+    read_end, write_end = os.pipe()
+    writer = subprocess.Popen([sys.executable, "-c", TWO_REPLIES, str(write_end)], pass_fds=(write_end,))
+    os.close(write_end)
+    assert writer.wait(timeout=60) == 0  # both replies are in the pipe before the first is read
+    with _open_replies(read_end) as replies:
+        assert _unframe(_read(replies))[0] == {"reply": 1}
+        assert multiprocessing.connection.wait([replies], timeout=0) == [replies]
+        assert _unframe(_read(replies))[0] == {"reply": 2}
+        assert _read(replies) is None  # the end of the stream
+
+
+def test_a_spawned_workers_reply_read_leaves_the_next_one_where_wait_sees_it():
+    from secure_ffm.transports.worker_pool import _read, _spawn_worker, _unframe
+
+    process = _spawn_worker([sys.executable, "-c", TWO_REPLIES, "1"])
+    try:
+        assert process.wait(timeout=60) == 0  # both replies are in the pipe before the first is read
+        assert _unframe(_read(process.stdout))[0] == {"reply": 1}
+        assert multiprocessing.connection.wait([process.stdout], timeout=0) == [process.stdout]
+        assert _unframe(_read(process.stdout))[0] == {"reply": 2}
+    finally:
+        process.stdin.close()
+        process.stdout.close()
