@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -201,3 +202,32 @@ def test_a_spawned_workers_reply_read_leaves_the_next_one_where_wait_sees_it():
     finally:
         process.stdin.close()
         process.stdout.close()
+
+
+@pytest.mark.timeout(60)  # it takes about 3 s; before the fix it waited forever
+def test_a_worker_that_answers_both_its_requests_before_the_run_reads_one_is_heard(tmp_path, monkeypatch):
+    # three clients: the worker holds two requests and the run's process answers the third itself, slowly here (patched
+    # after the fork, so the worker answers at full speed): both of the worker's replies are in its pipe when the run
+    # next looks, and no later reply would wake it; the second must be seen and read all the same
+    from secure_ffm.transports import worker_pool
+
+    (tmp_path / "one.toml").write_text(digits_cnn_toml(clients=3, workers=1))
+    (tmp_path / "two.toml").write_text(digits_cnn_toml(clients=3, workers=2))
+    sequential = Simulation(prepare_run(load_config(tmp_path / "one.toml"))).evaluate_clients()
+    simulation = Simulation(prepare_run(load_config(tmp_path / "two.toml")))
+    transport = simulation.transport
+    try:
+        transport._ensure_workers()
+        assert transport.trains_here and len(transport.pids()) == 1
+        answer = worker_pool._answer
+
+        def slow_answer(*args, **kwargs):
+            time.sleep(0.5)
+            return answer(*args, **kwargs)
+
+        monkeypatch.setattr(worker_pool, "_answer", slow_answer)
+        assert simulation.evaluate_clients() == sequential  # every client's answer, as in-process
+        assert transport.local_jobs == 1
+    finally:
+        transport.close()
+    assert not alive(transport.started)
