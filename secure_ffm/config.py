@@ -83,11 +83,15 @@ class RunConfig:
     workers: int = 1
     """Processes that train a round's clients in parallel (the worker-pool transport, each worker one torch thread);
     1 trains them one after another in this process; 0 chooses from the cores and the round (docs/speed.md)."""
+    worker_timeout: float = 0.0
+    """Seconds a pool worker may spend on one request; past it the worker is taken as hung: it is killed, the clients
+    whose requests it held count as dropped (as when a worker dies) and it is replaced. 0 waits without limit."""
 
     def __post_init__(self) -> None:
         _positive("run", "seed", self.seed, allow_zero=True)
         _positive("run", "threads", self.threads, allow_zero=True)
         _positive("run", "workers", self.workers, allow_zero=True)
+        _positive("run", "worker_timeout", self.worker_timeout, allow_zero=True)
         if self.workers > MAX_THREADS:
             raise ConfigError(
                 "run.workers", f"{self.workers} is more than {MAX_THREADS}", "use at most the number of CPU cores, or 0 to choose"

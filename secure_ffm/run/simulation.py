@@ -422,6 +422,7 @@ class Simulation:
             dropouts=self._dropouts,
             key_file=key_file,
             local_run=self,
+            request_timeout=self.config.run.worker_timeout,
         )
 
     # ------------------------------------------------------------------ clients

@@ -335,6 +335,9 @@ class _Worker:
     """The clients whose requests it holds, oldest first (its replies come back in this order)."""
     broadcast: int | None = None
     """The round whose global parameters it holds."""
+    working_since: float = 0.0
+    """When it began on its oldest request (``time.monotonic``): when that request was sent to an idle worker, or when
+    the reply before it was read."""
 
 
 @dataclass(frozen=True)
@@ -384,6 +387,9 @@ class WorkerPoolTransport(Transport):
         forked from this process serves from its copy of it instead of building data, model and protocol again from
         the config (0.2-0.4 s per worker at start-up; docs/speed.md). Not used with a ``key_file``: this process's
         protocol holds the server's (or the authority's) keys, so those workers build their own and load the clients'.
+    request_timeout
+        Seconds a worker may spend on one request (``run.worker_timeout``); past it the worker is killed and replaced,
+        and the clients whose requests it held count as dropped. 0: no limit.
     """
 
     def __init__(
@@ -397,9 +403,15 @@ class WorkerPoolTransport(Transport):
         key_file: bytes | None = None,
         on_client_done: Callable[[int, int], None] | None = None,
         local_run: Any = None,
+        request_timeout: float = 0.0,
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
+        if not request_timeout >= 0:
+            raise ValueError(f"request_timeout must be 0 (no limit) or positive, got {request_timeout}")
+        self.request_timeout = request_timeout
+        self.timed_out = 0
+        """Workers killed for taking longer than ``request_timeout`` over a request."""
         self.config_toml = config_toml
         self.num_workers = workers
         self.client_states = client_states
@@ -490,16 +502,32 @@ class WorkerPoolTransport(Transport):
         while pending or any(w.jobs for w in self._workers):
             for worker in self._workers:
                 while len(worker.jobs) < depth and pending:
+                    if not worker.jobs:
+                        worker.working_since = time.monotonic()
                     self._send(worker, *pending.popleft(), broadcast)
             busy = [w for w in self._workers if w.jobs]
             streams = [w.process.stdout for w in busy]
-            ready = multiprocessing.connection.wait(streams, timeout=0 if here and pending else None) if streams else []
+            ready = multiprocessing.connection.wait(streams, timeout=0 if here and pending else self._wait_limit(busy)) if streams else []
+            for worker in self._hung(busy, ready):
+                lost = list(worker.jobs)
+                worker.jobs.clear()
+                self.timed_out += 1
+                log.warning(
+                    "a worker spent more than run.worker_timeout = %g s on a request; it was killed, and clients %s count as dropped",
+                    self.request_timeout,
+                    lost,
+                )
+                worker.process.kill()  # it would not stop at the end of its request stream
+                self._replace(worker)
+                limit = f"{self.request_timeout:g} s (run.worker_timeout)"
+                for lost_id in lost:
+                    yield _Result(lost_id, error=f"its worker took more than {limit} and was killed")
             if not ready:
                 if here and pending:
                     yield self._answer_here(*pending.pop(), broadcast)
                 continue
             for worker in busy:
-                if worker.process.stdout not in ready:
+                if worker.process.stdout not in ready or not worker.jobs:
                     continue
                 client_id = worker.jobs.popleft()
                 data = _read(worker.process.stdout)
@@ -512,9 +540,23 @@ class WorkerPoolTransport(Transport):
                     for lost_id in lost:
                         yield _Result(lost_id, error=f"its worker died (exit code {code})")
                     continue
+                worker.working_since = time.monotonic()
                 meta, arrays = _unframe(data)
                 self._keep_state(client_id, from_bytes(meta["state"].encode()))
                 yield _Result(client_id, (meta["detail"], arrays)) if meta["status"] == "ok" else _Result(client_id, error=meta["detail"])
+
+    def _wait_limit(self, busy: Sequence[_Worker]) -> float | None:
+        """How long to wait for a reply: until the first busy worker's request time runs out (None: no limit)."""
+        if not self.request_timeout or not busy:
+            return None
+        return max(0.0, min(w.working_since for w in busy) + self.request_timeout - time.monotonic())
+
+    def _hung(self, busy: Sequence[_Worker], ready: Sequence[Any]) -> list[_Worker]:
+        """The busy workers with no reply ready whose current request has run past ``request_timeout``."""
+        if not self.request_timeout:
+            return []
+        now = time.monotonic()
+        return [w for w in busy if w.process.stdout not in ready and now - w.working_since > self.request_timeout]
 
     def _job_state(self, client_id: int) -> dict[str, Any]:
         """What travels with a client's request: its private state and its protocol half of the round."""
