@@ -85,7 +85,8 @@ class RunConfig:
     1 trains them one after another in this process; 0 chooses from the cores and the round (docs/speed.md)."""
     worker_timeout: float = 0.0
     """Seconds a pool worker may spend on one request; past it the worker is taken as hung: it is killed, the clients
-    whose requests it held count as dropped (as when a worker dies) and it is replaced. 0 waits without limit."""
+    whose requests it held count as dropped (as when a worker dies) and it is replaced. A worker that takes longer to
+    build the run at its start fails the run. 0 waits without limit."""
 
     def __post_init__(self) -> None:
         _positive("run", "seed", self.seed, allow_zero=True)

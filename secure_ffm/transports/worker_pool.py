@@ -469,13 +469,21 @@ class WorkerPoolTransport(Transport):
         return self.fork
 
     def _ensure_workers(self) -> None:
-        """Start the missing workers and wait until each has built the run (they build in parallel)."""
+        """Start the missing workers and wait until each has built the run (they build in parallel; building is a
+        request too: a worker that takes longer than ``request_timeout`` over it is killed and the run fails)."""
         starting: list[_Worker] = []
         for _ in range(self.num_workers - (1 if self.trains_here else 0) - len(self._workers)):
             starting.append(self._start_worker([*self._workers, *starting]))
+        began = time.monotonic()
         for worker in starting:
-            data = _read(worker.process.stdout)
-            meta = _unframe(data)[0] if data is not None else {"status": "failed", "detail": f"exited with code {worker.process.wait()}"}
+            limit = max(0.0, began + self.request_timeout - time.monotonic()) if self.request_timeout else None
+            if limit is not None and not multiprocessing.connection.wait([worker.process.stdout], timeout=limit):
+                worker.process.kill()
+                data, detail = None, f"it took more than {self.request_timeout:g} s (run.worker_timeout) and was killed"
+            else:
+                data = _read(worker.process.stdout)
+                detail = "" if data is not None else f"exited with code {worker.process.wait()}"
+            meta = _unframe(data)[0] if data is not None else {"status": "failed", "detail": detail}
             if meta["status"] != _READY:
                 self._stop(starting + self._workers)
                 self._workers = []

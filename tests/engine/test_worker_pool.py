@@ -266,3 +266,19 @@ def test_a_negative_worker_timeout_names_the_key(tmp_path):
     path.write_text(digits_cnn_toml(workers=2).replace("threads = 1\n", "threads = 1\nworker_timeout = -1\n"))
     with pytest.raises(Exception, match="run.worker_timeout"):
         load_config(path)
+
+
+@pytest.mark.timeout(120)
+def test_a_worker_that_never_builds_the_run_fails_it_after_the_timeout(tmp_path, monkeypatch):
+    from secure_ffm.transports import worker_pool
+
+    def never_ready(*args, **kwargs):
+        time.sleep(3600)
+
+    monkeypatch.setattr(worker_pool, "_serve", never_ready)  # before the fork: the worker inherits it
+    path = tmp_path / "c.toml"
+    path.write_text(digits_cnn_toml(clients=4, rounds=1, workers=2).replace("threads = 1\n", "threads = 1\nworker_timeout = 1\n"))
+    simulation = Simulation(prepare_run(load_config(path)), out_dir=tmp_path / "run")
+    with pytest.raises(RuntimeError, match=r"could not build the run: it took more than 1 s \(run.worker_timeout\)"):
+        simulation.run()
+    assert not alive(simulation.transport.started)
