@@ -517,41 +517,35 @@ class WorkerPoolTransport(Transport):
             streams = [w.process.stdout for w in busy]
             ready = multiprocessing.connection.wait(streams, timeout=0 if here and pending else self._wait_limit(busy)) if streams else []
             for worker in self._hung(busy, ready):
-                lost = list(worker.jobs)
-                worker.jobs.clear()
                 self.timed_out += 1
-                log.warning(
-                    "a worker spent more than run.worker_timeout = %g s on a request; it was killed, and clients %s count as dropped",
-                    self.request_timeout,
-                    lost,
-                )
                 worker.process.kill()  # it would not stop at the end of its request stream
-                self._replace(worker)
                 limit = f"{self.request_timeout:g} s (run.worker_timeout)"
-                for lost_id in lost:
-                    yield _Result(lost_id, error=f"its worker took more than {limit} and was killed")
+                yield from self._drop(worker, list(worker.jobs), f"took more than {limit} and was killed")
             if not ready:
                 if here and pending:
                     yield self._answer_here(*pending.pop(), broadcast)
                 continue
             for worker in busy:
-                if worker.process.stdout not in ready or not worker.jobs:
+                if worker.process.stdout not in ready:  # (a hung worker just replaced never is)
                     continue
                 client_id = worker.jobs.popleft()
                 data = _read(worker.process.stdout)
-                if data is None:  # the worker died mid-job: each request it held counts as that client's dropout
+                if data is None:  # the worker died mid-job
                     code = worker.process.wait()
-                    lost = [client_id, *worker.jobs]
-                    worker.jobs.clear()
-                    log.warning("a worker died (exit code %s) while serving clients %s: they count as dropped", code, lost)
-                    self._replace(worker)
-                    for lost_id in lost:
-                        yield _Result(lost_id, error=f"its worker died (exit code {code})")
+                    yield from self._drop(worker, [client_id, *worker.jobs], f"died (exit code {code})")
                     continue
                 worker.working_since = time.monotonic()
                 meta, arrays = _unframe(data)
                 self._keep_state(client_id, from_bytes(meta["state"].encode()))
                 yield _Result(client_id, (meta["detail"], arrays)) if meta["status"] == "ok" else _Result(client_id, error=meta["detail"])
+
+    def _drop(self, worker: _Worker, lost: Sequence[int], what: str) -> list[_Result]:
+        """Replace ``worker``, which ``what`` (died, took too long); each request it held (``lost``) counts as that
+        client's dropout."""
+        worker.jobs.clear()
+        log.warning("a worker %s while serving clients %s: they count as dropped", what, list(lost))
+        self._replace(worker)
+        return [_Result(client_id, error=f"its worker {what}") for client_id in lost]
 
     def _wait_limit(self, busy: Sequence[_Worker]) -> float | None:
         """How long to wait for a reply: until the first busy worker's request time runs out (None: no limit)."""

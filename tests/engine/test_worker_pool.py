@@ -18,6 +18,7 @@ from safetensors.numpy import load_file
 
 from secure_ffm.config import load_config
 from secure_ffm.engine.orchestrator import RunObserver
+from secure_ffm.errors import ConfigError
 from secure_ffm.run.simulation import Simulation, prepare_run, without_timings
 
 MODES = {
@@ -264,7 +265,7 @@ def test_a_hung_worker_is_killed_after_the_timeout_and_its_clients_drop(tmp_path
 def test_a_negative_worker_timeout_names_the_key(tmp_path):
     path = tmp_path / "c.toml"
     path.write_text(digits_cnn_toml(workers=2).replace("threads = 1\n", "threads = 1\nworker_timeout = -1\n"))
-    with pytest.raises(Exception, match="run.worker_timeout"):
+    with pytest.raises(ConfigError, match="run.worker_timeout"):
         load_config(path)
 
 
