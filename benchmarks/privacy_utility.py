@@ -185,6 +185,31 @@ TARGET_ARMS: dict[str, dict] = {
             "server.tau=0.000001",
         ],
     },
+    # linear probing, then fine-tuning under the same budget, for a user without public data (Kumar et al. 2022;
+    # docs/dp_utility.md): the first K one-step DP rounds train only the head (LoRA held fixed, sent as zeros, no noise
+    # on it), the rest LoRA and the head; z is planned for all the rounds. Head-only rounds cost no encoder backward.
+    **{
+        f"movie-all-lpft{probe}-distributed-dp-sgd": {
+            "row": "movie-all-eps8",
+            "config": "quickstart.toml",
+            "overrides": [
+                *MOVIE_ALL,
+                f"server.rounds={probe + 20}",
+                f"model.linear_probe_rounds={probe}",
+                "server.eval_every=5",
+                "privacy.mode=distributed-dp-sgd",
+                "privacy.target_epsilon=8",
+                "privacy.max_grad_norm=1.0",
+                'secure_aggregation.protocol="masking"',
+                "client.batch_size=128",
+                "client.lr=1.0",
+                'server.strategy="fedadam"',
+                "server.server_lr=0.005",
+                "server.tau=0.000001",
+            ],
+        }
+        for probe in (5, 10)
+    },
     # the same, starting from a model the server trained on public data (FFM: one public unit on the product-review
     # snippets of the same VADER corpus, 2,310 after the public validation split, then federated rounds on the movies)
     "movie-all-public-none": {

@@ -220,6 +220,12 @@ class ModelConfig:
     learning mode of ``hf-text`` classification (:mod:`secure_ffm.models.prompt`): ``prompt`` (soft prompt),
     ``prefix`` (prefix tuning) or ``p-tuning`` (a prompt encoder generates the prompt); these train the prompt
     parameters plus the head, the encoder stays frozen (docs/prompt_tuning.md)."""
+    linear_probe_rounds: int = 0
+    """Linear probing, then fine-tuning (LP-FT; Kumar et al., ICLR 2022): the first this-many federated rounds train
+    only the classification head, the later ones everything ``finetune`` trains. The other parameters still travel,
+    with an update of exactly zero in those rounds (no DP noise, no clipping budget spent on them), so the wire format,
+    secure aggregation, checkpoints and the server's optimizer state stay the same throughout. Under DP-SGD a new
+    head's large gradients otherwise take most of the clipping budget from the adapters (docs/dp_utility.md). 0: off."""
     pooling: str = "mean"
     """``mean`` over tokens or ``cls`` token, for ``hf-text``."""
     lora_rank: int = 8
@@ -268,6 +274,19 @@ class ModelConfig:
                     f"prompt modes apply to {', '.join(takers) or 'no model'}; use full, lora or head here",
                 )
         _choice("model", "pooling", self.pooling, ("mean", "cls"))
+        _positive("model", "linear_probe_rounds", self.linear_probe_rounds, allow_zero=True)
+        if self.linear_probe_rounds and self.finetune == "head":
+            raise ConfigError(
+                "model.linear_probe_rounds",
+                'finetune = "head" trains only the head in every round already',
+                'use finetune = "lora" or "full" after the head-only rounds, or set linear_probe_rounds = 0',
+            )
+        if self.linear_probe_rounds and self.objective != "classification":
+            raise ConfigError(
+                "model.linear_probe_rounds",
+                f"linear probing trains a classification head; objective = {self.objective!r} has none",
+                "set linear_probe_rounds = 0",
+            )
         _positive("model", "lora_rank", self.lora_rank)
         _positive("model", "lora_alpha", self.lora_alpha)
         _float32("model", "lora_alpha", self.lora_alpha)
@@ -822,6 +841,12 @@ class Config:
                     f"round {round} is after the last (server.rounds={self.server.rounds})",
                     "use rounds 1 .. server.rounds",
                 )
+        if self.model.linear_probe_rounds >= self.server.rounds:
+            raise ConfigError(
+                "model.linear_probe_rounds",
+                f"{self.model.linear_probe_rounds} head-only rounds leave none of server.rounds={self.server.rounds} to fine-tune",
+                'lower it (e.g. a quarter of the rounds), or use model.finetune = "head"',
+            )
         from secure_ffm.models.prompt import PROMPT_METHODS
 
         if self.ffm.export and self.model.finetune in PROMPT_METHODS:

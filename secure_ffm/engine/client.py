@@ -10,7 +10,7 @@ dict); a Flower ``ClientApp`` can wrap the same class.
 from __future__ import annotations
 
 import time
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +28,24 @@ from secure_ffm.seeding import TRAINING, derive_seed, seed_torch
 IMPORTANCE_STATISTIC = "importance/"
 """Prefix of the update statistics carrying the client's gradient importances, when a round asks for them
 (``collect_importance``: a continual run's EWC)."""
+
+TRAIN_ONLY = "train_only"
+"""Fit-config key: ``"head"`` in linear probing's rounds (``model.linear_probe_rounds``): the client trains only the
+classification head and sends a zero update for its other parameters."""
+TRAIN_ONLY_CHOICES = ("head",)
+
+
+def held_fixed(model: FederatedModel, config: Mapping[str, Any]) -> tuple[str, ...]:
+    """The trainable parameters a round's fit config holds fixed (all but the head under ``train_only = "head"``)."""
+    only = config.get(TRAIN_ONLY)
+    if only is None:
+        return ()
+    if only not in TRAIN_ONLY_CHOICES:
+        raise ValueError(f"fit config {TRAIN_ONLY}={only!r}: expected one of {TRAIN_ONLY_CHOICES}")
+    head = set(model.head_names())
+    if not head:
+        raise ValueError(f"fit config {TRAIN_ONLY}={only!r}, but the model trains no parameter of a 'head' module")
+    return tuple(name for name in model.trainable_names() if name not in head)
 
 
 def client_weight(weighting: str, num_examples: int) -> float:
@@ -76,18 +94,22 @@ class FederatedClient:
             penalty=QuadraticPenalty.from_arrays(ins.arrays),
             importance={} if ins.config.get("collect_importance") else None,
         )
-        result = self.trainer.train(
-            self.model,
-            self.encoded,
-            self.indices,
-            fit_config=ins.config,
-            global_parameters=ins.parameters,
-            generator=torch.Generator().manual_seed(training_seed),
-            state=self.state,
-            randomness=self.randomness(),
-            extras=extras,
-        )
+        fixed = held_fixed(self.model, ins.config)
+        with self.model.holding_fixed(fixed):
+            result = self.trainer.train(
+                self.model,
+                self.encoded,
+                self.indices,
+                fit_config=ins.config,
+                global_parameters=ins.parameters,
+                generator=torch.Generator().manual_seed(training_seed),
+                state=self.state,
+                randomness=self.randomness(),
+                extras=extras,
+            )
         delta = result.update if result.update is not None else subtract(self.model.get_trainable(), ins.parameters)
+        if set(delta) != set(ins.parameters):
+            raise RuntimeError(f"the trainer's update covers {len(delta)} of the {len(ins.parameters)} parameters sent")
         metrics = {"train_loss": result.train_loss, "train_seconds": result.seconds, "steps": float(result.steps)}
         metrics.update(result.extra or {})
         statistics = {}

@@ -8,7 +8,8 @@ returns class logits. Only its *trainable* parameters cross the wire, as named
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,9 @@ import torch
 from secure_ffm.data.base import LabeledData
 from secure_ffm.engine.wire import NamedArrays
 from secure_ffm.models.objectives import CLASSIFICATION, Objective
+
+HEAD = "head"
+"""Every classifier's last layer is the module attribute ``head`` (its parameters ``head.weight``, ``head.bias``)."""
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,34 @@ class FederatedModel(ABC):
                 if value.shape != param.shape:
                     raise ValueError(f"{name}: shape {tuple(value.shape)} != {tuple(param.shape)}")
                 param.copy_(value.to(param.dtype))
+
+    def head_names(self) -> tuple[str, ...]:
+        """The trainable parameters of the classification head (the module's ``head``), in the trainable order."""
+        return tuple(name for name in self.trainable_names() if name.split(".", 1)[0] == HEAD)
+
+    @contextmanager
+    def holding_fixed(self, names: Collection[str]) -> Iterator[None]:
+        """Within the block, the trainable parameters ``names`` are held fixed: ``requires_grad`` is off, so a trainer
+        (which reads :meth:`trainable_named_parameters`) neither steps, clips nor noises them, and no per-example
+        gradient is computed for them. They remain part of what is sent: outside the block they are trainable again,
+        and their update, the trained value minus the global one, is exactly zero (linear probing's rounds,
+        ``model.linear_probe_rounds``)."""
+        held = [p for name, p in self.trainable_named_parameters() if name in set(names)]
+        unknown = set(names) - set(self.trainable_names())
+        if unknown:
+            raise ValueError(f"cannot hold fixed {sorted(unknown)[:3]}: not trainable parameters of this model")
+        for p in held:
+            p.requires_grad_(False)
+        self.trainable_changed()
+        try:
+            yield
+        finally:
+            for p in held:
+                p.requires_grad_(True)
+            self.trainable_changed()
+
+    def trainable_changed(self) -> None:  # noqa: B027 (optional hook)
+        """Called when :meth:`holding_fixed` changes which parameters train (a model can skip work for frozen parts)."""
 
     def trainable_parameter_count(self) -> int:
         return sum(p.numel() for _, p in self.trainable_named_parameters())

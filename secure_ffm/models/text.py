@@ -266,6 +266,10 @@ class TextModel(FederatedModel):
         pad = getattr(tokenizer, "pad_token_id", None)
         self.pad_token_id = int(pad) if pad is not None else 0
 
+    def trainable_changed(self) -> None:
+        """An encoder with nothing to train runs without autograd (no activations stored for a backward pass)."""
+        self.module.track_encoder_grad = any(p.requires_grad for p in self.module.encoder.parameters())
+
     def tokenize(self, data: LabeledData) -> list[np.ndarray]:
         """One ``int64`` array of token ids per text (special tokens included, truncated to ``max_length``, unpadded)."""
         if data.kind != "text":

@@ -99,29 +99,35 @@ class DistributedDPSGDTrainer(LocalTrainer):
         chosen = indices[sampling.random(n) < mech.sample_rate] if self.poisson_sampling else indices
         noise = randomness.stream(DISCRETE_SHARE if mech.discrete_mode else NOISE_SHARE, ledger.steps)
         named = model.trainable_named_parameters()
+        # the discrete geometry is the one of the whole update the server decodes (every parameter sent); in linear
+        # probing's rounds (model.linear_probe_rounds) the held-fixed ones get no gradient and no noise: zeros below
+        dim = sum(int(np.size(value)) for value in global_parameters.values())
         total = clipped_gradient_sum(
             model,
             encoded,
             chosen,
             clip_norm=mech.config.privacy.max_grad_norm,
             generator=generator,
-            sink=mech.sink(sum(p.numel() for _, p in named), noise),
+            sink=mech.sink(dim, noise),
             physical_batch=mech.config.privacy.max_physical_batch_size or PHYSICAL_BATCH,
             per_layer=mech.config.privacy.clipping == "per-layer",
         )
-        total += mech.noise_share(total.size, stream=noise)
+        total += mech.noise_share(total.size, stream=noise, dim=dim)
         ledger.record(noise_multiplier=mech.noise_multiplier, sample_rate=mech.sample_rate, steps=1)
         epsilon = ledger.epsilon()
         dp_state.update(ledger=ledger.to_json(), epsilon=epsilon, steps=ledger.steps, rounds=int(dp_state.get("rounds", 0)) + 1)
         # the gradient rows' order (the trained parameters'), not the sorted one of :meth:`VectorLayout.of_arrays`
         layout = VectorLayout(tuple((name, tuple(global_parameters[name].shape)) for name, _ in named), ())
+        update = layout.split(total)[0]
+        for name, value in global_parameters.items():  # held fixed this round: exactly zero, as data-independent as it gets
+            update.setdefault(name, np.zeros(np.shape(value), dtype=total.dtype))
         return TrainResult(
             num_examples=n,
             steps=1,
             train_loss=float("nan"),  # computed on the secret sample, it would leak beside the noised sum
             seconds=time.perf_counter() - start,
             extra={"epsilon": epsilon},
-            update=layout.split(total)[0],
+            update=update,
         )
 
 
@@ -306,10 +312,11 @@ class DistributedDPSGD(PrivacyMechanism):
         geometry = self.discrete_geometry(dim)
         return lambda rows: geometry.integers(rows, stream=stream)
 
-    def noise_share(self, size: int, *, stream: NoiseStream) -> np.ndarray:
-        """This client's share: discrete (integer units) under masking, else N(0, (z C)^2 / t)."""
+    def noise_share(self, size: int, *, stream: NoiseStream, dim: int | None = None) -> np.ndarray:
+        """This client's share of ``size`` values: discrete (integer units of the geometry for updates of ``dim``
+        coordinates, default ``size``) under masking, else N(0, (z C)^2 / t)."""
         if self.discrete_mode:
-            return self.discrete_geometry(size).share(size, stream=stream)
+            return self.discrete_geometry(size if dim is None else dim).share(size, stream=stream)
         std = self.noise_multiplier * self.config.privacy.max_grad_norm / math.sqrt(self.min_shares)
         return stream.normal((size,), std)
 

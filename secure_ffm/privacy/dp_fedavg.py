@@ -146,6 +146,12 @@ class DPFedAvg(PrivacyMechanism):
 
     def __init__(self, config: Config, data: FederatedData) -> None:
         super().__init__(config, data)
+        if config.model.linear_probe_rounds:
+            raise ConfigError(
+                "model.linear_probe_rounds",
+                "DP-FedAvg noises every coordinate of the update, so head-only rounds would move the held-fixed parameters by noise",
+                'set it to 0, or use privacy.mode = "dp-sgd" or "distributed-dp-sgd" (they noise only what a round trains)',
+            )
         p = config.privacy
         n = data.num_clients
         m = config.server.clients_per_round or n

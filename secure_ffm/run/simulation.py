@@ -33,14 +33,14 @@ from secure_ffm.continual.run import ContinualRun, check_continual
 from secure_ffm.data import load_run_data
 from secure_ffm.data.base import FederatedData
 from secure_ffm.engine.aggregation import PROTOCOLS, Aggregate, AggregationProtocol
-from secure_ffm.engine.client import FederatedClient
+from secure_ffm.engine.client import TRAIN_ONLY, FederatedClient
 from secure_ffm.engine.orchestrator import RoundHooks, RoundOrchestrator, RunObserver
 from secure_ffm.engine.schedule import FEDERATED, PUBLIC, SCHEDULES, Decision, RoundSignals, build_schedule
 from secure_ffm.engine.server import Server
 from secure_ffm.engine.strategies import build_strategy
 from secure_ffm.engine.training import StandardTrainer, build_trainer, evaluate
 from secure_ffm.engine.transforms import UpdatePipeline, build_defenses
-from secure_ffm.engine.wire import ClientMessage, FitInstructions, nbytes, num_parameters
+from secure_ffm.engine.wire import ClientMessage, FitInstructions, Scalar, nbytes, num_parameters
 from secure_ffm.errors import CheckpointError, ConfigError
 from secure_ffm.models import build_model
 from secure_ffm.models.base import EncodedData, FederatedModel
@@ -363,6 +363,8 @@ class Simulation:
             sampling=self.privacy.sampling_generator,
         )
         self.server.extra_fit_config.append(self.privacy.fit_config)
+        if self.config.model.linear_probe_rounds:
+            self.server.extra_fit_config.append(self.linear_probing)
         self.client_states: dict[int, dict[str, Any]] = {}
         """Each client's private state; with a remote ``transport`` it lives on the client's node, and the server holds only
         what nodes report (their privacy ledgers)."""
@@ -455,6 +457,16 @@ class Simulation:
         return self.continual.training_indices(client_id, self.client_states.setdefault(client_id, {}))
 
     # ------------------------------------------------------------------ rounds
+
+    def linear_probing(self, round: int, participants: Sequence[int]) -> dict[str, Scalar]:
+        """Fit config of linear probing, then fine-tuning (``model.linear_probe_rounds``): the first federated rounds
+        (public units of the FFM schedule do not count) train only the head."""
+        federated = 1 + sum(1 for row in self.history if row.get("phase", FEDERATED) == FEDERATED)
+        if federated > self.config.model.linear_probe_rounds:
+            return {}
+        if federated == 1 or federated == self.config.model.linear_probe_rounds:
+            log.info("round %d: federated round %d of %d that train only the head", round, federated, self.config.model.linear_probe_rounds)
+        return {TRAIN_ONLY: "head"}
 
     def run_round(self, round: int) -> dict[str, Any]:
         """One round through the orchestrator and the in-process transport; returns its metrics row."""
