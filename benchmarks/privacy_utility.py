@@ -210,6 +210,27 @@ TARGET_ARMS: dict[str, dict] = {
         }
         for probe in (5, 10)
     },
+    # the same with the clipping budget split per trained tensor (C/√K each): LoRA keeps its share once it trains
+    "movie-all-lpft5-perlayer-distributed-dp-sgd": {
+        "row": "movie-all-eps8",
+        "config": "quickstart.toml",
+        "overrides": [
+            *MOVIE_ALL,
+            "server.rounds=25",
+            "model.linear_probe_rounds=5",
+            "privacy.clipping=per-layer",
+            "server.eval_every=5",
+            "privacy.mode=distributed-dp-sgd",
+            "privacy.target_epsilon=8",
+            "privacy.max_grad_norm=1.0",
+            'secure_aggregation.protocol="masking"',
+            "client.batch_size=128",
+            "client.lr=1.0",
+            'server.strategy="fedadam"',
+            "server.server_lr=0.005",
+            "server.tau=0.000001",
+        ],
+    },
     # the same, starting from a model the server trained on public data (FFM: one public unit on the product-review
     # snippets of the same VADER corpus, 2,310 after the public validation split, then federated rounds on the movies)
     "movie-all-public-none": {

@@ -354,6 +354,12 @@ class ServerConfig:
     server_momentum: float = 0.9
     """FedAvgM's server momentum β (Hsu et al. 2019; McMahan et al., ICLR 2018 use 0.9 with DP-FedAvg):
     ``v = β v + Δ``, ``x = x + v``."""
+    ema_decay: float = 0.0
+    """β of an exponential moving average of the global model, updated after every round (and public unit):
+    ``average = β average + (1 - β) model``. Evaluation, ``model.safetensors``, exports and the clients' final
+    evaluation then use the average, while training goes on from the model itself. Averaging the iterates is
+    post-processing of what the server already holds: no privacy cost, and it evens out the round-to-round swings
+    of noisy DP training (De et al., arXiv 2204.13650; docs/dp_utility.md). 0: off."""
     eval_every: int = 1
     """Evaluate the global model on the test split every this many rounds (and always after the last)."""
     evaluate_clients: bool = False
@@ -365,7 +371,7 @@ class ServerConfig:
         _positive("server", "clients_per_round", self.clients_per_round, allow_zero=True)
         _positive("server", "proximal_mu", self.proximal_mu, allow_zero=True)
         _positive("server", "server_lr", self.server_lr)
-        for key in ("beta_1", "beta_2", "server_momentum"):
+        for key in ("beta_1", "beta_2", "server_momentum", "ema_decay"):
             value = getattr(self, key)
             if not 0.0 <= value < 1.0:
                 raise ConfigError(f"server.{key}", f"must be in [0, 1), got {value!r}")

@@ -137,7 +137,7 @@ class ContinualRun:
                 log.info("client %s spent its privacy budget: it stops contributing from round %d (stage %s)", client, round, stage.name)
         evaluated = row.get("test_accuracy") is not None
         if round == stage.last_round and not evaluated:  # every stage ends with an evaluation (the matrix needs it)
-            row.update(self.evaluate(self.simulation.server.parameters).as_dict("test_"))
+            row.update(self.evaluate(self.simulation.server.model_parameters).as_dict("test_"))
             evaluated = True
         if evaluated:
             row["stage_accuracy"] = {name: result.accuracy for name, result in self.last_evaluation.items()}

@@ -226,7 +226,7 @@ class RoundOrchestrator:
         eval_seconds = 0.0
         if self.evaluate is not None and (round == self.rounds or round % self.eval_every == 0):
             eval_start = time.perf_counter()
-            result = self.evaluate(self.server.parameters)
+            result = self.evaluate(self.server.model_parameters)
             eval_seconds = time.perf_counter() - eval_start
             row.update(result.as_dict("test_"))
         row["eval_seconds"] = eval_seconds

@@ -32,6 +32,7 @@ class Server:
         seed: int,
         aggregate_steps: Sequence[AggregateStep] = (),
         sampling: Callable[[int], np.random.Generator | None] | None = None,
+        ema_decay: float = 0.0,
     ) -> None:
         self.strategy = strategy
         self.protocol = protocol
@@ -45,6 +46,28 @@ class Server:
         """Round -> arrays broadcast with the parameters (a continual method's penalty)."""
         self.sampling = sampling
         """Round -> generator for client sampling when it must be secret (DP-FedAvg's amplification); None: seeded."""
+        self.ema_decay = float(ema_decay)
+        self.average: dict[str, np.ndarray] | None = None
+        """The exponential moving average of the parameters (float64), when ``ema_decay`` > 0; None before the first
+        update (:meth:`update_average`)."""
+
+    def update_average(self) -> None:
+        """Fold the current parameters into the moving average (``server.ema_decay``); call after every change."""
+        if not self.ema_decay:
+            return
+        if self.average is None:
+            self.average = {k: np.asarray(v, dtype=np.float64).copy() for k, v in self.parameters.items()}
+            return
+        b = self.ema_decay
+        self.average = {k: b * self.average[k] + (1.0 - b) * np.asarray(v, dtype=np.float64) for k, v in self.parameters.items()}
+
+    @property
+    def model_parameters(self) -> NamedArrays:
+        """The model that is evaluated, written and kept: the moving average when ``server.ema_decay`` > 0 (and one
+        exists), else the parameters themselves. Training always continues from :attr:`parameters`."""
+        if self.average is None:
+            return self.parameters
+        return {k: v.astype(np.float32) for k, v in self.average.items()}
 
     def sample_clients(self, round: int) -> list[int]:
         """Uniform sampling without replacement, from a generator of (seed, round), or of the server's secret
@@ -75,4 +98,5 @@ class Server:
         for step in self.aggregate_steps:
             aggregate = step(round, aggregate)
         self.parameters = self.strategy.apply(round, self.parameters, aggregate.mean_delta)
+        self.update_average()
         return aggregate

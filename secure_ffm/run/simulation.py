@@ -55,6 +55,9 @@ from secure_ffm.transports.in_process import InProcessTransport
 
 log = logging.getLogger(__name__)
 
+AVERAGE = "ema/"
+"""Prefix of the moving average's arrays among a checkpoint's server arrays (``server.ema_decay``)."""
+
 __all__ = [
     "PreparedRun",
     "RunObserver",
@@ -230,6 +233,7 @@ class PublicPhase:
             state={},
         )
         server.parameters = {k: np.asarray(v, dtype=np.float32) for k, v in model.get_trainable().items()}
+        server.update_average()
         fit_seconds = time.perf_counter() - start
         row: dict[str, Any] = {
             "round": round,
@@ -253,7 +257,7 @@ class PublicPhase:
         eval_seconds = 0.0
         if round == self.config.server.rounds or round % self.config.server.eval_every == 0:
             eval_start = time.perf_counter()
-            row.update(simulation.evaluate_parameters(server.parameters).as_dict("test_"))
+            row.update(simulation.evaluate_parameters(server.model_parameters).as_dict("test_"))
             eval_seconds = time.perf_counter() - eval_start
         row["eval_seconds"] = eval_seconds
         row["seconds"] = time.perf_counter() - start
@@ -361,6 +365,7 @@ class Simulation:
             seed=self.config.run.seed,
             aggregate_steps=self.privacy.aggregate_steps(),
             sampling=self.privacy.sampling_generator,
+            ema_decay=self.config.server.ema_decay,
         )
         self.server.extra_fit_config.append(self.privacy.fit_config)
         if self.config.model.linear_probe_rounds:
@@ -563,7 +568,7 @@ class Simulation:
                         self.strategy.state_dict(),
                         self.client_states,
                         server_state,
-                        self.continual.arrays() if self.continual is not None else {},
+                        self.server_arrays(),
                     )
                 )
             log.info(
@@ -582,19 +587,26 @@ class Simulation:
                 self.writer.write_clients(self.clients_document(client_eval))
             metadata = {"arch": self.config.model.arch, "finetune": self.config.model.finetune, "round": str(self.config.server.rounds)}
             if self.config.ffm.export:
-                self.prepared.model.set_trainable(self.server.parameters)
+                self.prepared.model.set_trainable(self.server.model_parameters)
                 self.writer.export_model(self.prepared.model, lora=self.config.ffm.export_lora)
             if self.continual is not None and self.continual.arrays():
                 self.writer.write_arrays("continual.safetensors", self.continual.arrays())
             self.writer.finish(
-                parameters=self.server.parameters, metadata=metadata, summary=summary, ledger=self.privacy.ledger(self.client_states)
+                parameters=self.server.model_parameters, metadata=metadata, summary=summary, ledger=self.privacy.ledger(self.client_states)
             )
         return summary
+
+    def server_arrays(self) -> dict[str, np.ndarray]:
+        """The checkpoint's server-side arrays: a continual method's, and the model's moving average (``server.ema_decay``)."""
+        arrays = dict(self.continual.arrays()) if self.continual is not None else {}
+        if self.server.average is not None:
+            arrays.update({AVERAGE + k: v for k, v in self.server.average.items()})
+        return arrays
 
     def evaluate_clients(self) -> dict[int, dict[str, float]]:
         """The final global model on each client's own examples (Flower's federated evaluation)."""
         return self.transport.evaluate(
-            self.server.parameters, round=self.config.server.rounds, batch_size=self.config.server.eval_batch_size
+            self.server.model_parameters, round=self.config.server.rounds, batch_size=self.config.server.eval_batch_size
         )
 
     def summary(self, client_eval: Mapping[int, Mapping[str, float]] | None = None) -> dict[str, Any]:
@@ -728,12 +740,15 @@ class Simulation:
         history = read_metrics(self.out_dir / "metrics.jsonl", rounds=done)
         if checkpoint is not None:
             self.server.parameters = checkpoint.parameters
+            average = {k[len(AVERAGE) :]: v for k, v in checkpoint.server_arrays.items() if k.startswith(AVERAGE)}
+            self.server.average = {k: np.asarray(v, dtype=np.float64) for k, v in average.items()} or None
             self.strategy.load_state_dict(checkpoint.strategy_state)
             self.client_states.clear()
             self.client_states.update(checkpoint.client_states)
             self.privacy.load_state_dict(checkpoint.server_state.get("privacy", {}))
             if self.continual is not None:
-                self.continual.load_state_dict(checkpoint.server_state.get("continual", {}), checkpoint.server_arrays)
+                continual_arrays = {k: v for k, v in checkpoint.server_arrays.items() if not k.startswith(AVERAGE)}
+                self.continual.load_state_dict(checkpoint.server_state.get("continual", {}), continual_arrays)
             ffm = checkpoint.server_state.get("ffm")
             if ffm is not None:
                 self.schedule.load_state_dict(dict(ffm["schedule"]))
