@@ -128,10 +128,11 @@ class FederatedModel(ABC):
         gradient is computed for them. They remain part of what is sent: outside the block they are trainable again,
         and their update, the trained value minus the global one, is exactly zero (linear probing's rounds,
         ``model.linear_probe_rounds``)."""
-        held = [p for name, p in self.trainable_named_parameters() if name in set(names)]
-        unknown = set(names) - set(self.trainable_names())
+        trainable = dict(self.trainable_named_parameters())
+        unknown = set(names) - trainable.keys()
         if unknown:
             raise ValueError(f"cannot hold fixed {sorted(unknown)[:3]}: not trainable parameters of this model")
+        held = [trainable[name] for name in names]
         for p in held:
             p.requires_grad_(False)
         self.trainable_changed()

@@ -312,11 +312,11 @@ class DistributedDPSGD(PrivacyMechanism):
         geometry = self.discrete_geometry(dim)
         return lambda rows: geometry.integers(rows, stream=stream)
 
-    def noise_share(self, size: int, *, stream: NoiseStream, dim: int | None = None) -> np.ndarray:
+    def noise_share(self, size: int, *, stream: NoiseStream, dim: int) -> np.ndarray:
         """This client's share of ``size`` values: discrete (integer units of the geometry for updates of ``dim``
-        coordinates, default ``size``) under masking, else N(0, (z C)^2 / t)."""
+        coordinates, the whole update the server decodes) under masking, else N(0, (z C)^2 / t)."""
         if self.discrete_mode:
-            return self.discrete_geometry(size if dim is None else dim).share(size, stream=stream)
+            return self.discrete_geometry(dim).share(size, stream=stream)
         std = self.noise_multiplier * self.config.privacy.max_grad_norm / math.sqrt(self.min_shares)
         return stream.normal((size,), std)
 
