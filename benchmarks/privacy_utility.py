@@ -229,6 +229,9 @@ TARGET_ARMS: dict[str, dict] = {
             # noise shares sized for 7 survivors of 8 (one dropout tolerated) instead of the default strict majority, 5:
             # with all 8 in, the sum carries sqrt(8/7) = 1.07 times the planned noise instead of sqrt(8/5) = 1.26
             ("-ema-t7", ["server.ema_decay=0.9", "secure_aggregation.threshold=7"]),
+            # and a server step 10x larger in the head-only rounds (server.linear_probe_lr): FedAdam moves a coordinate
+            # by about its learning rate a round, so 0.005 leaves a random head far from the probe's optimum
+            ("-ema-t7-lplr05", ["server.ema_decay=0.9", "secure_aggregation.threshold=7", "server.linear_probe_lr=0.05"]),
         )
     },
     # the same, starting from a model the server trained on public data (FFM: one public unit on the product-review

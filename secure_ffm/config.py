@@ -348,6 +348,11 @@ class ServerConfig:
     """FedProx proximal weight (Li et al., MLSys 2020)."""
     server_lr: float = 0.01
     """Server learning rate of FedAdam/FedYogi (Reddi et al., ICLR 2021)."""
+    linear_probe_lr: float = 0.0
+    """FedAdam/FedYogi's server learning rate in linear probing's head-only rounds (``model.linear_probe_rounds``);
+    ``server_lr`` in the rounds after. An adaptive server step moves each coordinate by about its learning rate a
+    round, so a learning rate tuned for fine-tuning leaves a random head far from the probe's optimum after a few
+    rounds (docs/dp_utility.md). 0: ``server_lr`` throughout."""
     beta_1: float = 0.9
     beta_2: float = 0.99
     tau: float = 1e-3
@@ -371,6 +376,7 @@ class ServerConfig:
         _positive("server", "clients_per_round", self.clients_per_round, allow_zero=True)
         _positive("server", "proximal_mu", self.proximal_mu, allow_zero=True)
         _positive("server", "server_lr", self.server_lr)
+        _positive("server", "linear_probe_lr", self.linear_probe_lr, allow_zero=True)
         for key in ("beta_1", "beta_2", "server_momentum", "ema_decay"):
             value = getattr(self, key)
             if not 0.0 <= value < 1.0:
@@ -852,6 +858,12 @@ class Config:
                 "model.linear_probe_rounds",
                 f"{self.model.linear_probe_rounds} head-only rounds leave none of server.rounds={self.server.rounds} to fine-tune",
                 'lower it (e.g. a quarter of the rounds), or use model.finetune = "head"',
+            )
+        if self.server.linear_probe_lr and not self.model.linear_probe_rounds:
+            raise ConfigError(
+                "server.linear_probe_lr",
+                "sets the server learning rate of linear probing's head-only rounds, but model.linear_probe_rounds = 0",
+                "set model.linear_probe_rounds, or remove server.linear_probe_lr",
             )
         from secure_ffm.models.prompt import PROMPT_METHODS
 

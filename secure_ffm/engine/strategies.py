@@ -9,11 +9,12 @@ DP-FedAvg's server noise slot in underneath any strategy.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
 from secure_ffm.config import ServerConfig
+from secure_ffm.errors import ConfigError
 from secure_ffm.engine.wire import NamedArrays, Scalar
 from secure_ffm.registry import Registry
 
@@ -25,8 +26,19 @@ class Strategy(ABC):
 
     name: str = ""
 
+    has_server_lr: bool = False
+    """Whether the strategy steps with ``server.server_lr`` (and so can take a round's own learning rate)."""
+
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
+        self.lr_schedule: Callable[[int], float | None] | None = None
+        """Set by the run: a round's server learning rate where it departs from ``server.server_lr`` (``None``
+        elsewhere), e.g. ``server.linear_probe_lr`` in linear probing's head-only rounds."""
+
+    def server_lr(self, round: int) -> float:
+        """The server learning rate of ``round``."""
+        lr = self.lr_schedule(round) if self.lr_schedule is not None else None
+        return self.config.server_lr if lr is None else lr
 
     def configure_fit(self, round: int) -> dict[str, Scalar]:
         """Settings sent to every client of ``round`` (e.g. FedProx's ``proximal_mu``)."""
@@ -107,6 +119,8 @@ class _AdaptiveServerOptimizer(Strategy):
     ``x = x + η m / (√v + τ)`` (no bias correction, as in the paper).
     """
 
+    has_server_lr = True
+
     def __init__(self, config: ServerConfig) -> None:
         super().__init__(config)
         self.m: NamedArrays = {}
@@ -117,6 +131,7 @@ class _AdaptiveServerOptimizer(Strategy):
 
     def apply(self, round: int, parameters: NamedArrays, mean_delta: NamedArrays) -> NamedArrays:
         c = self.config
+        lr = self.server_lr(round)
         if not self.m:
             self.m = {k: np.zeros_like(v, dtype=np.float64) for k, v in parameters.items()}
             self.v = {k: np.full_like(v, c.tau**2, dtype=np.float64) for k, v in parameters.items()}
@@ -125,7 +140,7 @@ class _AdaptiveServerOptimizer(Strategy):
             delta = mean_delta[k].astype(np.float64)
             self.m[k] = c.beta_1 * self.m[k] + (1.0 - c.beta_1) * delta
             self.v[k] = self.second_moment(self.v[k], delta * delta)
-            new[k] = (x + c.server_lr * self.m[k] / (np.sqrt(self.v[k]) + c.tau)).astype(np.float32)
+            new[k] = (x + lr * self.m[k] / (np.sqrt(self.v[k]) + c.tau)).astype(np.float32)
         return new
 
     def state_dict(self) -> NamedArrays:
@@ -160,4 +175,12 @@ class FedYogi(_AdaptiveServerOptimizer):
 
 
 def build_strategy(config: ServerConfig) -> Strategy:
-    return STRATEGIES.get(config.strategy, key="server.strategy")(config)
+    cls = STRATEGIES.get(config.strategy, key="server.strategy")
+    if config.linear_probe_lr and not cls.has_server_lr:
+        with_lr = ", ".join(repr(name) for name in STRATEGIES.names() if STRATEGIES.get(name).has_server_lr)
+        raise ConfigError(
+            "server.linear_probe_lr",
+            f"server.strategy = {config.strategy!r} has no server learning rate",
+            f"use a strategy with one ({with_lr}), or remove server.linear_probe_lr",
+        )
+    return cls(config)

@@ -368,8 +368,12 @@ class Simulation:
             ema_decay=self.config.server.ema_decay,
         )
         self.server.extra_fit_config.append(self.privacy.fit_config)
+        self.head_only_rounds: set[int] = set()
+        """The rounds linear probing told to train only the head (``model.linear_probe_rounds``)."""
         if self.config.model.linear_probe_rounds:
             self.server.extra_fit_config.append(self.linear_probing)
+            if self.config.server.linear_probe_lr:
+                self.strategy.lr_schedule = self.linear_probe_lr
         self.client_states: dict[int, dict[str, Any]] = {}
         """Each client's private state; with a remote ``transport`` it lives on the client's node, and the server holds only
         what nodes report (their privacy ledgers)."""
@@ -468,10 +472,16 @@ class Simulation:
         (public units of the FFM schedule do not count) train only the head."""
         federated = 1 + sum(1 for row in self.history if row.get("phase", FEDERATED) == FEDERATED)
         if federated > self.config.model.linear_probe_rounds:
+            self.head_only_rounds.discard(round)
             return {}
+        self.head_only_rounds.add(round)
         if federated == 1 or federated == self.config.model.linear_probe_rounds:
             log.info("round %d: federated round %d of %d that train only the head", round, federated, self.config.model.linear_probe_rounds)
         return {TRAIN_ONLY: "head"}
+
+    def linear_probe_lr(self, round: int) -> float | None:
+        """The server learning rate of a head-only round (``server.linear_probe_lr``); ``None`` for the others."""
+        return self.config.server.linear_probe_lr if round in self.head_only_rounds else None
 
     def run_round(self, round: int) -> dict[str, Any]:
         """One round through the orchestrator and the in-process transport; returns its metrics row."""

@@ -149,3 +149,13 @@ def test_bad_message_is_rejected_without_losing_the_others():
     accumulator.add(good[1])
     accumulator.add(good[2])
     np.testing.assert_allclose(accumulator.result().mean_delta["w"], protocol.aggregate(1, good).mean_delta["w"], rtol=1e-6)
+
+
+def test_a_rounds_own_learning_rate_replaces_the_server_lr_in_that_round_only():
+    params = {"w": np.ones(4, np.float32)}
+    delta = {"w": np.array([1.0, -2.0, 0.5, 3.0], np.float32)}
+    scheduled = FedAdam(ServerConfig(server_lr=0.01))
+    scheduled.lr_schedule = lambda round: 0.3 if round == 1 else None
+    reference = FedAdam(ServerConfig(server_lr=0.3))
+    assert np.array_equal(scheduled.apply(1, params, delta)["w"], reference.apply(1, params, delta)["w"])
+    assert scheduled.server_lr(2) == 0.01

@@ -111,6 +111,8 @@ def test_the_fit_config_holds_fixed_every_trainable_parameter_but_the_heads():
         ({"finetune": "head", "linear_probe_rounds": 1}, {"rounds": 3}, {}, "model.linear_probe_rounds"),
         ({"finetune": "full", "linear_probe_rounds": 3}, {"rounds": 3}, {}, "model.linear_probe_rounds"),
         ({"finetune": "full", "linear_probe_rounds": -1}, {"rounds": 3}, {}, "model.linear_probe_rounds"),
+        ({"finetune": "full"}, {"rounds": 3, "strategy": "fedadam", "linear_probe_lr": 0.1}, {}, "server.linear_probe_lr"),
+        ({"finetune": "full", "linear_probe_rounds": 1}, {"rounds": 3, "strategy": "fedadam", "linear_probe_lr": -0.1}, {}, "server.linear_probe_lr"),
     ],
 )
 def test_settings_that_leave_nothing_to_switch_are_refused_naming_the_key(model, server, privacy, key):
@@ -148,3 +150,32 @@ def test_two_workers_give_the_sequential_result_of_a_head_only_round_bitwise(tmp
     for name in results[0]:
         assert np.array_equal(results[0][name], results[1][name]), name
     assert math.isfinite(float(torch.as_tensor(results[0]["head.bias"]).sum()))
+
+
+def test_head_only_rounds_step_with_the_linear_probe_lr_and_later_rounds_with_the_server_lr():
+    # FedAdam's first step on a coordinate is lr * 0.1 Δ / (sqrt(0.01 Δ² + β2 τ²) + τ), i.e. lr in size when |Δ| >> τ:
+    # the head moves by linear_probe_lr in round 1, the rest (held fixed until then) by server_lr in round 2
+    server = {"strategy": "fedadam", "server_lr": 0.01, "linear_probe_lr": 0.5, "tau": 1e-9}
+    simulation = Simulation(prepare_run(tiny(*MODES["no-dp"], server=server)))
+    initial = {k: v.astype(np.float64) for k, v in simulation.server.parameters.items()}
+    simulation.history.append(simulation.run_unit(1))
+    probed = {k: v.astype(np.float64) for k, v in simulation.server.parameters.items()}
+    simulation.history.append(simulation.run_unit(2))
+    tuned = {k: v.astype(np.float64) for k, v in simulation.server.parameters.items()}
+    assert simulation.strategy.server_lr(1) == 0.5 and simulation.strategy.server_lr(2) == 0.01
+    for name in initial:
+        first = np.abs(probed[name] - initial[name])
+        if head(name):  # (features a ReLU zeroes on every example give Δ = 0: no step)
+            assert first.max() <= 0.5 * (1 + 1e-4), name
+            np.testing.assert_allclose(np.median(first), 0.5, rtol=1e-4)
+        else:
+            assert not first.any(), name
+            moved = np.abs(tuned[name] - probed[name])
+            assert moved.max() <= 0.01 * (1 + 1e-4), name  # coordinates whose |Δ| is near τ move less
+            np.testing.assert_allclose(np.median(moved), 0.01, rtol=1e-4)
+
+
+def test_a_linear_probe_lr_needs_a_strategy_with_a_server_lr():
+    cfg = tiny(*MODES["no-dp"], server={"strategy": "fedavg", "linear_probe_lr": 0.1})
+    with pytest.raises(ConfigError, match="server.linear_probe_lr.*fedadam"):
+        Simulation(prepare_run(cfg))
