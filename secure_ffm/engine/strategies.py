@@ -14,8 +14,8 @@ from collections.abc import Callable, Mapping
 import numpy as np
 
 from secure_ffm.config import ServerConfig
-from secure_ffm.errors import ConfigError
 from secure_ffm.engine.wire import NamedArrays, Scalar
+from secure_ffm.errors import ConfigError
 from secure_ffm.registry import Registry
 
 STRATEGIES: Registry[type[Strategy]] = Registry("strategy")

@@ -112,7 +112,12 @@ def test_the_fit_config_holds_fixed_every_trainable_parameter_but_the_heads():
         ({"finetune": "full", "linear_probe_rounds": 3}, {"rounds": 3}, {}, "model.linear_probe_rounds"),
         ({"finetune": "full", "linear_probe_rounds": -1}, {"rounds": 3}, {}, "model.linear_probe_rounds"),
         ({"finetune": "full"}, {"rounds": 3, "strategy": "fedadam", "linear_probe_lr": 0.1}, {}, "server.linear_probe_lr"),
-        ({"finetune": "full", "linear_probe_rounds": 1}, {"rounds": 3, "strategy": "fedadam", "linear_probe_lr": -0.1}, {}, "server.linear_probe_lr"),
+        (
+            {"finetune": "full", "linear_probe_rounds": 1},
+            {"rounds": 3, "strategy": "fedadam", "linear_probe_lr": -0.1},
+            {},
+            "server.linear_probe_lr",
+        ),
     ],
 )
 def test_settings_that_leave_nothing_to_switch_are_refused_naming_the_key(model, server, privacy, key):
