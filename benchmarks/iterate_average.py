@@ -4,7 +4,7 @@ does), and every 5 rounds the test accuracy of the model itself and of its movin
 taken (the recursion ``server.ema_decay`` computes, in float64, started at the first round's model). Evaluation
 draws no randomness, so the run trains as the arm does.
 
-    python benchmarks/iterate_average.py movie-all-lpft5-perlayer-distributed-dp-sgd 1
+    python benchmarks/iterate_average.py movie-all-lpft5-perlayer-distributed-dp-sgd 1 [--save-iterates DIR]
 
 Writes ``results/iterate_average_<arm>_<seed>.json`` and appends the run (the final accuracy of the model the run
 keeps: with ``server.ema_decay`` its moving average, else the model itself) to
@@ -17,6 +17,7 @@ import argparse
 import json
 import logging
 import time
+from pathlib import Path
 
 import _common  # noqa: F401
 import numpy as np
@@ -35,6 +36,9 @@ def main() -> None:
     parser.add_argument("arm", choices=list(pu.TARGET_ARMS))
     parser.add_argument("seed", type=int)
     parser.add_argument("--every", type=int, default=5)
+    parser.add_argument(
+        "--save-iterates", type=Path, help="also write each round's global model (the trained parameters) to DIR/round_NNN.safetensors"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     import torch
@@ -56,6 +60,11 @@ def main() -> None:
     for round in range(1, config.server.rounds + 1):
         simulation.history.append(simulation.run_unit(round))
         x = {k: v.astype(np.float64) for k, v in simulation.server.parameters.items()}
+        if args.save_iterates:
+            from safetensors.numpy import save_file
+
+            args.save_iterates.mkdir(parents=True, exist_ok=True)
+            save_file(dict(simulation.server.parameters), str(args.save_iterates / f"round_{round:03d}.safetensors"))
         for b, average in averages.items():
             averages[b] = x if average is None else {k: b * average[k] + (1 - b) * x[k] for k in x}
         if round % args.every == 0 or round == config.server.rounds:
