@@ -232,6 +232,7 @@ TARGET_ARMS: dict[str, dict] = {
             # and a server step 10x larger in the head-only rounds (server.linear_probe_lr): FedAdam moves a coordinate
             # by about its learning rate a round, so 0.005 leaves a random head far from the probe's optimum
             ("-ema-t7-lplr05", ["server.ema_decay=0.9", "secure_aggregation.threshold=7", "server.linear_probe_lr=0.05"]),
+            ("-ema-t7-lplr10", ["server.ema_decay=0.9", "secure_aggregation.threshold=7", "server.linear_probe_lr=0.1"]),
         )
     },
     # the same, starting from a model the server trained on public data (FFM: one public unit on the product-review
