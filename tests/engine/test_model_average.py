@@ -84,6 +84,20 @@ def test_a_resumed_averaged_run_ends_as_the_uninterrupted_one(tmp_path):
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
 
+def test_the_average_leaves_the_training_trajectory_bitwise_unchanged(tmp_path):
+    # post-processing: the run with the average trains exactly the models of the run without it
+    averaged, plain = tmp_path / "averaged.toml", tmp_path / "plain.toml"
+    averaged.write_text(AVERAGED)
+    plain.write_text(AVERAGED.replace("ema_decay = 0.6\n", ""))
+    assert train(averaged, tmp_path / "a") == 0 and train(plain, tmp_path / "p") == 0
+    kept = sorted(path.name for path in (tmp_path / "a" / "checkpoints").iterdir())
+    assert "round_0003" in kept and kept == sorted(path.name for path in (tmp_path / "p" / "checkpoints").iterdir())
+    for round in kept:
+        a = load_file(str(tmp_path / "a" / "checkpoints" / round / "global.safetensors"))
+        p = load_file(str(tmp_path / "p" / "checkpoints" / round / "global.safetensors"))
+        assert a.keys() == p.keys() and all(np.array_equal(a[k], p[k]) for k in a), round
+
+
 @pytest.mark.parametrize("decay", [1.0, -0.1])
 def test_a_decay_outside_zero_to_one_is_refused_naming_the_key(decay):
     with pytest.raises(ConfigError, match="server.ema_decay"):
