@@ -42,8 +42,9 @@ Measured for each run:
 
 - **wall**: seconds of the whole subprocess, from launching it to its exit (Ray's shut-down included; until
   2026-12-06 this was taken at the first 0.2 s memory sample after the exit, up to 0.2 s late);
-- **start-up**: seconds from launching it to the first client's first training step (secure-ffm: the first call of
-  its trainer, timestamped by the child; with worker processes, the first update a worker returns, a little later;
+- **start-up** (with the project's byte-code compiled first, as ``make`` leaves an install): seconds from
+  launching it to the first client's first training step (secure-ffm: the first call of its trainer, timestamped
+  by the child; with worker processes, the first update a worker returns, a little later;
   Flower: the first ClientApp call that starts training, after that actor has loaded its data, timestamped in a file;
   the first ClientApp call of any kind is ``first_call_s``, the ServerApp holding the node mapping ``nodes_ready_s``);
   ``after_startup_s`` = wall - start-up;
@@ -562,7 +563,13 @@ def main() -> None:
         args.cases, args.repetitions = ["small"], 1
     if args.load:
         args.quiet_wait = 0.0
+    # the project's byte-code as `make` leaves it (Makefile: compileall after install): a module edited since, under
+    # PYTHONDONTWRITEBYTECODE, would otherwise be compiled anew in every measured start (about 0.05 s here)
+    import compileall
+
+    compiled = all(compileall.compile_dir(str(ROOT / package), quiet=1) for package in ("secure_ffm", "benchmarks"))
     results: dict[str, Any] = {
+        "bytecode_compiled": compiled,
         "quick": args.quick,
         "repetitions": args.repetitions,
         "test_examples": args.test_examples,

@@ -279,7 +279,10 @@ class ImageModel(FederatedModel):
         _check_labels(data.labels, self.num_classes)
         normalization = self._adopt(data.normalization)
         if channels == 1:
-            codes = torch.from_numpy(np.array(images, dtype=np.uint8, order="C")).unsqueeze(1)  # a copy: never a file's map
+            # a copy, unless the array already owns its bytes (a subset read out of the file's map): never a file's map,
+            # and never a second 25 MB of fresh pages at start-up for 32,000 images (about 40 ms of page faults here)
+            owned = images.flags.owndata and images.flags.c_contiguous and images.flags.writeable and type(images) is np.ndarray
+            codes = torch.from_numpy(images if owned else np.array(images, dtype=np.uint8, order="C")).unsqueeze(1)
         else:
             codes = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.uint8))
         return EncodedData(tensors={"pixels": codes}, labels=torch.from_numpy(data.labels.copy()), normalization=normalization)

@@ -42,6 +42,18 @@ def test_encode_normalizes_to_one_channel_float(fashion_512: LabeledData) -> Non
     assert pixels.mean().item() == pytest.approx(0.0, abs=0.1)  # standardised with the dataset statistics
 
 
+def test_encode_keeps_an_owned_subset_without_a_copy_and_copies_a_file_map(tmp_path, fashion_512: LabeledData) -> None:
+    model = image_model("cnn")
+    owned = fashion_512.subset(np.arange(64))
+    assert owned.inputs.flags.owndata  # what a subset of the mapped training file is
+    assert np.shares_memory(model.encode(owned).tensors["pixels"].numpy(), owned.inputs)
+    path = tmp_path / "images.npy"
+    np.save(path, np.asarray(owned.inputs))
+    mapped = LabeledData(kind="image", inputs=np.load(path, mmap_mode="r"), labels=owned.labels, normalization=owned.normalization)
+    codes = model.encode(mapped).tensors["pixels"]
+    assert not np.shares_memory(codes.numpy(), mapped.inputs) and torch.equal(codes, model.encode(owned).tensors["pixels"])
+
+
 def test_encode_rejects_text() -> None:
     text = LabeledData(kind="text", inputs=("a", "b"), labels=np.array([0, 1]))
     with pytest.raises(ValueError, match="image model"):
