@@ -11,7 +11,7 @@ from secure_ffm.config import config_from_dict
 from secure_ffm.engine.client import TRAIN_ONLY, FederatedClient, held_fixed
 from secure_ffm.engine.wire import FitInstructions
 from secure_ffm.errors import ConfigError
-from secure_ffm.run.simulation import Simulation, prepare_run
+from secure_ffm.run.simulation import RunObserver, Simulation, prepare_run
 
 MODES = {
     "no-dp": ({"mode": "none"}, "none"),
@@ -184,3 +184,27 @@ def test_a_linear_probe_lr_needs_a_strategy_with_a_server_lr():
     cfg = tiny(*MODES["no-dp"], server={"strategy": "fedavg", "linear_probe_lr": 0.1})
     with pytest.raises(ConfigError, match="server.linear_probe_lr.*fedadam"):
         Simulation(prepare_run(cfg))
+
+
+class _KilledAtRound(RunObserver):
+    def __init__(self, round):
+        self.round = round
+
+    def round_started(self, round, clients):
+        if round == self.round:
+            raise KeyboardInterrupt
+
+
+def test_a_run_resumed_in_the_middle_of_probing_keeps_the_probing_learning_rate(tmp_path):
+    # killed after head-only round 1 of 2: the resumed run must still step round 2 with linear_probe_lr
+    server = {"strategy": "fedadam", "server_lr": 0.01, "linear_probe_lr": 0.3, "rounds": 3}
+    cfg = tiny(*MODES["no-dp"], model={"linear_probe_rounds": 2}, server=server)
+    whole = Simulation(prepare_run(cfg), out_dir=tmp_path / "whole")
+    whole.run()
+    with pytest.raises(KeyboardInterrupt):
+        Simulation(prepare_run(cfg), out_dir=tmp_path / "part", observer=_KilledAtRound(2)).run()
+    resumed = Simulation(prepare_run(cfg), out_dir=tmp_path / "part")
+    resumed.run(resume=True)
+    assert resumed.head_only_rounds == {2}  # the one head-only round it ran itself
+    for name, value in whole.server.parameters.items():
+        assert np.array_equal(resumed.server.parameters[name], value), name
