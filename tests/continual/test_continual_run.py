@@ -5,13 +5,14 @@ import json
 import numpy as np
 import pytest
 from continual_cases import continual_toml, train
+from interrupt import InterruptAtRound  # tests/interrupt.py (on sys.path under pytest)
 from safetensors.numpy import load_file
 
 from secure_ffm.config import load_config
 from secure_ffm.continual import metrics
 from secure_ffm.engine.orchestrator import RoundHooks
 from secure_ffm.privacy.accounting import GaussianSteps, compute_epsilon
-from secure_ffm.run.simulation import RunObserver, Simulation, prepare_run, without_timings
+from secure_ffm.run.simulation import Simulation, prepare_run, without_timings
 
 DP = '[privacy]\nmode = "dp-sgd"\ntarget_epsilon = 8.0\naccountant = "rdp"\n'
 
@@ -149,15 +150,6 @@ def test_a_client_whose_budget_is_spent_stops_in_later_stages(write_config, tmp_
     assert all(c["epsilon"] <= 8.0 for c in ledger["clients"])
 
 
-class StopAtRound(RunObserver):
-    def __init__(self, round):
-        self.round = round
-
-    def round_started(self, round, clients):
-        if round == self.round:
-            raise KeyboardInterrupt
-
-
 @pytest.mark.parametrize("method", ["replay", "ewc", "isolation"])
 def test_resume_inside_stage_two_continues_to_the_uninterrupted_result(write_config, tmp_path, method):
     stages = "".join(f"[[continual.stages]]\nrounds = 2\nclasses = [{2 * i}, {2 * i + 1}]\n" for i in range(2))
@@ -166,7 +158,7 @@ def test_resume_inside_stage_two_continues_to_the_uninterrupted_result(write_con
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     assert train(config, whole) == 0
     with pytest.raises(KeyboardInterrupt):
-        Simulation(prepare_run(load_config(config)), out_dir=cut, observer=StopAtRound(4)).run()
+        Simulation(prepare_run(load_config(config)), out_dir=cut, observer=InterruptAtRound(4)).run()
     assert train(config, cut, "--resume") == 0
     assert [without_timings(r) for r in rows(cut)] == [without_timings(r) for r in rows(whole)]
     for name in ("model.safetensors", *(["continual.safetensors"] if method != "replay" else [])):

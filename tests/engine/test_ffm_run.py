@@ -5,11 +5,12 @@ import json
 
 import numpy as np
 import pytest
+from interrupt import InterruptAtRound  # tests/interrupt.py (on sys.path under pytest)
 from safetensors.numpy import load_file
 
 from secure_ffm.config import config_from_dict
 from secure_ffm.engine.client import FederatedClient
-from secure_ffm.run.simulation import PublicPhase, RunObserver, Simulation, prepare_run, without_timings
+from secure_ffm.run.simulation import PublicPhase, Simulation, prepare_run, without_timings
 
 
 def ffm(schedule="alternating", rounds=4, **sections):
@@ -84,22 +85,13 @@ def test_public_phases_spend_no_privacy_budget():
     assert spent[0] in (0.0, None) and spent[2] == spent[1] and spent[3] > spent[2]  # only federated rounds move ε
 
 
-class KilledAt(RunObserver):
-    def __init__(self, round):
-        self.round = round
-
-    def round_started(self, round, clients):
-        if round == self.round:
-            raise KeyboardInterrupt
-
-
 def test_resume_in_the_middle_of_a_public_phase_gives_the_uninterrupted_result(tmp_path):
     config = ffm(ffm={"schedule": "adaptive", "public_steps": 3, "patience": 2})
     whole = tmp_path / "whole"
     Simulation(prepare_run(config), out_dir=whole).run()
     cut = tmp_path / "cut"
     with pytest.raises(KeyboardInterrupt):
-        Simulation(prepare_run(config), out_dir=cut, observer=KilledAt(2)).run()
+        Simulation(prepare_run(config), out_dir=cut, observer=InterruptAtRound(2)).run()
     assert rows(cut)[0]["phase"] == "public"
     Simulation(prepare_run(config), out_dir=cut).run(resume=True)
     assert [without_timings(r) for r in rows(cut)] == [without_timings(r) for r in rows(whole)]
@@ -158,7 +150,7 @@ def test_a_resume_reloads_the_separate_public_dataset_from_the_config(tmp_path):
     Simulation(prepare_run(config), out_dir=whole).run()
     cut = tmp_path / "cut"
     with pytest.raises(KeyboardInterrupt):
-        Simulation(prepare_run(config), out_dir=cut, observer=KilledAt(2)).run()
+        Simulation(prepare_run(config), out_dir=cut, observer=InterruptAtRound(2)).run()
     assert [r["phase"] for r in rows(cut)] == ["public"]
     assert "[public_data]" in (cut / "config.toml").read_text()
     Simulation(prepare_run(config), out_dir=cut).run(resume=True)

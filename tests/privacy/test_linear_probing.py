@@ -6,12 +6,13 @@ import math
 import numpy as np
 import pytest
 import torch
+from interrupt import InterruptAtRound  # tests/interrupt.py (on sys.path under pytest)
 
 from secure_ffm.config import config_from_dict
 from secure_ffm.engine.client import TRAIN_ONLY, FederatedClient, held_fixed
 from secure_ffm.engine.wire import FitInstructions
 from secure_ffm.errors import ConfigError
-from secure_ffm.run.simulation import RunObserver, Simulation, prepare_run
+from secure_ffm.run.simulation import Simulation, prepare_run
 
 MODES = {
     "no-dp": ({"mode": "none"}, "none"),
@@ -186,15 +187,6 @@ def test_a_linear_probe_lr_needs_a_strategy_with_a_server_lr():
         Simulation(prepare_run(cfg))
 
 
-class _KilledAtRound(RunObserver):
-    def __init__(self, round):
-        self.round = round
-
-    def round_started(self, round, clients):
-        if round == self.round:
-            raise KeyboardInterrupt
-
-
 def test_a_run_resumed_in_the_middle_of_probing_keeps_the_probing_learning_rate(tmp_path):
     # killed after head-only round 1 of 2: the resumed run must still step round 2 with linear_probe_lr
     server = {"strategy": "fedadam", "server_lr": 0.01, "linear_probe_lr": 0.3, "rounds": 3}
@@ -202,7 +194,7 @@ def test_a_run_resumed_in_the_middle_of_probing_keeps_the_probing_learning_rate(
     whole = Simulation(prepare_run(cfg), out_dir=tmp_path / "whole")
     whole.run()
     with pytest.raises(KeyboardInterrupt):
-        Simulation(prepare_run(cfg), out_dir=tmp_path / "part", observer=_KilledAtRound(2)).run()
+        Simulation(prepare_run(cfg), out_dir=tmp_path / "part", observer=InterruptAtRound(2)).run()
     resumed = Simulation(prepare_run(cfg), out_dir=tmp_path / "part")
     resumed.run(resume=True)
     assert resumed.head_only_rounds == {2}  # the one head-only round it ran itself
