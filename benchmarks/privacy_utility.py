@@ -102,6 +102,16 @@ MOVIE_DISTRIBUTED = [
     "server.server_lr=0.005",
     "server.tau=0.000001",
 ]
+# the no-public-data recipe from a random head: 5 head-only rounds, then 20, per-layer clipping (docs/dp_utility.md)
+LPFT5_PERLAYER = [
+    "server.rounds=25",
+    "model.linear_probe_rounds=5",
+    "privacy.clipping=per-layer",
+    "server.eval_every=5",
+    *MOVIE_DISTRIBUTED,
+]
+# the moving average kept, and noise shares sized for 7 survivors of the 8 clients
+EMA_T7 = ["server.ema_decay=0.9", "secure_aggregation.threshold=7"]
 FMNIST10K = [
     "data.num_clients=10000",
     'data.partition="iid"',
@@ -214,26 +224,18 @@ TARGET_ARMS: dict[str, dict] = {
         f"movie-all-lpft5-perlayer{suffix}-distributed-dp-sgd": {
             "row": "movie-all-eps8",
             "config": "quickstart.toml",
-            "overrides": [
-                *MOVIE_ALL,
-                "server.rounds=25",
-                "model.linear_probe_rounds=5",
-                "privacy.clipping=per-layer",
-                "server.eval_every=5",
-                *MOVIE_DISTRIBUTED,
-                *extra,
-            ],
+            "overrides": [*MOVIE_ALL, *LPFT5_PERLAYER, *extra],
         }
         for suffix, extra in (
             ("", []),
             ("-ema", ["server.ema_decay=0.9"]),
             # noise shares sized for 7 survivors of 8 (one dropout tolerated) instead of the default strict majority, 5:
             # with all 8 in, the sum carries sqrt(8/7) = 1.07 times the planned noise instead of sqrt(8/5) = 1.26
-            ("-ema-t7", ["server.ema_decay=0.9", "secure_aggregation.threshold=7"]),
+            ("-ema-t7", EMA_T7),
             # and a server step 10x larger in the head-only rounds (server.linear_probe_lr): FedAdam moves a coordinate
             # by about its learning rate a round, so 0.005 leaves a random head far from the probe's optimum
-            ("-ema-t7-lplr05", ["server.ema_decay=0.9", "secure_aggregation.threshold=7", "server.linear_probe_lr=0.05"]),
-            ("-ema-t7-lplr10", ["server.ema_decay=0.9", "secure_aggregation.threshold=7", "server.linear_probe_lr=0.1"]),
+            ("-ema-t7-lplr05", [*EMA_T7, "server.linear_probe_lr=0.05"]),
+            ("-ema-t7-lplr10", [*EMA_T7, "server.linear_probe_lr=0.1"]),
         )
     },
     # a held-out check of the no-public-data recipe on another task: TREC's six question classes (4,305 training
@@ -243,17 +245,7 @@ TARGET_ARMS: dict[str, dict] = {
         f"trec-all-lpft5-perlayer-ema-t7{suffix}-distributed-dp-sgd": {
             "row": "trec-all-eps8",
             "config": "quickstart.toml",
-            "overrides": [
-                *TREC_ALL,
-                "server.rounds=25",
-                "model.linear_probe_rounds=5",
-                "privacy.clipping=per-layer",
-                "server.eval_every=5",
-                *MOVIE_DISTRIBUTED,
-                "server.ema_decay=0.9",
-                "secure_aggregation.threshold=7",
-                *extra,
-            ],
+            "overrides": [*TREC_ALL, *LPFT5_PERLAYER, *EMA_T7, *extra],
         }
         for suffix, extra in (("", []), ("-lplr05", ["server.linear_probe_lr=0.05"]))
     },
