@@ -56,14 +56,15 @@ def main() -> None:
         prepared.model.set_trainable({k: v.astype(np.float32) for k, v in parameters.items()})
         return float(evaluate(prepared.model, prepared.encoded_test).accuracy)
 
+    if args.save_iterates:
+        from safetensors.numpy import save_file
+
+        args.save_iterates.mkdir(parents=True, exist_ok=True)
     start = time.time()
     for round in range(1, config.server.rounds + 1):
         simulation.history.append(simulation.run_unit(round))
         x = {k: v.astype(np.float64) for k, v in simulation.server.parameters.items()}
         if args.save_iterates:
-            from safetensors.numpy import save_file
-
-            args.save_iterates.mkdir(parents=True, exist_ok=True)
             save_file(dict(simulation.server.parameters), str(args.save_iterates / f"round_{round:03d}.safetensors"))
         for b, average in averages.items():
             averages[b] = x if average is None else {k: b * average[k] + (1 - b) * x[k] for k in x}

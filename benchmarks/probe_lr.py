@@ -7,10 +7,10 @@ features of every movie-review snippet once (the model and data of the ``movie-a
 rate q = 128 / 1,057 (over the whole federation rather than per client), per-example gradients of the cross-entropy
 clipped per tensor to C / √2 (``privacy.clipping = "per-layer"`` over the head's weight and bias), Gaussian noise
 z·C·√(m/t) on the sum (the arm's discrete Gaussian shares for t = 7 of m = 8, approximated by a continuous one;
-z planned by the engine's accountant for the arm's 25 rounds at ε = 8), and FedAdam on the server (β1 0.9, β2
-0.99, τ 1e-6, no bias correction, as ``secure_ffm.engine.strategies``). Reports the test accuracy after N rounds
-for each learning rate (mean ± std over seeds), and a converged non-private probe (scikit-learn's logistic
-regression) for reference.
+z planned by the engine's accountant for the arm's 25 rounds at ε = 8), and the server step of the engine's own
+strategy, built from the arm's ``[server]`` (FedAdam, β1 0.9, β2 0.99, τ 1e-6), at each learning rate. Reports
+the test accuracy after N rounds for each learning rate (mean ± std over seeds), and a converged non-private probe
+(scikit-learn's logistic regression) for reference.
 
     python benchmarks/probe_lr.py [--lrs 0.005 0.01 0.02 0.05 0.1 0.2] [--rounds 5 10] [--seeds 10]
 
@@ -27,6 +27,7 @@ import numpy as np
 from _common import machine, print_table, write_result
 
 from secure_ffm.config import load_config
+from secure_ffm.engine.strategies import build_strategy
 from secure_ffm.privacy.accounting import calibrate_noise_multiplier, default_delta
 
 ARM = "movie-all-lpft5-perlayer-ema-t7-lplr05-distributed-dp-sgd"
@@ -56,33 +57,36 @@ def features(config) -> dict[str, np.ndarray]:
     return out
 
 
-def probe(data, *, lr: float, rounds: list[int], z: float, noise_scale: float, sample_rate: float, seed: int) -> dict[int, float]:
-    """Test accuracy after each of ``rounds`` head-only DP rounds with FedAdam at ``lr`` from a random head."""
+def probe(data, *, config, lr: float, rounds: list[int], z: float, sample_rate: float, seed: int) -> dict[int, float]:
+    """Test accuracy after each of ``rounds`` head-only DP rounds at server learning rate ``lr`` from a random head,
+    stepped by the engine's own strategy (the arm's FedAdam, its β1, β2 and τ)."""
     x, y, xt, yt = data["train_x"], data["train_y"], data["test_x"], data["test_y"]
     rng = np.random.default_rng(seed)
-    d = x.shape[1]
+    classes, d = int(y.max()) + 1, x.shape[1]
     bound = 1 / np.sqrt(d)  # torch.nn.Linear's initialisation
-    params = [rng.uniform(-bound, bound, (2, d)), rng.uniform(-bound, bound, 2)]
-    m = [np.zeros_like(p) for p in params]
-    v = [np.full_like(p, 1e-12) for p in params]
-    clip, expected = 1.0 / np.sqrt(2), sample_rate * len(y)
+    params = {"head.weight": rng.uniform(-bound, bound, (classes, d)), "head.bias": rng.uniform(-bound, bound, classes)}
+    strategy = build_strategy(config.server)
+    strategy.lr_schedule = lambda round: lr
+    clip_norm = config.privacy.max_grad_norm
+    clip = clip_norm / np.sqrt(len(params))  # per-layer clipping over the head's two tensors
+    noise_std = z * clip_norm * np.sqrt(config.data.num_clients / config.secure_aggregation.threshold)
+    expected = sample_rate * len(y)
     result = {}
     for round in range(1, max(rounds) + 1):
         batch = np.flatnonzero(rng.random(len(y)) < sample_rate)
-        logits = x[batch] @ params[0].T + params[1]
+        logits = x[batch] @ params["head.weight"].T + params["head.bias"]
         p = np.exp(logits - logits.max(1, keepdims=True))
         p /= p.sum(1, keepdims=True)
         p[np.arange(len(batch)), y[batch]] -= 1  # d loss / d logits
-        grads = [p[:, :, None] * x[batch][:, None, :], p]
-        for i, g in enumerate(grads):
+        grads = {"head.weight": p[:, :, None] * x[batch][:, None, :], "head.bias": p}
+        delta = {}
+        for name, g in grads.items():
             norms = np.linalg.norm(g.reshape(len(batch), -1), axis=1)
             total = (g * np.minimum(1.0, clip / np.maximum(norms, 1e-12)).reshape(-1, *[1] * (g.ndim - 1))).sum(0)
-            delta = -(total + rng.normal(0.0, z * noise_scale, total.shape)) / expected
-            m[i] = 0.9 * m[i] + 0.1 * delta
-            v[i] = 0.99 * v[i] + 0.01 * delta * delta
-            params[i] = params[i] + lr * m[i] / (np.sqrt(v[i]) + 1e-6)
+            delta[name] = -(total + rng.normal(0.0, noise_std, total.shape)) / expected
+        params = strategy.apply(round, params, delta)
         if round in rounds:
-            result[round] = float(((xt @ params[0].T + params[1]).argmax(1) == yt).mean())
+            result[round] = float(((xt @ params["head.weight"].T + params["head.bias"]).argmax(1) == yt).mean())
     return result
 
 
@@ -108,14 +112,11 @@ def main() -> None:
         steps=config.server.rounds,
         accountant="zcdp",
     )
-    noise_scale = config.privacy.max_grad_norm * np.sqrt(clients / config.secure_aggregation.threshold)
     converged = LogisticRegression(max_iter=5000).fit(data["train_x"], data["train_y"])
     reference = float(converged.score(data["test_x"], data["test_y"]))
     rows = []
     for lr in args.lrs:
-        runs = [
-            probe(data, lr=lr, rounds=args.rounds, z=z, noise_scale=noise_scale, sample_rate=sample_rate, seed=s) for s in range(args.seeds)
-        ]
+        runs = [probe(data, config=config, lr=lr, rounds=args.rounds, z=z, sample_rate=sample_rate, seed=s) for s in range(args.seeds)]
         row: dict = {"linear_probe_lr": lr}
         for r in args.rounds:
             values = [run[r] for run in runs]
