@@ -133,9 +133,39 @@ def test_the_secure_float32_gaussian_is_the_scaled_sum_of_four_box_muller_draws_
     keystream = np.frombuffer(Cipher(algorithms.AES(float32_key(KEY)), modes.ECB()).encryptor().update(counters), dtype=np.uint64)
     stream, start = SecureStream(KEY), 0
     for count, size in zip(counts, sizes, strict=True):
-        summands = box_muller_float32(keystream[start : start + size].copy(), 4 * count).view(4, count)
-        torch.testing.assert_close(stream.normal_float32(count, 2.5), summands.sum(0) * 1.25, rtol=0, atol=0)
+        cos_a, cos_b, sin_a, sin_b = box_muller_float32(keystream[start : start + size].copy(), 4 * count).view(4, count)
+        # value i: the cosines of pairs i and count + i, the sines of the next pairs (i + 1 and count + i + 1, mod count)
+        expected = (cos_a + cos_b + sin_a.roll(-1) + sin_b.roll(-1)) * 1.25
+        torch.testing.assert_close(stream.normal_float32(count, 2.5), expected, rtol=0, atol=0)
         start += size
+
+
+class _OnePairWords:
+    """Words in which only Box-Muller pair ``live`` has a radius (every other radius word gives u = 1, r = 0)."""
+
+    def __init__(self, live: int) -> None:
+        self.live = live
+
+    def words(self, count: int) -> np.ndarray:
+        pairs = count * 2 // 3
+        words = np.full(count, np.uint64(2**64 - 1))
+        words[self.live] = np.uint64(2**62)  # u = 1/2
+        words[pairs:] = np.uint64(0x2000_0000_2000_0000)  # angle π/4: cosine and sine both nonzero
+        return words
+
+
+@pytest.mark.parametrize("count", [2, 3, 64])
+def test_each_secure_float32_value_sums_four_different_box_muller_pairs(count):
+    # a pair reaches exactly two values (its cosine one, its sine another), never both halves the same value
+    for live in range(2 * count):
+        stream = SecureStream(KEY)
+        stream._float32_bits = _OnePairWords(live)
+        reached = torch.nonzero(stream.normal_float32(count, 1.0)).flatten().tolist()
+        assert len(reached) == 2, (live, reached)
+
+
+def test_a_single_secure_float32_value_is_the_first_of_a_two_value_draw():
+    torch.testing.assert_close(SecureStream(KEY).normal_float32(1, 2.0), SecureStream(KEY).normal_float32(2, 2.0)[:1], rtol=0, atol=0)
 
 
 def test_aes_ctr_words_continue_across_calls_and_chunks():
