@@ -35,12 +35,13 @@ Two samplers (``secure``):
 
 DP-SGD's per-step noise, added to float32 gradients, is drawn by :meth:`NoiseStream.normal_float32`: the same
 generators' bits turned into Gaussians by a vectorized Box-Muller in float32 (:func:`box_muller_float32`), with
-the same four-summand mitigation in the secure sampler (Opacus' secure mode also sums four float32 Box-Muller
-draws). The radius uses 64 bits, so a summand reaches 9.4 standard deviations (float32 uniforms of 24 bits, as
-``torch.normal``'s, stop at 5.8, beyond which a Gaussian lands about once in 10^8 draws). The secure sampler's bits
-come from OpenSSL's AES-128-CTR (:class:`AesCtrWords`). Per noise value 18.6 ns against 41.1 ns for the float64
-path (secure) and 6.0 against 12.8 ns (Philox): for the ``cnn``'s 207k parameters 3.9 against 8.5 ms a step, one
-thread, 2026-12-06.
+the same four-summand mitigation in the secure sampler, each summand of a value from a different Box-Muller pair
+(Opacus' secure mode also sums four float32 Box-Muller draws, from four ``torch.normal`` calls). The radius uses
+64 bits, so a summand reaches 9.4 standard deviations (float32 uniforms of 24 bits, as ``torch.normal``'s, stop at
+5.8, beyond which a Gaussian lands about once in 10^8 draws). The secure sampler's bits come from OpenSSL's
+AES-128-CTR (:class:`AesCtrWords`). Per noise value 12.3 ns against 42.7 ns for the float64 path (secure) and
+4.7 against 13.2 ns (Philox), a fresh stream's first million values (``benchmarks/dp_overhead.py``); the ``cnn``'s
+207k values took 1.9 ms a step with the secure sampler, one thread, 2026-12-06.
 
 Reproducible noise (``privacy.reproducible_noise = true``) derives the secrets from the
 run's seed instead: for research only, it is marked in ``privacy.json``,
