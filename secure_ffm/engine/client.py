@@ -20,7 +20,7 @@ import torch
 from secure_ffm.engine.aggregation import AggregationProtocol, ClientRound
 from secure_ffm.engine.training import ClientDeclined, EvalResult, LocalExtras, LocalTrainer, QuadraticPenalty, evaluate
 from secure_ffm.engine.transforms import TransformContext, UpdatePipeline
-from secure_ffm.engine.wire import ClientMessage, ClientUpdate, FitInstructions, subtract
+from secure_ffm.engine.wire import ClientMessage, ClientUpdate, FitInstructions
 from secure_ffm.models.base import EncodedData, FederatedModel
 from secure_ffm.privacy.noise import SECAGG_ROUNDING, TRANSFORM, NoisePolicy, PrivateRandomness
 from secure_ffm.seeding import TRAINING, derive_seed, seed_torch
@@ -107,7 +107,7 @@ class FederatedClient:
                 randomness=self.randomness(),
                 extras=extras,
             )
-        delta = result.update if result.update is not None else subtract(self.model.get_trainable(), ins.parameters)
+        delta = result.update if result.update is not None else self.model.trainable_delta(ins.parameters)
         if set(delta) != set(ins.parameters):
             raise RuntimeError(f"the trainer's update covers {len(delta)} of the {len(ins.parameters)} parameters sent")
         metrics = {"train_loss": result.train_loss, "train_seconds": result.seconds, "steps": float(result.steps)}
@@ -130,22 +130,24 @@ class FederatedClient:
         update = self.train(ins)
         start = time.perf_counter()
         randomness = self.randomness()
-        context = TransformContext(
-            round=ins.round,
-            client_id=self.client_id,
-            rng=randomness.generator(TRANSFORM, ins.round),
-            randomness=randomness,
-            global_parameters=ins.parameters,
-            state=self.state,
-            config=ins.config,
-            model=self.model,
-            encoded=self.encoded,
-            indices=self.indices,
-        )
-        update = self.transforms(update, context)
+        if len(self.transforms):  # (no pipeline, no context: keying its generator costs about 50 µs)
+            context = TransformContext(
+                round=ins.round,
+                client_id=self.client_id,
+                rng=randomness.generator(TRANSFORM, ins.round),
+                randomness=randomness,
+                global_parameters=ins.parameters,
+                state=self.state,
+                config=ins.config,
+                model=self.model,
+                encoded=self.encoded,
+                indices=self.indices,
+            )
+            update = self.transforms(update, context)
         weight = client_weight(str(ins.config.get("weighting", "examples")), update.num_examples)
         # stochastic rounding (masking) from the client's secret, so the server cannot replay it either
-        message = encoder.encode(update, weight=weight, rng=randomness.generator(SECAGG_ROUNDING, ins.round), payload=payload)
+        rng = randomness.generator(SECAGG_ROUNDING, ins.round) if encoder.uses_rng else None
+        message = encoder.encode(update, weight=weight, rng=rng, payload=payload)
         message.metrics["encode_seconds"] = time.perf_counter() - start  # type: ignore[index]
         return message
 

@@ -103,6 +103,19 @@ class FederatedModel(ABC):
         """A copy of the trainable parameters as ``float32`` numpy arrays."""
         return {name: p.detach().cpu().numpy().astype(np.float32, copy=True) for name, p in self.trainable_named_parameters()}
 
+    def trainable_delta(self, reference: NamedArrays) -> NamedArrays:
+        """The trainable parameters minus ``reference``: the values of ``subtract(get_trainable(), reference)``,
+        without the intermediate copy where ``reference`` holds float32 arrays (the parameters cast to float32, as
+        :meth:`get_trainable` casts them, then subtracted)."""
+        delta = {}
+        for name, p in self.trainable_named_parameters():
+            value, base = p.detach().cpu().numpy(), reference[name]
+            if isinstance(base, np.ndarray) and base.dtype == np.float32:
+                delta[name] = np.subtract(value, base, dtype=np.float32)
+            else:
+                delta[name] = value.astype(np.float32) - base
+        return delta
+
     def set_trainable(self, arrays: NamedArrays) -> None:
         """Load trainable parameters; the names and shapes must match exactly."""
         params = dict(self.trainable_named_parameters())
