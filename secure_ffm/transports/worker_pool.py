@@ -58,44 +58,59 @@ _PARAMETERS = "parameters"
 """A frame that carries the round's global parameters to a worker, once per round."""
 
 
-def _frame(meta: Mapping[str, Any], arrays: Mapping[str, Any]) -> bytes:
-    """One pipe message: an 8-byte length, a JSON header, then the arrays as safetensors (no pickle crosses the pipe)."""
-    header = json.dumps(meta, separators=(",", ":")).encode()
-    return len(header).to_bytes(8, "little") + header + arrays_to_bytes(arrays)
+Frame = tuple[bytes, bytes]
+"""One pipe message in two parts: the JSON header and the arrays as safetensors bytes."""
 
 
-def _unframe(data: bytes) -> tuple[dict[str, Any], NamedArrays]:
-    size = int.from_bytes(data[:8], "little")
-    return json.loads(data[8 : 8 + size]), arrays_from_bytes(data[8 + size :])
+def _frame(meta: Mapping[str, Any], arrays: Mapping[str, Any]) -> Frame:
+    """One pipe message: a JSON header, then the arrays as safetensors (no pickle crosses the pipe). Kept as two
+    parts: :func:`_write` sends them one after the other, so a model-sized payload is never copied into a joined
+    message (and :func:`_read` reads each part into a bytes object of its own, the payload without a slice copy)."""
+    return json.dumps(meta, separators=(",", ":")).encode(), arrays_to_bytes(arrays)
 
 
-def _write(stream: Any, data: bytes) -> None:
-    """One length-prefixed message, all of it (an unbuffered stream's ``write`` may take only part of it)."""
-    message = memoryview(len(data).to_bytes(8, "little") + data)
-    while message:
-        message = message[stream.write(message) :]
+def _unframe(frame: Frame) -> tuple[dict[str, Any], NamedArrays]:
+    header, payload = frame
+    return json.loads(header), arrays_from_bytes(payload)
+
+
+def _write(stream: Any, frame: Frame) -> None:
+    """One message, all of it: the two parts' lengths (8 bytes each), then the parts (an unbuffered stream's
+    ``write`` may take only part of what it is given)."""
+    header, payload = frame
+    for part in (len(header).to_bytes(8, "little") + len(payload).to_bytes(8, "little") + header, payload):
+        view = memoryview(part)
+        while view:
+            view = view[stream.write(view) :]
     stream.flush()
 
 
 def _read_exactly(stream: Any, size: int) -> bytes | None:
-    """``size`` bytes, or None if the stream ends first (an unbuffered stream's ``readinto`` may fill only part)."""
-    buffer = bytearray(size)
-    view = memoryview(buffer)
-    got = 0
-    while got < size:
-        count = stream.readinto(view[got:])
-        if not count:
+    """``size`` bytes, or None if the stream ends first. One ``read`` usually returns them all (the writer's frame
+    fits the pipe's buffer) and its bytes are used as they are; an unbuffered stream's ``read`` may return only
+    part, and the rest is then gathered."""
+    first = stream.read(size) if size else b""
+    if not first and size:
+        return None
+    if len(first) == size:
+        return first
+    buffer = bytearray(first)
+    while len(buffer) < size:
+        more = stream.read(size - len(buffer))
+        if not more:
             return None
-        got += count
+        buffer += more
     return bytes(buffer)
 
 
-def _read(stream: Any) -> bytes | None:
-    """One length-prefixed message, or None at the end of the stream (the other side is gone)."""
-    head = _read_exactly(stream, 8)
-    if head is None:
+def _read(stream: Any) -> Frame | None:
+    """One message (its header and payload), or None at the end of the stream (the other side is gone)."""
+    sizes = _read_exactly(stream, 16)
+    if sizes is None:
         return None
-    return _read_exactly(stream, int.from_bytes(head, "little"))
+    header = _read_exactly(stream, int.from_bytes(sizes[:8], "little"))
+    payload = _read_exactly(stream, int.from_bytes(sizes[8:], "little")) if header is not None else None
+    return (header, payload) if header is not None and payload is not None else None
 
 
 def _open_replies(fd: int) -> Any:
