@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # the data modules import no torch: a run can read its data while torch is still importing
+    import torch
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,8 @@ class ImageNormalization:
             return values[0]
         if like.dim() < 3 or like.shape[-3] != self.channels:
             raise ValueError(f"expected images with {self.channels} channels on axis -3, got shape {tuple(like.shape)}")
+        import torch
+
         return torch.tensor(values, dtype=like.dtype, device=like.device).view(-1, 1, 1)
 
     def normalize(self, pixels: torch.Tensor, *, inplace: bool = False) -> torch.Tensor:
