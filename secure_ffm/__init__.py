@@ -5,3 +5,7 @@ differential privacy, secure aggregation and leakage audits.
 """
 
 __version__ = "0.1.0"
+
+# the machine's busy CPU time at the first import: ``run.workers = 0`` later reads how many cores other processes
+# used meanwhile (secure_ffm.machine_load)
+from secure_ffm import machine_load as _machine_load  # noqa: E402, F401

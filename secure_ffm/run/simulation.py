@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from secure_ffm import __version__
+from secure_ffm import __version__, machine_load
 from secure_ffm.allocator import keep_freed_memory
 from secure_ffm.config import Config
 from secure_ffm.continual.run import ContinualRun, check_continual
@@ -146,6 +146,10 @@ AUTO_WORKERS_MIN_CLIENT_ROUNDS_SPAWNED = 1000
 def resolve_workers(config: Config, prepared: PreparedRun) -> int:
     """The number of worker processes for a run: ``run.workers``, or with 0 a choice from the cores, the model and the run.
 
+    With 0, only the cores other processes left free count: those they kept busy while this process started
+    (:func:`~secure_ffm.machine_load.others_busy_cores`, rounded), since two training processes on one free core are
+    slower than one (docs/speed.md).
+
     A continual run's workers follow the server's stage (:meth:`Simulation.follow_round`, from each request's round)."""
     per_round = config.server.clients_per_round or prepared.data.num_clients
     if config.run.workers:
@@ -158,7 +162,11 @@ def resolve_workers(config: Config, prepared: PreparedRun) -> int:
     least = AUTO_WORKERS_MIN_CLIENT_ROUNDS if can_fork_workers() else AUTO_WORKERS_MIN_CLIENT_ROUNDS_SPAWNED
     if per_round * config.server.rounds < least:
         return 1
-    return max(1, min(cores, per_round))
+    others = machine_load.others_busy_cores()
+    free = cores if others is None else max(1, cores - round(others))
+    if free < cores:
+        log.info("run.workers = 0: %d of %d cores free (other processes kept %.1f busy during start-up)", free, cores, others)
+    return max(1, min(free, per_round))
 
 
 def prepare_run(config: Config, *, data: FederatedData | None = None) -> PreparedRun:

@@ -16,6 +16,7 @@ import pytest
 from digits_cnn import digits_cnn_toml, two_stage_continual
 from safetensors.numpy import load_file
 
+from secure_ffm import machine_load
 from secure_ffm.config import load_config
 from secure_ffm.engine.orchestrator import RunObserver
 from secure_ffm.errors import ConfigError
@@ -156,12 +157,29 @@ def test_auto_workers_stay_in_process_for_short_runs_and_large_models(tmp_path):
 
 
 def test_auto_workers_need_more_client_rounds_when_workers_cannot_be_forked(tmp_path, monkeypatch):
+    monkeypatch.setattr(machine_load, "others_busy_cores", lambda: 0.0)  # a quiet machine, whatever runs beside the test
     path = tmp_path / "c.toml"
     path.write_text(digits_cnn_toml(clients=10, rounds=5, workers=0))  # 50 client-rounds: worth forked workers only
     cores = len(os.sched_getaffinity(0))
     assert Simulation(prepare_run(load_config(path))).workers == min(cores, 10)
     monkeypatch.setenv("SECURE_FFM_WORKER_START", "spawn")
     assert Simulation(prepare_run(load_config(path))).workers == 1
+
+
+@pytest.mark.parametrize(("others", "expected"), [(None, 2), (0.0, 2), (0.4, 2), (0.6, 1), (1.0, 1), (3.5, 1)])
+def test_auto_workers_count_only_the_cores_other_processes_left_free(tmp_path, monkeypatch, others, expected):
+    monkeypatch.setattr(machine_load, "others_busy_cores", lambda: others)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})  # two cores, as this project's machine
+    path = tmp_path / "c.toml"
+    path.write_text(digits_cnn_toml(clients=10, rounds=5, workers=0))
+    assert Simulation(prepare_run(load_config(path))).workers == expected
+
+
+def test_an_explicit_worker_count_ignores_the_machines_load(tmp_path, monkeypatch):
+    monkeypatch.setattr(machine_load, "others_busy_cores", lambda: 5.0)
+    path = tmp_path / "c.toml"
+    path.write_text(digits_cnn_toml(clients=10, rounds=5, workers=2))
+    assert Simulation(prepare_run(load_config(path))).workers == 2
 
 
 TWO_REPLIES = """
