@@ -9,4 +9,3 @@ def test_importing_the_data_modules_imports_no_torch():
     code = "import sys\nimport secure_ffm.data, secure_ffm.data.load, secure_ffm.data.federate\nprint('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
-
