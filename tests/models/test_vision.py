@@ -229,3 +229,24 @@ def test_a_batch_is_bitwise_the_whole_set_standardised_at_once(fashion_512: Labe
     whole = FASHION_MNIST_NORMALIZATION.normalize(torch.from_numpy(fashion_512.inputs.astype(np.float32)).div_(255.0), inplace=True)
     indices = np.array([7, 3, 500, 3, 0])
     assert torch.equal(model.make_batch(encoded, indices).inputs["pixels"], whole.unsqueeze(1)[torch.from_numpy(indices)])
+
+
+def test_one_channel_pixels_go_channels_last_as_a_view_and_colour_ones_as_a_copy() -> None:
+    from secure_ffm.models.vision import channels_last
+
+    grey = torch.rand(4, 1, 28, 28)
+    view = channels_last(grey)
+    assert view.data_ptr() == grey.data_ptr() and view.stride() == (784, 1, 28, 1) and torch.equal(view, grey)
+    colour = torch.rand(4, 3, 32, 32)
+    copy = channels_last(colour)
+    assert copy.is_contiguous(memory_format=torch.channels_last) and not copy.is_contiguous() and torch.equal(copy, colour)
+
+
+@pytest.mark.parametrize("in_channels", [1, 3])
+def test_the_cnns_first_convolution_writes_channels_last(in_channels: int) -> None:
+    # so that nothing converts its 16-channel output (the largest feature map) before the pools
+    from secure_ffm.models.vision import channels_last
+
+    cnn = SmallCNN(10, in_channels=in_channels)
+    out = cnn.conv1(channels_last(torch.rand(8, in_channels, 28, 28)))
+    assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
