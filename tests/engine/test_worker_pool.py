@@ -1,6 +1,7 @@
 """The worker-pool transport (run.workers): parallel clients give the sequential result, survive a dying worker,
 and leave no process behind."""
 
+import dataclasses
 import json
 import multiprocessing.connection
 import os
@@ -8,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +19,10 @@ from digits_cnn import digits_cnn_toml, two_stage_continual
 from safetensors.numpy import load_file
 
 from secure_ffm import machine_load
-from secure_ffm.config import load_config
+from secure_ffm.config import config_from_dict, load_config
 from secure_ffm.engine.orchestrator import RunObserver
 from secure_ffm.errors import ConfigError
-from secure_ffm.run.simulation import Simulation, prepare_run, without_timings
+from secure_ffm.run.simulation import Simulation, prepare_run, resolve_workers, without_timings
 
 MODES = {
     "plaintext": "",
@@ -166,20 +168,23 @@ def test_auto_workers_need_more_client_rounds_when_workers_cannot_be_forked(tmp_
     assert Simulation(prepare_run(load_config(path))).workers == 1
 
 
+@pytest.fixture(scope="module")
+def fifty_client_rounds():
+    """A run of 10 clients x 5 rounds (worth forked workers), prepared once: the choice reads its config and model."""
+    return prepare_run(config_from_dict(tomllib.loads(digits_cnn_toml(clients=10, rounds=5, workers=0))))
+
+
 @pytest.mark.parametrize(("others", "expected"), [(None, 2), (0.0, 2), (0.4, 2), (0.6, 1), (1.0, 1), (3.5, 1)])
-def test_auto_workers_count_only_the_cores_other_processes_left_free(tmp_path, monkeypatch, others, expected):
+def test_auto_workers_count_only_the_cores_other_processes_left_free(fifty_client_rounds, monkeypatch, others, expected):
     monkeypatch.setattr(machine_load, "others_busy_cores", lambda: others)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})  # two cores, as this project's machine
-    path = tmp_path / "c.toml"
-    path.write_text(digits_cnn_toml(clients=10, rounds=5, workers=0))
-    assert Simulation(prepare_run(load_config(path))).workers == expected
+    assert resolve_workers(fifty_client_rounds.config, fifty_client_rounds) == expected
 
 
-def test_an_explicit_worker_count_ignores_the_machines_load(tmp_path, monkeypatch):
+def test_an_explicit_worker_count_ignores_the_machines_load(fifty_client_rounds, monkeypatch):
     monkeypatch.setattr(machine_load, "others_busy_cores", lambda: 5.0)
-    path = tmp_path / "c.toml"
-    path.write_text(digits_cnn_toml(clients=10, rounds=5, workers=2))
-    assert Simulation(prepare_run(load_config(path))).workers == 2
+    config = dataclasses.replace(fifty_client_rounds.config, run=dataclasses.replace(fifty_client_rounds.config.run, workers=2))
+    assert resolve_workers(config, fifty_client_rounds) == 2
 
 
 TWO_REPLIES = """
