@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-if TYPE_CHECKING:  # the data modules import no torch: a run can read its data while torch is still importing
+if TYPE_CHECKING:  # the data modules import no torch: reading a dataset needs none
     import torch
 
 

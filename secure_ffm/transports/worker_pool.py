@@ -87,20 +87,16 @@ def _write(stream: Any, frame: Frame) -> None:
 
 def _read_exactly(stream: Any, size: int) -> bytes | None:
     """``size`` bytes, or None if the stream ends first. One ``read`` usually returns them all (the writer's frame
-    fits the pipe's buffer) and its bytes are used as they are; an unbuffered stream's ``read`` may return only
-    part, and the rest is then gathered."""
-    first = stream.read(size) if size else b""
-    if not first and size:
-        return None
-    if len(first) == size:
-        return first
-    buffer = bytearray(first)
-    while len(buffer) < size:
-        more = stream.read(size - len(buffer))
-        if not more:
+    fits the pipe's buffer) and its bytes are used as they are; an unbuffered stream's ``read`` may return only part,
+    and the parts are then joined."""
+    parts, got = [], 0
+    while got < size:
+        part = stream.read(size - got)
+        if not part:
             return None
-        buffer += more
-    return bytes(buffer)
+        parts.append(part)
+        got += len(part)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def _read(stream: Any) -> Frame | None:
@@ -109,8 +105,10 @@ def _read(stream: Any) -> Frame | None:
     if sizes is None:
         return None
     header = _read_exactly(stream, int.from_bytes(sizes[:8], "little"))
-    payload = _read_exactly(stream, int.from_bytes(sizes[8:], "little")) if header is not None else None
-    return (header, payload) if header is not None and payload is not None else None
+    if header is None:
+        return None
+    payload = _read_exactly(stream, int.from_bytes(sizes[8:], "little"))
+    return None if payload is None else (header, payload)
 
 
 def _open_replies(fd: int) -> Any:

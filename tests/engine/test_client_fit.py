@@ -4,7 +4,6 @@ import tomllib
 
 import numpy as np
 import pytest
-import torch
 from digits_cnn import digits_cnn_toml
 
 from secure_ffm.config import config_from_dict
@@ -76,11 +75,10 @@ def test_the_update_is_the_trained_parameters_minus_the_global_ones_bitwise(simu
         assert np.array_equal(update.delta[name], value), name
 
 
-def test_a_float64_reference_gives_the_difference_of_the_float32_parameters():
-    model = prepare_run(digits_config()).model
+def test_a_float64_reference_gives_the_difference_of_the_float32_parameters(simulation):
+    model = simulation.prepared.model
     reference = {name: np.full(p.shape, 0.25, dtype=np.float64) for name, p in model.trainable_named_parameters()}
     delta = model.trainable_delta(reference)
     for name, p in model.trainable_named_parameters():
         expected = p.detach().numpy().astype(np.float32) - reference[name]
         assert delta[name].dtype == expected.dtype and np.array_equal(delta[name], expected), name
-    assert all(isinstance(p, torch.nn.Parameter) for _, p in model.trainable_named_parameters())
