@@ -46,7 +46,8 @@ def main() -> None:
     rows, results = [], {}
     for name, raw in CASES.items():
         # eval only after the last round, which is left out of the fit-phase ratio
-        config = config_from_dict({**raw, "server": {"rounds": args.rounds + 1, "eval_every": 10_000}})
+        # clients one after another (run.workers = 1): the ratio divides by the sum of their training times
+        config = config_from_dict({**raw, "run": {"workers": 1}, "server": {"rounds": args.rounds + 1, "eval_every": 10_000}})
         simulation = Simulation(prepare_run(config))
         simulation.run()
         history = simulation.history[:-1]

@@ -24,6 +24,7 @@ from secure_ffm.config import config_from_dict
 from secure_ffm.run.simulation import Simulation, prepare_run
 num_clients, steps = int(sys.argv[1]), int(sys.argv[2])
 config = config_from_dict({
+    "run": {"workers": 1},  # this process's own memory; the worker pool's is vs_flower.py's
     "data": {"dataset": "fashion_mnist", "num_clients": num_clients, "partition": "iid"},
     "model": {"arch": "cnn", "finetune": "full"},
     "client": {"local_steps": steps, "batch_size": 32, "lr": 0.05},

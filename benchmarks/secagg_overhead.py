@@ -14,7 +14,8 @@ Three sections, each selectable alone:
     primes (multiplicative depth aggregation never uses) cost time and bytes for the same precision.
     ``--protocols`` runs a subset (``none`` is always run: it is the baseline). The first round of
     ``ckks`` also draws the key set; the median over rounds leaves it out. Training time varies
-    by several percent from run to run, so ``accounted_ratio`` is given beside the measured ratio:
+    by several percent from run to run, so ``accounted_ratio`` is given beside the measured ratio
+    (clients train one after another, ``run.workers = 1``, so that local training can be taken out of the round):
     1 + (the round's seconds outside local training - the plaintext run's) / the plaintext round,
     i.e. the measured cost of set-up, encoding or encryption and aggregation on top of plaintext.
 ``--bytes``
@@ -123,7 +124,9 @@ def round_times(prepared: Any, protocols: dict[str, dict[str, Any]]) -> dict[str
 
 
 def section_round_time(args: argparse.Namespace) -> dict[str, Any]:
-    rounds = [f"server.rounds={args.rounds}", f"server.eval_every={args.rounds}"]
+    # clients one after another in this process (run.workers = 1): the accounting below takes local training out of
+    # the round, which with parallel workers would overlap the protocol's own work
+    rounds = [f"server.rounds={args.rounds}", f"server.eval_every={args.rounds}", "run.workers=1"]
     cnn_full = [f"data.max_train_examples={args.cnn_examples}"] if args.cnn_examples else []
     cases = {
         "minilm-lora-8-clients": (

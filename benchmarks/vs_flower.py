@@ -13,13 +13,15 @@ memory are measured the same way, interleaved per repetition (secure-ffm, Flower
 again):
 
 - ``secure-ffm``: ``Simulation(prepare_run(config)).run()`` (no run directory) with the defaults: ``run.threads = 0``
-  (the thread policy: one torch thread for the CNN) and ``run.workers = 1`` (clients one after another); the child
-  then ends as the ``secure-ffm`` executable does (flush, ``os._exit``: no interpreter teardown);
+  (the thread policy: one torch thread for the CNN) and ``run.workers = 0`` (automatic: the run's process and a
+  forked worker per further free core when the run trains at least 40 client-rounds, as the large case does; the
+  small case stays in-process); the child then ends as the ``secure-ffm`` executable does (flush, ``os._exit``: no
+  interpreter teardown);
 - ``flower``: ``flwr.simulation.run_simulation`` with a Message-API ServerApp and ClientApp, ``num_supernodes`` = the
   number of clients and ``backend_config = {"client_resources": {"num_cpus": 1}}`` (Flower's default: one Ray actor
   per CPU; Ray gives each actor one torch thread);
-- ``secure-ffm-workers``: as ``secure-ffm`` with ``run.workers = 0`` (automatic: one worker process per core when the
-  run trains at least 40 client-rounds, as the large case does; the small case stays in-process).
+- ``secure-ffm-sequential``: as ``secure-ffm`` with ``run.workers = 1`` (clients one after another in the run's
+  process; the default until 2026-12-06, when the JSON called the automatic choice ``secure-ffm-workers``).
 
 The same work in Flower: the ServerApp builds secure-ffm's run for the same config (``prepare_run``: initial
 weights, test data) and asks secure-ffm's own server which clients to train each round
@@ -102,15 +104,18 @@ CASES: dict[str, dict[str, int]] = {
     "small": {"clients": 100, "per_round": 5, "rounds": 5},
 }
 EXAMPLES_PER_CLIENT = 32
-SYSTEMS = ("secure-ffm", "flower", "secure-ffm-workers")
+SYSTEMS = ("secure-ffm", "flower", "secure-ffm-sequential")
 SAMPLE_SECONDS = 0.2
 PSS_EVERY = 10  # samples: the proportional set size every 2 s (reading smaps_rollup costs a few ms per process)
 
 
-def raw_config(case: str, workers: int, test_examples: int) -> dict[str, Any]:
-    """The secure-ffm config of ``case`` (both systems train and evaluate what it describes); ``workers``: ``run.workers``."""
+def raw_config(case: str, workers: int | None, test_examples: int) -> dict[str, Any]:
+    """The secure-ffm config of ``case`` (both systems train and evaluate what it describes); ``workers``: ``run.workers``
+    (None: the default)."""
     c = CASES[case]
-    run: dict[str, Any] = {"seed": 0, "name": f"vs-flower-{case}", "workers": workers}
+    run: dict[str, Any] = {"seed": 0, "name": f"vs-flower-{case}"}
+    if workers is not None:
+        run["workers"] = workers
     return {
         "run": run,
         "data": {
@@ -503,7 +508,7 @@ def run_case(case: str, repetitions: int, test_examples: int, work: Path, quiet:
         )
     by = {row["system"]: row for row in summary}
     ratios = []
-    for base in ("secure-ffm", "secure-ffm-workers"):
+    for base in ("secure-ffm", "secure-ffm-sequential"):
         ratios.append(
             {
                 "case": case,
@@ -516,7 +521,7 @@ def run_case(case: str, repetitions: int, test_examples: int, work: Path, quiet:
             }
         )
     return {
-        "config": raw_config(case, 1, test_examples),
+        "config": raw_config(case, None, test_examples),
         "workload": CASES[case],
         "same_clients_every_round": same_clients,
         "clients_per_round": reference,
@@ -548,7 +553,7 @@ def main() -> None:
     parser.add_argument("--_out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args._child:
-        raw = raw_config(args.case, 0 if args._child == "secure-ffm-workers" else 1, args.test_examples)
+        raw = raw_config(args.case, 1 if args._child == "secure-ffm-sequential" else None, args.test_examples)
         if args._child == "flower":
             import vs_flower  # the ClientApp's functions must live in a module the Ray actors can import, not __main__
 

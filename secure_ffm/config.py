@@ -80,9 +80,10 @@ class RunConfig:
     """Names the default run directory ``runs/<name>-<timestamp>``: one path component, no separators."""
     threads: int = 0
     """Torch CPU threads (at most ``MAX_THREADS``); 0 chooses: one for a small model (the CNN), every core for a large one."""
-    workers: int = 1
+    workers: int = 0
     """Processes that train a round's clients in parallel (the worker-pool transport, each worker one torch thread);
-    1 trains them one after another in this process; 0 chooses from the cores and the round (docs/speed.md)."""
+    0 (the default) chooses from the free cores, the model's size and the run's client-rounds
+    (:func:`secure_ffm.run.simulation.resolve_workers`); 1 trains them one after another in this process."""
     worker_timeout: float = 0.0
     """Seconds a pool worker may spend on one request; past it the worker is taken as hung: it is killed, the clients
     whose requests it held count as dropped (as when a worker dies) and it is replaced. A worker that takes longer to

@@ -181,6 +181,15 @@ def test_auto_workers_count_only_the_cores_other_processes_left_free(fifty_clien
     assert resolve_workers(fifty_client_rounds.config, fifty_client_rounds) == expected
 
 
+def test_a_config_without_run_workers_chooses_as_zero_does(monkeypatch):
+    # the default is the automatic choice (issue 17): a small model's long run uses the free cores unasked
+    monkeypatch.setattr(machine_load, "others_busy_cores", lambda: 0.0)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    config = config_from_dict(tomllib.loads(digits_cnn_toml(clients=10, rounds=5)))
+    assert config.run.workers == 0
+    assert resolve_workers(config, prepare_run(config)) == 2
+
+
 def test_an_explicit_worker_count_ignores_the_machines_load(fifty_client_rounds, monkeypatch):
     monkeypatch.setattr(machine_load, "others_busy_cores", lambda: 5.0)
     config = dataclasses.replace(fifty_client_rounds.config, run=dataclasses.replace(fifty_client_rounds.config.run, workers=2))
