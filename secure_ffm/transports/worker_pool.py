@@ -515,7 +515,8 @@ class WorkerPoolTransport(Transport):
         the jobs are fit requests without parameters: each worker gets the round's parameters once, first.
 
         When this process trains too (:attr:`trains_here`), each worker holds up to two requests, so it never waits
-        while this process trains, and this process takes a job from the end of the queue whenever no reply is ready."""
+        while this process trains, and this process takes a job from the end of the queue whenever no reply is ready.
+        The last job is never queued as a worker's second: this process takes it."""
         self._ensure_workers()
         here = self.trains_here
         depth = 2 if here else 1
@@ -523,6 +524,8 @@ class WorkerPoolTransport(Transport):
         while pending or any(w.jobs for w in self._workers):
             for worker in self._workers:
                 while len(worker.jobs) < depth and pending:
+                    if worker.jobs and len(pending) == 1:  # the round's last job: this process takes it rather than
+                        break  # queue it behind a busy worker's, then wait for both (docs/speed.md)
                     if not worker.jobs:
                         worker.working_since = time.monotonic()
                     self._send(worker, *pending.popleft(), broadcast)
