@@ -315,3 +315,44 @@ def test_a_worker_that_never_builds_the_run_fails_it_after_the_timeout(tmp_path,
     with pytest.raises(RuntimeError, match=r"could not build the run: it took more than 1 s \(run.worker_timeout\)"):
         simulation.run()
     assert not alive(simulation.transport.started)
+
+
+class InterruptedAtRoundTwo(RunObserver):
+    def round_started(self, round, clients):
+        if round == 2:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.slow
+def test_a_pooled_run_interrupted_and_resumed_equals_the_sequential_run(tmp_path):
+    # run.workers = 0 is the default, so --resume now meets the pool: the clients' states (secrets, DP ledgers) come
+    # back from the checkpoint into the run's process and travel with the resumed rounds' requests
+    from secure_ffm.run.cli import main
+
+    privacy = '[privacy]\nmode = "dp-sgd"\ntarget_epsilon = 8.0\nreproducible_noise = true\n'  # two runs to compare
+    sequential = run(tmp_path, "one", digits_cnn_toml(clients=4, rounds=3, workers=1) + privacy)
+    path = tmp_path / "two.toml"
+    path.write_text(digits_cnn_toml(clients=4, rounds=3, workers=2) + privacy)
+    interrupted = Simulation(prepare_run(load_config(path)), out_dir=tmp_path / "two", observer=InterruptedAtRoundTwo())
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.run()
+    assert interrupted.workers == 2 and not alive(interrupted.transport.started)
+    assert main(["train", str(path), "--out", str(tmp_path / "two"), "--quiet", "--resume"]) == 0
+    assert sequential.workers == 1
+    assert rows(tmp_path / "two") == rows(tmp_path / "one")
+    a, b = load_file(str(tmp_path / "one" / "model.safetensors")), load_file(str(tmp_path / "two" / "model.safetensors"))
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert json.loads((tmp_path / "two" / "privacy.json").read_text()) == json.loads((tmp_path / "one" / "privacy.json").read_text())
+
+
+def test_the_audit_captures_the_same_update_from_a_pooled_run(tmp_path):
+    capture = "[audit]\ncapture_clients = [1]\ncapture_rounds = [2]\n"
+    from secure_ffm.run.audit import load_observation
+
+    run(tmp_path, "one", digits_cnn_toml(clients=4, workers=1) + capture)
+    parallel = run(tmp_path, "two", digits_cnn_toml(clients=4, workers=2) + capture)
+    assert parallel.workers == 2 and parallel.transport.local_jobs > 0
+    one, two = load_observation(tmp_path / "one"), load_observation(tmp_path / "two")
+    assert one.observes == two.observes == "update" and one.observed.keys() == two.observed.keys()
+    assert all(np.array_equal(one.observed[k], two.observed[k]) for k in one.observed)
+    np.testing.assert_array_equal(one.indices, two.indices)
