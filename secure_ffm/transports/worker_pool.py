@@ -11,7 +11,8 @@ Otherwise, or with ``SECURE_FFM_WORKER_START=spawn``, each of the ``run.workers`
 ``if __name__ == "__main__"`` guard. A worker answers exactly as a deployed node does
 (:class:`~secure_ffm.transports.remote.NodeSession`: the same client, transforms, privacy mechanism and protocol half);
 requests and replies cross its stdin and stdout as length-prefixed frames: a JSON header and the arrays as safetensors
-(the safe codec's packing; nothing is pickled).
+(the safe codec's packing; nothing is pickled); a forked worker puts its replies' arrays in memory it shares with the run
+(:class:`_ReplySlots`) and sends only the header.
 
 What belongs to a client stays with the run, not with a worker: each client's private state (its secret, its DP
 ledger) lives in the main process's ``client_states`` (checkpointed as before) and travels with each request, the
@@ -144,6 +145,77 @@ def _with_parameters(fit: FitRequest, parameters: Mapping[str, Any]) -> FitReque
     return dataclasses.replace(fit, instructions=dataclasses.replace(fit.instructions, parameters=parameters))
 
 
+class _ReplySlots:
+    """Shared memory that a forked worker writes its replies' arrays into, instead of sending them down its pipe.
+
+    An anonymous shared mapping (``mmap(-1, ...)``: no file, nothing to clean up, gone with the last process that maps
+    it), made before the fork, so only the run's process and that one worker share it: the same two parties as the pipe.
+    It holds two slots: a worker holds at most two requests, and the run reads (and copies out) its reply to request j
+    before it sends request j + 2, whose reply is the next to use j's slot. The pipe still carries each reply's
+    header, now with the arrays' layout in the slot; a reply whose arrays do not fit a slot goes down the pipe whole.
+    This saves a model-sized update two copies through the kernel and the safetensors packing on the worker's side:
+    one copy in, one copy out (docs/speed.md)."""
+
+    SLOTS = 2
+    _KINDS = frozenset("biuf")  # as the codec: bool, integer and float arrays only
+
+    def __init__(self, slot_bytes: int) -> None:
+        import mmap
+
+        self.slot_bytes = slot_bytes
+        self.memory = mmap.mmap(-1, self.SLOTS * slot_bytes)
+        self.written = 0
+        """Replies written (in the worker): the next goes to slot ``written % SLOTS``."""
+
+    def write(self, arrays: Mapping[str, Any]) -> dict[str, Any] | None:
+        """In the worker: copy ``arrays`` into the next slot; their layout for the reply's header, or None (and nothing
+        written) when they do not fit."""
+        import numpy as np
+
+        values = {str(name): np.asarray(value) for name, value in arrays.items()}
+        if sum(v.nbytes for v in values.values()) > self.slot_bytes or any(v.dtype.kind not in self._KINDS for v in values.values()):
+            return None
+        slot = self.written % self.SLOTS
+        offset, layout = slot * self.slot_bytes, []
+        for name, value in values.items():
+            target = np.frombuffer(self.memory, dtype=value.dtype, count=value.size, offset=offset)
+            np.copyto(target.reshape(value.shape), value)
+            layout.append([name, value.dtype.str, list(value.shape), offset])
+            offset += value.nbytes
+        self.written += 1
+        return {"slot": slot, "arrays": layout}
+
+    def read(self, shared: Mapping[str, Any]) -> NamedArrays:
+        """In the run's process: copies of the arrays a reply's header says its worker wrote (checked against the slot)."""
+        import math
+
+        import numpy as np
+
+        slot = shared["slot"]
+        if type(slot) is not int or not 0 <= slot < self.SLOTS:
+            raise AggregationError(f"a worker's reply names shared-memory slot {slot!r}")
+        begin, end = slot * self.slot_bytes, (slot + 1) * self.slot_bytes
+        arrays = {}
+        for entry in shared["arrays"]:
+            try:
+                name, dtype_str, shape, offset = entry
+                dtype = np.dtype(dtype_str)
+            except (TypeError, ValueError):
+                raise AggregationError(f"a worker's reply has the array entry {entry!r}") from None
+            if (
+                dtype.kind not in self._KINDS
+                or not isinstance(shape, list)
+                or not all(type(n) is int and n >= 0 for n in shape)
+                or type(offset) is not int
+            ):
+                raise AggregationError(f"a worker's reply has array {name!r} of {dtype_str} {shape} at {offset}")
+            count = math.prod(shape)
+            if not begin <= offset <= offset + count * dtype.itemsize <= end:
+                raise AggregationError(f"a worker's reply has array {name!r} outside its shared-memory slot")
+            arrays[str(name)] = np.frombuffer(self.memory, dtype=dtype, count=count, offset=offset).reshape(shape).copy()
+        return arrays
+
+
 def _answer(
     simulation: Any, client_id: int, kind: str, packed: Packed, state: dict[str, Any], parameters: Callable[[], Mapping[str, Any]] | None
 ) -> tuple[Packed | None, str | None, dict[str, Any]]:
@@ -171,11 +243,12 @@ def _answer(
             simulation.client_states[client_id] = own
 
 
-def _serve(requests: Any, replies: Any, built: Any = None) -> None:
+def _serve(requests: Any, replies: Any, built: Any = None, slots: _ReplySlots | None = None) -> None:
     """A worker: build the run's client side once from the first message, then answer jobs until the stream ends.
 
     ``built``: the run's own :class:`~secure_ffm.run.simulation.Simulation`, which a forked worker inherited; it is used
-    instead of building the run again when its config is the one in the first message."""
+    instead of building the run again when its config is the one in the first message. ``slots``: the shared memory a
+    forked worker writes its replies' arrays into (:class:`_ReplySlots`)."""
     first = _read(requests)
     if first is None:
         return
@@ -218,10 +291,16 @@ def _serve(requests: Any, replies: Any, built: Any = None) -> None:
             simulation, int(job["client"]), str(job["kind"]), packed, state, parameters if wanted is not None else None
         )
         header = {"status": "ok" if error is None else "error", "detail": error or reply[0], "state": to_bytes(after).decode()}
-        _write(replies, _frame(header, reply[1] if reply is not None else {}))
+        arrays = reply[1] if reply is not None else {}
+        shared = slots.write(arrays) if slots is not None and arrays else None
+        if shared is not None:
+            header["shared"], arrays = shared, {}
+        _write(replies, _frame(header, arrays))
 
 
-def _forked_worker(requests_fd: int, replies_fd: int, inherited: Sequence[int], built: Any = None) -> None:
+def _forked_worker(
+    requests_fd: int, replies_fd: int, inherited: Sequence[int], built: Any = None, slots: _ReplySlots | None = None
+) -> None:
     """The body of a worker forked from the run's process (:class:`_ForkedWorker`); never returns.
 
     It closes the pipe ends it inherited that belong to the run or to the other workers (a worker holding a sibling's
@@ -243,7 +322,7 @@ def _forked_worker(requests_fd: int, replies_fd: int, inherited: Sequence[int], 
         root.addHandler(logging.StreamHandler(sys.stderr))
         root.setLevel(logging.WARNING)
         with os.fdopen(requests_fd, "rb") as requests, os.fdopen(replies_fd, "wb") as replies:
-            _serve(requests, replies, built)
+            _serve(requests, replies, built, slots)
     except (KeyboardInterrupt, BrokenPipeError):
         pass
     except BaseException:  # noqa: BLE001 - reported on stderr; the run sees the end of its stream
@@ -262,7 +341,9 @@ class _ForkedWorker:
     ``local_run``), it serves from its copy of it; otherwise it builds its client side from the config like a fresh
     worker. Either way its answers are the sequential run's, bitwise (tested)."""
 
-    def __init__(self, inherited: Sequence[int], built: Any = None) -> None:
+    def __init__(self, inherited: Sequence[int], built: Any = None, slot_bytes: int = 0) -> None:
+        self.slots = _ReplySlots(slot_bytes) if slot_bytes > 0 else None
+        """The shared memory its replies' arrays come through (:class:`_ReplySlots`; None: all through the pipe)."""
         requests_r, requests_w = os.pipe()
         replies_r, replies_w = os.pipe()
         for stream in (sys.stdout, sys.stderr):  # what the run buffered must not be written again by the worker
@@ -272,7 +353,7 @@ class _ForkedWorker:
                 pass
         pid = os.fork()
         if pid == 0:  # the worker
-            _forked_worker(requests_r, replies_w, [requests_w, replies_r, *inherited], built)
+            _forked_worker(requests_r, replies_w, [requests_w, replies_r, *inherited], built, self.slots)
         os.close(requests_r)
         os.close(replies_w)
         self.pid = pid
@@ -446,6 +527,8 @@ class WorkerPoolTransport(Transport):
         """The process ids of every worker started, replacements included."""
         self.local_jobs = 0
         """Requests this process answered itself (:attr:`trains_here`)."""
+        self.shared_replies = 0
+        """Replies whose arrays came through a forked worker's shared memory (:class:`_ReplySlots`), not its pipe."""
         self._local_parameters: tuple[int, dict[str, Any]] | None = None
         self.worker_runs: list[str] = []
         """How each started worker got its run: ``"inherited"`` (served from its forked copy of ``local_run``) or
@@ -457,7 +540,7 @@ class WorkerPoolTransport(Transport):
         process: subprocess.Popen[bytes] | _ForkedWorker
         if self._forks():
             inherited = [fd for w in others if isinstance(w.process, _ForkedWorker) for fd in w.process.fds()]
-            process = _ForkedWorker(inherited, self.local_run)
+            process = _ForkedWorker(inherited, self.local_run, self._slot_bytes())
         else:
             process = _spawn_worker([sys.executable, "-m", "secure_ffm.transports.worker_pool"])
         self.started.append(process.pid)
@@ -466,6 +549,15 @@ class WorkerPoolTransport(Transport):
         _widen(process.stdout)
         _write(process.stdin, _frame({"config": self.config_toml, "key_file": key_file}, {}))
         return _Worker(process)
+
+    def _slot_bytes(self) -> int:
+        """The size of each shared-memory reply slot of a forked worker (:class:`_ReplySlots`): room for an update of
+        every trained parameter at 8 bytes a value, and 1 MiB for the rest; 0 (no slots) without the run's own
+        built run to size it from."""
+        if self.local_run is None:
+            return 0
+        values = sum(int(getattr(v, "size", 0)) for v in self.local_run.prepared.initial_parameters.values())
+        return 8 * values + (1 << 20)
 
     @property
     def trains_here(self) -> bool:
@@ -552,6 +644,12 @@ class WorkerPoolTransport(Transport):
                     continue
                 worker.working_since = time.monotonic()
                 meta, arrays = _unframe(data)
+                if "shared" in meta:
+                    slots = getattr(worker.process, "slots", None)
+                    if slots is None:
+                        raise AggregationError(f"the worker for client {client_id} replied through shared memory it does not have")
+                    arrays = slots.read(meta["shared"])
+                    self.shared_replies += 1
                 self._keep_state(client_id, from_bytes(meta["state"].encode()))
                 yield _Result(client_id, (meta["detail"], arrays)) if meta["status"] == "ok" else _Result(client_id, error=meta["detail"])
 

@@ -85,6 +85,7 @@ def test_two_workers_give_the_sequential_result_bitwise(tmp_path, monkeypatch, m
     assert parallel.transport.trains_here == forked
     assert parallel.transport.worker_runs == (["inherited"] if forked else ["built"] * 2)
     assert (parallel.transport.local_jobs > 0) == forked
+    assert (parallel.transport.shared_replies > 0) == forked  # a forked worker's updates come through shared memory
     processes = len(parallel.transport.worker_runs)
     assert parallel.transport.parameter_frames == processes * 2  # the global model went to each worker once a round
     assert rows(tmp_path / "two") == rows(tmp_path / "one")
