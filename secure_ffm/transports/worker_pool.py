@@ -33,6 +33,8 @@ import collections
 import dataclasses
 import json
 import logging
+import math
+import mmap
 import multiprocessing.connection
 import os
 import signal
@@ -45,9 +47,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from secure_ffm.engine.aggregation import AggregationError, Stage, StageReplies
-from secure_ffm.engine.codec import from_bytes, pack, to_bytes, unpack
-from secure_ffm.engine.wire import ClientMessage, NamedArrays, arrays_from_bytes, arrays_to_bytes
+from secure_ffm.engine.codec import _ARRAY_KINDS, from_bytes, pack, to_bytes, unpack
+from secure_ffm.engine.wire import ClientMessage, NamedArrays, arrays_from_bytes, arrays_to_bytes, num_parameters
 from secure_ffm.transports.base import FitReply, FitRequest, Transport
 from secure_ffm.transports.in_process import no_dropouts
 from secure_ffm.transports.remote import EVALUATE, FIT, STAGE, Packed
@@ -157,11 +161,8 @@ class _ReplySlots:
     one copy in, one copy out (docs/speed.md)."""
 
     SLOTS = 2
-    _KINDS = frozenset("biuf")  # as the codec: bool, integer and float arrays only
 
     def __init__(self, slot_bytes: int) -> None:
-        import mmap
-
         self.slot_bytes = slot_bytes
         self.memory = mmap.mmap(-1, self.SLOTS * slot_bytes)
         self.written = 0
@@ -170,10 +171,8 @@ class _ReplySlots:
     def write(self, arrays: Mapping[str, Any]) -> dict[str, Any] | None:
         """In the worker: copy ``arrays`` into the next slot; their layout for the reply's header, or None (and nothing
         written) when they do not fit."""
-        import numpy as np
-
         values = {str(name): np.asarray(value) for name, value in arrays.items()}
-        if sum(v.nbytes for v in values.values()) > self.slot_bytes or any(v.dtype.kind not in self._KINDS for v in values.values()):
+        if sum(v.nbytes for v in values.values()) > self.slot_bytes or any(v.dtype.kind not in _ARRAY_KINDS for v in values.values()):
             return None
         slot = self.written % self.SLOTS
         offset, layout = slot * self.slot_bytes, []
@@ -187,10 +186,6 @@ class _ReplySlots:
 
     def read(self, shared: Mapping[str, Any]) -> NamedArrays:
         """In the run's process: copies of the arrays a reply's header says its worker wrote (checked against the slot)."""
-        import math
-
-        import numpy as np
-
         slot = shared["slot"]
         if type(slot) is not int or not 0 <= slot < self.SLOTS:
             raise AggregationError(f"a worker's reply names shared-memory slot {slot!r}")
@@ -203,7 +198,7 @@ class _ReplySlots:
             except (TypeError, ValueError):
                 raise AggregationError(f"a worker's reply has the array entry {entry!r}") from None
             if (
-                dtype.kind not in self._KINDS
+                dtype.kind not in _ARRAY_KINDS
                 or not isinstance(shape, list)
                 or not all(type(n) is int and n >= 0 for n in shape)
                 or type(offset) is not int
@@ -556,8 +551,7 @@ class WorkerPoolTransport(Transport):
         built run to size it from."""
         if self.local_run is None:
             return 0
-        values = sum(int(getattr(v, "size", 0)) for v in self.local_run.prepared.initial_parameters.values())
-        return 8 * values + (1 << 20)
+        return 8 * num_parameters(self.local_run.prepared.initial_parameters) + (1 << 20)
 
     @property
     def trains_here(self) -> bool:
