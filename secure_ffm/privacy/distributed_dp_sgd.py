@@ -47,7 +47,7 @@ from secure_ffm.engine.aggregation import PROTOCOLS, Aggregate, AggregateStep, A
 from secure_ffm.engine.training import ClientDeclined, LocalExtras, LocalTrainer, TrainResult
 from secure_ffm.engine.wire import NamedArrays, Scalar
 from secure_ffm.errors import ConfigError
-from secure_ffm.models.base import EncodedData, FederatedModel
+from secure_ffm.models.base import Batch, EncodedData, FederatedModel
 from secure_ffm.privacy import accounting
 from secure_ffm.privacy.accounting import PrivacyLedger
 from secure_ffm.privacy.distributed import DiscreteGaussianSum, minimum_shares
@@ -131,6 +131,71 @@ class DistributedDPSGDTrainer(LocalTrainer):
         )
 
 
+class _HookedExampleGradients:
+    """Per-example gradients from Opacus' hooks (``GradSampleModule``): any model Opacus covers."""
+
+    def __init__(self, model: FederatedModel, params: Sequence[torch.nn.Parameter]) -> None:
+        from opacus.grad_sample import GradSampleModule
+
+        self.model, self.params = model, list(params)
+        self.wrapped = GradSampleModule(model.module, batch_first=True, loss_reduction="sum")
+        self.layout_hooks = nchw_convolution_inputs(model.module)  # Opacus' conv gradients assume NCHW inputs
+
+    def rows(self, batch: Batch) -> torch.Tensor:
+        for p in self.params:
+            p.grad = None
+            p.grad_sample = None
+        outputs = self.wrapped(**batch.inputs)
+        with warnings.catch_warnings():  # the first layer's input needs no gradient; Opacus reads the output's
+            warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
+            self.model.objective.per_example_loss(outputs, batch.labels).sum().backward()
+        return torch.cat([p.grad_sample.reshape(p.grad_sample.shape[0], -1) for p in self.params], dim=1)
+
+    def close(self) -> None:
+        for handle in self.layout_hooks:
+            handle.remove()
+        self.wrapped.cleanup()
+        for p in self.params:
+            p.grad = None
+            for attr in ("grad_sample", "_forward_counter"):
+                if hasattr(p, attr):
+                    delattr(p, attr)
+
+
+class _BookkeepingExampleGradients:
+    """Per-example gradients from book-keeping's one backward pass to the layers' outputs
+    (:meth:`~secure_ffm.privacy.bookkeeping.BookkeepingClipper.per_example_gradients`): models whose trained layers
+    are all ``Linear`` or ``Conv2d`` (:func:`~secure_ffm.privacy.bookkeeping.bookkeeping_supported`)."""
+
+    def __init__(self, model: FederatedModel, params: Sequence[torch.nn.Parameter]) -> None:
+        from secure_ffm.privacy.bookkeeping import BookkeepingClipper
+
+        self.model, self.params = model, list(params)
+        self.clipper = BookkeepingClipper(model.module, self.params, max_grad_norm=1.0)  # only its records are used
+
+    def rows(self, batch: Batch) -> torch.Tensor:
+        outputs = self.model.module(**batch.inputs)
+        grads = self.clipper.per_example_gradients(self.model.objective.per_example_loss(outputs, batch.labels))
+        size = len(batch)
+        # a parameter the loss did not reach (an unused layer) has a zero gradient for every example, as with Opacus
+        return torch.cat([grads[p].reshape(size, -1) if p in grads else p.new_zeros(size, p.numel()) for p in self.params], dim=1)
+
+    def close(self) -> None:
+        self.clipper.close()
+
+
+def per_example_gradient_source(model: FederatedModel) -> str:
+    """``bookkeeping`` when every trained layer has a book-keeping rule and no parameter is shared, else ``hooks``."""
+    from secure_ffm.privacy.bookkeeping import bookkeeping_supported
+
+    return "bookkeeping" if bookkeeping_supported(model.module) else "hooks"
+
+
+PER_EXAMPLE_GRADIENT_SOURCES = {"hooks": _HookedExampleGradients, "bookkeeping": _BookkeepingExampleGradients}
+"""Where :func:`clipped_gradient_sum` takes each example's gradient from; both give the same rows up to float
+summation order (tested)."""
+
+
 def clipped_gradient_sum(
     model: FederatedModel,
     encoded: EncodedData,
@@ -141,14 +206,15 @@ def clipped_gradient_sum(
     sink: Any,
     physical_batch: int = PHYSICAL_BATCH,
     per_layer: bool = False,
+    source: str | None = None,
 ) -> np.ndarray:
     """Σ over ``chosen`` of each example's gradient clipped to L2 norm ``clip_norm`` (flattened, trainable parameters in
     :meth:`FederatedModel.trainable_named_parameters` order), each chunk's rows passed through ``sink``. ``per_layer``:
     each parameter's part is clipped to ``clip_norm / sqrt(K)`` instead (:func:`clip_rows`), K the trained parameters.
 
-    Per-example gradients come from Opacus' hooks (``GradSampleModule``) on the summed per-example losses."""
-    from opacus.grad_sample import GradSampleModule
-
+    Per-example gradients come from ``source`` (:data:`PER_EXAMPLE_GRADIENT_SOURCES`; by default
+    :func:`per_example_gradient_source`: book-keeping where the model allows it, else Opacus' hooks), on the summed
+    per-example losses; the rows are clipped in float64."""
     params = [p for _, p in model.trainable_named_parameters()]
     size = sum(p.numel() for p in params)
     total = np.zeros(size, dtype=np.float64)
@@ -156,30 +222,21 @@ def clipped_gradient_sum(
         return total
     sizes = [p.numel() for p in params] if per_layer else None
     model.module.train()
-    wrapped = GradSampleModule(model.module, batch_first=True, loss_reduction="sum")
-    layout_hooks = nchw_convolution_inputs(model.module)  # Opacus' conv gradients assume NCHW inputs
+    examples = PER_EXAMPLE_GRADIENT_SOURCES[source or per_example_gradient_source(model)](model, params)
     try:
         for begin in range(0, len(chosen), physical_batch):
             batch = model.make_training_batch(encoded, chosen[begin : begin + physical_batch], generator=generator)
-            for p in params:
-                p.grad = None
-                p.grad_sample = None
-            outputs = wrapped(**batch.inputs)
-            with warnings.catch_warnings():  # the first layer's input needs no gradient; Opacus reads the output's
-                warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
-                model.objective.per_example_loss(outputs, batch.labels).sum().backward()
-            rows = torch.cat([p.grad_sample.reshape(p.grad_sample.shape[0], -1) for p in params], dim=1).double().numpy()
+            rows = examples.rows(batch).double().numpy()
             total += sink(clip_rows(rows, clip_norm, sizes=sizes))
     finally:
-        for handle in layout_hooks:
-            handle.remove()
-        wrapped.cleanup()
-        for p in params:
-            p.grad = None
-            for attr in ("grad_sample", "_forward_counter"):
-                if hasattr(p, attr):
-                    delattr(p, attr)
+        examples.close()
     return total
+
+
+def _row_norms(rows: np.ndarray) -> np.ndarray:
+    """The L2 norm of each row, in one pass (``np.linalg.norm`` squares into a copy first: 0.62 against 0.55 ms for 51
+    rows of 26k)."""
+    return np.sqrt(np.einsum("ij,ij->i", rows, rows))
 
 
 def clip_rows(rows: np.ndarray, clip_norm: float, *, sizes: Sequence[int] | None = None) -> np.ndarray:
@@ -187,7 +244,7 @@ def clip_rows(rows: np.ndarray, clip_norm: float, *, sizes: Sequence[int] | None
     ``sizes`` (the column counts of K consecutive groups, one per trained parameter) each group to ``clip_norm / sqrt(K)``,
     so that the row's norm is at most ``sqrt(K (clip_norm^2 / K)) = clip_norm`` either way."""
     if sizes is None:
-        norms = np.linalg.norm(rows, axis=1)
+        norms = _row_norms(rows)
         rows *= np.minimum(1.0, clip_norm / np.maximum(norms, 1e-12))[:, None]
         return rows
     if sum(sizes) != rows.shape[1]:
@@ -196,7 +253,7 @@ def clip_rows(rows: np.ndarray, clip_norm: float, *, sizes: Sequence[int] | None
     begin = 0
     for size in sizes:
         part = rows[:, begin : begin + size]
-        norms = np.linalg.norm(part, axis=1)
+        norms = _row_norms(part)
         part *= np.minimum(1.0, bound / np.maximum(norms, 1e-12))[:, None]
         begin += size
     return rows

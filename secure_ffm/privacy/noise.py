@@ -164,6 +164,14 @@ class NoiseStream(ABC):
         """``count`` float32 N(0, std^2) as a torch tensor, by :func:`box_muller_float32`: the noise DP-SGD adds to
         float32 gradients at every step."""
 
+    def uniform_words32(self, count: int) -> np.ndarray:
+        """``count`` uniformly random 32-bit words (``uint32``): the coin flips of randomized rounding
+        (secure_ffm.privacy.discrete_gaussian), compared with a probability scaled to ``2^32``.
+
+        This default takes the top 32 bits of :meth:`random`'s float64 uniforms (multiples of ``2^-53``, so the
+        words are exact and uniform); the streams below draw their generator's raw bits instead, 3-4x faster."""
+        return np.ldexp(self.random(count), 32).astype(np.uint32)
+
 
 class FastStream(NoiseStream):
     """NumPy's Philox-4x64 keyed with 128 bits of the key, one ziggurat Gaussian per value (secret, not a CSPRNG)."""
@@ -179,6 +187,10 @@ class FastStream(NoiseStream):
 
     def normal_float32(self, count: int, std: float) -> torch.Tensor:
         return box_muller_float32(self.generator.bit_generator.random_raw(box_muller_words(count)), count).mul_(std)
+
+    def uniform_words32(self, count: int) -> np.ndarray:
+        """Philox's raw 64-bit outputs, each split into two 32-bit words."""
+        return self.generator.bit_generator.random_raw((count + 1) // 2).view(np.uint32)[:count]
 
 
 _ZERO_CHUNK = bytes(1 << 20)
@@ -226,6 +238,7 @@ class SecureStream(NoiseStream):
         self._scratch = np.empty(0)
         self._key = key
         self._float32_bits: AesCtrWords | None = None  # made on first use: most streams (sampling) never draw float32
+        self._rounding_bits: AesCtrWords | None = None  # likewise: only randomized rounding draws 32-bit words
 
     def random(self, size: int) -> np.ndarray:
         return self.generator.random(size)
@@ -269,6 +282,20 @@ class SecureStream(NoiseStream):
         total[-1] += sin_b[0]
         total *= np.float32(std / math.sqrt(self.SUMMANDS))
         return torch.from_numpy(total[:count])
+
+    def uniform_words32(self, count: int) -> np.ndarray:
+        """The AES-128-CTR keystream (:class:`AesCtrWords`) of a third key, a BLAKE2b PRF of the stream's key
+        (:func:`words32_key`), read as 32-bit words: independent of :meth:`random`'s and :meth:`normal_float32`'s
+        keystreams, and 4x cheaper per word than ``randomgen``'s float64 uniforms (15 against 62 µs for 26k words)."""
+        if self._rounding_bits is None:
+            self._rounding_bits = AesCtrWords(words32_key(self._key))
+        return self._rounding_bits.words((count + 1) // 2).view(np.uint32)[:count]
+
+
+def words32_key(key: bytes) -> bytes:
+    """The 128-bit AES key of a :class:`SecureStream`'s 32-bit words (:meth:`SecureStream.uniform_words32`): keyed
+    BLAKE2b of ``key`` with its own message, so the keystream is independent of the other two of the same key."""
+    return hashlib.blake2b(b"uniform-words32", key=key, digest_size=16, person=b"sffm-words32").digest()
 
 
 def float32_key(key: bytes) -> bytes:

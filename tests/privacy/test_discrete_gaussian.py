@@ -134,6 +134,40 @@ def test_randomized_rounding_is_unbiased():
     np.testing.assert_array_less(np.abs(draws.mean(axis=0) - x), 5 * standard_error)
 
 
+class FixedWords(NoiseStream):
+    """Randomized rounding's coins from a list: checks the threshold a word is compared with."""
+
+    def __init__(self, words: list[int]) -> None:
+        self.words = np.array(words, dtype=np.uint32)
+
+    def uniform_words32(self, count: int) -> np.ndarray:
+        out, self.words = self.words[:count], self.words[count:]
+        return out
+
+    def random(self, size: int) -> np.ndarray:
+        raise AssertionError("rounding draws 32-bit words, not float64 uniforms")
+
+    def normal(self, shape: tuple[int, ...], std: float) -> np.ndarray:
+        raise AssertionError("normal() must not be used")
+
+    def normal_float32(self, count: int, std: float):
+        raise AssertionError("normal_float32() must not be used")
+
+
+def test_a_coordinate_rounds_up_when_its_word_is_below_the_fraction_times_two_to_the_32():
+    # fractions 0.25, 0.75 and 0: thresholds 2^30, 3 * 2^30 and 0 (a whole number never rounds up)
+    x = np.array([2.25, -0.25, 7.0, 2.25, -0.25, 7.0])
+    words = [2**30 - 1, 3 * 2**30 - 1, 0, 2**30, 3 * 2**30, 2**32 - 1]
+    rounded = conditional_randomized_rounding(x, norm_bound=100.0, stream=FixedWords(words))
+    np.testing.assert_array_equal(rounded, [3, 0, 7, 2, -1, 7])
+
+
+def test_a_tiny_negative_coordinate_rounds_to_zero():
+    # v - floor(v) is 1.0 in float64 for v = -1e-300: v counts as 0, which rounding leaves alone
+    rounded = conditional_randomized_rounding(np.full(1000, -1e-300), norm_bound=1e6, stream=stream(8))
+    np.testing.assert_array_equal(rounded, 0)
+
+
 def test_rounding_reports_an_unreachable_bound():
     with pytest.raises(ValueError, match="after 20 tries"):
         conditional_randomized_rounding(np.full(10, 3.5), norm_bound=1.0, stream=stream(7), max_tries=20)

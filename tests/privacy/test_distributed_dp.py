@@ -188,11 +188,19 @@ def test_a_per_layer_run_clips_each_parameter_and_records_it(tmp_path, monkeypat
     assert json.loads((tmp_path / "run" / "privacy.json").read_text())["clipping"] == "per-layer"
 
 
-def test_clipped_gradient_sum_equals_a_per_example_loop(prepared):
+@pytest.mark.parametrize("source", ["hooks", "bookkeeping", None])
+def test_clipped_gradient_sum_equals_a_per_example_loop(prepared, source):
     model, encoded = prepared.model, prepared.encoded_private
     chosen = np.arange(13)
     total = clipped_gradient_sum(
-        model, encoded, chosen, clip_norm=0.5, generator=torch.Generator().manual_seed(0), sink=lambda rows: rows.sum(0), physical_batch=5
+        model,
+        encoded,
+        chosen,
+        clip_norm=0.5,
+        generator=torch.Generator().manual_seed(0),
+        sink=lambda rows: rows.sum(0),
+        physical_batch=5,
+        source=source,
     )
     params = [p for _, p in model.trainable_named_parameters()]
     expected = np.zeros_like(total)
@@ -202,6 +210,39 @@ def test_clipped_gradient_sum_equals_a_per_example_loop(prepared):
         flat = torch.cat([g.reshape(-1) for g in grads]).double().numpy()
         expected += flat * min(1.0, 0.5 / np.linalg.norm(flat))
     np.testing.assert_allclose(total, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize(("arch", "source"), [("cnn", "bookkeeping"), ("tanh-cnn", "bookkeeping"), ("vit", "hooks")])
+def test_per_example_gradients_come_from_book_keeping_where_the_model_allows_it(arch, source):
+    from secure_ffm.config import ModelConfig
+    from secure_ffm.models import build_model
+    from secure_ffm.privacy.distributed_dp_sgd import per_example_gradient_source
+
+    model = build_model(ModelConfig(arch=arch, finetune="full"), num_classes=10, data_kind="image", seed=0)
+    assert per_example_gradient_source(model) == source  # vit: LayerNorm has no book-keeping rule
+
+
+def test_book_keeping_and_opacus_hooks_give_the_same_per_example_rows_on_the_tanh_cnn(prepared):
+    from secure_ffm.config import ModelConfig
+    from secure_ffm.models import build_model
+
+    model = build_model(ModelConfig(arch="tanh-cnn", finetune="full"), num_classes=10, data_kind="image", seed=0)
+    rows = {}
+    for source in ("hooks", "bookkeeping"):
+        seen = []
+        clipped_gradient_sum(
+            model,
+            prepared.encoded_private,
+            np.arange(24),
+            clip_norm=1e9,  # no clipping: the raw per-example gradients
+            generator=torch.Generator(),
+            sink=lambda r, seen=seen: seen.append(r.copy()) or r.sum(0),
+            source=source,
+        )
+        rows[source] = np.concatenate(seen)
+    assert rows["hooks"].shape == (24, 26010) and np.abs(rows["hooks"]).max() > 1e-3
+    np.testing.assert_allclose(rows["bookkeeping"], rows["hooks"], rtol=1e-4, atol=1e-7)
+    assert all(not hasattr(p, "grad_sample") and p.grad is None for p in model.module.parameters())  # nothing left behind
 
 
 def test_a_clients_update_is_its_rounded_clipped_sum_plus_one_discrete_share(prepared):

@@ -13,6 +13,7 @@ from secure_ffm.privacy.noise import (
     AesCtrWords,
     FastStream,
     NoisePolicy,
+    NoiseStream,
     PrivateRandomness,
     SecureStream,
     box_muller_float32,
@@ -21,6 +22,7 @@ from secure_ffm.privacy.noise import (
     float32_key,
     new_secret,
     seeded_secret,
+    words32_key,
 )
 
 KEY = bytes(range(32))
@@ -182,3 +184,48 @@ def test_float32_draws_continue_the_stream_and_depend_on_the_key(stream):
     assert torch.equal(first, stream(KEY).normal_float32(16, 1.0))
     assert not torch.equal(first, s.normal_float32(16, 1.0))
     assert not torch.equal(first, stream(bytes(32)).normal_float32(16, 1.0))
+
+
+def test_secure_words32_are_the_aes_ctr_keystream_of_their_own_key():
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    counts = (10, 7, 5)  # an odd count leaves the second half of its last 64-bit word unused
+    sizes = [(count + 1) // 2 for count in counts]
+    counters = b"".join(i.to_bytes(16, "big") for i in range((sum(sizes) + 1) // 2))
+    keystream = np.frombuffer(Cipher(algorithms.AES(words32_key(KEY)), modes.ECB()).encryptor().update(counters), dtype=np.uint64)
+    stream, start = SecureStream(KEY), 0
+    for count, size in zip(counts, sizes, strict=True):
+        np.testing.assert_array_equal(stream.uniform_words32(count), keystream[start : start + size].view(np.uint32)[:count])
+        start += size
+
+
+def test_secure_words32_keystream_is_independent_of_the_uniforms_and_the_float32_noise():
+    assert len({words32_key(KEY), float32_key(KEY), KEY[:16]}) == 3
+    words = SecureStream(KEY).uniform_words32(64)
+    assert not np.array_equal(words, np.ldexp(SecureStream(KEY).random(64), 32).astype(np.uint32))
+
+
+class _UniformsStream(FastStream):
+    """A stream that keeps :class:`NoiseStream`'s default words (the top bits of its float64 uniforms)."""
+
+    uniform_words32 = NoiseStream.uniform_words32
+
+
+def test_default_words32_are_the_top_32_bits_of_the_uniforms():
+    uniforms = FastStream(KEY).random(1000)
+    words = _UniformsStream(KEY).uniform_words32(1000)
+    assert words.dtype == np.uint32
+    np.testing.assert_array_equal(words, np.floor(uniforms * 2.0**32).astype(np.uint32))
+
+
+@pytest.mark.parametrize("stream", [SecureStream, FastStream, _UniformsStream])
+def test_words32_are_uniform_continue_the_stream_and_depend_on_the_key(stream):
+    s = stream(KEY)
+    words = s.uniform_words32(160_001)
+    assert words.dtype == np.uint32 and words.shape == (160_001,)
+    # the top 4 bits and the lowest bit: all 16 values (and both) equally likely
+    assert scipy.stats.chisquare(np.bincount(words >> 28, minlength=16)).pvalue > 1e-3
+    assert abs(float(np.mean(words & 1)) - 0.5) < 0.01
+    assert not np.array_equal(s.uniform_words32(32), words[:32])
+    assert np.array_equal(stream(KEY).uniform_words32(32), words[:32])
+    assert not np.array_equal(stream(bytes(32)).uniform_words32(32), words[:32])
