@@ -54,8 +54,10 @@ def wire_record(cls: _T) -> _T:
 
 
 class _Packer:
-    def __init__(self) -> None:
+    def __init__(self, *, inline_bytes: bool = False) -> None:
         self.arrays: dict[str, np.ndarray] = {}
+        self.inline_bytes = inline_bytes
+        """Whether ``bytes`` go into the text as base64 (``$B``) rather than into the arrays as uint8 (``$b``)."""
 
     def _array(self, array: np.ndarray) -> str:
         if array.dtype.kind not in _ARRAY_KINDS:
@@ -65,6 +67,13 @@ class _Packer:
         return key
 
     def pack(self, value: Any) -> Any:
+        kind = type(value)  # the exact built-in types first: client state is mostly these (the branches below agree)
+        if kind is int or kind is str or kind is bool or value is None:
+            return value
+        if kind is dict:
+            return {"$d": [[self.pack(k), self.pack(v)] for k, v in value.items()]}
+        if kind is frozenset and all(type(v) is int for v in value):  # a set of client ids
+            return {"$fs": sorted(value, key=repr)}
         if value is None or isinstance(value, bool | str):
             return value
         if isinstance(value, int):
@@ -72,6 +81,8 @@ class _Packer:
         if isinstance(value, float):
             return value if math.isfinite(value) else {"$f": repr(value)}
         if isinstance(value, bytes | bytearray | memoryview):
+            if self.inline_bytes:
+                return {"$B": base64.b64encode(value).decode("ascii")}
             return {"$b": self._array(np.frombuffer(bytes(value), dtype=np.uint8))}
         if isinstance(value, np.ndarray):
             return {"$a": self._array(value)}
@@ -123,6 +134,18 @@ class _Unpacker:
         return array
 
     def unpack(self, tree: Any) -> Any:
+        kind = type(tree)  # JSON gives exactly these types
+        if kind is int or kind is str or kind is float or kind is bool or tree is None:
+            return tree
+        if kind is list:
+            return [self.unpack(v) for v in tree]
+        if kind is dict and len(tree) == 1:
+            body = tree.get("$d")
+            if type(body) is list:
+                return self._dict(body)
+            body = tree.get("$fs")
+            if type(body) is list and all(type(v) is int for v in body):  # a set of client ids
+                return frozenset(body)
         if tree is None or isinstance(tree, bool | int | float | str):
             return tree
         if isinstance(tree, list):
@@ -138,6 +161,13 @@ class _Unpacker:
             if body not in ("nan", "inf", "-inf"):
                 raise CodecError(f"packed data holds a float {body!r}")
             return float(body)
+        if tag == "$B":
+            if not isinstance(body, str):
+                raise CodecError(f"packed base64 bytes hold a {type(body).__name__}")
+            try:
+                return base64.b64decode(body, validate=True)
+            except ValueError:
+                raise CodecError("packed base64 bytes do not decode") from None
         if tag == "$b":
             array = self._array(body)
             if array.dtype != np.uint8 or array.ndim != 1:
@@ -158,13 +188,17 @@ class _Unpacker:
             members = (_hashable(self.unpack(v)) for v in body)
             return frozenset(members) if tag == "$fs" else set(members)
         if tag == "$d":
-            out = {}
-            for pair in body:
-                if not isinstance(pair, list) or len(pair) != 2:
-                    raise CodecError("a packed dict entry is not a [key, value] pair")
-                out[_hashable(self.unpack(pair[0]))] = self.unpack(pair[1])
-            return out
+            return self._dict(body)
         raise CodecError(f"packed data holds an unknown tag {tag!r}")
+
+    def _dict(self, body: list[Any]) -> dict[Any, Any]:
+        out = {}
+        for pair in body:
+            if type(pair) is not list or len(pair) != 2:
+                raise CodecError("a packed dict entry is not a [key, value] pair")
+            key = pair[0]
+            out[key if type(key) is int or type(key) is str else _hashable(self.unpack(key))] = self.unpack(pair[1])
+        return out
 
     def _record(self, tree: dict[str, Any]) -> Any:
         name, fields = tree.get("$c"), tree.get("f")
@@ -220,8 +254,14 @@ def unpack(text: str | bytes, arrays: Mapping[str, np.ndarray]) -> Any:
 
 
 def to_bytes(value: Any) -> bytes:
-    """``value`` as one self-contained byte string (JSON with base64 arrays): for small values such as client-side state."""
-    text, arrays = pack(value)
+    """``value`` as one self-contained byte string (JSON with base64 arrays): for small values such as client-side state.
+
+    ``bytes`` values are written inline as base64 text (``$B``), not as uint8 arrays of the table: a masking client's
+    state of a round holds about 80 of them (keys, seeds, Shamir shares), which took 0.70 ms to write and 0.60 ms to
+    read as arrays (2026-12-06). :func:`from_bytes` reads both forms."""
+    packer = _Packer(inline_bytes=True)
+    text = json.dumps(packer.pack(value), separators=(",", ":"), allow_nan=False)
+    arrays = packer.arrays
     table = {k: [a.dtype.str, list(a.shape), base64.b64encode(a.tobytes()).decode("ascii")] for k, a in arrays.items()}
     return json.dumps({"v": text, "a": table}, separators=(",", ":")).encode()
 

@@ -1,5 +1,6 @@
 """The wire codec: every value a protocol stage carries round-trips exactly; nothing else is built."""
 
+import base64
 import json
 
 import numpy as np
@@ -107,3 +108,22 @@ values = st.recursive(
 def test_plain_values_round_trip_exactly(value):
     assert roundtrip(value) == value
     assert from_bytes(to_bytes(value)) == value
+
+
+def test_to_bytes_writes_bytes_inline_and_from_bytes_still_reads_them_as_arrays():
+    state = {"keys": {i: (bytes([i]) * 32, b"") for i in range(20)}, "ids": frozenset(range(20)), "w": np.arange(3.0)}
+    document = json.loads(to_bytes(state))
+    assert list(document["a"]) == ["a0"]  # only the real array goes to the table; the 40 byte strings are base64 text
+    assert from_bytes(to_bytes(state))["keys"] == state["keys"]
+    # the form written before 2026-12-06 (client states in checkpoints, CKKS key files): bytes as uint8 arrays
+    text, arrays = pack(state)
+    table = {k: [a.dtype.str, list(a.shape), base64.b64encode(a.tobytes()).decode()] for k, a in arrays.items()}
+    old = json.dumps({"v": text, "a": table}).encode()
+    back = from_bytes(old)
+    assert back["keys"] == state["keys"] and back["ids"] == state["ids"] and back["w"].tolist() == [0.0, 1.0, 2.0]
+
+
+@pytest.mark.parametrize("body", ["not base64!", 7, ["AA=="]])
+def test_malformed_inline_bytes_are_refused(body):
+    with pytest.raises(CodecError, match="base64 bytes"):
+        unpack(json.dumps({"$B": body}), {})
