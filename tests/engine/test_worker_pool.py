@@ -32,6 +32,10 @@ MODES = {
     "dp-sgd-masking-continual": '[privacy]\nmode = "dp-sgd"\ntarget_epsilon = 8.0\nreproducible_noise = true\n'
     + '[secure_aggregation]\nprotocol = "masking"\n'
     + two_stage_continual(),
+    # distributed DP-SGD under masking (configs/fashion_mnist_dp.toml's mechanism): each client's rounding coins and
+    # discrete noise share come from its secret stream, and its masking half travels with every stage request
+    "distributed-dp-sgd-masking": '[privacy]\nmode = "distributed-dp-sgd"\ntarget_epsilon = 8.0\nreproducible_noise = true\n'
+    + '[secure_aggregation]\nprotocol = "masking"\n',
 }
 
 
@@ -68,7 +72,7 @@ def rows(run_dir):
     return [without_timings(json.loads(line)) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-START = {"plaintext": "spawn", "dp-sgd-masking-continual": "fork"}  # each way of starting a worker on one mode
+START = {"plaintext": "spawn", "dp-sgd-masking-continual": "fork", "distributed-dp-sgd-masking": "fork"}  # each way of starting a worker on one mode
 
 
 @pytest.mark.slow
@@ -93,7 +97,7 @@ def test_two_workers_give_the_sequential_result_bitwise(tmp_path, monkeypatch, m
         assert [r["stage"] for r in rows(tmp_path / "two")] == ["zeros and ones", "twos and threes"]
     a, b = load_file(str(tmp_path / "one" / "model.safetensors")), load_file(str(tmp_path / "two" / "model.safetensors"))
     assert all(np.array_equal(a[k], b[k]) for k in a)
-    if mode == "dp-sgd-masking-continual":  # the ledgers live with the clients' state in this process, checkpointed as before
+    if "dp-sgd" in mode:  # the ledgers live with the clients' state in this process, checkpointed as before
         assert json.loads((tmp_path / "two" / "privacy.json").read_text()) == json.loads((tmp_path / "one" / "privacy.json").read_text())
     assert len(parallel.transport.started) == processes and not alive(parallel.transport.started)
 
