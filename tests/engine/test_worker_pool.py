@@ -72,7 +72,8 @@ def rows(run_dir):
     return [without_timings(json.loads(line)) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-START = {"plaintext": "spawn", "dp-sgd-masking-continual": "fork", "distributed-dp-sgd-masking": "fork"}  # each way of starting a worker on one mode
+# each way of starting a worker on one mode
+START = {"plaintext": "spawn", "dp-sgd-masking-continual": "fork", "distributed-dp-sgd-masking": "fork"}
 
 
 @pytest.mark.slow
