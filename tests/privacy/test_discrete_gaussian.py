@@ -168,6 +168,29 @@ def test_a_tiny_negative_coordinate_rounds_to_zero():
     np.testing.assert_array_equal(rounded, 0)
 
 
+@settings(max_examples=60, deadline=None)
+@given(arrays(np.float64, st.tuples(st.integers(1, 3), st.integers(1, 40)), elements=st.floats(-(2.0**19) + 1, 2.0**19 - 1)))
+def test_the_fixed_point_split_gives_the_float_splits_integers_and_thresholds(rows):
+    from secure_ffm.privacy.discrete_gaussian import FIXED_POINT_MAX, _split_rows
+
+    assert np.abs(rows).max() < FIXED_POINT_MAX
+    base, threshold = _split_rows(rows)
+    assert base.dtype == np.int64  # the fixed-point path
+    float_base, float_threshold = _split_rows(np.concatenate([rows, np.full((rows.shape[0], 1), FIXED_POINT_MAX)], axis=1))
+    assert float_base.dtype == np.float64  # one coordinate at the limit: the float64 path
+    np.testing.assert_array_equal(base, float_base[:, :-1])
+    # x 2^32 truncated toward zero against floor of the scaled fraction: at most one unit of 2^-32 apart
+    assert np.abs(threshold.astype(np.int64) - float_threshold[:, :-1].astype(np.int64)).max(initial=0) <= 1
+
+
+def test_rounding_beyond_the_fixed_point_range_is_unbiased_too():
+    x = np.array([1e6 + 0.3, -3e7 - 0.75, 2.0**40 + 0.5])
+    draws = conditional_randomized_rounding(np.tile(x, (40_000, 1)), norm_bound=1e13, stream=stream(9))
+    ups = draws - np.floor(x).astype(np.int64)  # (a mean of 40,000 values near 2^40 would lose the fraction in float64)
+    assert set(np.unique(ups)) <= {0, 1}
+    np.testing.assert_array_less(np.abs(ups.mean(axis=0) - (x - np.floor(x))), 5 * 0.5 / math.sqrt(draws.shape[0]))
+
+
 def test_rounding_reports_an_unreachable_bound():
     with pytest.raises(ValueError, match="after 20 tries"):
         conditional_randomized_rounding(np.full(10, 3.5), norm_bound=1.0, stream=stream(7), max_tries=20)
