@@ -43,6 +43,10 @@ AES-128-CTR (:class:`AesCtrWords`). Per noise value 12.3 ns against 42.7 ns for 
 4.7 against 13.2 ns (Philox), a fresh stream's first million values (``benchmarks/dp_overhead.py``); the ``cnn``'s
 207k values took 1.9 ms a step with the secure sampler, one thread, 2026-12-06.
 
+Randomized rounding's coins (distributed DP-SGD's rounding of each example's gradient to the ring,
+secure_ffm.privacy.discrete_gaussian) are 32-bit words, :meth:`NoiseStream.uniform_words32`: the secure sampler's
+from a third AES-128-CTR keystream of the stream's key (:func:`words32_key`), Philox's from its raw outputs.
+
 Reproducible noise (``privacy.reproducible_noise = true``) derives the secrets from the
 run's seed instead: for research only, it is marked in ``privacy.json``,
 ``summary.json`` and the report as giving no protection against anyone who knows the seed.
