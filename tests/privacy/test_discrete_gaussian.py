@@ -2,7 +2,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from opacus.accountants import RDPAccountant
@@ -170,6 +170,7 @@ def test_a_tiny_negative_coordinate_rounds_to_zero():
 
 @settings(max_examples=60, deadline=None)
 @given(arrays(np.float64, st.tuples(st.integers(1, 3), st.integers(1, 40)), elements=st.floats(-(2.0**19) + 1, 2.0**19 - 1)))
+@example(rows=np.array([[-2.59327766e-14, 3.0 - 2.0**-40, -7.5]]))
 def test_the_fixed_point_split_gives_the_float_splits_integers_and_thresholds(rows):
     from secure_ffm.privacy.discrete_gaussian import FIXED_POINT_MAX, _split_rows
 
@@ -178,9 +179,11 @@ def test_the_fixed_point_split_gives_the_float_splits_integers_and_thresholds(ro
     assert base.dtype == np.int64  # the fixed-point path
     float_base, float_threshold = _split_rows(np.concatenate([rows, np.full((rows.shape[0], 1), FIXED_POINT_MAX)], axis=1))
     assert float_base.dtype == np.float64  # one coordinate at the limit: the float64 path
-    np.testing.assert_array_equal(base, float_base[:, :-1])
-    # x 2^32 truncated toward zero against floor of the scaled fraction: at most one unit of 2^-32 apart
-    assert np.abs(threshold.astype(np.int64) - float_threshold[:, :-1].astype(np.int64)).max(initial=0) <= 1
+    # each split's value in units of 2^-32, base 2^32 + threshold: v 2^32 truncated toward zero against floor(v) and the
+    # floor of the scaled fraction, at most one unit apart (v = -2.6e-14 is 0 + 0 in fixed point, -1 + (2^32 - 1) in float)
+    fixed_units = base * 2**32 + threshold.astype(np.int64)
+    float_units = float_base[:, :-1].astype(np.int64) * 2**32 + float_threshold[:, :-1].astype(np.int64)
+    assert np.abs(fixed_units - float_units).max(initial=0) <= 1
 
 
 def test_rounding_beyond_the_fixed_point_range_is_unbiased_too():
