@@ -68,7 +68,8 @@ def main() -> None:
     ]
     ratio = rows[1]["fit_seconds"] / rows[0]["fit_seconds"]
     print_table(f"configs/fashion_mnist_dp.toml, {args.rounds} rounds: defaults over sequential = {ratio:.2f}x (median seconds)", rows)
-    write_result(args.result, {"rows": rows, "defaults_over_sequential": ratio, "runs": runs, "load_avg_median": median(loads), "settings": vars(args)})
+    payload = {"rows": rows, "defaults_over_sequential": ratio, "runs": runs, "load_avg_median": median(loads), "settings": vars(args)}
+    write_result(args.result, payload)
 
 
 if __name__ == "__main__":
