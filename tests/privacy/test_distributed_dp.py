@@ -322,3 +322,44 @@ def test_privacy_command_plans_distributed_dp_sgd_and_refuses_it_in_plaintext(tm
     assert plan["accountant"] == "zcdp" and plan["min_shares"] == 3 and 0.97 * 3.0 <= plan["epsilon"] <= 3.0
     assert main(["privacy", str(config), "--set", 'secure_aggregation.protocol="none"']) == 2
     assert "secure_aggregation.protocol" in capsys.readouterr().err
+
+
+def test_lora_per_example_gradients_from_book_keeping_equal_opacus_hooks_under_the_same_dropout(tmp_path):
+    # the demo's DP point: a LoRA model's trained layers are LoRA's and the head's Linear layers (LayerNorm and the
+    # embeddings frozen), so book-keeping applies; the rows must be the hooks' exactly when dropout draws the same masks
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
+    from tiny_encoder import save_tiny_bert
+
+    from secure_ffm.config import ModelConfig
+    from secure_ffm.data import load_dataset_splits
+    from secure_ffm.models import build_model
+    from secure_ffm.privacy.distributed_dp_sgd import per_example_gradient_source
+
+    encoder = save_tiny_bert(tmp_path / "tiny-bert")
+    config = ModelConfig(arch="hf-text", name_or_path=str(encoder), finetune="lora", lora_rank=2, lora_dropout=0.1)
+    model = build_model(config, num_classes=2, data_kind="text", seed=0, max_length=16)
+    assert per_example_gradient_source(model) == "bookkeeping"
+    full = build_model(ModelConfig(arch="hf-text", name_or_path=str(encoder), finetune="full"), num_classes=2, data_kind="text", seed=0)
+    assert per_example_gradient_source(full) == "hooks"  # a trained LayerNorm and embedding
+    splits = load_dataset_splits(config_from_dict({"data": {"dataset": "movie_reviews", "max_train_examples": 40}}).data, 0)
+    encoded = model.encode(splits.train)
+    rows = {}
+    for source in ("hooks", "bookkeeping"):
+        seen = []
+        torch.manual_seed(7)  # the same dropout masks in both passes
+        clipped_gradient_sum(
+            model,
+            encoded,
+            np.arange(12),
+            clip_norm=1e9,
+            generator=torch.Generator(),
+            sink=lambda r, seen=seen: seen.append(r.copy()) or r.sum(0),
+            physical_batch=5,
+            source=source,
+        )
+        rows[source] = np.concatenate(seen)
+    assert rows["hooks"].shape == (12, model.trainable_parameter_count()) and np.abs(rows["hooks"]).max() > 1e-4
+    np.testing.assert_allclose(rows["bookkeeping"], rows["hooks"], rtol=1e-5, atol=1e-8)
