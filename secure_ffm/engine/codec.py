@@ -109,9 +109,10 @@ class _Packer:
         raise CodecError(f"a {type(value).__module__}.{type(value).__name__} cannot cross the wire")
 
 
-def pack(value: Any) -> tuple[str, dict[str, np.ndarray]]:
-    """``value`` as JSON text and the named arrays it refers to (bytes become uint8 arrays)."""
-    packer = _Packer()
+def pack(value: Any, *, inline_bytes: bool = False) -> tuple[str, dict[str, np.ndarray]]:
+    """``value`` as JSON text and the named arrays it refers to (bytes become uint8 arrays, or with ``inline_bytes``
+    base64 text in the JSON)."""
+    packer = _Packer(inline_bytes=inline_bytes)
     tree = packer.pack(value)
     return json.dumps(tree, separators=(",", ":"), allow_nan=False), packer.arrays
 
@@ -273,9 +274,7 @@ def to_bytes(value: Any) -> bytes:
     state of a round holds about 80 of them (keys, seeds, Shamir shares), which took 0.70 ms to write and 0.60 ms to
     read as arrays (2026-12-06); inline, and with the exact built-in types' fast paths of :func:`pack` and
     :func:`unpack`, 0.30 and 0.24 ms. :func:`from_bytes` reads both forms."""
-    packer = _Packer(inline_bytes=True)
-    text = json.dumps(packer.pack(value), separators=(",", ":"), allow_nan=False)
-    arrays = packer.arrays
+    text, arrays = pack(value, inline_bytes=True)
     table = {k: [a.dtype.str, list(a.shape), base64.b64encode(a.tobytes()).decode("ascii")] for k, a in arrays.items()}
     return json.dumps({"v": text, "a": table}, separators=(",", ":")).encode()
 
