@@ -39,9 +39,11 @@ def ledger_epsilon(accountant, *entries, delta=1e-5):
 
 
 def test_registry_maps_names_to_opacus_accountants():
+    # rdp and prv are Opacus' accountants with a vectorized RDP (secure_ffm.privacy.sampled_gaussian, whose tests
+    # compare them with Opacus' own)
     assert ACCOUNTANTS.names() == ("gdp", "prv", "rdp", "zcdp")
-    assert ACCOUNTANTS.get("rdp") is RDPAccountant
-    assert ACCOUNTANTS.get("prv") is PRVAccountant
+    assert issubclass(ACCOUNTANTS.get("rdp"), RDPAccountant)
+    assert issubclass(ACCOUNTANTS.get("prv"), PRVAccountant)
     assert issubclass(ACCOUNTANTS.get("gdp"), GaussianAccountant)
     assert ACCOUNTANTS.get("gdp").mechanism() == "gdp"
 
@@ -341,7 +343,7 @@ def test_dp_fedavg_epsilon_is_a_ledger_and_opacus_rdp():
     opacus = RDPAccountant()
     for _ in range(rounds):
         opacus.step(noise_multiplier=z, sample_rate=q)
-    assert epsilon == opacus.get_epsilon(delta=delta)
+    assert epsilon == pytest.approx(opacus.get_epsilon(delta=delta), rel=1e-10)  # the vectorized RDP's rounding
     assert epsilon == ledger_epsilon("rdp", (z, q, rounds), delta=delta)
     assert dp_fedavg_epsilon(noise_multiplier=z, sample_rate=q, rounds=rounds, delta=delta, accountant="prv") == ledger_epsilon(
         "prv", (z, q, rounds), delta=delta
