@@ -276,6 +276,7 @@ class MaskingClient(ClientRound):
         self._setup: RoundSetup | None = None
         self._held: dict[int, tuple[bytes, bytes]] = {}  # sender -> (pair key share, self seed share)
         self._revealed: dict[int, str] = {}  # peer -> "self_seed" | "pair_key": what this client gave away
+        self._cipher_keys: dict[int, bytes] = {}  # peer -> this round's share-cipher key (:meth:`_share_cipher_key`)
         self._round = -1
 
     def export_state(self) -> dict[str, Any]:
@@ -291,6 +292,7 @@ class MaskingClient(ClientRound):
             "setup": self._setup,
             "held": dict(self._held),
             "revealed": dict(self._revealed),
+            "cipher_keys": dict(self._cipher_keys),
         }
 
     def restore_state(self, state: Any) -> None:
@@ -307,6 +309,7 @@ class MaskingClient(ClientRound):
             self._setup = setup
             self._held = {operator.index(k): (bytes(v[0]), bytes(v[1])) for k, v in state["held"].items()}
             self._revealed = {operator.index(k): str(v) for k, v in state["revealed"].items()}
+            self._cipher_keys = {operator.index(k): _cipher_key_bytes(v) for k, v in state.get("cipher_keys", {}).items()}
         except (KeyError, TypeError, ValueError, IndexError) as error:
             raise AggregationError(f"client {self.client_id}: its saved masking state does not load: {error}") from None
 
@@ -340,6 +343,7 @@ class MaskingClient(ClientRound):
     # stage 0
     def advertise(self, round: int) -> AdvertiseKeys:
         self._pair_key, self._share_key = keys.generate_private_key(), keys.generate_private_key()
+        self._cipher_keys = {}
         self._round = operator.index(round)
         return AdvertiseKeys(self.client_id, self._round, keys.public_bytes(self._pair_key), keys.public_bytes(self._share_key))
 
@@ -533,9 +537,24 @@ class MaskingClient(ClientRound):
         return self._setup
 
     def _share_cipher_key(self, peer: int) -> bytes:
+        """The ChaCha20-Poly1305 key of this round's shares between this client and ``peer`` (either direction): HKDF of
+        their share keys' X25519 exchange. Kept for the round: :meth:`share_keys` encrypts to each neighbour with the
+        key :meth:`receive_shares` then decrypts that neighbour's share with, and each exchange costs about 40 µs
+        (19 neighbours: 1.6 ms a client and round). The cache is emptied with the keys (:meth:`advertise`) and is
+        part of the exported state, as secret as the share key it comes from."""
         assert self._setup is not None and self._share_key is not None
-        context = _SHARE_LABEL + keys.pair_context(round=self._setup.round, client_a=self.client_id, client_b=peer)
-        return keys.shared_seed(self._share_key, self._setup.public_keys[peer][1], context=context)
+        key = self._cipher_keys.get(peer)
+        if key is None:
+            context = _SHARE_LABEL + keys.pair_context(round=self._setup.round, client_a=self.client_id, client_b=peer)
+            key = self._cipher_keys[peer] = keys.shared_seed(self._share_key, self._setup.public_keys[peer][1], context=context)
+        return key
+
+
+def _cipher_key_bytes(value: Any) -> bytes:
+    key = bytes(value)
+    if len(key) != 32:
+        raise ValueError(f"a share-cipher key has 32 bytes, got {len(key)}")
+    return key
 
 
 def _share_aad(round: int, sender: int, recipient: int) -> bytes:

@@ -331,3 +331,51 @@ def test_config_round_trips_through_toml():
 
     config = config_from_dict({"secure_aggregation": {"protocol": "masking", "neighbours": 4, "dropout_rate": 0.1, "on_abort": "stop"}})
     assert config_from_dict(tomllib.loads(config.to_toml())) == config
+
+
+def test_each_share_cipher_key_is_agreed_once_a_round(monkeypatch):
+    # share_keys encrypts to each neighbour and receive_shares decrypts that neighbour's share with the same key:
+    # one X25519 exchange per ordered pair and round, not two
+    from secure_ffm.secagg import masking_protocol
+
+    contexts = []
+    agree = keys.shared_seed
+
+    def counted(private_key, peer_public_bytes, *, context):
+        contexts.append(context)
+        return agree(private_key, peer_public_bytes, context=context)
+
+    monkeypatch.setattr(masking_protocol.keys, "shared_seed", counted)
+    updates, weights = make_updates(5)
+    secure = secure_run(MaskingProtocol(clip_range=CLIP, seed=1), updates, weights)
+    assert_close(secure, plaintext(updates, weights), num_participants=5, weight_bound=max(weights))
+    share_agreements = [c for c in contexts if c.startswith(masking_protocol._SHARE_LABEL)]
+    assert len(share_agreements) == 5 * 4
+
+
+def test_the_share_cipher_keys_travel_with_the_exported_state_and_end_with_the_round(monkeypatch):
+    from secure_ffm.secagg.masking_protocol import MaskingClient
+
+    made = {}
+    make = MaskingProtocol.client_round
+
+    def recorded(self, client_id, round):
+        made[client_id] = make(self, client_id, round)
+        return made[client_id]
+
+    monkeypatch.setattr(MaskingProtocol, "client_round", recorded)
+    updates, weights = make_updates(4)
+    secure_run(MaskingProtocol(clip_range=CLIP, seed=1), updates, weights)
+    state = made[0].export_state()
+    assert set(state["cipher_keys"]) == {1, 2, 3}
+    assert all(len(key) == 32 for key in state["cipher_keys"].values())
+    assert state["cipher_keys"][1] == made[1].export_state()["cipher_keys"][0]  # one key per pair, either direction
+    restored = MaskingClient(0)
+    restored.restore_state(state)
+    assert restored.export_state()["cipher_keys"] == state["cipher_keys"]
+    restored.restore_state({k: v for k, v in state.items() if k != "cipher_keys"})  # saved before the keys were kept
+    assert restored.export_state()["cipher_keys"] == {}
+    with pytest.raises(AggregationError, match="does not load"):
+        restored.restore_state({**state, "cipher_keys": {1: b"short"}})
+    made[0].advertise(state["round"] + 1)  # the next round's keys: the old cipher keys go with the old share key
+    assert made[0].export_state()["cipher_keys"] == {}
