@@ -46,6 +46,7 @@ import functools
 import logging
 import math
 import numbers
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -484,7 +485,7 @@ def calibrate_noise_multiplier(
         return compute_epsilon((GaussianSteps(z, sample_rate, steps),), accountant=accountant, delta=delta)
 
     start = _clt_guess(target, delta=delta, sample_rate=sample_rate, steps=steps)
-    slope = _clt_slope(target, delta=delta, sample_rate=sample_rate, steps=steps, z=start)
+    slope = _rdp_slope([(sample_rate, steps)], delta=delta, z=start)
     where = f"over {steps} steps at sample rate {sample_rate:g}"
     return _solve(
         epsilon_at, target, start, epsilon_tolerance=epsilon_tolerance, accountant=accountant, delta=delta, where=where, slope=slope
@@ -515,8 +516,8 @@ def calibrate_noise_multiplier_phases(
         return compute_epsilon(tuple(GaussianSteps(z, q, t) for q, t in phases), accountant=accountant, delta=delta)
 
     # every phase's own multiplier is a lower bound of the composition's: start from the largest
-    start, q, t = max((_clt_guess(target, delta=delta, sample_rate=q, steps=t), q, t) for q, t in phases)
-    slope = _clt_slope(target, delta=delta, sample_rate=q, steps=t, z=start)
+    start = max(_clt_guess(target, delta=delta, sample_rate=q, steps=t) for q, t in phases)
+    slope = _rdp_slope(phases, delta=delta, z=start)
     rates = [q for q, _ in phases]
     where = f"over {len(phases)} phases of {sum(t for _, t in phases)} steps at sample rates {min(rates):g}..{max(rates):g}"
     return _solve(
@@ -538,20 +539,29 @@ def _solve(
     """The smallest z (up to the relative tolerance) with ε(z) <= target, searched around ``start``.
 
     First up to :data:`SECANT_STEPS` secant steps on log ε over log z from ``start`` (:func:`_secant`), the first
-    with ``slope`` (the CLT's, :func:`_clt_slope`): from the CLT's guess the first or second step usually lands in
-    the band, two or three accountant calls in all. Failing that, the bracketing search below from the last point."""
+    with ``slope`` (RDP's, :func:`_rdp_slope`): from the CLT's guess the first or second step usually lands in
+    the band, two or three accountant calls in all. Failing that, false position below from the points it tried when
+    they straddle the target, else from a geometric bracket around them."""
     floor = (1.0 - epsilon_tolerance) * target
-    found, start = _secant(epsilon_at, target, floor, start, slope)
+    found, tried = _secant(epsilon_at, target, floor, start, slope)
     if found is not None:
         return _verified(found, epsilon_at, target)
-    low, high = _bracket(epsilon_at, target, start, accountant=accountant, where=where, delta=delta)
+    above = [z for z, eps in tried.items() if eps > target]
+    below = [z for z, eps in tried.items() if eps <= target]
+    if above and below and max(above) < min(below):  # the secant's points straddle the target: narrow them
+        low, high = max(above), min(below)
+    else:
+        low, high = _bracket(
+            epsilon_at, target, min(below) if below else max(above, default=start), accountant=accountant, where=where, delta=delta
+        )
     eps_high = epsilon_at(high)
     # Illinois false position on g(z) = log ε(z) - log target over log z, which is nearly
     # linear, so it needs 3-5 accountant calls where bisection needs about 10 (PRV calls
     # cost up to a second each); it bisects while the bracket's low end is 0 or ε there is infinite.
     eps_low = epsilon_at(low) if low > 0 else math.inf
-    g_low = math.log(eps_low / target) if low > 0 and 0 < eps_low < math.inf else None
-    g_high = math.log(eps_high / target) if eps_high > 0 else None
+    aim = math.log(target) + SECANT_AIM * (math.log(floor) - math.log(target))  # inside the band, as the secant's
+    g_low = math.log(eps_low) - aim if low > 0 and 0 < eps_low < math.inf else None
+    g_high = math.log(eps_high) - aim if eps_high > 0 else None
     replaced = ""
     while eps_high < floor and high - low > 1e-6 * high:
         if g_low is not None and g_high is not None and g_low != g_high:
@@ -562,7 +572,7 @@ def _solve(
         else:
             mid = 0.5 * (low + high)
         eps_mid = epsilon_at(mid)
-        g_mid = math.log(eps_mid / target) if 0 < eps_mid < math.inf else None
+        g_mid = math.log(eps_mid) - aim if 0 < eps_mid < math.inf else None
         if eps_mid <= target:
             high, eps_high, g_high = mid, eps_mid, g_mid
             if replaced == "high" and g_low is not None:
@@ -617,46 +627,67 @@ SECANT_AIM = 0.25
 target: near the target, so the calibrated z spends nearly all of the budget, with room for a step's error."""
 
 
-def _secant(epsilon_at: Callable[[float], float], target: float, floor: float, start: float, slope: float) -> tuple[float | None, float]:
-    """``(z, last)``: a z with ``floor <= ε(z) <= target`` found by secant steps on ``log ε`` over ``log z`` aimed
-    near the target (:data:`SECANT_AIM`), or None after :data:`SECANT_STEPS` calls (or a step that cannot be taken: ε infinite or
-    zero, a slope that is not negative); ``last`` is the last z tried, where the bracketing search then starts.
+def _secant(
+    epsilon_at: Callable[[float], float], target: float, floor: float, start: float, slope: float
+) -> tuple[float | None, dict[float, float]]:
+    """``(z, tried)``: a z with ``floor <= ε(z) <= target`` found by secant steps on ``log ε`` over ``log z`` aimed
+    near the target (:data:`SECANT_AIM`), or None after :data:`SECANT_STEPS` calls (or a step that cannot be taken: ε
+    infinite or zero, a slope that is not negative); ``tried`` maps each z evaluated to its ε, from which the search
+    that takes over starts.
 
-    ``log ε`` is nearly linear in ``log z`` (slope about -1 to -2), so from the CLT's guess, typically within 10% of
-    the answer, one step with the CLT's slope lands within the 1% band or next to it."""
+    ``log ε`` is nearly linear in ``log z`` (slope about -1 to -3), so from the CLT's guess, typically within 10% of
+    the answer, one step with RDP's slope lands within about 0.6% of its aim. Once the points tried straddle the
+    target, each step stays strictly inside them (a safeguarded secant)."""
     aim = math.log(target) + SECANT_AIM * (math.log(floor) - math.log(target))
-    lowest, highest = math.log(_MIN_START), math.log(MAX_NOISE_MULTIPLIER)
     x, previous = math.log(start), None
+    lowest, highest = math.log(_MIN_START), math.log(MAX_NOISE_MULTIPLIER)
+    low, high = lowest, highest  # log z known to spend more than / at most the target
+    tried: dict[float, float] = {}
     for _ in range(SECANT_STEPS):
-        eps = epsilon_at(math.exp(x))
+        z = math.exp(x)
+        eps = tried[z] = epsilon_at(z)
         if floor <= eps <= target:
-            return math.exp(x), math.exp(x)
+            return z, tried
         if not 0 < eps < math.inf:
             break
+        if eps > target:
+            low = max(low, x)
+        else:
+            high = min(high, x)
         g = math.log(eps)
         if previous is not None and g != previous[1] and x != previous[0]:
             slope = (g - previous[1]) / (x - previous[0])
         if not slope < 0:
             break
         previous = (x, g)
-        x = min(max(x + (aim - g) / slope, lowest), highest)
-        if x == previous[0]:  # clamped at an end of the range: the search below reports it
+        x = x + (aim - g) / slope
+        if straddled := low > lowest and high < highest:  # stay strictly inside the points that straddle the target
+            margin = 0.01 * (high - low)
+            x = min(max(x, low + margin), high - margin)
+        x = min(max(x, lowest), highest)
+        if x == previous[0] or not straddled and x in (lowest, highest):  # no step left: the search below takes over
             break
-    return None, math.exp(x)
+    return None, tried
 
 
-def _clt_slope(target: float, *, delta: float, sample_rate: float, steps: int, z: float) -> float:
-    """d log ε / d log z of the CLT's ε at ``z`` (a central difference over ±1% in z); -1 where the CLT gives no
-    finite ε there."""
+def _rdp_slope(phases: Sequence[tuple[float, int]], *, delta: float, z: float) -> float:
+    """d log ε / d log z of the RDP bound of ``phases`` (``(sample_rate, steps)``, composed) at ``z``, a central
+    difference over ±1% in z; -1 where RDP gives no finite positive ε there.
+
+    The first secant step's slope. RDP's is the closer to PRV's: at the CLT's guess for Fashion-MNIST clients at ε = 3
+    it was -2.68 against PRV's -2.57 (the CLT's own: -2.24), and at ε = 8 with 30 steps -2.12 against -2.54 (the
+    CLT's: -7.94, which sent the first step nowhere near the band). A few milliseconds with the vectorized RDP."""
 
     def log_epsilon(at: float) -> float:
+        accountant = RDPAccountant()
+        accountant.history = [(at, q, steps) for q, steps in phases]
         try:
-            with np.errstate(all="ignore"):
-                mu = gdp_analysis.compute_mu_poisson(steps=steps, noise_multiplier=at, sample_rate=sample_rate)
-                eps = float(gdp_analysis.eps_from_mu(mu=mu, delta=delta))
-        except (ArithmeticError, ValueError, RuntimeError):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # Opacus warns when the best order is an end of its grid
+                eps = float(accountant.get_epsilon(delta=delta))
+        except (ArithmeticError, ValueError):
             return math.nan
-        return math.log(eps) if eps > 0 else math.nan
+        return math.log(eps) if 0 < eps < math.inf else math.nan
 
     step = 0.01
     slope = (log_epsilon(z * math.exp(step)) - log_epsilon(z * math.exp(-step))) / (2 * step)
