@@ -54,6 +54,7 @@ from typing import Any
 import numpy as np
 from opacus.accountants import GaussianAccountant, IAccountant
 from opacus.accountants.analysis import gdp as gdp_analysis
+from threadpoolctl import threadpool_limits
 
 from secure_ffm.errors import ConfigError
 from secure_ffm.privacy.sampled_gaussian import PRVAccountant, RDPAccountant
@@ -281,7 +282,10 @@ def _cached_epsilon(accountant: str, delta: float, history: OpacusHistory) -> fl
     opacus_accountant = ACCOUNTANTS.get(accountant, key="privacy.accountant")()
     opacus_accountant.history = list(history)
     try:
-        with np.errstate(divide="ignore"):  # PRV takes log(1 - q) = -inf at q = 1, by design
+        # PRV takes log(1 - q) = -inf at q = 1, by design. One BLAS thread: PRV's one dot product of a few hundred
+        # thousand values made OpenBLAS wake a second thread that spun on the other core for the whole evaluation
+        # (CPU time twice the wall time, no faster), taking that core from the worker pool and from other calibrations
+        with np.errstate(divide="ignore"), threadpool_limits(limits=1, user_api="blas"):
             epsilon = float(opacus_accountant.get_epsilon(delta=delta))
         if math.isnan(epsilon):
             raise ArithmeticError("accountant returned NaN")
