@@ -113,7 +113,8 @@ def _calibration_key(num_examples: int, client: ClientConfig, privacy: PrivacyCo
 
 def calibration_processes() -> int:
     """How many processes :func:`plan_clients` calibrates in: the cores this process may run on (Linux, where a child
-    is forked; 1 elsewhere). ``SECURE_FFM_PLAN_PROCESSES`` overrides it."""
+    is forked; 1 elsewhere, and in a process that has loaded gRPC, as Flower's do). ``SECURE_FFM_PLAN_PROCESSES``
+    overrides it."""
     import os
     import sys
 
@@ -125,7 +126,7 @@ def calibration_processes() -> int:
             raise ConfigError(
                 "SECURE_FFM_PLAN_PROCESSES", f"must be a whole number of processes, got {override!r}", "unset it or use e.g. 2"
             ) from None
-    if sys.platform != "linux":
+    if sys.platform != "linux" or "grpc" in sys.modules:  # gRPC (a Flower process) is not safe to fork while its threads run
         return 1
     return len(os.sched_getaffinity(0))
 

@@ -1,6 +1,7 @@
 """Per-client DP-SGD plans calibrated in forked processes: the same plans, bitwise, as one process computes."""
 
 import multiprocessing
+import sys
 
 import pytest
 
@@ -65,6 +66,9 @@ def test_an_unmeetable_budget_in_a_child_is_reported_by_the_run_as_in_one_proces
 def test_the_process_count_follows_the_cores_or_the_environment(monkeypatch):
     monkeypatch.delenv("SECURE_FFM_PLAN_PROCESSES", raising=False)
     assert dp_sgd.calibration_processes() >= 1
+    monkeypatch.setitem(sys.modules, "grpc", object())  # a Flower process: never forked
+    assert dp_sgd.calibration_processes() == 1
+    monkeypatch.delitem(sys.modules, "grpc")
     monkeypatch.setenv("SECURE_FFM_PLAN_PROCESSES", "3")
     assert dp_sgd.calibration_processes() == 3
     monkeypatch.setenv("SECURE_FFM_PLAN_PROCESSES", "many")
