@@ -105,7 +105,8 @@ def _calibrate_or_none(key: Calibration) -> tuple[float, float] | None:
         return None
 
 
-def _calibration_key(num_examples: int, client: ClientConfig, privacy: PrivacyConfig, planned_rounds: int) -> Calibration:
+def calibration_key(num_examples: int, client: ClientConfig, privacy: PrivacyConfig, planned_rounds: int) -> Calibration:
+    """The calibration :func:`plan_client` asks for (its memo's key)."""
     q = sample_rate(num_examples, client.batch_size)
     steps = steps_per_round(num_examples, client) * planned_rounds
     return (privacy.target_epsilon, privacy.delta or accounting.default_delta(num_examples), q, steps, privacy.accountant)
@@ -141,8 +142,15 @@ def plan_clients(
     the z the run's process would compute, bitwise (tested), and the children use neither torch nor its OpenMP threads
     (which a forked child must not). A run with many client sizes (non-IID partitions) plans in about 1/k of the time on
     k cores: per-client DP-SGD calibrates every distinct size before its first round, a few PRV evaluations each."""
-    keys = {_calibration_key(n, client, privacy, planned_rounds) for n in sizes}
-    missing = sorted(key for key in keys if key not in _CALIBRATED)
+    calibrate_all([calibration_key(n, client, privacy, planned_rounds) for n in sizes], processes=processes)
+    return {n: plan_client(n, client=client, privacy=privacy, planned_rounds=planned_rounds) for n in sizes}
+
+
+def calibrate_all(keys: Sequence[Calibration], *, processes: int | None = None) -> None:
+    """Calibrate each of ``keys`` not calibrated yet, spread over ``processes`` forked processes (default
+    :func:`calibration_processes`; one process or one key: nothing is done here, the callers calibrate as they ask).
+    A key whose calibration fails in a child is left for the caller, who then meets the error itself."""
+    missing = sorted({key for key in keys if key not in _CALIBRATED})
     workers = min(len(missing), calibration_processes() if processes is None else processes)
     if workers > 1:
         import multiprocessing
@@ -152,12 +160,11 @@ def plan_clients(
         for key, result in zip(missing, results, strict=True):
             if result is not None:
                 _CALIBRATED[key] = result
-    return {n: plan_client(n, client=client, privacy=privacy, planned_rounds=planned_rounds) for n in sizes}
 
 
 def plan_client(num_examples: int, *, client: ClientConfig, privacy: PrivacyConfig, planned_rounds: int) -> ClientDPPlan:
     """Calibrate a client's noise multiplier so that its planned steps spend exactly (not more than) the target."""
-    target, delta, q, steps, accountant = _calibration_key(num_examples, client, privacy, planned_rounds)
+    target, delta, q, steps, accountant = calibration_key(num_examples, client, privacy, planned_rounds)
     z, epsilon = _calibrated(target, delta, q, steps, accountant)
     return ClientDPPlan(num_examples, q, steps_per_round(num_examples, client), steps, delta, z, epsilon)
 
@@ -889,7 +896,7 @@ class DPSGD(PrivacyMechanism):
         :meth:`implied_epochs`). Every row carries the ``--set`` overrides that apply it; a client whose best
         noise-to-progress ratio exceeds :data:`~secure_ffm.privacy.planner.NOISE_TO_PROGRESS_LIMIT` gets a warning.
         """
-        from secure_ffm.privacy.planner import NOISE_TO_PROGRESS_LIMIT, recommend
+        from secure_ffm.privacy.planner import NOISE_TO_PROGRESS_LIMIT, candidate_calibrations, recommend
 
         if self.data.stages:
             raise ConfigError(
@@ -903,8 +910,13 @@ class DPSGD(PrivacyMechanism):
         for role, n in (("smallest", sizes[0]), ("median", sizes[(len(sizes) - 1) // 2]), ("largest", sizes[-1])):
             roles.setdefault(n, []).append(role)
         clients, warnings_ = [], []
+        settings = {"target_epsilon": p.target_epsilon, "delta": p.delta, "rounds": self.planned_rounds, "accountant": p.accountant}
+        budgets = {n: epochs if epochs is not None else self.implied_epochs(n) for n in roles}
+        calibrate_all(  # every candidate of every role at once, over the cores
+            [key for n in roles for key in candidate_calibrations(n, epochs=budgets[n], max_grad_norm=p.max_grad_norm, **settings)]
+        )
         for n, names in roles.items():
-            budget = epochs if epochs is not None else self.implied_epochs(n)
+            budget = budgets[n]
             advice = recommend(
                 n,
                 target_epsilon=p.target_epsilon,

@@ -99,6 +99,29 @@ def candidate_steps(num_examples: int, *, rounds: int, epochs: float) -> list[in
     return steps
 
 
+def candidate_settings(num_examples: int, *, rounds: int, epochs: float) -> list[tuple[int, int]]:
+    """``(s, B)`` of every candidate :func:`recommend` tries: local steps per round and the expected batch that spends
+    ``epochs`` passes over the client's data in ``rounds · s`` steps."""
+    return [
+        (s, min(num_examples, max(1, round(epochs * num_examples / (rounds * s)))))
+        for s in candidate_steps(num_examples, rounds=rounds, epochs=epochs)
+    ]
+
+
+def candidate_calibrations(
+    num_examples: int, *, target_epsilon: float, delta: float, rounds: int, epochs: float, accountant: str, max_grad_norm: float
+) -> list[tuple[float, float, float, int, str]]:
+    """The calibrations :func:`recommend` will ask for (:data:`secure_ffm.privacy.dp_sgd.Calibration`), so that a caller
+    can run them in parallel first (:func:`secure_ffm.privacy.dp_sgd.calibrate_all`)."""
+    from secure_ffm.privacy.dp_sgd import calibration_key
+
+    privacy = PrivacyConfig(mode="dp-sgd", target_epsilon=target_epsilon, delta=delta, accountant=accountant, max_grad_norm=max_grad_norm)
+    return [
+        calibration_key(num_examples, ClientConfig(batch_size=batch, local_steps=s), privacy, rounds)
+        for s, batch in candidate_settings(num_examples, rounds=rounds, epochs=epochs)
+    ]
+
+
 def recommend(
     num_examples: int,
     *,
@@ -138,9 +161,8 @@ def recommend(
         raise ConfigError("--epochs", f"must be a positive number of passes over each client's data, got {epochs!r}", "use e.g. 1")
     privacy = PrivacyConfig(mode="dp-sgd", target_epsilon=target_epsilon, delta=delta, accountant=accountant, max_grad_norm=max_grad_norm)
     candidates, last_error = [], None
-    for s in candidate_steps(num_examples, rounds=rounds, epochs=epochs):
+    for s, batch in candidate_settings(num_examples, rounds=rounds, epochs=epochs):
         total = rounds * s
-        batch = min(num_examples, max(1, round(epochs * num_examples / total)))
         try:
             plan = plan_client(num_examples, client=ClientConfig(batch_size=batch, local_steps=s), privacy=privacy, planned_rounds=rounds)
         except ConfigError as error:  # ε unreachable at this sampling rate and number of steps

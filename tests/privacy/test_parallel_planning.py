@@ -74,3 +74,11 @@ def test_the_process_count_follows_the_cores_or_the_environment(monkeypatch):
     monkeypatch.setenv("SECURE_FFM_PLAN_PROCESSES", "many")
     with pytest.raises(ConfigError, match="SECURE_FFM_PLAN_PROCESSES"):
         dp_sgd.calibration_processes()
+
+
+def test_the_planner_precomputes_exactly_the_calibrations_it_then_asks_for(fresh_calibrations):
+    from secure_ffm.privacy.planner import candidate_calibrations, recommend
+
+    settings = {"target_epsilon": 3.0, "delta": 0.0, "rounds": 5, "epochs": 1.0, "accountant": "prv", "max_grad_norm": 1.0}
+    recommend(400, **settings)  # one process: each candidate calibrated as asked
+    assert set(dp_sgd._CALIBRATED) == set(candidate_calibrations(400, **settings))
