@@ -53,6 +53,8 @@ MAX_TERMS = 1 << 24
 loop on); the callers fall back as for any numerical failure."""
 
 _FIRST_CHUNK = 32
+_LARGEST_CHUNK = 8192
+"""Chunks of terms stop doubling here: a chunk holds about ten float64 arrays of (orders still summing) x (chunk)."""
 
 
 def _log_sum_signed(log_terms: np.ndarray, positive: np.ndarray) -> np.ndarray:
@@ -123,7 +125,7 @@ def _log_a_frac(q: float, sigma: float, alphas: np.ndarray) -> np.ndarray:
             parts[row].append((log_s0[k, : ends[k]], log_s1[k, : ends[k]], coef[k, : ends[k]] > 0))
         open_rows = open_rows[~stopped]
         start += size
-        size *= 2
+        size = min(2 * size, _LARGEST_CHUNK)
     width = max(sum(len(p[0]) for p in chunks) for chunks in parts.values())
     log_s = np.full((2, alphas.size, width), -np.inf)
     positive = np.ones((alphas.size, width), dtype=bool)
