@@ -393,8 +393,13 @@ class _ForkedWorker:
 
 def _spawn_worker(argv: Sequence[str]) -> subprocess.Popen[bytes]:
     """A worker in a fresh interpreter, its pipes unbuffered: replies must be (:func:`_open_replies`), and each
-    request is one message written whole (:func:`_write`)."""
-    return subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+    request is one message written whole (:func:`_write`).
+
+    It builds the run again, DP-SGD's plans included, and calibrates them in one process
+    (``SECURE_FFM_PLAN_PROCESSES=1``): the run's process has calibrated them over every core already, and ``k``
+    workers each forking a calibration process per core would start ``k`` times the cores at once."""
+    environment = {**os.environ, "SECURE_FFM_PLAN_PROCESSES": "1"}
+    return subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0, env=environment)
 
 
 def can_fork_workers() -> bool:

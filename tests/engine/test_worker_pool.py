@@ -362,3 +362,13 @@ def test_the_audit_captures_the_same_update_from_a_pooled_run(tmp_path):
     assert one.observes == two.observes == "update" and one.observed.keys() == two.observed.keys()
     assert all(np.array_equal(one.observed[k], two.observed[k]) for k in one.observed)
     np.testing.assert_array_equal(one.indices, two.indices)
+
+
+def test_a_spawned_worker_plans_dp_sgd_in_one_process():
+    # it rebuilds the run, DP-SGD's plans included: the run's process has calibrated them over every core already,
+    # and k workers each forking one calibration process per core would start k times the cores at once
+    from secure_ffm.transports.worker_pool import _spawn_worker
+
+    process = _spawn_worker([sys.executable, "-c", "import os, sys; sys.stdout.write(os.environ['SECURE_FFM_PLAN_PROCESSES'])"])
+    output, _ = process.communicate(timeout=60)
+    assert output == b"1"
