@@ -559,11 +559,11 @@ def _solve(
             epsilon_at, target, min(below) if below else max(above, default=start), accountant=accountant, where=where, delta=delta
         )
     eps_high = epsilon_at(high)
-    # Illinois false position on g(z) = log ε(z) - log target over log z, which is nearly
-    # linear, so it needs 3-5 accountant calls where bisection needs about 10 (PRV calls
-    # cost up to a second each); it bisects while the bracket's low end is 0 or ε there is infinite.
+    # Illinois false position on g(z) = log ε(z) - aim over log z (aim inside the band, as the secant's), which is
+    # nearly linear, so it needs 3-5 accountant calls where bisection needs about 10 (PRV calls cost up to a second
+    # each); it bisects while the bracket's low end is 0 or ε there is infinite.
     eps_low = epsilon_at(low) if low > 0 else math.inf
-    aim = math.log(target) + SECANT_AIM * (math.log(floor) - math.log(target))  # inside the band, as the secant's
+    aim = _log_aim(target, floor)
     g_low = math.log(eps_low) - aim if low > 0 and 0 < eps_low < math.inf else None
     g_high = math.log(eps_high) - aim if eps_high > 0 else None
     replaced = ""
@@ -603,7 +603,7 @@ def _clt_guess(target: float, *, delta: float, sample_rate: float, steps: int) -
     ``δ(ε; μ) = Φ(-ε/μ + μ/2) - e^ε Φ(-ε/μ - μ/2)`` (Dong, Roth & Su 2019, Corollary 2.13), increasing in μ, so
     the μ that spends exactly the target is one root in μ; Poisson-subsampled DP-SGD is μ-GDP with
     ``μ = q sqrt(T (e^{1/z²} - 1))`` (Bu et al. 2020, Opacus' ``compute_mu_poisson``), which gives z.
-    (It used to bisect z 40 times, each with a root search for ε: 58 ms a client; now under a millisecond.)
+    (It used to bisect z 40 times, each with a root search for ε: 58 ms a client; now about 2 ms.)
     """
     from scipy import optimize
 
@@ -631,6 +631,11 @@ SECANT_AIM = 0.25
 target: near the target, so the calibrated z spends nearly all of the budget, with room for a step's error."""
 
 
+def _log_aim(target: float, floor: float) -> float:
+    """log ε the search aims at: :data:`SECANT_AIM` of the band ``[floor, target]``'s width (in log ε) below the target."""
+    return math.log(target) + SECANT_AIM * (math.log(floor) - math.log(target))
+
+
 def _secant(
     epsilon_at: Callable[[float], float], target: float, floor: float, start: float, slope: float
 ) -> tuple[float | None, dict[float, float]]:
@@ -642,7 +647,7 @@ def _secant(
     ``log ε`` is nearly linear in ``log z`` (slope about -1 to -3), so from the CLT's guess, typically within 10% of
     the answer, one step with RDP's slope lands within about 0.6% of its aim. Once the points tried straddle the
     target, each step stays strictly inside them (a safeguarded secant)."""
-    aim = math.log(target) + SECANT_AIM * (math.log(floor) - math.log(target))
+    aim = _log_aim(target, floor)
     x, previous = math.log(start), None
     lowest, highest = math.log(_MIN_START), math.log(MAX_NOISE_MULTIPLIER)
     low, high = lowest, highest  # log z known to spend more than / at most the target
@@ -683,7 +688,7 @@ def _rdp_slope(phases: Sequence[tuple[float, int]], *, delta: float, z: float) -
     CLT's: -7.94, which sent the first step nowhere near the band). A few milliseconds with the vectorized RDP."""
 
     def log_epsilon(at: float) -> float:
-        accountant = RDPAccountant()
+        accountant = RDPAccountant()  # directly, not through the memo: probes, not calibrations, and not counted as them
         accountant.history = [(at, q, steps) for q, steps in phases]
         try:
             with warnings.catch_warnings():

@@ -16,6 +16,8 @@ it declines a round whose steps would take it over its target ε.
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import time
 import warnings
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
@@ -116,9 +118,6 @@ def calibration_processes() -> int:
     """How many processes :func:`plan_clients` calibrates in: the cores this process may run on (Linux, where a child
     is forked; 1 elsewhere, and in a process that has loaded gRPC, as Flower's do). ``SECURE_FFM_PLAN_PROCESSES``
     overrides it."""
-    import os
-    import sys
-
     override = os.environ.get("SECURE_FFM_PLAN_PROCESSES", "").strip()
     if override:
         try:

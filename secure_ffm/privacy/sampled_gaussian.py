@@ -76,12 +76,6 @@ def _log_sum_signed(log_terms: np.ndarray, positive: np.ndarray) -> np.ndarray:
     return np.where(empty, -np.inf, top + np.log1p(rest))
 
 
-def _log_add(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    low, high = np.minimum(a, b), np.maximum(a, b)
-    with np.errstate(invalid="ignore"):
-        return np.where(low == -np.inf, high, np.log1p(np.exp(low - high)) + high)
-
-
 def _log_a_int(q: float, sigma: float, alphas: np.ndarray) -> np.ndarray:
     """``log A_α`` for integer orders: all ``α + 1`` terms of every order at once (``C(α, i) = 0`` beyond ``α``)."""
     i = np.arange(int(alphas.max()) + 1, dtype=np.float64)[None, :]
@@ -133,7 +127,7 @@ def _log_a_frac(q: float, sigma: float, alphas: np.ndarray) -> np.ndarray:
         s0, s1, sign = (np.concatenate(p) for p in zip(*chunks, strict=True))
         log_s[0, row, : s0.size], log_s[1, row, : s1.size], positive[row, : sign.size] = s0, s1, sign
     result[0], result[1] = _log_sum_signed(log_s[0], positive), _log_sum_signed(log_s[1], positive)
-    return _log_add(result[0], result[1])
+    return np.logaddexp(result[0], result[1])
 
 
 def _rdp_curve(q: float, sigma: float, orders: tuple[float, ...]) -> np.ndarray:
