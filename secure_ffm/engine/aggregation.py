@@ -172,6 +172,12 @@ class Stage:
 
     name: str
     requests: Mapping[int, Any]
+    enough: Callable[[Mapping[int, Any]], bool] | None = field(default=None, compare=False, repr=False)
+    """Optional: ``enough(replies so far) -> bool``, True once the server needs no more replies to this stage, so a
+    transport whose replies arrive over time (a deployment: :class:`~secure_ffm.transports.remote.RemoteTransport`)
+    stops waiting for the rest, who are then listed as dropped from the stage. Transports that have every reply at
+    once (in-process, the worker pool) may ignore it. The masking protocol's unmasking stage sets it: the server
+    needs ``t`` right shares of each secret, not every survivor's answer (Bonawitz et al., CCS 2017, round 4)."""
 
 
 @dataclass(frozen=True)

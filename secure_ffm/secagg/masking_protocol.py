@@ -59,6 +59,7 @@ no secrecy (the masks hide its result).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
@@ -630,6 +631,8 @@ class MaskingServer(ServerRound):
         self.left_out: dict[int, str] = {}
         """Share holders whose unmask responses were not used, and why (malformed, or a share off the polynomial)."""
         self.setup_seconds = 0.0
+        self._trial = False
+        """Set while :meth:`responses_suffice` tries a rebuild: left-out holders are not logged."""
 
     # ------------------------------------------------------------ as message stages
 
@@ -653,7 +656,7 @@ class MaskingServer(ServerRound):
             raise AggregationError(f"round {self.round}: no client messages to aggregate")
         start = time.perf_counter()
         request = self.unmask_request()
-        answers = yield Stage(UNMASK, {u: request for u in request.survivors})
+        answers = yield Stage(UNMASK, {u: request for u in request.survivors}, enough=functools.partial(self.responses_suffice, request))
         responses = [reply for reply in answers.replies.values() if isinstance(reply, UnmaskResponse)]
         total = self.unmask(request, responses)
         unmasked = time.perf_counter()
@@ -798,9 +801,54 @@ class MaskingServer(ServerRound):
         from the right ones, or when a rebuilt secret does not match its commitment (the pair key
         its public key, the self seed the hash its owner sent) - never with a silently wrong sum.
         """
-        assert self.round_setup is not None
         if self.masked_total is None:
             raise AggregationError(f"round {self.round}: no masked input to unmask")
+        self.self_seeds, dropped_keys = self._rebuild(request, responses)
+        assert self.round_setup is not None
+        dropped_pair_seeds: dict[int, dict[int, bytes]] = {}
+        for d, (raw, private) in dropped_keys.items():
+            self.dropped_keys[d] = raw
+            dropped_pair_seeds[d] = {
+                u: keys.shared_seed(
+                    private, self.round_setup.public_keys[u][0], context=keys.pair_context(round=self.round, client_a=d, client_b=u)
+                )
+                for u in self.neighbours[d]
+                if u in self.received
+            }
+        return masking.unmask_sum(self.masked_total, self_seeds=self.self_seeds, dropped_pair_seeds=dropped_pair_seeds)
+
+    def responses_suffice(self, request: UnmaskRequest, replies: Mapping[int, Any]) -> bool:
+        """Whether the unmasking replies so far rebuild every secret the server needs, each checked against its
+        commitment (the stage's :attr:`~secure_ffm.engine.aggregation.Stage.enough`).
+
+        Bonawitz et al. (CCS 2017, round 4) let the server go on once it has ``t`` responses; here it goes on once the
+        responses rebuild every survivor's self seed (its hash matches the commitment its owner sent) and every needed
+        dropped client's pair key (it matches the public key it advertised), so a deployment does not wait out its
+        stage timeout for a survivor that died after sending its masked input. A wrong share makes a check fail, and
+        the server then waits for more responses (whose extra shares find the wrong one) as before. Nothing is kept:
+        :meth:`unmask` rebuilds from the replies the stage ends with."""
+        responses = [reply for reply in replies.values() if isinstance(reply, UnmaskResponse)]
+        responders = {r.client_id for r in responses}
+        if any(len((self.neighbours[u] | {u}) & responders) < self.threshold for u in request.survivors):
+            return False  # a count first: most replies leave some secret short of t shares
+        alive = set(request.survivors)
+        if any(self.neighbours[d] & alive and len(self.neighbours[d] & responders) < self.threshold for d in request.dropped):
+            return False
+        left_out, self._trial = self.left_out, True
+        try:
+            self._rebuild(request, responses)
+        except AggregationError:
+            return False
+        finally:
+            self.left_out, self._trial = left_out, False
+        return True
+
+    def _rebuild(
+        self, request: UnmaskRequest, responses: Sequence[UnmaskResponse]
+    ) -> tuple[dict[int, bytes], dict[int, tuple[bytes, X25519PrivateKey]]]:
+        """Every survivor's self seed and every needed dropped client's pair key (``{d: (raw bytes, key)}``) from the
+        responses, each checked against its commitment; records the holders left out (:attr:`left_out`)."""
+        assert self.round_setup is not None
         seed_shares: dict[int, dict[int, int]] = {u: {} for u in request.survivors}
         key_shares: dict[int, dict[int, int]] = {d: {} for d in request.dropped}
         self.left_out = {}
@@ -815,7 +863,7 @@ class MaskingServer(ServerRound):
             for found, target in ((seeds, seed_shares), (pair_keys, key_shares)):
                 for owner, value in found.items():
                     target[owner][response.client_id + 1] = value
-        self.self_seeds = {}
+        self_seeds = {}
         for u, shares in seed_shares.items():
             seed = self._combine(u, shares, "self seed")
             if seed_commitment(self.round, u, seed) != self.seed_commitments.get(u):
@@ -823,8 +871,8 @@ class MaskingServer(ServerRound):
                     f"round {self.round}: the shares of client {u}'s self seed rebuild a seed that does not match its commitment "
                     f"(a holder sent a wrong share and too few shares were left to find it); aborting the round"
                 )
-            self.self_seeds[u] = seed
-        dropped_pair_seeds: dict[int, dict[int, bytes]] = {}
+            self_seeds[u] = seed
+        dropped_keys = {}
         for d, shares in key_shares.items():
             if not self.neighbours[d] & set(request.survivors):
                 continue  # no survivor masked with d: nothing to remove
@@ -835,15 +883,8 @@ class MaskingServer(ServerRound):
                 private = None
             if private is None or keys.public_bytes(private) != self.round_setup.public_keys[d][0]:
                 raise AggregationError(f"round {self.round}: the shares of dropped client {d}'s key rebuild a different key")
-            self.dropped_keys[d] = raw
-            dropped_pair_seeds[d] = {
-                u: keys.shared_seed(
-                    private, self.round_setup.public_keys[u][0], context=keys.pair_context(round=self.round, client_a=d, client_b=u)
-                )
-                for u in self.neighbours[d]
-                if u in self.received
-            }
-        return masking.unmask_sum(self.masked_total, self_seeds=self.self_seeds, dropped_pair_seeds=dropped_pair_seeds)
+            dropped_keys[d] = (raw, private)
+        return self_seeds, dropped_keys
 
     def _read_response(self, request: UnmaskRequest, response: UnmaskResponse, answered: set[int]) -> tuple[dict[int, int], dict[int, int]]:
         """``({survivor: self-seed share value}, {dropped: pair-key share value})`` of one response, or AggregationError."""
@@ -877,7 +918,8 @@ class MaskingServer(ServerRound):
     def _leave_out(self, holder: int, reason: str) -> None:
         if holder not in self.left_out:
             self.left_out[holder] = reason
-            log.warning("%s; its unmask shares are left out", reason)
+            if not self._trial:  # a trial (responses_suffice) says nothing: unmask says it once
+                log.warning("%s; its unmask shares are left out", reason)
 
     def _combine(self, owner: int, shares: Mapping[int, int], what: str) -> bytes:
         """Rebuild one secret from the shares of holders not left out; leave out any whose share is wrong."""

@@ -221,12 +221,26 @@ class RemoteTransport(Transport):
     def exchange(self, round: int, stage: Stage) -> StageReplies:
         bodies = {c: {"round": round, "stage": stage.name, "request": request} for c, request in stage.requests.items()}
         replies: dict[int, Any] = {}
-        for client_id, answer in self._send(STAGE, bodies):
-            if isinstance(answer, AggregationError):
-                who = "the key authority" if client_id == AUTHORITY else f"client {client_id}"
-                log.warning("round %d: %s is left out of the %s stage: %s", round, who, stage.name, answer)
-            else:
+        answers = self._send(STAGE, bodies)
+        try:
+            for client_id, answer in answers:
+                if isinstance(answer, AggregationError):
+                    who = "the key authority" if client_id == AUTHORITY else f"client {client_id}"
+                    log.warning("round %d: %s is left out of the %s stage: %s", round, who, stage.name, answer)
+                    continue
                 replies[client_id] = answer
+                if stage.enough is not None and len(replies) < len(stage.requests) and stage.enough(replies):
+                    log.info(
+                        "round %d: the %s stage has what the server needs from %d of %d clients; it stops waiting for %s",
+                        round,
+                        stage.name,
+                        len(replies),
+                        len(stage.requests),
+                        sorted(set(stage.requests) - set(replies)),
+                    )
+                    break
+        finally:
+            answers.close()  # the link stops waiting for the nodes not heard from
         return StageReplies(replies, frozenset(set(stage.requests) - set(replies)))
 
     def fit(self, round: int, requests: Mapping[int, FitRequest]) -> Iterator[FitReply]:

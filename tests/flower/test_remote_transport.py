@@ -9,7 +9,7 @@ from direct_link import FreshProcessLink
 from safetensors.numpy import load_file
 
 from secure_ffm.config import load_config
-from secure_ffm.engine.codec import from_bytes
+from secure_ffm.engine.codec import from_bytes, unpack
 from secure_ffm.errors import ConfigError
 from secure_ffm.run.deployment import server_run
 from secure_ffm.run.simulation import Simulation, prepare_run, without_timings
@@ -74,6 +74,38 @@ def test_a_node_gone_after_its_masked_input_is_recovered_by_the_survivors(tmp_pa
     history = rows(tmp_path / "remote")
     assert history[0]["aborted"] is None and history[0]["clients"] == [0, 1, 2, 3]
     assert summary["final"]["test_accuracy"] is not None and np.isfinite(summary["final"]["test_loss"])
+
+
+class UnmaskAskingLink(FreshProcessLink):
+    """Records, for each unmasking stage, the nodes whose reply the server waited for (a node answers when asked)."""
+
+    def __init__(self, config, partitions, *, silent):
+        super().__init__(config, partitions, gone=lambda kind, node: node == silent and self.unmasking)
+        self.unmasking = False
+        self.asked: list[list[int]] = []
+
+    def request(self, kind, bodies):
+        self.unmasking = kind == "stage" and unpack(*next(iter(bodies.values())))["stage"] == "unmask"
+        if self.unmasking:
+            self.asked.append([])
+        for node in bodies:  # one node at a time, as replies arrive
+            if self.unmasking:
+                self.asked[-1].append(node)
+            yield from super().request(kind, {node: bodies[node]})
+
+
+def test_the_unmasking_stage_does_not_wait_for_a_survivor_once_the_others_shares_suffice(tmp_path):
+    """Node 2 never answers the unmasking stage (it died after sending its masked input, or is slow): the shares of
+    nodes 0 and 1 (t = 2) rebuild every secret, so the server goes on without asking for node 2's reply, where it
+    used to wait out its stage timeout; the model is the in-process run's, bitwise."""
+    config = config_of(tmp_path, BASE + MASKING + REPRODUCIBLE)
+    in_process(config, tmp_path / "local")
+    link = UnmaskAskingLink(config, {0: 0, 1: 1, 2: 2}, silent=2)
+    server_run(config, link, out_dir=tmp_path / "remote")
+    assert link.asked == [[0, 1], [0, 1]]  # one unmasking stage a round; node 2's reply was never waited for
+    assert [r["clients"] for r in rows(tmp_path / "remote")] == [[0, 1, 2], [0, 1, 2]]
+    local, remote = final_weights(tmp_path / "local"), final_weights(tmp_path / "remote")
+    assert all(np.array_equal(local[k], remote[k]) for k in local)
 
 
 def test_a_node_of_another_configuration_is_refused_by_name(tmp_path):

@@ -413,3 +413,50 @@ def test_train_refuses_a_bad_threshold_before_writing_anything(tmp_path, capsys,
     assert code == 2
     assert len(err.splitlines()) == 1 and "secure_aggregation.threshold" in err
     assert not out.exists()
+
+
+# --------------------------------------------------------------------------- the unmasking stage ends once its replies suffice
+
+
+def replies_in_order(responses, order):
+    """The replies a deployment's server holds after each arrival, in ``order``."""
+    held = {}
+    for u in order:
+        held[u] = responses[u]
+        yield dict(held)
+
+
+def test_the_unmasking_stage_has_enough_once_t_holders_of_every_secret_answered():
+    # prepare: 6 clients, t = 4, client 4 dropped after sharing its keys: its pair key is needed too
+    server, request, responses = honest_round(6, drop={4})
+    expected = server.unmask(request, list(responses.values()))
+    # execute: the server asks after each arrival
+    verdicts = [server.responses_suffice(request, held) for held in replies_in_order(responses, request.survivors)]
+    # assert: not before t = 4 replies, then at once; the first t replies unmask the same sum
+    assert server.threshold == 4
+    assert verdicts == [False, False, False, True, True]
+    first_t = [responses[u] for u in request.survivors[:4]]
+    np.testing.assert_array_equal(server.unmask(request, first_t), expected)
+
+
+def test_a_wrong_share_keeps_the_unmasking_stage_waiting_until_spare_shares_find_it(caplog):
+    # prepare: 8 clients, t = 5, client 6 dropped; client 1 shifts its share of client 0's self seed
+    server, request, responses = honest_round(8, drop={6})
+    expected = server.unmask(request, list(responses.values()))
+    responses[1] = shifted_share(responses[1], 0, "self_seed_shares", server.threshold, request.survivors)
+    # execute
+    with caplog.at_level(logging.WARNING, logger="secure_ffm.secagg.masking_protocol"):
+        verdicts = [server.responses_suffice(request, held) for held in replies_in_order(responses, request.survivors)]
+    # assert: t = 5 replies rebuild a seed that fails its commitment, 6 can tell something is wrong but not what,
+    # 7 find the wrong holder; the trials log nothing and keep nothing
+    assert verdicts == [False, False, False, False, False, False, True]
+    assert caplog.text == "" and server.left_out == {}
+    total = server.unmask(request, list(responses.values()))
+    np.testing.assert_array_equal(total, expected)
+    assert set(server.left_out) == {1}
+
+
+def test_a_successful_trial_leaves_the_servers_rebuilt_secrets_as_they_were():
+    server, request, responses = honest_round(5)
+    assert server.responses_suffice(request, responses)
+    assert server.self_seeds == {} and server.dropped_keys == {} and server.left_out == {}
