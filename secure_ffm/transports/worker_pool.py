@@ -606,8 +606,11 @@ class WorkerPoolTransport(Transport):
         the jobs are fit requests without parameters: each worker gets the round's parameters once, first.
 
         When this process trains too (:attr:`trains_here`), each worker holds up to two requests, so it never waits
-        while this process trains, and this process takes a job from the end of the queue whenever no reply is ready.
-        The last job is never queued as a worker's second: this process takes it."""
+        while this process trains, and this process takes the next job in the queue whenever no reply is ready. Jobs
+        finish about in the order asked, so :meth:`fit` hands each update to the server soon after it is trained,
+        rather than holding this process's updates until the workers' earlier ones arrive and summing them all at the
+        round's end while the workers wait (docs/speed.md). The last job is never queued as a worker's second: this
+        process takes it."""
         self._ensure_workers()
         here = self.trains_here
         depth = 2 if here else 1
@@ -630,7 +633,7 @@ class WorkerPoolTransport(Transport):
                 yield from self._drop(worker, list(worker.jobs), f"took more than {limit} and was killed")
             if not ready:
                 if here and pending:
-                    yield self._answer_here(*pending.pop(), broadcast)
+                    yield self._answer_here(*pending.popleft(), broadcast)
                 continue
             for worker in busy:
                 if worker.process.stdout not in ready:  # (a hung worker just replaced never is)

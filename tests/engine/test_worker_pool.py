@@ -372,3 +372,23 @@ def test_a_spawned_worker_plans_dp_sgd_in_one_process():
     process = _spawn_worker([sys.executable, "-c", "import os, sys; sys.stdout.write(os.environ['SECURE_FFM_PLAN_PROCESSES'])"])
     output, _ = process.communicate(timeout=60)
     assert output == b"1"
+
+
+def test_the_runs_process_takes_the_next_job_in_the_rounds_order(tmp_path, monkeypatch):
+    # eight clients a round, the run's process beside one forked worker: the worker is sent the first two requests, and
+    # the run's process, with no reply ready yet, trains the third (it took the last before 2026-12-07, so its updates
+    # waited for all the workers' earlier ones and were summed at the round's end while the worker had nothing to do)
+    from secure_ffm.transports import worker_pool
+
+    local = []
+    answer_here = worker_pool.WorkerPoolTransport._answer_here
+
+    def recording(self, client_id, *args):
+        local.append(client_id)
+        return answer_here(self, client_id, *args)
+
+    monkeypatch.setattr(worker_pool.WorkerPoolTransport, "_answer_here", recording)
+    simulation = run(tmp_path, "two", digits_cnn_toml(clients=8, rounds=1, workers=2))
+    order = simulation.server.sample_clients(1)
+    assert simulation.transport.trains_here and local[0] == order[2]
+    assert local == sorted(local, key=order.index)  # and every later one in the order too
