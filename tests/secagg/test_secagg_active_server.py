@@ -439,17 +439,23 @@ def test_the_unmasking_stage_has_enough_once_t_holders_of_every_secret_answered(
     np.testing.assert_array_equal(server.unmask(request, first_t), expected)
 
 
-def test_a_wrong_share_keeps_the_unmasking_stage_waiting_until_spare_shares_find_it(caplog):
-    # prepare: 8 clients, t = 5, client 6 dropped; client 1 shifts its share of client 0's self seed
-    server, request, responses = honest_round(8, drop={6})
+def test_a_wrong_share_keeps_the_unmasking_stage_waiting_until_spare_shares_find_it(caplog, monkeypatch):
+    # prepare: 10 clients, t = 6, client 9 dropped; client 1 shifts its share of client 0's self seed
+    server, request, responses = honest_round(10, drop={9})
     expected = server.unmask(request, list(responses.values()))
     responses[1] = shifted_share(responses[1], 0, "self_seed_shares", server.threshold, request.survivors)
+    rebuilds = []
+    rebuild = server._rebuild
+    monkeypatch.setattr(server, "_rebuild", lambda request, responses: rebuilds.append(len(responses)) or rebuild(request, responses))
     # execute
     with caplog.at_level(logging.WARNING, logger="secure_ffm.secagg.masking_protocol"):
         verdicts = [server.responses_suffice(request, held) for held in replies_in_order(responses, request.survivors)]
-    # assert: t = 5 replies rebuild a seed that fails its commitment, 6 can tell something is wrong but not what,
-    # 7 find the wrong holder; the trials log nothing and keep nothing
-    assert verdicts == [False, False, False, False, False, False, True]
+    # assert: t = 6 replies rebuild a seed that fails its commitment, 7 can tell something is wrong but not what, and
+    # after two failed rebuilds the next waits for two more replies: 9 find the wrong holder. The trials log nothing
+    # and keep nothing
+    assert server.threshold == 6
+    assert verdicts == [False] * 8 + [True]
+    assert rebuilds == [6, 7, 9]
     assert caplog.text == "" and server.left_out == {}
     total = server.unmask(request, list(responses.values()))
     np.testing.assert_array_equal(total, expected)
