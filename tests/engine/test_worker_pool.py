@@ -375,20 +375,22 @@ def test_a_spawned_worker_plans_dp_sgd_in_one_process():
 
 
 def test_the_runs_process_takes_the_next_job_in_the_rounds_order(tmp_path, monkeypatch):
-    # eight clients a round, the run's process beside one forked worker: the worker is sent the first two requests, and
-    # the run's process, with no reply ready yet, trains the third (it took the last before 2026-12-07, so its updates
-    # waited for all the workers' earlier ones and were summed at the round's end while the worker had nothing to do)
+    # eight clients a round, the run's process beside one forked worker, slowed to 0.5 s a request (patched before the
+    # fork, asleep only outside the run's process): the worker is sent the first two requests, and the run's process
+    # trains the other six in the round's order (it took them from the end before 2026-12-07, so its updates waited for
+    # the workers' earlier ones and were summed at the round's end while the worker had nothing to do)
     from secure_ffm.transports import worker_pool
 
-    local = []
-    answer_here = worker_pool.WorkerPoolTransport._answer_here
+    run_process, answer, local = os.getpid(), worker_pool._answer, []
 
-    def recording(self, client_id, *args):
-        local.append(client_id)
-        return answer_here(self, client_id, *args)
+    def answer_slowly_in_the_worker(simulation, client_id, *args):
+        if os.getpid() == run_process:
+            local.append(client_id)
+        else:
+            time.sleep(0.5)
+        return answer(simulation, client_id, *args)
 
-    monkeypatch.setattr(worker_pool.WorkerPoolTransport, "_answer_here", recording)
+    monkeypatch.setattr(worker_pool, "_answer", answer_slowly_in_the_worker)
     simulation = run(tmp_path, "two", digits_cnn_toml(clients=8, rounds=1, workers=2))
     order = simulation.server.sample_clients(1)
-    assert simulation.transport.trains_here and local[0] == order[2]
-    assert local == sorted(local, key=order.index)  # and every later one in the order too
+    assert simulation.transport.trains_here and local == order[2:]
