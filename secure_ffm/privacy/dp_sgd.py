@@ -91,8 +91,7 @@ def _calibrate(key: Calibration) -> tuple[float, float]:
     return z, epsilon
 
 
-def _calibrated(target: float, delta: float, q: float, steps: int, accountant: str) -> tuple[float, float]:
-    key = (target, delta, q, steps, accountant)
+def _calibrated(key: Calibration) -> tuple[float, float]:
     if key not in _CALIBRATED:
         _CALIBRATED[key] = _calibrate(key)
     return _CALIBRATED[key]
@@ -163,8 +162,9 @@ def calibrate_all(keys: Sequence[Calibration], *, processes: int | None = None) 
 
 def plan_client(num_examples: int, *, client: ClientConfig, privacy: PrivacyConfig, planned_rounds: int) -> ClientDPPlan:
     """Calibrate a client's noise multiplier so that its planned steps spend exactly (not more than) the target."""
-    target, delta, q, steps, accountant = calibration_key(num_examples, client, privacy, planned_rounds)
-    z, epsilon = _calibrated(target, delta, q, steps, accountant)
+    key = calibration_key(num_examples, client, privacy, planned_rounds)
+    _, delta, q, steps, _ = key
+    z, epsilon = _calibrated(key)
     return ClientDPPlan(num_examples, q, steps_per_round(num_examples, client), steps, delta, z, epsilon)
 
 

@@ -96,7 +96,6 @@ def _log_a_frac(q: float, sigma: float, alphas: np.ndarray) -> np.ndarray:
     z0 = sigma**2 * math.log(1 / q - 1) + 0.5
     log_q, log_1mq = math.log(q), math.log(1 - q)
     scale = math.sqrt(2) * sigma
-    result = np.empty((2, alphas.size))
     open_rows = np.arange(alphas.size)
     parts: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {row: [] for row in range(alphas.size)}
     start, size = 0, _FIRST_CHUNK
@@ -126,8 +125,7 @@ def _log_a_frac(q: float, sigma: float, alphas: np.ndarray) -> np.ndarray:
     for row, chunks in parts.items():
         s0, s1, sign = (np.concatenate(p) for p in zip(*chunks, strict=True))
         log_s[0, row, : s0.size], log_s[1, row, : s1.size], positive[row, : sign.size] = s0, s1, sign
-    result[0], result[1] = _log_sum_signed(log_s[0], positive), _log_sum_signed(log_s[1], positive)
-    return np.logaddexp(result[0], result[1])
+    return np.logaddexp(_log_sum_signed(log_s[0], positive), _log_sum_signed(log_s[1], positive))
 
 
 def _rdp_curve(q: float, sigma: float, orders: tuple[float, ...]) -> np.ndarray:
