@@ -40,7 +40,7 @@ from attacks.base import Budget, GroundTruth, NamedArrays, Observation, Reconstr
 from attacks.case import data_kind, local_minibatches, stack_inputs
 from secure_ffm.config import ClientConfig, Config
 from secure_ffm.engine.aggregation import Aggregate
-from secure_ffm.engine.client import FederatedClient
+from secure_ffm.engine.client import FederatedClient, client_metrics_policy
 from secure_ffm.engine.orchestrator import RoundHooks, RoundOrchestrator
 from secure_ffm.engine.server import Server
 from secure_ffm.engine.strategies import build_strategy
@@ -462,6 +462,10 @@ def _server_view(
     if grad_sample_mode == "auto":
         grad_sample_mode = auto_grad_sample_mode(prepared.model)
     states: dict[int, dict[str, Any]] = {}
+    # the metrics the run's clients would send beside their updates (the audit's server reads none of them but "steps")
+    metrics_policy = client_metrics_policy(
+        config.privacy.client_metrics, private=type(mechanism).spends_budget, hides_updates=protocol.hides_updates
+    )
 
     # a gradient is a one-step update at learning rate 1, read back as -delta
     trained = replace(setup, learning_rate=1.0) if kind == "gradient" else setup
@@ -488,6 +492,7 @@ def _server_view(
             state=states.setdefault(client_id, {}),
             seed=seed,
             noise=noise,
+            metrics_policy=metrics_policy,
         )
 
     total = len(prepared.client_indices)

@@ -457,6 +457,13 @@ class PrivacyConfig:
     """Adaptive clipping: η in C <- C exp(-η (b - γ))."""
     clipped_count_stddev: float = 0.0
     """Adaptive clipping: σ_b of the noise on the count of unclipped updates; 0 picks m/20 (Andrew et al.)."""
+    client_metrics: str = "auto"
+    """What each client's message tells the server beside its update (secure_ffm.engine.client.CLIENT_METRICS):
+    ``public`` sends only metrics that do not depend on the client's examples (steps, ε spent, seconds); ``all`` also
+    sends its training loss and, under dp-fedavg, its update's norm before clipping and, under dp-sgd, its count of
+    empty Poisson batches, in the clear: neither DP's noise nor secure aggregation covers them. ``auto`` (default):
+    ``public`` whenever the run is private (any ``mode`` but ``none``) or hides updates (``masking``, ``ckks``),
+    else ``all``."""
 
     def __post_init__(self) -> None:
         _choice("privacy", "mode", self.mode, MECHANISMS.names())
@@ -478,7 +485,11 @@ class PrivacyConfig:
             raise ConfigError("privacy.target_unclipped_quantile", f"must be in (0, 1), got {self.target_unclipped_quantile!r}")
         _positive("privacy", "clip_learning_rate", self.clip_learning_rate)
         _positive("privacy", "clipped_count_stddev", self.clipped_count_stddev, allow_zero=True)
+        _choice("privacy", "client_metrics", self.client_metrics, CLIENT_METRICS_SETTINGS)
 
+
+CLIENT_METRICS_SETTINGS = ("auto", "public", "all")
+"""``privacy.client_metrics``: which metrics a client's message carries (secure_ffm.engine.client)."""
 
 CLIPPING_MODES = ("flat", "per-layer")
 """``privacy.clipping``: how an example's gradient is bounded (distributed-dp-sgd)."""

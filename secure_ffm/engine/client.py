@@ -34,6 +34,42 @@ TRAIN_ONLY = "train_only"
 classification head and sends a zero update for its other parameters."""
 TRAIN_ONLY_CHOICES = ("head",)
 
+PUBLIC_CLIENT_METRICS = frozenset({"steps", "epsilon", "train_seconds", "encode_seconds"})
+"""The metrics a client sends under ``privacy.client_metrics = "public"``: none depends on the values of its examples.
+``steps`` follows from the plan and the client's example count (which its message carries anyway), ``epsilon`` from its
+ledger's noise multiplier, sampling rate and steps; the two durations are timing, which the server observes anyway
+from when replies arrive (timing side channels are outside the threat model, docs/threat_model.md). Any other metric
+(the training loss, DP-FedAvg's ``update_norm`` before clipping, DP-SGD's ``empty_batches``, a plug-in's own) stays on
+the client: an allow-list, so a metric added later is withheld until it is shown to be safe here."""
+
+CLIENT_METRICS = {"public": PUBLIC_CLIENT_METRICS, "all": None}
+"""``privacy.client_metrics`` resolved (:func:`client_metrics_policy`): the metrics a message may carry (None: all)."""
+
+
+def client_metrics_policy(setting: str, *, private: bool, hides_updates: bool) -> str:
+    """``public`` or ``all``: ``privacy.client_metrics`` with ``auto`` resolved.
+
+    A client's training loss is a function of its examples that no mechanism protects: DP's noise is added to the
+    update only, and secure aggregation hides the update but not the metrics beside it. So ``auto`` sends only
+    :data:`PUBLIC_CLIENT_METRICS` whenever the run is ``private`` (a DP mechanism) or its protocol ``hides_updates``
+    (masking, CKKS), and everything in a plaintext run without DP, where the server sees each update anyway."""
+    if setting == "auto":
+        return "public" if private or hides_updates else "all"
+    if setting not in CLIENT_METRICS:
+        raise ValueError(f"privacy.client_metrics {setting!r}: expected auto, public or all")
+    return setting
+
+
+def withhold_metrics(metrics: MutableMapping[str, Any], policy: str) -> list[str]:
+    """Remove from ``metrics`` (in place) what ``policy`` keeps on the client; the names removed, sorted."""
+    allowed = CLIENT_METRICS[policy]
+    if allowed is None:
+        return []
+    withheld = sorted(name for name in metrics if name not in allowed)
+    for name in withheld:
+        del metrics[name]
+    return withheld
+
 
 def held_fixed(model: FederatedModel, config: Mapping[str, Any]) -> tuple[str, ...]:
     """The trainable parameters a round's fit config holds fixed (all but the head under ``train_only = "head"``)."""
@@ -73,6 +109,9 @@ class FederatedClient:
     seed: int = 0
     noise: NoisePolicy = field(default_factory=NoisePolicy)
     """Where the client's noise, DP sampling and defense randomness come from (its own secret by default)."""
+    metrics_policy: str = "all"
+    """``public`` or ``all`` (:func:`client_metrics_policy`): which metrics leave the client with its update. It comes
+    from the client's own config, never from the server's instructions."""
 
     @property
     def num_examples(self) -> int:
@@ -149,6 +188,7 @@ class FederatedClient:
         rng = randomness.generator(SECAGG_ROUNDING, ins.round) if encoder.uses_rng else None
         message = encoder.encode(update, weight=weight, rng=rng, payload=payload)
         message.metrics["encode_seconds"] = time.perf_counter() - start  # type: ignore[index]
+        withhold_metrics(message.metrics, self.metrics_policy)  # type: ignore[arg-type]
         return message
 
     def evaluate(self, ins: FitInstructions, *, batch_size: int = 128) -> EvalResult:

@@ -21,6 +21,7 @@ is also handed to :class:`RoundHooks` (the leakage audit records it there).
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -174,9 +175,10 @@ class RoundOrchestrator:
                 else:
                     sent.append(client_id)
                     examples.append(message.num_examples)
-                    losses.append(message.metrics["train_loss"])
+                    # a client that keeps its loss to itself (privacy.client_metrics = "public") sends none
+                    losses.append(message.metrics.get("train_loss", math.nan))
                     bytes_up += message.nbytes
-                    train_seconds += message.metrics["train_seconds"]
+                    train_seconds += message.metrics.get("train_seconds", 0.0)
                     encode_seconds += message.metrics.get("encode_seconds", 0.0)
                 finally:  # server time, rejected messages included
                     receive_seconds += time.perf_counter() - receive_start
@@ -201,7 +203,7 @@ class RoundOrchestrator:
         weights = np.asarray(examples, dtype=np.float64)
         row: dict[str, Any] = {
             "round": round,
-            # a client that keeps its loss to itself (distributed DP-SGD: it would leak beside the noised sum) reports NaN
+            # None when any client kept its loss to itself (privacy.client_metrics = "public", or distributed DP-SGD's NaN)
             "train_loss": float(np.sum(weights * np.asarray(losses)) / np.sum(weights)) if sent and np.isfinite(losses).all() else None,
             "test_loss": None,
             "test_accuracy": None,

@@ -33,7 +33,7 @@ from secure_ffm.continual.run import ContinualRun, check_continual
 from secure_ffm.data import load_run_data
 from secure_ffm.data.base import FederatedData
 from secure_ffm.engine.aggregation import PROTOCOLS, Aggregate, AggregationProtocol
-from secure_ffm.engine.client import TRAIN_ONLY, FederatedClient
+from secure_ffm.engine.client import PUBLIC_CLIENT_METRICS, TRAIN_ONLY, FederatedClient, client_metrics_policy
 from secure_ffm.engine.orchestrator import RoundHooks, RoundOrchestrator, RunObserver
 from secure_ffm.engine.schedule import FEDERATED, PUBLIC, SCHEDULES, Decision, RoundSignals, build_schedule
 from secure_ffm.engine.server import Server
@@ -359,6 +359,15 @@ class Simulation:
         self.privacy = prepared.privacy
         self.privacy.configure_protocol(self.protocol)
         self.noise_policy = NoisePolicy.from_config(self.config)
+        self.metrics_policy = client_metrics_policy(
+            self.config.privacy.client_metrics, private=type(self.privacy).spends_budget, hides_updates=self.protocol.hides_updates
+        )
+        """``public`` or ``all``: which metrics each client's message carries (``privacy.client_metrics``)."""
+        if self.metrics_policy == "all" and (type(self.privacy).spends_budget or self.protocol.hides_updates):
+            log.warning(
+                'privacy.client_metrics = "all": every client sends its training loss (and any other metric it computes) '
+                "in the clear beside its update; neither DP's noise nor secure aggregation covers them"
+            )
         extra = transforms.transforms if transforms is not None else build_defenses(self.config.defense).transforms
         # privacy transforms (clipping, noise shares) come last, right before encoding
         self.transforms = UpdatePipeline([*extra, *self.privacy.client_transforms()])
@@ -459,7 +468,24 @@ class Simulation:
             state=self.client_states.setdefault(client_id, {}),
             seed=self.config.run.seed,
             noise=self.noise_policy,
+            metrics_policy=self.metrics_policy,
         )
+
+    def client_metrics_summary(self) -> dict[str, Any]:
+        """What ``summary.json`` and ``privacy.json`` say about the metrics the clients sent beside their updates."""
+        if self.metrics_policy == "public":
+            return {
+                "policy": "public",
+                "sent": sorted(PUBLIC_CLIENT_METRICS),
+                "note": "clients kept every metric that depends on their examples (training loss, update norm) to themselves",
+            }
+        summary: dict[str, Any] = {"policy": "all", "sent": "all"}
+        if type(self.privacy).spends_budget or self.protocol.hides_updates:
+            summary["warning"] = (
+                "each client's training loss (and update norm under DP-FedAvg) reached the server in the clear, "
+                "outside DP and secure aggregation"
+            )
+        return summary
 
     def follow_round(self, round: int) -> None:
         """On a client's side of a run (a SuperNode, a pool worker): the server is at ``round`` (a continual run's stage)."""
@@ -609,9 +635,10 @@ class Simulation:
                 self.writer.export_model(self.prepared.model, lora=self.config.ffm.export_lora)
             if self.continual is not None and self.continual.arrays():
                 self.writer.write_arrays("continual.safetensors", self.continual.arrays())
-            self.writer.finish(
-                parameters=self.server.model_parameters, metadata=metadata, summary=summary, ledger=self.privacy.ledger(self.client_states)
-            )
+            ledger = self.privacy.ledger(self.client_states)
+            if ledger is not None:
+                ledger = {**ledger, "client_metrics": self.client_metrics_summary()}
+            self.writer.finish(parameters=self.server.model_parameters, metadata=metadata, summary=summary, ledger=ledger)
         return summary
 
     def server_arrays(self) -> dict[str, np.ndarray]:
@@ -659,6 +686,7 @@ class Simulation:
             "seconds_total": float(sum(r["seconds"] for r in self.history)),
             "privacy": self._privacy_summary(),
             "noise": self.noise_policy.describe(),
+            "client_metrics": self.client_metrics_summary(),
             "ffm": self._ffm_summary(),
             **({"continual": self.continual.summary()} if self.continual is not None else {}),
             **({"audit": self._audit_summary()} if c.audit.capture_clients else {}),

@@ -1,0 +1,123 @@
+"""What a client's message tells the server beside its update (``privacy.client_metrics``).
+
+A client's training loss is computed on its examples, and DP-FedAvg's ``update_norm`` is its update's norm before
+clipping: neither DP's noise nor secure aggregation covers them. A private or masked run keeps them on the client.
+"""
+
+import json
+import logging
+
+import pytest
+
+from secure_ffm.config import config_from_dict
+from secure_ffm.engine.client import PUBLIC_CLIENT_METRICS, client_metrics_policy, withhold_metrics
+from secure_ffm.engine.orchestrator import RoundHooks
+from secure_ffm.errors import ConfigError
+from secure_ffm.run.simulation import Simulation, prepare_run
+
+
+class Inbox(RoundHooks):
+    """Every message the server receives, as it receives it."""
+
+    def __init__(self):
+        self.messages = []
+
+    def message_received(self, round, message, instructions):
+        self.messages.append(message)
+
+
+def tiny(privacy=None, secure_aggregation=None):
+    raw = {
+        "run": {"seed": 1, "name": "client-metrics", "workers": 1},
+        "data": {"dataset": "digits", "max_train_examples": 240, "max_test_examples": 100, "num_clients": 4},
+        "model": {"arch": "cnn", "finetune": "full"},
+        "client": {"local_steps": 2, "batch_size": 16, "lr": 0.05},
+        "server": {"rounds": 2, "clients_per_round": 4},
+    }
+    if privacy:
+        raw["privacy"] = privacy
+    if secure_aggregation:
+        raw["secure_aggregation"] = secure_aggregation
+    return config_from_dict(raw)
+
+
+def run(config, tmp_path):
+    inbox = Inbox()
+    out = tmp_path / "run"
+    summary = Simulation(prepare_run(config), out_dir=out, hooks=[inbox]).run()
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return inbox.messages, rows, summary, out
+
+
+@pytest.mark.parametrize(
+    ("setting", "private", "hides_updates", "expected"),
+    [
+        ("auto", False, False, "all"),
+        ("auto", True, False, "public"),
+        ("auto", False, True, "public"),
+        ("auto", True, True, "public"),
+        ("public", False, False, "public"),
+        ("all", True, True, "all"),
+    ],
+)
+def test_auto_keeps_metrics_private_whenever_the_run_protects_updates(setting, private, hides_updates, expected):
+    assert client_metrics_policy(setting, private=private, hides_updates=hides_updates) == expected
+
+
+def test_public_policy_is_an_allow_list():
+    metrics = {"train_loss": 0.7, "update_norm": 3.2, "plugin_score": 1.0, "steps": 4.0, "epsilon": 1.5, "train_seconds": 0.1}
+    assert withhold_metrics(metrics, "public") == ["plugin_score", "train_loss", "update_norm"]
+    assert metrics == {"steps": 4.0, "epsilon": 1.5, "train_seconds": 0.1}
+
+
+def test_all_policy_keeps_every_metric():
+    metrics = {"train_loss": 0.7, "update_norm": 3.2}
+    assert withhold_metrics(metrics, "all") == []
+    assert metrics == {"train_loss": 0.7, "update_norm": 3.2}
+
+
+def test_unknown_setting_names_the_key():
+    with pytest.raises(ConfigError, match=r"privacy\.client_metrics"):
+        tiny(privacy={"client_metrics": "some"})
+
+
+def test_plaintext_run_without_dp_reports_the_training_loss(tmp_path):
+    messages, rows, summary, _ = run(tiny(), tmp_path)
+    assert all("train_loss" in m.metrics for m in messages)
+    assert all(row["train_loss"] is not None for row in rows)
+    assert summary["client_metrics"] == {"policy": "all", "sent": "all"}
+
+
+def test_dp_sgd_clients_keep_their_loss_and_sampling_to_themselves(tmp_path):
+    config = tiny(privacy={"mode": "dp-sgd", "target_epsilon": 8.0})
+    messages, rows, summary, out = run(config, tmp_path)
+    assert messages
+    for message in messages:
+        assert set(message.metrics) <= PUBLIC_CLIENT_METRICS, message.metrics
+        assert "epsilon" in message.metrics and "steps" in message.metrics  # the ledger's ε still reaches the server
+    assert [row["train_loss"] for row in rows] == [None, None]
+    assert summary["client_metrics"]["policy"] == "public"
+    assert json.loads((out / "privacy.json").read_text())["client_metrics"]["policy"] == "public"
+
+
+def test_dp_fedavg_never_sends_the_norm_before_clipping(tmp_path):
+    config = tiny(privacy={"mode": "dp-fedavg", "target_epsilon": 8.0, "noise_placement": "clients"})
+    messages, _, _, _ = run(config, tmp_path)
+    assert messages and not any("update_norm" in m.metrics or "train_loss" in m.metrics for m in messages)
+
+
+def test_masking_without_dp_hides_the_loss_too(tmp_path):
+    messages, rows, _, _ = run(tiny(secure_aggregation={"protocol": "masking"}), tmp_path)
+    assert messages and not any("train_loss" in m.metrics for m in messages)
+    assert all(row["train_loss"] is None for row in rows)
+
+
+def test_opting_in_sends_everything_and_says_so(tmp_path, caplog):
+    config = tiny(privacy={"mode": "dp-fedavg", "target_epsilon": 8.0, "noise_placement": "clients", "client_metrics": "all"})
+    with caplog.at_level(logging.WARNING, logger="secure_ffm.run.simulation"):
+        messages, rows, summary, out = run(config, tmp_path)
+    assert all({"train_loss", "update_norm"} <= set(m.metrics) for m in messages)
+    assert all(row["train_loss"] is not None for row in rows)
+    assert "outside DP" in summary["client_metrics"]["warning"]
+    assert "warning" in json.loads((out / "privacy.json").read_text())["client_metrics"]
+    assert any("client_metrics" in record.getMessage() for record in caplog.records)
