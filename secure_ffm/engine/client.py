@@ -60,6 +60,12 @@ def client_metrics_policy(setting: str, *, private: bool, hides_updates: bool) -
     return setting
 
 
+class EvaluationWithheld(PermissionError):
+    """A client of a private or masked run (``privacy.client_metrics = "public"``) refuses to evaluate a model on its
+    own examples: the loss and accuracy it would send are functions of those examples that no mechanism covers, and a
+    server free to send any parameters could use such answers as an oracle on the private data."""
+
+
 def withhold_metrics(metrics: MutableMapping[str, Any], policy: str) -> list[str]:
     """Remove from ``metrics`` (in place) what ``policy`` keeps on the client; the names removed, sorted."""
     allowed = CLIENT_METRICS[policy]
@@ -192,6 +198,12 @@ class FederatedClient:
         return message
 
     def evaluate(self, ins: FitInstructions, *, batch_size: int = 128) -> EvalResult:
-        """The global model's loss, accuracy and macro F1 on this client's own examples."""
+        """The global model's loss, accuracy and macro F1 on this client's own examples (refused under the ``public``
+        metrics policy: :class:`EvaluationWithheld`)."""
+        if self.metrics_policy == "public":
+            raise EvaluationWithheld(
+                f"client {self.client_id} evaluates no model on its own examples: its config keeps per-client metrics private "
+                '(privacy.client_metrics resolves to "public" in a private or masked run; "all" allows it, in the clear)'
+            )
         self.model.set_trainable(ins.parameters)
         return evaluate(self.model, self.encoded, self.indices, batch_size=batch_size)

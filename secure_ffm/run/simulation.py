@@ -363,6 +363,13 @@ class Simulation:
             self.config.privacy.client_metrics, private=type(self.privacy).spends_budget, hides_updates=self.protocol.hides_updates
         )
         """``public`` or ``all``: which metrics each client's message carries (``privacy.client_metrics``)."""
+        if self.metrics_policy == "public" and self.config.server.evaluate_clients:
+            raise ConfigError(
+                "server.evaluate_clients",
+                "asks every client for its accuracy on its own examples, which the clients of a private or masked run keep "
+                '(privacy.client_metrics resolves to "public")',
+                'set server.evaluate_clients = false, or privacy.client_metrics = "all" to send those metrics in the clear',
+            )
         if self.metrics_policy == "all" and (type(self.privacy).spends_budget or self.protocol.hides_updates):
             log.warning(
                 'privacy.client_metrics = "all": every client sends its training loss (and any other metric it computes) '

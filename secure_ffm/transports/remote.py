@@ -38,7 +38,7 @@ from secure_ffm.engine.aggregation import (
     Stage,
     StageReplies,
 )
-from secure_ffm.engine.client import FederatedClient
+from secure_ffm.engine.client import EvaluationWithheld, FederatedClient
 from secure_ffm.engine.codec import CodecError, pack, unpack
 from secure_ffm.engine.training import ClientDeclined
 from secure_ffm.engine.wire import ClientMessage, FitInstructions, NamedArrays
@@ -376,7 +376,10 @@ class NodeSession:
     def _evaluate(self, request: Mapping[str, Any]) -> dict[str, float]:
         parameters = {str(k): np.asarray(v) for k, v in request["parameters"].items()}
         ins = FitInstructions(round=int(request["round"]), parameters=parameters)
-        result = self.make_client(self._client_state(), ins.round).evaluate(ins, batch_size=int(request["batch_size"]))
+        try:
+            result = self.make_client(self._client_state(), ins.round).evaluate(ins, batch_size=int(request["batch_size"]))
+        except EvaluationWithheld as error:  # the node's own policy; the server sees a refusal, not a number
+            raise AggregationError(str(error)) from None
         return {**result.as_dict(), "num_examples": float(result.num_examples)}
 
 

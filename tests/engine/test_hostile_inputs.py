@@ -183,6 +183,16 @@ CASES = [
     Case("unknown key", lambda s: s.train("--set", "client.lrr=0.1"), "client.lrr: unknown key (did you mean client.lr?)"),
     Case("int for a bool", lambda s: s.train("--set", "server.evaluate_clients=1"), "server.evaluate_clients: must be true or false"),
     Case(
+        "per-client evaluation in a masked run",
+        lambda s: s.train("--set", "secure_aggregation.protocol=masking", "--set", "server.evaluate_clients=true"),
+        "server.evaluate_clients: asks every client for its accuracy on its own examples",
+    ),
+    Case(
+        "unknown client-metrics policy",
+        lambda s: s.train("--set", 'privacy.client_metrics="some"'),
+        "privacy.client_metrics: unknown value",
+    ),
+    Case(
         "more clients per round than clients",
         lambda s: s.train("--set", "server.clients_per_round=3"),
         "server.clients_per_round: 3 is more than data.num_clients=2",

@@ -26,13 +26,13 @@ class Inbox(RoundHooks):
         self.messages.append(message)
 
 
-def tiny(privacy=None, secure_aggregation=None):
+def tiny(privacy=None, secure_aggregation=None, server=None):
     raw = {
         "run": {"seed": 1, "name": "client-metrics", "workers": 1},
         "data": {"dataset": "digits", "max_train_examples": 240, "max_test_examples": 100, "num_clients": 4},
         "model": {"arch": "cnn", "finetune": "full"},
         "client": {"local_steps": 2, "batch_size": 16, "lr": 0.05},
-        "server": {"rounds": 2, "clients_per_round": 4},
+        "server": {"rounds": 2, "clients_per_round": 4, **(server or {})},
     }
     if privacy:
         raw["privacy"] = privacy
@@ -121,3 +121,37 @@ def test_opting_in_sends_everything_and_says_so(tmp_path, caplog):
     assert "outside DP" in summary["client_metrics"]["warning"]
     assert "warning" in json.loads((out / "privacy.json").read_text())["client_metrics"]
     assert any("client_metrics" in record.getMessage() for record in caplog.records)
+
+
+def test_a_private_run_refuses_per_client_evaluation_before_it_starts(tmp_path):
+    config = tiny(privacy={"mode": "dp-sgd"}, server={"evaluate_clients": True})
+    with pytest.raises(ConfigError, match=r"server\.evaluate_clients"):
+        Simulation(prepare_run(config), out_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_private_client_answers_no_evaluation_request():
+    """A server may ask a node to evaluate any parameters it likes: an oracle on the private data. The node's own
+    policy refuses, over the wire as a refusal (the server logs it and gets no number)."""
+    from secure_ffm.engine.client import EvaluationWithheld
+    from secure_ffm.engine.wire import FitInstructions
+
+    simulation = Simulation(prepare_run(tiny(privacy={"mode": "dp-sgd"})))
+    client = simulation.client(0)
+    with pytest.raises(EvaluationWithheld, match="evaluates no model"):
+        client.evaluate(FitInstructions(round=1, parameters=simulation.server.model_parameters))
+
+
+def test_a_private_node_refuses_the_evaluate_request():
+    from secure_ffm.engine.aggregation import AggregationError
+    from secure_ffm.run.deployment import client_session
+    from secure_ffm.transports.remote import EVALUATE
+
+    simulation = Simulation(prepare_run(tiny(secure_aggregation={"protocol": "masking"})))
+    session = client_session(simulation, 0, {})
+    request = {"round": 1, "parameters": simulation.server.model_parameters, "batch_size": 32}
+    with pytest.raises(AggregationError, match="evaluates no model"):
+        session.answer(EVALUATE, request)
+    plaintext = Simulation(prepare_run(tiny()))
+    answer = client_session(plaintext, 0, {}).answer(EVALUATE, request)
+    assert 0.0 <= answer["accuracy"] <= 1.0
