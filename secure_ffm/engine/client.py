@@ -115,9 +115,10 @@ class FederatedClient:
     seed: int = 0
     noise: NoisePolicy = field(default_factory=NoisePolicy)
     """Where the client's noise, DP sampling and defense randomness come from (its own secret by default)."""
-    metrics_policy: str = "all"
+    metrics_policy: str = "public"
     """``public`` or ``all`` (:func:`client_metrics_policy`): which metrics leave the client with its update. It comes
-    from the client's own config, never from the server's instructions."""
+    from the client's own config, never from the server's instructions (a run resolves ``privacy.client_metrics``;
+    a client built without one keeps its example-dependent metrics)."""
 
     @property
     def num_examples(self) -> int:
