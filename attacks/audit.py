@@ -492,6 +492,7 @@ def _server_view(
             state=states.setdefault(client_id, {}),
             seed=seed,
             noise=noise,
+            weighting=type(mechanism).client_weighting,
             metrics_policy=metrics_policy,
         )
 

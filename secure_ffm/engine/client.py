@@ -9,6 +9,7 @@ dict); a Flower ``ClientApp`` can wrap the same class.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
@@ -24,6 +25,8 @@ from secure_ffm.engine.wire import ClientMessage, ClientUpdate, FitInstructions
 from secure_ffm.models.base import EncodedData, FederatedModel
 from secure_ffm.privacy.noise import SECAGG_ROUNDING, TRANSFORM, NoisePolicy, PrivateRandomness
 from secure_ffm.seeding import TRAINING, derive_seed, seed_torch
+
+log = logging.getLogger(__name__)
 
 IMPORTANCE_STATISTIC = "importance/"
 """Prefix of the update statistics carrying the client's gradient importances, when a round asks for them
@@ -115,6 +118,9 @@ class FederatedClient:
     seed: int = 0
     noise: NoisePolicy = field(default_factory=NoisePolicy)
     """Where the client's noise, DP sampling and defense randomness come from (its own secret by default)."""
+    weighting: str | None = None
+    """The weighting this client applies to its update whatever the server's instructions say (its privacy mechanism's
+    :attr:`~secure_ffm.privacy.mechanisms.PrivacyMechanism.client_weighting`), or None to follow the instructions."""
     metrics_policy: str = "public"
     """``public`` or ``all`` (:func:`client_metrics_policy`): which metrics leave the client with its update. It comes
     from the client's own config, never from the server's instructions (a run resolves ``privacy.client_metrics``;
@@ -190,7 +196,16 @@ class FederatedClient:
                 indices=self.indices,
             )
             update = self.transforms(update, context)
-        weight = client_weight(str(ins.config.get("weighting", "examples")), update.num_examples)
+        requested = str(ins.config.get("weighting", "examples"))
+        if self.weighting is not None and requested != self.weighting:
+            log.warning(
+                "round %d: client %d weighs its update %s as its privacy mechanism needs, not %s as the server asked",
+                ins.round,
+                self.client_id,
+                self.weighting,
+                requested,
+            )
+        weight = client_weight(self.weighting or requested, update.num_examples)
         # stochastic rounding (masking) from the client's secret, so the server cannot replay it either
         rng = randomness.generator(SECAGG_ROUNDING, ins.round) if encoder.uses_rng else None
         message = encoder.encode(update, weight=weight, rng=rng, payload=payload)

@@ -288,6 +288,7 @@ class DistributedDPSGD(PrivacyMechanism):
     needs_every_client_size = True
     replaces_trainer = True
     client_ledger_key = STATE_KEY
+    client_weighting = "uniform"  # each client's noisy gradient sum counts once: the shares add up to the planned noise
 
     def client_noise_multiplier(self, client: int) -> float:
         """The noise multiplier of one client's own share (any ``min_shares`` of them carry the full z)."""
@@ -390,7 +391,7 @@ class DistributedDPSGD(PrivacyMechanism):
         )
 
     def fit_config(self, round: int, participants: Sequence[int]) -> dict[str, Scalar]:
-        return {"weighting": "uniform"}
+        return {"weighting": self.client_weighting}
 
     def round_metrics(self, round: int, client_states: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
         eps = spread([s[STATE_KEY]["epsilon"] for s in client_states.values() if STATE_KEY in s])

@@ -130,6 +130,7 @@ class DPFedAvg(PrivacyMechanism):
 
     name = "dp-fedavg"
     label = "DP-FedAvg"
+    client_weighting = "uniform"  # one client moves the sum by at most C: the sensitivity the noise is calibrated to
 
     @classmethod
     def protections(cls, privacy: PrivacyConfig) -> dict[str, Any]:
@@ -287,7 +288,7 @@ class DPFedAvg(PrivacyMechanism):
         self.clip_history.append(self.clip_norm)
         for client in participants:
             self.participations[int(client)] = self.participations.get(int(client), 0) + 1
-        return {"weighting": "uniform", "clip_norm": self.clip_norm}
+        return {"weighting": self.client_weighting, "clip_norm": self.clip_norm}
 
     def round_metrics(self, round: int, client_states: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
         self.user_ledger.record(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate, steps=1)

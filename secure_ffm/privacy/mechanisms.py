@@ -59,6 +59,12 @@ class PrivacyMechanism(ABC):  # noqa: B024 (every seam has a no-op default)
     needs_every_client_size: ClassVar[bool] = False
     """True when the mechanism is calibrated from every client's number of examples (one noise scale for the federation):
     it cannot run on deployed nodes that hold their own data, whose sizes no other party knows."""
+    client_weighting: ClassVar[str | None] = None
+    """The weighting (:func:`secure_ffm.engine.client.client_weight`) every client of this mechanism applies to its own
+    update whatever the server's instructions say, or None to follow them. Distributed noise needs it: a client whose
+    weight the server raised against the others' (``examples`` instead of ``uniform``) contributes a larger multiple of
+    its update than of the others' noise shares, so the server could divide the sum by that weight and find the client's
+    update under as little as one share's noise, ``1/sqrt(t)`` of the planned noise."""
     replaces_trainer: ClassVar[bool] = False
     """True when :meth:`trainer` swaps the local trainer for a private one (DP-SGD): the leakage audit then
     emulates that trainer's noisy steps with the per-client noise multiplier of :meth:`client_noise_multiplier`."""

@@ -475,6 +475,7 @@ class Simulation:
             state=self.client_states.setdefault(client_id, {}),
             seed=self.config.run.seed,
             noise=self.noise_policy,
+            weighting=type(self.privacy).client_weighting,
             metrics_policy=self.metrics_policy,
         )
 

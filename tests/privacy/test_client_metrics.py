@@ -4,12 +4,14 @@ A client's training loss is computed on its examples, and DP-FedAvg's ``update_n
 clipping: neither DP's noise nor secure aggregation covers them. A private or masked run keeps them on the client.
 """
 
+import dataclasses
 import json
 import logging
 
 import pytest
 
 from secure_ffm.config import config_from_dict
+from secure_ffm.engine.aggregation import PlaintextClientRound
 from secure_ffm.engine.client import PUBLIC_CLIENT_METRICS, client_metrics_policy, withhold_metrics
 from secure_ffm.engine.orchestrator import RoundHooks
 from secure_ffm.errors import ConfigError
@@ -155,3 +157,51 @@ def test_a_private_node_refuses_the_evaluate_request():
     plaintext = Simulation(prepare_run(tiny()))
     answer = client_session(plaintext, 0, {}).answer(EVALUATE, request)
     assert 0.0 <= answer["accuracy"] <= 1.0
+
+
+# ---------------------------------------------------------------- the client's own weighting
+
+
+class WeightRecorder(PlaintextClientRound):
+    """The client's half of a round that notes the weight the client gives its update (the masked payload hides it)."""
+
+    def __init__(self):
+        self.weights = []
+
+    def encode(self, update, *, weight, rng=None, payload=None):
+        self.weights.append(weight)
+        return super().encode(update, weight=weight, rng=rng, payload=payload)
+
+
+def _instructions(simulation, **tampered):
+    honest = simulation.server.fit_instructions(1, [0, 1, 2, 3])
+    return dataclasses.replace(honest, config={**honest.config, **tampered})
+
+
+@pytest.mark.parametrize(
+    "privacy",
+    [
+        {"mode": "dp-fedavg", "target_epsilon": 8.0, "noise_placement": "clients"},
+        {"mode": "distributed-dp-sgd", "target_epsilon": 8.0},
+    ],
+    ids=["dp-fedavg-client-noise", "distributed-dp-sgd"],
+)
+def test_a_client_with_distributed_noise_weighs_itself_uniformly_whatever_the_server_asks(privacy, caplog):
+    """A server that asked for example weighting would scale one client's update above the others' noise shares."""
+    simulation = Simulation(prepare_run(tiny(privacy=privacy, secure_aggregation={"protocol": "masking"})))
+    client = simulation.client(0)
+    assert client.num_examples > 1
+    encoder = WeightRecorder()
+    with caplog.at_level(logging.WARNING, logger="secure_ffm.engine.client"):
+        client.fit(_instructions(simulation, weighting="examples"), encoder=encoder)
+    assert encoder.weights == [1.0]
+    assert any("as the server asked" in record.getMessage() for record in caplog.records)
+
+
+def test_without_dp_the_server_chooses_the_weighting():
+    simulation = Simulation(prepare_run(tiny()))
+    client = simulation.client(0)
+    encoder = WeightRecorder()
+    client.fit(_instructions(simulation, weighting="examples"), encoder=encoder)
+    client.fit(_instructions(simulation, weighting="uniform"), encoder=encoder)
+    assert encoder.weights == [float(client.num_examples), 1.0]
