@@ -259,10 +259,20 @@ def privacy_command(args: argparse.Namespace) -> int:
         print(json.dumps(advice, indent=1, default=str) if args.json else mechanism.format_recommendation(advice))
         return 0
     plan = mechanism.plan()
+    from secure_ffm.engine.aggregation import PROTOCOLS
+    from secure_ffm.engine.client import CLIENT_METRICS, client_metrics_policy
+
+    protocol = PROTOCOLS.get(config.secure_aggregation.protocol, key="secure_aggregation.protocol")
+    private, hides = type(mechanism).spends_budget, protocol.hides_updates
+    policy = client_metrics_policy(config.privacy.client_metrics, private=private, hides_updates=hides)
+    allowed = CLIENT_METRICS[policy]
+    plan["client_metrics"] = {"policy": policy, "sent": sorted(allowed) if allowed is not None else "all"}
     if args.json:
         print(json.dumps(plan, indent=1, default=str))
         return 0
     print(mechanism.format_plan(plan))
+    sent = ", ".join(sorted(allowed)) if allowed is not None else "every metric, the training loss included, in the clear"
+    print(f"clients send beside their updates: {sent} (privacy.client_metrics = {config.privacy.client_metrics!r} -> {policy})")
     return 0
 
 

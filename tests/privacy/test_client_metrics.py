@@ -205,3 +205,14 @@ def test_without_dp_the_server_chooses_the_weighting():
     client.fit(_instructions(simulation, weighting="examples"), encoder=encoder)
     client.fit(_instructions(simulation, weighting="uniform"), encoder=encoder)
     assert encoder.weights == [float(client.num_examples), 1.0]
+
+
+def test_the_privacy_command_says_what_the_clients_send(tmp_path, capsys):
+    from secure_ffm.run.cli import main
+
+    config = tmp_path / "c.toml"
+    config.write_text(tiny(privacy={"mode": "dp-sgd"}).to_toml())
+    assert main(["privacy", str(config), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["client_metrics"] == {"policy": "public", "sent": sorted(PUBLIC_CLIENT_METRICS)}
+    assert main(["privacy", str(config), "--set", 'privacy.client_metrics="all"']) == 0
+    assert "training loss included, in the clear" in capsys.readouterr().out
