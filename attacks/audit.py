@@ -493,6 +493,7 @@ def _server_view(
             seed=seed,
             noise=noise,
             weighting=type(mechanism).client_weighting,
+            sends_importance=not type(mechanism).spends_budget or type(mechanism).replaces_trainer,
             metrics_policy=metrics_policy,
         )
 

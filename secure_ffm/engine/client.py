@@ -121,6 +121,13 @@ class FederatedClient:
     weighting: str | None = None
     """The weighting this client applies to its update whatever the server's instructions say (its privacy mechanism's
     :attr:`~secure_ffm.privacy.mechanisms.PrivacyMechanism.client_weighting`), or None to follow the instructions."""
+    sends_importance: bool = False
+    """Whether a round's ``collect_importance`` (a continual run's EWC) is honoured: only where the importances are as
+    private as the update, i.e. the run spends no privacy budget (the protocol protects both alike) or its trainer
+    privatizes every step the importances are read from (DP-SGD). Otherwise (DP-FedAvg: local steps in the clear,
+    noise calibrated to a clipped update and a 0/1 count) squared gradients would reach the aggregate without noise
+    sized for them, so a server's request for them is refused and logged: from the client's own config, never the
+    server's."""
     metrics_policy: str = "public"
     """``public`` or ``all`` (:func:`client_metrics_policy`): which metrics leave the client with its update. It comes
     from the client's own config, never from the server's instructions (a run resolves ``privacy.client_metrics``;
@@ -144,7 +151,7 @@ class FederatedClient:
         extras = LocalExtras(
             client_id=self.client_id,
             penalty=QuadraticPenalty.from_arrays(ins.arrays),
-            importance={} if ins.config.get("collect_importance") else None,
+            importance={} if ins.config.get("collect_importance") and self._may_send_importance(ins.round) else None,
         )
         fixed = held_fixed(self.model, ins.config)
         with self.model.holding_fixed(fixed):
@@ -171,6 +178,13 @@ class FederatedClient:
                 for name, value in ins.parameters.items()
             }
         return ClientUpdate(self.client_id, ins.round, delta, result.num_examples, metrics, statistics=statistics)
+
+    def _may_send_importance(self, round: int) -> bool:
+        if not self.sends_importance:
+            log.warning(
+                "round %d: client %d sends no gradient importances: its privacy mechanism does not privatize them", round, self.client_id
+            )
+        return self.sends_importance
 
     def fit(self, ins: FitInstructions, *, encoder: ClientRound | None = None, payload: Any = None) -> ClientMessage:
         """Train, transform and encode: the message this client sends in round ``ins.round``.

@@ -476,6 +476,7 @@ class Simulation:
             seed=self.config.run.seed,
             noise=self.noise_policy,
             weighting=type(self.privacy).client_weighting,
+            sends_importance=not type(self.privacy).spends_budget or type(self.privacy).replaces_trainer,
             metrics_policy=self.metrics_policy,
         )
 

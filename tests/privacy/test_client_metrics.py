@@ -216,3 +216,27 @@ def test_the_privacy_command_says_what_the_clients_send(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["client_metrics"] == {"policy": "public", "sent": sorted(PUBLIC_CLIENT_METRICS)}
     assert main(["privacy", str(config), "--set", 'privacy.client_metrics="all"']) == 0
     assert "training loss included, in the clear" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- gradient importances only where they are private
+
+
+@pytest.mark.parametrize(
+    ("privacy", "sent"),
+    [
+        (None, True),  # no DP: the importances are as protected as the update (the protocol's)
+        ({"mode": "dp-sgd"}, True),  # read from privatized steps: post-processing
+        ({"mode": "dp-fedavg", "noise_placement": "clients"}, False),  # local steps in the clear: refused
+    ],
+    ids=["no-dp", "dp-sgd", "dp-fedavg"],
+)
+def test_a_client_sends_importances_only_where_they_are_private(privacy, sent, caplog):
+    """EWC with DP-FedAvg is refused at configuration; a server asking for importances anyway gets none."""
+    from secure_ffm.engine.client import IMPORTANCE_STATISTIC
+
+    simulation = Simulation(prepare_run(tiny(privacy=privacy)))
+    with caplog.at_level(logging.WARNING, logger="secure_ffm.engine.client"):
+        update = simulation.client(0).train(_instructions(simulation, collect_importance=1))
+    names = [name for name in update.statistics if name.startswith(IMPORTANCE_STATISTIC)]
+    assert bool(names) == sent
+    assert any("sends no gradient importances" in record.getMessage() for record in caplog.records) == (not sent)
