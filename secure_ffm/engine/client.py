@@ -63,6 +63,32 @@ def client_metrics_policy(setting: str, *, private: bool, hides_updates: bool) -
     return setting
 
 
+TRAIN_LOSS_STATISTIC = "train_loss"
+"""The update statistic that carries a client's training loss through secure aggregation (:class:`AggregatedLoss`)."""
+
+
+@dataclass(frozen=True)
+class AggregatedLoss:
+    """The training loss as an update statistic, where secure aggregation hides the update but DP is off.
+
+    A masked or encrypted run without DP keeps each client's loss out of its metrics (:data:`CLIENT_METRICS`), so
+    the loss travels instead inside the protocol's vector, weighted like the update: the server learns only the
+    survivors' weighted mean loss, the figure ``metrics.jsonl`` reported before. The protocol bounds each coordinate
+    (masking clips ``w * value`` to ``clip_range * W``), so a loss is sent as ``min(loss, cap) / cap * scale`` with
+    ``scale = min(1, clip_range)``; a non-finite loss counts as ``cap``. The decoded mean is exact up to the protocol's
+    encoding error for losses in ``[0, cap]``."""
+
+    scale: float = 1.0
+    cap: float = 100.0
+
+    def encode(self, loss: Any) -> np.ndarray:
+        value = float(loss) if loss is not None and np.isfinite(loss) else self.cap
+        return np.asarray([min(max(value, 0.0), self.cap) / self.cap * self.scale], dtype=np.float64)
+
+    def decode(self, mean: Any) -> float:
+        return float(np.asarray(mean).reshape(-1)[0]) * self.cap / self.scale
+
+
 class EvaluationWithheld(PermissionError):
     """A client of a private or masked run (``privacy.client_metrics = "public"``) refuses to evaluate a model on its
     own examples: the loss and accuracy it would send are functions of those examples that no mechanism covers, and a
@@ -128,6 +154,9 @@ class FederatedClient:
     noise calibrated to a clipped update and a 0/1 count) squared gradients would reach the aggregate without noise
     sized for them, so a server's request for them is refused and logged: from the client's own config, never the
     server's."""
+    aggregated_loss: AggregatedLoss | None = None
+    """When set, the training loss also travels as the update statistic :data:`TRAIN_LOSS_STATISTIC` (a masked or
+    encrypted run without DP: the server expects it in every message)."""
     metrics_policy: str = "public"
     """``public`` or ``all`` (:func:`client_metrics_policy`): which metrics leave the client with its update. It comes
     from the client's own config, never from the server's instructions (a run resolves ``privacy.client_metrics``;
@@ -210,6 +239,8 @@ class FederatedClient:
                 indices=self.indices,
             )
             update = self.transforms(update, context)
+        if self.aggregated_loss is not None:
+            update = update.with_statistics(**{TRAIN_LOSS_STATISTIC: self.aggregated_loss.encode(update.metrics.get("train_loss"))})
         requested = str(ins.config.get("weighting", "examples"))
         if self.weighting is not None and requested != self.weighting:
             log.warning(

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from secure_ffm.engine.aggregation import Aggregate, AggregationError, AggregationProtocol, Stage, StageReplies, VectorLayout, run_stages
-from secure_ffm.engine.client import client_weight
+from secure_ffm.engine.client import TRAIN_LOSS_STATISTIC, AggregatedLoss, client_weight
 from secure_ffm.engine.server import Server
 from secure_ffm.engine.training import EvalResult
 from secure_ffm.engine.wire import ClientMessage, FitInstructions, NamedArrays, nbytes
@@ -86,6 +86,10 @@ class RoundOrchestrator:
         Told what the server receives (the leakage audit's recorder; a test's spy).
     round_statistics
         ``(round, parameters) -> statistics`` a round expects beyond ``statistics`` (a continual method's importances).
+    aggregated_loss
+        When the clients send their training loss inside the protocol's vector rather than in their metrics (a masked
+        or encrypted run without DP, :class:`~secure_ffm.engine.client.AggregatedLoss`): the round's ``train_loss``
+        is decoded from the aggregate.
     """
 
     def __init__(
@@ -103,6 +107,7 @@ class RoundOrchestrator:
         hooks: Sequence[RoundHooks] = (),
         observer: RunObserver | None = None,
         round_statistics: Callable[[int, NamedArrays], NamedArrays] | None = None,
+        aggregated_loss: AggregatedLoss | None = None,
     ) -> None:
         self.server = server
         self.protocol = protocol
@@ -116,6 +121,9 @@ class RoundOrchestrator:
         self.hooks = tuple(hooks)
         self.observer = observer or RunObserver()
         self.round_statistics = round_statistics
+        self.aggregated_loss = aggregated_loss
+        if aggregated_loss is not None:
+            self.statistics[TRAIN_LOSS_STATISTIC] = np.zeros(1)
 
     def _deliver(self, round: int) -> Callable[[Stage], StageReplies]:
         return lambda stage: self.transport.exchange(round, stage)
@@ -186,6 +194,7 @@ class RoundOrchestrator:
             del message, reply
         aggregate_start = time.perf_counter()
         timings: dict[str, float] = {}
+        aggregated_loss = None
         if aborted is None and (sent or dropped):
             try:
                 aggregate = run_stages(server_round.finish(), self._deliver(round))
@@ -194,6 +203,8 @@ class RoundOrchestrator:
             else:
                 for hook in self.hooks:
                     hook.aggregate_computed(round, aggregate, sent, instructions)
+                if self.aggregated_loss is not None and TRAIN_LOSS_STATISTIC in aggregate.mean_statistics:
+                    aggregated_loss = self.aggregated_loss.decode(aggregate.mean_statistics[TRAIN_LOSS_STATISTIC])
                 timings = self.server.apply(round, aggregate).timings
         elif aborted is None:
             log.warning("round %d: no client sent an update; the global model is unchanged", round)
@@ -204,7 +215,9 @@ class RoundOrchestrator:
         row: dict[str, Any] = {
             "round": round,
             # None when any client kept its loss to itself (privacy.client_metrics = "public", or distributed DP-SGD's NaN)
-            "train_loss": float(np.sum(weights * np.asarray(losses)) / np.sum(weights)) if sent and np.isfinite(losses).all() else None,
+            "train_loss": (
+                float(np.sum(weights * np.asarray(losses)) / np.sum(weights)) if sent and np.isfinite(losses).all() else aggregated_loss
+            ),
             "test_loss": None,
             "test_accuracy": None,
             "test_macro_f1": None,

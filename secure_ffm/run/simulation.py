@@ -33,7 +33,7 @@ from secure_ffm.continual.run import ContinualRun, check_continual
 from secure_ffm.data import load_run_data
 from secure_ffm.data.base import FederatedData
 from secure_ffm.engine.aggregation import PROTOCOLS, Aggregate, AggregationProtocol
-from secure_ffm.engine.client import PUBLIC_CLIENT_METRICS, TRAIN_ONLY, FederatedClient, client_metrics_policy
+from secure_ffm.engine.client import PUBLIC_CLIENT_METRICS, TRAIN_ONLY, AggregatedLoss, FederatedClient, client_metrics_policy
 from secure_ffm.engine.orchestrator import RoundHooks, RoundOrchestrator, RunObserver
 from secure_ffm.engine.schedule import FEDERATED, PUBLIC, SCHEDULES, Decision, RoundSignals, build_schedule
 from secure_ffm.engine.server import Server
@@ -363,6 +363,13 @@ class Simulation:
             self.config.privacy.client_metrics, private=type(self.privacy).spends_budget, hides_updates=self.protocol.hides_updates
         )
         """``public`` or ``all``: which metrics each client's message carries (``privacy.client_metrics``)."""
+        self.aggregated_loss = (
+            AggregatedLoss(scale=min(1.0, self.config.secure_aggregation.clip_range))
+            if self.metrics_policy == "public" and self.protocol.hides_updates and not type(self.privacy).spends_budget
+            else None
+        )
+        """A masked or encrypted run without DP: the clients' loss travels inside the protocol's vector (the server
+        learns only the mean), not in their metrics."""
         if self.metrics_policy == "public" and self.config.server.evaluate_clients:
             raise ConfigError(
                 "server.evaluate_clients",
@@ -434,6 +441,7 @@ class Simulation:
             ],
             observer=self.observer,
             round_statistics=self.continual.expected_statistics if self.continual else None,
+            aggregated_loss=self.aggregated_loss,
         )
 
     def _local_transport(self) -> Transport:
@@ -477,17 +485,21 @@ class Simulation:
             noise=self.noise_policy,
             weighting=type(self.privacy).client_weighting,
             sends_importance=not type(self.privacy).spends_budget or type(self.privacy).replaces_trainer,
+            aggregated_loss=self.aggregated_loss,
             metrics_policy=self.metrics_policy,
         )
 
     def client_metrics_summary(self) -> dict[str, Any]:
         """What ``summary.json`` and ``privacy.json`` say about the metrics the clients sent beside their updates."""
         if self.metrics_policy == "public":
-            return {
+            summary = {
                 "policy": "public",
                 "sent": sorted(PUBLIC_CLIENT_METRICS),
                 "note": "clients kept every metric that depends on their examples (training loss, update norm) to themselves",
             }
+            if self.aggregated_loss is not None:
+                summary["train_loss"] = "inside the protocol's vector: the server learned only each round's weighted mean"
+            return summary
         summary: dict[str, Any] = {"policy": "all", "sent": "all"}
         if type(self.privacy).spends_budget or self.protocol.hides_updates:
             summary["warning"] = (

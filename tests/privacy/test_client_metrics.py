@@ -108,10 +108,25 @@ def test_dp_fedavg_never_sends_the_norm_before_clipping(tmp_path):
     assert messages and not any("update_norm" in m.metrics or "train_loss" in m.metrics for m in messages)
 
 
-def test_masking_without_dp_hides_the_loss_too(tmp_path):
-    messages, rows, _, _ = run(tiny(secure_aggregation={"protocol": "masking"}), tmp_path)
+@pytest.mark.parametrize("protocol", ["masking", "ckks"])
+def test_secure_aggregation_without_dp_sends_the_loss_only_inside_the_sum(protocol, tmp_path):
+    """The clients' metrics carry no loss; the loss travels in the masked (encrypted) vector, and the round's mean
+    decoded from the aggregate equals the mean of the losses the same clients report in the clear with "all"."""
+    hidden_messages, hidden, summary, _ = run(tiny(secure_aggregation={"protocol": protocol}), tmp_path / "hidden")
+    assert hidden_messages and not any("train_loss" in m.metrics for m in hidden_messages)
+    assert "mean" in summary["client_metrics"]["train_loss"]
+    _, clear, _, _ = run(tiny(privacy={"client_metrics": "all"}, secure_aggregation={"protocol": protocol}), tmp_path / "clear")
+    # round 1 trains the same initial model on the same batches in both runs
+    assert hidden[0]["train_loss"] == pytest.approx(clear[0]["train_loss"], rel=1e-4)
+    assert all(row["train_loss"] is not None for row in hidden)
+
+
+def test_a_masked_run_with_dp_sends_no_loss_at_all(tmp_path):
+    messages, rows, summary, _ = run(
+        tiny(privacy={"mode": "dp-fedavg", "noise_placement": "clients"}, secure_aggregation={"protocol": "masking"}), tmp_path
+    )
     assert messages and not any("train_loss" in m.metrics for m in messages)
-    assert all(row["train_loss"] is None for row in rows)
+    assert all(row["train_loss"] is None for row in rows) and "train_loss" not in summary["client_metrics"]
 
 
 def test_opting_in_sends_everything_and_says_so(tmp_path, caplog):
