@@ -8,11 +8,14 @@ import dataclasses
 import json
 import logging
 
+import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from secure_ffm.config import config_from_dict
 from secure_ffm.engine.aggregation import PlaintextClientRound
-from secure_ffm.engine.client import PUBLIC_CLIENT_METRICS, client_metrics_policy, withhold_metrics
+from secure_ffm.engine.client import PUBLIC_CLIENT_METRICS, AggregatedLoss, client_metrics_policy, withhold_metrics
 from secure_ffm.engine.orchestrator import RoundHooks
 from secure_ffm.errors import ConfigError
 from secure_ffm.run.simulation import Simulation, prepare_run
@@ -255,3 +258,21 @@ def test_a_client_sends_importances_only_where_they_are_private(privacy, sent, c
     names = [name for name in update.statistics if name.startswith(IMPORTANCE_STATISTIC)]
     assert bool(names) == sent
     assert any("sends no gradient importances" in record.getMessage() for record in caplog.records) == (not sent)
+
+
+@given(
+    losses=st.lists(st.floats(0.0, 100.0), min_size=1, max_size=20),
+    weights=st.lists(st.floats(0.5, 1e4), min_size=20, max_size=20),
+    clip_range=st.floats(0.01, 10.0),
+)
+def test_the_aggregated_loss_decodes_the_weighted_mean_of_the_losses(losses, weights, clip_range):
+    codec = AggregatedLoss(scale=min(1.0, clip_range))
+    w = np.asarray(weights[: len(losses)])
+    encoded = np.stack([codec.encode(loss) for loss in losses])[:, 0]
+    assert np.all(np.abs(encoded) <= clip_range)  # within the protocol's per-coordinate bound (times the weight)
+    assert codec.decode(np.sum(w * encoded) / np.sum(w)) == pytest.approx(np.sum(w * np.asarray(losses)) / np.sum(w), rel=1e-9, abs=1e-9)
+
+
+def test_a_loss_out_of_range_is_clipped_and_a_diverged_one_counts_as_the_cap():
+    codec = AggregatedLoss()
+    assert [codec.decode(codec.encode(x)) for x in (-1.0, 250.0, float("nan"), None)] == [0.0, 100.0, 100.0, 100.0]
