@@ -17,10 +17,22 @@ def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
 
     This is scikit-learn's ``f1_score(average="macro")`` convention; a class with no
     true and no predicted example is left out, and F1 is 0 where precision+recall is 0.
+    Non-negative integer labels (every model here) are counted with ``np.bincount``; other labels go through
+    ``np.union1d``, which imports ``numpy.ma`` (5-12 ms, once, at a run's first evaluation). Both give the same
+    per-class scores in the same order, so the same mean to the bit.
     """
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     if y_true.size == 0:
         return float("nan")
+    if y_true.dtype.kind in "iu" and y_pred.dtype.kind in "iu" and min(y_true.min(), y_pred.min()) >= 0:
+        size = int(max(y_true.max(), y_pred.max())) + 1
+        tp = np.bincount(y_true[y_true == y_pred], minlength=size)
+        true_count, pred_count = np.bincount(y_true, minlength=size), np.bincount(y_pred, minlength=size)
+        present = (true_count + pred_count) > 0  # the classes union1d would list, in the same ascending order
+        tp, true_count, pred_count = tp[present], true_count[present], pred_count[present]
+        denominator = true_count + pred_count  # 2 tp + fp + fn
+        scores = np.where(denominator > 0, 2 * tp / np.maximum(denominator, 1), 0.0)
+        return float(np.mean(scores))
     classes = np.union1d(y_true, y_pred)
     scores = []
     for c in classes:

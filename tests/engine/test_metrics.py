@@ -28,3 +28,20 @@ def test_scores_are_in_unit_interval(pairs):
     y_true = np.array([a for a, _ in pairs])
     y_pred = np.array([b for _, b in pairs])
     assert 0.0 <= macro_f1(y_true, y_pred) <= 1.0
+
+
+def _reference_macro_f1(y_true, y_pred):
+    """The per-class loop over ``np.union1d`` (the general path), on labels made non-integer so it is the one taken."""
+    return macro_f1(np.asarray(y_true).astype(object), np.asarray(y_pred).astype(object))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 12), st.integers(0, 12)), min_size=1, max_size=60))
+def test_integer_labels_score_bitwise_as_the_general_path_and_scikit_learn(pairs):
+    from sklearn.metrics import f1_score
+
+    y_true = np.array([a for a, _ in pairs])
+    y_pred = np.array([b for _, b in pairs])
+    fast = macro_f1(y_true, y_pred)
+    assert fast == _reference_macro_f1(y_true, y_pred)
+    assert fast == pytest.approx(f1_score(y_true, y_pred, average="macro", zero_division=0), abs=1e-12)
