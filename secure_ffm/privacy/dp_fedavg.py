@@ -49,17 +49,30 @@ log = logging.getLogger(__name__)
 UNCLIPPED = "unclipped"
 
 
+def round_clip_norm(context: TransformContext, own: float, *, follows_server: bool) -> float:
+    """The clip norm C a client uses this round: its own config's, or with adaptive clipping the one the server's
+    instructions name (it moves every round, and only the server knows where to).
+
+    A client that followed the server's C without adaptive clipping would let a server that sends one client a larger
+    C than the others scale that client's sensitivity and its own noise share while the other shares stay small: the
+    sum's noise relative to that client's update would fall toward one share's, ``1/sqrt(m)`` of the planned noise.
+    With adaptive clipping that remains possible against an active server (docs/threat_model.md)."""
+    return float(context.config.get("clip_norm", own)) if follows_server else float(own)
+
+
 class ClipUpdate(UpdateTransform):
-    """Scale the whole update to L2 norm at most C (the round's ``clip_norm`` setting, else ``clip_norm``)."""
+    """Scale the whole update to L2 norm at most C (:func:`round_clip_norm`: the client's own ``clip_norm``, or the
+    round's setting under adaptive clipping)."""
 
     name = "clip"
 
-    def __init__(self, *, clip_norm: float, report_unclipped: bool = False) -> None:
+    def __init__(self, *, clip_norm: float, report_unclipped: bool = False, follows_server: bool = False) -> None:
         self.clip_norm = clip_norm
         self.report_unclipped = report_unclipped
+        self.follows_server = follows_server
 
     def __call__(self, update: ClientUpdate, context: TransformContext) -> ClientUpdate:
-        c = float(context.config.get("clip_norm", self.clip_norm))
+        c = round_clip_norm(context, self.clip_norm, follows_server=self.follows_server)
         clipped, norm = clip_l2(update.delta, c)
         out = ClientUpdate(
             update.client_id, update.round, clipped, update.num_examples, {**update.metrics, "update_norm": norm}, dict(update.statistics)
@@ -74,9 +87,13 @@ class GaussianNoiseShare(UpdateTransform):
 
     name = "gaussian-share"
 
-    def __init__(self, *, noise_multiplier: float, clip_norm: float, participants: int, statistics_std: float = 0.0) -> None:
+    def __init__(
+        self, *, noise_multiplier: float, clip_norm: float, participants: int, statistics_std: float = 0.0, follows_server: bool = False
+    ) -> None:
         self.noise_multiplier = noise_multiplier
         self.clip_norm = clip_norm
+        self.follows_server = follows_server
+        """Whether the round's clip norm comes from the server's instructions (adaptive clipping): :func:`round_clip_norm`."""
         self.participants = participants
         """The round size the client's own config plans: a server claiming more participants cannot shrink the share."""
         self.statistics_std = statistics_std
@@ -85,7 +102,7 @@ class GaussianNoiseShare(UpdateTransform):
         if context.randomness is None:
             raise ValueError("gaussian-share needs the client's private randomness (TransformContext.randomness): its noise must be secret")
         m = min(int(context.config["participants"]), self.participants)
-        c = float(context.config.get("clip_norm", self.clip_norm))
+        c = round_clip_norm(context, self.clip_norm, follows_server=self.follows_server)
         noise = context.randomness.stream(NOISE_SHARE, context.round)
         delta = add_gaussian_noise(update.delta, self.noise_multiplier * c / math.sqrt(m), noise)
         stats = add_gaussian_noise(update.statistics, self.statistics_std / math.sqrt(m), noise) if update.statistics else {}
@@ -259,7 +276,8 @@ class DPFedAvg(PrivacyMechanism):
 
     def client_transforms(self) -> list[UpdateTransform]:
         p = self.config.privacy
-        transforms: list[UpdateTransform] = [ClipUpdate(clip_norm=p.clip_norm, report_unclipped=p.adaptive_clipping)]
+        adaptive = p.adaptive_clipping
+        transforms: list[UpdateTransform] = [ClipUpdate(clip_norm=p.clip_norm, report_unclipped=adaptive, follows_server=adaptive)]
         if self.discrete_mode:
             transforms.append(DiscreteGaussianShare(self))
         elif p.noise_placement == "clients":
@@ -268,6 +286,7 @@ class DPFedAvg(PrivacyMechanism):
                 clip_norm=p.clip_norm,
                 participants=self.participants,
                 statistics_std=self.count_std(self.participants),
+                follows_server=adaptive,
             )
             self._shares.append(share)
             transforms.append(share)
