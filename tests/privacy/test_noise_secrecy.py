@@ -15,7 +15,7 @@ import pytest
 from secure_ffm.config import config_from_dict
 from secure_ffm.engine.transforms import TransformContext
 from secure_ffm.engine.wire import ClientUpdate
-from secure_ffm.privacy.dp_fedavg import GaussianNoiseShare
+from secure_ffm.privacy.dp_fedavg import ClipUpdate, GaussianNoiseShare
 from secure_ffm.privacy.noise import CLIENT_SECRET_KEY, SEED_WARNING, TRANSFORM, NoisePolicy, PrivateRandomness
 from secure_ffm.run.simulation import Simulation, prepare_run
 
@@ -92,6 +92,13 @@ def test_dp_fedavg_client_sampling_is_not_reproducible_from_the_config():
     assert len(samples) > 1  # 4 draws of 5 of 40 clients: all equal with probability < 1e-17
 
 
+def round_context(fit_config, randomness):
+    """A client's transform context for round 1 with the server's ``fit_config``."""
+    return TransformContext(
+        round=1, client_id=0, rng=np.random.default_rng(0), global_parameters={}, config=fit_config, randomness=randomness
+    )
+
+
 def test_client_shares_do_not_shrink_when_the_server_claims_more_participants():
     cfg = config({"mode": "dp-fedavg", "target_epsilon": 1.0, "noise_placement": "clients", "clip_norm": 0.1, "reproducible_noise": True})
     share = next(t for t in prepare_run(cfg).privacy.client_transforms() if isinstance(t, GaussianNoiseShare))
@@ -100,14 +107,7 @@ def test_client_shares_do_not_shrink_when_the_server_claims_more_participants():
     randomness = PrivateRandomness(b"k" * 32)
 
     def noise_norm(claimed):
-        context = TransformContext(
-            round=1,
-            client_id=0,
-            rng=np.random.default_rng(0),
-            global_parameters={},
-            config={"participants": claimed, "clip_norm": 0.1},
-            randomness=randomness,
-        )
+        context = round_context({"participants": claimed, "clip_norm": 0.1}, randomness)
         return float(np.linalg.norm(share(zeros, context).delta["w"]))
 
     assert noise_norm(1_000_000) == pytest.approx(noise_norm(4), rel=1e-6)  # capped at its own planned round size
@@ -173,3 +173,24 @@ def test_dp_fedavg_with_server_noise_gives_no_epsilon_against_the_server(tmp_pat
     Simulation(prepare_run(config({"mode": "dp-fedavg", "target_epsilon": 8.0})), out_dir=tmp_path / "run").run()
     ledger = json.loads((tmp_path / "run" / "privacy.json").read_text())
     assert ledger["epsilon_against_server"] is None and "exact sum" in ledger["epsilon_against_server_note"]
+
+
+def _clip_and_share(*, follows_server, server_clip):
+    update = ClientUpdate(0, 1, {"w": np.full(10_000, 0.5, dtype=np.float32)}, 10, {})  # norm 50
+    context = round_context({"clip_norm": server_clip, "participants": 4}, PrivateRandomness(b"c" * 32))
+    clipped = ClipUpdate(clip_norm=1.0, follows_server=follows_server)(update, context)
+    noised = GaussianNoiseShare(noise_multiplier=2.0, clip_norm=1.0, participants=4, follows_server=follows_server)(clipped, context)
+    return float(np.linalg.norm(clipped.delta["w"])), float(np.std(noised.delta["w"] - clipped.delta["w"]))
+
+
+def test_without_adaptive_clipping_a_dp_fedavg_client_clips_and_noises_to_its_own_norm():
+    """A server sending one client a larger C would raise that client's sensitivity above the others' shares."""
+    norm, share_std = _clip_and_share(follows_server=False, server_clip=1000.0)
+    assert norm == pytest.approx(1.0, rel=1e-5)
+    assert share_std == pytest.approx(2.0 * 1.0 / 2, rel=0.05)  # z C / sqrt(m), m = 4
+
+
+def test_with_adaptive_clipping_the_round_clip_norm_comes_from_the_server():
+    norm, share_std = _clip_and_share(follows_server=True, server_clip=3.0)
+    assert norm == pytest.approx(3.0, rel=1e-5)
+    assert share_std == pytest.approx(2.0 * 3.0 / 2, rel=0.05)
