@@ -40,7 +40,7 @@ from attacks.base import Budget, GroundTruth, NamedArrays, Observation, Reconstr
 from attacks.case import data_kind, local_minibatches, stack_inputs
 from secure_ffm.config import ClientConfig, Config
 from secure_ffm.engine.aggregation import Aggregate
-from secure_ffm.engine.client import FederatedClient, client_metrics_policy
+from secure_ffm.engine.client import ClientRules, FederatedClient
 from secure_ffm.engine.orchestrator import RoundHooks, RoundOrchestrator
 from secure_ffm.engine.server import Server
 from secure_ffm.engine.strategies import build_strategy
@@ -462,10 +462,8 @@ def _server_view(
     if grad_sample_mode == "auto":
         grad_sample_mode = auto_grad_sample_mode(prepared.model)
     states: dict[int, dict[str, Any]] = {}
-    # the metrics the run's clients would send beside their updates (the audit's server reads none of them but "steps")
-    metrics_policy = client_metrics_policy(
-        config.privacy.client_metrics, private=type(mechanism).spends_budget, hides_updates=protocol.hides_updates
-    )
+    # the run's clients' own rules; the audit's server decodes no loss from the aggregate, so none travels in it
+    rules = replace(ClientRules.of(config, mechanism=type(mechanism), protocol=type(protocol)), aggregated_loss=None)
 
     # a gradient is a one-step update at learning rate 1, read back as -delta
     trained = replace(setup, learning_rate=1.0) if kind == "gradient" else setup
@@ -492,9 +490,7 @@ def _server_view(
             state=states.setdefault(client_id, {}),
             seed=seed,
             noise=noise,
-            weighting=type(mechanism).client_weighting,
-            sends_importance=not type(mechanism).spends_budget or type(mechanism).replaces_trainer,
-            metrics_policy=metrics_policy,
+            rules=rules,
         )
 
     total = len(prepared.client_indices)

@@ -89,6 +89,48 @@ class AggregatedLoss:
         return float(np.asarray(mean).reshape(-1)[0]) * self.cap / self.scale
 
 
+@dataclass(frozen=True)
+class ClientRules:
+    """What a client's own config decides, whatever the round's instructions say (docs/threat_model.md). The defaults
+    are the strictest (a client built without a run's rules keeps its example-dependent metrics);
+    :meth:`of` derives a run's."""
+
+    weighting: str | None = None
+    """The weighting this client applies to its update whatever the server's instructions say (its privacy mechanism's
+    :attr:`~secure_ffm.privacy.mechanisms.PrivacyMechanism.client_weighting`), or None to follow the instructions."""
+    sends_importance: bool = False
+    """Whether a round's ``collect_importance`` (a continual run's EWC) is honoured: only where the importances are as
+    private as the update, i.e. the run spends no privacy budget (the protocol protects both alike) or its trainer
+    privatizes every step the importances are read from (DP-SGD). Otherwise (DP-FedAvg: local steps in the clear,
+    noise calibrated to a clipped update and a 0/1 count) squared gradients would reach the aggregate without noise
+    sized for them, so a server's request for them is refused and logged: from the client's own config, never the
+    server's."""
+    aggregated_loss: AggregatedLoss | None = None
+    """When set, the training loss also travels as the update statistic :data:`TRAIN_LOSS_STATISTIC` (a masked or
+    encrypted run without DP: the server expects it in every message)."""
+    metrics_policy: str = "public"
+    """``public`` or ``all`` (:func:`client_metrics_policy`): which metrics leave the client with its update. It comes
+    from the client's own config, never from the server's instructions (a run resolves ``privacy.client_metrics``;
+    a client built without one keeps its example-dependent metrics)."""
+    protected: bool = True
+    """Whether the run is private or hides updates: where sending every metric (``all``) is a side channel."""
+
+    @classmethod
+    def of(cls, config: Any, *, mechanism: Any, protocol: Any) -> ClientRules:
+        """The rules of ``config``'s clients, from its privacy mechanism's class (``spends_budget``,
+        ``replaces_trainer``, ``client_weighting``) and its aggregation protocol's (``hides_updates``)."""
+        private, hides = bool(mechanism.spends_budget), bool(protocol.hides_updates)
+        policy = client_metrics_policy(config.privacy.client_metrics, private=private, hides_updates=hides)
+        aggregated = policy == "public" and hides and not private
+        return cls(
+            weighting=mechanism.client_weighting,
+            sends_importance=not private or bool(mechanism.replaces_trainer),
+            aggregated_loss=AggregatedLoss(scale=min(1.0, config.secure_aggregation.clip_range)) if aggregated else None,
+            metrics_policy=policy,
+            protected=private or hides,
+        )
+
+
 class EvaluationWithheld(PermissionError):
     """A client of a private or masked run (``privacy.client_metrics = "public"``) refuses to evaluate a model on its
     own examples: the loss and accuracy it would send are functions of those examples that no mechanism covers, and a
@@ -144,23 +186,8 @@ class FederatedClient:
     seed: int = 0
     noise: NoisePolicy = field(default_factory=NoisePolicy)
     """Where the client's noise, DP sampling and defense randomness come from (its own secret by default)."""
-    weighting: str | None = None
-    """The weighting this client applies to its update whatever the server's instructions say (its privacy mechanism's
-    :attr:`~secure_ffm.privacy.mechanisms.PrivacyMechanism.client_weighting`), or None to follow the instructions."""
-    sends_importance: bool = False
-    """Whether a round's ``collect_importance`` (a continual run's EWC) is honoured: only where the importances are as
-    private as the update, i.e. the run spends no privacy budget (the protocol protects both alike) or its trainer
-    privatizes every step the importances are read from (DP-SGD). Otherwise (DP-FedAvg: local steps in the clear,
-    noise calibrated to a clipped update and a 0/1 count) squared gradients would reach the aggregate without noise
-    sized for them, so a server's request for them is refused and logged: from the client's own config, never the
-    server's."""
-    aggregated_loss: AggregatedLoss | None = None
-    """When set, the training loss also travels as the update statistic :data:`TRAIN_LOSS_STATISTIC` (a masked or
-    encrypted run without DP: the server expects it in every message)."""
-    metrics_policy: str = "public"
-    """``public`` or ``all`` (:func:`client_metrics_policy`): which metrics leave the client with its update. It comes
-    from the client's own config, never from the server's instructions (a run resolves ``privacy.client_metrics``;
-    a client built without one keeps its example-dependent metrics)."""
+    rules: ClientRules = field(default_factory=ClientRules)
+    """What this client's own config decides whatever the round's instructions say (:class:`ClientRules`)."""
 
     @property
     def num_examples(self) -> int:
@@ -209,11 +236,11 @@ class FederatedClient:
         return ClientUpdate(self.client_id, ins.round, delta, result.num_examples, metrics, statistics=statistics)
 
     def _may_send_importance(self, round: int) -> bool:
-        if not self.sends_importance:
+        if not self.rules.sends_importance:
             log.warning(
                 "round %d: client %d sends no gradient importances: its privacy mechanism does not privatize them", round, self.client_id
             )
-        return self.sends_importance
+        return self.rules.sends_importance
 
     def fit(self, ins: FitInstructions, *, encoder: ClientRound | None = None, payload: Any = None) -> ClientMessage:
         """Train, transform and encode: the message this client sends in round ``ins.round``.
@@ -239,29 +266,29 @@ class FederatedClient:
                 indices=self.indices,
             )
             update = self.transforms(update, context)
-        if self.aggregated_loss is not None:
-            update = update.with_statistics(**{TRAIN_LOSS_STATISTIC: self.aggregated_loss.encode(update.metrics.get("train_loss"))})
+        if self.rules.aggregated_loss is not None:
+            update = update.with_statistics(**{TRAIN_LOSS_STATISTIC: self.rules.aggregated_loss.encode(update.metrics.get("train_loss"))})
         requested = str(ins.config.get("weighting", "examples"))
-        if self.weighting is not None and requested != self.weighting:
+        if self.rules.weighting is not None and requested != self.rules.weighting:
             log.warning(
                 "round %d: client %d weighs its update %s as its privacy mechanism needs, not %s as the server asked",
                 ins.round,
                 self.client_id,
-                self.weighting,
+                self.rules.weighting,
                 requested,
             )
-        weight = client_weight(self.weighting or requested, update.num_examples)
+        weight = client_weight(self.rules.weighting or requested, update.num_examples)
         # stochastic rounding (masking) from the client's secret, so the server cannot replay it either
         rng = randomness.generator(SECAGG_ROUNDING, ins.round) if encoder.uses_rng else None
         message = encoder.encode(update, weight=weight, rng=rng, payload=payload)
         message.metrics["encode_seconds"] = time.perf_counter() - start  # type: ignore[index]
-        withhold_metrics(message.metrics, self.metrics_policy)  # type: ignore[arg-type]
+        withhold_metrics(message.metrics, self.rules.metrics_policy)  # type: ignore[arg-type]
         return message
 
     def evaluate(self, ins: FitInstructions, *, batch_size: int = 128) -> EvalResult:
         """The global model's loss, accuracy and macro F1 on this client's own examples (refused under the ``public``
         metrics policy: :class:`EvaluationWithheld`)."""
-        if self.metrics_policy == "public":
+        if self.rules.metrics_policy == "public":
             raise EvaluationWithheld(
                 f"client {self.client_id} evaluates no model on its own examples: its config keeps per-client metrics private "
                 '(privacy.client_metrics resolves to "public" in a private or masked run; "all" allows it, in the clear)'

@@ -260,11 +260,10 @@ def privacy_command(args: argparse.Namespace) -> int:
         return 0
     plan = mechanism.plan()
     from secure_ffm.engine.aggregation import PROTOCOLS
-    from secure_ffm.engine.client import CLIENT_METRICS, client_metrics_policy
+    from secure_ffm.engine.client import CLIENT_METRICS, ClientRules
 
     protocol = PROTOCOLS.get(config.secure_aggregation.protocol, key="secure_aggregation.protocol")
-    private, hides = type(mechanism).spends_budget, protocol.hides_updates
-    policy = client_metrics_policy(config.privacy.client_metrics, private=private, hides_updates=hides)
+    policy = ClientRules.of(config, mechanism=type(mechanism), protocol=protocol).metrics_policy
     allowed = CLIENT_METRICS[policy]
     plan["client_metrics"] = {"policy": policy, "sent": sorted(allowed) if allowed is not None else "all"}
     if args.json:

@@ -33,7 +33,7 @@ from secure_ffm.continual.run import ContinualRun, check_continual
 from secure_ffm.data import load_run_data
 from secure_ffm.data.base import FederatedData
 from secure_ffm.engine.aggregation import PROTOCOLS, Aggregate, AggregationProtocol
-from secure_ffm.engine.client import PUBLIC_CLIENT_METRICS, TRAIN_ONLY, AggregatedLoss, FederatedClient, client_metrics_policy
+from secure_ffm.engine.client import PUBLIC_CLIENT_METRICS, TRAIN_ONLY, ClientRules, FederatedClient
 from secure_ffm.engine.orchestrator import RoundHooks, RoundOrchestrator, RunObserver
 from secure_ffm.engine.schedule import FEDERATED, PUBLIC, SCHEDULES, Decision, RoundSignals, build_schedule
 from secure_ffm.engine.server import Server
@@ -359,25 +359,16 @@ class Simulation:
         self.privacy = prepared.privacy
         self.privacy.configure_protocol(self.protocol)
         self.noise_policy = NoisePolicy.from_config(self.config)
-        self.metrics_policy = client_metrics_policy(
-            self.config.privacy.client_metrics, private=type(self.privacy).spends_budget, hides_updates=self.protocol.hides_updates
-        )
-        """``public`` or ``all``: which metrics each client's message carries (``privacy.client_metrics``)."""
-        self.aggregated_loss = (
-            AggregatedLoss(scale=min(1.0, self.config.secure_aggregation.clip_range))
-            if self.metrics_policy == "public" and self.protocol.hides_updates and not type(self.privacy).spends_budget
-            else None
-        )
-        """A masked or encrypted run without DP: the clients' loss travels inside the protocol's vector (the server
-        learns only the mean), not in their metrics."""
-        if self.metrics_policy == "public" and self.config.server.evaluate_clients:
+        self.client_rules = ClientRules.of(self.config, mechanism=type(self.privacy), protocol=type(self.protocol))
+        """What every client's own config decides: its metrics (``privacy.client_metrics``), weighting, importances."""
+        if self.client_rules.metrics_policy == "public" and self.config.server.evaluate_clients:
             raise ConfigError(
                 "server.evaluate_clients",
                 "asks every client for its accuracy on its own examples, which the clients of a private or masked run keep "
                 '(privacy.client_metrics resolves to "public")',
                 'set server.evaluate_clients = false, or privacy.client_metrics = "all" to send those metrics in the clear',
             )
-        if self.metrics_policy == "all" and (type(self.privacy).spends_budget or self.protocol.hides_updates):
+        if self.client_rules.metrics_policy == "all" and self.client_rules.protected:
             log.warning(
                 'privacy.client_metrics = "all": every client sends its training loss (and any other metric it computes) '
                 "in the clear beside its update; neither DP's noise nor secure aggregation covers them"
@@ -441,7 +432,7 @@ class Simulation:
             ],
             observer=self.observer,
             round_statistics=self.continual.expected_statistics if self.continual else None,
-            aggregated_loss=self.aggregated_loss,
+            aggregated_loss=self.client_rules.aggregated_loss,
         )
 
     def _local_transport(self) -> Transport:
@@ -483,25 +474,22 @@ class Simulation:
             state=self.client_states.setdefault(client_id, {}),
             seed=self.config.run.seed,
             noise=self.noise_policy,
-            weighting=type(self.privacy).client_weighting,
-            sends_importance=not type(self.privacy).spends_budget or type(self.privacy).replaces_trainer,
-            aggregated_loss=self.aggregated_loss,
-            metrics_policy=self.metrics_policy,
+            rules=self.client_rules,
         )
 
     def client_metrics_summary(self) -> dict[str, Any]:
         """What ``summary.json`` and ``privacy.json`` say about the metrics the clients sent beside their updates."""
-        if self.metrics_policy == "public":
+        if self.client_rules.metrics_policy == "public":
             summary = {
                 "policy": "public",
                 "sent": sorted(PUBLIC_CLIENT_METRICS),
                 "note": "clients kept every metric that depends on their examples (training loss, update norm) to themselves",
             }
-            if self.aggregated_loss is not None:
+            if self.client_rules.aggregated_loss is not None:
                 summary["train_loss"] = "inside the protocol's vector: the server learned only each round's weighted mean"
             return summary
         summary: dict[str, Any] = {"policy": "all", "sent": "all"}
-        if type(self.privacy).spends_budget or self.protocol.hides_updates:
+        if self.client_rules.protected:
             summary["warning"] = (
                 "each client's training loss (and update norm under DP-FedAvg) reached the server in the clear, "
                 "outside DP and secure aggregation"
