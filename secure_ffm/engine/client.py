@@ -23,7 +23,7 @@ from secure_ffm.engine.training import ClientDeclined, EvalResult, LocalExtras, 
 from secure_ffm.engine.transforms import TransformContext, UpdatePipeline
 from secure_ffm.engine.wire import ClientMessage, ClientUpdate, FitInstructions
 from secure_ffm.models.base import EncodedData, FederatedModel
-from secure_ffm.privacy.noise import SECAGG_ROUNDING, TRANSFORM, NoisePolicy, PrivateRandomness
+from secure_ffm.privacy.noise import ANSWERS_KEY, SECAGG_ROUNDING, TRANSFORM, NoisePolicy, PrivateRandomness
 from secure_ffm.seeding import TRAINING, derive_seed, seed_torch
 
 log = logging.getLogger(__name__)
@@ -114,6 +114,11 @@ class ClientRules:
     a client built without one keeps its example-dependent metrics)."""
     protected: bool = True
     """Whether the run is private or hides updates: where sending every metric (``all``) is a side channel."""
+    answer_limit: int | None = None
+    """The most fit requests this client answers over the run (its mechanism's
+    :meth:`~secure_ffm.privacy.mechanisms.PrivacyMechanism.client_answer_limit`: DP-FedAvg with client-placed noise
+    answers at most the rounds its own config plans); past it the client declines. None: no limit here (a DP-SGD
+    client's own ledger charges every answer and declines once its budget is spent)."""
 
     @classmethod
     def of(cls, config: Any, *, mechanism: Any, protocol: Any) -> ClientRules:
@@ -128,6 +133,7 @@ class ClientRules:
             aggregated_loss=AggregatedLoss(scale=min(1.0, config.secure_aggregation.clip_range)) if aggregated else None,
             metrics_policy=policy,
             protected=private or hides,
+            answer_limit=mechanism.client_answer_limit(config),
         )
 
 
@@ -197,8 +203,9 @@ class FederatedClient:
         """This client's secret randomness (drawn from the OS CSPRNG into its state on first use)."""
         return self.noise.client(self.client_id, self.state)
 
-    def train(self, ins: FitInstructions) -> ClientUpdate:
-        """Local training from the global parameters; returns the untransformed update."""
+    def train(self, ins: FitInstructions, *, randomness: PrivateRandomness | None = None) -> ClientUpdate:
+        """Local training from the global parameters; returns the untransformed update. ``randomness``: the secret
+        randomness of this answer (:meth:`fit` passes :meth:`answer_randomness`'s), else the client's own."""
         if len(self.indices) == 0:
             raise ClientDeclined("no training examples in this round's data")
         self.model.set_trainable(ins.parameters)
@@ -219,7 +226,7 @@ class FederatedClient:
                 global_parameters=ins.parameters,
                 generator=torch.Generator().manual_seed(training_seed),
                 state=self.state,
-                randomness=self.randomness(),
+                randomness=randomness or self.randomness(),
                 extras=extras,
             )
         delta = result.update if result.update is not None else self.model.trainable_delta(ins.parameters)
@@ -242,6 +249,25 @@ class FederatedClient:
             )
         return self.rules.sends_importance
 
+    def answer_randomness(self, round: int) -> PrivateRandomness:
+        """The secret randomness of this client's next fit answer, counted in its private state (:data:`ANSWERS_KEY`).
+
+        Every draw of an answer (the trainer's DP noise and sampling, DP-FedAvg's shares, defenses, masking's rounding)
+        is keyed by this count, never by the request's round alone: a server that asked for round ``r`` twice, with
+        two different models, would otherwise get the same noise on both answers and subtract it (the difference of
+        the two sums is noise-free; docs/threat_model.md). The count is taken before anything is drawn, so an answer
+        that fails half-way never hands its draws to the next one. Past :attr:`ClientRules.answer_limit` answers the
+        client declines (:class:`ClientDeclined`): each answer is another noisy view of its data."""
+        answered = int(self.state.get(ANSWERS_KEY, 0))
+        limit = self.rules.answer_limit
+        if limit is not None and answered >= limit:
+            raise ClientDeclined(
+                f"client {self.client_id} has answered {answered} fit requests, the {limit} rounds its privacy budget plans for; "
+                f"it answers no more (round {round} asked)"
+            )
+        self.state[ANSWERS_KEY] = answered + 1
+        return self.randomness().for_answer(answered)
+
     def fit(self, ins: FitInstructions, *, encoder: ClientRound | None = None, payload: Any = None) -> ClientMessage:
         """Train, transform and encode: the message this client sends in round ``ins.round``.
 
@@ -249,9 +275,11 @@ class FederatedClient:
         when there is none, for protocols without set-up); ``payload`` is its part of the fit request."""
         if encoder is None:
             encoder = self.protocol.client_round(self.client_id, ins.round)
-        update = self.train(ins)
+        if len(self.indices) == 0:  # before counting: a client with nothing to train spends no answer
+            raise ClientDeclined("no training examples in this round's data")
+        randomness = self.answer_randomness(ins.round)
+        update = self.train(ins, randomness=randomness)
         start = time.perf_counter()
-        randomness = self.randomness()
         if len(self.transforms):  # (no pipeline, no context: keying its generator costs about 50 µs)
             context = TransformContext(
                 round=ins.round,

@@ -153,6 +153,15 @@ class DPFedAvg(PrivacyMechanism):
     def protections(cls, privacy: PrivacyConfig) -> dict[str, Any]:
         return {**super().protections(privacy), "clip_norm": privacy.clip_norm, "noise_placement": privacy.noise_placement}
 
+    @classmethod
+    def client_answer_limit(cls, config: Config) -> int | None:
+        """With client-placed noise, the rounds the client's own config plans (:func:`planned_federated_rounds`):
+        ``epsilon_against_server`` is the Gaussian mechanism over the rounds a client took part in, which the server
+        counts; a client that answered every request of a server that asked it more often (the same round again, or
+        rounds past the plan) would spend more than any honest run's figure. With server-placed noise the server sees
+        the exact sum anyway (no DP against it), so there is nothing to bound here."""
+        return planned_federated_rounds(config) if config.privacy.noise_placement == "clients" else None
+
     def format_plan(self, plan: Mapping[str, Any]) -> str:
         lines = [plan_header(plan)]
         lines.append(

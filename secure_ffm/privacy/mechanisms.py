@@ -74,6 +74,16 @@ class PrivacyMechanism(ABC):  # noqa: B024 (every seam has a no-op default)
         """The settings of ``[privacy]`` this mechanism uses, as recorded in the leakage audit's ``attack.json``."""
         return {"target_epsilon": privacy.target_epsilon} if cls.spends_budget else {}
 
+    @classmethod
+    def client_answer_limit(cls, config: Config) -> int | None:
+        """The most fit requests one client answers over a run, from its own ``config`` (None: no limit here).
+
+        Each answer of a client carries fresh noise (:meth:`~secure_ffm.privacy.noise.PrivateRandomness.for_answer`),
+        so a server that asks again gets another noisy view of the client's data, which the budget must cover. A
+        mechanism whose clients keep their own ledger (DP-SGD) charges every answer there and declines once the budget
+        is spent; one whose ledger is the server's (DP-FedAvg) bounds the answers here instead."""
+        return None
+
     def client_noise_multiplier(self, client: int) -> float:
         """For mechanisms that replace the trainer: the noise multiplier of ``client``'s private steps."""
         raise NotImplementedError(f"privacy mode {self.name!r} does not train with per-client noise")

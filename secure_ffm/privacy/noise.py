@@ -17,6 +17,10 @@ noise bit for bit and subtracts it. So every party that adds noise owns a secret
 Nothing derived from a secret is written to ``config.toml``, ``metrics.jsonl``,
 ``summary.json``, ``privacy.json`` or any message.
 
+A client's answer to a fit request draws everything from :meth:`PrivateRandomness.for_answer`, a sub-secret
+keyed by the client's own count of its answers (``ANSWERS_KEY`` in its state), never by the request's round
+alone: a server that asks the same round twice gets two independent draws, not the same noise to subtract.
+
 Two samplers (``secure``):
 
 - ``secure = True`` (the default): the bits are AES-128 in counter mode keyed by the
@@ -83,6 +87,12 @@ SECAGG_ROUNDING = 7
 REPLAY = 8
 DISCRETE_SHARE = 9
 """A client's distributed discrete Gaussian share and the randomized rounding before it (secure_ffm.privacy.distributed)."""
+ANSWER = 10
+"""The sub-secret of one fit answer (:meth:`PrivateRandomness.for_answer`): every draw of an answer is keyed by the
+client's own count of its answers, never only by the round number the server's request names."""
+
+ANSWERS_KEY = "fit_answers"
+"""Key of a client's count of the fit requests it has answered (its private state): the index of its next answer."""
 
 SOURCE_SECRET = "os-csprng"
 SOURCE_SEED = "seed"
@@ -318,6 +328,18 @@ class PrivateRandomness:
 
     def __repr__(self) -> str:  # never print the secret
         return f"PrivateRandomness(source={self.source!r}, secure={self.secure})"
+
+    def for_answer(self, answer: int) -> PrivateRandomness:
+        """The randomness of the client's ``answer``-th fit answer: a sub-secret keyed by that index.
+
+        Every draw a client makes while answering a fit request (DP-FedAvg's noise share, the discrete share and
+        its rounding, a defense's noise, masking's stochastic rounding, DP-SGD's noise and sampling) comes from it.
+        Keyed by the round alone, a server that sent the same round twice, with two different models, got the same
+        noise on both answers and subtracted it: the difference of the two (masked, unmasked) sums is noise-free.
+        The index is the client's own, kept in its private state (:data:`ANSWERS_KEY`), so no request can repeat it."""
+        if answer < 0:
+            raise ValueError(f"an answer index is a count, got {answer}")
+        return PrivateRandomness(derive_key(self.secret, ANSWER, answer), self.secure, self.source)
 
     def stream(self, *path: int) -> NoiseStream:
         key = derive_key(self.secret, *path)

@@ -1,5 +1,6 @@
 """What a client's ``fit`` hands its protocol half and what it computes as its update."""
 
+import copy
 import tomllib
 
 import numpy as np
@@ -39,23 +40,33 @@ def instructions(simulation):
 
 
 @pytest.mark.parametrize("uses_rng", [True, False])
-def test_an_encoder_that_draws_gets_the_clients_secret_generator_and_one_that_does_not_gets_none(simulation, uses_rng):
+def test_an_encoder_that_draws_gets_the_clients_secret_generator_and_one_that_does_not_gets_none(uses_rng):
+    simulation = Simulation(prepare_run(digits_config()))
+    client = simulation.client(0)
+    before = copy.deepcopy(dict(client.state))
     encoder = RecordingRound(uses_rng)
-    simulation.client(0).fit(instructions(simulation), encoder=encoder)
+    client.fit(instructions(simulation), encoder=encoder)
     (rng,) = encoder.rngs
     if not uses_rng:
         assert rng is None
         return
     assert isinstance(rng, np.random.Generator)
-    # keyed from the client's secret (secure_ffm.privacy.noise), not from the public seed: the same client in the same
-    # round draws the same values again, and the same client of a second run of the same config draws others
+    first = rng.random(4)
+    # keyed from the client's secret (secure_ffm.privacy.noise), not from the public seed, and by the client's own count
+    # of its answers, not by the round the request names: asked the same round again, the client draws others; a
+    # client restored to its state before the answer (an exact resume) draws the same; a second run's client others
     again = RecordingRound(True)
     simulation.client(0).fit(instructions(simulation), encoder=again)
+    assert not np.array_equal(again.rngs[0].random(4), first)
+    restored = simulation.client(0)
+    restored.state.clear()
+    restored.state.update(copy.deepcopy(before))
+    replayed = RecordingRound(True)
+    restored.fit(instructions(simulation), encoder=replayed)
+    assert np.array_equal(replayed.rngs[0].random(4), first)
     rerun = Simulation(prepare_run(digits_config()))
     other = RecordingRound(True)
     rerun.client(0).fit(instructions(rerun), encoder=other)
-    first = rng.random(4)
-    assert np.array_equal(again.rngs[0].random(4), first)
     assert not np.array_equal(other.rngs[0].random(4), first)
 
 
