@@ -263,15 +263,19 @@ def privacy_command(args: argparse.Namespace) -> int:
     from secure_ffm.engine.client import CLIENT_METRICS, ClientRules
 
     protocol = PROTOCOLS.get(config.secure_aggregation.protocol, key="secure_aggregation.protocol")
-    policy = ClientRules.of(config, mechanism=type(mechanism), protocol=protocol).metrics_policy
+    rules = ClientRules.of(config, mechanism=type(mechanism), protocol=protocol)
+    policy = rules.metrics_policy
     allowed = CLIENT_METRICS[policy]
     plan["client_metrics"] = {"policy": policy, "sent": sorted(allowed) if allowed is not None else "all"}
+    plan["client_answer_limit"] = rules.answer_limit
     if args.json:
         print(json.dumps(plan, indent=1, default=str))
         return 0
     print(mechanism.format_plan(plan))
     sent = ", ".join(sorted(allowed)) if allowed is not None else "every metric, the training loss included, in the clear"
     print(f"clients send beside their updates: {sent} (privacy.client_metrics = {config.privacy.client_metrics!r} -> {policy})")
+    if rules.answer_limit is not None:
+        print(f"each client answers at most {rules.answer_limit} fit requests (the rounds its budget plans for), whatever the server asks")
     return 0
 
 

@@ -8,6 +8,7 @@ sums with the same noise and subtracted them, leaving the clients' updates at th
 """
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -163,3 +164,16 @@ def test_an_answer_index_is_a_count():
     randomness = PrivateRandomness(b"k" * 32)
     draws = [randomness.for_answer(i).stream(3, 1).normal((8,), 1.0) for i in (0, 1, 0)]
     assert np.array_equal(draws[0], draws[2]) and not np.array_equal(draws[0], draws[1])
+
+
+def test_the_privacy_command_says_how_many_requests_a_client_answers(tmp_path, capsys):
+    from secure_ffm.run.cli import main
+
+    config = tmp_path / "c.toml"
+    config.write_text(tiny(CLIENT_NOISE, rounds=3).to_toml())
+    assert main(["privacy", str(config), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["client_answer_limit"] == 3
+    assert main(["privacy", str(config)]) == 0
+    assert "answers at most 3 fit requests" in capsys.readouterr().out
+    assert main(["privacy", str(config), "--set", 'privacy.noise_placement="server"', "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["client_answer_limit"] is None
