@@ -177,3 +177,23 @@ def test_the_privacy_command_says_how_many_requests_a_client_answers(tmp_path, c
     assert "answers at most 3 fit requests" in capsys.readouterr().out
     assert main(["privacy", str(config), "--set", 'privacy.noise_placement="server"', "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["client_answer_limit"] is None
+
+
+def test_a_node_counts_its_answers_across_requests_as_flower_delivers_them():
+    """A deployed node rebuilds its client for every message from the state it saved (``context.state``): the count
+    survives the round trip through the codec, so the same request answered twice still draws twice."""
+    from secure_ffm.engine.codec import from_bytes, to_bytes
+    from secure_ffm.run.deployment import client_session
+    from secure_ffm.transports.base import FitRequest
+    from secure_ffm.transports.remote import FIT
+
+    simulation = Simulation(prepare_run(tiny(CLIENT_NOISE, rounds=2)))
+    request = {"round": 1, "request": FitRequest(simulation.server.fit_instructions(1, [0, 1, 2, 3]))}
+    saved, answers = to_bytes({}), []
+    for _ in range(3):  # a fresh session over the saved state for each message, as app.handle builds one
+        state = from_bytes(saved)
+        answers.append(client_session(simulation, 0, state).answer(FIT, request))
+        saved = to_bytes(state)
+    first, second = (np.concatenate([np.ravel(v) for _, v in sorted(a["message"].payload.items())]) for a in answers[:2])
+    assert np.linalg.norm(first - second) > 0.5 * np.linalg.norm(first)
+    assert "answers no more" in answers[2]["declined"]
