@@ -433,7 +433,8 @@ class PrivacyConfig:
     of hundreds (``client.batch_size``) fit, e.g. 32 for a transformer with per-sample gradients (hooks)."""
     planned_rounds: int = 0
     """dp-sgd: rounds a client is budgeted to take part in; 0 means every federated round (no client is ever skipped;
-    an FFM schedule's public units spend no budget and are not counted: :func:`secure_ffm.engine.schedule.federated_rounds`)."""
+    an FFM schedule's public units spend no budget and are not counted: :func:`secure_ffm.engine.schedule.federated_rounds`).
+    dp-fedavg spends the server's budget every round, so it refuses a value below the federated rounds."""
     secure_mode: bool = True
     """Draw every noise value and DP-SGD's Poisson sampling from AES-128 in counter mode (a CSPRNG) with the
     floating-point mitigation of Opacus' secure mode (a sum of four Gaussians); false uses NumPy's Philox

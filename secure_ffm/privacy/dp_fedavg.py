@@ -34,6 +34,7 @@ import numpy as np
 from secure_ffm.config import Config, PrivacyConfig
 from secure_ffm.data.base import FederatedData
 from secure_ffm.engine.aggregation import PROTOCOLS, Aggregate, AggregateStep, AggregationProtocol
+from secure_ffm.engine.schedule import federated_rounds
 from secure_ffm.engine.transforms import TransformContext, UpdateTransform
 from secure_ffm.engine.wire import ClientUpdate, Scalar
 from secure_ffm.errors import ConfigError
@@ -180,6 +181,14 @@ class DPFedAvg(PrivacyMechanism):
                 'set it to 0, or use privacy.mode = "dp-sgd" or "distributed-dp-sgd" (they noise only what a round trains)',
             )
         p = config.privacy
+        every = max(1, federated_rounds(config.ffm, stop=config.server.rounds))
+        if p.planned_rounds and p.planned_rounds < every:
+            raise ConfigError(
+                "privacy.planned_rounds",
+                f"{p.planned_rounds} is fewer than the run's {every} federated rounds, and DP-FedAvg's ledger is the server's: "
+                "every round spends budget, so noise calibrated for fewer rounds would overspend the target",
+                "leave it at 0 (DP-FedAvg plans for every federated round) or lower server.rounds",
+            )
         n = data.num_clients
         m = config.server.clients_per_round or n
         self.participants = m

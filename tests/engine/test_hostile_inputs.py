@@ -188,6 +188,11 @@ CASES = [
         "server.evaluate_clients: asks every client for its accuracy on its own examples",
     ),
     Case(
+        "DP-FedAvg planned for fewer rounds than it runs",
+        lambda s: s.train("--set", 'privacy.mode="dp-fedavg"', "--set", "privacy.planned_rounds=1"),
+        "privacy.planned_rounds: 1 is fewer than the run's 2 federated rounds",
+    ),
+    Case(
         "unknown client-metrics policy",
         lambda s: s.train("--set", 'privacy.client_metrics="some"'),
         "privacy.client_metrics: unknown value",
