@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from secure_ffm.engine.aggregation import Aggregate, AggregateStep, VectorLayout
+from secure_ffm.engine.aggregation import Aggregate, AggregateStep, EncodingDeclined, VectorLayout
 from secure_ffm.engine.transforms import TransformContext, UpdateTransform
 from secure_ffm.engine.wire import ClientUpdate
 from secure_ffm.privacy.noise import DISCRETE_SHARE, NoiseStream
@@ -124,6 +124,8 @@ class DiscreteGaussianSum:
         from secure_ffm.privacy.discrete_gaussian import conditional_randomized_rounding
 
         rows = np.atleast_2d(np.asarray(contributions, dtype=np.float64))
+        if not np.isfinite(rows).all():  # diverged training: no integer stands for it, and the round goes on without it
+            raise EncodingDeclined("the update has NaN or infinite values (local training diverged); the client sends nothing this round")
         total = np.zeros(rows.shape[1], dtype=np.int64)
         for row in rows:  # one row at a time: no batch-sized temporaries, and faster (cache-sized arrays)
             total += conditional_randomized_rounding(row / self.granularity, norm_bound=self.l2_sensitivity, stream=stream)

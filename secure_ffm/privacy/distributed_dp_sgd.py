@@ -89,7 +89,7 @@ class DistributedDPSGDTrainer(LocalTrainer):
             raise ValueError("distributed DP-SGD needs the client's private randomness: its sampling and noise must be secret")
         start = time.perf_counter()
         mech = self.mechanism
-        dp_state = state.setdefault(STATE_KEY, {})
+        dp_state = dict(state.get(STATE_KEY, {}))  # written back once the step is recorded: a failed step leaves no entry
         ledger = PrivacyLedger.from_json(dp_state["ledger"]) if "ledger" in dp_state else mech.new_ledger()
         would = ledger.epsilon_if(noise_multiplier=mech.noise_multiplier, sample_rate=mech.sample_rate, steps=1)
         if would > mech.config.privacy.target_epsilon * (1 + EPSILON_SLACK):
@@ -116,6 +116,7 @@ class DistributedDPSGDTrainer(LocalTrainer):
         ledger.record(noise_multiplier=mech.noise_multiplier, sample_rate=mech.sample_rate, steps=1)
         epsilon = ledger.epsilon()
         dp_state.update(ledger=ledger.to_json(), epsilon=epsilon, steps=ledger.steps, rounds=int(dp_state.get("rounds", 0)) + 1)
+        state[STATE_KEY] = dp_state
         # the gradient rows' order (the trained parameters'), not the sorted one of :meth:`VectorLayout.of_arrays`
         layout = VectorLayout(tuple((name, tuple(global_parameters[name].shape)) for name, _ in named), ())
         update = layout.split(total)[0]

@@ -537,7 +537,7 @@ class DPSGDTrainer(LocalTrainer):
         n = len(indices)
         plan = self.plan_for(extras.client_id, n)
         z, q, c = plan.noise_multiplier, plan.sample_rate, self.privacy.max_grad_norm
-        dp_state = state.setdefault("dp_sgd", {})
+        dp_state = dict(state.get("dp_sgd", {}))  # written back once the steps are recorded: a declined or failed round leaves no entry
         ledger = (
             PrivacyLedger.from_json(dp_state["ledger"])
             if "ledger" in dp_state
@@ -611,6 +611,7 @@ class DPSGDTrainer(LocalTrainer):
             planned_steps=plan.planned_steps,
             planned_epsilon=plan.planned_epsilon,
         )
+        state["dp_sgd"] = dp_state
         return TrainResult(
             num_examples=n,
             steps=plan.steps_per_round,

@@ -12,7 +12,7 @@ from hypothesis.extra.numpy import arrays
 
 from secure_ffm.config import config_from_dict
 from secure_ffm.data import load_federated_data
-from secure_ffm.engine.aggregation import Aggregate
+from secure_ffm.engine.aggregation import Aggregate, EncodingDeclined
 from secure_ffm.engine.transforms import TransformContext
 from secure_ffm.engine.wire import ClientUpdate
 from secure_ffm.errors import ConfigError
@@ -105,6 +105,16 @@ def test_a_client_clips_to_its_own_bound_whatever_clip_norm_the_server_names(mon
     assert np.linalg.norm(sent * g.granularity) == pytest.approx(1.0, rel=1e-3)
 
 
+def test_a_diverged_update_is_declined_not_rounded():
+    """NaN or infinite values have no integer to stand for them: the client sends nothing (EncodingDeclined, which the
+    transports count as declined) instead of ending the whole run with a ValueError."""
+    g = DiscreteGaussianSum(clip_norm=1.0, noise_multiplier=1.0, min_shares=3, max_shares=4, contributions=4, dim=4)
+    stream = PrivateRandomness(new_secret()).stream(1)
+    for bad in (np.nan, np.inf):
+        with pytest.raises(EncodingDeclined, match="diverged"):
+            g.integers(np.array([[0.1, bad, 0.0, 0.2]]), stream=stream)
+
+
 # --------------------------------------------------------------------------- DP-FedAvg with discrete shares
 
 
@@ -115,6 +125,20 @@ def test_dp_fedavg_client_noise_under_masking_uses_discrete_shares(tmp_path):
     assert ledger["accountant"] == "zcdp" and ledger["discrete_noise"]["min_shares"] == 3
     assert ledger["epsilon"] == pytest.approx(epsilon("zcdp", ledger["noise_multiplier"], 1.0, 2, ledger["delta"]))
     assert summary["privacy"]["epsilon"] <= 3.0
+
+
+@pytest.mark.parametrize(
+    "privacy",
+    [{"mode": "dp-fedavg", "noise_placement": "clients", "clip_norm": 1.0}, {"mode": "distributed-dp-sgd"}],
+    ids=["dp-fedavg-discrete-shares", "distributed-dp-sgd"],
+)
+def test_a_round_goes_on_when_a_clients_training_diverges(privacy):
+    simulation = Simulation(prepare_run(tiny(privacy, client={"local_steps": 1, "lr": 0.05})))
+    good = {k: v.copy() for k, v in simulation.server.parameters.items()}
+    simulation.server.parameters = {k: np.full_like(v, np.nan) for k, v in good.items()}
+    row = simulation.orchestrator.run_round(1)  # every client starts from NaN weights: all decline, the round ends
+    assert row["clients"] == [] and row["skipped_clients"] == [0, 1, 2, 3]
+    assert "diverged" in row["skipped_reasons"]["0"]
 
 
 def test_adaptive_clipping_with_discrete_shares_is_refused():
