@@ -45,13 +45,21 @@ Node config (``flower-supernode --node-config "partition-id=0 num-partitions=3 c
     configs resolve to the same fingerprint. Without it the node runs the server's ``config``/``set`` (loopback
     demos only; a warning says so).
 
+``state-dir``
+    A folder on the node where it also keeps its client's private state for each run (``run-<RUN_ID>.state``, mode
+    0600): its secret, its count of answers and its DP ledger, so that a SuperNode restarted in the middle of a run
+    resumes them instead of starting that run's client afresh (Flower 1.41 keeps ``context.state`` in memory only).
+    The file holds the client's secret: it belongs to the node's own disk, as a checkpoint does.
+
 A node keeps its client state and its protocol half of the current round in ``context.state`` (on the node, never
-sent): Flower starts a fresh ClientApp process for each message.
+sent): Flower starts a fresh ClientApp process for each message. The protocol half (a round's secrets) is never
+written to ``state-dir``: a node restarted in the middle of a round drops out of that round.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -65,7 +73,7 @@ from flwr.serverapp import Grid, ServerApp
 from secure_ffm.allocator import keep_freed_memory
 from secure_ffm.config import Config, load_config
 from secure_ffm.engine.codec import from_bytes, to_bytes
-from secure_ffm.transports.remote import AUTHORITY_ROLE, EVALUATE, FIT, HELLO, STAGE, Link, LinkReply, Packed
+from secure_ffm.transports.remote import AUTHORITY_ROLE, EVALUATE, FIT, HELLO, STAGE, STATE_DIR_KEY, Link, LinkReply, Packed
 
 log = logging.getLogger(__name__)
 
@@ -215,14 +223,57 @@ def authority(context: Context) -> Any:
     return authority_session(node_config(context), key_file=Path(str(key_path)).read_bytes() if key_path else None)
 
 
+def state_file(context: Context) -> Path | None:
+    """Where this node keeps its client's private state for the current run (node config ``state-dir``), or None."""
+    folder = context.node_config.get(STATE_DIR_KEY)
+    return Path(str(folder)) / f"run-{int(context.run_id)}.state" if folder else None
+
+
+def restore_state(context: Context, path: Path | None) -> None:
+    """After a SuperNode restart ``context.state`` is empty: take the client's private state (and a node's data schema)
+    back from ``path``. Nothing to do when ``context.state`` holds them (no restart) or nothing was saved."""
+    if path is None or STATE_KEY in context.state.config_records or not path.exists():
+        return
+    saved = from_bytes(path.read_bytes())
+    if not isinstance(saved, dict) or not isinstance(saved.get("client"), dict):
+        raise ValueError(
+            f"{path} is not a secure-ffm node state (node config {STATE_DIR_KEY}); move it away to start this run's client afresh"
+        )
+    context.state.config_records[STATE_KEY] = ConfigRecord({"state": to_bytes({"client": saved["client"]})})
+    if saved.get("schema") is not None:
+        context.state.config_records[SCHEMA_KEY] = ConfigRecord({"schema": to_bytes(saved["schema"])})
+    log.warning("node %s: the SuperNode restarted; its client's state for run %s comes back from %s", context.node_id, context.run_id, path)
+
+
+def save_state(path: Path | None, state: Mapping[str, Any], schema: Any) -> None:
+    """Write the client's private state (not the round's protocol half) to ``path`` atomically, readable by the owner only."""
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = to_bytes({"client": dict(state.get("client", {})), "schema": schema})
+    partial = path.with_name(path.name + ".partial")
+    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(partial, path)
+
+
 def handle(message: Message, context: Context) -> Message:
-    """One request on this node: rebuild the node's client from ``context.state``, answer, save the state back."""
+    """One request on this node (a Flower message in, its reply out): :func:`node_answer`."""
+    kind, packed = from_record(message.content)
+    return Message(to_record(node_answer(kind, packed, context), kind), reply_to=message)
+
+
+def node_answer(kind: str, packed: Packed, context: Context) -> Packed:
+    """One request on this node: rebuild the node's client from ``context.state`` (or, after a restart, from its
+    ``state-dir``), answer, save the state back."""
     from secure_ffm.data.node import NODE_DATA_KEY
     from secure_ffm.run.deployment import node_session, partition_from_node_config
 
-    kind, packed = from_record(message.content)
     if context.node_config.get("role") == AUTHORITY_ROLE:
-        return Message(to_record(authority(context).handle(kind, packed), kind), reply_to=message)
+        return authority(context).handle(kind, packed)
     partition_id, num_partitions = partition_from_node_config(context.node_config)
     config = node_config(context)
     keep_freed_memory()
@@ -230,6 +281,8 @@ def handle(message: Message, context: Context) -> Message:
         import torch
 
         torch.set_num_threads(1)  # one client per process: spinning threads only wait on each other
+    saved_at = state_file(context)
+    restore_state(context, saved_at)
     # built first: it imports the configured protocol, whose stage messages the saved state holds
     key_path = context.node_config.get("ckks-keys")
     key_file = Path(str(key_path)).read_bytes() if key_path else None
@@ -247,10 +300,10 @@ def handle(message: Message, context: Context) -> Message:
     if record is not None:
         session.state.update(from_bytes(record["state"]))  # type: ignore[arg-type]
     try:
-        reply = session.handle(kind, packed)
+        return session.handle(kind, packed)
     finally:
         context.state.config_records[STATE_KEY] = ConfigRecord({"state": to_bytes(session.state)})
-    return Message(to_record(reply, kind), reply_to=message)
+        save_state(saved_at, session.state, schema)
 
 
 client_app = ClientApp()

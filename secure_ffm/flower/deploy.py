@@ -21,7 +21,7 @@ from typing import Any
 from secure_ffm.config import Config
 from secure_ffm.flower.launch import FederationError, LoopbackFederation
 from secure_ffm.run.deployment import check_deployable
-from secure_ffm.transports.remote import AUTHORITY_ROLE
+from secure_ffm.transports.remote import AUTHORITY_ROLE, STATE_DIR_KEY
 
 log = logging.getLogger(__name__)
 
@@ -30,15 +30,24 @@ MAX_LOOPBACK_NODES = 64
 
 
 def node_configs(
-    config_path: Path, num_clients: int, key_files: Mapping[str, Path] | None = None, node_data: Sequence[Path] | None = None
+    config_path: Path,
+    num_clients: int,
+    key_files: Mapping[str, Path] | None = None,
+    node_data: Sequence[Path] | None = None,
+    state_root: Path | None = None,
 ) -> list[dict[str, Any]]:
-    """One ``--node-config`` table per SuperNode; ``node_data[k]``: node ``k``'s own data (node config ``data``). With an
-    authority key file (CKKS, ``ckks_key_holder = "authority"``), one more SuperNode plays the key authority."""
+    """One ``--node-config`` table per SuperNode; ``node_data[k]``: node ``k``'s own data (node config ``data``);
+    ``state_root``: where node ``k`` keeps its client's state across restarts (``state_root/node-k``, node config
+    ``state-dir``). With an authority key file (CKKS, ``ckks_key_holder = "authority"``), one more SuperNode plays the
+    key authority."""
     key_files = key_files or {}
     keys = {"ckks-keys": str(key_files["clients"])} if "clients" in key_files else {}
     tables = [{"partition-id": k, "num-partitions": num_clients, "config": str(config_path), **keys} for k in range(num_clients)]
     for table, path in zip(tables, node_data or (), strict=False):
         table["data"] = str(Path(path).resolve())
+    if state_root is not None:
+        for k, table in enumerate(tables):
+            table[STATE_DIR_KEY] = str(Path(state_root) / f"node-{k}")
     if "authority" in key_files:
         tables.append({"role": AUTHORITY_ROLE, "config": str(config_path), "ckks-keys": str(key_files["authority"])})
     return tables
@@ -114,7 +123,7 @@ def deploy(
     work.mkdir(parents=True, exist_ok=True)
     config_path.write_text(config.to_toml())
     key_files = write_key_files(config, work)
-    federation = LoopbackFederation(work, node_configs(config_path, n, key_files, node_data), secure=secure)
+    federation = LoopbackFederation(work, node_configs(config_path, n, key_files, node_data, state_root=work / "node-state"), secure=secure)
     try:
         with federation:
             log.info(

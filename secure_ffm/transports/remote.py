@@ -54,6 +54,9 @@ Packed = tuple[str, NamedArrays]
 """A packed value: JSON text and the named arrays it refers to (:func:`secure_ffm.engine.codec.pack`)."""
 AUTHORITY_ROLE = "authority"
 """Node config ``role`` of the SuperNode that plays CKKS's key authority (``ckks_key_holder = "authority"``)."""
+STATE_DIR_KEY = "state-dir"
+"""Node config: the folder where a node keeps its client's private state of each run across SuperNode restarts
+(:func:`secure_ffm.flower.app.save_state`)."""
 
 
 class DeploymentError(SecureFFMError):

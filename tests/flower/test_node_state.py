@@ -1,0 +1,94 @@
+"""A node's client state across SuperNode restarts (node config ``state-dir``).
+
+Flower 1.41 keeps ``context.state`` in the SuperNode's memory only, so a restarted SuperNode started the run's client
+afresh: a new secret, an empty DP ledger and answer count, and the ε it reported covered only what it answered since.
+"""
+
+import os
+import stat
+
+import pytest
+from flwr.app import Context, RecordDict
+
+from secure_ffm.config import config_from_dict
+from secure_ffm.engine.codec import from_bytes, pack, to_bytes, unpack
+from secure_ffm.flower.app import node_answer, state_file
+from secure_ffm.privacy.noise import ANSWERS_KEY, CLIENT_SECRET_KEY
+from secure_ffm.run.simulation import Simulation, prepare_run
+from secure_ffm.transports.base import FitRequest
+from secure_ffm.transports.remote import FIT
+
+RAW = {
+    "run": {"seed": 2, "name": "node-state"},
+    "data": {"dataset": "digits", "max_train_examples": 200, "max_test_examples": 50, "num_clients": 2},
+    "model": {"arch": "cnn", "finetune": "full"},
+    "client": {"local_steps": 1, "batch_size": 16, "lr": 0.05},
+    "server": {"rounds": 4},
+    "privacy": {"mode": "dp-sgd", "target_epsilon": 4.0},
+}
+
+
+@pytest.fixture()
+def node(tmp_path):
+    """A node's config file and a way to make its Flower context (a fresh one stands for a restarted SuperNode)."""
+    config = config_from_dict(RAW)
+    path = tmp_path / "node.toml"
+    path.write_text(config.to_toml())
+    server = Simulation(prepare_run(config))
+
+    def context(*, run_id=7, state_dir=tmp_path / "state"):
+        node_config = {"partition-id": 0, "num-partitions": 2, "config": str(path)}
+        if state_dir is not None:
+            node_config["state-dir"] = str(state_dir)
+        return Context(run_id=run_id, node_id=11, node_config=node_config, state=RecordDict(), run_config={})
+
+    def fit(context, round):
+        request = {"round": round, "request": FitRequest(server.server.fit_instructions(round, [0, 1]))}
+        return unpack(*node_answer(FIT, pack(request), context))
+
+    return context, fit
+
+
+def test_a_restarted_supernode_resumes_its_clients_ledger_and_secret(node):
+    context, fit = node
+    before = context()
+    first = fit(before, 1)["ledger"]
+    path = state_file(before)
+    saved = from_bytes(path.read_bytes())
+    assert set(saved) == {"client", "schema"}  # the client's private state; never a round's protocol half
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600  # it holds the client's secret
+    restarted = context()  # the same run, an empty context.state
+    second = fit(restarted, 2)["ledger"]
+    assert second["steps"] == 2 * first["steps"] and second["epsilon"] > first["epsilon"]
+    client = from_bytes(path.read_bytes())["client"]
+    assert client[CLIENT_SECRET_KEY] == saved["client"][CLIENT_SECRET_KEY] and client[ANSWERS_KEY] == 2
+
+
+def test_without_a_state_dir_a_restart_starts_the_client_afresh(node):
+    context, fit = node
+    first = fit(context(state_dir=None), 1)["ledger"]
+    assert fit(context(state_dir=None), 2)["ledger"]["steps"] == first["steps"]  # what state-dir is for
+
+
+def test_another_run_on_the_same_node_starts_its_own_client(node):
+    context, fit = node
+    first = fit(context(run_id=7), 1)["ledger"]
+    assert fit(context(run_id=8), 1)["ledger"]["steps"] == first["steps"]
+    assert state_file(context(run_id=8)).name == "run-8.state"
+
+
+def test_a_damaged_state_file_is_refused_naming_the_node_config_key(node):
+    context, fit = node
+    path = state_file(context())
+    path.parent.mkdir(parents=True)
+    path.write_bytes(to_bytes([1, 2, 3]))
+    with pytest.raises(ValueError, match="state-dir"):
+        fit(context(), 1)
+
+
+def test_each_loopback_supernode_gets_its_own_state_dir(tmp_path):
+    from secure_ffm.flower.deploy import node_configs
+
+    tables = node_configs(tmp_path / "c.toml", 3, state_root=tmp_path / "node-state")
+    assert [t["state-dir"] for t in tables] == [str(tmp_path / "node-state" / f"node-{k}") for k in range(3)]
+    assert all("state-dir" not in t for t in node_configs(tmp_path / "c.toml", 3))
