@@ -419,6 +419,8 @@ class DistributedDPSGD(PrivacyMechanism):
                     "steps": int(dp.get("steps", 0)),
                     "rounds": int(dp.get("rounds", 0)),
                     "history": dp.get("ledger", {}).get("history", []),
+                    # a deployed node that started its client afresh: its ledgers composed (run.deployment.node_ledger_record)
+                    **({"node_restarts": len(dp["earlier_incarnations"])} if "earlier_incarnations" in dp else {}),
                 }
             )
         return {

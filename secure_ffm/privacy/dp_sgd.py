@@ -813,6 +813,8 @@ class DPSGD(PrivacyMechanism):
                     "planned_steps": int(dp.get("planned_steps", plan.planned_steps)),
                     "planned_epsilon": float(dp.get("planned_epsilon", plan.planned_epsilon)),
                     "history": dp.get("ledger", {}).get("history", []),
+                    # a deployed node that started its client afresh: its ledgers composed (run.deployment.node_ledger_record)
+                    **({"node_restarts": len(dp["earlier_incarnations"])} if "earlier_incarnations" in dp else {}),
                 }
             )
         eps = spread([c["epsilon"] for c in clients if c["rounds"] > 0])

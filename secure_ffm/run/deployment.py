@@ -21,6 +21,7 @@ from secure_ffm.config import Config
 from secure_ffm.data.node import DataSchema, load_node_data, node_federated_data
 from secure_ffm.engine.aggregation import AUTHORITY, AggregationProtocol
 from secure_ffm.errors import ConfigError
+from secure_ffm.privacy.accounting import PrivacyLedger
 from secure_ffm.run.simulation import RunObserver, Simulation, prepare_run
 from secure_ffm.transports.remote import (
     AUTHORITY_ROLE,
@@ -107,8 +108,9 @@ def server_run(
     key = prepared.privacy.client_ledger_key
     if key is not None:  # the server's view of a client: the ledger its node reports, as the node reports it
 
-        def keep_ledger(client_id: int, ledger: Mapping[str, Any]) -> None:
-            simulation.client_states.setdefault(client_id, {})[key] = dict(ledger)
+        def keep_ledger(client_id: int, ledger: Mapping[str, Any], incarnation: str | None) -> None:
+            state = simulation.client_states.setdefault(client_id, {})
+            state[key] = node_ledger_record(state.get(key), ledger, incarnation, client_id=client_id)
 
         transport.on_ledger = keep_ledger
     transport.connect()  # after the protocol is built: its stage messages must be registered before a reply decodes
@@ -137,6 +139,50 @@ def authority_session(config: Config, *, key_file: bytes | None) -> AuthoritySes
     protocol = PROTOCOLS.get(config.secure_aggregation.protocol).from_config(config.secure_aggregation, seed=config.run.seed)
     load_key_file(protocol, key_file, role=AUTHORITY_ROLE)
     return AuthoritySession(protocol=protocol, fingerprint=config_fingerprint(config.to_toml()))
+
+
+def node_ledger_record(
+    kept: Mapping[str, Any] | None, reported: Mapping[str, Any], incarnation: str | None, *, client_id: int = -1
+) -> dict[str, Any]:
+    """The server's record of a node's privacy ledger, from the record it ``kept`` and the ledger entry the node
+    ``reported`` (its client state's ``ledger``, ``epsilon``, ``steps``, ``rounds``, ...).
+
+    A node reports the ledger of its client state and that state's random ``incarnation`` token. A token other than the
+    kept one means the node started its client afresh (a SuperNode restarted without node config ``state-dir``): its
+    new ledger counts from zero, but its examples were used under the earlier one too. The record then composes the
+    ledgers of every incarnation (their histories in order, one accountant and δ): ``ledger``, ``epsilon``, ``steps``
+    and ``rounds`` are the composition's, ``node_report`` is what the node itself reports now and
+    ``earlier_incarnations`` the last report of each earlier one; the run logs a warning. With one incarnation the
+    record is the node's report as it is."""
+    earlier = [dict(e) for e in (kept or {}).get("earlier_incarnations", [])]
+    known = (kept or {}).get("incarnation")
+    if kept and incarnation is not None and known is not None and known != incarnation:
+        earlier.append({k: v for k, v in kept.get("node_report", kept).items() if k not in ("earlier_incarnations", "node_report")})
+        log.warning(
+            "client %d's node started its client afresh (a SuperNode restarted without state-dir?): its ledger counts from zero "
+            "again, so privacy.json composes it with the %d earlier one(s)",
+            client_id,
+            len(earlier),
+        )
+    record = dict(reported)
+    if incarnation is not None:
+        record["incarnation"] = incarnation
+    if not earlier:
+        return record
+    current = PrivacyLedger.from_json(reported["ledger"])
+    composed = PrivacyLedger(accountant=current.accountant, delta=current.delta)
+    for ledger in [*(PrivacyLedger.from_json(e["ledger"]) for e in earlier), current]:
+        for entry in ledger.history:
+            composed.record(noise_multiplier=entry.noise_multiplier, sample_rate=entry.sample_rate, steps=entry.steps)
+    record.update(
+        node_report=dict(reported, incarnation=incarnation),
+        earlier_incarnations=earlier,
+        ledger=composed.to_json(),
+        epsilon=composed.epsilon(),
+        steps=composed.steps,
+        rounds=sum(int(e.get("rounds", 0)) for e in earlier) + int(reported.get("rounds", 0)),
+    )
+    return record
 
 
 def node_session(
@@ -183,9 +229,11 @@ def node_session(
         log.info("node data %s: %d examples for client %d", data_path, len(examples), partition_id)
     simulation = Simulation(prepare_run(config, data=data))
     load_key_file(simulation.protocol, key_file, role="clients")
-    return client_session(
+    session = client_session(
         simulation, int(partition_id), state if state is not None else {}, fingerprint=config_fingerprint(config.to_toml())
     )
+    session.reports_incarnation = True
+    return session
 
 
 def client_session(simulation: Simulation, client_id: int, state: dict[str, Any], *, fingerprint: str = "") -> NodeSession:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import secrets
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -54,6 +55,10 @@ Packed = tuple[str, NamedArrays]
 """A packed value: JSON text and the named arrays it refers to (:func:`secure_ffm.engine.codec.pack`)."""
 AUTHORITY_ROLE = "authority"
 """Node config ``role`` of the SuperNode that plays CKKS's key authority (``ckks_key_holder = "authority"``)."""
+INCARNATION_KEY = "incarnation"
+"""Key of a node's client state holding a random token drawn when that state begins, reported beside its ledger: a
+token the server has not seen before for a client tells it the node started its client afresh (a SuperNode restarted
+without ``state-dir``), so it composes the ledgers of both (:func:`secure_ffm.run.deployment.node_ledger_record`)."""
 STATE_DIR_KEY = "state-dir"
 """Node config: the folder where a node keeps its client's private state of each run across SuperNode restarts
 (:func:`secure_ffm.flower.app.save_state`)."""
@@ -122,10 +127,11 @@ class RemoteTransport(Transport):
         *,
         fingerprint: str,
         num_clients: int,
-        on_ledger: Callable[[int, Mapping[str, Any]], None] | None = None,
+        on_ledger: Callable[[int, Mapping[str, Any], str | None], None] | None = None,
         schema: Any = None,
     ) -> None:
-        """``on_ledger(client, ledger)`` receives the privacy ledger a node reports with its fit reply. ``schema`` (a wire
+        """``on_ledger(client, ledger, incarnation)`` receives the privacy ledger a node reports with its fit reply
+        and the token of the client state it comes from (:data:`INCARNATION_KEY`). ``schema`` (a wire
         record: :class:`~secure_ffm.data.node.DataSchema`) goes with the hello, for nodes that hold their own data."""
         self.on_ledger = on_ledger
         self.schema = schema
@@ -251,7 +257,8 @@ class RemoteTransport(Transport):
         for client_id, answer in self._send(FIT, {c: {"round": round, "request": r} for c, r in requests.items()}):
             answered.add(client_id)
             if isinstance(answer, dict) and isinstance(answer.get("ledger"), dict) and self.on_ledger is not None:
-                self.on_ledger(client_id, answer["ledger"])
+                incarnation = answer.get("incarnation")
+                self.on_ledger(client_id, answer["ledger"], incarnation if isinstance(incarnation, str) else None)
             if isinstance(answer, AggregationError):
                 log.warning("round %d: client %d sent no update: %s", round, client_id, answer)
                 yield FitReply(client_id)
@@ -320,6 +327,9 @@ class NodeSession:
     ledger_key: str | None = None
     """The client state's entry that holds its privacy ledger (:attr:`~secure_ffm.privacy.mechanisms.PrivacyMechanism.client_ledger_key`):
     reported with each fit reply, so the server can gather the ledgers. Nothing else of the state leaves the node."""
+    reports_incarnation: bool = False
+    """A deployed node reports, beside its ledger, the random token of the client state it comes from
+    (:data:`INCARNATION_KEY`); a pool worker's session does not (its run's process holds the state)."""
 
     def handle(self, kind: str, packed: Packed) -> Packed:
         """The packed reply to one packed request; a refusal raises (the server sees this node drop out of the stage)."""
@@ -374,7 +384,11 @@ class NodeSession:
     def _ledger(self) -> dict[str, Any]:
         if self.ledger_key is None or self.ledger_key not in self._client_state():
             return {}
-        return {"ledger": self._client_state()[self.ledger_key]}
+        state = self._client_state()
+        if not self.reports_incarnation:
+            return {"ledger": state[self.ledger_key]}
+        incarnation = state.setdefault(INCARNATION_KEY, secrets.token_hex(8))  # random: it says nothing of the secret
+        return {"ledger": state[self.ledger_key], "incarnation": incarnation}
 
     def _evaluate(self, request: Mapping[str, Any]) -> dict[str, float]:
         parameters = {str(k): np.asarray(v) for k, v in request["parameters"].items()}

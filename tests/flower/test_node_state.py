@@ -92,3 +92,49 @@ def test_each_loopback_supernode_gets_its_own_state_dir(tmp_path):
     tables = node_configs(tmp_path / "c.toml", 3, state_root=tmp_path / "node-state")
     assert [t["state-dir"] for t in tables] == [str(tmp_path / "node-state" / f"node-{k}") for k in range(3)]
     assert all("state-dir" not in t for t in node_configs(tmp_path / "c.toml", 3))
+
+
+# ---------------------------------------------------------------- the server composes the ledgers of a restarted node
+
+
+def test_the_server_composes_the_ledgers_of_a_node_that_started_its_client_afresh(node, caplog):
+    from secure_ffm.privacy.accounting import PrivacyLedger
+    from secure_ffm.run.deployment import node_ledger_record
+
+    context, fit = node
+    first = fit(context(state_dir=None), 1)
+    again = fit(context(state_dir=None), 2)  # restarted without state-dir: a new client state, a new token
+    assert first["incarnation"] != again["incarnation"]
+    kept = node_ledger_record(None, first["ledger"], first["incarnation"], client_id=0)
+    assert kept == {**first["ledger"], "incarnation": first["incarnation"]}  # one incarnation: the report as it is
+    with caplog.at_level("WARNING", logger="secure_ffm.run.deployment"):
+        record = node_ledger_record(kept, again["ledger"], again["incarnation"], client_id=0)
+    assert "started its client afresh" in caplog.text
+    both = PrivacyLedger.from_json(first["ledger"]["ledger"])
+    for entry in PrivacyLedger.from_json(again["ledger"]["ledger"]).history:
+        both.record(noise_multiplier=entry.noise_multiplier, sample_rate=entry.sample_rate, steps=entry.steps)
+    assert record["epsilon"] == pytest.approx(both.epsilon(), rel=1e-12)
+    assert record["epsilon"] > again["ledger"]["epsilon"] == record["node_report"]["epsilon"]
+    assert record["steps"] == 2 * again["ledger"]["steps"] and record["rounds"] == 2
+    later = node_ledger_record(record, again["ledger"], again["incarnation"], client_id=0)  # the same incarnation again
+    assert later["epsilon"] == record["epsilon"] and len(later["earlier_incarnations"]) == 1
+
+
+def test_with_a_state_dir_the_token_survives_the_restart_and_nothing_is_composed(node):
+    from secure_ffm.run.deployment import node_ledger_record
+
+    context, fit = node
+    first, again = fit(context(), 1), fit(context(), 2)
+    assert first["incarnation"] == again["incarnation"]
+    record = node_ledger_record(node_ledger_record(None, first["ledger"], first["incarnation"]), again["ledger"], again["incarnation"])
+    assert "earlier_incarnations" not in record and record["steps"] == again["ledger"]["steps"]
+
+
+def test_a_pool_workers_session_reports_no_token():
+    from secure_ffm.run.deployment import client_session
+
+    simulation = Simulation(prepare_run(config_from_dict(RAW)))
+    request = {"round": 1, "request": FitRequest(simulation.server.fit_instructions(1, [0, 1]))}
+    session = client_session(simulation, 0, {})
+    answer = session.answer(FIT, request)
+    assert "ledger" in answer and "incarnation" not in answer and "incarnation" not in session.state["client"]
