@@ -13,6 +13,7 @@ What is not yet supported on a deployment is refused up front, naming the key (:
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -110,7 +111,10 @@ def server_run(
 
         def keep_ledger(client_id: int, ledger: Mapping[str, Any], incarnation: str | None) -> None:
             state = simulation.client_states.setdefault(client_id, {})
-            state[key] = node_ledger_record(state.get(key), ledger, incarnation, client_id=client_id)
+            try:
+                state[key] = node_ledger_record(state.get(key), ledger, incarnation, client_id=client_id)
+            except ValueError as error:  # a node's report is input: a malformed one must not end the run
+                log.warning("client %d's node reported a ledger the server cannot use (%s); its last one is kept", client_id, error)
 
         transport.on_ledger = keep_ledger
     transport.connect()  # after the protocol is built: its stage messages must be registered before a reply decodes
@@ -141,6 +145,37 @@ def authority_session(config: Config, *, key_file: bytes | None) -> AuthoritySes
     return AuthoritySession(protocol=protocol, fingerprint=config_fingerprint(config.to_toml()))
 
 
+NODE_LEDGER_NUMBERS = (
+    "epsilon",
+    "steps",
+    "rounds",
+    "num_examples",
+    "sample_rate",
+    "noise_multiplier",
+    "delta",
+    "planned_steps",
+    "planned_epsilon",
+)
+"""The numbers of a node's ledger report that the server's ``privacy.json`` and metrics read."""
+MAX_INCARNATION_CHARS = 64
+
+
+def check_node_ledger(reported: Any, incarnation: Any) -> None:
+    """Raise ValueError unless a node's ledger report is one the server can use: a table whose ``ledger`` is a privacy
+    ledger (:meth:`~secure_ffm.privacy.accounting.PrivacyLedger.from_json`), whose numbers are finite and non-negative,
+    and a short text token (or none). A node's report is input like any message: a malformed one used to end the run
+    where the server first read it (the round's metrics, or ``privacy.json`` at the end)."""
+    if not isinstance(reported, Mapping):
+        raise ValueError(f"the report is a {type(reported).__name__}, not a table")
+    PrivacyLedger.from_json(reported.get("ledger") if isinstance(reported.get("ledger"), Mapping) else {})
+    for name in NODE_LEDGER_NUMBERS:
+        value = reported.get(name, 0)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+            raise ValueError(f"{name} is {value!r}, not a finite non-negative number")
+    if incarnation is not None and (not isinstance(incarnation, str) or len(incarnation) > MAX_INCARNATION_CHARS):
+        raise ValueError(f"its incarnation token is not a text of at most {MAX_INCARNATION_CHARS} characters")
+
+
 def node_ledger_record(
     kept: Mapping[str, Any] | None, reported: Mapping[str, Any], incarnation: str | None, *, client_id: int = -1
 ) -> dict[str, Any]:
@@ -154,6 +189,7 @@ def node_ledger_record(
     and ``rounds`` are the composition's, ``node_report`` is what the node itself reports now and
     ``earlier_incarnations`` the last report of each earlier one; the run logs a warning. With one incarnation the
     record is the node's report as it is."""
+    check_node_ledger(reported, incarnation)
     earlier = [dict(e) for e in (kept or {}).get("earlier_incarnations", [])]
     known = (kept or {}).get("incarnation")
     if kept and incarnation is not None and known is not None and known != incarnation:

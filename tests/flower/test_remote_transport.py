@@ -9,11 +9,11 @@ from direct_link import FreshProcessLink
 from safetensors.numpy import load_file
 
 from secure_ffm.config import load_config
-from secure_ffm.engine.codec import from_bytes, unpack
+from secure_ffm.engine.codec import from_bytes, pack, unpack
 from secure_ffm.errors import ConfigError
 from secure_ffm.run.deployment import server_run
 from secure_ffm.run.simulation import Simulation, prepare_run, without_timings
-from secure_ffm.transports.remote import DeploymentError, LinkReply
+from secure_ffm.transports.remote import FIT, DeploymentError, LinkReply
 
 BASE = digits_cnn_toml()
 
@@ -150,6 +150,42 @@ def test_dp_sgd_over_the_link_keeps_each_ledger_on_its_node_and_privacy_json_gat
     held = json.loads((newest / "state.json").read_text())["client_states"]
     assert all(set(state) == {"dp_sgd"} for state in held.values())
     assert all("dp_sgd" in from_bytes(saved)["client"] for saved in link.saved.values())  # each node keeps its own ledger
+
+
+class LyingLedgerLink(FreshProcessLink):
+    """Node 1 answers every fit with its update but a ledger report the server cannot use (``damage``)."""
+
+    def __init__(self, config, partitions, damage):
+        super().__init__(config, partitions)
+        self.damage = damage
+
+    def request(self, kind, bodies):
+        for reply in super().request(kind, bodies):
+            if kind == FIT and reply.node == 1 and reply.packed is not None:
+                answer = unpack(*reply.packed)
+                answer["ledger"], answer["incarnation"] = self.damage(dict(answer["ledger"]), answer["incarnation"])
+                reply = LinkReply(1, pack(answer))
+            yield reply
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda ledger, token: ({**ledger, "epsilon": "tiny"}, token),
+        lambda ledger, token: ({**ledger, "steps": -3}, token),
+        lambda ledger, token: ({**ledger, "ledger": {"format": "nonsense"}}, token),
+        lambda ledger, token: (ledger, "x" * 10_000),
+    ],
+    ids=["text-epsilon", "negative-steps", "not-a-ledger", "huge-token"],
+)
+def test_a_node_reporting_a_malformed_ledger_does_not_end_the_run(tmp_path, damage, caplog):
+    """A node's ledger report is input: it used to end the server's run where the round's metrics first read it."""
+    config = config_of(tmp_path, BASE + DP_SGD)
+    with caplog.at_level("WARNING", logger="secure_ffm.run.deployment"):
+        server_run(config, LyingLedgerLink(config, {0: 0, 1: 1, 2: 2}, damage), out_dir=tmp_path / "remote")
+    assert "cannot use" in caplog.text
+    clients = json.loads((tmp_path / "remote" / "privacy.json").read_text())["clients"]
+    assert clients[1]["rounds"] == 0 and all(c["rounds"] == 2 for k, c in enumerate(clients) if k != 1)
 
 
 def test_distributed_dp_sgd_under_masking_over_the_link_equals_in_process(tmp_path):
