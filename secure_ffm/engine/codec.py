@@ -227,8 +227,12 @@ class _Unpacker:
         values = {k: self.unpack(v) for k, v in fields.items()}
         for key, value in values.items():
             expected = hints.get(key)
-            if expected is not None and not isinstance(value, expected):
-                raise CodecError(f"packed {name}.{key} is a {type(value).__name__}, not a {expected.__name__}")
+            if expected is None:
+                continue
+            if isinstance(expected, _MappingOf):
+                expected.check(f"packed {name}.{key}", value)
+            elif not isinstance(value, expected):
+                raise CodecError(f"packed {name}.{key} is a {type(value).__name__}, not a {_type_name(expected)}")
         try:
             return cls(**values)
         except (TypeError, ValueError) as error:
@@ -236,7 +240,7 @@ class _Unpacker:
 
 
 @functools.lru_cache(maxsize=None)
-def _schema(cls: type) -> tuple[frozenset[str], frozenset[str], dict[str, type]]:
+def _schema(cls: type) -> tuple[frozenset[str], frozenset[str], dict[str, Any]]:
     """A wire record's declared fields, its required fields and :func:`_plain_hints`, computed once per class
     (``typing.get_type_hints`` evaluates the annotations' strings: about half of a worker pool's decoding time)."""
     fields = [f for f in dataclasses.fields(cls) if f.init]
@@ -245,16 +249,43 @@ def _schema(cls: type) -> tuple[frozenset[str], frozenset[str], dict[str, type]]
     return declared, required, _plain_hints(cls)
 
 
-def _plain_hints(cls: type) -> dict[str, type]:
-    """The fields of ``cls`` annotated with a plain scalar type (int, float, str, bytes, bool), to check on decode."""
+@dataclasses.dataclass(frozen=True)
+class _MappingOf:
+    """A ``Mapping[str, X]`` field with a plain scalar ``X``: every key a ``str``, every value an ``X`` (e.g. a client
+    message's ``metrics``, which the server adds up: a text among them used to end the run there)."""
+
+    value: type | tuple[type, ...]
+
+    def check(self, where: str, mapping: Any) -> None:
+        if not isinstance(mapping, Mapping):
+            raise CodecError(f"{where} is a {type(mapping).__name__}, not a table")
+        for key, item in mapping.items():
+            if not isinstance(key, str) or not isinstance(item, self.value):
+                raise CodecError(f"{where}[{key!r}] is a {type(item).__name__}, not a {_type_name(self.value)}")
+
+
+def _type_name(expected: Any) -> str:
+    return " or ".join(t.__name__ for t in expected) if isinstance(expected, tuple) else expected.__name__
+
+
+def _plain(hint: Any) -> type | tuple[type, ...]:
+    return (int, float) if hint is float else hint
+
+
+def _plain_hints(cls: type) -> dict[str, Any]:
+    """The fields of ``cls`` annotated with a plain scalar type (int, float, str, bytes, bool), or a ``Mapping`` from
+    ``str`` to one (:class:`_MappingOf`), to check on decode."""
     try:
         hints = typing.get_type_hints(cls)
     except (NameError, TypeError):
         return {}
-    plain: dict[str, type] = {}
+    plain: dict[str, Any] = {}
     for key, hint in hints.items():
         if hint in _PLAIN:
-            plain[key] = (int, float) if hint is float else hint  # type: ignore[assignment]
+            plain[key] = _plain(hint)
+        elif typing.get_origin(hint) in (Mapping, dict) and len(args := typing.get_args(hint)) == 2:
+            if args[0] is str and args[1] in _PLAIN:
+                plain[key] = _MappingOf(_plain(args[1]))
     return plain
 
 

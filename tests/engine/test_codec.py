@@ -84,6 +84,30 @@ def test_a_record_with_a_wrong_field_type_or_missing_field_is_refused():
         unpack(json.dumps(tree), arrays)
 
 
+@pytest.mark.parametrize(
+    ("metrics", "problem"),
+    [
+        ({"train_seconds": "0.5"}, "metrics['train_seconds'] is a str, not a int or float"),
+        ({"train_loss": [1.0]}, "metrics['train_loss'] is a list"),
+        ({"steps": None}, "metrics['steps'] is a NoneType"),
+        ([["steps", 1.0]], "metrics is a list, not a table"),
+    ],
+    ids=["text", "list", "null", "not-a-table"],
+)
+def test_a_client_messages_metrics_must_be_numbers(metrics, problem):
+    """The server adds the metrics up (train_seconds, the loss mean): a text among them ended its run there."""
+    text, arrays = pack(ClientMessage(1, 2, {"w": np.zeros(3, dtype=np.float32)}, 10, {"steps": 1.0}))
+    tree = json.loads(text)
+    tree["f"]["metrics"] = json.loads(pack(metrics)[0])
+    with pytest.raises(CodecError, match=problem.replace("[", r"\[").replace("]", r"\]")):
+        unpack(json.dumps(tree), arrays)
+
+
+def test_numeric_metrics_nan_included_still_round_trip():
+    message = roundtrip(ClientMessage(1, 2, {"w": np.zeros(3, dtype=np.float32)}, 10, {"steps": 2, "train_loss": float("nan")}))
+    assert message.metrics["steps"] == 2 and np.isnan(message.metrics["train_loss"])
+
+
 def test_a_missing_array_reference_is_refused():
     with pytest.raises(CodecError, match="missing array"):
         unpack(json.dumps({"$b": "a7"}), {})

@@ -1,5 +1,6 @@
 """The remote transport and node sessions, through a link that rebuilds each node per message (no Flower processes)."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -186,6 +187,26 @@ def test_a_node_reporting_a_malformed_ledger_does_not_end_the_run(tmp_path, dama
     assert "cannot use" in caplog.text
     clients = json.loads((tmp_path / "remote" / "privacy.json").read_text())["clients"]
     assert clients[1]["rounds"] == 0 and all(c["rounds"] == 2 for k, c in enumerate(clients) if k != 1)
+
+
+class TextMetricLink(FreshProcessLink):
+    """Node 1 answers every fit with its update and a text among its metrics."""
+
+    def request(self, kind, bodies):
+        for reply in super().request(kind, bodies):
+            if kind == FIT and reply.node == 1 and reply.packed is not None:
+                answer = unpack(*reply.packed)
+                message = answer["message"]
+                answer["message"] = dataclasses.replace(message, metrics={**message.metrics, "train_seconds": "a while"})
+                reply = LinkReply(1, pack(answer))
+            yield reply
+
+
+def test_a_node_sending_a_text_metric_is_left_out_and_the_run_goes_on(tmp_path):
+    """The server adds the clients' train_seconds up: a text there used to end its run with TypeError."""
+    config = config_of(tmp_path, BASE)
+    server_run(config, TextMetricLink(config, {0: 0, 1: 1, 2: 2}), out_dir=tmp_path / "remote")
+    assert [r["clients"] for r in rows(tmp_path / "remote")] == [[0, 2], [0, 2]]
 
 
 def test_distributed_dp_sgd_under_masking_over_the_link_equals_in_process(tmp_path):
