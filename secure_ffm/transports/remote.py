@@ -82,6 +82,16 @@ class LinkReply:
     error: str | None = None
 
 
+def _hello_integer(hello: Any, key: str) -> int:
+    """``hello[key]`` when it is an integer (a client id, an example count); ValueError otherwise. A count the server
+    weighs clients by must be a whole number: ``int()`` of a float ``inf`` raised OverflowError, which nothing caught,
+    and a negative count made a round's weight bound negative."""
+    value = hello[key] if isinstance(hello, Mapping) else None
+    if isinstance(value, bool) or not isinstance(value, int) or (value < 0 and key != "client_id"):
+        raise ValueError(f"its hello gives {key} = {value!r}, not a non-negative integer")
+    return value
+
+
 def hello_schema(packed: Packed) -> Any:
     """The data schema a packed hello request carries (None if none), read before a node builds its session."""
     request = unpack(*packed)
@@ -159,7 +169,8 @@ class RemoteTransport(Transport):
         for reply in self.link.request(HELLO, {node: body for node in nodes}):
             try:
                 hello = self._decode(reply)
-                client_id, count, fingerprint = int(hello["client_id"]), int(hello["num_examples"]), str(hello["fingerprint"])
+                client_id, count = _hello_integer(hello, "client_id"), _hello_integer(hello, "num_examples")
+                fingerprint = str(hello["fingerprint"])
             except (AggregationError, KeyError, TypeError, ValueError) as error:
                 self.refused[reply.node] = str(error)
                 log.error("node %d is refused: %s", reply.node, error)

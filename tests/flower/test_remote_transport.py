@@ -14,7 +14,7 @@ from secure_ffm.engine.codec import from_bytes, pack, unpack
 from secure_ffm.errors import ConfigError
 from secure_ffm.run.deployment import server_run
 from secure_ffm.run.simulation import Simulation, prepare_run, without_timings
-from secure_ffm.transports.remote import FIT, DeploymentError, LinkReply
+from secure_ffm.transports.remote import FIT, HELLO, DeploymentError, LinkReply
 
 BASE = digits_cnn_toml()
 
@@ -124,6 +124,29 @@ def test_a_node_with_a_partition_out_of_range_is_refused(tmp_path):
     link = FreshProcessLink(config, {0: 0, 1: 1, 2: 7})
     with pytest.raises(DeploymentError, match=r"node 2 answered with an error: ConfigError: partition-id: 7 is outside 0..2"):
         server_run(config, link, out_dir=tmp_path / "remote")
+
+
+class HelloLink(FreshProcessLink):
+    """Node 2 answers the hello with ``num_examples`` replaced."""
+
+    def __init__(self, config, partitions, count):
+        super().__init__(config, partitions)
+        self.count = count
+
+    def request(self, kind, bodies):
+        for reply in super().request(kind, bodies):
+            if kind == HELLO and reply.node == 2:
+                reply = LinkReply(2, pack({**unpack(*reply.packed), "num_examples": self.count}))
+            yield reply
+
+
+@pytest.mark.parametrize("count", [float("inf"), -5, 1.5, "40", True], ids=["inf", "negative", "fraction", "text", "bool"])
+def test_a_hello_with_an_example_count_that_is_no_count_is_refused_by_name(tmp_path, count):
+    """``int(inf)`` raised OverflowError past the hello's checks, and a negative count made a round's weight bound negative."""
+    config = config_of(tmp_path, BASE)
+    with pytest.raises(DeploymentError, match=r"node 2: its hello gives num_examples = .*, not a non-negative integer"):
+        server_run(config, HelloLink(config, {0: 0, 1: 1, 2: 2}, count), out_dir=tmp_path / "remote")
+    assert not (tmp_path / "remote").exists()
 
 
 def test_simulated_dropouts_are_refused_on_a_deployment(tmp_path):
