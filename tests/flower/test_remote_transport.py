@@ -22,6 +22,11 @@ MASKING = '[secure_aggregation]\nprotocol = "masking"\n'
 REPRODUCIBLE = "[privacy]\nreproducible_noise = true\n"
 
 
+def rewritten(change):
+    """A :class:`TamperingLink` ``tamper`` that rewrites the unpacked answer: ``change(answer) -> answer``."""
+    return lambda packed: pack(change(unpack(*packed)))
+
+
 def config_of(tmp_path, text, name="c.toml"):
     path = tmp_path / name
     path.write_text(text)
@@ -126,26 +131,14 @@ def test_a_node_with_a_partition_out_of_range_is_refused(tmp_path):
         server_run(config, link, out_dir=tmp_path / "remote")
 
 
-class HelloLink(FreshProcessLink):
-    """Node 2 answers the hello with ``num_examples`` replaced."""
-
-    def __init__(self, config, partitions, count):
-        super().__init__(config, partitions)
-        self.count = count
-
-    def request(self, kind, bodies):
-        for reply in super().request(kind, bodies):
-            if kind == HELLO and reply.node == 2:
-                reply = LinkReply(2, pack({**unpack(*reply.packed), "num_examples": self.count}))
-            yield reply
-
-
 @pytest.mark.parametrize("count", [float("inf"), -5, 1.5, "40", True], ids=["inf", "negative", "fraction", "text", "bool"])
 def test_a_hello_with_an_example_count_that_is_no_count_is_refused_by_name(tmp_path, count):
     """``int(inf)`` raised OverflowError past the hello's checks, and a negative count made a round's weight bound negative."""
     config = config_of(tmp_path, BASE)
     with pytest.raises(DeploymentError, match=r"node 2: its hello gives num_examples = .*, not a non-negative integer"):
-        server_run(config, HelloLink(config, {0: 0, 1: 1, 2: 2}, count), out_dir=tmp_path / "remote")
+        change = rewritten(lambda hello: {**hello, "num_examples": count})
+        link = TamperingLink(config, {0: 0, 1: 1, 2: 2}, victim=2, kind=HELLO, tamper=change)
+        server_run(config, link, out_dir=tmp_path / "remote")
     assert not (tmp_path / "remote").exists()
 
 
@@ -176,22 +169,6 @@ def test_dp_sgd_over_the_link_keeps_each_ledger_on_its_node_and_privacy_json_gat
     assert all("dp_sgd" in from_bytes(saved)["client"] for saved in link.saved.values())  # each node keeps its own ledger
 
 
-class LyingLedgerLink(FreshProcessLink):
-    """Node 1 answers every fit with its update but a ledger report the server cannot use (``damage``)."""
-
-    def __init__(self, config, partitions, damage):
-        super().__init__(config, partitions)
-        self.damage = damage
-
-    def request(self, kind, bodies):
-        for reply in super().request(kind, bodies):
-            if kind == FIT and reply.node == 1 and reply.packed is not None:
-                answer = unpack(*reply.packed)
-                answer["ledger"], answer["incarnation"] = self.damage(dict(answer["ledger"]), answer["incarnation"])
-                reply = LinkReply(1, pack(answer))
-            yield reply
-
-
 @pytest.mark.parametrize(
     "damage",
     [
@@ -206,29 +183,26 @@ def test_a_node_reporting_a_malformed_ledger_does_not_end_the_run(tmp_path, dama
     """A node's ledger report is input: it used to end the server's run where the round's metrics first read it."""
     config = config_of(tmp_path, BASE + DP_SGD)
     with caplog.at_level("WARNING", logger="secure_ffm.run.deployment"):
-        server_run(config, LyingLedgerLink(config, {0: 0, 1: 1, 2: 2}, damage), out_dir=tmp_path / "remote")
+        ledger, token = "ledger", "incarnation"
+        change = rewritten(lambda answer: {**answer, **dict(zip((ledger, token), damage(answer[ledger], answer[token]), strict=True))})
+        server_run(config, TamperingLink(config, {0: 0, 1: 1, 2: 2}, victim=1, kind=FIT, tamper=change), out_dir=tmp_path / "remote")
     assert "cannot use" in caplog.text
     clients = json.loads((tmp_path / "remote" / "privacy.json").read_text())["clients"]
     assert clients[1]["rounds"] == 0 and all(c["rounds"] == 2 for k, c in enumerate(clients) if k != 1)
 
 
-class TextMetricLink(FreshProcessLink):
-    """Node 1 answers every fit with its update and a text among its metrics."""
-
-    def request(self, kind, bodies):
-        for reply in super().request(kind, bodies):
-            if kind == FIT and reply.node == 1 and reply.packed is not None:
-                answer = unpack(*reply.packed)
-                message = answer["message"]
-                answer["message"] = dataclasses.replace(message, metrics={**message.metrics, "train_seconds": "a while"})
-                reply = LinkReply(1, pack(answer))
-            yield reply
-
-
 def test_a_node_sending_a_text_metric_is_left_out_and_the_run_goes_on(tmp_path):
     """The server adds the clients' train_seconds up: a text there used to end its run with TypeError."""
     config = config_of(tmp_path, BASE)
-    server_run(config, TextMetricLink(config, {0: 0, 1: 1, 2: 2}), out_dir=tmp_path / "remote")
+
+    def text_metric(answer):
+        return {
+            **answer,
+            "message": dataclasses.replace(answer["message"], metrics={**answer["message"].metrics, "train_seconds": "a while"}),
+        }
+
+    link = TamperingLink(config, {0: 0, 1: 1, 2: 2}, victim=1, kind=FIT, tamper=rewritten(text_metric))
+    server_run(config, link, out_dir=tmp_path / "remote")
     assert [r["clients"] for r in rows(tmp_path / "remote")] == [[0, 2], [0, 2]]
 
 
