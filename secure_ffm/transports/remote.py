@@ -82,6 +82,16 @@ class LinkReply:
     error: str | None = None
 
 
+MAX_REASON_CHARS = 500
+"""The most of a node's reason for declining that the server keeps (``skipped_reasons`` in ``metrics.jsonl``)."""
+
+
+def _reason(text: str) -> str:
+    """A node's reason for declining, as the server records it: at most :data:`MAX_REASON_CHARS` characters (a node's
+    text is input; the project's own reasons are under 300)."""
+    return text if len(text) <= MAX_REASON_CHARS else text[: MAX_REASON_CHARS - 1] + "…"
+
+
 def _hello_integer(hello: Any, key: str) -> int:
     """``hello[key]`` when it is an integer (a client id, an example count); ValueError otherwise. A count the server
     weighs clients by must be a whole number: ``int()`` of a float ``inf`` raised OverflowError, which nothing caught,
@@ -274,7 +284,7 @@ class RemoteTransport(Transport):
                 log.warning("round %d: client %d sent no update: %s", round, client_id, answer)
                 yield FitReply(client_id)
             elif isinstance(answer, dict) and isinstance(answer.get("declined"), str):
-                yield FitReply(client_id, declined=answer["declined"])
+                yield FitReply(client_id, declined=_reason(answer["declined"]))
             elif isinstance(answer, dict) and isinstance(answer.get("message"), ClientMessage):
                 message = answer["message"]
                 if message.client_id != client_id or message.round != round:

@@ -206,6 +206,14 @@ def test_a_node_sending_a_text_metric_is_left_out_and_the_run_goes_on(tmp_path):
     assert [r["clients"] for r in rows(tmp_path / "remote")] == [[0, 2], [0, 2]]
 
 
+def test_a_nodes_reason_for_declining_is_kept_short(tmp_path):
+    config = config_of(tmp_path, BASE.replace("rounds = 2", "rounds = 1"))
+    link = TamperingLink(config, {0: 0, 1: 1, 2: 2}, victim=1, kind=FIT, tamper=rewritten(lambda answer: {"declined": "x" * 100_000}))
+    server_run(config, link, out_dir=tmp_path / "remote")
+    row = rows(tmp_path / "remote")[0]
+    assert row["skipped_clients"] == [1] and len(row["skipped_reasons"]["1"]) == 500
+
+
 def test_distributed_dp_sgd_under_masking_over_the_link_equals_in_process(tmp_path):
     privacy = '[privacy]\nmode = "distributed-dp-sgd"\ntarget_epsilon = 8.0\nreproducible_noise = true\n'
     config = config_of(tmp_path, BASE.replace("rounds = 2", "rounds = 2\nclients_per_round = 3") + MASKING + privacy)
