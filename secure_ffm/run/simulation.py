@@ -765,7 +765,7 @@ class Simulation:
                 "num_examples": len(data.client_indices[k]),
                 "label_histogram": list(data.label_histograms[k]),
             }
-            if client_eval is not None:
+            if client_eval is not None and k in client_eval:  # a node that did not evaluate has none
                 entry["final_eval"] = dict(client_eval[k])
             clients.append(entry)
         return {

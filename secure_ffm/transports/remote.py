@@ -92,6 +92,21 @@ def _reason(text: str) -> str:
     return text if len(text) <= MAX_REASON_CHARS else text[: MAX_REASON_CHARS - 1] + "…"
 
 
+def _evaluation(answer: Any) -> dict[str, float | None]:
+    """A node's evaluation answer as the server records it (``clients.json``): a table with ``loss`` and ``accuracy``
+    whose values are numbers or None (an objective without a macro F1, e.g. MLM); ValueError otherwise."""
+    if not isinstance(answer, Mapping) or not {"loss", "accuracy"} <= set(answer):
+        raise ValueError("it is not a table with loss and accuracy")
+    out: dict[str, float | None] = {}
+    for key, value in answer.items():
+        if not isinstance(key, str) or (value is not None and (isinstance(value, bool) or not isinstance(value, int | float))):
+            raise ValueError(f"{key!r} is {value!r}, not a number")
+        out[key] = None if value is None else float(value)
+    if out["accuracy"] is None:
+        raise ValueError("it gives no accuracy")
+    return out
+
+
 def _hello_integer(hello: Any, key: str) -> int:
     """``hello[key]`` when it is an integer (a client id, an example count); ValueError otherwise. A count the server
     weighs clients by must be a whole number: ``int()`` of a float ``inf`` raised OverflowError, which nothing caught,
@@ -312,8 +327,11 @@ class RemoteTransport(Transport):
         for client_id, answer in self._send(EVALUATE, {c: body for c in self.clients}):
             if isinstance(answer, AggregationError):
                 log.warning("client %d did not evaluate: %s", client_id, answer)
-            else:
-                results[client_id] = {str(k): float(v) for k, v in answer.items()}
+                continue
+            try:
+                results[client_id] = _evaluation(answer)
+            except ValueError as error:  # a node's answer is input: one the server cannot read is left out, not fatal
+                log.warning("client %d's evaluation is left out: %s", client_id, error)
         return results
 
 

@@ -14,7 +14,7 @@ from secure_ffm.engine.codec import from_bytes, pack, unpack
 from secure_ffm.errors import ConfigError
 from secure_ffm.run.deployment import server_run
 from secure_ffm.run.simulation import Simulation, prepare_run, without_timings
-from secure_ffm.transports.remote import FIT, HELLO, DeploymentError, LinkReply
+from secure_ffm.transports.remote import EVALUATE, FIT, HELLO, DeploymentError, LinkReply
 
 BASE = digits_cnn_toml()
 
@@ -212,6 +212,30 @@ def test_a_nodes_reason_for_declining_is_kept_short(tmp_path):
     server_run(config, link, out_dir=tmp_path / "remote")
     row = rows(tmp_path / "remote")[0]
     assert row["skipped_clients"] == [1] and len(row["skipped_reasons"]["1"]) == 500
+
+
+EVALUATE_CLIENTS = BASE.replace("rounds = 2", "rounds = 1\nevaluate_clients = true")
+
+
+@pytest.mark.parametrize(
+    ("answer", "kept"),
+    [
+        ({"loss": 0.5, "accuracy": 0.75, "macro_f1": None, "num_examples": 40.0}, True),  # no macro F1 (e.g. MLM): kept
+        ({"loss": 0.5, "accuracy": "high"}, False),
+        ({"loss": 0.5}, False),
+        (["loss", 0.5], False),
+    ],
+    ids=["none-allowed", "text", "no-accuracy", "not-a-table"],
+)
+def test_a_nodes_evaluation_is_recorded_only_when_the_server_can_read_it(tmp_path, answer, kept):
+    """``float()`` of each value ended the run on a text, and on the None an objective without macro F1 gives; a node
+    that did not evaluate then ended it again in clients.json."""
+    config = config_of(tmp_path, EVALUATE_CLIENTS)
+    link = TamperingLink(config, {0: 0, 1: 1, 2: 2}, victim=1, kind=EVALUATE, tamper=rewritten(lambda _: answer))
+    server_run(config, link, out_dir=tmp_path / "remote")
+    clients = json.loads((tmp_path / "remote" / "clients.json").read_text())["clients"]
+    assert ("final_eval" in clients[1]) is kept
+    assert all(0.0 <= clients[k]["final_eval"]["accuracy"] <= 1.0 for k in (0, 2))
 
 
 def test_distributed_dp_sgd_under_masking_over_the_link_equals_in_process(tmp_path):
