@@ -206,8 +206,7 @@ class FederatedClient:
     def train(self, ins: FitInstructions, *, randomness: PrivateRandomness | None = None) -> ClientUpdate:
         """Local training from the global parameters; returns the untransformed update. ``randomness``: the secret
         randomness of this answer (:meth:`fit` passes :meth:`answer_randomness`'s), else the client's own."""
-        if len(self.indices) == 0:
-            raise ClientDeclined("no training examples in this round's data")
+        self._require_examples()
         self.model.set_trainable(ins.parameters)
         training_seed = derive_seed(self.seed, TRAINING, ins.round, self.client_id)
         seed_torch(training_seed)  # dropout and any other torch-global draws
@@ -242,6 +241,10 @@ class FederatedClient:
             }
         return ClientUpdate(self.client_id, ins.round, delta, result.num_examples, metrics, statistics=statistics)
 
+    def _require_examples(self) -> None:
+        if len(self.indices) == 0:
+            raise ClientDeclined("no training examples in this round's data")
+
     def _may_send_importance(self, round: int) -> bool:
         if not self.rules.sends_importance:
             log.warning(
@@ -275,8 +278,7 @@ class FederatedClient:
         when there is none, for protocols without set-up); ``payload`` is its part of the fit request."""
         if encoder is None:
             encoder = self.protocol.client_round(self.client_id, ins.round)
-        if len(self.indices) == 0:  # before counting: a client with nothing to train spends no answer
-            raise ClientDeclined("no training examples in this round's data")
+        self._require_examples()  # before counting: a client with nothing to train spends no answer
         randomness = self.answer_randomness(ins.round)
         update = self.train(ins, randomness=randomness)
         start = time.perf_counter()

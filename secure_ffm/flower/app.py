@@ -303,7 +303,8 @@ def node_answer(kind: str, packed: Packed, context: Context) -> Packed:
         return session.handle(kind, packed)
     finally:
         context.state.config_records[STATE_KEY] = ConfigRecord({"state": to_bytes(session.state)})
-        save_state(saved_at, session.state, schema)
+        if kind in (HELLO, FIT):  # what state-dir keeps changes only there: no file written per protocol stage
+            save_state(saved_at, session.state, schema)
 
 
 client_app = ClientApp()

@@ -52,7 +52,15 @@ from secure_ffm.privacy import accounting
 from secure_ffm.privacy.accounting import PrivacyLedger
 from secure_ffm.privacy.distributed import DiscreteGaussianSum, minimum_shares
 from secure_ffm.privacy.dp_sgd import EPSILON_SLACK, nchw_convolution_inputs
-from secure_ffm.privacy.mechanisms import AuditReplay, PrivacyMechanism, check_extension, plan_header, planned_federated_rounds, spread
+from secure_ffm.privacy.mechanisms import (
+    AuditReplay,
+    PrivacyMechanism,
+    check_extension,
+    node_restart_fields,
+    plan_header,
+    planned_federated_rounds,
+    spread,
+)
 from secure_ffm.privacy.noise import DISCRETE_SHARE, DP_SGD_SAMPLING, NOISE_SHARE, NoisePolicy, NoiseStream, PrivateRandomness
 
 log = logging.getLogger(__name__)
@@ -419,8 +427,7 @@ class DistributedDPSGD(PrivacyMechanism):
                     "steps": int(dp.get("steps", 0)),
                     "rounds": int(dp.get("rounds", 0)),
                     "history": dp.get("ledger", {}).get("history", []),
-                    # a deployed node that started its client afresh: its ledgers composed (run.deployment.node_ledger_record)
-                    **({"node_restarts": len(dp["earlier_incarnations"])} if "earlier_incarnations" in dp else {}),
+                    **node_restart_fields(dp),
                 }
             )
         return {

@@ -34,7 +34,6 @@ import numpy as np
 from secure_ffm.config import Config, PrivacyConfig
 from secure_ffm.data.base import FederatedData
 from secure_ffm.engine.aggregation import PROTOCOLS, Aggregate, AggregateStep, AggregationProtocol
-from secure_ffm.engine.schedule import federated_rounds
 from secure_ffm.engine.transforms import TransformContext, UpdateTransform
 from secure_ffm.engine.wire import ClientUpdate, Scalar
 from secure_ffm.errors import ConfigError
@@ -42,7 +41,7 @@ from secure_ffm.privacy import accounting
 from secure_ffm.privacy.accounting import GaussianSteps, PrivacyLedger
 from secure_ffm.privacy.distributed import DiscreteGaussianShare, DiscreteGaussianSum, ScaleDiscreteSum, minimum_shares
 from secure_ffm.privacy.gaussian import add_gaussian_noise, clip_l2
-from secure_ffm.privacy.mechanisms import PrivacyMechanism, check_extension, plan_header, planned_federated_rounds
+from secure_ffm.privacy.mechanisms import PrivacyMechanism, check_extension, plan_header, planned_federated_rounds, run_federated_rounds
 from secure_ffm.privacy.noise import CENTRAL_NOISE, CLIENT_SAMPLING, NOISE_SHARE, NoisePolicy, NoiseStream
 
 log = logging.getLogger(__name__)
@@ -181,7 +180,7 @@ class DPFedAvg(PrivacyMechanism):
                 'set it to 0, or use privacy.mode = "dp-sgd" or "distributed-dp-sgd" (they noise only what a round trains)',
             )
         p = config.privacy
-        every = max(1, federated_rounds(config.ffm, stop=config.server.rounds))
+        every = run_federated_rounds(config)
         if p.planned_rounds and p.planned_rounds < every:
             raise ConfigError(
                 "privacy.planned_rounds",

@@ -40,7 +40,14 @@ from secure_ffm.models.objectives import Objective
 from secure_ffm.privacy import accounting
 from secure_ffm.privacy.accounting import GaussianSteps, PrivacyLedger, rounds_that_fit
 from secure_ffm.privacy.bookkeeping import unsupported_layer
-from secure_ffm.privacy.mechanisms import PrivacyMechanism, extension_refused, plan_header, planned_federated_rounds, spread
+from secure_ffm.privacy.mechanisms import (
+    PrivacyMechanism,
+    extension_refused,
+    node_restart_fields,
+    plan_header,
+    planned_federated_rounds,
+    spread,
+)
 from secure_ffm.privacy.noise import DP_SGD_NOISE, DP_SGD_SAMPLING, NoisePolicy, NoiseStream, PrivateRandomness
 
 log = logging.getLogger(__name__)
@@ -813,8 +820,7 @@ class DPSGD(PrivacyMechanism):
                     "planned_steps": int(dp.get("planned_steps", plan.planned_steps)),
                     "planned_epsilon": float(dp.get("planned_epsilon", plan.planned_epsilon)),
                     "history": dp.get("ledger", {}).get("history", []),
-                    # a deployed node that started its client afresh: its ledgers composed (run.deployment.node_ledger_record)
-                    **({"node_restarts": len(dp["earlier_incarnations"])} if "earlier_incarnations" in dp else {}),
+                    **node_restart_fields(dp),
                 }
             )
         eps = spread([c["epsilon"] for c in clients if c["rounds"] > 0])

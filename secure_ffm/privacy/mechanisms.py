@@ -233,10 +233,21 @@ def check_extension(
     )
 
 
+def run_federated_rounds(config: Config) -> int:
+    """The federated rounds ``server.rounds`` can hold under the FFM schedule (public units spend no budget; at least 1)."""
+    return max(1, federated_rounds(config.ffm, stop=config.server.rounds))
+
+
 def planned_federated_rounds(config: Config) -> int:
-    """The rounds a DP mechanism calibrates its noise for: ``privacy.planned_rounds`` when set, else the federated
-    rounds ``server.rounds`` can hold under the FFM schedule (public units spend no budget; at least 1)."""
-    return config.privacy.planned_rounds or max(1, federated_rounds(config.ffm, stop=config.server.rounds))
+    """The rounds a DP mechanism calibrates its noise for: ``privacy.planned_rounds`` when set, else
+    :func:`run_federated_rounds`."""
+    return config.privacy.planned_rounds or run_federated_rounds(config)
+
+
+def node_restart_fields(entry: Mapping[str, Any]) -> dict[str, int]:
+    """``node_restarts`` for a client's row of ``privacy.json`` when its deployed node started its client afresh and the
+    server composed its ledgers (:func:`secure_ffm.run.deployment.node_ledger_record`); nothing otherwise."""
+    return {"node_restarts": len(entry["earlier_incarnations"])} if "earlier_incarnations" in entry else {}
 
 
 def plan_header(plan: Mapping[str, Any]) -> str:

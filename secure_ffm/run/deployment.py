@@ -160,20 +160,21 @@ NODE_LEDGER_NUMBERS = (
 MAX_INCARNATION_CHARS = 64
 
 
-def check_node_ledger(reported: Any, incarnation: Any) -> None:
-    """Raise ValueError unless a node's ledger report is one the server can use: a table whose ``ledger`` is a privacy
+def check_node_ledger(reported: Any, incarnation: Any) -> PrivacyLedger:
+    """The privacy ledger of a node's report; ValueError unless the report is one the server can use: a table whose ``ledger`` is a privacy
     ledger (:meth:`~secure_ffm.privacy.accounting.PrivacyLedger.from_json`), whose numbers are finite and non-negative,
     and a short text token (or none). A node's report is input like any message: a malformed one used to end the run
     where the server first read it (the round's metrics, or ``privacy.json`` at the end)."""
     if not isinstance(reported, Mapping):
         raise ValueError(f"the report is a {type(reported).__name__}, not a table")
-    PrivacyLedger.from_json(reported.get("ledger") if isinstance(reported.get("ledger"), Mapping) else {})
+    ledger = PrivacyLedger.from_json(reported.get("ledger") if isinstance(reported.get("ledger"), Mapping) else {})
     for name in NODE_LEDGER_NUMBERS:
         value = reported.get(name, 0)
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
             raise ValueError(f"{name} is {value!r}, not a finite non-negative number")
     if incarnation is not None and (not isinstance(incarnation, str) or len(incarnation) > MAX_INCARNATION_CHARS):
         raise ValueError(f"its incarnation token is not a text of at most {MAX_INCARNATION_CHARS} characters")
+    return ledger
 
 
 def node_ledger_record(
@@ -189,7 +190,7 @@ def node_ledger_record(
     and ``rounds`` are the composition's, ``node_report`` is what the node itself reports now and
     ``earlier_incarnations`` the last report of each earlier one; the run logs a warning. With one incarnation the
     record is the node's report as it is."""
-    check_node_ledger(reported, incarnation)
+    current = check_node_ledger(reported, incarnation)
     earlier = [dict(e) for e in (kept or {}).get("earlier_incarnations", [])]
     known = (kept or {}).get("incarnation")
     if kept and incarnation is not None and known is not None and known != incarnation:
@@ -205,7 +206,6 @@ def node_ledger_record(
         record["incarnation"] = incarnation
     if not earlier:
         return record
-    current = PrivacyLedger.from_json(reported["ledger"])
     composed = PrivacyLedger(accountant=current.accountant, delta=current.delta)
     for ledger in [*(PrivacyLedger.from_json(e["ledger"]) for e in earlier), current]:
         for entry in ledger.history:

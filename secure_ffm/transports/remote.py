@@ -107,13 +107,14 @@ def _evaluation(answer: Any) -> dict[str, float | None]:
     return out
 
 
-def _hello_integer(hello: Any, key: str) -> int:
-    """``hello[key]`` when it is an integer (a client id, an example count); ValueError otherwise. A count the server
-    weighs clients by must be a whole number: ``int()`` of a float ``inf`` raised OverflowError, which nothing caught,
-    and a negative count made a round's weight bound negative."""
+def _hello_integer(hello: Any, key: str, *, non_negative: bool) -> int:
+    """``hello[key]`` when it is an integer (and, with ``non_negative``, at least 0); ValueError otherwise. A count the
+    server weighs clients by must be a whole number: ``int()`` of a float ``inf`` raised OverflowError, which nothing
+    caught, and a negative count made a round's weight bound negative. (A client id's range is checked by the caller:
+    -1 is the key authority's.)"""
     value = hello[key] if isinstance(hello, Mapping) else None
-    if isinstance(value, bool) or not isinstance(value, int) or (value < 0 and key != "client_id"):
-        raise ValueError(f"its hello gives {key} = {value!r}, not a non-negative integer")
+    if isinstance(value, bool) or not isinstance(value, int) or (non_negative and value < 0):
+        raise ValueError(f"its hello gives {key} = {value!r}, not a {'non-negative ' if non_negative else ''}integer")
     return value
 
 
@@ -194,7 +195,8 @@ class RemoteTransport(Transport):
         for reply in self.link.request(HELLO, {node: body for node in nodes}):
             try:
                 hello = self._decode(reply)
-                client_id, count = _hello_integer(hello, "client_id"), _hello_integer(hello, "num_examples")
+                client_id = _hello_integer(hello, "client_id", non_negative=False)
+                count = _hello_integer(hello, "num_examples", non_negative=True)
                 fingerprint = str(hello["fingerprint"])
             except (AggregationError, KeyError, TypeError, ValueError) as error:
                 self.refused[reply.node] = str(error)
