@@ -59,7 +59,6 @@ written to ``state-dir``: a node restarted in the middle of a round drops out of
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -73,6 +72,7 @@ from flwr.serverapp import Grid, ServerApp
 from secure_ffm.allocator import keep_freed_memory
 from secure_ffm.config import Config, load_config
 from secure_ffm.engine.codec import from_bytes, to_bytes
+from secure_ffm.run.checkpoint import write_private_bytes
 from secure_ffm.transports.remote import AUTHORITY_ROLE, EVALUATE, FIT, HELLO, STAGE, STATE_DIR_KEY, Link, LinkReply, Packed
 
 log = logging.getLogger(__name__)
@@ -250,14 +250,7 @@ def save_state(path: Path | None, state: Mapping[str, Any], schema: Any) -> None
     if path is None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = to_bytes({"client": dict(state.get("client", {})), "schema": schema})
-    partial = path.with_name(path.name + ".partial")
-    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(partial, path)
+    write_private_bytes(path, to_bytes({"client": dict(state.get("client", {})), "schema": schema}))
 
 
 def handle(message: Message, context: Context) -> Message:

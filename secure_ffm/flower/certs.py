@@ -18,6 +18,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from secure_ffm.run.checkpoint import write_private_bytes
+
 __all__ = ["FederationCertificates", "make_certificates"]
 
 
@@ -38,8 +40,9 @@ def _name(common_name: str) -> x509.Name:
 
 
 def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    path.chmod(0o600)
+    write_private_bytes(
+        path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
 
 
 def make_certificates(directory: Path, *, hosts: tuple[str, ...] = ("127.0.0.1", "localhost"), days: int = 30) -> FederationCertificates:

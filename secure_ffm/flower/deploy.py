@@ -20,6 +20,7 @@ from typing import Any
 
 from secure_ffm.config import Config
 from secure_ffm.flower.launch import FederationError, LoopbackFederation
+from secure_ffm.run.checkpoint import write_private_bytes
 from secure_ffm.run.deployment import check_deployable
 from secure_ffm.transports.remote import AUTHORITY_ROLE, STATE_DIR_KEY
 
@@ -82,8 +83,7 @@ def write_key_files(config: Config, directory: Path) -> dict[str, Path] | None:
     paths = {}
     for role, data in protocol.deal_key_files().items():
         path = paths[role] = directory / f"{role}.ckks"
-        path.write_bytes(data)
-        path.chmod(0o600)
+        write_private_bytes(path, data)
     return paths
 
 

@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from secure_ffm.errors import SecureFFMError
 from secure_ffm.flower.certs import FederationCertificates, make_certificates
+from secure_ffm.run.checkpoint import write_private_bytes
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +106,9 @@ def write_node_key(directory: Path, name: str) -> tuple[Path, Path]:
     """A SuperNode's authentication key pair (EC P-384, OpenSSH format, as Flower 1.41 expects): ``(private, public)``."""
     key = ec.generate_private_key(ec.SECP384R1())
     private, public = directory / name, directory / f"{name}.pub"
-    private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()))
-    private.chmod(0o600)
+    write_private_bytes(
+        private, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption())
+    )
     public.write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH) + b"\n")
     return private, public
 

@@ -6,6 +6,11 @@ new one, never half of one. The two newest are kept: should the newest still be
 unreadable (a disk that lost unflushed data, a copy cut short), ``--resume`` falls back
 to the one before. Arrays are safetensors; client states are JSON (a privacy
 accountant keeps its ledger there, so ``--resume`` keeps it exact).
+
+A checkpoint holds secrets: each client's 256-bit noise secret (``secure_ffm.privacy.noise``) and the
+server's, from which its DP noise, Poisson sampling and noise shares are derived. ``checkpoints/`` and its
+folders are therefore owner-only (0o700) and ``state.json`` is created 0o600; a run directory is shared or
+published without ``checkpoints/``.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import json
 import os
 import secrets
 import shutil
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +34,9 @@ from secure_ffm.errors import CheckpointError
 FORMAT_VERSION = 1
 KEEP = 2
 """Checkpoints kept: the newest and one to fall back to."""
+PRIVATE_FOLDER = 0o700
+"""Mode of ``checkpoints/`` and of every ``round_NNNN/`` in it: ``state.json`` holds every client's noise secret
+(and the server's), with which anyone holding the run's models could recompute the DP noise and subtract it."""
 
 
 # --------------------------------------------------------------------------- atomic files
@@ -41,17 +50,24 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
+def write_atomically(path: Path, write: Callable[[Path], None], *, private: bool = False) -> None:
     """Have ``write`` fill a temporary file beside ``path``, flush it, and rename it over ``path``.
 
-    Readers (and a ``--resume`` after a crash) see the old file or the new one, never a torn one.
+    Readers (and a ``--resume`` after a crash) see the old file or the new one, never a torn one. The file gets the
+    mode ``open()`` would give it (0o666 less the umask) or, with ``private``, 0o600 (owner only: a file that holds a
+    secret), created so from the start, so no other user can open it before its mode is set. A ``write`` that replaces
+    the temporary file with a new one (safetensors' ``save_file`` writes a 0o600 file and renames it) still ends with
+    that mode.
     """
     path = Path(path)
     tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
-    # created as open() would (mode 0o666 less the umask), unlike mkstemp's 0o600, so the renamed file reads as before
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    descriptor = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if private else 0o666)
+    mode = stat.S_IMODE(os.fstat(descriptor).st_mode)
+    os.close(descriptor)
     try:
         write(tmp)
+        if stat.S_IMODE(tmp.stat().st_mode) != mode:
+            os.chmod(tmp, mode)
         _fsync(tmp)
         os.replace(tmp, path)
     except BaseException:
@@ -59,9 +75,15 @@ def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
-def write_text_atomically(path: Path, text: str) -> None:
-    """``path.write_text(text)`` through a temporary file and a rename."""
-    write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+def write_text_atomically(path: Path, text: str, *, private: bool = False) -> None:
+    """``path.write_text(text)`` through a temporary file and a rename (``private``: mode 0o600)."""
+    write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), private=private)
+
+
+def write_private_bytes(path: Path, data: bytes) -> None:
+    """``path.write_bytes(data)`` for a file that holds a secret (a key, a client's noise secret): atomically, and
+    readable by its owner only (0o600) from the moment it exists."""
+    write_atomically(path, lambda tmp: tmp.write_bytes(data), private=True)
 
 
 def save_arrays_atomically(path: Path, arrays: NamedArrays, metadata: dict[str, str] | None = None) -> None:
@@ -92,11 +114,12 @@ def save_checkpoint(root: Path, checkpoint: Checkpoint, *, keep: int = KEEP) -> 
     if keep < 1:
         raise ValueError(f"keep must be at least 1, got {keep}")
     root.mkdir(parents=True, exist_ok=True)
+    os.chmod(root, PRIVATE_FOLDER)  # also a folder an earlier version left open to others
     final = _round_dir(root, checkpoint.round)
     tmp = root / f".tmp_round_{checkpoint.round:04d}"
     if tmp.exists():
         shutil.rmtree(tmp)
-    tmp.mkdir()
+    tmp.mkdir(mode=PRIVATE_FOLDER)
     save_file(checkpoint.parameters, str(tmp / "global.safetensors"))
     save_file(checkpoint.strategy_state, str(tmp / "strategy.safetensors"))
     names = ["global.safetensors", "strategy.safetensors", "state.json"]
@@ -110,14 +133,22 @@ def save_checkpoint(root: Path, checkpoint: Checkpoint, *, keep: int = KEEP) -> 
         "server_state": checkpoint.server_state,
         "server_arrays": bool(checkpoint.server_arrays),
     }
-    (tmp / "state.json").write_text(json.dumps(state, indent=1, sort_keys=True), encoding="utf-8")
+    # the clients' and the server's noise secrets: created owner-only, never readable by others for a moment
+    descriptor = os.open(tmp / "state.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        handle.write(json.dumps(state, indent=1, sort_keys=True))
     for name in names:
         _fsync(tmp / name)
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    for old in checkpoint_dirs(root)[keep:]:
+    kept = checkpoint_dirs(root)
+    for old in kept[keep:]:
         shutil.rmtree(old)
+    for folder in kept[1:keep]:  # one an earlier version wrote open to others (a resumed run)
+        os.chmod(folder, PRIVATE_FOLDER)
+        if (folder / "state.json").is_file():
+            os.chmod(folder / "state.json", 0o600)
     return final
 
 
