@@ -39,6 +39,15 @@ MAX_IMAGE_SIZE = 1024
 """``data.image_size`` above this is a typo (every image is held in memory at that size)."""
 FLOAT32_MAX = 3.4028234663852886e38
 """Torch trains in float32: a hyperparameter above this overflows inside the optimizer step."""
+MAX_TIMEOUT_SECONDS = 1e6
+"""``run.worker_timeout`` above this (11.6 days) is a typo (and past about 24 days the OS's wait overflows)."""
+MAX_TARGET_EPSILON = 100.0
+"""``privacy.target_epsilon`` above this bounds nothing anyone reports (the likelihood ratio e^100 is about 10^43), and
+PRV's calibration for it slows down without end (ε = 10,000 ran past two minutes on a 4-client config): use
+``privacy.mode = "none"`` for a non-private reference point."""
+MAX_NOISE_MULTIPLIER = 1000.0
+"""Upper end of the noise-multiplier search (``secure_ffm.privacy.accounting``) and of an explicit ``privacy.noise_multiplier``:
+far beyond it ε is 0 to any precision, and RDP's ``α / (2 z²)`` underflows."""
 
 
 def _float32(section: str, name: str, value: float) -> None:
@@ -87,13 +96,19 @@ class RunConfig:
     worker_timeout: float = 0.0
     """Seconds a pool worker may spend on one request; past it the worker is taken as hung: it is killed, the clients
     whose requests it held count as dropped (as when a worker dies) and it is replaced. A worker that takes longer to
-    build the run at its start fails the run. 0 waits without limit."""
+    build the run at its start fails the run. 0 waits without limit; at most 1e6 (:data:`MAX_TIMEOUT_SECONDS`)."""
 
     def __post_init__(self) -> None:
         _positive("run", "seed", self.seed, allow_zero=True)
         _positive("run", "threads", self.threads, allow_zero=True)
         _positive("run", "workers", self.workers, allow_zero=True)
         _positive("run", "worker_timeout", self.worker_timeout, allow_zero=True)
+        if self.worker_timeout > MAX_TIMEOUT_SECONDS:
+            raise ConfigError(
+                "run.worker_timeout",
+                f"{self.worker_timeout!r} seconds is more than {MAX_TIMEOUT_SECONDS:g} ({MAX_TIMEOUT_SECONDS / 86400:.1f} days)",
+                "use the seconds one request may take at most, or 0 to wait without limit",
+            )
         if self.workers > MAX_THREADS:
             raise ConfigError(
                 "run.workers", f"{self.workers} is more than {MAX_THREADS}", "use at most the number of CPU cores, or 0 to choose"
@@ -471,6 +486,12 @@ class PrivacyConfig:
         # every mechanism's settings are checked, whichever is chosen: one a sweep switches on later is then valid too
         if not (self.target_epsilon > 0):
             raise ConfigError("privacy.target_epsilon", f"must be positive, got {self.target_epsilon!r}", "state the budget, e.g. 8.0")
+        if self.target_epsilon > MAX_TARGET_EPSILON:
+            raise ConfigError(
+                "privacy.target_epsilon",
+                f"{self.target_epsilon!r} is above {MAX_TARGET_EPSILON:g}, where a DP guarantee bounds nothing",
+                'state a budget of at most 100 (e.g. 8.0), or set privacy.mode = "none" for a run without DP',
+            )
         if not 0.0 <= self.delta < 1.0:
             raise ConfigError("privacy.delta", f"must be in [0, 1), got {self.delta!r}", "use 0 for the default 1/(10 n)")
         _choice("privacy", "accountant", self.accountant, ("prv", "rdp", "gdp"))
@@ -480,6 +501,14 @@ class PrivacyConfig:
         _positive("privacy", "max_physical_batch_size", self.max_physical_batch_size, allow_zero=True)
         _positive("privacy", "planned_rounds", self.planned_rounds, allow_zero=True)
         _positive("privacy", "noise_multiplier", self.noise_multiplier, allow_zero=True)
+        if self.noise_multiplier > MAX_NOISE_MULTIPLIER:
+            raise ConfigError(
+                "privacy.noise_multiplier",
+                f"{self.noise_multiplier!r} is above {MAX_NOISE_MULTIPLIER:g}, where ε is 0 to any precision and the update only noise",
+                "use a value the target needs (0 calibrates it from privacy.target_epsilon)",
+            )
+        for key in ("max_grad_norm", "clip_norm", "clip_learning_rate", "clipped_count_stddev"):
+            _float32("privacy", key, getattr(self, key))
         _positive("privacy", "clip_norm", self.clip_norm)
         _choice("privacy", "noise_placement", self.noise_placement, ("server", "clients"))
         if not 0.0 < self.target_unclipped_quantile < 1.0:
@@ -551,6 +580,7 @@ class SecureAggregationConfig:
         _choice("secure_aggregation", "protocol", self.protocol, PROTOCOLS.names())
         if not (math.isfinite(self.clip_range) and self.clip_range > 0):
             raise ConfigError("secure_aggregation.clip_range", f"must be positive, got {self.clip_range!r}", "use e.g. 1.0")
+        _float32("secure_aggregation", "clip_range", self.clip_range)
         _positive("secure_aggregation", "threshold", self.threshold, allow_zero=True)
         _positive("secure_aggregation", "neighbours", self.neighbours, allow_zero=True)
         if self.neighbours % 2:
@@ -626,6 +656,8 @@ class DefenseConfig:
                 raise ConfigError("defense.names", f"entries must be non-empty strings, got {name!r}", 'write e.g. names = ["prune"]')
         _positive("defense", "clip_norm", self.clip_norm)
         _positive("defense", "noise_std", self.noise_std, allow_zero=True)
+        _float32("defense", "clip_norm", self.clip_norm)
+        _float32("defense", "noise_std", self.noise_std)
         if not (math.isfinite(self.prune_fraction) and 0.0 <= self.prune_fraction < 1.0):
             raise ConfigError("defense.prune_fraction", f"must be in [0, 1), got {self.prune_fraction!r}", "use e.g. 0.9 to zero 90%")
         if not 1 <= self.quantize_bits <= 16:

@@ -56,6 +56,7 @@ from opacus.accountants import GaussianAccountant, IAccountant
 from opacus.accountants.analysis import gdp as gdp_analysis
 from threadpoolctl import threadpool_limits
 
+from secure_ffm.config import MAX_NOISE_MULTIPLIER
 from secure_ffm.errors import ConfigError
 from secure_ffm.privacy.sampled_gaussian import PRVAccountant, RDPAccountant
 from secure_ffm.registry import Registry
@@ -65,8 +66,6 @@ logger = logging.getLogger(__name__)
 LEDGER_FORMAT = "secure_ffm.privacy_ledger"
 LEDGER_VERSION = 1
 
-MAX_NOISE_MULTIPLIER = 1000.0
-"""Upper end of the noise-multiplier search; a budget that needs more is reported as unmeetable."""
 
 _MIN_START = 1.0 / 64
 

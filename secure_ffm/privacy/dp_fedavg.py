@@ -128,6 +128,13 @@ class CentralGaussianNoise(AggregateStep):
         return aggregate.replace(mean_delta=mean, mean_statistics=stats)
 
 
+MAX_CLIP_LOG_STEP = 10.0
+"""Most that adaptive clipping's geometric step moves log C in one round (a factor of about 22,000). With Andrew et al.'s
+η = 0.2 and σ_b = m/20 a step is about 0.1 (|b - γ| stays near 1 or below); only settings far beyond them reach it, and
+there the unbounded step overflowed (η or σ_b of 1e308 ended the run with OverflowError). Post-processing of the noised
+count: no privacy cost."""
+
+
 class AdaptClipNorm(AggregateStep):
     """Geometric update of the clip norm toward the γ quantile of update norms (Andrew et al., 2021, Alg. 1)."""
 
@@ -138,7 +145,20 @@ class AdaptClipNorm(AggregateStep):
         p = self.mechanism.config.privacy
         unclipped = float(np.asarray(aggregate.mean_statistics[UNCLIPPED]).reshape(-1)[0])
         self.mechanism.last_unclipped_fraction = unclipped
-        self.mechanism.clip_norm *= math.exp(-p.clip_learning_rate * (unclipped - p.target_unclipped_quantile))
+        log_step = -p.clip_learning_rate * (unclipped - p.target_unclipped_quantile)
+        if not abs(log_step) <= MAX_CLIP_LOG_STEP:  # also an infinite or NaN step
+            limited = math.copysign(MAX_CLIP_LOG_STEP, log_step) if not math.isnan(log_step) else 0.0
+            log.warning(
+                "round %d: adaptive clipping would scale the clip norm by exp(%.4g); limited to exp(%g) "
+                "(privacy.clip_learning_rate = %g and privacy.clipped_count_stddev = %g are far beyond Andrew et al.'s 0.2 and m/20)",
+                round,
+                log_step,
+                limited,
+                p.clip_learning_rate,
+                p.clipped_count_stddev,
+            )
+            log_step = limited
+        self.mechanism.clip_norm *= math.exp(log_step)
         return aggregate
 
 

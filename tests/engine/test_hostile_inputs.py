@@ -172,6 +172,41 @@ CASES = [
     ),
     Case("server lr beyond float32", lambda s: s.train("--set", "server.server_lr=1e39"), "server.server_lr: 1e+39 overflows float32"),
     Case("alpha that overflows Dirichlet", lambda s: s.train("--set", "data.alpha=1e308"), "data.alpha: 1e+308 is more than 1e+06"),
+    # found by a fuzz of every key (2026-12-07): each of these ended a run with a traceback (OverflowError, ValueError) after
+    # it had written its directory, or (the ε) kept PRV's calibration running past two minutes
+    Case(
+        "worker timeout the OS cannot wait",
+        lambda s: s.train("--set", "run.workers=2", "--set", "run.worker_timeout=1e308"),
+        "run.worker_timeout: 1e+308 seconds is more than 1e+06",
+    ),
+    Case(
+        "an ε that bounds nothing",
+        lambda s: s.train("--set", 'privacy.mode="dp-sgd"', "--set", "privacy.target_epsilon=10000"),
+        "privacy.target_epsilon: 10000.0 is above 100",
+    ),
+    Case(
+        "noise multiplier beyond the accountant",
+        lambda s: s.train("--set", 'privacy.mode="dp-fedavg"', "--set", "privacy.noise_multiplier=1e308"),
+        "privacy.noise_multiplier: 1e+308 is above 1000",
+    ),
+    Case(
+        "clip learning rate beyond float32",
+        lambda s: s.train("--set", "privacy.clip_learning_rate=1e308"),
+        "privacy.clip_learning_rate: 1e+308 overflows float32",
+    ),
+    Case(
+        "DP-FedAvg clip norm beyond float32",
+        lambda s: s.train("--set", "privacy.clip_norm=1e39"),
+        "privacy.clip_norm: 1e+39 overflows float32",
+    ),
+    Case(
+        "masking clip range beyond float32",
+        lambda s: s.train("--set", "secure_aggregation.clip_range=1e308"),
+        "secure_aggregation.clip_range: 1e+308 overflows float32",
+    ),
+    Case(
+        "defense noise beyond float32", lambda s: s.train("--set", "defense.noise_std=1e39"), "defense.noise_std: 1e+39 overflows float32"
+    ),
     Case(
         "ViT too large to allocate",
         lambda s: s.train("--set", "model.arch=vit", "--set", "model.vit_dim=4294967296", "--set", "model.vit_heads=1"),

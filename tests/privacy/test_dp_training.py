@@ -1,6 +1,7 @@
 """Federated training under DP-SGD and DP-FedAvg on real data subsets."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -166,6 +167,21 @@ def test_adaptive_clipping_moves_the_clip_norm_toward_the_quantile(tmp_path):
     assert rows[0]["clip_norm"] == 0.001
     assert all(r["unclipped_fraction"] < 0.5 for r in rows)
     assert rows[2]["clip_norm"] > rows[1]["clip_norm"] > rows[0]["clip_norm"]
+
+
+def test_an_adaptive_clipping_step_far_beyond_andrew_et_al_is_limited_not_a_crash(tmp_path, caplog):
+    privacy = {
+        "mode": "dp-fedavg",
+        "target_epsilon": 8.0,
+        "adaptive_clipping": True,
+        "clipped_count_stddev": 1e30,
+        "clip_learning_rate": 1e30,
+    }
+    Simulation(prepare_run(cnn(privacy, server={"rounds": 2})), out_dir=tmp_path / "run").run()  # OverflowError before
+    rows = metrics(tmp_path / "run")
+    ratio = rows[1]["clip_norm"] / rows[0]["clip_norm"]
+    assert ratio == pytest.approx(math.exp(10.0)) or ratio == pytest.approx(math.exp(-10.0))  # MAX_CLIP_LOG_STEP
+    assert "adaptive clipping would scale the clip norm" in caplog.text
 
 
 def test_dp_sgd_cnn_learns_well_above_chance_at_epsilon_8(tmp_path):
