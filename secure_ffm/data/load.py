@@ -40,6 +40,26 @@ def load_path(config: DataConfig) -> DatasetSplits:
     return FILE_LOADERS.get(path.suffix.lower(), load_file)(config)
 
 
+SOURCE_KEYS = ("text_column", "label_column", "train_split", "test_split", "image_column", "image_size")
+"""``[data]`` keys that say how to read a file, a folder or an ``hf:`` dataset; the built-ins have fixed columns, splits
+and image sizes (``label_column = ""``, unlabeled text, applies to every text source)."""
+
+
+def check_builtin_keys(config: DataConfig) -> None:
+    """Refuse a source key a built-in dataset would ignore (``data.image_size = 32`` on ``fashion_mnist`` resized nothing)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(DataConfig)}
+    for key in SOURCE_KEYS:
+        value = getattr(config, key)
+        if value == defaults[key] or (key == "label_column" and value == ""):
+            continue
+        raise ConfigError(
+            f"data.{key}",
+            f"{value!r} does not apply to the built-in dataset {config.dataset!r} (its columns, splits and image size are fixed); "
+            "it reads .csv/.jsonl/.parquet files, image folders, .npz files and hf: datasets",
+            f"leave data.{key} at {defaults[key]!r}" + (' (or "" for unlabeled text)' if key == "label_column" else ""),
+        )
+
+
 def resolve_loader(dataset: str) -> Loader:
     """The loader for a ``data.dataset`` value: built-in name, ``hf:`` name, or a path: a table file, a ``.npz`` file of
     images, a folder of images (ImageFolder layout), or a ``.txt`` file or a folder of them (an unlabeled corpus,
@@ -87,6 +107,8 @@ def load_dataset_splits(config: DataConfig, seed: int) -> DatasetSplits:
         Train and test splits with their class names. ``data.label_column = ""`` gives unlabeled
         text (``labeled=False``) from any text source, the built-ins included.
     """
+    if config.dataset in DATASETS:
+        check_builtin_keys(config)
     splits = resolve_loader(config.dataset)(config)
     if not config.label_column:
         splits = drop_labels(splits)

@@ -208,6 +208,11 @@ CASES = [
         "defense noise beyond float32", lambda s: s.train("--set", "defense.noise_std=1e39"), "defense.noise_std: 1e+39 overflows float32"
     ),
     Case(
+        "a file dataset's key on a built-in",
+        lambda s: s.train("--set", "data.image_size=32"),
+        "data.image_size: 32 does not apply to the built-in dataset 'fashion_mnist'",
+    ),
+    Case(
         "ViT too large to allocate",
         lambda s: s.train("--set", "model.arch=vit", "--set", "model.vit_dim=4294967296", "--set", "model.vit_heads=1"),
         "model.vit_dim: 4294967296 is more than 1024",
