@@ -126,8 +126,8 @@ def _check_table(table: Mapping[str, Any]) -> None:
         seconds = table["max_seconds"]
         if not (isinstance(seconds, int | float) and not isinstance(seconds, bool) and math.isfinite(seconds) and seconds >= 0):
             raise ConfigError("attack.max_seconds", f"must be a number >= 0, got {seconds!r}", "use 0 for no time limit")
-    if "seed" in table and not _is_int(table["seed"]):
-        raise ConfigError("attack.seed", f"must be a whole number, got {table['seed']!r}", "write e.g. seed = 0")
+    if "seed" in table and not (_is_int(table["seed"]) and 0 <= table["seed"] < 2**63):
+        raise ConfigError("attack.seed", f"must be a whole number in [0, 2^63), got {table['seed']!r}", "write e.g. seed = 0")
     if "samples" in table and not (_is_int(table["samples"]) and table["samples"] >= 1):
         raise ConfigError("attack.samples", f"must be a whole number >= 1, got {table['samples']!r}", "write e.g. samples = 5")
     if "clients" in table:

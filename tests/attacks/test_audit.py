@@ -268,6 +268,7 @@ def test_relative_data_path_error_says_where_it_resolved_from(tmp_path, capsys):
         (["--iterations", "0"], "", "--iterations: must be at least 1"),
         (["--seconds", "-1"], "", "--seconds: must be >= 0"),
         ([], 'seed = "x"\n', "attack.seed: must be a whole number"),
+        ([], "seed = -1\n", "attack.seed: must be a whole number in [0, 2^63), got -1"),  # a traceback before
         ([], "samples = 0\n", "attack.samples: must be a whole number >= 1"),
         (["--clients", "0,99"], "", "client 99 does not exist"),
     ],
