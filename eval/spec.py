@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from secure_ffm.config import check_keys, check_local_paths, read_toml, unknown_section
+from secure_ffm.config import check_keys, check_local_paths, check_plain_name, read_toml, unknown_section
 from secure_ffm.errors import ConfigError
 from secure_ffm.registry import did_you_mean
 from secure_ffm.variants import PROTOCOLS
@@ -218,6 +218,7 @@ def sweep_from_dict(raw: Mapping[str, Any], *, root: Path | None = None, default
     name = sweep.get("name", default_name)
     if not isinstance(name, str) or not name:
         raise ConfigError("sweep.name", f"must be a non-empty string, got {name!r}")
+    check_plain_name("sweep.name", name)  # the default folder is runs/sweep-<name>
     base = _base(raw, sweep, root)
     seeds = sweep.get("seeds")
     if seeds is None:
@@ -463,6 +464,12 @@ def _check_attack(spec: SweepSpec) -> None:
     spec.audit_skipped.clear()
     for point in spec.points:
         config = spec.configs[point.id]
+        if case.client >= config.data.num_clients:  # else every point trains and then fails its audit
+            raise ConfigError(
+                f"audit_case.client (sweep point {point.label})",
+                f"client {case.client} does not exist (data.num_clients={config.data.num_clients})",
+                f"use 0 .. {config.data.num_clients - 1}",
+            )
         observed = observation_kind(config, observes=case.observes, local_steps=case.local_steps)
         if observed not in attack.observes:
             spec.audit_skipped[point.id] = (

@@ -50,6 +50,13 @@ MAX_NOISE_MULTIPLIER = 1000.0
 far beyond it ε is 0 to any precision, and RDP's ``α / (2 z²)`` underflows."""
 
 
+def check_plain_name(key: str, name: str) -> None:
+    """Refuse a name that becomes a folder name (``runs/<run.name>``, ``runs/sweep-<sweep.name>``) unless it is one plain
+    component: a ``/``, ``\\`` or ``..`` would put the run elsewhere."""
+    if not name or name in (".", "..") or any(c in name for c in "/\\") or len(name) > 100:
+        raise ConfigError(key, f"{name!r} is not a plain name", 'use up to 100 characters without / or \\, e.g. name = "my-run"')
+
+
 def _float32(section: str, name: str, value: float) -> None:
     """Refuse a value torch cannot convert to float32 (``client.lr = 1e308`` fails in the first optimizer step)."""
     if value > FLOAT32_MAX:
@@ -117,10 +124,7 @@ class RunConfig:
             raise ConfigError(
                 "run.threads", f"{self.threads} is more than {MAX_THREADS}", "use the number of CPU cores, or 0 for torch's default"
             )
-        if not self.name or self.name in (".", "..") or any(c in self.name for c in "/\\") or len(self.name) > 100:
-            raise ConfigError(
-                "run.name", f"{self.name!r} is not a plain name", 'use up to 100 characters without / or \\, e.g. name = "my-run"'
-            )
+        check_plain_name("run.name", self.name)
 
 
 @dataclass(frozen=True)

@@ -87,6 +87,7 @@ def test_colliding_ids_are_rejected():
         ({"sweep__overrides": ["run.seed=3"]}, "list the seeds in sweep.seeds"),
         ({"sweep__overrides": ["server.rounds"]}, "is not section.key=value"),
         ({"sweep__nmae": "x"}, "sweep.nmae: unknown key (did you mean sweep.name?)"),
+        ({"sweep__name": "../../../elsewhere"}, "sweep.name: '../../../elsewhere' is not a plain name"),  # runs/sweep-<name>
         ({"grid": {"privacy": {}}}, "grid.privacy: must be a non-empty table"),
         ({"grid": {"privacy": {"none": "privacy.mode=none"}}}, "grid.privacy.none: must be a list"),
         ({"attack": {"name": "inverting-gradients", "budget_iterations": 0}}, "attack.budget_iterations"),
@@ -150,6 +151,11 @@ def test_unknown_attack_and_wrong_data_kind_are_rejected_up_front(tmp_path):
         load_sweep(write_sweep(tmp_path, TINY_SWEEP.replace('name = "inverting-gradients"', 'name = "tag"')))
     with pytest.raises(ConfigError, match="audit_case.batchsize"):
         load_sweep(write_sweep(tmp_path, TINY_SWEEP.replace("batch_size = 1\nobserves", "batchsize = 1\nobserves")))
+
+
+def test_an_audit_of_a_client_that_does_not_exist_is_rejected_before_any_point_trains(tmp_path):
+    with pytest.raises(ConfigError, match=r"audit_case.client \(sweep point .*\): client 99 does not exist"):
+        load_sweep(write_sweep(tmp_path, TINY_SWEEP.replace("client = 0\n", "client = 99\n")))
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs").glob("sweep_*.toml")))
