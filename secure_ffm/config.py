@@ -41,10 +41,6 @@ FLOAT32_MAX = 3.4028234663852886e38
 """Torch trains in float32: a hyperparameter above this overflows inside the optimizer step."""
 MAX_TIMEOUT_SECONDS = 1e6
 """``run.worker_timeout`` above this (11.6 days) is a typo (and past about 24 days the OS's wait overflows)."""
-MAX_TARGET_EPSILON = 100.0
-"""``privacy.target_epsilon`` above this bounds nothing anyone reports (the likelihood ratio e^100 is about 10^43), and
-PRV's calibration for it slows down without end (ε = 10,000 ran past two minutes on a 4-client config): use
-``privacy.mode = "none"`` for a non-private reference point."""
 MAX_NOISE_MULTIPLIER = 1000.0
 """Upper end of the noise-multiplier search (``secure_ffm.privacy.accounting``) and of an explicit ``privacy.noise_multiplier``:
 far beyond it ε is 0 to any precision, and RDP's ``α / (2 z²)`` underflows."""
@@ -490,12 +486,6 @@ class PrivacyConfig:
         # every mechanism's settings are checked, whichever is chosen: one a sweep switches on later is then valid too
         if not (self.target_epsilon > 0):
             raise ConfigError("privacy.target_epsilon", f"must be positive, got {self.target_epsilon!r}", "state the budget, e.g. 8.0")
-        if self.target_epsilon > MAX_TARGET_EPSILON:
-            raise ConfigError(
-                "privacy.target_epsilon",
-                f"{self.target_epsilon!r} is above {MAX_TARGET_EPSILON:g}, where a DP guarantee bounds nothing",
-                'state a budget of at most 100 (e.g. 8.0), or set privacy.mode = "none" for a run without DP',
-            )
         if not 0.0 <= self.delta < 1.0:
             raise ConfigError("privacy.delta", f"must be in [0, 1), got {self.delta!r}", "use 0 for the default 1/(10 n)")
         _choice("privacy", "accountant", self.accountant, ("prv", "rdp", "gdp"))

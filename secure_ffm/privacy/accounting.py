@@ -191,10 +191,23 @@ def _finite_number(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(float(value))
 
 
-def _check_target_epsilon(target_epsilon: float) -> float:
+MAX_PRV_TARGET_EPSILON = 100.0
+"""Largest budget the ``prv`` accountant calibrates for: above it the noise multiplier is so small that PRV's
+discretization fails (Opacus: "Discrete mean differs significantly from continuous mean") after minutes per call (ε =
+10,000 ran past two minutes on a 4-client config, ε = 100 took 86 s on 20 clients against 6-8 s at ε = 8); ``rdp`` and
+``zcdp`` calibrate such budgets in seconds (tests use ε = 1e9 for noise too small to matter)."""
+
+
+def _check_target_epsilon(target_epsilon: float, accountant: str | None = None) -> float:
     if not _finite_number(target_epsilon) or target_epsilon <= 0:
         raise ConfigError(
             "privacy.target_epsilon", f"must be a positive finite number, got {target_epsilon!r}", "set e.g. privacy.target_epsilon = 8.0"
+        )
+    if accountant == "prv" and target_epsilon > MAX_PRV_TARGET_EPSILON:
+        raise ConfigError(
+            "privacy.target_epsilon",
+            f"{target_epsilon!r} is above {MAX_PRV_TARGET_EPSILON:g}, where the prv accountant's calibration runs for minutes and fails",
+            'state a budget of at most 100, or set privacy.accountant = "rdp" (an upper bound too)',
         )
     return float(target_epsilon)
 
@@ -476,7 +489,7 @@ def calibrate_noise_multiplier(
     ``MAX_NOISE_MULTIPLIER`` exceeds the budget (PRV, for one, never reports ε below
     its 0.01 error margin), and naming the offending key for invalid arguments.
     """
-    target = _check_target_epsilon(target_epsilon)
+    target = _check_target_epsilon(target_epsilon, accountant)
     delta = _check_delta(delta)
     GaussianSteps(1.0, sample_rate, steps)  # validates sample_rate and steps
     if not _finite_number(epsilon_tolerance) or not 0 < epsilon_tolerance < 1:
@@ -506,7 +519,7 @@ def calibrate_noise_multiplier_phases(
     """One noise multiplier for a sequence of ``(sample_rate, steps)`` phases, composed, that keeps ε within the
     target (as :func:`calibrate_noise_multiplier`, which is the one-phase case): a continual run's client, whose
     data size, hence sampling rate, changes from stage to stage while its ledger spans them all."""
-    target = _check_target_epsilon(target_epsilon)
+    target = _check_target_epsilon(target_epsilon, accountant)
     delta = _check_delta(delta)
     if not phases:
         raise ValueError("calibrating noise for no steps")

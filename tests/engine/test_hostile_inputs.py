@@ -180,9 +180,9 @@ CASES = [
         "run.worker_timeout: 1e+308 seconds is more than 1e+06",
     ),
     Case(
-        "an ε that bounds nothing",
+        "an ε PRV cannot calibrate for",
         lambda s: s.train("--set", 'privacy.mode="dp-sgd"', "--set", "privacy.target_epsilon=10000"),
-        "privacy.target_epsilon: 10000.0 is above 100",
+        "privacy.target_epsilon: 10000.0 is above 100, where the prv accountant's calibration runs for minutes and fails",
     ),
     Case(
         "noise multiplier beyond the accountant",
