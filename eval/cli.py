@@ -1,7 +1,7 @@
 """``secure-ffm sweep`` and ``secure-ffm report``.
 
-    secure-ffm sweep SWEEP.toml [--out DIR] [--report] [--dry-run] [--quiet]
-    secure-ffm report DIR
+    secure-ffm sweep SWEEP.toml [--out DIR] [--report [--examples auto|show|redact]] [--dry-run] [--quiet]
+    secure-ffm report DIR [--examples auto|show|redact]
 
 ``sweep`` validates the whole sweep file first (bad input: one line, exit 2, nothing
 written), then trains and audits every point not finished yet, appending to
@@ -22,6 +22,13 @@ from pathlib import Path
 from secure_ffm.run.cli import command
 from secure_ffm.startup import collector_paused
 
+EXAMPLES = ("auto", "show", "redact")
+"""``--examples`` choices: eval.report.EXAMPLE_POLICIES, written out here so that ``--help`` imports no plotting."""
+EXAMPLES_HELP = (
+    "the audit's original and reconstructed examples in the report (clients' training records): auto (default) shows them "
+    "when every point trains on a public built-in dataset, else leaves them out; show; redact"
+)
+
 
 def configure_sweep(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("sweep", help="sweep file, e.g. configs/sweep_tiny.toml")
@@ -29,6 +36,7 @@ def configure_sweep(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--report", action="store_true", help="write DIR/report.html and the plots when the points are done (as `secure-ffm report DIR`)"
     )
+    parser.add_argument("--examples", choices=EXAMPLES, default="auto", help="with --report: " + EXAMPLES_HELP)
     parser.add_argument("--dry-run", action="store_true", help="validate the sweep and list its points, run nothing")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -37,6 +45,7 @@ def configure_report(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "directory", metavar="DIR", help="a sweep directory (`secure-ffm sweep --out`) or a run directory (`secure-ffm train --out`)"
     )
+    parser.add_argument("--examples", choices=EXAMPLES, default="auto", help=EXAMPLES_HELP)
 
 
 @command("sweep", help="train and audit a grid of privacy settings, writing sweep.jsonl/sweep.csv", configure=configure_sweep)
@@ -66,7 +75,7 @@ def sweep_command(args: argparse.Namespace) -> int:
     if args.report:
         from eval.report import write_report
 
-        print(f"report: {write_report(out_dir)}")  # failed points are listed in it, so write it either way
+        print(f"report: {write_report(out_dir, examples=args.examples)}")  # failed points are listed in it, so write it either way
     else:
         print(f"report: secure-ffm report {out_dir}")
     return 1 if summary.failed else 0
@@ -76,5 +85,5 @@ def sweep_command(args: argparse.Namespace) -> int:
 def report_command(args: argparse.Namespace) -> int:
     from eval.report import write_report
 
-    print(write_report(args.directory))
+    print(write_report(args.directory, examples=args.examples))
     return 0

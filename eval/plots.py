@@ -434,9 +434,12 @@ def privacy_utility_frontier(rows: Sequence[Mapping[str, Any]], stem: Path) -> t
 # --------------------------------------------------------------------------- reconstructions
 
 
-def reconstructions(rows: Sequence[Mapping[str, Any]], sweep_dir: Path, stem: Path) -> tuple[Path, Path]:
-    """Each setting's reconstructions (first seed that has them): image panels, or a table of sentences."""
+def reconstructions(rows: Sequence[Mapping[str, Any]], sweep_dir: Path, stem: Path, *, redacted: str | None = None) -> tuple[Path, Path]:
+    """Each setting's reconstructions (first seed that has them): image panels, or a table of sentences; with ``redacted``
+    (why: eval.report.examples_redacted) a panel that says so, and no example."""
     title = "Example reconstructions per setting"
+    if redacted is not None:
+        return _empty(stem, title, redacted)
     settings = group_settings(rows)
     images = []
     texts = []
@@ -731,9 +734,14 @@ def stage_accuracy_over_rounds(
 
 
 def write_plots(
-    sweep_dir: str | Path, out_dir: str | Path | None = None, *, rows: Sequence[Mapping[str, Any]] | None = None
+    sweep_dir: str | Path,
+    out_dir: str | Path | None = None,
+    *,
+    rows: Sequence[Mapping[str, Any]] | None = None,
+    redacted: str | None = None,
 ) -> dict[str, tuple[Path, Path]]:
-    """Every plot of the sweep in ``sweep_dir`` into ``out_dir`` (default ``SWEEP_DIR/plots``): name -> (png, svg)."""
+    """Every plot of the sweep in ``sweep_dir`` into ``out_dir`` (default ``SWEEP_DIR/plots``): name -> (png, svg);
+    ``redacted`` (why) leaves every example out of ``reconstructions``."""
     sweep_dir = Path(sweep_dir)
     out = Path(out_dir) if out_dir is not None else sweep_dir / "plots"
     rows = list(rows) if rows is not None else read_results(sweep_dir)
@@ -741,6 +749,6 @@ def write_plots(
         "accuracy_vs_epsilon": accuracy_vs_epsilon(rows, out / "accuracy_vs_epsilon"),
         "attack_vs_epsilon": attack_vs_epsilon(rows, out / "attack_vs_epsilon"),
         "privacy_utility_frontier": privacy_utility_frontier(rows, out / "privacy_utility_frontier"),
-        "reconstructions": reconstructions(rows, sweep_dir, out / "reconstructions"),
+        "reconstructions": reconstructions(rows, sweep_dir, out / "reconstructions", redacted=redacted),
         "loss_curves": loss_curves(rows, sweep_dir, out / "loss_curves"),
     }

@@ -245,7 +245,7 @@ class ReportKind:
 
     name: str
     recognises: Callable[[Path], bool]
-    write: Callable[[Path], Path]
+    write: Callable[[Path, str], Path]
 
 
 def is_sweep_dir(directory: Path) -> bool:
@@ -258,15 +258,18 @@ def is_run_dir(directory: Path) -> bool:
     return directory.is_dir() and all((directory / name).is_file() for name in RUN_FILES)
 
 
-def write_report(directory: str | Path) -> Path:
+def write_report(directory: str | Path, *, examples: str = "auto") -> Path:
     """Write ``DIR/plots/*.png|svg`` and ``DIR/report.html`` for a sweep or a run directory; returns the report's path.
 
+    ``examples`` (:data:`EXAMPLE_POLICIES`): whether a sweep report shows the audit's original and reconstructed examples.
     Anything else raises :class:`ConfigError` (the CLI: one line, exit 2) and nothing is written.
     """
+    if examples not in EXAMPLE_POLICIES:
+        raise ConfigError("--examples", f"unknown value {examples!r}", f"choose one of: {', '.join(EXAMPLE_POLICIES)}")
     directory = Path(directory)
     for kind in REPORT_KINDS:
         if kind.recognises(directory):
-            return kind.write(directory)
+            return kind.write(directory, examples)
     present = [name for name in RUN_FILES if (directory / name).is_file()]
     if present:
         lacking = ", ".join(name for name in RUN_FILES if name not in present)
@@ -277,6 +280,78 @@ def write_report(directory: str | Path) -> Path:
         problem = f"{directory} is not a sweep directory (no sweep.jsonl) nor a run directory (no {', '.join(RUN_FILES)}){state}"
         fix = "pass the --out directory of `secure-ffm sweep` or of `secure-ffm train`"
     raise ConfigError("DIR", problem, fix)
+
+
+# --------------------------------------------------------------------------- the audit's examples
+
+EXAMPLE_POLICIES = ("auto", "show", "redact")
+"""Whether a sweep report shows the audit's examples (``secure-ffm report --examples``): the originals are clients' training
+records, and a reconstruction that succeeds is one too, so a report made for a paper or a data-protection officer would
+publish them. ``auto`` (default) shows them when every point trains on a public built-in dataset and redacts them
+otherwise; ``show`` and ``redact`` decide outright."""
+
+
+def example_datasets(sweep_dir: Path, rows: Sequence[Mapping[str, Any]]) -> set[str] | None:
+    """The ``data.dataset`` of every point (the resolved sweep file's base, or a point's own override), or None when the
+    sweep file is missing or unreadable."""
+    import tomllib
+
+    from secure_ffm.config import DataConfig
+
+    try:
+        raw = tomllib.loads((sweep_dir / SWEEP_TOML).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None
+    base = raw.get("base", {}).get("data", {}) if isinstance(raw.get("base"), Mapping) else {}
+    default = base.get("dataset", DataConfig.dataset) if isinstance(base, Mapping) else DataConfig.dataset
+    found = {str(default)}
+    for row in rows:
+        config = row.get("config")
+        if isinstance(config, Mapping) and "data.dataset" in config:
+            found.add(str(config["data.dataset"]))
+    return found
+
+
+def examples_redacted(sweep_dir: Path, rows: Sequence[Mapping[str, Any]], examples: str) -> str | None:
+    """Why the report leaves the audit's examples out (None: it shows them), by :data:`EXAMPLE_POLICIES`."""
+    from secure_ffm.data.builtin import DATASETS
+
+    if examples == "show":
+        return None
+    if examples == "redact":
+        return "examples redacted (--examples redact)"
+    datasets = example_datasets(sweep_dir, rows)
+    if datasets is None:
+        return f"examples redacted: no readable {SWEEP_TOML} says which data the points trained on"
+    private = sorted(d for d in datasets if d not in DATASETS)
+    if private:
+        return f"examples redacted: {', '.join(private)} is not a public built-in dataset"
+    return None
+
+
+def private_datasets(sweep_dir: Path, rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The points' datasets that are not public built-ins (all of them, as unknown, when the sweep file is unreadable)."""
+    from secure_ffm.data.builtin import DATASETS
+
+    datasets = example_datasets(sweep_dir, rows)
+    return ["(unknown)"] if datasets is None else sorted(d for d in datasets if d not in DATASETS)
+
+
+def _examples_note(reason: str | None, shown_private: Sequence[str]) -> str:
+    if reason is not None:
+        return (
+            f"<p class='warning'>The audit's original and reconstructed examples are left out of this report ({html.escape(reason)}): "
+            "the originals are clients' training records, and a reconstruction that succeeds is one too. The metrics above and "
+            "below still say how much leaked. <code>secure-ffm report DIR --examples show</code> includes them, for readers "
+            "allowed to see the data.</p>"
+        )
+    if shown_private:
+        return (
+            "<p class='warning'>This report shows clients' training records (the audit's originals and reconstructions) from "
+            f"{html.escape(', '.join(shown_private))}: share it only with readers allowed to see that data "
+            "(<code>--examples redact</code> leaves them out).</p>"
+        )
+    return ""
 
 
 # --------------------------------------------------------------------------- sweep report
@@ -317,15 +392,17 @@ def _continual_points_html(sweep_dir: Path, found: Sequence[tuple[str, Continual
     return ["<h2>Continual learning</h2>", _continual_note(), _table(header, body), *figures]
 
 
-def write_sweep_report(sweep_dir: Path) -> Path:
-    """Write ``SWEEP_DIR/plots/*.png|svg`` and ``SWEEP_DIR/report.html``; returns the report's path."""
+def write_sweep_report(sweep_dir: Path, examples: str = "auto") -> Path:
+    """Write ``SWEEP_DIR/plots/*.png|svg`` and ``SWEEP_DIR/report.html``; returns the report's path. ``examples``: whether
+    the audit's examples appear (:data:`EXAMPLE_POLICIES`)."""
     from eval.plots import write_plots
 
     ids = current_point_ids(sweep_dir)
     rows = latest_rows(read_all_rows(sweep_dir), ids)
     missing = [p for p in (ids or []) if p not in {r["point_id"] for r in rows}]
     continual = _continual_points(sweep_dir, rows)
-    plots = write_plots(sweep_dir, rows=rows)
+    redacted = examples_redacted(sweep_dir, rows, examples)
+    plots = write_plots(sweep_dir, rows=rows, redacted=redacted)
     name = next((r.get("sweep") for r in rows if r.get("sweep")), sweep_dir.name)
     ok = sum(r.get("status") == "ok" for r in rows)
     failed = sum(r.get("status") == "failed" for r in rows)
@@ -340,11 +417,12 @@ def write_sweep_report(sweep_dir: Path) -> Path:
         f"Generated {html.escape(time.strftime('%Y-%m-%d %H:%M'))} from {html.escape(str(sweep_dir))}/sweep.jsonl.</p>",
         "<h2>Plots</h2>",
     ]
+    parts.append(_examples_note(redacted, private_datasets(sweep_dir, rows) if examples == "show" else []))
     for plot, (png, _svg) in plots.items():
         parts.append(_figure_html(plot, png, CAPTIONS.get(plot, plot)))
     if continual:
         parts += _continual_points_html(sweep_dir, continual)
-    texts = _texts_table(rows)
+    texts = _texts_table(rows) if redacted is None else ""
     if texts:
         parts += ["<h2>Recovered sentences</h2>", texts]
     parts += ["<h2>Points</h2>", _points_table(rows, missing)]
@@ -460,8 +538,9 @@ def _continual_html(continual: ContinualSummary, figures: Mapping[str, Path]) ->
     ]
 
 
-def write_run_report(run_dir: Path) -> Path:
-    """Write ``RUN_DIR/plots/*.png|svg`` and ``RUN_DIR/report.html`` for one run; returns the report's path.
+def write_run_report(run_dir: Path, examples: str = "auto") -> Path:
+    """Write ``RUN_DIR/plots/*.png|svg`` and ``RUN_DIR/report.html`` for one run; returns the report's path (a run report
+    holds no audit examples, so ``examples`` changes nothing).
 
     Every file is read and checked first (a malformed ``summary.json`` or continual document raises
     :class:`ConfigError`), then the plots and the page are written.
