@@ -107,13 +107,22 @@ def _evaluation(answer: Any) -> dict[str, float | None]:
     return out
 
 
+MAX_EXAMPLE_COUNT = 2**53
+"""Largest example count a node may claim (the largest integer float64 holds exactly): JSON carries integers of any size,
+and the server turns counts into float64 weights, where 10**400 raised OverflowError and ended its run."""
+
+
+def _is_count(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int) and 0 <= value <= MAX_EXAMPLE_COUNT
+
+
 def _hello_integer(hello: Any, key: str, *, non_negative: bool) -> int:
-    """``hello[key]`` when it is an integer (and, with ``non_negative``, at least 0); ValueError otherwise. A count the
-    server weighs clients by must be a whole number: ``int()`` of a float ``inf`` raised OverflowError, which nothing
-    caught, and a negative count made a round's weight bound negative. (A client id's range is checked by the caller:
-    -1 is the key authority's.)"""
+    """``hello[key]`` when it is an integer (and, with ``non_negative``, a count: 0 to :data:`MAX_EXAMPLE_COUNT`);
+    ValueError otherwise. A count the server weighs clients by must be a whole number: ``int()`` of a float ``inf``
+    raised OverflowError, which nothing caught, and a negative count made a round's weight bound negative. (A client
+    id's range is checked by the caller: -1 is the key authority's.)"""
     value = hello[key] if isinstance(hello, Mapping) else None
-    if isinstance(value, bool) or not isinstance(value, int) or (non_negative and value < 0):
+    if isinstance(value, bool) or not isinstance(value, int) or (non_negative and not _is_count(value)):
         raise ValueError(f"its hello gives {key} = {value!r}, not a {'non-negative ' if non_negative else ''}integer")
     return value
 
@@ -312,6 +321,14 @@ class RemoteTransport(Transport):
                         client_id,
                         message.client_id,
                         message.round,
+                    )
+                    yield FitReply(client_id)
+                elif not _is_count(message.num_examples):  # the round's row weighs the clients' losses by it
+                    log.warning(
+                        "round %d: client %d's message gives num_examples = %.40r, not a count; it is ignored",
+                        round,
+                        client_id,
+                        message.num_examples,
                     )
                     yield FitReply(client_id)
                 else:

@@ -131,7 +131,9 @@ def test_a_node_with_a_partition_out_of_range_is_refused(tmp_path):
         server_run(config, link, out_dir=tmp_path / "remote")
 
 
-@pytest.mark.parametrize("count", [float("inf"), -5, 1.5, "40", True], ids=["inf", "negative", "fraction", "text", "bool"])
+@pytest.mark.parametrize(
+    "count", [float("inf"), -5, 1.5, "40", True, 10**400], ids=["inf", "negative", "fraction", "text", "bool", "beyond-float64"]
+)
 def test_a_hello_with_an_example_count_that_is_no_count_is_refused_by_name(tmp_path, count):
     """``int(inf)`` raised OverflowError past the hello's checks, and a negative count made a round's weight bound negative."""
     config = config_of(tmp_path, BASE)
@@ -202,6 +204,19 @@ def test_a_node_sending_a_text_metric_is_left_out_and_the_run_goes_on(tmp_path):
         }
 
     link = TamperingLink(config, {0: 0, 1: 1, 2: 2}, victim=1, kind=FIT, tamper=rewritten(text_metric))
+    server_run(config, link, out_dir=tmp_path / "remote")
+    assert [r["clients"] for r in rows(tmp_path / "remote")] == [[0, 2], [0, 2]]
+
+
+@pytest.mark.parametrize("count", [10**400, -3], ids=["beyond-float64", "negative"])
+def test_a_node_whose_message_claims_no_count_of_examples_is_left_out_and_the_run_goes_on(tmp_path, count):
+    """The round's row weighs the clients' losses by their messages' counts in float64: 10**400 ended the run (OverflowError)."""
+    config = config_of(tmp_path, BASE)
+
+    def claim(answer):
+        return {**answer, "message": dataclasses.replace(answer["message"], num_examples=count)}
+
+    link = TamperingLink(config, {0: 0, 1: 1, 2: 2}, victim=1, kind=FIT, tamper=rewritten(claim))
     server_run(config, link, out_dir=tmp_path / "remote")
     assert [r["clients"] for r in rows(tmp_path / "remote")] == [[0, 2], [0, 2]]
 
