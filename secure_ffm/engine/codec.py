@@ -21,6 +21,7 @@ import dataclasses
 import functools
 import json
 import math
+import sys
 import typing
 from collections.abc import Mapping
 from typing import Any, TypeVar
@@ -231,7 +232,7 @@ class _Unpacker:
                 continue
             if isinstance(expected, _MappingOf):
                 expected.check(f"packed {name}.{key}", value)
-            elif not isinstance(value, expected):
+            elif not isinstance(value, expected) or not _in_range(value, expected):
                 raise CodecError(f"packed {name}.{key} is a {type(value).__name__}, not a {_type_name(expected)}")
         try:
             return cls(**values)
@@ -260,8 +261,17 @@ class _MappingOf:
         if not isinstance(mapping, Mapping):
             raise CodecError(f"{where} is a {type(mapping).__name__}, not a table")
         for key, item in mapping.items():
-            if not isinstance(key, str) or not isinstance(item, self.value):
+            if not isinstance(key, str) or not isinstance(item, self.value) or not _in_range(item, self.value):
                 raise CodecError(f"{where}[{key!r}] is a {type(item).__name__}, not a {_type_name(self.value)}")
+
+
+#: A ``float`` field takes an ``int`` too (JSON writes 2.0 as 2), but only one a float can hold: JSON carries integers of
+#: any size, and the server adds such fields up in floats (10**400 raised OverflowError there and ended its run).
+FLOAT_FIELD = (int, float)
+
+
+def _in_range(value: Any, expected: Any) -> bool:
+    return expected != FLOAT_FIELD or isinstance(value, float) or -sys.float_info.max <= value <= sys.float_info.max
 
 
 def _type_name(expected: Any) -> str:
@@ -269,7 +279,7 @@ def _type_name(expected: Any) -> str:
 
 
 def _plain(hint: Any) -> type | tuple[type, ...]:
-    return (int, float) if hint is float else hint
+    return FLOAT_FIELD if hint is float else hint
 
 
 def _plain_hints(cls: type) -> dict[str, Any]:

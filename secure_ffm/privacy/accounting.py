@@ -188,7 +188,12 @@ class SubsampledZCDPAccountant(IAccountant):
 
 
 def _finite_number(value: object) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(float(value))
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:  # an integer beyond float64 (a ledger read from JSON, e.g. a node's report)
+        return False
 
 
 MAX_PRV_TARGET_EPSILON = 100.0

@@ -160,6 +160,13 @@ NODE_LEDGER_NUMBERS = (
 MAX_INCARNATION_CHARS = 64
 
 
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer beyond float64: JSON's integers have any size
+        return False
+
+
 def check_node_ledger(reported: Any, incarnation: Any) -> PrivacyLedger:
     """The privacy ledger of a node's report; ValueError unless the report is one the server can use: a table whose ``ledger`` is a privacy
     ledger (:meth:`~secure_ffm.privacy.accounting.PrivacyLedger.from_json`), whose numbers are finite and non-negative,
@@ -170,8 +177,8 @@ def check_node_ledger(reported: Any, incarnation: Any) -> PrivacyLedger:
     ledger = PrivacyLedger.from_json(reported.get("ledger") if isinstance(reported.get("ledger"), Mapping) else {})
     for name in NODE_LEDGER_NUMBERS:
         value = reported.get(name, 0)
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
-            raise ValueError(f"{name} is {value!r}, not a finite non-negative number")
+        if isinstance(value, bool) or not isinstance(value, int | float) or not _finite(value) or value < 0:
+            raise ValueError(f"{name} is {value!r:.40}, not a finite non-negative number")
     if incarnation is not None and (not isinstance(incarnation, str) or len(incarnation) > MAX_INCARNATION_CHARS):
         raise ValueError(f"its incarnation token is not a text of at most {MAX_INCARNATION_CHARS} characters")
     return ledger

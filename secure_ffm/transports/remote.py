@@ -101,7 +101,10 @@ def _evaluation(answer: Any) -> dict[str, float | None]:
     for key, value in answer.items():
         if not isinstance(key, str) or (value is not None and (isinstance(value, bool) or not isinstance(value, int | float))):
             raise ValueError(f"{key!r} is {value!r}, not a number")
-        out[key] = None if value is None else float(value)
+        try:
+            out[key] = None if value is None else float(value)
+        except OverflowError:  # JSON integers have any size
+            raise ValueError(f"{key!r} is an integer beyond float64") from None
     if out["accuracy"] is None:
         raise ValueError("it gives no accuracy")
     return out

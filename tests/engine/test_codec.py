@@ -91,8 +91,9 @@ def test_a_record_with_a_wrong_field_type_or_missing_field_is_refused():
         ({"train_loss": [1.0]}, "metrics['train_loss'] is a list"),
         ({"steps": None}, "metrics['steps'] is a NoneType"),
         ([["steps", 1.0]], "metrics is a list, not a table"),
+        ({"train_seconds": 10**400}, "metrics['train_seconds'] is a int, not a int or float"),  # beyond float64
     ],
-    ids=["text", "list", "null", "not-a-table"],
+    ids=["text", "list", "null", "not-a-table", "integer-beyond-float64"],
 )
 def test_a_client_messages_metrics_must_be_numbers(metrics, problem):
     """The server adds the metrics up (train_seconds, the loss mean): a text among them ended its run there."""
@@ -101,6 +102,11 @@ def test_a_client_messages_metrics_must_be_numbers(metrics, problem):
     tree["f"]["metrics"] = json.loads(pack(metrics)[0])
     with pytest.raises(CodecError, match=problem.replace("[", r"\[").replace("]", r"\]")):
         unpack(json.dumps(tree), arrays)
+
+
+def test_an_integer_a_float_holds_is_still_a_float_fields_value():
+    text, arrays = pack(ClientMessage(1, 2, {"w": np.zeros(3, dtype=np.float32)}, 10, {"steps": 2**1000}))
+    assert unpack(text, arrays).metrics["steps"] == 2**1000
 
 
 def test_numeric_metrics_nan_included_still_round_trip():

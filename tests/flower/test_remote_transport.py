@@ -178,8 +178,9 @@ def test_dp_sgd_over_the_link_keeps_each_ledger_on_its_node_and_privacy_json_gat
         lambda ledger, token: ({**ledger, "steps": -3}, token),
         lambda ledger, token: ({**ledger, "ledger": {"format": "nonsense"}}, token),
         lambda ledger, token: (ledger, "x" * 10_000),
+        lambda ledger, token: ({**ledger, "epsilon": 10**400}, token),
     ],
-    ids=["text-epsilon", "negative-steps", "not-a-ledger", "huge-token"],
+    ids=["text-epsilon", "negative-steps", "not-a-ledger", "huge-token", "integer-beyond-float64"],
 )
 def test_a_node_reporting_a_malformed_ledger_does_not_end_the_run(tmp_path, damage, caplog):
     """A node's ledger report is input: it used to end the server's run where the round's metrics first read it."""
@@ -193,14 +194,16 @@ def test_a_node_reporting_a_malformed_ledger_does_not_end_the_run(tmp_path, dama
     assert clients[1]["rounds"] == 0 and all(c["rounds"] == 2 for k, c in enumerate(clients) if k != 1)
 
 
-def test_a_node_sending_a_text_metric_is_left_out_and_the_run_goes_on(tmp_path):
-    """The server adds the clients' train_seconds up: a text there used to end its run with TypeError."""
+@pytest.mark.parametrize("value", ["a while", 10**400], ids=["text", "integer-beyond-float64"])
+def test_a_node_sending_a_metric_that_is_no_number_is_left_out_and_the_run_goes_on(tmp_path, value):
+    """The server adds the clients' train_seconds up: a text there used to end its run with TypeError, an integer beyond
+    float64 (JSON's integers have any size) with OverflowError."""
     config = config_of(tmp_path, BASE)
 
     def text_metric(answer):
         return {
             **answer,
-            "message": dataclasses.replace(answer["message"], metrics={**answer["message"].metrics, "train_seconds": "a while"}),
+            "message": dataclasses.replace(answer["message"], metrics={**answer["message"].metrics, "train_seconds": value}),
         }
 
     link = TamperingLink(config, {0: 0, 1: 1, 2: 2}, victim=1, kind=FIT, tamper=rewritten(text_metric))
@@ -239,8 +242,9 @@ EVALUATE_CLIENTS = BASE.replace("rounds = 2", "rounds = 1\nevaluate_clients = tr
         ({"loss": 0.5, "accuracy": "high"}, False),
         ({"loss": 0.5}, False),
         (["loss", 0.5], False),
+        ({"loss": 10**400, "accuracy": 0.5}, False),  # JSON integers have any size: float() raised OverflowError
     ],
-    ids=["none-allowed", "text", "no-accuracy", "not-a-table"],
+    ids=["none-allowed", "text", "no-accuracy", "not-a-table", "integer-beyond-float64"],
 )
 def test_a_nodes_evaluation_is_recorded_only_when_the_server_can_read_it(tmp_path, answer, kept):
     """``float()`` of each value ended the run on a text, and on the None an objective without macro F1 gives; a node
