@@ -276,6 +276,7 @@ def node_session(
         simulation, int(partition_id), state if state is not None else {}, fingerprint=config_fingerprint(config.to_toml())
     )
     session.reports_incarnation = True
+    session.own_data = data_path is not None
     return session
 
 

@@ -756,15 +756,19 @@ class Simulation:
     # ------------------------------------------------------------------ files
 
     def clients_document(self, client_eval: Mapping[int, Mapping[str, float]] | None) -> dict[str, Any]:
-        """``clients.json``: each client's size and label histogram (and its final evaluation, at the end)."""
+        """``clients.json``: each client's size and label histogram (and its final evaluation, at the end); a deployed node
+        that holds its own data gets the count its hello gave, ``own_data``, and no histogram (the server sees no label)."""
         data = self.prepared.data
+        own = self.transport.own_data_counts()  # a node with data of its own: the server knows its count from the hello alone
         clients = []
         for k in range(data.num_clients):
             entry: dict[str, Any] = {
                 "client": k,
-                "num_examples": len(data.client_indices[k]),
-                "label_histogram": list(data.label_histograms[k]),
+                "num_examples": own[k] if k in own else len(data.client_indices[k]),
+                "label_histogram": None if k in own else list(data.label_histograms[k]),
             }
+            if k in own:
+                entry["own_data"] = True
             if client_eval is not None and k in client_eval:  # a node that did not evaluate has none
                 entry["final_eval"] = dict(client_eval[k])
             clients.append(entry)

@@ -57,6 +57,11 @@ class Transport(ABC):
         """Each client's number of examples: public metadata, needed before training for the protocol's weight bound
         (every client reveals it anyway as its message's ``num_examples``)."""
 
+    def own_data_counts(self) -> dict[int, int]:
+        """Client -> its number of examples, for the clients that train on data of their own (a deployment's nodes with
+        node config ``data``) rather than on the server's partition; none in a simulation."""
+        return {}
+
     def set_example_counts(self, example_counts: Sequence[int]) -> None:
         """The clients' numbers of examples from now on (``example_counts[client]``): a continual run's new stage."""
         raise NotImplementedError(f"{type(self).__name__} cannot change the clients' example counts (continual runs)")

@@ -154,6 +154,8 @@ class NodeInfo:
     node: int
     client_id: int
     num_examples: int
+    own_data: bool = False
+    """The node trains on data of its own (node config ``data``), not on the server's partition ``client_id``."""
 
 
 class RemoteTransport(Transport):
@@ -232,7 +234,7 @@ class RemoteTransport(Transport):
                 self.refused[reply.node] = problem
                 log.error("node %d is refused: %s", reply.node, problem)
                 continue
-            self.clients[client_id] = NodeInfo(reply.node, client_id, count)
+            self.clients[client_id] = NodeInfo(reply.node, client_id, count, own_data=hello.get("own_data") is True)
         bound = {info.node for info in (*self.clients.values(), *self.parties.values())}
         for node in set(nodes) - bound - set(self.refused):
             self.refused[node] = "it did not answer the hello"
@@ -253,6 +255,9 @@ class RemoteTransport(Transport):
             raise AggregationError(f"node {reply.node} sent a reply that does not decode: {error}") from None
 
     # ------------------------------------------------------------------ Transport
+
+    def own_data_counts(self) -> dict[int, int]:
+        return {k: info.num_examples for k, info in self.clients.items() if info.own_data}
 
     def example_counts(self, clients: Sequence[int]) -> dict[int, int]:
         if self.stage_counts is not None:
@@ -389,6 +394,9 @@ class NodeSession:
     """The client state's entry that holds its privacy ledger (:attr:`~secure_ffm.privacy.mechanisms.PrivacyMechanism.client_ledger_key`):
     reported with each fit reply, so the server can gather the ledgers. Nothing else of the state leaves the node."""
     reports_incarnation: bool = False
+    own_data: bool = False
+    """The node trains on data of its own (node config ``data``): its hello says so, so that the server does not describe
+    it by its own partition ``client_id`` (``clients.json``)."""
     """A deployed node reports, beside its ledger, the random token of the client state it comes from
     (:data:`INCARNATION_KEY`); a pool worker's session does not (its run's process holds the state)."""
 
@@ -406,7 +414,8 @@ class NodeSession:
         return handler(request)
 
     def _hello(self, request: Mapping[str, Any]) -> dict[str, Any]:
-        return {"client_id": self.client_id, "num_examples": self.num_examples, "fingerprint": self.fingerprint}
+        hello = {"client_id": self.client_id, "num_examples": self.num_examples, "fingerprint": self.fingerprint}
+        return {**hello, "own_data": True} if self.own_data else hello
 
     def _client_state(self) -> dict[str, Any]:
         return self.state.setdefault("client", {})

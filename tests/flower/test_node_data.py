@@ -56,6 +56,10 @@ def test_a_node_with_dp_sgd_plans_its_budget_from_its_own_number_of_examples(tmp
     assert ledger[2]["num_examples"] == 40
     assert ledger[2]["sample_rate"] == pytest.approx(16 / 40)
     assert all(0 < c["epsilon"] <= 8.0 for c in ledger.values())
+    # clients.json describes the nodes by what they told the server, not by the server's partitions of data.dataset
+    clients = json.loads((tmp_path / "remote" / "clients.json").read_text())["clients"]
+    assert [(c["num_examples"], c["label_histogram"], c.get("own_data")) for c in clients][2] == (40, None, True)
+    assert all(c["own_data"] and c["label_histogram"] is None for c in clients)
 
 
 def test_a_node_whose_labels_the_run_does_not_have_is_refused_by_name(tmp_path):
