@@ -187,7 +187,8 @@ class SubsampledZCDPAccountant(IAccountant):
 # --------------------------------------------------------------------------- validation
 
 
-def _finite_number(value: object) -> bool:
+def finite_number(value: object) -> bool:
+    """A real number (not a bool) that a float holds and that is finite."""
     if not isinstance(value, numbers.Real) or isinstance(value, bool):
         return False
     try:
@@ -204,7 +205,7 @@ discretization fails (Opacus: "Discrete mean differs significantly from continuo
 
 
 def _check_target_epsilon(target_epsilon: float, accountant: str | None = None) -> float:
-    if not _finite_number(target_epsilon) or target_epsilon <= 0:
+    if not finite_number(target_epsilon) or target_epsilon <= 0:
         raise ConfigError(
             "privacy.target_epsilon", f"must be a positive finite number, got {target_epsilon!r}", "set e.g. privacy.target_epsilon = 8.0"
         )
@@ -218,7 +219,7 @@ def _check_target_epsilon(target_epsilon: float, accountant: str | None = None) 
 
 
 def _check_delta(delta: float) -> float:
-    if not _finite_number(delta) or not 0 < delta < 1:
+    if not finite_number(delta) or not 0 < delta < 1:
         raise ConfigError(
             "privacy.delta", f"must lie strictly between 0 and 1, got {delta!r}", "use a value below 1/num_examples, e.g. default_delta(n)"
         )
@@ -256,13 +257,13 @@ class GaussianSteps:
 
     def __post_init__(self) -> None:
         z, q = self.noise_multiplier, self.sample_rate
-        if not _finite_number(z) or z <= 0:
+        if not finite_number(z) or z <= 0:
             raise ConfigError(
                 "privacy.noise_multiplier",
                 f"must be a positive finite number, got {z!r}",
                 "a noise multiplier of 0 gives no privacy; use e.g. 1.0",
             )
-        if not _finite_number(q) or not 0 < q <= 1:
+        if not finite_number(q) or not 0 < q <= 1:
             raise ConfigError(
                 "privacy.sample_rate",
                 f"must lie in (0, 1], got {q!r}",
@@ -497,7 +498,7 @@ def calibrate_noise_multiplier(
     target = _check_target_epsilon(target_epsilon, accountant)
     delta = _check_delta(delta)
     GaussianSteps(1.0, sample_rate, steps)  # validates sample_rate and steps
-    if not _finite_number(epsilon_tolerance) or not 0 < epsilon_tolerance < 1:
+    if not finite_number(epsilon_tolerance) or not 0 < epsilon_tolerance < 1:
         raise ConfigError("privacy.epsilon_tolerance", f"must lie in (0, 1), got {epsilon_tolerance!r}", "use e.g. 0.01")
     ACCOUNTANTS.get(accountant, key="privacy.accountant")
     _log_if_approximate(accountant)

@@ -13,7 +13,6 @@ What is not yet supported on a deployment is refused up front, naming the key (:
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from secure_ffm.config import Config
 from secure_ffm.data.node import DataSchema, load_node_data, node_federated_data
 from secure_ffm.engine.aggregation import AUTHORITY, AggregationProtocol
 from secure_ffm.errors import ConfigError
-from secure_ffm.privacy.accounting import PrivacyLedger
+from secure_ffm.privacy.accounting import PrivacyLedger, finite_number
 from secure_ffm.run.simulation import RunObserver, Simulation, prepare_run
 from secure_ffm.transports.remote import (
     AUTHORITY_ROLE,
@@ -160,13 +159,6 @@ NODE_LEDGER_NUMBERS = (
 MAX_INCARNATION_CHARS = 64
 
 
-def _finite(value: int | float) -> bool:
-    try:
-        return math.isfinite(value)
-    except OverflowError:  # an integer beyond float64: JSON's integers have any size
-        return False
-
-
 def check_node_ledger(reported: Any, incarnation: Any) -> PrivacyLedger:
     """The privacy ledger of a node's report; ValueError unless the report is one the server can use: a table whose ``ledger`` is a privacy
     ledger (:meth:`~secure_ffm.privacy.accounting.PrivacyLedger.from_json`), whose numbers are finite and non-negative,
@@ -177,7 +169,7 @@ def check_node_ledger(reported: Any, incarnation: Any) -> PrivacyLedger:
     ledger = PrivacyLedger.from_json(reported.get("ledger") if isinstance(reported.get("ledger"), Mapping) else {})
     for name in NODE_LEDGER_NUMBERS:
         value = reported.get(name, 0)
-        if isinstance(value, bool) or not isinstance(value, int | float) or not _finite(value) or value < 0:
+        if not finite_number(value) or value < 0:  # also an integer beyond float64: JSON's integers have any size
             raise ValueError(f"{name} is {value!r:.40}, not a finite non-negative number")
     if incarnation is not None and (not isinstance(incarnation, str) or len(incarnation) > MAX_INCARNATION_CHARS):
         raise ValueError(f"its incarnation token is not a text of at most {MAX_INCARNATION_CHARS} characters")
