@@ -303,9 +303,11 @@ def unpack(text: str | bytes, arrays: Mapping[str, np.ndarray]) -> Any:
     """The value :func:`pack` turned into ``text`` and ``arrays``; refuses anything but the allowed types."""
     try:
         tree = json.loads(text)
+        return _Unpacker(arrays).unpack(tree)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise CodecError(f"packed data is not JSON: {error}") from None
-    return _Unpacker(arrays).unpack(tree)
+    except RecursionError:  # a peer's message is input: a deeply nested one raised this past every caller's checks
+        raise CodecError("packed data is nested too deeply") from None
 
 
 def to_bytes(value: Any) -> bytes:
@@ -331,7 +333,7 @@ def from_bytes(data: bytes) -> Any:
                 raise CodecError(f"packed array {key!r} has dtype {dt}")
             arrays[key] = np.frombuffer(base64.b64decode(encoded), dtype=dt).reshape(shape)
         text = document["v"]
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as error:
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError, RecursionError) as error:
         if isinstance(error, CodecError):
             raise
         raise CodecError(f"packed bytes do not decode: {error}") from None

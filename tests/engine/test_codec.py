@@ -157,3 +157,13 @@ def test_to_bytes_writes_bytes_inline_and_from_bytes_still_reads_them_as_arrays(
 def test_malformed_inline_bytes_are_refused(body):
     with pytest.raises(CodecError, match="base64 bytes"):
         unpack(json.dumps({"$B": body}), {})
+
+
+@pytest.mark.parametrize("text", ["[" * 100_000 + "]" * 100_000, '{"$t": ' * 5_000 + "[]" + "}" * 5_000], ids=["json-lists", "tuples"])
+def test_a_deeply_nested_message_is_refused_as_a_codec_error(text):
+    """A peer's message is input: json.loads and the unpacker raised RecursionError, which no caller caught (a node's
+    reply ended the server's run)."""
+    with pytest.raises(CodecError, match="nested too deeply"):
+        unpack(text, {})
+    with pytest.raises(CodecError):
+        from_bytes(json.dumps({"a": {}, "v": text}).encode())

@@ -311,9 +311,13 @@ def test_a_tampered_masked_input_is_rejected_naming_the_client_and_the_others_ag
     assert any("client 1" in record.getMessage() for record in caplog.records)
 
 
-def test_a_reply_that_does_not_decode_drops_the_node_by_name(tmp_path, caplog):
+@pytest.mark.parametrize(
+    "text", ['{"$c": "os.system", "f": {}}', "[" * 100_000 + "]" * 100_000], ids=["unregistered-record", "nested-too-deeply"]
+)
+def test_a_reply_that_does_not_decode_drops_the_node_by_name(tmp_path, caplog, text):
+    """A deeply nested reply raised RecursionError past the server's checks and ended its run."""
     config = config_of(tmp_path, BASE.replace("rounds = 2", "rounds = 1"))
-    link = TamperingLink(config, {0: 0, 1: 1, 2: 2}, victim=2, kind="fit", tamper=lambda packed: ('{"$c": "os.system", "f": {}}', {}))
+    link = TamperingLink(config, {0: 0, 1: 1, 2: 2}, victim=2, kind="fit", tamper=lambda packed: (text, {}))
     with caplog.at_level("WARNING"):
         server_run(config, link, out_dir=tmp_path / "remote")
     row = rows(tmp_path / "remote")[0]
