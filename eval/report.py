@@ -300,7 +300,7 @@ def example_datasets(sweep_dir: Path, rows: Sequence[Mapping[str, Any]]) -> set[
 
     try:
         raw = tomllib.loads((sweep_dir / SWEEP_TOML).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError):
         return None
     base = raw.get("base", {}).get("data", {}) if isinstance(raw.get("base"), Mapping) else {}
     default = base.get("dataset", DataConfig.dataset) if isinstance(base, Mapping) else DataConfig.dataset

@@ -1050,8 +1050,8 @@ def parse_override(assignment: str) -> tuple[str, str, Any]:
     raw = raw.strip()
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw
+    except (tomllib.TOMLDecodeError, RecursionError):
+        value = raw  # taken as text, which the key's type check then refuses or keeps
     return section, key, value
 
 
@@ -1111,6 +1111,8 @@ def read_toml(path: str | Path, *, key: str, fix: str) -> dict[str, Any]:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(str(path), f"is not valid TOML: {error}", "fix the syntax at the position given") from None
+    except RecursionError:  # tomllib parses nested arrays and tables recursively
+        raise ConfigError(str(path), "nests arrays or tables too deeply for a config", "flatten it") from None
 
 
 def load_config(path: str | Path, *, overrides: Sequence[str] = ()) -> Config:

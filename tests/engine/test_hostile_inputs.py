@@ -109,6 +109,11 @@ CASES = [
     # ------------------------------------------------------------ config files
     Case("binary config", lambda s: s.train(config=s.config(b"\xff\xfe\x00\x01bad")), "is not UTF-8 text (byte 0xff at offset 0)"),
     Case(
+        "config nested too deeply",  # tomllib raised RecursionError: a traceback
+        lambda s: s.train(config=s.config("a = " + "[" * 3000 + "]" * 3000 + "\n")),
+        "nests arrays or tables too deeply for a config",
+    ),
+    Case(
         "latin-1 config", lambda s: s.train(config=s.config('[run]\nname = "caf\xe9"\n'.encode("latin-1"))), "is not UTF-8 text (byte 0xe9"
     ),
     Case("empty config", lambda s: s.train(config=s.config("")), "holds no settings (start from a shipped config"),
