@@ -188,7 +188,7 @@ def read_json(path: Path, *, key: str) -> Any:
     """A JSON document; :class:`ConfigError` under ``key`` when it cannot be read."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
         raise ConfigError(key, f"{path} cannot be read: {error}", "pass a directory written by `secure-ffm train`") from None
 
 
@@ -201,7 +201,7 @@ def read_metrics_rows(path: Path) -> list[dict[str, Any]]:
         if line.strip():
             try:
                 rows.append(json.loads(line))
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):
                 continue
     return rows
 

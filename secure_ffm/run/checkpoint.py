@@ -173,7 +173,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
         state = json.loads(state_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise CheckpointError(f"{state_path} is missing") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
         raise CheckpointError(f"{state_path} cannot be read: {error}") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{state_path} holds a JSON {type(state).__name__}, not a checkpoint's table")

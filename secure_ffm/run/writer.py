@@ -168,7 +168,7 @@ def read_metrics(path: Path, *, rounds: int) -> list[dict[str, Any]]:
             continue
         try:
             row = json.loads(line)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):  # RecursionError: a line nested thousands deep
             row = None
         if not isinstance(row, dict) or isinstance(row.get("round"), bool) or not isinstance(row.get("round"), int):
             raise ConfigError("--resume", f"{path} line {number} is not a metrics row: {line[:40]!r}", _FIX)

@@ -379,6 +379,16 @@ CASES = [
         "metrics.jsonl line 1 is not a metrics row",
     ),
     Case(
+        "--resume with a metrics line nested too deeply",  # json.loads raised RecursionError: a traceback
+        lambda s: s.resume(_overwrite("metrics.jsonl", b"[" * 100_000 + b"]" * 100_000 + b"\n")),
+        "metrics.jsonl line 1 is not a metrics row",
+    ),
+    Case(
+        "--resume with every state.json nested too deeply",
+        lambda s: s.resume(_every_checkpoint(lambda p: _overwrite("state.json", b"[" * 100_000 + b"]" * 100_000)(p))),
+        "no readable checkpoint in",
+    ),
+    Case(
         "--resume with a metrics row missing",
         lambda s: s.resume(_drop_metrics_row),
         "metrics.jsonl holds rounds [1] but the checkpoint is at round 2",
