@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from secure_ffm.config import Config
@@ -217,8 +218,16 @@ def load_observation(run_dir: Path, *, round: int | None = None, client: int | N
         raise ConfigError("--round/--client", f"no capture for round {round} client {client} in {run_dir}", f"captured: {listing}")
     r, k = matches[0]
     stem = run_dir / "observations" / observation_stem(r, k)
-    arrays = load_file(str(stem.with_suffix(".safetensors")))
-    metadata = json.loads(stem.with_suffix(".json").read_text(encoding="utf-8"))
+    try:
+        arrays = load_file(str(stem.with_suffix(".safetensors")))
+        metadata = json.loads(stem.with_suffix(".json").read_text(encoding="utf-8"))
+        observes = str(metadata["observes"])
+    except (OSError, ValueError, KeyError, TypeError, RecursionError, SafetensorError) as error:  # a damaged capture
+        raise ConfigError(
+            "--run",
+            f"the capture of round {r} client {k} in {run_dir / 'observations'} cannot be read ({type(error).__name__}: {error!s:.200})",
+            "capture it again: train with audit.capture_clients and audit.capture_rounds",
+        ) from None
     observed = {name[len(OBSERVED_PREFIX) :]: v for name, v in arrays.items() if name.startswith(OBSERVED_PREFIX)}
     global_parameters = {name[len(GLOBAL_PREFIX) :]: v for name, v in arrays.items() if name.startswith(GLOBAL_PREFIX)}
-    return CapturedObservation(r, k, str(metadata["observes"]), observed, global_parameters, metadata)
+    return CapturedObservation(r, k, observes, observed, global_parameters, metadata)

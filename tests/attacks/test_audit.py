@@ -1,6 +1,7 @@
 """The audit driver and `secure-ffm attack`: cases built from configs, captured runs, outputs, bad input."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -410,3 +411,35 @@ def test_discrete_shares_are_observed_in_real_units_not_the_rings_integers():
     noise_std = prepared.mechanism.noise_multiplier * 0.5 / 4  # the mean of 4 clipped updates carries the full noise z C
     norm = float(np.sqrt(sum(np.sum(v.astype(np.float64) ** 2) for v in observation.observed.values())))
     assert norm < 2 * (noise_std * np.sqrt(size) + 0.5)  # the noise and at most one clip norm, not ~1e6 integer units
+
+
+@pytest.fixture(scope="module")
+def captured_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("captured") / "run"
+    config = cnn(
+        client={"batch_size": 2}, data={"max_train_examples": 64, "num_clients": 4}, audit={"capture_clients": [0], "capture_rounds": [1]}
+    )
+    Simulation(prepare_run(config), out_dir=run_dir).run()
+    return run_dir
+
+
+@pytest.mark.parametrize(
+    ("suffix", "damage", "problem"),
+    [
+        (".json", b"{not json", "JSONDecodeError"),
+        (".json", b"[" * 100_000 + b"]" * 100_000, "RecursionError"),
+        (".json", b'{"x": 1}', "KeyError: 'observes'"),
+        (".safetensors", b"\x00" * 10, "SafetensorError"),
+    ],
+    ids=["not-json", "nested-too-deeply", "no-observes", "cut-arrays"],
+)
+def test_a_damaged_capture_is_refused_in_one_line(tmp_path, capsys, captured_run, suffix, damage, problem):
+    """Each of these ended ``secure-ffm attack --run`` with a traceback."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(captured_run, run_dir)
+    (path,) = (run_dir / "observations").glob(f"*{suffix}")
+    path.write_bytes(damage)
+    assert main(["attack", "--run", str(run_dir), "--iterations", "2", "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "--run: the capture of round 1 client 0" in line and problem in line
+    assert not (tmp_path / "out").exists()
