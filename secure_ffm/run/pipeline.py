@@ -392,8 +392,11 @@ def _stage_entry(stage: Stage, status: str, summary: Mapping[str, Any] | None) -
 def _read_summary(stage: Stage) -> dict[str, Any]:
     path = stage.run_dir / "summary.json"
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(summary, dict):
+            raise ValueError(f"it holds a JSON {type(summary).__name__}, not a run's summary")
+        return summary
+    except (OSError, ValueError, RecursionError) as error:
         raise _in_stage(
             stage.name, ConfigError("--out", f"{path} cannot be read: {error}", f"delete {stage.run_dir} to run it again")
         ) from None

@@ -140,6 +140,21 @@ def test_a_stage_directory_run_with_another_config_is_refused(chained, encoder, 
         load_pipeline(changed, out)
 
 
+@pytest.mark.parametrize("damage", [b"[]", b"[" * 100_000 + b"]" * 100_000], ids=["a-list", "nested-too-deeply"])
+def test_a_complete_stage_whose_summary_is_damaged_is_refused_in_one_line(chained, capsys, damage):
+    """A summary of the wrong shape ended the pipeline with AttributeError, one nested too deeply with RecursionError."""
+    path, out, _ = chained
+    summary = out / "pretrain" / "summary.json"
+    kept = summary.read_bytes()
+    summary.write_bytes(damage)
+    try:  # the pipeline's stages name their directories: damaged in place, put back after
+        assert main(["pipeline", str(path), "--out", str(out), "--quiet"]) == 2
+    finally:
+        summary.write_bytes(kept)
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "summary.json cannot be read" in line and "pretrain" in line
+
+
 def test_shipped_pipeline_files_are_valid(tmp_path):
     from pathlib import Path
 
