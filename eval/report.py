@@ -291,12 +291,13 @@ publish them. ``auto`` (default) shows them when every point trains on a public 
 otherwise; ``show`` and ``redact`` decide outright."""
 
 
-def example_datasets(sweep_dir: Path, rows: Sequence[Mapping[str, Any]]) -> set[str] | None:
-    """The ``data.dataset`` of every point (the resolved sweep file's base, or a point's own override), or None when the
-    sweep file is missing or unreadable."""
+def private_datasets(sweep_dir: Path, rows: Sequence[Mapping[str, Any]]) -> list[str] | None:
+    """The points' ``data.dataset`` values (the resolved sweep file's base, or a point's own override) that are not public
+    built-ins; None when the sweep file is missing or unreadable (which data the points saw is unknown)."""
     import tomllib
 
     from secure_ffm.config import DataConfig
+    from secure_ffm.data.builtin import DATASETS
 
     try:
         raw = tomllib.loads((sweep_dir / SWEEP_TOML).read_text(encoding="utf-8"))
@@ -309,32 +310,21 @@ def example_datasets(sweep_dir: Path, rows: Sequence[Mapping[str, Any]]) -> set[
         config = row.get("config")
         if isinstance(config, Mapping) and "data.dataset" in config:
             found.add(str(config["data.dataset"]))
-    return found
+    return sorted(d for d in found if d not in DATASETS)
 
 
-def examples_redacted(sweep_dir: Path, rows: Sequence[Mapping[str, Any]], examples: str) -> str | None:
-    """Why the report leaves the audit's examples out (None: it shows them), by :data:`EXAMPLE_POLICIES`."""
-    from secure_ffm.data.builtin import DATASETS
-
+def examples_redacted(private: Sequence[str] | None, examples: str) -> str | None:
+    """Why the report leaves the audit's examples out (None: it shows them), by :data:`EXAMPLE_POLICIES`; ``private``:
+    :func:`private_datasets`."""
     if examples == "show":
         return None
     if examples == "redact":
         return "examples redacted (--examples redact)"
-    datasets = example_datasets(sweep_dir, rows)
-    if datasets is None:
+    if private is None:
         return f"examples redacted: no readable {SWEEP_TOML} says which data the points trained on"
-    private = sorted(d for d in datasets if d not in DATASETS)
     if private:
         return f"examples redacted: {', '.join(private)} is not a public built-in dataset"
     return None
-
-
-def private_datasets(sweep_dir: Path, rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    """The points' datasets that are not public built-ins (all of them, as unknown, when the sweep file is unreadable)."""
-    from secure_ffm.data.builtin import DATASETS
-
-    datasets = example_datasets(sweep_dir, rows)
-    return ["(unknown)"] if datasets is None else sorted(d for d in datasets if d not in DATASETS)
 
 
 def _examples_note(reason: str | None, shown_private: Sequence[str]) -> str:
@@ -401,7 +391,8 @@ def write_sweep_report(sweep_dir: Path, examples: str = "auto") -> Path:
     rows = latest_rows(read_all_rows(sweep_dir), ids)
     missing = [p for p in (ids or []) if p not in {r["point_id"] for r in rows}]
     continual = _continual_points(sweep_dir, rows)
-    redacted = examples_redacted(sweep_dir, rows, examples)
+    private = private_datasets(sweep_dir, rows)
+    redacted = examples_redacted(private, examples)
     plots = write_plots(sweep_dir, rows=rows, redacted=redacted)
     name = next((r.get("sweep") for r in rows if r.get("sweep")), sweep_dir.name)
     ok = sum(r.get("status") == "ok" for r in rows)
@@ -417,7 +408,7 @@ def write_sweep_report(sweep_dir: Path, examples: str = "auto") -> Path:
         f"Generated {html.escape(time.strftime('%Y-%m-%d %H:%M'))} from {html.escape(str(sweep_dir))}/sweep.jsonl.</p>",
         "<h2>Plots</h2>",
     ]
-    parts.append(_examples_note(redacted, private_datasets(sweep_dir, rows) if examples == "show" else []))
+    parts.append(_examples_note(redacted, (["(unknown)"] if private is None else private) if examples == "show" else []))
     for plot, (png, _svg) in plots.items():
         parts.append(_figure_html(plot, png, CAPTIONS.get(plot, plot)))
     if continual:

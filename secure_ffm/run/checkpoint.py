@@ -75,9 +75,9 @@ def write_atomically(path: Path, write: Callable[[Path], None], *, private: bool
         raise
 
 
-def write_text_atomically(path: Path, text: str, *, private: bool = False) -> None:
-    """``path.write_text(text)`` through a temporary file and a rename (``private``: mode 0o600)."""
-    write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), private=private)
+def write_text_atomically(path: Path, text: str) -> None:
+    """``path.write_text(text)`` through a temporary file and a rename."""
+    write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def write_private_bytes(path: Path, data: bytes) -> None:

@@ -119,14 +119,14 @@ def _is_count(value: Any) -> bool:
     return not isinstance(value, bool) and isinstance(value, int) and 0 <= value <= MAX_EXAMPLE_COUNT
 
 
-def _hello_integer(hello: Any, key: str, *, non_negative: bool) -> int:
-    """``hello[key]`` when it is an integer (and, with ``non_negative``, a count: 0 to :data:`MAX_EXAMPLE_COUNT`);
+def _hello_integer(hello: Any, key: str, *, count: bool) -> int:
+    """``hello[key]`` when it is an integer (and, with ``count``, a count: 0 to :data:`MAX_EXAMPLE_COUNT`);
     ValueError otherwise. A count the server weighs clients by must be a whole number: ``int()`` of a float ``inf``
     raised OverflowError, which nothing caught, and a negative count made a round's weight bound negative. (A client
     id's range is checked by the caller: -1 is the key authority's.)"""
     value = hello[key] if isinstance(hello, Mapping) else None
-    if isinstance(value, bool) or not isinstance(value, int) or (non_negative and not _is_count(value)):
-        raise ValueError(f"its hello gives {key} = {value!r}, not a {'non-negative ' if non_negative else ''}integer")
+    if isinstance(value, bool) or not isinstance(value, int) or (count and not _is_count(value)):
+        raise ValueError(f"its hello gives {key} = {value!r}, not a {'non-negative ' if count else ''}integer")
     return value
 
 
@@ -209,8 +209,8 @@ class RemoteTransport(Transport):
         for reply in self.link.request(HELLO, {node: body for node in nodes}):
             try:
                 hello = self._decode(reply)
-                client_id = _hello_integer(hello, "client_id", non_negative=False)
-                count = _hello_integer(hello, "num_examples", non_negative=True)
+                client_id = _hello_integer(hello, "client_id", count=False)
+                count = _hello_integer(hello, "num_examples", count=True)
                 fingerprint = str(hello["fingerprint"])
             except (AggregationError, KeyError, TypeError, ValueError) as error:
                 self.refused[reply.node] = str(error)
@@ -394,11 +394,11 @@ class NodeSession:
     """The client state's entry that holds its privacy ledger (:attr:`~secure_ffm.privacy.mechanisms.PrivacyMechanism.client_ledger_key`):
     reported with each fit reply, so the server can gather the ledgers. Nothing else of the state leaves the node."""
     reports_incarnation: bool = False
+    """A deployed node reports, beside its ledger, the random token of the client state it comes from
+    (:data:`INCARNATION_KEY`); a pool worker's session does not (its run's process holds the state)."""
     own_data: bool = False
     """The node trains on data of its own (node config ``data``): its hello says so, so that the server does not describe
     it by its own partition ``client_id`` (``clients.json``)."""
-    """A deployed node reports, beside its ledger, the random token of the client state it comes from
-    (:data:`INCARNATION_KEY`); a pool worker's session does not (its run's process holds the state)."""
 
     def handle(self, kind: str, packed: Packed) -> Packed:
         """The packed reply to one packed request; a refusal raises (the server sees this node drop out of the stage)."""
