@@ -53,6 +53,7 @@ from secure_ffm.privacy.dp_sgd import DPStep, auto_grad_sample_mode
 from secure_ffm.privacy.mechanisms import AuditReplay, PrivacyMechanism, build_mechanism
 from secure_ffm.privacy.noise import DP_SGD_NOISE, NoisePolicy, PrivateRandomness
 from secure_ffm.registry import nearest
+from secure_ffm.run.checkpoint import save_private_array, write_private_text
 from secure_ffm.transports.in_process import InProcessTransport
 from secure_ffm.variants import MECHANISMS, PROTOCOLS
 
@@ -858,9 +859,8 @@ class AuditSummary:
     def write(self, out_dir: Path) -> Path:
         path = Path(out_dir) / "attack.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(to_jsonable(self.to_dict()), indent=1, sort_keys=True), encoding="utf-8")
-        tmp.replace(path)
+        # owner-only: its per-sample rows hold the original texts (clients' training examples) beside the recovered ones
+        write_private_text(path, json.dumps(to_jsonable(self.to_dict()), indent=1, sort_keys=True))
         return path
 
 
@@ -1001,7 +1001,7 @@ def write_outputs(result: AuditResult, observation: Observation, out_dir: Path, 
 
         path = out_dir / "reconstructions.png"
         write_image_grid(result.truth, result.reconstruction, result.per_sample, path)
-        np.save(out_dir / "reconstructions.npy", result.reconstruction.inputs.detach().cpu().numpy().astype(np.float32), allow_pickle=False)
+        save_private_array(out_dir / "reconstructions.npy", result.reconstruction.inputs.detach().cpu().numpy().astype(np.float32))
         result.outputs["picture"] = path.name
         result.outputs["arrays"] = "reconstructions.npy"
     else:
@@ -1010,7 +1010,5 @@ def write_outputs(result: AuditResult, observation: Observation, out_dir: Path, 
         path = out_dir / "reconstructions.md"
         write_text_table(result.truth, result.reconstruction, result.per_sample, path, tokenizer=tokenizer)
         result.outputs["table"] = path.name
-    document = result.to_dict()
-    tmp = out_dir / "attack.json.tmp"
-    tmp.write_text(json.dumps(to_jsonable(document), indent=1, sort_keys=True), encoding="utf-8")
-    tmp.replace(out_dir / "attack.json")
+    # owner-only, as the pictures: the originals are clients' training examples (text audits list them per sample)
+    write_private_text(out_dir / "attack.json", json.dumps(to_jsonable(result.to_dict()), indent=1, sort_keys=True))

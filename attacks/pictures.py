@@ -12,6 +12,7 @@ import torch
 from attacks.base import GroundTruth, Reconstruction
 from secure_ffm.data.normalization import ImageNormalization
 from secure_ffm.models.vision import UNDECLARED_NORMALIZATION
+from secure_ffm.run.checkpoint import write_atomically, write_private_text
 
 
 def to_pixels(normalized: torch.Tensor, normalization: ImageNormalization | None = None) -> np.ndarray:
@@ -69,8 +70,10 @@ def write_image_grid(
     fig.suptitle("Gradient inversion: originals (top), reconstructions (bottom), PSNR", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:  # owner-only: the originals are the client's training examples
+        write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"), private=True)
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -101,7 +104,7 @@ def write_text_table(
             f"| {'-' if rouge_l is None else f'{rouge_l:.2f}'} |"
         )
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_private_text(path, "\n".join(lines) + "\n")  # owner-only: the originals are the client's training examples
     return path
 
 

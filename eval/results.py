@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from secure_ffm.config import PrivacyConfig, read_toml
+from secure_ffm.run.checkpoint import append_private_text
 from secure_ffm.variants import MECHANISMS
 
 if TYPE_CHECKING:
@@ -84,9 +85,9 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 
 def append_row(sweep_dir: Path, row: Mapping[str, Any]) -> None:
-    with (sweep_dir / JSONL).open("a", encoding="utf-8") as handle:
-        handle.write(json.dumps(jsonable(row), sort_keys=False, ensure_ascii=False) + "\n")
-        handle.flush()
+    """Append ``row`` to ``sweep.jsonl``, owner-only (0o600): an audited point's row holds the original texts the
+    attack recovered, which are clients' training examples (docs/threat_model.md)."""
+    append_private_text(sweep_dir / JSONL, json.dumps(jsonable(row), sort_keys=False, ensure_ascii=False) + "\n")
 
 
 def read_all_rows(sweep_dir: Path) -> list[dict[str, Any]]:

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 from eval.results import CSV, JSONL, SWEEP_TOML, append_row, csv_text, latest_rows, read_all_rows, write_text_atomic
 from eval.spec import SweepPoint, SweepSpec, data_kind, ensure_attacks_registered, load_sweep
 from secure_ffm.errors import ConfigError
+from secure_ffm.run.checkpoint import save_private_array
 from secure_ffm.variants import MECHANISMS, PROTOCOLS
 
 if TYPE_CHECKING:
@@ -419,9 +420,10 @@ def _save_pixels(result: Any, attack_dir: Path, relative: str) -> dict[str, Any]
     attack_dir.mkdir(parents=True, exist_ok=True)
     normalization = reconstruction.normalization  # the attacked model's, from its dataset
     originals = to_pixels(truth.inputs["pixels"], normalization=normalization)
-    np.save(attack_dir / "original_pixels.npy", originals.numpy().astype(np.float32), allow_pickle=False)
+    # owner-only: the originals are clients' training examples, and a reconstruction that succeeds is one too
+    save_private_array(attack_dir / "original_pixels.npy", originals.numpy().astype(np.float32))
     reconstructed = to_pixels(reconstruction.inputs, normalization=normalization)
-    np.save(attack_dir / "reconstructed_pixels.npy", reconstructed.numpy().astype(np.float32), allow_pickle=False)
+    save_private_array(attack_dir / "reconstructed_pixels.npy", reconstructed.numpy().astype(np.float32))
     pairs = [
         {
             "index": int(s.get("index", i)),

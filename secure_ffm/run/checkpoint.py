@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
@@ -84,6 +85,39 @@ def write_private_bytes(path: Path, data: bytes) -> None:
     """``path.write_bytes(data)`` for a file that holds a secret (a key, a client's noise secret): atomically, and
     readable by its owner only (0o600) from the moment it exists."""
     write_atomically(path, lambda tmp: tmp.write_bytes(data), private=True)
+
+
+def write_private_text(path: Path, text: str) -> None:
+    """``path.write_text(text)`` atomically, readable by its owner only (0o600) from the moment it exists: for files that
+    hold clients' examples (an audit's originals and recovered texts), as :func:`write_private_bytes` for secrets."""
+    write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), private=True)
+
+
+def save_private_array(path: Path, array: np.ndarray) -> None:
+    """``numpy.save(path, array)`` (no pickle) atomically and owner-only (0o600): an audit's original or reconstructed
+    pixels."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
+            np.save(handle, array, allow_pickle=False)
+
+    write_atomically(path, write, private=True)
+
+
+def append_private_text(path: Path, text: str) -> None:
+    """Append ``text`` to ``path``, a file readable by its owner only: created 0o600, and an existing file that an earlier
+    version left with the umask's mode is closed to others before anything more is written to it."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        if stat.S_IMODE(os.fstat(descriptor).st_mode) != 0o600:
+            os.fchmod(descriptor, 0o600)
+        with os.fdopen(descriptor, "a", encoding="utf-8") as handle:
+            descriptor = -1  # the handle owns it now
+            handle.write(text)
+            handle.flush()
+    finally:
+        if descriptor >= 0:
+            os.close(descriptor)
 
 
 def save_arrays_atomically(path: Path, arrays: NamedArrays, metadata: dict[str, str] | None = None) -> None:
