@@ -80,11 +80,18 @@ class VectorLayout:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> VectorLayout:
-        raw = json.loads(bytes(data).decode())
-        return cls(
-            tuple((str(k), tuple(int(d) for d in s)) for k, s in raw["delta"]),
-            tuple((str(k), tuple(int(d) for d in s)) for k, s in raw["statistics"]),
-        )
+        """The layout a message announces; anything else (not JSON, deeply nested, another shape, a dimension that is
+        not a non-negative integer) raises ValueError, which the protocols' servers treat as that client's bad message:
+        a peer's bytes must never end the server's run (RecursionError and OverflowError did, until 2026-12-07)."""
+        try:
+            raw = json.loads(bytes(data).decode())
+            layout = cls(
+                tuple((str(k), tuple(_dimension(d) for d in s)) for k, s in raw["delta"]),
+                tuple((str(k), tuple(_dimension(d) for d in s)) for k, s in raw["statistics"]),
+            )
+        except (RecursionError, OverflowError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as error:
+            raise ValueError(f"not a vector layout: {type(error).__name__}") from None
+        return layout
 
     def flatten(self, update: ClientUpdate, weight: float) -> np.ndarray:
         parts = [np.asarray(update.delta[k], dtype=np.float64).reshape(-1) for k, _ in self.delta]
@@ -100,6 +107,13 @@ class VectorLayout:
                 out[i][name] = values[offset : offset + size].reshape(shape)
                 offset += size
         return out[0], out[1]
+
+
+def _dimension(value: Any) -> int:
+    """One dimension of a layout's shape: a non-negative integer (JSON gives it as a number)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise TypeError(f"dimension {value!r}")
+    return value
 
 
 class AggregationError(RuntimeError):
@@ -326,6 +340,11 @@ class AggregationProtocol(ABC):
 
     needs_key_file: ClassVar[bool] = False
     """True when a deployment must deal the protocol's keys out of band (:meth:`use_key_file`): CKKS's shared key set."""
+
+    def plan_rounds(self, round_size: int) -> None:  # noqa: B027 (optional hook)
+        """The run's planned participants per round (``server.clients_per_round``, else ``data.num_clients``), from the
+        party's own configuration: a protocol whose clients must not trust the round size a server claims (masking's
+        threshold) keeps it. Every run calls it once, before its first round."""
 
     def use_integer_values(self) -> None:
         """Sum integer-valued updates exactly from now on; only protocols with :attr:`supports_integer_values`."""

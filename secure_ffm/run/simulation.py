@@ -356,6 +356,8 @@ class Simulation:
         self.protocol = protocol or PROTOCOLS.get(secure.protocol, key="secure_aggregation.protocol").from_config(
             secure, seed=self.config.run.seed
         )
+        # the round size the run plans, from its own config: a masking client's minimum threshold (never the server's claim)
+        self.protocol.plan_rounds(self.config.server.clients_per_round or prepared.data.num_clients)
         self.privacy = prepared.privacy
         self.privacy.configure_protocol(self.protocol)
         self.noise_policy = NoisePolicy.from_config(self.config)

@@ -83,7 +83,7 @@ import math
 import operator
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -381,6 +381,30 @@ class DecryptedSums:
     statistics: NamedArrays
     total_weight: float
     num_clients: int
+
+
+def check_decrypted(sums: DecryptedSums, layout: VectorLayout, *, round: int, num_clients: int) -> None:
+    """Refuse (AggregationError) decrypted sums that do not fit the aggregate's layout: the decryptor is a party (the
+    lowest-id client under ``"clients"``, or the key authority), and its answer must not end the server's run.
+
+    Arrays of the layout's names and shapes, finite, a finite positive total weight and the aggregate's client count;
+    a decryptor that answers with other names (an empty table made the strategy raise KeyError until 2026-12-07) or
+    shapes aborts the round.
+    What a dishonest decryptor can still do is answer wrong values of the right shape (docs/threat_model.md)."""
+    who = f"round {round}: the decrypted aggregate"
+    for what, arrays, expected in (("delta", sums.delta, layout.delta), ("statistics", sums.statistics, layout.statistics)):
+        if not isinstance(arrays, Mapping) or sorted(arrays) != sorted(name for name, _ in expected):
+            names = sorted(map(str, arrays)) if isinstance(arrays, Mapping) else type(arrays).__name__
+            raise AggregationError(f"{who} has {what} {names}, not the layout's {sorted(name for name, _ in expected)}")
+        for name, shape in expected:
+            value = arrays[name]
+            if not isinstance(value, np.ndarray) or value.shape != tuple(shape) or value.dtype.kind != "f" or not np.isfinite(value).all():
+                raise AggregationError(f"{who}'s {what} {name!r} is not a finite float array of shape {tuple(shape)}")
+    weight = sums.total_weight
+    if isinstance(weight, bool) or not isinstance(weight, int | float) or not math.isfinite(weight) or not weight > 0:
+        raise AggregationError(f"round {round}: total client weight is {weight!r}")
+    if sums.num_clients != num_clients:
+        raise AggregationError(f"{who} counts {sums.num_clients!r} clients; {num_clients} were summed")
 
 
 # --------------------------------------------------------------------------- client
@@ -894,8 +918,7 @@ class CKKSServerRound(ServerRound):
             if not isinstance(sums, DecryptedSums):
                 who = "the key authority" if decrypting == AUTHORITY else f"client {decrypting}"
                 raise AggregationError(f"round {encrypted.round}: {who} did not decrypt the aggregate")
-        if not sums.total_weight > 0:
-            raise AggregationError(f"round {encrypted.round}: total client weight is {sums.total_weight}")
+        check_decrypted(sums, VectorLayout.from_bytes(encrypted.layout), round=encrypted.round, num_clients=encrypted.num_clients)
         mean = {k: (v / sums.total_weight).astype(np.float32) for k, v in sums.delta.items()}
         mean_stats = {k: v / sums.total_weight for k, v in sums.statistics.items()}
         timings = {"setup": self.setup_seconds, "aggregate": self.accumulator.seconds, "decrypt": time.perf_counter() - start}

@@ -279,6 +279,7 @@ class MaskingClient(ClientRound):
         self._revealed: dict[int, str] = {}  # peer -> "self_seed" | "pair_key": what this client gave away
         self._cipher_keys: dict[int, bytes] = {}  # peer -> this round's share-cipher key (:meth:`_share_cipher_key`)
         self._round = -1
+        self._input_sent = False  # whether this round's masked input went out (:meth:`masked_input` sends one a round)
 
     def export_state(self) -> dict[str, Any]:
         """The round's secrets and what the client has seen and revealed, for a client that runs each stage in a fresh
@@ -294,6 +295,7 @@ class MaskingClient(ClientRound):
             "held": dict(self._held),
             "revealed": dict(self._revealed),
             "cipher_keys": dict(self._cipher_keys),
+            "input_sent": self._input_sent,
         }
 
     def restore_state(self, state: Any) -> None:
@@ -311,15 +313,21 @@ class MaskingClient(ClientRound):
             self._held = {operator.index(k): (bytes(v[0]), bytes(v[1])) for k, v in state["held"].items()}
             self._revealed = {operator.index(k): str(v) for k, v in state["revealed"].items()}
             self._cipher_keys = {operator.index(k): _cipher_key_bytes(v) for k, v in state.get("cipher_keys", {}).items()}
+            self._input_sent = bool(state.get("input_sent", False))
         except (KeyError, TypeError, ValueError, IndexError) as error:
             raise AggregationError(f"client {self.client_id}: its saved masking state does not load: {error}") from None
 
     def expect(self, num_participants: int, *, threshold: int, neighbours: int) -> None:
-        """Set the minimums from the client's configuration (``threshold``, ``neighbours``) for a round of this size:
-        the neighbourhood the configured graph gives, and the configured ``t`` or else its strict majority."""
+        """Raise the minimums to what the client's configuration (``threshold``, ``neighbours``) gives a round of this
+        size: the neighbourhood the configured graph gives, and the configured ``t`` or else its strict majority.
+
+        Called with the :class:`KeyRequest`'s participants and again with the :class:`RoundSetup`'s public keys: both
+        counts come from the server, and the minimums only ever rise, so a key request that lists fewer clients than
+        the set-up then hands keys to cannot lower them (a complete graph claimed for 5 clients and a 4-regular graph
+        over 12 would have let the server collect one client's seed and its neighbours' pair keys)."""
         holders = graphs.neighbourhood_size(num_participants, neighbours)
-        self.min_threshold = threshold or graphs.threshold_range(holders)[0]
-        self.min_neighbours = holders - 1
+        self.min_threshold = max(self.min_threshold, threshold or graphs.threshold_range(holders)[0])
+        self.min_neighbours = max(self.min_neighbours, holders - 1)
 
     def handle(self, stage: str, request: Any) -> Any:
         """Answer the server's stage requests (anything else is refused)."""
@@ -356,6 +364,8 @@ class MaskingClient(ClientRound):
         own = setup.public_keys.get(self.client_id)
         if own != (keys.public_bytes(self._pair_key), keys.public_bytes(self._share_key)):
             raise AggregationError(f"round {setup.round}: client {self.client_id} refuses a set-up that does not carry its public keys")
+        if self.configured is not None:  # the round's size is the set-up's, whatever the key request said
+            self.expect(len(setup.public_keys), threshold=self.configured[0], neighbours=self.configured[1])
         self._check_setup(setup)
         self._setup = setup
         self._self_seed = keys.random_seed()
@@ -409,9 +419,14 @@ class MaskingClient(ClientRound):
             )
 
     def receive_shares(self, shares: Sequence[EncryptedShare]) -> None:
-        """Decrypt the shares the server routed here; a tampered, misrouted, repeated or malformed one raises AggregationError.
+        """Decrypt the shares the server routed here; a misrouted or repeated one raises AggregationError.
 
-        All are checked before any is kept, so on error this client holds what it held before.
+        A share that fails authentication, or whose plaintext is malformed or carries another share id, is its sender's
+        fault (the server forwards ciphertexts it cannot read, and the sender alone holds the key it encrypted with): it
+        is left out and logged, so one bad client cannot stop its honest neighbours from sending their inputs (it made
+        every one of them fail the round until 2026-12-07). This client then holds none of that sender's secrets and
+        reveals none of them; the others' shares rebuild them as after any missing share. All are checked before any
+        is kept, so on error this client holds what it held before.
         """
         setup = self._require_setup()
         who = f"round {setup.round}: client {self.client_id}"
@@ -426,14 +441,17 @@ class MaskingClient(ClientRound):
                 aad = _share_aad(setup.round, sender, self.client_id)
                 plaintext = ChaCha20Poly1305(self._share_cipher_key(sender)).decrypt(share.nonce, share.ciphertext, aad)
             except (InvalidTag, ValueError, TypeError):
-                raise AggregationError(f"{who}: the share from client {sender} fails authentication") from None
+                log.warning("%s: the share from client %d fails authentication; it is left out", who, sender)
+                continue
             pair_key_share, seed_share = plaintext[: shamir.SHARE_BYTES], plaintext[shamir.SHARE_BYTES :]
             try:
                 ids = {shamir.share_from_bytes(pair_key_share)[0], shamir.share_from_bytes(seed_share)[0]}
             except ValueError:
-                raise AggregationError(f"{who}: the share from client {sender} is malformed ({len(plaintext)} bytes)") from None
+                log.warning("%s: the share from client %d is malformed (%d bytes); it is left out", who, sender, len(plaintext))
+                continue
             if ids != {self.client_id + 1}:
-                raise AggregationError(f"{who}: the share from client {sender} carries share ids {sorted(ids)}, not {self.client_id + 1}")
+                log.warning("%s: the share from client %d carries share ids %s, not its own; it is left out", who, sender, sorted(ids))
+                continue
             received[sender] = (pair_key_share, seed_share)
         self._held.update(received)
 
@@ -478,6 +496,14 @@ class MaskingClient(ClientRound):
         setup = self._require_setup()
         if update.client_id != self.client_id or update.round != setup.round:
             raise ValueError(f"client {self.client_id}: update of client {update.client_id}, round {update.round} in round {setup.round}")
+        if self._input_sent:
+            # the round's masks are fixed by its keys and self seed: a second input y' = x' + masks would give the server
+            # y - y' = x - x', one client's update with no mask at all (a request that trains only the head makes x'
+            # known). One masked input a round, whatever the server asks.
+            raise AggregationError(
+                f"round {setup.round}: client {self.client_id} already sent its masked input and refuses a second one "
+                "(the same masks twice would unmask the difference of the two updates)"
+            )
         layout = VectorLayout.of(update)
         if setup.layout is not None and layout != setup.layout:
             # declining (like a dropout) rather than failing: its pair masks are then removed from the others' sum
@@ -485,6 +511,7 @@ class MaskingClient(ClientRound):
                 f"round {setup.round}: client {self.client_id}'s update does not have the layout the server fixed for the round"
             )
         masked = self.mask(self.quantize(update, weight=weight, rng=rng))
+        self._input_sent = True
         payload = {
             MASKED_KEY: masked,
             ROUND_KEY: np.asarray([setup.round], dtype=np.int64),
@@ -595,6 +622,7 @@ class MaskingServer(ServerRound):
         weight_bound: float,
         clip_range: float = 1.0,
         threshold: int = 0,
+        min_threshold: int = 0,
         neighbours: int = 0,
         layout: VectorLayout | None = None,
         integer_values: bool = False,
@@ -613,8 +641,11 @@ class MaskingServer(ServerRound):
         self.neighbours = self._graph(operator.index(neighbours))
         holders = 1 + min(len(v) for v in self.neighbours.values())
         lowest, highest = graphs.threshold_range(holders)
-        self.threshold = operator.index(threshold) or lowest
-        if not lowest <= self.threshold <= highest:
+        # the default t: the strict majority of this round's neighbourhood, raised to the clients' own minimum (that of
+        # the run's planned round size); a round too small for it gets all of its neighbourhood, which is still below
+        # that minimum: every client refuses the set-up and the round aborts
+        self.threshold = operator.index(threshold) or min(highest, max(lowest, operator.index(min_threshold))) or lowest
+        if operator.index(threshold) and not lowest <= self.threshold <= highest:
             raise ValueError(
                 f"threshold t={self.threshold} must lie in {lowest}..{highest}: above half of a neighbourhood ({holders} clients, "
                 f"its client included), so that a server that lies about who survived cannot unmask one client, and at most all of it"
@@ -722,6 +753,9 @@ class MaskingServer(ServerRound):
             if message.client_id not in self.participants or message.client_id in commitments:
                 raise AggregationError(f"round {self.round}: share keys from client {message.client_id}, not a participant or twice")
             expected = self.neighbours[message.client_id]
+            if not isinstance(message.shares, tuple | list) or not all(isinstance(s, EncryptedShare) for s in message.shares):
+                # the codec checks a message's own fields, not the items of a container: a peer's bytes must not end the run
+                raise AggregationError(f"round {self.round}: client {message.client_id} sent share keys that are not encrypted shares")
             got = [s.recipient for s in message.shares]
             if (
                 message.round != self.round
@@ -912,6 +946,8 @@ class MaskingServer(ServerRound):
             (out[0], response.self_seed_shares, request.survivors, "self seed"),
             (out[1], response.pair_key_shares, request.dropped, "pair key"),
         ):
+            if not isinstance(kind, Mapping):  # the codec checks the response's fields, not what a container holds
+                raise AggregationError(f"{who} sent its {what} shares as a {type(kind).__name__}, not a table")
             for owner, data in kind.items():
                 if owner not in owners or owner not in holds:
                     raise AggregationError(f"{who} sent a share it should not hold (of client {owner}'s {what})")
@@ -1020,6 +1056,22 @@ class MaskingProtocol(AggregationProtocol):
         self.server: MaskingServer | None = None
         self.clients: dict[int, MaskingClient] = {}
         self._setup_seconds = 0.0
+        self._warned_sparse = False
+        self.round_size = 0
+        """The run's planned participants per round (:meth:`plan_rounds`; 0 before a run sets it): each client's minimum
+        threshold is the configured one or the strict majority of the neighbourhood this size gives, whatever size a
+        server claims, and the server's default ``t`` is raised to it."""
+
+    def plan_rounds(self, round_size: int) -> None:
+        self.round_size = operator.index(round_size)
+
+    def planned_min_threshold(self) -> int:
+        """The lowest ``t`` this run's own configuration accepts (0 before :meth:`plan_rounds`)."""
+        if self.threshold:
+            return self.threshold
+        if self.round_size < 1:
+            return 0
+        return graphs.threshold_range(graphs.neighbourhood_size(self.round_size, self.neighbours))[0]
 
     @classmethod
     def from_config(cls, config: SecureAggregationConfig, *, seed: int) -> MaskingProtocol:
@@ -1062,12 +1114,21 @@ class MaskingProtocol(AggregationProtocol):
         bound = weight_bound if weight_bound is not None else self.weight_bound
         if bound is None:
             raise ValueError("masking aggregation needs a public weight_bound (the largest client weight) in begin_round")
+        if self.neighbours and not self._warned_sparse:
+            self._warned_sparse = True
+            log.warning(
+                "secure_aggregation.neighbours = %d (SecAgg+): a server that lies about who survived can unmask one client's "
+                "update without colluders (no consistency check without signed keys; docs/threat_model.md); use the complete "
+                "graph (neighbours = 0) against a server that may lie",
+                self.neighbours,
+            )
         return MaskingServer(
             round,
             participants,
             weight_bound=bound,
             clip_range=self.clip_range,
             threshold=self.threshold,
+            min_threshold=self.planned_min_threshold(),
             neighbours=self.neighbours,
             layout=layout,
             integer_values=self.integer_values,
@@ -1075,8 +1136,14 @@ class MaskingProtocol(AggregationProtocol):
 
     def client_round(self, client_id: int, round: int) -> MaskingClient:
         """A fresh client half that checks every set-up against this configuration's threshold and graph degree."""
+        planned = self.planned_min_threshold()
         return MaskingClient(
-            client_id, configured=(self.threshold, self.neighbours), rounding_seed=self.seed, integer_values=self.integer_values
+            client_id,
+            min_threshold=planned,
+            min_neighbours=max(0, planned - 1),
+            configured=(self.threshold, self.neighbours),
+            rounding_seed=self.seed,
+            integer_values=self.integer_values,
         )
 
     def use_integer_values(self) -> None:
