@@ -47,6 +47,12 @@ from secure_ffm.privacy.noise import CENTRAL_NOISE, CLIENT_SAMPLING, NOISE_SHARE
 log = logging.getLogger(__name__)
 
 UNCLIPPED = "unclipped"
+"""The statistic of adaptive clipping: each client's ``b - 1/2``, with ``b`` = 1 when its update's norm was at most C
+(Andrew et al., 2021). Centred, as TensorFlow Privacy's quantile estimator does, so that one client moves the sum by
+at most 1/2, the sensitivity behind the accounting's ``(z_Δ^-2 + (2σ_b)^-2)^-1/2``; the server adds 1/2 back to the
+noised mean (:class:`AdaptClipNorm`). Until 2026-12-07 ``b`` itself was sent, whose sensitivity 1 the accounting
+counted as 1/2: ε was understated (3.9 against the 3.0 reported at σ_b = 2, z = 1.62)."""
+UNCLIPPED_CENTRE = 0.5
 
 
 def round_clip_norm(context: TransformContext, own: float, *, follows_server: bool) -> float:
@@ -78,8 +84,17 @@ class ClipUpdate(UpdateTransform):
             update.client_id, update.round, clipped, update.num_examples, {**update.metrics, "update_norm": norm}, dict(update.statistics)
         )
         if self.report_unclipped:
-            out = out.with_statistics(**{UNCLIPPED: np.asarray([1.0 if norm <= c else 0.0])})
+            out = out.with_statistics(**{UNCLIPPED: np.asarray([(1.0 if norm <= c else 0.0) - UNCLIPPED_CENTRE])})
         return out
+
+
+def claimed_participants(claimed: object, *, planned: int) -> int:
+    """The m a client's noise share is sized for (σ / √m): the round size the server's instructions claim, at most the one
+    the client's own config plans (claiming more would shrink every share), and 1 (the whole noise, never less) when the
+    claim is not a positive whole number: 0 ended the client with ZeroDivisionError, -1 with a math domain error."""
+    if isinstance(claimed, bool) or not isinstance(claimed, int | float) or not math.isfinite(claimed) or claimed < 1:
+        return 1
+    return max(1, min(int(claimed), planned))
 
 
 class GaussianNoiseShare(UpdateTransform):
@@ -101,7 +116,7 @@ class GaussianNoiseShare(UpdateTransform):
     def __call__(self, update: ClientUpdate, context: TransformContext) -> ClientUpdate:
         if context.randomness is None:
             raise ValueError("gaussian-share needs the client's private randomness (TransformContext.randomness): its noise must be secret")
-        m = min(int(context.config["participants"]), self.participants)
+        m = claimed_participants(context.config.get("participants"), planned=self.participants)
         c = round_clip_norm(context, self.clip_norm, follows_server=self.follows_server)
         noise = context.randomness.stream(NOISE_SHARE, context.round)
         delta = add_gaussian_noise(update.delta, self.noise_multiplier * c / math.sqrt(m), noise)
@@ -121,9 +136,8 @@ class CentralGaussianNoise(AggregateStep):
         rng = mech.noise_stream(round)
         mean = add_gaussian_noise(aggregate.mean_delta, mech.update_noise_multiplier * mech.clip_norm / m, rng)
         stats = (
-            add_gaussian_noise(aggregate.mean_statistics, mech.count_std(max(1, int(m + 0.5))) / m, rng)
-            if aggregate.mean_statistics
-            else {}
+            # σ_b of the round size the noise was calibrated for, not of the clients that arrived (dropouts would shrink it)
+            add_gaussian_noise(aggregate.mean_statistics, mech.count_std(mech.participants) / m, rng) if aggregate.mean_statistics else {}
         )
         return aggregate.replace(mean_delta=mean, mean_statistics=stats)
 
@@ -143,7 +157,7 @@ class AdaptClipNorm(AggregateStep):
 
     def __call__(self, round: int, aggregate: Aggregate) -> Aggregate:
         p = self.mechanism.config.privacy
-        unclipped = float(np.asarray(aggregate.mean_statistics[UNCLIPPED]).reshape(-1)[0])
+        unclipped = float(np.asarray(aggregate.mean_statistics[UNCLIPPED]).reshape(-1)[0]) + UNCLIPPED_CENTRE
         self.mechanism.last_unclipped_fraction = unclipped
         log_step = -p.clip_learning_rate * (unclipped - p.target_unclipped_quantile)
         if not abs(log_step) <= MAX_CLIP_LOG_STEP:  # also an infinite or NaN step
@@ -217,6 +231,15 @@ class DPFedAvg(PrivacyMechanism):
         self.delta = p.delta or accounting.default_delta(n)
         self.discrete: DiscreteGaussianSum | None = None
         """The distributed discrete Gaussian's geometry, fixed by the first update's size (discrete mode)."""
+        self.hides_updates = PROTOCOLS.get(config.secure_aggregation.protocol, key="secure_aggregation.protocol").hides_updates
+        """Whether the server sees only the sum (masking, CKKS): client-placed noise then protects each update with the
+        whole sum's noise; otherwise with one share of it (:meth:`epsilon_against_server`)."""
+        if p.noise_placement == "clients" and not self.hides_updates:
+            log.warning(
+                'privacy.noise_placement = "clients" without secure aggregation: the server sees each update under its own '
+                "noise share only, N(0, (zC)^2/m); the released model keeps the whole noise. privacy.json's epsilon_against_server "
+                'says what that gives; use secure_aggregation.protocol = "masking" or "ckks" for distributed DP'
+            )
         self.discrete_mode = p.noise_placement == "clients" and bool(
             PROTOCOLS.get(config.secure_aggregation.protocol, key="secure_aggregation.protocol").supports_integer_values
         )
@@ -408,13 +431,18 @@ class DPFedAvg(PrivacyMechanism):
         in is a plain Gaussian mechanism (q = 1): with client-side noise (distributed DP under secure
         aggregation) that is the guarantee the server cannot break. Dropped or rejected clients' shares
         are missing from the sum, which this figure does not account for (docs/threat_model.md).
+
+        Without a protocol that hides single updates (``secure_aggregation.protocol = "none"``) the server reads each
+        client's update under that client's own share alone, N(0, (zC)² / m): the figure is then the Gaussian
+        mechanism with noise multiplier z / √m (until 2026-12-07 it claimed the whole sum's z there too).
         """
         if self.config.privacy.noise_placement != "clients":
             return None
         most = max(self.participations.values(), default=0)
         if most == 0:
             return 0.0
-        return accounting.compute_epsilon([GaussianSteps(self.noise_multiplier, 1.0, most)], accountant=self.accountant, delta=self.delta)
+        z = self.noise_multiplier if self.hides_updates else self.noise_multiplier / math.sqrt(self.participants)
+        return accounting.compute_epsilon([GaussianSteps(z, 1.0, most)], accountant=self.accountant, delta=self.delta)
 
     def _against_server_note(self) -> str:
         if self.config.privacy.noise_placement != "clients":
@@ -423,6 +451,12 @@ class DPFedAvg(PrivacyMechanism):
             return (
                 "q = 1 over the rounds the most-sampled client took part in; discrete shares are sized so that any "
                 f"{self.discrete.min_shares} of them (the masking threshold) carry the full noise"
+            )
+        if not self.hides_updates:
+            return (
+                f"q = 1 over the rounds the most-sampled client took part in, at z / sqrt(m) = z / sqrt({self.participants}): "
+                f"secure_aggregation.protocol = {self.config.secure_aggregation.protocol!r} shows the server each update under its "
+                "own noise share only"
             )
         return "q = 1 over the rounds the most-sampled client took part in; assumes every sampled client's noise share reached the sum"
 

@@ -471,10 +471,13 @@ class DPStep:
             objective.backward()
             return float(objective.detach())
 
-    def noise_only_step(self) -> None:
-        """The step of an empty Poisson batch: noise only (the privacy analysis counts it)."""
+    def noise_only_step(self, *, extra_gradient: Callable[[], None] | None = None) -> None:
+        """The step of an empty Poisson batch: noise only (the privacy analysis counts it); ``extra_gradient`` as in
+        :meth:`step`, so that what follows privatization does not depend on whether the batch was empty."""
         for p, noise in zip(self.params, noise_like(self.noise, self.params, self.noise_std), strict=True):
             p.grad = noise.view_as(p)
+        if extra_gradient is not None:
+            extra_gradient()
         self.base.step()
 
     def close(self) -> None:
@@ -592,16 +595,19 @@ class DPSGDTrainer(LocalTrainer):
         try:
             for _ in range(plan.steps_per_round):
                 chosen = indices[sampling.random(n) < q]
+                # an empty Poisson batch is a step like any other, FedProx's term, the importance record and EWC's
+                # proximal step included: skipping them (until 2026-12-07) let the trajectory tell that a batch was empty,
+                # a function of the secret sample (and of how many examples the client has) that the accounting covers not
                 if len(chosen) == 0:
-                    stepper.noise_only_step()
+                    stepper.noise_only_step(extra_gradient=extra_gradient)
                     empty += 1
-                    continue
-                batch = model.make_training_batch(encoded, chosen, generator=generator)
-                loss = stepper.step(batch, extra_gradient=extra_gradient)
+                else:
+                    batch = model.make_training_batch(encoded, chosen, generator=generator)
+                    loss = stepper.step(batch, extra_gradient=extra_gradient)
+                    total_loss += loss * len(chosen)
+                    seen += len(chosen)
                 if extras.penalty is not None:  # post-processing too: it reads no example
                     extras.penalty.proximal_step(named, self.config.lr)
-                total_loss += loss * len(chosen)
-                seen += len(chosen)
         finally:
             stepper.close()
         ledger.record(noise_multiplier=z, sample_rate=q, steps=plan.steps_per_round)

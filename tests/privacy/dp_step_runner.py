@@ -20,10 +20,12 @@ def one_dp_step(
     max_physical_batch_size: int = 0,
     noise_only: bool = False,
     generator: torch.Generator | None = None,
+    extra_gradient=None,
 ):
     """The trained parameters after one DP step (SGD, lr 1) on the first ``size`` private examples (an empty batch's
     noise-only step with ``noise_only``), and the loss the step reports (None for a noise-only step). ``generator``:
-    build the batch with the model's training batch (augmentations drawn from it) instead of the plain one."""
+    build the batch with the model's training batch (augmentations drawn from it) instead of the plain one;
+    ``extra_gradient(params)`` is the step's post-privatization hook (FedProx's term), given the copy's parameters."""
     model = copy.deepcopy(prepared.model)
     model.module.train()
     params = [p for _, p in model.trainable_named_parameters()]
@@ -38,13 +40,16 @@ def one_dp_step(
         max_physical_batch_size=max_physical_batch_size,
     )
     loss = None
+    extra = (lambda: extra_gradient(params)) if extra_gradient is not None else None
     try:
         if noise_only:
-            stepper.noise_only_step()
+            stepper.noise_only_step(extra_gradient=extra)
         elif generator is not None:
-            loss = stepper.step(model.make_training_batch(prepared.encoded_private, np.arange(size), generator=generator))
+            loss = stepper.step(
+                model.make_training_batch(prepared.encoded_private, np.arange(size), generator=generator), extra_gradient=extra
+            )
         else:
-            loss = stepper.step(model.make_batch(prepared.encoded_private, np.arange(size)))
+            loss = stepper.step(model.make_batch(prepared.encoded_private, np.arange(size)), extra_gradient=extra)
     finally:
         stepper.close()
     return {name: p.detach().clone() for name, p in model.trainable_named_parameters()}, loss
