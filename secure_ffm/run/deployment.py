@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from secure_ffm.config import Config
-from secure_ffm.data.node import DataSchema, load_node_data, node_federated_data
+from secure_ffm.data.node import NODE_DATA_ERROR_KEY, DataSchema, load_node_data, node_federated_data
 from secure_ffm.engine.aggregation import AUTHORITY, AggregationProtocol
 from secure_ffm.errors import ConfigError
 from secure_ffm.run.simulation import RunObserver, Simulation, prepare_run
@@ -267,7 +267,18 @@ def node_session(
             raise DeploymentError(
                 "this node holds its own data, but the server has not sent the run's data schema (it comes with the hello)"
             )
-        examples = load_node_data(config.data, data_path, schema, seed=config.run.seed)
+        try:
+            examples = load_node_data(config.data, data_path, schema, seed=config.run.seed)
+        except ConfigError as error:
+            # a node's refusal travels to the server (Flower sends the exception's text): this reason names the node's
+            # files, labels, shapes and sizes, which the server must not learn (a hello whose schema listed one class made
+            # the node list its own, until 2026-12-07). The node's operator reads it in the node's log.
+            log.error("%s", error)
+            raise ConfigError(
+                NODE_DATA_ERROR_KEY,
+                "this node's data does not fit the run's data schema (the node's own log says why)",
+                "the node's operator fixes its data or its node config",
+            ) from None
         data = node_federated_data(schema, examples, client_id=int(partition_id), num_clients=num_partitions)
         log.info("node data %s: %d examples for client %d", data_path, len(examples), partition_id)
     simulation = Simulation(prepare_run(config, data=data))

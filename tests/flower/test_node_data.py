@@ -62,7 +62,7 @@ def test_a_node_with_dp_sgd_plans_its_budget_from_its_own_number_of_examples(tmp
     assert all(c["own_data"] and c["label_histogram"] is None for c in clients)
 
 
-def test_a_node_whose_labels_the_run_does_not_have_is_refused_by_name(tmp_path):
+def test_a_node_whose_labels_the_run_does_not_have_is_refused_without_telling_the_server_its_labels(tmp_path, caplog):
     config = config_of(tmp_path, BASE)
     paths = write_partitions(prepare_run(config), tmp_path / "nodes")
     with np.load(paths[1]) as archive:
@@ -70,9 +70,13 @@ def test_a_node_whose_labels_the_run_does_not_have_is_refused_by_name(tmp_path):
     wrong["y_train"] = np.where(wrong["y_train"] == "3", "cat", wrong["y_train"])
     np.savez(tmp_path / "wrong.npz", **wrong)
     link = FreshProcessLink(config, {0: 0, 1: 1, 2: 2}, data_paths={0: paths[0], 1: str(tmp_path / "wrong.npz"), 2: paths[2]})
-    with pytest.raises(DeploymentError, match=r"node 1: .*node-config data: .*'cat'") as error:
+    with pytest.raises(DeploymentError, match=r"node 1: .*node-config data: this node's data does not fit") as error:
         server_run(config, link, out_dir=tmp_path / "remote")
     assert "node 0" not in str(error.value) and "node 2" not in str(error.value)
+    # the refusal reaches the server; the node's labels and file name stay in the node's own log (a server that sent a
+    # schema of one class would otherwise learn every class the node holds)
+    assert "cat" not in str(error.value) and "wrong.npz" not in str(error.value)
+    assert "'cat'" in caplog.text and "wrong.npz" in caplog.text
     assert not (tmp_path / "remote").exists()
 
 
