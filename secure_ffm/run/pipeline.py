@@ -385,8 +385,55 @@ def _stage_entry(stage: Stage, status: str, summary: Mapping[str, Any] | None) -
             rounds=summary.get("rounds"),
             ffm=summary.get("ffm"),
             seconds=summary.get("seconds_total"),
+            privacy=_stage_privacy(stage, summary),
         )
     return entry
+
+
+def _stage_privacy(stage: Stage, summary: Mapping[str, Any]) -> dict[str, Any]:
+    """What a complete stage spent on its clients' data: the dataset, its mechanism and (worst client's) ε and δ, and how
+    many federated rounds touched the data (an FFM schedule's public units touch none)."""
+    privacy = summary.get("privacy") if isinstance(summary.get("privacy"), Mapping) else {}
+    epsilon = privacy.get("epsilon")
+    if isinstance(epsilon, Mapping):  # DP-SGD: per client; the worst-off client's
+        epsilon = epsilon.get("max")
+    ffm = summary.get("ffm") if isinstance(summary.get("ffm"), Mapping) else {}
+    return {
+        "dataset": stage.config.data.dataset,
+        "mechanism": privacy.get("mechanism", "none"),
+        "level": privacy.get("level"),
+        "epsilon": epsilon,
+        "delta": privacy.get("delta"),
+        "federated_rounds": ffm.get("federated_rounds", summary.get("rounds")),
+    }
+
+
+def pipeline_privacy(entries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The guarantee of the pipeline's last model for each clients' dataset its stages trained on.
+
+    A stage starts from an earlier stage's model, so the last model carries what every stage learnt from the data: their
+    guarantees compose. Per dataset: ε and δ summed over the stages that trained on it (basic composition, valid whatever
+    the mechanisms: a user-level guarantee is also one for each example, so the sum bounds the change of one example; a
+    tighter figure would compose the ledgers of one mechanism), or unbounded when one of them trained on it without DP.
+    Until 2026-12-07 ``pipeline.json`` gave no figure, and each stage's ``privacy.json`` only its own."""
+    datasets: dict[str, dict[str, Any]] = {}
+    for entry in entries:
+        spent = entry.get("privacy")
+        if not isinstance(spent, Mapping) or not spent.get("federated_rounds"):
+            continue  # not run yet, or it never touched the clients' data
+        record = datasets.setdefault(str(spent["dataset"]), {"stages": [], "epsilon": 0.0, "delta": 0.0, "bounded": True})
+        record["stages"].append(entry["name"])
+        if spent.get("mechanism", "none") == "none" or spent.get("epsilon") is None:
+            if record["bounded"]:  # the first stage that trained on it without DP
+                record.update(
+                    bounded=False, epsilon=None, delta=None, why=f"stage {entry['name']!r} trained on it without differential privacy"
+                )
+        elif record["bounded"]:
+            record["epsilon"] += float(spent["epsilon"])
+            record["delta"] += float(spent["delta"] or 0.0)
+    for record in datasets.values():
+        record["composition"] = "basic (sums of the stages' ε and δ)" if record["bounded"] else "none: unbounded"
+    return datasets
 
 
 def _read_summary(stage: Stage) -> dict[str, Any]:
@@ -417,6 +464,7 @@ def run_pipeline(pipeline: Pipeline, observer: PipelineObserver | None = None) -
             "source": str(pipeline.source) if pipeline.source is not None else None,
             "stages": entries,
             "final": finals[-1]["final"] if finals and entries[-1]["status"] == "complete" else None,
+            "privacy": pipeline_privacy(entries),
         }
         write_text_atomically(pipeline.out_dir / SUMMARY, json.dumps(to_jsonable(result.document), indent=1, sort_keys=True))
 
@@ -453,4 +501,17 @@ def run_pipeline(pipeline: Pipeline, observer: PipelineObserver | None = None) -
         result.ran.append(stage.name)
         observer.stage_finished(index + 1, total, stage, summary, time.perf_counter() - start)
     write()
+    for dataset, record in result.document["privacy"].items():
+        if len(record["stages"]) > 1:
+            guarantee = (
+                f"ε ≤ {record['epsilon']:.3g}, δ ≤ {record['delta']:.3g} (the stages' sum)"
+                if record["bounded"]
+                else f"unbounded ({record['why']})"
+            )
+            log.warning(
+                "stages %s all trained on the clients' %r: the last model's guarantee on it is %s",
+                ", ".join(record["stages"]),
+                dataset,
+                guarantee,
+            )
     return result

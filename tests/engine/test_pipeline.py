@@ -163,3 +163,50 @@ def test_shipped_pipeline_files_are_valid(tmp_path):
     for path in shipped:
         pipeline = load_pipeline(path, tmp_path / path.stem, check_data=False)
         assert pipeline.stages[-1].references and not (tmp_path / path.stem).exists()
+
+
+def test_pipeline_json_says_the_last_models_guarantee_on_the_clients_data(chained):
+    """The chained stages both train on the clients' data without DP: the last model's guarantee on it is unbounded."""
+    _, out, _ = chained
+    document = json.loads((out / "pipeline.json").read_text())
+    assert [s["privacy"]["mechanism"] for s in document["stages"]] == ["none", "none"]
+    (record,) = document["privacy"].values()
+    assert record["stages"] == ["pretrain", "finetune"] and record["bounded"] is False and "'pretrain'" in record["why"]
+
+
+def spent(name, dataset="movie_reviews", mechanism="dp-sgd", epsilon=2.0, delta=1e-5, federated_rounds=3):
+    return {
+        "name": name,
+        "privacy": {"dataset": dataset, "mechanism": mechanism, "epsilon": epsilon, "delta": delta, "federated_rounds": federated_rounds},
+    }
+
+
+def test_the_stages_that_trained_on_one_dataset_compose():
+    from secure_ffm.run.pipeline import pipeline_privacy
+
+    composed = pipeline_privacy([spent("a"), spent("b", mechanism="dp-fedavg", epsilon=3.0, delta=2e-5)])
+    assert composed["movie_reviews"]["stages"] == ["a", "b"] and composed["movie_reviews"]["bounded"]
+    assert composed["movie_reviews"]["epsilon"] == pytest.approx(5.0) and composed["movie_reviews"]["delta"] == pytest.approx(3e-5)
+
+
+def test_a_stage_without_dp_on_the_data_leaves_the_guarantee_unbounded_and_other_data_apart():
+    from secure_ffm.run.pipeline import pipeline_privacy
+
+    composed = pipeline_privacy(
+        [
+            spent("pretrain", mechanism="none", epsilon=None, delta=None),
+            spent("public-only", mechanism="none", epsilon=None, delta=None, federated_rounds=0),  # touched no client data
+            spent("finetune"),
+            spent("other", dataset="sms_spam"),
+            {"name": "pending"},  # not run yet
+        ]
+    )
+    assert composed["movie_reviews"]["stages"] == ["pretrain", "finetune"] and composed["movie_reviews"]["bounded"] is False
+    assert composed["movie_reviews"]["epsilon"] is None
+    assert composed["sms_spam"] == {
+        "stages": ["other"],
+        "epsilon": 2.0,
+        "delta": 1e-5,
+        "bounded": True,
+        "composition": composed["sms_spam"]["composition"],
+    }
