@@ -58,6 +58,7 @@ written to ``state-dir``: a node restarted in the middle of a round drops out of
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Iterator, Mapping
@@ -245,6 +246,60 @@ def restore_state(context: Context, path: Path | None) -> None:
     log.warning("node %s: the SuperNode restarted; its client's state for run %s comes back from %s", context.node_id, context.run_id, path)
 
 
+SPENT_FILE = "spent.json"
+"""In ``state-dir``: what every run spent on this node's examples under a mechanism with a client ledger (DP-SGD,
+distributed DP-SGD), ``{"runs": {run id: [{noise_multiplier, sample_rate, steps}, ...]}}``, owner-only."""
+SPENT_FORMAT = "secure-ffm node spend"
+
+
+class NodeSpend:
+    """The privacy spend of every run on this node's data (``state-dir/spent.json``), so that the target ε bounds them
+    together: a new run's client ledger starts from what the other runs spent (:data:`~secure_ffm.privacy.accounting.
+    PRIOR_SPEND_KEY`), and each answer adds its steps to this run's entry. Without it a server that submitted run after
+    run got a fresh budget each time (an audit of 2026-12-07: three runs, ε = 2 each on the same data). Runs that overlap
+    in time each see what the others had recorded when they started."""
+
+    def __init__(self, path: Path, run_id: int) -> None:
+        self.path, self.run = path, str(run_id)
+        self.runs: dict[str, list[dict[str, Any]]] = {}
+        if path.exists():
+            try:
+                document = json.loads(path.read_text(encoding="utf-8"))
+                if document.get("format") != SPENT_FORMAT or not isinstance(document.get("runs"), dict):
+                    raise ValueError("not a spend record")
+                self.runs = {str(k): list(v) for k, v in document["runs"].items()}
+            except (OSError, ValueError, AttributeError, TypeError, RecursionError) as error:
+                raise ValueError(
+                    f"{path} is not a secure-ffm node spend record ({error}); it bounds this node's privacy budget across runs: "
+                    "restore it, or move it away knowing that the runs it recorded are then forgotten"
+                ) from None
+
+    def steps_before(self, entry: Mapping[str, Any]) -> int:
+        """Before an answer: seed a client ledger entry that has no ledger yet with the other runs' spend; the steps its
+        ledger will count before this answer."""
+        from secure_ffm.privacy.accounting import PRIOR_SPEND_KEY  # here: the accountant pulls in opacus and scipy
+
+        if "ledger" in entry:
+            return sum(int(e["steps"]) for e in entry["ledger"].get("history", []))
+        prior = [spent for run, entries in self.runs.items() if run != self.run for spent in entries]
+        if prior:
+            entry[PRIOR_SPEND_KEY] = prior  # type: ignore[index]
+        return sum(int(spent["steps"]) for spent in prior)
+
+    def record(self, entry: Mapping[str, Any], before: int) -> None:
+        """After an answer: add the steps it recorded to this run's spend, and write the file (atomically, owner-only)."""
+        history = entry.get("ledger", {}).get("history", []) if isinstance(entry, Mapping) else []
+        spent = sum(int(e["steps"]) for e in history) - before
+        if spent <= 0:
+            return
+        last = history[-1]
+        self.runs.setdefault(self.run, []).append(
+            {"noise_multiplier": last["noise_multiplier"], "sample_rate": last["sample_rate"], "steps": spent}
+        )
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_private_bytes(self.path, json.dumps({"format": SPENT_FORMAT, "runs": self.runs}, indent=1).encode())
+
+
 def save_state(path: Path | None, state: Mapping[str, Any], schema: Any) -> None:
     """Write the client's private state (not the round's protocol half) to ``path`` atomically, readable by the owner only."""
     if path is None:
@@ -292,9 +347,16 @@ def node_answer(kind: str, packed: Packed, context: Context) -> Packed:
     record = context.state.config_records.get(STATE_KEY)
     if record is not None:
         session.state.update(from_bytes(record["state"]))  # type: ignore[arg-type]
+    spend, entry, before = None, None, 0
+    if kind == FIT and saved_at is not None and session.ledger_key is not None:
+        spend = NodeSpend(saved_at.parent / SPENT_FILE, int(context.run_id))
+        entry = session.state.setdefault("client", {}).setdefault(session.ledger_key, {})
+        before = spend.steps_before(entry)
     try:
         return session.handle(kind, packed)
     finally:
+        if spend is not None:
+            spend.record(session.state["client"].get(session.ledger_key, {}), before)
         context.state.config_records[STATE_KEY] = ConfigRecord({"state": to_bytes(session.state)})
         if kind in (HELLO, FIT):  # what state-dir keeps changes only there: no file written per protocol stage
             save_state(saved_at, session.state, schema)

@@ -431,6 +431,29 @@ class PrivacyLedger:
         return f"PrivacyLedger(accountant={self._accountant!r}, delta={self._delta!r}, steps={self.steps}, entries={len(self._history)})"
 
 
+PRIOR_SPEND_KEY = "prior_spend"
+"""Key, in a client's DP ledger entry (``state[mechanism.client_ledger_key]``), of what earlier runs already spent on the
+same examples: a deployed node with ``state-dir`` writes it before the client's first answer of a run
+(secure_ffm.flower.app), and the client's ledger starts from it, so the target ε bounds every run on the node's data."""
+
+
+def starting_ledger(entry: Mapping[str, Any], *, accountant: str, delta: float) -> PrivacyLedger:
+    """The ledger a client's DP entry holds, or a fresh one (``accountant``, ``delta``) that starts with the entry's
+    :data:`PRIOR_SPEND_KEY` steps (a list of ``{noise_multiplier, sample_rate, steps}``; ValueError if malformed)."""
+    if "ledger" in entry:
+        return PrivacyLedger.from_json(entry["ledger"])
+    ledger = PrivacyLedger(accountant=accountant, delta=delta)
+    for spent in entry.get(PRIOR_SPEND_KEY, ()):
+        try:
+            z, q, steps = float(spent["noise_multiplier"]), float(spent["sample_rate"]), int(spent["steps"])
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"malformed earlier spend {spent!r:.80}") from None
+        if not (finite_number(z) and z >= 0 and 0 < q <= 1 and steps > 0):
+            raise ValueError(f"malformed earlier spend {spent!r:.80}")
+        ledger.record(noise_multiplier=z, sample_rate=q, steps=steps)
+    return ledger
+
+
 def rounds_that_fit(
     ledger: PrivacyLedger,
     *,

@@ -21,6 +21,12 @@ Exact only when every trained parameter is used through its layer's ``forward``;
 times in one forward pass (weights reused) has its calls' per-example gradients summed before the norm.
 Layers without a rule here (LayerNorm, Embedding, grouped or 'same'-padded convolutions) are not covered:
 :func:`bookkeeping_supported` says whether a model is.
+
+Non-finite gradients. An example whose gradient norm is not a finite float (NaN or infinite values, or a norm that
+overflows) contributes nothing to the clipped sum, as if it had not been sampled: the sum keeps its sensitivity C and
+stays finite. A server can send a model whose forward pass overflows only on examples with some property (an audit of
+2026-12-07 made it NaN for one example's pixel block above a threshold); before, that example turned the whole update
+into NaN, or made the client decline, whether it was sampled being then readable beside the noise.
 """
 
 from __future__ import annotations
@@ -61,6 +67,10 @@ class _PerExample:
     def per_example(self) -> _PerExample:
         return self
 
+    def keep_only(self, keep: Tensor) -> None:
+        """Zero the rows of the examples not in ``keep`` (selected, not multiplied: a NaN row times 0 stays NaN)."""
+        self.grads = {p: torch.where(keep.view(-1, *(1,) * (g.dim() - 1)), g, 0.0) for p, g in self.grads.items()}
+
 
 class _LinearOuter:
     """A ``Linear`` layer on ``(B, d_in)`` inputs: norms and clipped sums without forming per-example gradients."""
@@ -83,6 +93,10 @@ class _LinearOuter:
             yield self.layer.weight, scaled.T @ self.a
         if self.layer.bias is not None and self.layer.bias.requires_grad:
             yield self.layer.bias, scaled.sum(0)
+
+    def keep_only(self, keep: Tensor) -> None:
+        """Zero the inputs and output gradients of the examples not in ``keep`` (see :meth:`_PerExample.keep_only`)."""
+        self.a, self.g = torch.where(keep[:, None], self.a, 0.0), torch.where(keep[:, None], self.g, 0.0)
 
     def per_example(self) -> _PerExample:
         grads = {}
@@ -264,6 +278,14 @@ class BookkeepingClipper:
         squared = torch.zeros(batch, dtype=per_example_loss.dtype, device=per_example_loss.device)
         for part in by_layer.values():
             squared = squared + part.squared_norms()
+        finite = torch.isfinite(squared)
+        if not bool(finite.all()):
+            # an example whose gradient norm is not a finite number contributes nothing (as an example absent from the
+            # batch): otherwise a NaN in one example's gradient, which a crafted model can make depend on that example's
+            # values, would turn the whole update into NaN, a signal outside the noise (module docstring)
+            for part in by_layer.values():
+                part.keep_only(finite)
+            squared = torch.where(finite, squared, 0.0)
         factors = (self.max_grad_norm / (squared.sqrt() + CLIP_EPSILON)).clamp(max=1.0)
         for part in by_layer.values():
             for p, total in part.clipped_sums(factors):

@@ -98,7 +98,8 @@ class DistributedDPSGDTrainer(LocalTrainer):
         start = time.perf_counter()
         mech = self.mechanism
         dp_state = dict(state.get(STATE_KEY, {}))  # written back once the step is recorded: a failed step leaves no entry
-        ledger = PrivacyLedger.from_json(dp_state["ledger"]) if "ledger" in dp_state else mech.new_ledger()
+        fresh = mech.new_ledger()  # a deployed node's first answer of a run starts from what its earlier runs spent
+        ledger = accounting.starting_ledger(dp_state, accountant=fresh.accountant, delta=fresh.delta)
         would = ledger.epsilon_if(noise_multiplier=mech.noise_multiplier, sample_rate=mech.sample_rate, steps=1)
         if would > mech.config.privacy.target_epsilon * (1 + EPSILON_SLACK):
             raise ClientDeclined(f"privacy budget: one more step would spend ε={would:.3f} > target {mech.config.privacy.target_epsilon}")
@@ -251,7 +252,14 @@ def _row_norms(rows: np.ndarray) -> np.ndarray:
 def clip_rows(rows: np.ndarray, clip_norm: float, *, sizes: Sequence[int] | None = None) -> np.ndarray:
     """Clip each row (one example's flattened gradient) in place and return it: to L2 norm ``clip_norm`` (flat), or with
     ``sizes`` (the column counts of K consecutive groups, one per trained parameter) each group to ``clip_norm / sqrt(K)``,
-    so that the row's norm is at most ``sqrt(K (clip_norm^2 / K)) = clip_norm`` either way."""
+    so that the row's norm is at most ``sqrt(K (clip_norm^2 / K)) = clip_norm`` either way.
+
+    A row with a NaN or infinite value becomes zeros first (the example contributes nothing, as in DP-SGD's book-keeping):
+    a crafted model can make one example's gradient NaN, which would otherwise make the client decline, a signal the
+    noise does not cover."""
+    finite = np.isfinite(rows).all(axis=1)
+    if not finite.all():
+        rows[~finite] = 0.0
     if sizes is None:
         norms = _row_norms(rows)
         rows *= np.minimum(1.0, clip_norm / np.maximum(norms, 1e-12))[:, None]

@@ -80,6 +80,11 @@ class ClipUpdate(UpdateTransform):
     def __call__(self, update: ClientUpdate, context: TransformContext) -> ClientUpdate:
         c = round_clip_norm(context, self.clip_norm, follows_server=self.follows_server)
         clipped, norm = clip_l2(update.delta, c)
+        if not math.isfinite(norm):
+            # local training diverged to NaN or infinity, which a crafted model can make depend on one example: the
+            # client sends the zero update (norm 0 <= C) instead of declining or sending NaN, either of which the server
+            # would read beside the noise; counted as clipped
+            clipped = {k: np.zeros_like(np.asarray(v)) for k, v in update.delta.items()}
         out = ClientUpdate(
             update.client_id, update.round, clipped, update.num_examples, {**update.metrics, "update_norm": norm}, dict(update.statistics)
         )

@@ -282,7 +282,22 @@ def _secret_noise_optimizer(base: type) -> type:
             p.grad = (p.summed_grad + noise).view_as(p)
             _mark_as_processed(p.summed_grad)
 
-    return type(f"SecretNoise{base.__name__}", (base,), {"add_noise": add_noise, "noise_stream": None})
+    members: dict[str, Any] = {"add_noise": add_noise, "noise_stream": None}
+    if hasattr(base, "clip_and_accumulate") and "FastGradientClipping" not in base.__name__:
+
+        def clip_and_accumulate(self: Any) -> None:
+            # per-sample gradients (hooks): an example whose gradient is not finite contributes nothing, as in book-keeping
+            # (secure_ffm.privacy.bookkeeping: a crafted model must not turn one example's NaN into the whole update's)
+            samples = self.grad_samples
+            if len(samples) and len(samples[0]):
+                finite = torch.stack([g.reshape(len(g), -1).isfinite().all(1) for g in samples]).all(0)
+                if not bool(finite.all()):
+                    for p, g in zip(self.params, samples, strict=True):
+                        p.grad_sample = torch.where(finite.view(-1, *(1,) * (g.dim() - 1)), g, 0.0)
+            base.clip_and_accumulate(self)
+
+        members["clip_and_accumulate"] = clip_and_accumulate
+    return type(f"SecretNoise{base.__name__}", (base,), members)
 
 
 class _ObjectiveCriterion(nn.Module):
@@ -466,10 +481,39 @@ class DPStep:
             warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
             if self.criterion is not None:
                 self.criterion(outputs, batch.labels).backward()
+                self._drop_non_finite_examples(batch)
                 return float(self.model.objective.loss(outputs.detach(), batch.labels))
             objective = self.model.objective.loss(outputs, batch.labels)
             objective.backward()
             return float(objective.detach())
+
+    def _drop_non_finite_examples(self, batch: Batch) -> None:
+        """Ghost clipping: redo the clipped sum without the examples whose gradient norm is not finite.
+
+        Ghost clipping's second backward pass weighs each example's loss by its clip factor; an example whose forward or
+        backward overflowed leaves NaN in every parameter's gradient however small its factor (0 x inf), which a crafted
+        model can make depend on that example. When the chunk's summed gradient is not finite, it is recomputed from a
+        forward pass over the other examples, each weighted by the clip factor its own (finite) norm gave: the examples
+        with a non-finite norm contribute nothing, as in book-keeping and with per-sample hooks. An honest run never
+        gets here (the check is one pass over the gradients)."""
+        if all(bool(torch.isfinite(p.grad).all()) for p in self.params if p.grad is not None):
+            return
+        from secure_ffm.privacy.bookkeeping import CLIP_EPSILON
+
+        norms = self.wrapped.per_sample_gradient_norms.detach()
+        keep = torch.isfinite(norms)
+        factors = (self.max_grad_norm / (norms + CLIP_EPSILON)).clamp(max=1.0)
+        for p in self.params:
+            p.grad = torch.zeros_like(p)
+        if not bool(keep.any()):
+            return
+        chunk = Batch(inputs={k: v[keep] for k, v in batch.inputs.items()}, labels=batch.labels[keep])
+        self.wrapped.disable_hooks()
+        try:
+            outputs = self.wrapped(**chunk.inputs)
+            (factors[keep] * self.model.objective.per_example_loss(outputs, chunk.labels)).sum().backward()
+        finally:
+            self.wrapped.enable_hooks()
 
     def noise_only_step(self, *, extra_gradient: Callable[[], None] | None = None) -> None:
         """The step of an empty Poisson batch: noise only (the privacy analysis counts it); ``extra_gradient`` as in
@@ -548,11 +592,8 @@ class DPSGDTrainer(LocalTrainer):
         plan = self.plan_for(extras.client_id, n)
         z, q, c = plan.noise_multiplier, plan.sample_rate, self.privacy.max_grad_norm
         dp_state = dict(state.get("dp_sgd", {}))  # written back once the steps are recorded: a declined or failed round leaves no entry
-        ledger = (
-            PrivacyLedger.from_json(dp_state["ledger"])
-            if "ledger" in dp_state
-            else PrivacyLedger(accountant=self.privacy.accountant, delta=plan.delta)
-        )
+        # a deployed node's first answer of a run starts from what its earlier runs spent on these examples
+        ledger = accounting.starting_ledger(dp_state, accountant=self.privacy.accountant, delta=plan.delta)
         would_spend = ledger.epsilon_if(noise_multiplier=z, sample_rate=q, steps=plan.steps_per_round)
         if would_spend > self.privacy.target_epsilon * (1 + EPSILON_SLACK):
             raise ClientDeclined(

@@ -4,6 +4,7 @@ Flower 1.41 keeps ``context.state`` in the SuperNode's memory only, so a restart
 afresh: a new secret, an empty DP ledger and answer count, and the ε it reported covered only what it answered since.
 """
 
+import json
 import os
 import stat
 
@@ -12,7 +13,7 @@ from flwr.app import Context, RecordDict
 
 from secure_ffm.config import config_from_dict
 from secure_ffm.engine.codec import from_bytes, pack, to_bytes, unpack
-from secure_ffm.flower.app import node_answer, state_file
+from secure_ffm.flower.app import SPENT_FILE, node_answer, state_file
 from secure_ffm.privacy.noise import ANSWERS_KEY, CLIENT_SECRET_KEY
 from secure_ffm.run.simulation import Simulation, prepare_run
 from secure_ffm.transports.base import FitRequest
@@ -70,11 +71,40 @@ def test_without_a_state_dir_a_restart_starts_the_client_afresh(node):
     assert fit(context(state_dir=None), 2)["ledger"]["steps"] == first["steps"]  # what state-dir is for
 
 
-def test_another_run_on_the_same_node_starts_its_own_client(node):
+def test_another_run_on_the_same_node_starts_its_own_client_from_what_the_first_spent(node):
     context, fit = node
-    first = fit(context(run_id=7), 1)["ledger"]
-    assert fit(context(run_id=8), 1)["ledger"]["steps"] == first["steps"]
+    first = fit(context(run_id=7), 1)
+    second = fit(context(run_id=8), 1)
     assert state_file(context(run_id=8)).name == "run-8.state"
+    secrets = [from_bytes(state_file(context(run_id=r)).read_bytes())["client"][CLIENT_SECRET_KEY] for r in (7, 8)]
+    assert secrets[0] != secrets[1]  # a client of its own
+    # but the same examples: its ledger counts the first run's steps before its own (it started from zero until 2026-12-07)
+    assert second["ledger"]["steps"] == 2 * first["ledger"]["steps"] and second["ledger"]["epsilon"] > first["ledger"]["epsilon"]
+
+
+def test_the_target_epsilon_bounds_every_run_on_the_nodes_data_together(node):
+    """A server that submitted run after run got a fresh budget each time: three runs spent ε = 4 each on the same data."""
+    context, fit = node
+    spent = []
+    for run_id in (7, 8, 9):
+        for round in range(1, 5):
+            answer = fit(context(run_id=run_id), round)
+            spent.append("declined" if "declined" in answer else answer["ledger"]["epsilon"])
+    answered = [e for e in spent if e != "declined"]
+    assert 2 <= len(answered) <= 4 and max(answered) <= RAW["privacy"]["target_epsilon"]  # one budget for the node's data
+    path = state_file(context()).parent / SPENT_FILE
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    runs = json.loads(path.read_text())["runs"]
+    assert sum(e["steps"] for entries in runs.values() for e in entries) == len(answered)  # one local step an answer
+
+
+def test_a_damaged_spend_record_is_refused_naming_it(node):
+    context, fit = node
+    path = state_file(context()).parent / SPENT_FILE
+    path.parent.mkdir(parents=True)
+    path.write_text("[[[")
+    with pytest.raises(ValueError, match="spent.json is not a secure-ffm node spend record"):
+        fit(context(), 1)
 
 
 def test_a_damaged_state_file_is_refused_naming_the_node_config_key(node):

@@ -21,11 +21,13 @@ def one_dp_step(
     noise_only: bool = False,
     generator: torch.Generator | None = None,
     extra_gradient=None,
+    batch=None,
 ):
     """The trained parameters after one DP step (SGD, lr 1) on the first ``size`` private examples (an empty batch's
     noise-only step with ``noise_only``), and the loss the step reports (None for a noise-only step). ``generator``:
     build the batch with the model's training batch (augmentations drawn from it) instead of the plain one;
-    ``extra_gradient(params)`` is the step's post-privatization hook (FedProx's term), given the copy's parameters."""
+    ``extra_gradient(params)`` is the step's post-privatization hook (FedProx's term), given the copy's parameters;
+    ``batch``: step on this batch instead (``size`` stays the expected batch size the sum is divided by)."""
     model = copy.deepcopy(prepared.model)
     model.module.train()
     params = [p for _, p in model.trainable_named_parameters()]
@@ -44,6 +46,8 @@ def one_dp_step(
     try:
         if noise_only:
             stepper.noise_only_step(extra_gradient=extra)
+        elif batch is not None:
+            loss = stepper.step(batch, extra_gradient=extra)
         elif generator is not None:
             loss = stepper.step(
                 model.make_training_batch(prepared.encoded_private, np.arange(size), generator=generator), extra_gradient=extra

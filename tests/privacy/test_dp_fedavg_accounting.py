@@ -158,3 +158,25 @@ def test_a_noise_share_is_sized_for_the_claimed_round_at_most_the_planned_one(cl
     # a share is σ / √m: a larger m than planned would shrink it, and 0 or -1 ended the client with ZeroDivisionError or a
     # math domain error; anything that is not a positive count gets the whole noise
     assert dp_fedavg.claimed_participants(claimed, planned=10) == expected
+
+
+def test_a_diverged_update_is_sent_as_zeros_not_as_nan_or_a_decline():
+    """Local training a crafted model made diverge (on one example's values) gave a NaN update: plaintext NaN, or a
+    decline under masking, either readable beside the noise. The clipped update is zeros instead (norm 0 <= C)."""
+    mech = mechanism(ADAPTIVE)
+    clip = mech.client_transforms()[0]
+    update = ClientUpdate(0, 1, {"w": np.asarray([1.0, np.nan, 2.0], dtype=np.float32), "b": np.ones(2, dtype=np.float32)}, 10)
+    context = TransformContext(round=1, client_id=0, rng=np.random.default_rng(0), global_parameters={}, config={"clip_norm": 1.0})
+    out = clip(update, context)
+    assert all(np.array_equal(v, np.zeros_like(v)) for v in out.delta.values())
+    assert float(out.statistics[dp_fedavg.UNCLIPPED][0]) == -0.5  # counted as clipped
+
+
+def test_distributed_dp_sgd_rows_with_non_finite_values_contribute_nothing():
+    from secure_ffm.privacy.distributed_dp_sgd import clip_rows
+
+    rows = np.asarray([[3.0, 4.0], [np.nan, 1.0], [np.inf, 0.0]])
+    for sizes in (None, [1, 1]):
+        clipped = clip_rows(rows.copy(), 1.0, sizes=sizes)
+        assert np.isfinite(clipped).all() and not clipped[1:].any()
+        assert np.linalg.norm(clipped[0]) == pytest.approx(1.0)

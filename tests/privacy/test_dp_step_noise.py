@@ -1,10 +1,12 @@
 """The noise of a DP-SGD step is the stream's float32 draw for the trained parameters, in order, times z C / B."""
 
+import numpy as np
 import pytest
 import torch
 from dp_step_runner import one_dp_step  # tests/privacy/dp_step_runner.py (on sys.path under pytest)
 
 from secure_ffm.config import config_from_dict
+from secure_ffm.models.base import Batch
 from secure_ffm.privacy.dp_sgd import noise_like
 from secure_ffm.privacy.noise import FastStream, SecureStream
 from secure_ffm.run.simulation import prepare_run
@@ -71,3 +73,23 @@ def test_the_three_modes_clip_the_channels_last_cnn_alike(prepared):
         for mode in ("hooks", "ghost"):
             torch.testing.assert_close(steps[mode][name], steps["bookkeeping"][name], rtol=1e-5, atol=1e-7, msg=f"{mode} {name}")
     assert all(not layer._forward_pre_hooks for layer in prepared.model.module.modules())  # close() removed them
+
+
+@pytest.mark.parametrize("mode", ["bookkeeping", "hooks", "ghost"])
+def test_an_example_whose_gradient_is_not_finite_contributes_nothing(prepared, mode):
+    """A crafted model can overflow on one example only (an audit made it NaN for one example's pixel block above a
+    threshold): its NaN turned the whole update into NaN, or made the client decline, readable beside the noise. The
+    step with such an example (here its pixels are NaN) equals the step without it, finite."""
+    model = prepared.model
+    full = model.make_batch(prepared.encoded_private, np.arange(SIZE))
+    poisoned = Batch({k: v.clone() for k, v in full.inputs.items()}, full.labels.clone())
+    poisoned.inputs["pixels"][0] = float("nan")
+    rest = Batch({k: v[1:] for k, v in full.inputs.items()}, full.labels[1:])
+    steps = {}
+    for name, batch in (("poisoned", poisoned), ("rest", rest)):
+        steps[name], _ = one_dp_step(
+            prepared, mode=mode, noise_multiplier=Z, max_grad_norm=C, size=SIZE, stream=FastStream(KEY), batch=batch
+        )
+    for name, value in steps["poisoned"].items():
+        assert torch.isfinite(value).all(), name
+        torch.testing.assert_close(value, steps["rest"][name], rtol=0, atol=1e-6, msg=name)
