@@ -474,6 +474,7 @@ class DPStep:
 
     def _backward(self, batch: Batch) -> float:
         """Forward and backward of one physical batch (per-sample gradients, or ghost clipping's two passes); its mean loss."""
+        rng = torch.get_rng_state() if self.criterion is not None else None  # ghost clipping: dropout masks, for a recompute
         outputs = self.wrapped(**batch.inputs)
         with warnings.catch_warnings():
             # the hooks of a trained embedding whose input is token ids (a prompt mode's virtual tokens) fire with no
@@ -481,39 +482,48 @@ class DPStep:
             warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
             if self.criterion is not None:
                 self.criterion(outputs, batch.labels).backward()
-                self._drop_non_finite_examples(batch)
+                self._drop_non_finite_examples(batch, rng)
                 return float(self.model.objective.loss(outputs.detach(), batch.labels))
             objective = self.model.objective.loss(outputs, batch.labels)
             objective.backward()
             return float(objective.detach())
 
-    def _drop_non_finite_examples(self, batch: Batch) -> None:
+    def _drop_non_finite_examples(self, batch: Batch, rng: torch.Tensor) -> None:
         """Ghost clipping: redo the clipped sum without the examples whose gradient norm is not finite.
 
         Ghost clipping's second backward pass weighs each example's loss by its clip factor; an example whose forward or
         backward overflowed leaves NaN in every parameter's gradient however small its factor (0 x inf), which a crafted
-        model can make depend on that example. When the chunk's summed gradient is not finite, it is recomputed from a
-        forward pass over the other examples, each weighted by the clip factor its own (finite) norm gave: the examples
-        with a non-finite norm contribute nothing, as in book-keeping and with per-sample hooks. An honest run never
-        gets here (the check is one pass over the gradients)."""
+        model can make depend on that example. When the chunk's summed gradient is not finite it is recomputed: the same
+        batch shape and the random state of the first forward pass (``rng``: the same dropout masks, so each kept
+        example's gradient is the one its clip factor was computed from; a smaller batch would draw other masks and let
+        a kept example exceed C), with each non-finite example's inputs and labels replaced by a kept example's and
+        weighted 0. The examples with a non-finite norm contribute nothing, as in book-keeping and with per-sample hooks.
+        An honest run never gets here (the check is one pass over the gradients)."""
         if all(bool(torch.isfinite(p.grad).all()) for p in self.params if p.grad is not None):
             return
         from secure_ffm.privacy.bookkeeping import CLIP_EPSILON
 
         norms = self.wrapped.per_sample_gradient_norms.detach()
         keep = torch.isfinite(norms)
-        factors = (self.max_grad_norm / (norms + CLIP_EPSILON)).clamp(max=1.0)
+        weights = torch.where(keep, (self.max_grad_norm / (norms + CLIP_EPSILON)).clamp(max=1.0), 0.0)
         for p in self.params:
             p.grad = torch.zeros_like(p)
         if not bool(keep.any()):
             return
-        chunk = Batch(inputs={k: v[keep] for k, v in batch.inputs.items()}, labels=batch.labels[keep])
+        stand_in = int(torch.nonzero(keep)[0])
+
+        def kept(t: torch.Tensor) -> torch.Tensor:
+            return torch.where(keep.view(-1, *(1,) * (t.dim() - 1)), t, t[stand_in : stand_in + 1].expand_as(t))
+
+        after = torch.get_rng_state()
+        torch.set_rng_state(rng)
         self.wrapped.disable_hooks()
         try:
-            outputs = self.wrapped(**chunk.inputs)
-            (factors[keep] * self.model.objective.per_example_loss(outputs, chunk.labels)).sum().backward()
+            outputs = self.wrapped(**{k: kept(v) for k, v in batch.inputs.items()})
+            (weights * self.model.objective.per_example_loss(outputs, kept(batch.labels))).sum().backward()
         finally:
             self.wrapped.enable_hooks()
+            torch.set_rng_state(after)
 
     def noise_only_step(self, *, extra_gradient: Callable[[], None] | None = None) -> None:
         """The step of an empty Poisson batch: noise only (the privacy analysis counts it); ``extra_gradient`` as in

@@ -421,8 +421,9 @@ def pipeline_privacy(entries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         spent = entry.get("privacy")
         if not isinstance(spent, Mapping) or not spent.get("federated_rounds"):
             continue  # not run yet, or it never touched the clients' data
-        record = datasets.setdefault(str(spent["dataset"]), {"stages": [], "epsilon": 0.0, "delta": 0.0, "bounded": True})
+        record = datasets.setdefault(str(spent["dataset"]), {"stages": [], "epsilon": 0.0, "delta": 0.0, "deltas": [], "bounded": True})
         record["stages"].append(entry["name"])
+        record["deltas"].append(spent.get("delta"))
         if spent.get("mechanism", "none") == "none" or spent.get("epsilon") is None:
             if record["bounded"]:  # the first stage that trained on it without DP
                 record.update(
@@ -430,9 +431,17 @@ def pipeline_privacy(entries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
                 )
         elif record["bounded"]:
             record["epsilon"] += float(spent["epsilon"])
-            record["delta"] += float(spent["delta"] or 0.0)
+            delta = spent.get("delta")
+            if isinstance(record["delta"], float) and isinstance(delta, int | float) and not isinstance(delta, bool):
+                record["delta"] += float(delta)
+            else:  # DP-SGD's default δ is 1/(10 n) per client, a rule rather than one number: the stages' δ are listed
+                record["delta"] = None
     for record in datasets.values():
-        record["composition"] = "basic (sums of the stages' ε and δ)" if record["bounded"] else "none: unbounded"
+        record["composition"] = (
+            "basic: ε summed over the stages; δ summed ('delta'), or listed ('deltas') when one is a per-client rule"
+            if record["bounded"]
+            else "none: unbounded"
+        )
     return datasets
 
 
@@ -503,11 +512,11 @@ def run_pipeline(pipeline: Pipeline, observer: PipelineObserver | None = None) -
     write()
     for dataset, record in result.document["privacy"].items():
         if len(record["stages"]) > 1:
-            guarantee = (
-                f"ε ≤ {record['epsilon']:.3g}, δ ≤ {record['delta']:.3g} (the stages' sum)"
-                if record["bounded"]
-                else f"unbounded ({record['why']})"
-            )
+            if not record["bounded"]:
+                guarantee = f"unbounded ({record['why']})"
+            else:
+                delta = f"{record['delta']:.3g}" if record["delta"] is not None else " + ".join(map(str, record["deltas"]))
+                guarantee = f"ε ≤ {record['epsilon']:.3g}, δ ≤ {delta} (the stages' sums)"
             log.warning(
                 "stages %s all trained on the clients' %r: the last model's guarantee on it is %s",
                 ", ".join(record["stages"]),

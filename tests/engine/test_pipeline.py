@@ -203,10 +203,19 @@ def test_a_stage_without_dp_on_the_data_leaves_the_guarantee_unbounded_and_other
     )
     assert composed["movie_reviews"]["stages"] == ["pretrain", "finetune"] and composed["movie_reviews"]["bounded"] is False
     assert composed["movie_reviews"]["epsilon"] is None
-    assert composed["sms_spam"] == {
+    assert {k: composed["sms_spam"][k] for k in ("stages", "epsilon", "delta", "deltas", "bounded")} == {
         "stages": ["other"],
         "epsilon": 2.0,
         "delta": 1e-5,
+        "deltas": [1e-5],
         "bounded": True,
-        "composition": composed["sms_spam"]["composition"],
     }
+
+
+def test_a_per_client_delta_rule_is_listed_not_summed():
+    """DP-SGD's default δ is "1/(10 n) per client", a text: summing it ended the pipeline with ValueError."""
+    from secure_ffm.run.pipeline import pipeline_privacy
+
+    composed = pipeline_privacy([spent("a", delta="1/(10 n) per client"), spent("b", delta=1e-5)])["movie_reviews"]
+    assert composed["epsilon"] == pytest.approx(4.0) and composed["delta"] is None
+    assert composed["deltas"] == ["1/(10 n) per client", 1e-5]

@@ -93,3 +93,49 @@ def test_an_example_whose_gradient_is_not_finite_contributes_nothing(prepared, m
     for name, value in steps["poisoned"].items():
         assert torch.isfinite(value).all(), name
         torch.testing.assert_close(value, steps["rest"][name], rtol=0, atol=1e-6, msg=name)
+
+
+def test_ghost_clippings_recompute_keeps_the_dropout_masks_its_clip_factors_came_from(tmp_path):
+    """Ghost clipping recomputes a chunk whose sum is not finite; with dropout (BERT's 0.1) a recompute over fewer
+    examples drew other masks, and a kept example's contribution reached 1.12 C (2.3 C with dropout 0.5)."""
+    import copy
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
+    from tiny_encoder import save_tiny_bert, tiny_text_sections
+
+    from secure_ffm.privacy.dp_sgd import DPStep, auto_grad_sample_mode
+
+    text = prepare_run(
+        config_from_dict(tiny_text_sections(save_tiny_bert(tmp_path / "bert"), model={"finetune": "full"}, privacy={"mode": "dp-sgd"}))
+    )
+    assert auto_grad_sample_mode(text.model) == "ghost"
+    batch = text.model.make_batch(text.encoded_private, np.arange(2))
+    target = batch.inputs["input_ids"][0].clone()
+
+    def poison(module, args, out):  # a crafted model: the first example's embeddings overflow
+        out = out.clone()
+        out[(args[0] == target).all(1)] = float("nan")
+        return out
+
+    ratios = []
+    for seed in range(8):
+        torch.manual_seed(seed)
+        model = copy.deepcopy(text.model)
+        model.module.train()
+        next(m for n, m in model.module.named_modules() if n.endswith("word_embeddings")).register_forward_hook(poison)
+        params = [p for _, p in model.trainable_named_parameters()]
+        step = DPStep(
+            model,
+            torch.optim.SGD(params, lr=1.0),
+            mode="ghost",
+            noise_multiplier=0.0,
+            max_grad_norm=0.01,
+            expected_batch_size=2,
+            noise=FastStream(KEY),
+        )
+        step._backward(batch)
+        ratios.append(float(torch.sqrt(sum((p.grad.double() ** 2).sum() for p in params))) / 0.01)
+        step.close()
+    assert max(ratios) <= 1.0 + 1e-4 and min(ratios) > 0.99, ratios  # the kept example's clipped gradient: norm C exactly
