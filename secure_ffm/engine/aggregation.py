@@ -83,6 +83,10 @@ class VectorLayout:
         """The layout a message announces; anything else (not JSON, deeply nested, another shape, a dimension that is
         not a non-negative integer) raises ValueError, which the protocols' servers treat as that client's bad message:
         a peer's bytes must never end the server's run (RecursionError and OverflowError did, until 2026-12-07)."""
+        if not isinstance(data, bytes | bytearray):  # bytes(2**44) would allocate 16 TiB of zeros
+            raise ValueError(f"not a vector layout: {type(data).__name__}")
+        if len(data) > MAX_LAYOUT_BYTES:
+            raise ValueError(f"not a vector layout: {len(data)} bytes")
         try:
             raw = json.loads(bytes(data).decode())
             layout = cls(
@@ -107,6 +111,11 @@ class VectorLayout:
                 out[i][name] = values[offset : offset + size].reshape(shape)
                 offset += size
         return out[0], out[1]
+
+
+MAX_LAYOUT_BYTES = 1 << 24
+"""A layout names every trained parameter and its shape: 16 MiB of JSON is far beyond any model's (MiniLM's full one is
+a few kB)."""
 
 
 def _dimension(value: Any) -> int:
@@ -259,6 +268,10 @@ class ClientRound(ABC):
         """Take back what :meth:`export_state` returned, in a fresh half made by the same protocol for the same round."""
         if state is not None:
             raise AggregationError(f"{type(self).__name__} keeps no state between stages, but was handed some")
+
+    def check_ready(self) -> None:  # noqa: B027 (optional hook)
+        """Raise :class:`AggregationError` when this half would refuse to encode any update now (masking's second masked
+        input of a round): the client checks it before it trains, so a refused request costs no privacy budget."""
 
     @abstractmethod
     def encode(self, update: ClientUpdate, *, weight: float, rng: np.random.Generator | None = None, payload: Any = None) -> ClientMessage:
@@ -520,10 +533,17 @@ class PlaintextAccumulator(Accumulator, ServerRound):
             raise AggregationError(f"{who} sent a message of round {message.round} (replayed or stale)")
         if self.participants is not None and message.client_id not in self.participants:
             raise AggregationError(f"{who} is not a participant of this round")
+        if not isinstance(message.payload, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, np.ndarray) and v.dtype.kind in "fiub" for k, v in message.payload.items()
+        ):
+            raise AggregationError(f"{who} sent a payload that is not a table of numeric arrays")
         payload = dict(message.payload)
         if PlaintextAggregation.WEIGHT_KEY not in payload:
             raise AggregationError(f"{who} sent no weight")
-        weight = float(np.asarray(payload.pop(PlaintextAggregation.WEIGHT_KEY)).reshape(-1)[0])
+        weights = payload.pop(PlaintextAggregation.WEIGHT_KEY)
+        if weights.size != 1:
+            raise AggregationError(f"{who} sent a weight of {weights.size} values")
+        weight = float(weights.reshape(-1)[0])
         # float32 deltas stay float32 until they are added (float64 += float32 widens each value exactly, as a float64
         # copy would, without writing one: 1.6 MB less per client of the CNN); any other type becomes float64 first
         arrays = {name: _float_array(value) for name, value in payload.items()}

@@ -278,6 +278,7 @@ class FederatedClient:
         when there is none, for protocols without set-up); ``payload`` is its part of the fit request."""
         if encoder is None:
             encoder = self.protocol.client_round(self.client_id, ins.round)
+        encoder.check_ready()  # before training: a request the encoder refuses anyway costs no budget and no answer
         self._require_examples()  # before counting: a client with nothing to train spends no answer
         randomness = self.answer_randomness(ins.round)
         update = self.train(ins, randomness=randomness)

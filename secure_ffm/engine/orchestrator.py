@@ -158,6 +158,11 @@ class RoundOrchestrator:
         except AggregationError as error:
             aborted = self._abort(error)
             payloads = None
+        except Exception as error:  # the parties' stage replies are input: whatever they make a protocol raise
+            aborted = self._abort(
+                AggregationError(f"round {round}: a set-up reply could not be read ({type(error).__name__}: {error!s:.200})")
+            )
+            payloads = None
         setup_seconds = time.perf_counter() - setup_start
         sent, declined, rejected, dropped = [], [], [], []
         reasons: dict[str, str] = {}
@@ -180,6 +185,15 @@ class RoundOrchestrator:
                 except AggregationError as error:  # the others' contributions are kept
                     rejected.append(client_id)
                     log.warning("%s; its update is left out of the round", error)
+                except Exception as error:  # a party's bytes must never end the run: whatever they make add() raise
+                    rejected.append(client_id)
+                    log.warning(
+                        "round %d: client %d's message could not be read (%s: %.200s); its update is left out of the round",
+                        round,
+                        client_id,
+                        type(error).__name__,
+                        error,
+                    )
                 else:
                     sent.append(client_id)
                     examples.append(message.num_examples)
@@ -200,6 +214,10 @@ class RoundOrchestrator:
                 aggregate = run_stages(server_round.finish(), self._deliver(round))
             except AggregationError as error:
                 aborted = self._abort(error)
+            except Exception as error:  # as in the set-up: a reply must not end the run
+                aborted = self._abort(
+                    AggregationError(f"round {round}: a closing reply could not be read ({type(error).__name__}: {error!s:.200})")
+                )
             else:
                 for hook in self.hooks:
                     hook.aggregate_computed(round, aggregate, sent, instructions)

@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -105,7 +106,32 @@ def from_record(content: RecordDict) -> tuple[str, Packed]:
     arrays = content.array_records.get("arrays")
     if meta is None or arrays is None or not isinstance(meta.get("json"), str) or not isinstance(meta.get("kind"), str):
         raise ValueError("the message is not a secure-ffm request (no meta/arrays records)")
-    return str(meta["kind"]), (str(meta["json"]), {k: v.numpy() for k, v in arrays.items()})
+    return str(meta["kind"]), (str(meta["json"]), {k: checked_numpy(v) for k, v in arrays.items()})
+
+
+def checked_numpy(array: Array) -> np.ndarray:
+    """A record's array as NumPy, after checking that its ``.npy`` header describes no more bytes than the record holds:
+    ``np.load`` allocates what the header declares before it reads, so a 128-byte header declaring 2^40 float64 ended the
+    server's run with MemoryError (an audit of 2026-12-07). ValueError otherwise (the node's reply is malformed)."""
+    import io
+
+    from numpy.lib import format as npy
+
+    data = array.data
+    if not isinstance(data, bytes):
+        raise ValueError("an array record holds no bytes")
+    stream = io.BytesIO(data)
+    try:
+        version = npy.read_magic(stream)
+        shape, _, dtype = npy.read_array_header_1_0(stream) if version == (1, 0) else npy.read_array_header_2_0(stream)
+    except (ValueError, OSError, EOFError) as error:
+        raise ValueError(f"an array's .npy header does not read: {error}") from None
+    if dtype.hasobject:
+        raise ValueError("an array of Python objects cannot cross the wire")
+    declared = math.prod(shape) * dtype.itemsize
+    if declared != len(data) - stream.tell():
+        raise ValueError(f"an array's .npy header declares {declared} bytes, its record holds {len(data) - stream.tell()}")
+    return array.numpy()
 
 
 def overrides(text: str) -> list[str]:
@@ -253,11 +279,14 @@ SPENT_FORMAT = "secure-ffm node spend"
 
 
 class NodeSpend:
-    """The privacy spend of every run on this node's data (``state-dir/spent.json``), so that the target ε bounds them
-    together: a new run's client ledger starts from what the other runs spent (:data:`~secure_ffm.privacy.accounting.
-    PRIOR_SPEND_KEY`), and each answer adds its steps to this run's entry. Without it a server that submitted run after
-    run got a fresh budget each time (an audit of 2026-12-07: three runs, ε = 2 each on the same data). Runs that overlap
-    in time each see what the others had recorded when they started."""
+    """The privacy spend of every run on this node's data (``state-dir/spent.json``), so that one target ε bounds them
+    together. Before each answer the client's DP entry gets what every run recorded (:data:`~secure_ffm.privacy.
+    accounting.NODE_SPEND_KEY`), which its budget check composes; after it, the steps the answer spent are added to this
+    run's record. The client's own ledger, the one it reports, stays its run's: the server learns nothing of other runs.
+    Without it a server that submitted run after run got a fresh budget each time (an audit of 2026-12-07: three runs,
+    ε = 2 each on the same data); checked at every answer, runs that overlap in time cannot pass the target together
+    either, and a run whose state file was lost counts what it recorded. One SuperNode answers one message at a time;
+    two SuperNodes must not share a ``state-dir``."""
 
     def __init__(self, path: Path, run_id: int) -> None:
         self.path, self.run = path, str(run_id)
@@ -274,21 +303,21 @@ class NodeSpend:
                     "restore it, or move it away knowing that the runs it recorded are then forgotten"
                 ) from None
 
-    def steps_before(self, entry: Mapping[str, Any]) -> int:
-        """Before an answer: seed a client ledger entry that has no ledger yet with the other runs' spend; the steps its
-        ledger will count before this answer."""
-        from secure_ffm.privacy.accounting import PRIOR_SPEND_KEY  # here: the accountant pulls in opacus and scipy
+    def steps_before(self, entry: dict[str, Any]) -> int:
+        """Before an answer: give the client's DP ``entry`` every run's recorded spend; the steps its own ledger counts."""
+        from secure_ffm.privacy.accounting import NODE_SPEND_KEY  # here: the accountant pulls in opacus and scipy
 
-        if "ledger" in entry:
-            return sum(int(e["steps"]) for e in entry["ledger"].get("history", []))
-        prior = [spent for run, entries in self.runs.items() if run != self.run for spent in entries]
-        if prior:
-            entry[PRIOR_SPEND_KEY] = prior  # type: ignore[index]
-        return sum(int(spent["steps"]) for spent in prior)
+        entry[NODE_SPEND_KEY] = {
+            "other_runs": [spent for run, entries in self.runs.items() if run != self.run for spent in entries],
+            "this_run": list(self.runs.get(self.run, [])),
+        }
+        ledger = entry.get("ledger")
+        return sum(int(e["steps"]) for e in ledger.get("history", [])) if isinstance(ledger, Mapping) else 0
 
     def record(self, entry: Mapping[str, Any], before: int) -> None:
         """After an answer: add the steps it recorded to this run's spend, and write the file (atomically, owner-only)."""
-        history = entry.get("ledger", {}).get("history", []) if isinstance(entry, Mapping) else []
+        ledger = entry.get("ledger") if isinstance(entry, Mapping) else None
+        history = ledger.get("history", []) if isinstance(ledger, Mapping) else []
         spent = sum(int(e["steps"]) for e in history) - before
         if spent <= 0:
             return

@@ -431,26 +431,43 @@ class PrivacyLedger:
         return f"PrivacyLedger(accountant={self._accountant!r}, delta={self._delta!r}, steps={self.steps}, entries={len(self._history)})"
 
 
-PRIOR_SPEND_KEY = "prior_spend"
-"""Key, in a client's DP ledger entry (``state[mechanism.client_ledger_key]``), of what earlier runs already spent on the
-same examples: a deployed node with ``state-dir`` writes it before the client's first answer of a run
-(secure_ffm.flower.app), and the client's ledger starts from it, so the target ε bounds every run on the node's data."""
+NODE_SPEND_KEY = "node_spend"
+"""Key, in a client's DP entry (``state[mechanism.client_ledger_key]``), of what every run has spent on the same examples,
+as a deployed node with ``state-dir`` recorded it before this answer (secure_ffm.flower.app.NodeSpend):
+``{"other_runs": [steps...], "this_run": [steps...]}``, each step ``{noise_multiplier, sample_rate, steps}``. The
+client's budget check composes it (:func:`budget_ledger`), so one target ε bounds every run on the node's data; the
+ledger the client keeps and reports stays its own run's."""
 
 
-def starting_ledger(entry: Mapping[str, Any], *, accountant: str, delta: float) -> PrivacyLedger:
-    """The ledger a client's DP entry holds, or a fresh one (``accountant``, ``delta``) that starts with the entry's
-    :data:`PRIOR_SPEND_KEY` steps (a list of ``{noise_multiplier, sample_rate, steps}``; ValueError if malformed)."""
-    if "ledger" in entry:
-        return PrivacyLedger.from_json(entry["ledger"])
-    ledger = PrivacyLedger(accountant=accountant, delta=delta)
-    for spent in entry.get(PRIOR_SPEND_KEY, ()):
+def _spent_steps(entries: Any) -> list[GaussianSteps]:
+    if not isinstance(entries, list | tuple):
+        raise ValueError(f"malformed spend record {entries!r:.80}")
+    out = []
+    for spent in entries:
         try:
             z, q, steps = float(spent["noise_multiplier"]), float(spent["sample_rate"]), int(spent["steps"])
         except (KeyError, TypeError, ValueError):
-            raise ValueError(f"malformed earlier spend {spent!r:.80}") from None
+            raise ValueError(f"malformed spend record {spent!r:.80}") from None
         if not (finite_number(z) and z >= 0 and 0 < q <= 1 and steps > 0):
-            raise ValueError(f"malformed earlier spend {spent!r:.80}")
-        ledger.record(noise_multiplier=z, sample_rate=q, steps=steps)
+            raise ValueError(f"malformed spend record {spent!r:.80}")
+        out.append(GaussianSteps(z, q, steps))
+    return out
+
+
+def budget_ledger(entry: Mapping[str, Any], own: PrivacyLedger) -> PrivacyLedger:
+    """The ledger a client's budget check composes: its ``own`` run's, or, on a deployed node that recorded what its runs
+    spent (:data:`NODE_SPEND_KEY`), every other run's recorded steps and then this run's, its own ledger or what the node
+    recorded for it, whichever counts more steps (a run whose state file was lost, or whose id came back, restarted its
+    ledger, not its spend). ValueError when the record is malformed."""
+    spend = entry.get(NODE_SPEND_KEY)
+    if not spend:
+        return own
+    if not isinstance(spend, Mapping):
+        raise ValueError(f"malformed spend record {spend!r:.80}")
+    ledger = PrivacyLedger(accountant=own.accountant, delta=own.delta)
+    this_run = _spent_steps(spend.get("this_run", []))
+    for step in [*_spent_steps(spend.get("other_runs", [])), *(this_run if sum(s.steps for s in this_run) > own.steps else own.history)]:
+        ledger.record(noise_multiplier=step.noise_multiplier, sample_rate=step.sample_rate, steps=step.steps)
     return ledger
 
 

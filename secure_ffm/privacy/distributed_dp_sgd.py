@@ -98,9 +98,11 @@ class DistributedDPSGDTrainer(LocalTrainer):
         start = time.perf_counter()
         mech = self.mechanism
         dp_state = dict(state.get(STATE_KEY, {}))  # written back once the step is recorded: a failed step leaves no entry
-        fresh = mech.new_ledger()  # a deployed node's first answer of a run starts from what its earlier runs spent
-        ledger = accounting.starting_ledger(dp_state, accountant=fresh.accountant, delta=fresh.delta)
-        would = ledger.epsilon_if(noise_multiplier=mech.noise_multiplier, sample_rate=mech.sample_rate, steps=1)
+        ledger = PrivacyLedger.from_json(dp_state["ledger"]) if "ledger" in dp_state else mech.new_ledger()
+        # on a deployed node, what every run spent on these examples (accounting.NODE_SPEND_KEY): one budget for them all
+        would = accounting.budget_ledger(dp_state, ledger).epsilon_if(
+            noise_multiplier=mech.noise_multiplier, sample_rate=mech.sample_rate, steps=1
+        )
         if would > mech.config.privacy.target_epsilon * (1 + EPSILON_SLACK):
             raise ClientDeclined(f"privacy budget: one more step would spend ε={would:.3f} > target {mech.config.privacy.target_epsilon}")
         n = len(indices)

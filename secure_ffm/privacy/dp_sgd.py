@@ -602,12 +602,17 @@ class DPSGDTrainer(LocalTrainer):
         plan = self.plan_for(extras.client_id, n)
         z, q, c = plan.noise_multiplier, plan.sample_rate, self.privacy.max_grad_norm
         dp_state = dict(state.get("dp_sgd", {}))  # written back once the steps are recorded: a declined or failed round leaves no entry
-        # a deployed node's first answer of a run starts from what its earlier runs spent on these examples
-        ledger = accounting.starting_ledger(dp_state, accountant=self.privacy.accountant, delta=plan.delta)
-        would_spend = ledger.epsilon_if(noise_multiplier=z, sample_rate=q, steps=plan.steps_per_round)
+        ledger = (
+            PrivacyLedger.from_json(dp_state["ledger"])
+            if "ledger" in dp_state
+            else PrivacyLedger(accountant=self.privacy.accountant, delta=plan.delta)
+        )
+        # on a deployed node, what every run spent on these examples (accounting.NODE_SPEND_KEY): one budget for them all
+        would_spend = accounting.budget_ledger(dp_state, ledger).epsilon_if(noise_multiplier=z, sample_rate=q, steps=plan.steps_per_round)
         if would_spend > self.privacy.target_epsilon * (1 + EPSILON_SLACK):
             raise ClientDeclined(
                 f"privacy budget: {plan.steps_per_round} more steps would spend ε={would_spend:.3f} > target {self.privacy.target_epsilon}"
+                + (" (every run on this node's data together)" if dp_state.get(accounting.NODE_SPEND_KEY) else "")
             )
 
         named = model.trainable_named_parameters()

@@ -114,7 +114,7 @@ def server_run(
             state = simulation.client_states.setdefault(client_id, {})
             try:
                 state[key] = node_ledger_record(state.get(key), ledger, incarnation, client_id=client_id)
-            except ValueError as error:  # a node's report is input: a malformed one must not end the run
+            except (ValueError, OverflowError, MemoryError) as error:  # a node's report is input: it must not end the run
                 log.warning("client %d's node reported a ledger the server cannot use (%s); its last one is kept", client_id, error)
 
         transport.on_ledger = keep_ledger
@@ -146,6 +146,12 @@ def authority_session(config: Config, *, key_file: bytes | None) -> AuthoritySes
     return AuthoritySession(protocol=protocol, fingerprint=config_fingerprint(config.to_toml()))
 
 
+MAX_NODE_LEDGER_STEPS = 100_000
+"""Most DP-SGD steps a node's reported ledger may count (a client with 60,000 examples at batch 64 takes 938 a pass: 100
+passes); composing more with the prv accountant takes gigabytes."""
+MAX_NODE_LEDGER_ENTRIES = 10_000
+"""Most entries (distinct noise and sampling settings in a row) a node's reported ledger may hold."""
+
 NODE_LEDGER_NUMBERS = (
     "epsilon",
     "steps",
@@ -173,6 +179,13 @@ def check_node_ledger(reported: Any, incarnation: Any) -> PrivacyLedger:
     if not isinstance(reported, Mapping):
         raise ValueError(f"the report is a {type(reported).__name__}, not a table")
     ledger = PrivacyLedger.from_json(reported.get("ledger") if isinstance(reported.get("ledger"), Mapping) else {})
+    if ledger.steps > MAX_NODE_LEDGER_STEPS or len(ledger.history) > MAX_NODE_LEDGER_ENTRIES:
+        # the server composes what a node reports: the prv accountant's memory grows with the steps (1.6 GB at 10^5,
+        # 1.15 TiB asked at 10^8, which ended the server's run with MemoryError)
+        raise ValueError(
+            f"its ledger counts {ledger.steps} steps in {len(ledger.history)} entries, beyond the {MAX_NODE_LEDGER_STEPS} steps "
+            f"and {MAX_NODE_LEDGER_ENTRIES} entries a client of a run can take"
+        )
     for name in NODE_LEDGER_NUMBERS:
         value = reported.get(name, 0)
         if not finite_number(value) or value < 0:  # also an integer beyond float64: JSON's integers have any size
@@ -269,11 +282,11 @@ def node_session(
             )
         try:
             examples = load_node_data(config.data, data_path, schema, seed=config.run.seed)
-        except ConfigError as error:
+        except Exception as error:  # a loader's own error (pandas, PIL, NumPy) names the node's files and contents too
             # a node's refusal travels to the server (Flower sends the exception's text): this reason names the node's
             # files, labels, shapes and sizes, which the server must not learn (a hello whose schema listed one class made
             # the node list its own, until 2026-12-07). The node's operator reads it in the node's log.
-            log.error("%s", error)
+            log.error("%s: %s", type(error).__name__, error)
             raise ConfigError(
                 NODE_DATA_ERROR_KEY,
                 "this node's data does not fit the run's data schema (the node's own log says why)",

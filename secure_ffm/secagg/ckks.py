@@ -393,7 +393,11 @@ def check_decrypted(sums: DecryptedSums, layout: VectorLayout, *, round: int, nu
     What a dishonest decryptor can still do is answer wrong values of the right shape (docs/threat_model.md)."""
     who = f"round {round}: the decrypted aggregate"
     for what, arrays, expected in (("delta", sums.delta, layout.delta), ("statistics", sums.statistics, layout.statistics)):
-        if not isinstance(arrays, Mapping) or sorted(arrays) != sorted(name for name, _ in expected):
+        if (
+            not isinstance(arrays, Mapping)
+            or not all(isinstance(k, str) for k in arrays)
+            or sorted(arrays) != sorted(n for n, _ in expected)
+        ):
             names = sorted(map(str, arrays)) if isinstance(arrays, Mapping) else type(arrays).__name__
             raise AggregationError(f"{who} has {what} {names}, not the layout's {sorted(name for name, _ in expected)}")
         for name, shape in expected:
@@ -536,6 +540,8 @@ class CKKSServerAccumulator:
     def _add(self, message: ClientMessage) -> None:
         who = check_envelope(message, round=self.round, participants=self.participants, received=self.received)
         payload = message.payload
+        if not isinstance(payload, Mapping):
+            raise AggregationError(f"{who} sent a payload that is a {type(payload).__name__}, not a table")
         for key in (ROUND_KEY, LAYOUT_KEY, CONTEXT_KEY):
             if key not in payload:
                 raise AggregationError(f"{who} sent no {key!r} field")
@@ -555,6 +561,8 @@ class CKKSServerAccumulator:
         length = layout.values_size + CHECK_SLOTS
         params = self.server.parameters
         expected = params.num_ciphertexts(length)
+        if not all(isinstance(k, str) for k in payload):
+            raise AggregationError(f"{who} sent a payload with keys that are not names")
         keys = [k for k in payload if k.startswith(CIPHERTEXT_PREFIX)]
         if sorted(keys) != [_ciphertext_key(i) for i in range(expected)] or len(payload) != len(keys) + 3:
             raise AggregationError(f"{who} sent {len(keys)} ciphertexts (payload keys {sorted(payload)[:4]}...), expected {expected}")

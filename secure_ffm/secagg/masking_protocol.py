@@ -349,6 +349,16 @@ class MaskingClient(ClientRound):
             rng = generator(self.rounding_seed, SECAGG_ROUNDING, update.round, update.client_id)
         return self.masked_input(update, weight=weight, rng=rng)
 
+    def check_ready(self) -> None:
+        if self._input_sent:
+            # the round's masks are fixed by its keys and self seed: a second input y' = x' + masks would give the server
+            # y - y' = x - x', one client's update with no mask at all (a request that trains only the head makes x'
+            # known). One masked input a round, whatever the server asks.
+            raise AggregationError(
+                f"round {self._round}: client {self.client_id} already sent its masked input and refuses a second one "
+                "(the same masks twice would unmask the difference of the two updates)"
+            )
+
     # stage 0
     def advertise(self, round: int) -> AdvertiseKeys:
         self._pair_key, self._share_key = keys.generate_private_key(), keys.generate_private_key()
@@ -496,14 +506,7 @@ class MaskingClient(ClientRound):
         setup = self._require_setup()
         if update.client_id != self.client_id or update.round != setup.round:
             raise ValueError(f"client {self.client_id}: update of client {update.client_id}, round {update.round} in round {setup.round}")
-        if self._input_sent:
-            # the round's masks are fixed by its keys and self seed: a second input y' = x' + masks would give the server
-            # y - y' = x - x', one client's update with no mask at all (a request that trains only the head makes x'
-            # known). One masked input a round, whatever the server asks.
-            raise AggregationError(
-                f"round {setup.round}: client {self.client_id} already sent its masked input and refuses a second one "
-                "(the same masks twice would unmask the difference of the two updates)"
-            )
+        self.check_ready()
         layout = VectorLayout.of(update)
         if setup.layout is not None and layout != setup.layout:
             # declining (like a dropout) rather than failing: its pair masks are then removed from the others' sum
@@ -776,6 +779,8 @@ class MaskingServer(ServerRound):
         """Validate one masked input and fold it into the ring sum; on error the state is unchanged."""
         who = check_envelope(message, round=self.round, participants=self.participants, received=self.received)
         payload = message.payload
+        if not isinstance(payload, Mapping):
+            raise AggregationError(f"{who} sent a payload that is a {type(payload).__name__}, not a table")
         if set(payload) != {MASKED_KEY, ROUND_KEY, LAYOUT_KEY}:
             raise AggregationError(f"{who} sent payload keys {sorted(payload)}, expected {sorted({MASKED_KEY, ROUND_KEY, LAYOUT_KEY})}")
         tag = np.asarray(payload[ROUND_KEY])

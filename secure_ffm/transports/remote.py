@@ -60,6 +60,9 @@ INCARNATION_KEY = "incarnation"
 token the server has not seen before for a client tells it the node started its client afresh (a SuperNode restarted
 without ``state-dir``), so it composes the ledgers of both (:func:`secure_ffm.run.deployment.node_ledger_record`)."""
 STATE_DIR_KEY = "state-dir"
+NODE_SPEND_KEY = "node_spend"
+"""secure_ffm.privacy.accounting.NODE_SPEND_KEY (not imported: the accountant pulls in opacus and scipy; a test keeps
+them equal): what a node recorded of its other runs, never reported to the server."""
 """Node config: the folder where a node keeps its client's private state of each run across SuperNode restarts
 (:func:`secure_ffm.flower.app.save_state`)."""
 
@@ -455,10 +458,12 @@ class NodeSession:
         if self.ledger_key is None or self.ledger_key not in self._client_state():
             return {}
         state = self._client_state()
+        # the client's own run's entry: what a deployed node recorded of its other runs (node_spend) stays on the node
+        entry = {k: v for k, v in state[self.ledger_key].items() if k != NODE_SPEND_KEY}
         if not self.reports_incarnation:
-            return {"ledger": state[self.ledger_key]}
+            return {"ledger": entry}
         incarnation = state.setdefault(INCARNATION_KEY, secrets.token_hex(8))  # random: it says nothing of the secret
-        return {"ledger": state[self.ledger_key], "incarnation": incarnation}
+        return {"ledger": entry, "incarnation": incarnation}
 
     def _evaluate(self, request: Mapping[str, Any]) -> dict[str, float]:
         parameters = {str(k): np.asarray(v) for k, v in request["parameters"].items()}

@@ -186,3 +186,51 @@ def test_decrypted_sums_that_do_not_fit_the_aggregate_abort_the_round(forged):
     forged = through_the_wire(forged)
     with pytest.raises(AggregationError):
         run_stages(server.finish(), lambda stage: StageReplies({next(iter(stage.requests)): forged}))
+
+
+def test_a_node_refuses_a_second_fit_request_of_the_round_before_training(tmp_path):
+    """Through a node's session, state carried between messages as on a SuperNode: the second fit request of a masked
+    round is refused before anything trains, so it costs the node neither DP budget nor an answer."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "flower"))
+    from digits_cnn import digits_cnn_toml
+
+    from secure_ffm.config import load_config
+    from secure_ffm.engine.codec import from_bytes, to_bytes
+    from secure_ffm.run.deployment import node_session
+    from secure_ffm.run.simulation import Simulation, prepare_run
+    from secure_ffm.transports.base import FitRequest
+    from secure_ffm.transports.remote import FIT, STAGE
+
+    path = tmp_path / "masked.toml"
+    path.write_text(
+        digits_cnn_toml(clients=3, rounds=1)
+        + '[secure_aggregation]\nprotocol = "masking"\n[privacy]\nmode = "dp-sgd"\ntarget_epsilon = 8.0\n'
+    )
+    config = load_config(path)
+    states = {c: to_bytes({}) for c in range(3)}
+
+    def ask(client, kind, request):
+        state = from_bytes(states[client])
+        try:
+            return unpack(*node_session(config, partition_id=client, num_partitions=3, state=state).handle(kind, pack(request)))
+        finally:
+            states[client] = to_bytes(state)
+
+    server = Simulation(prepare_run(config))
+    ins = server.server.fit_instructions(1, [0, 1, 2])
+    half = server.protocol.server_round(1, [0, 1, 2], weight_bound=1e6)
+
+    def deliver(stage):
+        return StageReplies({c: ask(c, STAGE, {"round": 1, "stage": stage.name, "request": r}) for c, r in stage.requests.items()})
+
+    inbox = run_stages(half.setup(), deliver)
+    assert "message" in ask(0, FIT, {"round": 1, "request": FitRequest(ins, payload=inbox[0])})
+    spent = from_bytes(states[0])["client"]
+    crafted = dataclasses.replace(ins, config={**ins.config, "train_only": "head"})
+    with pytest.raises(AggregationError, match="already sent its masked input"):
+        ask(0, FIT, {"round": 1, "request": FitRequest(crafted, payload=None)})
+    after = from_bytes(states[0])["client"]
+    assert after["dp_sgd"]["ledger"] == spent["dp_sgd"]["ledger"] and after["fit_answers"] == spent["fit_answers"] == 1
