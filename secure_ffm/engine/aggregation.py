@@ -534,13 +534,13 @@ class PlaintextAccumulator(Accumulator, ServerRound):
         if self.participants is not None and message.client_id not in self.participants:
             raise AggregationError(f"{who} is not a participant of this round")
         if not isinstance(message.payload, Mapping) or not all(
-            isinstance(k, str) and isinstance(v, np.ndarray) and v.dtype.kind in "fiub" for k, v in message.payload.items()
+            isinstance(k, str) and isinstance(v, np.ndarray | np.generic) and v.dtype.kind in "fiub" for k, v in message.payload.items()
         ):
             raise AggregationError(f"{who} sent a payload that is not a table of numeric arrays")
         payload = dict(message.payload)
         if PlaintextAggregation.WEIGHT_KEY not in payload:
             raise AggregationError(f"{who} sent no weight")
-        weights = payload.pop(PlaintextAggregation.WEIGHT_KEY)
+        weights = np.asarray(payload.pop(PlaintextAggregation.WEIGHT_KEY))
         if weights.size != 1:
             raise AggregationError(f"{who} sent a weight of {weights.size} values")
         weight = float(weights.reshape(-1)[0])
