@@ -78,19 +78,25 @@ def test_a_node_ledger_of_more_steps_than_a_run_takes_is_refused():
         check_node_ledger({"ledger": ledger.to_json(), "epsilon": 1.0}, None)
 
 
-def test_whatever_a_message_makes_a_protocol_raise_leaves_that_client_out_not_the_run(monkeypatch, caplog):
+def digits_config(**sections):
+    """One round of the CNN on three clients of scikit-learn's digits."""
     from secure_ffm.config import config_from_dict
+
+    raw = {
+        "data": {"dataset": "digits", "max_train_examples": 90, "max_test_examples": 20, "num_clients": 3},
+        "model": {"arch": "cnn", "finetune": "full"},
+        "client": {"local_steps": 1, "batch_size": 8},
+        "server": {"rounds": 1},
+        **sections,
+    }
+    return config_from_dict(raw)
+
+
+def test_whatever_a_message_makes_a_protocol_raise_leaves_that_client_out_not_the_run(monkeypatch, caplog):
     from secure_ffm.engine import aggregation
     from secure_ffm.run.simulation import Simulation, prepare_run
 
-    config = config_from_dict(
-        {
-            "data": {"dataset": "digits", "max_train_examples": 90, "max_test_examples": 20, "num_clients": 3},
-            "model": {"arch": "cnn", "finetune": "full"},
-            "client": {"local_steps": 1, "batch_size": 8},
-            "server": {"rounds": 1},
-        }
-    )
+    config = digits_config()
     original = aggregation.PlaintextAccumulator.add
 
     def add(self, message):  # a bug the client's bytes reach: any exception, not only AggregationError
@@ -105,19 +111,10 @@ def test_whatever_a_message_makes_a_protocol_raise_leaves_that_client_out_not_th
 
 
 def test_a_stage_reply_that_makes_the_protocol_raise_aborts_the_round_not_the_run(monkeypatch, caplog):
-    from secure_ffm.config import config_from_dict
     from secure_ffm.run.simulation import Simulation, prepare_run
     from secure_ffm.secagg import masking_protocol
 
-    config = config_from_dict(
-        {
-            "data": {"dataset": "digits", "max_train_examples": 90, "max_test_examples": 20, "num_clients": 3},
-            "model": {"arch": "cnn", "finetune": "full"},
-            "client": {"local_steps": 1, "batch_size": 8},
-            "server": {"rounds": 1},
-            "secure_aggregation": {"protocol": "masking"},
-        }
-    )
+    config = digits_config(secure_aggregation={"protocol": "masking"})
 
     def unmask(self, request, responses):  # what a malformed unmask reply the checks missed would do
         raise KeyError("a field the server expected")

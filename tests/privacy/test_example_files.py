@@ -8,12 +8,10 @@ shared machine every user could read a hospital's notes out of a sweep directory
 """
 
 import json
-import os
-import stat
 
 import numpy as np
-import pytest
 import torch
+from file_modes import mode  # tests/privacy/file_modes.py (on sys.path under pytest)
 
 from attacks.audit import AuditCase, audit_config, prepare_case
 from attacks.base import Budget, GroundTruth, Reconstruction
@@ -21,18 +19,6 @@ from attacks.pictures import write_text_table
 from eval.results import JSONL, append_row
 from secure_ffm.config import config_from_dict
 from secure_ffm.run.checkpoint import save_private_array
-
-
-@pytest.fixture()
-def umask_022():
-    """The usual umask (files 0o644), whatever the test runner's is."""
-    previous = os.umask(0o022)
-    yield
-    os.umask(previous)
-
-
-def mode(path):
-    return stat.S_IMODE(os.stat(path).st_mode)
 
 
 def test_an_image_audits_picture_pixels_and_attack_json_are_owner_only(tmp_path, umask_022):

@@ -8,28 +8,16 @@ it is given with a 0o600 one): the other way round.
 
 import json
 import os
-import stat
 
 import numpy as np
 import pytest
+from file_modes import mode  # tests/privacy/file_modes.py (on sys.path under pytest)
 from interrupt import InterruptAtRound  # tests/interrupt.py (on sys.path under pytest)
 
 from secure_ffm.config import config_from_dict
 from secure_ffm.privacy.noise import CLIENT_SECRET_KEY
 from secure_ffm.run.checkpoint import save_arrays_atomically, write_atomically, write_private_bytes
 from secure_ffm.run.simulation import Simulation, prepare_run
-
-
-@pytest.fixture()
-def umask_022():
-    """The usual umask (files 0o644), whatever the test runner's is."""
-    previous = os.umask(0o022)
-    yield
-    os.umask(previous)
-
-
-def mode(path):
-    return stat.S_IMODE(os.stat(path).st_mode)
 
 
 def config(rounds, privacy):
