@@ -286,15 +286,28 @@ def _secret_noise_optimizer(base: type) -> type:
     if hasattr(base, "clip_and_accumulate") and "FastGradientClipping" not in base.__name__:
 
         def clip_and_accumulate(self: Any) -> None:
-            # per-sample gradients (hooks): an example whose gradient is not finite contributes nothing, as in book-keeping
-            # (secure_ffm.privacy.bookkeeping: a crafted model must not turn one example's NaN into the whole update's)
+            # Opacus' clip_and_accumulate (per-sample hooks), with one change: an example whose gradient norm is not
+            # finite contributes nothing, as in book-keeping (secure_ffm.privacy.bookkeeping: a crafted model must not
+            # turn one example's NaN into the whole update's). The per-sample gradients are read once (Opacus reads
+            # them three times); checking them beforehand instead cost 63 ms a CNN step (80 against 143 ms, batch 64)
             samples = self.grad_samples
-            if len(samples) and len(samples[0]):
-                finite = torch.stack([g.reshape(len(g), -1).isfinite().all(1) for g in samples]).all(0)
-                if not bool(finite.all()):
-                    for p, g in zip(self.params, samples, strict=True):
-                        p.grad_sample = torch.where(finite.view(-1, *(1,) * (g.dim() - 1)), g, 0.0)
-            base.clip_and_accumulate(self)
+            if not len(samples[0]):
+                base.clip_and_accumulate(self)
+                return
+            norms = torch.stack([g.reshape(len(g), -1).norm(2, dim=-1) for g in samples], dim=1).norm(2, dim=1)
+            factors = (self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
+            finite = torch.isfinite(norms)
+            if not bool(finite.all()):
+                factors = torch.where(finite, factors, 0.0)
+                samples = [torch.where(finite.view(-1, *(1,) * (g.dim() - 1)), g, 0.0) for g in samples]
+            for p, grad_sample in zip(self.params, samples, strict=True):
+                _check_processed_flag(p.grad_sample)
+                grad = torch.einsum("i,i...", factors.to(p.dtype), grad_sample.to(p.dtype))
+                if p.summed_grad is not None:
+                    p.summed_grad += grad
+                else:
+                    p.summed_grad = grad
+                _mark_as_processed(p.grad_sample)
 
         members["clip_and_accumulate"] = clip_and_accumulate
     return type(f"SecretNoise{base.__name__}", (base,), members)
