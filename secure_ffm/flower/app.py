@@ -311,13 +311,11 @@ class NodeSpend:
             "other_runs": [spent for run, entries in self.runs.items() if run != self.run for spent in entries],
             "this_run": list(self.runs.get(self.run, [])),
         }
-        ledger = entry.get("ledger")
-        return sum(int(e["steps"]) for e in ledger.get("history", [])) if isinstance(ledger, Mapping) else 0
+        return sum(int(e["steps"]) for e in _history(entry))
 
     def record(self, entry: Mapping[str, Any], before: int) -> None:
         """After an answer: add the steps it recorded to this run's spend, and write the file (atomically, owner-only)."""
-        ledger = entry.get("ledger") if isinstance(entry, Mapping) else None
-        history = ledger.get("history", []) if isinstance(ledger, Mapping) else []
+        history = _history(entry)
         spent = sum(int(e["steps"]) for e in history) - before
         if spent <= 0:
             return
@@ -327,6 +325,12 @@ class NodeSpend:
         )
         self.path.parent.mkdir(parents=True, exist_ok=True)
         write_private_bytes(self.path, json.dumps({"format": SPENT_FORMAT, "runs": self.runs}, indent=1).encode())
+
+
+def _history(entry: Any) -> list[Any]:
+    """The steps of a client's DP entry's ledger (none before its first answer)."""
+    ledger = entry.get("ledger") if isinstance(entry, Mapping) else None
+    return list(ledger.get("history", [])) if isinstance(ledger, Mapping) else []
 
 
 def save_state(path: Path | None, state: Mapping[str, Any], schema: Any) -> None:
@@ -376,11 +380,10 @@ def node_answer(kind: str, packed: Packed, context: Context) -> Packed:
     record = context.state.config_records.get(STATE_KEY)
     if record is not None:
         session.state.update(from_bytes(record["state"]))  # type: ignore[arg-type]
-    spend, entry, before = None, None, 0
+    spend, before = None, 0
     if kind == FIT and saved_at is not None and session.ledger_key is not None:
         spend = NodeSpend(saved_at.parent / SPENT_FILE, int(context.run_id))
-        entry = session.state.setdefault("client", {}).setdefault(session.ledger_key, {})
-        before = spend.steps_before(entry)
+        before = spend.steps_before(session.state.setdefault("client", {}).setdefault(session.ledger_key, {}))
     try:
         return session.handle(kind, packed)
     finally:

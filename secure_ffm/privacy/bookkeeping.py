@@ -44,6 +44,12 @@ from torch.autograd.graph import GradientEdge, get_gradient_edge
 CLIP_EPSILON = 1e-6
 
 
+def select_rows(keep: Tensor, rows: Tensor, other: Tensor | float = 0.0) -> Tensor:
+    """``rows`` where ``keep`` (one flag per leading row) holds, else ``other``: selected, not multiplied (a NaN row times 0
+    stays NaN). How every DP-SGD mode leaves out an example whose gradient norm is not finite."""
+    return torch.where(keep.view(-1, *(1,) * (rows.dim() - 1)), rows, other)
+
+
 def _trainable(layer: nn.Module) -> list[tuple[str, nn.Parameter]]:
     return [(name, p) for name, p in layer.named_parameters(recurse=False) if p.requires_grad]
 
@@ -69,7 +75,7 @@ class _PerExample:
 
     def keep_only(self, keep: Tensor) -> None:
         """Zero the rows of the examples not in ``keep`` (selected, not multiplied: a NaN row times 0 stays NaN)."""
-        self.grads = {p: torch.where(keep.view(-1, *(1,) * (g.dim() - 1)), g, 0.0) for p, g in self.grads.items()}
+        self.grads = {p: select_rows(keep, g) for p, g in self.grads.items()}
 
 
 class _LinearOuter:
@@ -96,7 +102,7 @@ class _LinearOuter:
 
     def keep_only(self, keep: Tensor) -> None:
         """Zero the inputs and output gradients of the examples not in ``keep`` (see :meth:`_PerExample.keep_only`)."""
-        self.a, self.g = torch.where(keep[:, None], self.a, 0.0), torch.where(keep[:, None], self.g, 0.0)
+        self.a, self.g = select_rows(keep, self.a), select_rows(keep, self.g)
 
     def per_example(self) -> _PerExample:
         grads = {}

@@ -258,23 +258,21 @@ def clip_rows(rows: np.ndarray, clip_norm: float, *, sizes: Sequence[int] | None
 
     A row with a NaN or infinite value becomes zeros first (the example contributes nothing, as in DP-SGD's book-keeping):
     a crafted model can make one example's gradient NaN, which would otherwise make the client decline, a signal the
-    noise does not cover."""
-    finite = np.isfinite(rows).all(axis=1)
-    if not finite.all():
-        rows[~finite] = 0.0
+    noise does not cover. Read from the norms the clipping computes anyway (a NaN or infinite value makes its group's
+    norm so), not from a pass of its own over the rows."""
     if sizes is None:
-        norms = _row_norms(rows)
-        rows *= np.minimum(1.0, clip_norm / np.maximum(norms, 1e-12))[:, None]
-        return rows
-    if sum(sizes) != rows.shape[1]:
+        sizes = [rows.shape[1]]
+    elif sum(sizes) != rows.shape[1]:
         raise ValueError(f"the groups cover {sum(sizes)} columns of {rows.shape[1]}")
     bound = clip_norm / math.sqrt(len(sizes))
-    begin = 0
-    for size in sizes:
-        part = rows[:, begin : begin + size]
-        norms = _row_norms(part)
-        part *= np.minimum(1.0, bound / np.maximum(norms, 1e-12))[:, None]
-        begin += size
+    edges = np.cumsum([0, *sizes])
+    norms = [_row_norms(rows[:, begin:end]) for begin, end in zip(edges[:-1], edges[1:], strict=True)]
+    finite = np.isfinite(np.sum(norms, axis=0))
+    if not finite.all():
+        rows[~finite] = 0.0
+        norms = [np.where(finite, n, 0.0) for n in norms]
+    for begin, end, group in zip(edges[:-1], edges[1:], norms, strict=True):
+        rows[:, begin:end] *= np.minimum(1.0, bound / np.maximum(group, 1e-12))[:, None]
     return rows
 
 

@@ -236,7 +236,8 @@ class DPFedAvg(PrivacyMechanism):
         self.delta = p.delta or accounting.default_delta(n)
         self.discrete: DiscreteGaussianSum | None = None
         """The distributed discrete Gaussian's geometry, fixed by the first update's size (discrete mode)."""
-        self.hides_updates = PROTOCOLS.get(config.secure_aggregation.protocol, key="secure_aggregation.protocol").hides_updates
+        protocol = PROTOCOLS.get(config.secure_aggregation.protocol, key="secure_aggregation.protocol")
+        self.hides_updates = protocol.hides_updates
         """Whether the server sees only the sum (masking, CKKS): client-placed noise then protects each update with the
         whole sum's noise; otherwise with one share of it (:meth:`epsilon_against_server`)."""
         if p.noise_placement == "clients" and not self.hides_updates:
@@ -245,9 +246,7 @@ class DPFedAvg(PrivacyMechanism):
                 "noise share only, N(0, (zC)^2/m); the released model keeps the whole noise. privacy.json's epsilon_against_server "
                 'says what that gives; use secure_aggregation.protocol = "masking" or "ckks" for distributed DP'
             )
-        self.discrete_mode = p.noise_placement == "clients" and bool(
-            PROTOCOLS.get(config.secure_aggregation.protocol, key="secure_aggregation.protocol").supports_integer_values
-        )
+        self.discrete_mode = p.noise_placement == "clients" and bool(protocol.supports_integer_values)
         """Client noise under a protocol that sums integers exactly (masking): discrete shares, accounted as zCDP."""
         self.accountant = "zcdp" if self.discrete_mode else p.accountant
         if self.discrete_mode and p.adaptive_clipping:

@@ -264,7 +264,7 @@ def noise_like(stream: NoiseStream, tensors: list[torch.Tensor], std: float) -> 
     return out
 
 
-def _secret_noise_optimizer(base: type) -> type:
+def _secret_noise_optimizer(base: type, *, per_sample_clipping: bool) -> type:
     """``base`` (an Opacus DP optimizer) drawing its noise from a :class:`NoiseStream` instead of torch's generator.
 
     Opacus draws noise from a ``torch.Generator`` (a Mersenne Twister with a 64-bit seed) or, in its secure mode,
@@ -283,7 +283,8 @@ def _secret_noise_optimizer(base: type) -> type:
             _mark_as_processed(p.summed_grad)
 
     members: dict[str, Any] = {"add_noise": add_noise, "noise_stream": None}
-    if hasattr(base, "clip_and_accumulate") and "FastGradientClipping" not in base.__name__:
+    if per_sample_clipping:  # the hooks' optimizer clips materialized per-sample gradients (ghost clipping's has none)
+        from secure_ffm.privacy.bookkeeping import CLIP_EPSILON, select_rows
 
         def clip_and_accumulate(self: Any) -> None:
             # Opacus' clip_and_accumulate (per-sample hooks), with one change: an example whose gradient norm is not
@@ -295,11 +296,11 @@ def _secret_noise_optimizer(base: type) -> type:
                 base.clip_and_accumulate(self)
                 return
             norms = torch.stack([g.reshape(len(g), -1).norm(2, dim=-1) for g in samples], dim=1).norm(2, dim=1)
-            factors = (self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
+            factors = (self.max_grad_norm / (norms + CLIP_EPSILON)).clamp(max=1.0)
             finite = torch.isfinite(norms)
             if not bool(finite.all()):
-                factors = torch.where(finite, factors, 0.0)
-                samples = [torch.where(finite.view(-1, *(1,) * (g.dim() - 1)), g, 0.0) for g in samples]
+                factors = select_rows(finite, factors)
+                samples = [select_rows(finite, g) for g in samples]
             for p, grad_sample in zip(self.params, samples, strict=True):
                 _check_processed_flag(p.grad_sample)
                 grad = torch.einsum("i,i...", factors.to(p.dtype), grad_sample.to(p.dtype))
@@ -427,11 +428,11 @@ class DPStep:
             self.wrapped = GradSampleModuleFastGradientClipping(
                 self.model.module, batch_first=True, loss_reduction="mean", max_grad_norm=self.max_grad_norm, use_ghost_clipping=True
             )
-            self.optimizer = _secret_noise_optimizer(DPOptimizerFastGradientClipping)(self.base, **kwargs)
+            self.optimizer = _secret_noise_optimizer(DPOptimizerFastGradientClipping, per_sample_clipping=False)(self.base, **kwargs)
             self.criterion = DPLossFastGradientClipping(self.wrapped, self.optimizer, _ObjectiveCriterion(self.model.objective), "mean")
         else:
             self.wrapped = GradSampleModule(self.model.module, batch_first=True, loss_reduction="mean")
-            self.optimizer = _secret_noise_optimizer(DPOptimizer)(self.base, **kwargs)
+            self.optimizer = _secret_noise_optimizer(DPOptimizer, per_sample_clipping=True)(self.base, **kwargs)
         self._layout_hooks = nchw_convolution_inputs(self.model.module)
 
     def _setup_bookkeeping(self) -> None:
@@ -511,14 +512,14 @@ class DPStep:
         example's gradient is the one its clip factor was computed from; a smaller batch would draw other masks and let
         a kept example exceed C), with each non-finite example's inputs and labels replaced by a kept example's and
         weighted 0. The examples with a non-finite norm contribute nothing, as in book-keeping and with per-sample hooks.
-        An honest run never gets here (the check is one pass over the gradients)."""
-        if all(bool(torch.isfinite(p.grad).all()) for p in self.params if p.grad is not None):
-            return
-        from secure_ffm.privacy.bookkeeping import CLIP_EPSILON
+        An honest run never gets here (the check reads the first pass's per-example norms, one number an example)."""
+        from secure_ffm.privacy.bookkeeping import CLIP_EPSILON, select_rows
 
         norms = self.wrapped.per_sample_gradient_norms.detach()
         keep = torch.isfinite(norms)
-        weights = torch.where(keep, (self.max_grad_norm / (norms + CLIP_EPSILON)).clamp(max=1.0), 0.0)
+        if bool(keep.all()):
+            return
+        weights = select_rows(keep, (self.max_grad_norm / (norms + CLIP_EPSILON)).clamp(max=1.0))
         for p in self.params:
             p.grad = torch.zeros_like(p)
         if not bool(keep.any()):
@@ -526,7 +527,7 @@ class DPStep:
         stand_in = int(torch.nonzero(keep)[0])
 
         def kept(t: torch.Tensor) -> torch.Tensor:
-            return torch.where(keep.view(-1, *(1,) * (t.dim() - 1)), t, t[stand_in : stand_in + 1].expand_as(t))
+            return select_rows(keep, t, t[stand_in : stand_in + 1].expand_as(t))
 
         after = torch.get_rng_state()
         torch.set_rng_state(rng)

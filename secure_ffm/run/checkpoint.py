@@ -90,7 +90,7 @@ def write_private_bytes(path: Path, data: bytes) -> None:
 def write_private_text(path: Path, text: str) -> None:
     """``path.write_text(text)`` atomically, readable by its owner only (0o600) from the moment it exists: for files that
     hold clients' examples (an audit's originals and recovered texts), as :func:`write_private_bytes` for secrets."""
-    write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), private=True)
+    write_private_bytes(path, text.encode("utf-8"))
 
 
 def save_private_array(path: Path, array: np.ndarray) -> None:
