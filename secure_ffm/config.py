@@ -19,7 +19,7 @@ from typing import Any
 
 from secure_ffm.errors import ConfigError, section_renamed
 from secure_ffm.registry import did_you_mean
-from secure_ffm.variants import MECHANISMS, PROTOCOLS
+from secure_ffm.variants import CLIENT_SAMPLING, MECHANISMS, PROTOCOLS
 
 Scalar = bool | int | float | str
 
@@ -359,7 +359,12 @@ class ServerConfig:
     """``fedavg``, ``fedavgm``, ``fedprox``, ``fedadam`` or ``fedyogi``."""
     rounds: int = 3
     clients_per_round: int = 0
-    """Clients sampled each round, uniformly without replacement; 0 takes all."""
+    """Clients sampled each round (their expected number under Poisson sampling); 0 takes all."""
+    client_sampling: str = "auto"
+    """``fixed``: exactly ``clients_per_round`` clients, uniformly without replacement; ``poisson``: each client with
+    probability ``clients_per_round / num_clients`` (a round's size varies and may be 0); ``auto``: what the privacy
+    mechanism's accounting assumes (Poisson for DP-FedAvg with the server's noise, fixed otherwise;
+    secure_ffm/engine/sampling.py)."""
     proximal_mu: float = 0.01
     """FedProx proximal weight (Li et al., MLSys 2020)."""
     server_lr: float = 0.01
@@ -390,6 +395,7 @@ class ServerConfig:
     def __post_init__(self) -> None:
         _positive("server", "rounds", self.rounds)
         _positive("server", "clients_per_round", self.clients_per_round, allow_zero=True)
+        _choice("server", "client_sampling", self.client_sampling, ("auto", *CLIENT_SAMPLING.names()))
         _positive("server", "proximal_mu", self.proximal_mu, allow_zero=True)
         _positive("server", "server_lr", self.server_lr)
         _positive("server", "linear_probe_lr", self.linear_probe_lr, allow_zero=True)

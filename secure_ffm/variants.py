@@ -22,6 +22,7 @@ from secure_ffm.registry import Registry
 if TYPE_CHECKING:
     from secure_ffm.continual.methods import ContinualMethod
     from secure_ffm.engine.aggregation import AggregationProtocol
+    from secure_ffm.engine.sampling import ClientSampling
     from secure_ffm.engine.transforms import UpdateTransform
     from secure_ffm.privacy.mechanisms import PrivacyMechanism
 
@@ -31,6 +32,8 @@ MECHANISMS: Registry[type[PrivacyMechanism]] = Registry("privacy mode")
 """``privacy.mode``: the differential-privacy mechanism of the whole run."""
 TRANSFORMS: Registry[type[UpdateTransform]] = Registry("update transform")
 """``defense.names``: what a client does to its update before it sends it (plugins add most of them)."""
+CLIENT_SAMPLING: Registry[type[ClientSampling]] = Registry("client sampling")
+"""``server.client_sampling``: how the server picks a round's clients (``auto`` asks the privacy mechanism)."""
 CONTINUAL_METHODS: Registry[type[ContinualMethod]] = Registry("continual-learning method")
 """``continual.method``: how a continual run keeps what earlier stages taught (docs/continual.md)."""
 
@@ -45,6 +48,8 @@ def _register_builtins() -> None:
     MECHANISMS.register_lazy("distributed-dp-sgd", "secure_ffm.privacy.distributed_dp_sgd:DistributedDPSGD")
     TRANSFORMS.register_lazy("clip", "secure_ffm.privacy.dp_fedavg:ClipUpdate")
     TRANSFORMS.register_lazy("gaussian-share", "secure_ffm.privacy.dp_fedavg:GaussianNoiseShare")
+    CLIENT_SAMPLING.register_lazy("fixed", "secure_ffm.engine.sampling:FixedSizeSampling")
+    CLIENT_SAMPLING.register_lazy("poisson", "secure_ffm.engine.sampling:PoissonSampling")
     CONTINUAL_METHODS.register_lazy("naive", "secure_ffm.continual.methods:NaiveSequential")
     CONTINUAL_METHODS.register_lazy("replay", "secure_ffm.continual.methods:LocalReplay")
     CONTINUAL_METHODS.register_lazy("ewc", "secure_ffm.continual.methods:FederatedEWC")

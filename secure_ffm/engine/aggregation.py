@@ -167,6 +167,10 @@ class Aggregate:
 class AggregateStep(ABC):
     """A server-side step between aggregation and the strategy (e.g. DP-FedAvg's central noise)."""
 
+    acts_on_empty_rounds: bool = False
+    """Whether a round in which no update arrived still goes through the steps and the strategy, with a zero sum
+    (:meth:`Server.apply_empty`): a mechanism whose release is the noise alone for an empty sample."""
+
     @abstractmethod
     def __call__(self, round: int, aggregate: Aggregate) -> Aggregate: ...
 

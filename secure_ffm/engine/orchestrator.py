@@ -144,17 +144,18 @@ class RoundOrchestrator:
         instructions = self.server.fit_instructions(round, participants)
         weighting = str(instructions.config.get("weighting", "examples"))
         counts = self.transport.example_counts(participants)
-        weight_bound = max(client_weight(weighting, counts[c]) for c in participants)
+        weight_bound = max((client_weight(weighting, counts[c]) for c in participants), default=0.0)
         setup_start = time.perf_counter()
         # the server fixes the layout it expects from its own model, never from the first message it receives
         expected = dict(self.statistics)
         if self.round_statistics is not None:
             expected.update(self.round_statistics(round, instructions.parameters))
         layout = VectorLayout.of_arrays(instructions.parameters, expected)
-        server_round = self.protocol.server_round(round, participants, weight_bound=weight_bound, layout=layout)
+        # an empty round (Poisson client sampling) has no protocol round: nobody to set up with or to hear from
+        server_round = self.protocol.server_round(round, participants, weight_bound=weight_bound, layout=layout) if participants else None
         aborted = None
         try:
-            payloads = run_stages(server_round.setup(), self._deliver(round))
+            payloads = run_stages(server_round.setup(), self._deliver(round)) if server_round is not None else {}
         except AggregationError as error:
             aborted = self._abort(error)
             payloads = None
@@ -168,7 +169,7 @@ class RoundOrchestrator:
         reasons: dict[str, str] = {}
         examples, losses, bytes_up, train_seconds, encode_seconds, receive_seconds = [], [], 0, 0.0, 0.0, 0.0
         requests = {c: FitRequest(instructions, payloads.get(c)) for c in participants} if payloads is not None else {}
-        for reply in self.transport.fit(round, requests):
+        for reply in self.transport.fit(round, requests) if requests else ():
             client_id, message = reply.client_id, reply.message
             if reply.declined is not None:
                 declined.append(client_id)
@@ -209,7 +210,7 @@ class RoundOrchestrator:
         aggregate_start = time.perf_counter()
         timings: dict[str, float] = {}
         aggregated_loss = None
-        if aborted is None and (sent or dropped):
+        if aborted is None and server_round is not None and (sent or dropped):
             try:
                 aggregate = run_stages(server_round.finish(), self._deliver(round))
             except AggregationError as error:
@@ -225,7 +226,12 @@ class RoundOrchestrator:
                     aggregated_loss = self.aggregated_loss.decode(aggregate.mean_statistics[TRAIN_LOSS_STATISTIC])
                 timings = self.server.apply(round, aggregate).timings
         elif aborted is None:
-            log.warning("round %d: no client sent an update; the global model is unchanged", round)
+            if self.server.apply_empty(round, expected):
+                log.info("round %d: no client sent an update; the round's noise alone was applied", round)
+            elif participants:
+                log.warning("round %d: no client sent an update; the global model is unchanged", round)
+            else:
+                log.info("round %d: no client was sampled; the global model is unchanged", round)
         aggregate_seconds = receive_seconds + time.perf_counter() - aggregate_start
         fit_seconds = time.perf_counter() - round_start
 

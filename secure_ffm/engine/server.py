@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from secure_ffm.engine.aggregation import Accumulator, Aggregate, AggregateStep, AggregationProtocol
+from secure_ffm.engine.sampling import ClientSampling, FixedSizeSampling
 from secure_ffm.engine.strategies import Strategy
 from secure_ffm.engine.wire import FitInstructions, NamedArrays
 from secure_ffm.seeding import SAMPLING, generator
@@ -32,6 +33,7 @@ class Server:
         seed: int,
         aggregate_steps: Sequence[AggregateStep] = (),
         sampling: Callable[[int], np.random.Generator | None] | None = None,
+        client_sampling: ClientSampling | None = None,
         ema_decay: float = 0.0,
     ) -> None:
         self.strategy = strategy
@@ -46,6 +48,8 @@ class Server:
         """Round -> arrays broadcast with the parameters (a continual method's penalty)."""
         self.sampling = sampling
         """Round -> generator for client sampling when it must be secret (DP-FedAvg's amplification); None: seeded."""
+        self.client_sampling = client_sampling or FixedSizeSampling()
+        """Fixed-size or Poisson (``server.client_sampling``, secure_ffm/engine/sampling.py)."""
         self.ema_decay = float(ema_decay)
         self.average: dict[str, np.ndarray] | None = None
         """The exponential moving average of the parameters (float64), when ``ema_decay`` > 0; None before the first
@@ -70,14 +74,30 @@ class Server:
         return {k: v.astype(np.float32) for k, v in self.average.items()}
 
     def sample_clients(self, round: int) -> list[int]:
-        """Uniform sampling without replacement, from a generator of (seed, round), or of the server's secret
-        when a privacy mechanism's amplification by subsampling needs the choice hidden from outsiders."""
+        """The round's clients by :attr:`client_sampling` (fixed-size or Poisson), from a generator of (seed, round), or
+        of the server's secret when a privacy mechanism's amplification by subsampling needs the choice hidden from
+        outsiders. Under Poisson sampling the list may be empty."""
         if self.clients_per_round >= self.num_clients:
             return list(range(self.num_clients))
         rng = self.sampling(round) if self.sampling is not None else None
         if rng is None:
             rng = generator(self.seed, SAMPLING, round)
-        return sorted(int(c) for c in rng.choice(self.num_clients, size=self.clients_per_round, replace=False))
+        return self.client_sampling.sample(rng, num_clients=self.num_clients, clients_per_round=self.clients_per_round)
+
+    def apply_empty(self, round: int, statistics: NamedArrays) -> bool:
+        """A round in which no update arrived: when an aggregate step must act on it anyway (DP-FedAvg's central
+        noise under Poisson sampling, whose mechanism releases noise alone for an empty sample), apply the steps and
+        the strategy to the zero sum and return True; otherwise leave the model unchanged and return False."""
+        if not any(step.acts_on_empty_rounds for step in self.aggregate_steps):
+            return False
+        zeros = Aggregate(
+            mean_delta={k: np.zeros_like(v) for k, v in self.parameters.items()},
+            total_weight=0.0,
+            num_clients=0,
+            mean_statistics={k: np.zeros_like(np.asarray(v, dtype=np.float64)) for k, v in statistics.items()},
+        )
+        self.apply(round, zeros)
+        return True
 
     def fit_instructions(self, round: int, participants: Sequence[int]) -> FitInstructions:
         """The strategy's settings, then those of any extra configurer (e.g. a privacy mechanism's clip norm)."""

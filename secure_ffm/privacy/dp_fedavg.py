@@ -8,7 +8,10 @@ most C; Gaussian noise N(0, (zC)^2) is added to the sum, either by the server
 (``noise_placement = "server"``) or as m shares N(0, (zC)^2 / m) by the m clients
 before they send (``"clients"``: distributed DP, meant to run under secure
 aggregation so that the server only ever sees a noised sum). Each round is one
-subsampled Gaussian mechanism with q = clients_per_round / num_clients.
+subsampled Gaussian mechanism with q = clients_per_round / num_clients: with the
+server's noise the rounds are Poisson samples and the sum is divided by q n (McMahan
+et al.'s Alg. 1, exactly what the ledger composes); with the clients' shares exactly
+q n clients a round, accounted as Poisson (an approximation; secure_ffm/engine/sampling.py).
 
 Adaptive clipping: each client also reports b = 1[||Δ|| <= C] through the same
 aggregation, noised with std σ_b; the server sets C <- C exp(-η (b̄ - γ)). By Andrew
@@ -130,19 +133,32 @@ class GaussianNoiseShare(UpdateTransform):
 
 
 class CentralGaussianNoise(AggregateStep):
-    """Server-side: noise N(0, (z C)^2) on the sum of uniformly weighted clipped updates, i.e. /m on their mean."""
+    """Server-side: noise N(0, (z C)^2) on the sum of uniformly weighted clipped updates, i.e. /m on their mean.
+
+    Under Poisson client sampling (McMahan et al., ICLR 2018, Alg. 1: the fixed-denominator estimator) the sum is
+    divided by the planned round size ``m = q n``, not by the number of clients that took part: that number depends on
+    who was sampled, so dividing by it would scale the released sum by something the accounting does not cover, and
+    an empty sample releases the noise alone (:attr:`acts_on_empty_rounds`). Under fixed-size sampling the divisor is
+    the clients whose updates arrived (m unless some dropped out)."""
 
     def __init__(self, mechanism: DPFedAvg) -> None:
         self.mechanism = mechanism
+        self.acts_on_empty_rounds = mechanism.poisson_sampling
 
     def __call__(self, round: int, aggregate: Aggregate) -> Aggregate:
         mech = self.mechanism
-        m = aggregate.total_weight
         rng = mech.noise_stream(round)
-        mean = add_gaussian_noise(aggregate.mean_delta, mech.update_noise_multiplier * mech.clip_norm / m, rng)
+        if mech.poisson_sampling:
+            m = float(mech.participants)
+            share = aggregate.total_weight / m  # mean * total_weight is the sum of the clipped updates
+            delta = {k: (np.asarray(v, dtype=np.float64) * share).astype(np.float32) for k, v in aggregate.mean_delta.items()}
+            statistics = {k: np.asarray(v, dtype=np.float64) * share for k, v in aggregate.mean_statistics.items()}
+        else:
+            m, delta, statistics = aggregate.total_weight, aggregate.mean_delta, aggregate.mean_statistics
+        mean = add_gaussian_noise(delta, mech.update_noise_multiplier * mech.clip_norm / m, rng)
         stats = (
             # σ_b of the round size the noise was calibrated for, not of the clients that arrived (dropouts would shrink it)
-            add_gaussian_noise(aggregate.mean_statistics, mech.count_std(mech.participants) / m, rng) if aggregate.mean_statistics else {}
+            add_gaussian_noise(statistics, mech.count_std(mech.participants) / m, rng) if statistics else {}
         )
         return aggregate.replace(mean_delta=mean, mean_statistics=stats)
 
@@ -204,7 +220,8 @@ class DPFedAvg(PrivacyMechanism):
     def format_plan(self, plan: Mapping[str, Any]) -> str:
         lines = [plan_header(plan)]
         lines.append(
-            f"user-level DP: {plan['rounds']} rounds at client sampling rate q = {plan['sample_rate']:.4f}, δ = {plan['delta']:.3g}"
+            f"user-level DP: {plan['rounds']} rounds at client sampling rate q = {plan['sample_rate']:.4f} "
+            f"({plan['client_sampling']}), δ = {plan['delta']:.3g}"
         )
         lines.append(f"noise multiplier z = {plan['noise_multiplier']:.4f} (updates: {plan['update_noise_multiplier']:.4f})")
         lines.append(f"ε reached: {plan['epsilon']:.4f}; noise std on the mean update per coordinate: {plan['noise_std_on_mean']:.4g}")
@@ -228,9 +245,20 @@ class DPFedAvg(PrivacyMechanism):
                 "leave it at 0 (DP-FedAvg plans for every federated round) or lower server.rounds",
             )
         n = data.num_clients
-        m = config.server.clients_per_round or n
+        m = min(config.server.clients_per_round or n, n)
         self.participants = m
         self.sample_rate = m / n
+        sampling = config.server.client_sampling
+        if sampling == "poisson" and p.noise_placement == "clients" and m < n:
+            raise ConfigError(
+                "server.client_sampling",
+                "Poisson client sampling with the clients' noise shares: whether a client is sampled changes how many shares "
+                "the sum carries, so the released noise is not the subsampled Gaussian mechanism the ledger composes",
+                'use privacy.noise_placement = "server" with Poisson sampling, or server.client_sampling = "fixed"',
+            )
+        self.poisson_sampling = m < n and (sampling == "poisson" or (sampling == "auto" and p.noise_placement == "server"))
+        """Whether rounds are Poisson samples (each client with probability q): the ledger's mechanism exactly. Otherwise
+        exactly m clients a round, which the ledger accounts as Poisson at q = m / n, an approximation (:meth:`client_sampling`)."""
         self.rounds = planned_federated_rounds(config)  # the federated rounds: an FFM run's public units spend nothing
         self.rounds_planned = self.rounds
         self.delta = p.delta or accounting.default_delta(n)
@@ -309,6 +337,24 @@ class DPFedAvg(PrivacyMechanism):
 
     def update_statistics(self) -> dict[str, np.ndarray]:
         return {UNCLIPPED: np.zeros(1)} if self.config.privacy.adaptive_clipping else {}
+
+    def client_sampling(self) -> str:
+        """Poisson under the server's noise unless the config asks for fixed-size rounds: the ledger composes the
+        Poisson-subsampled Gaussian mechanism (add/remove neighbours), which Poisson rounds with the fixed denominator
+        are. Under the clients' noise shares, fixed-size rounds (the number of shares must not depend on who was
+        sampled); the ledger then accounts them as Poisson at q = m / n, as McMahan et al. and TensorFlow Federated
+        do, an approximation (fixed-size sampling pairs with replace-one neighbours; docs/threat_model.md)."""
+        return "poisson" if self.poisson_sampling else "fixed"
+
+    def _sampling_note(self) -> str:
+        if self.sample_rate >= 1:
+            return "every client takes part in every round (q = 1)"
+        if self.poisson_sampling:
+            return "Poisson: each client independently with probability q; the sum is divided by q n (the mechanism the ledger composes)"
+        return (
+            "fixed-size: exactly q n clients a round, accounted as Poisson sampling at q (an approximation, as in McMahan et al. "
+            'and TensorFlow Federated); server.client_sampling = "poisson" with the server\'s noise makes the accounting exact'
+        )
 
     def sampling_generator(self, round: int) -> np.random.Generator:
         """User-level amplification by subsampling (q = m / n) assumes outsiders do not know who took part:
@@ -401,6 +447,8 @@ class DPFedAvg(PrivacyMechanism):
             "delta": self.delta,
             "rounds": self.user_ledger.steps,
             "sample_rate": self.sample_rate,
+            "client_sampling": self.client_sampling(),
+            "client_sampling_note": self._sampling_note(),
             "noise_multiplier": self.noise_multiplier,
             "update_noise_multiplier": self.update_noise_multiplier,
             "clip_norm": p.clip_norm,
@@ -420,6 +468,7 @@ class DPFedAvg(PrivacyMechanism):
             "delta": self.delta,
             "rounds": self.rounds,
             "sample_rate": self.sample_rate,
+            "client_sampling": self.client_sampling(),
             "noise_multiplier": self.noise_multiplier,
             "update_noise_multiplier": self.update_noise_multiplier,
             "epsilon": self._epsilon_after(self.rounds),

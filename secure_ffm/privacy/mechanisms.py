@@ -131,6 +131,13 @@ class PrivacyMechanism(ABC):  # noqa: B024 (every seam has a no-op default)
         """The side statistics every client's update carries (names and shapes), for the server's expected layout."""
         return {}
 
+    def client_sampling(self) -> str:
+        """How the server picks a round's clients (``server.client_sampling``, secure_ffm/engine/sampling.py): the
+        config's choice, or for ``auto`` what this mechanism's accounting assumes (fixed-size unless it says
+        otherwise: sample-level mechanisms account each client's own steps, whoever else took part)."""
+        chosen = self.config.server.client_sampling
+        return "fixed" if chosen == "auto" else chosen
+
     def sampling_generator(self, round: int) -> np.random.Generator | None:
         """The server's generator for sampling round ``round``'s clients when it must be secret; None: seeded."""
         return None

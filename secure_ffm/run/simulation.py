@@ -52,6 +52,7 @@ from secure_ffm.run.writer import RunWriter, config_differences, read_metrics, r
 from secure_ffm.seeding import DROPOUT, INIT, PUBLIC_PHASE, derive_seed, generator, seed_torch
 from secure_ffm.transports.base import Transport
 from secure_ffm.transports.in_process import InProcessTransport
+from secure_ffm.variants import CLIENT_SAMPLING
 
 log = logging.getLogger(__name__)
 
@@ -389,6 +390,7 @@ class Simulation:
             seed=self.config.run.seed,
             aggregate_steps=self.privacy.aggregate_steps(),
             sampling=self.privacy.sampling_generator,
+            client_sampling=CLIENT_SAMPLING.get(self.privacy.client_sampling(), key="server.client_sampling")(),
             ema_decay=self.config.server.ema_decay,
         )
         self.server.extra_fit_config.append(self.privacy.fit_config)

@@ -31,22 +31,22 @@ from secure_ffm.run.simulation import Simulation, prepare_run
 CLIENTS, PER_ROUND = 20, 10
 
 
-def config(privacy, protocol="none"):
+def config(privacy, protocol="none", sampling="auto"):
     return config_from_dict(
         {
             "run": {"seed": 0},
             "data": {"dataset": "digits", "max_train_examples": 400, "max_test_examples": 50, "num_clients": CLIENTS, "partition": "iid"},
             "model": {"arch": "cnn", "finetune": "full"},
             "client": {"local_steps": 1, "batch_size": 8, "lr": 0.05},
-            "server": {"rounds": 3, "clients_per_round": PER_ROUND},
+            "server": {"rounds": 3, "clients_per_round": PER_ROUND, "client_sampling": sampling},
             "privacy": {"mode": "dp-fedavg", "target_epsilon": 3.0, "accountant": "rdp", **privacy},
             "secure_aggregation": {"protocol": protocol, "clip_range": 1.0},
         }
     )
 
 
-def mechanism(privacy, protocol="none"):
-    cfg = config(privacy, protocol)
+def mechanism(privacy, protocol="none", sampling="auto"):
+    cfg = config(privacy, protocol, sampling)
     return build_mechanism(cfg, load_federated_data(cfg.data, cfg.run.seed))
 
 
@@ -87,8 +87,9 @@ def test_the_server_adds_the_centre_back_to_the_noised_mean():
     assert mech.last_unclipped_fraction == pytest.approx(0.8)
 
 
-def test_the_servers_count_noise_is_sized_for_the_planned_round_not_the_survivors(monkeypatch):
-    mech = mechanism({**ADAPTIVE, "clipped_count_stddev": 0.0, "target_epsilon": 50.0})  # σ_b = m / 20 of the planned m
+@pytest.mark.parametrize(("sampling", "divisor"), [("fixed", PER_ROUND - 4), ("poisson", PER_ROUND)])
+def test_the_servers_count_noise_is_sized_for_the_planned_round_not_the_survivors(monkeypatch, sampling, divisor):
+    mech = mechanism({**ADAPTIVE, "clipped_count_stddev": 0.0, "target_epsilon": 50.0}, sampling=sampling)  # σ_b = m / 20 of the planned m
     stds = []
 
     def recording(arrays, std, stream):
@@ -99,7 +100,9 @@ def test_the_servers_count_noise_is_sized_for_the_planned_round_not_the_survivor
     survivors = PER_ROUND - 4
     aggregate = Aggregate({"w": np.zeros(4)}, survivors, survivors, mean_statistics={dp_fedavg.UNCLIPPED: np.zeros(1)})
     dp_fedavg.CentralGaussianNoise(mech)(1, aggregate)
-    assert stds[1] == pytest.approx((PER_ROUND / 20) / survivors)  # on the mean: σ_b of the sum over the survivors
+    # on the mean: σ_b of the planned round over the sum's divisor (the survivors under fixed-size rounds, the planned m
+    # under Poisson's fixed denominator)
+    assert stds[1] == pytest.approx((PER_ROUND / 20) / divisor)
 
 
 @pytest.mark.parametrize(("protocol", "hides"), [("none", False), ("masking", True)])

@@ -1,0 +1,135 @@
+"""Client sampling (``server.client_sampling``): DP-FedAvg's ledger composes the Poisson-subsampled Gaussian mechanism
+(q = m / n, add/remove neighbours), which is what the server now runs under its own noise: each client independently
+with probability q, the sum divided by the planned m (McMahan et al., ICLR 2018, Alg. 1), and an empty sample releases
+the noise alone. Until 2026-12-07 every round drew exactly m clients, which the ledger accounted as Poisson (an
+approximation, kept for the clients' noise shares and documented)."""
+
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+
+import secure_ffm.privacy.dp_fedavg as dp_fedavg
+from secure_ffm.config import config_from_dict
+from secure_ffm.data import load_federated_data
+from secure_ffm.engine.aggregation import Aggregate
+from secure_ffm.engine.sampling import FixedSizeSampling, PoissonSampling
+from secure_ffm.errors import ConfigError
+from secure_ffm.privacy.mechanisms import build_mechanism
+from secure_ffm.run.simulation import Simulation, prepare_run
+
+
+def settings(*, clients=20, per_round=10, rounds=3, sampling="auto", privacy=None, seed=0):
+    return config_from_dict(
+        {
+            "run": {"seed": seed},
+            "data": {"dataset": "digits", "max_train_examples": 400, "max_test_examples": 50, "num_clients": clients, "partition": "iid"},
+            "model": {"arch": "cnn", "finetune": "full"},
+            "client": {"local_steps": 1, "batch_size": 8, "lr": 0.05},
+            "server": {"rounds": rounds, "clients_per_round": per_round, "client_sampling": sampling},
+            "privacy": privacy if privacy is not None else {"mode": "dp-fedavg", "target_epsilon": 3.0, "accountant": "rdp"},
+        }
+    )
+
+
+def mechanism(cfg):
+    return build_mechanism(cfg, load_federated_data(cfg.data, cfg.run.seed))
+
+
+def test_poisson_sampling_includes_each_client_with_probability_q():
+    rng = np.random.default_rng(7)
+    draws = [PoissonSampling().sample(rng, num_clients=50, clients_per_round=10) for _ in range(4000)]
+    counts = Counter(c for draw in draws for c in draw)
+    q, trials = 0.2, len(draws)
+    bound = 5 * np.sqrt(q * (1 - q) / trials)  # five standard errors of a frequency
+    assert all(abs(counts[c] / trials - q) < bound for c in range(50))
+    sizes = np.asarray([len(d) for d in draws])
+    assert abs(sizes.mean() - 10) < 5 * np.sqrt(50 * q * (1 - q) / trials)
+    assert sizes.min() < 10 < sizes.max()  # the round's size varies
+    assert all(d == sorted(set(d)) for d in draws)
+
+
+def test_poisson_sampling_can_draw_an_empty_round():
+    rng = np.random.default_rng(0)
+    sizes = [len(PoissonSampling().sample(rng, num_clients=20, clients_per_round=1)) for _ in range(200)]
+    assert 0 in sizes  # P(empty) = 0.95^20 = 0.36 a round
+
+
+def test_fixed_size_sampling_is_the_uniform_draw_without_replacement_of_before():
+    for round in range(5):
+        old = sorted(int(c) for c in np.random.default_rng(round).choice(30, size=7, replace=False))
+        assert FixedSizeSampling().sample(np.random.default_rng(round), num_clients=30, clients_per_round=7) == old
+
+
+@pytest.mark.parametrize(
+    ("sampling", "placement", "expected"),
+    [("auto", "server", "poisson"), ("auto", "clients", "fixed"), ("fixed", "server", "fixed"), ("poisson", "server", "poisson")],
+)
+def test_dp_fedavg_samples_as_its_ledger_accounts(sampling, placement, expected):
+    mech = mechanism(settings(sampling=sampling, privacy={"mode": "dp-fedavg", "target_epsilon": 3.0, "noise_placement": placement}))
+    assert mech.client_sampling() == expected
+    ledger = mech.ledger({})
+    assert ledger["client_sampling"] == expected
+    assert ("approximation" in ledger["client_sampling_note"]) is (expected == "fixed")
+
+
+def test_dp_fedavg_refuses_poisson_sampling_with_the_clients_noise_shares():
+    with pytest.raises(ConfigError) as raised:
+        mechanism(settings(sampling="poisson", privacy={"mode": "dp-fedavg", "target_epsilon": 3.0, "noise_placement": "clients"}))
+    assert raised.value.key == "server.client_sampling"
+
+
+def test_other_mechanisms_keep_fixed_size_rounds_unless_asked():
+    assert mechanism(settings(privacy={"mode": "none"})).client_sampling() == "fixed"
+    assert mechanism(settings(sampling="poisson", privacy={"mode": "none"})).client_sampling() == "poisson"
+
+
+def test_an_unknown_sampling_names_the_key():
+    with pytest.raises(ConfigError) as raised:
+        settings(sampling="stratified")
+    assert raised.value.key == "server.client_sampling"
+
+
+def test_under_poisson_the_central_noise_divides_the_sum_by_the_planned_round(monkeypatch):
+    """The fixed-denominator estimator: the released mean is (sum + N(0, (zC)^2)) / m for the planned m, whoever came."""
+    mech = mechanism(settings(sampling="poisson"))
+    calls = []
+
+    def recording(arrays, std, stream):
+        calls.append((dict(arrays), std))
+        return dict(arrays)
+
+    monkeypatch.setattr(dp_fedavg, "add_gaussian_noise", recording)
+    arrived = 7  # of a planned 10: the mean over them is 0.5, so their sum is 3.5
+    out = dp_fedavg.CentralGaussianNoise(mech)(1, Aggregate({"w": np.full(3, 0.5, dtype=np.float32)}, arrived, arrived))
+    ((arrays, std),) = calls
+    np.testing.assert_allclose(arrays["w"], 3.5 / 10)
+    assert std == pytest.approx(mech.update_noise_multiplier * mech.clip_norm / 10)
+    assert out.mean_delta["w"].dtype == np.float32
+
+
+def run_rows(cfg, tmp_path, name):
+    Simulation(prepare_run(cfg), out_dir=tmp_path / name).run()
+    return [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_an_empty_poisson_round_releases_the_noise_alone(tmp_path):
+    """A round nobody was sampled for still moves the model by the noise: leaving it unchanged would tell an outsider
+    that the sample was empty, an event the subsampled Gaussian's accounting does not cover."""
+    privacy = {"mode": "dp-fedavg", "target_epsilon": 8.0, "accountant": "rdp", "reproducible_noise": True}
+    rows = run_rows(settings(per_round=1, rounds=6, seed=1, privacy=privacy), tmp_path, "dp")
+    empty = [i for i, r in enumerate(rows) if not r["clients"]]
+    assert empty and empty[0] > 0, [r["clients"] for r in rows]  # seed 1 samples nobody in some round after the first
+    for i in empty:
+        assert rows[i]["test_loss"] != rows[i - 1]["test_loss"]
+        assert rows[i]["aborted"] is None
+
+
+def test_an_empty_round_without_dp_leaves_the_model_unchanged(tmp_path):
+    rows = run_rows(settings(per_round=1, rounds=6, seed=1, sampling="poisson", privacy={"mode": "none"}), tmp_path, "plain")
+    sizes = [len(r["clients"]) for r in rows]
+    empty = [i for i, r in enumerate(rows) if not r["clients"] and i > 0]
+    assert empty, sizes
+    for i in empty:
+        assert rows[i]["test_loss"] == rows[i - 1]["test_loss"]
