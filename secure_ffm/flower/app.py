@@ -58,9 +58,11 @@ written to ``state-dir``: a node restarted in the middle of a round drops out of
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -276,6 +278,8 @@ SPENT_FILE = "spent.json"
 """In ``state-dir``: what every run spent on this node's examples under a mechanism with a client ledger (DP-SGD,
 distributed DP-SGD), ``{"runs": {run id: [{noise_multiplier, sample_rate, steps}, ...]}}``, owner-only."""
 SPENT_FORMAT = "secure-ffm node spend"
+SPENT_LOCK_FILE = "spent.lock"
+"""Beside ``spent.json``: held (``flock``) from reading the record to writing it back (:class:`NodeSpend`)."""
 
 
 class NodeSpend:
@@ -285,23 +289,51 @@ class NodeSpend:
     run's record. The client's own ledger, the one it reports, stays its run's: the server learns nothing of other runs.
     Without it a server that submitted run after run got a fresh budget each time (an audit of 2026-12-07: three runs,
     ε = 2 each on the same data); checked at every answer, runs that overlap in time cannot pass the target together
-    either, and a run whose state file was lost counts what it recorded. One SuperNode answers one message at a time;
-    two SuperNodes must not share a ``state-dir``."""
+    either, and a run whose state file was lost counts what it recorded.
+
+    From reading the record to writing it back, the answer holds an exclusive lock on ``state-dir/spent.lock``
+    (``flock``): answers that spend this node's budget run one at a time, whichever process gives them (two SuperNodes
+    sharing a ``state-dir``, or one answering two runs at once). Without it two answers read the same record, both
+    passed the budget check and the second write dropped the first's steps (found 2026-12-07). Close it with
+    :meth:`close` (or use it as a context manager)."""
 
     def __init__(self, path: Path, run_id: int) -> None:
         self.path, self.run = path, str(run_id)
         self.runs: dict[str, list[dict[str, Any]]] = {}
-        if path.exists():
-            try:
-                document = json.loads(path.read_text(encoding="utf-8"))
-                if document.get("format") != SPENT_FORMAT or not isinstance(document.get("runs"), dict):
-                    raise ValueError("not a spend record")
-                self.runs = {str(k): list(v) for k, v in document["runs"].items()}
-            except (OSError, ValueError, AttributeError, TypeError, RecursionError) as error:
-                raise ValueError(
-                    f"{path} is not a secure-ffm node spend record ({error}); it bounds this node's privacy budget across runs: "
-                    "restore it, or move it away knowing that the runs it recorded are then forgotten"
-                ) from None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock: int | None = os.open(path.with_name(SPENT_LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX)  # blocks while another answer on this node's data holds it
+            self.runs = self._read()
+        except BaseException:
+            self.close()
+            raise
+
+    def _read(self) -> dict[str, list[dict[str, Any]]]:
+        if not self.path.exists():
+            return {}
+        try:
+            document = json.loads(self.path.read_text(encoding="utf-8"))
+            if document.get("format") != SPENT_FORMAT or not isinstance(document.get("runs"), dict):
+                raise ValueError("not a spend record")
+            return {str(k): list(v) for k, v in document["runs"].items()}
+        except (OSError, ValueError, AttributeError, TypeError, RecursionError) as error:
+            raise ValueError(
+                f"{self.path} is not a secure-ffm node spend record ({error}); it bounds this node's privacy budget across runs: "
+                "restore it, or move it away knowing that the runs it recorded are then forgotten"
+            ) from None
+
+    def close(self) -> None:
+        """Release the lock (after :meth:`record`): the next answer on this node's data may read the record."""
+        if self._lock is not None:
+            os.close(self._lock)  # closing the descriptor releases its flock
+            self._lock = None
+
+    def __enter__(self) -> NodeSpend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def steps_before(self, entry: dict[str, Any]) -> int:
         """Before an answer: give the client's DP ``entry`` every run's recorded spend; the steps its own ledger counts."""
@@ -319,11 +351,12 @@ class NodeSpend:
         spent = sum(int(e["steps"]) for e in history) - before
         if spent <= 0:
             return
+        if self._lock is None:
+            raise RuntimeError("NodeSpend.record after close(): the record may have changed since it was read")
         last = history[-1]
         self.runs.setdefault(self.run, []).append(
             {"noise_multiplier": last["noise_multiplier"], "sample_rate": last["sample_rate"], "steps": spent}
         )
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         write_private_bytes(self.path, json.dumps({"format": SPENT_FORMAT, "runs": self.runs}, indent=1).encode())
 
 
@@ -388,7 +421,10 @@ def node_answer(kind: str, packed: Packed, context: Context) -> Packed:
         return session.handle(kind, packed)
     finally:
         if spend is not None:
-            spend.record(session.state["client"].get(session.ledger_key, {}), before)
+            try:
+                spend.record(session.state["client"].get(session.ledger_key, {}), before)
+            finally:
+                spend.close()
         context.state.config_records[STATE_KEY] = ConfigRecord({"state": to_bytes(session.state)})
         if kind in (HELLO, FIT):  # what state-dir keeps changes only there: no file written per protocol stage
             save_state(saved_at, session.state, schema)

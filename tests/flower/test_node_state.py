@@ -7,13 +7,15 @@ afresh: a new secret, an empty DP ledger and answer count, and the ε it reporte
 import json
 import os
 import stat
+import threading
+import time
 
 import pytest
 from flwr.app import Context, RecordDict
 
 from secure_ffm.config import config_from_dict
 from secure_ffm.engine.codec import from_bytes, pack, to_bytes, unpack
-from secure_ffm.flower.app import SPENT_FILE, node_answer, state_file
+from secure_ffm.flower.app import SPENT_FILE, NodeSpend, node_answer, state_file
 from secure_ffm.privacy.accounting import PrivacyLedger
 from secure_ffm.privacy.noise import ANSWERS_KEY, CLIENT_SECRET_KEY
 from secure_ffm.run.simulation import Simulation, prepare_run
@@ -125,6 +127,29 @@ def test_a_run_whose_state_file_was_lost_still_counts_what_it_spent(node):
         fit(context(run_id=9), round)
     epsilon, steps = composed_spend(state_file(context()).parent / SPENT_FILE)
     assert steps >= 2 and epsilon <= RAW["privacy"]["target_epsilon"] * 1.001
+
+
+def test_answers_on_one_nodes_data_read_and_write_the_spend_record_one_at_a_time(tmp_path):
+    """Two SuperNodes sharing a state-dir (or one answering two runs at once) read the same record, both passed the
+    budget check, and the second write dropped the first's steps. An answer now holds a lock from read to write."""
+    path = tmp_path / "state" / SPENT_FILE
+    entry = {"ledger": {"history": [{"noise_multiplier": 1.0, "sample_rate": 0.1, "steps": 3}]}}
+    seen: dict[str, object] = {}
+    first = NodeSpend(path, 1)  # holds the lock, as during an answer's training
+
+    def second_answer() -> None:
+        with NodeSpend(path, 2) as spend:
+            seen["runs"] = dict(spend.runs)
+
+    other = threading.Thread(target=second_answer)
+    other.start()
+    time.sleep(0.3)  # the second answer starts while the first still trains
+    assert "runs" not in seen
+    first.record(entry, 0)
+    first.close()
+    other.join(timeout=30)
+    assert seen["runs"] == {"1": [{"noise_multiplier": 1.0, "sample_rate": 0.1, "steps": 3}]}
+    assert stat.S_IMODE(os.stat(path.with_name("spent.lock")).st_mode) == 0o600
 
 
 def test_the_node_spend_key_is_the_accountants():
