@@ -106,6 +106,7 @@ from secure_ffm.engine.aggregation import (
 from secure_ffm.engine.codec import wire_record
 from secure_ffm.engine.wire import ClientMessage, ClientUpdate, NamedArrays
 from secure_ffm.errors import ConfigError
+from secure_ffm.secagg.seal_bytes import CiphertextShape, fresh_vector_bytes
 
 if TYPE_CHECKING:
     from secure_ffm.config import Config, SecureAggregationConfig
@@ -567,13 +568,19 @@ class CKKSServerAccumulator:
         if sorted(keys) != [_ciphertext_key(i) for i in range(expected)] or len(payload) != len(keys) + 3:
             raise AggregationError(f"{who} sent {len(keys)} ciphertexts (payload keys {sorted(payload)[:4]}...), expected {expected}")
         data_primes = len(params.coeff_mod_bit_sizes) - 1  # a fresh ciphertext sits at the data level
+        shape = CiphertextShape(params.poly_modulus_degree, data_primes)
         vectors = []
         for i in range(expected):
             data = payload[_ciphertext_key(i)]
             if not isinstance(data, bytes):
                 raise AggregationError(f"{who} sent ciphertext {i} as {type(data).__name__}, not bytes")
             try:
-                vector = ts.ckks_vector_from(self.server.context, data)
+                # checked and inflated within the honest size before TenSEAL allocates anything (secagg/seal_bytes.py)
+                plain = fresh_vector_bytes(data, shape)
+            except ValueError as error:
+                raise AggregationError(f"{who} sent ciphertext {i} that is not a fresh encryption: {error}") from None
+            try:
+                vector = ts.ckks_vector_from(self.server.context, plain)
                 (ciphertext,) = vector.ciphertext()
                 scale, level, polys = ciphertext.scale, ciphertext.coeff_modulus_size(), ciphertext.size()
             except (ValueError, RuntimeError, TypeError, IndexError) as error:
@@ -651,9 +658,13 @@ class CKKSDecryptor:
         if len(aggregate.ciphertexts) != self.parameters.num_ciphertexts(length):
             raise AggregationError(f"{where}: the aggregate has {len(aggregate.ciphertexts)} ciphertexts for {length} values")
         parts = []
+        # the server's bytes, checked as a client's are: one ciphertext of a fresh one's shape each (secagg/seal_bytes.py)
+        shape = CiphertextShape(self.parameters.poly_modulus_degree, len(self.parameters.coeff_mod_bit_sizes) - 1)
         try:
             for data in aggregate.ciphertexts:
-                parts.append(np.asarray(ts.ckks_vector_from(self._context, data).decrypt(), dtype=np.float64))
+                if not isinstance(data, bytes):
+                    raise TypeError(f"a ciphertext arrived as {type(data).__name__}, not bytes")
+                parts.append(np.asarray(ts.ckks_vector_from(self._context, fresh_vector_bytes(data, shape)).decrypt(), dtype=np.float64))
         except (ValueError, RuntimeError, TypeError) as error:
             raise AggregationError(f"{where}: the aggregate does not decrypt ({error})") from None
         values = np.concatenate(parts)
