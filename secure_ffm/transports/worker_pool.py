@@ -90,12 +90,20 @@ def _write(stream: Any, frame: Frame) -> None:
     stream.flush()
 
 
-def _read_exactly(stream: Any, size: int) -> bytes | None:
+class StalledReply(TimeoutError):
+    """A worker began a reply and did not finish it within its time (``run.worker_timeout``)."""
+
+
+def _read_exactly(stream: Any, size: int, deadline: float | None = None) -> bytes | None:
     """``size`` bytes, or None if the stream ends first. One ``read`` usually returns them all (the writer's frame
     fits the pipe's buffer) and its bytes are used as they are; an unbuffered stream's ``read`` may return only part,
-    and the parts are then joined."""
+    and the parts are then joined. With a ``deadline`` (``time.monotonic``), each read first waits for bytes until
+    then, and :class:`StalledReply` is raised when none come: a worker that stopped half-way through a reply would
+    otherwise block the run in ``read`` for as long as it stalls (an audit of 2026-12-07)."""
     parts, got = [], 0
     while got < size:
+        if deadline is not None and not multiprocessing.connection.wait([stream], timeout=max(0.0, deadline - time.monotonic())):
+            raise StalledReply(f"{got} of {size} bytes arrived")
         part = stream.read(size - got)
         if not part:
             return None
@@ -104,15 +112,16 @@ def _read_exactly(stream: Any, size: int) -> bytes | None:
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-def _read(stream: Any) -> Frame | None:
-    """One message (its header and payload), or None at the end of the stream (the other side is gone)."""
-    sizes = _read_exactly(stream, 16)
+def _read(stream: Any, deadline: float | None = None) -> Frame | None:
+    """One message (its header and payload), or None at the end of the stream (the other side is gone); with a
+    ``deadline``, :class:`StalledReply` if it does not all arrive by then (:func:`_read_exactly`)."""
+    sizes = _read_exactly(stream, 16, deadline)
     if sizes is None:
         return None
-    header = _read_exactly(stream, int.from_bytes(sizes[:8], "little"))
+    header = _read_exactly(stream, int.from_bytes(sizes[:8], "little"), deadline)
     if header is None:
         return None
-    payload = _read_exactly(stream, int.from_bytes(sizes[8:], "little"))
+    payload = _read_exactly(stream, int.from_bytes(sizes[8:], "little"), deadline)
     return None if payload is None else (header, payload)
 
 
@@ -581,12 +590,16 @@ class WorkerPoolTransport(Transport):
         began = time.monotonic()
         for worker in starting:
             limit = max(0.0, began + self.request_timeout - time.monotonic()) if self.request_timeout else None
+            data, detail = None, f"it took more than {self.request_timeout:g} s (run.worker_timeout) and was killed"
             if limit is not None and not multiprocessing.connection.wait([worker.process.stdout], timeout=limit):
                 worker.process.kill()
-                data, detail = None, f"it took more than {self.request_timeout:g} s (run.worker_timeout) and was killed"
             else:
-                data = _read(worker.process.stdout)
-                detail = "" if data is not None else f"exited with code {worker.process.wait()}"
+                try:
+                    data = _read(worker.process.stdout, self._reply_deadline())
+                except StalledReply:
+                    worker.process.kill()
+                else:
+                    detail = "" if data is not None else f"exited with code {worker.process.wait()}"
             meta = _unframe(data)[0] if data is not None else {"status": "failed", "detail": detail}
             if meta["status"] != _READY:
                 self._stop(starting + self._workers)
@@ -639,7 +652,16 @@ class WorkerPoolTransport(Transport):
                 if worker.process.stdout not in ready:  # (a hung worker just replaced never is)
                     continue
                 client_id = worker.jobs.popleft()
-                data = _read(worker.process.stdout)
+                try:
+                    data = _read(worker.process.stdout, self._reply_deadline())
+                except StalledReply as stalled:
+                    self.timed_out += 1
+                    worker.process.kill()
+                    limit = f"{self.request_timeout:g} s (run.worker_timeout)"
+                    yield from self._drop(
+                        worker, [client_id, *worker.jobs], f"stalled mid-reply ({stalled}) for more than {limit} and was killed"
+                    )
+                    continue
                 if data is None:  # the worker died mid-job
                     code = worker.process.wait()
                     yield from self._drop(worker, [client_id, *worker.jobs], f"died (exit code {code})")
@@ -662,6 +684,11 @@ class WorkerPoolTransport(Transport):
         log.warning("a worker %s while serving clients %s: they count as dropped", what, list(lost))
         self._replace(worker)
         return [_Result(client_id, error=f"its worker {what}") for client_id in lost]
+
+    def _reply_deadline(self) -> float | None:
+        """Until when a reply that has begun to arrive may take to arrive whole: ``request_timeout`` from its first
+        bytes (None: no limit). A worker that stops half-way is handled as one that hangs before replying."""
+        return time.monotonic() + self.request_timeout if self.request_timeout else None
 
     def _wait_limit(self, busy: Sequence[_Worker]) -> float | None:
         """How long to wait for a reply: until the first busy worker's request time runs out (None: no limit)."""

@@ -300,6 +300,41 @@ def test_a_hung_worker_is_killed_after_the_timeout_and_its_clients_drop(tmp_path
     assert not alive(transport.started)
 
 
+@pytest.mark.timeout(120)
+def test_a_worker_that_stalls_half_way_through_a_reply_is_killed_after_the_timeout(tmp_path, monkeypatch):
+    # the forked worker sends its ready frame, then writes the first bytes of each reply and stops: the run blocked in
+    # read() for as long as the worker stalled; now the reply's rest must come within run.worker_timeout
+    from secure_ffm.transports import worker_pool
+
+    run_pid, write = os.getpid(), worker_pool._write
+
+    stalled = tmp_path / "stalled"
+
+    def stall_in_a_worker(stream, frame):
+        header, payload = frame
+        # the run's requests, the worker's ready frame and any reply after the first stall (its replacement's) go whole
+        if os.getpid() == run_pid or b'"status":"ok"' not in header or stalled.exists():
+            return write(stream, frame)
+        stalled.touch()
+        stream.write(len(header).to_bytes(8, "little") + len(payload).to_bytes(8, "little") + header[:3])
+        stream.flush()
+        time.sleep(3600)
+
+    monkeypatch.setattr(worker_pool, "_write", stall_in_a_worker)
+    path = tmp_path / "c.toml"
+    path.write_text(digits_cnn_toml(clients=4, rounds=1, workers=2).replace("threads = 1\n", "threads = 1\nworker_timeout = 1.5\n"))
+    simulation = Simulation(prepare_run(load_config(path)), out_dir=tmp_path / "run")
+    start = time.monotonic()
+    simulation.run()
+    (row,) = rows(tmp_path / "run")
+    assert row["dropped_clients"] == [0, 1] and row["clients"] == [2, 3]
+    assert row["test_accuracy"] is not None
+    transport = simulation.transport
+    assert transport.timed_out >= 1 and transport.replaced == transport.timed_out
+    assert time.monotonic() - start < 60
+    assert not alive(transport.started)
+
+
 def test_a_negative_worker_timeout_names_the_key(tmp_path):
     path = tmp_path / "c.toml"
     path.write_text(digits_cnn_toml(workers=2).replace("threads = 1\n", "threads = 1\nworker_timeout = -1\n"))
