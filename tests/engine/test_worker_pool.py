@@ -272,6 +272,23 @@ def test_a_worker_that_answers_both_its_requests_before_the_run_reads_one_is_hea
     assert not alive(transport.started)
 
 
+def assert_the_worker_is_killed_and_its_clients_drop(tmp_path):
+    """A 4-client round with two workers and run.worker_timeout = 1.5 s, whose forked worker misbehaves (patched
+    before the fork): it is killed and replaced, and the two requests it held are those clients' dropouts."""
+    path = tmp_path / "c.toml"
+    path.write_text(digits_cnn_toml(clients=4, rounds=1, workers=2).replace("threads = 1\n", "threads = 1\nworker_timeout = 1.5\n"))
+    simulation = Simulation(prepare_run(load_config(path)), out_dir=tmp_path / "run")
+    start = time.monotonic()
+    simulation.run()
+    (row,) = rows(tmp_path / "run")
+    assert row["dropped_clients"] == [0, 1] and row["clients"] == [2, 3]  # the worker took the first two requests
+    assert row["test_accuracy"] is not None  # the others' updates were aggregated
+    transport = simulation.transport
+    assert transport.timed_out >= 1 and transport.replaced == transport.timed_out
+    assert time.monotonic() - start < 60  # not the hour the worker would have slept
+    assert not alive(transport.started)
+
+
 @pytest.mark.timeout(120)
 def test_a_hung_worker_is_killed_after_the_timeout_and_its_clients_drop(tmp_path, monkeypatch):
     # the forked worker hangs on every request (patched before the fork; the run's process answers as usual): past
@@ -286,18 +303,7 @@ def test_a_hung_worker_is_killed_after_the_timeout_and_its_clients_drop(tmp_path
         return answer(*args, **kwargs)
 
     monkeypatch.setattr(worker_pool, "_answer", hang_in_a_worker)
-    path = tmp_path / "c.toml"
-    path.write_text(digits_cnn_toml(clients=4, rounds=1, workers=2).replace("threads = 1\n", "threads = 1\nworker_timeout = 1.5\n"))
-    simulation = Simulation(prepare_run(load_config(path)), out_dir=tmp_path / "run")
-    start = time.monotonic()
-    simulation.run()
-    (row,) = rows(tmp_path / "run")
-    assert row["dropped_clients"] == [0, 1] and row["clients"] == [2, 3]  # the worker took the first two requests
-    assert row["test_accuracy"] is not None  # the others' updates were aggregated
-    transport = simulation.transport
-    assert transport.timed_out >= 1 and transport.replaced == transport.timed_out
-    assert time.monotonic() - start < 60  # not the hour the worker would have slept
-    assert not alive(transport.started)
+    assert_the_worker_is_killed_and_its_clients_drop(tmp_path)
 
 
 @pytest.mark.timeout(120)
@@ -321,18 +327,7 @@ def test_a_worker_that_stalls_half_way_through_a_reply_is_killed_after_the_timeo
         time.sleep(3600)
 
     monkeypatch.setattr(worker_pool, "_write", stall_in_a_worker)
-    path = tmp_path / "c.toml"
-    path.write_text(digits_cnn_toml(clients=4, rounds=1, workers=2).replace("threads = 1\n", "threads = 1\nworker_timeout = 1.5\n"))
-    simulation = Simulation(prepare_run(load_config(path)), out_dir=tmp_path / "run")
-    start = time.monotonic()
-    simulation.run()
-    (row,) = rows(tmp_path / "run")
-    assert row["dropped_clients"] == [0, 1] and row["clients"] == [2, 3]
-    assert row["test_accuracy"] is not None
-    transport = simulation.transport
-    assert transport.timed_out >= 1 and transport.replaced == transport.timed_out
-    assert time.monotonic() - start < 60
-    assert not alive(transport.started)
+    assert_the_worker_is_killed_and_its_clients_drop(tmp_path)
 
 
 def test_a_negative_worker_timeout_names_the_key(tmp_path):
