@@ -131,6 +131,13 @@ class PrivacyMechanism(ABC):  # noqa: B024 (every seam has a no-op default)
         """The side statistics every client's update carries (names and shapes), for the server's expected layout."""
         return {}
 
+    @property
+    def secret_participation(self) -> bool:
+        """Whether the accounting assumes that whoever reads the run's published files does not know who took part in
+        a round (user-level amplification by subsampling): the rows' participation fields then stay out of
+        ``metrics.jsonl`` (:attr:`secure_ffm.run.writer.RunWriter.withheld`)."""
+        return False
+
     def client_sampling(self) -> str:
         """How the server picks a round's clients (``server.client_sampling``, secure_ffm/engine/sampling.py): the
         config's choice, or for ``auto`` what this mechanism's accounting assumes (fixed-size unless it says

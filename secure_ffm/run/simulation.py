@@ -48,7 +48,7 @@ from secure_ffm.privacy.mechanisms import PrivacyMechanism, build_mechanism
 from secure_ffm.privacy.noise import NoisePolicy
 from secure_ffm.run.audit import ObservationRecorder, list_observations
 from secure_ffm.run.checkpoint import Checkpoint
-from secure_ffm.run.writer import RunWriter, config_differences, read_metrics, read_run_config
+from secure_ffm.run.writer import PARTICIPATION_FIELDS, RunWriter, config_differences, read_metrics, read_run_config
 from secure_ffm.seeding import DROPOUT, INIT, PUBLIC_PHASE, derive_seed, generator, seed_torch
 from secure_ffm.transports.base import Transport
 from secure_ffm.transports.in_process import InProcessTransport
@@ -361,6 +361,8 @@ class Simulation:
         self.protocol.plan_rounds(self.config.server.clients_per_round or prepared.data.num_clients)
         self.privacy = prepared.privacy
         self.privacy.configure_protocol(self.protocol)
+        if self.writer is not None and self.privacy.secret_participation:
+            self.writer.withheld = PARTICIPATION_FIELDS  # who took part stays in checkpoints/ (RunWriter.withheld)
         self.noise_policy = NoisePolicy.from_config(self.config)
         self.client_rules = ClientRules.of(self.config, mechanism=type(self.privacy), protocol=type(self.protocol))
         """What every client's own config decides: its metrics (``privacy.client_metrics``), weighting, importances."""
@@ -694,8 +696,9 @@ class Simulation:
             "update_parameters": num_parameters(params),
             "update_bytes": nbytes(params),
             "total_parameters": self.prepared.model.total_parameter_count(),
-            "bytes_up_total": int(sum(r["bytes_up"] for r in self.history)),
-            "bytes_down_total": int(sum(r["bytes_down"] for r in self.history)),
+            # withheld with the rows' participation (RunWriter.withheld): their sums count the participants
+            "bytes_up_total": None if self.privacy.secret_participation else int(sum(r["bytes_up"] for r in self.history)),
+            "bytes_down_total": None if self.privacy.secret_participation else int(sum(r["bytes_down"] for r in self.history)),
             "seconds_total": float(sum(r["seconds"] for r in self.history)),
             "privacy": self._privacy_summary(),
             "noise": self.noise_policy.describe(),
@@ -800,7 +803,7 @@ class Simulation:
                 f"{self.config.server.rounds} is fewer than the {done} rounds {self.out_dir} has already run",
                 f"resume with server.rounds >= {done}, or start a new run",
             )
-        history = read_metrics(self.out_dir / "metrics.jsonl", rounds=done)
+        history = self.writer.read_history(rounds=done)
         if checkpoint is not None:
             self.server.parameters = checkpoint.parameters
             average = {k[len(AVERAGE) :]: v for k, v in checkpoint.server_arrays.items() if k.startswith(AVERAGE)}

@@ -5,6 +5,8 @@ the noise alone. Until 2026-12-07 every round drew exactly m clients, which the 
 approximation, kept for the clients' noise shares and documented)."""
 
 import json
+import os
+import stat
 from collections import Counter
 
 import numpy as np
@@ -18,6 +20,7 @@ from secure_ffm.engine.sampling import FixedSizeSampling, PoissonSampling
 from secure_ffm.errors import ConfigError
 from secure_ffm.privacy.mechanisms import build_mechanism
 from secure_ffm.run.simulation import Simulation, prepare_run
+from secure_ffm.run.writer import PARTICIPATION_FIELDS, PARTICIPATION_FILE
 
 
 def settings(*, clients=20, per_round=10, rounds=3, sampling="auto", privacy=None, seed=0):
@@ -109,9 +112,18 @@ def test_under_poisson_the_central_noise_divides_the_sum_by_the_planned_round(mo
     assert out.mean_delta["w"].dtype == np.float32
 
 
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
 def run_rows(cfg, tmp_path, name):
+    """The run's rows as it held them: metrics.jsonl's, with the participation a DP-FedAvg run keeps in checkpoints/."""
     Simulation(prepare_run(cfg), out_dir=tmp_path / name).run()
-    return [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+    rows = read_jsonl(tmp_path / name / "metrics.jsonl")
+    private = tmp_path / name / "checkpoints" / PARTICIPATION_FILE
+    for row, withheld in zip(rows, read_jsonl(private) if private.exists() else [{}] * len(rows), strict=True):
+        row.update(withheld)
+    return rows
 
 
 def test_an_empty_poisson_round_releases_the_noise_alone(tmp_path):
@@ -133,3 +145,44 @@ def test_an_empty_round_without_dp_leaves_the_model_unchanged(tmp_path):
     assert empty, sizes
     for i in empty:
         assert rows[i]["test_loss"] == rows[i - 1]["test_loss"]
+
+
+def test_who_took_part_stays_out_of_the_published_metrics_when_the_accounting_needs_it_secret(tmp_path):
+    """DP-FedAvg's ε amplifies by subsampling: against a reader of metrics.jsonl who knows who took part each round it
+    is the plain Gaussian mechanism over a client's rounds (an audit: 7.98 reported, 14.3 against such a reader)."""
+    out = tmp_path / "dp"
+    Simulation(prepare_run(settings(rounds=2)), out_dir=out).run()
+    published = read_jsonl(out / "metrics.jsonl")
+    assert all(field not in row for row in published for field in PARTICIPATION_FIELDS)
+    private = out / "checkpoints" / PARTICIPATION_FILE
+    assert stat.S_IMODE(os.stat(private).st_mode) == 0o600 and stat.S_IMODE(os.stat(out / "checkpoints").st_mode) == 0o700
+    assert [row["round"] for row in read_jsonl(private)] == [1, 2] and all("clients" in row for row in read_jsonl(private))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["bytes_up_total"] is None and summary["bytes_down_total"] is None
+    for name in ("metrics.jsonl", "summary.json", "privacy.json"):
+        assert '"clients": [' not in (out / name).read_text()
+
+
+def test_a_run_whose_sample_is_not_secret_publishes_its_participants(tmp_path):
+    out = tmp_path / "plain"
+    Simulation(prepare_run(settings(rounds=1, privacy={"mode": "none"})), out_dir=out).run()
+    (row,) = read_jsonl(out / "metrics.jsonl")
+    assert len(row["clients"]) == 10 and not (out / "checkpoints" / PARTICIPATION_FILE).exists()
+
+
+def test_a_resumed_dp_fedavg_run_reads_its_participation_back(tmp_path):
+    out = tmp_path / "resumed"
+    privacy = {"mode": "dp-fedavg", "target_epsilon": 3.0, "accountant": "rdp", "noise_multiplier": 3.0}  # room for a third round
+    Simulation(prepare_run(settings(rounds=2, privacy=privacy)), out_dir=out).run()
+    before = run_rows_of(out)
+    Simulation(prepare_run(settings(rounds=3, privacy=privacy)), out_dir=out).run(resume=True)
+    after = run_rows_of(out)
+    assert [r["clients"] for r in after[:2]] == [r["clients"] for r in before] and len(after) == 3
+    assert all(field not in row for row in read_jsonl(out / "metrics.jsonl") for field in PARTICIPATION_FIELDS)
+
+
+def run_rows_of(out):
+    rows = read_jsonl(out / "metrics.jsonl")
+    for row, withheld in zip(rows, read_jsonl(out / "checkpoints" / PARTICIPATION_FILE), strict=True):
+        row.update(withheld)
+    return rows

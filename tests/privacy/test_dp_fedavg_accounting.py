@@ -111,7 +111,8 @@ def test_epsilon_against_the_server_counts_the_noise_it_sees(protocol, hides, ca
     assert ("without secure aggregation" in caplog.text) is not hides
     mech.participations = {0: 3, 1: 2}
     z = mech.noise_multiplier if hides else mech.noise_multiplier / math.sqrt(PER_ROUND)
-    expected = accounting.compute_epsilon([GaussianSteps(z, 1.0, 3)], accountant=mech.accountant, delta=mech.delta)
+    # replace-one against the server (it knows who took part): sensitivity 2C, z / 2
+    expected = accounting.compute_epsilon([GaussianSteps(z / 2, 1.0, 3)], accountant=mech.accountant, delta=mech.delta)
     assert mech.epsilon_against_server() == pytest.approx(expected, rel=1e-9)
     if not hides:
         assert mech.epsilon_against_server() > 3 * accounting.compute_epsilon(

@@ -165,9 +165,11 @@ def test_dp_fedavg_reports_epsilon_against_the_server_without_amplification(tmp_
     )
     Simulation(prepare_run(cfg), out_dir=tmp_path / "run").run()
     ledger = json.loads((tmp_path / "run" / "privacy.json").read_text())
-    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    # who took part stays in checkpoints/ (the published metrics.jsonl withholds it: tests/privacy/test_client_sampling.py)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "checkpoints" / "participation.jsonl").read_text().splitlines()]
     most = max(sum(c in r["clients"] for r in rows) for c in range(8))
-    expected = compute_epsilon([GaussianSteps(ledger["noise_multiplier"], 1.0, most)], accountant="rdp", delta=ledger["delta"])
+    # replace-one (the server knows who took part): sensitivity 2C, the noise multiplier z / 2
+    expected = compute_epsilon([GaussianSteps(ledger["noise_multiplier"] / 2, 1.0, most)], accountant="rdp", delta=ledger["delta"])
     assert ledger["epsilon_against_server"] == pytest.approx(expected, rel=1e-9)
     assert ledger["epsilon_against_server"] > ledger["epsilon"]  # the server knows whom it sampled
 
