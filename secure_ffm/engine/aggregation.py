@@ -363,6 +363,10 @@ class AggregationProtocol(ABC):
         party's own configuration: a protocol whose clients must not trust the round size a server claims (masking's
         threshold) keeps it. Every run calls it once, before its first round."""
 
+    def protect_sums_of(self, min_sum: int) -> None:  # noqa: B027 (optional hook)
+        """Distributed noise shares are sized so that ``min_sum`` of them carry the full noise: a protocol in which a
+        lying server could sum fewer inputs (masking's survivors) raises what its clients accept until it cannot."""
+
     def use_integer_values(self) -> None:
         """Sum integer-valued updates exactly from now on; only protocols with :attr:`supports_integer_values`."""
         raise NotImplementedError(f"protocol {self.name!r} cannot sum integer values exactly")

@@ -376,6 +376,7 @@ class DistributedDPSGD(PrivacyMechanism):
     def configure_protocol(self, protocol: AggregationProtocol) -> None:
         if self.discrete_mode:
             protocol.use_integer_values()
+            protocol.protect_sums_of(self.min_shares)  # what each share is sized for (a lying server must not sum fewer)
 
     def trainer(self, base: LocalTrainer) -> LocalTrainer:
         return DistributedDPSGDTrainer(self)

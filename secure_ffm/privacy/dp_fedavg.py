@@ -389,6 +389,7 @@ class DPFedAvg(PrivacyMechanism):
     def configure_protocol(self, protocol: AggregationProtocol) -> None:
         if self.discrete_mode:
             protocol.use_integer_values()
+            protocol.protect_sums_of(minimum_shares(self.config))  # what each share is sized for (a lying server must not sum fewer)
 
     def client_transforms(self) -> list[UpdateTransform]:
         p = self.config.privacy

@@ -112,6 +112,37 @@ def recommended_threshold(num_shares: int, *, corrupt_fraction: float = 0.0) -> 
     return (m + corrupt) // 2 + 1  # at most m, since corrupt <= m - 1
 
 
+def isolatable_sum(n: int, t: int) -> int:
+    """The fewest clients whose inputs a server that lies about survivors can sum alone in a complete-graph round of ``n``
+    with threshold ``t``: ``ceil(n (2t - n) / t)`` (at least 1).
+
+    Each holder, told a survivor list of at least ``t`` (else it refuses), reveals pair-key shares of at most ``n - t``
+    clients; the server needs ``t`` of them for every client left out of the sum ``S`` (its pair masks with ``S``
+    stay otherwise), and can get self-seed shares of ``S`` from every holder. So ``t (n - |S|) <= n (n - t)``. A strict
+    majority leaves about 4 clients whatever ``n`` (an audit of 2026-12-07 summed 4 of 100 honest clients exactly);
+    ``t = 2n/3`` leaves ``n/2``. Distributed noise shares must be sized for this many, not for ``t``
+    (:func:`threshold_for_isolated_sum`). Bonawitz et al.'s consistency check would restore ``t``; it is not
+    implemented (docs/threat_model.md)."""
+    size, threshold = operator.index(n), operator.index(t)
+    if size < 1 or not 1 <= threshold <= size:
+        raise ValueError(f"need 1 <= t <= n, got n={size}, t={threshold}")
+    return max(1, -(-size * (2 * threshold - size) // threshold))
+
+
+def threshold_for_isolated_sum(n: int, s: int) -> int:
+    """The smallest ``t`` whose :func:`isolatable_sum` over ``n`` clients is at least ``s``: the sum has a whole number of
+    clients, so ``n (2t - n) / t > s - 1``, i.e. ``t = floor(n^2 / (2n - s + 1)) + 1``; ``n + 1`` (no threshold can)
+    when ``s > n``, 1 when ``s <= 1``."""
+    size, wanted = operator.index(n), operator.index(s)
+    if size < 1:
+        raise ValueError(f"a round needs at least 1 participant, got n={size}")
+    if wanted <= 1:
+        return 1
+    if wanted > size:
+        return size + 1
+    return size * size // (2 * size - wanted + 1) + 1
+
+
 def uses_full_graph(n: int, k: int) -> bool:
     """Whether ``n`` participants with configured degree ``k`` mask every pair (SecAgg) rather than a Harary graph.
 

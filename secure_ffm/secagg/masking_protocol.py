@@ -264,8 +264,13 @@ class MaskingClient(ClientRound):
         configured: tuple[int, int] | None = None,
         rounding_seed: int = 0,
         integer_values: bool = False,
+        min_sum: int = 0,
     ) -> None:
         self.client_id = operator.index(client_id)
+        self.min_sum = operator.index(min_sum)
+        """The fewest inputs a sum the server can unmask may hold (a distributed-noise share is sized for them): under
+        the complete graph :meth:`expect` raises the minimum ``t`` so that a server lying about survivors cannot sum
+        fewer (:func:`~secure_ffm.secagg.graph.isolatable_sum`); 0: no such need."""
         self.rounding_seed = rounding_seed
         self.integer_values = integer_values
         self.min_threshold = operator.index(min_threshold)
@@ -328,6 +333,9 @@ class MaskingClient(ClientRound):
         holders = graphs.neighbourhood_size(num_participants, neighbours)
         self.min_threshold = max(self.min_threshold, threshold or graphs.threshold_range(holders)[0])
         self.min_neighbours = max(self.min_neighbours, holders - 1)
+        if self.min_sum and graphs.uses_full_graph(num_participants, neighbours):
+            # a lying server sums as few as isolatable_sum(n, t) inputs: t must keep that at min_sum or more
+            self.min_threshold = max(self.min_threshold, graphs.threshold_for_isolated_sum(num_participants, self.min_sum))
 
     def handle(self, stage: str, request: Any) -> Any:
         """Answer the server's stage requests (anything else is refused)."""
@@ -420,6 +428,15 @@ class MaskingClient(ClientRound):
         holders = len(neighbours) + 1
         majority, highest = graphs.threshold_range(holders)
         lowest = max(majority, self.min_threshold)
+        # under the complete graph a server that lies about survivors can unmask a sum of isolatable_sum(n, t) inputs:
+        # a distributed-noise share sized for sums of min_sum needs t high enough that it cannot sum fewer
+        needed = graphs.threshold_for_isolated_sum(holders, self.min_sum) if self.min_sum and holders == len(setup.public_keys) else 0
+        if needed > setup.threshold:
+            raise AggregationError(
+                f"{who} refuses threshold t={setup.threshold}: a server that lies about who survived could unmask the sum of "
+                f"{graphs.isolatable_sum(holders, min(max(setup.threshold, 1), holders))} of the {holders} inputs, and its noise "
+                f"share is sized for sums of at least {self.min_sum} (it needs t >= {needed})"
+            )
         if not lowest <= setup.threshold <= highest:
             minimum = f", its configured minimum being {self.min_threshold}" if self.min_threshold > majority else ""
             raise AggregationError(
@@ -1066,17 +1083,27 @@ class MaskingProtocol(AggregationProtocol):
         """The run's planned participants per round (:meth:`plan_rounds`; 0 before a run sets it): each client's minimum
         threshold is the configured one or the strict majority of the neighbourhood this size gives, whatever size a
         server claims, and the server's default ``t`` is raised to it."""
+        self.min_sum = 0
+        """The fewest inputs an unmasked sum may hold (:meth:`protect_sums_of`; 0: no such need)."""
 
     def plan_rounds(self, round_size: int) -> None:
         self.round_size = operator.index(round_size)
 
+    def protect_sums_of(self, min_sum: int) -> None:
+        """Distributed noise shares are sized so that ``min_sum`` of them carry the full noise: under the complete graph
+        the server's default ``t`` and every client's minimum rise until a server that lies about who survived cannot
+        unmask a sum of fewer (:func:`~secure_ffm.secagg.graph.threshold_for_isolated_sum`; until 2026-12-07 a strict
+        majority let it sum 4 inputs of 100, each share sized for 51)."""
+        self.min_sum = operator.index(min_sum)
+
     def planned_min_threshold(self) -> int:
         """The lowest ``t`` this run's own configuration accepts (0 before :meth:`plan_rounds`)."""
-        if self.threshold:
-            return self.threshold
         if self.round_size < 1:
-            return 0
-        return graphs.threshold_range(graphs.neighbourhood_size(self.round_size, self.neighbours))[0]
+            return self.threshold
+        lowest = self.threshold or graphs.threshold_range(graphs.neighbourhood_size(self.round_size, self.neighbours))[0]
+        if self.min_sum and graphs.uses_full_graph(self.round_size, self.neighbours):
+            lowest = max(lowest, graphs.threshold_for_isolated_sum(self.round_size, self.min_sum))
+        return lowest
 
     @classmethod
     def from_config(cls, config: SecureAggregationConfig, *, seed: int) -> MaskingProtocol:
@@ -1127,13 +1154,16 @@ class MaskingProtocol(AggregationProtocol):
                 "graph (neighbours = 0) against a server that may lie",
                 self.neighbours,
             )
+        lowest = self.planned_min_threshold()
+        if self.min_sum and graphs.uses_full_graph(len(participants), self.neighbours):  # what the clients will insist on
+            lowest = max(lowest, graphs.threshold_for_isolated_sum(len(participants), self.min_sum))
         return MaskingServer(
             round,
             participants,
             weight_bound=bound,
             clip_range=self.clip_range,
             threshold=self.threshold,
-            min_threshold=self.planned_min_threshold(),
+            min_threshold=lowest,
             neighbours=self.neighbours,
             layout=layout,
             integer_values=self.integer_values,
@@ -1149,6 +1179,7 @@ class MaskingProtocol(AggregationProtocol):
             configured=(self.threshold, self.neighbours),
             rounding_seed=self.seed,
             integer_values=self.integer_values,
+            min_sum=self.min_sum,
         )
 
     def use_integer_values(self) -> None:
