@@ -303,14 +303,32 @@ def private_datasets(sweep_dir: Path, rows: Sequence[Mapping[str, Any]]) -> list
         raw = tomllib.loads((sweep_dir / SWEEP_TOML).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError):
         return None
-    base = raw.get("base", {}).get("data", {}) if isinstance(raw.get("base"), Mapping) else {}
+    base_config = raw.get("base", {}) if isinstance(raw.get("base"), Mapping) else {}
+    base = base_config.get("data", {})
     default = base.get("dataset", DataConfig.dataset) if isinstance(base, Mapping) else DataConfig.dataset
-    found = {str(default)}
+    found = {str(default), *_stage_datasets(base_config)}
     for row in rows:
         config = row.get("config")
         if isinstance(config, Mapping) and "data.dataset" in config:
             found.add(str(config["data.dataset"]))
+    # what each point actually ran: its resolved config (a continual stage's own dataset was missed until 2026-12-07,
+    # and the report showed a private file's examples under --examples auto)
+    for path in sorted((sweep_dir / "points").glob("*/run/config.toml")):
+        try:
+            point = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError):
+            return None
+        data = point.get("data", {})
+        found.add(str(data.get("dataset", DataConfig.dataset)) if isinstance(data, Mapping) else DataConfig.dataset)
+        found.update(_stage_datasets(point))
     return sorted(d for d in found if d not in DATASETS)
+
+
+def _stage_datasets(config: Mapping[str, Any]) -> set[str]:
+    """The datasets a config's continual stages federate (``[[continual.stages]]``'s ``dataset``)."""
+    continual = config.get("continual", {})
+    stages = continual.get("stages", []) if isinstance(continual, Mapping) else []
+    return {str(s["dataset"]) for s in stages if isinstance(s, Mapping) and s.get("dataset")}
 
 
 def examples_redacted(private: Sequence[str] | None, examples: str) -> str | None:

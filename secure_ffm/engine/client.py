@@ -23,7 +23,7 @@ from secure_ffm.engine.training import ClientDeclined, EvalResult, LocalExtras, 
 from secure_ffm.engine.transforms import TransformContext, UpdatePipeline
 from secure_ffm.engine.wire import ClientMessage, ClientUpdate, FitInstructions
 from secure_ffm.models.base import EncodedData, FederatedModel
-from secure_ffm.privacy.noise import ANSWERS_KEY, SECAGG_ROUNDING, TRANSFORM, NoisePolicy, PrivateRandomness
+from secure_ffm.privacy.noise import ANSWERS_KEY, LOCAL_TRAINING, SECAGG_ROUNDING, TRANSFORM, NoisePolicy, PrivateRandomness
 from secure_ffm.seeding import TRAINING, derive_seed, seed_torch
 
 log = logging.getLogger(__name__)
@@ -114,6 +114,12 @@ class ClientRules:
     a client built without one keeps its example-dependent metrics)."""
     protected: bool = True
     """Whether the run is private or hides updates: where sending every metric (``all``) is a side channel."""
+    secret_training_seed: bool = False
+    """Whether local training's torch draws (dropout masks, MLM masks, shuffles) are seeded from the answer's secret
+    randomness rather than from ``run.seed``: under sample-level DP (its trainer's per-example clipping bounds one
+    example's effect only when the masks the others get are not known to whoever sees the step; a mask is handed out by
+    position, so an example joining a batch moves the others'), unless ``privacy.reproducible_noise`` asks for runs that
+    repeat."""
     answer_limit: int | None = None
     """The most fit requests this client answers over the run (its mechanism's
     :meth:`~secure_ffm.privacy.mechanisms.PrivacyMechanism.client_answer_limit`: DP-FedAvg with client-placed noise
@@ -133,6 +139,7 @@ class ClientRules:
             aggregated_loss=AggregatedLoss(scale=min(1.0, config.secure_aggregation.clip_range)) if aggregated else None,
             metrics_policy=policy,
             protected=private or hides,
+            secret_training_seed=private and bool(mechanism.replaces_trainer) and not config.privacy.reproducible_noise,
             answer_limit=mechanism.client_answer_limit(config),
         )
 
@@ -209,6 +216,8 @@ class FederatedClient:
         self._require_examples()
         self.model.set_trainable(ins.parameters)
         training_seed = derive_seed(self.seed, TRAINING, ins.round, self.client_id)
+        if self.rules.secret_training_seed:  # sample-level DP: nobody may know which dropout mask an example gets
+            training_seed = int((randomness or self.randomness()).generator(LOCAL_TRAINING, ins.round).integers(2**62))
         seed_torch(training_seed)  # dropout and any other torch-global draws
         extras = LocalExtras(
             client_id=self.client_id,

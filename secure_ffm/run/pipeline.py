@@ -398,13 +398,22 @@ def _stage_privacy(stage: Stage, summary: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(epsilon, Mapping):  # DP-SGD: per client; the worst-off client's
         epsilon = epsilon.get("max")
     ffm = summary.get("ffm") if isinstance(summary.get("ffm"), Mapping) else {}
+    data = stage.config.data
+    continual = stage.config.continual.stages if stage.config.continual is not None else ()
     return {
-        "dataset": stage.config.data.dataset,
+        "dataset": data.dataset,
+        # a continual run's stages federate other datasets over the same clients (until 2026-12-07 only data.dataset
+        # was charged: a stage that trained on a second dataset without DP left it reported at the later stage's ε)
+        "datasets": sorted({data.dataset, *(s.dataset for s in continual if s.dataset)}),
         "mechanism": privacy.get("mechanism", "none"),
         "level": privacy.get("level"),
         "epsilon": epsilon,
         "delta": privacy.get("delta"),
         "federated_rounds": ffm.get("federated_rounds", summary.get("rounds")),
+        # which examples of data.dataset are the server's public share (trained without DP in public units) and which
+        # the clients': fixed by these (secure_ffm/data/federate.py)
+        "split": {"seed": stage.config.run.seed, "public_fraction": data.public_fraction, "max_train_examples": data.max_train_examples},
+        "public_share_trained": bool(data.public_fraction > 0 and ffm.get("public_units")),
     }
 
 
@@ -417,25 +426,46 @@ def pipeline_privacy(entries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     tighter figure would compose the ledgers of one mechanism), or unbounded when one of them trained on it without DP.
     Until 2026-12-07 ``pipeline.json`` gave no figure, and each stage's ``privacy.json`` only its own."""
     datasets: dict[str, dict[str, Any]] = {}
+
+    def unbounded(record: dict[str, Any], why: str) -> None:
+        if record["bounded"]:  # the first reason found
+            record.update(bounded=False, epsilon=None, delta=None, why=why)
+
+    splits: dict[str, list[tuple[str, Any, bool]]] = {}  # dataset -> (stage, split, whether its public share was trained)
     for entry in entries:
         spent = entry.get("privacy")
-        if not isinstance(spent, Mapping) or not spent.get("federated_rounds"):
-            continue  # not run yet, or it never touched the clients' data
-        record = datasets.setdefault(str(spent["dataset"]), {"stages": [], "epsilon": 0.0, "delta": 0.0, "deltas": [], "bounded": True})
-        record["stages"].append(entry["name"])
-        record["deltas"].append(spent.get("delta"))
-        if spent.get("mechanism", "none") == "none" or spent.get("epsilon") is None:
-            if record["bounded"]:  # the first stage that trained on it without DP
-                record.update(
-                    bounded=False, epsilon=None, delta=None, why=f"stage {entry['name']!r} trained on it without differential privacy"
+        if not isinstance(spent, Mapping):
+            continue  # not run yet
+        if spent.get("split") is not None:
+            splits.setdefault(str(spent["dataset"]), []).append((entry["name"], spent["split"], bool(spent.get("public_share_trained"))))
+        if not spent.get("federated_rounds"):
+            continue  # it never touched the clients' data
+        for dataset in spent.get("datasets") or [spent["dataset"]]:
+            record = datasets.setdefault(str(dataset), {"stages": [], "epsilon": 0.0, "delta": 0.0, "deltas": [], "bounded": True})
+            record["stages"].append(entry["name"])
+            record["deltas"].append(spent.get("delta"))
+            if spent.get("mechanism", "none") == "none" or spent.get("epsilon") is None:
+                unbounded(record, f"stage {entry['name']!r} trained on it without differential privacy")
+            elif record["bounded"]:
+                record["epsilon"] += float(spent["epsilon"])
+                delta = spent.get("delta")
+                if isinstance(record["delta"], float) and isinstance(delta, int | float) and not isinstance(delta, bool):
+                    record["delta"] += float(delta)
+                else:  # DP-SGD's default δ is 1/(10 n) per client, a rule rather than one number: the stages' δ are listed
+                    record["delta"] = None
+    # a public share is trained without DP; under another split its examples are some other stage's clients' (found
+    # 2026-12-07: 431 of a later stage's 1,438 client examples had been stage 1's public share, reported at ε 3.99)
+    for dataset, seen in splits.items():
+        record = datasets.get(dataset)
+        public = [(name, split) for name, split, trained in seen if trained and split.get("public_fraction")]
+        if record is None or not public:
+            continue
+        for name, split in public:
+            other = next((n for n, s, _ in seen if s != split and n in record["stages"]), None)
+            if other is not None:
+                unbounded(
+                    record, f"stage {name!r} trained without DP on a public share of it that stage {other!r}'s split gives to clients"
                 )
-        elif record["bounded"]:
-            record["epsilon"] += float(spent["epsilon"])
-            delta = spent.get("delta")
-            if isinstance(record["delta"], float) and isinstance(delta, int | float) and not isinstance(delta, bool):
-                record["delta"] += float(delta)
-            else:  # DP-SGD's default δ is 1/(10 n) per client, a rule rather than one number: the stages' δ are listed
-                record["delta"] = None
     for record in datasets.values():
         record["composition"] = (
             "basic: ε summed over the stages; δ summed ('delta'), or listed ('deltas') when one is a per-client rule"

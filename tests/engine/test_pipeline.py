@@ -219,3 +219,37 @@ def test_a_per_client_delta_rule_is_listed_not_summed():
     composed = pipeline_privacy([spent("a", delta="1/(10 n) per client"), spent("b", delta=1e-5)])["movie_reviews"]
     assert composed["epsilon"] == pytest.approx(4.0) and composed["delta"] is None
     assert composed["deltas"] == ["1/(10 n) per client", 1e-5]
+
+
+def test_a_continual_stages_other_datasets_are_charged_too():
+    """A continual stage federates other datasets over the same clients; only data.dataset was charged, so a stage that
+    trained on a second dataset without DP left that dataset reported at a later stage's ε (an audit: ε 1.995 where every
+    example had gone through a non-private stage)."""
+    from secure_ffm.run.pipeline import pipeline_privacy
+
+    first = spent("continual", dataset="digits", mechanism="none", epsilon=None, delta=None)
+    first["privacy"]["datasets"] = ["digits", "digits_b.npz"]
+    composed = pipeline_privacy([first, spent("private", dataset="digits_b.npz")])
+    assert composed["digits_b.npz"]["bounded"] is False and "'continual'" in composed["digits_b.npz"]["why"]
+    with_dp = dict(first, privacy={**first["privacy"], "mechanism": "dp-sgd", "epsilon": 2.0, "delta": 1e-5})
+    assert pipeline_privacy([with_dp, spent("private", dataset="digits_b.npz")])["digits_b.npz"]["epsilon"] == pytest.approx(4.0)
+
+
+@pytest.mark.parametrize(("seed", "fraction", "bounded"), [(5, 0.3, True), (6, 0.3, False), (5, 0.0, False)])
+def test_a_public_share_trained_without_dp_is_someone_elses_client_data_under_another_split(seed, fraction, bounded):
+    """Stage 1 trains public units on a 30% share of the dataset without DP; a later stage whose split differs (another
+    seed, or no public share) gives some of those examples to its clients (an audit: 431 of 1,438, reported at ε 3.99)."""
+    from secure_ffm.run.pipeline import pipeline_privacy
+
+    def staged(name, split_seed, public_fraction, public_trained):
+        entry = spent(name, dataset="digits")
+        entry["privacy"].update(
+            split={"seed": split_seed, "public_fraction": public_fraction, "max_train_examples": 0},
+            public_share_trained=public_trained,
+        )
+        return entry
+
+    record = pipeline_privacy([staged("pretrain", 5, 0.3, True), staged("finetune", seed, fraction, False)])["digits"]
+    assert record["bounded"] is bounded
+    if not bounded:
+        assert "'pretrain' trained without DP on a public share" in record["why"]

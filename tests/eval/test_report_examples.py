@@ -134,3 +134,25 @@ def test_the_cli_takes_examples_and_refuses_an_unknown_value(tmp_path, capsys):
 
 def test_the_clis_choices_are_the_reports_policies():
     assert EXAMPLES == EXAMPLE_POLICIES
+
+
+def test_a_continual_stages_own_dataset_leaves_them_out(tmp_path):
+    """A point whose continual stage federates a private file: only data.dataset was looked at, and the report showed
+    that file's examples under --examples auto (an audit of 2026-12-07). Each point's resolved config now says."""
+    sweep = write_sweep(tmp_path / "sweep")
+    run = sweep / "points" / NONE / "run"
+    run.mkdir()
+    (run / "config.toml").write_text(
+        '[data]\ndataset = "fashion_mnist"\n\n[[continual.stages]]\nrounds = 1\n\n[[continual.stages]]\nrounds = 1\ndataset = "ward.npz"\n'
+    )
+    text = write_report(sweep).read_text()
+    assert not shows_examples(sweep) and "ward.npz is not a public built-in dataset" in text
+
+
+def test_a_point_whose_resolved_config_cannot_be_read_leaves_them_out(tmp_path):
+    sweep = write_sweep(tmp_path / "sweep")
+    run = sweep / "points" / NONE / "run"
+    run.mkdir()
+    (run / "config.toml").write_text("[data\n")
+    write_report(sweep)
+    assert not shows_examples(sweep)
