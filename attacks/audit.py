@@ -47,7 +47,7 @@ from secure_ffm.engine.strategies import build_strategy
 from secure_ffm.engine.training import LocalExtras, LocalTrainer, TrainResult
 from secure_ffm.engine.transforms import UpdatePipeline, build_defenses
 from secure_ffm.engine.wire import FitInstructions, to_jsonable
-from secure_ffm.errors import ConfigError
+from secure_ffm.errors import ConfigError, RoundAbortedError
 from secure_ffm.models.base import Batch, EncodedData, FederatedModel
 from secure_ffm.privacy.dp_sgd import DPStep, auto_grad_sample_mode
 from secure_ffm.privacy.mechanisms import AuditReplay, PrivacyMechanism, build_mechanism
@@ -516,7 +516,14 @@ def _server_view(
         on_abort="stop",
         hooks=[view],
     )
-    row = orchestrator.run_round(1, participants=participants)
+    try:
+        row = orchestrator.run_round(1, participants=participants)
+    except RoundAbortedError as error:  # e.g. fewer clients than distributed noise shares are sized for: they refuse
+        raise ConfigError(
+            "audit_case.num_clients",
+            f"the audited round of {len(participants)} clients aborted ({error}); the clients' refusals are in the log",
+            "audit at least as many clients as a round of the run has (distributed DP sizes its noise shares for them)",
+        ) from None
     target = participants[0]
     if view.aggregate is None or target not in view.clients:
         why = "declined" if target in row["skipped_clients"] else "was rejected" if target in row["rejected_clients"] else "sent nothing"

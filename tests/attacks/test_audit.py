@@ -384,19 +384,25 @@ def _clipped_mean_and_residual(prepared, observation, truth, clip: float):
 
 def test_distributed_dp_sgd_is_audited_as_the_noisy_mean_of_the_clipped_gradients():
     prepared = _distributed(epsilon=3.0)
-    observation, truth = observe_config(prepared, AuditCase(batch_size=2, num_clients=4))
-    assert observation.threat_model.observes == "aggregate" and len(truth.labels) == 8  # 4 clients x 2 examples
+    # 5 clients: the config's rounds of 8 size each share for a majority, 5 (a smaller round is refused: next test)
+    observation, truth = observe_config(prepared, AuditCase(batch_size=2, num_clients=5))
+    assert observation.threat_model.observes == "aggregate" and len(truth.labels) == 10  # 5 clients x 2 examples
     mean, residual = _clipped_mean_and_residual(prepared, observation, truth, clip=1.0)
     size = sum(v.size for v in mean.values())
     geometry = prepared.mechanism.discrete_geometry(size)
-    # 4 discrete shares of sigma_share integer units, each unit gamma, on the sum of 8 examples: the noise on the mean
-    expected = np.sqrt(4) * geometry.share_sigma * geometry.granularity * np.sqrt(size) / 8
+    # 5 discrete shares of sigma_share integer units, each unit gamma, on the sum of 10 examples: the noise on the mean
+    expected = np.sqrt(5) * geometry.share_sigma * geometry.granularity * np.sqrt(size) / 10
     assert float(np.sqrt(sum(np.sum(r**2) for r in residual.values()))) == pytest.approx(expected, rel=0.05)
+
+
+def test_an_audited_round_smaller_than_the_noise_shares_are_sized_for_names_the_key():
+    with pytest.raises(ConfigError, match="audit_case.num_clients: the audited round of 4 clients aborted"):
+        observe_config(_distributed(epsilon=3.0), AuditCase(batch_size=2, num_clients=4))
 
 
 def test_distributed_dp_sgd_replay_without_noise_to_speak_of_is_the_clipped_mean():
     prepared = _distributed(epsilon=1e9)
-    observation, truth = observe_config(prepared, AuditCase(batch_size=2, num_clients=4))
+    observation, truth = observe_config(prepared, AuditCase(batch_size=2, num_clients=5))
     mean, residual = _clipped_mean_and_residual(prepared, observation, truth, clip=1.0)
     norm = lambda arrays: float(np.sqrt(sum(np.sum(v**2) for v in arrays.values())))  # noqa: E731
     assert norm(residual) < 0.05 * norm(mean)
