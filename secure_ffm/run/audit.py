@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,7 @@ from secure_ffm.engine.aggregation import PlaintextAggregation
 from secure_ffm.engine.schedule import FEDERATED, PUBLIC
 from secure_ffm.engine.wire import ClientMessage, NamedArrays
 from secure_ffm.errors import ConfigError
+from secure_ffm.run.checkpoint import PRIVATE_FOLDER, write_atomically, write_private_text
 
 log = logging.getLogger(__name__)
 
@@ -142,14 +144,16 @@ class ObservationRecorder:
         self, round: int, client: int, observes: str, observed: NamedArrays, global_parameters: NamedArrays, metadata: dict[str, Any]
     ) -> None:
         assert self.directory is not None
-        self.directory.mkdir(parents=True, exist_ok=True)
+        # owner-only, like checkpoints/: a capture is a client's update as the server saw it (without DP-FedAvg's server
+        # noise, which comes later) and, under ground_truth, the indices of its examples; until 2026-12-07 the folder
+        # and the .json files took the umask's mode (0755 / 0644)
+        self.directory.mkdir(mode=PRIVATE_FOLDER, parents=True, exist_ok=True)
+        os.chmod(self.directory, PRIVATE_FOLDER)
         stem = observation_stem(round, client)
         arrays = {OBSERVED_PREFIX + k: np.ascontiguousarray(v, dtype=np.float32) for k, v in observed.items()}
         arrays.update({GLOBAL_PREFIX + k: np.ascontiguousarray(v, dtype=np.float32) for k, v in global_parameters.items()})
-        save_file(arrays, str(self.directory / f"{stem}.safetensors"))
-        (self.directory / f"{stem}.json").write_text(
-            json.dumps({"observes": observes, **metadata}, indent=1, sort_keys=True), encoding="utf-8"
-        )
+        write_atomically(self.directory / f"{stem}.safetensors", lambda tmp: save_file(arrays, str(tmp)), private=True)
+        write_private_text(self.directory / f"{stem}.json", json.dumps({"observes": observes, **metadata}, indent=1, sort_keys=True))
         log.info("captured the server's view of round %d, client %d (%s)", round, client, observes)
 
 
