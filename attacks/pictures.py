@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -96,11 +97,11 @@ def write_text_table(
         j = _paired_index(sample, i)
         original = originals[j] if j < len(originals) else ""
         vocabulary = set(original.lower().split())
-        marked = " ".join(f"**{w}**" if w.lower() in vocabulary else w for w in text.split())
+        marked = " ".join(f"**{_escape(w)}**" if w.lower() in vocabulary else _escape(w) for w in text.split())
         f1 = sample.get("token_f1")
         rouge_l = sample.get("rougeL", sample.get("rouge_l"))
         lines.append(
-            f"| {i} | {_cell(original)} | {_cell(marked)} | {'-' if f1 is None else f'{f1:.2f}'} "
+            f"| {i} | {_escape(original)} | {marked} | {'-' if f1 is None else f'{f1:.2f}'} "
             f"| {'-' if rouge_l is None else f'{rouge_l:.2f}'} |"
         )
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -108,5 +109,10 @@ def write_text_table(
     return path
 
 
-def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+MARKDOWN_SPECIALS = str.maketrans({c: "\\" + c for c in "\\`*_[]|#"})
+
+
+def _escape(text: str) -> str:
+    """A table cell's text as text: HTML's ``& < >`` as entities and Markdown's specials backslashed, on one line (the
+    texts are clients' and an attack's: a recovered ``<script>`` must not become live HTML in a Markdown viewer)."""
+    return html.escape(text.replace("\r", " ").replace("\n", " "), quote=False).translate(MARKDOWN_SPECIALS)

@@ -46,6 +46,7 @@ from matplotlib.transforms import Bbox, blended_transform_factory
 from eval.continual import ContinualSummary, headline, stage_accuracy_series, stage_starts
 from eval.metrics import pareto_front
 from eval.results import budget_mechanisms, mechanism_label, read_results, row_mechanism, spends_budget
+from secure_ffm.run.checkpoint import write_atomically
 
 PLOTS = ("accuracy_vs_epsilon", "attack_vs_epsilon", "privacy_utility_frontier", "reconstructions")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X")
@@ -149,14 +150,17 @@ def _figure(width: float, height: float) -> Figure:
     return fig
 
 
-def _save(fig: Figure, stem: Path) -> tuple[Path, Path]:
+def _save(fig: Figure, stem: Path, *, private: bool = False) -> tuple[Path, Path]:
+    """The figure as ``stem.png`` and ``stem.svg``, each written atomically; ``private``: owner-only (0o600) from the
+    first byte, for a figure that shows clients' examples (until 2026-12-07 the reconstructions took the umask's mode,
+    0o644, while the same pixels under ``points/*/attack/`` were 0o600)."""
     stem.parent.mkdir(parents=True, exist_ok=True)
     png, svg = stem.with_suffix(".png"), stem.with_suffix(".svg")
     with warnings.catch_warnings():
         # recovered text may hold tokens of scripts the bundled DejaVu fonts lack: they render as boxes
         warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from font", category=UserWarning)
-        fig.savefig(png, dpi=150)
-        fig.savefig(svg)
+        write_atomically(png, lambda tmp: fig.savefig(tmp, dpi=150, format="png"), private=private)
+        write_atomically(svg, lambda tmp: fig.savefig(tmp, format="svg"), private=private)
     return png, svg
 
 
@@ -511,7 +515,7 @@ def _pixel_grid(
                 ax_o.set_ylabel("\n".join(textwrap.wrap(s.label, 24)), rotation=0, ha="right", va="center", fontsize=8, labelpad=6)
     fig.suptitle("Reconstructions per setting (first seed)", fontsize=10)
     fig.tight_layout()
-    return _save(fig, stem)
+    return _save(fig, stem, private=True)  # clients' examples
 
 
 def _image_panels(items: Sequence[tuple[Setting, Mapping[str, Any]]], sweep_dir: Path, stem: Path, title: str) -> tuple[Path, Path]:
@@ -532,7 +536,7 @@ def _image_panels(items: Sequence[tuple[Setting, Mapping[str, Any]]], sweep_dir:
         ax.set_title("\n".join(textwrap.wrap(s.label, 40)) + score + f" (seed {row.get('seed')})", fontsize=8)
     fig.suptitle(title + ": originals (top row of each panel) and reconstructions", fontsize=11)
     fig.tight_layout()
-    return _save(fig, stem)
+    return _save(fig, stem, private=True)  # clients' examples
 
 
 def _text_table(items: Sequence[tuple[Setting, Mapping[str, Any]]], stem: Path, title: str) -> tuple[Path, Path]:
@@ -561,7 +565,7 @@ def _text_table(items: Sequence[tuple[Setting, Mapping[str, Any]]], stem: Path, 
         y -= (max(len(w) for w in wrapped) * line + 0.12) / height
         fig.add_artist(Line2D([0.02, 0.98], [y + 0.05 / height] * 2, color="0.85", linewidth=0.6, transform=fig.transFigure))
     fig.suptitle(title + ": original and recovered sentence (first example)", fontsize=11, y=1.0 - 0.1 / height, va="top")
-    return _save(fig, stem)
+    return _save(fig, stem, private=True)  # clients' examples
 
 
 # --------------------------------------------------------------------------- all

@@ -435,7 +435,13 @@ def write_sweep_report(sweep_dir: Path, examples: str = "auto") -> Path:
     if texts:
         parts += ["<h2>Recovered sentences</h2>", texts]
     parts += ["<h2>Points</h2>", _points_table(rows, missing)]
-    return _finish_page(sweep_dir / "report.html", parts, ledger=[_ledger_table(rows)], settings=("resolved sweep file", settings_text))
+    return _finish_page(
+        sweep_dir / "report.html",
+        parts,
+        ledger=[_ledger_table(rows)],
+        settings=("resolved sweep file", settings_text),
+        private=redacted is None,  # it embeds the audit's examples
+    )
 
 
 # --------------------------------------------------------------------------- run report
@@ -590,8 +596,9 @@ def write_run_report(run_dir: Path, examples: str = "auto") -> Path:
     return _finish_page(run_dir / "report.html", parts, ledger=_run_ledger(name, summary, ledger), settings=("config.toml", config_text))
 
 
-def _finish_page(path: Path, parts: list[str], *, ledger: Sequence[str], settings: tuple[str, str]) -> Path:
-    """Close a report with its privacy ledger and its settings, and write it atomically to ``path``."""
+def _finish_page(path: Path, parts: list[str], *, ledger: Sequence[str], settings: tuple[str, str], private: bool = False) -> Path:
+    """Close a report with its privacy ledger and its settings, and write it atomically to ``path`` (``private``:
+    owner-only, for a report that shows clients' examples)."""
     title, text = settings
     parts = [
         *parts,
@@ -601,7 +608,7 @@ def _finish_page(path: Path, parts: list[str], *, ledger: Sequence[str], setting
         f"<pre>{html.escape(text)}</pre>",
         "</body></html>",
     ]
-    write_text_atomic(path, "\n".join(parts) + "\n")
+    write_text_atomic(path, "\n".join(parts) + "\n", private=private)
     return path
 
 

@@ -15,13 +15,12 @@ import csv
 import io
 import json
 import math
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from secure_ffm.config import PrivacyConfig, read_toml
-from secure_ffm.run.checkpoint import append_private_text
+from secure_ffm.run.checkpoint import append_private_text, write_atomically
 from secure_ffm.variants import MECHANISMS
 
 if TYPE_CHECKING:
@@ -77,11 +76,10 @@ def budget_mechanisms() -> tuple[str, ...]:
 # --------------------------------------------------------------------------- files
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file, so that a reader never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+def write_text_atomic(path: Path, text: str, *, private: bool = False) -> None:
+    """Write ``text`` to ``path`` through a temporary file, so that a reader never sees half a file; ``private``:
+    owner-only (0o600) from the first byte (a report that shows clients' examples)."""
+    write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), private=private)
 
 
 def append_row(sweep_dir: Path, row: Mapping[str, Any]) -> None:
@@ -153,7 +151,7 @@ def csv_text(rows: Sequence[Mapping[str, Any]]) -> str:
     columns = csv_columns(rows)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
+    writer.writerow({c: _cell(c) for c in columns})  # the header, escaped like any text cell
     for row in rows:
         flat: dict[str, Any] = {c: row.get(c) for c in columns if c in row}
         flat.update({f"grid.{a}": n for a, n in row.get("settings", {}).items()})
@@ -167,13 +165,20 @@ def csv_text(rows: Sequence[Mapping[str, Any]]) -> str:
     return buffer.getvalue()
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+"""A text cell starting with one of these is a formula to Excel and LibreOffice (CSV injection, OWASP): a sweep label
+such as ``=HYPERLINK(...)`` ran when a data-protection officer opened ``sweep.csv`` (found 2026-12-07)."""
+
+
 def _cell(value: Any) -> Any:
     if value is None:
         return ""
     if isinstance(value, float):
         return repr(value)
     if isinstance(value, list | dict):
-        return json.dumps(value, ensure_ascii=False)
+        value = json.dumps(value, ensure_ascii=False)
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value  # shown as text; numbers are written from their own type and never escaped
     return value
 
 

@@ -226,3 +226,13 @@ def test_a_config_key_that_only_some_points_set_is_an_empty_cell_in_the_others()
     parsed = list(csv.DictReader(io.StringIO(csv_text(rows))))
     assert (parsed[0]["public_data.dataset"], parsed[0]["ffm.public_steps"]) == ("product_reviews", "60")
     assert (parsed[1]["public_data.dataset"], parsed[1]["ffm.public_steps"]) == ("", "0")
+
+
+def test_sweep_csv_writes_a_formula_as_text():
+    """A sweep label such as =HYPERLINK(...) ran as a formula when sweep.csv was opened in a spreadsheet."""
+    rows = make_rows(seeds=(0,))
+    rows[0]["settings"] = {**rows[0]["settings"], "privacy": '=HYPERLINK("http://evil.example/","click me")'}
+    rows[0]["accuracy"] = -0.5  # a number keeps its sign
+    parsed = list(csv.DictReader(io.StringIO(csv_text(rows))))
+    assert parsed[0]["grid.privacy"] == '\'=HYPERLINK("http://evil.example/","click me")'
+    assert parsed[0]["accuracy"] == "-0.5"

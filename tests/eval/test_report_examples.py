@@ -6,6 +6,8 @@ report.html made for a paper or a data-protection officer.
 """
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -156,3 +158,25 @@ def test_a_point_whose_resolved_config_cannot_be_read_leaves_them_out(tmp_path):
     (run / "config.toml").write_text("[data\n")
     write_report(sweep)
     assert not shows_examples(sweep)
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+@pytest.fixture()
+def umask_022():
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def test_a_reports_pictures_and_page_are_owner_only_when_they_show_examples(tmp_path, umask_022):
+    shown = write_sweep(tmp_path / "shown")
+    write_report(shown, examples="show")
+    assert _mode(shown / "report.html") == 0o600
+    assert _mode(shown / "plots" / "reconstructions.png") == 0o600 and _mode(shown / "plots" / "reconstructions.svg") == 0o600
+    assert _mode(shown / "plots" / "accuracy_vs_epsilon.png") == 0o644  # no example in it
+    redacted = write_sweep(tmp_path / "redacted")
+    write_report(redacted, examples="redact")
+    assert _mode(redacted / "report.html") == 0o644

@@ -89,3 +89,12 @@ def test_a_runs_captures_of_the_servers_view_are_owner_only(tmp_path, umask_022)
     assert mode(folder) == 0o700
     written = {p.suffix: mode(p) for p in folder.iterdir()}
     assert written == {".safetensors": 0o600, ".json": 0o600}
+
+
+def test_a_text_audits_table_escapes_html_and_markdown(tmp_path):
+    """A recovered ``<script>`` (a tokenizer that keeps it whole) would become live HTML in a Markdown viewer."""
+    truth = GroundTruth({"input_ids": torch.zeros(1, 4, dtype=torch.long)}, torch.zeros(1), texts=["<script>alert(1)</script> *x* [a](b)"])
+    recovered = Reconstruction(torch.zeros(1, 4, dtype=torch.long), texts=["<script>alert(1)</script> | y"])
+    text = write_text_table(truth, recovered, [{"truth_index": 0}], tmp_path / "reconstructions.md").read_text()
+    assert "<script>" not in text and "&lt;script&gt;" in text
+    assert "\\*x\\*" in text and "\\[a\\](b)" in text and "\\|" in text
