@@ -189,6 +189,7 @@ class Soteria(UpdateTransform):
     """
 
     name = "soteria"
+    reads_examples = True  # it scores features on the client's own examples: outside a DP-SGD guarantee
 
     def __init__(self, *, fraction: float, max_examples: int = 8) -> None:
         if not 0.0 < fraction < 1.0:

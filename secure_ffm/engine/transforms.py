@@ -50,6 +50,9 @@ class UpdateTransform(ABC):
     """One step of the client's pre-send pipeline."""
 
     name: str = ""
+    reads_examples: bool = False
+    """Whether it reads the client's raw examples (not only the update): what it does with them is outside any DP
+    guarantee, which covers the update the trainer privatized; a private run warns and ``privacy.json`` says so."""
 
     @classmethod
     def from_config(cls, config: DefenseConfig) -> UpdateTransform:
@@ -79,6 +82,10 @@ class UpdatePipeline:
 
     def names(self) -> Sequence[str]:
         return [t.name or type(t).__name__ for t in self.transforms]
+
+    def reading_examples(self) -> list[str]:
+        """The names of the transforms that read the client's raw examples (:attr:`UpdateTransform.reads_examples`)."""
+        return [t.name or type(t).__name__ for t in self.transforms if t.reads_examples]
 
     def __len__(self) -> int:
         return len(self.transforms)

@@ -381,6 +381,15 @@ class Simulation:
         extra = transforms.transforms if transforms is not None else build_defenses(self.config.defense).transforms
         # privacy transforms (clipping, noise shares) come last, right before encoding
         self.transforms = UpdatePipeline([*extra, *self.privacy.client_transforms()])
+        self.outside_guarantee = self.transforms.reading_examples() if self.privacy.spends_budget else []
+        """Client transforms that read raw examples in a private run (Soteria): their effect is not covered by ε."""
+        if self.outside_guarantee:
+            log.warning(
+                "defense.names %s read each client's raw examples to shape its update, which the %s guarantee does not "
+                "cover: privacy.json says so; drop them from defense.names for a guarantee that holds",
+                self.outside_guarantee,
+                self.privacy.label,
+            )
         self.trainer = self.privacy.trainer(build_trainer(self.config.client))
         self.strategy = build_strategy(self.config.server)
         self.server = Server(
@@ -653,6 +662,11 @@ class Simulation:
             ledger = self.privacy.ledger(self.client_states)
             if ledger is not None:
                 ledger = {**ledger, "client_metrics": self.client_metrics_summary()}
+                if self.outside_guarantee:
+                    ledger["outside_the_guarantee"] = {
+                        "transforms": list(self.outside_guarantee),
+                        "why": "they read each client's raw examples to shape its update: ε does not cover their effect",
+                    }
             self.writer.finish(parameters=self.server.model_parameters, metadata=metadata, summary=summary, ledger=ledger)
         return summary
 

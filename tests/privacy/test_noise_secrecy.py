@@ -223,3 +223,19 @@ def test_sample_level_dp_seeds_local_training_from_the_clients_secret(monkeypatc
     Simulation(prepare_run(cfg)).run()
     public = {derive_seed(cfg.run.seed, TRAINING, 1, c) for c in range(cfg.data.num_clients)}
     assert seeds and all((seed not in public) is secret for seed in seeds)
+
+
+def test_a_defense_that_reads_raw_examples_is_flagged_outside_a_dp_guarantee(tmp_path, caplog):
+    """Soteria scores features on the client's own examples to choose what to zero: a DP-SGD run accepted it silently
+    and privacy.json claimed ε for an update shaped by data no noise covered (an audit of 2026-12-07)."""
+    cfg = config(
+        {"mode": "dp-sgd", "target_epsilon": 8.0},
+        defense={"names": ["soteria"], "soteria_examples": 1},
+    )
+    Simulation(prepare_run(cfg), out_dir=tmp_path / "run").run()
+    ledger = json.loads((tmp_path / "run" / "privacy.json").read_text())
+    assert ledger["outside_the_guarantee"]["transforms"] == ["soteria"]
+    assert "read each client's raw examples" in caplog.text
+    plain = config({"mode": "dp-sgd", "target_epsilon": 8.0}, defense={"names": ["prune"]})
+    Simulation(prepare_run(plain), out_dir=tmp_path / "pruned").run()
+    assert "outside_the_guarantee" not in json.loads((tmp_path / "pruned" / "privacy.json").read_text())
