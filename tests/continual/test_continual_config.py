@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from continual_cases import BASE, continual_toml, train
+from continual_cases import BASE, TWO_CLASS_STAGES, continual_toml, train
 
 from secure_ffm.config import config_from_dict, load_config
 from secure_ffm.data import load_run_data
@@ -111,3 +111,31 @@ def test_released_shares_are_disjoint_and_cover_each_clients_data(write_config):
         assert sum(len(p) for p in parts) == len(baseline.client_indices[k])
         assert np.array_equal(np.sort(np.concatenate(parts)), np.sort(baseline.client_indices[k]))
         assert abs(len(parts[0]) - len(baseline.client_indices[k]) / 2) <= 1
+
+
+@pytest.mark.parametrize(
+    "stages",
+    [
+        TWO_CLASS_STAGES,  # disjoint stages: the plan is the union's size exactly
+        "[[continual.stages]]\nrounds = 1\nclasses = [0, 1, 2]\n[[continual.stages]]\nrounds = 1\nclasses = [0, 1, 2, 3, 4]\n"
+        "[[continual.stages]]\nrounds = 1\nclasses = [2, 3, 4, 5]\n",  # overlapping stages: their examples repeat
+    ],
+)
+def test_replay_plans_no_more_examples_than_a_client_trains_on(write_config, stages):
+    """DP-SGD plans each client's sampling rate from the planned size: a plan larger than the union a client trains on
+    used a higher rate than planned, and clients declined a round the plan promised (an audit: 266 planned, 246 held)."""
+    from secure_ffm.continual.methods import build_method
+    from secure_ffm.privacy.noise import PrivateRandomness, new_secret
+
+    config = load_config(write_config(continual_toml("replay", stages=stages, replay_buffer=20)))
+    data = load_run_data(config)
+    method = build_method(config, data)
+    for stage in data.stages:
+        for k in range(data.num_clients):
+            planned = method.training_size(stage, k)
+            for _ in range(3):  # the buffer is a secret draw: the plan must hold for any
+                state: dict = {}
+                assert planned <= len(method.training_indices(stage, k, state, PrivateRandomness(new_secret())))
+            if stages is TWO_CLASS_STAGES:
+                earlier = sum(len(s.client_indices[k]) for s in data.stages[: stage.index])
+                assert planned == len(stage.client_indices[k]) + min(20, earlier)
