@@ -274,6 +274,12 @@ class ModelConfig:
 
         _choice("model", "finetune", self.finetune, ("full", "lora", "head", *PROMPT_METHODS.names()))
         check_prompt_settings(self)
+        if self.finetune == "lora" and self.arch in ("cnn", "tanh-cnn"):
+            # checked with the config (a sweep validates every point up front): the build refused it only when it ran
+            from secure_ffm.models import MODELS  # registers the built-in architectures
+
+            if not MODELS.get(self.arch, key="model.arch").lora:
+                raise ConfigError("model.finetune", f"lora applies to hf-text and vit models, not {self.arch}", "use full or head")
         if self.finetune in PROMPT_METHODS:
             from secure_ffm.models import MODELS  # registers the built-in architectures
 

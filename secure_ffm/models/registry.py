@@ -42,6 +42,8 @@ class ModelBuilder:
     """By ``model.objective`` name (:data:`secure_ffm.models.objectives.OBJECTIVES`)."""
     prompt_objectives: set[str] = field(default_factory=set)
     """The objectives whose build takes the prompt learning modes of ``model.finetune`` (:mod:`secure_ffm.models.prompt`)."""
+    lora: bool = True
+    """Whether ``model.finetune = "lora"`` applies (``ModelConfig`` refuses it up front otherwise)."""
 
     @property
     def build(self) -> BuildFunction:
@@ -53,7 +55,7 @@ MODELS: Registry[ModelBuilder] = Registry("model architecture")
 
 
 def register_model(
-    name: str, *, data_kind: DataKind, objective: str = "classification", prompt_learning: bool = False
+    name: str, *, data_kind: DataKind, objective: str = "classification", prompt_learning: bool = False, lora: bool = True
 ) -> Callable[[BuildFunction], BuildFunction]:
     """Register ``build(config, *, num_classes, max_length, image_shape)`` as architecture ``name`` for ``objective``.
 
@@ -69,7 +71,7 @@ def register_model(
 
     def decorator(build: BuildFunction) -> BuildFunction:
         if name not in MODELS:
-            MODELS.register(name)(ModelBuilder(data_kind=data_kind))
+            MODELS.register(name)(ModelBuilder(data_kind=data_kind, lora=lora))
         builder = MODELS.get(name)
         if builder.data_kind != data_kind:
             raise ValueError(f"model architecture {name!r} reads {builder.data_kind} data, not {data_kind}")

@@ -72,7 +72,7 @@ class TanhCNN(nn.Module):
         return self.head(x)
 
 
-@register_model("tanh-cnn", data_kind="image")
+@register_model("tanh-cnn", data_kind="image", lora=False)
 def build_tanh_cnn(config: ModelConfig, *, num_classes: int, max_length: int, image_shape: ImageShape) -> ImageModel:
     """``tanh-cnn``: :class:`TanhCNN` for ``image_shape``; ``finetune`` is ``full`` or ``head``."""
     if config.finetune == "lora":

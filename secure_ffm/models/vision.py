@@ -503,7 +503,7 @@ def image_model(build: Callable[[], nn.Module], config: ModelConfig, *, num_clas
     )
 
 
-@register_model("cnn", data_kind="image")
+@register_model("cnn", data_kind="image", lora=False)
 def build_cnn(config: ModelConfig, *, num_classes: int, max_length: int, image_shape: ImageShape) -> ImageModel:
     """``cnn``: :class:`SmallCNN` for ``image_shape``; ``finetune`` is ``full`` or ``head``."""
     if config.finetune == "lora":
