@@ -63,3 +63,19 @@ def test_missing_capture_names_what_was_captured(tmp_path):
     Simulation(prepare_run(tiny_config(server={"rounds": 2})), out_dir=run_dir).run()
     with pytest.raises(ConfigError, match="round 2 client 1"):
         load_observation(run_dir, round=1, client=0)
+
+
+def test_captures_of_the_servers_view_are_owner_only(tmp_path):
+    """observations/ holds a client's update as the server received it (DP-FedAvg's server noise comes later) and its
+    example indices; until 2026-12-07 the folder was 0755 and the .json files 0644 (umask 022)."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        Simulation(prepare_run(tiny_config(server={"rounds": 1}, audit={"capture_rounds": [1]})), out_dir=tmp_path / "run").run()
+    finally:
+        os.umask(old)
+    folder = tmp_path / "run" / "observations"
+    assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700
+    assert {p.suffix: stat.S_IMODE(os.stat(p).st_mode) for p in folder.iterdir()} == {".safetensors": 0o600, ".json": 0o600}

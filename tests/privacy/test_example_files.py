@@ -69,28 +69,6 @@ def test_sweep_jsonl_is_created_owner_only_and_an_older_open_one_is_closed(tmp_p
     assert [json.loads(line)["point_id"] for line in (older / JSONL).read_text().splitlines()] == ["q", "p"]
 
 
-def test_a_runs_captures_of_the_servers_view_are_owner_only(tmp_path, umask_022):
-    """observations/ holds a client's update as the server received it (DP-FedAvg's server noise comes later) and, under
-    ground_truth, its example indices; until 2026-12-07 the folder was 0755 and the .json files 0644."""
-    from secure_ffm.run.simulation import Simulation, prepare_run
-
-    config = config_from_dict(
-        {
-            "run": {"seed": 0},
-            "data": {"dataset": "digits", "max_train_examples": 100, "max_test_examples": 20, "num_clients": 4, "partition": "iid"},
-            "model": {"arch": "cnn", "finetune": "full"},
-            "client": {"batch_size": 4, "local_steps": 1, "lr": 0.1},
-            "server": {"rounds": 1},
-            "audit": {"capture_clients": [0], "capture_rounds": [1]},
-        }
-    )
-    Simulation(prepare_run(config), out_dir=tmp_path / "run").run()
-    folder = tmp_path / "run" / "observations"
-    assert mode(folder) == 0o700
-    written = {p.suffix: mode(p) for p in folder.iterdir()}
-    assert written == {".safetensors": 0o600, ".json": 0o600}
-
-
 def test_a_text_audits_table_escapes_html_and_markdown(tmp_path):
     """A recovered ``<script>`` (a tokenizer that keeps it whole) would become live HTML in a Markdown viewer."""
     truth = GroundTruth({"input_ids": torch.zeros(1, 4, dtype=torch.long)}, torch.zeros(1), texts=["<script>alert(1)</script> *x* [a](b)"])
