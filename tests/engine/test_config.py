@@ -95,7 +95,7 @@ def beside_the_config(tmp_path, monkeypatch):
     configs = tmp_path / "configs"
     (configs / "reviews").mkdir(parents=True)
     (configs / "reviews" / "train.csv").write_text("text,label\nhello,0\n", encoding="utf-8")
-    (configs / "run.toml").write_text('[data]\ndataset = "hf:./reviews"\n\n[model]\narch = "cnn"\n', encoding="utf-8")
+    (configs / "run.toml").write_text('[data]\ndataset = "hf:./reviews"\n\n[model]\narch = "cnn"\nfinetune = "full"\n', encoding="utf-8")
     (configs / "sweep.toml").write_text('[sweep]\nbase = "run.toml"\nseeds = [0]\n', encoding="utf-8")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()

@@ -54,7 +54,7 @@ def test_ckks_keys_writes_a_server_file_without_the_secret_key(tmp_path):
     from secure_ffm.engine.codec import from_bytes
 
     config = tmp_path / "c.toml"
-    config.write_text('[data]\ndataset = "digits"\n[model]\narch = "cnn"\n[secure_aggregation]\nprotocol = "ckks"\n')
+    config.write_text('[data]\ndataset = "digits"\n[model]\narch = "cnn"\nfinetune = "full"\n[secure_aggregation]\nprotocol = "ckks"\n')
     assert main(["ckks-keys", str(config), str(tmp_path / "keys")]) == 0
     server, clients = (
         from_bytes((tmp_path / "keys" / "server.ckks").read_bytes()),
@@ -67,7 +67,7 @@ def test_ckks_keys_writes_a_server_file_without_the_secret_key(tmp_path):
 
 def test_ckks_keys_refuses_a_config_without_ckks(tmp_path, capsys):
     config = tmp_path / "c.toml"
-    config.write_text('[data]\ndataset = "digits"\n[model]\narch = "cnn"\n')
+    config.write_text('[data]\ndataset = "digits"\n[model]\narch = "cnn"\nfinetune = "full"\n')
     assert main(["ckks-keys", str(config), str(tmp_path / "keys")]) == 2
     assert "secure_aggregation.protocol" in capsys.readouterr().err and not (tmp_path / "keys").exists()
 
@@ -77,7 +77,7 @@ def test_ckks_keys_for_a_key_authority_writes_the_secret_key_to_the_authoritys_f
 
     config = tmp_path / "c.toml"
     config.write_text(
-        '[data]\ndataset = "digits"\n[model]\narch = "cnn"\n[secure_aggregation]\nprotocol = "ckks"\nckks_key_holder = "authority"\n'
+        '[data]\ndataset = "digits"\n[model]\narch = "cnn"\nfinetune = "full"\n[secure_aggregation]\nprotocol = "ckks"\nckks_key_holder = "authority"\n'
     )
     assert main(["ckks-keys", str(config), str(tmp_path / "keys")]) == 0
     files = {role: from_bytes((tmp_path / "keys" / f"{role}.ckks").read_bytes()) for role in ("server", "clients", "authority")}
