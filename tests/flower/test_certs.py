@@ -77,7 +77,8 @@ def test_ckks_keys_for_a_key_authority_writes_the_secret_key_to_the_authoritys_f
 
     config = tmp_path / "c.toml"
     config.write_text(
-        '[data]\ndataset = "digits"\n[model]\narch = "cnn"\nfinetune = "full"\n[secure_aggregation]\nprotocol = "ckks"\nckks_key_holder = "authority"\n'
+        '[data]\ndataset = "digits"\n[model]\narch = "cnn"\nfinetune = "full"\n'
+        '[secure_aggregation]\nprotocol = "ckks"\nckks_key_holder = "authority"\n'
     )
     assert main(["ckks-keys", str(config), str(tmp_path / "keys")]) == 0
     files = {role: from_bytes((tmp_path / "keys" / f"{role}.ckks").read_bytes()) for role in ("server", "clients", "authority")}
