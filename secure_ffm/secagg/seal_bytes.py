@@ -18,10 +18,10 @@ it again: what a message can make the server allocate is what an honest message 
 
 from __future__ import annotations
 
-import io
 import struct
 import zlib
 from dataclasses import dataclass
+from typing import Any
 
 SEAL_MAGIC = 0xA15E
 HEADER = struct.Struct("<HBBBBHQ")
@@ -80,8 +80,9 @@ def _write_varint(value: int) -> bytes:
             return bytes(out)
 
 
-def parse_vector(data: bytes) -> tuple[list[int], list[bytes], bytes | None]:
-    """TenSEAL's ``CKKSVectorProto``: its sizes, its ciphertexts (the bytes of each) and its scale field's 8 bytes."""
+def parse_vector(data: bytes | memoryview) -> tuple[list[int], list[Any], Any]:
+    """TenSEAL's ``CKKSVectorProto``: its sizes, its ciphertexts (the bytes of each) and its scale field's 8 bytes; views
+    into ``data`` when it is a memoryview (nothing copied)."""
     sizes: list[int] = []
     ciphertexts: list[bytes] = []
     scale: bytes | None = None
@@ -138,7 +139,7 @@ def _inflate(mode: int, body: bytes, limit: int) -> bytes:
         import zstandard  # here: only CKKS runs need it
 
         try:
-            with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(body), read_across_frames=True) as reader:
+            with zstandard.ZstdDecompressor().stream_reader(body, read_across_frames=True) as reader:
                 return reader.read(limit + 1)
         except zstandard.ZstdError as error:
             raise ValueError(f"its zstd stream is damaged ({error})") from None
@@ -183,13 +184,26 @@ def fresh_ciphertext_members(ciphertext: bytes, shape: CiphertextShape) -> bytes
 def fresh_vector_bytes(data: bytes, shape: CiphertextShape) -> bytes:
     """``data`` (a TenSEAL CKKS vector) with its one ciphertext uncompressed, once it is checked to hold exactly one
     ciphertext of ``shape`` and at most ``shape.slots`` values; ValueError naming what is wrong otherwise."""
-    sizes, ciphertexts, scale = parse_vector(data)
+    sizes, ciphertexts, scale = parse_vector(memoryview(data))  # views: the ciphertext is not copied out
     if len(ciphertexts) != 1 or len(sizes) != 1:
         raise ValueError(f"its vector lists {len(ciphertexts)} ciphertexts of {len(sizes)} sizes, not one")
     if not 1 <= sizes[0] <= shape.slots:
         raise ValueError(f"its vector claims {sizes[0]} values, a ciphertext holds 1 to {shape.slots}")
-    members = fresh_ciphertext_members(ciphertexts[0], shape)
-    header = HEADER.pack(
-        SEAL_MAGIC, HEADER.size, *HEADER.unpack_from(ciphertexts[0], 0)[2:4], COMPRESSION_NONE, 0, HEADER.size + len(members)
-    )
-    return write_vector(sizes, [header + members], scale)
+    (ciphertext,) = ciphertexts
+    members = fresh_ciphertext_members(ciphertext, shape)
+    if HEADER.unpack_from(ciphertext, 0)[4] == COMPRESSION_NONE:
+        return data  # already what SEAL reads without inflating: nothing to rebuild
+    header = HEADER.pack(SEAL_MAGIC, HEADER.size, *HEADER.unpack_from(ciphertext, 0)[2:4], COMPRESSION_NONE, 0, HEADER.size + len(members))
+    packed = _write_varint(sizes[0])
+    out: list[bytes | memoryview] = [
+        b"\x0a",
+        _write_varint(len(packed)),
+        packed,
+        b"\x12",
+        _write_varint(HEADER.size + len(members)),
+        header,
+        members,
+    ]
+    if scale is not None:
+        out += [b"\x19", scale]
+    return b"".join(out)  # write_vector's layout, joined once: the members are copied once

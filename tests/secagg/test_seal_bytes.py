@@ -179,3 +179,16 @@ def test_the_key_holder_refuses_a_servers_aggregate_of_the_wrong_shape():
     aggregate = EncryptedAggregate(1, 1, layout, holder.fingerprint, (write_vector(sizes * 300, cts * 300, scale),))
     with pytest.raises(AggregationError, match="does not decrypt .*its vector lists 300 ciphertexts"):
         holder.decryptor().decrypt(aggregate)
+
+
+def test_a_zstd_frame_declaring_a_huge_size_is_read_within_the_bound():
+    """zstandard's one-shot decompress allocates what a frame's header declares (a forged 2^40 asked for 1 TiB): the
+    check reads through a stream, at most the fresh size plus one byte, whatever the header says."""
+    frame = zstandard.ZstdCompressor(write_content_size=True).compress(b"x" * 1000)
+    assert frame[4] == 0x60  # single segment, a 2-byte content size: replaced by an 8-byte one of 2^40
+    forged = frame[:4] + bytes([0xE0]) + (1 << 40).to_bytes(8, "little") + frame[7:]
+    try:
+        members = seal_bytes._inflate(seal_bytes.COMPRESSION_ZSTD, forged, 100)
+    except ValueError:  # refused as a damaged stream: nothing allocated for it either
+        return
+    assert len(members) <= 101  # what the caller then refuses as more than a fresh ciphertext
