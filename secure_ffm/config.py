@@ -274,16 +274,13 @@ class ModelConfig:
 
         _choice("model", "finetune", self.finetune, ("full", "lora", "head", *PROMPT_METHODS.names()))
         check_prompt_settings(self)
-        if self.finetune == "lora" and self.arch in ("cnn", "tanh-cnn"):
-            # checked with the config (a sweep validates every point up front): the build refused it only when it ran
-            from secure_ffm.models import MODELS  # registers the built-in architectures
+        from secure_ffm.models import MODELS  # registers the built-in architectures (torch is loaded already: OBJECTIVES)
 
-            if not MODELS.get(self.arch, key="model.arch").lora:
-                raise ConfigError("model.finetune", f"lora applies to hf-text and vit models, not {self.arch}", "use full or head")
+        builder = MODELS.get(self.arch, key="model.arch")
+        if self.finetune == "lora" and not builder.lora:  # with the config, so a sweep's up-front check sees it
+            takers = " and ".join(name for name in MODELS.names() if MODELS.get(name).lora)
+            raise ConfigError("model.finetune", f"lora applies to {takers} models, not {self.arch}", "use full or head")
         if self.finetune in PROMPT_METHODS:
-            from secure_ffm.models import MODELS  # registers the built-in architectures
-
-            builder = MODELS.get(self.arch, key="model.arch")
             if self.objective not in builder.prompt_objectives:
                 takers = [
                     f"{name} ({', '.join(sorted(MODELS.get(name).prompt_objectives))})"

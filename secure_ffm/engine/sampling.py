@@ -19,8 +19,6 @@ class ClientSampling(ABC):
     """Picks the clients of one round from the round's generator (secret when a mechanism's accounting needs it)."""
 
     name: str = ""
-    fixed_size: bool = True
-    """Whether every round has exactly ``clients_per_round`` participants."""
 
     @abstractmethod
     def sample(self, rng: np.random.Generator, *, num_clients: int, clients_per_round: int) -> list[int]:
@@ -40,7 +38,6 @@ class PoissonSampling(ClientSampling):
     """Every client independently with probability ``q = clients_per_round / num_clients`` (the round may be empty)."""
 
     name = "poisson"
-    fixed_size = False
 
     def sample(self, rng: np.random.Generator, *, num_clients: int, clients_per_round: int) -> list[int]:
         q = clients_per_round / num_clients

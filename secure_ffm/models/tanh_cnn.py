@@ -75,8 +75,6 @@ class TanhCNN(nn.Module):
 @register_model("tanh-cnn", data_kind="image", lora=False)
 def build_tanh_cnn(config: ModelConfig, *, num_classes: int, max_length: int, image_shape: ImageShape) -> ImageModel:
     """``tanh-cnn``: :class:`TanhCNN` for ``image_shape``; ``finetune`` is ``full`` or ``head``."""
-    if config.finetune == "lora":
-        raise ConfigError("model.finetune", "lora applies to hf-text and vit models, not tanh-cnn", "use full or head")
     channels, height, width = image_shape
     if min(height, width) < MIN_IMAGE_SIZE:
         raise ConfigError(

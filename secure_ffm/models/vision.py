@@ -506,8 +506,6 @@ def image_model(build: Callable[[], nn.Module], config: ModelConfig, *, num_clas
 @register_model("cnn", data_kind="image", lora=False)
 def build_cnn(config: ModelConfig, *, num_classes: int, max_length: int, image_shape: ImageShape) -> ImageModel:
     """``cnn``: :class:`SmallCNN` for ``image_shape``; ``finetune`` is ``full`` or ``head``."""
-    if config.finetune == "lora":
-        raise ConfigError("model.finetune", "lora applies to hf-text and vit models, not cnn", "use full or head")
     channels, height, width = image_shape
     if height < 4 or width < 4:
         raise ConfigError(

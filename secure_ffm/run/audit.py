@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +36,7 @@ from secure_ffm.engine.aggregation import PlaintextAggregation
 from secure_ffm.engine.schedule import FEDERATED, PUBLIC
 from secure_ffm.engine.wire import ClientMessage, NamedArrays
 from secure_ffm.errors import ConfigError
-from secure_ffm.run.checkpoint import PRIVATE_FOLDER, write_atomically, write_private_text
+from secure_ffm.run.checkpoint import make_private_folder, write_atomically, write_private_text
 
 log = logging.getLogger(__name__)
 
@@ -147,8 +146,7 @@ class ObservationRecorder:
         # owner-only, like checkpoints/: a capture is a client's update as the server saw it (without DP-FedAvg's server
         # noise, which comes later) and, under ground_truth, the indices of its examples; until 2026-12-07 the folder
         # and the .json files took the umask's mode (0755 / 0644)
-        self.directory.mkdir(mode=PRIVATE_FOLDER, parents=True, exist_ok=True)
-        os.chmod(self.directory, PRIVATE_FOLDER)
+        make_private_folder(self.directory)
         stem = observation_stem(round, client)
         arrays = {OBSERVED_PREFIX + k: np.ascontiguousarray(v, dtype=np.float32) for k, v in observed.items()}
         arrays.update({GLOBAL_PREFIX + k: np.ascontiguousarray(v, dtype=np.float32) for k, v in global_parameters.items()})

@@ -87,6 +87,14 @@ def write_private_bytes(path: Path, data: bytes) -> None:
     write_atomically(path, lambda tmp: tmp.write_bytes(data), private=True)
 
 
+def make_private_folder(path: Path) -> Path:
+    """``path`` as a folder readable by its owner only (0o700): created so, and an existing one (an earlier version left
+    it with the umask's mode) closed to others."""
+    path.mkdir(mode=PRIVATE_FOLDER, parents=True, exist_ok=True)
+    os.chmod(path, PRIVATE_FOLDER)
+    return path
+
+
 def write_private_text(path: Path, text: str) -> None:
     """``path.write_text(text)`` atomically, readable by its owner only (0o600) from the moment it exists: for files that
     hold clients' examples (an audit's originals and recovered texts), as :func:`write_private_bytes` for secrets."""
@@ -147,8 +155,7 @@ def save_checkpoint(root: Path, checkpoint: Checkpoint, *, keep: int = KEEP) -> 
     """Write ``checkpoint`` atomically under ``root`` and keep the newest ``keep`` checkpoints."""
     if keep < 1:
         raise ValueError(f"keep must be at least 1, got {keep}")
-    root.mkdir(parents=True, exist_ok=True)
-    os.chmod(root, PRIVATE_FOLDER)  # also a folder an earlier version left open to others
+    make_private_folder(root)
     final = _round_dir(root, checkpoint.round)
     tmp = root / f".tmp_round_{checkpoint.round:04d}"
     if tmp.exists():

@@ -20,11 +20,11 @@ from secure_ffm.config import Config, config_from_dict, read_toml
 from secure_ffm.engine.wire import NamedArrays, to_jsonable
 from secure_ffm.errors import CheckpointError, ConfigError
 from secure_ffm.run.checkpoint import (
-    PRIVATE_FOLDER,
     Checkpoint,
     append_private_text,
     checkpoint_dirs,
     load_checkpoint,
+    make_private_folder,
     save_arrays_atomically,
     save_checkpoint,
     write_private_text,
@@ -74,12 +74,6 @@ class RunWriter:
     def participation_path(self) -> Path:
         return self.out_dir / "checkpoints" / PARTICIPATION_FILE
 
-    def _private_folder(self) -> Path:
-        root = self.out_dir / "checkpoints"
-        root.mkdir(mode=PRIVATE_FOLDER, parents=True, exist_ok=True)
-        os.chmod(root, PRIVATE_FOLDER)
-        return root
-
     def start(self, config: Config, clients: Mapping[str, Any]) -> None:
         """Create the run directory. ``config.toml`` comes first: once it exists, ``--resume`` can finish the run."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -92,7 +86,7 @@ class RunWriter:
         :attr:`withheld` fields to ``checkpoints/participation.jsonl``."""
         public, private = self._split(row)
         if self.withheld:
-            self._private_folder()
+            make_private_folder(self.participation_path.parent)
             append_private_text(self.participation_path, json.dumps(to_jsonable(private), sort_keys=True) + "\n")
         with (self.out_dir / "metrics.jsonl").open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(to_jsonable(public), sort_keys=True) + "\n")
@@ -104,7 +98,7 @@ class RunWriter:
         the :attr:`withheld` fields likewise to ``checkpoints/participation.jsonl``."""
         rows = [self._split(row) for row in history]
         if self.withheld:
-            self._private_folder()
+            make_private_folder(self.participation_path.parent)
             write_private_text(self.participation_path, "".join(json.dumps(to_jsonable(p), sort_keys=True) + "\n" for _, p in rows))
         text = "".join(json.dumps(to_jsonable(public), sort_keys=True) + "\n" for public, _ in rows)
         write_text_atomically(self.out_dir / "metrics.jsonl", text)

@@ -100,6 +100,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+
+def threshold_protecting(num_participants: int, neighbours: int, min_sum: int) -> int:
+    """The lowest ``t`` at which a server that lies about survivors cannot unmask a sum of fewer than ``min_sum`` of
+    ``num_participants`` inputs under the complete graph (:func:`~secure_ffm.secagg.graph.threshold_for_isolated_sum`);
+    0 when nothing is asked (``min_sum`` 0) or the graph is SecAgg+'s, where the bound does not apply."""
+    if not min_sum or not graphs.uses_full_graph(num_participants, neighbours):
+        return 0
+    return graphs.threshold_for_isolated_sum(num_participants, min_sum)
+
+
 _SHARE_LABEL = b"secure-ffm/secagg/v1/share-encryption"
 _COMMITMENT_LABEL = b"secure-ffm/secagg/v1/self-seed-commitment"
 _NONCE_BYTES = 12
@@ -333,9 +343,8 @@ class MaskingClient(ClientRound):
         holders = graphs.neighbourhood_size(num_participants, neighbours)
         self.min_threshold = max(self.min_threshold, threshold or graphs.threshold_range(holders)[0])
         self.min_neighbours = max(self.min_neighbours, holders - 1)
-        if self.min_sum and graphs.uses_full_graph(num_participants, neighbours):
-            # a lying server sums as few as isolatable_sum(n, t) inputs: t must keep that at min_sum or more
-            self.min_threshold = max(self.min_threshold, graphs.threshold_for_isolated_sum(num_participants, self.min_sum))
+        # a lying server sums as few as isolatable_sum(n, t) inputs: t must keep that at min_sum or more
+        self.min_threshold = max(self.min_threshold, threshold_protecting(num_participants, neighbours, self.min_sum))
 
     def handle(self, stage: str, request: Any) -> Any:
         """Answer the server's stage requests (anything else is refused)."""
@@ -430,7 +439,7 @@ class MaskingClient(ClientRound):
         lowest = max(majority, self.min_threshold)
         # under the complete graph a server that lies about survivors can unmask a sum of isolatable_sum(n, t) inputs:
         # a distributed-noise share sized for sums of min_sum needs t high enough that it cannot sum fewer
-        needed = graphs.threshold_for_isolated_sum(holders, self.min_sum) if self.min_sum and holders == len(setup.public_keys) else 0
+        needed = threshold_protecting(holders, holders - 1, self.min_sum) if holders == len(setup.public_keys) else 0
         if needed > setup.threshold:
             raise AggregationError(
                 f"{who} refuses threshold t={setup.threshold}: a server that lies about who survived could unmask the sum of "
@@ -1101,9 +1110,7 @@ class MaskingProtocol(AggregationProtocol):
         if self.round_size < 1:
             return self.threshold
         lowest = self.threshold or graphs.threshold_range(graphs.neighbourhood_size(self.round_size, self.neighbours))[0]
-        if self.min_sum and graphs.uses_full_graph(self.round_size, self.neighbours):
-            lowest = max(lowest, graphs.threshold_for_isolated_sum(self.round_size, self.min_sum))
-        return lowest
+        return max(lowest, threshold_protecting(self.round_size, self.neighbours, self.min_sum))
 
     @classmethod
     def from_config(cls, config: SecureAggregationConfig, *, seed: int) -> MaskingProtocol:
@@ -1154,9 +1161,8 @@ class MaskingProtocol(AggregationProtocol):
                 "graph (neighbours = 0) against a server that may lie",
                 self.neighbours,
             )
-        lowest = self.planned_min_threshold()
-        if self.min_sum and graphs.uses_full_graph(len(participants), self.neighbours):  # what the clients will insist on
-            lowest = max(lowest, graphs.threshold_for_isolated_sum(len(participants), self.min_sum))
+        # what the clients will insist on for this round's size, as for the planned one
+        lowest = max(self.planned_min_threshold(), threshold_protecting(len(participants), self.neighbours, self.min_sum))
         return MaskingServer(
             round,
             participants,

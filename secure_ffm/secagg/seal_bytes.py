@@ -84,8 +84,8 @@ def parse_vector(data: bytes | memoryview) -> tuple[list[int], list[Any], Any]:
     """TenSEAL's ``CKKSVectorProto``: its sizes, its ciphertexts (the bytes of each) and its scale field's 8 bytes; views
     into ``data`` when it is a memoryview (nothing copied)."""
     sizes: list[int] = []
-    ciphertexts: list[bytes] = []
-    scale: bytes | None = None
+    ciphertexts: list[Any] = []
+    scale: Any = None
     at = 0
     while at < len(data):
         key, at = _varint(data, at)
@@ -117,13 +117,18 @@ def parse_vector(data: bytes | memoryview) -> tuple[list[int], list[Any], Any]:
 
 def write_vector(sizes: list[int], ciphertexts: list[bytes], scale: bytes | None) -> bytes:
     """The inverse of :func:`parse_vector` (packed sizes)."""
+    return b"".join(_vector_parts(sizes, [[c] for c in ciphertexts], scale))
+
+
+def _vector_parts(sizes: list[int], ciphertexts: list[list[Any]], scale: Any) -> list[Any]:
+    """The pieces of a ``CKKSVectorProto``, each ciphertext given as its parts (joined once by the caller)."""
     packed = b"".join(_write_varint(s) for s in sizes)
-    out = [b"\x0a", _write_varint(len(packed)), packed]
-    for ciphertext in ciphertexts:
-        out += [b"\x12", _write_varint(len(ciphertext)), ciphertext]
+    out: list[Any] = [b"\x0a", _write_varint(len(packed)), packed]
+    for parts in ciphertexts:
+        out += [b"\x12", _write_varint(sum(len(p) for p in parts)), *parts]
     if scale is not None:
         out += [b"\x19", scale]
-    return b"".join(out)
+    return out
 
 
 def _inflate(mode: int, body: bytes, limit: int) -> bytes:
@@ -191,19 +196,9 @@ def fresh_vector_bytes(data: bytes, shape: CiphertextShape) -> bytes:
         raise ValueError(f"its vector claims {sizes[0]} values, a ciphertext holds 1 to {shape.slots}")
     (ciphertext,) = ciphertexts
     members = fresh_ciphertext_members(ciphertext, shape)
-    if HEADER.unpack_from(ciphertext, 0)[4] == COMPRESSION_NONE:
+    _magic, _size, major, minor, mode, _reserved, _total = HEADER.unpack_from(ciphertext, 0)
+    if mode == COMPRESSION_NONE:
         return data  # already what SEAL reads without inflating: nothing to rebuild
-    header = HEADER.pack(SEAL_MAGIC, HEADER.size, *HEADER.unpack_from(ciphertext, 0)[2:4], COMPRESSION_NONE, 0, HEADER.size + len(members))
-    packed = _write_varint(sizes[0])
-    out: list[bytes | memoryview] = [
-        b"\x0a",
-        _write_varint(len(packed)),
-        packed,
-        b"\x12",
-        _write_varint(HEADER.size + len(members)),
-        header,
-        members,
-    ]
-    if scale is not None:
-        out += [b"\x19", scale]
-    return b"".join(out)  # write_vector's layout, joined once: the members are copied once
+    header = HEADER.pack(SEAL_MAGIC, HEADER.size, major, minor, COMPRESSION_NONE, 0, HEADER.size + len(members))
+    # write_vector's layout with the ciphertext as header and members, joined once: the members are copied once
+    return b"".join(_vector_parts(sizes, [[header, members]], scale))
