@@ -76,12 +76,13 @@ def wait_for_line(path, text, *, after=0, timeout=300):
     raise AssertionError(f"{text!r} did not appear in {path}")
 
 
-def test_masking_survives_a_supernode_killed_after_its_masked_input_and_aborts_without_enough_nodes(tmp_path):
-    """Round 1: node 2 is killed (SIGKILL, with its processes) after sending its masked input; the two survivors (t = 2)
-    unmask the sum of all three. Round 2: node 2 is gone, and the two left refuse a mask graph smaller than their
-    configuration expects, so the round aborts (on_abort = "skip") and the model stays as round 1 left it."""
+def test_masking_survives_a_supernode_killed_after_its_masked_input(tmp_path):
+    """Node 2 is killed (SIGKILL, with its processes) after sending its masked input; the two survivors (t = 2) unmask
+    the sum of all three. One round: what the next round does without node 2 (the survivors refuse a smaller mask
+    graph and the round aborts) is tested through the node sessions in tests/flower/test_remote_transport.py, where it
+    costs no stage timeout of real processes."""
     config = tmp_path / "masking.toml"
-    config.write_text(DIGITS + '[secure_aggregation]\nprotocol = "masking"\nthreshold = 2\n')
+    config.write_text(digits_cnn_toml(rounds=1) + '[secure_aggregation]\nprotocol = "masking"\nthreshold = 2\n')
     out = tmp_path / "run"
     nodes = [{"partition-id": k, "num-partitions": 3, "config": str(config)} for k in range(3)]
     with LoopbackFederation(tmp_path / "federation", nodes) as federation:
@@ -94,9 +95,8 @@ def test_masking_survives_a_supernode_killed_after_its_masked_input_and_aborts_w
     assert status == "finished:completed"
     assert port_is_free(port) and not federation.pids()
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert rows[0]["aborted"] is None and rows[0]["clients"] == [0, 1, 2]  # node 2's input counted, its masks removed
-    assert rows[1]["aborted"] is not None and rows[1]["clients"] == []
-    assert rows[1]["test_accuracy"] == rows[0]["test_accuracy"]
+    assert len(rows) == 1 and rows[0]["aborted"] is None and rows[0]["clients"] == [0, 1, 2]  # node 2's input counted
+    assert rows[0]["test_accuracy"] is not None
 
 
 def test_an_unregistered_supernode_and_a_node_with_another_ca_are_refused(tmp_path):

@@ -82,6 +82,27 @@ def test_a_node_gone_after_its_masked_input_is_recovered_by_the_survivors(tmp_pa
     assert summary["final"]["test_accuracy"] is not None and np.isfinite(summary["final"]["test_loss"])
 
 
+def test_a_round_after_a_node_is_gone_aborts_when_the_survivors_refuse_a_smaller_mask_graph(tmp_path):
+    """Round 1: node 2 sends its masked input and is never heard from again; the survivors (t = 2) unmask the sum of
+    all three. Round 2: the two left refuse a mask graph smaller than their configuration plans, so the round aborts
+    (``on_abort = "skip"``) and the model stays as round 1 left it (the loopback federation test kills a real
+    SuperNode for round 1)."""
+    config = config_of(tmp_path, BASE + MASKING + "threshold = 2\n")
+    fits = []
+
+    def gone(kind, node):
+        if kind == "fit":
+            fits.append(node)
+        return node == 2 and len(fits) >= 3 and not (kind == "fit" and len(fits) == 3)
+
+    link = FreshProcessLink(config, {0: 0, 1: 1, 2: 2}, gone=gone)
+    server_run(config, link, out_dir=tmp_path / "remote")
+    history = rows(tmp_path / "remote")
+    assert history[0]["aborted"] is None and history[0]["clients"] == [0, 1, 2]  # node 2's input counted
+    assert history[1]["aborted"] is not None and history[1]["clients"] == []
+    assert history[1]["test_accuracy"] == history[0]["test_accuracy"]
+
+
 class UnmaskAskingLink(FreshProcessLink):
     """Records, for each unmasking stage, the nodes whose reply the server waited for (a node answers when asked)."""
 
