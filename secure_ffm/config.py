@@ -548,7 +548,9 @@ class SecureAggregationConfig:
     threshold: int = 0
     """masking: Shamir threshold t (survivors needed to unmask); 0 picks a strict majority of each neighbourhood.
     An explicit t must be above half a neighbourhood and at most all of it (checked against the participants and
-    ``neighbours``); it is also the lowest t each client accepts from the server."""
+    ``neighbours``); it is also the lowest t each client accepts from the server.
+    ckks: the fewest client contributions the key holder decrypts a sum of (at most a round's participants); 0 means
+    every planned participant when clients add distributed noise shares (which are sized for it), otherwise any."""
     neighbours: int = 0
     """masking: 0 masks every pair of clients (SecAgg); an even k > 0 uses a SecAgg+ graph of degree k."""
     dropout_rate: float = 0.0

@@ -365,7 +365,16 @@ class AggregationProtocol(ABC):
 
     def protect_sums_of(self, min_sum: int) -> None:  # noqa: B027 (optional hook)
         """Distributed noise shares are sized so that ``min_sum`` of them carry the full noise: a protocol in which a
-        lying server could sum fewer inputs (masking's survivors) raises what its clients accept until it cannot."""
+        lying server could sum fewer inputs (masking's survivors) raises what its clients accept until it cannot, and
+        one whose sums hold whoever arrived (CKKS) has its key holder refuse to decrypt a sum of fewer."""
+
+    @classmethod
+    def smallest_sum(cls, config: Config) -> int:
+        """The fewest client inputs a sum released under ``config`` holds: what distributed noise shares are sized for
+        (:func:`secure_ffm.privacy.distributed.minimum_shares`). Here every planned participant of a round: a protocol
+        that shows the server each input protects only the released model with shares (the server sees each update
+        under its own share: ``epsilon_against_server``)."""
+        return min(config.server.clients_per_round or config.data.num_clients, config.data.num_clients)
 
     def use_integer_values(self) -> None:
         """Sum integer-valued updates exactly from now on; only protocols with :attr:`supports_integer_values`."""

@@ -172,23 +172,14 @@ def _share_sigma(z: float, t: int, delta2: float, dim: int) -> float:
 
 
 def minimum_shares(config: Any) -> int:
-    """How many noise shares a sum the server can unmask holds at least: the number each share is sized for.
+    """How many noise shares a sum the server can learn holds at least: the number each share is sized for.
 
-    Without a threshold in the config, the strict majority of the planned round (as before 2026-12-07); the masking
-    protocol then raises ``t`` until a server that lies about who survived cannot unmask a sum of fewer
-    (:meth:`MaskingProtocol.protect_sums_of`: about 2/3 of the round). With a configured threshold ``t``, the sum such a
-    server can isolate under the complete graph, :func:`~secure_ffm.secagg.graph.isolatable_sum` (``t`` itself until
-    2026-12-07, when an audit summed 4 honest clients' inputs of 10 with ``t = 6``: the noise was then 0.82 of the
-    claimed). Under SecAgg+ (``neighbours > 0``) the configured ``t`` or a neighbourhood's majority, a guarantee that
-    needs an honest-but-curious server (docs/threat_model.md)."""
-    from secure_ffm.secagg import graph
+    The configured protocol's :meth:`~secure_ffm.engine.aggregation.AggregationProtocol.smallest_sum`: under masking
+    the sum a server that lies about survivors can isolate (about 2/3 of the round by default), under CKKS the fewest
+    contributions its key holder decrypts (``secure_aggregation.threshold``, by default every planned participant)."""
+    from secure_ffm.variants import PROTOCOLS
 
-    secure = config.secure_aggregation
-    participants = min(config.server.clients_per_round or config.data.num_clients, config.data.num_clients)
-    full = graph.uses_full_graph(participants, secure.neighbours)
-    if secure.threshold:
-        return graph.isolatable_sum(participants, min(int(secure.threshold), participants)) if full else int(secure.threshold)
-    return graph.threshold_range(graph.neighbourhood_size(participants, secure.neighbours))[0]
+    return PROTOCOLS.get(config.secure_aggregation.protocol, key="secure_aggregation.protocol").smallest_sum(config)
 
 
 class DiscreteGaussianShare(UpdateTransform):

@@ -315,6 +315,10 @@ class DistributedDPSGD(PrivacyMechanism):
     def protections(cls, privacy: PrivacyConfig) -> dict[str, Any]:
         return {**super().protections(privacy), "max_grad_norm": privacy.max_grad_norm, "clipping": privacy.clipping}
 
+    @classmethod
+    def noise_shares_in_updates(cls, config: Config) -> bool:
+        return True
+
     def __init__(self, config: Config, data: FederatedData) -> None:
         super().__init__(config, data)
         protocol = PROTOCOLS.get(config.secure_aggregation.protocol, key="secure_aggregation.protocol")
@@ -338,7 +342,7 @@ class DistributedDPSGD(PrivacyMechanism):
         self.delta = p.delta or accounting.default_delta(self.total_examples)
         self.planned_rounds = planned_federated_rounds(config)
         self.participants = config.server.clients_per_round or data.num_clients
-        self.min_shares = minimum_shares(config) if self.discrete_mode else self.participants
+        self.min_shares = minimum_shares(config)
         self.noise_multiplier = accounting.calibrate_noise_multiplier(
             target_epsilon=p.target_epsilon,
             delta=self.delta,
@@ -376,7 +380,7 @@ class DistributedDPSGD(PrivacyMechanism):
     def configure_protocol(self, protocol: AggregationProtocol) -> None:
         if self.discrete_mode:
             protocol.use_integer_values()
-            protocol.protect_sums_of(self.min_shares)  # what each share is sized for (a lying server must not sum fewer)
+        protocol.protect_sums_of(self.min_shares)  # what each share is sized for: no sum the server learns holds fewer
 
     def trainer(self, base: LocalTrainer) -> LocalTrainer:
         return DistributedDPSGDTrainer(self)
@@ -502,7 +506,11 @@ class DistributedDPSGD(PrivacyMechanism):
             "min_shares": self.min_shares,
             "noise_shares": "discrete Gaussian" if self.discrete_mode else "Gaussian",
             "epsilon": epsilon,
-            "noise_std_on_mean_gradient": self.noise_multiplier * p.max_grad_norm / (self.config.client.batch_size * self.participants),
+            # m shares sized for sums of min_shares: sigma sqrt(m / min_shares) when every participant's share arrives
+            "noise_std_on_mean_gradient": self.noise_multiplier
+            * p.max_grad_norm
+            * math.sqrt(self.participants / self.min_shares)
+            / (self.config.client.batch_size * self.participants),
             "noise": self.noise_policy.describe(),
         }
 

@@ -106,25 +106,26 @@ def claimed_participants(claimed: object, *, planned: int) -> int:
 
 
 class GaussianNoiseShare(UpdateTransform):
-    """Distributed DP: add this client's share N(0, σ² / m) of the sum's noise N(0, σ²), with m the round's participants."""
+    """Distributed DP: add this client's share N(0, σ² / m) of the sum's noise N(0, σ²), with m the fewest shares a sum
+    the server learns holds (CKKS's key holder decrypts no sum of fewer: :func:`~secure_ffm.privacy.distributed.minimum_shares`)."""
 
     name = "gaussian-share"
 
     def __init__(
-        self, *, noise_multiplier: float, clip_norm: float, participants: int, statistics_std: float = 0.0, follows_server: bool = False
+        self, *, noise_multiplier: float, clip_norm: float, min_shares: int, statistics_std: float = 0.0, follows_server: bool = False
     ) -> None:
         self.noise_multiplier = noise_multiplier
         self.clip_norm = clip_norm
         self.follows_server = follows_server
         """Whether the round's clip norm comes from the server's instructions (adaptive clipping): :func:`round_clip_norm`."""
-        self.participants = participants
-        """The round size the client's own config plans: a server claiming more participants cannot shrink the share."""
+        self.min_shares = min_shares
+        """The fewest shares a sum holds, from the client's own config: a server claiming more cannot shrink the share."""
         self.statistics_std = statistics_std
 
     def __call__(self, update: ClientUpdate, context: TransformContext) -> ClientUpdate:
         if context.randomness is None:
             raise ValueError("gaussian-share needs the client's private randomness (TransformContext.randomness): its noise must be secret")
-        m = claimed_participants(context.config.get("participants"), planned=self.participants)
+        m = claimed_participants(context.config.get("participants"), planned=self.min_shares)
         c = round_clip_norm(context, self.clip_norm, follows_server=self.follows_server)
         noise = context.randomness.stream(NOISE_SHARE, context.round)
         delta = add_gaussian_noise(update.delta, self.noise_multiplier * c / math.sqrt(m), noise)
@@ -207,6 +208,10 @@ class DPFedAvg(PrivacyMechanism):
     @classmethod
     def protections(cls, privacy: PrivacyConfig) -> dict[str, Any]:
         return {**super().protections(privacy), "clip_norm": privacy.clip_norm, "noise_placement": privacy.noise_placement}
+
+    @classmethod
+    def noise_shares_in_updates(cls, config: Config) -> bool:
+        return config.privacy.noise_placement == "clients"
 
     @classmethod
     def client_answer_limit(cls, config: Config) -> int | None:
@@ -389,7 +394,8 @@ class DPFedAvg(PrivacyMechanism):
     def configure_protocol(self, protocol: AggregationProtocol) -> None:
         if self.discrete_mode:
             protocol.use_integer_values()
-            protocol.protect_sums_of(minimum_shares(self.config))  # what each share is sized for (a lying server must not sum fewer)
+        if self.noise_shares_in_updates(self.config):
+            protocol.protect_sums_of(minimum_shares(self.config))  # what each share is sized for: no sum the server learns holds fewer
 
     def client_transforms(self) -> list[UpdateTransform]:
         p = self.config.privacy
@@ -401,7 +407,7 @@ class DPFedAvg(PrivacyMechanism):
             share = GaussianNoiseShare(
                 noise_multiplier=self.update_noise_multiplier,
                 clip_norm=p.clip_norm,
-                participants=self.participants,
+                min_shares=minimum_shares(self.config),
                 statistics_std=self.count_std(self.participants),
                 follows_server=adaptive,
             )
@@ -479,9 +485,17 @@ class DPFedAvg(PrivacyMechanism):
             "noise_multiplier": self.noise_multiplier,
             "update_noise_multiplier": self.update_noise_multiplier,
             "epsilon": self._epsilon_after(self.rounds),
-            "noise_std_on_mean": self.update_noise_multiplier * p.clip_norm / self.participants,
+            "noise_std_on_mean": self.update_noise_multiplier * p.clip_norm / self.participants * self.share_inflation(),
+            "min_shares": minimum_shares(self.config) if p.noise_placement == "clients" else None,
             "noise": self.noise_policy.describe(),
         }
+
+    def share_inflation(self) -> float:
+        """How much more noise than planned a round of every participant carries: shares are sized for the fewest a
+        released sum may hold (s of m), so m of them sum to σ √(m / s). 1 with the server's noise."""
+        if self.config.privacy.noise_placement != "clients":
+            return 1.0
+        return math.sqrt(self.participants / minimum_shares(self.config))
 
     def epsilon_against_server(self) -> float | None:
         """ε of the worst-off client against the server itself (None: the server sees the exact sum).
@@ -490,8 +504,9 @@ class DPFedAvg(PrivacyMechanism):
         the released model. The server knows whom it sampled, so against it each round a client took part
         in is a plain Gaussian mechanism (q = 1), and since it knows who took part, the neighbouring runs it must not tell
         apart replace one participant's update by another (sensitivity 2C: noise multiplier z / 2): with client-side
-        noise (distributed DP under secure aggregation) that is the guarantee the server cannot break. Dropped or rejected clients' shares
-        are missing from the sum, which this figure does not account for (docs/threat_model.md).
+        noise (distributed DP under secure aggregation) that is the guarantee the server cannot break. The shares are
+        sized for the fewest a sum the server learns holds (:func:`~secure_ffm.privacy.distributed.minimum_shares`):
+        masking's threshold keeps a lying server from unmasking fewer, CKKS's key holder decrypts no sum of fewer.
 
         Without a protocol that hides single updates (``secure_aggregation.protocol = "none"``) the server reads each
         client's update under that client's own share alone, N(0, (zC)² / m): the figure is then the Gaussian
@@ -525,7 +540,8 @@ class DPFedAvg(PrivacyMechanism):
             )
         return (
             "q = 1 over the rounds the most-sampled client took part in, replace-one (sensitivity 2C: the server knows who took "
-            "part); assumes every sampled client's noise share reached the sum"
+            f"part); shares are sized so that any {minimum_shares(self.config)} of them carry the full noise, and "
+            f"{self.config.secure_aggregation.protocol} releases no sum of fewer"
         )
 
     def check_budget(self, *, completed_rounds: int, total_rounds: int, client_states: Mapping[int, Mapping[str, Any]]) -> None:

@@ -75,6 +75,14 @@ class PrivacyMechanism(ABC):  # noqa: B024 (every seam has a no-op default)
         return {"target_epsilon": privacy.target_epsilon} if cls.spends_budget else {}
 
     @classmethod
+    def noise_shares_in_updates(cls, config: Config) -> bool:
+        """Whether each client's update carries only a share of the noise under ``config`` (distributed DP): the
+        protocol must then release no sum of fewer inputs than the shares are sized for
+        (:meth:`~secure_ffm.engine.aggregation.AggregationProtocol.protect_sums_of`, called by
+        :meth:`configure_protocol` and by a key authority that builds no mechanism)."""
+        return False
+
+    @classmethod
     def client_answer_limit(cls, config: Config) -> int | None:
         """The most fit requests one client answers over a run, from its own ``config`` (None: no limit here).
 

@@ -130,7 +130,8 @@ def server_run(
 def authority_session(config: Config, *, key_file: bytes | None) -> AuthoritySession:
     """The key authority's side of a deployed run (node config ``role = "authority"``): it loads the authority's key file
     and decrypts the aggregates the server sends it. It builds no data, model or client: it never sees an example."""
-    from secure_ffm.variants import PROTOCOLS
+    from secure_ffm.privacy.distributed import minimum_shares
+    from secure_ffm.variants import MECHANISMS, PROTOCOLS
 
     check_deployable(config)
     if not (config.secure_aggregation.protocol == "ckks" and config.secure_aggregation.ckks_key_holder == AUTHORITY_ROLE):
@@ -142,6 +143,8 @@ def authority_session(config: Config, *, key_file: bytes | None) -> AuthoritySes
             'start it without role=authority, or set secure_aggregation.ckks_key_holder = "authority"',
         )
     protocol = PROTOCOLS.get(config.secure_aggregation.protocol).from_config(config.secure_aggregation, seed=config.run.seed)
+    if MECHANISMS.get(config.privacy.mode, key="privacy.mode").noise_shares_in_updates(config):
+        protocol.protect_sums_of(minimum_shares(config))  # the authority decrypts no sum of fewer than the shares are sized for
     load_key_file(protocol, key_file, role=AUTHORITY_ROLE)
     return AuthoritySession(protocol=protocol, fingerprint=config_fingerprint(config.to_toml()))
 

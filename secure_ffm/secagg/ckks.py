@@ -628,6 +628,14 @@ class CKKSServerAccumulator:
 # --------------------------------------------------------------------------- decryptor
 
 
+def too_few(count: int, minimum: int) -> str:
+    """Why a sum of ``count`` contributions is not decrypted: the key holder's minimum."""
+    return (
+        f"the aggregate holds {count} client contributions; the key holder decrypts sums of at least {minimum} "
+        "(secure_aggregation.threshold, or the planned round its clients' noise shares are sized for)"
+    )
+
+
 class CKKSDecryptor:
     """Decrypts aggregates (a client under ``"clients"``, the authority under ``"authority"``) and checks them.
 
@@ -645,8 +653,10 @@ class CKKSDecryptor:
         self.fingerprint = bytes(fingerprint)
         self.parameters = parameters
 
-    def decrypt(self, aggregate: EncryptedAggregate) -> DecryptedSums:
-        """The weighted sums, the total weight and the count from an encrypted aggregate."""
+    def decrypt(self, aggregate: EncryptedAggregate, *, min_contributions: int = 1) -> DecryptedSums:
+        """The weighted sums, the total weight and the count from an encrypted aggregate; an aggregate of fewer than
+        ``min_contributions`` clients is refused (:meth:`CKKSProtocol.protect_sums_of`: the noise shares are sized for
+        that many, so a smaller sum would be released under less noise than the ledger counts)."""
         where = f"round {aggregate.round}"
         if aggregate.fingerprint != self.fingerprint:
             raise AggregationError(f"{where}: the aggregate was made under another CKKS key set")
@@ -674,6 +684,8 @@ class CKKSDecryptor:
         n = aggregate.num_clients
         if abs(count - n) >= 0.5:
             raise AggregationError(f"{where}: the aggregate holds {count:.1f} client contributions, the server claims {n}")
+        if n < min_contributions:
+            raise AggregationError(f"{where}: {too_few(n, min_contributions)}")
         if abs(round_sum - n * aggregate.round) >= 0.5:
             raise AggregationError(
                 f"{where}: the aggregate's round slots sum to {round_sum:.1f}, not {n} x {aggregate.round}: "
@@ -715,9 +727,12 @@ class CKKSProtocol(AggregationProtocol):
     hides_updates = True
     needs_key_file = True
 
-    def __init__(self, *, parameters: CKKSParameters | None = None, key_holder: str = "clients") -> None:
+    def __init__(self, *, parameters: CKKSParameters | None = None, key_holder: str = "clients", threshold: int = 0) -> None:
         if key_holder not in KEY_HOLDERS:
             raise ValueError(f"key_holder must be one of {KEY_HOLDERS}, got {key_holder!r}")
+        self.min_sum = max(1, operator.index(threshold))
+        """The fewest contributions the key holder decrypts a sum of: ``secure_aggregation.threshold``, raised to what
+        distributed noise shares are sized for (:meth:`protect_sums_of`)."""
         self.parameters = parameters if parameters is not None else CKKSParameters()
         self.key_holder_mode = key_holder
         self.key_holder: CKKSKeyHolder | ProvisionedKeySet | None = None
@@ -772,7 +787,32 @@ class CKKSProtocol(AggregationProtocol):
             raise ConfigError(
                 key, f"TenSEAL refuses N={config.ckks_poly_modulus_degree} with primes {list(config.ckks_coeff_mod_bit_sizes)}: {error}"
             ) from None
-        return cls(parameters=parameters, key_holder=config.ckks_key_holder)
+        return cls(parameters=parameters, key_holder=config.ckks_key_holder, threshold=config.threshold)
+
+    @classmethod
+    def smallest_sum(cls, config: Config) -> int:
+        """``secure_aggregation.threshold``, else every planned participant: any client may drop under CKKS, and the key
+        holder refuses a sum of fewer than this (distributed noise shares sized for every participant before 2026-12-07
+        left a round with dropouts under-noised: its variance scaled with the survivors)."""
+        participants = min(config.server.clients_per_round or config.data.num_clients, config.data.num_clients)
+        return min(int(config.secure_aggregation.threshold), participants) if config.secure_aggregation.threshold else participants
+
+    @classmethod
+    def check_config(cls, config: Config) -> None:
+        """A CKKS threshold is the fewest contributions the key holder decrypts: at most a round's participants."""
+        threshold = config.secure_aggregation.threshold
+        participants = min(config.server.clients_per_round or config.data.num_clients, config.data.num_clients)
+        if threshold > participants:
+            raise ConfigError(
+                "secure_aggregation.threshold",
+                f"t={threshold} is more than the {participants} participants of a round, so no sum could ever be decrypted",
+                f"use 1 to {participants}, or 0 (every participant under distributed noise shares, otherwise any)",
+            )
+
+    def protect_sums_of(self, min_sum: int) -> None:
+        """Distributed noise shares are sized for sums of ``min_sum``: the key holder decrypts no sum of fewer (CKKS has
+        no dropout threshold of its own; any client may drop, and the server sums whoever arrived)."""
+        self.min_sum = max(self.min_sum, operator.index(min_sum))
 
     def deal_key_files(self) -> dict[str, bytes]:
         return deal_key_files(self.parameters, key_holder=self.key_holder_mode)
@@ -825,7 +865,7 @@ class CKKSProtocol(AggregationProtocol):
             raise AggregationError("this process is not the CKKS key authority (it holds no authority key file)")
         if stage != DECRYPT or not isinstance(request, EncryptedAggregate):
             raise AggregationError(f"the key authority refuses a {type(request).__name__} as CKKS stage {stage!r}")
-        return self.key_holder.decryptor().decrypt(request)
+        return self.key_holder.decryptor().decrypt(request, min_contributions=self.min_sum)
 
     def _provision(self) -> CKKSKeyHolder:
         """Draw the key set on first use (the key holder deals it; neither the server nor a client draws it)."""
@@ -855,7 +895,11 @@ class CKKSProtocol(AggregationProtocol):
         authority = holder.decryptor() if self.key_holder_mode == "authority" and holder.can_decrypt else None
         accumulator = self.server.accumulator(operator.index(round), ids, layout=layout)
         return CKKSServerRound(
-            accumulator, authority=authority, remote_authority=self.waits_for_authority, setup_seconds=time.perf_counter() - start
+            accumulator,
+            authority=authority,
+            remote_authority=self.waits_for_authority,
+            setup_seconds=time.perf_counter() - start,
+            min_sum=self.min_sum,
         )
 
     def client_round(self, client_id: int, round: int) -> CKKSClientRound:
@@ -864,7 +908,7 @@ class CKKSProtocol(AggregationProtocol):
         client = self.clients.get(client_id)
         if client is None:
             client = self.clients[client_id] = CKKSClient(client_id, self.parameters, holder.client_context(), holder.fingerprint)
-        return CKKSClientRound(client, round)
+        return CKKSClientRound(client, round, min_sum=self.min_sum)
 
     def decryptor(self) -> CKKSDecryptor:
         """Who decrypts: a client of the last round begun in this process under ``"clients"``, the authority under ``"authority"``."""
@@ -884,9 +928,11 @@ DECRYPT = "decrypt"
 class CKKSClientRound(ClientRound):
     """A client's half of one round: encrypts its update; under ``"clients"`` it also answers the ``decrypt`` stage."""
 
-    def __init__(self, client: CKKSClient, round: int) -> None:
+    def __init__(self, client: CKKSClient, round: int, *, min_sum: int = 1) -> None:
         self.client = client
         self.round = round
+        self.min_sum = min_sum
+        """The fewest contributions this client decrypts a sum of (its own config's :attr:`CKKSProtocol.min_sum`)."""
 
     def encode(self, update: ClientUpdate, *, weight: float, rng: np.random.Generator | None = None, payload: Any = None) -> ClientMessage:
         """``payload`` is the round's number of participants (for the headroom check), from the server's set-up."""
@@ -895,7 +941,7 @@ class CKKSClientRound(ClientRound):
 
     def handle(self, stage: str, request: Any) -> Any:
         if stage == DECRYPT and isinstance(request, EncryptedAggregate) and request.round == self.round:
-            return self.client.decryptor().decrypt(request)
+            return self.client.decryptor().decrypt(request, min_contributions=self.min_sum)
         raise AggregationError(
             f"round {self.round}: client {self.client.client_id} refuses a {type(request).__name__} as CKKS stage {stage!r}"
         )
@@ -910,9 +956,18 @@ class CKKSServerRound(ServerRound):
     """
 
     def __init__(
-        self, accumulator: CKKSServerAccumulator, *, authority: CKKSDecryptor | None, setup_seconds: float, remote_authority: bool = False
+        self,
+        accumulator: CKKSServerAccumulator,
+        *,
+        authority: CKKSDecryptor | None,
+        setup_seconds: float,
+        remote_authority: bool = False,
+        min_sum: int = 1,
     ) -> None:
         self.accumulator = accumulator
+        self.min_sum = min_sum
+        """The fewest contributions the key holder decrypts: a round with fewer aborts before it asks (the key holder
+        would refuse: :meth:`CKKSDecryptor.decrypt`)."""
         self._authority = authority
         self._remote_authority = remote_authority
         self.setup_seconds = setup_seconds
@@ -927,9 +982,11 @@ class CKKSServerRound(ServerRound):
 
     def finish(self) -> Stages[Aggregate]:
         encrypted = self.accumulator.result()
+        if encrypted.num_clients < self.min_sum:
+            raise AggregationError(f"round {encrypted.round}: {too_few(encrypted.num_clients, self.min_sum)}")
         start = time.perf_counter()
         if self._authority is not None:
-            sums = self._authority.decrypt(encrypted)
+            sums = self._authority.decrypt(encrypted, min_contributions=self.min_sum)
         else:
             decrypting = AUTHORITY if self._remote_authority else min(self.accumulator.received)
             answer = yield Stage(DECRYPT, {decrypting: encrypted})

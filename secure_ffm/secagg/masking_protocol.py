@@ -1113,6 +1113,22 @@ class MaskingProtocol(AggregationProtocol):
         return max(lowest, threshold_protecting(self.round_size, self.neighbours, self.min_sum))
 
     @classmethod
+    def smallest_sum(cls, config: Config) -> int:
+        """Without a threshold in the config, the strict majority of the planned round (as before 2026-12-07); the
+        protocol then raises ``t`` until a server that lies about who survived cannot unmask a sum of fewer
+        (:meth:`protect_sums_of`: about 2/3 of the round). With a configured threshold ``t``, the sum such a server can
+        isolate under the complete graph, :func:`~secure_ffm.secagg.graph.isolatable_sum` (``t`` itself until
+        2026-12-07, when an audit summed 4 honest clients' inputs of 10 with ``t = 6``: the noise was then 0.82 of the
+        claimed). Under SecAgg+ (``neighbours > 0``) the configured ``t`` or a neighbourhood's majority, a guarantee that
+        needs an honest-but-curious server (docs/threat_model.md)."""
+        secure = config.secure_aggregation
+        participants = min(config.server.clients_per_round or config.data.num_clients, config.data.num_clients)
+        full = graphs.uses_full_graph(participants, secure.neighbours)
+        if secure.threshold:
+            return graphs.isolatable_sum(participants, min(int(secure.threshold), participants)) if full else int(secure.threshold)
+        return graphs.threshold_range(graphs.neighbourhood_size(participants, secure.neighbours))[0]
+
+    @classmethod
     def from_config(cls, config: SecureAggregationConfig, *, seed: int) -> MaskingProtocol:
         return cls(clip_range=config.clip_range, threshold=config.threshold, neighbours=config.neighbours, seed=seed)
 

@@ -102,7 +102,7 @@ def round_context(fit_config, randomness):
 def test_client_shares_do_not_shrink_when_the_server_claims_more_participants():
     cfg = config({"mode": "dp-fedavg", "target_epsilon": 1.0, "noise_placement": "clients", "clip_norm": 0.1, "reproducible_noise": True})
     share = next(t for t in prepare_run(cfg).privacy.client_transforms() if isinstance(t, GaussianNoiseShare))
-    assert share.participants == 4
+    assert share.min_shares == 4
     zeros = ClientUpdate(0, 1, {"w": np.zeros(4000, dtype=np.float32)}, 10)
     randomness = PrivateRandomness(b"k" * 32)
 
@@ -184,7 +184,7 @@ def _clip_and_share(*, follows_server, server_clip):
     update = ClientUpdate(0, 1, {"w": np.full(10_000, 0.5, dtype=np.float32)}, 10, {})  # norm 50
     context = round_context({"clip_norm": server_clip, "participants": 4}, PrivateRandomness(b"c" * 32))
     clipped = ClipUpdate(clip_norm=1.0, follows_server=follows_server)(update, context)
-    noised = GaussianNoiseShare(noise_multiplier=2.0, clip_norm=1.0, participants=4, follows_server=follows_server)(clipped, context)
+    noised = GaussianNoiseShare(noise_multiplier=2.0, clip_norm=1.0, min_shares=4, follows_server=follows_server)(clipped, context)
     return float(np.linalg.norm(clipped.delta["w"])), float(np.std(noised.delta["w"] - clipped.delta["w"]))
 
 
