@@ -434,8 +434,10 @@ class PrivacyConfig:
     """δ of the guarantee; 0 picks 1/(10 n) with n the client's examples (dp-sgd), the number of clients (dp-fedavg) or
     the federation's examples (distributed-dp-sgd)."""
     accountant: str = "prv"
-    """``prv`` (Gopi et al., NeurIPS 2021), ``rdp`` (Mironov, CSF 2017) or ``gdp`` (Dong et al., 2019). Distributed
-    discrete Gaussian noise (under masking) is always accounted with ``zcdp`` (secure_ffm.privacy.accounting)."""
+    """``prv`` (Gopi et al., NeurIPS 2021) or ``rdp`` (Mironov, CSF 2017): both upper bounds, with which the noise is
+    calibrated and the budget enforced. ``gdp`` (Dong et al., 2019), a central-limit approximation that can understate ε,
+    is refused since 2026-12-07 (an audit: noise calibrated with it for ε = 8 gave 10.1). Distributed discrete Gaussian
+    noise (under masking) is always accounted with ``zcdp`` (secure_ffm.privacy.accounting)."""
     max_grad_norm: float = 1.0
     """dp-sgd and distributed-dp-sgd: per-sample gradient clipping norm."""
     clipping: str = "flat"
@@ -497,7 +499,15 @@ class PrivacyConfig:
             raise ConfigError("privacy.target_epsilon", f"must be positive, got {self.target_epsilon!r}", "state the budget, e.g. 8.0")
         if not 0.0 <= self.delta < 1.0:
             raise ConfigError("privacy.delta", f"must be in [0, 1), got {self.delta!r}", "use 0 for the default 1/(10 n)")
-        _choice("privacy", "accountant", self.accountant, ("prv", "rdp", "gdp"))
+        if self.accountant == "gdp":
+            raise ConfigError(
+                "privacy.accountant",
+                "'gdp' is a central-limit approximation, not a bound: noise calibrated with it for ε = 8 (q = 0.01, 1,000 steps, "
+                "δ = 1e-5) gives ε = 10.1 by prv, and for ε = 0.43 (q = 0.0054, 5 steps) ε = 3.85",
+                "use 'prv' (the default) or 'rdp'; gdp's estimate stays available for comparisons as "
+                "secure_ffm.privacy.accounting.compute_epsilon(history, accountant='gdp', delta=...)",
+            )
+        _choice("privacy", "accountant", self.accountant, ("prv", "rdp"))
         _positive("privacy", "max_grad_norm", self.max_grad_norm)
         _choice("privacy", "grad_sample_mode", self.grad_sample_mode, ("auto", "ghost", "hooks", "bookkeeping"))
         _choice("privacy", "clipping", self.clipping, CLIPPING_MODES)

@@ -353,3 +353,14 @@ def test_dp_fedavg_epsilon_is_a_ledger_and_opacus_rdp():
 def test_dp_fedavg_rounds_must_be_positive():
     with pytest.raises(ConfigError, match=r"^server\.rounds"):
         dp_fedavg_epsilon(noise_multiplier=1.0, sample_rate=0.1, rounds=0, delta=1e-5)
+
+
+def test_a_config_refuses_the_approximate_accountant_because_its_noise_can_exceed_the_budget():
+    from secure_ffm.config import config_from_dict
+
+    # the reason, measured: noise calibrated with gdp for ε = 8 spends more than 8 by prv
+    z = calibrate_noise_multiplier(target_epsilon=8.0, delta=1e-5, sample_rate=0.01, steps=1000, accountant="gdp")
+    assert compute_epsilon([GaussianSteps(z, 0.01, 1000)], accountant="prv", delta=1e-5) > 9.5
+    with pytest.raises(ConfigError) as info:
+        config_from_dict({"privacy": {"mode": "dp-sgd", "accountant": "gdp"}})
+    assert info.value.key == "privacy.accountant"

@@ -65,7 +65,7 @@ def write_config(tmp_path, *, privacy=None, **data):
         "model": {"arch": "cnn", "finetune": "full"},
         "client": {"local_steps": 2, "batch_size": 16, "lr": 0.5},
         "server": {"rounds": 2},
-        "privacy": {"mode": "dp-sgd", "target_epsilon": 4.0, "accountant": "gdp", **(privacy or {})},  # instant (CLT)
+        "privacy": {"mode": "dp-sgd", "target_epsilon": 4.0, "accountant": "rdp", **(privacy or {})},
     }
     path = tmp_path / "c.toml"
     path.write_text(config_from_dict(raw).to_toml())
