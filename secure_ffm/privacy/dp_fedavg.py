@@ -230,6 +230,11 @@ class DPFedAvg(PrivacyMechanism):
         )
         lines.append(f"noise multiplier z = {plan['noise_multiplier']:.4f} (updates: {plan['update_noise_multiplier']:.4f})")
         lines.append(f"ε reached: {plan['epsilon']:.4f}; noise std on the mean update per coordinate: {plan['noise_std_on_mean']:.4g}")
+        if plan.get("epsilon_fixed_size_replace_one") is not None:
+            lines.append(
+                f"fixed-size rounds: ε above accounts them as Poisson (an approximation); the bound for sampling without "
+                f"replacement, replace-one neighbours: ε = {plan['epsilon_fixed_size_replace_one']:.4f}"
+            )
         return "\n".join(lines)
 
     def __init__(self, config: Config, data: FederatedData) -> None:
@@ -357,6 +362,18 @@ class DPFedAvg(PrivacyMechanism):
         do, an approximation (fixed-size sampling pairs with replace-one neighbours; docs/threat_model.md)."""
         return "poisson" if self.poisson_sampling else "fixed"
 
+    def fixed_size_epsilon(self, history: Sequence[Any]) -> float | None:
+        """Under fixed-size rounds (exactly m of n clients, q = m / n < 1), the bound that holds for them: Wang, Balle &
+        Kasiviswanathan's subsampling without replacement, replace-one neighbours
+        (:mod:`secure_ffm.privacy.without_replacement`), composed over ``history``'s ``(z, q, rounds)`` entries. None
+        when the rounds are Poisson samples or every client takes part (the ledger's ε is then exact)."""
+        if self.poisson_sampling or self.sample_rate >= 1:
+            return None
+        from secure_ffm.privacy.without_replacement import fixed_size_epsilon
+
+        entries = [tuple(entry.as_opacus()) if hasattr(entry, "as_opacus") else tuple(entry) for entry in history]
+        return fixed_size_epsilon(entries=entries, delta=self.delta)
+
     def _sampling_note(self) -> str:
         if self.sample_rate >= 1:
             return "every client takes part in every round (q = 1)"
@@ -364,7 +381,8 @@ class DPFedAvg(PrivacyMechanism):
             return "Poisson: each client independently with probability q; the sum is divided by q n (the mechanism the ledger composes)"
         return (
             "fixed-size: exactly q n clients a round, accounted as Poisson sampling at q (an approximation, as in McMahan et al. "
-            'and TensorFlow Federated); server.client_sampling = "poisson" with the server\'s noise makes the accounting exact'
+            "and TensorFlow Federated); epsilon_fixed_size_replace_one is the bound that holds for these rounds (sampling without "
+            'replacement, replace-one neighbours); server.client_sampling = "poisson" with the server\'s noise makes epsilon exact'
         )
 
     def sampling_generator(self, round: int) -> np.random.Generator:
@@ -462,6 +480,7 @@ class DPFedAvg(PrivacyMechanism):
             "sample_rate": self.sample_rate,
             "client_sampling": self.client_sampling(),
             "client_sampling_note": self._sampling_note(),
+            "epsilon_fixed_size_replace_one": self.fixed_size_epsilon(self.user_ledger.history),
             "noise_multiplier": self.noise_multiplier,
             "update_noise_multiplier": self.update_noise_multiplier,
             "clip_norm": p.clip_norm,
@@ -485,6 +504,7 @@ class DPFedAvg(PrivacyMechanism):
             "noise_multiplier": self.noise_multiplier,
             "update_noise_multiplier": self.update_noise_multiplier,
             "epsilon": self._epsilon_after(self.rounds),
+            "epsilon_fixed_size_replace_one": self.fixed_size_epsilon(((self.noise_multiplier, self.sample_rate, self.rounds),)),
             "noise_std_on_mean": self.update_noise_multiplier * p.clip_norm / self.participants * self.share_inflation(),
             "min_shares": minimum_shares(self.config) if p.noise_placement == "clients" else None,
             "noise": self.noise_policy.describe(),

@@ -75,6 +75,23 @@ def test_dp_fedavg_samples_as_its_ledger_accounts(sampling, placement, expected)
     ledger = mech.ledger({})
     assert ledger["client_sampling"] == expected
     assert ("approximation" in ledger["client_sampling_note"]) is (expected == "fixed")
+    plan = mech.plan()
+    if expected == "fixed":  # the bound that holds for fixed-size rounds is reported beside the approximation
+        assert plan["epsilon_fixed_size_replace_one"] > plan["epsilon"]
+        assert "replace-one neighbours: ε = " in mech.format_plan(plan)
+    else:
+        assert plan["epsilon_fixed_size_replace_one"] is None and ledger["epsilon_fixed_size_replace_one"] is None
+
+
+def test_a_fixed_size_runs_privacy_json_bounds_its_rounds_without_replacement(tmp_path):
+    from secure_ffm.privacy.without_replacement import fixed_size_epsilon
+
+    cfg = settings(rounds=2, sampling="fixed", privacy={"mode": "dp-fedavg", "target_epsilon": 3.0, "accountant": "rdp"})
+    Simulation(prepare_run(cfg), out_dir=tmp_path / "run").run()
+    ledger = json.loads((tmp_path / "run" / "privacy.json").read_text())
+    expected = fixed_size_epsilon(entries=[(ledger["noise_multiplier"], 0.5, 2)], delta=ledger["delta"])
+    assert ledger["epsilon_fixed_size_replace_one"] == pytest.approx(expected, rel=1e-12)
+    assert ledger["epsilon_fixed_size_replace_one"] > ledger["epsilon"]
 
 
 def test_dp_fedavg_refuses_poisson_sampling_with_the_clients_noise_shares():
