@@ -230,6 +230,12 @@ class DPFedAvg(PrivacyMechanism):
         )
         lines.append(f"noise multiplier z = {plan['noise_multiplier']:.4f} (updates: {plan['update_noise_multiplier']:.4f})")
         lines.append(f"ε reached: {plan['epsilon']:.4f}; noise std on the mean update per coordinate: {plan['noise_std_on_mean']:.4g}")
+        if plan.get("min_shares"):
+            more = math.sqrt(plan["participants"] / plan["min_shares"])
+            lines.append(
+                f"clients' noise shares: any {plan['min_shares']} carry the full noise (no sum of fewer is released; "
+                f"a round of all {plan['participants']} carries {more:.3f}x the planned noise)"
+            )
         if plan.get("epsilon_fixed_size_replace_one") is not None:
             lines.append(
                 f"fixed-size rounds: ε above accounts them as Poisson (an approximation); the bound for sampling without "
@@ -507,6 +513,7 @@ class DPFedAvg(PrivacyMechanism):
             "epsilon_fixed_size_replace_one": self.fixed_size_epsilon(((self.noise_multiplier, self.sample_rate, self.rounds),)),
             "noise_std_on_mean": self.update_noise_multiplier * p.clip_norm / self.participants * self.share_inflation(),
             "min_shares": minimum_shares(self.config) if p.noise_placement == "clients" else None,
+            "participants": self.participants,
             "noise": self.noise_policy.describe(),
         }
 
