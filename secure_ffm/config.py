@@ -160,6 +160,12 @@ class DataConfig:
     pixels; 0 keeps the source's size, which must then be the same for every image."""
     image_column: str = "image"
     """``hf:`` datasets: the column of images (a ``datasets.Image`` feature); a dataset without it is read as text."""
+    image_normalization: str = "fixed"
+    """Image files, folders and ``hf:`` images: how pixels are standardised. ``fixed`` (default since 2026-12-07): mean
+    0.5 and std 0.5 per channel, independent of the data. ``training``: the training images' per-channel mean and std,
+    a statistic of the clients' data that the model and its export carry (an audit told two datasets differing in one
+    image apart from an export's config.json, at a reported ε of 3.99); refused under a privacy budget. Built-in image
+    datasets keep their published constants either way."""
 
     def __post_init__(self) -> None:
         # label_column = "" means "no labels" (unlabeled text for masked-language-model pre-training)
@@ -187,7 +193,11 @@ class DataConfig:
             raise ConfigError("data.public_fraction", f"must be in [0, 1), got {self.public_fraction!r}", "use e.g. 0.1 for 10%")
         if not 0.0 < self.test_fraction < 1.0:
             raise ConfigError("data.test_fraction", f"must be in (0, 1), got {self.test_fraction!r}", "use e.g. 0.2")
+        _choice("data", "image_normalization", self.image_normalization, IMAGE_NORMALIZATIONS)
 
+
+IMAGE_NORMALIZATIONS = ("fixed", "training")
+"""``data.image_normalization``: data-independent constants, or the training images' statistics."""
 
 PUBLIC_DATA_KEYS = ("dataset", "text_column", "label_column", "train_split", "test_split", "test_fraction", "max_train_examples")
 """The ``[data]`` keys that ``[public_data]`` takes: those that name a source and how much of its train split the server
@@ -964,8 +974,15 @@ class Config:
                 f'"{self.ffm.schedule}" trains on the server\'s public data, but data.public_fraction is 0 and there is no [public_data]',
                 'set data.public_fraction, e.g. 0.1, or name a dataset in [public_data], or use ffm.schedule = "federated"',
             )
-        from secure_ffm.variants import PROTOCOLS
+        from secure_ffm.variants import MECHANISMS, PROTOCOLS
 
+        if self.data.image_normalization == "training" and MECHANISMS.get(self.privacy.mode, key="privacy.mode").spends_budget:
+            raise ConfigError(
+                "data.image_normalization",
+                f"\"training\" standardises with the clients' images' mean and std, outside privacy.mode = {self.privacy.mode!r}'s "
+                "guarantee (the model and its export carry them)",
+                'use "fixed" (the default: 0.5 and 0.5 per channel)',
+            )
         # each protocol checks its own settings against the rest of the config (e.g. masking's threshold against the round size)
         PROTOCOLS.get(self.secure_aggregation.protocol, key="secure_aggregation.protocol").check_config(self)
 

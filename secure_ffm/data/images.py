@@ -14,8 +14,9 @@
 
 Every source ends as ``uint8`` arrays, ``(N, H, W)`` when every image is greyscale and ``(N, H, W, 3)`` RGB
 otherwise, resized to ``data.image_size`` when it is set (bilinear, Pillow); with ``data.image_size = 0`` every
-image must have the same size. Each dataset declares the normalization of its *training* images
-(:meth:`ImageNormalization.of_images`), which the image model standardises with.
+image must have the same size. Each dataset declares a normalization, which the image model standardises with:
+0.5 and 0.5 per channel by default, or its *training* images' statistics with ``data.image_normalization =
+"training"`` (:meth:`ImageNormalization.of_images`; a statistic of private data, refused under a privacy budget).
 """
 
 from __future__ import annotations
@@ -95,6 +96,11 @@ def _resize_arrays(images: np.ndarray, config: DataConfig) -> np.ndarray:
     return np.stack(resized).astype(np.uint8)
 
 
+def channels_of(images: np.ndarray) -> int:
+    """Channels of ``uint8`` images ``(N, H, W)`` (1) or ``(N, H, W, C)``."""
+    return 1 if images.ndim == 3 else int(images.shape[-1])
+
+
 def normalization_of(images: np.ndarray, where: str) -> ImageNormalization:
     """The per-channel statistics of ``uint8`` images ``(N, H, W)`` or ``(N, H, W, 3)``.
 
@@ -118,7 +124,8 @@ def image_splits(
     config: DataConfig,
 ) -> DatasetSplits:
     """Splits of ``uint8`` images and class ids; without ``test``, ``data.test_fraction`` of ``train`` is held out
-    (stratified, fixed split seed). The normalization is the training images'."""
+    (stratified, fixed split seed). The normalization is ``data.image_normalization``'s: 0.5 and 0.5 per channel, or
+    the training images' statistics."""
     if len(class_names) < 2:
         raise ConfigError("data.dataset", f"{name!r} holds {len(class_names)} class(es)", "a classifier needs at least two classes")
     train_x, train_y = train
@@ -134,7 +141,11 @@ def image_splits(
             f"the train and test images of {name!r} differ in shape ({train_x.shape[1:]} and {test_x.shape[1:]})",
             "set data.image_size to resize both, and give both splits the same colour mode",
         )
-    normalization = normalization_of(train_x, repr(name))
+    normalization = (
+        normalization_of(train_x, repr(name))
+        if config.image_normalization == "training"
+        else ImageNormalization(mean=(0.5,) * channels_of(train_x), std=(0.5,) * channels_of(train_x))
+    )
     logger.info(
         "read %s: %d train, %d test images of shape %s, %d classes", name, len(train_y), len(test_y), train_x.shape[1:], len(class_names)
     )

@@ -205,3 +205,18 @@ def test_hf_image_dataset_with_a_missing_label_column_names_the_key(rgb_folder: 
 def test_labeled_data_refuses_images_of_other_shapes() -> None:
     with pytest.raises(ValueError, match=r"\(N, H, W, 3\)"):
         LabeledData(kind="image", inputs=np.zeros((2, 8, 8, 2), np.uint8), labels=np.array([0, 1]))
+
+
+def test_a_folder_is_standardised_with_fixed_constants_unless_its_statistics_are_asked_for(rgb_folder: Path) -> None:
+    """The default normalization is independent of the images (an audit told two datasets differing in one image
+    apart from the statistics an export carried); ``training`` takes the images' own, and is refused under DP."""
+    from secure_ffm.config import config_from_dict
+    from secure_ffm.data.normalization import ImageNormalization
+
+    fixed = load_dataset_splits(DataConfig(dataset=str(rgb_folder)), seed=0)
+    assert fixed.normalization == ImageNormalization(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    own = load_dataset_splits(DataConfig(dataset=str(rgb_folder), image_normalization="training"), seed=0)
+    assert own.normalization == ImageNormalization.of_images(np.moveaxis(own.train.inputs, -1, 1))
+    with pytest.raises(ConfigError) as info:
+        config_from_dict({"data": {"dataset": str(rgb_folder), "image_normalization": "training"}, "privacy": {"mode": "dp-sgd"}})
+    assert info.value.key == "data.image_normalization"
