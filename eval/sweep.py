@@ -285,7 +285,8 @@ def run_point(spec: SweepSpec, point: SweepPoint, out_dir: Path, *, fingerprint:
         run_dir = point_dir / "run"
         run_summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
         row["train_reused"] = reused
-        row["train_seconds"] = float(run_summary.get("seconds_total") or 0.0)
+        total = run_summary.get("seconds_total")  # None where the rounds' timings tell who took part (DP-FedAvg)
+        row["train_seconds"] = float(total) if total is not None else None
         final = run_summary.get("final", {})
         row["accuracy"] = final.get("test_accuracy")
         row["macro_f1"] = final.get("test_macro_f1")
@@ -305,7 +306,7 @@ def run_point(spec: SweepSpec, point: SweepPoint, out_dir: Path, *, fingerprint:
         message = str(error) or type(error).__name__
         row["error"] = f"{stage}: {message}" if isinstance(error, ConfigError) else f"{stage}: {type(error).__name__}: {message}"
         log.info("sweep %s: point %s failed during %s: %s", spec.name, point.id, stage, message, exc_info=log.isEnabledFor(logging.DEBUG))
-    row["seconds"] = time.perf_counter() - start + (row["train_seconds"] if row.get("train_reused") else 0.0)
+    row["seconds"] = time.perf_counter() - start + ((row.get("train_seconds") or 0.0) if row.get("train_reused") else 0.0)
     row["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     return row
 

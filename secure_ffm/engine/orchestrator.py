@@ -210,6 +210,7 @@ class RoundOrchestrator:
         aggregate_start = time.perf_counter()
         timings: dict[str, float] = {}
         aggregated_loss = None
+        aggregated = False
         if aborted is None and server_round is not None and (sent or dropped):
             try:
                 aggregate = run_stages(server_round.finish(), self._deliver(round))
@@ -220,18 +221,14 @@ class RoundOrchestrator:
                     AggregationError(f"round {round}: a closing reply could not be read ({type(error).__name__}: {error!s:.200})")
                 )
             else:
+                aggregated = True
                 for hook in self.hooks:
                     hook.aggregate_computed(round, aggregate, sent, instructions)
                 if self.aggregated_loss is not None and TRAIN_LOSS_STATISTIC in aggregate.mean_statistics:
                     aggregated_loss = self.aggregated_loss.decode(aggregate.mean_statistics[TRAIN_LOSS_STATISTIC])
                 timings = self.server.apply(round, aggregate).timings
-        elif aborted is None:
-            if self.server.apply_empty(round, expected):
-                log.info("round %d: no client sent an update; the round's noise alone was applied", round)
-            elif participants:
-                log.warning("round %d: no client sent an update; the global model is unchanged", round)
-            else:
-                log.info("round %d: no client was sampled; the global model is unchanged", round)
+        if not aggregated:
+            self._without_aggregate(round, expected, aborted=aborted is not None, participants=bool(participants))
         aggregate_seconds = receive_seconds + time.perf_counter() - aggregate_start
         fit_seconds = time.perf_counter() - round_start
 
@@ -275,5 +272,19 @@ class RoundOrchestrator:
     def _abort(self, error: AggregationError) -> str:
         if self.on_abort == "stop":
             raise RoundAbortedError(f'{error} (secure_aggregation.on_abort = "stop")') from None
-        log.warning("%s; the global model is unchanged", error)
+        log.warning("%s; the round has no aggregate", error)
         return str(error)
+
+    def _without_aggregate(self, round: int, statistics: NamedArrays, *, aborted: bool, participants: bool) -> None:
+        """A round that aborted or in which no update arrived. A mechanism that acts on empty rounds (DP-FedAvg's noise
+        under Poisson sampling) acts on an aborted one too: a model left unchanged would show a reader of the released
+        models that the round failed (for instance that its secret sample was too small to unmask), and the ledger
+        charged the round anyway. Logged at DEBUG: which rounds had nobody is the secret sample's size."""
+        if self.server.apply_empty(round, statistics):
+            log.debug("round %d: %s; the round's noise alone was applied", round, "aborted" if aborted else "no client sent an update")
+        elif aborted:
+            log.info("round %d: the global model is unchanged", round)
+        elif participants:
+            log.warning("round %d: no client sent an update; the global model is unchanged", round)
+        else:
+            log.info("round %d: no client was sampled; the global model is unchanged", round)

@@ -90,11 +90,13 @@ class Server:
         the strategy to the zero sum and return True; otherwise leave the model unchanged and return False."""
         if not any(step.acts_on_empty_rounds for step in self.aggregate_steps):
             return False
+        # in the layout's (sorted) order, as a round's aggregate is: the noise draws land on the same arrays whatever
+        # order the parameters were restored in (a resumed run's empty rounds drew other noise than the uninterrupted run's)
         zeros = Aggregate(
-            mean_delta={k: np.zeros_like(v) for k, v in self.parameters.items()},
+            mean_delta={k: np.zeros_like(self.parameters[k]) for k in sorted(self.parameters)},
             total_weight=0.0,
             num_clients=0,
-            mean_statistics={k: np.zeros_like(np.asarray(v, dtype=np.float64)) for k, v in statistics.items()},
+            mean_statistics={k: np.zeros_like(np.asarray(statistics[k], dtype=np.float64)) for k in sorted(statistics)},
         )
         self.apply(round, zeros)
         return True

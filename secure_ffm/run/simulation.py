@@ -713,7 +713,7 @@ class Simulation:
             # withheld with the rows' participation (RunWriter.withheld): their sums count the participants
             "bytes_up_total": None if self.privacy.secret_participation else int(sum(r["bytes_up"] for r in self.history)),
             "bytes_down_total": None if self.privacy.secret_participation else int(sum(r["bytes_down"] for r in self.history)),
-            "seconds_total": float(sum(r["seconds"] for r in self.history)),
+            "seconds_total": None if self.privacy.secret_participation else float(sum(r["seconds"] for r in self.history)),
             "privacy": self._privacy_summary(),
             "noise": self.noise_policy.describe(),
             "client_metrics": self.client_metrics_summary(),

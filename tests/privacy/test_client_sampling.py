@@ -180,6 +180,43 @@ def test_who_took_part_stays_out_of_the_published_metrics_when_the_accounting_ne
         assert '"clients": [' not in (out / name).read_text()
 
 
+def test_timings_and_aborts_stay_out_of_the_published_metrics_when_the_sample_is_secret(tmp_path):
+    """An audit read a Poisson round's number of participants off fit_seconds (exactly in 64% of rounds) and rounds too
+    small to unmask off ``aborted``: every timing and the abort go to checkpoints/ with the participation."""
+    out = tmp_path / "dp"
+    Simulation(prepare_run(settings(rounds=2)), out_dir=out).run()
+    for row in read_jsonl(out / "metrics.jsonl"):
+        assert not [k for k in row if k == "seconds" or k.endswith("_seconds") or k == "aborted"], sorted(row)
+    private = read_jsonl(out / "checkpoints" / PARTICIPATION_FILE)
+    assert all({"fit_seconds", "seconds", "aborted", "setup_seconds"} <= set(row) for row in private)
+    assert json.loads((out / "summary.json").read_text())["seconds_total"] is None
+
+
+def test_a_poisson_round_whose_sampled_clients_all_drop_releases_the_noise_alone(tmp_path):
+    """The audit: with every sampled client dropped the round aborted and the model did not move, telling a reader of the
+    released models that the round failed. The noise is applied as for an empty round."""
+    privacy = {"mode": "dp-fedavg", "target_epsilon": 8.0, "accountant": "rdp", "reproducible_noise": True}
+    cfg = settings(per_round=4, rounds=3, seed=2, privacy=privacy)
+    cfg = config_from_dict({**cfg.to_dict(), "secure_aggregation": {"dropout_rate": 0.99}})  # every sampled client drops
+    rows = run_rows(cfg, tmp_path, "dropped")
+    aborted = [i for i, r in enumerate(rows) if r["aborted"] is not None]
+    assert aborted and all(r["clients"] == [] for r in rows)
+    losses = [r["test_loss"] for r in rows]
+    assert len(set(losses)) == len(losses)  # every round moved the model, by noise alone
+
+
+def test_an_empty_rounds_noise_lands_on_the_arrays_in_the_layouts_order(monkeypatch):
+    """After a resume the parameters come back in another order; the empty round's noise must land as in the
+    uninterrupted run (the audit saw 0.72 of difference), so the zero aggregate is built in sorted order."""
+    privacy = {"mode": "dp-fedavg", "target_epsilon": 8.0, "accountant": "rdp"}
+    server = Simulation(prepare_run(settings(rounds=1, privacy=privacy))).server
+    server.parameters = dict(reversed(list(server.parameters.items())))
+    seen = []
+    monkeypatch.setattr(server, "apply", lambda round, aggregate: seen.append(list(aggregate.mean_delta)))
+    assert server.apply_empty(1, {})
+    assert seen == [sorted(server.parameters)]
+
+
 def test_a_run_whose_sample_is_not_secret_publishes_its_participants(tmp_path):
     out = tmp_path / "plain"
     Simulation(prepare_run(settings(rounds=1, privacy={"mode": "none"})), out_dir=out).run()
