@@ -369,6 +369,13 @@ class AggregationProtocol(ABC):
         one whose sums hold whoever arrived (CKKS) has its key holder refuse to decrypt a sum of fewer."""
 
     @classmethod
+    def fewest_to_aggregate(cls, config: Config) -> int:
+        """The fewest participants a round of this protocol can aggregate under ``config`` (1 here: any non-empty round).
+        A Poisson round that samples fewer aborts, an event outside DP-FedAvg's accounting that it must keep negligible
+        (:func:`secure_ffm.privacy.dp_fedavg.small_sample_probability`)."""
+        return 1
+
+    @classmethod
     def smallest_sum(cls, config: Config) -> int:
         """The fewest client inputs a sum released under ``config`` holds: what distributed noise shares are sized for
         (:func:`secure_ffm.privacy.distributed.minimum_shares`). Here every planned participant of a round: a protocol

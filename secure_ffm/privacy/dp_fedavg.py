@@ -96,6 +96,25 @@ class ClipUpdate(UpdateTransform):
         return out
 
 
+SMALL_SAMPLE_DELTA_SHARE = 0.01
+"""Poisson rounds too small to aggregate may add at most this share of δ (else ``auto`` samples fixed-size rounds)."""
+
+
+def small_sample_delta(*, num_clients: int, sample_rate: float, fewest: int, rounds: int, epsilon: float) -> float:
+    """What Poisson rounds too small to aggregate add to δ: ``(1 + e^ε) T p``, with ``p`` the largest chance over
+    neighbouring federations (``n - 1`` or ``n`` clients) that a round samples between 1 and ``fewest - 1`` clients.
+
+    Such a round releases the noise alone where the analysed mechanism releases the sum plus the noise; both coincide
+    unless one of the ``T`` rounds is that small (a union bound gives ``T p``), and a mechanism that equals an
+    (ε, δ)-DP one except on an event of probability at most ``P`` under every input is (ε, δ + (1 + e^ε) P)-DP."""
+    if fewest <= 1 or rounds <= 0:
+        return 0.0
+    from scipy.stats import binom
+
+    p = max(float(binom.cdf(fewest - 1, size, sample_rate) - binom.pmf(0, size, sample_rate)) for size in (num_clients - 1, num_clients))
+    return min(1.0, (1.0 + math.exp(min(epsilon, 700.0))) * rounds * max(p, 0.0))
+
+
 def claimed_participants(claimed: object, *, planned: int) -> int:
     """The m a client's noise share is sized for (σ / √m): the round size the server's instructions claim, at most the one
     the client's own config plans (claiming more would shrink every share), and 1 (the whole noise, never less) when the
@@ -273,6 +292,34 @@ class DPFedAvg(PrivacyMechanism):
                 'use privacy.noise_placement = "server" with Poisson sampling, or server.client_sampling = "fixed"',
             )
         self.poisson_sampling = m < n and (sampling == "poisson" or (sampling == "auto" and p.noise_placement == "server"))
+        self.small_sample_delta = 0.0
+        """δ added by Poisson rounds too small for the protocol to aggregate (:func:`small_sample_delta`)."""
+        if self.poisson_sampling:
+            fewest = PROTOCOLS.get(config.secure_aggregation.protocol, key="secure_aggregation.protocol").fewest_to_aggregate(config)
+            delta = p.delta or accounting.default_delta(n)
+            extra = small_sample_delta(
+                num_clients=n, sample_rate=m / n, fewest=fewest, rounds=planned_federated_rounds(config), epsilon=p.target_epsilon
+            )
+            if extra > SMALL_SAMPLE_DELTA_SHARE * delta:
+                if sampling == "poisson":
+                    raise ConfigError(
+                        "server.client_sampling",
+                        f"a Poisson round of fewer than {fewest} clients cannot be aggregated by "
+                        f"{config.secure_aggregation.protocol!r} and releases the noise alone, outside the accounting; over the run "
+                        f"that adds {extra:.3g} to δ = {delta:.3g}",
+                        'use server.client_sampling = "fixed", more clients per round, or a lower secure_aggregation.threshold',
+                    )
+                log.info(
+                    "server.client_sampling = auto: fixed-size rounds, since Poisson rounds of fewer than %d clients (which %s "
+                    "cannot aggregate) would add %.3g to δ = %.3g",
+                    fewest,
+                    config.secure_aggregation.protocol,
+                    extra,
+                    delta,
+                )
+                self.poisson_sampling = False
+            else:
+                self.small_sample_delta = extra
         """Whether rounds are Poisson samples (each client with probability q): the ledger's mechanism exactly. Otherwise
         exactly m clients a round, which the ledger accounts as Poisson at q = m / n, an approximation (:meth:`client_sampling`)."""
         self.rounds = planned_federated_rounds(config)  # the federated rounds: an FFM run's public units spend nothing
@@ -486,6 +533,7 @@ class DPFedAvg(PrivacyMechanism):
             "sample_rate": self.sample_rate,
             "client_sampling": self.client_sampling(),
             "client_sampling_note": self._sampling_note(),
+            "small_sample_delta": self.small_sample_delta,
             "epsilon_fixed_size_replace_one": self.fixed_size_epsilon(self.user_ledger.history),
             "noise_multiplier": self.noise_multiplier,
             "update_noise_multiplier": self.update_noise_multiplier,

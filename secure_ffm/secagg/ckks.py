@@ -790,6 +790,12 @@ class CKKSProtocol(AggregationProtocol):
         return cls(parameters=parameters, key_holder=config.ckks_key_holder, threshold=config.threshold)
 
     @classmethod
+    def fewest_to_aggregate(cls, config: Config) -> int:
+        """The key holder's minimum: ``secure_aggregation.threshold`` (distributed noise shares, which raise it, are
+        never Poisson-sampled), else 1."""
+        return max(1, int(config.secure_aggregation.threshold))
+
+    @classmethod
     def smallest_sum(cls, config: Config) -> int:
         """``secure_aggregation.threshold``, else every planned participant: any client may drop under CKKS, and the key
         holder refuses a sum of fewer than this (distributed noise shares sized for every participant before 2026-12-07

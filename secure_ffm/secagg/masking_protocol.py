@@ -1113,6 +1113,14 @@ class MaskingProtocol(AggregationProtocol):
         return max(lowest, threshold_protecting(self.round_size, self.neighbours, self.min_sum))
 
     @classmethod
+    def fewest_to_aggregate(cls, config: Config) -> int:
+        """The lowest threshold a client accepts (the configured ``t``, else a strict majority of the planned
+        neighbourhood): a round of fewer survivors cannot be unmasked."""
+        secure = config.secure_aggregation
+        participants = min(config.server.clients_per_round or config.data.num_clients, config.data.num_clients)
+        return int(secure.threshold) or graphs.threshold_range(graphs.neighbourhood_size(participants, secure.neighbours))[0]
+
+    @classmethod
     def smallest_sum(cls, config: Config) -> int:
         """Without a threshold in the config, the strict majority of the planned round (as before 2026-12-07); the
         protocol then raises ``t`` until a server that lies about who survived cannot unmask a sum of fewer

@@ -240,3 +240,36 @@ def run_rows_of(out):
     for row, withheld in zip(rows, read_jsonl(out / "checkpoints" / PARTICIPATION_FILE), strict=True):
         row.update(withheld)
     return rows
+
+
+def test_the_small_sample_delta_is_the_chance_of_a_round_between_one_and_the_fewest_aggregatable():
+    from scipy.stats import binom
+
+    extra = dp_fedavg.small_sample_delta(num_clients=20, sample_rate=0.5, fewest=6, rounds=3, epsilon=2.0)
+    p = max(sum(binom.pmf(k, n, 0.5) for k in range(1, 6)) for n in (19, 20))
+    assert extra == pytest.approx((1 + np.exp(2.0)) * 3 * p, rel=1e-9)
+    assert dp_fedavg.small_sample_delta(num_clients=20, sample_rate=0.5, fewest=1, rounds=3, epsilon=2.0) == 0.0
+
+
+MASKED = {"mode": "dp-fedavg", "target_epsilon": 3.0, "accountant": "rdp"}
+
+
+def masked(**kwargs):
+    cfg = settings(privacy=MASKED, **kwargs)
+    return config_from_dict({**cfg.to_dict(), "secure_aggregation": {"protocol": "masking"}})
+
+
+def test_auto_samples_fixed_size_rounds_where_poisson_rounds_could_be_too_small_to_unmask():
+    """10 of 20 clients under masking: a Poisson round below the strict majority (6) of the planned 10 aborts with
+    probability about 2% a round, far above 1% of δ: the mechanism would not be the one the ledger accounts."""
+    assert mechanism(masked()).client_sampling() == "fixed"
+    with pytest.raises(ConfigError) as raised:
+        mechanism(masked(sampling="poisson"))
+    assert raised.value.key == "server.client_sampling"
+
+
+def test_poisson_rounds_under_masking_stay_where_a_too_small_round_is_negligible():
+    mech = mechanism(masked(clients=200, per_round=100))  # fewer than 51 of a Binomial(199, 1/2): about 1e-12
+    assert mech.client_sampling() == "poisson"
+    assert 0 < mech.small_sample_delta < 0.01 * mech.delta
+    assert mech.ledger({})["small_sample_delta"] == mech.small_sample_delta
