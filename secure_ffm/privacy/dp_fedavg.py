@@ -249,11 +249,16 @@ class DPFedAvg(PrivacyMechanism):
         )
         lines.append(f"noise multiplier z = {plan['noise_multiplier']:.4f} (updates: {plan['update_noise_multiplier']:.4f})")
         lines.append(f"ε reached: {plan['epsilon']:.4f}; noise std on the mean update per coordinate: {plan['noise_std_on_mean']:.4g}")
-        if plan.get("min_shares"):
+        if plan.get("min_shares") and self.hides_updates:
             more = math.sqrt(plan["participants"] / plan["min_shares"])
             lines.append(
                 f"clients' noise shares: any {plan['min_shares']} carry the full noise (no sum of fewer is released; "
                 f"a round of all {plan['participants']} carries {more:.3f}x the planned noise)"
+            )
+        elif plan.get("min_shares"):
+            lines.append(
+                f"clients' noise shares: all {plan['min_shares']} carry the full noise; without secure aggregation a round "
+                "with dropped or rejected clients releases less (the server sees each update under its own share)"
             )
         if plan.get("epsilon_fixed_size_replace_one") is not None:
             lines.append(
@@ -582,6 +587,8 @@ class DPFedAvg(PrivacyMechanism):
         noise (distributed DP under secure aggregation) that is the guarantee the server cannot break. The shares are
         sized for the fewest a sum the server learns holds (:func:`~secure_ffm.privacy.distributed.minimum_shares`):
         masking's threshold keeps a lying server from unmasking fewer, CKKS's key holder decrypts no sum of fewer.
+        Without secure aggregation the shares are sized for every participant, and a round with dropped or rejected
+        clients releases a sum missing their shares (under-noised), which neither figure accounts for.
 
         Without a protocol that hides single updates (``secure_aggregation.protocol = "none"``) the server reads each
         client's update under that client's own share alone, N(0, (zC)² / m): the figure is then the Gaussian
@@ -639,6 +646,7 @@ class DPFedAvg(PrivacyMechanism):
             "noise_multiplier": self.noise_multiplier,
             "update_noise_multiplier": self.update_noise_multiplier,
             "planned_rounds": self.rounds_planned,
+            "client_sampling": self.client_sampling(),
             "participations": {str(k): v for k, v in sorted(self.participations.items())},
             # the server's own secret, so a resumed run draws the same noise; only in its checkpoint
             "noise_secret": self.server_randomness.secret.hex() if self.noise_policy.reproducible_seed is None else None,
@@ -653,6 +661,21 @@ class DPFedAvg(PrivacyMechanism):
             self.noise_multiplier = float(state.get("noise_multiplier", self.noise_multiplier))
             self.update_noise_multiplier = float(state.get("update_noise_multiplier", self.update_noise_multiplier))
             self.rounds_planned = int(state.get("planned_rounds", self.rounds_planned))
+            sampled = state.get("client_sampling")
+            if sampled is not None and sampled != self.client_sampling() and self.sample_rate < 1:
+                # auto decides from the run's rounds (small_sample_delta): a resume with other rounds must not switch the
+                # rounds still to come to a mechanism that the ledger's first rounds did not use
+                why = (
+                    f"Poisson rounds too small to aggregate would add more than {SMALL_SAMPLE_DELTA_SHARE:.0%} of δ over these rounds"
+                    if sampled == "poisson"
+                    else "server.client_sampling = auto picks Poisson rounds for these rounds"
+                )
+                keep = "fewer rounds" if sampled == "poisson" else 'server.client_sampling = "fixed"'
+                raise ConfigError(
+                    "server.rounds",
+                    f"the run's first rounds were {sampled} samples of clients, its next would be {self.client_sampling()} ({why})",
+                    f"resume with {keep}, or start a new run",
+                )
             self.participations = {int(k): int(v) for k, v in state.get("participations", {}).items()}
             for share in self._shares:
                 share.noise_multiplier = self.update_noise_multiplier

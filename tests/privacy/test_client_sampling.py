@@ -273,3 +273,21 @@ def test_poisson_rounds_under_masking_stay_where_a_too_small_round_is_negligible
     assert mech.client_sampling() == "poisson"
     assert 0 < mech.small_sample_delta < 0.01 * mech.delta
     assert mech.ledger({})["small_sample_delta"] == mech.small_sample_delta
+
+
+def test_a_resume_that_would_switch_the_sampling_of_the_rounds_to_come_is_refused():
+    """auto decides from the run's rounds: a checkpoint of Poisson rounds resumed where auto now picks fixed-size ones
+    (a reviewer's run: 100 clients, 1 round Poisson, resumed with 2 rounds as fixed-size) is refused naming the rounds."""
+    fixed = mechanism(masked())
+    state = fixed.state_dict()
+    assert state["client_sampling"] == "fixed"
+    fixed.load_state_dict(state)  # the same sampling resumes
+    with pytest.raises(ConfigError) as raised:
+        fixed.load_state_dict({**state, "client_sampling": "poisson"})
+    assert raised.value.key == "server.rounds" and "poisson samples" in str(raised.value)
+
+
+def test_the_plan_claims_no_smallest_sum_without_secure_aggregation():
+    plain = mechanism(settings(privacy={"mode": "dp-fedavg", "target_epsilon": 3.0, "noise_placement": "clients"}))
+    text = plain.format_plan(plain.plan())
+    assert "no sum of fewer is released" not in text and "releases less" in text
