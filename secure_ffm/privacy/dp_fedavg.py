@@ -183,6 +183,30 @@ class CentralGaussianNoise(AggregateStep):
         return aggregate.replace(mean_delta=mean, mean_statistics=stats)
 
 
+class TopUpMissingShares(AggregateStep):
+    """Client-placed noise without secure aggregation: the server adds, from its own secret, the shares of the planned
+    participants whose update did not arrive (dropped, declined or rejected), so that the released sum carries the
+    whole noise N(0, σ²) the ledger counts. Each share is N(0, σ² / m); ``m - k`` are missing when ``k`` arrived.
+
+    Under masking or CKKS the server never sees a single update and the shares are sized for the smallest sum it can
+    learn instead (:func:`~secure_ffm.privacy.distributed.minimum_shares`); without them it sees each update under its
+    own share, and until 2026-12-07 a round with a dropout released an under-noised sum."""
+
+    def __init__(self, mechanism: DPFedAvg) -> None:
+        self.mechanism = mechanism
+
+    def __call__(self, round: int, aggregate: Aggregate) -> Aggregate:
+        mech = self.mechanism
+        m, k = mech.participants, aggregate.num_clients
+        if k >= m or k <= 0:
+            return aggregate
+        missing = math.sqrt((m - k) / m)
+        rng = mech.noise_stream(round)  # the server's central stream, unused with client-placed noise
+        mean = add_gaussian_noise(aggregate.mean_delta, mech.update_noise_multiplier * mech.clip_norm * missing / k, rng)
+        stats = add_gaussian_noise(aggregate.mean_statistics, mech.count_std(m) * missing / k, rng) if aggregate.mean_statistics else {}
+        return aggregate.replace(mean_delta=mean, mean_statistics=stats)
+
+
 MAX_CLIP_LOG_STEP = 10.0
 """Most that adaptive clipping's geometric step moves log C in one round (a factor of about 22,000). With Andrew et al.'s
 η = 0.2 and σ_b = m/20 a step is about 0.1 (|b - γ| stays near 1 or below); only settings far beyond them reach it, and
@@ -257,8 +281,8 @@ class DPFedAvg(PrivacyMechanism):
             )
         elif plan.get("min_shares"):
             lines.append(
-                f"clients' noise shares: all {plan['min_shares']} carry the full noise; without secure aggregation a round "
-                "with dropped or rejected clients releases less (the server sees each update under its own share)"
+                f"clients' noise shares: all {plan['min_shares']} carry the full noise; without secure aggregation the server "
+                "sees each update under its own share and adds the shares of clients whose update is missing"
             )
         if plan.get("epsilon_fixed_size_replace_one") is not None:
             lines.append(
@@ -498,6 +522,8 @@ class DPFedAvg(PrivacyMechanism):
         steps: list[AggregateStep] = self.decoding_steps()
         if self.config.privacy.noise_placement == "server":
             steps.append(CentralGaussianNoise(self))
+        elif not self.hides_updates:
+            steps.append(TopUpMissingShares(self))
         if self.config.privacy.adaptive_clipping:
             steps.append(AdaptClipNorm(self))
         return steps
@@ -587,8 +613,8 @@ class DPFedAvg(PrivacyMechanism):
         noise (distributed DP under secure aggregation) that is the guarantee the server cannot break. The shares are
         sized for the fewest a sum the server learns holds (:func:`~secure_ffm.privacy.distributed.minimum_shares`):
         masking's threshold keeps a lying server from unmasking fewer, CKKS's key holder decrypts no sum of fewer.
-        Without secure aggregation the shares are sized for every participant, and a round with dropped or rejected
-        clients releases a sum missing their shares (under-noised), which neither figure accounts for.
+        Without secure aggregation the shares are sized for every participant, and the server adds the shares of
+        clients whose update is missing (:class:`TopUpMissingShares`), so the released sum carries the whole noise.
 
         Without a protocol that hides single updates (``secure_aggregation.protocol = "none"``) the server reads each
         client's update under that client's own share alone, N(0, (zC)² / m): the figure is then the Gaussian

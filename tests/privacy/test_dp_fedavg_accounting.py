@@ -192,3 +192,17 @@ def test_distributed_dp_sgd_rows_with_non_finite_values_contribute_nothing():
         clipped = clip_rows(rows.copy(), 1.0, sizes=sizes)
         assert np.isfinite(clipped).all() and not clipped[1:].any()
         assert np.linalg.norm(clipped[0]) == pytest.approx(1.0)
+
+
+def test_without_secure_aggregation_the_server_tops_up_the_shares_of_clients_whose_update_is_missing():
+    """4 planned participants, 3 updates arrived: the sum lacks one share N(0, σ²/4); the server adds it from its own
+    secret, so the mean carries σ/3 in all (until 2026-12-07 it released σ sqrt(3/4)/3)."""
+    mech = mechanism({"mode": "dp-fedavg", "target_epsilon": 3.0, "noise_placement": "clients", "clip_norm": 0.5})
+    (top_up,) = [step for step in mech.aggregate_steps() if isinstance(step, dp_fedavg.TopUpMissingShares)]
+    m = mech.participants
+    zeros = Aggregate({"w": np.zeros(200_000)}, m - 1, m - 1)
+    noised = top_up(1, zeros).mean_delta["w"]
+    expected = mech.update_noise_multiplier * 0.5 * np.sqrt(1 / m) / (m - 1)
+    assert np.std(noised) == pytest.approx(expected, rel=0.01)
+    complete = Aggregate({"w": np.zeros(10)}, m, m)
+    assert np.array_equal(top_up(1, complete).mean_delta["w"], np.zeros(10))
