@@ -1006,6 +1006,11 @@ class Config:
                 "drop classes from the stages, or train a classifier",
             )
 
+    @property
+    def round_size(self) -> int:
+        """The participants a round plans: ``server.clients_per_round``, at most (and by default) ``data.num_clients``."""
+        return min(self.server.clients_per_round or self.data.num_clients, self.data.num_clients)
+
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """Every section as a table; ``[public_data]`` with its own keys only, and optional sections left out when absent."""
         document = {f.name: _section_to_dict(getattr(self, f.name)) for f in fields(self) if f.name not in OPTIONAL_SECTIONS}

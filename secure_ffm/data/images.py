@@ -141,11 +141,8 @@ def image_splits(
             f"the train and test images of {name!r} differ in shape ({train_x.shape[1:]} and {test_x.shape[1:]})",
             "set data.image_size to resize both, and give both splits the same colour mode",
         )
-    normalization = (
-        normalization_of(train_x, repr(name))
-        if config.image_normalization == "training"
-        else ImageNormalization(mean=(0.5,) * channels_of(train_x), std=(0.5,) * channels_of(train_x))
-    )
+    half = (0.5,) * channels_of(train_x)
+    normalization = normalization_of(train_x, repr(name)) if config.image_normalization == "training" else ImageNormalization(half, half)
     logger.info(
         "read %s: %d train, %d test images of shape %s, %d classes", name, len(train_y), len(test_y), train_x.shape[1:], len(class_names)
     )

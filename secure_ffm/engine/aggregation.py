@@ -372,7 +372,7 @@ class AggregationProtocol(ABC):
     def fewest_to_aggregate(cls, config: Config) -> int:
         """The fewest participants a round of this protocol can aggregate under ``config`` (1 here: any non-empty round).
         A Poisson round that samples fewer aborts, an event outside DP-FedAvg's accounting that it must keep negligible
-        (:func:`secure_ffm.privacy.dp_fedavg.small_sample_probability`)."""
+        (:func:`secure_ffm.privacy.dp_fedavg.small_sample_delta`)."""
         return 1
 
     @classmethod
@@ -381,7 +381,7 @@ class AggregationProtocol(ABC):
         (:func:`secure_ffm.privacy.distributed.minimum_shares`). Here every planned participant of a round: a protocol
         that shows the server each input protects only the released model with shares (the server sees each update
         under its own share: ``epsilon_against_server``)."""
-        return min(config.server.clients_per_round or config.data.num_clients, config.data.num_clients)
+        return config.round_size
 
     def use_integer_values(self) -> None:
         """Sum integer-valued updates exactly from now on; only protocols with :attr:`supports_integer_values`."""

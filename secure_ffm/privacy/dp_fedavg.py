@@ -444,7 +444,7 @@ class DPFedAvg(PrivacyMechanism):
         do, an approximation (fixed-size sampling pairs with replace-one neighbours; docs/threat_model.md)."""
         return "poisson" if self.poisson_sampling else "fixed"
 
-    def fixed_size_epsilon(self, history: Sequence[Any]) -> float | None:
+    def fixed_size_epsilon(self, history: Sequence[tuple[float, float, int]]) -> float | None:
         """Under fixed-size rounds (exactly m of n clients, q = m / n < 1), the bound that holds for them: Wang, Balle &
         Kasiviswanathan's subsampling without replacement, replace-one neighbours
         (:mod:`secure_ffm.privacy.without_replacement`), composed over ``history``'s ``(z, q, rounds)`` entries. None
@@ -453,8 +453,7 @@ class DPFedAvg(PrivacyMechanism):
             return None
         from secure_ffm.privacy.without_replacement import fixed_size_epsilon
 
-        entries = [tuple(entry.as_opacus()) if hasattr(entry, "as_opacus") else tuple(entry) for entry in history]
-        return fixed_size_epsilon(entries=entries, delta=self.delta)
+        return fixed_size_epsilon(entries=history, delta=self.delta)
 
     def _sampling_note(self) -> str:
         if self.sample_rate >= 1:
@@ -565,7 +564,7 @@ class DPFedAvg(PrivacyMechanism):
             "client_sampling": self.client_sampling(),
             "client_sampling_note": self._sampling_note(),
             "small_sample_delta": self.small_sample_delta,
-            "epsilon_fixed_size_replace_one": self.fixed_size_epsilon(self.user_ledger.history),
+            "epsilon_fixed_size_replace_one": self.fixed_size_epsilon([entry.as_opacus() for entry in self.user_ledger.history]),
             "noise_multiplier": self.noise_multiplier,
             "update_noise_multiplier": self.update_noise_multiplier,
             "clip_norm": p.clip_norm,

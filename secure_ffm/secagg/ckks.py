@@ -800,14 +800,14 @@ class CKKSProtocol(AggregationProtocol):
         """``secure_aggregation.threshold``, else every planned participant: any client may drop under CKKS, and the key
         holder refuses a sum of fewer than this (distributed noise shares sized for every participant before 2026-12-07
         left a round with dropouts under-noised: its variance scaled with the survivors)."""
-        participants = min(config.server.clients_per_round or config.data.num_clients, config.data.num_clients)
+        participants = config.round_size
         return min(int(config.secure_aggregation.threshold), participants) if config.secure_aggregation.threshold else participants
 
     @classmethod
     def check_config(cls, config: Config) -> None:
         """A CKKS threshold is the fewest contributions the key holder decrypts: at most a round's participants."""
         threshold = config.secure_aggregation.threshold
-        participants = min(config.server.clients_per_round or config.data.num_clients, config.data.num_clients)
+        participants = config.round_size
         if threshold > participants:
             raise ConfigError(
                 "secure_aggregation.threshold",

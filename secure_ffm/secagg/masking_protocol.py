@@ -1117,8 +1117,7 @@ class MaskingProtocol(AggregationProtocol):
         """The lowest threshold a client accepts (the configured ``t``, else a strict majority of the planned
         neighbourhood): a round of fewer survivors cannot be unmasked."""
         secure = config.secure_aggregation
-        participants = min(config.server.clients_per_round or config.data.num_clients, config.data.num_clients)
-        return int(secure.threshold) or graphs.threshold_range(graphs.neighbourhood_size(participants, secure.neighbours))[0]
+        return int(secure.threshold) or graphs.threshold_range(graphs.neighbourhood_size(config.round_size, secure.neighbours))[0]
 
     @classmethod
     def smallest_sum(cls, config: Config) -> int:
@@ -1129,12 +1128,10 @@ class MaskingProtocol(AggregationProtocol):
         2026-12-07, when an audit summed 4 honest clients' inputs of 10 with ``t = 6``: the noise was then 0.82 of the
         claimed). Under SecAgg+ (``neighbours > 0``) the configured ``t`` or a neighbourhood's majority, a guarantee that
         needs an honest-but-curious server (docs/threat_model.md)."""
-        secure = config.secure_aggregation
-        participants = min(config.server.clients_per_round or config.data.num_clients, config.data.num_clients)
-        full = graphs.uses_full_graph(participants, secure.neighbours)
-        if secure.threshold:
-            return graphs.isolatable_sum(participants, min(int(secure.threshold), participants)) if full else int(secure.threshold)
-        return graphs.threshold_range(graphs.neighbourhood_size(participants, secure.neighbours))[0]
+        secure, participants = config.secure_aggregation, config.round_size
+        if secure.threshold and graphs.uses_full_graph(participants, secure.neighbours):
+            return graphs.isolatable_sum(participants, min(int(secure.threshold), participants))
+        return cls.fewest_to_aggregate(config)  # the configured t (SecAgg+), or the strict majority
 
     @classmethod
     def from_config(cls, config: SecureAggregationConfig, *, seed: int) -> MaskingProtocol:
