@@ -402,13 +402,37 @@ def observe_config(
         indices[client] = _batch_indices(prepared, client, case.batch_size, seed, sample)
         batches.append(model.make_batch(prepared.encoded, indices[client]))
     global_parameters = model.get_trainable()
-    observed = _server_view(
-        prepared, participants, indices, setup, kind=kind, global_parameters=global_parameters, seed=seed, sample=sample, replay=replay
+    # A gradient is observed as a one-step update at learning rate max(1, lr), read back as -delta / rate: at a rate
+    # of 1 or more the float32 delta keeps the gradient's precision, and a transform that acts on the update's scale
+    # (DP-FedAvg's clipping and noise, l2-clip, gaussian-noise) sees an update at least as large as the client's own
+    # (lr * gradient), so its signal-to-noise ratio is never below the real one: the audit never understates it. A
+    # mechanism's replay (distributed DP-SGD) decodes its noisy gradient sum as a step at rate 1.
+    rate = (1.0 if replay is not None else max(1.0, setup.learning_rate)) if kind == "gradient" else setup.learning_rate
+    delta = _server_view(
+        prepared,
+        participants,
+        indices,
+        replace(setup, learning_rate=rate),
+        global_parameters=global_parameters,
+        seed=seed,
+        sample=sample,
+        replay=replay,
     )
     model.set_trainable(global_parameters)
+    if secure:
+        # the server sees the mean of the participants' deltas; every attack reads an aggregate as -delta / (rate *
+        # steps), so the observation is the delta itself with the rate it was made at. The attacker knows each
+        # client's example count and reconstructs every example in the sum: for one step the example-weighted mean
+        # of the clients' mean gradients is the mean gradient of their union, exactly one batch of all of them.
+        observed = delta
+        setup = replace(setup, learning_rate=rate, num_examples=sum(len(indices[c]) for c in participants))
+    elif kind == "gradient":
+        observed = {k: -v / rate for k, v in delta.items()}
+    else:
+        observed = delta
     observation = _observation(
         model,
-        batches[0],
+        Batch(stack_inputs(batches), torch.cat([b.labels for b in batches])) if secure else batches[0],
         observes="aggregate" if secure else ("update" if kind == "update" else "gradient"),
         knows_labels=case.knows_labels,
         setup=setup,
@@ -436,20 +460,18 @@ def _server_view(
     indices: Mapping[int, np.ndarray],
     setup: TrainingSetup,
     *,
-    kind: str,
     global_parameters: NamedArrays,
     seed: int,
     sample: int,
     replay: AuditReplay | None = None,
 ) -> NamedArrays:
     """One round of the engine (orchestrator, in-process transport, FederatedClient, UpdatePipeline, the protocol's
-    stages) in which each participant's data is its audit batch; returns what the server learns: the aggregate of
-    the participants' updates (one participant: its own update), as a gradient for ``kind == "gradient"``. A
-    mechanism's own ``replay`` (distributed DP-SGD) supplies the clients' trainer and the server's decoding steps.
+    stages) in which each participant's data is its audit batch, trained as ``setup`` says; returns what the server
+    learns: the mean of the participants' deltas (one participant: its own delta). A mechanism's own ``replay``
+    (distributed DP-SGD) supplies the clients' trainer and the server's decoding steps (a step at learning rate 1).
 
-    A gradient is observed as a one-step update at learning rate 1 (``-delta``). The clients' randomness (DP noise,
-    defenses, stochastic rounding) is seeded from ``(seed, sample)``: the audit is reproducible, and each batch of
-    a many-batch audit gets fresh draws.
+    The clients' randomness (DP noise, defenses, stochastic rounding) is seeded from ``(seed, sample)``: the audit is
+    reproducible, and each batch of a many-batch audit gets fresh draws.
     """
     config = prepared.config
     mechanism = prepared.mechanism
@@ -466,15 +488,12 @@ def _server_view(
     # the run's clients' own rules; the audit's server decodes no loss from the aggregate, so none travels in it
     rules = replace(ClientRules.of(config, mechanism=type(mechanism), protocol=type(protocol)), aggregated_loss=None)
 
-    # a gradient is a one-step update at learning rate 1, read back as -delta
-    trained = replace(setup, learning_rate=1.0) if kind == "gradient" else setup
-
     def make_client(client_id: int) -> FederatedClient:
         trainer = (
             replay.trainer
             if replay is not None
             else AuditCaseTrainer(
-                trained,
+                setup,
                 noise_multiplier=prepared.dp_noise.get(client_id) if prepared.dp_noise else None,
                 max_grad_norm=config.privacy.max_grad_norm,
                 grad_sample_mode=grad_sample_mode,
@@ -531,10 +550,7 @@ def _server_view(
     aggregate = view.aggregate
     for step in decoding:  # the view is the protocol's sum; the server reads it in real units (discrete shares' γ)
         aggregate = step(1, aggregate)
-    observed = {k: np.asarray(v, dtype=np.float32) for k, v in aggregate.mean_delta.items()}
-    if kind == "gradient":
-        observed = {k: -v for k, v in observed.items()}
-    return observed
+    return {k: np.asarray(v, dtype=np.float32) for k, v in aggregate.mean_delta.items()}
 
 
 # --------------------------------------------------------------------------- scoring and outputs

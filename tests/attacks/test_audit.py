@@ -8,6 +8,7 @@ import pytest
 
 from attacks.audit import AuditCase, audit_config, observe_config, prepare_case
 from attacks.base import Budget
+from attacks.text import estimated_gradient
 from secure_ffm.config import config_from_dict
 from secure_ffm.errors import ConfigError
 from secure_ffm.run.cli import main
@@ -55,6 +56,40 @@ def test_secure_aggregation_observation_is_the_aggregate_of_several_clients(prep
     plain, _ = observe_config(prepared, AuditCase(batch_size=1))
     differences = [np.max(np.abs(observation.observed[k] - plain.observed[k])) for k in plain.observed]
     assert max(differences) > 1e-3  # the target's own gradient is not what the server sees
+
+
+def test_a_secure_aggregate_is_read_by_every_attack_as_the_mean_gradient_of_all_examples_in_the_sum():
+    # until 2026-12-07 the aggregate of one-step audits was stored as the gradient but read as a delta: every attack
+    # matched -gradient / lr (sign flipped, 1/lr too large) and iDLG's labels came out wrong
+    from attacks.case import batch_gradient
+    from attacks.labels import infer_labels
+    from attacks.objectives import matching_target
+    from secure_ffm.models.base import Batch
+
+    masked = prepare_case(cnn(secure_aggregation={"protocol": "masking", "clip_range": 2.0}))
+    observation, truth = observe_config(masked, AuditCase(batch_size=1, num_clients=3))
+    assert observation.threat_model.observes == "aggregate" and observation.setup.num_examples == 3  # every example in the sum
+    assert observation.labels is None and len(truth.labels) == 3
+    masked.model.set_trainable(observation.parameters)
+    union = batch_gradient(masked.model, Batch(truth.inputs, truth.labels))
+    # within the masking's fixed-point quantization (about 1e-5 a coordinate here)
+    for read in (estimated_gradient(observation), matching_target(observation, local_steps=False)):
+        for name, value in union.items():
+            np.testing.assert_allclose(read[name].numpy(), value, atol=1e-4)
+    assert sorted(infer_labels(observation).tolist()) == sorted(truth.labels.tolist())
+
+
+@pytest.mark.parametrize(("lr", "rate"), [(0.1, 1.0), (4.0, 4.0)])
+def test_a_defense_that_acts_on_the_updates_scale_sees_an_update_at_least_as_large_as_the_clients(prepared, lr, rate):
+    # the gradient is observed as a one-step update at learning rate max(1, lr): clipping it never makes the audited
+    # signal smaller than the client's own update would be (at lr = 4 the update is 4 g; until 2026-12-07 the audit
+    # clipped g and so understated what a server sees through the clip)
+    plain, _ = observe_config(prepared, AuditCase(batch_size=2))
+    norm = lambda arrays: float(np.sqrt(sum(np.sum(np.asarray(v, dtype=np.float64) ** 2) for v in arrays.values())))  # noqa: E731
+    clip = 0.5 * norm(plain.observed)  # at rate 1 the update (the gradient) is clipped to half its norm
+    clipped = prepare_case(cnn(client={"batch_size": 2, "lr": lr}, defense={"names": ["l2-clip"], "clip_norm": clip}))
+    observation, _ = observe_config(clipped, AuditCase(batch_size=2))
+    assert norm(observation.observed) == pytest.approx(clip / rate, rel=1e-4)  # the update clipped to clip, read back / rate
 
 
 def test_dp_sgd_observation_is_clipped_and_noised(prepared):
@@ -378,7 +413,8 @@ def _clipped_mean_and_residual(prepared, observation, truth, clip: float):
         scale = min(1.0, clip / float(np.sqrt(sum(np.sum(g**2) for g in grads.values()))))
         total = {k: scale * g + (0 if total is None else total[k]) for k, g in grads.items()}
     mean = {k: v / len(truth.labels) for k, v in total.items()}
-    residual = {k: observation.observed[k].astype(np.float64) - mean[k] for k in mean}
+    seen = estimated_gradient(observation)  # the gradient every attack reads the observation as
+    residual = {k: seen[k].numpy().astype(np.float64) - mean[k] for k in mean}
     return mean, residual
 
 

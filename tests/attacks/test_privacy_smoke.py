@@ -1,10 +1,13 @@
-"""The privacy smoke test: one setup, one attack; it succeeds on the undefended gradient and
-loses clearly under strong DP-SGD noise and under secure aggregation.
+"""The privacy smoke test: one setup, one attack; it succeeds on the undefended gradient, loses clearly under
+strong DP-SGD noise, and still sees through secure aggregation of single-example gradients.
 
 Fashion-MNIST CNN, client 0's first example (batch 1), Inverting Gradients with 200
 iterations, each case built by the audit driver from a training config exactly as a sweep does.
-Measured here (seed 0, 300 iterations): undefended 17.9 dB / SSIM 0.69; DP-SGD ε=1 7.9 dB /
-SSIM 0.06; masking over 8 clients 13.4 dB / SSIM 0.26.
+Measured here (seed 0, 200 iterations, 2026-12-07): undefended 16.5 dB / SSIM 0.66; under masking, the
+aggregate of 2, 4 and 8 clients' single-example gradients (every example in the sum reconstructed) 13.4 / 14.4 /
+14.0 dB, SSIM 0.38 / 0.51 / 0.41: a sum of 8 examples is a batch of 8 to the attack, and secure aggregation alone
+does not hide them. (Until 2026-12-07 the audit matched the aggregate with its sign flipped and this test asserted
+that masking defeated the attack.)
 """
 
 import pytest
@@ -36,9 +39,12 @@ def test_strong_dp_sgd_noise_defeats_it(undefended):
     assert noised.metrics["ssim"] <= 0.2
 
 
-def test_secure_aggregation_defeats_it(undefended):
+def test_secure_aggregation_of_single_example_gradients_does_not_hide_them(undefended):
     config = cnn(secure_aggregation={"protocol": "masking", "clip_range": 2.0})
     aggregated = audit_config(config, case=AuditCase(batch_size=1), attack="inverting-gradients", budget=BUDGET, seed=0)
     assert aggregated.threat_model["observes"] == "aggregate"
-    assert aggregated.metrics["psnr"] <= undefended.metrics["psnr"] - 3.0
-    assert aggregated.metrics["ssim"] <= undefended.metrics["ssim"] / 2
+    assert len(aggregated.per_sample) == 8  # one reconstruction per example in the sum, each paired with an original
+    assert sorted(s["truth_index"] for s in aggregated.per_sample) == list(range(8))
+    # less than from one client's own gradient, but far from hidden: SSIM 0.41 against 0.66 measured
+    assert aggregated.metrics["psnr"] <= undefended.metrics["psnr"]
+    assert aggregated.metrics["ssim"] >= 0.25

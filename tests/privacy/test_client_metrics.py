@@ -109,6 +109,7 @@ def test_dp_fedavg_never_sends_the_norm_before_clipping(tmp_path):
     config = tiny(privacy={"mode": "dp-fedavg", "target_epsilon": 8.0, "noise_placement": "clients"})
     messages, _, _, _ = run(config, tmp_path)
     assert messages and not any("update_norm" in m.metrics or "train_loss" in m.metrics for m in messages)
+    assert all(set(m.metrics) <= PUBLIC_CLIENT_METRICS for m in messages), [m.metrics for m in messages]
 
 
 @pytest.mark.parametrize("protocol", ["masking", "ckks"])
@@ -117,6 +118,7 @@ def test_secure_aggregation_without_dp_sends_the_loss_only_inside_the_sum(protoc
     decoded from the aggregate equals the mean of the losses the same clients report in the clear with "all"."""
     hidden_messages, hidden, summary, _ = run(tiny(secure_aggregation={"protocol": protocol}), tmp_path / "hidden")
     assert hidden_messages and not any("train_loss" in m.metrics for m in hidden_messages)
+    assert all(set(m.metrics) <= PUBLIC_CLIENT_METRICS for m in hidden_messages), [m.metrics for m in hidden_messages]
     assert "mean" in summary["client_metrics"]["train_loss"]
     _, clear, _, _ = run(tiny(privacy={"client_metrics": "all"}, secure_aggregation={"protocol": protocol}), tmp_path / "clear")
     # round 1 trains the same initial model on the same batches in both runs
@@ -129,6 +131,7 @@ def test_a_masked_run_with_dp_sends_no_loss_at_all(tmp_path):
         tiny(privacy={"mode": "dp-fedavg", "noise_placement": "clients"}, secure_aggregation={"protocol": "masking"}), tmp_path
     )
     assert messages and not any("train_loss" in m.metrics for m in messages)
+    assert all(set(m.metrics) <= PUBLIC_CLIENT_METRICS for m in messages), [m.metrics for m in messages]
     assert all(row["train_loss"] is None for row in rows) and "train_loss" not in summary["client_metrics"]
 
 

@@ -206,3 +206,34 @@ def test_without_secure_aggregation_the_server_tops_up_the_shares_of_clients_who
     assert np.std(noised) == pytest.approx(expected, rel=0.01)
     complete = Aggregate({"w": np.zeros(10)}, m, m)
     assert np.array_equal(top_up(1, complete).mean_delta["w"], np.zeros(10))
+
+
+def test_under_ckks_each_client_adds_its_share_of_the_count_noise_to_the_unclipped_statistic():
+    """With client-placed noise under CKKS the server decrypts the sum of the statistics, so each client's share must
+    carry σ_b / √m of the count's noise: any m of them add up to the σ_b the ledger counts."""
+    from secure_ffm.privacy.distributed import minimum_shares
+    from secure_ffm.privacy.noise import PrivateRandomness
+
+    privacy = {**ADAPTIVE, "noise_placement": "clients"}
+    mech = mechanism(privacy, protocol="ckks")
+    m = minimum_shares(config(privacy, protocol="ckks"))
+    clip, share = mech.client_transforms()
+    assert type(share).__name__ == "GaussianNoiseShare"
+    noise = []
+    for client in range(400):
+        randomness = PrivateRandomness(bytes([client % 256, client // 256]) * 16)
+        context = TransformContext(
+            round=1,
+            client_id=client,
+            rng=np.random.default_rng(client),
+            global_parameters={},
+            config={"clip_norm": 1.0, "participants": PER_ROUND},
+            randomness=randomness,
+        )
+        clipped = clip(ClientUpdate(client, 1, {"w": np.full(4, 0.1, dtype=np.float32)}, 10), context)
+        sent = share(clipped, context)
+        noise.append(float(sent.statistics[dp_fedavg.UNCLIPPED][0] - clipped.statistics[dp_fedavg.UNCLIPPED][0]))
+    expected = mech.count_std(PER_ROUND) / math.sqrt(m)
+    # 400 draws: the sample std lies within about 3.5 / √(2 · 400) = 12% of the true one
+    assert np.std(noise) == pytest.approx(expected, rel=0.15)
+    assert abs(np.mean(noise)) < 4 * expected / math.sqrt(400)
