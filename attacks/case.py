@@ -93,7 +93,8 @@ def observe(
     the target's and ``other_clients``' local updates (each trained with ``setup``'s steps and
     learning rate), as secure aggregation reveals it, and the
     ground truth holds every client's examples (target first): a reconstruction of anyone's
-    example counts as leakage.
+    example counts as leakage. The observation's ``setup.num_examples`` is then every example in the sum (the server
+    knows each client's count), so an attack reconstructs all of them.
     """
     setup = setup or TrainingSetup(num_examples=len(batch))
     if setup.num_examples != len(batch):
@@ -120,8 +121,10 @@ def observe(
             total += len(other)
             truth_batches.append(other)
         observed = {k: (v / total).astype(np.float32) for k, v in sums.items()}
+        # the server knows every client's example count: the attack reconstructs every example in the sum (for one
+        # full-batch step the example-weighted mean of the clients' updates is exactly one update over their union)
         setup = TrainingSetup(
-            num_examples=setup.num_examples,
+            num_examples=int(total),
             local_steps=setup.local_steps,
             local_batch_size=setup.local_batch_size,
             learning_rate=setup.learning_rate,
@@ -130,7 +133,13 @@ def observe(
     kind = data_kind(model)
     first = next(iter(batch.inputs.values()))
     input_shape = tuple(first.shape[1:])
-    extras = {k: v.clone() for k, v in batch.inputs.items() if k != "pixels" and k != "input_ids"}
+    truth = GroundTruth(
+        inputs=stack_inputs(truth_batches),
+        labels=torch.cat([b.labels for b in truth_batches]),
+        texts=list(texts) if texts is not None else None,
+    )
+    attacked = batch if threat_model.observes != "aggregate" else Batch(truth.inputs, truth.labels)  # every example in the sum
+    extras = {k: v.clone() for k, v in attacked.inputs.items() if k != "pixels" and k != "input_ids"}
     observation = Observation(
         threat_model=threat_model,
         setup=setup,
@@ -139,13 +148,8 @@ def observe(
         observed=observed,
         data_kind=kind,
         input_shape=input_shape,
-        labels=batch.labels.clone() if threat_model.knows_labels else None,
+        labels=attacked.labels.clone() if threat_model.knows_labels else None,
         extras=extras,
-    )
-    truth = GroundTruth(
-        inputs=stack_inputs(truth_batches),
-        labels=torch.cat([b.labels for b in truth_batches]),
-        texts=list(texts) if texts is not None else None,
     )
     return observation, truth
 

@@ -73,7 +73,9 @@ def test_secure_aggregation_of_eight_clients_defeats_idlg(test_images: LabeledDa
     single = score_images(attack("idlg", alone, 200), alone_truth)["mean"]["psnr"]
     aggregate = score_images(attack("idlg", mixed, 200), mixed_truth)["mean"]["psnr"]
     assert single >= 30.0  # measured 54.5 dB
-    assert aggregate <= single - 10.0  # measured 6.0 dB against the best-matching of the 8 images
+    # measured 11.1 dB (SSIM 0.29, labels exact) reconstructing all 8 examples of the sum; 6.0 dB when the attack
+    # reconstructed the target's example alone (before 2026-12-07)
+    assert aggregate <= single - 10.0
     assert aggregate <= 15.0
 
 
