@@ -600,6 +600,15 @@ class SecureAggregationConfig:
     ckks_key_holder: str = "clients"
     """ckks: who holds the secret key: ``clients`` (a key shared by all clients, as NVIDIA FLARE does) or
     ``authority`` (a separate key authority that decrypts only aggregates); see docs/threat_model.md."""
+    signatures: bool = False
+    """masking: Bonawitz et al.'s defences against an active server (CCS 2017, the malicious variant): every client
+    signs its advertised keys and the survivor list of the unmasking stage with a long-term Ed25519 key, refuses a
+    set-up whose keys are not signed by clients of the key directory, signs one survivor list a round and reveals its
+    shares only for that list once a majority of the round's participants signed it (secure_ffm.secagg.signing)."""
+    peer_keys: str = ""
+    """masking with ``signatures``: the key directory, a JSON file ``{"<client id>": "<hex Ed25519 verification key>"}``
+    that every party got out of band (``secure-ffm signing-keys``); each deployed node holds its own signing key (node
+    config ``signing-key``). Empty in a simulation, which makes a fresh key per client itself; a deployment needs it."""
 
     def __post_init__(self) -> None:
         _choice("secure_aggregation", "protocol", self.protocol, PROTOCOLS.names())
@@ -984,7 +993,18 @@ class Config:
                 'use "fixed" (the default: 0.5 and 0.5 per channel)',
             )
         # each protocol checks its own settings against the rest of the config (e.g. masking's threshold against the round size)
-        PROTOCOLS.get(self.secure_aggregation.protocol, key="secure_aggregation.protocol").check_config(self)
+        protocol = PROTOCOLS.get(self.secure_aggregation.protocol, key="secure_aggregation.protocol")
+        protocol.check_config(self)
+        if self.secure_aggregation.signatures and not protocol.signs_messages:
+            raise ConfigError(
+                "secure_aggregation.signatures",
+                f"the {self.secure_aggregation.protocol!r} protocol has no signed keys or consistency check",
+                'use protocol = "masking", or set signatures = false',
+            )
+        if self.secure_aggregation.peer_keys and not self.secure_aggregation.signatures:
+            raise ConfigError(
+                "secure_aggregation.peer_keys", "names a key directory, but secure_aggregation.signatures is false", "set signatures = true"
+            )
 
     def _check_continual(self, continual: ContinualConfig) -> None:
         if self.server.rounds != continual.rounds:

@@ -355,6 +355,8 @@ class AggregationProtocol(ABC):
     supports_integer_values: ClassVar[bool] = False
     """True when :meth:`use_integer_values` makes the protocol sum integer-valued updates exactly (discrete noise)."""
 
+    signs_messages: ClassVar[bool] = False
+    """True when the protocol's clients sign their keys and what the server tells them (``secure_aggregation.signatures``)."""
     needs_key_file: ClassVar[bool] = False
     """True when a deployment must deal the protocol's keys out of band (:meth:`use_key_file`): CKKS's shared key set."""
 
@@ -362,6 +364,11 @@ class AggregationProtocol(ABC):
         """The run's planned participants per round (``server.clients_per_round``, else ``data.num_clients``), from the
         party's own configuration: a protocol whose clients must not trust the round size a server claims (masking's
         threshold) keeps it. Every run calls it once, before its first round."""
+
+    def plan_clients(self, num_clients: int) -> None:  # noqa: B027 (optional hook)
+        """The run's clients, ids ``0 .. num_clients - 1``: a protocol whose clients have long-term identities (masking's
+        signing keys) makes them here when the run plays every party itself (a simulation). Every simulated run calls it
+        once, before its first round; a deployment does not."""
 
     def protect_sums_of(self, min_sum: int) -> None:  # noqa: B027 (optional hook)
         """Distributed noise shares are sized so that ``min_sum`` of them carry the full noise: a protocol in which a

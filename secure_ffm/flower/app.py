@@ -36,6 +36,9 @@ Node config (``flower-supernode --node-config "partition-id=0 num-partitions=3 c
 ``ckks-keys``
     Under CKKS: the clients' key file from ``secure-ffm ckks-keys`` (under ``ckks_key_holder = "clients"`` the shared
     secret key; never give it to the server), or the authority's file on the key authority's node.
+``signing-key``
+    Under masking with ``signatures``: this node's own Ed25519 signing key from ``secure-ffm signing-keys``
+    (``client-<partition-id>.key``; never give it to the server); the config's ``peer_keys`` must list its public half.
 ``role``
     ``authority``: this SuperNode is CKKS's key authority (``ckks_key_holder = "authority"``), a party of its own that
     holds the secret key and decrypts aggregates only; it needs ``config`` and ``ckks-keys``, no partition.
@@ -77,7 +80,7 @@ from secure_ffm.allocator import keep_freed_memory
 from secure_ffm.config import Config, load_config
 from secure_ffm.engine.codec import from_bytes, to_bytes
 from secure_ffm.run.checkpoint import write_private_bytes
-from secure_ffm.transports.remote import AUTHORITY_ROLE, EVALUATE, FIT, HELLO, STAGE, STATE_DIR_KEY, Link, LinkReply, Packed
+from secure_ffm.transports.remote import AUTHORITY_ROLE, EVALUATE, FIT, HELLO, SIGNING_KEY, STAGE, STATE_DIR_KEY, Link, LinkReply, Packed
 
 log = logging.getLogger(__name__)
 
@@ -402,11 +405,13 @@ def node_answer(kind: str, packed: Packed, context: Context) -> Packed:
     key_file = Path(str(key_path)).read_bytes() if key_path else None
     data_path = context.node_config.get(NODE_DATA_KEY)
     schema = node_schema(context, kind, packed) if data_path else None
+    signing_key = context.node_config.get(SIGNING_KEY)
     session = node_session(
         config,
         partition_id=partition_id,
         num_partitions=num_partitions,
         key_file=key_file,
+        signing_key=str(signing_key) if signing_key else None,
         data_path=str(data_path) if data_path else None,
         schema=schema,
     )

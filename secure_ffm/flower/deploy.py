@@ -10,6 +10,7 @@ is stopped at the end, on failure and on Ctrl-C.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -22,7 +23,7 @@ from secure_ffm.config import Config
 from secure_ffm.flower.launch import FederationError, LoopbackFederation
 from secure_ffm.run.checkpoint import write_private_bytes
 from secure_ffm.run.deployment import check_deployable
-from secure_ffm.transports.remote import AUTHORITY_ROLE, STATE_DIR_KEY
+from secure_ffm.transports.remote import AUTHORITY_ROLE, SIGNING_KEY, STATE_DIR_KEY
 
 log = logging.getLogger(__name__)
 
@@ -36,14 +37,19 @@ def node_configs(
     key_files: Mapping[str, Path] | None = None,
     node_data: Sequence[Path] | None = None,
     state_root: Path | None = None,
+    signing_keys: Path | None = None,
 ) -> list[dict[str, Any]]:
     """One ``--node-config`` table per SuperNode; ``node_data[k]``: node ``k``'s own data (node config ``data``);
     ``state_root``: where node ``k`` keeps its client's state across restarts (``state_root/node-k``, node config
-    ``state-dir``). With an authority key file (CKKS, ``ckks_key_holder = "authority"``), one more SuperNode plays the
-    key authority."""
+    ``state-dir``); ``signing_keys``: the folder of ``secure-ffm signing-keys`` (node ``k`` gets ``client-k.key``, node
+    config ``signing-key``). With an authority key file (CKKS, ``ckks_key_holder = "authority"``), one more SuperNode
+    plays the key authority."""
     key_files = key_files or {}
     keys = {"ckks-keys": str(key_files["clients"])} if "clients" in key_files else {}
     tables = [{"partition-id": k, "num-partitions": num_clients, "config": str(config_path), **keys} for k in range(num_clients)]
+    if signing_keys is not None:  # each node its own signing key (masking's signatures)
+        for k, table in enumerate(tables):
+            table[SIGNING_KEY] = str(Path(signing_keys) / f"client-{k}.key")
     for table, path in zip(tables, node_data or (), strict=False):
         table["data"] = str(Path(path).resolve())
     if state_root is not None:
@@ -105,10 +111,16 @@ def deploy(
 
     ``timeout``: seconds the server waits for the replies of one request before it counts a node as gone;
     ``run_timeout``: seconds the whole run may take. Raises FederationError when the run fails."""
-    check_deployable(config)
+    n = config.data.num_clients
+    # with signatures and no key directory, the loopback federation plays the out-of-band key infrastructure: a key per
+    # node and the directory, written into the work folder below
+    makes_keys = config.secure_aggregation.signatures and not config.secure_aggregation.peer_keys
+    planned = config
+    if makes_keys:
+        planned = dataclasses.replace(config, secure_aggregation=dataclasses.replace(config.secure_aggregation, peer_keys="(loopback)"))
+    check_deployable(planned)
     if node_data:
         check_node_data_paths(config, node_data)
-    n = config.data.num_clients
     if n > MAX_LOOPBACK_NODES:
         from secure_ffm.errors import ConfigError
 
@@ -121,9 +133,18 @@ def deploy(
     work = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="secure-ffm-deploy-"))
     config_path = work / "config.toml"
     work.mkdir(parents=True, exist_ok=True)
+    signing_keys = None
+    if makes_keys:
+        from secure_ffm.secagg.signing import write_signing_keys
+
+        signing_keys = (work / "signing").resolve()
+        write_signing_keys(signing_keys, n)
+        aggregation = dataclasses.replace(config.secure_aggregation, peer_keys=str(signing_keys / "peer_keys.json"))
+        config = dataclasses.replace(config, secure_aggregation=aggregation)
     config_path.write_text(config.to_toml())
     key_files = write_key_files(config, work)
-    federation = LoopbackFederation(work, node_configs(config_path, n, key_files, node_data, state_root=work / "node-state"), secure=secure)
+    tables = node_configs(config_path, n, key_files, node_data, state_root=work / "node-state", signing_keys=signing_keys)
+    federation = LoopbackFederation(work, tables, secure=secure)
     try:
         with federation:
             log.info(

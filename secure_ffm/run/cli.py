@@ -226,6 +226,23 @@ def ckks_keys_command(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("signing-keys")
+def signing_keys_command(args: argparse.Namespace) -> int:
+    """Write a federation's signing keys for masking's ``signatures``: every client's Ed25519 key (owner-only) and the
+    key directory every party gets out of band (``secure_aggregation.peer_keys``)."""
+    from secure_ffm.secagg.signing import write_signing_keys
+
+    if args.clients < 1:
+        raise ConfigError("--clients", f"must be at least 1, got {args.clients}", "give the number of clients (data.num_clients)")
+    directory = _new_key_folder(args.dir)
+    write_signing_keys(directory, args.clients)
+    print(
+        f"wrote peer_keys.json (public: every party's secure_aggregation.peer_keys) and client-0.key .. client-{args.clients - 1}.key "
+        f"(each SuperNode its own: --node-config signing-key=...; never the server or another node) in {directory}"
+    )
+    return 0
+
+
 @command("privacy")
 def privacy_command(args: argparse.Namespace) -> int:
     """Print the noise multiplier a config implies and the ε it reaches, before any training; with ``--recommend``,
@@ -422,6 +439,10 @@ def build_parser() -> argparse.ArgumentParser:
     ckks_keys.add_argument("config", help="path of the TOML config (its [secure_aggregation] CKKS parameters)")
     ckks_keys.add_argument("dir", help="an empty or new folder")
     ckks_keys.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value (repeatable)")
+
+    signing_keys = sub.add_parser("signing-keys", help="write a federation's signing keys and key directory (masking's signatures)")
+    signing_keys.add_argument("dir", help="an empty or new folder")
+    signing_keys.add_argument("--clients", type=int, required=True, help="the number of clients (data.num_clients)")
 
     privacy = sub.add_parser("privacy", help="print the noise multiplier and ε a config implies, before training")
     privacy.add_argument("config", help="path of the TOML config")

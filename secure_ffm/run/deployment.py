@@ -49,6 +49,13 @@ def check_deployable(config: Config) -> None:
             f"{config.secure_aggregation.protocol!r} does not run on a deployment yet",
             f"use one of {', '.join(DEPLOYABLE_PROTOCOLS)}, or run it in-process with `secure-ffm train`",
         )
+    if config.secure_aggregation.signatures and not config.secure_aggregation.peer_keys:
+        raise ConfigError(
+            "secure_aggregation.peer_keys",
+            "signatures on a deployment need the key directory every party got out of band",
+            'write the keys with "secure-ffm signing-keys --clients N --out DIR", name DIR/peer_keys.json here and give each '
+            "SuperNode its DIR/client-<k>.key (node config signing-key); `secure-ffm deploy` does it for you",
+        )
     if config.secure_aggregation.dropout_rate:
         raise ConfigError(
             "secure_aggregation.dropout_rate",
@@ -253,6 +260,7 @@ def node_session(
     key_file: bytes | None = None,
     data_path: str | None = None,
     schema: DataSchema | None = None,
+    signing_key: str | None = None,
 ) -> NodeSession:
     """This node's client for ``config``: partition ``partition_id`` of ``num_partitions`` (raises ConfigError on a bad id).
 
@@ -261,7 +269,10 @@ def node_session(
 
     ``data_path``: the node's own data (node config ``data``), which it trains on instead of partition ``partition_id``
     of ``data.dataset``; the model is built for the run's ``schema``, which the server sends with the hello
-    (:mod:`secure_ffm.data.node`). The partition id then only names the node's client."""
+    (:mod:`secure_ffm.data.node`). The partition id then only names the node's client.
+
+    ``signing_key``: the node's own Ed25519 key file (node config ``signing-key``), which masking's ``signatures``
+    need; it must be the key the run's key directory lists for this client."""
     check_deployable(config)
     if data_path is not None:
         check_node_data(config)
@@ -299,6 +310,16 @@ def node_session(
         log.info("node data %s: %d examples for client %d", data_path, len(examples), partition_id)
     simulation = Simulation(prepare_run(config, data=data))
     load_key_file(simulation.protocol, key_file, role="clients")
+    if config.secure_aggregation.signatures:
+        from secure_ffm.secagg.signing import read_signing_key
+
+        if signing_key is None:
+            raise ConfigError(
+                "signing-key",
+                "secure_aggregation.signatures needs this node's own signing key, and its node config names none",
+                'start the SuperNode with --node-config "... signing-key=/path/client-K.key" (secure-ffm signing-keys)',
+            )
+        simulation.protocol.use_signing_key(int(partition_id), read_signing_key(signing_key))
     session = client_session(
         simulation, int(partition_id), state if state is not None else {}, fingerprint=config_fingerprint(config.to_toml())
     )

@@ -359,6 +359,7 @@ class Simulation:
         )
         # the round size the run plans, from its own config: a masking client's minimum threshold (never the server's claim)
         self.protocol.plan_rounds(self.config.server.clients_per_round or prepared.data.num_clients)
+        self.protocol.plan_clients(prepared.data.num_clients)
         self.privacy = prepared.privacy
         self.privacy.configure_protocol(self.protocol)
         if self.writer is not None and self.privacy.secret_participation:

@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import logging
 import math
 import operator
@@ -73,6 +74,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
@@ -92,13 +94,21 @@ from secure_ffm.engine.codec import wire_record
 from secure_ffm.engine.wire import ClientMessage, ClientUpdate, NamedArrays
 from secure_ffm.errors import ConfigError
 from secure_ffm.secagg import graph as graphs
-from secure_ffm.secagg import keys, masking, quantization, shamir
+from secure_ffm.secagg import keys, masking, quantization, shamir, signing
 from secure_ffm.seeding import SECAGG_ROUNDING, generator
 
 if TYPE_CHECKING:
     from secure_ffm.config import Config, SecureAggregationConfig
 
 log = logging.getLogger(__name__)
+
+
+def consistency_quorum(setup: RoundSetup) -> int:
+    """How many survivors must sign a survivor list before a client unmasks for it: a strict majority of the round's
+    participants, and at least ``t``. Each honest client signs one list a round, so no two lists both reach it (a server
+    colluding with ``c`` clients, which sign anything, needs ``2 * quorum - c <= n``: ``c >= 2`` breaks a bare majority,
+    as ``c`` colluding share holders break ``t``; docs/threat_model.md)."""
+    return max(setup.threshold, len(setup.public_keys) // 2 + 1)
 
 
 def threshold_protecting(num_participants: int, neighbours: int, min_sum: int) -> int:
@@ -116,6 +126,7 @@ _NONCE_BYTES = 12
 ADVERTISE_KEYS = "advertise_keys"
 SHARE_KEYS = "share_keys"
 UNMASK = "unmask"
+CONSISTENCY_CHECK = "consistency_check"
 """The names of masking's stages (the masked input travels in the fit stage, with the routed shares as its payload)."""
 MASKED_KEY = "masked"
 ROUND_KEY = "round"
@@ -155,6 +166,8 @@ class AdvertiseKeys:
     """For the pairwise mask seeds ``s_uv``."""
     share_public: bytes
     """For the keys that encrypt Shamir shares sent to neighbours."""
+    signature: bytes = b""
+    """With ``signatures``: the client's Ed25519 signature of both keys for the round (:func:`.signing.advert_message`)."""
 
 
 @wire_record
@@ -176,6 +189,9 @@ class RoundSetup:
     integer_values: bool = False
     """The round sums integer-valued updates exactly (:func:`~secure_ffm.secagg.quantization.encode_integers`) instead of
     fixed-point encodings."""
+    signatures: Mapping[int, bytes] = field(default_factory=dict)
+    """With ``signatures``: every participant's signature of its advertised keys, which each client checks against the
+    key directory before it shares anything."""
 
     @property
     def participants(self) -> tuple[int, ...]:
@@ -209,12 +225,34 @@ class ShareKeys:
 
 @wire_record
 @dataclass(frozen=True)
+class ConsistencyCheck:
+    """Stage 3a (with ``signatures``), server -> survivors: the survivor list the server will ask to unmask for."""
+
+    round: int
+    survivors: tuple[int, ...]
+    dropped: tuple[int, ...]
+
+
+@wire_record
+@dataclass(frozen=True)
+class SurvivorSignature:
+    """Stage 3a, survivor -> server: its signature of the one survivor list it accepts this round."""
+
+    client_id: int
+    round: int
+    signature: bytes
+
+
+@wire_record
+@dataclass(frozen=True)
 class UnmaskRequest:
     """Stage 3, server -> survivors: who the server claims survived and who dropped."""
 
     round: int
     survivors: tuple[int, ...]
     dropped: tuple[int, ...]
+    signatures: Mapping[int, bytes] = field(default_factory=dict)
+    """With ``signatures``: the survivors' signatures of this list from the consistency check, a quorum of them."""
 
 
 @wire_record
@@ -263,6 +301,11 @@ class MaskingClient(ClientRound):
     configured
         ``(threshold, neighbours)`` of the client's own ``[secure_aggregation]`` configuration: the minimums are
         then derived from them and the round size of the :class:`KeyRequest` (see :meth:`expect`).
+    signer, directory
+        With ``secure_aggregation.signatures``: this client's Ed25519 signing key and the federation's key directory
+        (out of band, never from the server). The client then signs its advertised keys, refuses a set-up with a key
+        that no listed client signed for the round, signs one survivor list a round (:meth:`consistency`) and unmasks
+        only for that list, once a quorum of the survivors signed it (:func:`consistency_quorum`).
     """
 
     def __init__(
@@ -275,8 +318,14 @@ class MaskingClient(ClientRound):
         rounding_seed: int = 0,
         integer_values: bool = False,
         min_sum: int = 0,
+        signer: Ed25519PrivateKey | None = None,
+        directory: signing.KeyDirectory | None = None,
     ) -> None:
         self.client_id = operator.index(client_id)
+        if directory is not None and signer is None:
+            raise ValueError(f"client {self.client_id}: a key directory needs the client's own signing key")
+        self.signer = signer
+        self.directory = directory
         self.min_sum = operator.index(min_sum)
         """The fewest inputs a sum the server can unmask may hold (a distributed-noise share is sized for them): under
         the complete graph :meth:`expect` raises the minimum ``t`` so that a server lying about survivors cannot sum
@@ -295,6 +344,7 @@ class MaskingClient(ClientRound):
         self._cipher_keys: dict[int, bytes] = {}  # peer -> this round's share-cipher key (:meth:`_share_cipher_key`)
         self._round = -1
         self._input_sent = False  # whether this round's masked input went out (:meth:`masked_input` sends one a round)
+        self._signed: tuple[tuple[int, ...], tuple[int, ...]] | None = None  # the survivor list signed this round
 
     def export_state(self) -> dict[str, Any]:
         """The round's secrets and what the client has seen and revealed, for a client that runs each stage in a fresh
@@ -311,6 +361,7 @@ class MaskingClient(ClientRound):
             "revealed": dict(self._revealed),
             "cipher_keys": dict(self._cipher_keys),
             "input_sent": self._input_sent,
+            "signed": [list(self._signed[0]), list(self._signed[1])] if self._signed is not None else None,
         }
 
     def restore_state(self, state: Any) -> None:
@@ -329,6 +380,8 @@ class MaskingClient(ClientRound):
             self._revealed = {operator.index(k): str(v) for k, v in state["revealed"].items()}
             self._cipher_keys = {operator.index(k): _cipher_key_bytes(v) for k, v in state.get("cipher_keys", {}).items()}
             self._input_sent = bool(state.get("input_sent", False))
+            signed = state.get("signed")
+            self._signed = None if signed is None else (tuple(map(operator.index, signed[0])), tuple(map(operator.index, signed[1])))
         except (KeyError, TypeError, ValueError, IndexError) as error:
             raise AggregationError(f"client {self.client_id}: its saved masking state does not load: {error}") from None
 
@@ -354,6 +407,8 @@ class MaskingClient(ClientRound):
             return self.advertise(request.round)
         if stage == SHARE_KEYS and isinstance(request, RoundSetup):
             return self.share_keys(request)
+        if stage == CONSISTENCY_CHECK and isinstance(request, ConsistencyCheck):
+            return self.consistency(request)
         if stage == UNMASK and isinstance(request, UnmaskRequest):
             return self.unmask(request)
         raise AggregationError(f"client {self.client_id} refuses a {type(request).__name__} as the {stage!r} stage of masking")
@@ -381,7 +436,15 @@ class MaskingClient(ClientRound):
         self._pair_key, self._share_key = keys.generate_private_key(), keys.generate_private_key()
         self._cipher_keys = {}
         self._round = operator.index(round)
-        return AdvertiseKeys(self.client_id, self._round, keys.public_bytes(self._pair_key), keys.public_bytes(self._share_key))
+        self._signed = None
+        pair_public, share_public = keys.public_bytes(self._pair_key), keys.public_bytes(self._share_key)
+        signature = b""
+        if self.signer is not None:
+            message = signing.advert_message(
+                round=self._round, client_id=self.client_id, pair_public=pair_public, share_public=share_public
+            )
+            signature = signing.sign(self.signer, message)
+        return AdvertiseKeys(self.client_id, self._round, pair_public, share_public, signature)
 
     # stage 1
     def share_keys(self, setup: RoundSetup) -> ShareKeys:
@@ -393,6 +456,7 @@ class MaskingClient(ClientRound):
             raise AggregationError(f"round {setup.round}: client {self.client_id} refuses a set-up that does not carry its public keys")
         if self.configured is not None:  # the round's size is the set-up's, whatever the key request said
             self.expect(len(setup.public_keys), threshold=self.configured[0], neighbours=self.configured[1])
+        self._check_signed_keys(setup)
         self._check_setup(setup)
         self._setup = setup
         self._self_seed = keys.random_seed()
@@ -413,6 +477,17 @@ class MaskingClient(ClientRound):
             ciphertext = ChaCha20Poly1305(self._share_cipher_key(holder)).encrypt(nonce, plaintext, aad)
             out.append(EncryptedShare(self.client_id, holder, setup.round, nonce, ciphertext))
         return ShareKeys(self.client_id, setup.round, tuple(out), seed_commitment(setup.round, self.client_id, self._self_seed))
+
+    def _check_signed_keys(self, setup: RoundSetup) -> None:
+        """With a key directory: every participant must be a listed client that signed its keys for this round, so the
+        server can neither put its own keys in a client's place (and read the shares sent to it) nor invent clients."""
+        if self.directory is None:
+            return
+        for client, (pair_public, share_public) in setup.public_keys.items():
+            message = signing.advert_message(round=setup.round, client_id=client, pair_public=pair_public, share_public=share_public)
+            if not self.directory.verifies(client, message, setup.signatures.get(client)):
+                why = "is not in the key directory" if client not in self.directory.keys else "carries keys it did not sign for the round"
+                raise AggregationError(f"round {setup.round}: client {self.client_id} refuses a set-up in which client {client} {why}")
 
     def _check_setup(self, setup: RoundSetup) -> None:
         """Refuse a mask graph that leaves this client out, and a threshold a lying server could exploit.
@@ -548,6 +623,58 @@ class MaskingClient(ClientRound):
         }
         return ClientMessage(self.client_id, setup.round, payload, update.num_examples, dict(update.metrics))
 
+    # stage 3a
+    def consistency(self, request: ConsistencyCheck) -> SurvivorSignature:
+        """Sign the survivor list the server shows, once a round: a second, different list is refused, so the server
+        cannot collect a quorum of signatures on two lists (Bonawitz et al., CCS 2017, round 3 of the malicious variant)."""
+        setup = self._require_setup()
+        who = f"round {setup.round}: client {self.client_id}"
+        if self.signer is None:
+            raise AggregationError(f"{who} signs nothing (secure_aggregation.signatures is off in its configuration)")
+        listed = self._listed(request.round, request.survivors, request.dropped)
+        if not self._input_sent:
+            raise AggregationError(f"{who} is listed as a survivor but sent no masked input this round")
+        if self._signed is not None and self._signed != listed:
+            raise AggregationError(f"{who} already signed another survivor list this round and refuses a second one")
+        self._signed = listed
+        message = signing.survivors_message(round=setup.round, survivors=listed[0], dropped=listed[1])
+        return SurvivorSignature(self.client_id, setup.round, signing.sign(self.signer, message))
+
+    def _listed(self, round: int, survivors: Sequence[int], dropped: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """A survivor list as a client checks it: this round, the client among the survivors, survivors and dropped
+        disjoint and among the set-up's participants."""
+        setup = self._require_setup()
+        alive, gone = set(survivors), set(dropped)
+        if round != setup.round:
+            raise AggregationError(f"round {setup.round}: client {self.client_id} got a survivor list for round {round}")
+        if self.client_id not in alive:
+            raise AggregationError(f"round {setup.round}: client {self.client_id} is not listed as a survivor")
+        if alive & gone or not (alive | gone) <= set(setup.participants) or len(alive) != len(survivors) or len(gone) != len(dropped):
+            raise AggregationError(f"round {setup.round}: client {self.client_id} got an inconsistent survivor list")
+        return tuple(sorted(alive)), tuple(sorted(gone))
+
+    def _check_consistency(self, request: UnmaskRequest) -> None:
+        """With a key directory: the request's list is the one this client signed, and a quorum of the survivors signed it."""
+        if self.directory is None:
+            return
+        setup = self._require_setup()
+        who = f"round {setup.round}: client {self.client_id}"
+        listed = self._listed(request.round, request.survivors, request.dropped)
+        if self._signed != listed:
+            raise AggregationError(f"{who} refuses to unmask for a survivor list it did not sign")
+        message = signing.survivors_message(round=setup.round, survivors=listed[0], dropped=listed[1])
+        signers = sum(
+            1
+            for client, signature in request.signatures.items()
+            if client in listed[0] and self.directory.verifies(client, message, signature)
+        )
+        quorum = consistency_quorum(setup)
+        if signers < quorum:
+            raise AggregationError(
+                f"{who} refuses to unmask: {signers} survivors signed the list, fewer than the {quorum} it needs (a majority of the "
+                f"round's {len(setup.participants)} participants and at least t={setup.threshold})"
+            )
+
     # stage 3
     def unmask(self, request: UnmaskRequest) -> UnmaskResponse:
         """Reveal, per neighbour, the self-seed share (survivor) or the pair-key share (dropped); never both.
@@ -557,6 +684,7 @@ class MaskingClient(ClientRound):
         honest request never asks, and a lying one gets nothing.
         """
         setup = self._require_setup()
+        self._check_consistency(request)
         survivors, dropped = set(request.survivors), set(request.dropped)
         if request.round != setup.round:
             raise AggregationError(f"round {setup.round}: client {self.client_id} got an unmask request for round {request.round}")
@@ -655,9 +783,12 @@ class MaskingServer(ServerRound):
         neighbours: int = 0,
         layout: VectorLayout | None = None,
         integer_values: bool = False,
+        directory: signing.KeyDirectory | None = None,
     ) -> None:
         self.round = operator.index(round)
         self.integer_values = integer_values
+        self.directory = directory
+        """With ``signatures``: the key directory; the server checks the signatures it forwards and runs the consistency check."""
         self.participants = tuple(sorted(operator.index(c) for c in participants))
         if not self.participants or len(set(self.participants)) != len(self.participants):
             raise ValueError(f"round {self.round}: participants must be distinct and non-empty, got {list(participants)}")
@@ -719,7 +850,13 @@ class MaskingServer(ServerRound):
             raise AggregationError(f"round {self.round}: no client messages to aggregate")
         start = time.perf_counter()
         request = self.unmask_request()
-        answers = yield Stage(UNMASK, {u: request for u in request.survivors}, enough=functools.partial(self.responses_suffice, request))
+        asked = request.survivors
+        if self.directory is not None:  # the consistency check: the survivors sign the list before anyone unmasks
+            check = ConsistencyCheck(self.round, request.survivors, request.dropped)
+            signed = yield Stage(CONSISTENCY_CHECK, {u: check for u in request.survivors})
+            request = UnmaskRequest(self.round, request.survivors, request.dropped, self.collect_signatures(request, signed.replies))
+            asked = tuple(sorted(request.signatures))
+        answers = yield Stage(UNMASK, {u: request for u in asked}, enough=functools.partial(self.responses_suffice, request))
         responses = [reply for reply in answers.replies.values() if isinstance(reply, UnmaskResponse)]
         total = self.unmask(request, responses)
         unmasked = time.perf_counter()
@@ -747,6 +884,7 @@ class MaskingServer(ServerRound):
     # stage 0
     def collect_keys(self, adverts: Sequence[AdvertiseKeys]) -> RoundSetup:
         public: dict[int, tuple[bytes, bytes]] = {}
+        signatures: dict[int, bytes] = {}
         for advert in adverts:
             if advert.round != self.round or advert.client_id not in self.participants or advert.client_id in public:
                 raise AggregationError(f"round {self.round}: bad key advertisement from client {advert.client_id}")
@@ -756,6 +894,13 @@ class MaskingServer(ServerRound):
                 or advert.pair_public == advert.share_public
             ):
                 raise AggregationError(f"round {self.round}: client {advert.client_id} advertised malformed keys")
+            if self.directory is not None:
+                message = signing.advert_message(
+                    round=self.round, client_id=advert.client_id, pair_public=advert.pair_public, share_public=advert.share_public
+                )
+                if not self.directory.verifies(advert.client_id, message, advert.signature):
+                    raise AggregationError(f"round {self.round}: client {advert.client_id}'s keys carry no valid signature")
+                signatures[advert.client_id] = bytes(advert.signature)
             public[advert.client_id] = (bytes(advert.pair_public), bytes(advert.share_public))
         missing = sorted(set(self.participants) - set(public))
         if missing:
@@ -770,6 +915,7 @@ class MaskingServer(ServerRound):
             self.levels,
             self.layout,
             self.integer_values,
+            signatures,
         )
         return self.round_setup
 
@@ -856,6 +1002,32 @@ class MaskingServer(ServerRound):
                     f"fewer than the threshold t={self.threshold}; aborting the round"
                 )
         return UnmaskRequest(self.round, survivors, dropped)
+
+    def collect_signatures(self, request: UnmaskRequest, replies: Mapping[int, Any]) -> dict[int, bytes]:
+        """The survivors' valid signatures of the list (a bad or missing one leaves its sender out of the unmasking, as
+        a survivor that does not answer); fewer than the quorum abort the round: no client would unmask."""
+        assert self.directory is not None and self.round_setup is not None
+        message = signing.survivors_message(round=self.round, survivors=request.survivors, dropped=request.dropped)
+        signatures = {}
+        for client, reply in replies.items():
+            if (
+                isinstance(reply, SurvivorSignature)
+                and reply.client_id == client
+                and client in request.survivors
+                and self.directory.verifies(client, message, reply.signature)
+            ):
+                signatures[client] = bytes(reply.signature)
+            else:
+                log.warning(
+                    "round %d: client %d sent no valid signature of the survivor list; it is not asked to unmask", self.round, client
+                )
+        quorum = consistency_quorum(self.round_setup)
+        if len(signatures) < quorum:
+            raise AggregationError(
+                f"round {self.round}: {len(signatures)} survivors signed the survivor list, fewer than the {quorum} a client needs "
+                "before it unmasks; aborting the round"
+            )
+        return signatures
 
     def unmask(self, request: UnmaskRequest, responses: Sequence[UnmaskResponse]) -> np.ndarray:
         """Rebuild the secrets from the responses and return the survivors' quantized sum (``uint32``).
@@ -1065,6 +1237,7 @@ class MaskingProtocol(AggregationProtocol):
     name = "masking"
     label = "SecAgg (masking)"
     hides_updates = True
+    signs_messages = True
 
     supports_integer_values = True
 
@@ -1077,8 +1250,18 @@ class MaskingProtocol(AggregationProtocol):
         seed: int = 0,
         weight_bound: float | None = None,
         integer_values: bool = False,
+        signatures: bool = False,
+        peer_keys: str = "",
     ) -> None:
         self.integer_values = integer_values
+        self.signing: signing.Signatures | None = None
+        """With ``signatures``: the key directory and the signing keys this party holds (:meth:`plan_clients` makes
+        every client's in a simulation; a deployed node adds its own, :meth:`use_signing_key`)."""
+        self.signs = bool(signatures)
+        if peer_keys:
+            self.signing = signing.Signatures(signing.KeyDirectory.load(peer_keys), {})
+        self.needs_key_file = self.signs and not peer_keys
+        """A simulation's own keys travel to its spawned workers as a key file (:meth:`deal_key_files`)."""
         self.clip_range = float(clip_range)
         self.threshold = int(threshold)
         self.neighbours = int(neighbours)
@@ -1097,6 +1280,40 @@ class MaskingProtocol(AggregationProtocol):
 
     def plan_rounds(self, round_size: int) -> None:
         self.round_size = operator.index(round_size)
+
+    def plan_clients(self, num_clients: int) -> None:
+        """With ``signatures`` and no key directory: this run plays every party, so it makes a fresh signing key per
+        client from the OS CSPRNG (the out-of-band key infrastructure a deployment has, ``peer_keys``)."""
+        if self.signs and self.signing is None:
+            self.signing = signing.Signatures.generate(range(operator.index(num_clients)))
+
+    def use_signing_key(self, client_id: int, key: Ed25519PrivateKey) -> None:
+        """A deployed node's own signing key (node config ``signing-key``), checked against the key directory."""
+        if self.signing is None:
+            raise ConfigError("secure_aggregation.peer_keys", "a node's signing key needs the key directory", "name the directory file")
+        self.signing.add_own(operator.index(client_id), key)
+
+    def deal_key_files(self) -> dict[str, bytes]:
+        """A simulation's signing keys for its worker processes: ``clients`` holds every client's key and the
+        directory, ``server`` the directory alone."""
+        if self.signing is None:
+            raise ConfigError("secure_aggregation.signatures", "the run has made no signing keys yet", "call plan_clients first")
+        directory = self.signing.directory.to_json().encode()
+        own = {str(c): signing.signing_key_bytes(k).hex() for c, k in self.signing.own.items()}
+        return {"server": directory, "clients": json.dumps({"directory": directory.decode(), "keys": own}).encode()}
+
+    def use_key_file(self, data: bytes, *, role: str) -> None:
+        try:
+            if role == "clients":
+                raw = json.loads(data)
+                directory = signing.KeyDirectory({int(c): bytes.fromhex(v) for c, v in json.loads(raw["directory"]).items()})
+                own = {int(c): signing.signing_key_from_bytes(bytes.fromhex(v)) for c, v in raw["keys"].items()}
+            else:
+                directory = signing.KeyDirectory({int(c): bytes.fromhex(v) for c, v in json.loads(data).items()})
+                own = {}
+        except (ValueError, KeyError, TypeError) as error:
+            raise ConfigError("secure_aggregation.signatures", f"the run's signing key file does not load ({error})") from None
+        self.signing = signing.Signatures(directory, own)
 
     def protect_sums_of(self, min_sum: int) -> None:
         """Distributed noise shares are sized so that ``min_sum`` of them carry the full noise: under the complete graph
@@ -1135,7 +1352,14 @@ class MaskingProtocol(AggregationProtocol):
 
     @classmethod
     def from_config(cls, config: SecureAggregationConfig, *, seed: int) -> MaskingProtocol:
-        return cls(clip_range=config.clip_range, threshold=config.threshold, neighbours=config.neighbours, seed=seed)
+        return cls(
+            clip_range=config.clip_range,
+            threshold=config.threshold,
+            neighbours=config.neighbours,
+            seed=seed,
+            signatures=config.signatures,
+            peer_keys=config.peer_keys,
+        )
 
     @classmethod
     def check_config(cls, config: Config) -> None:
@@ -1174,12 +1398,12 @@ class MaskingProtocol(AggregationProtocol):
         bound = weight_bound if weight_bound is not None else self.weight_bound
         if bound is None:
             raise ValueError("masking aggregation needs a public weight_bound (the largest client weight) in begin_round")
-        if self.neighbours and not self._warned_sparse:
+        if self.neighbours and not self.signs and not self._warned_sparse:
             self._warned_sparse = True
             log.warning(
                 "secure_aggregation.neighbours = %d (SecAgg+): a server that lies about who survived can unmask one client's "
                 "update without colluders (no consistency check without signed keys; docs/threat_model.md); use the complete "
-                "graph (neighbours = 0) against a server that may lie",
+                "graph (neighbours = 0), or secure_aggregation.signatures = true, against a server that may lie",
                 self.neighbours,
             )
         # what the clients will insist on for this round's size, as for the planned one
@@ -1194,11 +1418,26 @@ class MaskingProtocol(AggregationProtocol):
             neighbours=self.neighbours,
             layout=layout,
             integer_values=self.integer_values,
+            directory=self._directory(),
         )
+
+    def _directory(self) -> signing.KeyDirectory | None:
+        if not self.signs:
+            return None
+        if self.signing is None:
+            raise AggregationError("secure_aggregation.signatures: the run has no key directory (peer_keys) and made no keys")
+        return self.signing.directory
 
     def client_round(self, client_id: int, round: int) -> MaskingClient:
         """A fresh client half that checks every set-up against this configuration's threshold and graph degree."""
         planned = self.planned_min_threshold()
+        directory = self._directory()
+        signer = None
+        if directory is not None:
+            assert self.signing is not None
+            signer = self.signing.own.get(operator.index(client_id))
+            if signer is None:
+                raise AggregationError(f"client {client_id} holds no signing key (a deployed node's node config names it: signing-key)")
         return MaskingClient(
             client_id,
             min_threshold=planned,
@@ -1207,6 +1446,8 @@ class MaskingProtocol(AggregationProtocol):
             rounding_seed=self.seed,
             integer_values=self.integer_values,
             min_sum=self.min_sum,
+            signer=signer,
+            directory=directory,
         )
 
     def use_integer_values(self) -> None:
@@ -1216,6 +1457,10 @@ class MaskingProtocol(AggregationProtocol):
 
 __all__ = [
     "ADVERTISE_KEYS",
+    "CONSISTENCY_CHECK",
+    "ConsistencyCheck",
+    "SurvivorSignature",
+    "consistency_quorum",
     "SHARE_KEYS",
     "UNMASK",
     "AdvertiseKeys",

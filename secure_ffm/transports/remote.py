@@ -60,11 +60,13 @@ INCARNATION_KEY = "incarnation"
 token the server has not seen before for a client tells it the node started its client afresh (a SuperNode restarted
 without ``state-dir``), so it composes the ledgers of both (:func:`secure_ffm.run.deployment.node_ledger_record`)."""
 STATE_DIR_KEY = "state-dir"
+"""Node config: the folder where a node keeps its client's private state of each run across SuperNode restarts
+(:func:`secure_ffm.flower.app.save_state`)."""
+SIGNING_KEY = "signing-key"
+"""Node config: the node's own Ed25519 signing key file (masking's ``signatures``; ``secure-ffm signing-keys``)."""
 NODE_SPEND_KEY = "node_spend"
 """secure_ffm.privacy.accounting.NODE_SPEND_KEY (not imported: the accountant pulls in opacus and scipy; a test keeps
 them equal): what a node recorded of its other runs, never reported to the server."""
-"""Node config: the folder where a node keeps its client's private state of each run across SuperNode restarts
-(:func:`secure_ffm.flower.app.save_state`)."""
 
 
 class DeploymentError(SecureFFMError):

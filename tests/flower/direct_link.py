@@ -21,11 +21,14 @@ class FreshProcessLink(Link):
         key_file: bytes | None = None,
         data_paths: Mapping[int, str] | None = None,
         authority: tuple[int, bytes] | None = None,
+        signing_keys: Mapping[int, str] | None = None,
     ):
         """``configs[node]``: a node that runs another configuration than ``config``; ``key_file``: every node's (CKKS);
         ``data_paths[node]``: the node's own data (node config ``data``), built for the schema the hello brings;
         ``authority``: ``(node, key file)`` of a node that plays CKKS's key authority (node config ``role = "authority"``),
-        whose requests are kept in :attr:`authority_requests`."""
+        whose requests are kept in :attr:`authority_requests`; ``signing_keys[node]``: the node's signing key file
+        (node config ``signing-key``)."""
+        self.signing_keys = dict(signing_keys or {})
         self.authority = authority
         self.authority_requests: list[tuple[str, object]] = []
         self.data_paths = dict(data_paths or {})
@@ -66,6 +69,7 @@ class FreshProcessLink(Link):
                     key_file=self.key_file,
                     data_path=self.data_paths.get(node),
                     schema=self.schemas.get(node),  # type: ignore[arg-type]
+                    signing_key=self.signing_keys.get(node),
                 )
                 reply = session.handle(kind, body)
             except Exception as error:  # noqa: BLE001 - a node's error travels back as text, as Flower's Error does

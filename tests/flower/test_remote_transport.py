@@ -66,6 +66,26 @@ def test_masking_over_the_link_carries_each_half_between_fresh_processes(tmp_pat
     assert all(np.array_equal(local[k], remote[k]) for k in local)  # the same secret streams: bitwise
 
 
+def test_signed_masking_over_the_link_checks_consistency_and_equals_the_unsigned_run(tmp_path):
+    from secure_ffm.secagg.signing import write_signing_keys
+
+    write_signing_keys(tmp_path / "keys", 3)
+    unsigned = config_of(tmp_path, BASE + MASKING + REPRODUCIBLE)
+    signed = config_of(
+        tmp_path, BASE + MASKING + f'signatures = true\npeer_keys = "{tmp_path / "keys" / "peer_keys.json"}"\n' + REPRODUCIBLE, "s.toml"
+    )
+    in_process(unsigned, tmp_path / "local")
+    keys = {node: str(tmp_path / "keys" / f"client-{node}.key") for node in range(3)}
+    link = FreshProcessLink(signed, {0: 0, 1: 1, 2: 2}, signing_keys=keys)
+    server_run(signed, link, out_dir=tmp_path / "remote")
+    assert link.kinds[:6] == ["hello", "stage", "stage", "fit", "stage", "stage"]  # advertise, share, fit, consistency, unmask
+    assert rows(tmp_path / "remote") == rows(tmp_path / "local")
+    # a node that holds another client's key, or none, refuses the run by name
+    swapped = FreshProcessLink(signed, {0: 0, 1: 1, 2: 2}, signing_keys={**keys, 2: keys[1]})
+    with pytest.raises(DeploymentError, match="node 2: .*signing-key: this node's signing key is not the one the key directory lists"):
+        server_run(signed, swapped, out_dir=tmp_path / "swapped")
+
+
 def test_a_node_gone_after_its_masked_input_is_recovered_by_the_survivors(tmp_path):
     config = config_of(tmp_path, BASE.replace("num_clients = 3", "num_clients = 4") + MASKING + "threshold = 3\n")
     fits = []
