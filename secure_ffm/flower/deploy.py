@@ -93,6 +93,29 @@ def write_key_files(config: Config, directory: Path) -> dict[str, Path] | None:
     return paths
 
 
+def check_loopback(config: Config, node_data: Sequence[Path] | None = None) -> bool:
+    """Refuse (ConfigError, naming the key) what a loopback federation cannot run, before anything is written; returns
+    whether it makes the signing keys itself (masking's ``signatures`` without a key directory: the loopback federation
+    then plays the out-of-band key infrastructure, a key per node and the directory in its work folder)."""
+    n = config.data.num_clients
+    makes_keys = config.secure_aggregation.signatures and not config.secure_aggregation.peer_keys
+    planned = config
+    if makes_keys:
+        planned = dataclasses.replace(config, secure_aggregation=dataclasses.replace(config.secure_aggregation, peer_keys="(loopback)"))
+    check_deployable(planned)
+    if node_data:
+        check_node_data_paths(config, node_data)
+    if n > MAX_LOOPBACK_NODES:
+        from secure_ffm.errors import ConfigError
+
+        raise ConfigError(
+            "data.num_clients",
+            f"{n} clients would start {n} SuperNodes on this machine (at most {MAX_LOOPBACK_NODES} on loopback)",
+            "use fewer clients, or run SuperNodes on their own machines (docs/deployment.md)",
+        )
+    return makes_keys
+
+
 def deploy(
     config: Config,
     *,
@@ -111,24 +134,8 @@ def deploy(
 
     ``timeout``: seconds the server waits for the replies of one request before it counts a node as gone;
     ``run_timeout``: seconds the whole run may take. Raises FederationError when the run fails."""
+    makes_keys = check_loopback(config, node_data)
     n = config.data.num_clients
-    # with signatures and no key directory, the loopback federation plays the out-of-band key infrastructure: a key per
-    # node and the directory, written into the work folder below
-    makes_keys = config.secure_aggregation.signatures and not config.secure_aggregation.peer_keys
-    planned = config
-    if makes_keys:
-        planned = dataclasses.replace(config, secure_aggregation=dataclasses.replace(config.secure_aggregation, peer_keys="(loopback)"))
-    check_deployable(planned)
-    if node_data:
-        check_node_data_paths(config, node_data)
-    if n > MAX_LOOPBACK_NODES:
-        from secure_ffm.errors import ConfigError
-
-        raise ConfigError(
-            "data.num_clients",
-            f"{n} clients would start {n} SuperNodes on this machine (at most {MAX_LOOPBACK_NODES} on loopback)",
-            "use fewer clients, or run SuperNodes on their own machines (docs/deployment.md)",
-        )
     out_dir = Path(out_dir).resolve()
     work = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="secure-ffm-deploy-"))
     config_path = work / "config.toml"

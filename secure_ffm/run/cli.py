@@ -142,8 +142,7 @@ def deploy_command(args: argparse.Namespace) -> int:
     """Run a config on a loopback Flower federation (SuperLink + one SuperNode per client) into a run directory."""
     with collector_paused():  # secure_ffm.startup
         from secure_ffm.config import check_local_paths, load_config
-        from secure_ffm.flower.deploy import deploy
-        from secure_ffm.run.deployment import check_deployable
+        from secure_ffm.flower.deploy import check_loopback, deploy
 
     if args.out is not None and not args.out.strip():
         raise ConfigError("--out", "is empty", "pass a directory, e.g. --out runs/my-deployment")
@@ -151,7 +150,7 @@ def deploy_command(args: argparse.Namespace) -> int:
         raise ConfigError("--timeout", f"{args.timeout} is not a positive number of seconds", "e.g. --timeout 600")
     config = load_config(args.config, overrides=args.set)
     check_local_paths(config, beside=Path(args.config).parent)
-    check_deployable(config)
+    check_loopback(config)
     out_dir = Path(args.out) if args.out else _default_out_dir(config.run.name)
     check_out_dir(out_dir, resume=False)
     if args.insecure:

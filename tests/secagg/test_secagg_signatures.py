@@ -428,3 +428,12 @@ def test_the_signing_keys_command_writes_the_directory_and_refuses_to_overwrite_
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert main(["signing-keys", str(tmp_path / "none"), "--clients", "0"]) == 2
     assert not (tmp_path / "none").exists()
+
+
+def test_a_loopback_deployment_makes_the_keys_and_gives_each_node_its_own(tmp_path):
+    from secure_ffm.flower.deploy import check_loopback, node_configs
+
+    assert check_loopback(tiny(signatures=True)) is True  # the run's own deployment may not refuse what deploy provides
+    assert check_loopback(tiny()) is False
+    tables = node_configs(tmp_path / "c.toml", 3, signing_keys=tmp_path / "signing")
+    assert [t["signing-key"] for t in tables] == [str(tmp_path / "signing" / f"client-{k}.key") for k in range(3)]
