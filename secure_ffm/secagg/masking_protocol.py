@@ -103,6 +103,19 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+def setup_digest(setup: RoundSetup) -> bytes:
+    """SHA-256 of what a round's set-up fixes: the round, ``t`` and every participant's advertised keys (fresh each
+    round), which a survivor-list signature covers. A signature from another run, another round or another set-up of
+    the same round number then verifies nowhere else (an audit of 2026-12-07 replayed earlier runs' signatures of
+    other lists to complete a quorum)."""
+    digest = hashlib.sha256(b"secure-ffm/secagg/setup/v1\x00")
+    digest.update(struct.pack(">qq", setup.round, setup.threshold))
+    for client in sorted(setup.public_keys):
+        pair_public, share_public = setup.public_keys[client]
+        digest.update(struct.pack(">q", client) + bytes(pair_public) + bytes(share_public))
+    return digest.digest()
+
+
 def consistency_quorum(setup: RoundSetup) -> int:
     """How many survivors must sign a survivor list before a client unmasks for it: a strict majority of the round's
     participants, and at least ``t``. Each honest client signs one list a round, so no two lists both reach it (a server
@@ -433,6 +446,10 @@ class MaskingClient(ClientRound):
 
     # stage 0
     def advertise(self, round: int) -> AdvertiseKeys:
+        if self._pair_key is not None:
+            # one set of keys a round: fresh keys in the same round would reset what the client signed and revealed for
+            # it (an audit of 2026-12-07 had every client sign every survivor list by asking for keys again in between)
+            raise AggregationError(f"round {self._round}: client {self.client_id} already advertised its keys and refuses to make others")
         self._pair_key, self._share_key = keys.generate_private_key(), keys.generate_private_key()
         self._cipher_keys = {}
         self._round = operator.index(round)
@@ -451,6 +468,10 @@ class MaskingClient(ClientRound):
         """Check the set-up, then split the pair private key and a fresh self seed among the neighbourhood; encrypt each share."""
         if self._pair_key is None or setup.round != self._round:
             raise ValueError(f"client {self.client_id}: share_keys before advertise, or for another round")
+        if self._setup is not None:
+            # the shares it holds and the quorum it unmasks for belong to the set-up they came with: a second set-up
+            # listing fewer participants would lower the quorum (an audit of 2026-12-07 brought 12 down to 5)
+            raise AggregationError(f"round {setup.round}: client {self.client_id} already took the round's set-up and refuses a second one")
         own = setup.public_keys.get(self.client_id)
         if own != (keys.public_bytes(self._pair_key), keys.public_bytes(self._share_key)):
             raise AggregationError(f"round {setup.round}: client {self.client_id} refuses a set-up that does not carry its public keys")
@@ -637,7 +658,7 @@ class MaskingClient(ClientRound):
         if self._signed is not None and self._signed != listed:
             raise AggregationError(f"{who} already signed another survivor list this round and refuses a second one")
         self._signed = listed
-        message = signing.survivors_message(round=setup.round, survivors=listed[0], dropped=listed[1])
+        message = signing.survivors_message(round=setup.round, survivors=listed[0], dropped=listed[1], transcript=setup_digest(setup))
         return SurvivorSignature(self.client_id, setup.round, signing.sign(self.signer, message))
 
     def _listed(self, round: int, survivors: Sequence[int], dropped: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -662,7 +683,7 @@ class MaskingClient(ClientRound):
         listed = self._listed(request.round, request.survivors, request.dropped)
         if self._signed != listed:
             raise AggregationError(f"{who} refuses to unmask for a survivor list it did not sign")
-        message = signing.survivors_message(round=setup.round, survivors=listed[0], dropped=listed[1])
+        message = signing.survivors_message(round=setup.round, survivors=listed[0], dropped=listed[1], transcript=setup_digest(setup))
         signers = sum(
             1
             for client, signature in request.signatures.items()
@@ -1007,7 +1028,9 @@ class MaskingServer(ServerRound):
         """The survivors' valid signatures of the list (a bad or missing one leaves its sender out of the unmasking, as
         a survivor that does not answer); fewer than the quorum abort the round: no client would unmask."""
         assert self.directory is not None and self.round_setup is not None
-        message = signing.survivors_message(round=self.round, survivors=request.survivors, dropped=request.dropped)
+        message = signing.survivors_message(
+            round=self.round, survivors=request.survivors, dropped=request.dropped, transcript=setup_digest(self.round_setup)
+        )
         signatures = {}
         for client, reply in replies.items():
             if (
@@ -1461,6 +1484,7 @@ __all__ = [
     "ConsistencyCheck",
     "SurvivorSignature",
     "consistency_quorum",
+    "setup_digest",
     "SHARE_KEYS",
     "UNMASK",
     "AdvertiseKeys",

@@ -68,9 +68,12 @@ def advert_message(*, round: int, client_id: int, pair_public: bytes, share_publ
     return _ADVERT + struct.pack(">qq", operator.index(round), operator.index(client_id)) + bytes(pair_public) + bytes(share_public)
 
 
-def survivors_message(*, round: int, survivors: Sequence[int], dropped: Sequence[int]) -> bytes:
-    """What a client signs in the consistency check: the round, the survivors and the dropped clients it was shown."""
-    return _SURVIVORS + struct.pack(">q", operator.index(round)) + _ids(survivors) + _ids(dropped)
+def survivors_message(*, round: int, survivors: Sequence[int], dropped: Sequence[int], transcript: bytes) -> bytes:
+    """What a client signs in the consistency check: the round, the survivors and the dropped clients it was shown, and
+    the digest of the round's set-up (its fresh keys), so that the signature counts for this round of this run only."""
+    if len(transcript) != 32:
+        raise ValueError(f"a set-up digest is 32 bytes, got {len(transcript)}")
+    return _SURVIVORS + struct.pack(">q", operator.index(round)) + bytes(transcript) + _ids(survivors) + _ids(dropped)
 
 
 def sign(key: Ed25519PrivateKey, message: bytes) -> bytes:

@@ -62,6 +62,8 @@ without ``state-dir``), so it composes the ledgers of both (:func:`secure_ffm.ru
 STATE_DIR_KEY = "state-dir"
 """Node config: the folder where a node keeps its client's private state of each run across SuperNode restarts
 (:func:`secure_ffm.flower.app.save_state`)."""
+ROUNDS_BEGUN_KEY = "rounds_begun"
+"""Key of a node's client state holding the latest round whose protocol half it began (:meth:`NodeSession._half`)."""
 SIGNING_KEY = "signing-key"
 """Node config: the node's own Ed25519 signing key file (masking's ``signatures``; ``secure-ffm signing-keys``)."""
 NODE_SPEND_KEY = "node_spend"
@@ -426,7 +428,16 @@ class NodeSession:
         return self.state.setdefault("client", {})
 
     def _half(self, round: int) -> ClientRound:
-        """This client's protocol half for ``round``, restored from the node's state (a new round drops the last one's)."""
+        """This client's protocol half for ``round``, restored from the node's state (a new round drops the last one's).
+
+        Rounds only move forward: a round older than one the node began is refused. The node keeps one round's half,
+        so a server that went back to round r after r + 1 got a fresh half for r, and with it fresh masks, signatures
+        and a second masked input of r (an audit of 2026-12-07 had a node sign a second survivor list that way)."""
+        client = self._client_state()
+        begun = int(client.get(ROUNDS_BEGUN_KEY, 0))
+        if round < begun:
+            raise AggregationError(f"client {self.client_id} already began round {begun} and refuses a request for round {round}")
+        client[ROUNDS_BEGUN_KEY] = max(begun, round)
         half = self.protocol.client_round(self.client_id, round)
         saved = self.state.get("half")
         if saved is not None and saved.get("round") == round:

@@ -86,6 +86,31 @@ def test_signed_masking_over_the_link_checks_consistency_and_equals_the_unsigned
         server_run(signed, swapped, out_dir=tmp_path / "swapped")
 
 
+def test_a_node_refuses_a_round_older_than_one_it_began(tmp_path):
+    # the node keeps one round's protocol half: going back to round 1 after round 2 gave a fresh half for round 1,
+    # with fresh masks and signatures and a second masked input of that round (review of 2026-12-07)
+    from secure_ffm.engine.aggregation import AggregationError
+    from secure_ffm.run.deployment import node_session
+    from secure_ffm.secagg.masking_protocol import ADVERTISE_KEYS, KeyRequest
+    from secure_ffm.transports.remote import STAGE
+
+    config = config_of(tmp_path, BASE + MASKING)
+    state = {}
+    session = node_session(config, partition_id=0, num_partitions=3, state=state)
+
+    def advertise(round):
+        return session.answer(STAGE, {"round": round, "stage": ADVERTISE_KEYS, "request": KeyRequest(round, (0, 1, 2))})
+
+    advertise(2)
+    with pytest.raises(AggregationError, match="already began round 2 and refuses a request for round 1"):
+        advertise(1)
+    again = node_session(config, partition_id=0, num_partitions=3, state=state)  # a fresh process, the same node state
+    with pytest.raises(AggregationError, match="already began round 2"):
+        again.answer(STAGE, {"round": 1, "stage": ADVERTISE_KEYS, "request": KeyRequest(1, (0, 1, 2))})
+    with pytest.raises(AggregationError, match="already advertised its keys"):
+        advertise(2)
+
+
 def test_a_node_gone_after_its_masked_input_is_recovered_by_the_survivors(tmp_path):
     config = config_of(tmp_path, BASE.replace("num_clients = 3", "num_clients = 4") + MASKING + "threshold = 3\n")
     fits = []

@@ -377,5 +377,8 @@ def test_the_share_cipher_keys_travel_with_the_exported_state_and_end_with_the_r
     assert restored.export_state()["cipher_keys"] == {}
     with pytest.raises(AggregationError, match="does not load"):
         restored.restore_state({**state, "cipher_keys": {1: b"short"}})
-    made[0].advertise(state["round"] + 1)  # the next round's keys: the old cipher keys go with the old share key
-    assert made[0].export_state()["cipher_keys"] == {}
+    with pytest.raises(AggregationError, match="already advertised its keys"):  # a half makes one set of keys
+        made[0].advertise(state["round"] + 1)
+    following = MaskingProtocol(clip_range=CLIP, seed=1).client_round(0, state["round"] + 1)  # the next round's half
+    following.advertise(state["round"] + 1)
+    assert following.export_state()["cipher_keys"] == {}  # the old cipher keys went with the old share key

@@ -22,6 +22,7 @@ from secure_ffm.secagg.masking_protocol import (
     RoundSetup,
     UnmaskRequest,
     consistency_quorum,
+    setup_digest,
 )
 from secure_ffm.secagg.quantization import levels_for
 
@@ -108,9 +109,10 @@ def test_every_client_refuses_a_set_up_with_a_client_the_directory_does_not_list
 
 
 def test_a_signature_from_another_round_does_not_sign_this_rounds_keys():
-    clients, _ = signed_clients(4)
+    clients, signatures = signed_clients(4)
     setup = setup_of(clients)
-    old = clients[1].advertise(ROUND - 1)  # client 1's signature of other keys for round 0
+    earlier = MaskingClient(1, signer=signatures.own[1], directory=signatures.directory)
+    old = earlier.advertise(ROUND - 1)  # client 1's signature of other keys for round 0
     replayed = dataclasses.replace(setup, signatures={**setup.signatures, 1: old.signature})
     with pytest.raises(AggregationError, match="client 1 carries keys it did not sign"):
         clients[0].share_keys(replayed)
@@ -257,7 +259,7 @@ def test_a_client_unmasks_for_the_list_it_signed_once_a_quorum_signed_it():
 
 @pytest.mark.parametrize("problem", ["too-few", "forged", "unsigned-list", "non-survivor-signer"])
 def test_a_client_refuses_to_unmask_without_a_quorum_for_the_list_it_signed(problem):
-    clients, _, signatures = signed_round(5)
+    clients, setup, signatures = signed_round(5)
     everyone = tuple(range(5))
     signed = {c: clients[c].consistency(ConsistencyCheck(ROUND, everyone, ())).signature for c in range(5)}
     survivors, dropped = everyone, ()
@@ -268,7 +270,7 @@ def test_a_client_refuses_to_unmask_without_a_quorum_for_the_list_it_signed(prob
     elif problem == "unsigned-list":  # the clients signed "everyone survived"; the request says client 4 dropped
         survivors, dropped = (0, 1, 2, 3), (4,)
     else:  # a dropped client's signature does not count towards the survivors' quorum
-        other = signing.survivors_message(round=ROUND, survivors=(0, 1), dropped=(2, 3, 4))
+        other = signing.survivors_message(round=ROUND, survivors=(0, 1), dropped=(2, 3, 4), transcript=setup_digest(setup))
         signed = {0: signed[0], 1: signed[1], 4: signing.sign(signatures.own[4], other)}
         survivors, dropped = (0, 1), (2, 3, 4)
     with pytest.raises(AggregationError, match="refuses to unmask"):
@@ -437,3 +439,50 @@ def test_a_loopback_deployment_makes_the_keys_and_gives_each_node_its_own(tmp_pa
     assert check_loopback(tiny()) is False
     tables = node_configs(tmp_path / "c.toml", 3, signing_keys=tmp_path / "signing")
     assert [t["signing-key"] for t in tables] == [str(tmp_path / "signing" / f"client-{k}.key") for k in range(3)]
+
+
+# --------------------------------------------------------------------------- a lying server's replays (review of 2026-12-07)
+
+
+def test_a_client_makes_one_set_of_keys_a_round_and_takes_one_set_up():
+    # asking for keys again reset what the client had signed, so every client signed every list; a second set-up
+    # listing fewer participants lowered the quorum from 7 to 3
+    clients, _ = signed_clients(5)
+    setup = setup_of(clients)
+    with pytest.raises(AggregationError, match="already advertised its keys"):
+        clients[0].advertise(ROUND)
+    clients[0].share_keys(setup)
+    smaller = dataclasses.replace(
+        setup,
+        public_keys={c: setup.public_keys[c] for c in (0, 1, 2)},
+        neighbours=graph.full_graph(3),
+        threshold=2,
+        signatures={c: setup.signatures[c] for c in (0, 1, 2)},
+    )
+    with pytest.raises(AggregationError, match="already took the round's set-up"):
+        clients[0].share_keys(smaller)
+
+
+def test_survivor_signatures_from_another_run_with_the_same_keys_do_not_count():
+    n = 5
+    everyone, other = tuple(range(n)), ((0, 1, 2, 3), (4,))
+    keys_of_federation = signing.Signatures.generate(range(n))
+
+    def signed_round_with(signatures):
+        clients = {c: MaskingClient(c, signer=signatures.own[c], directory=signatures.directory) for c in range(n)}
+        setup = setup_of(clients)
+        messages = [client.share_keys(setup) for client in clients.values()]
+        for c, client in clients.items():
+            client.receive_shares([share for m in messages for share in m.shares if share.recipient == c])
+            client.masked_input(update_of(c), weight=10.0, rng=np.random.default_rng(c))
+        return clients
+
+    earlier = signed_round_with(keys_of_federation)  # an earlier run's round 1: everyone signs "4 dropped"
+    harvested = {c: earlier[c].consistency(ConsistencyCheck(ROUND, *other)).signature for c in range(n) if c != 4}
+    later = signed_round_with(keys_of_federation)  # this run's round 1: client 0 signs "everyone survived"
+    later[0].consistency(ConsistencyCheck(ROUND, everyone, ()))
+    later[1].consistency(ConsistencyCheck(ROUND, everyone, ()))
+    own = later[2].consistency(ConsistencyCheck(ROUND, *other)).signature
+    # client 2 signed "4 dropped" in this round; the harvested signatures of that list cover another set-up's keys
+    with pytest.raises(AggregationError, match="1 survivors signed the list"):
+        later[2].unmask(UnmaskRequest(ROUND, *other, {**harvested, 2: own}))
