@@ -333,8 +333,12 @@ class MaskingClient(ClientRound):
         min_sum: int = 0,
         signer: Ed25519PrivateKey | None = None,
         directory: signing.KeyDirectory | None = None,
+        min_quorum: int = 0,
     ) -> None:
         self.client_id = operator.index(client_id)
+        self.min_quorum = operator.index(min_quorum)
+        """With a key directory: the fewest survivor signatures this client unmasks for, whatever the set-up's size (a
+        majority of its configured round, and the sum its distributed-noise share is sized for)."""
         if directory is not None and signer is None:
             raise ValueError(f"client {self.client_id}: a key directory needs the client's own signing key")
         self.signer = signer
@@ -689,11 +693,11 @@ class MaskingClient(ClientRound):
             for client, signature in request.signatures.items()
             if client in listed[0] and self.directory.verifies(client, message, signature)
         )
-        quorum = consistency_quorum(setup)
+        quorum = max(consistency_quorum(setup), self.min_quorum)
         if signers < quorum:
             raise AggregationError(
                 f"{who} refuses to unmask: {signers} survivors signed the list, fewer than the {quorum} it needs (a majority of the "
-                f"round's {len(setup.participants)} participants and at least t={setup.threshold})"
+                f"round's {len(setup.participants)} participants, at least t={setup.threshold} and its own minimum {self.min_quorum})"
             )
 
     # stage 3
@@ -805,10 +809,13 @@ class MaskingServer(ServerRound):
         layout: VectorLayout | None = None,
         integer_values: bool = False,
         directory: signing.KeyDirectory | None = None,
+        min_quorum: int = 0,
     ) -> None:
         self.round = operator.index(round)
         self.integer_values = integer_values
         self.directory = directory
+        self.min_quorum = operator.index(min_quorum)
+        """The fewest survivor signatures the clients insist on (their planned round's majority, or more)."""
         """With ``signatures``: the key directory; the server checks the signatures it forwards and runs the consistency check."""
         self.participants = tuple(sorted(operator.index(c) for c in participants))
         if not self.participants or len(set(self.participants)) != len(self.participants):
@@ -1044,7 +1051,7 @@ class MaskingServer(ServerRound):
                 log.warning(
                     "round %d: client %d sent no valid signature of the survivor list; it is not asked to unmask", self.round, client
                 )
-        quorum = consistency_quorum(self.round_setup)
+        quorum = max(consistency_quorum(self.round_setup), self.min_quorum)
         if len(signatures) < quorum:
             raise AggregationError(
                 f"round {self.round}: {len(signatures)} survivors signed the survivor list, fewer than the {quorum} a client needs "
@@ -1300,6 +1307,8 @@ class MaskingProtocol(AggregationProtocol):
         server claims, and the server's default ``t`` is raised to it."""
         self.min_sum = 0
         """The fewest inputs an unmasked sum may hold (:meth:`protect_sums_of`; 0: no such need)."""
+        self.quorum_floor = 0
+        """With ``signatures``: the sum the noise shares are sized for, which the clients' quorum must reach."""
 
     def plan_rounds(self, round_size: int) -> None:
         self.round_size = operator.index(round_size)
@@ -1342,8 +1351,12 @@ class MaskingProtocol(AggregationProtocol):
         """Distributed noise shares are sized so that ``min_sum`` of them carry the full noise: under the complete graph
         the server's default ``t`` and every client's minimum rise until a server that lies about who survived cannot
         unmask a sum of fewer (:func:`~secure_ffm.secagg.graph.threshold_for_isolated_sum`; until 2026-12-07 a strict
-        majority let it sum 4 inputs of 100, each share sized for 51)."""
-        self.min_sum = operator.index(min_sum)
+        majority let it sum 4 inputs of 100, each share sized for 51). With ``signatures`` the consistency check keeps
+        every sum at the signed list, at least the clients' quorum: the quorum rises to ``min_sum`` instead of ``t``."""
+        if self.signs:
+            self.quorum_floor = operator.index(min_sum)
+        else:
+            self.min_sum = operator.index(min_sum)
 
     def planned_min_threshold(self) -> int:
         """The lowest ``t`` this run's own configuration accepts (0 before :meth:`plan_rounds`)."""
@@ -1359,6 +1372,13 @@ class MaskingProtocol(AggregationProtocol):
         secure = config.secure_aggregation
         return int(secure.threshold) or graphs.threshold_range(graphs.neighbourhood_size(config.round_size, secure.neighbours))[0]
 
+    def planned_min_quorum(self) -> int:
+        """With ``signatures``: the fewest survivor signatures a client of this run unmasks for, a strict majority of the
+        planned round (0 before :meth:`plan_rounds`) and at least the sum the noise shares are sized for."""
+        if not self.signs:
+            return 0
+        return max(self.round_size // 2 + 1 if self.round_size else 0, self.quorum_floor)
+
     @classmethod
     def smallest_sum(cls, config: Config) -> int:
         """Without a threshold in the config, the strict majority of the planned round (as before 2026-12-07); the
@@ -1367,8 +1387,13 @@ class MaskingProtocol(AggregationProtocol):
         isolate under the complete graph, :func:`~secure_ffm.secagg.graph.isolatable_sum` (``t`` itself until
         2026-12-07, when an audit summed 4 honest clients' inputs of 10 with ``t = 6``: the noise was then 0.82 of the
         claimed). Under SecAgg+ (``neighbours > 0``) the configured ``t`` or a neighbourhood's majority, a guarantee that
-        needs an honest-but-curious server (docs/threat_model.md)."""
+        needs an honest-but-curious server (docs/threat_model.md). With ``signatures``, a strict majority of the planned
+        round (and at least ``t``), whatever the graph: the consistency check's quorum, against a server that lies."""
         secure, participants = config.secure_aggregation, config.round_size
+        if secure.signatures:
+            # the consistency check: a server learns the sum over one list that a majority of the planned round signed,
+            # and each client unmasks for no fewer signatures (MaskingClient.min_quorum)
+            return max(cls.fewest_to_aggregate(config), participants // 2 + 1)
         if secure.threshold and graphs.uses_full_graph(participants, secure.neighbours):
             return graphs.isolatable_sum(participants, min(int(secure.threshold), participants))
         return cls.fewest_to_aggregate(config)  # the configured t (SecAgg+), or the strict majority
@@ -1442,6 +1467,7 @@ class MaskingProtocol(AggregationProtocol):
             layout=layout,
             integer_values=self.integer_values,
             directory=self._directory(),
+            min_quorum=self.planned_min_quorum(),
         )
 
     def _directory(self) -> signing.KeyDirectory | None:
@@ -1471,6 +1497,7 @@ class MaskingProtocol(AggregationProtocol):
             min_sum=self.min_sum,
             signer=signer,
             directory=directory,
+            min_quorum=self.planned_min_quorum(),
         )
 
     def use_integer_values(self) -> None:

@@ -486,3 +486,41 @@ def test_survivor_signatures_from_another_run_with_the_same_keys_do_not_count():
     # client 2 signed "4 dropped" in this round; the harvested signatures of that list cover another set-up's keys
     with pytest.raises(AggregationError, match="1 survivors signed the list"):
         later[2].unmask(UnmaskRequest(ROUND, *other, {**harvested, 2: own}))
+
+
+# --------------------------------------------------------------------------- distributed noise sized for the quorum
+
+
+def test_with_signatures_noise_shares_are_sized_for_a_majority_of_the_round_whatever_the_graph():
+    from secure_ffm.privacy.distributed import minimum_shares
+
+    def dp_fedavg(**secure):
+        return config_from_dict(
+            {
+                "data": {"dataset": "digits", "max_train_examples": 400, "num_clients": 20},
+                "model": {"arch": "cnn", "finetune": "full"},
+                "server": {"clients_per_round": 20},
+                "privacy": {"mode": "dp-fedavg", "target_epsilon": 8.0, "noise_placement": "clients"},
+                "secure_aggregation": {"protocol": "masking", **secure},
+            }
+        )
+
+    # SecAgg+ without signatures: a neighbourhood's majority (4 of 7), sound only against an honest-but-curious server
+    assert minimum_shares(dp_fedavg(neighbours=6)) == 4
+    assert minimum_shares(dp_fedavg(neighbours=6, signatures=True)) == 11
+    assert minimum_shares(dp_fedavg(signatures=True)) == 11
+
+
+def test_a_client_unmasks_for_no_fewer_signatures_than_its_own_planned_quorum():
+    # a set-up of 5 where the client's own configuration plans rounds of 20: a majority of the 5 is not enough
+    clients, setup, signatures = signed_round(5)
+    everyone = tuple(range(5))
+    signed = {c: clients[c].consistency(ConsistencyCheck(ROUND, everyone, ())).signature for c in range(5)}
+    clients[0].min_quorum = 11
+    with pytest.raises(AggregationError, match="fewer than the 11 it needs"):
+        clients[0].unmask(UnmaskRequest(ROUND, everyone, (), signed))
+    protocol = MaskingProtocol(signatures=True)
+    protocol.plan_rounds(20)
+    protocol.plan_clients(20)
+    protocol.protect_sums_of(11)
+    assert protocol.client_round(3, ROUND).min_quorum == 11 and protocol.min_sum == 0  # t is not raised for it
