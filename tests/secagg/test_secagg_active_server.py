@@ -37,6 +37,18 @@ def update_of(client_id, round=ROUND):
 # --------------------------------------------------------------------------- a lying server against the real clients
 
 
+def share_and_mask(clients, setup, update=update_of):
+    """Every client takes ``setup``, the shares are routed, and each masks its quantized update: ``(inputs, masked)``."""
+    messages = [client.share_keys(setup) for client in clients.values()]
+    for c, client in clients.items():
+        client.receive_shares([share for m in messages for share in m.shares if share.recipient == c])
+    inputs, masked = {}, {}
+    for c, client in clients.items():
+        inputs[c] = client.quantize(update(c), weight=10.0, rng=np.random.default_rng(c))
+        masked[c] = client.mask(inputs[c])
+    return inputs, masked
+
+
 class LyingServer:
     """Runs the set-up through real clients with a threshold and graph of its choosing, then lies about survivors.
 
@@ -52,13 +64,7 @@ class LyingServer:
         self.setup = RoundSetup(ROUND, public, graph_, threshold, weight_bound=10.0, clip_range=1.0, levels=levels_for(n))
 
     def run_setup(self):
-        messages = [client.share_keys(self.setup) for client in self.clients.values()]  # a client may refuse here
-        for c, client in self.clients.items():
-            client.receive_shares([share for m in messages for share in m.shares if share.recipient == c])
-        self.inputs, self.masked = {}, {}
-        for c, client in self.clients.items():
-            self.inputs[c] = client.quantize(update_of(c), weight=10.0, rng=np.random.default_rng(c))
-            self.masked[c] = client.mask(self.inputs[c])
+        self.inputs, self.masked = share_and_mask(self.clients, self.setup)  # a client may refuse here
         return self
 
     def attack(self, target, told_dropped):

@@ -25,6 +25,7 @@ from secure_ffm.secagg.masking_protocol import (
     setup_digest,
 )
 from secure_ffm.secagg.quantization import levels_for
+from tests.secagg.test_secagg_active_server import share_and_mask
 
 ROUND = 1
 DIM = 12
@@ -158,13 +159,8 @@ class LyingServer:
             levels=levels_for(n),
             signatures={a.client_id: a.signature for a in adverts},
         )
-        messages = [client.share_keys(self.setup) for client in self.clients.values()]
-        for c, client in self.clients.items():
-            client.receive_shares([share for m in messages for share in m.shares if share.recipient == c])
-        self.inputs, self.masked = {}, {}
-        for c, client in self.clients.items():
-            self.inputs[c] = client.quantize(update_of(c), weight=10.0, rng=np.random.default_rng(c))
-            self.masked[c] = client.mask(self.inputs[c])
+        self.inputs, self.masked = share_and_mask(self.clients, self.setup, update_of)
+        for client in self.clients.values():
             client._input_sent = True  # noqa: SLF001 - each client sent its masked input
 
     def ask(self, client, survivors, dropped, signatures):
