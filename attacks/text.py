@@ -240,10 +240,8 @@ def infer_labels(observation: Observation, gradient: dict[str, torch.Tensor], pr
     mean_p = predicted.double() if predicted is not None else torch.full((classes,), 1.0 / classes, dtype=torch.float64)
     raw = (batch * (mean_p - bias_grad)).clamp(min=0.0)
     counts = raw.floor().long()
-    for index in torch.argsort(raw - counts, descending=True).tolist():
-        if int(counts.sum()) >= batch:
-            break
-        counts[index] += 1
+    while int(counts.sum()) < batch:  # the largest remainders first; a noisy bias gradient may leave many short
+        counts[int(torch.argmax(raw - counts))] += 1
     while int(counts.sum()) > batch:
         counts[int(torch.argmax(counts))] -= 1
     return torch.repeat_interleave(torch.arange(classes), counts)

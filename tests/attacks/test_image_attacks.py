@@ -129,11 +129,12 @@ def test_every_attack_handles_every_observation_on_the_vit(name: str, observes: 
     budget = Budget(max_iterations=4, progress=lambda done, total: calls.append((done, total)))
     reconstruction = build_attack(name).reconstruct(observation, budget=budget, generator=torch.Generator().manual_seed(0))
     low, high = pixel_box()
-    assert reconstruction.inputs.shape == (2, 1, 28, 28)
+    examples = 4 if observes == "aggregate" else 2  # every example in the sum
+    assert reconstruction.inputs.shape == (examples, 1, 28, 28)
     assert torch.isfinite(reconstruction.inputs).all()
     if build_attack(name).settings.boxed:
         assert reconstruction.inputs.min() >= low - 1e-6 and reconstruction.inputs.max() <= high + 1e-6
-    assert reconstruction.labels is not None and reconstruction.labels.shape == (2,)
+    assert reconstruction.labels is not None and reconstruction.labels.shape == (examples,)
     assert reconstruction.iterations == 4 and calls[-1] == (4, 4)
     assert model.module.training  # mode restored
     for key, value in model.get_trainable().items():
