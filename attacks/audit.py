@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from attacks.base import Budget, GroundTruth, NamedArrays, Observation, Reconstruction, ThreatModel, TrainingSetup, build_attack
-from attacks.case import data_kind, local_minibatches, stack_inputs
+from attacks.case import data_kind, local_minibatches, one_full_step, stack_inputs
 from secure_ffm.config import ClientConfig, Config
 from secure_ffm.engine.aggregation import Aggregate
 from secure_ffm.engine.client import ClientRules, FederatedClient
@@ -393,7 +393,7 @@ def observe_config(
     setup = TrainingSetup(
         num_examples=case.batch_size,
         local_steps=case.local_steps if kind == "update" else 1,
-        local_batch_size=case.local_batch_size,
+        local_batch_size=case.local_batch_size if kind == "update" else 0,  # a gradient is of the whole batch
         learning_rate=case.learning_rate or config.client.lr,
         num_clients=len(participants),
     )
@@ -419,20 +419,24 @@ def observe_config(
         replay=replay,
     )
     model.set_trainable(global_parameters)
+    every_example = secure and one_full_step(setup)
     if secure:
         # the server sees the mean of the participants' deltas; every attack reads an aggregate as -delta / (rate *
         # steps), so the observation is the delta itself with the rate it was made at. The attacker knows each
-        # client's example count and reconstructs every example in the sum: for one step the example-weighted mean
-        # of the clients' mean gradients is the mean gradient of their union, exactly one batch of all of them.
+        # client's example count and, for one full-batch step, reconstructs every example in the sum: the
+        # example-weighted mean of the clients' mean gradients is the mean gradient of their union, exactly one batch
+        # of all of them. Several local steps (each client's own) are matched as if the target alone had taken them.
         observed = delta
-        setup = replace(setup, learning_rate=rate, num_examples=sum(len(indices[c]) for c in participants))
+        setup = replace(setup, learning_rate=rate)
+        if every_example:
+            setup = replace(setup, num_examples=sum(len(indices[c]) for c in participants))
     elif kind == "gradient":
         observed = {k: -v / rate for k, v in delta.items()}
     else:
         observed = delta
     observation = _observation(
         model,
-        Batch(stack_inputs(batches), torch.cat([b.labels for b in batches])) if secure else batches[0],
+        Batch(stack_inputs(batches), torch.cat([b.labels for b in batches])) if every_example else batches[0],
         observes="aggregate" if secure else ("update" if kind == "update" else "gradient"),
         knows_labels=case.knows_labels,
         setup=setup,

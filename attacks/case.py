@@ -93,8 +93,9 @@ def observe(
     the target's and ``other_clients``' local updates (each trained with ``setup``'s steps and
     learning rate), as secure aggregation reveals it, and the
     ground truth holds every client's examples (target first): a reconstruction of anyone's
-    example counts as leakage. The observation's ``setup.num_examples`` is then every example in the sum (the server
-    knows each client's count), so an attack reconstructs all of them.
+    example counts as leakage. For one full-batch step (:func:`one_full_step`) the observation's ``setup.num_examples``
+    is every example in the sum (the server knows each client's count), so an attack reconstructs all of them; several
+    local steps are matched as if the target alone had taken them.
     """
     setup = setup or TrainingSetup(num_examples=len(batch))
     if setup.num_examples != len(batch):
@@ -121,10 +122,11 @@ def observe(
             total += len(other)
             truth_batches.append(other)
         observed = {k: (v / total).astype(np.float32) for k, v in sums.items()}
-        # the server knows every client's example count: the attack reconstructs every example in the sum (for one
-        # full-batch step the example-weighted mean of the clients' updates is exactly one update over their union)
+        # the server knows every client's example count: for one full-batch step the attack reconstructs every example
+        # in the sum (the example-weighted mean of the clients' updates is exactly one update over their union);
+        # several local steps, each client's own, are matched as if the target alone had taken them
         setup = TrainingSetup(
-            num_examples=int(total),
+            num_examples=int(total) if one_full_step(setup) else setup.num_examples,
             local_steps=setup.local_steps,
             local_batch_size=setup.local_batch_size,
             learning_rate=setup.learning_rate,
@@ -138,7 +140,8 @@ def observe(
         labels=torch.cat([b.labels for b in truth_batches]),
         texts=list(texts) if texts is not None else None,
     )
-    attacked = batch if threat_model.observes != "aggregate" else Batch(truth.inputs, truth.labels)  # every example in the sum
+    every = threat_model.observes == "aggregate" and setup.num_examples == len(truth.labels) and len(truth.labels) > len(batch)
+    attacked = Batch(truth.inputs, truth.labels) if every else batch  # every example in the sum
     extras = {k: v.clone() for k, v in attacked.inputs.items() if k != "pixels" and k != "input_ids"}
     observation = Observation(
         threat_model=threat_model,
@@ -152,6 +155,12 @@ def observe(
         extras=extras,
     )
     return observation, truth
+
+
+def one_full_step(setup: TrainingSetup) -> bool:
+    """Whether each client took one step over its whole batch: the aggregate of such updates is one step over the
+    union of the batches, so an attack on it reconstructs every example in the sum."""
+    return setup.local_steps == 1 and (setup.local_batch_size == 0 or setup.local_batch_size >= setup.num_examples)
 
 
 def stack_inputs(batches: Sequence[Batch]) -> dict[str, torch.Tensor]:

@@ -124,12 +124,16 @@ class ObservationRecorder:
         global_parameters: NamedArrays,
         indices: Mapping[int, np.ndarray],
         fit_config: Mapping[str, Any],
+        steps: int | None = None,
     ) -> None:
-        """Secure aggregation: the aggregate is all the server learns, recorded for every captured participant."""
+        """Secure aggregation: the aggregate is all the server learns, recorded for every captured participant.
+        ``steps``: the local steps behind it, when the mechanism fixes them; else ``client.local_steps`` when the config
+        sets a number of steps (local epochs take as many steps as a client's data asks: none is recorded)."""
+        steps = steps if steps is not None else (self.config.client.local_steps or None)
         for client in clients:
             if not self.wants(round, client):
                 continue
-            settings = self._settings(round, client, indices[client], fit_config, None)
+            settings = self._settings(round, client, indices[client], fit_config, steps)
             self._write(
                 round,
                 client,

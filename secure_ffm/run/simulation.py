@@ -32,7 +32,7 @@ from secure_ffm.config import Config
 from secure_ffm.continual.run import ContinualRun, check_continual
 from secure_ffm.data import load_run_data
 from secure_ffm.data.base import FederatedData
-from secure_ffm.engine.aggregation import PROTOCOLS, Aggregate, AggregationProtocol
+from secure_ffm.engine.aggregation import PROTOCOLS, Aggregate, AggregateStep, AggregationProtocol
 from secure_ffm.engine.client import PUBLIC_CLIENT_METRICS, TRAIN_ONLY, ClientRules, FederatedClient
 from secure_ffm.engine.orchestrator import RoundHooks, RoundOrchestrator, RunObserver
 from secure_ffm.engine.schedule import FEDERATED, PUBLIC, SCHEDULES, Decision, RoundSignals, build_schedule
@@ -305,11 +305,25 @@ class _RecordObservations(RoundHooks):
 
     A protocol that hides single updates gets its aggregate recorded; any other gets each message."""
 
-    def __init__(self, recorder: ObservationRecorder, protocol: AggregationProtocol, indices_of: Callable[[int], np.ndarray]) -> None:
-        """``indices_of(client)``: the examples the client trains on this round (a continual run's stage and buffer)."""
+    def __init__(
+        self,
+        recorder: ObservationRecorder,
+        protocol: AggregationProtocol,
+        indices_of: Callable[[int], np.ndarray],
+        *,
+        decoding: Sequence[AggregateStep] = (),
+        one_step: bool = False,
+    ) -> None:
+        """``indices_of(client)``: the examples the client trains on this round (a continual run's stage and buffer);
+        ``decoding``: the mechanism's steps from the protocol's sum to the server's reading of it (distributed DP-SGD's
+        noisy gradient sum to a step, discrete shares' units), applied before an aggregate is recorded, as the server
+        reads it (until 2026-12-07 the capture held the raw sum); ``one_step``: the mechanism's clients send one step a
+        round, whatever ``client.local_steps`` says."""
         self.recorder = recorder
         self.hides_updates = protocol.hides_updates
         self.indices_of = indices_of
+        self.decoding = list(decoding)
+        self.one_step = one_step
 
     def message_received(self, round: int, message: ClientMessage, instructions: FitInstructions) -> None:
         if not self.hides_updates and self.recorder.wants(round, message.client_id):
@@ -321,10 +335,13 @@ class _RecordObservations(RoundHooks):
             )
 
     def aggregate_computed(self, round: int, aggregate: Aggregate, clients: Sequence[int], instructions: FitInstructions) -> None:
-        if self.hides_updates:
+        if self.hides_updates and any(self.recorder.wants(round, client) for client in clients):
+            for step in self.decoding:
+                aggregate = step(round, aggregate)
             self.recorder.record_aggregate(
                 round,
                 aggregate.mean_delta,
+                steps=1 if self.one_step else None,
                 clients=list(clients),
                 global_parameters=instructions.parameters,
                 indices={client: self.indices_of(client) for client in clients},
@@ -442,7 +459,13 @@ class Simulation:
             on_abort=self.config.secure_aggregation.on_abort,
             round_metrics=lambda round: self.privacy.round_metrics(round, self.client_states),
             hooks=[
-                _RecordObservations(self.recorder, self.protocol, self.training_indices),
+                _RecordObservations(
+                    self.recorder,
+                    self.protocol,
+                    self.training_indices,
+                    decoding=self.privacy.decoding_steps(),
+                    one_step=self.privacy.audit_replay(examples_per_client=1) is not None,
+                ),
                 *hooks,
                 *(self.continual.hooks if self.continual else []),
             ],

@@ -485,3 +485,25 @@ def test_a_damaged_capture_is_refused_in_one_line(tmp_path, capsys, captured_run
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert "--run: the capture of round 1 client 0" in line and problem in line
     assert not (tmp_path / "out").exists()
+
+
+def test_a_gradient_audit_observes_the_whole_batch_whatever_the_local_batch_size(prepared):
+    # a gradient audit with audit_case.local_batch_size trained on its first minibatch only, labelled as the batch
+    from attacks.case import batch_gradient
+    from secure_ffm.models.base import Batch
+
+    observation, truth = observe_config(prepared, AuditCase(batch_size=2, local_batch_size=1))
+    assert observation.setup.local_batch_size == 0
+    expected = batch_gradient(prepared.model, Batch(truth.inputs, truth.labels))
+    for name, value in expected.items():
+        np.testing.assert_allclose(observation.observed[name], value, rtol=1e-4, atol=1e-6)
+
+
+def test_a_secure_multi_step_audit_is_matched_as_the_targets_own_steps():
+    # several local steps are each client's own: only one full-batch step makes the sum one batch of every example
+    masked = prepare_case(cnn(secure_aggregation={"protocol": "masking", "clip_range": 2.0}))
+    observation, truth = observe_config(
+        masked, AuditCase(batch_size=2, num_clients=2, observes="update", local_steps=2, local_batch_size=1)
+    )
+    assert observation.threat_model.observes == "aggregate" and observation.setup.num_examples == 2
+    assert len(truth.labels) == 4  # every aggregated example still counts as leakage when recovered

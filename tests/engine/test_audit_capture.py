@@ -53,6 +53,22 @@ def test_secure_aggregation_capture_holds_only_the_aggregate(tmp_path):
     assert set(captured.observed) == set(captured.global_parameters)
 
 
+def test_a_captured_aggregate_is_the_servers_reading_of_it_with_its_local_steps(tmp_path):
+    # DP-FedAvg's discrete shares under masking: the protocol sums integers, which the server reads times γ; until
+    # 2026-12-07 the capture held the raw ring sum (about 1e6 units a coordinate) and no step count
+    run_dir = tmp_path / "run"
+    config = tiny_config(
+        privacy={"mode": "dp-fedavg", "target_epsilon": 8.0, "clip_norm": 0.5, "noise_placement": "clients"},
+        secure_aggregation={"protocol": "masking"},
+        server={"clients_per_round": 4},
+    )
+    Simulation(prepare_run(config), out_dir=run_dir).run()
+    captured = load_observation(run_dir, round=2, client=1)
+    assert captured.metadata["local_steps"] == 2
+    largest = max(float(np.max(np.abs(v))) for v in captured.observed.values())
+    assert largest < 10.0  # clipped updates of norm 0.5 and their noise, in real units
+
+
 def test_capture_of_unknown_client_is_refused():
     with pytest.raises(ConfigError, match="audit.capture_clients"):
         tiny_config(audit={"capture_clients": [9]})
