@@ -18,6 +18,7 @@ Keys and signatures come from ``cryptography``'s Ed25519 (RFC 8032); signing key
 
 from __future__ import annotations
 
+import functools
 import json
 import operator
 import os
@@ -95,15 +96,14 @@ class KeyDirectory:
         object.__setattr__(self, "_public", public)
 
     def verifies(self, client: int, message: bytes, signature: object) -> bool:
-        """Whether ``signature`` is ``client``'s signature of ``message`` (False for an unknown client or a malformed one)."""
+        """Whether ``signature`` is ``client``'s signature of ``message`` (False for an unknown client or a malformed one).
+
+        Results are remembered per process (:func:`_verified`): in a simulation every client checks the same n
+        signatures, which cost about 0.2 ms each here (a round of 100 clients took 2.5x the unsigned round before)."""
         key = self._public.get(client)  # type: ignore[attr-defined]
         if key is None or not isinstance(signature, bytes) or len(signature) != SIGNATURE_BYTES:
             return False
-        try:
-            key.verify(signature, message)
-        except (InvalidSignature, ValueError):
-            return False
-        return True
+        return _verified(bytes(self.keys[client]), bytes(message), bytes(signature))
 
     def to_json(self) -> str:
         return json.dumps({str(k): v.hex() for k, v in sorted(self.keys.items())}, indent=1) + "\n"
@@ -126,6 +126,16 @@ class KeyDirectory:
             raise ConfigError(
                 key, f"{where} is not a key directory ({error})", 'write one with "secure-ffm signing-keys --clients N --out DIR"'
             ) from None
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _verified(key_bytes: bytes, message: bytes, signature: bytes) -> bool:
+    """One verification, remembered by its inputs (a pure function of the key's bytes, the message and the signature)."""
+    try:
+        Ed25519PublicKey.from_public_bytes(key_bytes).verify(signature, message)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
 
 
 @dataclass
