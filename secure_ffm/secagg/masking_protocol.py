@@ -881,7 +881,9 @@ class MaskingServer(ServerRound):
         asked = request.survivors
         if self.directory is not None:  # the consistency check: the survivors sign the list before anyone unmasks
             check = ConsistencyCheck(self.round, request.survivors, request.dropped)
-            signed = yield Stage(CONSISTENCY_CHECK, {u: check for u in request.survivors})
+            signed = yield Stage(
+                CONSISTENCY_CHECK, {u: check for u in request.survivors}, enough=functools.partial(self.signatures_suffice, request)
+            )
             request = UnmaskRequest(self.round, request.survivors, request.dropped, self.collect_signatures(request, signed.replies))
             asked = tuple(sorted(request.signatures))
         answers = yield Stage(UNMASK, {u: request for u in asked}, enough=functools.partial(self.responses_suffice, request))
@@ -1031,9 +1033,7 @@ class MaskingServer(ServerRound):
                 )
         return UnmaskRequest(self.round, survivors, dropped)
 
-    def collect_signatures(self, request: UnmaskRequest, replies: Mapping[int, Any]) -> dict[int, bytes]:
-        """The survivors' valid signatures of the list (a bad or missing one leaves its sender out of the unmasking, as
-        a survivor that does not answer); fewer than the quorum abort the round: no client would unmask."""
+    def _valid_signatures(self, request: UnmaskRequest, replies: Mapping[int, Any], *, warn: bool) -> dict[int, bytes]:
         assert self.directory is not None and self.round_setup is not None
         message = signing.survivors_message(
             round=self.round, survivors=request.survivors, dropped=request.dropped, transcript=setup_digest(self.round_setup)
@@ -1047,10 +1047,30 @@ class MaskingServer(ServerRound):
                 and self.directory.verifies(client, message, reply.signature)
             ):
                 signatures[client] = bytes(reply.signature)
-            else:
+            elif warn:
                 log.warning(
                     "round %d: client %d sent no valid signature of the survivor list; it is not asked to unmask", self.round, client
                 )
+        return signatures
+
+    def signatures_suffice(self, request: UnmaskRequest, replies: Mapping[int, Any]) -> bool:
+        """Whether the valid signatures so far reach the quorum and leave ``t`` signers among the holders of every
+        secret the unmasking needs (the consistency stage's :attr:`~secure_ffm.engine.aggregation.Stage.enough`): a
+        deployment then stops waiting for a survivor that died after its masked input, as the unmasking stage does.
+        Verifications are remembered, so asking again as replies arrive costs one verification a reply."""
+        assert self.round_setup is not None
+        signers = set(self._valid_signatures(request, replies, warn=False))
+        if len(signers) < max(consistency_quorum(self.round_setup), self.min_quorum):
+            return False
+        alive = set(request.survivors)
+        if any(len((self.neighbours[u] | {u}) & signers) < self.threshold for u in request.survivors):
+            return False
+        return not any(self.neighbours[d] & alive and len(self.neighbours[d] & signers) < self.threshold for d in request.dropped)
+
+    def collect_signatures(self, request: UnmaskRequest, replies: Mapping[int, Any]) -> dict[int, bytes]:
+        """The survivors' valid signatures of the list (a bad or missing one leaves its sender out of the unmasking, as
+        a survivor that does not answer); fewer than the quorum abort the round: no client would unmask."""
+        signatures = self._valid_signatures(request, replies, warn=True)
         quorum = max(consistency_quorum(self.round_setup), self.min_quorum)
         if len(signatures) < quorum:
             raise AggregationError(

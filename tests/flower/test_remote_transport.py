@@ -149,15 +149,17 @@ def test_a_round_after_a_node_is_gone_aborts_when_the_survivors_refuse_a_smaller
 
 
 class UnmaskAskingLink(FreshProcessLink):
-    """Records, for each unmasking stage, the nodes whose reply the server waited for (a node answers when asked)."""
+    """Records, for each unmasking stage (or ``stage``), the nodes whose reply the server waited for (a node answers
+    when asked)."""
 
-    def __init__(self, config, partitions, *, silent):
-        super().__init__(config, partitions, gone=lambda kind, node: node == silent and self.unmasking)
+    def __init__(self, config, partitions, *, silent, stage="unmask", **options):
+        super().__init__(config, partitions, gone=lambda kind, node: node == silent and self.unmasking, **options)
+        self.stage = stage
         self.unmasking = False
         self.asked: list[list[int]] = []
 
     def request(self, kind, bodies):
-        self.unmasking = kind == "stage" and unpack(*next(iter(bodies.values())))["stage"] == "unmask"
+        self.unmasking = kind == "stage" and unpack(*next(iter(bodies.values())))["stage"] == self.stage
         if self.unmasking:
             self.asked.append([])
         for node in bodies:  # one node at a time, as replies arrive
@@ -178,6 +180,21 @@ def test_the_unmasking_stage_does_not_wait_for_a_survivor_once_the_others_shares
     assert [r["clients"] for r in rows(tmp_path / "remote")] == [[0, 1, 2], [0, 1, 2]]
     local, remote = final_weights(tmp_path / "local"), final_weights(tmp_path / "remote")
     assert all(np.array_equal(local[k], remote[k]) for k in local)
+
+
+def test_the_consistency_check_does_not_wait_for_a_survivor_once_the_others_signatures_suffice(tmp_path):
+    """Node 2 never answers the consistency check (signatures): nodes 0 and 1 are a quorum (a majority of 3, t = 2) and
+    hold t shares of every secret, so the server goes on without waiting for node 2 (and does not ask it to unmask)."""
+    from secure_ffm.secagg.signing import write_signing_keys
+
+    write_signing_keys(tmp_path / "keys", 3)
+    signed = BASE + MASKING + f'threshold = 2\nsignatures = true\npeer_keys = "{tmp_path / "keys" / "peer_keys.json"}"\n'
+    config = config_of(tmp_path, signed + REPRODUCIBLE)
+    keys = {node: str(tmp_path / "keys" / f"client-{node}.key") for node in range(3)}
+    link = UnmaskAskingLink(config, {0: 0, 1: 1, 2: 2}, silent=2, stage="consistency_check", signing_keys=keys)
+    server_run(config, link, out_dir=tmp_path / "remote")
+    assert link.asked == [[0, 1], [0, 1]]  # one consistency check a round; node 2's reply was never waited for
+    assert [r["clients"] for r in rows(tmp_path / "remote")] == [[0, 1, 2], [0, 1, 2]]  # its input is in the sum
 
 
 def test_a_node_of_another_configuration_is_refused_by_name(tmp_path):
