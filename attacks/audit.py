@@ -408,11 +408,12 @@ def observe_config(
     # (lr * gradient), so its signal-to-noise ratio is never below the real one: the audit never understates it. A
     # mechanism's replay (distributed DP-SGD) decodes its noisy gradient sum as a step at rate 1.
     rate = (1.0 if replay is not None else max(1.0, setup.learning_rate)) if kind == "gradient" else setup.learning_rate
+    trained = replace(setup, learning_rate=rate)
     delta = _server_view(
         prepared,
         participants,
         indices,
-        replace(setup, learning_rate=rate),
+        trained,
         global_parameters=global_parameters,
         seed=seed,
         sample=sample,
@@ -427,9 +428,7 @@ def observe_config(
         # example-weighted mean of the clients' mean gradients is the mean gradient of their union, exactly one batch
         # of all of them. Several local steps (each client's own) are matched as if the target alone had taken them.
         observed = delta
-        setup = replace(setup, learning_rate=rate)
-        if every_example:
-            setup = replace(setup, num_examples=sum(len(indices[c]) for c in participants))
+        setup = replace(trained, num_examples=sum(len(indices[c]) for c in participants)) if every_example else trained
     elif kind == "gradient":
         observed = {k: -v / rate for k, v in delta.items()}
     else:

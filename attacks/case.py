@@ -106,6 +106,7 @@ def observe(
         raise ValueError(f"other_clients are only used when observing the aggregate, not {threat_model.observes!r}")
     observed = _observe_one(model, batch, threat_model, setup)
     truth_batches = [batch]
+    every = threat_model.observes == "aggregate" and one_full_step(setup)  # the attack reconstructs every example in the sum
     if threat_model.observes == "aggregate":
         total = float(len(batch))
         sums = {k: v.astype(np.float64) * len(batch) for k, v in observed.items()}
@@ -126,7 +127,7 @@ def observe(
         # in the sum (the example-weighted mean of the clients' updates is exactly one update over their union);
         # several local steps, each client's own, are matched as if the target alone had taken them
         setup = TrainingSetup(
-            num_examples=int(total) if one_full_step(setup) else setup.num_examples,
+            num_examples=int(total) if every else setup.num_examples,
             local_steps=setup.local_steps,
             local_batch_size=setup.local_batch_size,
             learning_rate=setup.learning_rate,
@@ -140,8 +141,7 @@ def observe(
         labels=torch.cat([b.labels for b in truth_batches]),
         texts=list(texts) if texts is not None else None,
     )
-    every = threat_model.observes == "aggregate" and setup.num_examples == len(truth.labels) and len(truth.labels) > len(batch)
-    attacked = Batch(truth.inputs, truth.labels) if every else batch  # every example in the sum
+    attacked = Batch(truth.inputs, truth.labels) if every else batch
     extras = {k: v.clone() for k, v in attacked.inputs.items() if k != "pixels" and k != "input_ids"}
     observation = Observation(
         threat_model=threat_model,

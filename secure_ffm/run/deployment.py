@@ -53,7 +53,7 @@ def check_deployable(config: Config) -> None:
         raise ConfigError(
             "secure_aggregation.peer_keys",
             "signatures on a deployment need the key directory every party got out of band",
-            'write the keys with "secure-ffm signing-keys --clients N --out DIR", name DIR/peer_keys.json here and give each '
+            'write the keys with "secure-ffm signing-keys DIR --clients N", name DIR/peer_keys.json here and give each '
             "SuperNode its DIR/client-<k>.key (node config signing-key); `secure-ffm deploy` does it for you",
         )
     if config.secure_aggregation.dropout_rate:

@@ -116,12 +116,13 @@ def setup_digest(setup: RoundSetup) -> bytes:
     return digest.digest()
 
 
-def consistency_quorum(setup: RoundSetup) -> int:
+def consistency_quorum(setup: RoundSetup, *, floor: int = 0) -> int:
     """How many survivors must sign a survivor list before a client unmasks for it: a strict majority of the round's
     participants, and at least ``t``. Each honest client signs one list a round, so no two lists both reach it (a server
     colluding with ``c`` clients, which sign anything, needs ``2 * quorum - c <= n``: ``c >= 2`` breaks a bare majority,
-    as ``c`` colluding share holders break ``t``; docs/threat_model.md)."""
-    return max(setup.threshold, len(setup.public_keys) // 2 + 1)
+    as ``c`` colluding share holders break ``t``; docs/threat_model.md). ``floor``: the party's own minimum (a majority
+    of its planned round, :meth:`MaskingProtocol.planned_min_quorum`), whatever size the set-up claims."""
+    return max(setup.threshold, len(setup.public_keys) // 2 + 1, floor)
 
 
 def threshold_protecting(num_participants: int, neighbours: int, min_sum: int) -> int:
@@ -455,9 +456,7 @@ class MaskingClient(ClientRound):
             # it (an audit of 2026-12-07 had every client sign every survivor list by asking for keys again in between)
             raise AggregationError(f"round {self._round}: client {self.client_id} already advertised its keys and refuses to make others")
         self._pair_key, self._share_key = keys.generate_private_key(), keys.generate_private_key()
-        self._cipher_keys = {}
         self._round = operator.index(round)
-        self._signed = None
         pair_public, share_public = keys.public_bytes(self._pair_key), keys.public_bytes(self._share_key)
         signature = b""
         if self.signer is not None:
@@ -693,7 +692,7 @@ class MaskingClient(ClientRound):
             for client, signature in request.signatures.items()
             if client in listed[0] and self.directory.verifies(client, message, signature)
         )
-        quorum = max(consistency_quorum(setup), self.min_quorum)
+        quorum = consistency_quorum(setup, floor=self.min_quorum)
         if signers < quorum:
             raise AggregationError(
                 f"{who} refuses to unmask: {signers} survivors signed the list, fewer than the {quorum} it needs (a majority of the "
@@ -1060,7 +1059,7 @@ class MaskingServer(ServerRound):
         Verifications are remembered, so asking again as replies arrive costs one verification a reply."""
         assert self.round_setup is not None
         signers = set(self._valid_signatures(request, replies, warn=False))
-        if len(signers) < max(consistency_quorum(self.round_setup), self.min_quorum):
+        if len(signers) < consistency_quorum(self.round_setup, floor=self.min_quorum):
             return False
         alive = set(request.survivors)
         if any(len((self.neighbours[u] | {u}) & signers) < self.threshold for u in request.survivors):
@@ -1071,7 +1070,8 @@ class MaskingServer(ServerRound):
         """The survivors' valid signatures of the list (a bad or missing one leaves its sender out of the unmasking, as
         a survivor that does not answer); fewer than the quorum abort the round: no client would unmask."""
         signatures = self._valid_signatures(request, replies, warn=True)
-        quorum = max(consistency_quorum(self.round_setup), self.min_quorum)
+        assert self.round_setup is not None
+        quorum = consistency_quorum(self.round_setup, floor=self.min_quorum)
         if len(signatures) < quorum:
             raise AggregationError(
                 f"round {self.round}: {len(signatures)} survivors signed the survivor list, fewer than the {quorum} a client needs "
@@ -1350,19 +1350,18 @@ class MaskingProtocol(AggregationProtocol):
         directory, ``server`` the directory alone."""
         if self.signing is None:
             raise ConfigError("secure_aggregation.signatures", "the run has made no signing keys yet", "call plan_clients first")
-        directory = self.signing.directory.to_json().encode()
+        directory = self.signing.directory
         own = {str(c): signing.signing_key_bytes(k).hex() for c, k in self.signing.own.items()}
-        return {"server": directory, "clients": json.dumps({"directory": directory.decode(), "keys": own}).encode()}
+        return {"server": directory.to_json().encode(), "clients": json.dumps({"directory": directory.to_mapping(), "keys": own}).encode()}
 
     def use_key_file(self, data: bytes, *, role: str) -> None:
         try:
+            raw = json.loads(data)
             if role == "clients":
-                raw = json.loads(data)
-                directory = signing.KeyDirectory({int(c): bytes.fromhex(v) for c, v in json.loads(raw["directory"]).items()})
+                directory = signing.KeyDirectory.from_mapping(raw["directory"])
                 own = {int(c): signing.signing_key_from_bytes(bytes.fromhex(v)) for c, v in raw["keys"].items()}
             else:
-                directory = signing.KeyDirectory({int(c): bytes.fromhex(v) for c, v in json.loads(data).items()})
-                own = {}
+                directory, own = signing.KeyDirectory.from_mapping(raw), {}
         except (ValueError, KeyError, TypeError) as error:
             raise ConfigError("secure_aggregation.signatures", f"the run's signing key file does not load ({error})") from None
         self.signing = signing.Signatures(directory, own)

@@ -88,43 +88,49 @@ class KeyDirectory:
     keys: Mapping[int, bytes]
 
     def __post_init__(self) -> None:
-        public = {}
         for client, key in self.keys.items():
             if len(key) != KEY_BYTES:
                 raise ValueError(f"client {client}'s verification key is {len(key)} bytes, not {KEY_BYTES}")
-            public[client] = Ed25519PublicKey.from_public_bytes(key)
-        object.__setattr__(self, "_public", public)
+            Ed25519PublicKey.from_public_bytes(key)  # a key that is no curve point is refused here, not at first use
 
     def verifies(self, client: int, message: bytes, signature: object) -> bool:
         """Whether ``signature`` is ``client``'s signature of ``message`` (False for an unknown client or a malformed one).
 
         Results are remembered per process (:func:`_verified`): in a simulation every client checks the same n
         signatures, which cost about 0.2 ms each here (a round of 100 clients took 2.5x the unsigned round before)."""
-        key = self._public.get(client)  # type: ignore[attr-defined]
+        key = self.keys.get(client)
         if key is None or not isinstance(signature, bytes) or len(signature) != SIGNATURE_BYTES:
             return False
-        return _verified(bytes(self.keys[client]), bytes(message), bytes(signature))
+        return _verified(bytes(key), bytes(message), bytes(signature))
+
+    def to_mapping(self) -> dict[str, str]:
+        """``{"<client id>": "<hex verification key>"}``, the directory file's content."""
+        return {str(k): v.hex() for k, v in sorted(self.keys.items())}
 
     def to_json(self) -> str:
-        return json.dumps({str(k): v.hex() for k, v in sorted(self.keys.items())}, indent=1) + "\n"
+        return json.dumps(self.to_mapping(), indent=1) + "\n"
+
+    @classmethod
+    def from_mapping(cls, raw: object) -> KeyDirectory:
+        """The directory :meth:`to_mapping` wrote; ValueError naming what is wrong otherwise."""
+        if not isinstance(raw, dict):
+            raise ValueError("it is not a JSON object")
+        keys = {}
+        for client, value in raw.items():
+            if not (isinstance(client, str) and client.isdigit() and isinstance(value, str)):
+                raise ValueError(f"entry {client!r} is not a client id with a hex key")
+            keys[int(client)] = bytes.fromhex(value)
+        return cls(keys)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, key: str = "secure_aggregation.peer_keys") -> KeyDirectory:
         """Read a directory file (``{"<client id>": "<hex verification key>", ...}``); a bad one is a ConfigError naming ``key``."""
         where = Path(path)
         try:
-            raw = json.loads(where.read_text())
-            if not isinstance(raw, dict):
-                raise ValueError("it is not a JSON object")
-            keys = {}
-            for client, value in raw.items():
-                if not (isinstance(client, str) and client.isdigit() and isinstance(value, str)):
-                    raise ValueError(f"entry {client!r} is not a client id with a hex key")
-                keys[int(client)] = bytes.fromhex(value)
-            return cls(keys)
+            return cls.from_mapping(json.loads(where.read_text()))
         except (OSError, ValueError) as error:
             raise ConfigError(
-                key, f"{where} is not a key directory ({error})", 'write one with "secure-ffm signing-keys --clients N --out DIR"'
+                key, f"{where} is not a key directory ({error})", 'write one with "secure-ffm signing-keys DIR --clients N"'
             ) from None
 
 
