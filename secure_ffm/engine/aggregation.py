@@ -277,12 +277,27 @@ class ClientRound(ABC):
         """Raise :class:`AggregationError` when this half would refuse to encode any update now (masking's second masked
         input of a round): the client checks it before it trains, so a refused request costs no privacy budget."""
 
+    binds_instructions: bool = False
+    """Whether :meth:`encode` binds the message to the fit request the client trained on (``instructions_digest``):
+    masking's pairwise masks then cancel only between clients that were all sent the same request. The client computes
+    the digest (:func:`~secure_ffm.engine.wire.instructions_digest`) only for a half that binds."""
+
     @abstractmethod
-    def encode(self, update: ClientUpdate, *, weight: float, rng: np.random.Generator | None = None, payload: Any = None) -> ClientMessage:
+    def encode(
+        self,
+        update: ClientUpdate,
+        *,
+        weight: float,
+        rng: np.random.Generator | None = None,
+        payload: Any = None,
+        instructions_digest: bytes | None = None,
+    ) -> ClientMessage:
         """Turn a (transformed) update into the message the server receives.
 
         ``rng`` is the client's secret generator for any randomness of the encoding (e.g. stochastic rounding);
-        ``payload`` is this client's part of the fit request from :meth:`ServerRound.setup` (None without one)."""
+        ``payload`` is this client's part of the fit request from :meth:`ServerRound.setup` (None without one);
+        ``instructions_digest`` is the digest of the fit request the update was trained on (None outside a round of
+        a run: a test's or an audit's direct encoding), which a half that :attr:`binds_instructions` binds to."""
 
 
 def run_stages(stages: Stages[_T], answer: Callable[[Stage], StageReplies]) -> _T:
@@ -357,6 +372,9 @@ class AggregationProtocol(ABC):
 
     signs_messages: ClassVar[bool] = False
     """True when the protocol's clients sign their keys and what the server tells them (``secure_aggregation.signatures``)."""
+    binds_instructions: ClassVar[bool] = False
+    """True when the protocol's client halves bind their messages to the fit request (:attr:`ClientRound.binds_instructions`):
+    the server then hands :meth:`server_round` the digest of the request it sends, and hashes no model otherwise."""
     needs_key_file: ClassVar[bool] = False
     """True when a deployment must deal the protocol's keys out of band (:meth:`use_key_file`): CKKS's shared key set."""
 
@@ -431,7 +449,13 @@ class AggregationProtocol(ABC):
 
     @abstractmethod
     def server_round(
-        self, round: int, participants: Sequence[int], *, weight_bound: float | None = None, layout: VectorLayout | None = None
+        self,
+        round: int,
+        participants: Sequence[int],
+        *,
+        weight_bound: float | None = None,
+        layout: VectorLayout | None = None,
+        instructions_digest: bytes | None = None,
     ) -> ServerRound:
         """The server half of round ``round`` with these participants.
 
@@ -440,6 +464,9 @@ class AggregationProtocol(ABC):
         ``layout`` is the update layout the server expects, from its own model
         (``VectorLayout.of_arrays(global trainable parameters, expected statistics)``): secure
         protocols then refuse any other, instead of letting the first message they accept fix it.
+        ``instructions_digest`` is the digest of the fit request the server sends every participant
+        (:func:`~secure_ffm.engine.wire.instructions_digest`), for a protocol whose client halves
+        bind their messages to it (:attr:`ClientRound.binds_instructions`).
         """
 
     @abstractmethod
@@ -503,7 +530,13 @@ class PlaintextAggregation(AggregationProtocol):
     STAT_PREFIX = "__stat__/"
 
     def server_round(
-        self, round: int, participants: Sequence[int], *, weight_bound: float | None = None, layout: VectorLayout | None = None
+        self,
+        round: int,
+        participants: Sequence[int],
+        *,
+        weight_bound: float | None = None,
+        layout: VectorLayout | None = None,
+        instructions_digest: bytes | None = None,
     ) -> ServerRound:
         """With a ``layout`` the server expects exactly these arrays, so a first message of another shape is refused
         (instead of fixing the shapes and getting every honest client refused after it)."""
@@ -528,7 +561,15 @@ class PlaintextClientRound(ClientRound):
 
     uses_rng = False
 
-    def encode(self, update: ClientUpdate, *, weight: float, rng: np.random.Generator | None = None, payload: Any = None) -> ClientMessage:
+    def encode(
+        self,
+        update: ClientUpdate,
+        *,
+        weight: float,
+        rng: np.random.Generator | None = None,
+        payload: Any = None,
+        instructions_digest: bytes | None = None,
+    ) -> ClientMessage:
         message: dict[str, np.ndarray | bytes] = {k: (weight * v).astype(np.float32, copy=False) for k, v in update.delta.items()}
         for k, v in update.statistics.items():
             message[PlaintextAggregation.STAT_PREFIX + k] = weight * np.asarray(v, dtype=np.float64)

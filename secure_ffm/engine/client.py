@@ -21,7 +21,7 @@ import torch
 from secure_ffm.engine.aggregation import AggregationProtocol, ClientRound
 from secure_ffm.engine.training import ClientDeclined, EvalResult, LocalExtras, LocalTrainer, QuadraticPenalty, evaluate
 from secure_ffm.engine.transforms import TransformContext, UpdatePipeline
-from secure_ffm.engine.wire import ClientMessage, ClientUpdate, FitInstructions
+from secure_ffm.engine.wire import ClientMessage, ClientUpdate, FitInstructions, instructions_digest
 from secure_ffm.models.base import EncodedData, FederatedModel
 from secure_ffm.privacy.noise import ANSWERS_KEY, LOCAL_TRAINING, SECAGG_ROUNDING, TRANSFORM, NoisePolicy, PrivateRandomness
 from secure_ffm.seeding import TRAINING, derive_seed, seed_torch
@@ -289,6 +289,9 @@ class FederatedClient:
             encoder = self.protocol.client_round(self.client_id, ins.round)
         encoder.check_ready()  # before training: a request the encoder refuses anyway costs no budget and no answer
         self._require_examples()  # before counting: a client with nothing to train spends no answer
+        # masking binds its pairwise masks to the request this client trains on (hashed before training touches anything):
+        # a server that sends clients different models, to zero every update but one, then unmasks noise, not that update
+        bound = instructions_digest(ins) if encoder.binds_instructions else None
         randomness = self.answer_randomness(ins.round)
         update = self.train(ins, randomness=randomness)
         start = time.perf_counter()
@@ -320,7 +323,7 @@ class FederatedClient:
         weight = client_weight(self.rules.weighting or requested, update.num_examples)
         # stochastic rounding (masking) from the client's secret, so the server cannot replay it either
         rng = randomness.generator(SECAGG_ROUNDING, ins.round) if encoder.uses_rng else None
-        message = encoder.encode(update, weight=weight, rng=rng, payload=payload)
+        message = encoder.encode(update, weight=weight, rng=rng, payload=payload, instructions_digest=bound)
         message.metrics["encode_seconds"] = time.perf_counter() - start  # type: ignore[index]
         withhold_metrics(message.metrics, self.rules.metrics_policy)  # type: ignore[arg-type]
         return message

@@ -32,7 +32,7 @@ from secure_ffm.engine.aggregation import Aggregate, AggregationError, Aggregati
 from secure_ffm.engine.client import TRAIN_LOSS_STATISTIC, AggregatedLoss, client_weight
 from secure_ffm.engine.server import Server
 from secure_ffm.engine.training import EvalResult
-from secure_ffm.engine.wire import ClientMessage, FitInstructions, NamedArrays, nbytes
+from secure_ffm.engine.wire import ClientMessage, FitInstructions, NamedArrays, instructions_digest, nbytes
 from secure_ffm.errors import RoundAbortedError
 from secure_ffm.transports.base import FitRequest, Transport
 
@@ -152,7 +152,14 @@ class RoundOrchestrator:
             expected.update(self.round_statistics(round, instructions.parameters))
         layout = VectorLayout.of_arrays(instructions.parameters, expected)
         # an empty round (Poisson client sampling) has no protocol round: nobody to set up with or to hear from
-        server_round = self.protocol.server_round(round, participants, weight_bound=weight_bound, layout=layout) if participants else None
+        # the digest of the request every participant gets, to which masking's clients bind their masks (a lying server
+        # that sends clients different models unmasks noise); hashed only for a protocol that binds
+        bound = instructions_digest(instructions) if self.protocol.binds_instructions and participants else None
+        server_round = (
+            self.protocol.server_round(round, participants, weight_bound=weight_bound, layout=layout, instructions_digest=bound)
+            if participants
+            else None
+        )
         aborted = None
         try:
             payloads = run_stages(server_round.setup(), self._deliver(round)) if server_round is not None else {}

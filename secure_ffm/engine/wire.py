@@ -7,7 +7,10 @@ same records as ``ArrayRecord``/``ConfigRecord``.
 
 from __future__ import annotations
 
+import hashlib
 import math
+import numbers
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,6 +64,61 @@ class FitInstructions:
     config: Mapping[str, Scalar] = field(default_factory=dict)
     arrays: NamedArrays = field(default_factory=dict)
     """Further arrays the server broadcasts with the parameters (e.g. EWC's penalty weights and anchors)."""
+
+
+INSTRUCTIONS_DIGEST_BYTES = 32
+
+
+def _scalar_bytes(value: Any) -> bytes:
+    """One config value, tagged by kind: ``True`` and ``1`` differ, ``1`` and ``numpy.int64(1)`` do not (a wire
+    format may turn one into the other), nor ``0.5`` and ``numpy.float64(0.5)``."""
+    if isinstance(value, bool | np.bool_):
+        return b"b" + (b"\x01" if value else b"\x00")
+    if isinstance(value, numbers.Integral):
+        text = str(int(value)).encode()
+        return b"i" + struct.pack(">I", len(text)) + text
+    if isinstance(value, numbers.Real):
+        return b"f" + struct.pack(">d", float(value))
+    if isinstance(value, str):
+        text = value.encode("utf-8")
+        return b"s" + struct.pack(">I", len(text)) + text
+    if isinstance(value, bytes):
+        return b"y" + struct.pack(">I", len(value)) + value
+    raise TypeError(f"a fit instruction's setting is a bool, int, float, str or bytes, got {type(value).__name__}")
+
+
+def _arrays_into(digest: Any, label: bytes, arrays: Mapping[str, np.ndarray]) -> None:
+    digest.update(label + struct.pack(">Q", len(arrays)))
+    for name in sorted(arrays):
+        array = np.asarray(arrays[name])
+        key = name.encode("utf-8")
+        dtype = array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype
+        kind = dtype.str.encode()
+        digest.update(struct.pack(">I", len(key)) + key + struct.pack(">I", len(kind)) + kind)
+        digest.update(struct.pack(f">I{array.ndim}Q", array.ndim, *array.shape))
+        digest.update(np.ascontiguousarray(array, dtype=dtype).data.cast("B"))
+
+
+def instructions_digest(ins: FitInstructions) -> bytes:
+    """32 bytes that name everything a fit request asks a client to train with: the round, every global parameter
+    (name, dtype, shape and bytes), every setting and every broadcast array (BLAKE2b-256, in sorted name order).
+
+    An honest server sends all of a round's participants the same :class:`FitInstructions`, so they all compute the
+    same digest; a server that sends different clients different models (Pasquini, Francati & Ateniese, "Eluding
+    Secure Aggregation in Federated Learning via Model Inconsistency", ACM CCS 2022: every other client gets a model
+    whose update is zero, and the secure sum is then the target's update) cannot make two different requests hash
+    alike. Masking binds its pairwise masks to this digest (secure_ffm.secagg.masking_protocol), so the masks of two
+    clients that trained on different requests do not cancel. The protocol's per-client payload is not covered: it
+    differs between clients by design (the shares routed to each)."""
+    digest = hashlib.blake2b(digest_size=INSTRUCTIONS_DIGEST_BYTES, person=b"sffm-fit-ins")
+    digest.update(struct.pack(">q", int(ins.round)))
+    _arrays_into(digest, b"parameters", ins.parameters)
+    digest.update(b"config" + struct.pack(">Q", len(ins.config)))
+    for name in sorted(ins.config):
+        key = str(name).encode("utf-8")
+        digest.update(struct.pack(">I", len(key)) + key + _scalar_bytes(ins.config[name]))
+    _arrays_into(digest, b"arrays", ins.arrays)
+    return digest.digest()
 
 
 @dataclass(frozen=True)

@@ -887,7 +887,13 @@ class CKKSProtocol(AggregationProtocol):
         return self.key_holder
 
     def server_round(
-        self, round: int, participants: Sequence[int], *, weight_bound: float | None = None, layout: VectorLayout | None = None
+        self,
+        round: int,
+        participants: Sequence[int],
+        *,
+        weight_bound: float | None = None,
+        layout: VectorLayout | None = None,
+        instructions_digest: bytes | None = None,
     ) -> CKKSServerRound:
         """The server's homomorphic sum for the round; ``layout``, the layout the server expects, fixes it."""
         start = time.perf_counter()
@@ -940,8 +946,17 @@ class CKKSClientRound(ClientRound):
         self.min_sum = min_sum
         """The fewest contributions this client decrypts a sum of (its own config's :attr:`CKKSProtocol.min_sum`)."""
 
-    def encode(self, update: ClientUpdate, *, weight: float, rng: np.random.Generator | None = None, payload: Any = None) -> ClientMessage:
-        """``payload`` is the round's number of participants (for the headroom check), from the server's set-up."""
+    def encode(
+        self,
+        update: ClientUpdate,
+        *,
+        weight: float,
+        rng: np.random.Generator | None = None,
+        payload: Any = None,
+        instructions_digest: bytes | None = None,
+    ) -> ClientMessage:
+        """``payload`` is the round's number of participants (for the headroom check), from the server's set-up. A
+        ciphertext is not bound to the fit request (CKKS trusts the server to follow the protocol: docs/threat_model.md)."""
         num_participants = operator.index(payload) if payload is not None else 1
         return self.client.encrypt(update, weight=weight, round=self.round, num_participants=num_participants)
 

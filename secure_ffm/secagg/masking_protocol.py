@@ -431,13 +431,24 @@ class MaskingClient(ClientRound):
             return self.unmask(request)
         raise AggregationError(f"client {self.client_id} refuses a {type(request).__name__} as the {stage!r} stage of masking")
 
-    def encode(self, update: ClientUpdate, *, weight: float, rng: np.random.Generator | None = None, payload: Any = None) -> ClientMessage:
-        """Keep the shares routed here (``payload``), then send the masked input."""
+    binds_instructions = True
+
+    def encode(
+        self,
+        update: ClientUpdate,
+        *,
+        weight: float,
+        rng: np.random.Generator | None = None,
+        payload: Any = None,
+        instructions_digest: bytes | None = None,
+    ) -> ClientMessage:
+        """Keep the shares routed here (``payload``), then send the masked input, its pairwise masks bound to
+        ``instructions_digest`` (see :meth:`mask`)."""
         if payload is not None:
             self.receive_shares(payload)
         if rng is None:  # the client's secret generator is preferred: a seeded one is public
             rng = generator(self.rounding_seed, SECAGG_ROUNDING, update.round, update.client_id)
-        return self.masked_input(update, weight=weight, rng=rng)
+        return self.masked_input(update, weight=weight, rng=rng, instructions_digest=instructions_digest)
 
     def check_ready(self) -> None:
         if self._input_sent:
@@ -614,19 +625,31 @@ class MaskingClient(ClientRound):
         encoded_weight = quantization.encode(np.asarray([w - half]), clip_range=half, levels=setup.levels, rng=rng)
         return np.concatenate([encoded_values, encoded_weight])
 
-    def mask(self, x: np.ndarray) -> np.ndarray:
-        """``x`` plus the self mask and the pairwise masks with every neighbour."""
+    def mask(self, x: np.ndarray, *, instructions_digest: bytes | None = None) -> np.ndarray:
+        """``x`` plus the self mask and the pairwise masks with every neighbour.
+
+        The pair seeds are bound to ``instructions_digest``, the digest of the fit request this client trained on
+        (:func:`~secure_ffm.engine.wire.instructions_digest`): a pair's masks cancel only when both clients were sent
+        the same request. A server that sends the target one model and every other client a model whose update is
+        zero (Pasquini et al., CCS 2022) would otherwise unmask the target's update alone from the sum; here the
+        target's masks with the others stay in it, uniform in Z_2^32, and it unmasks noise. The server's own digest
+        (:class:`MaskingServer`'s ``instructions_digest``) removes a dropped client's masks from the survivors' sum."""
         setup = self._require_setup()
         assert self._pair_key is not None and self._self_seed is not None
+        bound = instructions_digest or b""
         pair_seeds = {
             v: keys.shared_seed(
-                self._pair_key, setup.public_keys[v][0], context=keys.pair_context(round=setup.round, client_a=self.client_id, client_b=v)
+                self._pair_key,
+                setup.public_keys[v][0],
+                context=keys.pair_context(round=setup.round, client_a=self.client_id, client_b=v, instructions=bound),
             )
             for v in setup.neighbours[self.client_id]
         }
         return masking.mask_vector(x, client_id=self.client_id, pair_seeds=pair_seeds, self_seed=self._self_seed)
 
-    def masked_input(self, update: ClientUpdate, *, weight: float, rng: np.random.Generator) -> ClientMessage:
+    def masked_input(
+        self, update: ClientUpdate, *, weight: float, rng: np.random.Generator, instructions_digest: bytes | None = None
+    ) -> ClientMessage:
         """Stage 2: the message this client sends (the masked vector, the round tag and the public layout)."""
         setup = self._require_setup()
         if update.client_id != self.client_id or update.round != setup.round:
@@ -638,7 +661,7 @@ class MaskingClient(ClientRound):
             raise MaskingEncodeError(
                 f"round {setup.round}: client {self.client_id}'s update does not have the layout the server fixed for the round"
             )
-        masked = self.mask(self.quantize(update, weight=weight, rng=rng))
+        masked = self.mask(self.quantize(update, weight=weight, rng=rng), instructions_digest=instructions_digest)
         self._input_sent = True
         payload = {
             MASKED_KEY: masked,
@@ -809,8 +832,13 @@ class MaskingServer(ServerRound):
         integer_values: bool = False,
         directory: signing.KeyDirectory | None = None,
         min_quorum: int = 0,
+        instructions_digest: bytes | None = None,
     ) -> None:
         self.round = operator.index(round)
+        self.instructions_digest = instructions_digest or b""
+        """The digest of the fit request the server sent every participant (``instructions_digest``), to which the
+        clients bound their pairwise masks (:meth:`MaskingClient.mask`): the server rebuilds a dropped client's masks
+        with it. Empty outside a run (a direct encoding binds to nothing either)."""
         self.integer_values = integer_values
         self.directory = directory
         self.min_quorum = operator.index(min_quorum)
@@ -1100,7 +1128,9 @@ class MaskingServer(ServerRound):
             self.dropped_keys[d] = raw
             dropped_pair_seeds[d] = {
                 u: keys.shared_seed(
-                    private, self.round_setup.public_keys[u][0], context=keys.pair_context(round=self.round, client_a=d, client_b=u)
+                    private,
+                    self.round_setup.public_keys[u][0],
+                    context=keys.pair_context(round=self.round, client_a=d, client_b=u, instructions=self.instructions_digest),
                 )
                 for u in self.neighbours[d]
                 if u in self.received
@@ -1287,6 +1317,7 @@ class MaskingProtocol(AggregationProtocol):
     name = "masking"
     label = "SecAgg (masking)"
     hides_updates = True
+    binds_instructions = True
     signs_messages = True
 
     supports_integer_values = True
@@ -1458,10 +1489,17 @@ class MaskingProtocol(AggregationProtocol):
         raise ConfigError("secure_aggregation.threshold", problem, f"use {lowest} to {highest}, or 0 for a strict majority")
 
     def server_round(
-        self, round: int, participants: Sequence[int], *, weight_bound: float | None = None, layout: VectorLayout | None = None
+        self,
+        round: int,
+        participants: Sequence[int],
+        *,
+        weight_bound: float | None = None,
+        layout: VectorLayout | None = None,
+        instructions_digest: bytes | None = None,
     ) -> MaskingServer:
         """A fresh server for the round (new keys every round); ``layout`` fixes the vector layout before any masked
-        input arrives (see :class:`MaskingServer`)."""
+        input arrives, ``instructions_digest`` is that of the fit request sent to every participant (see
+        :class:`MaskingServer`)."""
         bound = weight_bound if weight_bound is not None else self.weight_bound
         if bound is None:
             raise ValueError("masking aggregation needs a public weight_bound (the largest client weight) in begin_round")
@@ -1487,6 +1525,7 @@ class MaskingProtocol(AggregationProtocol):
             integer_values=self.integer_values,
             directory=self._directory(),
             min_quorum=self.planned_min_quorum(),
+            instructions_digest=instructions_digest,
         )
 
     def _directory(self) -> signing.KeyDirectory | None:

@@ -25,7 +25,7 @@ class RecordingRound(ClientRound):
         self.uses_rng = uses_rng
         self.rngs: list[object] = []
 
-    def encode(self, update: ClientUpdate, *, weight: float, rng=None, payload=None) -> ClientMessage:
+    def encode(self, update: ClientUpdate, *, weight: float, rng=None, payload=None, instructions_digest=None) -> ClientMessage:
         self.rngs.append(rng)
         return PlaintextClientRound().encode(update, weight=weight)
 

@@ -127,6 +127,22 @@ def test_a_node_gone_after_its_masked_input_is_recovered_by_the_survivors(tmp_pa
     assert summary["final"]["test_accuracy"] is not None and np.isfinite(summary["final"]["test_loss"])
 
 
+def test_a_node_gone_before_its_masked_input_has_its_masks_removed_with_the_request_the_others_trained_on(tmp_path):
+    # the survivors bound their pairwise masks to the digest of the fit request as they unpacked it, the server removes
+    # the gone node's masks with the digest of the request it packed: if the two differed the sum would be noise
+    def gone(kind, node):
+        return node == 2 and kind == "fit"
+
+    runs = {}
+    for name, text in (("masked", BASE + MASKING + REPRODUCIBLE), ("plain", BASE + REPRODUCIBLE)):
+        config = config_of(tmp_path, text, name=f"{name}.toml")
+        server_run(config, FreshProcessLink(config, {0: 0, 1: 1, 2: 2}, gone=gone), out_dir=tmp_path / name)
+        runs[name] = final_weights(tmp_path / name)
+        assert [(row["clients"], row["aborted"]) for row in rows(tmp_path / name)] == [([0, 1], None)] * 2
+    for k, plain in runs["plain"].items():  # the masked sum of the survivors is theirs, to the quantization
+        np.testing.assert_allclose(runs["masked"][k], plain, atol=1e-3, err_msg=k)
+
+
 def test_a_round_after_a_node_is_gone_aborts_when_the_survivors_refuse_a_smaller_mask_graph(tmp_path):
     """Round 1: node 2 sends its masked input and is never heard from again; the survivors (t = 2) unmask the sum of
     all three. Round 2: the two left refuse a mask graph smaller than their configuration plans, so the round aborts

@@ -48,7 +48,7 @@ class UpdateRecorder(ClientRound):
     def __init__(self):
         self.updates = []
 
-    def encode(self, update, *, weight, rng=None, payload=None):
+    def encode(self, update, *, weight, rng=None, payload=None, instructions_digest=None):
         self.updates.append(np.concatenate([np.asarray(a, dtype=np.float64).ravel() for _, a in sorted(update.delta.items())]))
         return PlaintextClientRound().encode(update, weight=1.0)
 

@@ -189,7 +189,7 @@ class WeightRecorder(PlaintextClientRound):
     def __init__(self):
         self.weights = []
 
-    def encode(self, update, *, weight, rng=None, payload=None):
+    def encode(self, update, *, weight, rng=None, payload=None, instructions_digest=None):
         self.weights.append(weight)
         return super().encode(update, weight=weight, rng=rng, payload=payload)
 
