@@ -87,16 +87,24 @@ def _scalar_bytes(value: Any) -> bytes:
     raise TypeError(f"a fit instruction's setting is a bool, int, float, str or bytes, got {type(value).__name__}")
 
 
+def _name_bytes(name: Any) -> bytes:
+    if not isinstance(name, str):  # a key 1 and a key "1" must not hash alike
+        raise TypeError(f"a fit instruction's names are text, got {type(name).__name__} {name!r}")
+    key = name.encode("utf-8")
+    return struct.pack(">I", len(key)) + key
+
+
 def _arrays_into(digest: Any, label: bytes, arrays: Mapping[str, np.ndarray]) -> None:
     digest.update(label + struct.pack(">Q", len(arrays)))
     for name in sorted(arrays):
         array = np.asarray(arrays[name])
-        key = name.encode("utf-8")
+        if array.dtype.kind not in "biufc" or array.dtype.fields is not None:
+            raise TypeError(f"fit instruction array {name!r} is not numeric ({array.dtype})")
         dtype = array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype
         kind = dtype.str.encode()
-        digest.update(struct.pack(">I", len(key)) + key + struct.pack(">I", len(kind)) + kind)
+        digest.update(_name_bytes(name) + struct.pack(">I", len(kind)) + kind)
         digest.update(struct.pack(f">I{array.ndim}Q", array.ndim, *array.shape))
-        digest.update(np.ascontiguousarray(array, dtype=dtype).data.cast("B"))
+        digest.update(np.ascontiguousarray(array, dtype=dtype).reshape(-1).view(np.uint8))
 
 
 def instructions_digest(ins: FitInstructions) -> bytes:
@@ -114,9 +122,8 @@ def instructions_digest(ins: FitInstructions) -> bytes:
     digest.update(struct.pack(">q", int(ins.round)))
     _arrays_into(digest, b"parameters", ins.parameters)
     digest.update(b"config" + struct.pack(">Q", len(ins.config)))
-    for name in sorted(ins.config):
-        key = str(name).encode("utf-8")
-        digest.update(struct.pack(">I", len(key)) + key + _scalar_bytes(ins.config[name]))
+    for name in sorted(ins.config, key=str):
+        digest.update(_name_bytes(name) + _scalar_bytes(ins.config[name]))
     _arrays_into(digest, b"arrays", ins.arrays)
     return digest.digest()
 

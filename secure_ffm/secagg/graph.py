@@ -76,6 +76,24 @@ def harary_graph(n: int, k: int, *, seed: bytes) -> Graph:
     return dict(sorted(graph.items()))
 
 
+def connected(nodes: frozenset[int] | set[int], graph: Graph) -> bool:
+    """Whether the subgraph of ``graph`` induced on ``nodes`` is connected (an empty set is not).
+
+    A server that sums the survivors of a masking round learns the sum of every connected component of the survivors'
+    subgraph on its own (the masks on the edges inside a component cancel, and there are none between components), so
+    a client unmasks only for survivors that form one component (secure_ffm.secagg.masking_protocol)."""
+    remaining = set(nodes)
+    if not remaining:
+        return False
+    frontier = [remaining.pop()]
+    while frontier:
+        node = frontier.pop()
+        reached = graph.get(node, frozenset()) & remaining
+        remaining -= reached
+        frontier.extend(reached)
+    return not remaining
+
+
 def recommended_threshold(num_shares: int, *, corrupt_fraction: float = 0.0) -> int:
     """The smallest Shamir threshold at which the server cannot obtain both secrets of one client.
 

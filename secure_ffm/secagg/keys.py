@@ -9,9 +9,9 @@ used as a mask seed directly; :func:`shared_seed` runs it through HKDF-SHA256
 
 * a fixed protocol label (domain separation from any other use of the keys),
 * a caller-chosen context, normally :func:`pair_context` (the round and the pair,
-  and for pairwise masks the digest of the fit request the client trained on), so that
-  keys reused across rounds still give fresh masks every round, and two clients sent
-  different models get masks that do not cancel,
+  and for pairwise masks a digest of the round's set-up and of the fit request the
+  client trained on), so that keys reused across rounds still give fresh masks every
+  round, and two clients sent different set-ups or models get masks that do not cancel,
 * both public keys, in sorted order (so both sides compute the same string).
 
 Private keys are 32 raw bytes (:func:`private_bytes`) so that they can be
@@ -37,8 +37,8 @@ SEED_BYTES = 32
 
 _SEED_LABEL = b"secure-ffm/secagg/v1/pair-seed"
 _CONTEXT_LABEL = b"secure-ffm/secagg/v1/pair-context"
-_INSTRUCTIONS_LABEL = b"/instructions:"
-_INSTRUCTIONS_BYTES = 32
+_BINDING_LABEL = b"/bound-to:"
+_BINDING_BYTES = 32
 
 
 def generate_private_key() -> X25519PrivateKey:
@@ -68,7 +68,7 @@ def random_seed() -> bytes:
     return secrets.token_bytes(SEED_BYTES)
 
 
-def pair_context(*, round: int, client_a: int, client_b: int, session: bytes = b"", instructions: bytes = b"") -> bytes:
+def pair_context(*, round: int, client_a: int, client_b: int, session: bytes = b"", binding: bytes = b"") -> bytes:
     """The HKDF context for the pair ``{client_a, client_b}`` in ``round``; symmetric in the pair.
 
     Parameters
@@ -79,20 +79,21 @@ def pair_context(*, round: int, client_a: int, client_b: int, session: bytes = b
         The two distinct, non-negative client ids (order does not matter).
     session
         Optional bytes naming the federation or run, for keys shared across runs.
-    instructions
-        The digest of the fit request the client trained on (:func:`secure_ffm.engine.wire.instructions_digest`, 32
-        bytes) for its pairwise masks, or empty: two clients that were sent different models derive different seeds
-        for their pair, so their masks do not cancel in the sum (a server's model-inconsistency attack then unmasks
-        noise, not the target's update).
+    binding
+        For pairwise masks, 32 bytes that name what the client's masked input was made from: the round's set-up as the
+        client accepted it and the fit request it trained on (:func:`secure_ffm.secagg.masking_protocol.mask_binding`);
+        or empty. Two clients that were sent different set-ups or different models derive different seeds for their
+        pair, so their masks do not cancel in the sum (a server that lies to some clients then unmasks noise, not the
+        target's update).
     """
     r, a, b = operator.index(round), operator.index(client_a), operator.index(client_b)
     if r < 0 or a < 0 or b < 0:
         raise ValueError(f"round and client ids must be non-negative, got round={r}, clients={a},{b}")
     if a == b:
         raise ValueError(f"a pair needs two different clients, got {a} twice")
-    if instructions and len(instructions) != _INSTRUCTIONS_BYTES:
-        raise ValueError(f"an instructions digest has {_INSTRUCTIONS_BYTES} bytes, got {len(instructions)}")
-    bound = _INSTRUCTIONS_LABEL + bytes(instructions) if instructions else b""
+    if binding and len(binding) != _BINDING_BYTES:
+        raise ValueError(f"a mask binding has {_BINDING_BYTES} bytes, got {len(binding)}")
+    bound = _BINDING_LABEL + bytes(binding) if binding else b""
     return _CONTEXT_LABEL + struct.pack(">QQQ", r, min(a, b), max(a, b)) + bound + bytes(session)
 
 

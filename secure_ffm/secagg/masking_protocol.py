@@ -104,16 +104,62 @@ log = logging.getLogger(__name__)
 
 
 def setup_digest(setup: RoundSetup) -> bytes:
-    """SHA-256 of what a round's set-up fixes: the round, ``t`` and every participant's advertised keys (fresh each
-    round), which a survivor-list signature covers. A signature from another run, another round or another set-up of
-    the same round number then verifies nowhere else (an audit of 2026-12-07 replayed earlier runs' signatures of
-    other lists to complete a quorum)."""
-    digest = hashlib.sha256(b"secure-ffm/secagg/setup/v1\x00")
-    digest.update(struct.pack(">qq", setup.round, setup.threshold))
+    """SHA-256 of everything a round's set-up fixes: the round, ``t``, the weight bound, clip range, quantization levels,
+    layout and encoding, the mask graph and every participant's advertised keys (fresh each round).
+
+    A survivor-list signature covers it, so a signature from another run, another round or another set-up of the same
+    round number verifies nowhere else (an audit of 2026-12-07 replayed earlier runs' signatures of other lists to
+    complete a quorum); and every pairwise mask is bound to it (:func:`mask_binding`), so clients shown different
+    set-ups make masks that do not cancel (a review of 2026-12-07 gave every client but the target a weight bound of
+    1e300 and 3 levels, which encoded their updates as constants, and read the target's update out of the sum)."""
+    digest = hashlib.sha256(b"secure-ffm/secagg/setup/v2\x00")
+    digest.update(
+        struct.pack(">qqddq?", setup.round, setup.threshold, setup.weight_bound, setup.clip_range, setup.levels, setup.integer_values)
+    )
+    layout = setup.layout.to_bytes() if setup.layout is not None else b""
+    digest.update(struct.pack(">?Q", setup.layout is not None, len(layout)) + layout)
     for client in sorted(setup.public_keys):
         pair_public, share_public = setup.public_keys[client]
         digest.update(struct.pack(">q", client) + bytes(pair_public) + bytes(share_public))
+    digest.update(struct.pack(">Q", len(setup.neighbours)))
+    for client in sorted(setup.neighbours):
+        peers = sorted(setup.neighbours[client])
+        digest.update(struct.pack(f">qQ{len(peers)}q", client, len(peers), *peers))
     return digest.digest()
+
+
+def mask_binding(setup: RoundSetup, instructions_digest: bytes | None) -> bytes:
+    """What a client's pairwise masks are bound to (:func:`~secure_ffm.secagg.keys.pair_context`): the set-up it accepted
+    (:func:`setup_digest`) and the fit request it trained on (:func:`~secure_ffm.engine.wire.instructions_digest`; None
+    outside a run). A pair's masks cancel only when both clients were shown the same set-up and sent the same request:
+    a server that lies to some clients, to make their updates known (a model whose update is zero: Pasquini et al.,
+    CCS 2022; a set-up that encodes any update as a constant), unmasks noise instead of the others' sum."""
+    digest = hashlib.sha256(b"secure-ffm/secagg/mask-binding/v1\x00" + setup_digest(setup))
+    digest.update(b"\x01" + bytes(instructions_digest) if instructions_digest else b"\x00")
+    return digest.digest()
+
+
+def graph_seed(round: int, public_keys: Mapping[int, tuple[bytes, bytes]]) -> bytes:
+    """The seed of a SecAgg+ round's Harary graph: SHA-256 of the round and every participant's fresh advertised keys.
+
+    Every client rebuilds the graph from it and refuses any other (:meth:`MaskingClient._check_setup`): a graph the
+    server chose could be several disjoint cliques, every degree right, whose sums a review of 2026-12-07 unmasked one by
+    one with signatures on. The keys are the clients' own fresh draws, so the server cannot choose the graph; it can only
+    choose which clients take part, and every graph it can get that way is a k-connected Harary graph."""
+    digest = hashlib.sha256(b"secure-ffm/secagg/graph-seed/v1\x00" + struct.pack(">q", round))
+    for client in sorted(public_keys):
+        pair_public, share_public = public_keys[client]
+        digest.update(struct.pack(">q", client) + bytes(pair_public) + bytes(share_public))
+    return digest.digest()
+
+
+def mask_graph(participants: Sequence[int], degree: int, *, seed: bytes) -> dict[int, frozenset[int]]:
+    """The mask graph over ``participants``' ids: complete when ``degree`` is 0 or reaches every other participant,
+    else the Harary graph of that degree relabelled by ``seed`` (:func:`~secure_ffm.secagg.graph.harary_graph`)."""
+    ids = tuple(sorted(participants))
+    n = len(ids)
+    positions = graphs.full_graph(n) if graphs.uses_full_graph(n, degree) else graphs.harary_graph(n, degree, seed=seed)
+    return {ids[p]: frozenset(ids[q] for q in nbrs) for p, nbrs in positions.items()}
 
 
 def consistency_quorum(setup: RoundSetup, *, floor: int = 0) -> int:
@@ -335,8 +381,11 @@ class MaskingClient(ClientRound):
         signer: Ed25519PrivateKey | None = None,
         directory: signing.KeyDirectory | None = None,
         min_quorum: int = 0,
+        clip_range: float | None = None,
     ) -> None:
         self.client_id = operator.index(client_id)
+        self.clip_range = clip_range
+        """The client's own ``secure_aggregation.clip_range``: a set-up announcing another is refused (None: not checked)."""
         self.min_quorum = operator.index(min_quorum)
         """With a key directory: the fewest survivor signatures this client unmasks for, whatever the set-up's size (a
         majority of its configured round, and the sum its distributed-noise share is sized for)."""
@@ -539,6 +588,18 @@ class MaskingClient(ClientRound):
         neighbours = setup.neighbours.get(self.client_id)
         if neighbours is None or self.client_id in neighbours or not neighbours <= set(setup.public_keys):
             raise AggregationError(f"{who} refuses a set-up whose mask graph does not give it neighbours among the participants")
+        # the quantization every client can check: the levels follow from the round's size, the clip range from its config
+        if setup.levels != quantization.levels_for(len(setup.public_keys)):
+            raise AggregationError(
+                f"{who} refuses {setup.levels} quantization levels: a round of {len(setup.public_keys)} sums with "
+                f"{quantization.levels_for(len(setup.public_keys))}"
+            )
+        if self.clip_range is not None and setup.clip_range != self.clip_range:
+            raise AggregationError(
+                f"{who} clips to secure_aggregation.clip_range = {self.clip_range} and refuses a set-up of {setup.clip_range}"
+            )
+        if not (math.isfinite(setup.weight_bound) and setup.weight_bound > 0):
+            raise AggregationError(f"{who} refuses a weight bound of {setup.weight_bound}")
         if len(neighbours) < self.min_neighbours:
             raise AggregationError(
                 f"{who} refuses a set-up that gives it {len(neighbours)} neighbours, fewer than the {self.min_neighbours} "
@@ -562,6 +623,16 @@ class MaskingClient(ClientRound):
                 f"{who} refuses threshold t={setup.threshold}: its secrets are shared among {holders} clients (itself and its "
                 f"{holders - 1} neighbours) and it accepts t in {lowest}..{highest}{minimum}; a t at or below half lets a server "
                 f"that lies about who survived unmask its update"
+            )
+        # the graph is the one every client derives from the advertised keys (graph_seed), never the server's choice
+        try:
+            expected = mask_graph(setup.participants, len(neighbours), seed=graph_seed(setup.round, setup.public_keys))
+        except ValueError:
+            expected = None
+        if expected is None or {int(c): frozenset(int(v) for v in peers) for c, peers in setup.neighbours.items()} != expected:
+            raise AggregationError(
+                f"{who} refuses a set-up whose mask graph is not the one the advertised keys give (a graph the server chose "
+                f"could split the round into sums it unmasks one by one)"
             )
 
     def receive_shares(self, shares: Sequence[EncryptedShare]) -> None:
@@ -628,20 +699,21 @@ class MaskingClient(ClientRound):
     def mask(self, x: np.ndarray, *, instructions_digest: bytes | None = None) -> np.ndarray:
         """``x`` plus the self mask and the pairwise masks with every neighbour.
 
-        The pair seeds are bound to ``instructions_digest``, the digest of the fit request this client trained on
-        (:func:`~secure_ffm.engine.wire.instructions_digest`): a pair's masks cancel only when both clients were sent
-        the same request. A server that sends the target one model and every other client a model whose update is
-        zero (Pasquini et al., CCS 2022) would otherwise unmask the target's update alone from the sum; here the
-        target's masks with the others stay in it, uniform in Z_2^32, and it unmasks noise. The server's own digest
-        (:class:`MaskingServer`'s ``instructions_digest``) removes a dropped client's masks from the survivors' sum."""
+        The pair seeds are bound to the set-up this client accepted and to ``instructions_digest``, the digest of the
+        fit request it trained on (:func:`mask_binding`): a pair's masks cancel only when both clients were shown the
+        same set-up and sent the same request. A server that sends the target one model and every other client a model
+        whose update is zero (Pasquini et al., CCS 2022), or shows the others a set-up that encodes any update as a
+        constant, would otherwise unmask the target's update alone from the sum; here the target's masks with the
+        others stay in it, uniform in Z_2^32, and it unmasks noise. The server's own set-up and digest
+        (:class:`MaskingServer`'s ``instructions_digest``) remove a dropped client's masks from the survivors' sum."""
         setup = self._require_setup()
         assert self._pair_key is not None and self._self_seed is not None
-        bound = instructions_digest or b""
+        binding = mask_binding(setup, instructions_digest)
         pair_seeds = {
             v: keys.shared_seed(
                 self._pair_key,
                 setup.public_keys[v][0],
-                context=keys.pair_context(round=setup.round, client_a=self.client_id, client_b=v, instructions=bound),
+                context=keys.pair_context(round=setup.round, client_a=self.client_id, client_b=v, binding=binding),
             )
             for v in setup.neighbours[self.client_id]
         }
@@ -683,6 +755,8 @@ class MaskingClient(ClientRound):
             raise AggregationError(f"{who} is listed as a survivor but sent no masked input this round")
         if self._signed is not None and self._signed != listed:
             raise AggregationError(f"{who} already signed another survivor list this round and refuses a second one")
+        if not graphs.connected(set(listed[0]), setup.neighbours):  # each part's sum could be unmasked on its own
+            raise AggregationError(f"{who} refuses to sign survivors that fall into separate parts of the mask graph")
         self._signed = listed
         message = signing.survivors_message(round=setup.round, survivors=listed[0], dropped=listed[1], transcript=setup_digest(setup))
         return SurvivorSignature(self.client_id, setup.round, signing.sign(self.signer, message))
@@ -739,6 +813,12 @@ class MaskingClient(ClientRound):
             raise AggregationError(f"round {setup.round}: client {self.client_id} is not listed as a survivor")
         if survivors & dropped or not (survivors | dropped) <= set(setup.participants):
             raise AggregationError(f"round {setup.round}: client {self.client_id} got an inconsistent unmask request")
+        if not graphs.connected(survivors, setup.neighbours):
+            # the masks cancel inside each component of the survivors' subgraph: the server would learn each one's sum
+            raise AggregationError(
+                f"round {setup.round}: client {self.client_id} refuses to unmask: the survivors listed fall into separate "
+                f"parts of the mask graph, whose sums the server could unmask one by one"
+            )
         neighbourhood = setup.neighbours[self.client_id] | {self.client_id}
         listed = len(survivors & neighbourhood)
         if listed < setup.threshold:
@@ -931,12 +1011,12 @@ class MaskingServer(ServerRound):
         return reply
 
     def _graph(self, k: int) -> dict[int, frozenset[int]]:
-        n = len(self.participants)
+        """A graph of degree ``k`` for the threshold's defaults; :meth:`collect_keys` replaces it by the one the clients
+        derive from their advertised keys (:func:`graph_seed`), which has the same degrees."""
         if k < 0 or k % 2:
             raise ValueError(f"neighbours must be 0 (complete graph) or an even degree, got {k}")
-        positions = graphs.full_graph(n) if graphs.uses_full_graph(n, k) else graphs.harary_graph(n, k, seed=secrets.token_bytes(32))
-        ids = self.participants
-        return {ids[p]: frozenset(ids[q] for q in nbrs) for p, nbrs in positions.items()}
+        self._degree = k
+        return mask_graph(self.participants, k, seed=secrets.token_bytes(32))
 
     # stage 0
     def collect_keys(self, adverts: Sequence[AdvertiseKeys]) -> RoundSetup:
@@ -962,6 +1042,9 @@ class MaskingServer(ServerRound):
         missing = sorted(set(self.participants) - set(public))
         if missing:
             raise AggregationError(f"round {self.round}: clients {missing} advertised no keys")
+        # the graph every client rebuilds from the keys and checks (a graph the server chose could split the round into
+        # cliques whose sums it unmasks one by one)
+        self.neighbours = mask_graph(self.participants, self._degree, seed=graph_seed(self.round, public))
         self.round_setup = RoundSetup(
             self.round,
             public,
@@ -1124,13 +1207,14 @@ class MaskingServer(ServerRound):
         self.self_seeds, dropped_keys = self._rebuild(request, responses)
         assert self.round_setup is not None
         dropped_pair_seeds: dict[int, dict[int, bytes]] = {}
+        binding = mask_binding(self.round_setup, self.instructions_digest)  # the set-up and request it sent every client
         for d, (raw, private) in dropped_keys.items():
             self.dropped_keys[d] = raw
             dropped_pair_seeds[d] = {
                 u: keys.shared_seed(
                     private,
                     self.round_setup.public_keys[u][0],
-                    context=keys.pair_context(round=self.round, client_a=d, client_b=u, instructions=self.instructions_digest),
+                    context=keys.pair_context(round=self.round, client_a=d, client_b=u, binding=binding),
                 )
                 for u in self.neighbours[d]
                 if u in self.received
@@ -1556,6 +1640,7 @@ class MaskingProtocol(AggregationProtocol):
             signer=signer,
             directory=directory,
             min_quorum=self.planned_min_quorum(),
+            clip_range=self.clip_range,
         )
 
     def use_integer_values(self) -> None:

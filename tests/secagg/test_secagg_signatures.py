@@ -22,6 +22,9 @@ from secure_ffm.secagg.masking_protocol import (
     RoundSetup,
     UnmaskRequest,
     consistency_quorum,
+    graph_seed,
+    mask_binding,
+    mask_graph,
     setup_digest,
 )
 from secure_ffm.secagg.quantization import levels_for
@@ -147,7 +150,8 @@ class LyingServer:
             for c in range(n)
         }
         adverts = [client.advertise(ROUND) for client in self.clients.values()]
-        neighbours = graph.harary_graph(n, k, seed=bytes(32))
+        public = {a.client_id: (a.pair_public, a.share_public) for a in adverts}
+        neighbours = mask_graph(range(n), k, seed=graph_seed(ROUND, public))  # the graph the clients derive and check
         holders = k + 1
         self.setup = RoundSetup(
             ROUND,
@@ -212,7 +216,9 @@ class LyingServer:
         for v in neighbours:  # each neighbour's pair key gives its pair seed with the target
             private = keys.private_key_from_bytes(shamir.combine(key_shares[v], threshold=t))
             pair_seeds[v] = keys.shared_seed(
-                private, self.setup.public_keys[target][0], context=keys.pair_context(round=ROUND, client_a=v, client_b=target)
+                private,
+                self.setup.public_keys[target][0],
+                context=keys.pair_context(round=ROUND, client_a=v, client_b=target, binding=mask_binding(self.setup, None)),
             )
         masks = masking.mask_vector(
             np.zeros(self.masked[target].shape, np.uint32), client_id=target, pair_seeds=pair_seeds, self_seed=self_seed
