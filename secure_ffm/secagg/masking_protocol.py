@@ -174,8 +174,12 @@ def graph_seed(round: int, public_keys: Mapping[int, tuple[bytes, bytes]]) -> by
 
     Every client rebuilds the graph from it and refuses any other (:meth:`MaskingClient._check_setup`): a graph the
     server chose could be several disjoint cliques, every degree right, whose sums a review of 2026-12-07 unmasked one by
-    one with signatures on. The keys are the clients' own fresh draws, so the server cannot choose the graph; it can only
-    choose which clients take part, and every graph it can get that way is a k-connected Harary graph."""
+    one with signatures on. The keys are the clients' own fresh draws, so a server without colluders cannot choose the
+    graph; it can only choose which clients take part, and every graph it gets that way is a k-connected Harary graph. A
+    client colluding with the server can: it draws its keys after seeing the others' and re-rolls the graph until the
+    colluders sit next to a target (a second review of 2026-12-07 did it in 0.05 s), so SecAgg+ holds only against a
+    server with no colluding client (docs/threat_model.md); committing to the keys before any is revealed is not
+    implemented."""
     digest = hashlib.sha256(b"secure-ffm/secagg/graph-seed/v1\x00" + struct.pack(">q", round))
     for client in sorted(public_keys):
         pair_public, share_public = public_keys[client]
@@ -1630,14 +1634,22 @@ class MaskingProtocol(AggregationProtocol):
         bound = weight_bound if weight_bound is not None else self.weight_bound
         if bound is None:
             raise ValueError("masking aggregation needs a public weight_bound (the largest client weight) in begin_round")
-        if self.neighbours and not self.signs and not self._warned_sparse:
+        if self.neighbours and not self._warned_sparse:
             self._warned_sparse = True
-            log.warning(
-                "secure_aggregation.neighbours = %d (SecAgg+): a server that lies about who survived can unmask one client's "
-                "update without colluders (no consistency check without signed keys; docs/threat_model.md); use the complete "
-                "graph (neighbours = 0), or secure_aggregation.signatures = true, against a server that may lie",
-                self.neighbours,
-            )
+            if not self.signs:
+                log.warning(
+                    "secure_aggregation.neighbours = %d (SecAgg+): a server that lies about who survived can unmask one client's "
+                    "update without colluders (no consistency check without signed keys; docs/threat_model.md); use the complete "
+                    "graph (neighbours = 0), or secure_aggregation.signatures = true, against a server that may lie",
+                    self.neighbours,
+                )
+            else:
+                log.warning(
+                    "secure_aggregation.neighbours = %d (SecAgg+): with signatures it holds against a server that lies, but not "
+                    "one that colludes with a client (a colluder re-rolls the mask graph and exposes sums of a few inputs; "
+                    "docs/threat_model.md); use the complete graph (neighbours = 0) against collusion",
+                    self.neighbours,
+                )
         # what the clients will insist on for this round's size, as for the planned one
         lowest = max(self.planned_min_threshold(), threshold_protecting(len(participants), self.neighbours, self.min_sum))
         return MaskingServer(

@@ -217,3 +217,16 @@ def test_the_set_up_digest_names_every_field_a_client_encodes_or_masks_with():
     digests = [mp.setup_digest(s) for s in changed]
     assert reference not in digests and len(set(digests)) == len(digests)
     assert mp.mask_binding(setup, None) != mp.mask_binding(setup, bytes(32))
+
+
+@pytest.mark.parametrize(
+    ("neighbours", "signatures", "warning"),
+    [(4, False, "can unmask one client's update without colluders"), (4, True, "not one that colludes with a client"), (0, True, None)],
+)
+def test_a_secagg_plus_run_says_what_its_graph_does_not_protect_against(caplog, neighbours, signatures, warning):
+    protocol = MaskingProtocol(seed=1, neighbours=neighbours, signatures=signatures)
+    protocol.plan_clients(10)
+    with caplog.at_level("WARNING", logger="secure_ffm.secagg.masking_protocol"):
+        protocol.server_round(ROUND, range(10), weight_bound=10.0)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(warning in m for m in messages) if warning else not messages
