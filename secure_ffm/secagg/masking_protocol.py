@@ -71,6 +71,7 @@ import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -303,6 +304,13 @@ class RoundSetup:
     signatures: Mapping[int, bytes] = field(default_factory=dict)
     """With ``signatures``: every participant's signature of its advertised keys, which each client checks against the
     key directory before it shares anything."""
+
+    def __post_init__(self) -> None:
+        # read-only, so that what is computed once per set-up object (_PerSetup: its digest, its graph check) never goes
+        # stale: the mappings become views nobody can change, the graph's rows frozensets
+        object.__setattr__(self, "public_keys", MappingProxyType(dict(self.public_keys)))
+        object.__setattr__(self, "neighbours", MappingProxyType({c: frozenset(peers) for c, peers in self.neighbours.items()}))
+        object.__setattr__(self, "signatures", MappingProxyType(dict(self.signatures)))
 
     @property
     def participants(self) -> tuple[int, ...]:
