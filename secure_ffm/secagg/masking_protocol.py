@@ -106,9 +106,10 @@ log = logging.getLogger(__name__)
 
 
 class _PerSetup:
-    """Pure functions of a :class:`RoundSetup`, computed once per set-up object and process: in a simulation every client
-    is handed the same object, and under the complete graph each costs O(n^2) (the derived-graph check and the digest
-    took 28 ms a client in a round of 300, 8 s a round)."""
+    """Pure functions of a :class:`RoundSetup`, computed once per set-up object and process: the in-process transport
+    hands every client the same object, and under the complete graph each costs O(n^2) (the derived-graph check and the
+    digest took 28 ms a client in a round of 300, 8 s a round). A deployed node or a pool's worker unpacks its own copy
+    and computes them once, in about the time the unpacking itself takes."""
 
     def __init__(self) -> None:
         self._entries: dict[int, tuple[weakref.ref[RoundSetup], dict[str, Any]]] = {}
@@ -988,8 +989,11 @@ class MaskingServer(ServerRound):
             raise ValueError(f"clip_range must be positive and finite, got {clip_range}")
         self.weight_bound = float(weight_bound)
         self.clip_range = float(clip_range)
-        self.neighbours = self._graph(operator.index(neighbours))
-        holders = 1 + min(len(v) for v in self.neighbours.values())
+        self._degree = self._checked_degree(operator.index(neighbours))
+        self.neighbours: dict[int, frozenset[int]] = {}
+        """The mask graph, made in :meth:`collect_keys` from the advertised keys (:func:`graph_seed`), as every client does."""
+        n = len(self.participants)
+        holders = n if graphs.uses_full_graph(n, self._degree) else self._degree + 1
         lowest, highest = graphs.threshold_range(holders)
         # the default t: the strict majority of this round's neighbourhood, raised to the clients' own minimum (that of
         # the run's planned round size); a round too small for it gets all of its neighbourhood, which is still below
@@ -1065,13 +1069,11 @@ class MaskingServer(ServerRound):
             raise AggregationError(f"round {self.round}: client {client} answered with a {type(reply).__name__}, not {kind.__name__}")
         return reply
 
-    def _graph(self, k: int) -> dict[int, frozenset[int]]:
-        """A graph of degree ``k`` for the threshold's defaults; :meth:`collect_keys` replaces it by the one the clients
-        derive from their advertised keys (:func:`graph_seed`), which has the same degrees."""
+    @staticmethod
+    def _checked_degree(k: int) -> int:
         if k < 0 or k % 2:
             raise ValueError(f"neighbours must be 0 (complete graph) or an even degree, got {k}")
-        self._degree = k
-        return mask_graph(self.participants, k, seed=secrets.token_bytes(32))
+        return k
 
     # stage 0
     def collect_keys(self, adverts: Sequence[AdvertiseKeys]) -> RoundSetup:
@@ -1182,6 +1184,12 @@ class MaskingServer(ServerRound):
                 f"fewer than the threshold t={self.threshold}; aborting the round"
             )
         alive = set(survivors)
+        if not graphs.connected(alive, self.neighbours):  # every survivor refuses such a list: say why, before asking
+            raise AggregationError(
+                f"round {self.round}: the dropouts split the {len(survivors)} survivors into separate parts of the SecAgg+ "
+                f"mask graph, whose sums the clients do not reveal one by one; aborting the round (raise "
+                f"secure_aggregation.neighbours, or use the complete graph, neighbours = 0)"
+            )
         for u in survivors:  # its self seed; each survivor also refuses to unmask below this
             holders = len((self.neighbours[u] | {u}) & alive)
             if holders < self.threshold:

@@ -230,3 +230,16 @@ def test_a_secagg_plus_run_says_what_its_graph_does_not_protect_against(caplog, 
         protocol.server_round(ROUND, range(10), weight_bound=10.0)
     messages = [r.getMessage() for r in caplog.records]
     assert any(warning in m for m in messages) if warning else not messages
+
+
+def test_the_server_aborts_a_round_whose_dropouts_split_the_survivors_saying_so():
+    # an honest round: the clients would refuse such a list anyway; the server says why before it asks
+    protocol = MaskingProtocol(seed=1, neighbours=4)
+    protocol.begin_round(ROUND, range(10), weight_bound=10.0)
+    cut = a_cut(protocol.in_process.server.round_setup, 4)
+    messages = [
+        protocol.encode(ClientUpdate(c, ROUND, {"w": np.full(3, 0.01 * c, np.float32)}, 10), weight=10.0, rng=np.random.default_rng(c))
+        for c in range(10)
+    ]
+    with pytest.raises(AggregationError, match="dropouts split the 6 survivors into separate parts of the SecAgg\\+ mask graph"):
+        protocol.aggregate(ROUND, [m for m in messages if m.client_id not in cut])
