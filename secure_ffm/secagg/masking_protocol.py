@@ -68,8 +68,7 @@ import operator
 import secrets
 import struct
 import time
-import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -105,34 +104,15 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class _PerSetup:
-    """Pure functions of a :class:`RoundSetup`, computed once per set-up object and process: the in-process transport
-    hands every client the same object, and under the complete graph each costs O(n^2) (the derived-graph check and the
-    digest took 28 ms a client in a round of 300, 8 s a round). A deployed node or a pool's worker unpacks its own copy
-    and computes them once, in about the time the unpacking itself takes."""
-
-    def __init__(self) -> None:
-        self._entries: dict[int, tuple[weakref.ref[RoundSetup], dict[str, Any]]] = {}
-
-    def get(self, setup: RoundSetup, name: str, compute: Callable[[RoundSetup], Any]) -> Any:
-        entry = self._entries.get(id(setup))
-        if entry is None or entry[0]() is not setup:
-            if len(self._entries) >= 64:
-                self._entries = {k: v for k, v in self._entries.items() if v[0]() is not None}
-            entry = (weakref.ref(setup), {})
-            self._entries[id(setup)] = entry
-        values = entry[1]
-        if name not in values:
-            values[name] = compute(setup)
-        return values[name]
-
-
-_per_setup = _PerSetup()
+def _hash_keys(digest: Any, public_keys: Mapping[int, tuple[bytes, bytes]]) -> None:
+    for client in sorted(public_keys):
+        pair_public, share_public = public_keys[client]
+        digest.update(struct.pack(">q", client) + bytes(pair_public) + bytes(share_public))
 
 
 def setup_digest(setup: RoundSetup) -> bytes:
-    """:func:`_setup_digest`, once per set-up object."""
-    return _per_setup.get(setup, "digest", _setup_digest)
+    """:attr:`RoundSetup.digest`: computed once per set-up object."""
+    return setup.digest
 
 
 def _setup_digest(setup: RoundSetup) -> bytes:
@@ -150,9 +130,7 @@ def _setup_digest(setup: RoundSetup) -> bytes:
     )
     layout = setup.layout.to_bytes() if setup.layout is not None else b""
     digest.update(struct.pack(">?Q", setup.layout is not None, len(layout)) + layout)
-    for client in sorted(setup.public_keys):
-        pair_public, share_public = setup.public_keys[client]
-        digest.update(struct.pack(">q", client) + bytes(pair_public) + bytes(share_public))
+    _hash_keys(digest, setup.public_keys)
     digest.update(struct.pack(">Q", len(setup.neighbours)))
     for client in sorted(setup.neighbours):
         peers = sorted(setup.neighbours[client])
@@ -183,27 +161,21 @@ def graph_seed(round: int, public_keys: Mapping[int, tuple[bytes, bytes]]) -> by
     server with no colluding client (docs/threat_model.md); committing to the keys before any is revealed is not
     implemented."""
     digest = hashlib.sha256(b"secure-ffm/secagg/graph-seed/v1\x00" + struct.pack(">q", round))
-    for client in sorted(public_keys):
-        pair_public, share_public = public_keys[client]
-        digest.update(struct.pack(">q", client) + bytes(pair_public) + bytes(share_public))
+    _hash_keys(digest, public_keys)
     return digest.digest()
 
 
-def has_derived_graph(setup: RoundSetup) -> bool:
+def _has_derived_graph(setup: RoundSetup) -> bool:
     """Whether ``setup``'s mask graph is the one its round and keys give (:func:`graph_seed`, :func:`mask_graph`, of the
-    degree its first participant has), once per set-up object."""
-
-    def derived(setup: RoundSetup) -> bool:
-        if not setup.public_keys or set(setup.neighbours) != set(setup.public_keys):
-            return False
-        degree = len(setup.neighbours[min(setup.public_keys)])
-        try:
-            expected = mask_graph(setup.participants, degree, seed=graph_seed(setup.round, setup.public_keys))
-        except ValueError:  # an odd or impossible degree: no Harary graph has it
-            return False
-        return {int(c): frozenset(int(v) for v in peers) for c, peers in setup.neighbours.items()} == expected
-
-    return bool(_per_setup.get(setup, "derived graph", derived))
+    degree its first participant has)."""
+    if not setup.public_keys or set(setup.neighbours) != set(setup.public_keys):
+        return False
+    degree = len(setup.neighbours[min(setup.public_keys)])
+    try:
+        expected = mask_graph(setup.participants, degree, seed=graph_seed(setup.round, setup.public_keys))
+    except ValueError:  # an odd or impossible degree: no Harary graph has it
+        return False
+    return dict(setup.neighbours) == expected
 
 
 def mask_graph(participants: Sequence[int], degree: int, *, seed: bytes) -> dict[int, frozenset[int]]:
@@ -307,11 +279,25 @@ class RoundSetup:
     key directory before it shares anything."""
 
     def __post_init__(self) -> None:
-        # read-only, so that what is computed once per set-up object (_PerSetup: its digest, its graph check) never goes
-        # stale: the mappings become views nobody can change, the graph's rows frozensets
+        # read-only, so that what is computed once per set-up object (:attr:`digest`, :attr:`has_derived_graph`) never
+        # goes stale: the mappings become views nobody can change, the graph's rows frozensets
         object.__setattr__(self, "public_keys", MappingProxyType(dict(self.public_keys)))
         object.__setattr__(self, "neighbours", MappingProxyType({c: frozenset(peers) for c, peers in self.neighbours.items()}))
         object.__setattr__(self, "signatures", MappingProxyType(dict(self.signatures)))
+
+    # Computed once per object (cached_property writes the instance's __dict__, past the frozen __setattr__; the codec
+    # packs the init fields only): the in-process transport hands every client the same object, and under the complete
+    # graph each is O(n^2) (28 ms a client in a round of 300 before). A deployed node or a pool's worker unpacks its own
+    # copy and computes them once, in about the time the unpacking itself takes.
+    @functools.cached_property
+    def digest(self) -> bytes:
+        """:func:`_setup_digest`."""
+        return _setup_digest(self)
+
+    @functools.cached_property
+    def has_derived_graph(self) -> bool:
+        """:func:`_has_derived_graph`: whether the mask graph is the one the round and keys give."""
+        return _has_derived_graph(self)
 
     @property
     def participants(self) -> tuple[int, ...]:
@@ -685,7 +671,7 @@ class MaskingClient(ClientRound):
                 f"that lies about who survived unmask its update"
             )
         # the graph is the one every client derives from the advertised keys (graph_seed), never the server's choice
-        if not has_derived_graph(setup):
+        if not setup.has_derived_graph:
             raise AggregationError(
                 f"{who} refuses a set-up whose mask graph is not the one the advertised keys give (a graph the server chose "
                 f"could split the round into sums it unmasks one by one)"
